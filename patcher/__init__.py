@@ -1,1 +1,1 @@
-"""patcher package."""
+"""Content format: chunking, packs, signed manifests, manifest diffs, binary deltas, publishing."""
