@@ -1,0 +1,437 @@
+"""The publisher: a build folder becomes a released, signed version in the content store.
+
+Steps: scan (refuse symlinks and unsafe names) → chunk and hash files in parallel → append the
+chunks the product does not have yet to packs as compressed blocks → sign the manifest → build
+per-file binary patches from the previous versions. Publishing the same build again stores nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import mmap
+import os
+import stat
+import tempfile
+import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import blake3
+
+from patcher import delta as deltas
+from patcher.chunking import ChunkedFile, chunk_file
+from patcher.deltaindex import DeltaIndex, PatchEntry, encode_delta_index
+from patcher.diff import diff_manifests
+from patcher.errors import ManifestError, PublishError
+from patcher.manifest import (
+    Block,
+    ChunkEntry,
+    ChunkLocation,
+    Codec,
+    FileEntry,
+    LaunchEntry,
+    Manifest,
+    SaveLocation,
+    SaveRoot,
+    check_id,
+    check_relative_path,
+)
+from patcher.packs import BLOCK_TARGET_RAW, PackWriter, StoredBlock, compress_block
+from patcher.signing import sign_manifest
+from patcher.sizing import chunk_share, install_bytes
+from patcher.store import BlockReader, ChunkRecord, Store, atomic_write
+
+log = logging.getLogger(__name__)
+
+BUILD_METADATA = "launcher-build.json"
+DEFAULT_LEVEL = 19
+
+
+@dataclass(frozen=True, slots=True)
+class PatchReport:
+    from_version: str
+    path: str
+    method: str
+    size: int
+    alternative_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class PublishReport:
+    product_id: str
+    version_id: str
+    already_published: bool
+    files: int
+    total_bytes: int
+    chunks: int
+    new_chunks: int
+    reused_chunks: int
+    stored_bytes: int  # bytes appended to packs by this publish
+    install_bytes: int  # what a fresh install downloads
+    publish_seconds: float  # scan, chunk, hash, compress, pack, sign
+    patch_seconds: float
+    patches: tuple[PatchReport, ...] = field(default=())
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "patches"}
+        d["patches"] = [dataclasses.asdict(p) for p in self.patches]
+        d["patch_bytes"] = sum(p.size for p in self.patches)
+        return d
+
+
+@dataclass(frozen=True, slots=True)
+class BuildFile:
+    path: str
+    source: Path
+    mode: int
+
+
+@dataclass(frozen=True, slots=True)
+class BuildScan:
+    files: tuple[BuildFile, ...]
+    dirs: tuple[str, ...]
+    launch: tuple[LaunchEntry, ...]
+    saves: tuple[SaveLocation, ...]
+
+
+# ---------------------------------------------------------------------------------------------
+# Scan
+
+
+def scan_build(build_dir: Path) -> BuildScan:
+    if not build_dir.is_dir():
+        raise PublishError(f"build folder {build_dir} does not exist", code="BUILD_NOT_FOUND")
+    files: list[BuildFile] = []
+    dirs: list[str] = []
+    for root, dirnames, filenames in os.walk(build_dir):
+        dirnames.sort()
+        rel_root = Path(root).relative_to(build_dir)
+        for name in sorted(filenames) + [d for d in dirnames if (Path(root) / d).is_symlink()]:
+            src = Path(root) / name
+            rel = (rel_root / name).as_posix()
+            if rel == BUILD_METADATA:
+                continue
+            st = src.lstat()
+            if stat.S_ISLNK(st.st_mode):
+                raise PublishError(f"{rel}: symbolic links are not published", code="BUILD_SYMLINK")
+            if not stat.S_ISREG(st.st_mode):
+                raise PublishError(f"{rel}: not a regular file", code="BUILD_SPECIAL_FILE")
+            files.append(BuildFile(_checked(rel), src, 0o755 if st.st_mode & 0o111 else 0o644))
+        if not filenames and not dirnames and rel_root != Path("."):
+            dirs.append(_checked(rel_root.as_posix()))
+    launch, saves = _read_metadata(build_dir / BUILD_METADATA)
+    return BuildScan(tuple(files), tuple(dirs), launch, saves)
+
+
+def _checked(rel: str) -> str:
+    try:
+        return check_relative_path(rel, rel)
+    except ManifestError as exc:
+        raise PublishError(f"unpublishable path: {exc}", code="BUILD_PATH_INVALID") from exc
+
+
+def _read_metadata(path: Path) -> tuple[tuple[LaunchEntry, ...], tuple[SaveLocation, ...]]:
+    if not path.exists():
+        return (), ()
+    try:
+        doc = json.loads(path.read_text())
+        launch = tuple(
+            LaunchEntry(
+                name=str(e["name"]),
+                executable=_checked(str(e["executable"])),
+                arguments=tuple(str(a) for a in e.get("arguments", [])),
+                working_dir=str(e.get("working_dir", "")),
+            )
+            for e in doc.get("launch", [])
+        )
+        saves = tuple(
+            SaveLocation(
+                root=SaveRoot(s["root"]),
+                path=_checked(str(s["path"])),
+                include=tuple(s.get("include", ["*"])),
+                exclude=tuple(s.get("exclude", [])),
+            )
+            for s in doc.get("saves", [])
+        )
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise PublishError(f"{BUILD_METADATA}: {exc!r}", code="BUILD_METADATA_INVALID") from exc
+    return launch, saves
+
+
+# ---------------------------------------------------------------------------------------------
+# Blocks
+
+
+@dataclass(slots=True)
+class _PendingBlock:
+    chunk_ids: list[str] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)
+    parts: list[bytes] = field(default_factory=list)
+    raw_size: int = 0
+
+
+def _new_chunk_blocks(
+    scan: BuildScan, chunked: list[ChunkedFile], known: set[str]
+) -> Iterator[_PendingBlock]:
+    """Group chunks the store lacks, in file order, into blocks of about BLOCK_TARGET_RAW."""
+    block = _PendingBlock()
+    seen = set(known)
+    for bf, cf in zip(scan.files, chunked, strict=True):
+        fresh = [c for c in cf.chunks if c.id not in seen]
+        if not fresh:
+            continue
+        with bf.source.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            for c in fresh:
+                if c.id in seen:
+                    continue
+                seen.add(c.id)
+                block.chunk_ids.append(c.id)
+                block.offsets.append(block.raw_size)
+                block.sizes.append(c.size)
+                block.parts.append(mm[c.offset : c.offset + c.size])
+                block.raw_size += c.size
+                if block.raw_size >= BLOCK_TARGET_RAW:
+                    yield block
+                    block = _PendingBlock()
+    if block.chunk_ids:
+        yield block
+
+
+def _store_blocks(
+    store: Store, product: str, blocks: Iterator[_PendingBlock], pool: ThreadPoolExecutor,
+    level: int, workers: int,
+) -> tuple[list[ChunkRecord], int]:
+    """Compress blocks in parallel (zstd releases the GIL), write them to packs in order."""
+    writer = PackWriter(store.path(f"{product}/packs"))
+    placed: list[tuple[_PendingBlock, StoredBlock]] = []
+    inflight: deque[tuple[_PendingBlock, Future[tuple[bytes, Codec]]]] = deque()
+
+    def drain_one() -> None:
+        pb, fut = inflight.popleft()
+        data, codec = fut.result()
+        placed.append((pb, writer.append(data, pb.raw_size, codec)))
+        pb.parts.clear()  # free raw bytes as soon as they are stored
+
+    try:
+        for pb in blocks:
+            inflight.append((pb, pool.submit(compress_block, b"".join(pb.parts), level)))
+            if len(inflight) > workers * 2:  # bounded memory: a few MiB per worker
+                drain_one()
+        while inflight:
+            drain_one()
+        names = writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    records: list[ChunkRecord] = []
+    stored = 0
+    for pb, sb in placed:
+        stored += sb.stored_size
+        for cid, off, size in zip(pb.chunk_ids, pb.offsets, pb.sizes, strict=True):
+            records.append(
+                ChunkRecord(cid, names[sb.pack_slot], sb.offset, sb.stored_size, sb.raw_size,
+                            sb.codec, off, size)
+            )
+    return records, stored
+
+
+# ---------------------------------------------------------------------------------------------
+# Manifest
+
+
+def _build_manifest(
+    product: str, version: str, scan: BuildScan, chunked: list[ChunkedFile],
+    records: dict[str, ChunkRecord],
+) -> Manifest:
+    blocks: list[Block] = []
+    block_index: dict[tuple[str, int], int] = {}
+    locations: dict[str, ChunkLocation] = {}
+    files: list[FileEntry] = []
+    for bf, cf in zip(scan.files, chunked, strict=True):
+        for c in cf.chunks:
+            if c.id in locations:
+                continue
+            r = records[c.id]
+            key = (r.pack, r.block_offset)
+            if key not in block_index:
+                block_index[key] = len(blocks)
+                blocks.append(Block(r.pack, r.block_offset, r.stored_size, r.raw_size, r.codec))
+            locations[c.id] = ChunkLocation(block_index[key], r.offset_in_block)
+        files.append(
+            FileEntry(bf.path, cf.size, bf.mode, cf.sha256,
+                      tuple(ChunkEntry(c.offset, c.size, c.id) for c in cf.chunks))
+        )
+    return Manifest(
+        product_id=product,
+        version_id=version,
+        files=tuple(files),
+        blocks=tuple(blocks),
+        chunks=locations,
+        dirs=scan.dirs,
+        launch=scan.launch,
+        saves=scan.saves,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+
+
+def _same_content(a: Manifest, b: Manifest) -> bool:
+    def key(m: Manifest) -> object:
+        return ([(f.path, f.hash_sha256, f.mode) for f in m.files], m.dirs, m.launch, m.saves)
+
+    return key(a) == key(b)
+
+
+# ---------------------------------------------------------------------------------------------
+# Patches
+
+
+def _build_step_patches(
+    store: Store, old: Manifest, new: Manifest, scan: BuildScan, workdir: Path, *,
+    workers: int, memory_limit: int, level: int,
+) -> tuple[DeltaIndex, list[PatchReport]]:
+    diff = diff_manifests(old, new)
+    sources = {f.path: f for f in scan.files}
+    old_by_name: dict[str, str] = {}
+    for f in old.files:
+        old_by_name.setdefault(f.path.rsplit("/", 1)[-1], f.path)
+    reader = BlockReader(store, old)
+    jobs: list[deltas.PatchJob] = []
+    job_meta: dict[str, tuple[str, str, float]] = {}
+    for path in diff.rebuilt:
+        target = new.file(path)
+        assert target is not None
+        source_path = path if old.file(path) is not None else old_by_name.get(path.rsplit("/", 1)[-1])
+        if source_path is None or target.size == 0:
+            continue
+        budget = sum(chunk_share(new, c.id, c.size) for c in target.chunks if c.id in diff.download)
+        if budget < 512:  # chunk reuse already makes this file nearly free
+            continue
+        old_copy = workdir / f"{len(jobs)}.old"
+        reader.extract(source_path, old_copy)
+        jobs.append(deltas.PatchJob(path, old_copy, sources[path].source, int(budget)))
+        job_meta[path] = (source_path, target.hash_sha256, budget)
+    results = deltas.build_patches(jobs, workers=workers, memory_limit=memory_limit, level=level)
+    entries: list[PatchEntry] = []
+    reports: list[PatchReport] = []
+    for res in results:
+        if res.method is None or res.data is None:
+            continue
+        source_path, to_sha, budget = job_meta[res.key]
+        src = old.file(source_path)
+        target = new.file(res.key)
+        assert src is not None and target is not None
+        patch_id = blake3.blake3(res.data).hexdigest()
+        dest = store.path(store.patch_rel(new.product_id, patch_id))
+        if not dest.exists():
+            atomic_write(dest, res.data)
+        entries.append(
+            PatchEntry(res.key, source_path, src.hash_sha256, to_sha, target.size,
+                       res.method.value, patch_id, len(res.data))
+        )
+        reports.append(PatchReport(old.version_id, res.key, res.method.value, len(res.data),
+                                   int(budget)))
+    return DeltaIndex(new.product_id, old.version_id, new.version_id, tuple(entries)), reports
+
+
+def build_patches_for(
+    store: Store, new: Manifest, scan: BuildScan, *, previous: int, workers: int,
+    memory_limit: int, level: int,
+) -> list[PatchReport]:
+    earlier = [v for v in store.versions(new.product_id) if v.version != new.version_id]
+    reports: list[PatchReport] = []
+    for rec in earlier[-previous:] if previous > 0 else []:
+        old = store.read_manifest(new.product_id, rec.version)
+        with tempfile.TemporaryDirectory(dir=store.root, prefix=".patchwork-") as tmp:
+            index, step = _build_step_patches(
+                store, old, new, scan, Path(tmp), workers=workers, memory_limit=memory_limit,
+                level=level,
+            )
+        blob = encode_delta_index(index)
+        rel = store.delta_rel(new.product_id, old.version_id, new.version_id)
+        atomic_write(store.path(rel).with_suffix(".sig"), store.signing_key.sign(blob))
+        atomic_write(store.path(rel), blob)
+        reports.extend(step)
+    return reports
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point
+
+
+def publish(
+    store: Store, product: str, version: str, build_dir: Path, *, level: int = DEFAULT_LEVEL,
+    workers: int = 2, patch_previous: int = 2, memory_limit: int = 2 * 1024**3,
+) -> PublishReport:
+    try:
+        check_id(product, "product")
+        check_id(version, "version")
+    except ManifestError as exc:
+        raise PublishError(str(exc), code="BUILD_ID_INVALID") from exc
+    started = time.perf_counter()
+    scan = scan_build(build_dir)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        chunked = list(pool.map(lambda bf: chunk_file(bf.source), scan.files))
+        all_ids = {c.id for cf in chunked for c in cf.chunks}
+        known = store.lookup_chunks(product, all_ids)
+        existing = store.version(product, version)
+        if existing is not None:
+            return _republish(store, product, version, scan, chunked, known, started)
+        records, stored = _store_blocks(
+            store, product, _new_chunk_blocks(scan, chunked, set(known)), pool, level, workers
+        )
+    all_records = {**known, **{r.id: r for r in records}}
+    manifest = _build_manifest(product, version, scan, chunked, all_records)
+    blob, sig = sign_manifest(manifest, store.signing_key)
+    rel = store.manifest_rel(product, version)
+    atomic_write(store.path(rel).with_suffix(".sig"), sig)
+    atomic_write(store.path(rel), blob)
+    with store.transaction() as db:
+        store.add_chunks(db, product, records)
+        store.add_version(db, manifest, len(blob))
+    publish_s = time.perf_counter() - started
+    t0 = time.perf_counter()
+    patches = build_patches_for(
+        store, manifest, scan, previous=patch_previous, workers=workers,
+        memory_limit=memory_limit, level=level,
+    )
+    report = PublishReport(
+        product_id=product, version_id=version, already_published=False,
+        files=len(manifest.files), total_bytes=manifest.total_size,
+        chunks=len(all_ids), new_chunks=len(records), reused_chunks=len(all_ids) - len(records),
+        stored_bytes=stored, install_bytes=install_bytes(manifest), publish_seconds=publish_s,
+        patch_seconds=time.perf_counter() - t0, patches=tuple(patches),
+    )
+    log.info("published %s %s: %d files, %d new chunks", product, version, report.files,
+             report.new_chunks)
+    return report
+
+
+def _republish(
+    store: Store, product: str, version: str, scan: BuildScan, chunked: list[ChunkedFile],
+    known: dict[str, ChunkRecord], started: float,
+) -> PublishReport:
+    """Same version again: a no-op when the content is identical, an error otherwise."""
+    current = store.read_manifest(product, version)
+    missing = {c.id for cf in chunked for c in cf.chunks} - known.keys()
+    if missing:
+        raise PublishError(f"{product} {version} is already published with other content",
+                           code="VERSION_EXISTS")
+    candidate = _build_manifest(product, version, scan, chunked, known)
+    if not _same_content(current, candidate):
+        raise PublishError(f"{product} {version} is already published with other content",
+                           code="VERSION_EXISTS")
+    return PublishReport(
+        product_id=product, version_id=version, already_published=True,
+        files=len(current.files), total_bytes=current.total_size, chunks=len(current.chunks),
+        new_chunks=0, reused_chunks=len(current.chunks), stored_bytes=0,
+        install_bytes=install_bytes(current), publish_seconds=time.perf_counter() - started,
+        patch_seconds=0.0,
+    )

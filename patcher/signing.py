@@ -1,0 +1,79 @@
+"""Ed25519 signatures over the exact manifest bytes that are served.
+
+The signature covers the compressed bytes, so the engine verifies before it decompresses
+anything an attacker could have crafted.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from patcher.errors import ManifestError
+from patcher.manifest import Manifest, decode_manifest, encode_manifest
+
+SIGNATURE_SIZE = 64
+
+
+def generate_key() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.generate()
+
+
+def private_key_bytes(key: Ed25519PrivateKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return key.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+
+
+def public_key_hex(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    pub = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
+    return pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()
+
+
+def load_public_key(hex_key: str) -> Ed25519PublicKey:
+    try:
+        return Ed25519PublicKey.from_public_bytes(bytes.fromhex(hex_key))
+    except ValueError as exc:
+        raise ManifestError("MANIFEST_KEY_INVALID", "publicKey", str(exc)) from exc
+
+
+def load_or_create_private_key(path: Path) -> Ed25519PrivateKey:
+    """Read a raw 32-byte key, or create one with mode 0600 on first use."""
+    if path.exists():
+        return Ed25519PrivateKey.from_private_bytes(path.read_bytes())
+    key = generate_key()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(private_key_bytes(key))
+    return key
+
+
+def sign_manifest(manifest: Manifest, key: Ed25519PrivateKey) -> tuple[bytes, bytes]:
+    """Return (manifest bytes, signature)."""
+    blob = encode_manifest(manifest)
+    return blob, key.sign(blob)
+
+
+def verify_signature(blob: bytes, signature: bytes, public_key: Ed25519PublicKey) -> None:
+    if len(signature) != SIGNATURE_SIZE:
+        raise ManifestError("MANIFEST_SIGNATURE_INVALID", "signature", f"{len(signature)} bytes")
+    try:
+        public_key.verify(signature, blob)
+    except InvalidSignature as exc:
+        raise ManifestError(
+            "MANIFEST_SIGNATURE_INVALID", "signature", "does not match the manifest bytes"
+        ) from exc
+
+
+def load_signed_manifest(blob: bytes, signature: bytes, public_key: Ed25519PublicKey) -> Manifest:
+    """The engine's entry point: signature first, then size limits, then the strict schema."""
+    verify_signature(blob, signature, public_key)
+    return decode_manifest(blob)

@@ -1,0 +1,98 @@
+"""What an install or an update costs to download: pure functions over manifests.
+
+A chunk is fetched as part of its block (a zstd frame of consecutive chunks), so the cost of a
+set of chunks is the stored size of the distinct blocks that hold them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from patcher.deltaindex import DeltaIndex, PatchEntry
+from patcher.diff import ManifestDiff, diff_manifests
+from patcher.manifest import Manifest
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateCost:
+    download_bytes: int  # blocks + patches actually fetched
+    chunk_bytes: int  # stored bytes of blocks fetched
+    patch_bytes: int
+    reused_bytes: int  # bytes of rebuilt files copied from local files
+    write_bytes: int  # bytes written to build the new files (unchanged files cost nothing)
+    full_bytes: int  # a fresh install's download
+    patched_files: tuple[str, ...]
+
+
+def blocks_for(manifest: Manifest, chunk_ids: Iterable[str]) -> set[int]:
+    return {manifest.chunks[c].block for c in chunk_ids}
+
+
+def blocks_bytes(manifest: Manifest, blocks: Iterable[int]) -> int:
+    return sum(manifest.blocks[b].stored_size for b in blocks)
+
+
+def install_bytes(manifest: Manifest) -> int:
+    return blocks_bytes(manifest, blocks_for(manifest, manifest.chunks))
+
+
+def chunk_share(manifest: Manifest, chunk_id: str, size: int) -> float:
+    """Stored bytes attributable to one chunk: its share of its block."""
+    block = manifest.blocks[manifest.chunks[chunk_id].block]
+    return size * block.stored_size / block.raw_size
+
+
+def choose_patches(
+    old: Manifest, new: Manifest, diff: ManifestDiff, delta: DeltaIndex | None
+) -> dict[str, PatchEntry]:
+    """Per rebuilt file, the patch to use when it is cheaper than that file's missing chunks."""
+    if delta is None:
+        return {}
+    chosen: dict[str, PatchEntry] = {}
+    rebuilt = set(diff.rebuilt)
+    for p in delta.patches:
+        src = old.file(p.source_path)
+        target = new.file(p.path)
+        if p.path not in rebuilt or src is None or target is None:
+            continue
+        if src.hash_sha256 != p.from_sha256 or target.hash_sha256 != p.to_sha256:
+            continue
+        missing = {c.id: c.size for c in target.chunks if c.id in diff.download}
+        alternative = sum(chunk_share(new, cid, size) for cid, size in missing.items())
+        if p.patch_size < alternative:
+            chosen[p.path] = p
+    return chosen
+
+
+def update_cost(old: Manifest, new: Manifest, delta: DeltaIndex | None) -> UpdateCost:
+    diff = diff_manifests(old, new)
+    patches = choose_patches(old, new, diff, delta)
+    need: set[str] = set()
+    reused = 0
+    write = 0
+    for path in diff.rebuilt:
+        f = new.file(path)
+        assert f is not None
+        write += f.size
+        if path in patches:
+            continue
+        for c in f.chunks:
+            if c.id in diff.download:
+                need.add(c.id)
+            else:
+                reused += c.size
+    for m in diff.moved:
+        f = new.file(m.target)
+        write += f.size if f is not None else 0
+    chunk_bytes = blocks_bytes(new, blocks_for(new, need))
+    patch_bytes = sum(p.patch_size for p in patches.values())
+    return UpdateCost(
+        download_bytes=chunk_bytes + patch_bytes,
+        chunk_bytes=chunk_bytes,
+        patch_bytes=patch_bytes,
+        reused_bytes=reused,
+        write_bytes=write,
+        full_bytes=install_bytes(new),
+        patched_files=tuple(sorted(patches)),
+    )

@@ -1,0 +1,245 @@
+"""The content store a publisher writes and a CDN serves.
+
+Layout (``ROOT/cdn`` is what any static host, nginx or S3 bucket serves; the rest stays private)::
+
+    ROOT/signing.key                               Ed25519 private key, mode 0600
+    ROOT/index.sqlite                              chunk index, versions, patches (publisher only)
+    ROOT/cdn/<product>/packs/<blake3>.pack         immutable packs of blocks
+    ROOT/cdn/<product>/manifests/<version>.manifest  zstd JSON, signed bytes
+    ROOT/cdn/<product>/manifests/<version>.sig     64-byte Ed25519 signature
+    ROOT/cdn/<product>/deltas/<from>--<to>.delta   signed delta index (+ .sig)
+    ROOT/cdn/<product>/patches/<blake3>.patch      per-file binary patches
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from patcher.deltaindex import DeltaIndex, decode_delta_index
+from patcher.errors import StoreError
+from patcher.manifest import Codec, Manifest
+from patcher.packs import decompress_block
+from patcher.signing import (
+    load_or_create_private_key,
+    load_signed_manifest,
+    public_key_hex,
+    verify_signature,
+)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS chunks (
+    product TEXT NOT NULL, id TEXT NOT NULL, pack TEXT NOT NULL, block_offset INTEGER NOT NULL,
+    stored_size INTEGER NOT NULL, raw_size INTEGER NOT NULL, codec TEXT NOT NULL,
+    offset_in_block INTEGER NOT NULL, size INTEGER NOT NULL, PRIMARY KEY (product, id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS versions (
+    product TEXT NOT NULL, version TEXT NOT NULL, seq INTEGER NOT NULL, created_at TEXT NOT NULL,
+    total_size INTEGER NOT NULL, file_count INTEGER NOT NULL, manifest_size INTEGER NOT NULL,
+    PRIMARY KEY (product, version)
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+SCHEMA_VERSION = "1"
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkRecord:
+    id: str
+    pack: str
+    block_offset: int
+    stored_size: int
+    raw_size: int
+    codec: Codec
+    offset_in_block: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class VersionRecord:
+    product: str
+    version: str
+    seq: int
+    created_at: str
+    total_size: int
+    file_count: int
+    manifest_size: int
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write then rename, so readers (and a CDN) never see a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with tmp.open("wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class Store:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.cdn = root / "cdn"
+        self.cdn.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(root / "index.sqlite", timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(SCHEMA)
+        self._db.execute(
+            "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
+        )
+        self._db.commit()
+        self._key: Ed25519PrivateKey | None = None
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- keys ---------------------------------------------------------------------------------
+    @property
+    def signing_key(self) -> Ed25519PrivateKey:
+        if self._key is None:
+            self._key = load_or_create_private_key(self.root / "signing.key")
+        return self._key
+
+    @property
+    def public_key_hex(self) -> str:
+        return public_key_hex(self.signing_key)
+
+    # -- paths (relative to the CDN root are what URLs carry) ---------------------------------
+    @staticmethod
+    def pack_rel(product: str, pack: str) -> str:
+        return f"{product}/packs/{pack}.pack"
+
+    @staticmethod
+    def manifest_rel(product: str, version: str) -> str:
+        return f"{product}/manifests/{version}.manifest"
+
+    @staticmethod
+    def delta_rel(product: str, from_version: str, to_version: str) -> str:
+        return f"{product}/deltas/{from_version}--{to_version}.delta"
+
+    @staticmethod
+    def patch_rel(product: str, patch_id: str) -> str:
+        return f"{product}/patches/{patch_id}.patch"
+
+    def path(self, rel: str) -> Path:
+        return self.cdn / rel
+
+    # -- chunk index --------------------------------------------------------------------------
+    def lookup_chunks(self, product: str, ids: Iterable[str]) -> dict[str, ChunkRecord]:
+        out: dict[str, ChunkRecord] = {}
+        id_list = list(ids)
+        for i in range(0, len(id_list), 500):
+            batch = id_list[i : i + 500]
+            marks = ",".join("?" * len(batch))
+            rows = self._db.execute(
+                "SELECT id, pack, block_offset, stored_size, raw_size, codec, offset_in_block, size"
+                f" FROM chunks WHERE product = ? AND id IN ({marks})",
+                (product, *batch),
+            )
+            for r in rows:
+                out[r[0]] = ChunkRecord(r[0], r[1], r[2], r[3], r[4], Codec(r[5]), r[6], r[7])
+        return out
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._db:
+            yield self._db
+
+    def add_chunks(self, db: sqlite3.Connection, product: str, recs: Iterable[ChunkRecord]) -> None:
+        db.executemany(
+            "INSERT OR IGNORE INTO chunks VALUES (?,?,?,?,?,?,?,?,?)",
+            [
+                (product, r.id, r.pack, r.block_offset, r.stored_size, r.raw_size, r.codec.value,
+                 r.offset_in_block, r.size)
+                for r in recs
+            ],
+        )
+
+    # -- versions -----------------------------------------------------------------------------
+    def products(self) -> list[str]:
+        rows = self._db.execute("SELECT DISTINCT product FROM versions ORDER BY product")
+        return [r[0] for r in rows]
+
+    def versions(self, product: str) -> list[VersionRecord]:
+        rows = self._db.execute(
+            "SELECT product, version, seq, created_at, total_size, file_count, manifest_size"
+            " FROM versions WHERE product = ? ORDER BY seq",
+            (product,),
+        )
+        return [VersionRecord(*r) for r in rows]
+
+    def version(self, product: str, version: str) -> VersionRecord | None:
+        return next((v for v in self.versions(product) if v.version == version), None)
+
+    def add_version(self, db: sqlite3.Connection, manifest: Manifest, manifest_size: int) -> None:
+        seq = db.execute(
+            "SELECT COALESCE(MAX(seq), 0) + 1 FROM versions WHERE product = ?",
+            (manifest.product_id,),
+        ).fetchone()[0]
+        db.execute(
+            "INSERT INTO versions VALUES (?,?,?,?,?,?,?)",
+            (manifest.product_id, manifest.version_id, seq, manifest.created_at,
+             manifest.total_size, len(manifest.files), manifest_size),
+        )
+
+    # -- signed documents ---------------------------------------------------------------------
+    def read_manifest(self, product: str, version: str) -> Manifest:
+        rel = self.manifest_rel(product, version)
+        try:
+            blob = self.path(rel).read_bytes()
+            sig = self.path(rel).with_suffix(".sig").read_bytes()
+        except FileNotFoundError as exc:
+            raise StoreError(f"no manifest for {product} {version}", code="VERSION_NOT_FOUND") from exc
+        return load_signed_manifest(blob, sig, self.signing_key.public_key())
+
+    def read_delta(self, product: str, from_version: str, to_version: str) -> DeltaIndex | None:
+        path = self.path(self.delta_rel(product, from_version, to_version))
+        if not path.exists():
+            return None
+        blob = path.read_bytes()
+        sig = path.with_suffix(".sig").read_bytes()
+        verify_signature(blob, sig, self.signing_key.public_key())
+        return decode_delta_index(blob)
+
+
+class BlockReader:
+    """Reads chunks back out of a store's packs (publisher patch building, store verification)."""
+
+    def __init__(self, store: Store, manifest: Manifest) -> None:
+        self.store = store
+        self.manifest = manifest
+        self._cached: tuple[int, bytes] | None = None
+
+    def block(self, index: int) -> bytes:
+        if self._cached is not None and self._cached[0] == index:
+            return self._cached[1]
+        b = self.manifest.blocks[index]
+        path = self.store.path(self.store.pack_rel(self.manifest.product_id, b.pack))
+        with path.open("rb") as fh:
+            fh.seek(b.offset)
+            stored = fh.read(b.stored_size)
+        if len(stored) != b.stored_size:
+            raise StoreError(f"pack {b.pack} truncated at block {index}", code="STORE_CORRUPT")
+        raw = decompress_block(stored, b.codec, b.raw_size)
+        self._cached = (index, raw)
+        return raw
+
+    def chunk(self, chunk_id: str, size: int) -> bytes:
+        loc = self.manifest.chunks[chunk_id]
+        return self.block(loc.block)[loc.offset : loc.offset + size]
+
+    def extract(self, path: str, dest: Path) -> None:
+        entry = self.manifest.file(path)
+        if entry is None:
+            raise StoreError(f"{path} not in {self.manifest.version_id}", code="FILE_NOT_FOUND")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with dest.open("wb") as fh:
+            for c in entry.chunks:
+                fh.write(self.chunk(c.id, c.size))
