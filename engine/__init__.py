@@ -1,1 +1,1 @@
-"""engine package."""
+"""The local download and sync engine: plans, downloads, verifies and installs game content."""

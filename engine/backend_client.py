@@ -1,0 +1,244 @@
+"""The engine's client for the platform backend (httpx): auth, library, download tasks.
+
+Foreign errors are translated here: the rest of the engine sees only ``EngineError`` with the
+seed's codes. A 401 triggers one token refresh and one retry.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import httpx
+
+from engine.errors import EngineError
+from engine.sources import CdnSource
+
+TokenSaver = Callable[[str | None], None]
+
+
+@dataclass(frozen=True, slots=True)
+class TaskGrant:
+    """What the backend authorizes for one download: where the manifest is, which CDNs."""
+
+    backend_task_id: str
+    product_id: str
+    version_id: str
+    manifest_path: str
+    signature_path: str
+    sources: tuple[CdnSource, ...]
+    delta_path: str | None = None
+    delta_signature_path: str | None = None
+
+
+def _parse_time(text: str | None) -> float:
+    if not text:
+        return time.time() + 300
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def parse_sources(raw: list[dict[str, Any]]) -> tuple[CdnSource, ...]:
+    return tuple(
+        CdnSource(
+            id=str(s["id"]), base_url=str(s["baseUrl"]), query=str(s.get("query", "")),
+            expires_at=_parse_time(s.get("expiresAt")), priority=int(s.get("priority", 0)),
+        )
+        for s in raw
+    )
+
+
+def _error_from(resp: httpx.Response) -> EngineError:
+    code, detail = "BACKEND_ERROR", resp.text[:300]
+    try:
+        err = resp.json()["errors"][0]
+        code = str(err.get("code") or code)
+        detail = str(err.get("detail") or err.get("title") or detail)
+    except (ValueError, KeyError, IndexError, TypeError):
+        pass
+    if resp.status_code == 404 and code == "BACKEND_ERROR":
+        code = "PRODUCT_NOT_FOUND"
+    if resp.status_code == 429:
+        code = "RATE_LIMITED"
+        detail = f"{detail} (retry after {resp.headers.get('Retry-After', '?')} s)"
+    return EngineError(code, f"backend answered {resp.status_code}: {detail}")
+
+
+class BackendClient:
+    def __init__(self, base_url: str, *, refresh_token: str | None = None,
+                 save_refresh_token: TokenSaver | None = None, timeout: float = 30.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
+        self._access: str | None = None
+        self._access_expires = 0.0
+        self._refresh = refresh_token
+        self._save = save_refresh_token
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    @property
+    def logged_in(self) -> bool:
+        return self._refresh is not None or self._access is not None
+
+    # -- transport ----------------------------------------------------------------------------
+    async def _send(self, method: str, path: str, *, auth: bool = True,
+                    json: Any = None, params: dict[str, Any] | None = None) -> httpx.Response:
+        try:
+            headers = {}
+            if auth:
+                headers["Authorization"] = f"Bearer {await self._token()}"
+            return await self._http.request(method, path, json=json, params=params,
+                                            headers=headers)
+        except httpx.HTTPError as exc:
+            raise EngineError("BACKEND_UNREACHABLE",
+                              f"{method} {self.base_url}{path}: {exc!r}") from exc
+
+    async def call(self, method: str, path: str, *, json: Any = None,
+                   params: dict[str, Any] | None = None, auth: bool = True) -> Any:
+        resp = await self._send(method, path, json=json, params=params, auth=auth)
+        if resp.status_code == 401 and auth and self._refresh is not None:
+            self._access = None
+            resp = await self._send(method, path, json=json, params=params, auth=auth)
+        if resp.status_code >= 400:
+            raise _error_from(resp)
+        if resp.status_code == 204 or not resp.content:
+            return None
+        try:
+            return resp.json()
+        except ValueError as exc:
+            raise EngineError("BACKEND_ERROR", f"{path}: answer is not JSON") from exc
+
+    # -- auth ---------------------------------------------------------------------------------
+    async def login(self, username: str, password: str) -> None:
+        doc = await self.call("POST", "/api/v1/auth/token", auth=False,
+                              json={"username": username, "password": password})
+        self._take_tokens(doc)
+
+    async def logout(self) -> None:
+        if self._refresh is not None:
+            try:
+                await self.call("POST", "/api/v1/auth/revoke", auth=False,
+                                json={"refreshToken": self._refresh})
+            finally:
+                self._set_refresh(None)
+                self._access = None
+
+    def _take_tokens(self, doc: Any) -> None:
+        attrs = doc["data"]["attributes"]
+        self._access = str(attrs["accessToken"])
+        self._access_expires = time.monotonic() + float(attrs.get("expiresIn", 300)) - 30
+        if attrs.get("refreshToken"):
+            self._set_refresh(str(attrs["refreshToken"]))
+
+    def _set_refresh(self, token: str | None) -> None:
+        self._refresh = token
+        if self._save is not None:
+            self._save(token)
+
+    async def _token(self) -> str:
+        if self._access is not None and time.monotonic() < self._access_expires:
+            return self._access
+        if self._refresh is None:
+            raise EngineError("AUTH_REQUIRED", "not logged in: run `launcher-engine login`")
+        resp = await self._http.post("/api/v1/auth/refresh", json={"refreshToken": self._refresh})
+        if resp.status_code in (400, 401, 403):
+            self._set_refresh(None)
+            raise EngineError("AUTH_REQUIRED", "session expired: run `launcher-engine login` again")
+        if resp.status_code >= 400:
+            raise _error_from(resp)
+        self._take_tokens(resp.json())
+        assert self._access is not None
+        return self._access
+
+    # -- platform calls -----------------------------------------------------------------------
+    async def library(self) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        page = 1
+        while True:
+            doc = await self.call("GET", "/api/v1/library/items",
+                                  params={"page": page, "limit": 100})
+            items.extend(doc.get("data", []))
+            if not doc.get("links", {}).get("next") or not doc.get("data"):
+                return items
+            page += 1
+
+    async def manifest_key(self) -> str:
+        doc = await self.call("GET", "/api/v1/download/manifest-key")
+        return str(doc["data"]["attributes"]["publicKey"])
+
+    async def create_task(self, product_id: str, version_id: str | None, target_path: str,
+                          priority: int = 0) -> TaskGrant:
+        attrs: dict[str, Any] = {"productId": product_id, "targetPath": target_path,
+                                 "priority": priority}
+        if version_id:
+            attrs["versionId"] = version_id
+        doc = await self.call("POST", "/api/v1/download/tasks",
+                              json={"data": {"type": "downloadTaskRequest", "attributes": attrs}})
+        return self._grant(doc)
+
+    async def initiate_update(self, product_id: str, from_version: str,
+                              target_version: str | None) -> TaskGrant:
+        attrs: dict[str, Any] = {"productId": product_id, "currentVersionId": from_version}
+        if target_version:
+            attrs["targetVersionId"] = target_version
+        doc = await self.call("POST", "/api/v1/download/updates/initiate",
+                              json={"data": {"type": "updateInitiateRequest", "attributes": attrs}})
+        return self._grant(doc)
+
+    @staticmethod
+    def _grant(doc: Any) -> TaskGrant:
+        try:
+            data = doc["data"]
+            a = data["attributes"]
+            delta = a.get("delta") or {}
+            return TaskGrant(
+                backend_task_id=str(data["id"]), product_id=str(a["productId"]),
+                version_id=str(a["versionId"]), manifest_path=str(a["manifest"]["path"]),
+                signature_path=str(a["manifest"]["signaturePath"]),
+                sources=parse_sources(a["cdnSources"]),
+                delta_path=delta.get("path"), delta_signature_path=delta.get("signaturePath"),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise EngineError("BACKEND_ERROR", f"unexpected download task answer: {exc!r}") from exc
+
+    async def refresh_sources(self, backend_task_id: str) -> tuple[CdnSource, ...]:
+        doc = await self.call("POST", f"/api/v1/download/tasks/{backend_task_id}/cdn-tokens")
+        try:
+            return parse_sources(doc["data"]["attributes"]["cdnSources"])
+        except (KeyError, TypeError) as exc:
+            raise EngineError("CDN_LINK_GENERATION_FAILED", f"bad token answer: {exc!r}") from exc
+
+    async def report_status(self, backend_task_id: str, status: str, downloaded: int,
+                            error: EngineError | None = None) -> None:
+        attrs: dict[str, Any] = {"status": status, "downloadedBytes": downloaded}
+        if error is not None:
+            attrs["errorCode"] = error.code
+            attrs["errorMessage"] = error.message
+        await self.call("POST", f"/api/v1/download/tasks/{backend_task_id}/status",
+                        json={"data": {"type": "downloadTaskStatus", "attributes": attrs}})
+
+    async def check_updates(self, installed: list[tuple[str, str]]) -> list[dict[str, Any]]:
+        body = {"data": [{"type": "installedProduct",
+                          "attributes": {"productId": p, "currentVersionId": v}}
+                         for p, v in installed]}
+        doc = await self.call("POST", "/api/v1/download/updates/check", json=body)
+        return [d["attributes"] for d in doc.get("data", [])]
+
+    async def report_update_applied(self, product_id: str, from_version: str, to_version: str,
+                                    success: bool, error: str | None = None) -> None:
+        await self.call("POST", "/api/v1/download/updates/applied", json={"data": {
+            "type": "updateApplied",
+            "attributes": {"productId": product_id, "fromVersionId": from_version,
+                           "toVersionId": to_version, "success": success, "errorMessage": error},
+        }})
+
+
+async def best_effort(coro: Awaitable[Any]) -> None:
+    """Status reports are history, not control: a failed report must not fail an install."""
+    try:
+        await coro
+    except EngineError:
+        pass

@@ -1,0 +1,144 @@
+"""Install planning: a pure function from a manifest (and what is already done) to work.
+
+The plan says which blocks to fetch, grouped into coalesced byte ranges of the pack files (a
+fresh install reads packs almost sequentially; small gaps are fetched rather than paying for
+another request), where each chunk of each block goes, and what it costs before anything starts.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from patcher.manifest import Codec, Manifest
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkWrite:
+    file_index: int
+    file_offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkTarget:
+    chunk_id: str
+    offset: int  # in the block's uncompressed bytes
+    size: int
+    writes: tuple[ChunkWrite, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class BlockJob:
+    index: int  # manifest block index: the journal's unit
+    pack: str
+    offset: int
+    stored_size: int
+    raw_size: int
+    codec: Codec
+    targets: tuple[ChunkTarget, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class FetchRange:
+    pack: str
+    start: int
+    end: int  # exclusive
+    blocks: tuple[BlockJob, ...]
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+
+@dataclass(frozen=True, slots=True)
+class InstallPlan:
+    ranges: tuple[FetchRange, ...]
+    pending_writes: dict[int, int]  # file index -> chunk writes still to do
+    download_bytes: int  # bytes on the wire, gaps included
+    useful_bytes: int  # stored bytes of the blocks needed
+    write_bytes: int  # uncompressed bytes to write
+    total_bytes: int  # size of the installed game
+
+    @property
+    def block_count(self) -> int:
+        return sum(len(r.blocks) for r in self.ranges)
+
+
+def block_jobs(manifest: Manifest, done_blocks: Iterable[int] = ()) -> list[BlockJob]:
+    """Every block the manifest's files need, except those the journal says are written."""
+    done = set(done_blocks)
+    targets: dict[int, dict[str, list[ChunkWrite]]] = defaultdict(dict)
+    for fi, f in enumerate(manifest.files):
+        for c in f.chunks:
+            loc = manifest.chunks[c.id]
+            if loc.block in done:
+                continue
+            targets[loc.block].setdefault(c.id, []).append(ChunkWrite(fi, c.offset))
+    sizes = manifest.chunk_sizes()
+    jobs = []
+    for bi in sorted(targets):
+        b = manifest.blocks[bi]
+        chunk_targets = tuple(
+            ChunkTarget(cid, manifest.chunks[cid].offset, sizes[cid], tuple(writes))
+            for cid, writes in sorted(targets[bi].items(), key=lambda kv: manifest.chunks[kv[0]].offset)
+        )
+        jobs.append(BlockJob(bi, b.pack, b.offset, b.stored_size, b.raw_size, b.codec, chunk_targets))
+    return jobs
+
+
+def coalesce(jobs: Iterable[BlockJob], *, max_range: int, max_gap: int) -> list[FetchRange]:
+    """Merge blocks of one pack into ranges of at most ``max_range`` bytes, bridging small gaps."""
+    ordered = sorted(jobs, key=lambda j: (j.pack, j.offset))
+    ranges: list[FetchRange] = []
+    current: list[BlockJob] = []
+
+    def flush() -> None:
+        if current:
+            ranges.append(FetchRange(current[0].pack, current[0].offset,
+                                     current[-1].offset + current[-1].stored_size, tuple(current)))
+            current.clear()
+
+    for job in ordered:
+        if current:
+            last = current[-1]
+            end = last.offset + last.stored_size
+            gap = job.offset - end
+            fits = job.offset + job.stored_size - current[0].offset <= max_range
+            if job.pack != last.pack or gap > max_gap or gap < 0 or not fits:
+                flush()
+        current.append(job)
+    flush()
+    return ranges
+
+
+def plan_install(
+    manifest: Manifest, *, done_blocks: Iterable[int] = (), max_range: int = 16 << 20,
+    max_gap: int = 256 << 10,
+) -> InstallPlan:
+    jobs = block_jobs(manifest, done_blocks)
+    ranges = coalesce(jobs, max_range=max_range, max_gap=max_gap)
+    pending: dict[int, int] = {fi: 0 for fi in range(len(manifest.files))}
+    write = 0
+    for job in jobs:
+        for t in job.targets:
+            for w in t.writes:
+                pending[w.file_index] += 1
+                write += t.size
+    return InstallPlan(
+        ranges=tuple(ranges),
+        pending_writes=pending,
+        download_bytes=sum(r.size for r in ranges),
+        useful_bytes=sum(j.stored_size for j in jobs),
+        write_bytes=write,
+        total_bytes=manifest.total_size,
+    )
+
+
+def split_range(r: FetchRange, done: Iterable[int]) -> FetchRange | None:
+    """The part of a range still to fetch after some of its blocks arrived (for retries)."""
+    finished = set(done)
+    rest = tuple(b for b in r.blocks if b.index not in finished)
+    if not rest:
+        return None
+    return FetchRange(r.pack, rest[0].offset, rest[-1].offset + rest[-1].stored_size, rest)

@@ -1,0 +1,253 @@
+"""The engine's persistent state (SQLite via sqlite-utils): queue, journal, installed games.
+
+The journal records blocks whose chunks are written and fsynced into staging files, and files
+whose SHA-256 is verified, so a restart after kill -9 or power loss re-downloads at most the
+blocks that were in flight.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from engine.errors import EngineError
+from engine.queueorder import TaskState
+
+SCHEMA_VERSION = 1
+TERMINAL = frozenset({TaskState.COMPLETED, TaskState.ERROR, TaskState.CANCELLED})
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRecord:
+    id: str
+    product_id: str
+    version_id: str | None
+    kind: str  # install | update | repair
+    target_path: str
+    priority: int
+    position: int
+    status: TaskState
+    user_paused: bool
+    created_at: float
+    updated_at: float
+    total_bytes: int
+    download_bytes: int
+    downloaded_bytes: int
+    limit_bps: int | None
+    backend_task_id: str | None
+    error_code: str | None
+    error_message: str | None
+    from_version: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "taskId": self.id, "productId": self.product_id, "versionId": self.version_id,
+            "kind": self.kind, "targetPath": self.target_path, "priority": self.priority,
+            "position": self.position, "status": self.status.value, "userPaused": self.user_paused,
+            "totalSizeBytes": self.total_bytes, "downloadSizeBytes": self.download_bytes,
+            "downloadedBytes": self.downloaded_bytes, "limitBps": self.limit_bps,
+            "errorCode": self.error_code, "errorMessage": self.error_message,
+            "fromVersion": self.from_version,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class InstalledGame:
+    product_id: str
+    version_id: str
+    path: str
+    size: int
+    installed_at: float
+    dirty: bool
+    previous_version: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"productId": self.product_id, "versionId": self.version_id, "path": self.path,
+                "sizeBytes": self.size, "installedAt": self.installed_at, "dirty": self.dirty,
+                "previousVersion": self.previous_version}
+
+
+class State:
+    def __init__(self, data_dir: Path) -> None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir = data_dir
+        self.manifest_dir = data_dir / "manifests"
+        conn = sqlite3.connect(data_dir / "state.sqlite", timeout=30, isolation_level=None)
+        self.db = sqlite_utils.Database(conn)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self._migrate()
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+    def _migrate(self) -> None:
+        db = self.db
+        db.table("meta").create({"key": str, "value": str}, pk="key", if_not_exists=True)
+        db.table("tasks").create(
+            {
+                "id": str, "product_id": str, "version_id": str, "kind": str, "target_path": str,
+                "priority": int, "position": int, "status": str, "user_paused": int,
+                "created_at": float, "updated_at": float, "total_bytes": int,
+                "download_bytes": int, "downloaded_bytes": int, "limit_bps": int,
+                "backend_task_id": str, "error_code": str, "error_message": str,
+                "from_version": str,
+            },
+            pk="id", if_not_exists=True,
+        )
+        db.table("block_done").create({"task_id": str, "block": int}, pk=("task_id", "block"),
+                                if_not_exists=True)
+        db.table("file_done").create({"task_id": str, "file": int}, pk=("task_id", "file"),
+                               if_not_exists=True)
+        db.table("installed").create(
+            {"product_id": str, "version_id": str, "path": str, "size": int,
+             "installed_at": float, "dirty": int, "previous_version": str},
+            pk="product_id", if_not_exists=True,
+        )
+        row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row is None:
+            db.table("meta").insert({"key": "schema_version", "value": str(SCHEMA_VERSION)})
+        elif int(row[0]) > SCHEMA_VERSION:
+            raise EngineError("CONFIG_INVALID", f"state database is from a newer engine ({row[0]})")
+
+    # -- key/value ----------------------------------------------------------------------------
+    def get_meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.table("meta").upsert({"key": key, "value": value}, pk="key")
+
+    # -- tasks --------------------------------------------------------------------------------
+    def add_task(self, product_id: str, version_id: str | None, target_path: str, *,
+                 priority: int = 0, kind: str = "install", from_version: str | None = None,
+                 limit_bps: int | None = None) -> TaskRecord:
+        now = time.time()
+        row = self.db.execute("SELECT COALESCE(MAX(position), -1) + 1 FROM tasks").fetchone()
+        task = {
+            "id": uuid.uuid4().hex, "product_id": product_id, "version_id": version_id,
+            "kind": kind, "target_path": target_path, "priority": priority,
+            "position": int(row[0]), "status": TaskState.QUEUED.value, "user_paused": 0,
+            "created_at": now, "updated_at": now, "total_bytes": 0, "download_bytes": 0,
+            "downloaded_bytes": 0, "limit_bps": limit_bps, "backend_task_id": None,
+            "error_code": None, "error_message": None, "from_version": from_version,
+        }
+        self.db.table("tasks").insert(task)
+        return self.task(str(task["id"]))
+
+    @staticmethod
+    def _task(row: dict[str, Any]) -> TaskRecord:
+        return TaskRecord(
+            id=row["id"], product_id=row["product_id"], version_id=row["version_id"],
+            kind=row["kind"], target_path=row["target_path"], priority=row["priority"],
+            position=row["position"], status=TaskState(row["status"]),
+            user_paused=bool(row["user_paused"]), created_at=row["created_at"],
+            updated_at=row["updated_at"], total_bytes=row["total_bytes"] or 0,
+            download_bytes=row["download_bytes"] or 0, downloaded_bytes=row["downloaded_bytes"] or 0,
+            limit_bps=row["limit_bps"], backend_task_id=row["backend_task_id"],
+            error_code=row["error_code"], error_message=row["error_message"],
+            from_version=row["from_version"],
+        )
+
+    def task(self, task_id: str) -> TaskRecord:
+        rows = list(self.db.table("tasks").rows_where("id = ?", [task_id]))
+        if not rows:
+            # a short unique prefix is accepted, as git does for commits
+            rows = list(self.db.table("tasks").rows_where("id LIKE ?", [task_id + "%"]))
+            if len(rows) != 1:
+                raise EngineError("TASK_NOT_FOUND", f"no task {task_id!r}")
+        return self._task(rows[0])
+
+    def tasks(self, *, include_finished: bool = True) -> list[TaskRecord]:
+        rows = self.db.table("tasks").rows_where(order_by="priority DESC, position, created_at")
+        out = [self._task(r) for r in rows]
+        return out if include_finished else [t for t in out if t.status not in TERMINAL]
+
+    def update_task(self, task_id: str, **fields: Any) -> TaskRecord:
+        if "status" in fields and isinstance(fields["status"], TaskState):
+            fields["status"] = fields["status"].value
+        if "user_paused" in fields:
+            fields["user_paused"] = int(bool(fields["user_paused"]))
+        fields["updated_at"] = time.time()
+        self.db.table("tasks").update(task_id, fields)
+        return self.task(task_id)
+
+    def set_positions(self, ordered_ids: Iterable[str]) -> None:
+        with self.db.conn:
+            for pos, tid in enumerate(ordered_ids):
+                self.db.execute("UPDATE tasks SET position = ? WHERE id = ?", [pos, tid])
+
+    def active_task_for(self, product_id: str) -> TaskRecord | None:
+        for t in self.tasks(include_finished=False):
+            if t.product_id == product_id:
+                return t
+        return None
+
+    # -- journal ------------------------------------------------------------------------------
+    def done_blocks(self, task_id: str) -> set[int]:
+        rows = self.db.execute("SELECT block FROM block_done WHERE task_id = ?", [task_id])
+        return {int(r[0]) for r in rows}
+
+    def mark_blocks(self, task_id: str, blocks: Iterable[int]) -> None:
+        self.db.conn.execute("BEGIN")
+        try:
+            self.db.conn.executemany(
+                "INSERT OR IGNORE INTO block_done (task_id, block) VALUES (?, ?)",
+                [(task_id, b) for b in blocks],
+            )
+            self.db.conn.execute("COMMIT")
+        except BaseException:
+            self.db.conn.execute("ROLLBACK")
+            raise
+
+    def unmark_blocks(self, task_id: str, blocks: Iterable[int]) -> None:
+        self.db.conn.executemany("DELETE FROM block_done WHERE task_id = ? AND block = ?",
+                                 [(task_id, b) for b in blocks])
+
+    def done_files(self, task_id: str) -> set[int]:
+        rows = self.db.execute("SELECT file FROM file_done WHERE task_id = ?", [task_id])
+        return {int(r[0]) for r in rows}
+
+    def mark_file(self, task_id: str, file_index: int) -> None:
+        self.db.execute("INSERT OR IGNORE INTO file_done (task_id, file) VALUES (?, ?)",
+                        [task_id, file_index])
+
+    def clear_journal(self, task_id: str) -> None:
+        self.db.execute("DELETE FROM block_done WHERE task_id = ?", [task_id])
+        self.db.execute("DELETE FROM file_done WHERE task_id = ?", [task_id])
+
+    # -- installed games ----------------------------------------------------------------------
+    def installed(self) -> list[InstalledGame]:
+        return [self._installed(r) for r in self.db.table("installed").rows_where(order_by="product_id")]
+
+    def installed_game(self, product_id: str) -> InstalledGame | None:
+        rows = list(self.db.table("installed").rows_where("product_id = ?", [product_id]))
+        return self._installed(rows[0]) if rows else None
+
+    @staticmethod
+    def _installed(r: dict[str, Any]) -> InstalledGame:
+        return InstalledGame(r["product_id"], r["version_id"], r["path"], r["size"],
+                             r["installed_at"], bool(r["dirty"]), r["previous_version"])
+
+    def set_installed(self, game: InstalledGame) -> None:
+        self.db.table("installed").upsert(
+            {"product_id": game.product_id, "version_id": game.version_id, "path": game.path,
+             "size": game.size, "installed_at": game.installed_at, "dirty": int(game.dirty),
+             "previous_version": game.previous_version},
+            pk="product_id",
+        )
+
+    def remove_installed(self, product_id: str) -> None:
+        self.db.table("installed").delete_where("product_id = ?", [product_id])
+
+    # -- cached signed manifests --------------------------------------------------------------
+    def manifest_files(self, product_id: str, version_id: str) -> tuple[Path, Path]:
+        base = self.manifest_dir / product_id
+        return base / f"{version_id}.manifest", base / f"{version_id}.sig"
