@@ -7,7 +7,7 @@ seed's codes. A 401 triggers one token refresh and one retry.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -234,11 +234,3 @@ class BackendClient:
             "attributes": {"productId": product_id, "fromVersionId": from_version,
                            "toVersionId": to_version, "success": success, "errorMessage": error},
         }})
-
-
-async def best_effort(coro: Awaitable[Any]) -> None:
-    """Status reports are history, not control: a failed report must not fail an install."""
-    try:
-        await coro
-    except EngineError:
-        pass

@@ -41,6 +41,7 @@ class Settings:
     progress_interval_s: float = 0.25
     schedule: tuple[str, ...] = ()
     use_keyring: bool = True
+    keep_free_bytes: int = 0  # refuse installs that would leave less free space than this
     username: str | None = None
 
     @property

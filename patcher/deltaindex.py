@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import zstandard
 
 from patcher.errors import ManifestError
-from patcher.manifest import _hex, check_id, _int, _need, check_relative_path
+from patcher.manifest import _hex, _int, _need, check_id, check_relative_path
 
 DELTA_FORMAT_VERSION = 1
 MAX_DELTA_BYTES = 64 * 1024 * 1024

@@ -1,0 +1,175 @@
+"""The network shell: fetch coalesced byte ranges of packs from ranked CDN sources (aiohttp),
+hand each block to a processor, retry what failed elsewhere.
+
+Failures are classified (5xx, reset, stall, 403, corrupt bytes) and fed to the source pool,
+which ranks edges by health and speed; a retried range skips the blocks that already arrived.
+Every retry is capped; the last failure decides the final error code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from engine.blockio import BlockCorrupt
+from engine.errors import EngineError
+from engine.planner import BlockJob, FetchRange, split_range
+from engine.ratelimit import AsyncRateLimiter
+from engine.retry import RetryPolicy
+from engine.sources import CdnSource, FailureKind, SourcePool
+
+log = logging.getLogger(__name__)
+
+BlockSink = Callable[[BlockJob, bytes], Awaitable[None]]
+SourceRefresher = Callable[[], Awaitable[tuple[CdnSource, ...]]]
+
+
+class FetchFailed(Exception):
+    def __init__(self, kind: FailureKind, detail: str) -> None:
+        super().__init__(detail)
+        self.kind = kind
+        self.detail = detail
+
+
+@dataclass(slots=True)
+class WorkItem:
+    range: FetchRange
+    attempt: int = 0
+    exclude: frozenset[str] = frozenset()
+    last: FetchFailed | None = None
+
+
+@dataclass(slots=True)
+class DownloadContext:
+    session: aiohttp.ClientSession
+    pool: SourcePool
+    limiter: AsyncRateLimiter
+    retry: RetryPolicy
+    product_id: str
+    task_key: str
+    refresh: SourceRefresher
+    refresh_margin_s: float = 60.0
+    on_bytes: Callable[[int], None] = lambda n: None
+    _refresh_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def refresh_tokens(self, force: bool = False) -> None:
+        async with self._refresh_lock:
+            if force or self.pool.needs_refresh(time.time(), self.refresh_margin_s):
+                self.pool.replace_tokens(list(await self.refresh()))
+
+
+def pack_rel(product_id: str, pack: str) -> str:
+    return f"{product_id}/packs/{pack}.pack"
+
+
+async def _fetch_range(ctx: DownloadContext, source: CdnSource, r: FetchRange,
+                       sink: BlockSink, done: set[int]) -> None:
+    url = source.url(pack_rel(ctx.product_id, r.pack))
+    headers = {"Range": f"bytes={r.start}-{r.end - 1}"}
+    started = time.monotonic()
+    received = 0
+    try:
+        async with ctx.session.get(url, headers=headers) as resp:
+            if resp.status == 403:
+                raise FetchFailed(FailureKind.FORBIDDEN, f"{source.id}: 403 for {r.pack[:12]}")
+            if resp.status >= 500:
+                raise FetchFailed(FailureKind.HTTP_5XX, f"{source.id}: HTTP {resp.status}")
+            if resp.status == 200 and r.start != 0:
+                raise FetchFailed(FailureKind.HTTP_5XX, f"{source.id}: ignored Range")
+            if resp.status not in (200, 206):
+                raise FetchFailed(FailureKind.HTTP_5XX, f"{source.id}: HTTP {resp.status}")
+            position = r.start
+            for job in r.blocks:
+                if job.offset > position:  # a bridged gap: read and drop
+                    await resp.content.readexactly(job.offset - position)
+                    received += job.offset - position
+                data = await resp.content.readexactly(job.stored_size)
+                received += job.stored_size
+                position = job.offset + job.stored_size
+                ctx.on_bytes(job.stored_size)
+                await ctx.limiter.consume(job.stored_size, ctx.task_key)
+                try:
+                    await sink(job, data)
+                except BlockCorrupt as exc:
+                    raise FetchFailed(FailureKind.CORRUPT, f"{source.id}: {exc}") from exc
+                done.add(job.index)
+    except asyncio.IncompleteReadError as exc:
+        raise FetchFailed(FailureKind.RESET, f"{source.id}: connection closed early") from exc
+    except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
+        raise FetchFailed(FailureKind.STALL, f"{source.id}: no data (stalled)") from exc
+    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError,
+            aiohttp.ClientOSError, ConnectionError) as exc:
+        raise FetchFailed(FailureKind.RESET, f"{source.id}: {exc!r}") from exc
+    except aiohttp.ClientError as exc:
+        raise FetchFailed(FailureKind.RESET, f"{source.id}: {exc!r}") from exc
+    finally:
+        if received:
+            ctx.pool.record_success(source.id, received, time.monotonic() - started, time.time())
+
+
+def final_error(item: WorkItem) -> EngineError:
+    last = item.last
+    if last is not None and last.kind is FailureKind.CORRUPT:
+        return EngineError("FILE_HASH_MISMATCH",
+                           f"pack {item.range.pack[:12]}: corrupt data from every source ({last.detail})")
+    if last is not None and last.kind is FailureKind.FORBIDDEN:
+        return EngineError("CDN_LINK_GENERATION_FAILED", f"CDN refused fresh tokens: {last.detail}")
+    detail = last.detail if last else "no source"
+    return EngineError("CDN_UNREACHABLE",
+                       f"gave up on pack {item.range.pack[:12]} after {item.attempt} attempts: {detail}")
+
+
+async def download(ctx: DownloadContext, ranges: list[FetchRange], sink: BlockSink,
+                   workers: int) -> None:
+    """Fetch every range; raises the first unrecoverable error (cancelling the rest)."""
+    queue: asyncio.Queue[WorkItem | None] = asyncio.Queue()
+    for r in ranges:
+        queue.put_nowait(WorkItem(r))
+    outstanding = len(ranges)
+    finished = asyncio.Event()
+    if outstanding == 0:
+        return
+
+    async def worker() -> None:
+        nonlocal outstanding
+        while True:
+            item = await queue.get()
+            if item is None:
+                return
+            done: set[int] = set()
+            await ctx.refresh_tokens()
+            source = ctx.pool.pick(time.time(), item.exclude)
+            try:
+                await _fetch_range(ctx, source, item.range, sink, done)
+            except FetchFailed as exc:
+                ctx.pool.record_failure(source.id, exc.kind, time.time())
+                rest = split_range(item.range, done)
+                if rest is not None:
+                    nxt = WorkItem(rest, item.attempt + 1, item.exclude | {source.id}, exc)
+                    if len(nxt.exclude) >= len(ctx.pool.ranked(time.time())):
+                        nxt.exclude = frozenset()  # every edge tried once: start over by health
+                    log.warning("range retry %d: %s", nxt.attempt, exc.detail)
+                    if not ctx.retry.should_retry(nxt.attempt):
+                        raise final_error(nxt) from exc
+                    if exc.kind is FailureKind.FORBIDDEN:
+                        await ctx.refresh_tokens(force=True)
+                    await asyncio.sleep(ctx.retry.delay(nxt.attempt, random.random()))
+                    queue.put_nowait(nxt)
+                    continue
+            outstanding -= 1
+            if outstanding == 0:
+                finished.set()
+                for _ in range(workers):
+                    queue.put_nowait(None)
+
+    async with asyncio.TaskGroup() as tg:
+        for _ in range(max(1, min(workers, len(ranges)))):
+            tg.create_task(worker())
+    if not finished.is_set():
+        raise EngineError("CDN_UNREACHABLE", "download ended with ranges outstanding")

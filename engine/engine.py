@@ -1,0 +1,304 @@
+"""The engine: a persistent download queue driving install runs.
+
+Commands (install, pause, resume, cancel, move, priority, limits) change the SQLite state and
+wake the scheduler loop; the loop asks the pure ``queueorder.select_runnable`` what should run
+and starts or stops runs to match. Every run is a task in one ``TaskGroup``; stopping a run is a
+cancellation with a recorded reason, after which the journal is consistent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+
+import aiohttp
+
+from engine.backend_client import BackendClient
+from engine.config import Settings
+from engine.credentials import CredentialStore
+from engine.errors import EngineError
+from engine.events import EventBus, error_event, status_event
+from engine.installer import EngineContext, InstallRun
+from engine.queueorder import QueueEntry, TaskState, move, select_runnable
+from engine.ratelimit import AsyncRateLimiter
+from engine.schedule import DownloadSchedule, parse_window
+from engine.staging import STAGING_DIR
+from engine.state import TERMINAL, InstalledGame, State, TaskRecord
+from patcher.manifest import check_id
+
+log = logging.getLogger(__name__)
+
+RUNNABLE = frozenset({TaskState.QUEUED, TaskState.PREPARING, TaskState.DOWNLOADING,
+                      TaskState.VERIFYING})
+
+
+class Engine:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.state = State(settings.data_dir)
+        self.bus = EventBus()
+        self.limiter = AsyncRateLimiter(settings.global_limit_bps)
+        self.credentials = CredentialStore(settings.data_dir, settings.backend_url,
+                                           settings.use_keyring)
+        self.api = BackendClient(settings.backend_url, refresh_token=self.credentials.load(),
+                                 save_refresh_token=self.credentials.save)
+        self.schedule = DownloadSchedule(tuple(parse_window(w) for w in settings.schedule))
+        self._runners: dict[str, asyncio.Task[None]] = {}
+        self._stop_reason: dict[str, TaskState] = {}
+        self._wake = asyncio.Event()
+        self._session: aiohttp.ClientSession | None = None
+        self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="engine-io")
+        self.offline = False
+        for t in self.state.tasks(include_finished=False):
+            if t.status in (TaskState.DOWNLOADING, TaskState.PREPARING, TaskState.VERIFYING):
+                self.state.update_task(t.id, status=TaskState.QUEUED)  # interrupted last time
+            if t.limit_bps:
+                self.limiter.set_task(t.id, t.limit_bps)
+
+    async def __aenter__(self) -> Engine:
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        for tid, runner in list(self._runners.items()):
+            self._stop_reason.setdefault(tid, TaskState.QUEUED)
+            runner.cancel()
+        for runner in list(self._runners.values()):
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner
+        if self._session is not None:
+            await self._session.close()
+        await self.api.aclose()
+        self._executor.shutdown(wait=True)
+        self.state.close()
+
+    def _context(self) -> EngineContext:
+        if self._session is None:
+            timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.settings.connect_timeout_s,
+                                            sock_read=self.settings.stall_timeout_s)
+            connector = aiohttp.TCPConnector(limit=64, limit_per_host=16, ttl_dns_cache=300)
+            self._session = aiohttp.ClientSession(timeout=timeout, connector=connector,
+                                                  auto_decompress=False)
+        return EngineContext(self.settings, self.state, self.api, self.bus, self.limiter,
+                             self._session, self._executor)
+
+    # -- commands -----------------------------------------------------------------------------
+    def wake(self) -> None:
+        self._wake.set()
+
+    def install(self, product_id: str, version_id: str | None = None, target: str | None = None,
+                priority: int = 0, limit_bps: int | None = None) -> TaskRecord:
+        check_id(product_id, "productId")
+        if version_id is not None:
+            check_id(version_id, "versionId")
+        active = self.state.active_task_for(product_id)
+        if active is not None:
+            return active  # one task per game: asking again resumes the same one
+        installed = self.state.installed_game(product_id)
+        path = Path(target) if target else (
+            Path(installed.path) if installed else self.settings.library / product_id)
+        task = self.state.add_task(product_id, version_id, str(path.absolute()), priority=priority,
+                                   limit_bps=limit_bps)
+        if limit_bps:
+            self.limiter.set_task(task.id, limit_bps)
+        self._publish_status(task)
+        self.wake()
+        return task
+
+    def pause(self, task_id: str) -> TaskRecord:
+        task = self._live(task_id)
+        task = self.state.update_task(task.id, status=TaskState.PAUSED, user_paused=True)
+        self._stop(task.id, TaskState.PAUSED)
+        self._publish_status(task)
+        return task
+
+    def resume(self, task_id: str) -> TaskRecord:
+        task = self.state.task(task_id)
+        if task.status not in (TaskState.PAUSED, TaskState.ERROR):
+            return task
+        task = self.state.update_task(task.id, status=TaskState.QUEUED, user_paused=False,
+                                      error_code=None, error_message=None)
+        self._publish_status(task)
+        self.wake()
+        return task
+
+    def cancel(self, task_id: str) -> TaskRecord:
+        task = self.state.task(task_id)
+        if task.status in (TaskState.COMPLETED, TaskState.CANCELLED):
+            raise EngineError("API_MISUSE", f"task {task.id[:8]} is already {task.status.value}")
+        if task.id in self._runners:
+            self._stop(task.id, TaskState.CANCELLED)
+        else:
+            self._discard_partial(task)
+            task = self.state.update_task(task.id, status=TaskState.CANCELLED)
+            self._publish_status(task)
+        return self.state.task(task.id)
+
+    def move(self, task_id: str, position: int) -> list[TaskRecord]:
+        task = self._live(task_id)
+        live = self.state.tasks(include_finished=False)
+        entries = move([self._entry(t) for t in live], task.id, position)
+        self.state.set_positions(e.task_id for e in entries)
+        self.wake()
+        return self.state.tasks(include_finished=False)
+
+    def set_priority(self, task_id: str, priority: int) -> TaskRecord:
+        task = self.state.update_task(self._live(task_id).id, priority=priority)
+        self.wake()
+        return task
+
+    def set_global_limit(self, bps: int | None) -> None:
+        self.limiter.set_global(bps)
+
+    def set_task_limit(self, task_id: str, bps: int | None) -> TaskRecord:
+        task = self.state.update_task(self.state.task(task_id).id, limit_bps=bps)
+        if bps:
+            self.limiter.set_task(task.id, bps)
+        else:
+            self.limiter.remove_task(task.id)
+        return task
+
+    def set_schedule(self, windows: tuple[str, ...]) -> None:
+        self.schedule = DownloadSchedule(tuple(parse_window(w) for w in windows))
+        self.wake()
+
+    def installed(self) -> list[InstalledGame]:
+        return self.state.installed()
+
+    def tasks(self, include_finished: bool = False) -> list[TaskRecord]:
+        return self.state.tasks(include_finished=include_finished)
+
+    async def uninstall(self, product_id: str) -> InstalledGame:
+        game = self.state.installed_game(product_id)
+        if game is None:
+            raise EngineError("NOT_INSTALLED", f"{product_id} is not installed")
+        active = self.state.active_task_for(product_id)
+        if active is not None:
+            self.cancel(active.id)
+        await asyncio.to_thread(shutil.rmtree, game.path, True)
+        self.state.remove_installed(product_id)
+        return game
+
+    def _live(self, task_id: str) -> TaskRecord:
+        task = self.state.task(task_id)
+        if task.status in TERMINAL:
+            raise EngineError("API_MISUSE", f"task {task.id[:8]} is {task.status.value}")
+        return task
+
+    def _stop(self, task_id: str, reason: TaskState) -> None:
+        runner = self._runners.get(task_id)
+        if runner is not None:
+            self._stop_reason[task_id] = reason
+            runner.cancel()
+        self.wake()
+
+    @staticmethod
+    def _entry(t: TaskRecord) -> QueueEntry:
+        return QueueEntry(t.id, t.priority, t.position, t.status, t.created_at, t.user_paused)
+
+    def _publish_status(self, t: TaskRecord, error: EngineError | None = None) -> None:
+        self.bus.publish(status_event(
+            t.id, t.status.value, downloaded=t.downloaded_bytes, total=t.download_bytes,
+            product_id=t.product_id, error=error.to_dict() if error else None))
+
+    def _discard_partial(self, task: TaskRecord) -> None:
+        """Cancel removes this task's partial data, never installed files."""
+        root = Path(task.target_path)
+        shutil.rmtree(root / STAGING_DIR / task.id, ignore_errors=True)
+        staging_parent = root / STAGING_DIR
+        if staging_parent.exists() and not any(staging_parent.iterdir()):
+            staging_parent.rmdir()
+        if self.state.installed_game(task.product_id) is None and root.exists() \
+                and not any(root.iterdir()):
+            root.rmdir()
+        self.state.clear_journal(task.id)
+
+    # -- the loop -----------------------------------------------------------------------------
+    async def run(self, until: Callable[[], bool] | None = None) -> None:
+        """Run the queue; returns when ``until()`` becomes true (never, for a daemon)."""
+        async with asyncio.TaskGroup() as tg:
+            try:
+                while True:
+                    self._reconcile(tg)
+                    if until is not None and until():
+                        return
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(1.0):  # schedule windows open and close
+                            await self._wake.wait()
+            finally:
+                for tid, runner in list(self._runners.items()):
+                    self._stop_reason.setdefault(tid, TaskState.QUEUED)
+                    runner.cancel()
+
+    def _reconcile(self, tg: asyncio.TaskGroup) -> None:
+        live = self.state.tasks(include_finished=False)
+        if self.offline or not self.schedule.allowed(datetime.now()):
+            for tid in list(self._runners):
+                self._stop(tid, TaskState.QUEUED)
+            return
+        decision = select_runnable([self._entry(t) for t in live],
+                                   self.settings.max_concurrent_tasks)
+        for tid in decision.preempt:
+            if tid in self._runners:
+                self._stop(tid, TaskState.PAUSED)
+        for tid in decision.start:
+            if tid not in self._runners:
+                self._runners[tid] = tg.create_task(self._run_task(tid), name=f"task-{tid[:8]}")
+
+    async def _run_task(self, task_id: str) -> None:
+        task = self.state.update_task(task_id, status=TaskState.DOWNLOADING, error_code=None,
+                                      error_message=None)
+        self._publish_status(task)
+        try:
+            run = InstallRun(self._context(), task)
+            await run.run()
+            task = self.state.update_task(task_id, status=TaskState.COMPLETED,
+                                          downloaded_bytes=run.progress.downloaded)
+            self._publish_status(task)
+            await self._report(task, "completed")
+        except asyncio.CancelledError:
+            reason = self._stop_reason.pop(task_id, TaskState.QUEUED)
+            if reason is TaskState.CANCELLED:
+                self._discard_partial(self.state.task(task_id))
+            task = self.state.update_task(task_id, status=reason)
+            self._publish_status(task)
+            raise
+        except EngineError as exc:
+            task = self.state.update_task(task_id, status=TaskState.ERROR, error_code=exc.code,
+                                          error_message=exc.message)
+            self.bus.publish(error_event(task_id, exc.code, exc.message, exc.item))
+            self._publish_status(task, exc)
+            await self._report(task, "error", exc)
+        finally:
+            self._runners.pop(task_id, None)
+            self.wake()
+
+    async def _report(self, task: TaskRecord, status: str, error: EngineError | None = None) -> None:
+        if task.backend_task_id is None:
+            return
+        try:
+            await self.api.report_status(task.backend_task_id, status, task.downloaded_bytes, error)
+        except EngineError as exc:  # history only: log, never fail the task over it
+            log.warning("could not report %s for task %s: %s", status, task.id[:8], exc)
+
+    async def wait_for(self, task_id: str) -> TaskRecord:
+        """Run the queue until ``task_id`` reaches a final state (or is paused)."""
+        def done() -> bool:
+            t = self.state.task(task_id)
+            return t.status in TERMINAL or (t.status is TaskState.PAUSED and t.user_paused)
+
+        await self.run(until=done)
+        return self.state.task(task_id)
+
+

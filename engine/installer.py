@@ -1,0 +1,310 @@
+"""One install task from grant to commit: the async shell around the pure planner.
+
+grant (backend) → signed manifest (CDN, verified with the pinned key) → plan → disk check →
+preallocated staging files → parallel range download, per-chunk BLAKE3, pwrite → batched fsync
++ journal → per-file SHA-256 → atomic renames into the install folder → installed record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from engine.backend_client import BackendClient, TaskGrant
+from engine.blockio import process_block
+from engine.config import Settings
+from engine.download import DownloadContext, download
+from engine.errors import EngineError
+from engine.events import EventBus, item_event, status_event
+from engine.planner import BlockJob, InstallPlan, plan_install
+from engine.progress import TaskProgress
+from engine.ratelimit import AsyncRateLimiter
+from engine.retry import RetryPolicy
+from engine.sources import SourcePool
+from engine.staging import Staging, fsync_dir, safe_join
+from engine.state import InstalledGame, State, TaskRecord
+from patcher.errors import ManifestError
+from patcher.manifest import Manifest
+from patcher.signing import load_public_key, load_signed_manifest
+
+log = logging.getLogger(__name__)
+
+JOURNAL_FLUSH_BLOCKS = 64
+JOURNAL_FLUSH_SECONDS = 1.0
+MANIFEST_MAX_BYTES = 256 * 1024 * 1024
+
+
+@dataclass(slots=True)
+class EngineContext:
+    settings: Settings
+    state: State
+    api: BackendClient
+    bus: EventBus
+    limiter: AsyncRateLimiter
+    session: aiohttp.ClientSession
+    executor: ThreadPoolExecutor
+
+
+class Journal:
+    """Batches block completions: fdatasync the touched staged files, then record the blocks."""
+
+    def __init__(self, state: State, staging: Staging, task_id: str) -> None:
+        self.state = state
+        self.staging = staging
+        self.task_id = task_id
+        self.blocks: list[int] = []
+        self.files: set[int] = set()
+        self.last_flush = time.monotonic()
+
+    def add(self, block: int, files: list[int]) -> bool:
+        self.blocks.append(block)
+        self.files.update(files)
+        return (len(self.blocks) >= JOURNAL_FLUSH_BLOCKS
+                or time.monotonic() - self.last_flush >= JOURNAL_FLUSH_SECONDS)
+
+    def flush(self) -> None:
+        if self.blocks:
+            self.staging.sync(self.files)  # data durable before the journal says so
+            self.state.mark_blocks(self.task_id, self.blocks)
+        self.blocks = []
+        self.files = set()
+        self.last_flush = time.monotonic()
+
+
+def free_space(path: Path) -> int:
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    return shutil.disk_usage(probe).free
+
+
+def check_disk_space(settings: Settings, install_dir: Path, needed: int) -> None:
+    free = free_space(install_dir)
+    if needed + settings.keep_free_bytes > free:
+        raise EngineError(
+            "INSUFFICIENT_DISK_SPACE",
+            f"needs {needed / 1e6:.1f} MB (+{settings.keep_free_bytes / 1e6:.0f} MB kept free), "
+            f"{free / 1e6:.1f} MB free at {install_dir}",
+        )
+
+
+async def fetch_small(ctx: EngineContext, pool: SourcePool, rel: str, limit: int) -> bytes:
+    """GET a small signed document (manifest, signature, delta index) from the best source."""
+    last: Exception | None = None
+    tried: set[str] = set()
+    for _ in range(max(2, len(pool.ranked(time.time())) * 2)):
+        source = pool.pick(time.time(), frozenset(tried))
+        tried.add(source.id)
+        try:
+            timeout = aiohttp.ClientTimeout(total=60, sock_read=ctx.settings.stall_timeout_s)
+            async with ctx.session.get(source.url(rel), timeout=timeout) as resp:
+                if resp.status != 200:
+                    raise EngineError("CDN_UNREACHABLE", f"{source.id}: HTTP {resp.status} for {rel}")
+                if (resp.content_length or 0) > limit:
+                    raise EngineError("MANIFEST_TOO_LARGE", f"{rel}: {resp.content_length} bytes")
+                data = await resp.content.read(limit + 1)
+                if len(data) > limit:
+                    raise EngineError("MANIFEST_TOO_LARGE", f"{rel}: over {limit} bytes")
+                return data
+        except (aiohttp.ClientError, TimeoutError, EngineError) as exc:
+            if isinstance(exc, EngineError) and exc.code == "MANIFEST_TOO_LARGE":
+                raise
+            last = exc
+            if len(tried) >= len(pool.ranked(time.time())):
+                tried.clear()
+    raise EngineError("CDN_UNREACHABLE", f"could not fetch {rel}: {last}")
+
+
+async def manifest_key(ctx: EngineContext) -> str:
+    """The backend's manifest key, pinned on first use per backend URL."""
+    meta_key = f"manifest_key:{ctx.api.base_url}"
+    pinned = ctx.state.get_meta(meta_key)
+    if pinned is None:
+        pinned = await ctx.api.manifest_key()
+        ctx.state.set_meta(meta_key, pinned)
+    return pinned
+
+
+async def load_manifest(ctx: EngineContext, pool: SourcePool, grant: TaskGrant) -> Manifest:
+    blob_path, sig_path = ctx.state.manifest_files(grant.product_id, grant.version_id)
+    key = load_public_key(await manifest_key(ctx))
+    if blob_path.exists() and sig_path.exists():
+        blob, sig = blob_path.read_bytes(), sig_path.read_bytes()
+    else:
+        blob = await fetch_small(ctx, pool, grant.manifest_path, MANIFEST_MAX_BYTES)
+        sig = await fetch_small(ctx, pool, grant.signature_path, 1024)
+    try:
+        manifest = await asyncio.to_thread(load_signed_manifest, blob, sig, key)
+    except ManifestError as exc:
+        raise EngineError(exc.code, f"manifest of {grant.product_id} {grant.version_id}: "
+                          f"{exc.message}", item=exc.field) from exc
+    if (manifest.product_id, manifest.version_id) != (grant.product_id, grant.version_id):
+        raise EngineError("MANIFEST_INVALID", "manifest is for another product or version")
+    if not blob_path.exists():
+        blob_path.parent.mkdir(parents=True, exist_ok=True)
+        for path, data in ((sig_path, sig), (blob_path, blob)):
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_bytes(data)
+            tmp.replace(path)
+    return manifest
+
+
+async def obtain_grant(ctx: EngineContext, task: TaskRecord) -> TaskGrant:
+    grant = await ctx.api.create_task(task.product_id, task.version_id, task.target_path,
+                                      task.priority)
+    ctx.state.update_task(task.id, backend_task_id=grant.backend_task_id,
+                          version_id=grant.version_id)
+    return grant
+
+
+class InstallRun:
+    """Runs (or resumes) one install task; cancellation leaves a consistent journal."""
+
+    def __init__(self, ctx: EngineContext, task: TaskRecord,
+                 on_progress: Callable[[TaskProgress], None] | None = None) -> None:
+        self.ctx = ctx
+        self.task = task
+        self.progress = TaskProgress()
+        self.on_progress = on_progress
+        self.install_dir = Path(task.target_path)
+
+    def _emit_status(self, status: str) -> None:
+        p = self.progress
+        self.ctx.bus.publish(status_event(
+            self.task.id, status, downloaded=p.downloaded, total=p.download_total,
+            speed_bps=p.speed.rate, eta_s=p.eta(), product_id=self.task.product_id,
+            written=p.written, install_total=p.install_total))
+
+    async def _reporter(self) -> None:
+        while True:
+            await asyncio.sleep(self.ctx.settings.progress_interval_s)
+            self.progress.speed.sample(self.progress.downloaded, time.monotonic())
+            self._emit_status("downloading")
+            if self.on_progress is not None:
+                self.on_progress(self.progress)
+
+    async def run(self) -> InstalledGame:
+        ctx = self.ctx
+        grant = await obtain_grant(ctx, self.task)
+        pool = SourcePool(list(grant.sources))
+        manifest = await load_manifest(ctx, pool, grant)
+        done_blocks = ctx.state.done_blocks(self.task.id)
+        plan = plan_install(manifest, done_blocks=done_blocks,
+                            max_range=ctx.settings.max_range_bytes,
+                            max_gap=ctx.settings.max_gap_bytes)
+        full = plan_install(manifest, max_range=ctx.settings.max_range_bytes,
+                            max_gap=ctx.settings.max_gap_bytes)
+        self.progress.download_total = full.download_bytes
+        self.progress.downloaded = full.download_bytes - plan.download_bytes
+        self.progress.install_total = manifest.total_size
+        self.progress.written = full.write_bytes - plan.write_bytes
+        ctx.state.update_task(self.task.id, total_bytes=manifest.total_size,
+                              download_bytes=full.download_bytes,
+                              downloaded_bytes=self.progress.downloaded)
+        staging = Staging(self.install_dir, self.task.id, manifest)
+        try:
+            return await self._install(ctx, grant, pool, manifest, plan, staging)
+        finally:
+            staging.close()
+
+    async def _install(self, ctx: EngineContext, grant: TaskGrant, pool: SourcePool,
+                       manifest: Manifest, plan: InstallPlan, staging: Staging) -> InstalledGame:
+        verified = ctx.state.done_files(self.task.id)
+        to_stage = [i for i in range(len(manifest.files)) if i not in verified]
+        allocated = await asyncio.to_thread(staging.allocated_bytes)
+        needed = sum(manifest.files[i].size for i in to_stage) - allocated
+        check_disk_space(ctx.settings, self.install_dir, max(0, needed))
+        await asyncio.to_thread(staging.prepare, to_stage)
+        self._emit_status("downloading")
+
+        pending = dict(plan.pending_writes)
+        journal = Journal(ctx.state, staging, self.task.id)
+        verify_sem = asyncio.Semaphore(2)
+        loop = asyncio.get_running_loop()
+
+        async def verify(fi: int) -> None:
+            async with verify_sem:
+                await loop.run_in_executor(ctx.executor, journal_flush_if_has, fi)
+                ok = await loop.run_in_executor(ctx.executor, staging.verify, fi)
+            f = manifest.files[fi]
+            if not ok:
+                ctx.state.clear_journal(self.task.id)
+                raise EngineError("FILE_HASH_MISMATCH",
+                                  f"{f.path}: SHA-256 differs from the manifest", item=f.path)
+            staging.close_file(fi)
+            ctx.state.mark_file(self.task.id, fi)
+            ctx.bus.publish(item_event(self.task.id, str(fi), f.path, "completed", f.size, f.size))
+
+        def journal_flush_if_has(fi: int) -> None:
+            if fi in journal.files:
+                staging.sync({fi})
+
+        async with asyncio.TaskGroup() as tg:
+            reporter = tg.create_task(self._reporter())
+            for fi, count in pending.items():
+                if count == 0 and fi not in verified:
+                    tg.create_task(verify(fi))
+
+            async def sink(job: BlockJob, data: bytes) -> None:
+                touched = await loop.run_in_executor(ctx.executor, process_block, job, data, staging)
+                if journal.add(job.index, touched):
+                    await loop.run_in_executor(ctx.executor, journal.flush)
+                self.progress.written += sum(t.size * len(t.writes) for t in job.targets)
+                for t in job.targets:
+                    for w in t.writes:
+                        pending[w.file_index] -= 1
+                        if pending[w.file_index] == 0:
+                            tg.create_task(verify(w.file_index))
+
+            def count_bytes(n: int) -> None:
+                self.progress.downloaded += n
+
+            dctx = DownloadContext(
+                session=ctx.session, pool=pool, limiter=ctx.limiter,
+                retry=RetryPolicy(max_attempts=ctx.settings.max_attempts),
+                product_id=manifest.product_id, task_key=self.task.id,
+                refresh=lambda: ctx.api.refresh_sources(grant.backend_task_id),
+                refresh_margin_s=ctx.settings.token_refresh_margin_s, on_bytes=count_bytes,
+            )
+            try:
+                await download(dctx, list(plan.ranges), sink, ctx.settings.connections)
+            finally:
+                # what was written is durable and journaled, even when cancelled or failing
+                journal.flush()
+                ctx.state.update_task(self.task.id, downloaded_bytes=self.progress.downloaded)
+            reporter.cancel()
+        return await self._commit(manifest, staging)
+
+    async def _commit(self, manifest: Manifest, staging: Staging) -> InstalledGame:
+        ctx = self.ctx
+        self._emit_status("verifying")
+        staging.close()
+
+        def commit() -> None:
+            for fi in range(len(manifest.files)):
+                staging.commit_file(fi)
+            for d in manifest.dirs:
+                safe_join(self.install_dir, d).mkdir(parents=True, exist_ok=True)
+            fsync_dir(self.install_dir)
+
+        await asyncio.to_thread(commit)
+        previous = ctx.state.installed_game(manifest.product_id)
+        game = InstalledGame(
+            product_id=manifest.product_id, version_id=manifest.version_id,
+            path=str(self.install_dir), size=manifest.total_size, installed_at=time.time(),
+            dirty=False,
+            previous_version=previous.version_id if previous and
+            previous.version_id != manifest.version_id else None,
+        )
+        ctx.state.set_installed(game)
+        ctx.state.clear_journal(self.task.id)
+        await asyncio.to_thread(staging.remove)
+        return game
