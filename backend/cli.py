@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from patcher.errors import PatcherError
 
@@ -31,7 +33,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
     try:
         report = publish(
             store, args.product, args.version, Path(args.build_dir), level=args.level,
-            workers=args.workers, patch_previous=args.patch_previous,
+            patch_level=args.patch_level, workers=args.workers, patch_previous=args.patch_previous,
         )
     finally:
         store.close()
@@ -66,6 +68,132 @@ def cmd_demo_catalog(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- platform backend ----------------------------------------------------------------------------
+
+
+def _settings(args: argparse.Namespace, **extra: Any) -> Any:
+    from backend.config import load_settings
+
+    return load_settings(Path(args.data), database_url=getattr(args, "db", None), **extra)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from backend import server
+    from backend.app import create_app
+    from backend.config import EdgeConfig
+    from backend.context import Context
+
+    edges = None
+    if args.cdn_edge:
+        edges = tuple(EdgeConfig.parse(v, i) for i, v in enumerate(args.cdn_edge))
+    settings = _settings(args, host=args.host, port=args.port, edges=edges)
+    sock, url = server.bind(settings.host, settings.port)
+    settings.port = sock.getsockname()[1]
+    settings.public_url = args.public_url or url
+    ctx = Context.build(settings)
+    ctx.secrets  # noqa: B018 - keys exist (mode 0600) before the first request
+    ctx.catalog.store.signing_key  # noqa: B018 - manifest key too
+    demo = None
+    if args.demo:
+        from backend.demo import DEMO_PASSWORD, DEMO_USER, ensure_demo
+
+        demo = ensure_demo(settings, ctx.db, args.demo_size)
+
+    def started() -> None:
+        if demo is not None:
+            names = ", ".join(f"{pid} ({len(v)} versions)" for pid, _, v in demo.products)
+            print(f"demo catalog: {names}", flush=True)
+            print(f"log in as user {DEMO_USER!r} with password {DEMO_PASSWORD!r}: POST {url}"
+                  "/api/v1/auth/token", flush=True)
+        print(f"API docs: {url}/docs", flush=True)
+
+    return server.run(sock, url, lambda: create_app(ctx), started)
+
+
+def cmd_cdn(args: argparse.Namespace) -> int:
+    from backend import server
+    from backend.app import create_cdn_app
+
+    settings = _settings(args, host=args.host, port=args.port)
+    sock, url = server.bind(settings.host, settings.port)
+    return server.run(sock, url, lambda: create_cdn_app(settings))
+
+
+def cmd_user_add(args: argparse.Namespace) -> int:
+    import getpass
+
+    from backend import auth
+    from backend.db import Database
+    from backend.errors import ApiError
+
+    settings = _settings(args)
+    password = args.password or os.environ.get("LAUNCHER_USER_PASSWORD")
+    if password is None:
+        password = getpass.getpass(f"password for {args.name}: ")
+    db = Database(settings.db_url)
+    db.init_schema()
+    try:
+        with db.session() as s:
+            user = auth.create_user(s, args.name, password) if not args.update else \
+                auth.set_password(s, args.name, password)
+            uid = user.id
+    except ApiError as exc:
+        print(f"error: {exc.code}: {exc.detail}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        db.dispose()
+    print(json.dumps({"id": uid, "username": args.name}) if args.json else
+          f"user {args.name} ({uid})")
+    return EXIT_OK
+
+
+def cmd_grant(args: argparse.Namespace) -> int:
+    from backend.catalog import Catalog
+    from backend.db import Database
+    from backend.errors import ApiError
+    from backend.library import grant
+
+    settings = _settings(args)
+    db = Database(settings.db_url)
+    db.init_schema()
+    try:
+        with db.session() as s:
+            item = grant(s, args.user, args.product, title=args.title)
+            item_id = item.id
+    except ApiError as exc:
+        print(f"error: {exc.code}: {exc.detail}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        db.dispose()
+    if not Catalog(settings.store_dir).versions(args.product):
+        print(f"warning: {args.product} has no published version in {settings.store_dir} yet",
+              file=sys.stderr)
+    print(json.dumps({"libraryItemId": item_id}) if args.json else
+          f"granted {args.product} to {args.user} (library item {item_id})")
+    return EXIT_OK
+
+
+def cmd_nginx_conf(args: argparse.Namespace) -> int:
+    from backend.config import Secrets
+    from backend.nginx import render_cdn_conf
+
+    settings = _settings(args)
+    text = render_cdn_conf(store_root=settings.cdn_root, port=args.port,
+                           cdn_key=Secrets.load(settings).cdn_key, prefix=Path(args.prefix),
+                           host=args.host)
+    if args.out:
+        Path(args.out).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+def _schema_mismatch() -> type[Exception]:
+    from backend.db import SchemaMismatch
+
+    return SchemaMismatch
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="launcher-backend", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -75,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", required=True, help="content store folder")
     p.add_argument("--product", required=True)
     p.add_argument("--version", required=True)
-    p.add_argument("--level", type=int, default=19, help="zstd level for blocks and patches")
+    p.add_argument("--level", type=int, default=3, help="zstd level of stored blocks")
+    p.add_argument("--patch-level", type=int, default=19, help="zstd level of zstd patches")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--patch-previous", type=int, default=2,
                    help="build patches from this many earlier versions")
@@ -89,6 +218,59 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=1)
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=cmd_demo_catalog)
+
+    default_data = os.environ.get("LAUNCHER_BACKEND_DATA", "demo-data")
+
+    def data_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--data", default=default_data,
+                       help="data dir: database, secrets, store, saves (default %(default)s)")
+        p.add_argument("--db", default=os.environ.get("LAUNCHER_DATABASE_URL"),
+                       help="SQLAlchemy DSN (default: sqlite file in the data dir)")
+
+    sv = sub.add_parser("serve", help="run the platform API (and its own CDN route)")
+    data_args(sv)
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8080, help="0 picks a free port")
+    sv.add_argument("--public-url", help="URL clients use to reach this server (default: bound)")
+    sv.add_argument("--demo", action="store_true",
+                    help="on first start create the demo catalog, user demo/demo and grants")
+    sv.add_argument("--demo-size", type=float, default=8, help="MB per demo version")
+    sv.add_argument("--cdn-edge", action="append", metavar="[MODE=]URL",
+                    help="CDN edge for cdnSources, in order: 'self' (this server's /cdn/), URL "
+                         "or hmac=URL (HMAC tokens) or nginx=URL (nginx secure_link); repeatable")
+    sv.set_defaults(func=cmd_serve)
+
+    c = sub.add_parser("cdn", help="run a CDN-only edge sharing the data dir's CDN secret")
+    data_args(c)
+    c.add_argument("--host", default="127.0.0.1")
+    c.add_argument("--port", type=int, default=0)
+    c.set_defaults(func=cmd_cdn)
+
+    u = sub.add_parser("user", help="manage dev accounts")
+    usub = u.add_subparsers(dest="user_command", required=True)
+    ua = usub.add_parser("add", help="create a user (bcrypt password hash)")
+    data_args(ua)
+    ua.add_argument("name")
+    ua.add_argument("--password", help="default: $LAUNCHER_USER_PASSWORD or prompt")
+    ua.add_argument("--update", action="store_true", help="set the password of an existing user")
+    ua.add_argument("--json", action="store_true")
+    ua.set_defaults(func=cmd_user_add)
+
+    g = sub.add_parser("grant", help="entitle a user to a product")
+    data_args(g)
+    g.add_argument("user")
+    g.add_argument("product")
+    g.add_argument("--title", help="display title (default: the product id)")
+    g.add_argument("--json", action="store_true")
+    g.set_defaults(func=cmd_grant)
+
+    n = sub.add_parser("nginx-conf", help="render packaging/nginx/cdn.conf for this data dir")
+    data_args(n)
+    n.add_argument("--port", type=int, required=True)
+    n.add_argument("--host", default="127.0.0.1")
+    n.add_argument("--prefix", required=True, help="nginx prefix dir (pid, logs, temp files)")
+    n.add_argument("--out", help="write here instead of stdout")
+    n.set_defaults(func=cmd_nginx_conf)
     return parser
 
 
@@ -99,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args))
+    except _schema_mismatch() as exc:
+        print(f"error: SCHEMA_MISMATCH: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except PatcherError as exc:
         if getattr(args, "json", False):
             print(json.dumps({"error": {"code": exc.code, "message": exc.message}}))
