@@ -41,12 +41,13 @@ def _parse_time(text: str | None) -> float:
 
 
 def parse_sources(raw: list[dict[str, Any]]) -> tuple[CdnSource, ...]:
+    """The backend lists sources best first; the pool ranks a higher ``priority`` first."""
     return tuple(
         CdnSource(
             id=str(s["id"]), base_url=str(s["baseUrl"]), query=str(s.get("query", "")),
-            expires_at=_parse_time(s.get("expiresAt")), priority=int(s.get("priority", 0)),
+            expires_at=_parse_time(s.get("expiresAt")), priority=len(raw) - i,
         )
-        for s in raw
+        for i, s in enumerate(raw)
     )
 
 

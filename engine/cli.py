@@ -281,13 +281,21 @@ async def cmd_uninstall(engine: Engine, args: argparse.Namespace, out: Output) -
 
 
 def build_parser() -> argparse.ArgumentParser:
+    def common_options(p: argparse.ArgumentParser, default: Any) -> None:
+        # accepted before and after the subcommand; SUPPRESS keeps the subparser from
+        # overwriting a value given before it
+        p.add_argument("--backend", dest="backend_url", default=default, help="backend URL")
+        p.add_argument("--data", dest="data_dir", default=default,
+                       help="engine data folder (state, config)")
+        p.add_argument("--json", action="store_true", default=False if default is None else default,
+                       help="one JSON object per line")
+        p.add_argument("-v", "--verbose", action="store_true",
+                       default=False if default is None else default)
+
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--backend", dest="backend_url", help="backend URL")
-    common.add_argument("--data", dest="data_dir", help="engine data folder (state, config)")
-    common.add_argument("--json", action="store_true", help="one JSON object per line")
-    common.add_argument("-v", "--verbose", action="store_true")
-    parser = argparse.ArgumentParser(prog="launcher-engine", description=__doc__,
-                                     parents=[common])
+    common_options(common, argparse.SUPPRESS)
+    parser = argparse.ArgumentParser(prog="launcher-engine", description=__doc__)
+    common_options(parser, None)
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(name: str, func: Command, help_text: str) -> argparse.ArgumentParser:

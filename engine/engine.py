@@ -26,6 +26,7 @@ from engine.credentials import CredentialStore
 from engine.errors import EngineError
 from engine.events import EventBus, error_event, status_event
 from engine.installer import EngineContext, InstallRun
+from engine.progress import TaskProgress
 from engine.queueorder import QueueEntry, TaskState, move, select_runnable
 from engine.ratelimit import AsyncRateLimiter
 from engine.schedule import DownloadSchedule, parse_window
@@ -37,6 +38,22 @@ log = logging.getLogger(__name__)
 
 RUNNABLE = frozenset({TaskState.QUEUED, TaskState.PREPARING, TaskState.DOWNLOADING,
                       TaskState.VERIFYING})
+
+
+def as_engine_error(exc: BaseException) -> EngineError:
+    """The EngineError inside a TaskGroup's ExceptionGroup, or an INTERNAL_ERROR for a bug."""
+    if isinstance(exc, EngineError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = as_engine_error(inner)
+            if found.code != "INTERNAL_ERROR":
+                return found
+    if isinstance(exc, OSError):
+        from engine.staging import translate_os_error
+
+        return translate_os_error(exc, "installing")
+    return EngineError("INTERNAL_ERROR", f"{type(exc).__name__}: {exc}")
 
 
 class Engine:
@@ -51,6 +68,7 @@ class Engine:
                                  save_refresh_token=self.credentials.save)
         self.schedule = DownloadSchedule(tuple(parse_window(w) for w in settings.schedule))
         self._runners: dict[str, asyncio.Task[None]] = {}
+        self._progress: dict[str, TaskProgress] = {}
         self._stop_reason: dict[str, TaskState] = {}
         self._wake = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
@@ -172,6 +190,10 @@ class Engine:
         self.schedule = DownloadSchedule(tuple(parse_window(w) for w in windows))
         self.wake()
 
+    def progress_of(self, task_id: str) -> TaskProgress | None:
+        """Live progress of a running task (None when it is not running)."""
+        return self._progress.get(task_id)
+
     def installed(self) -> list[InstalledGame]:
         return self.state.installed()
 
@@ -262,6 +284,7 @@ class Engine:
         self._publish_status(task)
         try:
             run = InstallRun(self._context(), task)
+            self._progress[task_id] = run.progress
             await run.run()
             task = self.state.update_task(task_id, status=TaskState.COMPLETED,
                                           downloaded_bytes=run.progress.downloaded)
@@ -274,14 +297,18 @@ class Engine:
             task = self.state.update_task(task_id, status=reason)
             self._publish_status(task)
             raise
-        except EngineError as exc:
-            task = self.state.update_task(task_id, status=TaskState.ERROR, error_code=exc.code,
-                                          error_message=exc.message)
-            self.bus.publish(error_event(task_id, exc.code, exc.message, exc.item))
-            self._publish_status(task, exc)
-            await self._report(task, "error", exc)
+        except Exception as exc:  # noqa: BLE001 - every failure ends as a task error, none is lost
+            err = as_engine_error(exc)
+            if err.code == "INTERNAL_ERROR":
+                log.exception("task %s failed unexpectedly", task_id[:8])
+            task = self.state.update_task(task_id, status=TaskState.ERROR, error_code=err.code,
+                                          error_message=err.message)
+            self.bus.publish(error_event(task_id, err.code, err.message, err.item))
+            self._publish_status(task, err)
+            await self._report(task, "error", err)
         finally:
             self._runners.pop(task_id, None)
+            self._progress.pop(task_id, None)
             self.wake()
 
     async def _report(self, task: TaskRecord, status: str, error: EngineError | None = None) -> None:

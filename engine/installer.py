@@ -70,13 +70,25 @@ class Journal:
         return (len(self.blocks) >= JOURNAL_FLUSH_BLOCKS
                 or time.monotonic() - self.last_flush >= JOURNAL_FLUSH_SECONDS)
 
-    def flush(self) -> None:
-        if self.blocks:
-            self.staging.sync(self.files)  # data durable before the journal says so
-            self.state.mark_blocks(self.task_id, self.blocks)
-        self.blocks = []
-        self.files = set()
+    def _take(self) -> tuple[list[int], set[int]]:
+        blocks, files = self.blocks, self.files
+        self.blocks, self.files = [], set()
         self.last_flush = time.monotonic()
+        return blocks, files
+
+    def flush(self) -> None:
+        """Synchronous flush (on the loop thread: SQLite objects stay on their thread)."""
+        blocks, files = self._take()
+        if blocks:
+            self.staging.sync(files)  # data durable before the journal says so
+            self.state.mark_blocks(self.task_id, blocks)
+
+    async def flush_async(self, executor: ThreadPoolExecutor) -> None:
+        """fdatasync in a worker thread, then record the blocks on the loop thread."""
+        blocks, files = self._take()
+        if blocks:
+            await asyncio.get_running_loop().run_in_executor(executor, self.staging.sync, files)
+            self.state.mark_blocks(self.task_id, blocks)
 
 
 def free_space(path: Path) -> int:
@@ -184,12 +196,17 @@ class InstallRun:
             written=p.written, install_total=p.install_total))
 
     async def _reporter(self) -> None:
+        last_saved = time.monotonic()
         while True:
             await asyncio.sleep(self.ctx.settings.progress_interval_s)
-            self.progress.speed.sample(self.progress.downloaded, time.monotonic())
+            now = time.monotonic()
+            self.progress.speed.sample(self.progress.downloaded, now)
             self._emit_status("downloading")
             if self.on_progress is not None:
                 self.on_progress(self.progress)
+            if now - last_saved >= 1.0:  # other processes (CLI, launcher) read it from state
+                self.ctx.state.update_task(self.task.id, downloaded_bytes=self.progress.downloaded)
+                last_saved = now
 
     async def run(self) -> InstalledGame:
         ctx = self.ctx
@@ -256,7 +273,7 @@ class InstallRun:
             async def sink(job: BlockJob, data: bytes) -> None:
                 touched = await loop.run_in_executor(ctx.executor, process_block, job, data, staging)
                 if journal.add(job.index, touched):
-                    await loop.run_in_executor(ctx.executor, journal.flush)
+                    await journal.flush_async(ctx.executor)
                 self.progress.written += sum(t.size * len(t.writes) for t in job.targets)
                 for t in job.targets:
                     for w in t.writes:

@@ -1,0 +1,447 @@
+"""Tests for patcher.delta: real bsdiff4 and zstandard, no mocks."""
+
+from __future__ import annotations
+
+import bz2
+import hashlib
+import random
+import struct
+import time
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from patcher.delta import (
+    BSDIFF_MAX_FILE,
+    PatchJob,
+    PatchMethod,
+    PatchResult,
+    apply_patch,
+    build_best_patch,
+    build_bsdiff,
+    build_patches,
+    build_zstd,
+    estimate_job_memory,
+)
+from patcher.errors import DeltaError
+
+CODE = "DELTA_PATCH_APPLICATION_FAILED"
+MiB = 1024 * 1024
+METHODS = list(PatchMethod)
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def build(method: PatchMethod, old: bytes, new: bytes) -> bytes:
+    return build_bsdiff(old, new) if method is PatchMethod.BSDIFF else build_zstd(old, new)
+
+
+def apply(method: PatchMethod, old: bytes, patch: bytes, new: bytes) -> bytes:
+    return apply_patch(
+        method, old, patch, old_sha256=sha(old), new_sha256=sha(new), new_size=len(new)
+    )
+
+
+def random_ish(rnd: random.Random, size: int) -> bytes:
+    """Incompressible runs mixed with repeated text, like a mix of code and data."""
+    words = [rnd.randbytes(rnd.randrange(3, 12)) for _ in range(64)]
+    out = bytearray()
+    while len(out) < size:
+        if rnd.random() < 0.5:
+            out += rnd.randbytes(rnd.randrange(16, 512))
+        else:
+            out += b"".join(rnd.choice(words) for _ in range(rnd.randrange(4, 64)))
+    return bytes(out[:size])
+
+
+def edited(rnd: random.Random, old: bytes) -> bytes:
+    """A new version: insertions, a deletion, scattered byte edits and a new tail."""
+    new = bytearray(old)
+    for _ in range(5):
+        pos = rnd.randrange(len(new) + 1)
+        new[pos:pos] = rnd.randbytes(rnd.randrange(1, 300))
+    cut = rnd.randrange(len(new) // 2)
+    del new[cut : cut + rnd.randrange(1, 2000)]
+    for _ in range(40):
+        new[rnd.randrange(len(new))] = rnd.randrange(256)
+    new += rnd.randbytes(777)
+    return bytes(new)
+
+
+def executable_like(seed: int, count: int, *, shift_from: int | None = None) -> bytes:
+    """Call instructions whose 4-byte targets all move when code is inserted (bsdiff's case)."""
+    rnd = random.Random(seed)
+    out = bytearray()
+    for _ in range(count):
+        opcode, target = 0xE8 + rnd.randrange(16), rnd.randrange(1 << 20)
+        if shift_from is not None and target >= shift_from:
+            target += 48
+        out += bytes([opcode]) + struct.pack("<I", target) + bytes([0x90, rnd.randrange(4)])
+    return bytes(out)
+
+
+@pytest.fixture(scope="module")
+def versions() -> tuple[bytes, bytes]:
+    rnd = random.Random(20240611)
+    old = random_ish(rnd, 300_000)
+    return old, edited(rnd, old)
+
+
+def write_job(tmp: Path, key: str, old: bytes, new: bytes, budget: int) -> PatchJob:
+    (tmp / f"{key}.old").write_bytes(old)
+    (tmp / f"{key}.new").write_bytes(new)
+    return PatchJob(key, tmp / f"{key}.old", tmp / f"{key}.new", budget)
+
+
+def assert_refused(excinfo: pytest.ExceptionInfo[DeltaError], *fragments: str) -> None:
+    assert excinfo.value.code == CODE
+    text = str(excinfo.value)
+    assert any(fragment in text for fragment in fragments), text
+
+
+# ------------------------------------------------------------------------- round trips
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_round_trip_with_insertions_and_edits(
+    method: PatchMethod, versions: tuple[bytes, bytes]
+) -> None:
+    old, new = versions
+    patch = build(method, old, new)
+    assert len(patch) < len(new) // 10  # it is a delta, not a copy
+    assert apply(method, old, patch, new) == new
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (b"", b"brand new file"),
+        (b"file that gets emptied", b""),
+        (b"", b""),
+        (b"same bytes" * 100, b"same bytes" * 100),
+        (b"x", b"y" * 5000),
+    ],
+    ids=["empty-old", "empty-new", "both-empty", "identical", "tiny-old"],
+)
+def test_round_trip_edge_cases(method: PatchMethod, old: bytes, new: bytes) -> None:
+    assert apply(method, old, build(method, old, new), new) == new
+
+
+def test_zstd_patch_is_deterministic(versions: tuple[bytes, bytes]) -> None:
+    old, new = versions
+    assert build_zstd(old, new) == build_zstd(old, new)
+
+
+def test_low_zstd_levels_still_use_the_whole_dictionary() -> None:
+    rnd = random.Random(3)
+    old = rnd.randbytes(4 * MiB)
+    new = old[:100] + b"edit" + old[104 : 2 * MiB] + b"insert" + old[2 * MiB :]
+    patch = build_zstd(old, new, level=1)
+    assert len(patch) < 2000, len(patch)
+    assert apply(PatchMethod.ZSTD, old, patch, new) == new
+    with pytest.raises(ValueError):
+        build_zstd(old, new, level=0)
+
+
+def test_zstd_indexes_the_whole_40_mib_dictionary() -> None:
+    """A change near the start and one in the middle: both ends of the dictionary match.
+
+    With zstd's level presets only the last few MiB of the old file are indexed and
+    this patch is megabytes; with sized tables it is a few KiB.
+    """
+    size = 40 * MiB
+    rnd = random.Random(40)
+    old = rnd.randbytes(size)
+    new = bytearray(old)
+    new[1000:1010] = b"near start"
+    new[size // 2 : size // 2] = b"inserted in the middle!" * 20
+    new = bytes(new)
+
+    started = time.monotonic()
+    patch = build_zstd(old, new)
+    elapsed = time.monotonic() - started
+    assert len(patch) < 16 * 1024, f"{len(patch)} bytes: dictionary head not indexed"
+    assert apply(PatchMethod.ZSTD, old, patch, new) == new
+    print(f"40 MiB zstd patch: {len(patch)} bytes in {elapsed:.1f}s")
+
+
+# ------------------------------------------------------------------------- refusals
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_apply_refuses_wrong_old_hash(method: PatchMethod, versions: tuple[bytes, bytes]) -> None:
+    old, new = versions
+    patch = build(method, old, new)
+    other_old = old[:-1] + bytes([old[-1] ^ 1])
+    with pytest.raises(DeltaError) as excinfo:
+        apply_patch(
+            method, other_old, patch, old_sha256=sha(old), new_sha256=sha(new), new_size=len(new)
+        )
+    assert_refused(excinfo, "input hash mismatch")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_apply_refuses_patch_producing_other_output(
+    method: PatchMethod, versions: tuple[bytes, bytes]
+) -> None:
+    """A well-formed patch that yields different bytes of the right size (tampered)."""
+    old, new = versions
+    forged = bytearray(new)
+    forged[len(forged) // 3] ^= 0xFF
+    patch = build(method, old, bytes(forged))
+    with pytest.raises(DeltaError) as excinfo:
+        apply(method, old, patch, new)
+    assert_refused(excinfo, "output hash mismatch")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_apply_never_returns_wrong_bytes_from_flipped_patch(
+    method: PatchMethod, versions: tuple[bytes, bytes]
+) -> None:
+    old, new = versions
+    patch = build(method, old, new)
+    rnd = random.Random(7)
+    positions = sorted({*range(min(48, len(patch))), *rnd.sample(range(len(patch)), 60)})
+    refused = 0
+    for pos in positions:
+        tampered = bytearray(patch)
+        tampered[pos] ^= 1 << rnd.randrange(8)
+        try:
+            out = apply(method, old, bytes(tampered), new)
+        except DeltaError as exc:
+            assert exc.code == CODE
+            refused += 1
+        else:
+            assert out == new  # an irrelevant bit (e.g. unused header flag) is fine
+    assert refused > len(positions) // 2, refused
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("keep", [0.0, 0.1, 0.5, 0.99])
+def test_apply_refuses_truncated_patch(
+    method: PatchMethod, keep: float, versions: tuple[bytes, bytes]
+) -> None:
+    old, new = versions
+    patch = build(method, old, new)
+    with pytest.raises(DeltaError) as excinfo:
+        apply(method, old, patch[: int(len(patch) * keep)], new)
+    assert_refused(excinfo, "corrupt")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_apply_refuses_output_bigger_than_new_size(
+    method: PatchMethod, versions: tuple[bytes, bytes]
+) -> None:
+    old, new = versions
+    patch = build(method, old, new)
+    with pytest.raises(DeltaError) as excinfo:
+        apply_patch(
+            method, old, patch, old_sha256=sha(old), new_sha256=sha(new), new_size=len(new) - 1
+        )
+    assert_refused(excinfo, "output size mismatch")
+
+
+def test_apply_bounds_zstd_frame_without_content_size(versions: tuple[bytes, bytes]) -> None:
+    """With no size in the header, max_output_size is what stops the output."""
+    old, new = versions
+    compressor = zstandard.ZstdCompressor(
+        level=19,
+        dict_data=zstandard.ZstdCompressionDict(old, dict_type=zstandard.DICT_TYPE_RAWCONTENT),
+        write_content_size=False,
+    )
+    patch = compressor.compress(new)
+    assert zstandard.get_frame_parameters(patch).content_size == zstandard.CONTENTSIZE_UNKNOWN
+    assert apply(PatchMethod.ZSTD, old, patch, new) == new
+    with pytest.raises(DeltaError) as excinfo:
+        apply_patch(
+            PatchMethod.ZSTD,
+            old,
+            patch,
+            old_sha256=sha(old),
+            new_sha256=sha(new),
+            new_size=len(new) - 1,
+        )
+    assert_refused(excinfo, "corrupt", "output size")
+
+
+def test_apply_refuses_bsdiff_block_inflating_past_new_size() -> None:
+    """A bzip2 bomb in the extra block is stopped at new_size, not decompressed."""
+    old = b"old"
+    control, diff, extra = b"", bz2.compress(b""), bz2.compress(b"\0" * (16 * MiB))
+
+    def offt(n: int) -> bytes:
+        return struct.pack("<q", n)
+
+    patch = b"BSDIFF40" + offt(len(bz2.compress(control))) + offt(len(diff)) + offt(10)
+    patch += bz2.compress(control) + diff + extra
+    with pytest.raises(DeltaError) as excinfo:
+        apply_patch(
+            PatchMethod.BSDIFF,
+            old,
+            patch,
+            old_sha256=sha(old),
+            new_sha256=sha(b"0123456789"),
+            new_size=10,
+        )
+    assert_refused(excinfo, "inflates past 10 bytes")
+
+
+def test_apply_refuses_garbage_and_unknown_method(versions: tuple[bytes, bytes]) -> None:
+    old, new = versions
+    for method in METHODS:
+        with pytest.raises(DeltaError) as excinfo:
+            apply(method, old, b"definitely not a patch, just some bytes", new)
+        assert_refused(excinfo, "corrupt")
+    with pytest.raises(DeltaError) as excinfo:
+        apply_patch(
+            "xdelta",  # type: ignore[arg-type]
+            old,
+            b"",
+            old_sha256=sha(old),
+            new_sha256=sha(new),
+            new_size=len(new),
+        )
+    assert_refused(excinfo, "unknown patch method")
+
+
+# ------------------------------------------------------------------------- choosing
+
+
+def test_build_best_patch_tiny_budget_means_no_patch(
+    tmp_path: Path, versions: tuple[bytes, bytes]
+) -> None:
+    old, new = versions
+    result = build_best_patch(write_job(tmp_path, "f", old, new, budget=8))
+    assert result == PatchResult("f", None, None, {})  # nothing was even tried
+
+    # zstd is tried; no bsdiff patch (32-byte header + 3 bzip2 streams) fits in 60 bytes.
+    result = build_best_patch(write_job(tmp_path, "g", old, new, budget=60))
+    assert (result.method, result.data) == (None, None)
+    assert set(result.sizes) == {"zstd"}
+    assert result.sizes["zstd"] >= 60
+
+
+def test_build_best_patch_needs_to_be_strictly_smaller_than_budget(
+    tmp_path: Path, versions: tuple[bytes, bytes]
+) -> None:
+    old, new = versions
+    best = build_best_patch(write_job(tmp_path, "f", old, new, budget=len(new)))
+    assert best.method is not None and best.data is not None
+    assert set(best.sizes) == {"zstd", "bsdiff"}
+    assert len(best.data) == min(best.sizes.values())
+    assert apply(best.method, old, best.data, new) == new
+
+    at_budget = build_best_patch(write_job(tmp_path, "g", old, new, budget=len(best.data)))
+    assert (at_budget.method, at_budget.data) == (None, None)
+    assert at_budget.sizes == best.sizes
+
+
+def test_build_best_patch_picks_bsdiff_for_shifted_code(tmp_path: Path) -> None:
+    old = executable_like(5, 40_000)
+    new = executable_like(5, 40_000, shift_from=1 << 19)
+    new = new[:1000] + b"NEWCODE!" * 6 + new[1000:]
+    result = build_best_patch(write_job(tmp_path, "game.exe", old, new, budget=len(new)))
+    assert result.method is PatchMethod.BSDIFF, result.sizes
+    assert result.sizes["bsdiff"] < result.sizes["zstd"]
+    assert result.data is not None
+    assert apply(PatchMethod.BSDIFF, old, result.data, new) == new
+
+
+def test_build_best_patch_skips_bsdiff_when_zstd_is_already_tiny(tmp_path: Path) -> None:
+    data = random.Random(1).randbytes(100_000)
+    result = build_best_patch(write_job(tmp_path, "same", data, data, budget=len(data)))
+    assert result.method is PatchMethod.ZSTD
+    assert set(result.sizes) == {"zstd"}
+
+
+def test_build_best_patch_reports_unreadable_input(tmp_path: Path) -> None:
+    job = PatchJob("missing", tmp_path / "nope.old", tmp_path / "nope.new", budget=1000)
+    with pytest.raises(DeltaError) as excinfo:
+        build_best_patch(job)
+    assert_refused(excinfo, "missing: cannot read")
+
+
+# ------------------------------------------------------------------------- scheduling
+
+
+def test_estimates() -> None:
+    small = estimate_job_memory(MiB, MiB, bsdiff=False)
+    assert small > 3 * MiB
+    assert estimate_job_memory(MiB, MiB, bsdiff=True) >= small
+    big_zstd = estimate_job_memory(BSDIFF_MAX_FILE, BSDIFF_MAX_FILE, bsdiff=False)
+    big_bsdiff = estimate_job_memory(BSDIFF_MAX_FILE, BSDIFF_MAX_FILE, bsdiff=True)
+    assert big_bsdiff >= 18 * BSDIFF_MAX_FILE > big_zstd
+    # zstd's tables grow with the old file (the whole dictionary is indexed)
+    assert estimate_job_memory(40 * MiB, 40 * MiB, bsdiff=False) > 8 * 40 * MiB
+    assert estimate_job_memory(40 * MiB, 40 * MiB, bsdiff=False) > 2 * small
+
+
+def test_build_patches_in_order_with_two_workers(tmp_path: Path) -> None:
+    rnd = random.Random(99)
+    jobs: list[PatchJob] = []
+    expected: dict[str, tuple[bytes, bytes]] = {}
+    # Sizes vary so that the largest-first schedule differs from the job order.
+    for index, size in enumerate([20_000, 400_000, 5_000, 150_000, 60_000]):
+        old = random_ish(rnd, size)
+        new = edited(rnd, old)
+        key = f"file{index}"
+        budget = 50 if index == 2 else len(new)  # file2 cannot beat its budget
+        jobs.append(write_job(tmp_path, key, old, new, budget))
+        expected[key] = (old, new)
+
+    results = build_patches(jobs, workers=2)
+    assert [r.key for r in results] == [j.key for j in jobs]
+    for result in results:
+        old, new = expected[result.key]
+        if result.key == "file2":
+            assert (result.method, result.data) == (None, None)
+            continue
+        assert result.method is not None and result.data is not None
+        assert set(result.sizes) == {"zstd", "bsdiff"}
+        assert len(result.data) == min(result.sizes.values())
+        assert apply(result.method, old, result.data, new) == new
+    # Same answers as building one by one in this process.
+    assert build_patches(jobs, workers=1) == results
+
+
+def test_build_patches_drops_bsdiff_when_it_cannot_fit(tmp_path: Path) -> None:
+    rnd = random.Random(5)
+    # A tiny old file and a 16 MiB (quickly compressible) new one: bsdiff's 17x would
+    # need more than zstd's tables.
+    big_old = rnd.randbytes(1024)
+    big_new = (big_old * 59)[:60_000] * 280
+    small_old = random_ish(rnd, 100_000)
+    jobs = [
+        write_job(tmp_path, "big", big_old, big_new, budget=10**9),
+        write_job(tmp_path, "small", small_old, edited(rnd, small_old), budget=10**9),
+    ]
+    zstd_only = estimate_job_memory(len(big_old), len(big_new), bsdiff=False)
+    assert estimate_job_memory(len(big_old), len(big_new), bsdiff=True) > zstd_only
+
+    # Room for the big job's zstd but not its bsdiff: bsdiff dropped there only.
+    limited = build_patches(jobs, workers=2, memory_limit=zstd_only)
+    assert [r.key for r in limited] == ["big", "small"]
+    assert set(limited[0].sizes) == {"zstd"} and limited[0].method is PatchMethod.ZSTD
+    assert set(limited[1].sizes) == {"zstd", "bsdiff"}
+    assert limited[0].data is not None
+    assert apply(PatchMethod.ZSTD, big_old, limited[0].data, big_new) == big_new
+
+    # No room at all: every job runs alone with zstd only.
+    alone = build_patches(jobs, workers=2, memory_limit=1)
+    assert [r.key for r in alone] == ["big", "small"]
+    assert all(set(r.sizes) == {"zstd"} for r in alone)
+    assert alone[0] == limited[0]
+
+
+def test_build_patches_errors(tmp_path: Path) -> None:
+    assert build_patches([], workers=2) == []
+    with pytest.raises(ValueError):
+        build_patches([], workers=0)
+    job = PatchJob("gone", tmp_path / "a", tmp_path / "b", budget=100)
+    with pytest.raises(DeltaError) as excinfo:
+        build_patches([job, job], workers=2)
+    assert_refused(excinfo, "gone: cannot stat")

@@ -1,0 +1,182 @@
+"""End-to-end installs: the real engine CLI (subprocess) against the real backend and CDN edges
+on loopback; faults through a real proxy."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.enginekit import STAGING, EngineCli, assert_same_tree, parse_lines
+from tests.faultproxy import Fault, FaultProxy
+
+PRODUCT = "star-courier"
+
+
+@pytest.fixture
+def user(backend: Any) -> tuple[str, str]:
+    name, _token = backend.new_user(products=[PRODUCT, "tiny-tactics"])
+    return name, "secret-pw"
+
+
+@pytest.fixture
+def engine(backend: Any, user: tuple[str, str], tmp_path: Path) -> EngineCli:
+    cli = EngineCli(tmp_path / "engine-data", backend.url)
+    cli.login(*user)
+    return cli
+
+
+def build_dir(published_store: Any, version: str, product: str = PRODUCT) -> Path:
+    return Path(published_store.builds) / product / version
+
+
+def test_install_is_byte_for_byte(engine: EngineCli, published_store: Any, tmp_path: Path) -> None:
+    version = published_store.product(PRODUCT).versions[0]
+    target = tmp_path / "games" / PRODUCT
+    lines = engine.ok("install", PRODUCT, "--version", version, "--target", str(target))
+    assert lines[-1]["result"] == "completed"
+    assert_same_tree(target, build_dir(published_store, version))
+    assert not (target / STAGING).exists()
+    types = {ln.get("type") for ln in lines}
+    assert "downloadTaskStatusUpdate" in types
+    installed = engine.ok("installed")[-1]["installed"]
+    assert [(g["productId"], g["versionId"]) for g in installed] == [(PRODUCT, version)]
+    # installing what is installed is quick and changes nothing
+    again = engine.ok("install", PRODUCT, "--version", version, "--target", str(target))
+    assert again[-1]["result"] == "completed"
+
+
+def test_unknown_and_unowned_products_are_refused(engine: EngineCli, backend: Any,
+                                                  tmp_path: Path) -> None:
+    code, lines, _ = engine.run("install", "no-such-game")
+    assert code != 0
+    assert lines[-1]["result"] == "error" or "error" in lines[-1]
+    text = json.dumps(lines[-1])
+    assert "PERMISSION_DENIED" in text or "PRODUCT_NOT_FOUND" in text
+    assert not (tmp_path / "engine-data" / "library" / "no-such-game").exists()
+
+
+def test_not_logged_in_is_a_clear_error(backend: Any, tmp_path: Path) -> None:
+    cli = EngineCli(tmp_path / "fresh", backend.url)
+    code, lines, err = cli.run("install", PRODUCT)
+    assert code == 3, err
+    assert "AUTH_REQUIRED" in json.dumps(lines)
+
+
+def test_disk_space_refusal_writes_nothing(engine: EngineCli, tmp_path: Path) -> None:
+    engine.env["LAUNCHER_ENGINE_KEEP_FREE_BYTES"] = str(1 << 62)
+    target = tmp_path / "games" / "full-disk"
+    code, lines, _ = engine.run("install", PRODUCT, "--target", str(target))
+    assert code == 5
+    assert "INSUFFICIENT_DISK_SPACE" in json.dumps(lines[-1])
+    assert not target.exists() or not any(p.is_file() for p in target.rglob("*"))
+
+
+def test_bad_config_is_named(backend: Any, tmp_path: Path) -> None:
+    data = tmp_path / "cfg"
+    data.mkdir()
+    (data / "config.toml").write_text("connections = -3\n")
+    cli = EngineCli(data, backend.url)
+    code, _lines, err = cli.run("status")
+    assert code == 2
+    assert "connections" in err and "config.toml" in err
+
+
+def _wait_progress(proc: Any, fraction: float, timeout: float = 60) -> list[dict[str, Any]]:
+    """Read JSON events until the task has downloaded ``fraction`` of its bytes."""
+    seen: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen.extend(parse_lines(line))
+        p = seen[-1].get("payload", {}) if seen else {}
+        if p.get("status") == "downloading" and p.get("totalSizeBytes") and \
+                p["downloadedBytes"] >= fraction * p["totalSizeBytes"]:
+            return seen
+    raise AssertionError(f"no progress to {fraction}: {seen[-3:]}")
+
+
+def test_resume_after_kill9_at_several_points(engine: EngineCli, published_store: Any,
+                                              tmp_path: Path) -> None:
+    version = published_store.product(PRODUCT).versions[-1]
+    target = tmp_path / "games" / "resumed"
+    args = ("install", PRODUCT, "--version", version, "--target", str(target), "--limit", "400K")
+    total = None
+    for fraction in (0.15, 0.45, 0.75):
+        proc = engine.popen(*args)
+        events = _wait_progress(proc, fraction)
+        total = events[-1]["payload"]["totalSizeBytes"]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert not (target / "game.py").exists() or (target / STAGING).exists()
+    lines = engine.ok(*args[:-2])  # finish at full speed
+    assert lines[-1]["result"] == "completed"
+    assert_same_tree(target, build_dir(published_store, version))
+    # resumed runs started from the journal, not from zero
+    first_resumed = next(ln["payload"] for ln in lines if ln.get("type") == "downloadTaskStatusUpdate"
+                         and ln["payload"]["status"] == "downloading" and ln["payload"]["totalSizeBytes"])
+    assert total is not None
+    assert first_resumed["downloadedBytes"] >= 0.5 * total
+
+
+@pytest.mark.parametrize("fault", [Fault.HTTP_503, Fault.RESET, Fault.STALL, Fault.CORRUPT])
+def test_failover_to_a_healthy_edge(fault: Fault, backend_factory: Any, published_store: Any,
+                                    tmp_path: Path) -> None:
+    server = backend_factory(settings={})
+    healthy = server.start_cdn_edge()
+    with FaultProxy(healthy.url.removesuffix("/cdn/")) as proxy:
+        proxy.set_fault(fault, after_bytes=100_000 if fault in (Fault.RESET, Fault.STALL,
+                                                                Fault.CORRUPT) else 0,
+                        path_contains="/packs/")
+        server.set_edges([f"{proxy.url}/cdn/", healthy.url])
+        name, _ = server.new_user(products=[PRODUCT])
+        cli = EngineCli(tmp_path / "eng", server.url,
+                        env={"LAUNCHER_ENGINE_STALL_TIMEOUT_S": "2"})
+        cli.login(name, "secret-pw")
+        version = published_store.product(PRODUCT).versions[0]
+        target = tmp_path / "g"
+        lines = cli.ok("install", PRODUCT, "--version", version, "--target", str(target))
+        assert lines[-1]["result"] == "completed"
+        assert_same_tree(target, build_dir(published_store, version))
+        assert proxy.faults_injected >= 1
+
+
+def test_every_edge_corrupt_fails_with_hash_mismatch(backend_factory: Any, published_store: Any,
+                                                     tmp_path: Path) -> None:
+    server = backend_factory(settings={})
+    edge = server.start_cdn_edge()
+    with FaultProxy(edge.url.removesuffix("/cdn/")) as proxy:
+        proxy.set_fault(Fault.CORRUPT, path_contains="/packs/")
+        server.set_edges([f"{proxy.url}/cdn/"])
+        name, _ = server.new_user(products=[PRODUCT])
+        cli = EngineCli(tmp_path / "eng", server.url, env={"LAUNCHER_ENGINE_MAX_ATTEMPTS": "3"})
+        cli.login(name, "secret-pw")
+        target = tmp_path / "g"
+        code, lines, _ = cli.run("install", PRODUCT, "--target", str(target))
+        assert code == 7
+        assert "FILE_HASH_MISMATCH" in json.dumps(lines[-1])
+        assert not (target / "game.py").exists()  # nothing unverified reached the install folder
+
+
+def test_token_expiry_mid_install_refreshes(backend_factory: Any, published_store: Any,
+                                            tmp_path: Path) -> None:
+    server = backend_factory(settings={"cdn_token_ttl": 2})
+    name, _ = server.new_user(products=[PRODUCT])
+    cli = EngineCli(tmp_path / "eng", server.url,
+                    env={"LAUNCHER_ENGINE_TOKEN_REFRESH_MARGIN_S": "0.5"})
+    cli.login(name, "secret-pw")
+    version = published_store.product(PRODUCT).versions[0]
+    target = tmp_path / "g"
+    started = time.monotonic()
+    lines = cli.ok("install", PRODUCT, "--version", version, "--target", str(target),
+                   "--limit", "1M")
+    assert time.monotonic() - started > 2.5  # outlived at least one token
+    assert lines[-1]["result"] == "completed"
+    assert_same_tree(target, build_dir(published_store, version))
