@@ -87,13 +87,11 @@ async def _fetch_range(ctx: DownloadContext, source: CdnSource, r: FetchRange,
             position = r.start
             for job in r.blocks:
                 if job.offset > position:  # a bridged gap: read and drop
-                    await resp.content.readexactly(job.offset - position)
+                    await _read_block(ctx, resp.content, job.offset - position)
                     received += job.offset - position
-                data = await resp.content.readexactly(job.stored_size)
+                data = await _read_block(ctx, resp.content, job.stored_size)
                 received += job.stored_size
                 position = job.offset + job.stored_size
-                ctx.on_bytes(job.stored_size)
-                await ctx.limiter.consume(job.stored_size, ctx.task_key)
                 try:
                     await sink(job, data)
                 except BlockCorrupt as exc:
@@ -111,6 +109,28 @@ async def _fetch_range(ctx: DownloadContext, source: CdnSource, r: FetchRange,
     finally:
         if received:
             ctx.pool.record_success(source.id, received, time.monotonic() - started, time.time())
+
+
+LIMITED_PIECE = 64 * 1024
+
+
+async def _read_block(ctx: DownloadContext, stream: aiohttp.StreamReader, size: int) -> bytes:
+    """Read one block. Under a speed limit, tokens are taken before each 64 KiB piece is read,
+    so the socket itself is throttled (TCP backpressure) and the rate is smooth; unlimited, the
+    block is read in one call."""
+    if not ctx.limiter.limited(ctx.task_key):
+        data = await stream.readexactly(size)
+        ctx.on_bytes(size)
+        return data
+    parts = []
+    left = size
+    while left:
+        piece = min(LIMITED_PIECE, left)
+        await ctx.limiter.consume(piece, ctx.task_key)
+        parts.append(await stream.readexactly(piece))
+        ctx.on_bytes(piece)
+        left -= piece
+    return b"".join(parts)
 
 
 def final_error(item: WorkItem) -> EngineError:

@@ -297,7 +297,7 @@ class Engine:
             task = self.state.update_task(task_id, status=reason)
             self._publish_status(task)
             raise
-        except Exception as exc:  # noqa: BLE001 - every failure ends as a task error, none is lost
+        except Exception as exc:
             err = as_engine_error(exc)
             if err.code == "INTERNAL_ERROR":
                 log.exception("task %s failed unexpectedly", task_id[:8])

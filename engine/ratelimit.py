@@ -182,6 +182,10 @@ class AsyncRateLimiter:
             bucket.set_rate(None, self._clock())  # forgive debt so current waiters see no delay
             self._wake()
 
+    def limited(self, key: str | None = None) -> bool:
+        """Whether any bucket that ``consume(n, key)`` would charge has a finite rate."""
+        return any(bucket.rate is not None for bucket in self._buckets(key))
+
     def reserve(self, n: int, key: str | None = None) -> float:
         """Charge ``n`` bytes without waiting; return the delay ``consume`` would sleep.
 
