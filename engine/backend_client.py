@@ -229,9 +229,13 @@ class BackendClient:
         return [d["attributes"] for d in doc.get("data", [])]
 
     async def report_update_applied(self, product_id: str, from_version: str, to_version: str,
-                                    success: bool, error: str | None = None) -> None:
-        await self.call("POST", "/api/v1/download/updates/applied", json={"data": {
-            "type": "updateApplied",
-            "attributes": {"productId": product_id, "fromVersionId": from_version,
-                           "toVersionId": to_version, "success": success, "errorMessage": error},
-        }})
+                                    success: bool, error: str | None = None,
+                                    task_id: str | None = None) -> None:
+        attrs: dict[str, Any] = {"productId": product_id, "fromVersionId": from_version,
+                                 "versionId": to_version, "status": "success" if success else "failed"}
+        if error:
+            attrs["detail"] = error[:4000]
+        if task_id:
+            attrs["taskId"] = task_id
+        await self.call("POST", "/api/v1/download/updates/applied",
+                        json={"data": {"type": "updateApplied", "attributes": attrs}})

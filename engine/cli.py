@@ -280,6 +280,86 @@ async def cmd_uninstall(engine: Engine, args: argparse.Namespace, out: Output) -
     return ExitCode.OK
 
 
+async def cmd_check_updates(engine: Engine, args: argparse.Namespace, out: Output) -> int:
+    answers = await engine.check_updates()
+    for a in answers:
+        if a.get("isUpdateAvailable"):
+            out.text(f"{a['productId']:20} -> {a.get('latestVersionId')}  {a.get('updateType')}"
+                     f" {human_bytes(a.get('downloadSizeBytes') or 0)}"
+                     f" (delta {human_bytes(a.get('deltaDownloadSizeBytes') or 0)},"
+                     f" full {human_bytes(a.get('fullDownloadSizeBytes') or 0)})")
+        else:
+            out.text(f"{a['productId']:20} up to date")
+    out.emit({"updates": answers})
+    return ExitCode.OK
+
+
+async def cmd_update(engine: Engine, args: argparse.Namespace, out: Output) -> int:
+    if args.all:
+        answers = await engine.check_updates()
+        products = [a["productId"] for a in answers if a.get("isUpdateAvailable")]
+        if not products:
+            out.text("everything is up to date")
+            out.emit({"result": "up_to_date"})
+            return ExitCode.OK
+        tasks = [engine.update(p) for p in products]
+    elif args.product:
+        tasks = [engine.update(args.product, args.version)]
+    else:
+        raise EngineError("API_MISUSE", "update needs a product or --all")
+    code: int = ExitCode.OK
+    for task in tasks:
+        out.text(f"task {task.id[:8]}: updating {task.product_id} from {task.from_version}")
+        final = await engine.wait_for(task.id)
+        code = _task_result(final, out) or code
+    return code
+
+
+async def cmd_rollback(engine: Engine, args: argparse.Namespace, out: Output) -> int:
+    task = engine.rollback(args.product)
+    out.text(f"task {task.id[:8]}: rolling {task.product_id} back to {task.version_id}")
+    return _task_result(await engine.wait_for(task.id), out)
+
+
+async def cmd_verify(engine: Engine, args: argparse.Namespace, out: Output) -> int:
+    report = await engine.verify(args.product, quick=args.quick)
+    _print_report(report, out)
+    if report.ok or not args.repair:
+        return ExitCode.OK if report.ok else ExitCode.INTEGRITY
+    task = engine.repair(args.product)
+    out.text(f"task {task.id[:8]}: repairing {len(report.damaged_paths())} file(s)")
+    final = await engine.wait_for(task.id)
+    code = _task_result(final, out)
+    if code != ExitCode.OK:
+        return code
+    after = await engine.verify(args.product)  # a repair is done only when a full check says so
+    _print_report(after, out)
+    return ExitCode.OK if after.ok else ExitCode.INTEGRITY
+
+
+def _print_report(report: Any, out: Output) -> None:
+    out.emit({"verify": report.to_dict()})
+    mbs = report.bytes_checked / 1e6 / max(report.seconds, 1e-9)
+    out.text(f"{report.product_id} {report.version_id}: {'OK' if report.ok else 'DAMAGED'}"
+             f" ({report.files_checked} files, {human_bytes(report.bytes_checked)} checked,"
+             f" {mbs:.0f} MB/s{', quick' if report.quick else ''})")
+    for p in report.missing:
+        out.text(f"  missing     {p}")
+    for p in report.wrong_size:
+        out.text(f"  wrong size  {p}")
+    for d in report.damaged:
+        out.text(f"  damaged     {d.path} bytes {d.offset}-{d.offset + d.size - 1}")
+    for p in report.extra:
+        out.text(f"  extra       {p}")
+
+
+async def cmd_move(engine: Engine, args: argparse.Namespace, out: Output) -> int:
+    game = await engine.move_install(args.product, args.folder)
+    out.text(f"moved {game.product_id} to {game.path}")
+    out.emit({"result": "moved", "game": game.to_dict()})
+    return ExitCode.OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     def common_options(p: argparse.ArgumentParser, default: Any) -> None:
         # accepted before and after the subcommand; SUPPRESS keeps the subparser from
@@ -331,6 +411,20 @@ def build_parser() -> argparse.ArgumentParser:
     add("installed", cmd_installed, "installed games with versions and sizes")
     p = add("uninstall", cmd_uninstall, "remove an installed game")
     p.add_argument("product")
+    add("check-updates", cmd_check_updates, "ask the backend about updates for installed games")
+    p = add("update", cmd_update, "update a game (to the latest or --version)")
+    p.add_argument("product", nargs="?")
+    p.add_argument("--version")
+    p.add_argument("--all", action="store_true", help="update every game that has an update")
+    p = add("rollback", cmd_rollback, "return to the previously installed version")
+    p.add_argument("product")
+    p = add("verify", cmd_verify, "check installed files against the manifest")
+    p.add_argument("product")
+    p.add_argument("--repair", action="store_true", help="re-download only the damaged chunks")
+    p.add_argument("--quick", action="store_true", help="presence and size only")
+    p = add("move", cmd_move, "move an installed game to another folder")
+    p.add_argument("product")
+    p.add_argument("folder")
     return parser
 
 

@@ -65,7 +65,7 @@ class CredentialStore:
         if token is None:
             self.file.unlink(missing_ok=True)
             return
-        if not _warned:
+        if not _warned and not self.file.exists():  # said once, when the file is created
             log.warning("no OS keyring: refresh token stored in %s (mode 0600)", self.file)
             _warned = True
         self.file.parent.mkdir(parents=True, exist_ok=True)

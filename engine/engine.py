@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import aiohttp
 
@@ -24,14 +25,17 @@ from engine.backend_client import BackendClient
 from engine.config import Settings
 from engine.credentials import CredentialStore
 from engine.errors import EngineError
-from engine.events import EventBus, error_event, status_event
-from engine.installer import EngineContext, InstallRun
+from engine.events import UPDATE_AVAILABLE, EventBus, error_event, status_event
+from engine.installer import EngineContext, InstallRun, manifest_key
+from engine.move import move_game
 from engine.progress import TaskProgress
 from engine.queueorder import QueueEntry, TaskState, move, select_runnable
 from engine.ratelimit import AsyncRateLimiter
 from engine.schedule import DownloadSchedule, parse_window
 from engine.staging import STAGING_DIR
 from engine.state import TERMINAL, InstalledGame, State, TaskRecord
+from engine.update import UpdateRun, cached_manifest
+from engine.verify import VerifyReport, scan_install
 from patcher.manifest import check_id
 
 log = logging.getLogger(__name__)
@@ -132,6 +136,63 @@ class Engine:
         self._publish_status(task)
         self.wake()
         return task
+
+    def _installed_or_fail(self, product_id: str) -> InstalledGame:
+        game = self.state.installed_game(product_id)
+        if game is None:
+            raise EngineError("NOT_INSTALLED", f"{product_id} is not installed")
+        return game
+
+    def _queue_change(self, product_id: str, kind: str, version_id: str | None,
+                      priority: int = 0) -> TaskRecord:
+        game = self._installed_or_fail(product_id)
+        active = self.state.active_task_for(product_id)
+        if active is not None:
+            return active
+        task = self.state.add_task(product_id, version_id, game.path, priority=priority, kind=kind,
+                                   from_version=game.version_id)
+        self._publish_status(task)
+        self.wake()
+        return task
+
+    def update(self, product_id: str, version_id: str | None = None, priority: int = 0) -> TaskRecord:
+        """Queue an update to ``version_id`` (the latest when None)."""
+        return self._queue_change(product_id, "update", version_id, priority)
+
+    def rollback(self, product_id: str) -> TaskRecord:
+        game = self._installed_or_fail(product_id)
+        if game.previous_version is None:
+            raise EngineError("VERSION_NOT_FOUND", f"{product_id} has no previous version to go back to")
+        return self._queue_change(product_id, "rollback", game.previous_version)
+
+    def repair(self, product_id: str) -> TaskRecord:
+        game = self._installed_or_fail(product_id)
+        return self._queue_change(product_id, "repair", game.version_id)
+
+    async def verify(self, product_id: str, quick: bool = False) -> VerifyReport:
+        game = self._installed_or_fail(product_id)
+        key = await manifest_key(self._context())
+        manifest = cached_manifest(self._context(), product_id, game.version_id, key)
+        return await asyncio.to_thread(scan_install, Path(game.path), manifest, quick)
+
+    async def check_updates(self) -> list[dict[str, Any]]:
+        games = self.installed()
+        if not games:
+            return []
+        answers = await self.api.check_updates([(g.product_id, g.version_id) for g in games])
+        for a in answers:
+            if a.get("isUpdateAvailable"):
+                self.bus.publish({"type": UPDATE_AVAILABLE, "payload": a})
+        return answers
+
+    async def move_install(self, product_id: str, new_folder: str) -> InstalledGame:
+        game = self._installed_or_fail(product_id)
+        if self.state.active_task_for(product_id) is not None:
+            raise EngineError("API_MISUSE", f"{product_id} has a running task; wait or cancel it")
+        key = await manifest_key(self._context())
+        manifest = cached_manifest(self._context(), product_id, game.version_id, key)
+        moved = await move_game(self.state, game, Path(new_folder).absolute(), manifest)
+        return moved
 
     def pause(self, task_id: str) -> TaskRecord:
         task = self._live(task_id)
@@ -283,9 +344,12 @@ class Engine:
                                       error_message=None)
         self._publish_status(task)
         try:
-            run = InstallRun(self._context(), task)
+            run = (UpdateRun if task.kind in ("update", "repair", "rollback") else InstallRun)(
+                self._context(), task)
             self._progress[task_id] = run.progress
             await run.run()
+            if task.kind in ("update", "rollback"):
+                await self._report_applied(task, True)
             task = self.state.update_task(task_id, status=TaskState.COMPLETED,
                                           downloaded_bytes=run.progress.downloaded)
             self._publish_status(task)
@@ -306,6 +370,8 @@ class Engine:
             self.bus.publish(error_event(task_id, err.code, err.message, err.item))
             self._publish_status(task, err)
             await self._report(task, "error", err)
+            if task.kind in ("update", "rollback"):
+                await self._report_applied(task, False, err.message)
         finally:
             self._runners.pop(task_id, None)
             self._progress.pop(task_id, None)
@@ -318,6 +384,15 @@ class Engine:
             await self.api.report_status(task.backend_task_id, status, task.downloaded_bytes, error)
         except EngineError as exc:  # history only: log, never fail the task over it
             log.warning("could not report %s for task %s: %s", status, task.id[:8], exc)
+
+    async def _report_applied(self, task: TaskRecord, ok: bool, error: str | None = None) -> None:
+        if task.from_version is None or task.version_id is None:
+            return
+        try:
+            await self.api.report_update_applied(task.product_id, task.from_version,
+                                                 task.version_id, ok, error, task.backend_task_id)
+        except EngineError as exc:
+            log.warning("could not report update of %s: %s", task.product_id, exc)
 
     async def wait_for(self, task_id: str) -> TaskRecord:
         """Run the queue until ``task_id`` reaches a final state (or is paused)."""

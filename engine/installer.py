@@ -236,13 +236,24 @@ class InstallRun:
                        manifest: Manifest, plan: InstallPlan, staging: Staging) -> InstalledGame:
         verified = ctx.state.done_files(self.task.id)
         to_stage = [i for i in range(len(manifest.files)) if i not in verified]
-        allocated = await asyncio.to_thread(staging.allocated_bytes)
-        needed = sum(manifest.files[i].size for i in to_stage) - allocated
-        check_disk_space(ctx.settings, self.install_dir, max(0, needed))
-        await asyncio.to_thread(staging.prepare, to_stage)
-        self._emit_status("downloading")
+        await self._prepare_staging(staging, manifest, to_stage)
+        await self._download_and_verify(ctx, grant, pool, manifest, plan, staging, set(to_stage))
+        return await self._commit(manifest, staging)
 
-        pending = dict(plan.pending_writes)
+    async def _prepare_staging(self, staging: Staging, manifest: Manifest, files: list[int]) -> None:
+        allocated = await asyncio.to_thread(staging.allocated_bytes)
+        needed = sum(manifest.files[i].size for i in files) - allocated
+        check_disk_space(self.ctx.settings, self.install_dir, max(0, needed))
+        await asyncio.to_thread(staging.prepare, files)
+
+    async def _download_and_verify(self, ctx: EngineContext, grant: TaskGrant, pool: SourcePool,
+                                   manifest: Manifest, plan: InstallPlan, staging: Staging,
+                                   files: set[int]) -> None:
+        """Fetch the plan's blocks into staged files and SHA-256 every file in ``files`` as soon
+        as its last chunk is written (hashing overlaps the download)."""
+        self._emit_status("downloading")
+        verified = ctx.state.done_files(self.task.id)
+        pending = {fi: plan.pending_writes.get(fi, 0) for fi in files}
         journal = Journal(ctx.state, staging, self.task.id)
         verify_sem = asyncio.Semaphore(2)
         loop = asyncio.get_running_loop()
@@ -277,8 +288,10 @@ class InstallRun:
                 self.progress.written += sum(t.size * len(t.writes) for t in job.targets)
                 for t in job.targets:
                     for w in t.writes:
+                        if w.file_index not in pending:
+                            continue
                         pending[w.file_index] -= 1
-                        if pending[w.file_index] == 0:
+                        if pending[w.file_index] == 0 and w.file_index not in verified:
                             tg.create_task(verify(w.file_index))
 
             def count_bytes(n: int) -> None:
@@ -298,7 +311,6 @@ class InstallRun:
                 journal.flush()
                 ctx.state.update_task(self.task.id, downloaded_bytes=self.progress.downloaded)
             reporter.cancel()
-        return await self._commit(manifest, staging)
 
     async def _commit(self, manifest: Manifest, staging: Staging) -> InstalledGame:
         ctx = self.ctx

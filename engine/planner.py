@@ -65,25 +65,42 @@ class InstallPlan:
         return sum(len(r.blocks) for r in self.ranges)
 
 
-def block_jobs(manifest: Manifest, done_blocks: Iterable[int] = ()) -> list[BlockJob]:
-    """Every block the manifest's files need, except those the journal says are written."""
+Wanted = dict[str, list[ChunkWrite]]  # chunk id -> where it must be written
+
+
+def all_writes(manifest: Manifest, files: Iterable[int] | None = None) -> Wanted:
+    """Every chunk write of the given files (all files by default)."""
+    wanted: Wanted = defaultdict(list)
+    indexes = range(len(manifest.files)) if files is None else files
+    for fi in indexes:
+        for c in manifest.files[fi].chunks:
+            wanted[c.id].append(ChunkWrite(fi, c.offset))
+    return dict(wanted)
+
+
+def block_jobs(manifest: Manifest, done_blocks: Iterable[int] = (),
+               wanted: Wanted | None = None) -> list[BlockJob]:
+    """The blocks holding the wanted chunks, except those the journal says are written."""
     done = set(done_blocks)
+    want = all_writes(manifest) if wanted is None else wanted
     targets: dict[int, dict[str, list[ChunkWrite]]] = defaultdict(dict)
-    for fi, f in enumerate(manifest.files):
-        for c in f.chunks:
-            loc = manifest.chunks[c.id]
-            if loc.block in done:
-                continue
-            targets[loc.block].setdefault(c.id, []).append(ChunkWrite(fi, c.offset))
+    for cid, writes in want.items():
+        if not writes:
+            continue
+        loc = manifest.chunks[cid]
+        if loc.block not in done:
+            targets[loc.block][cid] = list(writes)
     sizes = manifest.chunk_sizes()
     jobs = []
     for bi in sorted(targets):
         b = manifest.blocks[bi]
+        ordered = sorted(targets[bi].items(), key=lambda kv: manifest.chunks[kv[0]].offset)
         chunk_targets = tuple(
             ChunkTarget(cid, manifest.chunks[cid].offset, sizes[cid], tuple(writes))
-            for cid, writes in sorted(targets[bi].items(), key=lambda kv: manifest.chunks[kv[0]].offset)
+            for cid, writes in ordered
         )
-        jobs.append(BlockJob(bi, b.pack, b.offset, b.stored_size, b.raw_size, b.codec, chunk_targets))
+        jobs.append(BlockJob(bi, b.pack, b.offset, b.stored_size, b.raw_size, b.codec,
+                             chunk_targets))
     return jobs
 
 
@@ -114,9 +131,9 @@ def coalesce(jobs: Iterable[BlockJob], *, max_range: int, max_gap: int) -> list[
 
 def plan_install(
     manifest: Manifest, *, done_blocks: Iterable[int] = (), max_range: int = 16 << 20,
-    max_gap: int = 256 << 10,
+    max_gap: int = 256 << 10, wanted: Wanted | None = None,
 ) -> InstallPlan:
-    jobs = block_jobs(manifest, done_blocks)
+    jobs = block_jobs(manifest, done_blocks, wanted)
     ranges = coalesce(jobs, max_range=max_range, max_gap=max_gap)
     pending: dict[int, int] = {fi: 0 for fi in range(len(manifest.files))}
     write = 0

@@ -46,6 +46,9 @@ class Staging:
     def path(self, file_index: int) -> Path:
         return safe_join(self.root, self.manifest.files[file_index].path)
 
+    def path_of(self, rel: str) -> Path:
+        return safe_join(self.root, rel)
+
     def allocated_bytes(self) -> int:
         """Bytes already allocated by staged files (counts toward free-space checks)."""
         total = 0
@@ -104,6 +107,7 @@ class Staging:
         with self.path(file_index).open("rb") as fh:
             while block := fh.read(1 << 20):
                 digest.update(block)
+            os.fsync(fh.fileno())  # durable before the journal calls it verified
         return digest.hexdigest() == f.hash_sha256
 
     def commit_file(self, file_index: int) -> None:

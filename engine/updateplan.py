@@ -1,0 +1,152 @@
+"""Update and repair planning: pure functions from manifests to the cheapest verified work.
+
+For every file the new version changes, the plan picks one build method:
+- MOVE: the whole content exists as another local file (a rename): clone or copy it;
+- PATCH: a published binary patch is smaller than the file's missing chunks;
+- CHUNKS: copy every chunk the install already holds (BLAKE3-checked when read), fetch the rest.
+Unchanged files are not touched. The plan states its costs before anything starts.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from enum import StrEnum
+
+from engine.planner import ChunkWrite, Wanted
+from patcher.deltaindex import DeltaIndex, PatchEntry
+from patcher.diff import ChunkSource, chunk_sources, diff_manifests
+from patcher.manifest import Manifest
+from patcher.sizing import blocks_bytes, blocks_for, choose_patches
+
+
+class BuildMethod(StrEnum):
+    CHUNKS = "chunks"
+    PATCH = "patch"
+    MOVE = "move"
+
+
+@dataclass(frozen=True, slots=True)
+class LocalCopy:
+    """One chunk read from the current install (and verified) into staged files."""
+
+    chunk_id: str
+    size: int
+    source_path: str
+    source_offset: int
+    writes: tuple[ChunkWrite, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class FileBuild:
+    file_index: int
+    method: BuildMethod
+    patch: PatchEntry | None = None
+    move_source: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UpdatePlan:
+    builds: tuple[FileBuild, ...]
+    copies: tuple[LocalCopy, ...]
+    fetch: Wanted
+    remove: tuple[str, ...]
+    chunk_download_bytes: int  # stored bytes of blocks to fetch
+    patch_bytes: int
+    reused_bytes: int  # bytes copied from local files
+    write_bytes: int  # bytes written into staged files
+    peak_extra_bytes: int  # extra disk while both versions exist
+    full_bytes: int  # what a fresh install would download
+
+    @property
+    def download_bytes(self) -> int:
+        return self.chunk_download_bytes + self.patch_bytes
+
+    def summary(self) -> dict[str, int]:
+        return {"downloadBytes": self.download_bytes, "patchBytes": self.patch_bytes,
+                "reusedBytes": self.reused_bytes, "writeBytes": self.write_bytes,
+                "peakExtraDiskBytes": self.peak_extra_bytes, "fullDownloadBytes": self.full_bytes,
+                "filesRebuilt": len(self.builds), "filesRemoved": len(self.remove)}
+
+
+def chunk_build(new: Manifest, file_index: int,
+                sources: dict[str, ChunkSource]) -> tuple[list[LocalCopy], Wanted]:
+    """How to assemble one file from chunks: local copies where possible, fetches otherwise."""
+    copies: dict[str, list[ChunkWrite]] = defaultdict(list)
+    fetch: dict[str, list[ChunkWrite]] = defaultdict(list)
+    sizes: dict[str, int] = {}
+    for c in new.files[file_index].chunks:
+        sizes[c.id] = c.size
+        (copies if c.id in sources else fetch)[c.id].append(ChunkWrite(file_index, c.offset))
+    local = [LocalCopy(cid, sizes[cid], sources[cid].path, sources[cid].offset, tuple(ws))
+             for cid, ws in copies.items()]
+    return local, dict(fetch)
+
+
+def merge_wanted(into: dict[str, list[ChunkWrite]], more: Wanted) -> None:
+    for cid, writes in more.items():
+        into.setdefault(cid, []).extend(writes)
+
+
+def _finish(new: Manifest, builds: list[FileBuild], copies: list[LocalCopy],
+            fetch: dict[str, list[ChunkWrite]], remove: tuple[str, ...]) -> UpdatePlan:
+    patch_bytes = sum(b.patch.patch_size for b in builds if b.patch is not None)
+    reused = sum(c.size * len(c.writes) for c in copies)
+    write = sum(new.files[b.file_index].size for b in builds)
+    return UpdatePlan(
+        builds=tuple(builds), copies=tuple(copies), fetch=dict(fetch), remove=remove,
+        chunk_download_bytes=blocks_bytes(new, blocks_for(new, fetch)),
+        patch_bytes=patch_bytes, reused_bytes=reused, write_bytes=write,
+        peak_extra_bytes=write,
+        full_bytes=blocks_bytes(new, blocks_for(new, new.chunks)),
+    )
+
+
+def plan_update(old: Manifest, new: Manifest, delta: DeltaIndex | None) -> UpdatePlan:
+    diff = diff_manifests(old, new)
+    index = {f.path: i for i, f in enumerate(new.files)}
+    sources = chunk_sources(old)
+    patches = choose_patches(old, new, diff, delta)
+    builds: list[FileBuild] = []
+    copies: list[LocalCopy] = []
+    fetch: dict[str, list[ChunkWrite]] = {}
+    for move in diff.moved:
+        builds.append(FileBuild(index[move.target], BuildMethod.MOVE, move_source=move.source))
+    for path in diff.rebuilt:
+        fi = index[path]
+        if path in patches:
+            builds.append(FileBuild(fi, BuildMethod.PATCH, patch=patches[path]))
+            continue
+        builds.append(FileBuild(fi, BuildMethod.CHUNKS))
+        local, wanted = chunk_build(new, fi, sources)
+        copies.extend(local)
+        merge_wanted(fetch, wanted)
+    return _finish(new, builds, copies, fetch, diff.removed)
+
+
+def plan_repair(manifest: Manifest, damaged: set[int], missing_sources: set[str]) -> UpdatePlan:
+    """Rebuild the damaged files of an install from its own good chunks plus downloads.
+
+    ``missing_sources``: paths that cannot serve as chunk sources (missing or damaged files
+    are still tried: every copied chunk is BLAKE3-checked and fetched when it fails).
+    """
+    sources = {cid: src for cid, src in chunk_sources_excluding(manifest, missing_sources).items()}
+    builds: list[FileBuild] = []
+    copies: list[LocalCopy] = []
+    fetch: dict[str, list[ChunkWrite]] = {}
+    for fi in sorted(damaged):
+        builds.append(FileBuild(fi, BuildMethod.CHUNKS))
+        local, wanted = chunk_build(manifest, fi, sources)
+        copies.extend(local)
+        merge_wanted(fetch, wanted)
+    return _finish(manifest, builds, copies, fetch, ())
+
+
+def chunk_sources_excluding(manifest: Manifest, paths: set[str]) -> dict[str, ChunkSource]:
+    out: dict[str, ChunkSource] = {}
+    for f in manifest.files:
+        if f.path in paths:
+            continue
+        for c in f.chunks:
+            out.setdefault(c.id, ChunkSource(f.path, c.offset, c.size))
+    return out
