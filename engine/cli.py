@@ -304,7 +304,8 @@ async def cmd_update(engine: Engine, args: argparse.Namespace, out: Output) -> i
             return ExitCode.OK
         tasks = [engine.update(p) for p in products]
     elif args.product:
-        tasks = [engine.update(args.product, args.version)]
+        tasks = [engine.update(args.product, args.version,
+                               limit_bps=parse_rate(args.limit) if args.limit else None)]
     else:
         raise EngineError("API_MISUSE", "update needs a product or --all")
     code: int = ExitCode.OK
@@ -416,6 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("product", nargs="?")
     p.add_argument("--version")
     p.add_argument("--all", action="store_true", help="update every game that has an update")
+    p.add_argument("--limit", help="per-task speed limit, e.g. 20M")
     p = add("rollback", cmd_rollback, "return to the previously installed version")
     p.add_argument("product")
     p = add("verify", cmd_verify, "check installed files against the manifest")

@@ -42,6 +42,7 @@ class Settings:
     schedule: tuple[str, ...] = ()
     use_keyring: bool = True
     keep_free_bytes: int = 0  # refuse installs that would leave less free space than this
+    qa_switch_delay_s: float | None = None  # QA fault injection: pause between switch renames
     username: str | None = None
 
     @property

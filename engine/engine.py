@@ -144,20 +144,23 @@ class Engine:
         return game
 
     def _queue_change(self, product_id: str, kind: str, version_id: str | None,
-                      priority: int = 0) -> TaskRecord:
+                      priority: int = 0, limit_bps: int | None = None) -> TaskRecord:
         game = self._installed_or_fail(product_id)
         active = self.state.active_task_for(product_id)
         if active is not None:
             return active
         task = self.state.add_task(product_id, version_id, game.path, priority=priority, kind=kind,
-                                   from_version=game.version_id)
+                                   from_version=game.version_id, limit_bps=limit_bps)
+        if limit_bps:
+            self.limiter.set_task(task.id, limit_bps)
         self._publish_status(task)
         self.wake()
         return task
 
-    def update(self, product_id: str, version_id: str | None = None, priority: int = 0) -> TaskRecord:
+    def update(self, product_id: str, version_id: str | None = None, priority: int = 0,
+               limit_bps: int | None = None) -> TaskRecord:
         """Queue an update to ``version_id`` (the latest when None)."""
-        return self._queue_change(product_id, "update", version_id, priority)
+        return self._queue_change(product_id, "update", version_id, priority, limit_bps)
 
     def rollback(self, product_id: str) -> TaskRecord:
         game = self._installed_or_fail(product_id)

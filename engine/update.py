@@ -88,8 +88,10 @@ class SwitchJournal:
                              tuple(d["dirs"]))
 
 
-def switch_files(install_dir: Path, staging: Staging, journal: SwitchJournal) -> None:
-    """Idempotent: each step checks what is already done, so a rerun after a crash completes it."""
+def switch_files(install_dir: Path, staging: Staging, journal: SwitchJournal,
+                 step_delay: float | None = None) -> None:
+    """Idempotent: each step checks what is already done, so a rerun after a crash completes it.
+    ``step_delay`` (QA only) widens the window in which a kill lands mid-switch."""
     backup = staging.root.with_name(staging.root.name + ".old")
     for rel in journal.replace + journal.remove:
         live = safe_join(install_dir, rel)
@@ -104,7 +106,12 @@ def switch_files(install_dir: Path, staging: Staging, journal: SwitchJournal) ->
         if staged.exists():
             dest = safe_join(install_dir, rel)
             dest.parent.mkdir(parents=True, exist_ok=True)
+            entry = staging.manifest.file(rel)
+            if entry is not None:
+                os.chmod(staged, entry.mode)
             os.replace(staged, dest)
+            if step_delay:
+                time.sleep(step_delay)
     for d in journal.dirs:
         safe_join(install_dir, d).mkdir(parents=True, exist_ok=True)
     for rel in journal.remove:  # drop folders that only held removed files
@@ -277,7 +284,8 @@ class UpdateRun(InstallRun):
         ctx.state.set_installed(InstalledGame(
             installed.product_id, installed.version_id, installed.path, installed.size,
             installed.installed_at, True, installed.previous_version))  # dirty: not launchable
-        await asyncio.to_thread(switch_files, self.install_dir, staging, journal)
+        await asyncio.to_thread(switch_files, self.install_dir, staging, journal,
+                                ctx.settings.qa_switch_delay_s)
         changed_version = installed.version_id != new.version_id
         game = InstalledGame(
             product_id=new.product_id, version_id=new.version_id, path=installed.path,

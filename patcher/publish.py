@@ -308,7 +308,7 @@ def _build_step_patches(
     for f in old.files:
         old_by_name.setdefault(f.path.rsplit("/", 1)[-1], f.path)
     reader = BlockReader(store, old)
-    jobs = []
+    jobs: list[deltas.PatchJob] = []
     job_meta: dict[str, tuple[str, str, float]] = {}
     for path in diff.rebuilt:
         target = new.file(path)

@@ -1,0 +1,169 @@
+"""What the store holds, as the API sees it: products, versions, manifests and update costs.
+
+``patcher.store.Store`` keeps a sqlite3 connection that belongs to the thread that opened it, so
+the catalog opens one Store per worker thread. Manifests and update costs are immutable once
+published, so they are cached (bounded LRU).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Generic, TypeVar
+
+from backend.errors import NotFound
+from patcher.errors import PatcherError
+from patcher.manifest import Manifest
+from patcher.sizing import UpdateCost, install_bytes, update_cost
+from patcher.store import Store, VersionRecord
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class LRU(Generic[K, V]):
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._data: OrderedDict[K, V] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get_or_compute(self, key: K, compute: Callable[[], V]) -> V:
+        with self._lock:
+            if key in self._data:
+                self._data.move_to_end(key)
+                return self._data[key]
+        value = compute()
+        with self._lock:
+            self._data[key] = value
+            while len(self._data) > self.size:
+                self._data.popitem(last=False)
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class VersionInfo:
+    version_id: str
+    seq: int
+    created_at: str
+    total_size: int
+    file_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestInfo:
+    total_size: int
+    file_count: int
+    install_bytes: int  # what a fresh install downloads
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateInfo:
+    from_version: str
+    to_version: str
+    update_type: str  # delta | full
+    download_bytes: int
+    delta_bytes: int
+    full_bytes: int
+    required_disk_bytes: int
+    has_delta_index: bool
+
+
+def choose_update(from_version: str, new: Manifest, cost: UpdateCost | None,
+                  has_delta_index: bool) -> UpdateInfo:
+    """Pure: the cheaper of a differential (chunk reuse + patches) and a full download."""
+    full = install_bytes(new)
+    if cost is None:  # the installed version is unknown to the store: only a full install works
+        return UpdateInfo(from_version, new.version_id, "full", full, full, full, new.total_size,
+                          False)
+    delta = cost.download_bytes
+    if delta < full:
+        return UpdateInfo(from_version, new.version_id, "delta", delta, delta, full,
+                          cost.write_bytes, has_delta_index)
+    return UpdateInfo(from_version, new.version_id, "full", full, delta, full, new.total_size,
+                      has_delta_index)
+
+
+class Catalog:
+    def __init__(self, store_dir: Path) -> None:
+        self.store_dir = store_dir
+        self._local = threading.local()
+        self._manifests: LRU[tuple[str, str], Manifest] = LRU(64)
+        self._infos: LRU[tuple[str, str], ManifestInfo] = LRU(4096)
+        self._updates: LRU[tuple[str, str, str], UpdateInfo] = LRU(4096)
+        self._public_key: str | None = None
+
+    @property
+    def store(self) -> Store:
+        st: Store | None = getattr(self._local, "store", None)
+        if st is None:
+            st = Store(self.store_dir)
+            self._local.store = st
+        return st
+
+    @property
+    def public_key_hex(self) -> str:
+        if self._public_key is None:
+            self._public_key = self.store.public_key_hex
+        return self._public_key
+
+    def products(self) -> list[str]:
+        return self.store.products()
+
+    def versions(self, product: str) -> list[VersionInfo]:
+        return [_vinfo(v) for v in self.store.versions(product)]
+
+    def latest(self, product: str) -> VersionInfo:
+        versions = self.versions(product)
+        if not versions:
+            raise NotFound(f"product {product!r} has no published version",
+                           code="VERSION_NOT_FOUND")
+        return versions[-1]
+
+    def resolve_version(self, product: str, version: str | None, pointer: str) -> VersionInfo:
+        if version is None:
+            return self.latest(product)
+        for v in self.versions(product):
+            if v.version_id == version:
+                return v
+        raise NotFound(f"product {product!r} has no version {version!r}", code="VERSION_NOT_FOUND",
+                       pointer=pointer)
+
+    def manifest(self, product: str, version: str) -> Manifest:
+        def load() -> Manifest:
+            try:
+                return self.store.read_manifest(product, version)
+            except PatcherError as exc:
+                raise NotFound(f"no manifest for {product} {version}: {exc.message}",
+                               code="VERSION_NOT_FOUND") from exc
+
+        return self._manifests.get_or_compute((product, version), load)
+
+    def manifest_info(self, product: str, version: str) -> ManifestInfo:
+        def compute() -> ManifestInfo:
+            m = self.manifest(product, version)
+            return ManifestInfo(m.total_size, len(m.files), install_bytes(m))
+
+        return self._infos.get_or_compute((product, version), compute)
+
+    def has_delta(self, product: str, from_version: str, to_version: str) -> bool:
+        return self.store.path(self.store.delta_rel(product, from_version, to_version)).exists()
+
+    def update(self, product: str, from_version: str, to_version: str) -> UpdateInfo:
+        def compute() -> UpdateInfo:
+            new = self.manifest(product, to_version)
+            known = {v.version_id for v in self.versions(product)}
+            if from_version not in known:
+                return choose_update(from_version, new, None, False)
+            old = self.manifest(product, from_version)
+            delta = self.store.read_delta(product, from_version, to_version)
+            return choose_update(from_version, new, update_cost(old, new, delta),
+                                 delta is not None)
+
+        return self._updates.get_or_compute((product, from_version, to_version), compute)
+
+
+def _vinfo(v: VersionRecord) -> VersionInfo:
+    return VersionInfo(v.version, v.seq, v.created_at, v.total_size, v.file_count)

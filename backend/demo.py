@@ -1,0 +1,67 @@
+"""``serve --demo``: on first start, generate the demo catalog, publish every version into the
+store, create user ``demo``/``demo`` and grant it every demo product."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+
+from backend import auth
+from backend.config import Settings
+from backend.db import Database, User
+from backend.library import ensure_product, grant
+from patcher.publish import publish
+from patcher.store import Store
+
+log = logging.getLogger(__name__)
+
+DEMO_USER = "demo"
+DEMO_PASSWORD = "demo"
+
+
+@dataclass(frozen=True, slots=True)
+class DemoCatalog:
+    products: list[tuple[str, str, list[str]]]  # (product id, title, versions)
+    created: bool
+
+
+def publish_catalog(store_dir: Path, builds_dir: Path, size_mb: float, seed: int = 1, *,
+                    level: int = 19, workers: int = 2) -> list[tuple[str, str, list[str]]]:
+    """Generate (idempotent) and publish every version of each demo product, oldest first."""
+    from backend.democatalog import generate
+
+    products = generate(builds_dir, size_mb=size_mb, seed=seed)
+    store = Store(store_dir)
+    try:
+        for p in products:
+            for v in p.versions:
+                publish(store, p.product_id, v, builds_dir / p.product_id / v, level=level,
+                        workers=workers)
+    finally:
+        store.close()
+    return [(p.product_id, p.title, list(p.versions)) for p in products]
+
+
+def ensure_demo(settings: Settings, db: Database, size_mb: float, *, level: int = 19) -> DemoCatalog:
+    marker = settings.data_dir / "demo.json"
+    if marker.exists():
+        doc = json.loads(marker.read_text())
+        return DemoCatalog([(p["productId"], p["title"], p["versions"]) for p in doc["products"]],
+                           False)
+    log.warning("creating the demo catalog (%.0f MB per version); this takes a moment", size_mb)
+    products = publish_catalog(settings.store_dir, settings.data_dir / "builds", size_mb,
+                               level=level)
+    with db.session() as s:
+        if s.scalar(select(User).where(User.username == DEMO_USER)) is None:
+            auth.create_user(s, DEMO_USER, DEMO_PASSWORD)
+        for pid, title, _ in products:
+            ensure_product(s, pid, title)
+            grant(s, DEMO_USER, pid, title=title)
+    marker.write_text(json.dumps({"products": [
+        {"productId": pid, "title": title, "versions": versions}
+        for pid, title, versions in products]}, indent=2))
+    return DemoCatalog(products, True)

@@ -1,0 +1,510 @@
+"""Download service: tasks and their status history, the queue, signed CDN sources, update checks,
+update tasks and integrity references (``/api/v1/download``).
+
+The engine does the transfer; the backend authorizes it (entitlement), says what to fetch
+(manifest and delta paths in the store) and from where (signed ``cdnSources``), and keeps the
+task state the engine reports as history.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query, Response
+from sqlalchemy import and_, bindparam, func, select
+from sqlalchemy.orm import Session
+
+from backend.cdn import issue_sources
+from backend.context import Context, CtxDep, UserDep
+from backend.db import (
+    DownloadTask,
+    DownloadTaskHistory,
+    LibraryItem,
+    UpdateHistory,
+    VerificationTask,
+    utcnow,
+)
+from backend.errors import ApiError, Conflict, NotFound, PermissionDenied
+from backend.jsonapi import MAX_LIMIT, paginate
+from backend.library import require_entitlement
+from backend.schemas import (
+    Data,
+    DownloadTaskRequest,
+    DownloadTaskResource,
+    IntegrityRequest,
+    ManifestKeyResource,
+    Page,
+    ReorderEntry,
+    StatusHistoryResource,
+    StatusReport,
+    TaskStatus,
+    UpdateAppliedRequest,
+    UpdateCheckRequest,
+    UpdateHistoryResource,
+    UpdateInfoResource,
+    UpdateInitiateRequest,
+    VerificationResource,
+    error_responses,
+)
+
+router = APIRouter(prefix="/api/v1/download", tags=["download"])
+
+ACTIVE = ("queued", "preparing", "downloading", "paused", "verifying")
+TERMINAL = ("completed", "cancelled")
+
+
+class TaskStateConflict(Conflict):
+    code = "DOWNLOAD_TASK_STATE_CONFLICT"
+
+
+class QueueFull(ApiError):
+    status = 409
+    code = "DOWNLOAD_QUEUE_FULL"
+    title = "Download queue full"
+
+
+# -- pure helpers --------------------------------------------------------------------------------
+
+
+def manifest_ref(product: str, version: str) -> dict[str, str]:
+    path = f"{product}/manifests/{version}.manifest"
+    return {"path": path, "signaturePath": f"{product}/manifests/{version}.sig"}
+
+
+def delta_ref(product: str, from_version: str, to_version: str) -> dict[str, str]:
+    base = f"{product}/deltas/{from_version}--{to_version}"
+    return {"path": f"{base}.delta", "signaturePath": f"{base}.sig"}
+
+
+def next_status(current: str, requested: str) -> str:
+    """The status after a client report, or TaskStateConflict."""
+    if current == requested:
+        return current
+    if current in TERMINAL:
+        raise TaskStateConflict(f"task is {current}; it cannot become {requested}")
+    return requested
+
+
+def queue_order_key(t: DownloadTask) -> tuple[int, int, float]:
+    return (-t.priority, t.queue_order, t.created_at.timestamp())
+
+
+# -- persistence helpers -------------------------------------------------------------------------
+
+
+def owned_task(s: Session, user_id: str, task_id: str) -> DownloadTask:
+    task = s.scalar(select(DownloadTask).where(DownloadTask.id == task_id,
+                                               DownloadTask.user_id == user_id))
+    if task is None:
+        raise NotFound(f"download task {task_id!r} not found", code="DOWNLOAD_TASK_NOT_FOUND",
+                       parameter="taskId")
+    return task
+
+
+def active_queue(s: Session, user_id: str) -> list[DownloadTask]:
+    tasks = s.scalars(select(DownloadTask).where(DownloadTask.user_id == user_id,
+                                                 DownloadTask.status.in_(ACTIVE))).all()
+    return sorted(tasks, key=queue_order_key)
+
+
+def record(s: Session, task: DownloadTask, status: str, *, downloaded: int | None = None,
+           error_code: str | None = None, error_message: str | None = None) -> None:
+    task.status = status
+    if downloaded is not None:
+        task.downloaded_bytes = downloaded
+    if status == "error":
+        task.error_code, task.error_message = error_code, error_message
+    else:
+        task.error_code, task.error_message = None, None
+    task.updated_at = utcnow()
+    s.add(DownloadTaskHistory(task_id=task.id, status=status, downloaded_bytes=task.downloaded_bytes,
+                              error_code=error_code, error_message=error_message,
+                              created_at=task.updated_at))
+
+
+def task_resource(ctx: Context, t: DownloadTask | SimpleNamespace, *, position: int | None = None,
+                  sources: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    delta = None
+    if t.kind == "update" and t.from_version_id and ctx.catalog.has_delta(
+            t.product_id, t.from_version_id, t.version_id):
+        delta = delta_ref(t.product_id, t.from_version_id, t.version_id)
+    return {
+        "type": "downloadTask",
+        "id": t.id,
+        "attributes": {
+            "productId": t.product_id,
+            "versionId": t.version_id,
+            "fromVersionId": t.from_version_id,
+            "kind": t.kind,
+            "status": t.status,
+            "targetPath": t.target_path,
+            "priority": t.priority,
+            "queuePosition": position,
+            "totalSizeBytes": t.total_size_bytes,
+            "downloadSizeBytes": t.download_size_bytes,
+            "downloadedBytes": t.downloaded_bytes,
+            "createdAt": t.created_at,
+            "updatedAt": t.updated_at,
+            "errorCode": t.error_code,
+            "errorMessage": t.error_message,
+            "manifest": manifest_ref(t.product_id, t.version_id),
+            "delta": delta,
+            "cdnSources": sources,
+        },
+        "links": {"self": f"/api/v1/download/tasks/{t.id}"},
+    }
+
+
+def _position(s: Session, t: DownloadTask) -> int | None:
+    if t.status not in ACTIVE:
+        return None
+    queue = active_queue(s, t.user_id)
+    return next((i for i, q in enumerate(queue) if q.id == t.id), None)
+
+
+def _sources(ctx: Context, product: str, user_id: str) -> list[dict[str, Any]]:
+    return issue_sources(ctx.secrets.cdn_key, ctx.edges, ctx.cdn_limiter, product, user_id,
+                         ctx.settings.cdn_token_ttl)
+
+
+def create_task(ctx: Context, s: Session, user_id: str, *, product: str, version: str,
+                from_version: str | None, kind: str, target_path: str, priority: int,
+                total: int, download: int) -> tuple[DownloadTask, list[dict[str, Any]]]:
+    active = s.scalar(select(func.count()).select_from(DownloadTask).where(
+        DownloadTask.user_id == user_id, DownloadTask.status.in_(ACTIVE))) or 0
+    if active >= ctx.settings.max_active_tasks:
+        raise QueueFull(f"at most {ctx.settings.max_active_tasks} active downloads")
+    sources = _sources(ctx, product, user_id)  # rate limit before anything is stored
+    order = s.scalar(select(func.coalesce(func.max(DownloadTask.queue_order), -1)).where(
+        DownloadTask.user_id == user_id)) or 0
+    now = utcnow()
+    task = DownloadTask(user_id=user_id, product_id=product, version_id=version,
+                        from_version_id=from_version, kind=kind, target_path=target_path,
+                        status="queued", priority=priority, queue_order=int(order) + 1,
+                        total_size_bytes=total, download_size_bytes=download, downloaded_bytes=0,
+                        created_at=now, updated_at=now)
+    s.add(task)
+    s.flush()
+    s.add(DownloadTaskHistory(task_id=task.id, status="queued", downloaded_bytes=0,
+                              created_at=now))
+    return task, sources
+
+
+TaskId = Annotated[str, Path(max_length=64)]
+
+
+# -- routes: key and tasks -----------------------------------------------------------------------
+
+
+@router.get("/manifest-key", response_model=Data[ManifestKeyResource],
+            responses=error_responses(401))
+def manifest_key(ctx: CtxDep, user: UserDep) -> dict[str, Any]:
+    return {"data": {"type": "manifestKey",
+                     "attributes": {"algorithm": "ed25519",
+                                    "publicKey": ctx.catalog.public_key_hex}}}
+
+
+@router.post("/tasks", status_code=202, response_model=Data[DownloadTaskResource],
+             responses=error_responses(401, 403, 404, 409, 422, 429))
+def post_task(body: Data[DownloadTaskRequest], ctx: CtxDep, user: UserDep) -> dict[str, Any]:
+    a = body.data.attributes
+    with ctx.db.session() as s:
+        require_entitlement(s, user.id, a.productId, "/data/attributes/productId")
+        v = ctx.catalog.resolve_version(a.productId, a.versionId, "/data/attributes/versionId")
+        info = ctx.catalog.manifest_info(a.productId, v.version_id)
+        task, sources = create_task(
+            ctx, s, user.id, product=a.productId, version=v.version_id, from_version=None,
+            kind="install", target_path=a.targetPath, priority=a.priority,
+            total=info.total_size, download=info.install_bytes)
+        return {"data": task_resource(ctx, task, position=_position(s, task), sources=sources)}
+
+
+@router.get("/tasks", response_model=Page[DownloadTaskResource], responses=error_responses(401, 422))
+def list_tasks(
+    ctx: CtxDep, user: UserDep,
+    status: Annotated[TaskStatus | None, Query()] = None,
+    page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 20,
+) -> dict[str, Any]:
+    with ctx.db.session() as s:
+        q = select(DownloadTask).where(DownloadTask.user_id == user.id)
+        if status is not None:
+            q = q.where(DownloadTask.status == status)
+        tasks = s.scalars(q.order_by(DownloadTask.created_at.desc(), DownloadTask.id)).all()
+        positions = {t.id: i for i, t in enumerate(active_queue(s, user.id))}
+    items, meta, links = paginate(tasks, page, limit, "/api/v1/download/tasks",
+                                  {"status": status})
+    return {"data": [task_resource(ctx, t, position=positions.get(t.id)) for t in items],
+            "meta": meta, "links": links}
+
+
+@router.get("/tasks/queue", response_model=Data[list[DownloadTaskResource]],
+            responses=error_responses(401))
+def get_queue(ctx: CtxDep, user: UserDep) -> dict[str, Any]:
+    with ctx.db.session() as s:
+        queue = active_queue(s, user.id)
+    return {"data": [task_resource(ctx, t, position=i) for i, t in enumerate(queue)]}
+
+
+@router.post("/tasks/queue/reorder", response_model=Data[list[DownloadTaskResource]],
+             responses=error_responses(401, 404, 422))
+def reorder_queue(body: Data[list[ReorderEntry]], ctx: CtxDep, user: UserDep) -> dict[str, Any]:
+    with ctx.db.session() as s:
+        for i, entry in enumerate(body.data):
+            task = s.scalar(select(DownloadTask).where(DownloadTask.id == entry.taskId,
+                                                       DownloadTask.user_id == user.id))
+            if task is None:
+                raise NotFound(f"download task {entry.taskId!r} not found",
+                               code="DOWNLOAD_TASK_NOT_FOUND", pointer=f"/data/{i}/taskId")
+            task.queue_order = entry.order
+        s.flush()
+        queue = active_queue(s, user.id)
+    return {"data": [task_resource(ctx, t, position=i) for i, t in enumerate(queue)]}
+
+
+@router.get("/tasks/{taskId}", response_model=Data[DownloadTaskResource],
+            responses=error_responses(401, 404, 422))
+def get_task(taskId: TaskId, ctx: CtxDep, user: UserDep) -> dict[str, Any]:
+    with ctx.db.session() as s:
+        task = owned_task(s, user.id, taskId)
+        return {"data": task_resource(ctx, task, position=_position(s, task))}
+
+
+@router.get("/tasks/{taskId}/history", response_model=Data[list[StatusHistoryResource]],
+            responses=error_responses(401, 404, 422))
+def task_history(taskId: TaskId, ctx: CtxDep, user: UserDep) -> dict[str, Any]:
+    with ctx.db.session() as s:
+        owned_task(s, user.id, taskId)
+        rows = s.scalars(select(DownloadTaskHistory).where(DownloadTaskHistory.task_id == taskId)
+                         .order_by(DownloadTaskHistory.id)).all()
+    return {"data": [
+        {"type": "downloadTaskStatus", "id": str(r.id), "attributes": {
+            "status": r.status, "downloadedBytes": r.downloaded_bytes, "errorCode": r.error_code,
+            "errorMessage": r.error_message, "createdAt": r.created_at}} for r in rows]}
+
+
+@router.post("/tasks/{taskId}/status", response_model=Data[DownloadTaskResource],
+             responses=error_responses(401, 404, 409, 422))
+def report_status(taskId: TaskId, body: Data[StatusReport], ctx: CtxDep,
+                  user: UserDep) -> dict[str, Any]:
+    a = body.data.attributes
+    with ctx.db.session() as s:
+        task = owned_task(s, user.id, taskId)
+        status = next_status(task.status, a.status)
+        record(s, task, status, downloaded=a.downloadedBytes, error_code=a.errorCode,
+               error_message=a.errorMessage)
+        s.flush()
+        return {"data": task_resource(ctx, task, position=_position(s, task))}
+
+
+@router.post("/tasks/{taskId}/pause", response_model=Data[DownloadTaskResource],
+             responses=error_responses(401, 404, 409, 422))
+def pause_task(taskId: TaskId, ctx: CtxDep, user: UserDep) -> dict[str, Any]:
+    with ctx.db.session() as s:
+        task = owned_task(s, user.id, taskId)
+        if task.status != "paused":
+            if task.status not in ("queued", "preparing", "downloading", "verifying"):
+                raise TaskStateConflict(f"a {task.status} task cannot be paused")
+            record(s, task, "paused")
+            s.flush()
+        return {"data": task_resource(ctx, task, position=_position(s, task))}
+
+
+@router.post("/tasks/{taskId}/resume", response_model=Data[DownloadTaskResource],
+             responses=error_responses(401, 404, 409, 422, 429))
+def resume_task(taskId: TaskId, ctx: CtxDep, user: UserDep) -> dict[str, Any]:
+    with ctx.db.session() as s:
+        task = owned_task(s, user.id, taskId)
+        if task.status in TERMINAL:
+            raise TaskStateConflict(f"a {task.status} task cannot be resumed")
+        require_entitlement(s, user.id, task.product_id)
+        sources = _sources(ctx, task.product_id, user.id)
+        if task.status in ("paused", "error"):
+            record(s, task, "downloading")
+            s.flush()
+        return {"data": task_resource(ctx, task, position=_position(s, task), sources=sources)}
+
+
+@router.delete("/tasks/{taskId}", status_code=204, response_class=Response,
+               responses=error_responses(401, 404, 409, 422))
+def cancel_task(taskId: TaskId, ctx: CtxDep, user: UserDep) -> Response:
+    with ctx.db.session() as s:
+        task = owned_task(s, user.id, taskId)
+        if task.status == "completed":
+            raise TaskStateConflict("a completed task cannot be cancelled")
+        if task.status != "cancelled":
+            record(s, task, "cancelled")
+    return Response(status_code=204)
+
+
+_T = DownloadTask.__table__
+_L = LibraryItem.__table__
+_TASK_WITH_ENTITLEMENT = (
+    select(_T, _L.c.id.label("library_item_id"))
+    .select_from(_T.outerjoin(_L, and_(_L.c.user_id == _T.c.user_id,
+                                       _L.c.product_id == _T.c.product_id)))
+    .where(_T.c.id == bindparam("task_id"), _T.c.user_id == bindparam("user_id"))
+)
+
+
+def owned_task_entitled(ctx: Context, user_id: str, task_id: str) -> SimpleNamespace:
+    """The user's task (read-only view), checking in the same Core query (the token hot path)
+    that the user still owns its product."""
+    with ctx.db.engine.connect() as conn:
+        row = conn.execute(_TASK_WITH_ENTITLEMENT,
+                           {"task_id": task_id, "user_id": user_id}).mappings().first()
+    if row is None:
+        raise NotFound(f"download task {task_id!r} not found", code="DOWNLOAD_TASK_NOT_FOUND",
+                       parameter="taskId")
+    task = SimpleNamespace(**row)
+    if task.library_item_id is None:
+        raise PermissionDenied(f"you no longer own product {task.product_id!r}")
+    return task
+
+
+@router.post("/tasks/{taskId}/cdn-tokens", response_model=Data[DownloadTaskResource],
+             responses=error_responses(401, 403, 404, 409, 422, 429))
+async def refresh_cdn_tokens(taskId: TaskId, ctx: CtxDep, user: UserDep) -> dict[str, Any]:
+    """Fresh signed ``cdnSources`` for a task that is not finished (hot path: one query;
+    ``queuePosition`` is not computed here and is null)."""
+    task = owned_task_entitled(ctx, user.id, taskId)
+    if task.status in TERMINAL:
+        raise TaskStateConflict(f"task is {task.status}; start a new one")
+    sources = _sources(ctx, task.product_id, user.id)
+    return {"data": task_resource(ctx, task, sources=sources)}
+
+
+# -- updates -------------------------------------------------------------------------------------
+
+
+@router.post("/updates/check", response_model=Data[list[UpdateInfoResource]],
+             responses=error_responses(401, 403, 404, 422))
+def check_updates(body: UpdateCheckRequest, ctx: CtxDep, user: UserDep) -> dict[str, Any]:
+    out = []
+    with ctx.db.session() as s:
+        for i, item in enumerate(body.data):
+            a = item.attributes
+            require_entitlement(s, user.id, a.productId, f"/data/{i}/attributes/productId")
+            latest = ctx.catalog.latest(a.productId)
+            attrs: dict[str, Any] = {"productId": a.productId,
+                                     "currentVersionId": a.currentVersionId,
+                                     "latestVersionId": latest.version_id,
+                                     "isUpdateAvailable": a.currentVersionId != latest.version_id}
+            if attrs["isUpdateAvailable"]:
+                u = ctx.catalog.update(a.productId, a.currentVersionId, latest.version_id)
+                attrs.update(updateType=u.update_type, downloadSizeBytes=u.download_bytes,
+                             deltaDownloadSizeBytes=u.delta_bytes,
+                             fullDownloadSizeBytes=u.full_bytes,
+                             requiredDiskSpaceBytes=u.required_disk_bytes,
+                             hasDeltaIndex=u.has_delta_index)
+            out.append({"type": "updateInfo", "attributes": attrs})
+    return {"data": out}
+
+
+@router.post("/updates/initiate", status_code=202, response_model=Data[DownloadTaskResource],
+             responses=error_responses(401, 403, 404, 409, 422, 429))
+def initiate_update(body: Data[UpdateInitiateRequest], ctx: CtxDep,
+                    user: UserDep) -> dict[str, Any]:
+    a = body.data.attributes
+    with ctx.db.session() as s:
+        require_entitlement(s, user.id, a.productId, "/data/attributes/productId")
+        target = ctx.catalog.resolve_version(a.productId, a.targetVersionId,
+                                             "/data/attributes/targetVersionId")
+        last = s.scalar(select(DownloadTask).where(
+            DownloadTask.user_id == user.id, DownloadTask.product_id == a.productId,
+            DownloadTask.status == "completed").order_by(DownloadTask.updated_at.desc()))
+        current = a.currentVersionId or (last.version_id if last else None)
+        if current == target.version_id:
+            raise Conflict(f"{a.productId} is already at {current}", code="ALREADY_UP_TO_DATE",
+                           pointer="/data/attributes/currentVersionId")
+        info = ctx.catalog.manifest_info(a.productId, target.version_id)
+        download = info.install_bytes
+        if current is not None:
+            download = ctx.catalog.update(a.productId, current, target.version_id).download_bytes
+        target_path = a.targetPath or (last.target_path if last else f"{a.productId}")
+        task, sources = create_task(
+            ctx, s, user.id, product=a.productId, version=target.version_id,
+            from_version=current, kind="update", target_path=target_path, priority=a.priority,
+            total=info.total_size, download=download)
+        return {"data": task_resource(ctx, task, position=_position(s, task), sources=sources)}
+
+
+def history_resource(h: UpdateHistory) -> dict[str, Any]:
+    return {"type": "updateHistory", "id": h.id, "attributes": {
+        "productId": h.product_id, "fromVersionId": h.from_version_id,
+        "versionId": h.to_version_id, "status": h.status, "updateType": h.update_type,
+        "taskId": h.task_id, "detail": h.detail, "createdAt": h.created_at}}
+
+
+@router.post("/updates/applied", status_code=201, response_model=Data[UpdateHistoryResource],
+             responses=error_responses(401, 403, 404, 422))
+def update_applied(body: Data[UpdateAppliedRequest], ctx: CtxDep,
+                   user: UserDep) -> dict[str, Any]:
+    a = body.data.attributes
+    with ctx.db.session() as s:
+        require_entitlement(s, user.id, a.productId, "/data/attributes/productId")
+        if a.taskId is not None:
+            task = owned_task(s, user.id, a.taskId)
+            if a.status == "success" and task.status not in TERMINAL:
+                record(s, task, "completed", downloaded=task.downloaded_bytes)
+        h = UpdateHistory(user_id=user.id, product_id=a.productId, from_version_id=a.fromVersionId,
+                          to_version_id=a.versionId, task_id=a.taskId, update_type=a.updateType,
+                          status=a.status, detail=a.detail, created_at=utcnow())
+        s.add(h)
+        s.flush()
+        return {"data": history_resource(h)}
+
+
+@router.get("/updates/history", response_model=Data[list[UpdateHistoryResource]],
+            responses=error_responses(401, 422))
+def update_history(ctx: CtxDep, user: UserDep,
+                   productId: Annotated[str | None, Query(max_length=128)] = None,
+                   ) -> dict[str, Any]:
+    with ctx.db.session() as s:
+        q = select(UpdateHistory).where(UpdateHistory.user_id == user.id)
+        if productId:
+            q = q.where(UpdateHistory.product_id == productId)
+        rows = s.scalars(q.order_by(UpdateHistory.created_at.desc())).all()
+    return {"data": [history_resource(h) for h in rows]}
+
+
+# -- integrity -----------------------------------------------------------------------------------
+
+
+def verification_resource(v: VerificationTask) -> dict[str, Any]:
+    return {"type": "verificationTask", "id": v.id, "attributes": {
+        "productId": v.product_id, "versionId": v.version_id, "status": v.status,
+        "fileCount": v.file_count, "totalSizeBytes": v.total_size_bytes,
+        "manifest": manifest_ref(v.product_id, v.version_id), "createdAt": v.created_at}}
+
+
+@router.post("/integrity/verify", status_code=202, response_model=Data[VerificationResource],
+             responses=error_responses(401, 403, 404, 422))
+def integrity_verify(body: Data[IntegrityRequest], ctx: CtxDep, user: UserDep) -> dict[str, Any]:
+    """The backend cannot see the client's disk: it answers the signed reference (manifest,
+    file count, size) the engine verifies the install against."""
+    a = body.data.attributes
+    with ctx.db.session() as s:
+        require_entitlement(s, user.id, a.productId, "/data/attributes/productId")
+        v = ctx.catalog.resolve_version(a.productId, a.installedVersionId,
+                                        "/data/attributes/installedVersionId")
+        info = ctx.catalog.manifest_info(a.productId, v.version_id)
+        row = VerificationTask(user_id=user.id, product_id=a.productId, version_id=v.version_id,
+                               status="completed", file_count=info.file_count,
+                               total_size_bytes=info.total_size, created_at=utcnow())
+        s.add(row)
+        s.flush()
+        return {"data": verification_resource(row)}
+
+
+@router.get("/integrity/verify/{taskId}", response_model=Data[VerificationResource],
+            responses=error_responses(401, 404, 422))
+def integrity_get(taskId: TaskId, ctx: CtxDep, user: UserDep) -> dict[str, Any]:
+    with ctx.db.session() as s:
+        row = s.scalar(select(VerificationTask).where(VerificationTask.id == taskId,
+                                                      VerificationTask.user_id == user.id))
+        if row is None:
+            raise NotFound(f"verification task {taskId!r} not found",
+                           code="VERIFICATION_TASK_NOT_FOUND", parameter="taskId")
+        return {"data": verification_resource(row)}

@@ -1,0 +1,353 @@
+"""Cloud saves behind presigned-style URLs on the backend's own storage.
+
+Flow: ``POST /savegames/upload-url`` (checks entitlement, size limit → 413, quota → 422 and the
+slot's version → 409) returns a one-time ``PUT /savegames/blobs/{token}`` target; the client
+uploads the bytes there (no bearer token: the URL is the credential, as with S3); then
+``POST /savegames/confirm-upload`` checks size and SHA-256 of what arrived and creates the next
+version of the slot. ``GET /savegames?product_id=`` lists slots with their versions, each with a
+short-lived signed download URL (``GET /savegames/blobs/{token}``).
+
+Storage is local disk under DATA/saves (``LocalSaveStorage``); an S3-compatible store would
+implement the same small interface.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any, Protocol
+
+import anyio
+from fastapi import APIRouter, Query, Request
+from fastapi import Path as PathParam
+from fastapi.responses import Response
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from backend.cdn import file_response
+from backend.context import Context, CtxDep, UserDep, ctx_of
+from backend.db import Savegame, SavegameUpload, utcnow
+from backend.errors import ApiError, Conflict, NotFound, PayloadTooLarge, PermissionDenied
+from backend.library import require_entitlement
+from backend.schemas import (
+    ConfirmRequest,
+    Data,
+    PresignedUploadResource,
+    SavegameResource,
+    SavegameSlotResource,
+    UploadReceiptResource,
+    UploadUrlRequest,
+    error_responses,
+)
+from backend.signing import TokenRejected, sign_blob_token, verify_blob_token
+
+router = APIRouter(prefix="/api/v1/library/savegames", tags=["savegames"])
+
+DOWNLOAD_PURPOSE = "save-dl"
+
+
+class TooLarge(PayloadTooLarge):
+    code = "SAVEGAME_FILE_TOO_LARGE"
+
+
+class VersionConflict(Conflict):
+    code = "SAVEGAME_VERSION_CONFLICT"
+
+
+class HashMismatch(ApiError):
+    status = 422
+    code = "FILE_HASH_MISMATCH"
+    title = "Uploaded file does not match"
+
+
+class QuotaExceeded(ApiError):
+    status = 422
+    code = "USER_QUOTA_EXCEEDED"
+    title = "Save-game quota exceeded"
+
+
+class SaveStorage(Protocol):
+    def incoming_path(self, upload_id: str) -> Path: ...
+    def commit(self, upload_id: str, key: str) -> None: ...
+    def open_path(self, key: str) -> Path: ...
+    def delete(self, key: str) -> None: ...
+
+
+class LocalSaveStorage:
+    """Blobs as files: DATA/saves/incoming/<upload id> until confirmed, then objects/<key>."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        (root / "incoming").mkdir(parents=True, exist_ok=True)
+        (root / "objects").mkdir(parents=True, exist_ok=True)
+
+    def incoming_path(self, upload_id: str) -> Path:
+        return self.root / "incoming" / upload_id
+
+    def commit(self, upload_id: str, key: str) -> None:
+        dest = self.open_path(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self.incoming_path(upload_id), dest)
+
+    def open_path(self, key: str) -> Path:
+        return self.root / "objects" / key
+
+    def delete(self, key: str) -> None:
+        self.open_path(key).unlink(missing_ok=True)
+
+
+def storage(ctx: Context) -> LocalSaveStorage:
+    return LocalSaveStorage(ctx.settings.saves_dir)
+
+
+# -- pure rules ----------------------------------------------------------------------------------
+
+
+def check_base_version(latest: int | None, base: int | None) -> None:
+    """A client may write slot version N+1 only if it last synced version N (None: new slot)."""
+    if latest != base:
+        have = "no version" if latest is None else f"version {latest}"
+        raise VersionConflict(
+            f"slot has {have} but the upload is based on "
+            f"{'no version' if base is None else f'version {base}'}; download and merge first",
+            pointer="/data/attributes/base_version")
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def latest_version(s: Session, user_id: str, product: str, slot: str) -> int | None:
+    v = s.scalar(select(func.max(Savegame.version)).where(
+        Savegame.user_id == user_id, Savegame.product_id == product, Savegame.slot == slot))
+    return int(v) if v is not None else None
+
+
+def used_bytes(s: Session, user_id: str) -> int:
+    return int(s.scalar(select(func.coalesce(func.sum(Savegame.size_bytes), 0))
+                        .where(Savegame.user_id == user_id)) or 0)
+
+
+def download_url(ctx: Context, base: str, save: Savegame) -> tuple[str, datetime]:
+    expires = int(time.time()) + ctx.settings.save_url_ttl
+    token = sign_blob_token(ctx.secrets.jwt_key, DOWNLOAD_PURPOSE, save.id, save.user_id, expires)
+    return f"{base}/api/v1/library/savegames/blobs/{token}", datetime.fromtimestamp(expires, UTC)
+
+
+def save_resource(ctx: Context, base: str, save: Savegame) -> dict[str, Any]:
+    url, expires = download_url(ctx, base, save)
+    return {"type": "savegame", "id": save.id, "attributes": {
+        "product_id": save.product_id, "slot": save.slot, "version": save.version,
+        "size_bytes": save.size_bytes, "sha256": save.sha256,
+        "client_timestamp": save.client_timestamp, "server_timestamp": save.server_timestamp,
+        "download_url": url, "download_url_expires_at": expires}}
+
+
+def _hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+# -- routes --------------------------------------------------------------------------------------
+
+
+@router.post("/upload-url", response_model=Data[PresignedUploadResource],
+             responses=error_responses(401, 403, 409, 413, 422))
+def upload_url(body: Data[UploadUrlRequest], request: Request, ctx: CtxDep,
+               user: UserDep) -> dict[str, Any]:
+    a = body.data.attributes
+    if a.size_bytes > ctx.settings.save_max_bytes:
+        raise TooLarge(f"save is {a.size_bytes} bytes; the limit is {ctx.settings.save_max_bytes}",
+                       pointer="/data/attributes/size_bytes")
+    with ctx.db.session() as s:
+        require_entitlement(s, user.id, a.product_id, "/data/attributes/product_id")
+        check_base_version(latest_version(s, user.id, a.product_id, a.slot), a.base_version)
+        used = used_bytes(s, user.id)
+        if used + a.size_bytes > ctx.settings.save_quota_bytes:
+            raise QuotaExceeded(
+                f"{used} of {ctx.settings.save_quota_bytes} bytes used; {a.size_bytes} more "
+                "do not fit", pointer="/data/attributes/size_bytes")
+        token = secrets.token_urlsafe(32)
+        now = utcnow()
+        ttl = ctx.settings.save_url_ttl
+        up = SavegameUpload(user_id=user.id, product_id=a.product_id, slot=a.slot,
+                            size_bytes=a.size_bytes, sha256=a.sha256, base_version=a.base_version,
+                            client_timestamp=a.client_timestamp, token_hash=_hash_token(token),
+                            status="pending", expires_at=now + timedelta(seconds=ttl),
+                            created_at=now)
+        s.add(up)
+        s.flush()
+        return {"data": {"type": "presignedUploadUrl", "id": up.id, "attributes": {
+            "upload_url": f"{ctx.public_url(request)}/api/v1/library/savegames/blobs/{token}",
+            "method": "PUT", "headers": {"Content-Type": "application/octet-stream"},
+            "expires_in_seconds": ttl, "expires_at": up.expires_at, "internal_save_id": up.id}}}
+
+
+BlobToken = Annotated[str, PathParam(max_length=512)]
+
+
+@router.put("/blobs/{token}", response_model=Data[UploadReceiptResource],
+            responses=error_responses(403, 409, 413))
+async def put_blob(token: BlobToken, request: Request) -> dict[str, Any]:
+    """Presigned-style upload target: the token in the URL is the credential."""
+    ctx = ctx_of(request)
+
+    def lookup() -> SavegameUpload:
+        with ctx.db.session() as s:
+            up = s.scalar(select(SavegameUpload).where(
+                SavegameUpload.token_hash == _hash_token(token)))
+            if up is None or up.expires_at < utcnow():
+                raise PermissionDenied("upload URL is invalid or expired",
+                                       code="SAVEGAME_UPLOAD_URL_INVALID")
+            if up.status == "confirmed":
+                raise Conflict("this upload is already confirmed",
+                               code="SAVEGAME_UPLOAD_CONFIRMED")
+            return up
+
+    up = await anyio.to_thread.run_sync(lookup)
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > up.size_bytes:
+        raise TooLarge(f"upload is {declared} bytes but {up.size_bytes} were announced")
+    path = storage(ctx).incoming_path(up.id)
+    digest = hashlib.sha256()
+    size = 0
+    fh = await anyio.open_file(path, "wb")
+    try:
+        async for part in request.stream():
+            size += len(part)
+            if size > up.size_bytes:
+                raise TooLarge(f"upload exceeds the announced {up.size_bytes} bytes")
+            digest.update(part)
+            await fh.write(part)
+    except BaseException:
+        await fh.aclose()
+        path.unlink(missing_ok=True)
+        raise
+    await fh.aclose()
+    sha = digest.hexdigest()
+
+    def mark() -> None:
+        with ctx.db.session() as s:
+            row = s.get(SavegameUpload, up.id)
+            assert row is not None
+            row.uploaded_size, row.uploaded_sha256, row.status = size, sha, "uploaded"
+
+    await anyio.to_thread.run_sync(mark)
+    return {"data": {"type": "savegameUploadReceipt", "id": up.id, "attributes": {
+        "internal_save_id": up.id, "size_bytes": size, "sha256": sha}}}
+
+
+@router.post("/confirm-upload", response_model=Data[SavegameResource],
+             responses=error_responses(401, 404, 409, 422))
+def confirm_upload(body: Data[ConfirmRequest], request: Request, ctx: CtxDep,
+                   user: UserDep) -> dict[str, Any]:
+    upload_id = body.data.attributes.internal_save_id
+    store = storage(ctx)
+    with ctx.db.session() as s:
+        up = s.scalar(select(SavegameUpload).where(SavegameUpload.id == upload_id,
+                                                   SavegameUpload.user_id == user.id))
+        if up is None:
+            raise NotFound(f"upload {upload_id!r} not found", code="SAVEGAME_UPLOAD_NOT_FOUND",
+                           pointer="/data/attributes/internal_save_id")
+        if up.status == "confirmed" and up.savegame_id:
+            existing = s.get(Savegame, up.savegame_id)
+            if existing is not None:
+                return {"data": save_resource(ctx, ctx.public_url(request), existing)}
+        if up.status != "uploaded":
+            raise Conflict("nothing was uploaded to this URL yet", code="SAVEGAME_NOT_UPLOADED")
+        if up.uploaded_size != up.size_bytes or up.uploaded_sha256 != up.sha256:
+            store.incoming_path(up.id).unlink(missing_ok=True)
+            up.status = "pending"
+            s.commit()
+            raise HashMismatch(
+                f"uploaded {up.uploaded_size} bytes with SHA-256 {up.uploaded_sha256}, expected "
+                f"{up.size_bytes} bytes with {up.sha256}; upload again")
+        latest = latest_version(s, user.id, up.product_id, up.slot)
+        check_base_version(latest, up.base_version)
+        save = Savegame(user_id=user.id, product_id=up.product_id, slot=up.slot,
+                        version=(latest or 0) + 1, size_bytes=up.size_bytes, sha256=up.sha256,
+                        storage_key="", client_timestamp=up.client_timestamp,
+                        server_timestamp=utcnow())
+        s.add(save)
+        s.flush()
+        save.storage_key = f"{user.id}/{save.id}"
+        store.commit(up.id, save.storage_key)
+        up.status, up.savegame_id = "confirmed", save.id
+        _prune(s, store, user.id, up.product_id, up.slot, ctx.settings.save_keep_versions)
+        return {"data": save_resource(ctx, ctx.public_url(request), save)}
+
+
+def _prune(s: Session, store: SaveStorage, user_id: str, product: str, slot: str,
+           keep: int) -> None:
+    versions = s.scalars(select(Savegame).where(
+        Savegame.user_id == user_id, Savegame.product_id == product, Savegame.slot == slot)
+        .order_by(Savegame.version.desc())).all()
+    for old in versions[keep:]:
+        store.delete(old.storage_key)
+        s.delete(old)
+
+
+@router.get("", response_model=Data[list[SavegameSlotResource]],
+            responses=error_responses(401, 422))
+def list_saves(
+    request: Request, ctx: CtxDep, user: UserDep,
+    product_id: Annotated[str | None, Query(max_length=128)] = None,
+    slot: Annotated[str | None, Query(max_length=255)] = None,
+) -> dict[str, Any]:
+    with ctx.db.session() as s:
+        q = select(Savegame).where(Savegame.user_id == user.id)
+        if product_id:
+            q = q.where(Savegame.product_id == product_id)
+        if slot:
+            q = q.where(Savegame.slot == slot)
+        rows = s.scalars(q.order_by(Savegame.product_id, Savegame.slot,
+                                    Savegame.version.desc())).all()
+    base = ctx.public_url(request)
+    slots: dict[tuple[str, str], list[Savegame]] = {}
+    for r in rows:
+        slots.setdefault((r.product_id, r.slot), []).append(r)
+    return {"data": [
+        {"type": "savegameSlot", "id": f"{p}/{sl}", "attributes": {
+            "product_id": p, "slot": sl, "latest_version": versions[0].version,
+            "versions": [save_resource(ctx, base, v) for v in versions]}}
+        for (p, sl), versions in slots.items()
+    ]}
+
+
+@router.get("/{savegame_id}", response_model=Data[SavegameResource],
+            responses=error_responses(401, 404, 422))
+def get_save(savegame_id: Annotated[str, PathParam(max_length=64)], request: Request,
+             ctx: CtxDep, user: UserDep) -> dict[str, Any]:
+    with ctx.db.session() as s:
+        save = s.scalar(select(Savegame).where(Savegame.id == savegame_id,
+                                               Savegame.user_id == user.id))
+        if save is None:
+            raise NotFound(f"save {savegame_id!r} not found", code="SAVEGAME_SLOT_NOT_FOUND",
+                           parameter="savegame_id")
+    return {"data": save_resource(ctx, ctx.public_url(request), save)}
+
+
+@router.get("/blobs/{token}", response_class=Response,
+            responses={200: {"content": {"application/octet-stream": {}}},
+                       **error_responses(403, 404)})
+def get_blob(token: BlobToken, request: Request) -> Response:
+    """Presigned-style download of one save version (token from ``download_url``)."""
+    ctx = ctx_of(request)
+    try:
+        save_id, user_id = verify_blob_token(ctx.secrets.jwt_key, token, DOWNLOAD_PURPOSE,
+                                             time.time())
+    except TokenRejected as exc:
+        raise PermissionDenied(str(exc), code="SAVEGAME_DOWNLOAD_URL_INVALID") from exc
+    with ctx.db.session() as s:
+        save = s.scalar(select(Savegame).where(Savegame.id == save_id,
+                                               Savegame.user_id == user_id))
+    if save is None:
+        raise NotFound("save no longer exists", code="SAVEGAME_SLOT_NOT_FOUND")
+    path = storage(ctx).open_path(save.storage_key)
+    try:
+        st = path.stat()
+    except FileNotFoundError as exc:
+        raise NotFound("save blob missing", code="SAVEGAME_SLOT_NOT_FOUND") from exc
+    return file_response(request, path, st)

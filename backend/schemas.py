@@ -1,0 +1,486 @@
+"""Request and response bodies (JSON:API envelopes of the seeds) as pydantic models.
+
+They make the OpenAPI document accurate and validate input; the download service's attributes
+are camelCase and the library service's snake_case, as in the seeds.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+T = TypeVar("T")
+
+ProductId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
+                                 examples=["starfall"])]
+VersionId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
+                                 examples=["1.0.0"])]
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+TaskStatus = Literal["queued", "preparing", "downloading", "paused", "verifying", "completed",
+                     "error", "cancelled"]
+ReportedStatus = Literal["downloading", "paused", "completed", "error", "cancelled", "verifying"]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class Data(Model, Generic[T]):
+    data: T
+
+
+class Links(Model):
+    self: str | None = None
+    first: str | None = None
+    prev: str | None = None
+    next: str | None = None
+    last: str | None = None
+
+
+class SelfLink(Model):
+    self: str
+
+
+class PageMeta(Model):
+    total_items: int
+    current_page: int
+    per_page: int
+    total_pages: int
+
+
+class Page(Model, Generic[T]):
+    data: list[T]
+    meta: PageMeta
+    links: Links
+
+
+class ErrorSource(Model):
+    pointer: str | None = None
+    parameter: str | None = None
+
+
+class ErrorObject(Model):
+    status: str
+    code: str
+    title: str
+    detail: str
+    source: ErrorSource | None = None
+
+
+class ErrorBody(Model):
+    errors: list[ErrorObject]
+
+
+# -- auth --------------------------------------------------------------------------------------
+
+
+class TokenRequest(Model):
+    username: str = Field(min_length=1, max_length=64)
+    password: str = Field(min_length=1, max_length=256)
+
+
+class RefreshRequest(Model):
+    refreshToken: str = Field(min_length=1, max_length=256)
+
+
+class RevokeRequest(Model):
+    refreshToken: str | None = Field(default=None, min_length=1, max_length=256)
+
+
+class AuthTokenAttributes(Model):
+    accessToken: str
+    refreshToken: str
+    tokenType: Literal["Bearer"] = "Bearer"
+    expiresIn: int
+
+
+class AuthTokenResource(Model):
+    type: Literal["authToken"] = "authToken"
+    attributes: AuthTokenAttributes
+
+
+class ManifestKeyAttributes(Model):
+    algorithm: Literal["ed25519"] = "ed25519"
+    publicKey: str
+
+
+class ManifestKeyResource(Model):
+    type: Literal["manifestKey"] = "manifestKey"
+    attributes: ManifestKeyAttributes
+
+
+# -- library -----------------------------------------------------------------------------------
+
+
+class LibraryVersion(Model):
+    version_id: str
+    created_at: str
+    total_size_bytes: int
+    file_count: int
+
+
+class LibraryItemAttributes(Model):
+    product_id: str
+    title: str
+    cover_image_url: str | None = None
+    added_at: datetime
+    acquisition_type: str
+    last_played_at: datetime | None
+    total_playtime_seconds: int
+    installation_status: str
+    is_hidden: bool
+    user_rating: int | None
+    latest_version_id: str | None
+    versions: list[LibraryVersion]
+    install_size_bytes: int
+    download_size_bytes: int
+
+
+class LibraryItemResource(Model):
+    type: Literal["libraryItem"] = "libraryItem"
+    id: str
+    attributes: LibraryItemAttributes
+    links: SelfLink
+
+
+class LibraryItemPatchAttributes(Model):
+    is_hidden: bool | None = None
+    user_rating: int | None = Field(default=None, ge=1, le=5)
+
+
+class LibraryItemPatch(Model):
+    type: Literal["libraryItemUpdate"] = "libraryItemUpdate"
+    id: str | None = None
+    attributes: LibraryItemPatchAttributes
+
+
+# -- downloads ---------------------------------------------------------------------------------
+
+
+class DownloadTaskRequestAttributes(Model):
+    productId: ProductId
+    versionId: VersionId | None = None
+    targetPath: str = Field(min_length=1, max_length=4096)
+    priority: int = Field(default=0, ge=0, le=10)
+
+
+class DownloadTaskRequest(Model):
+    type: Literal["downloadTaskRequest"] = "downloadTaskRequest"
+    attributes: DownloadTaskRequestAttributes
+
+
+class FileRef(Model):
+    path: str
+    signaturePath: str
+
+
+class CdnSource(Model):
+    id: str
+    baseUrl: str
+    query: str
+    expiresAt: datetime
+    priority: int
+    mode: Literal["hmac", "nginx"]
+
+
+class DownloadTaskAttributes(Model):
+    productId: str
+    versionId: str
+    fromVersionId: str | None
+    kind: Literal["install", "update"]
+    status: TaskStatus
+    targetPath: str
+    priority: int
+    queuePosition: int | None
+    totalSizeBytes: int
+    downloadSizeBytes: int
+    downloadedBytes: int
+    createdAt: datetime
+    updatedAt: datetime
+    errorCode: str | None
+    errorMessage: str | None
+    manifest: FileRef
+    delta: FileRef | None = None
+    cdnSources: list[CdnSource] | None = None
+
+
+class DownloadTaskResource(Model):
+    type: Literal["downloadTask"] = "downloadTask"
+    id: str
+    attributes: DownloadTaskAttributes
+    links: SelfLink
+
+
+class StatusReportAttributes(Model):
+    status: ReportedStatus
+    downloadedBytes: int | None = Field(default=None, ge=0, le=1 << 60)
+    errorCode: str | None = Field(default=None, max_length=64)
+    errorMessage: str | None = Field(default=None, max_length=4000)
+
+
+class StatusReport(Model):
+    type: Literal["downloadTaskStatus"] = "downloadTaskStatus"
+    attributes: StatusReportAttributes
+
+
+class StatusHistoryAttributes(Model):
+    status: str
+    downloadedBytes: int
+    errorCode: str | None
+    errorMessage: str | None
+    createdAt: datetime
+
+
+class StatusHistoryResource(Model):
+    type: Literal["downloadTaskStatus"] = "downloadTaskStatus"
+    id: str
+    attributes: StatusHistoryAttributes
+
+
+class ReorderEntry(Model):
+    taskId: str = Field(max_length=64)
+    order: int = Field(ge=0, le=100_000)
+
+
+class InstalledProductAttributes(Model):
+    productId: ProductId
+    currentVersionId: VersionId
+
+
+class InstalledProduct(Model):
+    type: Literal["installedProduct"] = "installedProduct"
+    attributes: InstalledProductAttributes
+
+
+class UpdateCheckRequest(Model):
+    data: list[InstalledProduct] = Field(min_length=1, max_length=200)
+
+
+class UpdateInfoAttributes(Model):
+    productId: str
+    currentVersionId: str
+    isUpdateAvailable: bool
+    latestVersionId: str
+    updateType: Literal["delta", "full"] | None = None
+    downloadSizeBytes: int | None = None
+    deltaDownloadSizeBytes: int | None = None
+    fullDownloadSizeBytes: int | None = None
+    requiredDiskSpaceBytes: int | None = None
+    hasDeltaIndex: bool | None = None
+
+
+class UpdateInfoResource(Model):
+    type: Literal["updateInfo"] = "updateInfo"
+    attributes: UpdateInfoAttributes
+
+
+class UpdateInitiateAttributes(Model):
+    productId: ProductId
+    targetVersionId: VersionId | None = None
+    currentVersionId: VersionId | None = None
+    targetPath: str | None = Field(default=None, min_length=1, max_length=4096)
+    priority: int = Field(default=1, ge=0, le=10)
+
+
+class UpdateInitiateRequest(Model):
+    type: Literal["updateInitiateRequest"] = "updateInitiateRequest"
+    attributes: UpdateInitiateAttributes
+
+
+class UpdateAppliedAttributes(Model):
+    productId: ProductId
+    versionId: VersionId
+    fromVersionId: VersionId | None = None
+    status: Literal["success", "verification_failed", "patch_failed", "failed"]
+    updateType: Literal["delta", "full"] | None = None
+    taskId: str | None = Field(default=None, max_length=64)
+    detail: str | None = Field(default=None, max_length=4000)
+
+
+class UpdateAppliedRequest(Model):
+    type: Literal["updateApplied"] = "updateApplied"
+    attributes: UpdateAppliedAttributes
+
+
+class UpdateHistoryAttributes(Model):
+    productId: str
+    fromVersionId: str | None
+    versionId: str
+    status: str
+    updateType: str | None
+    taskId: str | None
+    detail: str | None
+    createdAt: datetime
+
+
+class UpdateHistoryResource(Model):
+    type: Literal["updateHistory"] = "updateHistory"
+    id: str
+    attributes: UpdateHistoryAttributes
+
+
+class IntegrityRequestAttributes(Model):
+    productId: ProductId
+    installedVersionId: VersionId
+
+
+class IntegrityRequest(Model):
+    type: Literal["integrityVerificationRequest"] = "integrityVerificationRequest"
+    attributes: IntegrityRequestAttributes
+
+
+class VerificationAttributes(Model):
+    productId: str
+    versionId: str
+    status: Literal["pending", "in_progress", "completed", "failed"]
+    fileCount: int
+    totalSizeBytes: int
+    manifest: FileRef
+    createdAt: datetime
+
+
+class VerificationResource(Model):
+    type: Literal["verificationTask"] = "verificationTask"
+    id: str
+    attributes: VerificationAttributes
+
+
+# -- playtime ----------------------------------------------------------------------------------
+
+
+class SessionStartAttributes(Model):
+    product_id: ProductId
+
+
+class SessionStart(Model):
+    type: Literal["playtimeSessionStart"] = "playtimeSessionStart"
+    attributes: SessionStartAttributes
+
+
+class SessionAttributes(Model):
+    product_id: str
+    start_time: datetime
+    last_heartbeat_at: datetime
+    end_time: datetime | None
+    duration_seconds: int | None
+    status: Literal["active", "completed"]
+    end_reason: Literal["client", "timeout", "superseded"] | None
+
+
+class SessionResource(Model):
+    type: Literal["playtimeSession"] = "playtimeSession"
+    id: str
+    attributes: SessionAttributes
+
+
+class PlaytimeSummaryAttributes(Model):
+    product_id: str
+    total_playtime_seconds: int
+    last_played_at: datetime | None
+    session_count: int
+    active_session_id: str | None
+
+
+class PlaytimeSummaryResource(Model):
+    type: Literal["playtimeSummary"] = "playtimeSummary"
+    id: str
+    attributes: PlaytimeSummaryAttributes
+
+
+# -- saves -------------------------------------------------------------------------------------
+
+
+class UploadUrlAttributes(Model):
+    product_id: ProductId
+    slot: str = Field(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f/\\]+$")
+    size_bytes: int = Field(ge=0, le=1 << 40)
+    sha256: Sha256
+    base_version: int | None = Field(default=None, ge=1)
+    client_timestamp: datetime | None = None
+
+
+class UploadUrlRequest(Model):
+    type: Literal["savegameUploadRequest"] = "savegameUploadRequest"
+    attributes: UploadUrlAttributes
+
+
+class PresignedUploadAttributes(Model):
+    upload_url: str
+    method: Literal["PUT"] = "PUT"
+    headers: dict[str, str]
+    expires_in_seconds: int
+    expires_at: datetime
+    internal_save_id: str
+
+
+class PresignedUploadResource(Model):
+    type: Literal["presignedUploadUrl"] = "presignedUploadUrl"
+    id: str
+    attributes: PresignedUploadAttributes
+
+
+class UploadReceiptAttributes(Model):
+    internal_save_id: str
+    size_bytes: int
+    sha256: str
+
+
+class UploadReceiptResource(Model):
+    type: Literal["savegameUploadReceipt"] = "savegameUploadReceipt"
+    id: str
+    attributes: UploadReceiptAttributes
+
+
+class ConfirmAttributes(Model):
+    internal_save_id: str = Field(min_length=1, max_length=64)
+
+
+class ConfirmRequest(Model):
+    type: Literal["savegameUploadConfirmation"] = "savegameUploadConfirmation"
+    attributes: ConfirmAttributes
+
+
+class SavegameAttributes(Model):
+    product_id: str
+    slot: str
+    version: int
+    size_bytes: int
+    sha256: str
+    client_timestamp: datetime | None
+    server_timestamp: datetime
+    download_url: str
+    download_url_expires_at: datetime
+
+
+class SavegameResource(Model):
+    type: Literal["savegame"] = "savegame"
+    id: str
+    attributes: SavegameAttributes
+
+
+class SavegameSlotAttributes(Model):
+    product_id: str
+    slot: str
+    latest_version: int
+    versions: list[SavegameResource]
+
+
+class SavegameSlotResource(Model):
+    type: Literal["savegameSlot"] = "savegameSlot"
+    id: str
+    attributes: SavegameSlotAttributes
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` for a route: each listed status documented with the error body."""
+    return {s: {"model": ErrorBody, "description": _REASONS.get(s, "Error")} for s in statuses}
+
+
+_REASONS = {
+    400: "Bad request", 401: "Missing, invalid or expired access token",
+    403: "Not entitled / not allowed", 404: "Not found", 409: "Conflict",
+    413: "Payload too large", 416: "Range not satisfiable", 422: "Validation failed",
+    429: "Rate limited (Retry-After)", 500: "Internal error",
+}

@@ -1,0 +1,127 @@
+"""Playtime sessions: start / heartbeat / end, idempotent retries, inactivity timeout."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Any
+
+import httpx
+
+from tests.conftest import BackendServer, PublishedStore, StartBackend, assert_error
+
+
+def _start(c: httpx.Client, product: str, key: str | None = None) -> httpx.Response:
+    headers = {"Idempotency-Key": key} if key else {}
+    return c.post("/api/v1/library/playtime/sessions/start", headers=headers,
+                  json={"data": {"type": "playtimeSessionStart",
+                                 "attributes": {"product_id": product}}})
+
+
+def _ts(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def _summary(c: httpx.Client, product: str) -> dict[str, Any]:
+    data = c.get("/api/v1/library/playtime/summary").json()["data"]
+    attrs: dict[str, Any] = next(d["attributes"] for d in data if d["id"] == product)
+    return attrs
+
+
+def test_session_lifecycle_and_totals(backend: BackendServer,
+                                      published_store: PublishedStore) -> None:
+    product = published_store.main.product_id
+    _, token = backend.new_user([product])
+    with backend.client(token) as c:
+        r = _start(c, product)
+        assert r.status_code == 201, r.text
+        sess = r.json()["data"]
+        assert sess["type"] == "playtimeSession" and sess["attributes"]["status"] == "active"
+        sid = sess["id"]
+        assert _summary(c, product)["active_session_id"] == sid
+        time.sleep(1.1)
+        assert c.post(f"/api/v1/library/playtime/sessions/{sid}/heartbeat").status_code == 204
+        time.sleep(0.5)
+        r = c.post(f"/api/v1/library/playtime/sessions/{sid}/end")
+        assert r.status_code == 200
+        ended = r.json()["data"]["attributes"]
+        assert ended["status"] == "completed" and ended["end_reason"] == "client"
+        assert ended["duration_seconds"] >= 1
+        # a retried end returns the same result and counts nothing twice
+        again = c.post(f"/api/v1/library/playtime/sessions/{sid}/end").json()["data"]["attributes"]
+        assert again == ended
+        total = _summary(c, product)
+        assert total["total_playtime_seconds"] == ended["duration_seconds"]
+        assert total["session_count"] == 1 and total["active_session_id"] is None
+        item = c.get("/api/v1/library/items").json()["data"][0]["attributes"]
+        assert item["total_playtime_seconds"] == ended["duration_seconds"]
+        assert _ts(item["last_played_at"]) == _ts(ended["end_time"])
+        assert_error(c.post(f"/api/v1/library/playtime/sessions/{sid}/heartbeat"), 409,
+                     "PLAYTIME_SESSION_NOT_ACTIVE")
+
+
+def test_start_is_idempotent_with_a_key(backend: BackendServer,
+                                        published_store: PublishedStore) -> None:
+    product = published_store.main.product_id
+    _, token = backend.new_user([product])
+    with backend.client(token) as c:
+        first = _start(c, product, key="launch-42").json()["data"]
+        retry = _start(c, product, key="launch-42").json()["data"]
+        assert retry == first
+        other = _start(c, product, key="launch-43").json()["data"]
+        assert other["id"] != first["id"]
+        # a new start supersedes the unfinished session of the same product
+        old = c.get(f"/api/v1/library/playtime/sessions/{first['id']}").json()["data"]
+        assert old["attributes"]["status"] == "completed"
+        assert old["attributes"]["end_reason"] == "superseded"
+
+
+def test_start_errors_and_cross_user(backend: BackendServer,
+                                     published_store: PublishedStore) -> None:
+    product = published_store.main.product_id
+    _, a_token = backend.new_user([product])
+    _, b_token = backend.new_user([product])
+    with backend.client(a_token) as a, backend.client(b_token) as b:
+        err = assert_error(_start(b, "not-owned-game"), 403, "PERMISSION_DENIED")
+        assert err["source"]["pointer"] == "/data/attributes/product_id"
+        assert_error(a.post("/api/v1/library/playtime/sessions/start", json={"data": {}}), 422)
+        sid = _start(a, product, key="same-key").json()["data"]["id"]
+        # B guesses A's session id, or replays A's idempotency key: nothing of A's is touched
+        assert_error(b.post(f"/api/v1/library/playtime/sessions/{sid}/heartbeat"), 404,
+                     "PLAYTIME_SESSION_NOT_FOUND")
+        assert_error(b.post(f"/api/v1/library/playtime/sessions/{sid}/end"), 404)
+        assert_error(b.get(f"/api/v1/library/playtime/sessions/{sid}"), 404)
+        b_sess = _start(b, product, key="same-key").json()["data"]
+        assert b_sess["id"] != sid
+        assert a.get(f"/api/v1/library/playtime/sessions/{sid}").json()["data"]["attributes"][
+            "status"] == "active"
+        assert all(d["attributes"]["total_playtime_seconds"] == 0
+                   for d in b.get("/api/v1/library/playtime/summary").json()["data"])
+        assert_error(httpx.post(f"{backend.api}/library/playtime/sessions/{sid}/end"), 401)
+
+
+def test_inactivity_timeout_closes_at_last_heartbeat(backend_factory: StartBackend,
+                                                     published_store: PublishedStore) -> None:
+    product = published_store.main.product_id
+    server = backend_factory(settings={"playtime_timeout": 2})
+    _, token = server.new_user([product])
+    with server.client(token) as c:
+        sid = _start(c, product).json()["data"]["id"]
+        time.sleep(1.0)
+        assert c.post(f"/api/v1/library/playtime/sessions/{sid}/heartbeat").status_code == 204
+        time.sleep(3.0)  # the client vanished (crash, power loss)
+        assert_error(c.post(f"/api/v1/library/playtime/sessions/{sid}/heartbeat"), 409,
+                     "PLAYTIME_SESSION_NOT_ACTIVE")
+        s = c.get(f"/api/v1/library/playtime/sessions/{sid}").json()["data"]["attributes"]
+        assert s["status"] == "completed" and s["end_reason"] == "timeout"
+        assert _ts(s["end_time"]) == _ts(s["last_heartbeat_at"])
+        assert 0.9 <= s["duration_seconds"] <= 2
+        ended = c.post(f"/api/v1/library/playtime/sessions/{sid}/end").json()["data"]["attributes"]
+        assert ended == s  # the late end does not add the idle time
+        assert _summary(c, product)["total_playtime_seconds"] == s["duration_seconds"]
+        # a session timed out without any later request is closed lazily on the next read
+        sid2 = _start(c, product).json()["data"]["id"]
+        time.sleep(2.5)
+        assert _summary(c, product)["active_session_id"] is None
+        s2 = c.get(f"/api/v1/library/playtime/sessions/{sid2}").json()["data"]["attributes"]
+        assert s2["end_reason"] == "timeout" and s2["duration_seconds"] == 0
