@@ -1,7 +1,9 @@
 """``launcher-engine``: the engine headless, for QA and scripts.
 
-Human output shows a live progress bar; ``--json`` prints one JSON object per line (events,
-then a final result). Exit codes are distinct per failure class (``engine.errors.ExitCode``).
+Every command goes through the engine's command surface (``engine.service``): to the running
+daemon of the data dir when there is one (so a second client sees the change), in-process
+otherwise. Human output shows a live progress bar; ``--json`` prints one JSON object per line
+(events, then a final result). Exit codes are distinct per failure class (``ExitCode``).
 """
 
 from __future__ import annotations
@@ -15,13 +17,12 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
-from engine.config import Settings, load_settings, save_setting
-from engine.engine import Engine
+from engine.config import Settings, load_settings
 from engine.errors import EngineError, ExitCode
 from engine.events import STATUS, Event
-from engine.queueorder import TaskState
 
 log = logging.getLogger("engine.cli")
 
@@ -101,187 +102,175 @@ class Output:
 
 
 # ---------------------------------------------------------------------------------------------
-# Commands (each an async function over an Engine)
-
-Command = Callable[[Engine, argparse.Namespace, Output], Awaitable[int]]
+# Commands: each an async function over a service (``call(method, params)``)
 
 
-async def cmd_login(engine: Engine, args: argparse.Namespace, out: Output) -> int:
+class Service(Protocol):
+    async def call(self, method: str, params: dict[str, Any]) -> Any: ...
+
+
+Command = Callable[[Service, argparse.Namespace, Output], Awaitable[int]]
+FINAL = ("completed", "error", "cancelled")
+
+
+async def cmd_login(svc: Service, args: argparse.Namespace, out: Output) -> int:
     password = args.password or os.environ.get("LAUNCHER_ENGINE_PASSWORD")
     if password is None:
         if not sys.stdin.isatty():
             raise EngineError("CONFIG_INVALID", "no password: use --password or "
                               "LAUNCHER_ENGINE_PASSWORD when stdin is not a terminal")
         password = getpass.getpass(f"password for {args.username}: ")
-    await engine.api.login(args.username, password)
-    save_setting(engine.settings, "username", args.username)
-    where = "OS keyring" if engine.credentials.use_keyring else f"{engine.credentials.file} (0600)"
-    out.text(f"logged in as {args.username} at {engine.settings.backend_url}; token in {where}")
-    out.emit({"result": "logged_in", "username": args.username, "tokenStore": where})
+    r = await svc.call("login", {"username": args.username, "password": password})
+    out.text(f"logged in as {args.username}; token in {r['tokenStore']}")
+    out.emit(r)
     return ExitCode.OK
 
 
-async def cmd_logout(engine: Engine, args: argparse.Namespace, out: Output) -> int:
-    await engine.api.logout()
+async def cmd_logout(svc: Service, args: argparse.Namespace, out: Output) -> int:
+    out.emit(await svc.call("logout", {}))
     out.text("logged out")
-    out.emit({"result": "logged_out"})
     return ExitCode.OK
 
 
-async def cmd_library(engine: Engine, args: argparse.Namespace, out: Output) -> int:
-    items = await engine.api.library()
-    installed = {g.product_id: g for g in engine.installed()}
-    for item in items:
-        a = item.get("attributes", {})
-        pid = a.get("product_id", "?")
-        g = installed.get(pid)
-        state = f"installed {g.version_id}" if g else "not installed"
-        out.text(f"{pid:20} {a.get('title', ''):28} latest {a.get('latest_version_id', '?'):10}"
-                 f" {human_bytes(a.get('install_size_bytes') or 0):>10}  {state}")
-        out.emit({"libraryItem": a, "installed": g.to_dict() if g else None})
+async def cmd_library(svc: Service, args: argparse.Namespace, out: Output) -> int:
+    for item in await svc.call("library", {}):
+        a, g = item["libraryItem"], item["installed"]
+        state = f"installed {g['versionId']}" if g else "not installed"
+        out.text(f"{a.get('product_id', '?'):20} {a.get('title', ''):28} latest "
+                 f"{a.get('latest_version_id', '?'):10} {human_bytes(a.get('install_size_bytes') or 0):>10}"
+                 f"  {state}")
+        out.emit(item)
     return ExitCode.OK
 
 
-async def cmd_install(engine: Engine, args: argparse.Namespace, out: Output) -> int:
-    task = engine.install(args.product, args.version, args.target, args.priority,
-                          parse_rate(args.limit) if args.limit else None)
-    out.text(f"task {task.id[:8]}: installing {task.product_id} into {task.target_path}")
-    if args.no_wait:
-        out.emit({"result": "queued", "task": task.to_dict()})
+def _task_result(task: dict[str, Any], out: Output) -> int:
+    out.emit({"result": task["status"], "task": task})
+    short = task["taskId"][:8]
+    if task["status"] == "completed":
+        out.text(f"task {short}: {task['productId']} {task['versionId']} installed in {task['targetPath']}")
         return ExitCode.OK
-    final = await engine.wait_for(task.id)
-    return _task_result(final, out)
-
-
-async def cmd_run(engine: Engine, args: argparse.Namespace, out: Output) -> int:
-    """Process the whole queue until nothing runnable is left."""
-    def idle() -> bool:
-        live = [t for t in engine.tasks() if not (t.status is TaskState.PAUSED and t.user_paused)]
-        return not live
-
-    await engine.run(until=idle)
-    tasks = engine.tasks(include_finished=True)
-    out.emit({"result": "queue_done", "tasks": [t.to_dict() for t in tasks]})
-    failed = [t for t in tasks if t.status is TaskState.ERROR]
-    return EngineError(failed[0].error_code or "FAILED", "").exit_code if failed else ExitCode.OK
-
-
-def _task_result(task: Any, out: Output) -> int:
-    out.emit({"result": task.status.value, "task": task.to_dict()})
-    if task.status is TaskState.COMPLETED:
-        out.text(f"task {task.id[:8]}: {task.product_id} {task.version_id} installed in "
-                 f"{task.target_path}")
-        return ExitCode.OK
-    if task.status is TaskState.ERROR:
-        err = EngineError(task.error_code or "FAILED", task.error_message or "")
-        out.text(f"task {task.id[:8]} failed: {err.code}: {err.message}")
+    if task["status"] == "error":
+        err = EngineError(task.get("errorCode") or "FAILED", task.get("errorMessage") or "")
+        out.text(f"task {short} failed: {err.code}: {err.message}")
         return err.exit_code
-    out.text(f"task {task.id[:8]}: {task.status.value}")
+    out.text(f"task {short}: {task['status']}")
     return ExitCode.INTERRUPTED
 
 
-async def cmd_queue(engine: Engine, args: argparse.Namespace, out: Output) -> int:
+async def _wait(svc: Service, task: dict[str, Any], out: Output) -> int:
+    if task["status"] in FINAL:
+        return _task_result(task, out)
+    return _task_result(await svc.call("wait", {"taskId": task["taskId"]}), out)
+
+
+async def cmd_install(svc: Service, args: argparse.Namespace, out: Output) -> int:
+    task = await svc.call("install", {
+        "productId": args.product, "versionId": args.version,
+        "target": str(Path(args.target).absolute()) if args.target else None,
+        "priority": args.priority, "limitBps": parse_rate(args.limit) if args.limit else None})
+    out.text(f"task {task['taskId'][:8]}: installing {task['productId']} into {task['targetPath']}")
+    if args.no_wait:
+        out.emit({"result": "queued", "task": task})
+        return ExitCode.OK
+    return await _wait(svc, task, out)
+
+
+async def cmd_run(svc: Service, args: argparse.Namespace, out: Output) -> int:
+    """Process the whole queue until nothing runnable is left."""
+    code: int = ExitCode.OK
+    for task in await svc.call("tasks", {}):
+        if task["status"] == "paused" and task["userPaused"]:
+            continue
+        code = await _wait(svc, task, out) or code
+    return code
+
+
+async def cmd_queue(svc: Service, args: argparse.Namespace, out: Output) -> int:
     action = args.action
     if action == "list":
-        tasks = engine.tasks(include_finished=args.all)
+        tasks = await svc.call("tasks", {"all": args.all})
         for t in tasks:
-            out.text(f"{t.id[:8]}  {t.position:3}  p{t.priority}  {t.status.value:11} "
-                     f"{t.product_id:20} {human_bytes(t.downloaded_bytes)}/"
-                     f"{human_bytes(t.download_bytes)}"
-                     + (f"  {t.error_code}" if t.error_code else ""))
-        out.emit({"tasks": [t.to_dict() for t in tasks]})
+            out.text(f"{t['taskId'][:8]}  {t['position']:3}  p{t['priority']}  {t['status']:11} "
+                     f"{t['kind']:8} {t['productId']:20} {human_bytes(t['downloadedBytes'])}/"
+                     f"{human_bytes(t['downloadSizeBytes'])}"
+                     + (f"  {t['errorCode']}" if t["errorCode"] else ""))
+        out.emit({"tasks": tasks})
         return ExitCode.OK
     if args.task is None:
         raise EngineError("API_MISUSE", f"queue {action} needs a task id")
-    if action == "pause":
-        result = [engine.pause(args.task)]
-    elif action == "resume":
-        result = [engine.resume(args.task)]
-    elif action == "cancel":
-        result = [engine.cancel(args.task)]
-    elif action == "move":
+    params: dict[str, Any] = {"taskId": args.task}
+    if action in ("move", "priority"):
         if args.value is None:
-            raise EngineError("API_MISUSE", "queue move needs a position")
-        result = engine.move(args.task, int(args.value))
-    elif action == "priority":
-        if args.value is None:
-            raise EngineError("API_MISUSE", "queue priority needs a number")
-        result = [engine.set_priority(args.task, int(args.value))]
-    else:  # argparse restricts choices
-        raise EngineError("API_MISUSE", f"unknown queue action {action}")
-    for t in result:
-        out.text(f"{t.id[:8]}  {t.status.value}  position {t.position}  priority {t.priority}")
-    out.emit({"tasks": [t.to_dict() for t in result]})
+            raise EngineError("API_MISUSE", f"queue {action} needs a number")
+        try:
+            params["position" if action == "move" else "priority"] = int(args.value)
+        except ValueError as exc:
+            raise EngineError("API_MISUSE", f"not a number: {args.value!r}") from exc
+    result = await svc.call(action, params)
+    tasks = result if isinstance(result, list) else [result]
+    for t in tasks:
+        out.text(f"{t['taskId'][:8]}  {t['status']}  position {t['position']}  priority {t['priority']}")
+    out.emit({"tasks": tasks})
     return ExitCode.OK
 
 
-async def cmd_limit(engine: Engine, args: argparse.Namespace, out: Output) -> int:
-    rate = parse_rate(args.rate) if args.rate is not None else None
+async def cmd_limit(svc: Service, args: argparse.Namespace, out: Output) -> int:
+    params: dict[str, Any] = {"taskId": args.task}
+    if args.rate is not None:
+        params["bps"] = parse_rate(args.rate)
+        params["set"] = True
+    r = await svc.call("limit", params)
     if args.task:
-        t = engine.set_task_limit(args.task, rate)
-        out.text(f"task {t.id[:8]} limit: {human_bytes(rate) + '/s' if rate else 'off'}")
-        out.emit({"task": t.to_dict()})
-    elif args.rate is None:
-        current = engine.settings.global_limit_bps
-        out.text(f"global limit: {human_bytes(current) + '/s' if current else 'off'}")
-        out.emit({"globalLimitBps": current})
+        rate = r["task"]["limitBps"]
+        out.text(f"task {r['task']['taskId'][:8]} limit: {human_bytes(rate) + '/s' if rate else 'off'}")
     else:
-        save_setting(engine.settings, "global_limit_bps", rate or "")
-        engine.set_global_limit(rate)
+        rate = r["globalLimitBps"]
         out.text(f"global limit: {human_bytes(rate) + '/s' if rate else 'off'}")
-        out.emit({"globalLimitBps": rate})
+    out.emit(r)
     return ExitCode.OK
 
 
-async def cmd_schedule(engine: Engine, args: argparse.Namespace, out: Output) -> int:
+async def cmd_schedule(svc: Service, args: argparse.Namespace, out: Output) -> int:
+    params: dict[str, Any] = {}
     if args.clear:
-        windows: tuple[str, ...] = ()
+        params["clear"] = True
     elif args.windows:
-        windows = tuple(args.windows)
-    else:
-        windows = engine.settings.schedule
-        out.text("download schedule: " + ("; ".join(windows) if windows else "always"))
-        out.emit({"schedule": list(windows)})
-        return ExitCode.OK
-    engine.set_schedule(windows)  # validates before saving
-    save_setting(engine.settings, "schedule", list(windows))
-    out.text("download schedule: " + ("; ".join(windows) if windows else "always"))
-    out.emit({"schedule": list(windows)})
+        params["windows"] = list(args.windows)
+    r = await svc.call("schedule", params)
+    out.text("download schedule: " + ("; ".join(r["schedule"]) if r["schedule"] else "always"))
+    out.emit(r)
     return ExitCode.OK
 
 
-async def cmd_status(engine: Engine, args: argparse.Namespace, out: Output) -> int:
-    tasks = engine.tasks()
-    installed = engine.installed()
-    out.text(f"backend {engine.settings.backend_url}  data {engine.settings.data_dir}")
-    out.text(f"logged in: {'yes' if engine.api.logged_in else 'no'}  "
-             f"global limit: {engine.settings.global_limit_bps or 'off'}  "
-             f"schedule: {'; '.join(engine.settings.schedule) or 'always'}")
-    out.text(f"{len(tasks)} task(s) in queue, {len(installed)} game(s) installed")
-    out.emit({"backend": engine.settings.backend_url, "dataDir": str(engine.settings.data_dir),
-              "loggedIn": engine.api.logged_in, "tasks": [t.to_dict() for t in tasks],
-              "installed": [g.to_dict() for g in installed]})
+async def cmd_status(svc: Service, args: argparse.Namespace, out: Output) -> int:
+    r = await svc.call("status", {})
+    out.text(f"backend {r['backend']}  data {r['dataDir']}  daemon: {'yes' if r['running'] else 'no'}")
+    out.text(f"logged in: {'yes' if r['loggedIn'] else 'no'}  global limit: "
+             f"{r['globalLimitBps'] or 'off'}  schedule: {'; '.join(r['schedule']) or 'always'}"
+             + ("  OFFLINE" if r["offline"] else ""))
+    out.text(f"{len(r['tasks'])} task(s) in queue, {len(r['installed'])} game(s) installed")
+    out.emit(r)
     return ExitCode.OK
 
 
-async def cmd_installed(engine: Engine, args: argparse.Namespace, out: Output) -> int:
-    games = engine.installed()
+async def cmd_installed(svc: Service, args: argparse.Namespace, out: Output) -> int:
+    games = await svc.call("installed", {})
     for g in games:
-        out.text(f"{g.product_id:20} {g.version_id:10} {human_bytes(g.size):>10}  {g.path}"
-                 + ("  (dirty)" if g.dirty else ""))
-    out.emit({"installed": [g.to_dict() for g in games]})
+        out.text(f"{g['productId']:20} {g['versionId']:10} {human_bytes(g['sizeBytes']):>10}  {g['path']}"
+                 + ("  (dirty)" if g["dirty"] else ""))
+    out.emit({"installed": games})
     return ExitCode.OK
 
 
-async def cmd_uninstall(engine: Engine, args: argparse.Namespace, out: Output) -> int:
-    game = await engine.uninstall(args.product)
-    out.text(f"uninstalled {game.product_id} {game.version_id} from {game.path}")
-    out.emit({"result": "uninstalled", "game": game.to_dict()})
+async def cmd_uninstall(svc: Service, args: argparse.Namespace, out: Output) -> int:
+    g = await svc.call("uninstall", {"productId": args.product})
+    out.text(f"uninstalled {g['productId']} {g['versionId']} from {g['path']}")
+    out.emit({"result": "uninstalled", "game": g})
     return ExitCode.OK
 
 
-async def cmd_check_updates(engine: Engine, args: argparse.Namespace, out: Output) -> int:
-    answers = await engine.check_updates()
+async def cmd_check_updates(svc: Service, args: argparse.Namespace, out: Output) -> int:
+    answers = await svc.call("checkUpdates", {})
     for a in answers:
         if a.get("isUpdateAvailable"):
             out.text(f"{a['productId']:20} -> {a.get('latestVersionId')}  {a.get('updateType')}"
@@ -294,71 +283,85 @@ async def cmd_check_updates(engine: Engine, args: argparse.Namespace, out: Outpu
     return ExitCode.OK
 
 
-async def cmd_update(engine: Engine, args: argparse.Namespace, out: Output) -> int:
+async def cmd_update(svc: Service, args: argparse.Namespace, out: Output) -> int:
     if args.all:
-        answers = await engine.check_updates()
-        products = [a["productId"] for a in answers if a.get("isUpdateAvailable")]
-        if not products:
+        tasks = await svc.call("updateAll", {})
+        if not tasks:
             out.text("everything is up to date")
             out.emit({"result": "up_to_date"})
             return ExitCode.OK
-        tasks = [engine.update(p) for p in products]
     elif args.product:
-        tasks = [engine.update(args.product, args.version,
-                               limit_bps=parse_rate(args.limit) if args.limit else None)]
+        tasks = [await svc.call("update", {
+            "productId": args.product, "versionId": args.version,
+            "limitBps": parse_rate(args.limit) if args.limit else None})]
     else:
         raise EngineError("API_MISUSE", "update needs a product or --all")
     code: int = ExitCode.OK
     for task in tasks:
-        out.text(f"task {task.id[:8]}: updating {task.product_id} from {task.from_version}")
-        final = await engine.wait_for(task.id)
-        code = _task_result(final, out) or code
+        out.text(f"task {task['taskId'][:8]}: updating {task['productId']} from {task['fromVersion']}")
+        code = await _wait(svc, task, out) or code
     return code
 
 
-async def cmd_rollback(engine: Engine, args: argparse.Namespace, out: Output) -> int:
-    task = engine.rollback(args.product)
-    out.text(f"task {task.id[:8]}: rolling {task.product_id} back to {task.version_id}")
-    return _task_result(await engine.wait_for(task.id), out)
+async def cmd_rollback(svc: Service, args: argparse.Namespace, out: Output) -> int:
+    task = await svc.call("rollback", {"productId": args.product})
+    out.text(f"task {task['taskId'][:8]}: rolling {task['productId']} back to {task['versionId']}")
+    return await _wait(svc, task, out)
 
 
-async def cmd_verify(engine: Engine, args: argparse.Namespace, out: Output) -> int:
-    report = await engine.verify(args.product, quick=args.quick)
+async def cmd_verify(svc: Service, args: argparse.Namespace, out: Output) -> int:
+    report = await svc.call("verify", {"productId": args.product, "quick": args.quick})
     _print_report(report, out)
-    if report.ok or not args.repair:
-        return ExitCode.OK if report.ok else ExitCode.INTEGRITY
-    task = engine.repair(args.product)
-    out.text(f"task {task.id[:8]}: repairing {len(report.damaged_paths())} file(s)")
-    final = await engine.wait_for(task.id)
-    code = _task_result(final, out)
+    if report["ok"] or not args.repair:
+        return ExitCode.OK if report["ok"] else ExitCode.INTEGRITY
+    task = await svc.call("repair", {"productId": args.product})
+    damaged = set(report["missing"]) | set(report["wrongSize"]) | {d["path"] for d in report["damaged"]}
+    out.text(f"task {task['taskId'][:8]}: repairing {len(damaged)} file(s)")
+    code = await _wait(svc, task, out)
     if code != ExitCode.OK:
         return code
-    after = await engine.verify(args.product)  # a repair is done only when a full check says so
+    after = await svc.call("verify", {"productId": args.product})  # done only when a check says so
     _print_report(after, out)
-    return ExitCode.OK if after.ok else ExitCode.INTEGRITY
+    return ExitCode.OK if after["ok"] else ExitCode.INTEGRITY
 
 
-def _print_report(report: Any, out: Output) -> None:
-    out.emit({"verify": report.to_dict()})
-    mbs = report.bytes_checked / 1e6 / max(report.seconds, 1e-9)
-    out.text(f"{report.product_id} {report.version_id}: {'OK' if report.ok else 'DAMAGED'}"
-             f" ({report.files_checked} files, {human_bytes(report.bytes_checked)} checked,"
-             f" {mbs:.0f} MB/s{', quick' if report.quick else ''})")
-    for p in report.missing:
+def _print_report(r: dict[str, Any], out: Output) -> None:
+    out.emit({"verify": r})
+    mbs = r["bytesChecked"] / 1e6 / max(r["seconds"], 1e-9)
+    out.text(f"{r['productId']} {r['versionId']}: {'OK' if r['ok'] else 'DAMAGED'}"
+             f" ({r['filesChecked']} files, {human_bytes(r['bytesChecked'])} checked,"
+             f" {mbs:.0f} MB/s{', quick' if r['quick'] else ''})")
+    for p in r["missing"]:
         out.text(f"  missing     {p}")
-    for p in report.wrong_size:
+    for p in r["wrongSize"]:
         out.text(f"  wrong size  {p}")
-    for d in report.damaged:
-        out.text(f"  damaged     {d.path} bytes {d.offset}-{d.offset + d.size - 1}")
-    for p in report.extra:
+    for d in r["damaged"]:
+        out.text(f"  damaged     {d['path']} bytes {d['offset']}-{d['offset'] + d['size'] - 1}")
+    for p in r["extra"]:
         out.text(f"  extra       {p}")
 
 
-async def cmd_move(engine: Engine, args: argparse.Namespace, out: Output) -> int:
-    game = await engine.move_install(args.product, args.folder)
-    out.text(f"moved {game.product_id} to {game.path}")
-    out.emit({"result": "moved", "game": game.to_dict()})
+async def cmd_move(svc: Service, args: argparse.Namespace, out: Output) -> int:
+    g = await svc.call("moveInstall", {"productId": args.product,
+                                       "folder": str(Path(args.folder).absolute())})
+    out.text(f"moved {g['productId']} to {g['path']}")
+    out.emit({"result": "moved", "game": g})
     return ExitCode.OK
+
+
+async def cmd_offline(svc: Service, args: argparse.Namespace, out: Output) -> int:
+    r = await svc.call("offline", {"enabled": args.state == "on"})
+    out.text(f"simulated offline: {'on' if r['offline'] else 'off'}")
+    out.emit(r)
+    return ExitCode.OK
+
+
+async def cmd_events(svc: Service, args: argparse.Namespace, out: Output) -> int:
+    raise EngineError("API_MISUSE", "events needs a running daemon (launcher-engine serve)")
+
+
+async def cmd_serve(svc: Service, args: argparse.Namespace, out: Output) -> int:
+    raise AssertionError("serve is dispatched before a service exists")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -427,20 +430,59 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("move", cmd_move, "move an installed game to another folder")
     p.add_argument("product")
     p.add_argument("folder")
+    p = add("offline", cmd_offline, "QA: simulate being offline (daemon)")
+    p.add_argument("state", choices=["on", "off"])
+    p = add("events", cmd_events, "tail the daemon's event stream")
+    p.add_argument("--task", help="only this task's events")
+    p = add("serve", cmd_serve, "run the engine as a daemon with the local control API")
+    p.add_argument("--port", type=int, default=0)
     return parser
+
+
+class LocalService:
+    """In-process: the engine's loop runs only while a command waits for a task."""
+
+    def __init__(self, settings: Settings) -> None:
+        from engine.engine import Engine
+        from engine.service import EngineService
+
+        self.engine = Engine(settings)
+        self.service = EngineService(self.engine)
+
+    async def call(self, method: str, params: dict[str, Any]) -> Any:
+        return await self.service.call(method, {k: v for k, v in params.items() if v is not None})
 
 
 async def _main(args: argparse.Namespace, out: Output) -> int:
     settings: Settings = load_settings({"backend_url": args.backend_url,
                                         "data_dir": args.data_dir})
+    if args.command == "serve":
+        from engine.daemon import Daemon
+
+        await Daemon(settings, port=args.port).run()
+        return ExitCode.OK
+    from engine.daemon import daemon_running
+
+    info = daemon_running(settings.data_dir)
+    func: Command = args.func
+    if info is not None:
+        from engine.control_client import DaemonClient
+
+        async with DaemonClient(info) as client:
+            client.on_event = out.event
+            if args.command == "events":
+                await client.subscribe(args.task)
+                await asyncio.Event().wait()  # until interrupted
+            if args.command in ("install", "update", "rollback", "verify", "run"):
+                await client.subscribe()
+            return await func(client, args, out)
     try:
-        engine = Engine(settings)
+        local = LocalService(settings)
     except ValueError as exc:
         raise EngineError("CONFIG_INVALID", str(exc)) from exc
-    async with engine:
-        engine.bus.on_event(out.event)
-        func: Command = args.func
-        return await func(engine, args, out)
+    async with local.engine:
+        local.engine.bus.on_event(out.event)
+        return await func(local, args, out)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -78,6 +78,7 @@ class Engine:
         self._session: aiohttp.ClientSession | None = None
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="engine-io")
         self.offline = False
+        self.running = False
         for t in self.state.tasks(include_finished=False):
             if t.status in (TaskState.DOWNLOADING, TaskState.PREPARING, TaskState.VERIFYING):
                 self.state.update_task(t.id, status=TaskState.QUEUED)  # interrupted last time
@@ -312,6 +313,9 @@ class Engine:
     # -- the loop -----------------------------------------------------------------------------
     async def run(self, until: Callable[[], bool] | None = None) -> None:
         """Run the queue; returns when ``until()`` becomes true (never, for a daemon)."""
+        if self.running:
+            raise EngineError("API_MISUSE", "the engine loop is already running")
+        self.running = True
         async with asyncio.TaskGroup() as tg:
             try:
                 while True:
@@ -323,6 +327,7 @@ class Engine:
                         async with asyncio.timeout(1.0):  # schedule windows open and close
                             await self._wake.wait()
             finally:
+                self.running = False
                 for tid, runner in list(self._runners.items()):
                     self._stop_reason.setdefault(tid, TaskState.QUEUED)
                     runner.cancel()
@@ -403,7 +408,17 @@ class Engine:
             t = self.state.task(task_id)
             return t.status in TERMINAL or (t.status is TaskState.PAUSED and t.user_paused)
 
-        await self.run(until=done)
+        if self.running:  # a daemon's loop is already driving the queue: just watch
+            sub = self.bus.subscribe(task_id)
+            try:
+                while not done():
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(1.0):
+                            await sub.get()
+            finally:
+                sub.close()
+        else:
+            await self.run(until=done)
         return self.state.task(task_id)
 
 

@@ -63,5 +63,9 @@ class EngineError(Exception):
             return ExitCode.BAD_CONTENT
         return _EXIT_BY_CODE.get(self.code, ExitCode.FAILED)
 
+    def to_error(self) -> dict[str, str | None]:
+        """The control API's error object."""
+        return {"code": self.code, "message": self.message, "item": self.item}
+
     def to_dict(self) -> dict[str, str | None]:
         return {"errorCode": self.code, "errorMessage": self.message, "itemId": self.item}

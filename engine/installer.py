@@ -211,6 +211,10 @@ class InstallRun:
     async def run(self) -> InstalledGame:
         ctx = self.ctx
         grant = await obtain_grant(ctx, self.task)
+        current = ctx.state.installed_game(self.task.product_id)
+        if current is not None and current.version_id == grant.version_id and not current.dirty \
+                and Path(current.path) == self.install_dir:
+            return current  # already installed: nothing to fetch (verify/repair is explicit)
         pool = SourcePool(list(grant.sources))
         manifest = await load_manifest(ctx, pool, grant)
         done_blocks = ctx.state.done_blocks(self.task.id)

@@ -364,7 +364,7 @@ def _parse_chunk_locations(
     return out
 
 
-def _parse_launch(raw: Any) -> tuple[LaunchEntry, ...]:
+def parse_launch(raw: Any) -> tuple[LaunchEntry, ...]:
     if not isinstance(raw, list) or len(raw) > 64:
         raise ManifestError("MANIFEST_SCHEMA", "launch", "expected a list of at most 64 entries")
     out = []
@@ -382,7 +382,7 @@ def _parse_launch(raw: Any) -> tuple[LaunchEntry, ...]:
     return tuple(out)
 
 
-def _parse_saves(raw: Any) -> tuple[SaveLocation, ...]:
+def parse_saves(raw: Any) -> tuple[SaveLocation, ...]:
     if not isinstance(raw, list) or len(raw) > 64:
         raise ManifestError("MANIFEST_SCHEMA", "saves", "expected a list of at most 64 entries")
     out = []
@@ -402,7 +402,7 @@ def _parse_saves(raw: Any) -> tuple[SaveLocation, ...]:
     return tuple(out)
 
 
-def _check_collisions(files: tuple[FileEntry, ...], dirs: tuple[str, ...]) -> None:
+def check_collisions(files: tuple[FileEntry, ...], dirs: tuple[str, ...]) -> None:
     """Refuse paths that collide case-insensitively or where a file is also a directory."""
     seen: dict[str, str] = {}
     parents: set[str] = set()
@@ -430,7 +430,7 @@ def parse_manifest(doc: Any) -> Manifest:
         check_relative_path(d, f"dirs[{i}]")
         for i, d in enumerate(_str_list_any(_need(doc, "dirs", list, ""), "dirs"))
     )
-    _check_collisions(files, dirs)
+    check_collisions(files, dirs)
     blocks = _parse_blocks(_need(doc, "blocks", list, ""))
     dictionary = doc.get("dictionary")
     if dictionary is not None:
@@ -445,8 +445,8 @@ def parse_manifest(doc: Any) -> Manifest:
         dirs=dirs,
         blocks=blocks,
         chunks=_parse_chunk_locations(_need(doc, "chunks", dict, ""), blocks, files),
-        launch=_parse_launch(doc.get("launch", [])),
-        saves=_parse_saves(doc.get("saves", [])),
+        launch=parse_launch(doc.get("launch", [])),
+        saves=parse_saves(doc.get("saves", [])),
         dictionary=dictionary,
     )
     total_chunks = sum(len(f.chunks) for f in files)

@@ -38,9 +38,11 @@ from patcher.manifest import (
     LaunchEntry,
     Manifest,
     SaveLocation,
-    SaveRoot,
+    check_collisions,
     check_id,
     check_relative_path,
+    parse_launch,
+    parse_saves,
 )
 from patcher.packs import BLOCK_TARGET_RAW, PackWriter, StoredBlock, compress_block
 from patcher.signing import sign_manifest
@@ -55,6 +57,7 @@ BUILD_METADATA = "launcher-build.json"
 # lose). Release pipelines with time to spare can pass a higher level.
 DEFAULT_LEVEL = 3
 DEFAULT_PATCH_LEVEL = 19
+OWN_BLOCKS_MIN = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,10 +133,16 @@ def scan_build(build_dir: Path) -> BuildScan:
         if not filenames and not dirnames and rel_root != Path("."):
             dirs.append(_checked(rel_root.as_posix()))
     launch, saves = _read_metadata(build_dir / BUILD_METADATA)
+    _check_names(files, dirs)
     return BuildScan(tuple(files), tuple(dirs), launch, saves)
 
 
 def _checked(rel: str) -> str:
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise PublishError(f"unpublishable path: {rel!r} is not valid UTF-8",
+                           code="BUILD_PATH_INVALID") from exc
     try:
         return check_relative_path(rel, rel)
     except ManifestError as exc:
@@ -141,31 +150,32 @@ def _checked(rel: str) -> str:
 
 
 def _read_metadata(path: Path) -> tuple[tuple[LaunchEntry, ...], tuple[SaveLocation, ...]]:
-    if not path.exists():
+    """launcher-build.json, checked by the manifest loader's own rules before anything is stored."""
+    if not path.exists() and not path.is_symlink():
         return (), ()
     try:
         doc = json.loads(path.read_text())
-        launch = tuple(
-            LaunchEntry(
-                name=str(e["name"]),
-                executable=_checked(str(e["executable"])),
-                arguments=tuple(str(a) for a in e.get("arguments", [])),
-                working_dir=str(e.get("working_dir", "")),
-            )
-            for e in doc.get("launch", [])
-        )
-        saves = tuple(
-            SaveLocation(
-                root=SaveRoot(s["root"]),
-                path=_checked(str(s["path"])),
-                include=tuple(s.get("include", ["*"])),
-                exclude=tuple(s.get("exclude", [])),
-            )
-            for s in doc.get("saves", [])
-        )
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        if not isinstance(doc, dict):
+            raise ValueError("expected a JSON object")
+        launch = [dict({"arguments": [], "working_dir": ""}, **e) if isinstance(e, dict) else e
+                  for e in doc.get("launch", [])]
+        saves = [dict({"include": ["*"], "exclude": []}, **e) if isinstance(e, dict) else e
+                 for e in doc.get("saves", [])]
+        return parse_launch(launch), parse_saves(saves)
+    except ManifestError as exc:
+        code = "BUILD_PATH_INVALID" if exc.code == "MANIFEST_PATH_INVALID" else "BUILD_METADATA_INVALID"
+        raise PublishError(f"{BUILD_METADATA}: {exc}", code=code) from exc
+    except (OSError, ValueError, TypeError, AttributeError, UnicodeDecodeError) as exc:
         raise PublishError(f"{BUILD_METADATA}: {exc!r}", code="BUILD_METADATA_INVALID") from exc
-    return launch, saves
+
+
+def _check_names(files: list[BuildFile], dirs: list[str]) -> None:
+    """Names that collide on case-insensitive filesystems are refused before anything is stored."""
+    entries = tuple(FileEntry(f.path, 0, f.mode, "0" * 64, ()) for f in files)
+    try:
+        check_collisions(entries, tuple(dirs))
+    except ManifestError as exc:
+        raise PublishError(f"unpublishable names: {exc}", code="BUILD_PATH_COLLISION") from exc
 
 
 # ---------------------------------------------------------------------------------------------
@@ -191,6 +201,12 @@ def _new_chunk_blocks(
         fresh = [c for c in cf.chunks if c.id not in seen]
         if not fresh:
             continue
+        # A file with a sizeable amount of new data gets blocks of its own, so an update that
+        # patches it instead does not still have to fetch a block shared with other files.
+        own_blocks = sum(c.size for c in fresh) >= OWN_BLOCKS_MIN
+        if own_blocks and block.chunk_ids:
+            yield block
+            block = _PendingBlock()
         with bf.source.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
             for c in fresh:
                 if c.id in seen:
@@ -204,6 +220,9 @@ def _new_chunk_blocks(
                 if block.raw_size >= BLOCK_TARGET_RAW:
                     yield block
                     block = _PendingBlock()
+        if own_blocks and block.chunk_ids:
+            yield block
+            block = _PendingBlock()
     if block.chunk_ids:
         yield block
 

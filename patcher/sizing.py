@@ -46,11 +46,16 @@ def chunk_share(manifest: Manifest, chunk_id: str, size: int) -> float:
 def choose_patches(
     old: Manifest, new: Manifest, diff: ManifestDiff, delta: DeltaIndex | None
 ) -> dict[str, PatchEntry]:
-    """Per rebuilt file, the patch to use when it is cheaper than that file's missing chunks."""
+    """Per rebuilt file, the patch to use when it makes the update smaller.
+
+    A chunk is fetched with its whole block, so patches save only the blocks that no chunk-built
+    file still needs. The cheapest of two searches wins: greedy additions (each patch must pay
+    for the blocks it frees) and pruning from all patches (finds blocks freed only jointly).
+    """
     if delta is None:
         return {}
-    chosen: dict[str, PatchEntry] = {}
     rebuilt = set(diff.rebuilt)
+    candidates: list[PatchEntry] = []
     for p in delta.patches:
         src = old.file(p.source_path)
         target = new.file(p.path)
@@ -58,11 +63,41 @@ def choose_patches(
             continue
         if src.hash_sha256 != p.from_sha256 or target.hash_sha256 != p.to_sha256:
             continue
-        missing = {c.id: c.size for c in target.chunks if c.id in diff.download}
-        alternative = sum(chunk_share(new, cid, size) for cid, size in missing.items())
-        if p.patch_size < alternative:
-            chosen[p.path] = p
-    return chosen
+        candidates.append(p)
+    users: dict[int, set[str]] = {}
+    for path in diff.rebuilt:
+        f = new.file(path)
+        assert f is not None
+        for c in f.chunks:
+            if c.id in diff.download:
+                users.setdefault(new.chunks[c.id].block, set()).add(path)
+
+    def alternative(p: PatchEntry) -> float:
+        target = new.file(p.path)
+        assert target is not None
+        return sum(chunk_share(new, c.id, c.size) for c in target.chunks if c.id in diff.download)
+
+    def cost(chosen: set[str]) -> int:
+        blocks = sum(new.blocks[b].stored_size for b, paths in users.items() if not paths <= chosen)
+        return blocks + sum(p.patch_size for p in candidates if p.path in chosen)
+
+    # greedy from nothing: each patch must pay for itself with the blocks it frees
+    greedy: set[str] = set()
+    for p in sorted(candidates, key=lambda p: alternative(p) - p.patch_size, reverse=True):
+        if cost(greedy | {p.path}) < cost(greedy):
+            greedy.add(p.path)
+    # pruning from everything: patches that free a block only together (one block shared by
+    # several changed files) are found here
+    pruned = {p.path for p in candidates}
+    improved = True
+    while improved:
+        improved = False
+        for p in sorted(candidates, key=lambda p: p.patch_size, reverse=True):
+            if p.path in pruned and cost(pruned - {p.path}) <= cost(pruned):
+                pruned.discard(p.path)
+                improved = True
+    best = min((greedy, pruned), key=cost)
+    return {p.path: p for p in candidates if p.path in best}
 
 
 def update_cost(old: Manifest, new: Manifest, delta: DeltaIndex | None) -> UpdateCost:

@@ -1,0 +1,281 @@
+"""``launcher-engine serve``: one engine per data dir, many clients over a local WebSocket API.
+
+Security: binds 127.0.0.1 only; a random token (``daemon.json``, mode 0600) must be presented
+(``Authorization: Bearer`` or ``?token=``); any connection carrying a browser ``Origin`` header
+is refused, so a web page cannot drive the engine; a lock file (``flock``, released by the
+kernel when the process dies, so a crashed daemon leaves no stale lock) keeps one daemon per
+data dir. A malformed, oversized or unknown message gets an error reply and nothing else.
+Protocol: docs/control-api.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import secrets
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any, TextIO
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from engine.config import Settings
+from engine.engine import Engine
+from engine.errors import EngineError
+from engine.events import Event, Subscription
+from engine.service import PROTOCOL_VERSION, EngineService
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 64 * 1024  # a request is small; bigger ones get an error reply
+HARD_FRAME_LIMIT = 4 * 1024 * 1024  # beyond this websockets closes that one connection
+CLIENT_EVENT_BACKLOG = 500
+UPDATE_CHECK_INTERVAL_S = 6 * 3600
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonInfo:
+    pid: int
+    port: int
+    token: str
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/"
+
+
+def info_path(data_dir: Path) -> Path:
+    return data_dir / "daemon.json"
+
+
+def read_info(data_dir: Path) -> DaemonInfo | None:
+    try:
+        d = json.loads(info_path(data_dir).read_text())
+        return DaemonInfo(int(d["pid"]), int(d["port"]), str(d["token"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def daemon_running(data_dir: Path) -> DaemonInfo | None:
+    """The running daemon of this data dir, judged by its lock (not by a possibly stale file)."""
+    lock = data_dir / "daemon.lock"
+    if not lock.exists():
+        return None
+    with lock.open("a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return read_info(data_dir)
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return None
+
+
+@contextlib.contextmanager
+def daemon_lock(data_dir: Path) -> Iterator[TextIO]:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fh = (data_dir / "daemon.lock").open("a")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        fh.close()
+        info = read_info(data_dir)
+        raise EngineError("API_MISUSE", f"a daemon already runs for {data_dir}"
+                          + (f" (pid {info.pid}, port {info.port})" if info else "")) from exc
+    try:
+        yield fh
+    finally:
+        info_path(data_dir).unlink(missing_ok=True)
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
+
+
+def write_info(data_dir: Path, info: DaemonInfo) -> None:
+    path = info_path(data_dir)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump({"pid": info.pid, "port": info.port, "token": info.token,
+                   "protocol": PROTOCOL_VERSION}, fh)
+    os.replace(tmp, path)
+
+
+def _reject(status: HTTPStatus, text: str) -> Response:
+    body = json.dumps({"error": {"code": status.name, "message": text}}).encode()
+    return Response(status.value, status.phrase,
+                    Headers([("Content-Type", "application/json"),
+                             ("Content-Length", str(len(body)))]), body)
+
+
+class Daemon:
+    def __init__(self, settings: Settings, port: int = 0) -> None:
+        self.settings = settings
+        self.port = port
+        self.token = secrets.token_urlsafe(32)
+        self.engine: Engine | None = None
+        self.service: EngineService | None = None
+        self.clients: set[ServerConnection] = set()
+        self._stop = asyncio.Event()
+
+    # -- handshake ----------------------------------------------------------------------------
+    def check_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        if request.headers.get("Origin") is not None:
+            return _reject(HTTPStatus.FORBIDDEN, "browser origins may not drive the engine")
+        presented = None
+        auth = request.headers.get("Authorization", "")
+        if auth.startswith("Bearer "):
+            presented = auth[len("Bearer "):]
+        else:
+            tokens = parse_qs(urlsplit(request.path).query).get("token")
+            presented = tokens[0] if tokens else None
+        if presented is None or not secrets.compare_digest(presented, self.token):
+            return _reject(HTTPStatus.UNAUTHORIZED, "a valid token is required (see daemon.json)")
+        return None
+
+    # -- per connection -----------------------------------------------------------------------
+    async def handle(self, ws: ServerConnection) -> None:
+        assert self.engine is not None
+        self.clients.add(ws)
+        subscription: Subscription | None = None
+        sender: asyncio.Task[None] | None = None
+        send_lock = asyncio.Lock()
+
+        async def send(obj: dict[str, Any]) -> None:
+            async with send_lock:
+                await ws.send(json.dumps(obj, default=str))
+
+        try:
+            await send({"type": "hello", "protocol": PROTOCOL_VERSION, "pid": os.getpid()})
+            async with asyncio.TaskGroup() as tg:
+                async for raw in ws:
+                    reply, sub_change = await self._answer(raw)
+                    if sub_change is not None:
+                        if sender is not None:
+                            sender.cancel()
+                            sender = None
+                        if subscription is not None:
+                            subscription.close()
+                            subscription = None
+                        if sub_change != "off":
+                            subscription = self.engine.bus.subscribe(
+                                None if sub_change == "*" else sub_change, CLIENT_EVENT_BACKLOG)
+                            sender = tg.create_task(self._pump(subscription, send))
+                    if reply.get("id") is not None and reply.get("wait"):
+                        tg.create_task(self._long_call(reply, send))
+                        continue
+                    await send(reply)
+                if sender is not None:
+                    sender.cancel()
+        except ConnectionClosed:
+            pass
+        finally:
+            if subscription is not None:
+                subscription.close()
+            self.clients.discard(ws)
+
+    async def _pump(self, sub: Subscription, send: Any) -> None:
+        """Slow clients never slow the engine: the subscription coalesces, this task waits."""
+        while True:
+            event: Event = await sub.get()
+            await send({"type": "event", "event": event})
+
+    async def _long_call(self, reply: dict[str, Any], send: Any) -> None:
+        assert self.service is not None
+        try:
+            result = await self.service.call(reply["method"], reply["params"])
+            await send({"id": reply["id"], "result": result})
+        except EngineError as exc:
+            await send({"id": reply["id"], "error": exc.to_error()})
+
+    async def _answer(self, raw: str | bytes) -> tuple[dict[str, Any], str | None]:
+        """Parse, validate and run one request. Returns (reply, subscription change)."""
+        assert self.service is not None
+        if len(raw) > MAX_MESSAGE_BYTES:
+            return {"id": None, "error": {"code": "MESSAGE_TOO_LARGE",
+                                          "message": f"{len(raw)} bytes; limit {MAX_MESSAGE_BYTES}"}}, None
+        try:
+            msg = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return {"id": None, "error": {"code": "PARSE_ERROR", "message": str(exc)}}, None
+        if not isinstance(msg, dict) or not isinstance(msg.get("method"), str):
+            return {"id": msg.get("id") if isinstance(msg, dict) else None,
+                    "error": {"code": "INVALID_REQUEST",
+                              "message": "expected {\"id\", \"method\", \"params\"}"}}, None
+        req_id = msg.get("id")
+        if req_id is not None and not isinstance(req_id, int | str):
+            return {"id": None, "error": {"code": "INVALID_REQUEST", "message": "bad id"}}, None
+        method, params = msg["method"], msg.get("params") or {}
+        if method == "subscribe":
+            if not isinstance(params, dict) or not isinstance(params.get("taskId", "*"), str):
+                return {"id": req_id, "error": {"code": "INVALID_PARAMS",
+                                                "message": "subscribe: taskId must be a string"}}, None
+            return {"id": req_id, "result": {"subscribed": params.get("taskId", "*")}}, \
+                params.get("taskId", "*")
+        if method == "unsubscribe":
+            return {"id": req_id, "result": {"subscribed": None}}, "off"
+        if method == "wait":  # long-running: answered when the task ends, others go on meanwhile
+            return {"id": req_id, "method": method, "params": params, "wait": True}, None
+        try:
+            result = await self.service.call(method, params)
+        except EngineError as exc:
+            return {"id": req_id, "error": exc.to_error()}, None
+        except Exception as exc:  # a bug must not kill the daemon or another client's session
+            log.exception("method %s failed", method)
+            return {"id": req_id, "error": {"code": "INTERNAL_ERROR", "message": repr(exc)}}, None
+        return {"id": req_id, "result": result}, None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def _periodic_update_check(self) -> None:
+        assert self.engine is not None
+        while True:
+            try:
+                if self.engine.api.logged_in and not self.engine.offline:
+                    await self.engine.check_updates()
+            except EngineError as exc:
+                log.warning("update check failed: %s", exc)
+            await asyncio.sleep(UPDATE_CHECK_INTERVAL_S)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self, ready: Any = None) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+        with daemon_lock(self.settings.data_dir):
+            async with Engine(self.settings) as engine:
+                self.engine = engine
+                self.service = EngineService(engine)
+                server: Server = await serve(
+                    self.handle, "127.0.0.1", self.port, process_request=self.check_request,
+                    max_size=HARD_FRAME_LIMIT, compression=None)
+                async with server:
+                    port = next(iter(server.sockets)).getsockname()[1]
+                    write_info(self.settings.data_dir, DaemonInfo(os.getpid(), port, self.token))
+                    print(f"listening on ws://127.0.0.1:{port}/", flush=True)
+                    if ready is not None:
+                        ready(port)
+                    engine_loop = asyncio.create_task(engine.run(until=self._stop.is_set))
+                    checker = asyncio.create_task(self._periodic_update_check())
+                    try:
+                        await self._stop.wait()
+                        engine.wake()
+                        await engine_loop  # runs stop cleanly: journals flushed, tasks re-queued
+                    finally:
+                        checker.cancel()
+                        engine_loop.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await engine_loop
+                        for ws in list(self.clients):
+                            await ws.close(1001, "daemon shutting down")
+        print("daemon stopped", flush=True)

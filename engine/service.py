@@ -1,0 +1,226 @@
+"""The engine's command surface: one async method per command, JSON in and JSON out.
+
+The same ``EngineService`` serves the in-process CLI and the daemon's WebSocket API, so a
+command behaves identically whichever way it arrives. ``METHODS`` declares every method's
+parameters; ``validate_params`` refuses unknown names and wrong types before anything runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from engine.config import save_setting
+from engine.engine import Engine
+from engine.errors import EngineError
+
+PROTOCOL_VERSION = 1
+
+# method -> {param: (type, required)}; int params also accept None where not required
+METHODS: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
+    "ping": {},
+    "status": {},
+    "login": {"username": (str, True), "password": (str, True)},
+    "logout": {},
+    "library": {},
+    "installed": {},
+    "tasks": {"all": (bool, False)},
+    "task": {"taskId": (str, True)},
+    "install": {"productId": (str, True), "versionId": (str, False), "target": (str, False),
+                "priority": (int, False), "limitBps": (int, False)},
+    "update": {"productId": (str, True), "versionId": (str, False), "priority": (int, False),
+               "limitBps": (int, False)},
+    "updateAll": {},
+    "checkUpdates": {},
+    "rollback": {"productId": (str, True)},
+    "repair": {"productId": (str, True)},
+    "verify": {"productId": (str, True), "quick": (bool, False)},
+    "uninstall": {"productId": (str, True)},
+    "moveInstall": {"productId": (str, True), "folder": (str, True)},
+    "pause": {"taskId": (str, True)},
+    "resume": {"taskId": (str, True)},
+    "cancel": {"taskId": (str, True)},
+    "move": {"taskId": (str, True), "position": (int, True)},
+    "priority": {"taskId": (str, True), "priority": (int, True)},
+    "limit": {"bps": (int, False), "taskId": (str, False), "set": (bool, False)},
+    "schedule": {"windows": (list, False), "clear": (bool, False)},
+    "settings": {"key": (str, False), "value": ((str, int, float, bool, list), False)},
+    "offline": {"enabled": (bool, True)},
+    "wait": {"taskId": (str, True)},
+}
+
+
+def validate_params(method: str, params: Any) -> dict[str, Any]:
+    if method not in METHODS:
+        raise EngineError("UNKNOWN_METHOD", f"unknown method {method!r}")
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise EngineError("INVALID_PARAMS", "params must be an object")
+    spec = METHODS[method]
+    unknown = sorted(set(params) - set(spec))
+    if unknown:
+        raise EngineError("INVALID_PARAMS", f"{method}: unknown parameter(s) {unknown}")
+    for name, (kind, required) in spec.items():
+        if name not in params or params[name] is None:
+            if required:
+                raise EngineError("INVALID_PARAMS", f"{method}: missing {name!r}")
+            continue
+        value = params[name]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if isinstance(value, bool) and bool not in kinds:
+            raise EngineError("INVALID_PARAMS", f"{method}: {name!r} must be {kinds[0].__name__}")
+        if not isinstance(value, kinds):
+            raise EngineError("INVALID_PARAMS", f"{method}: {name!r} must be {kinds[0].__name__}")
+        if isinstance(value, str) and len(value) > 4096:
+            raise EngineError("INVALID_PARAMS", f"{method}: {name!r} is too long")
+    return dict(params)
+
+
+class EngineService:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    async def call(self, method: str, params: Any) -> Any:
+        checked = validate_params(method, params)
+        handler: Callable[..., Awaitable[Any]] = getattr(self, "m_" + method)
+        return await handler(**checked)
+
+    # -- session ------------------------------------------------------------------------------
+    async def m_ping(self) -> dict[str, Any]:
+        return {"pong": True, "protocol": PROTOCOL_VERSION}
+
+    async def m_status(self) -> dict[str, Any]:
+        e = self.engine
+        return {"protocol": PROTOCOL_VERSION, "backend": e.settings.backend_url,
+                "dataDir": str(e.settings.data_dir), "loggedIn": e.api.logged_in,
+                "globalLimitBps": e.limiter.global_rate, "schedule": list(e.settings.schedule),
+                "offline": e.offline, "running": e.running,
+                "tasks": [t.to_dict() for t in e.tasks()],
+                "installed": [g.to_dict() for g in e.installed()]}
+
+    async def m_login(self, username: str, password: str) -> dict[str, Any]:
+        await self.engine.api.login(username, password)
+        self.engine.settings = save_setting(self.engine.settings, "username", username)
+        cred = self.engine.credentials
+        store = "OS keyring" if cred.use_keyring else f"{cred.file} (0600)"
+        return {"result": "logged_in", "username": username, "tokenStore": store}
+
+    async def m_logout(self) -> dict[str, Any]:
+        await self.engine.api.logout()
+        return {"result": "logged_out"}
+
+    async def m_library(self) -> list[dict[str, Any]]:
+        installed = {g.product_id: g for g in self.engine.installed()}
+        items = await self.engine.api.library()
+        out = []
+        for item in items:
+            attrs = dict(item.get("attributes", {}))
+            g = installed.get(attrs.get("product_id", ""))
+            out.append({"libraryItem": attrs, "installed": g.to_dict() if g else None})
+        return out
+
+    async def m_installed(self) -> list[dict[str, Any]]:
+        return [g.to_dict() for g in self.engine.installed()]
+
+    # -- queue --------------------------------------------------------------------------------
+    async def m_tasks(self, all: bool = False) -> list[dict[str, Any]]:
+        return [t.to_dict() for t in self.engine.tasks(include_finished=all)]
+
+    async def m_task(self, taskId: str) -> dict[str, Any]:
+        return self.engine.state.task(taskId).to_dict()
+
+    async def m_install(self, productId: str, versionId: str | None = None,
+                        target: str | None = None, priority: int = 0,
+                        limitBps: int | None = None) -> dict[str, Any]:
+        return self.engine.install(productId, versionId, target, priority, limitBps).to_dict()
+
+    async def m_update(self, productId: str, versionId: str | None = None,
+                       priority: int = 0, limitBps: int | None = None) -> dict[str, Any]:
+        return self.engine.update(productId, versionId, priority, limitBps).to_dict()
+
+    async def m_updateAll(self) -> list[dict[str, Any]]:
+        answers = await self.engine.check_updates()
+        return [self.engine.update(a["productId"]).to_dict()
+                for a in answers if a.get("isUpdateAvailable")]
+
+    async def m_checkUpdates(self) -> list[dict[str, Any]]:
+        return await self.engine.check_updates()
+
+    async def m_rollback(self, productId: str) -> dict[str, Any]:
+        return self.engine.rollback(productId).to_dict()
+
+    async def m_repair(self, productId: str) -> dict[str, Any]:
+        return self.engine.repair(productId).to_dict()
+
+    async def m_verify(self, productId: str, quick: bool = False) -> dict[str, Any]:
+        return (await self.engine.verify(productId, quick)).to_dict()
+
+    async def m_uninstall(self, productId: str) -> dict[str, Any]:
+        return (await self.engine.uninstall(productId)).to_dict()
+
+    async def m_moveInstall(self, productId: str, folder: str) -> dict[str, Any]:
+        return (await self.engine.move_install(productId, folder)).to_dict()
+
+    async def m_pause(self, taskId: str) -> dict[str, Any]:
+        return self.engine.pause(taskId).to_dict()
+
+    async def m_resume(self, taskId: str) -> dict[str, Any]:
+        return self.engine.resume(taskId).to_dict()
+
+    async def m_cancel(self, taskId: str) -> dict[str, Any]:
+        return self.engine.cancel(taskId).to_dict()
+
+    async def m_move(self, taskId: str, position: int) -> list[dict[str, Any]]:
+        return [t.to_dict() for t in self.engine.move(taskId, position)]
+
+    async def m_priority(self, taskId: str, priority: int) -> dict[str, Any]:
+        return self.engine.set_priority(taskId, priority).to_dict()
+
+    async def m_wait(self, taskId: str) -> dict[str, Any]:
+        return (await self.engine.wait_for(self.engine.state.task(taskId).id)).to_dict()
+
+    # -- limits, schedule, settings -----------------------------------------------------------
+    async def m_limit(self, bps: int | None = None, taskId: str | None = None,
+                      set: bool = False) -> dict[str, Any]:
+        """``set`` distinguishes "set to unlimited" (bps null) from "just show"."""
+        e = self.engine
+        if bps is not None and bps <= 0:
+            raise EngineError("INVALID_PARAMS", "bps must be positive (or null for no limit)")
+        if taskId is not None:
+            if set or bps is not None:
+                return {"task": e.set_task_limit(taskId, bps).to_dict()}
+            return {"task": e.state.task(taskId).to_dict()}
+        if set or bps is not None:
+            e.settings = save_setting(e.settings, "global_limit_bps", bps if bps else "")
+            e.set_global_limit(bps)
+        return {"globalLimitBps": e.limiter.global_rate}
+
+    async def m_schedule(self, windows: list[str] | None = None, clear: bool = False) -> dict[str, Any]:
+        e = self.engine
+        if clear or windows is not None:
+            new = () if clear else tuple(str(w) for w in windows or [])
+            try:
+                e.set_schedule(new)
+            except ValueError as exc:
+                raise EngineError("CONFIG_INVALID", str(exc)) from exc
+            e.settings = save_setting(e.settings, "schedule", list(new))
+        return {"schedule": list(e.settings.schedule)}
+
+    async def m_settings(self, key: str | None = None, value: Any = None) -> dict[str, Any]:
+        e = self.engine
+        if key is not None and value is not None:
+            if key in ("data_dir", "backend_url"):
+                raise EngineError("API_MISUSE", f"{key} cannot change while the engine runs")
+            e.settings = save_setting(e.settings, key, value)
+            if key == "global_limit_bps":
+                e.set_global_limit(e.settings.global_limit_bps)
+        values = {k: (str(v) if not isinstance(v, int | float | bool | type(None) | tuple) else v)
+                  for k, v in vars(e.settings).items()}
+        return {"settings": values if key is None else {key: values.get(key)}}
+
+    async def m_offline(self, enabled: bool) -> dict[str, Any]:
+        """QA: simulated offline mode: running downloads stop (resumable), none start."""
+        self.engine.offline = enabled
+        self.engine.wake()
+        return {"offline": enabled}

@@ -1,0 +1,1051 @@
+"""The publisher and the content format it writes (patcher.publish, packs, store, signing).
+
+Real build folders in tmp_path, a real store, real zstd/BLAKE3/Ed25519/bsdiff: no mocks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import blake3
+import pytest
+import zstandard
+
+from backend.democatalog import LAUNCHER_BUILD, generate
+from patcher.chunking import CHUNK_MAX
+from patcher.delta import PatchMethod, apply_patch
+from patcher.errors import ManifestError, PublishError
+from patcher.manifest import Codec, LaunchEntry, Manifest, SaveLocation, SaveRoot, decode_manifest
+from patcher.packs import (
+    BLOCK_TARGET_RAW,
+    PackWriter,
+    compress_block,
+    decompress_block,
+)
+from patcher.publish import BUILD_METADATA, PublishReport, publish
+from patcher.signing import generate_key, load_public_key, load_signed_manifest, verify_signature
+from patcher.store import BlockReader, Store
+from tests.conftest import cli
+
+KiB = 1024
+MiB = 1024 * KiB
+
+METADATA = {
+    "launch": [
+        {"name": "Play", "executable": "bin/game", "arguments": ["--fullscreen", "-x"],
+         "working_dir": "bin"},
+        {"name": "Editor", "executable": "tools/editor.sh"},
+    ],
+    "saves": [
+        {"root": "install", "path": "saves", "include": ["*.sav"], "exclude": ["tmp*"]},
+        {"root": "data_home", "path": "Alpha/profiles"},
+    ],
+}
+
+
+# -- data and helpers ----------------------------------------------------------------------------
+
+
+def rand(seed: int, size: int) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+def text(seed: int, size: int) -> bytes:
+    rnd = random.Random(seed)
+    words = [
+        "".join(rnd.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rnd.randrange(2, 10)))
+        for _ in range(400)
+    ]
+    out: list[str] = []
+    n = 0
+    while n < size:
+        line = " ".join(rnd.choice(words) for _ in range(rnd.randrange(3, 14))) + "\n"
+        out.append(line)
+        n += len(line)
+    return "".join(out).encode()[:size]
+
+
+def write_build(root: Path, files: dict[str, bytes], *, executables: tuple[str, ...] = (),
+                dirs: tuple[str, ...] = (), metadata: dict[str, object] | None = None) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for rel, data in files.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+        os.chmod(p, 0o755 if rel in executables else 0o644)
+    for d in dirs:
+        (root / d).mkdir(parents=True, exist_ok=True)
+    if metadata is not None:
+        (root / BUILD_METADATA).write_text(json.dumps(metadata))
+    return root
+
+
+def base_files() -> dict[str, bytes]:
+    shared = text(10, 300 * KiB)
+    return {
+        "bin/game": rand(1, 600 * KiB) + text(2, 200 * KiB),
+        "tools/editor.sh": b"#!/bin/sh\necho editor\n",
+        "data/random.bin": rand(3, 1536 * KiB),
+        "data/text.txt": text(4, 1 * MiB),
+        "data/shared.txt": shared,
+        "data/copy of shared.txt": shared,  # duplicate content, a name with spaces
+        "empty.txt": b"",
+        "sub/dir/nested.cfg": b"[section]\nkey = value\n" * 20,
+        "sub/launcher-build.json": b'{"not": "the root metadata"}',
+    }
+
+
+def small_files() -> dict[str, bytes]:
+    """A quick build with the same layout as base_files (a few hundred KB)."""
+    shared = text(10, 20 * KiB)
+    return {
+        "bin/game": rand(1, 100 * KiB),
+        "tools/editor.sh": b"#!/bin/sh\necho editor\n",
+        "data/random.bin": rand(3, 150 * KiB),
+        "data/text.txt": text(4, 100 * KiB),
+        "data/shared.txt": shared,
+        "empty.txt": b"",
+        "sub/dir/nested.cfg": b"[section]\nkey = value\n" * 20,
+    }
+
+
+BASE_DIRS = ("mods", "saves/slots/deep", "sub/emptyfolder")
+BASE_EXEC = ("bin/game", "tools/editor.sh")
+
+
+def files_on_disk(build: Path) -> dict[str, Path]:
+    return {
+        p.relative_to(build).as_posix(): p
+        for p in sorted(build.rglob("*"))
+        if p.is_file() and p.relative_to(build).as_posix() != BUILD_METADATA
+    }
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def cdn_snapshot(store: Store) -> dict[str, bytes]:
+    """Every file the CDN serves, with its bytes."""
+    return {
+        p.relative_to(store.cdn).as_posix(): p.read_bytes()
+        for p in sorted(store.cdn.rglob("*"))
+        if p.is_file()
+    }
+
+
+def pack_listing(store: Store, product: str) -> list[str]:
+    folder = store.path(f"{product}/packs")
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def manifest_bytes(store: Store, product: str, version: str) -> tuple[bytes, bytes]:
+    p = store.path(store.manifest_rel(product, version))
+    return p.read_bytes(), p.with_suffix(".sig").read_bytes()
+
+
+def assert_extracts(store: Store, manifest: Manifest, build: Path, dest: Path) -> None:
+    """Every file of the manifest rebuilt from the store is byte-identical to the build's."""
+    reader = BlockReader(store, manifest)
+    on_disk = files_on_disk(build)
+    assert sorted(f.path for f in manifest.files) == sorted(on_disk)
+    for f in manifest.files:
+        out = dest / f.path
+        reader.extract(f.path, out)
+        data = out.read_bytes()
+        source = on_disk[f.path].read_bytes()
+        assert len(data) == f.size == len(source)
+        assert sha256(data) == f.hash_sha256 == sha256(source), f.path
+        assert data == source
+
+
+@dataclass
+class Published:
+    store: Store
+    build: Path
+    report: PublishReport
+    manifest: Manifest
+    product: str = "alpha"
+    version: str = "1.0"
+
+
+@pytest.fixture()
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store(tmp_path / "store")
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Published]:
+    base = tmp_path_factory.mktemp("published")
+    build = write_build(base / "build", base_files(), executables=BASE_EXEC, dirs=BASE_DIRS,
+                        metadata=METADATA)
+    s = Store(base / "store")
+    report = publish(s, "alpha", "1.0", build, workers=1)
+    yield Published(s, build, report, s.read_manifest("alpha", "1.0"))
+    s.close()
+
+
+# -- a first publish -----------------------------------------------------------------------------
+
+
+def test_report_of_a_first_publish(published: Published) -> None:
+    r, m = published.report, published.manifest
+    files = files_on_disk(published.build)
+    assert (r.product_id, r.version_id, r.already_published) == ("alpha", "1.0", False)
+    assert r.files == len(files) == len(m.files)
+    assert r.total_bytes == sum(p.stat().st_size for p in files.values()) == m.total_size
+    ids = {c.id for f in m.files for c in f.chunks}
+    assert r.chunks == len(ids) == len(m.chunks)
+    assert r.new_chunks == r.chunks and r.reused_chunks == 0
+    packs = published.store.path("alpha/packs")
+    assert r.stored_bytes == sum(p.stat().st_size for p in packs.glob("*.pack"))
+    assert r.install_bytes == sum(b.stored_size for b in m.blocks)
+    assert r.stored_bytes < r.total_bytes  # text compressed, duplicates stored once
+    assert r.patches == ()
+    d = r.to_dict()
+    assert d["new_chunks"] == r.new_chunks and d["patch_bytes"] == 0 and d["patches"] == []
+    json.dumps(d)
+
+
+def test_every_file_reconstructs_byte_for_byte(published: Published, tmp_path: Path) -> None:
+    assert_extracts(published.store, published.manifest, published.build, tmp_path / "out")
+
+
+def test_every_chunk_in_the_store_has_its_blake3_id(published: Published) -> None:
+    m = published.manifest
+    reader = BlockReader(published.store, m)
+    sizes = m.chunk_sizes()
+    for cid, size in sizes.items():
+        data = reader.chunk(cid, size)
+        assert len(data) == size
+        assert blake3.blake3(data).hexdigest() == cid
+
+
+def test_manifest_document_on_disk(published: Published) -> None:
+    blob, sig = manifest_bytes(published.store, "alpha", "1.0")
+    assert len(sig) == 64
+    doc = json.loads(zstandard.ZstdDecompressor().decompress(blob, max_output_size=64 * MiB))
+    assert doc["formatVersion"] == 1
+    assert (doc["productId"], doc["versionId"]) == ("alpha", "1.0")
+    assert doc["createdAt"] and doc["dictionary"] is None
+    paths = [f["path"] for f in doc["files"]]
+    assert BUILD_METADATA not in paths  # read, not shipped
+    assert "sub/launcher-build.json" in paths  # only the build root's file is metadata
+    for f in doc["files"]:
+        assert set(f) == {"path", "size", "mode", "hash_sha256", "chunks"}
+        assert f["mode"] in (0o755, 0o644)
+        pos = 0
+        for off, size, cid in f["chunks"]:
+            assert off == pos and 0 < size <= CHUNK_MAX and len(cid) == 64
+            pos += size
+        assert pos == f["size"]
+    for b in doc["blocks"]:
+        assert len(b) == 5 and b[4] in ("raw", "zstd")
+    assert set(doc["chunks"]) == {c[2] for f in doc["files"] for c in f["chunks"]}
+    assert decode_manifest(blob) == published.manifest
+
+
+def test_metadata_is_read_into_launch_and_saves(published: Published) -> None:
+    m = published.manifest
+    assert m.launch == (
+        LaunchEntry("Play", "bin/game", ("--fullscreen", "-x"), "bin"),
+        LaunchEntry("Editor", "tools/editor.sh", (), ""),
+    )
+    assert m.saves == (
+        SaveLocation(SaveRoot.INSTALL, "saves", ("*.sav",), ("tmp*",)),
+        SaveLocation(SaveRoot.DATA_HOME, "Alpha/profiles", ("*",), ()),
+    )
+    assert m.file(BUILD_METADATA) is None
+
+
+def test_empty_directories_are_recorded(published: Published) -> None:
+    # only leaf folders that are empty; folders holding files or folders are implied
+    assert sorted(published.manifest.dirs) == sorted(BASE_DIRS)
+
+
+def test_executable_bit_is_kept(published: Published) -> None:
+    modes = {f.path: f.mode for f in published.manifest.files}
+    for path, mode in modes.items():
+        assert mode == (0o755 if path in BASE_EXEC else 0o644), path
+
+
+def test_empty_file_and_duplicates(published: Published) -> None:
+    m = published.manifest
+    empty = m.file("empty.txt")
+    assert empty is not None
+    assert empty.size == 0 and empty.chunks == () and empty.hash_sha256 == sha256(b"")
+    a, b = m.file("data/shared.txt"), m.file("data/copy of shared.txt")
+    assert a is not None and b is not None
+    assert a.chunks == b.chunks and a.hash_sha256 == b.hash_sha256
+
+
+def test_each_chunk_is_stored_once(published: Published) -> None:
+    m = published.manifest
+    raw_total = sum(b.raw_size for b in m.blocks)
+    assert raw_total == sum(m.chunk_sizes().values())
+    assert published.report.new_chunks == len(m.chunk_sizes())
+
+
+def test_signature_verifies_with_the_store_key_only(published: Published, tmp_path: Path) -> None:
+    blob, sig = manifest_bytes(published.store, "alpha", "1.0")
+    pub = load_public_key(published.store.public_key_hex)
+    assert load_signed_manifest(blob, sig, pub) == published.manifest
+    with pytest.raises(ManifestError) as exc:
+        load_signed_manifest(blob, sig, generate_key().public_key())
+    assert exc.value.code == "MANIFEST_SIGNATURE_INVALID"
+    tampered = bytearray(blob)
+    tampered[len(tampered) // 2] ^= 1
+    with pytest.raises(ManifestError) as exc:
+        load_signed_manifest(bytes(tampered), sig, pub)
+    assert exc.value.code == "MANIFEST_SIGNATURE_INVALID"
+    with pytest.raises(ManifestError) as exc:
+        load_signed_manifest(blob, sig[:63], pub)
+    assert exc.value.code == "MANIFEST_SIGNATURE_INVALID"
+
+
+def test_signing_key_is_private_and_stable(published: Published) -> None:
+    key = published.store.root / "signing.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert len(key.read_bytes()) == 32
+    assert not any(p.name == "signing.key" for p in published.store.cdn.rglob("*"))
+    again = Store(published.store.root)
+    try:
+        assert again.public_key_hex == published.store.public_key_hex
+        assert again.read_manifest("alpha", "1.0") == published.manifest
+    finally:
+        again.close()
+
+
+def test_pack_files_are_named_by_blake3_of_their_content(published: Published) -> None:
+    packs = published.store.path("alpha/packs")
+    names = [p for p in packs.iterdir()]
+    assert names and all(p.suffix == ".pack" for p in names), "no temp files may be left"
+    for p in names:
+        assert blake3.blake3(p.read_bytes()).hexdigest() == p.stem
+    assert {b.pack for b in published.manifest.blocks} == {p.stem for p in names}
+
+
+def test_blocks_tile_the_packs(published: Published) -> None:
+    by_pack: dict[str, list[tuple[int, int]]] = {}
+    for b in published.manifest.blocks:
+        by_pack.setdefault(b.pack, []).append((b.offset, b.stored_size))
+    for pack, blocks in by_pack.items():
+        size = published.store.path(published.store.pack_rel("alpha", pack)).stat().st_size
+        pos = 0
+        for off, stored in sorted(blocks):
+            assert off == pos
+            pos += stored
+        assert pos == size
+
+
+def test_blocks_group_chunks_in_file_order(published: Published) -> None:
+    m = published.manifest
+    # at most about 1 MiB of raw data per block (a file with much new data gets blocks of its
+    # own, so blocks may end early at a file boundary)
+    for b in m.blocks:
+        assert 0 < b.raw_size < BLOCK_TARGET_RAW + CHUNK_MAX
+    assert sum(b.raw_size >= BLOCK_TARGET_RAW for b in m.blocks) >= len(m.blocks) // 3
+    # chunks sit in the blocks in first-use order, across file boundaries, tiling each block
+    order = []
+    seen: set[str] = set()
+    for f in m.files:
+        for c in f.chunks:
+            if c.id not in seen:
+                seen.add(c.id)
+                loc = m.chunks[c.id]
+                order.append((loc.block, loc.offset, c.size))
+    assert order == sorted(order)
+    pos: dict[int, int] = {}
+    for block, offset, size in order:
+        assert offset == pos.get(block, 0)
+        pos[block] = offset + size
+    assert [pos[i] for i in range(len(m.blocks))] == [b.raw_size for b in m.blocks]
+
+
+def test_block_codecs_match_their_bytes(published: Published) -> None:
+    for b in published.manifest.blocks:
+        path = published.store.path(published.store.pack_rel("alpha", b.pack))
+        with path.open("rb") as fh:
+            fh.seek(b.offset)
+            stored = fh.read(b.stored_size)
+        if b.codec is Codec.RAW:
+            assert b.stored_size == b.raw_size
+        else:
+            assert b.codec is Codec.ZSTD
+            assert b.stored_size < b.raw_size * 0.97
+            params = zstandard.get_frame_parameters(stored)
+            assert params.content_size == b.raw_size
+        assert len(decompress_block(stored, b.codec, b.raw_size)) == b.raw_size
+
+
+def test_no_leftovers_in_store(published: Published) -> None:
+    leftovers = [p for p in published.store.root.rglob("*") if ".tmp-" in p.name
+                 or p.name.startswith(".patchwork-")]
+    assert leftovers == []
+
+
+# -- codecs --------------------------------------------------------------------------------------
+
+
+def test_incompressible_data_is_stored_raw(store: Store, tmp_path: Path) -> None:
+    build = write_build(tmp_path / "b", {"tex.dds": rand(5, 2 * MiB), "snd.ogg": rand(6, 700 * KiB)})
+    publish(store, "rnd", "1", build, workers=1)
+    m = store.read_manifest("rnd", "1")
+    assert m.blocks and all(b.codec is Codec.RAW for b in m.blocks)
+    assert all(b.stored_size == b.raw_size for b in m.blocks)
+    assert_extracts(store, m, build, tmp_path / "out")
+
+
+def test_text_is_stored_with_zstd(store: Store, tmp_path: Path) -> None:
+    build = write_build(tmp_path / "b", {"a.lua": text(7, 1500 * KiB), "b.ini": text(8, 300 * KiB)})
+    r = publish(store, "txt", "1", build, workers=1)
+    m = store.read_manifest("txt", "1")
+    assert m.blocks and all(b.codec is Codec.ZSTD for b in m.blocks)
+    assert r.stored_bytes < r.total_bytes / 2
+    assert_extracts(store, m, build, tmp_path / "out")
+
+
+@pytest.mark.parametrize("level", [1, 3, 9])
+def test_compress_block_levels(level: int) -> None:
+    noise = rand(level, 256 * KiB)
+    data, codec = compress_block(noise, level)
+    assert codec is Codec.RAW and data == noise
+    words = text(level, 256 * KiB)
+    data, codec = compress_block(words, level)
+    assert codec is Codec.ZSTD and len(data) < len(words) / 2
+    assert decompress_block(data, codec, len(words)) == words
+
+
+def test_higher_level_publishes_the_same_content(store: Store, tmp_path: Path) -> None:
+    build = write_build(tmp_path / "b", {"a": text(9, 600 * KiB) + rand(9, 600 * KiB)})
+    publish(store, "lvl", "1", build, workers=1, level=9)
+    m = store.read_manifest("lvl", "1")
+    assert {b.codec for b in m.blocks} <= {Codec.RAW, Codec.ZSTD}
+    assert_extracts(store, m, build, tmp_path / "out")
+
+
+# -- pack writer ---------------------------------------------------------------------------------
+
+
+def test_pack_writer_rolls_over_and_names_by_content(tmp_path: Path) -> None:
+    w = PackWriter(tmp_path / "packs", target_size=100_000)
+    parts = [rand(i, 40_000) for i in range(7)]
+    placed = [w.append(p, len(p), Codec.RAW) for p in parts]
+    names = w.close()
+    assert len(names) == 3  # rolls over once a pack reaches the target: 3 + 3 + 1 blocks
+    assert [b.pack_slot for b in placed] == [0, 0, 0, 1, 1, 1, 2]
+    assert [b.offset for b in placed] == [0, 40_000, 80_000, 0, 40_000, 80_000, 0]
+    files = sorted((tmp_path / "packs").iterdir())
+    assert [p.name for p in files] == sorted(f"{n}.pack" for n in names)
+    for p in files:
+        assert blake3.blake3(p.read_bytes()).hexdigest() == p.stem
+    for part, b in zip(parts, placed, strict=True):
+        with (tmp_path / "packs" / f"{names[b.pack_slot]}.pack").open("rb") as fh:
+            fh.seek(b.offset)
+            assert fh.read(b.stored_size) == part
+
+
+def test_pack_writer_identical_pack_is_stored_once(tmp_path: Path) -> None:
+    names = []
+    for _ in range(2):
+        w = PackWriter(tmp_path / "packs")
+        w.append(b"same bytes", 10, Codec.RAW)
+        names.append(w.close())
+    assert names[0] == names[1]
+    assert [p.name for p in (tmp_path / "packs").iterdir()] == [f"{names[0][0]}.pack"]
+
+
+def test_pack_writer_abort_leaves_nothing(tmp_path: Path) -> None:
+    w = PackWriter(tmp_path / "packs")
+    w.append(b"x" * 1000, 1000, Codec.RAW)
+    w.abort()
+    assert list((tmp_path / "packs").iterdir()) == []
+    assert PackWriter(tmp_path / "empty").close() == []
+
+
+# -- idempotency and versions --------------------------------------------------------------------
+
+
+def test_same_build_same_version_is_a_no_op(store: Store, tmp_path: Path) -> None:
+    build = write_build(tmp_path / "b", base_files(), executables=BASE_EXEC, dirs=BASE_DIRS,
+                        metadata=METADATA)
+    first = publish(store, "alpha", "1.0", build, workers=1)
+    before = cdn_snapshot(store)
+    packs = pack_listing(store, "alpha")
+    again = publish(store, "alpha", "1.0", build, workers=1)
+    assert again.already_published
+    assert (again.new_chunks, again.stored_bytes) == (0, 0)
+    assert again.reused_chunks == first.chunks
+    assert again.files == first.files and again.total_bytes == first.total_bytes
+    assert again.install_bytes == first.install_bytes
+    assert pack_listing(store, "alpha") == packs
+    assert cdn_snapshot(store) == before  # manifest and signature untouched too
+    assert [v.version for v in store.versions("alpha")] == ["1.0"]
+
+
+def test_a_copy_of_the_build_is_the_same_build(store: Store, tmp_path: Path) -> None:
+    build = write_build(tmp_path / "b", small_files(), executables=BASE_EXEC, dirs=BASE_DIRS,
+                        metadata=METADATA)
+    publish(store, "alpha", "1.0", build, workers=1)
+    copy = tmp_path / "copy"
+    shutil.copytree(build, copy)
+    before = cdn_snapshot(store)
+    assert publish(store, "alpha", "1.0", copy, workers=1).already_published
+    assert cdn_snapshot(store) == before
+
+
+def test_same_content_new_version_stores_no_chunks(store: Store, tmp_path: Path) -> None:
+    build = write_build(tmp_path / "b", base_files(), executables=BASE_EXEC, dirs=BASE_DIRS,
+                        metadata=METADATA)
+    first = publish(store, "alpha", "1.0", build, workers=1)
+    packs = pack_listing(store, "alpha")
+    second = publish(store, "alpha", "1.1", build, workers=1)
+    assert not second.already_published
+    assert second.new_chunks == 0 and second.stored_bytes == 0
+    assert second.reused_chunks == second.chunks == first.chunks
+    assert second.install_bytes == first.install_bytes
+    assert pack_listing(store, "alpha") == packs
+    m1, m2 = store.read_manifest("alpha", "1.0"), store.read_manifest("alpha", "1.1")
+    assert m2.version_id == "1.1" and m2.files == m1.files and m2.dirs == m1.dirs
+    assert m2.blocks == m1.blocks
+    assert [v.version for v in store.versions("alpha")] == ["1.0", "1.1"]
+    assert [v.seq for v in store.versions("alpha")] == [1, 2]
+    delta = store.read_delta("alpha", "1.0", "1.1")
+    assert delta is not None and delta.patches == ()
+    assert_extracts(store, m2, build, tmp_path / "out")
+
+
+def test_new_version_stores_only_new_chunks(store: Store, tmp_path: Path) -> None:
+    files = base_files()
+    b1 = write_build(tmp_path / "b1", files, executables=BASE_EXEC)
+    publish(store, "alpha", "1.0", b1, workers=1)
+    files2 = dict(files)
+    files2["data/text.txt"] = files["data/text.txt"][:500_000] + b"new line\n" + \
+        files["data/text.txt"][500_000:]
+    files2["data/new.bin"] = rand(77, 300 * KiB)
+    del files2["data/random.bin"]
+    b2 = write_build(tmp_path / "b2", files2, executables=BASE_EXEC)
+    packs = set(pack_listing(store, "alpha"))
+    r = publish(store, "alpha", "2.0", b2, workers=1, patch_previous=0)
+    assert store.read_delta("alpha", "1.0", "2.0") is None and r.patches == ()
+    m1, m2 = store.read_manifest("alpha", "1.0"), store.read_manifest("alpha", "2.0")
+    old_ids = set(m1.chunks)
+    new_ids = set(m2.chunks) - old_ids
+    assert r.new_chunks == len(new_ids) and r.reused_chunks == len(set(m2.chunks) & old_ids)
+    assert 0 < r.new_chunks < r.chunks / 3
+    added_packs = set(pack_listing(store, "alpha")) - packs
+    assert len(added_packs) == 1
+    assert r.stored_bytes == sum(store.path(f"alpha/packs/{p}").stat().st_size for p in added_packs)
+    # new chunks live in the new pack, old ones keep pointing to the old packs
+    for cid, loc in m2.chunks.items():
+        pack = m2.blocks[loc.block].pack
+        assert (f"{pack}.pack" in added_packs) == (cid in new_ids)
+    # one copy of each chunk per product, whatever version uses it
+    blocks = {(b.pack, b.offset): b.raw_size for m in (m1, m2) for b in m.blocks}
+    sizes = {**m1.chunk_sizes(), **m2.chunk_sizes()}
+    assert sum(blocks.values()) == sum(sizes.values())
+    assert_extracts(store, m2, b2, tmp_path / "out2")
+    assert_extracts(store, m1, b1, tmp_path / "out1")
+
+
+def _variant(kind: str, build: Path) -> None:
+    if kind == "edited-file":
+        (build / "data/text.txt").write_bytes(text(99, 100 * KiB))
+    elif kind == "appended-byte":
+        with (build / "data/random.bin").open("ab") as fh:
+            fh.write(b"!")
+    elif kind == "mode-only":
+        os.chmod(build / "data/text.txt", 0o755)
+    elif kind == "metadata-only":
+        (build / BUILD_METADATA).write_text(json.dumps({"launch": [], "saves": []}))
+    elif kind == "extra-empty-file":
+        (build / "new-empty.txt").write_bytes(b"")
+    elif kind == "extra-empty-dir":
+        (build / "plugins").mkdir()
+    elif kind == "removed-file":
+        (build / "sub/dir/nested.cfg").unlink()
+    elif kind == "renamed-file":
+        (build / "data/shared.txt").rename(build / "data/shared2.txt")
+    else:  # pragma: no cover
+        raise AssertionError(kind)
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["edited-file", "appended-byte", "mode-only", "metadata-only", "extra-empty-file",
+     "extra-empty-dir", "removed-file", "renamed-file"],
+)
+def test_other_content_under_an_existing_version_is_refused(
+    store: Store, tmp_path: Path, kind: str
+) -> None:
+    build = write_build(tmp_path / "b", small_files(), executables=BASE_EXEC, dirs=BASE_DIRS,
+                        metadata=METADATA)
+    publish(store, "alpha", "1.0", build, workers=1)
+    manifest = store.read_manifest("alpha", "1.0")
+    before = cdn_snapshot(store)
+    _variant(kind, build)
+    with pytest.raises(PublishError) as exc:
+        publish(store, "alpha", "1.0", build, workers=1)
+    assert exc.value.code == "VERSION_EXISTS"
+    assert cdn_snapshot(store) == before
+    assert store.read_manifest("alpha", "1.0") == manifest
+    assert [v.version for v in store.versions("alpha")] == ["1.0"]
+
+
+# -- refused builds ------------------------------------------------------------------------------
+
+
+def _assert_refused(store: Store, build: Path, code: str, version: str = "1.0") -> None:
+    before = cdn_snapshot(store)
+    versions = store.versions("alpha")
+    with pytest.raises(PublishError) as exc:
+        publish(store, "alpha", version, build, workers=1)
+    assert exc.value.code == code, exc.value
+    assert cdn_snapshot(store) == before, "a refused build must not store anything"
+    assert store.versions("alpha") == versions
+
+
+@pytest.mark.parametrize("kind", ["file", "dir", "dangling", "nested"])
+def test_symlink_in_build_is_refused(store: Store, tmp_path: Path, kind: str) -> None:
+    build = write_build(tmp_path / "b", {"a.bin": rand(1, 200 * KiB), "dir/b.txt": b"b"})
+    if kind == "file":
+        os.symlink(build / "a.bin", build / "link.bin")
+    elif kind == "dir":
+        os.symlink(build / "dir", build / "linkdir")
+    elif kind == "dangling":
+        os.symlink(tmp_path / "does-not-exist", build / "dangling")
+    else:
+        os.symlink("../a.bin", build / "dir" / "up.bin")
+    _assert_refused(store, build, "BUILD_SYMLINK")
+
+
+def test_symlink_refused_on_a_store_with_versions(store: Store, tmp_path: Path) -> None:
+    ok = write_build(tmp_path / "ok", {"a.bin": rand(1, 300 * KiB)})
+    publish(store, "alpha", "1.0", ok, workers=1)
+    bad = write_build(tmp_path / "bad", {"a.bin": rand(2, 300 * KiB), "c.txt": text(3, 50 * KiB)})
+    os.symlink(bad / "c.txt", bad / "z-link.txt")  # scanned last: files were already chunkable
+    _assert_refused(store, bad, "BUILD_SYMLINK", version="2.0")
+    assert store.read_delta("alpha", "1.0", "2.0") is None
+
+
+def test_special_file_is_refused(store: Store, tmp_path: Path) -> None:
+    build = write_build(tmp_path / "b", {"a.bin": rand(1, 100 * KiB)})
+    os.mkfifo(build / "pipe")
+    _assert_refused(store, build, "BUILD_SPECIAL_FILE")
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["CON", "nul.txt", "sub/COM1/x.txt", "LPT9", "a:b", "C:x", "trailing.", "trailing ",
+     "tab\tname", "back\\slash", "line\nbreak"],
+)
+def test_unpublishable_name_is_refused(store: Store, tmp_path: Path, name: str) -> None:
+    build = write_build(tmp_path / "b", {"ok.bin": rand(1, 100 * KiB), name: b"payload"})
+    _assert_refused(store, build, "BUILD_PATH_INVALID")
+
+
+@pytest.mark.parametrize("name", ["aux", "deep/prn.d", "dots."])
+def test_unpublishable_empty_directory_is_refused(store: Store, tmp_path: Path, name: str) -> None:
+    build = write_build(tmp_path / "b", {"ok.bin": b"x"}, dirs=(name,))
+    _assert_refused(store, build, "BUILD_PATH_INVALID")
+
+
+def test_too_long_path_is_refused(store: Store, tmp_path: Path) -> None:
+    parts = [c * 200 for c in "abcde"] + ["f" * 100]  # 1105 bytes, each segment under NAME_MAX
+    build = write_build(tmp_path / "b", {"/".join(parts): b"x"})
+    _assert_refused(store, build, "BUILD_PATH_INVALID")
+
+
+@pytest.mark.parametrize("product,version", [("alpha", "../x"), ("a/b", "1"), ("alpha", ""),
+                                             ("-x", "1"), ("alpha", "1 0")])
+def test_invalid_ids_are_refused(store: Store, tmp_path: Path, product: str, version: str) -> None:
+    build = write_build(tmp_path / "b", {"a": b"a"})
+    with pytest.raises(PublishError) as exc:
+        publish(store, product, version, build, workers=1)
+    assert exc.value.code == "BUILD_ID_INVALID"
+    assert cdn_snapshot(store) == {}
+
+
+def test_missing_build_folder(store: Store, tmp_path: Path) -> None:
+    _assert_refused(store, tmp_path / "nope", "BUILD_NOT_FOUND")
+    (tmp_path / "file").write_bytes(b"x")
+    _assert_refused(store, tmp_path / "file", "BUILD_NOT_FOUND")
+
+
+@pytest.mark.parametrize(
+    "metadata,code",
+    [
+        ("{not json", "BUILD_METADATA_INVALID"),
+        ("[1, 2]", "BUILD_METADATA_INVALID"),
+        (json.dumps({"launch": [{"executable": "a"}]}), "BUILD_METADATA_INVALID"),
+        (json.dumps({"saves": [{"root": "desktop", "path": "s"}]}), "BUILD_METADATA_INVALID"),
+        (json.dumps({"saves": [{"root": "install"}]}), "BUILD_METADATA_INVALID"),
+        (json.dumps({"launch": [{"name": "x", "executable": "../a"}]}), "BUILD_PATH_INVALID"),
+        (json.dumps({"launch": [{"name": "x", "executable": "CON"}]}), "BUILD_PATH_INVALID"),
+        (json.dumps({"saves": [{"root": "install", "path": "/abs"}]}), "BUILD_PATH_INVALID"),
+    ],
+)
+def test_invalid_metadata_is_refused(store: Store, tmp_path: Path, metadata: str, code: str) -> None:
+    build = write_build(tmp_path / "b", {"a": rand(1, 50 * KiB)})
+    (build / BUILD_METADATA).write_text(metadata)
+    _assert_refused(store, build, code)
+
+
+def test_demo_metadata_round_trips(store: Store, tmp_path: Path) -> None:
+    build = write_build(tmp_path / "b", {"game.py": b"print('hi')\n"}, metadata=LAUNCHER_BUILD)
+    publish(store, "demo", "1", build, workers=1)
+    m = store.read_manifest("demo", "1")
+    assert [e.executable for e in m.launch] == [e["executable"] for e in LAUNCHER_BUILD["launch"]]
+    assert len(m.saves) == len(LAUNCHER_BUILD.get("saves", []))
+    assert [f.path for f in m.files] == ["game.py"]
+
+
+def test_mode_is_normalised_to_the_executable_bit(store: Store, tmp_path: Path) -> None:
+    build = write_build(tmp_path / "b", {"u": b"1", "g": b"2", "o": b"3", "ro": b"4", "rw": b"5"})
+    for name, mode in {"u": 0o700, "g": 0o610, "o": 0o601, "ro": 0o400, "rw": 0o666}.items():
+        os.chmod(build / name, mode)
+    publish(store, "modes", "1", build, workers=1)
+    m = store.read_manifest("modes", "1")
+    assert {f.path: f.mode for f in m.files} == {
+        "u": 0o755, "g": 0o755, "o": 0o755, "ro": 0o644, "rw": 0o644
+    }
+
+
+def test_empty_build_publishes(store: Store, tmp_path: Path) -> None:
+    build = write_build(tmp_path / "b", {}, dirs=("only/empty",))
+    r = publish(store, "void", "1", build, workers=1)
+    m = store.read_manifest("void", "1")
+    assert (r.files, r.chunks, r.stored_bytes, r.install_bytes) == (0, 0, 0, 0)
+    assert m.files == () and m.blocks == () and m.dirs == ("only/empty",)
+    assert pack_listing(store, "void") == []
+
+
+def test_crash_leftover_temp_pack_does_not_break_publish(store: Store, tmp_path: Path) -> None:
+    b1 = write_build(tmp_path / "b1", {"a.bin": rand(1, 500 * KiB), "t.txt": text(1, 400 * KiB)})
+    publish(store, "alpha", "1.0", b1, workers=1)
+    packs = store.path("alpha/packs")
+    leftover = packs / ".tmp-0123456789abcdef"
+    leftover.write_bytes(rand(2, 70_000))  # a half-written pack from a killed publisher
+    b2 = write_build(tmp_path / "b2", {"a.bin": rand(1, 500 * KiB), "t.txt": text(2, 400 * KiB),
+                                       "n.bin": rand(3, 300 * KiB)})
+    r = publish(store, "alpha", "2.0", b2, workers=1, patch_previous=0)
+    assert r.new_chunks > 0
+    m2 = store.read_manifest("alpha", "2.0")
+    assert_extracts(store, m2, b2, tmp_path / "out")
+    assert leftover.exists() and leftover.read_bytes() == rand(2, 70_000)
+    for p in packs.glob("*.pack"):
+        assert blake3.blake3(p.read_bytes()).hexdigest() == p.stem
+    assert all(b.pack != leftover.name for b in m2.blocks)
+    # and republishing both versions still recognises them
+    assert publish(store, "alpha", "1.0", b1, workers=1).already_published
+    assert publish(store, "alpha", "2.0", b2, workers=1).already_published
+
+
+def test_missing_chunk_under_an_existing_version_is_version_exists(
+    store: Store, tmp_path: Path
+) -> None:
+    """A build whose chunks the store lacks cannot be the published one."""
+    b1 = write_build(tmp_path / "b1", {"a.bin": rand(1, 200 * KiB)})
+    publish(store, "alpha", "1.0", b1, workers=1)
+    b2 = write_build(tmp_path / "b2", {"a.bin": rand(2, 200 * KiB)})
+    packs = pack_listing(store, "alpha")
+    with pytest.raises(PublishError) as exc:
+        publish(store, "alpha", "1.0", b2, workers=1)
+    assert exc.value.code == "VERSION_EXISTS"
+    assert pack_listing(store, "alpha") == packs
+
+
+# -- refusals before anything is stored --------------------------------------------------------
+
+
+@pytest.mark.parametrize("layout", ["files", "file-and-dir"])
+def test_case_colliding_names_are_refused_before_storing(
+    store: Store, tmp_path: Path, layout: str
+) -> None:
+    build = write_build(tmp_path / "b", {"A.txt": rand(1, 100 * KiB)})
+    if layout == "files":
+        (build / "a.txt").write_bytes(b"other")
+    else:
+        (build / "a.TXT").mkdir()
+    before = cdn_snapshot(store)
+    with pytest.raises(PublishError) as exc:
+        publish(store, "alpha", "1.0", build, workers=1)
+    assert exc.value.code in ("BUILD_PATH_INVALID", "BUILD_PATH_COLLISION")
+    assert cdn_snapshot(store) == before
+
+
+def test_non_utf8_name_is_refused(store: Store, tmp_path: Path) -> None:
+    build = write_build(tmp_path / "b", {"ok.bin": rand(1, 100 * KiB)})
+    (build / os.fsdecode(b"bad\xff.txt")).write_bytes(b"x")
+    before = cdn_snapshot(store)
+    with pytest.raises(PublishError) as exc:
+        publish(store, "alpha", "1.0", build, workers=1)
+    assert exc.value.code == "BUILD_PATH_INVALID"
+    assert cdn_snapshot(store) == before
+
+
+@pytest.mark.parametrize("bad", [
+    {"launch": [{"name": "x", "executable": "a", "working_dir": "../up"}]},
+    {"launch": [{"name": f"x{i}", "executable": "a"} for i in range(65)]},
+])
+def test_invalid_launch_entries_are_refused_before_storing(
+    store: Store, tmp_path: Path, bad: dict[str, object]
+) -> None:
+    build = write_build(tmp_path / "b", {"a": rand(1, 100 * KiB)}, metadata=bad)
+    before = cdn_snapshot(store)
+    with pytest.raises(PublishError) as exc:
+        publish(store, "alpha", "1.0", build, workers=1)
+    assert exc.value.code in ("BUILD_METADATA_INVALID", "BUILD_PATH_INVALID")
+    assert cdn_snapshot(store) == before
+
+
+@pytest.mark.parametrize("bad", [
+    {"launch": [{"name": "x", "executable": "a", "arguments": "--fast"}]},
+    {"saves": [{"root": "install", "path": "saves", "include": "*.sav"}]},
+])
+def test_string_instead_of_list_in_metadata_is_refused(
+    store: Store, tmp_path: Path, bad: dict[str, object]
+) -> None:
+    build = write_build(tmp_path / "b", {"a": b"a"}, metadata=bad)
+    with pytest.raises(PublishError) as exc:
+        publish(store, "alpha", "1.0", build, workers=1)
+    assert exc.value.code == "BUILD_METADATA_INVALID"
+
+
+def test_metadata_that_is_a_directory_is_refused(store: Store, tmp_path: Path) -> None:
+    build = write_build(tmp_path / "b", {"a": b"a"}, dirs=(BUILD_METADATA,))
+    with pytest.raises(PublishError) as exc:
+        publish(store, "alpha", "1.0", build, workers=1)
+    assert exc.value.code == "BUILD_METADATA_INVALID"
+
+
+# -- patches and the delta index (demo catalog) --------------------------------------------------
+
+
+@dataclass
+class DemoStore:
+    store: Store
+    builds: Path
+    reports: dict[str, PublishReport]
+    product: str = "star-courier"
+
+    def build(self, version: str) -> Path:
+        return self.builds / self.product / version
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoStore]:
+    base = tmp_path_factory.mktemp("demo")
+    generate(base / "builds", size_mb=2)
+    s = Store(base / "store")
+    reports = {}
+    for v, workers in (("1.0.0", 1), ("1.1.0", 2), ("1.2.0", 1)):
+        # 1.1.0 with 2 workers: its patches are built in a spawned process pool
+        reports[v] = publish(s, "star-courier", v, base / "builds" / "star-courier" / v,
+                             workers=workers)
+    yield DemoStore(s, base / "builds", reports)
+    s.close()
+
+
+STEPS = [("1.0.0", "1.1.0"), ("1.1.0", "1.2.0"), ("1.0.0", "1.2.0")]
+
+
+@pytest.mark.parametrize("old_v,new_v", STEPS)
+def test_delta_index_patches_apply_exactly(demo: DemoStore, old_v: str, new_v: str,
+                                           tmp_path: Path) -> None:
+    s, pid = demo.store, demo.product
+    delta = s.read_delta(pid, old_v, new_v)
+    assert delta is not None
+    assert (delta.product_id, delta.from_version, delta.to_version) == (pid, old_v, new_v)
+    assert delta.patches, "a recompiled executable and edited paks must yield patches"
+    old, new = s.read_manifest(pid, old_v), s.read_manifest(pid, new_v)
+    reader = BlockReader(s, old)
+    for i, p in enumerate(delta.patches):
+        src, target = old.file(p.source_path), new.file(p.path)
+        assert src is not None and target is not None
+        assert src.hash_sha256 != target.hash_sha256
+        assert (p.from_sha256, p.to_sha256, p.to_size) == (src.hash_sha256, target.hash_sha256,
+                                                           target.size)
+        blob = s.path(s.patch_rel(pid, p.patch_id)).read_bytes()
+        assert len(blob) == p.patch_size
+        assert blake3.blake3(blob).hexdigest() == p.patch_id
+        old_copy = tmp_path / f"{i}.old"
+        reader.extract(p.source_path, old_copy)
+        out = apply_patch(PatchMethod(p.method), old_copy.read_bytes(), blob,
+                          old_sha256=p.from_sha256, new_sha256=p.to_sha256, new_size=p.to_size)
+        assert sha256(out) == target.hash_sha256
+        assert out == (demo.build(new_v) / p.path).read_bytes()
+
+
+def test_delta_covers_the_recompiled_executable(demo: DemoStore) -> None:
+    delta = demo.store.read_delta(demo.product, "1.0.0", "1.1.0")
+    assert delta is not None
+    by_path = {p.path: p for p in delta.patches}
+    exe = by_path.get("bin/star-courier")
+    assert exe is not None
+    assert exe.source_path == "bin/star-courier"
+    new = demo.store.read_manifest(demo.product, "1.1.0")
+    f = new.file("bin/star-courier")
+    assert f is not None and exe.patch_size < f.size / 5
+    assert exe.method in ("bsdiff", "zstd")
+
+
+@pytest.mark.parametrize("version", ["1.1.0", "1.2.0"])
+def test_kept_patches_beat_their_chunk_alternative(demo: DemoStore, version: str) -> None:
+    r = demo.reports[version]
+    assert r.patches
+    assert r.patch_seconds >= 0
+    for p in r.patches:
+        assert 0 < p.size < p.alternative_bytes, p
+        assert p.method in ("bsdiff", "zstd")
+    # reports and delta indexes agree
+    for from_v in {p.from_version for p in r.patches}:
+        delta = demo.store.read_delta(demo.product, from_v, version)
+        assert delta is not None
+        assert sorted((p.path, p.method, p.patch_size) for p in delta.patches) == sorted(
+            (p.path, p.method, p.size) for p in r.patches if p.from_version == from_v
+        )
+    assert r.to_dict()["patch_bytes"] == sum(p.size for p in r.patches)
+
+
+def test_patches_from_the_previous_two_versions(demo: DemoStore) -> None:
+    deltas = sorted(p.name for p in demo.store.path(f"{demo.product}/deltas").glob("*.delta"))
+    assert deltas == ["1.0.0--1.1.0.delta", "1.0.0--1.2.0.delta", "1.1.0--1.2.0.delta"]
+    assert demo.store.read_delta(demo.product, "1.1.0", "1.0.0") is None
+    assert demo.reports["1.0.0"].patches == ()
+
+
+def test_demo_versions_reconstruct(demo: DemoStore, tmp_path: Path) -> None:
+    for v in ("1.0.0", "1.2.0"):
+        m = demo.store.read_manifest(demo.product, v)
+        assert_extracts(demo.store, m, demo.build(v), tmp_path / v)
+        assert "mods" in m.dirs
+        assert m.launch  # from the demo's launcher-build.json
+
+
+def test_tampered_delta_index_is_refused(demo: DemoStore, tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    shutil.copytree(demo.store.root, root)
+    s = Store(root)
+    try:
+        rel = s.delta_rel(demo.product, "1.0.0", "1.1.0")
+        blob_path = s.path(rel)
+        sig_path = blob_path.with_suffix(".sig")
+        blob, sig = blob_path.read_bytes(), sig_path.read_bytes()
+        verify_signature(blob, sig, load_public_key(s.public_key_hex))
+
+        bad_sig = bytearray(sig)
+        bad_sig[0] ^= 0x40
+        sig_path.write_bytes(bytes(bad_sig))
+        with pytest.raises(ManifestError) as exc:
+            s.read_delta(demo.product, "1.0.0", "1.1.0")
+        assert exc.value.code == "MANIFEST_SIGNATURE_INVALID"
+
+        sig_path.write_bytes(sig[:32])
+        with pytest.raises(ManifestError) as exc:
+            s.read_delta(demo.product, "1.0.0", "1.1.0")
+        assert exc.value.code == "MANIFEST_SIGNATURE_INVALID"
+
+        sig_path.write_bytes(sig)
+        bad_blob = bytearray(blob)
+        bad_blob[-1] ^= 1
+        blob_path.write_bytes(bytes(bad_blob))
+        with pytest.raises(ManifestError) as exc:
+            s.read_delta(demo.product, "1.0.0", "1.1.0")
+        assert exc.value.code == "MANIFEST_SIGNATURE_INVALID"
+
+        # another delta index's (valid) signature does not fit either
+        other = s.path(s.delta_rel(demo.product, "1.1.0", "1.2.0"))
+        blob_path.write_bytes(blob)
+        sig_path.write_bytes(other.with_suffix(".sig").read_bytes())
+        with pytest.raises(ManifestError) as exc:
+            s.read_delta(demo.product, "1.0.0", "1.1.0")
+        assert exc.value.code == "MANIFEST_SIGNATURE_INVALID"
+
+        sig_path.write_bytes(sig)
+        assert s.read_delta(demo.product, "1.0.0", "1.1.0") == demo.store.read_delta(
+            demo.product, "1.0.0", "1.1.0")
+    finally:
+        s.close()
+
+
+def test_republishing_a_demo_version_stores_nothing(demo: DemoStore) -> None:
+    before = cdn_snapshot(demo.store)
+    r = publish(demo.store, demo.product, "1.1.0", demo.build("1.1.0"), workers=1)
+    assert r.already_published and r.new_chunks == 0
+    assert cdn_snapshot(demo.store) == before
+
+
+# -- CLI -----------------------------------------------------------------------------------------
+
+
+def test_cli_publish_json(tmp_path: Path) -> None:
+    build = write_build(tmp_path / "b", {"a.bin": rand(1, 300 * KiB), "t.txt": text(1, 200 * KiB)},
+                        executables=("a.bin",), dirs=("mods",))
+    store = tmp_path / "store"
+    proc = cli("publish", "--store", str(store), "--product", "cli-game", "--version", "1.0",
+               str(build), "--json")
+    assert proc.returncode == 0
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1, proc.stdout
+    doc = json.loads(lines[0])
+    assert doc["product_id"] == "cli-game" and doc["version_id"] == "1.0"
+    assert doc["already_published"] is False
+    assert doc["files"] == 2 and doc["total_bytes"] == 500 * KiB
+    assert doc["new_chunks"] == doc["chunks"] > 0 and doc["reused_chunks"] == 0
+    assert doc["stored_bytes"] > 0 and doc["install_bytes"] > 0
+    assert doc["patches"] == [] and doc["patch_bytes"] == 0
+    s = Store(store)
+    try:
+        m = s.read_manifest("cli-game", "1.0")
+        assert_extracts(s, m, build, tmp_path / "out")
+    finally:
+        s.close()
+
+    again = cli("publish", "--store", str(store), "--product", "cli-game", "--version", "1.0",
+                str(build), "--json")
+    doc = json.loads(again.stdout)
+    assert doc["already_published"] is True and doc["new_chunks"] == 0
+
+
+@pytest.mark.parametrize("case", ["symlink", "version-exists"])
+def test_cli_publish_errors(tmp_path: Path, case: str) -> None:
+    build = write_build(tmp_path / "b", {"a.bin": rand(1, 100 * KiB)})
+    store = tmp_path / "store"
+    if case == "symlink":
+        os.symlink(build / "a.bin", build / "link")
+        code = "BUILD_SYMLINK"
+    else:
+        s = Store(store)
+        try:
+            publish(s, "cli-game", "1.0", build, workers=1)
+        finally:
+            s.close()
+        (build / "a.bin").write_bytes(rand(2, 100 * KiB))
+        code = "VERSION_EXISTS"
+    proc = cli("publish", "--store", str(store), "--product", "cli-game", "--version", "1.0",
+               str(build), "--json", check=False)
+    assert proc.returncode == 1, proc
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1, proc.stdout
+    doc = json.loads(lines[0])
+    assert set(doc) == {"error"}
+    assert doc["error"]["code"] == code
+    assert doc["error"]["message"]
+    assert code in proc.stderr and proc.stderr.startswith("error:")
+    assert "Traceback" not in proc.stderr
+
+    if case == "symlink":  # without --json: the message on stderr only
+        plain = cli("publish", "--store", str(store), "--product", "cli-game", "--version",
+                    "1.0", str(build), check=False)
+        assert plain.returncode == 1 and plain.stdout == "" and code in plain.stderr
