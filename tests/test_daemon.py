@@ -1,0 +1,199 @@
+"""The engine daemon: real `launcher-engine serve` subprocess, real backend, real clients."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from engine.control_client import DaemonClient
+from engine.daemon import DaemonInfo, read_info
+from engine.errors import EngineError
+from tests.enginekit import REPO, EngineCli, assert_same_tree, engine_env
+
+PRODUCT = "star-courier"
+
+
+class DaemonProcess:
+    def __init__(self, data_dir: Path, backend_url: str) -> None:
+        self.data_dir = data_dir
+        self.backend_url = backend_url
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> DaemonInfo:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "engine.cli", "--data", str(self.data_dir), "--backend",
+             self.backend_url, "serve"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=REPO, env=engine_env())
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        assert line.startswith("listening on ws://127.0.0.1:"), line + self.proc.stderr.read()
+        info = read_info(self.data_dir)
+        assert info is not None
+        return info
+
+    def kill(self, sig: int = signal.SIGKILL) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        return self.proc.wait(30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+@pytest.fixture
+def daemon(backend: Any, tmp_path: Path) -> Iterator[tuple[DaemonProcess, EngineCli]]:
+    name, _ = backend.new_user(products=[PRODUCT, "tiny-tactics"])
+    cli = EngineCli(tmp_path / "data", backend.url)
+    cli.login(name, "secret-pw")
+    d = DaemonProcess(cli.data_dir, backend.url)
+    d.start()
+    try:
+        yield d, cli
+    finally:
+        d.stop()
+
+
+def info_of(cli: EngineCli) -> DaemonInfo:
+    info = read_info(cli.data_dir)
+    assert info is not None
+    return info
+
+
+async def test_token_is_required_and_origin_is_refused(daemon: Any) -> None:
+    _, cli = daemon
+    info = info_of(cli)
+    with pytest.raises(InvalidStatus) as no_token:
+        async with connect(info.url):
+            pass
+    assert no_token.value.response.status_code == 401
+    with pytest.raises(InvalidStatus) as wrong:
+        async with connect(info.url, additional_headers={"Authorization": "Bearer nope"}):
+            pass
+    assert wrong.value.response.status_code == 401
+    with pytest.raises(InvalidStatus) as browser:
+        async with connect(info.url, origin="http://evil.example",  # type: ignore[arg-type]
+                           additional_headers={"Authorization": f"Bearer {info.token}"}):
+            pass
+    assert browser.value.response.status_code == 403
+    assert (cli.data_dir / "daemon.json").stat().st_mode & 0o077 == 0
+
+
+async def test_bad_messages_get_errors_and_the_daemon_keeps_serving(daemon: Any) -> None:
+    _, cli = daemon
+    info = info_of(cli)
+    async with DaemonClient(info) as a, DaemonClient(info) as b:
+        assert (await a.send_raw("{not json"))["error"]["code"] == "PARSE_ERROR"
+        assert (await a.send_raw(json.dumps([1, 2])))["error"]["code"] == "INVALID_REQUEST"
+        big = json.dumps({"id": None, "method": "ping", "params": {"x": "y" * 200_000}})
+        assert (await a.send_raw(big))["error"]["code"] == "MESSAGE_TOO_LARGE"
+        with pytest.raises(EngineError) as unknown:
+            await a.call("launchMissiles")
+        assert unknown.value.code == "UNKNOWN_METHOD"
+        with pytest.raises(EngineError) as bad:
+            await a.call("install", {"productId": 42})
+        assert bad.value.code == "INVALID_PARAMS"
+        with pytest.raises(EngineError) as extra:
+            await a.call("pause", {"taskId": "x", "evil": True})
+        assert extra.value.code == "INVALID_PARAMS"
+        with pytest.raises(EngineError) as missing_task:
+            await a.call("pause", {"taskId": "does-not-exist"})
+        assert missing_task.value.code == "TASK_NOT_FOUND"
+        assert (await a.call("ping"))["pong"] is True
+        assert (await b.call("ping"))["pong"] is True  # the other session never noticed
+
+
+async def test_two_clients_see_the_same_events(daemon: Any, published_store: Any,
+                                               tmp_path: Path) -> None:
+    _, cli = daemon
+    info = info_of(cli)
+    async with DaemonClient(info) as a, DaemonClient(info) as b:
+        await a.subscribe()
+        await b.subscribe()
+        task = await a.call("install", {"productId": "tiny-tactics",
+                                        "target": str(tmp_path / "tiny")})
+        final = await b.call("wait", {"taskId": task["taskId"]})
+        assert final["status"] == "completed"
+        await asyncio.sleep(0.3)
+
+        def states(client: DaemonClient) -> list[str]:
+            out = []
+            while not client.events.empty():
+                e = client.events.get_nowait()
+                if e["type"] == "downloadTaskStatusUpdate" and e["payload"]["status"] != "downloading":
+                    out.append(e["payload"]["status"])
+            return out
+
+        sa, sb = states(a), states(b)
+        assert sa == sb and sa[-1] == "completed" and "queued" in sa
+    version = published_store.product("tiny-tactics").versions[-1]
+    assert_same_tree(tmp_path / "tiny", Path(published_store.builds) / "tiny-tactics" / version)
+
+
+async def test_cli_against_the_daemon_changes_what_another_client_sees(daemon: Any) -> None:
+    _, cli = daemon
+    info = info_of(cli)
+    async with DaemonClient(info) as watcher:
+        cli.ok("limit", "750K")
+        assert (await watcher.call("status"))["globalLimitBps"] == 750_000
+        lines = cli.ok("install", PRODUCT, "--no-wait", "--limit", "200K")
+        task_id = lines[-1]["task"]["taskId"]
+        await watcher.subscribe(task_id)
+        cli.ok("queue", "pause", task_id)
+        deadline = time.monotonic() + 20
+        seen = []
+        while time.monotonic() < deadline and "paused" not in seen:
+            e = await asyncio.wait_for(watcher.events.get(), 20)
+            seen.append(e["payload"].get("status"))
+        assert "paused" in seen
+        task = await watcher.call("task", {"taskId": task_id})
+        assert task["status"] == "paused" and task["userPaused"]
+        cli.ok("queue", "cancel", task_id)
+        assert (await watcher.call("task", {"taskId": task_id}))["status"] == "cancelled"
+
+
+def test_one_daemon_per_data_dir(daemon: Any) -> None:
+    d, cli = daemon
+    second = subprocess.run(cli.argv("serve")[:-1] + ["serve"], capture_output=True, text=True,
+                            cwd=REPO, env=engine_env(), timeout=60)
+    assert second.returncode == 2
+    assert "already runs" in second.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_daemon_killed_mid_download_resumes_after_restart(daemon: Any, published_store: Any,
+                                                          tmp_path: Path, sig: int) -> None:
+    d, cli = daemon
+    target = tmp_path / "game"
+    lines = cli.ok("install", PRODUCT, "--no-wait", "--target", str(target), "--limit", "400K")
+    task_id = lines[-1]["task"]["taskId"]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        t = cli.ok("queue", "list")[-1]["tasks"][0]
+        if t["downloadedBytes"] > 300_000:
+            break
+        time.sleep(0.3)
+    code = d.kill(sig)
+    assert code != 0 if sig == signal.SIGKILL else code == 0
+    d.start()  # a stale lock after kill -9 does not block the new daemon
+    cli.ok("limit", "off", "--task", task_id)
+    cli.ok("run")
+    task = cli.ok("queue", "list", "--all")[-1]["tasks"][0]
+    assert task["status"] == "completed", task
+    version = published_store.product(PRODUCT).versions[-1]
+    assert_same_tree(target, Path(published_store.builds) / PRODUCT / version)
