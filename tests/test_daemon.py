@@ -168,8 +168,8 @@ async def test_cli_against_the_daemon_changes_what_another_client_sees(daemon: A
 
 
 def test_one_daemon_per_data_dir(daemon: Any) -> None:
-    d, cli = daemon
-    second = subprocess.run(cli.argv("serve")[:-1] + ["serve"], capture_output=True, text=True,
+    _, cli = daemon
+    second = subprocess.run(cli.argv("serve"), capture_output=True, text=True,
                             cwd=REPO, env=engine_env(), timeout=60)
     assert second.returncode == 2
     assert "already runs" in second.stderr
