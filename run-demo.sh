@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The demo: the embedded backend with a demo catalog, the engine logging in as the demo user,
+# installing a game live, updating it with a delta, verifying it, and running it.
+# Safe to run again (the catalog is generated and published once; the engine starts fresh).
+set -euo pipefail
+cd "$(dirname "$0")"
+scripts/bootstrap.sh
+SIZE=${DEMO_SIZE:-200}            # MB per game version
+DATA=${DEMO_DATA:-demo-data}
+export PYTHON_KEYRING_BACKEND=${PYTHON_KEYRING_BACKEND:-keyring.backends.fail.Keyring}
+export LAUNCHER_FORCE_PROGRESS=1
+mkdir -p "$DATA"
+BACKEND_LOG="$DATA/backend.log"
+echo "== starting the platform backend (first run generates and publishes a ${SIZE} MB-per-version demo catalog)"
+.venv/bin/launcher-backend serve --data "$DATA/backend" --port 0 --demo --demo-size "$SIZE" \
+    > "$DATA/backend.out" 2> "$BACKEND_LOG" &
+BACKEND_PID=$!
+trap 'kill $BACKEND_PID 2>/dev/null; wait $BACKEND_PID 2>/dev/null || true' EXIT
+for _ in $(seq 1 1200); do
+  grep -q "^listening on " "$DATA/backend.out" 2>/dev/null && break
+  kill -0 $BACKEND_PID 2>/dev/null || { cat "$BACKEND_LOG"; exit 1; }
+  sleep 0.5
+done
+URL=$(sed -n 's/^listening on //p' "$DATA/backend.out" | head -1)
+cat "$DATA/backend.out"
+rm -rf "$DATA/engine" "$DATA/games"
+E=(.venv/bin/launcher-engine --data "$DATA/engine" --backend "$URL")
+echo; echo "== launcher-engine login demo"
+"${E[@]}" login demo --password demo
+echo; echo "== launcher-engine library"
+"${E[@]}" library
+echo; echo "== launcher-engine install star-courier --version 1.0.0 (live)"
+"${E[@]}" install star-courier --version 1.0.0 --target "$DATA/games/star-courier"
+echo; echo "== launcher-engine check-updates"
+"${E[@]}" check-updates
+echo; echo "== launcher-engine update star-courier (reuses local chunks, applies patches)"
+"${E[@]}" update star-courier
+echo; echo "== launcher-engine verify star-courier"
+"${E[@]}" verify star-courier
+echo; echo "== launcher-engine installed"
+"${E[@]}" installed
+echo; echo "== running the game"
+python3 "$DATA/games/star-courier/game.py" --save-dir "$DATA/saves" --play-seconds 1
+echo; echo "demo done: backend log in $BACKEND_LOG; try '${E[*]} --help'"
