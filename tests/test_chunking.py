@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import random
 from pathlib import Path
 
 import blake3
@@ -20,29 +19,7 @@ from patcher.chunking import (
     chunk_id,
     sha256_file,
 )
-
-KiB = 1024
-MiB = 1024 * KiB
-
-
-def rand(seed: int, size: int) -> bytes:
-    return random.Random(seed).randbytes(size)
-
-
-def text(seed: int, size: int) -> bytes:
-    """Compressible, varied text (so FastCDC finds content-defined cut points in it too)."""
-    rnd = random.Random(seed)
-    words = [
-        "".join(rnd.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rnd.randrange(2, 10)))
-        for _ in range(500)
-    ]
-    out: list[str] = []
-    n = 0
-    while n < size:
-        line = " ".join(rnd.choice(words) for _ in range(rnd.randrange(3, 14))) + "\n"
-        out.append(line)
-        n += len(line)
-    return "".join(out).encode()[:size]
+from tests.testdata import KiB, MiB, rand, text
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,28 +25,7 @@ from patcher.sizing import (
     update_cost,
 )
 from patcher.store import Store
-
-KiB = 1024
-MiB = 1024 * KiB
-
-
-def rand(seed: int, size: int) -> bytes:
-    return random.Random(seed).randbytes(size)
-
-
-def text(seed: int, size: int) -> bytes:
-    rnd = random.Random(seed)
-    words = [
-        "".join(rnd.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rnd.randrange(2, 10)))
-        for _ in range(400)
-    ]
-    out: list[str] = []
-    n = 0
-    while n < size:
-        line = " ".join(rnd.choice(words) for _ in range(rnd.randrange(3, 14))) + "\n"
-        out.append(line)
-        n += len(line)
-    return "".join(out).encode()[:size]
+from tests.testdata import KiB, MiB, rand, text
 
 
 def write_build(root: Path, files: dict[str, bytes]) -> Path:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 import shutil
 import stat
 from collections.abc import Iterator
@@ -34,9 +33,7 @@ from patcher.publish import BUILD_METADATA, PublishReport, publish
 from patcher.signing import generate_key, load_public_key, load_signed_manifest, verify_signature
 from patcher.store import BlockReader, Store
 from tests.conftest import cli
-
-KiB = 1024
-MiB = 1024 * KiB
+from tests.testdata import KiB, MiB, rand, text
 
 METADATA = {
     "launch": [
@@ -54,23 +51,6 @@ METADATA = {
 # -- data and helpers ----------------------------------------------------------------------------
 
 
-def rand(seed: int, size: int) -> bytes:
-    return random.Random(seed).randbytes(size)
-
-
-def text(seed: int, size: int) -> bytes:
-    rnd = random.Random(seed)
-    words = [
-        "".join(rnd.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rnd.randrange(2, 10)))
-        for _ in range(400)
-    ]
-    out: list[str] = []
-    n = 0
-    while n < size:
-        line = " ".join(rnd.choice(words) for _ in range(rnd.randrange(3, 14))) + "\n"
-        out.append(line)
-        n += len(line)
-    return "".join(out).encode()[:size]
 
 
 def write_build(root: Path, files: dict[str, bytes], *, executables: tuple[str, ...] = (),
