@@ -73,6 +73,7 @@ class Engine:
         self.schedule = DownloadSchedule(tuple(parse_window(w) for w in settings.schedule))
         self._runners: dict[str, asyncio.Task[None]] = {}
         self._progress: dict[str, TaskProgress] = {}
+        self._reports: set[asyncio.Task[None]] = set()
         self._stop_reason: dict[str, TaskState] = {}
         self._wake = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
@@ -93,6 +94,10 @@ class Engine:
         await self.close()
 
     async def close(self) -> None:
+        if self._reports:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5):
+                    await asyncio.gather(*self._reports, return_exceptions=True)
         for tid, runner in list(self._runners.items()):
             self._stop_reason.setdefault(tid, TaskState.QUEUED)
             runner.cancel()
@@ -355,6 +360,7 @@ class Engine:
             run = (UpdateRun if task.kind in ("update", "repair", "rollback") else InstallRun)(
                 self._context(), task)
             self._progress[task_id] = run.progress
+            run.on_started = lambda t: self._spawn_report(t, "downloading")
             await run.run()
             if task.kind in ("update", "rollback"):
                 await self._report_applied(task, True)
@@ -368,6 +374,7 @@ class Engine:
                 self._discard_partial(self.state.task(task_id))
             task = self.state.update_task(task_id, status=reason)
             self._publish_status(task)
+            self._spawn_report(task, "paused" if reason is TaskState.QUEUED else reason.value)
             raise
         except Exception as exc:
             err = as_engine_error(exc)
@@ -384,6 +391,13 @@ class Engine:
             self._runners.pop(task_id, None)
             self._progress.pop(task_id, None)
             self.wake()
+
+    def _spawn_report(self, task: TaskRecord, status: str) -> None:
+        """Fire-and-forget history report (a cancelled run cannot await it); failures logged."""
+        task = self.state.task(task.id)
+        report = asyncio.get_running_loop().create_task(self._report(task, status))
+        self._reports.add(report)
+        report.add_done_callback(self._reports.discard)
 
     async def _report(self, task: TaskRecord, status: str, error: EngineError | None = None) -> None:
         if task.backend_task_id is None:

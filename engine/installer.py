@@ -187,6 +187,7 @@ class InstallRun:
         self.progress = TaskProgress()
         self.on_progress = on_progress
         self.install_dir = Path(task.target_path)
+        self.on_started: Callable[[TaskRecord], None] | None = None  # after the backend grant
 
     def _emit_status(self, status: str) -> None:
         p = self.progress
@@ -211,6 +212,8 @@ class InstallRun:
     async def run(self) -> InstalledGame:
         ctx = self.ctx
         grant = await obtain_grant(ctx, self.task)
+        if self.on_started is not None:
+            self.on_started(ctx.state.task(self.task.id))
         current = ctx.state.installed_game(self.task.product_id)
         if current is not None and current.version_id == grant.version_id and not current.dirty \
                 and Path(current.path) == self.install_dir:

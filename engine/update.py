@@ -135,6 +135,8 @@ class UpdateRun(InstallRun):
         key_hex = await manifest_key(ctx)
         old = cached_manifest(ctx, installed.product_id, installed.version_id, key_hex)
         grant = await self._grant(installed)
+        if self.on_started is not None:
+            self.on_started(ctx.state.task(self.task.id))
         pool = SourcePool(list(grant.sources))
         new = await load_manifest(ctx, pool, grant)
         staging = Staging(self.install_dir, self.task.id, new)

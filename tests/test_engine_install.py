@@ -180,3 +180,52 @@ def test_token_expiry_mid_install_refreshes(backend_factory: Any, published_stor
     assert time.monotonic() - started > 2.5  # outlived at least one token
     assert lines[-1]["result"] == "completed"
     assert_same_tree(target, build_dir(published_store, version))
+
+
+@pytest.mark.parametrize(("kind", "code"), [("traversal", "MANIFEST_PATH_INVALID"),
+                                            ("oversize", "MANIFEST_LIMIT"),
+                                            ("badsig", "MANIFEST_SIGNATURE_INVALID")])
+def test_malicious_manifest_is_rejected_with_nothing_written(
+        kind: str, code: str, backend_factory: Any, published_store: Any, tmp_path: Path) -> None:
+    """A hostile CDN edge (a real HTTP server we control) serves a manifest that the backend
+    never published: signed with the real key but with a traversal path or an absurd size, or
+    with a signature over other bytes. The engine must refuse it before writing anything."""
+    import functools
+    import http.server
+    import threading
+
+    import zstandard
+
+    from patcher.manifest import manifest_to_dict
+
+    server = backend_factory()
+    store = server.store
+    version = published_store.product(PRODUCT).versions[0]
+    doc = manifest_to_dict(store.read_manifest(PRODUCT, version))
+    if kind == "traversal":
+        doc["files"][0]["path"] = "../../escaped.txt"
+    elif kind == "oversize":
+        doc["files"][0]["size"] = 1 << 50
+    blob = zstandard.ZstdCompressor().compress(json.dumps(doc).encode())
+    sig = store.signing_key.sign(blob if kind != "badsig" else blob + b"x")
+    evil = tmp_path / "evil-cdn"
+    rel = Path(store.manifest_rel(PRODUCT, version))
+    (evil / rel.parent).mkdir(parents=True)
+    (evil / rel).write_bytes(blob)
+    (evil / rel).with_suffix(".sig").write_bytes(sig)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(evil))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        server.set_edges([f"http://127.0.0.1:{httpd.server_address[1]}/"])
+        name, _ = server.new_user(products=[PRODUCT])
+        cli = EngineCli(tmp_path / "eng", server.url)
+        cli.login(name, "secret-pw")
+        target = tmp_path / "games" / "evil"
+        exit_code, lines, _ = cli.run("install", PRODUCT, "--version", version, "--target", str(target))
+    finally:
+        httpd.shutdown()
+    assert exit_code == 8, json.dumps(lines[-1:])
+    assert code in json.dumps(lines[-1])
+    assert not (tmp_path / "escaped.txt").exists() and not (tmp_path / "games" / "escaped.txt").exists()
+    assert not target.exists() or not any(p.is_file() for p in target.rglob("*"))
