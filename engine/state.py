@@ -54,7 +54,7 @@ class TaskRecord:
             "totalSizeBytes": self.total_bytes, "downloadSizeBytes": self.download_bytes,
             "downloadedBytes": self.downloaded_bytes, "limitBps": self.limit_bps,
             "errorCode": self.error_code, "errorMessage": self.error_message,
-            "fromVersion": self.from_version,
+            "fromVersion": self.from_version, "backendTaskId": self.backend_task_id,
         }
 
 

@@ -34,11 +34,17 @@ def build_dir(published_store: Any, version: str, product: str = PRODUCT) -> Pat
     return Path(published_store.builds) / product / version
 
 
-def test_install_is_byte_for_byte(engine: EngineCli, published_store: Any, tmp_path: Path) -> None:
+def test_install_is_byte_for_byte(engine: EngineCli, backend: Any, user: tuple[str, str],
+                                  published_store: Any, tmp_path: Path) -> None:
     version = published_store.product(PRODUCT).versions[0]
     target = tmp_path / "games" / PRODUCT
     lines = engine.ok("install", PRODUCT, "--version", version, "--target", str(target))
     assert lines[-1]["result"] == "completed"
+    # the backend kept the task's history as the engine reported it
+    with backend.client(backend.login(*user)) as c:
+        hist = c.get(f"/api/v1/download/tasks/{lines[-1]['task']['backendTaskId']}/history").json()
+    statuses = [h["attributes"]["status"] for h in hist["data"]]
+    assert statuses[0] == "queued" and "downloading" in statuses and statuses[-1] == "completed"
     assert_same_tree(target, build_dir(published_store, version))
     assert not (target / STAGING).exists()
     types = {ln.get("type") for ln in lines}
