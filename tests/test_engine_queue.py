@@ -150,3 +150,42 @@ async def test_global_speed_limit_is_accurate(engine: Engine, tmp_path: Path) ->
 def _bytes_so_far(engine: Engine, task_id: str) -> int:
     progress = engine.progress_of(task_id)
     return progress.downloaded if progress is not None else 0
+
+
+async def test_schedule_window_holds_downloads_until_it_opens(engine: Engine, tmp_path: Path) -> None:
+    from datetime import datetime, timedelta
+
+    now = datetime.now()
+    start = (now + timedelta(hours=2)).strftime("%H:%M")
+    end = (now + timedelta(hours=3)).strftime("%H:%M")
+    engine.set_schedule((f"{start}-{end}",))
+    task = engine.install(SMALL, target=str(tmp_path / "scheduled"))
+    runner = asyncio.create_task(engine.run())
+    try:
+        await asyncio.sleep(2.0)
+        assert _status(engine, task.id) is TaskState.QUEUED  # outside the window: waits
+        engine.set_schedule(())  # always allowed
+        await _until(lambda: _status(engine, task.id) is TaskState.COMPLETED)
+    finally:
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+
+
+async def test_offline_mode_stops_and_resumes(engine: Engine, tmp_path: Path) -> None:
+    task = engine.install(MAIN, target=str(tmp_path / "offline"), limit_bps=300_000)
+    runner = asyncio.create_task(engine.run())
+    try:
+        await _until(lambda: _bytes_so_far(engine, task.id) > 100_000)
+        engine.offline = True
+        engine.wake()
+        await _until(lambda: task.id not in engine._runners)
+        assert _status(engine, task.id) is TaskState.QUEUED
+        engine.offline = False
+        engine.set_task_limit(task.id, None)
+        engine.wake()
+        await _until(lambda: _status(engine, task.id) is TaskState.COMPLETED)
+    finally:
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
