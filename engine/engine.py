@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
@@ -77,7 +77,9 @@ class Engine:
         self._stop_reason: dict[str, TaskState] = {}
         self._wake = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
-        self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="engine-io")
+        # block processing (zstd, BLAKE3 and pwrite release the GIL), hashing and fsync
+        self._executor = ThreadPoolExecutor(max_workers=max(4, settings.connections + 2),
+                                            thread_name_prefix="engine-io")
         self.offline = False
         self.running = False
         for t in self.state.tasks(include_finished=False):
@@ -362,14 +364,17 @@ class Engine:
             self._progress[task_id] = run.progress
             run.on_started = lambda t: self._spawn_report(t, "downloading")
             await run.run()
-            if task.kind in ("update", "rollback"):
-                await self._report_applied(task, True)
             task = self.state.update_task(task_id, status=TaskState.COMPLETED,
                                           downloaded_bytes=run.progress.downloaded)
             self._publish_status(task)
-            await self._report(task, "completed")
+            # nothing is awaited after completion: a cancel now must not rewrite a finished task
+            self._spawn_report(task, "completed")
+            if task.kind in ("update", "rollback"):
+                self._spawn(self._report_applied(task, True))
         except asyncio.CancelledError:
             reason = self._stop_reason.pop(task_id, TaskState.QUEUED)
+            if self.state.task(task_id).status in TERMINAL:
+                raise  # it finished just before the cancel arrived: keep the final state
             if reason is TaskState.CANCELLED:
                 self._discard_partial(self.state.task(task_id))
             task = self.state.update_task(task_id, status=reason)
@@ -384,9 +389,9 @@ class Engine:
                                           error_message=err.message)
             self.bus.publish(error_event(task_id, err.code, err.message, err.item))
             self._publish_status(task, err)
-            await self._report(task, "error", err)
+            self._spawn(self._report(task, "error", err))
             if task.kind in ("update", "rollback"):
-                await self._report_applied(task, False, err.message)
+                self._spawn(self._report_applied(task, False, err.message))
         finally:
             self._runners.pop(task_id, None)
             self._progress.pop(task_id, None)
@@ -394,10 +399,12 @@ class Engine:
 
     def _spawn_report(self, task: TaskRecord, status: str) -> None:
         """Fire-and-forget history report (a cancelled run cannot await it); failures logged."""
-        task = self.state.task(task.id)
-        report = asyncio.get_running_loop().create_task(self._report(task, status))
-        self._reports.add(report)
-        report.add_done_callback(self._reports.discard)
+        self._spawn(self._report(self.state.task(task.id), status))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        job = asyncio.get_running_loop().create_task(coro)
+        self._reports.add(job)
+        job.add_done_callback(self._reports.discard)
 
     async def _report(self, task: TaskRecord, status: str, error: EngineError | None = None) -> None:
         if task.backend_task_id is None:

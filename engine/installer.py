@@ -62,7 +62,12 @@ class Journal:
         self.task_id = task_id
         self.blocks: list[int] = []
         self.files: set[int] = set()
+        self.verified: list[int] = []
         self.last_flush = time.monotonic()
+
+    def add_file(self, file_index: int) -> None:
+        """A staged file whose SHA-256 matched (already fsynced by the verifier)."""
+        self.verified.append(file_index)
 
     def add(self, block: int, files: list[int]) -> bool:
         self.blocks.append(block)
@@ -70,25 +75,27 @@ class Journal:
         return (len(self.blocks) >= JOURNAL_FLUSH_BLOCKS
                 or time.monotonic() - self.last_flush >= JOURNAL_FLUSH_SECONDS)
 
-    def _take(self) -> tuple[list[int], set[int]]:
-        blocks, files = self.blocks, self.files
-        self.blocks, self.files = [], set()
+    def _take(self) -> tuple[list[int], set[int], list[int]]:
+        blocks, files, verified = self.blocks, self.files, self.verified
+        self.blocks, self.files, self.verified = [], set(), []
         self.last_flush = time.monotonic()
-        return blocks, files
+        return blocks, files, verified
 
     def flush(self) -> None:
         """Synchronous flush (on the loop thread: SQLite objects stay on their thread)."""
-        blocks, files = self._take()
+        blocks, files, verified = self._take()
         if blocks:
             self.staging.sync(files)  # data durable before the journal says so
-            self.state.mark_blocks(self.task_id, blocks)
+        if blocks or verified:
+            self.state.record_progress(self.task_id, blocks, verified)
 
     async def flush_async(self, executor: ThreadPoolExecutor) -> None:
-        """fdatasync in a worker thread, then record the blocks on the loop thread."""
-        blocks, files = self._take()
+        """fdatasync in a worker thread, then record blocks and files in one commit."""
+        blocks, files, verified = self._take()
         if blocks:
             await asyncio.get_running_loop().run_in_executor(executor, self.staging.sync, files)
-            self.state.mark_blocks(self.task_id, blocks)
+        if blocks or verified:
+            self.state.record_progress(self.task_id, blocks, verified)
 
 
 def free_space(path: Path) -> int:
@@ -122,10 +129,14 @@ async def fetch_small(ctx: EngineContext, pool: SourcePool, rel: str, limit: int
                     raise EngineError("CDN_UNREACHABLE", f"{source.id}: HTTP {resp.status} for {rel}")
                 if (resp.content_length or 0) > limit:
                     raise EngineError("MANIFEST_TOO_LARGE", f"{rel}: {resp.content_length} bytes")
-                data = await resp.content.read(limit + 1)
-                if len(data) > limit:
-                    raise EngineError("MANIFEST_TOO_LARGE", f"{rel}: over {limit} bytes")
-                return data
+                parts: list[bytes] = []
+                size = 0
+                while chunk := await resp.content.read(1 << 20):  # read() returns what arrived
+                    size += len(chunk)
+                    if size > limit:
+                        raise EngineError("MANIFEST_TOO_LARGE", f"{rel}: over {limit} bytes")
+                    parts.append(chunk)
+                return b"".join(parts)
         except (aiohttp.ClientError, TimeoutError, EngineError) as exc:
             if isinstance(exc, EngineError) and exc.code == "MANIFEST_TOO_LARGE":
                 raise
@@ -221,11 +232,11 @@ class InstallRun:
         pool = SourcePool(list(grant.sources))
         manifest = await load_manifest(ctx, pool, grant)
         done_blocks = ctx.state.done_blocks(self.task.id)
-        plan = plan_install(manifest, done_blocks=done_blocks,
-                            max_range=ctx.settings.max_range_bytes,
-                            max_gap=ctx.settings.max_gap_bytes)
         full = plan_install(manifest, max_range=ctx.settings.max_range_bytes,
                             max_gap=ctx.settings.max_gap_bytes)
+        plan = full if not done_blocks else plan_install(
+            manifest, done_blocks=done_blocks, max_range=ctx.settings.max_range_bytes,
+            max_gap=ctx.settings.max_gap_bytes)
         self.progress.download_total = full.download_bytes
         self.progress.downloaded = full.download_bytes - plan.download_bytes
         self.progress.install_total = manifest.total_size
@@ -266,8 +277,7 @@ class InstallRun:
         loop = asyncio.get_running_loop()
 
         async def verify(fi: int) -> None:
-            async with verify_sem:
-                await loop.run_in_executor(ctx.executor, journal_flush_if_has, fi)
+            async with verify_sem:  # staging.verify also fsyncs the file (per inode)
                 ok = await loop.run_in_executor(ctx.executor, staging.verify, fi)
             f = manifest.files[fi]
             if not ok:
@@ -275,12 +285,8 @@ class InstallRun:
                 raise EngineError("FILE_HASH_MISMATCH",
                                   f"{f.path}: SHA-256 differs from the manifest", item=f.path)
             staging.close_file(fi)
-            ctx.state.mark_file(self.task.id, fi)
+            journal.add_file(fi)  # recorded with the next journal commit, not one commit each
             ctx.bus.publish(item_event(self.task.id, str(fi), f.path, "completed", f.size, f.size))
-
-        def journal_flush_if_has(fi: int) -> None:
-            if fi in journal.files:
-                staging.sync({fi})
 
         async with asyncio.TaskGroup() as tg:
             reporter = tg.create_task(self._reporter())
