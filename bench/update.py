@@ -1,0 +1,787 @@
+"""Engine-side update benchmark: what the real engine downloads, writes and spends per demo
+version step, beside per-file ``xdelta3``, ``zstd --patch-from`` and ``bsdiff`` on the same
+builds, plus verify throughput beside ``cat`` of the same files.
+
+    .venv/bin/python bench/update.py [--size MB] [--json] [--work DIR] [--fresh] [--keep]
+
+What it runs (everything real, as subprocesses on 127.0.0.1):
+
+1. ``launcher-backend serve --data WORK/backend --port 0 --demo --demo-size SIZE``: generates the
+   demo catalog (one star-courier version weighs about SIZE MB) under WORK/backend/builds and
+   publishes it; later runs with the same --size and --work reuse it (``--fresh`` starts over).
+2. A counting reverse proxy (``tests.faultproxy.FaultProxy``, no faults armed) in front of the
+   backend; ``DATA/cdn-edges.json`` makes it the only CDN edge, so every manifest, delta index,
+   patch and pack byte the engine fetches passes through it and is counted (response bodies, not
+   HTTP headers). API calls (login, grants, token refresh) go to the backend directly.
+3. ``launcher-engine --data WORK/engine-* --json``: ``login demo``, ``install star-courier
+   --version 1.0.0``, then ``update star-courier --version V`` for every later version.
+
+Per step:
+
+* ``ours_bytes``: bytes on the wire through the proxy during the update (manifest, signature,
+  delta index, patches, pack ranges). Beside it ``plan_download_bytes`` (the engine's
+  ``updatePlan`` event: blocks + patches it planned) and ``engine_downloaded_bytes`` (the
+  engine's own counter in its final task record).
+* peers, per file of the new build against the old build (2 tool runs in parallel): unchanged
+  files cost 0; a file with a same-path predecessor of other content costs
+  ``xdelta3 -e -9 -s old new``, ``zstd -19 --long=31 --patch-from=old new`` or
+  ``bsdiff old new patch``; a file with no same-path predecessor costs ``zstd -19`` of the file
+  alone for every peer (``peer_rename_bytes`` says how much of that is content the old build
+  holds at another path, which our engine moves locally for free).
+* ``full_bytes``: the ``updatePlan``'s ``fullDownloadBytes`` (stored bytes of every block of the
+  new version: a fresh install's download).
+* ``written_per_downloaded``: bytes the engine process wrote (``/proc/<pid>/io`` write_bytes,
+  read exactly at exit through ``wait4``'s ``ru_oublock`` x 512: page-cache pages it dirtied,
+  i.e. staged files plus its small state database and manifest cache) / wire bytes. The plan's
+  ``writeBytes`` is reported beside it.
+* ``seconds``: wall time of the ``launcher-engine update`` process (Python start-up included).
+
+Verify (on the final version): ``launcher-engine verify star-courier`` reports bytesChecked and
+seconds (its own timer around the scan); ``cat`` of the same files to /dev/null is timed as a
+process. Warm page cache: each run twice, the second counts. Cold: ``sync; echo 3 >
+/proc/sys/vm/drop_caches`` before every run (when not permitted, ``posix_fadvise(DONTNEED)`` on
+every file), best of ``--cold-runs``. ``verify_mb_s`` / ``cat_mb_s`` are the cold figures;
+``*_warm_mb_s`` / ``*_cold_mb_s`` are all reported.
+
+Goals: download no larger than the best peer on every step; verify at 80% or more of ``cat``
+throughput, cold and warm.
+
+With ``--json`` the last printed line is one JSON object::
+
+    {"steps": [{"from": ..., "to": ..., "ours_bytes": N, "xdelta3_bytes": N,
+                "zstd_patch_from_bytes": N, "bsdiff_bytes": N, "full_bytes": N,
+                "written_per_downloaded": X, "seconds": X, ...}, ...],
+     "verify_mb_s": X, "cat_mb_s": X, ...}
+
+Sizes are in MB = 10**6 bytes. Peer tools: ``apt-get install -y xdelta3 zstd bsdiff``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from backend.config import EdgeConfig, write_edges  # noqa: E402
+from engine.updateplan import (  # noqa: E402
+    chunk_build,
+    chunk_sources_excluding,
+    merge_wanted,
+    plan_update,
+)
+from patcher.manifest import Manifest  # noqa: E402
+from patcher.sizing import blocks_bytes, blocks_for, chunk_share  # noqa: E402
+from patcher.store import Store  # noqa: E402
+from tests.faultproxy import FaultProxy  # noqa: E402
+
+MB = 1_000_000
+PRODUCT = "star-courier"
+WORKERS = 2  # peer tool runs in parallel
+BUILD_METADATA = "launcher-build.json"
+GOAL_VERIFY_RATIO = 0.80
+PEERS = ("xdelta3", "zstd_patch_from", "bsdiff")
+
+
+def log(msg: str) -> None:
+    print(f"[bench/update] {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes
+
+
+def base_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONUNBUFFERED"] = "1"
+    env["LAUNCHER_BCRYPT_ROUNDS"] = "4"
+    env["PYTHON_KEYRING_BACKEND"] = "keyring.backends.fail.Keyring"
+    return env
+
+
+class Backend:
+    """``launcher-backend serve --demo`` as a subprocess; stdout drained in the background."""
+
+    def __init__(self, data: Path, size_mb: float, timeout: float) -> None:
+        self.data = data
+        data.mkdir(parents=True, exist_ok=True)
+        self._log = (data / "backend.log").open("ab")
+        argv = [sys.executable, "-m", "backend.cli", "serve", "--data", str(data), "--port", "0",
+                "--demo", "--demo-size", str(size_mb)]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self._log,
+                                     stdin=subprocess.DEVNULL, env=base_env(), cwd=REPO)
+        self.url = self._wait_url(timeout)
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _wait_url(self, timeout: float) -> str:
+        found: list[str] = []
+
+        def read() -> None:
+            assert self.proc.stdout is not None
+            for raw in self.proc.stdout:
+                line = raw.decode(errors="replace").strip()
+                if line.startswith("listening on "):
+                    found.append(line.split("listening on ", 1)[1].strip())
+                    return
+
+        t = threading.Thread(target=read, daemon=True)
+        t.start()
+        t.join(timeout)
+        if not found:
+            self.stop()
+            tail = (self.data / "backend.log").read_text(errors="replace")[-3000:]
+            raise SystemExit(f"bench/update: backend did not start within {timeout:.0f} s:\n{tail}")
+        return found[0]
+
+    def _drain(self) -> None:
+        assert self.proc.stdout is not None
+        for _ in self.proc.stdout:
+            pass
+
+    def set_edges(self, urls: list[str]) -> None:
+        write_edges(self.data / "cdn-edges.json",
+                    [EdgeConfig.parse(u, i) for i, u in enumerate(urls)])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+@dataclass(slots=True)
+class EngineRun:
+    code: int
+    lines: list[dict[str, Any]]
+    stderr: str
+    seconds: float
+    write_bytes: int  # ru_oublock * 512 at exit (= /proc/<pid>/io write_bytes)
+    read_bytes: int  # ru_inblock * 512
+    proc_io: dict[str, int]  # last /proc/<pid>/io sample before exit
+    cpu_seconds: float
+
+
+def _read_proc_io(pid: int) -> dict[str, int] | None:
+    try:
+        with open(f"/proc/{pid}/io") as fh:
+            return {k: int(v) for k, v in (ln.split(": ") for ln in fh.read().splitlines())}
+    except (OSError, ValueError):
+        return None
+
+
+class Engine:
+    """``launcher-engine --data D --backend URL --json ...`` as a subprocess per command."""
+
+    def __init__(self, data: Path, backend_url: str) -> None:
+        self.data = data
+        self.backend_url = backend_url
+
+    def run(self, *args: str, timeout: float = 7200) -> EngineRun:
+        argv = [sys.executable, "-m", "engine.cli", "--data", str(self.data), "--backend",
+                self.backend_url, "--json", *args]
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            t0 = time.perf_counter()
+            proc = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                                    cwd=REPO, env=base_env())
+            last: dict[str, int] = {}
+            done = threading.Event()
+
+            def sample() -> None:
+                while not done.is_set():
+                    io = _read_proc_io(proc.pid)
+                    if io:
+                        last.update(io)
+                    done.wait(0.05)
+
+            sampler = threading.Thread(target=sample, daemon=True)
+            sampler.start()
+            deadline = time.monotonic() + timeout
+            while True:
+                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+                if pid:
+                    break
+                if time.monotonic() > deadline:
+                    proc.kill()
+                    pid, status, usage = os.wait4(proc.pid, 0)
+                    break
+                time.sleep(0.01)
+            elapsed = time.perf_counter() - t0
+            done.set()
+            sampler.join()
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            out.seek(0)
+            err.seek(0)
+            stdout = out.read().decode(errors="replace")
+            stderr = err.read().decode(errors="replace")
+        lines = [json.loads(s) for s in (ln.strip() for ln in stdout.splitlines()) if s.startswith("{")]
+        return EngineRun(proc.returncode, lines, stderr, elapsed, usage.ru_oublock * 512,
+                         usage.ru_inblock * 512, last, usage.ru_utime + usage.ru_stime)
+
+    def ok(self, *args: str) -> EngineRun:
+        r = self.run(*args)
+        if r.code != 0:
+            raise SystemExit(f"bench/update: launcher-engine {' '.join(args)} exited {r.code}:\n"
+                             f"{r.lines[-3:]}\n{r.stderr[-3000:]}")
+        return r
+
+
+# ---------------------------------------------------------------------------------------------
+# Peer tools
+
+
+def check_tools() -> dict[str, str]:
+    missing = [t for t in ("xdelta3", "zstd", "bsdiff", "cat") if not shutil.which(t)]
+    if missing:
+        raise SystemExit(f"bench/update: missing {', '.join(missing)}; install with: "
+                         "apt-get install -y xdelta3 zstd bsdiff")
+
+    def first_line(cmd: list[str]) -> str:
+        r = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        text = (r.stdout or r.stderr).strip()
+        return text.splitlines()[0] if text else "?"
+
+    def dpkg(pkg: str) -> str:
+        r = subprocess.run(["dpkg-query", "-W", "-f=${Version}", pkg], capture_output=True,
+                           text=True, check=False)
+        return r.stdout.strip() or "?"
+
+    return {"xdelta3": first_line(["xdelta3", "-V"]), "zstd": first_line(["zstd", "--version"]),
+            "bsdiff": f"bsdiff (Debian {dpkg('bsdiff')})",
+            "cat": first_line(["cat", "--version"])}
+
+
+def peer_cmd(tool: str, old: Path | None, new: Path, out: Path) -> list[str]:
+    if tool == "zstd19":
+        return ["zstd", "-19", "-q", "-f", str(new), "-o", str(out)]
+    assert old is not None
+    if tool == "xdelta3":
+        return ["xdelta3", "-e", "-9", "-f", "-s", str(old), str(new), str(out)]
+    if tool == "zstd_patch_from":
+        return ["zstd", "-19", "--long=31", "-q", "-f", f"--patch-from={old}", str(new),
+                "-o", str(out)]
+    if tool == "bsdiff":
+        return ["bsdiff", str(old), str(new), str(out)]
+    raise ValueError(tool)
+
+
+@dataclass(frozen=True, slots=True)
+class PeerJob:
+    tool: str
+    old: Path | None
+    new: Path
+
+
+def run_peer(job: PeerJob, tmp: Path) -> tuple[int, float]:
+    out = tmp / f"{uuid.uuid4().hex}.out"
+    cmd = peer_cmd(job.tool, job.old, job.new, out)
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
+    secs = time.perf_counter() - t0
+    if r.returncode != 0 or not out.exists():
+        raise RuntimeError(f"{' '.join(cmd)} failed ({r.returncode}): "
+                           f"{r.stderr.decode(errors='replace').strip()}")
+    size = out.stat().st_size
+    out.unlink()
+    return size, secs
+
+
+def build_files(build: Path) -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for root, dirnames, filenames in os.walk(build):
+        dirnames.sort()
+        for name in sorted(filenames):
+            p = Path(root) / name
+            rel = p.relative_to(build).as_posix()
+            if rel != BUILD_METADATA and p.is_file() and not p.is_symlink():
+                out[rel] = p
+    return out
+
+
+_SHA: dict[Path, str] = {}
+
+
+def sha256(path: Path) -> str:
+    if path not in _SHA:
+        h = hashlib.sha256()
+        with path.open("rb") as fh:
+            while block := fh.read(4 << 20):
+                h.update(block)
+        _SHA[path] = h.hexdigest()
+    return _SHA[path]
+
+
+@dataclass(slots=True)
+class FileRow:
+    path: str
+    status: str  # changed | added | renamed (added, content at another old path)
+    size: int
+    peers: dict[str, int] = field(default_factory=dict)
+    ours_method: str = ""
+    ours_bytes: float = 0.0
+
+    @property
+    def best_peer(self) -> int:
+        return min(self.peers.values())
+
+
+def peer_step(old_build: Path, new_build: Path, tmp: Path) -> tuple[list[FileRow], dict[str, float]]:
+    """Per changed/added file, each peer's bytes (2 tool runs in parallel)."""
+    old_files, new_files = build_files(old_build), build_files(new_build)
+    old_shas = {sha256(p) for p in old_files.values()}
+    rows: list[FileRow] = []
+    jobs: list[tuple[FileRow, PeerJob]] = []
+    for rel, new in new_files.items():
+        old = old_files.get(rel)
+        if old is not None:
+            if old.stat().st_size == new.stat().st_size and sha256(old) == sha256(new):
+                continue
+            row = FileRow(rel, "changed", new.stat().st_size)
+            jobs += [(row, PeerJob(t, old, new)) for t in PEERS]
+        else:
+            row = FileRow(rel, "renamed" if sha256(new) in old_shas else "added",
+                          new.stat().st_size)
+            jobs.append((row, PeerJob("zstd19", None, new)))
+        rows.append(row)
+    seconds: dict[str, float] = defaultdict(float)
+    jobs.sort(key=lambda rj: -rj[1].new.stat().st_size)  # biggest first: workers end together
+    with ThreadPoolExecutor(max_workers=WORKERS) as pool:
+        results = pool.map(lambda rj: run_peer(rj[1], tmp), jobs)
+        for (row, job), (size, secs) in zip(jobs, results, strict=True):
+            seconds[job.tool] += secs
+            if job.tool == "zstd19":
+                row.peers = {t: size for t in PEERS}
+            else:
+                row.peers[job.tool] = size
+    return rows, dict(seconds)
+
+
+# ---------------------------------------------------------------------------------------------
+# Our per-file attribution (the engine's own planner over the published manifests)
+
+
+def analyse_step(old: Manifest, new: Manifest, delta: Any, rows: list[FileRow],
+                 requests: list[tuple[str, str | None]], cdn: Path,
+                 failed: set[str]) -> dict[str, float]:
+    """Split a step's download the way the engine spent it, and fill each row's ours_method /
+    ours_bytes: its patch, or its fetched chunks' share of their blocks; a file whose patch
+    failed (``failed``: DELTA_PATCH_APPLICATION_FAILED events) pays the patch and its chunks,
+    as the engine's fallback does. ``requests``: (CDN relpath, Range header) seen by the proxy."""
+    plan = plan_update(old, new, delta)
+    fetch: dict[str, list[Any]] = {cid: list(ws) for cid, ws in plan.fetch.items()}
+    sources = chunk_sources_excluding(old, set())
+    by_path = {r.path: r for r in rows}
+    for b in plan.builds:
+        f = new.files[b.file_index]
+        row = by_path.get(f.path)
+        if row is None:
+            row = by_path[f.path] = FileRow(f.path, "engine-only", f.size)
+            rows.append(row)
+        row.ours_method = str(b.method.value) + (f"/{b.patch.method}" if b.patch else "")
+        if b.patch is not None:
+            row.ours_bytes += b.patch.patch_size
+            if f.path in failed:
+                row.ours_method += " FAILED>chunks"
+                _, wanted = chunk_build(new, b.file_index, sources)
+                merge_wanted(fetch, wanted)
+    sizes = {c.id: c.size for f in new.files for c in f.chunks}
+    needed_share = 0.0
+    for cid, writes in fetch.items():  # each chunk fetched once, charged to its first file
+        share = chunk_share(new, cid, sizes[cid])
+        needed_share += share
+        by_path[new.files[writes[0].file_index].path].ours_bytes += share
+    needed_blocks = blocks_bytes(new, blocks_for(new, fetch))
+    failed_ids = {b.patch.patch_id for b in plan.builds
+                  if b.patch is not None and new.files[b.file_index].path in failed}
+    kinds: dict[str, int] = defaultdict(int)
+    for rel, rng in requests:
+        if "/packs/" in rel and rng and rng.startswith("bytes="):
+            lo, hi = rng.removeprefix("bytes=").split("-")
+            n = int(hi) - int(lo) + 1
+        else:
+            n = (cdn / rel).stat().st_size if (cdn / rel).exists() else 0
+        if "/packs/" in rel:
+            kinds["packs"] += n
+        elif "/patches/" in rel:
+            kinds["patches_failed" if Path(rel).stem in failed_ids else "patches"] += n
+        else:
+            kinds["documents"] += n  # manifest, delta index, signatures
+    return {
+        "documents_bytes": kinds["documents"],
+        "patches_applied_bytes": kinds["patches"],
+        "patches_failed_bytes": kinds["patches_failed"],
+        "pack_range_bytes": kinds["packs"],
+        "needed_chunk_bytes": round(needed_share),
+        "block_waste_bytes": round(needed_blocks - needed_share),
+        "range_gap_bytes": kinds["packs"] - needed_blocks,
+        "plan_chunk_download_bytes": plan.chunk_download_bytes,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Page cache and throughput
+
+
+def failure_code(lines: list[dict[str, Any]]) -> str:
+    """The error code of a failed engine command (an error line or the final task's)."""
+    for ln in reversed(lines):
+        if "error" in ln and isinstance(ln["error"], dict):
+            return str(ln["error"].get("code", ""))
+        if isinstance(ln.get("task"), dict) and ln["task"].get("errorCode"):
+            return str(ln["task"]["errorCode"])
+    return ""
+
+
+def manifest_bytes(cdn: Path, version: str) -> int:
+    rel = Store.manifest_rel(PRODUCT, version)
+    return (cdn / rel).stat().st_size + (cdn / rel).with_suffix(".sig").stat().st_size
+
+
+def preload_manifests(engine_data: Path, cdn: Path, versions: list[str]) -> None:
+    """Put every version's signed manifest where the engine caches fetched ones
+    (``State.manifest_files``: DATA/manifests/<product>/<version>.manifest|.sig)."""
+    dest = engine_data / "manifests" / PRODUCT
+    dest.mkdir(parents=True, exist_ok=True)
+    for v in versions:
+        src = cdn / Store.manifest_rel(PRODUCT, v)
+        shutil.copyfile(src, dest / f"{v}.manifest")
+        shutil.copyfile(src.with_suffix(".sig"), dest / f"{v}.sig")
+
+
+def drop_caches(files: list[Path]) -> str:
+    """Empty the page cache: drop_caches when permitted, else fadvise(DONTNEED) per file."""
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as fh:
+            fh.write("3\n")
+        return "drop_caches"
+    except OSError:
+        for p in files:
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+        return "fadvise"
+
+
+def time_cat(files: list[Path]) -> float:
+    argv = ["cat", "--", *map(str, files)]
+    t0 = time.perf_counter()
+    subprocess.run(argv, stdout=subprocess.DEVNULL, check=True)
+    return time.perf_counter() - t0
+
+
+def run_verify(engine: Engine) -> tuple[dict[str, Any], float]:
+    r = engine.run("verify", PRODUCT)
+    report = next((ln["verify"] for ln in reversed(r.lines) if "verify" in ln), None)
+    if r.code != 0 or report is None or not report["ok"]:
+        raise SystemExit(f"bench/update: verify failed ({r.code}): {r.lines[-2:]}\n{r.stderr[-2000:]}")
+    return report, r.seconds
+
+
+def measure_verify(engine: Engine, files: list[Path], cold_runs: int) -> dict[str, Any]:
+    total = sum(p.stat().st_size for p in files)
+    out: dict[str, Any] = {"verify_files": len(files), "verify_bytes": total}
+    method = ""
+    cold_v: list[float] = []
+    cold_vwall: list[float] = []
+    cold_c: list[float] = []
+    for _ in range(cold_runs):
+        method = drop_caches(files)
+        rep, wall = run_verify(engine)
+        cold_v.append(rep["bytesChecked"] / MB / max(rep["seconds"], 1e-9))
+        cold_vwall.append(rep["bytesChecked"] / MB / wall)
+        method = drop_caches(files)
+        cold_c.append(total / MB / time_cat(files))
+    run_verify(engine)
+    rep, wall = run_verify(engine)
+    warm_v = rep["bytesChecked"] / MB / max(rep["seconds"], 1e-9)
+    warm_vwall = rep["bytesChecked"] / MB / wall
+    time_cat(files)
+    warm_c = total / MB / time_cat(files)
+    if rep["bytesChecked"] != total:
+        log(f"note: verify checked {rep['bytesChecked']} bytes, cat read {total}")
+    out.update({
+        "cache_drop_method": method,
+        "verify_cold_mb_s": max(cold_v), "cat_cold_mb_s": max(cold_c),
+        "verify_warm_mb_s": warm_v, "cat_warm_mb_s": warm_c,
+        "verify_cold_process_mb_s": max(cold_vwall), "verify_warm_process_mb_s": warm_vwall,
+        "verify_cold_runs_mb_s": cold_v, "cat_cold_runs_mb_s": cold_c,
+    })
+    out["verify_mb_s"] = out["verify_cold_mb_s"]
+    out["cat_mb_s"] = out["cat_cold_mb_s"]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Main
+
+
+def machine() -> dict[str, Any]:
+    cpu = "?"
+    try:
+        for ln in Path("/proc/cpuinfo").read_text().splitlines():
+            if ln.startswith("model name"):
+                cpu = ln.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return {"cpu": cpu, "cores": os.cpu_count(), "ram_gb": round(mem / 1e9, 1),
+            "kernel": platform.release(), "python": platform.python_version(),
+            "loadavg_start": os.getloadavg()[0]}
+
+
+def fmt_mb(n: float) -> str:
+    return f"{n / MB:9.2f}"
+
+
+def print_table(result: dict[str, Any], per_file: dict[str, list[FileRow]]) -> None:
+    print(f"\nstar-courier, --size {result['size_mb']:g} MB per version (sizes in MB = 1e6 bytes)")
+    hdr = (f"{'step':17} {'ours wire':>9} {'ours plan':>9} {'xdelta3':>9} {'zstd-pf':>9} "
+           f"{'bsdiff':>9} {'full':>9} {'ours/best':>9} {'written':>9} {'w/d':>6} "
+           f"{'plan w/d':>8} {'seconds':>8}")
+    print(hdr)
+    print("-" * len(hdr))
+    for s in result["steps"]:
+        best = min(s["xdelta3_bytes"], s["zstd_patch_from_bytes"], s["bsdiff_bytes"])
+        print(f"{s['from'] + ' > ' + s['to']:17} {fmt_mb(s['ours_bytes'])} "
+              f"{fmt_mb(s['plan_download_bytes'])} {fmt_mb(s['xdelta3_bytes'])} "
+              f"{fmt_mb(s['zstd_patch_from_bytes'])} {fmt_mb(s['bsdiff_bytes'])} "
+              f"{fmt_mb(s['full_bytes'])} {s['ours_bytes'] / max(best, 1):9.2f} "
+              f"{fmt_mb(s['engine_write_bytes'])} {s['written_per_downloaded']:6.2f} "
+              f"{s['plan_write_bytes'] / max(s['ours_bytes'], 1):8.2f} {s['seconds']:8.2f}")
+    print("\nwhere our wire bytes went (MB): signed documents, patches applied, patches fetched "
+          "but failed (then rebuilt from chunks), the needed chunks' share of their blocks, other "
+          "chunks in those blocks, bridged gaps between ranges; 'other' = wire - these")
+    hdr2 = (f"{'step':17} {'docs':>8} {'patches':>8} {'failed':>8} {'chunks':>8} {'blk waste':>9} "
+            f"{'gaps':>8} {'other':>8}  fallbacks")
+    print(hdr2)
+    for s in result["steps"]:
+        w = s["wire_split"]
+        parts = ("documents_bytes", "patches_applied_bytes", "patches_failed_bytes",
+                 "needed_chunk_bytes", "block_waste_bytes", "range_gap_bytes")
+        other = s["ours_bytes"] - sum(w[k] for k in parts)
+        print(f"{s['from'] + ' > ' + s['to']:17} " + " ".join(
+            f"{w[k] / MB:{9 if k == 'block_waste_bytes' else 8}.3f}" for k in parts)
+            + f" {other / MB:8.3f}  {', '.join(s['patch_fallbacks']) or '-'}")
+    inst = result["install"]
+    print(f"install 1.0.0: {inst['wire_bytes'] / MB:.2f} MB on the wire "
+          f"(plan {inst['plan_bytes'] / MB:.2f}), {inst['seconds']:.2f} s")
+    v = result["verify"]
+    print(f"\nverify of {v['verify_files']} files, {v['verify_bytes'] / MB:.1f} MB "
+          f"(cache emptied with {v['cache_drop_method']}):")
+    for temp in ("cold", "warm"):
+        vv, cc = v[f"verify_{temp}_mb_s"], v[f"cat_{temp}_mb_s"]
+        print(f"  {temp}: verify {vv:8.1f} MB/s (process wall {v[f'verify_{temp}_process_mb_s']:.1f})"
+              f"   cat {cc:8.1f} MB/s   ratio {vv / cc:5.2f}  goal >= {GOAL_VERIFY_RATIO}"
+              f"  {'PASS' if vv >= GOAL_VERIFY_RATIO * cc else 'FAIL'}")
+    print("\nper file, where our bytes exceed the best peer's (ours = patch, or fetched chunks' "
+          "share of their blocks):")
+    for step, rows in per_file.items():
+        worse = sorted((r for r in rows if r.peers and r.ours_bytes > r.best_peer),
+                       key=lambda r: r.best_peer - r.ours_bytes)
+        excess = sum(r.ours_bytes - r.best_peer for r in worse)
+        print(f"  {step}: {len(worse)} file(s), {excess / MB:.3f} MB over the best peer "
+              "(biggest first)")
+        for r in worse[:10]:
+            print(f"    {r.path:40} {r.status:8} {r.ours_method:26} ours {r.ours_bytes / MB:8.3f}"
+                  f"  xd {r.peers['xdelta3'] / MB:8.3f}  zpf {r.peers['zstd_patch_from'] / MB:8.3f}"
+                  f"  bsd {r.peers['bsdiff'] / MB:8.3f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size", type=float, default=256, help="MB per demo version (default 256)")
+    ap.add_argument("--json", action="store_true", help="print one JSON object last")
+    ap.add_argument("--work", type=Path, default=None,
+                    help="work folder (default .bench-data/update-engine/size-SIZE)")
+    ap.add_argument("--fresh", action="store_true", help="regenerate the demo catalog")
+    ap.add_argument("--keep", action="store_true", help="keep the engine's data and install")
+    ap.add_argument("--cold-runs", type=int, default=2, help="cold-cache verify/cat runs (best)")
+    ap.add_argument("--backend-timeout", type=float, default=7200)
+    ap.add_argument("--preload-manifests", action="store_true",
+                    help="put the signed manifests into the engine's cache first (done "
+                         "automatically when the install fails on a manifest error); their "
+                         "sizes are added to ours_bytes")
+    args = ap.parse_args(argv)
+
+    tools = check_tools()
+    work = (args.work or REPO / ".bench-data" / "update-engine" / f"size-{args.size:g}").resolve()
+    if args.fresh and work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    info = machine()
+    log(f"work folder {work}; starting the backend (first start generates and publishes the "
+        f"demo catalog at {args.size:g} MB per version)")
+    t0 = time.perf_counter()
+    backend = Backend(work / "backend", args.size, args.backend_timeout)
+    log(f"backend at {backend.url} after {time.perf_counter() - t0:.0f} s")
+    proxy = FaultProxy(backend.url).start()
+    engine_dir = work / f"engine-{uuid.uuid4().hex[:8]}"
+    tmp = Path(tempfile.mkdtemp(prefix="peers-", dir=work))
+    store: Store | None = None
+    try:
+        backend.set_edges([proxy.url + "/cdn/"])
+        time.sleep(1.1)  # the edge file is re-read on mtime change
+        demo = json.loads((backend.data / "demo.json").read_text())
+        versions = next(p["versions"] for p in demo["products"] if p["productId"] == PRODUCT)
+        builds = backend.data / "builds" / PRODUCT
+        store = Store(backend.data / "store")
+        engine = Engine(engine_dir / "data", backend.url)
+        target = engine_dir / "game"
+        engine.ok("login", "demo", "--password", "demo")
+
+        cdn = backend.data / "store" / "cdn"
+        preloaded = args.preload_manifests
+        if preloaded:
+            preload_manifests(engine.data, cdn, versions)
+        proxy.reset_counters()
+        r = engine.run("install", PRODUCT, "--version", versions[0], "--target", str(target))
+        code = failure_code(r.lines)
+        if r.code != 0 and not preloaded and code.startswith("MANIFEST"):
+            log(f"install failed with {code}; "
+                "retrying with the signed manifests preloaded into the engine's manifest cache "
+                "(their bytes are added to ours_bytes as if fetched)")
+            preloaded = True
+            preload_manifests(engine.data, cdn, versions)
+            proxy.reset_counters()
+            r = engine.run("install", PRODUCT, "--version", versions[0], "--target", str(target))
+        if r.code != 0:
+            raise SystemExit(f"bench/update: install exited {r.code}:\n{r.lines[-3:]}\n"
+                             f"{r.stderr[-3000:]}")
+        task = r.lines[-1]["task"]
+        install = {"version": versions[0], "wire_bytes": proxy.bytes_sent,
+                   "plan_bytes": task["downloadSizeBytes"], "seconds": r.seconds,
+                   "engine_write_bytes": r.write_bytes}
+        if proxy.requests == 0:
+            raise SystemExit("bench/update: nothing went through the counting proxy")
+        log(f"installed {versions[0]}: {proxy.bytes_sent / MB:.1f} MB in {r.seconds:.1f} s")
+
+        steps: list[dict[str, Any]] = []
+        per_file: dict[str, list[FileRow]] = {}
+        for old_v, new_v in itertools.pairwise(versions):
+            proxy.reset_counters()
+            r = engine.ok("update", PRODUCT, "--version", new_v)
+            wire, requests = proxy.bytes_sent, proxy.requests
+            manifest_extra = manifest_bytes(cdn, new_v) if preloaded else 0
+            wire += manifest_extra
+            seen = [(h.path_qs.split("?", 1)[0].split("/cdn/", 1)[-1], h.range)
+                    for h in proxy.history]
+            failed = {ln["payload"]["itemId"] for ln in r.lines if ln.get("type") == "downloadError"
+                      and ln["payload"].get("errorCode") == "DELTA_PATCH_APPLICATION_FAILED"}
+            plan = next(ln["payload"] for ln in r.lines if ln.get("type") == "updatePlan")
+            final = r.lines[-1]
+            assert final.get("result") == "completed", final
+            log(f"update {old_v} -> {new_v}: {wire / MB:.2f} MB on the wire in {r.seconds:.1f} s;"
+                " running the peer tools")
+            t1 = time.perf_counter()
+            rows, peer_secs = peer_step(builds / old_v, builds / new_v, tmp)
+            peer_wall = time.perf_counter() - t1
+            old_m, new_m = store.read_manifest(PRODUCT, old_v), store.read_manifest(PRODUCT, new_v)
+            split = analyse_step(old_m, new_m, store.read_delta(PRODUCT, old_v, new_v), rows,
+                                 seen, cdn, failed)
+            split["documents_bytes"] += manifest_extra
+            per_file[f"{old_v} > {new_v}"] = rows
+            peer_totals = {t: sum(row.peers[t] for row in rows if row.peers) for t in PEERS}
+            rename = sum(row.peers["xdelta3"] for row in rows if row.status == "renamed")
+            best = min(peer_totals.values())
+            steps.append({
+                "from": old_v, "to": new_v,
+                "ours_bytes": wire,
+                "xdelta3_bytes": peer_totals["xdelta3"],
+                "zstd_patch_from_bytes": peer_totals["zstd_patch_from"],
+                "bsdiff_bytes": peer_totals["bsdiff"],
+                "full_bytes": plan["fullDownloadBytes"],
+                "written_per_downloaded": r.write_bytes / max(wire, 1),
+                "seconds": round(r.seconds, 3),
+                "best_peer_bytes": best,
+                "goal_download_pass": wire <= best,
+                "plan_download_bytes": plan["downloadBytes"],
+                "plan_patch_bytes": plan["patchBytes"],
+                "plan_reused_bytes": plan["reusedBytes"],
+                "plan_write_bytes": plan["writeBytes"],
+                "engine_downloaded_bytes": final["task"]["downloadedBytes"],
+                "engine_write_bytes": r.write_bytes,
+                "engine_write_source": "wait4 ru_oublock*512 (= /proc/<pid>/io write_bytes at exit)",
+                "engine_proc_io_last": r.proc_io,
+                "engine_cpu_seconds": round(r.cpu_seconds, 3),
+                "wire_requests": requests,
+                "patch_fallbacks": sorted(failed),
+                "manifest_preloaded_bytes": manifest_extra,
+                "wire_split": split,
+                "peer_rename_bytes": rename,
+                "peer_seconds": {k: round(v, 2) for k, v in peer_secs.items()},
+                "peer_wall_seconds": round(peer_wall, 2),
+                "files": [{"path": row.path, "status": row.status, "size": row.size,
+                           "ours_method": row.ours_method, "ours_bytes": round(row.ours_bytes),
+                           **{f"{t}_bytes": row.peers.get(t) for t in PEERS}}
+                          for row in rows],
+            })
+            log(f"  peers: xdelta3 {peer_totals['xdelta3'] / MB:.2f}, zstd-pf "
+                f"{peer_totals['zstd_patch_from'] / MB:.2f}, bsdiff {peer_totals['bsdiff'] / MB:.2f}"
+                f" MB ({peer_wall:.0f} s)")
+
+        log("verify throughput (cold, warm) beside cat")
+        final_m = store.read_manifest(PRODUCT, versions[-1])
+        files = [target / f.path for f in final_m.files]
+        verify = measure_verify(engine, files, args.cold_runs)
+    finally:
+        if store is not None:
+            store.close()
+        proxy.stop()
+        backend.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(engine_dir, ignore_errors=True)
+
+    result: dict[str, Any] = {
+        "steps": steps,
+        "verify_mb_s": round(verify["verify_mb_s"], 1),
+        "cat_mb_s": round(verify["cat_mb_s"], 1),
+        "verify_cold_mb_s": round(verify["verify_cold_mb_s"], 1),
+        "cat_cold_mb_s": round(verify["cat_cold_mb_s"], 1),
+        "verify_warm_mb_s": round(verify["verify_warm_mb_s"], 1),
+        "cat_warm_mb_s": round(verify["cat_warm_mb_s"], 1),
+        "goal_download_pass": all(s["goal_download_pass"] for s in steps),
+        "goal_verify_cold_pass": verify["verify_cold_mb_s"] >= GOAL_VERIFY_RATIO * verify["cat_cold_mb_s"],
+        "goal_verify_warm_pass": verify["verify_warm_mb_s"] >= GOAL_VERIFY_RATIO * verify["cat_warm_mb_s"],
+        "size_mb": args.size,
+        "manifests_preloaded": preloaded,
+        "install": install,
+        "verify": verify,
+        "tools": tools,
+        "machine": {**info, "loadavg_end": os.getloadavg()[0],
+                    "self_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024},
+    }
+    print_table(result, per_file)
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
