@@ -4,7 +4,6 @@ presence and size (for a player who wants an answer in seconds)."""
 
 from __future__ import annotations
 
-import mmap
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +14,10 @@ from typing import Any
 import blake3
 
 from engine.staging import STAGING_DIR, safe_join
+from patcher.chunking import CHUNK_MAX
 from patcher.manifest import FileEntry, Manifest
+
+SPAN_BYTES = 1024 * 1024 + CHUNK_MAX  # at least one whole chunk per read
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,19 +70,35 @@ def _check_file(install_dir: Path, f: FileEntry) -> tuple[str, list[DamagedRange
     if f.size == 0:
         return "ok", []
     ranges: list[DamagedRange] = []
-    with path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        mm.madvise(mmap.MADV_SEQUENTIAL)
-        view = memoryview(mm)
-        try:
-            for c in f.chunks:
-                if blake3.blake3(view[c.offset : c.offset + c.size]).hexdigest() != c.id:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        # sequential reads of whole-chunk spans into one reused buffer: measured faster than
+        # mmap on a cold cache (page faults stall the hashing thread)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        buf = bytearray(SPAN_BYTES)
+        view = memoryview(buf)
+        chunks = f.chunks
+        i = 0
+        while i < len(chunks):
+            start = chunks[i].offset
+            j = i
+            while j < len(chunks) and chunks[j].offset + chunks[j].size - start <= SPAN_BYTES:
+                j += 1
+            end = chunks[j - 1].offset + chunks[j - 1].size
+            got = os.preadv(fd, [view[: end - start]], start)
+            for c in chunks[i:j]:
+                lo = c.offset - start
+                piece = view[lo : lo + c.size] if lo + c.size <= got else b""
+                if not piece or blake3.blake3(piece).hexdigest() != c.id:
                     if ranges and ranges[-1].offset + ranges[-1].size == c.offset:
                         last = ranges.pop()
                         ranges.append(DamagedRange(f.path, last.offset, last.size + c.size))
                     else:
                         ranges.append(DamagedRange(f.path, c.offset, c.size))
-        finally:
-            view.release()
+            i = j
+        view.release()
+    finally:
+        os.close(fd)
     return ("damaged" if ranges else "ok"), ranges
 
 
