@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -94,13 +93,3 @@ class DaemonClient:
 
     async def subscribe(self, task_id: str | None = None) -> None:
         await self.call("subscribe", {"taskId": task_id} if task_id else {})
-
-    async def iter_events(self) -> AsyncIterator[Event]:
-        while True:
-            yield await self.events.get()
-
-
-def connect_info(data_dir: Path) -> DaemonInfo | None:
-    from engine.daemon import daemon_running
-
-    return daemon_running(data_dir)

@@ -191,12 +191,10 @@ async def obtain_grant(ctx: EngineContext, task: TaskRecord) -> TaskGrant:
 class InstallRun:
     """Runs (or resumes) one install task; cancellation leaves a consistent journal."""
 
-    def __init__(self, ctx: EngineContext, task: TaskRecord,
-                 on_progress: Callable[[TaskProgress], None] | None = None) -> None:
+    def __init__(self, ctx: EngineContext, task: TaskRecord) -> None:
         self.ctx = ctx
         self.task = task
         self.progress = TaskProgress()
-        self.on_progress = on_progress
         self.install_dir = Path(task.target_path)
         self.on_started: Callable[[TaskRecord], None] | None = None  # after the backend grant
 
@@ -214,8 +212,6 @@ class InstallRun:
             now = time.monotonic()
             self.progress.speed.sample(self.progress.downloaded, now)
             self._emit_status("downloading")
-            if self.on_progress is not None:
-                self.on_progress(self.progress)
             if now - last_saved >= 1.0:  # other processes (CLI, launcher) read it from state
                 self.ctx.state.update_task(self.task.id, downloaded_bytes=self.progress.downloaded)
                 last_saved = now

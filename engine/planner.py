@@ -60,10 +60,6 @@ class InstallPlan:
     write_bytes: int  # uncompressed bytes to write
     total_bytes: int  # size of the installed game
 
-    @property
-    def block_count(self) -> int:
-        return sum(len(r.blocks) for r in self.ranges)
-
 
 Wanted = dict[str, list[ChunkWrite]]  # chunk id -> where it must be written
 

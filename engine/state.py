@@ -197,18 +197,6 @@ class State:
         rows = self.db.execute("SELECT block FROM block_done WHERE task_id = ?", [task_id])
         return {int(r[0]) for r in rows}
 
-    def mark_blocks(self, task_id: str, blocks: Iterable[int]) -> None:
-        self.db.conn.execute("BEGIN")
-        try:
-            self.db.conn.executemany(
-                "INSERT OR IGNORE INTO block_done (task_id, block) VALUES (?, ?)",
-                [(task_id, b) for b in blocks],
-            )
-            self.db.conn.execute("COMMIT")
-        except BaseException:
-            self.db.conn.execute("ROLLBACK")
-            raise
-
     def record_progress(self, task_id: str, blocks: Iterable[int], files: Iterable[int]) -> None:
         """Journal written blocks and verified files in one transaction."""
         conn = self.db.conn
@@ -222,10 +210,6 @@ class State:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-
-    def unmark_blocks(self, task_id: str, blocks: Iterable[int]) -> None:
-        self.db.conn.executemany("DELETE FROM block_done WHERE task_id = ? AND block = ?",
-                                 [(task_id, b) for b in blocks])
 
     def done_files(self, task_id: str) -> set[int]:
         rows = self.db.execute("SELECT file FROM file_done WHERE task_id = ?", [task_id])
