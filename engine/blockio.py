@@ -5,14 +5,12 @@ A chunk that fails its hash is never written.
 
 from __future__ import annotations
 
-import os
-
 import blake3
 import zstandard
 
-from engine.errors import EngineError
+from engine.fsops import pwrite_all, translate_os_error
 from engine.planner import BlockJob
-from engine.staging import Staging, translate_os_error
+from engine.staging import Staging
 from patcher.manifest import Codec
 
 
@@ -52,9 +50,7 @@ def process_block(job: BlockJob, stored: bytes, staging: Staging) -> list[int]:
         for t in job.targets:
             piece = view[t.offset : t.offset + t.size]
             for w in t.writes:
-                written = os.pwrite(staging.fd(w.file_index), piece, w.file_offset)
-                if written != t.size:
-                    raise EngineError("IO_ERROR", f"short write to {staging.path(w.file_index)}")
+                pwrite_all(staging.fd(w.file_index), piece, w.file_offset)
                 touched.append(w.file_index)
     except OSError as exc:
         raise translate_os_error(exc, "writing staged files") from exc

@@ -31,10 +31,11 @@ SourceRefresher = Callable[[], Awaitable[tuple[CdnSource, ...]]]
 
 
 class FetchFailed(Exception):
-    def __init__(self, kind: FailureKind, detail: str) -> None:
+    def __init__(self, kind: FailureKind, detail: str, out_of_range: bool = False) -> None:
         super().__init__(detail)
         self.kind = kind
         self.detail = detail
+        self.out_of_range = out_of_range  # HTTP 416: the range lies past the pack's end
 
 
 @dataclass(slots=True)
@@ -43,6 +44,7 @@ class WorkItem:
     attempt: int = 0
     exclude: frozenset[str] = frozenset()
     last: FetchFailed | None = None
+    out_of_range: frozenset[str] = frozenset()  # sources that answered 416 for this range
 
 
 @dataclass(slots=True)
@@ -80,6 +82,9 @@ async def _fetch_range(ctx: DownloadContext, source: CdnSource, r: FetchRange,
                 raise FetchFailed(FailureKind.FORBIDDEN, f"{source.id}: 403 for {r.pack[:12]}")
             if resp.status >= 500:
                 raise FetchFailed(FailureKind.HTTP_5XX, f"{source.id}: HTTP {resp.status}")
+            if resp.status == 416:
+                raise FetchFailed(FailureKind.CORRUPT, f"{source.id}: HTTP 416 for bytes "
+                                  f"{r.start}-{r.end - 1} of pack {r.pack[:12]}", out_of_range=True)
             if resp.status == 200 and r.start != 0:
                 raise FetchFailed(FailureKind.HTTP_5XX, f"{source.id}: ignored Range")
             if resp.status not in (200, 206):
@@ -171,7 +176,16 @@ async def download(ctx: DownloadContext, ranges: list[FetchRange], sink: BlockSi
                 ctx.pool.record_failure(source.id, exc.kind, time.time())
                 rest = split_range(item.range, done)
                 if rest is not None:
-                    nxt = WorkItem(rest, item.attempt + 1, item.exclude | {source.id}, exc)
+                    bad_range = item.out_of_range | ({source.id} if exc.out_of_range else set())
+                    if bad_range >= {s.id for s in ctx.pool.sources}:
+                        # every edge says the bytes do not exist: the manifest is wrong, not
+                        # the network — retrying cannot help
+                        raise EngineError(
+                            "MANIFEST_INVALID", f"pack {rest.pack}: bytes {rest.start}-"
+                            f"{rest.end - 1} lie past its end on every source (HTTP 416)",
+                            item=rest.pack) from exc
+                    nxt = WorkItem(rest, item.attempt + 1, item.exclude | {source.id}, exc,
+                                   frozenset(bad_range))
                     if len(nxt.exclude) >= len(ctx.pool.ranked(time.time())):
                         nxt.exclude = frozenset()  # every edge tried once: start over by health
                     log.warning("range retry %d: %s", nxt.attempt, exc.detail)

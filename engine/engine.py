@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shutil
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -26,17 +25,18 @@ from engine.config import Settings
 from engine.credentials import CredentialStore
 from engine.errors import EngineError
 from engine.events import UPDATE_AVAILABLE, EventBus, error_event, status_event
-from engine.installer import EngineContext, InstallRun, manifest_key
+from engine.installer import EngineContext, InstallRun, check_install_target, manifest_key
 from engine.move import move_game
 from engine.progress import TaskProgress
 from engine.queueorder import QueueEntry, TaskState, move, select_runnable
 from engine.ratelimit import AsyncRateLimiter
 from engine.schedule import DownloadSchedule, parse_window
-from engine.staging import STAGING_DIR
+from engine.staging import STAGING_DIR, remove_task_staging
 from engine.state import TERMINAL, InstalledGame, State, TaskRecord
+from engine.uninstall import UninstallReport, remove_install
 from engine.update import UpdateRun, cached_manifest
 from engine.verify import VerifyReport, scan_install
-from patcher.manifest import check_id
+from patcher.manifest import Manifest, check_id
 
 log = logging.getLogger(__name__)
 
@@ -135,15 +135,50 @@ class Engine:
         if active is not None:
             return active  # one task per game: asking again resumes the same one
         installed = self.state.installed_game(product_id)
-        path = Path(target) if target else (
-            Path(installed.path) if installed else self.settings.library / product_id)
-        task = self.state.add_task(product_id, version_id, str(path.absolute()), priority=priority,
+        path = Path(target).absolute() if target else (
+            Path(installed.path) if installed else (self.settings.library / product_id).absolute())
+        if installed is not None:
+            if path != Path(installed.path):
+                raise EngineError("API_MISUSE", f"{product_id} is already installed in "
+                                  f"{installed.path}; move it instead", item=product_id)
+            if installed.dirty:  # an interrupted switch: finishing it comes first
+                return self._queue_change(product_id, "repair", installed.version_id, priority,
+                                          limit_bps)
+            if version_id is not None and version_id != installed.version_id:
+                return self._queue_change(product_id, "update", version_id, priority, limit_bps)
+        resumed = self._resume_failed(product_id, "install", version_id, str(path))
+        if resumed is not None:
+            return resumed
+        if installed is None:
+            check_install_target(path)  # refused now, before anything is queued
+        task = self.state.add_task(product_id, version_id, str(path), priority=priority,
                                    limit_bps=limit_bps)
         if limit_bps:
             self.limiter.set_task(task.id, limit_bps)
         self._publish_status(task)
         self.wake()
         return task
+
+    def _resume_failed(self, product_id: str, kind: str, version_id: str | None,
+                       target: str) -> TaskRecord | None:
+        """A failed task of the same kind, version and folder is resumed (its journal and staged
+        data kept: nothing is fetched twice); a different one is discarded first, its staging
+        removed. A task that failed inside its switch is always resumed: it holds the files."""
+        last = self.state.latest_task_for(product_id)
+        if last is None or last.status is not TaskState.ERROR:
+            return None
+        mid_switch = (Path(last.target_path) / STAGING_DIR / last.id / "switch.json").exists()
+        same = (last.kind == kind and last.target_path == target
+                and (version_id is None or version_id == last.version_id))
+        if same or mid_switch:
+            task = self.state.update_task(last.id, status=TaskState.QUEUED, user_paused=False,
+                                          error_code=None, error_message=None)
+            self._publish_status(task)
+            self.wake()
+            return task
+        self._discard_partial(last)
+        self.state.update_task(last.id, status=TaskState.CANCELLED)
+        return None
 
     def _installed_or_fail(self, product_id: str) -> InstalledGame:
         game = self.state.installed_game(product_id)
@@ -157,6 +192,9 @@ class Engine:
         active = self.state.active_task_for(product_id)
         if active is not None:
             return active
+        resumed = self._resume_failed(product_id, kind, version_id, game.path)
+        if resumed is not None:
+            return resumed
         task = self.state.add_task(product_id, version_id, game.path, priority=priority, kind=kind,
                                    from_version=game.version_id, limit_bps=limit_bps)
         if limit_bps:
@@ -272,16 +310,27 @@ class Engine:
     def tasks(self, include_finished: bool = False) -> list[TaskRecord]:
         return self.state.tasks(include_finished=include_finished)
 
-    async def uninstall(self, product_id: str) -> InstalledGame:
+    async def uninstall(self, product_id: str) -> UninstallReport:
+        """Remove what the engine installed or generated (the game's files and folders, its
+        staging) and nothing else: a folder holding anything more is left, and the report says
+        what. Links are never followed; a linked install folder keeps its target."""
         game = self.state.installed_game(product_id)
         if game is None:
             raise EngineError("NOT_INSTALLED", f"{product_id} is not installed")
         active = self.state.active_task_for(product_id)
         if active is not None:
             self.cancel(active.id)
-        await asyncio.to_thread(shutil.rmtree, game.path, True)
+        key = await manifest_key(self._context())
+        try:
+            manifest: Manifest | None = cached_manifest(self._context(), product_id,
+                                                        game.version_id, key)
+        except EngineError as exc:
+            log.warning("uninstall %s: %s; leaving its files in place", product_id, exc)
+            manifest = None
+        keep = self.state.resumable_task_ids() - ({active.id} if active else set())
+        report = await asyncio.to_thread(remove_install, Path(game.path), manifest, keep)
         self.state.remove_installed(product_id)
-        return game
+        return UninstallReport(game, report)
 
     def _live(self, task_id: str) -> TaskRecord:
         task = self.state.task(task_id)
@@ -306,14 +355,15 @@ class Engine:
             product_id=t.product_id, error=error.to_dict() if error else None))
 
     def _discard_partial(self, task: TaskRecord) -> None:
-        """Cancel removes this task's partial data, never installed files."""
+        """Cancel removes this task's partial data, never installed files; a folder the install
+        created is removed when nothing else is in it."""
         root = Path(task.target_path)
-        shutil.rmtree(root / STAGING_DIR / task.id, ignore_errors=True)
-        staging_parent = root / STAGING_DIR
-        if staging_parent.exists() and not any(staging_parent.iterdir()):
-            staging_parent.rmdir()
-        if self.state.installed_game(task.product_id) is None and root.exists() \
-                and not any(root.iterdir()):
+        try:
+            remove_task_staging(root, task.id)
+        except EngineError as exc:  # a staging folder that is not ours: left alone
+            log.warning("cancel %s: %s", task.id[:8], exc)
+        if task.kind == "install" and self.state.installed_game(task.product_id) is None \
+                and root.is_dir() and not root.is_symlink() and not any(root.iterdir()):
             root.rmdir()
         self.state.clear_journal(task.id)
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import random
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,21 +26,24 @@ from engine.config import Settings
 from engine.download import DownloadContext, download
 from engine.errors import EngineError
 from engine.events import EventBus, item_event, status_event
-from engine.planner import BlockJob, InstallPlan, plan_install
+from engine.fsops import atomic_write, fsync_dir, safe_join, translate_os_error
+from engine.planner import BlockJob, ChunkWrite, InstallPlan, plan_install
 from engine.progress import TaskProgress
 from engine.ratelimit import AsyncRateLimiter
 from engine.retry import RetryPolicy
-from engine.sources import SourcePool
-from engine.staging import Staging, fsync_dir, safe_join
+from engine.sources import CdnSource, FailureKind, SourcePool
+from engine.staging import STAGING_DIR, Staging, remove_task_staging, sweep_staging
 from engine.state import InstalledGame, State, TaskRecord
 from patcher.errors import ManifestError
 from patcher.manifest import Manifest
-from patcher.signing import load_public_key, load_signed_manifest
+from patcher.signing import load_public_key, load_signed_manifest, verify_signature
 
 log = logging.getLogger(__name__)
 
-JOURNAL_FLUSH_BLOCKS = 64
-JOURNAL_FLUSH_SECONDS = 1.0
+# A kill loses at most this much fetched data (plus the blocks in flight): measured cost of a
+# flush (fdatasync of the touched files + one SQLite commit) is ~1-3 ms.
+JOURNAL_FLUSH_BYTES = 4 * 1024 * 1024
+JOURNAL_FLUSH_SECONDS = 0.25
 MANIFEST_MAX_BYTES = 256 * 1024 * 1024
 
 
@@ -61,6 +66,7 @@ class Journal:
         self.staging = staging
         self.task_id = task_id
         self.blocks: list[int] = []
+        self.pending_bytes = 0
         self.files: set[int] = set()
         self.verified: list[int] = []
         self.last_flush = time.monotonic()
@@ -69,15 +75,17 @@ class Journal:
         """A staged file whose SHA-256 matched (already fsynced by the verifier)."""
         self.verified.append(file_index)
 
-    def add(self, block: int, files: list[int]) -> bool:
+    def add(self, block: int, files: list[int], nbytes: int) -> bool:
         self.blocks.append(block)
         self.files.update(files)
-        return (len(self.blocks) >= JOURNAL_FLUSH_BLOCKS
+        self.pending_bytes += nbytes
+        return (self.pending_bytes >= JOURNAL_FLUSH_BYTES
                 or time.monotonic() - self.last_flush >= JOURNAL_FLUSH_SECONDS)
 
     def _take(self) -> tuple[list[int], set[int], list[int]]:
         blocks, files, verified = self.blocks, self.files, self.verified
         self.blocks, self.files, self.verified = [], set(), []
+        self.pending_bytes = 0
         self.last_flush = time.monotonic()
         return blocks, files, verified
 
@@ -115,35 +123,90 @@ def check_disk_space(settings: Settings, install_dir: Path, needed: int) -> None
         )
 
 
-async def fetch_small(ctx: EngineContext, pool: SourcePool, rel: str, limit: int) -> bytes:
-    """GET a small signed document (manifest, signature, delta index) from the best source."""
-    last: Exception | None = None
+class _SmallFetchFailed(Exception):
+    def __init__(self, kind: FailureKind, detail: str) -> None:
+        super().__init__(detail)
+        self.kind = kind
+        self.detail = detail
+
+
+SourceRefresh = Callable[[], Awaitable[tuple[CdnSource, ...]]]
+
+
+async def _get_small(ctx: EngineContext, source: CdnSource, rel: str, limit: int) -> bytes:
+    timeout = aiohttp.ClientTimeout(total=60, sock_read=ctx.settings.stall_timeout_s)
+    try:
+        async with ctx.session.get(source.url(rel), timeout=timeout) as resp:
+            if resp.status == 403:
+                raise _SmallFetchFailed(FailureKind.FORBIDDEN, f"{source.id}: HTTP 403 for {rel}")
+            if resp.status != 200:
+                raise _SmallFetchFailed(FailureKind.HTTP_5XX, f"{source.id}: HTTP {resp.status} for {rel}")
+            if (resp.content_length or 0) > limit:
+                raise EngineError("MANIFEST_TOO_LARGE", f"{rel}: {resp.content_length} bytes "
+                                  f"(limit {limit})", item=rel)
+            parts: list[bytes] = []
+            size = 0
+            while chunk := await resp.content.read(1 << 20):  # read() returns what arrived
+                size += len(chunk)
+                if size > limit:
+                    raise EngineError("MANIFEST_TOO_LARGE", f"{rel}: over {limit} bytes", item=rel)
+                parts.append(chunk)
+            return b"".join(parts)
+    except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
+        raise _SmallFetchFailed(FailureKind.STALL, f"{source.id}: {rel} stalled") from exc
+    except aiohttp.ClientError as exc:
+        raise _SmallFetchFailed(FailureKind.RESET, f"{source.id}: {rel}: {exc!r}") from exc
+
+
+async def fetch_small(ctx: EngineContext, pool: SourcePool, rel: str, limit: int, *,
+                      check: Callable[[bytes], None] | None = None,
+                      refresh: SourceRefresh | None = None) -> bytes:
+    """GET a small document (manifest, signature, delta index, patch) from the best source.
+
+    The same failure rules as pack ranges: every failure is recorded against its source, the
+    next try prefers another source after a capped, jittered backoff, a 403 refreshes the signed
+    tokens once per failure, and ``check`` (e.g. a hash or signature test) failing counts as
+    corrupt bytes from that source — another source is tried before the document is called bad.
+    """
+    policy = RetryPolicy(max_attempts=ctx.settings.max_attempts)
     tried: set[str] = set()
-    for _ in range(max(2, len(pool.ranked(time.time())) * 2)):
-        source = pool.pick(time.time(), frozenset(tried))
+    attempt = 0
+    while True:
+        attempt += 1
+        now = time.time()
+        if len(tried) >= len(pool.ranked(now)):
+            tried.clear()  # every edge tried once: start over by health
+        source = pool.pick(now, frozenset(tried))
         tried.add(source.id)
+        started = time.monotonic()
         try:
-            timeout = aiohttp.ClientTimeout(total=60, sock_read=ctx.settings.stall_timeout_s)
-            async with ctx.session.get(source.url(rel), timeout=timeout) as resp:
-                if resp.status != 200:
-                    raise EngineError("CDN_UNREACHABLE", f"{source.id}: HTTP {resp.status} for {rel}")
-                if (resp.content_length or 0) > limit:
-                    raise EngineError("MANIFEST_TOO_LARGE", f"{rel}: {resp.content_length} bytes")
-                parts: list[bytes] = []
-                size = 0
-                while chunk := await resp.content.read(1 << 20):  # read() returns what arrived
-                    size += len(chunk)
-                    if size > limit:
-                        raise EngineError("MANIFEST_TOO_LARGE", f"{rel}: over {limit} bytes")
-                    parts.append(chunk)
-                return b"".join(parts)
-        except (aiohttp.ClientError, TimeoutError, EngineError) as exc:
-            if isinstance(exc, EngineError) and exc.code == "MANIFEST_TOO_LARGE":
-                raise
-            last = exc
-            if len(tried) >= len(pool.ranked(time.time())):
-                tried.clear()
-    raise EngineError("CDN_UNREACHABLE", f"could not fetch {rel}: {last}")
+            data = await _get_small(ctx, source, rel, limit)
+            if check is not None:
+                try:
+                    check(data)
+                except (ManifestError, EngineError) as exc:
+                    raise _SmallFetchFailed(FailureKind.CORRUPT,
+                                            f"{source.id}: {rel}: {exc}") from exc
+            pool.record_success(source.id, len(data), time.monotonic() - started, time.time())
+            return data
+        except _SmallFetchFailed as exc:
+            pool.record_failure(source.id, exc.kind, time.time())
+            if not policy.should_retry(attempt):
+                cause = exc.__cause__
+                if exc.kind is FailureKind.CORRUPT and isinstance(cause, ManifestError):
+                    raise EngineError(cause.code, f"{rel}: {cause.message} (from every source, "
+                                      f"{attempt} tries)", item=cause.field) from exc
+                if exc.kind is FailureKind.CORRUPT and isinstance(cause, EngineError):
+                    raise EngineError(cause.code, f"{cause.message} (from every source, "
+                                      f"{attempt} tries)", item=cause.item) from exc
+                code = ("CDN_LINK_GENERATION_FAILED" if exc.kind is FailureKind.FORBIDDEN
+                        else "CDN_UNREACHABLE")
+                raise EngineError(code, f"could not fetch {rel} after {attempt} tries: "
+                                  f"{exc.detail}", item=rel) from exc
+            log.warning("fetch %s: try %d failed: %s", rel, attempt, exc.detail)
+            if exc.kind is FailureKind.FORBIDDEN and refresh is not None:
+                pool.replace_tokens(list(await refresh()))
+            await asyncio.sleep(policy.delay(attempt, random.random()))
 
 
 async def manifest_key(ctx: EngineContext) -> str:
@@ -157,13 +220,19 @@ async def manifest_key(ctx: EngineContext) -> str:
 
 
 async def load_manifest(ctx: EngineContext, pool: SourcePool, grant: TaskGrant) -> Manifest:
+    """The signed manifest of a grant: from the local cache, else from the CDN. The signature is
+    fetched first (64 bytes); the manifest bytes are checked against it as they arrive, so a
+    flipped byte on one edge makes the engine fetch from another instead of failing."""
     blob_path, sig_path = ctx.state.manifest_files(grant.product_id, grant.version_id)
     key = load_public_key(await manifest_key(ctx))
+    refresh = _refresher(ctx, grant)
     if blob_path.exists() and sig_path.exists():
         blob, sig = blob_path.read_bytes(), sig_path.read_bytes()
     else:
-        blob = await fetch_small(ctx, pool, grant.manifest_path, MANIFEST_MAX_BYTES)
-        sig = await fetch_small(ctx, pool, grant.signature_path, 1024)
+        sig = await fetch_small(ctx, pool, grant.signature_path, 1024, refresh=refresh)
+        blob = await fetch_small(ctx, pool, grant.manifest_path, MANIFEST_MAX_BYTES,
+                                 check=lambda data: verify_signature(data, sig, key),
+                                 refresh=refresh)
     try:
         manifest = await asyncio.to_thread(load_signed_manifest, blob, sig, key)
     except ManifestError as exc:
@@ -173,11 +242,13 @@ async def load_manifest(ctx: EngineContext, pool: SourcePool, grant: TaskGrant) 
         raise EngineError("MANIFEST_INVALID", "manifest is for another product or version")
     if not blob_path.exists():
         blob_path.parent.mkdir(parents=True, exist_ok=True)
-        for path, data in ((sig_path, sig), (blob_path, blob)):
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_bytes(data)
-            tmp.replace(path)
+        atomic_write(sig_path, sig)
+        atomic_write(blob_path, blob)
     return manifest
+
+
+def _refresher(ctx: EngineContext, grant: TaskGrant) -> SourceRefresh:
+    return lambda: ctx.api.refresh_sources(grant.backend_task_id)
 
 
 async def obtain_grant(ctx: EngineContext, task: TaskRecord) -> TaskGrant:
@@ -221,13 +292,19 @@ class InstallRun:
         grant = await obtain_grant(ctx, self.task)
         if self.on_started is not None:
             self.on_started(ctx.state.task(self.task.id))
+        await asyncio.to_thread(sweep_staging, self.install_dir, ctx.state.resumable_task_ids())
         current = ctx.state.installed_game(self.task.product_id)
         if current is not None and current.version_id == grant.version_id and not current.dirty \
                 and Path(current.path) == self.install_dir:
-            return current  # already installed: nothing to fetch (verify/repair is explicit)
+            # already installed (or killed after the record was written): only clean up
+            await asyncio.to_thread(remove_task_staging, self.install_dir, self.task.id)
+            ctx.state.clear_journal(self.task.id)
+            return current
         pool = SourcePool(list(grant.sources))
         manifest = await load_manifest(ctx, pool, grant)
         done_blocks = ctx.state.done_blocks(self.task.id)
+        if not done_blocks and not ctx.state.done_files(self.task.id):
+            check_install_target(self.install_dir)  # a fresh start: nothing of ours there yet
         full = plan_install(manifest, max_range=ctx.settings.max_range_bytes,
                             max_gap=ctx.settings.max_gap_bytes)
         plan = full if not done_blocks else plan_install(
@@ -260,6 +337,15 @@ class InstallRun:
         check_disk_space(self.ctx.settings, self.install_dir, max(0, needed))
         await asyncio.to_thread(staging.prepare, files)
 
+    def _forget_file(self, manifest: Manifest, fi: int) -> None:
+        """A staged file failed its SHA-256: forget the journaled blocks that write into it, so
+        the next run fetches exactly those again (not the whole game)."""
+        f = manifest.files[fi]
+        wanted = {c.id: [ChunkWrite(fi, c.offset)] for c in f.chunks}
+        redo = plan_install(manifest, wanted=wanted)
+        self.ctx.state.forget_blocks(self.task.id, {j.index for r in redo.ranges for j in r.blocks},
+                                     {fi})
+
     async def _download_and_verify(self, ctx: EngineContext, grant: TaskGrant, pool: SourcePool,
                                    manifest: Manifest, plan: InstallPlan, staging: Staging,
                                    files: set[int]) -> None:
@@ -277,49 +363,56 @@ class InstallRun:
                 ok = await loop.run_in_executor(ctx.executor, staging.verify, fi)
             f = manifest.files[fi]
             if not ok:
-                ctx.state.clear_journal(self.task.id)
+                journal.flush()
+                self._forget_file(manifest, fi)
                 raise EngineError("FILE_HASH_MISMATCH",
                                   f"{f.path}: SHA-256 differs from the manifest", item=f.path)
             staging.close_file(fi)
             journal.add_file(fi)  # recorded with the next journal commit, not one commit each
             ctx.bus.publish(item_event(self.task.id, str(fi), f.path, "completed", f.size, f.size))
 
-        async with asyncio.TaskGroup() as tg:
-            reporter = tg.create_task(self._reporter())
-            for fi, count in pending.items():
-                if count == 0 and fi not in verified:
-                    tg.create_task(verify(fi))
+        try:
+            async with asyncio.TaskGroup() as tg:
+                reporter = tg.create_task(self._reporter())
+                for fi, count in pending.items():
+                    if count == 0 and fi not in verified:
+                        tg.create_task(verify(fi))
 
-            async def sink(job: BlockJob, data: bytes) -> None:
-                touched = await loop.run_in_executor(ctx.executor, process_block, job, data, staging)
-                if journal.add(job.index, touched):
-                    await journal.flush_async(ctx.executor)
-                self.progress.written += sum(t.size * len(t.writes) for t in job.targets)
-                for t in job.targets:
-                    for w in t.writes:
-                        if w.file_index not in pending:
-                            continue
-                        pending[w.file_index] -= 1
-                        if pending[w.file_index] == 0 and w.file_index not in verified:
-                            tg.create_task(verify(w.file_index))
+                async def sink(job: BlockJob, data: bytes) -> None:
+                    touched = await loop.run_in_executor(ctx.executor, process_block, job, data,
+                                                         staging)
+                    if journal.add(job.index, touched, job.stored_size):
+                        await journal.flush_async(ctx.executor)
+                    self.progress.written += sum(t.size * len(t.writes) for t in job.targets)
+                    for t in job.targets:
+                        for w in t.writes:
+                            if w.file_index not in pending:
+                                continue
+                            pending[w.file_index] -= 1
+                            if pending[w.file_index] == 0 and w.file_index not in verified:
+                                tg.create_task(verify(w.file_index))
 
-            def count_bytes(n: int) -> None:
-                self.progress.downloaded += n
+                def count_bytes(n: int) -> None:
+                    self.progress.downloaded += n
 
-            dctx = DownloadContext(
-                session=ctx.session, pool=pool, limiter=ctx.limiter,
-                retry=RetryPolicy(max_attempts=ctx.settings.max_attempts),
-                product_id=manifest.product_id, task_key=self.task.id,
-                refresh=lambda: ctx.api.refresh_sources(grant.backend_task_id),
-                refresh_margin_s=ctx.settings.token_refresh_margin_s, on_bytes=count_bytes,
-            )
-            try:
-                await download(dctx, list(plan.ranges), sink, ctx.settings.connections)
-            finally:
-                # what was written is durable and journaled, even when cancelled or failing
-                journal.flush()
-                ctx.state.update_task(self.task.id, downloaded_bytes=self.progress.downloaded)
-            reporter.cancel()
+                dctx = DownloadContext(
+                    session=ctx.session, pool=pool, limiter=ctx.limiter,
+                    retry=RetryPolicy(max_attempts=ctx.settings.max_attempts),
+                    product_id=manifest.product_id, task_key=self.task.id,
+                    refresh=_refresher(ctx, grant),
+                    refresh_margin_s=ctx.settings.token_refresh_margin_s, on_bytes=count_bytes,
+                )
+                try:
+                    await download(dctx, list(plan.ranges), sink, ctx.settings.connections)
+                finally:
+                    # what was written is durable and journaled, even when cancelled or failing
+                    journal.flush()
+                    ctx.state.update_task(self.task.id, downloaded_bytes=self.progress.downloaded)
+                reporter.cancel()
+        finally:
+            # files verified after the download finished (the last ones) are journaled before
+            # anything is committed: a kill during the commit must find them recorded
+            journal.flush()
 
     async def _commit(self, manifest: Manifest, staging: Staging) -> InstalledGame:
         ctx = self.ctx
@@ -327,13 +420,19 @@ class InstallRun:
         staging.close()
 
         def commit() -> None:
+            touched_dirs = {self.install_dir}
             for fi in range(len(manifest.files)):
                 staging.commit_file(fi)
+                touched_dirs.add(safe_join(self.install_dir, manifest.files[fi].path).parent)
             for d in manifest.dirs:
                 safe_join(self.install_dir, d).mkdir(parents=True, exist_ok=True)
-            fsync_dir(self.install_dir)
+            for folder in touched_dirs:  # renames durable before the record says installed
+                fsync_dir(folder)
 
-        await asyncio.to_thread(commit)
+        try:
+            await asyncio.to_thread(commit)
+        except OSError as exc:
+            raise translate_os_error(exc, f"moving files into {self.install_dir}") from exc
         previous = ctx.state.installed_game(manifest.product_id)
         game = InstalledGame(
             product_id=manifest.product_id, version_id=manifest.version_id,
@@ -343,6 +442,20 @@ class InstallRun:
             previous.version_id != manifest.version_id else None,
         )
         ctx.state.set_installed(game)
-        ctx.state.clear_journal(self.task.id)
         await asyncio.to_thread(staging.remove)
+        ctx.state.clear_journal(self.task.id)
         return game
+
+
+def check_install_target(target: Path) -> None:
+    """A fresh install goes into a folder that does not exist or holds nothing but the engine's
+    own staging: the player's files are never mixed with (or overwritten by) a game's."""
+    if not os.path.lexists(target):
+        return
+    if not os.path.isdir(target):
+        raise EngineError("TARGET_NOT_EMPTY", f"{target} is a file, not a folder", item=str(target))
+    others = sorted(p.name for p in target.iterdir() if p.name != STAGING_DIR)
+    if others:
+        shown = ", ".join(others[:5]) + (" …" if len(others) > 5 else "")
+        raise EngineError("TARGET_NOT_EMPTY", f"{target} already holds files ({shown}); install "
+                          "into an empty or new folder — nothing was changed", item=str(target))

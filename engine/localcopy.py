@@ -14,7 +14,9 @@ from pathlib import Path
 
 import blake3
 
-from engine.staging import Staging, safe_join
+from engine.errors import EngineError
+from engine.fsops import pwrite_all, safe_join
+from engine.staging import Staging
 from engine.updateplan import LocalCopy
 
 FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
@@ -53,8 +55,8 @@ def copy_chunks(install_dir: Path, staging: Staging, copies: list[LocalCopy]) ->
     written = 0
     for source, items in by_source.items():
         try:
-            fd = os.open(safe_join(install_dir, source), os.O_RDONLY)
-        except OSError:
+            fd = os.open(safe_join(install_dir, source), os.O_RDONLY | os.O_NOFOLLOW)
+        except (OSError, EngineError):  # missing, or a link: fetched instead, never followed
             failed.extend(items)
             continue
         try:
@@ -64,7 +66,7 @@ def copy_chunks(install_dir: Path, staging: Staging, copies: list[LocalCopy]) ->
                     failed.append(c)
                     continue
                 for w in c.writes:
-                    os.pwrite(staging.fd(w.file_index), data, w.file_offset)
+                    pwrite_all(staging.fd(w.file_index), data, w.file_offset)
                     written += c.size
         finally:
             os.close(fd)

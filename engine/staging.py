@@ -1,37 +1,103 @@
-"""The staging area: files are built inside ``<install>/.launcher-staging/`` (same filesystem,
-so commit is a rename) and moved into place only when verified.
+"""The staging area: files are built inside ``<install>/.launcher-staging/<task>/`` (same
+filesystem, so commit is a rename) and moved into place only when verified.
 
-Every path is checked to resolve inside its root before anything is opened: the manifest loader
-already refuses traversal, this is the second lock on the door.
+The engine creates the staging folder itself and marks it; a ``.launcher-staging`` that is a
+link, a file, or a folder the engine did not create is refused, never written through. Every
+path is checked component by component (no links below the install folder) before anything is
+opened, and files are opened with O_NOFOLLOW: the manifest loader already refuses traversal,
+this is the second lock on the door.
 """
 
 from __future__ import annotations
 
-import errno
+import contextlib
 import hashlib
 import os
+import re
 import shutil
+import stat
 from pathlib import Path
 
 from engine.errors import EngineError
+from engine.fsops import (
+    fsync_dir,
+    install_mode,
+    safe_join,
+    translate_os_error,
+)
 from patcher.manifest import FileEntry, Manifest
 
 STAGING_DIR = ".launcher-staging"
+OWNER_MARK = ".created-by-launcher"
+_TASK_ENTRY = re.compile(r"^([0-9a-f]{32})(\.old)?$")
+
+__all__ = ["STAGING_DIR", "Staging", "fsync_dir", "remove_task_staging", "safe_join",
+           "staging_root", "sweep_staging", "translate_os_error"]
 
 
-def safe_join(root: Path, rel: str) -> Path:
-    """``root / rel``, refusing anything that would land outside ``root``."""
-    target = (root / rel).resolve()
-    base = root.resolve()
-    if target != base and base not in target.parents:
-        raise EngineError("MANIFEST_PATH_INVALID", f"{rel!r} resolves outside {root}", item=rel)
-    return target
+def _lstat(path: Path) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
 
 
-def translate_os_error(exc: OSError, what: str) -> EngineError:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return EngineError("INSUFFICIENT_DISK_SPACE", f"disk full while {what}")
-    return EngineError("IO_ERROR", f"{what}: {exc.strerror or exc}")
+def staging_root(install_dir: Path, create: bool) -> Path | None:
+    """``<install>/.launcher-staging`` when it is the engine's own folder (created now when
+    ``create``); None when absent; UNSAFE_PATH when something else stands there."""
+    root = install_dir / STAGING_DIR
+    st = _lstat(root)
+    if st is None:
+        if not create:
+            return None
+        try:
+            root.mkdir(parents=True)
+            (root / OWNER_MARK).touch()
+        except OSError as exc:
+            raise translate_os_error(exc, f"creating {root}") from exc
+        return root
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise EngineError("UNSAFE_PATH", f"{root} is not a folder the launcher created "
+                          "(a link or a file); move it away and retry", item=STAGING_DIR)
+    if _lstat(root / OWNER_MARK) is None:
+        if any(root.iterdir()):
+            raise EngineError("UNSAFE_PATH", f"{root} was not created by the launcher; move it "
+                              "away and retry", item=STAGING_DIR)
+        (root / OWNER_MARK).touch()  # an empty folder left by a kill between mkdir and mark
+    return root
+
+
+def sweep_staging(install_dir: Path, keep: set[str]) -> list[str]:
+    """Remove the staging of tasks not in ``keep`` (finished, cancelled, unknown), and the
+    staging folder itself once empty. Only the engine's own entries are touched."""
+    root = staging_root(install_dir, create=False)
+    if root is None:
+        return []
+    removed: list[str] = []
+    for entry in root.iterdir():
+        m = _TASK_ENTRY.match(entry.name)
+        if m is None or m.group(1) in keep:
+            continue
+        st = _lstat(entry)
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            shutil.rmtree(entry)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry.name)
+    remove_if_unused(root)
+    return removed
+
+
+def remove_if_unused(root: Path) -> None:
+    """Drop the staging folder when only its mark is left."""
+    try:
+        names = [p.name for p in root.iterdir()]
+    except FileNotFoundError:
+        return
+    if names in ([], [OWNER_MARK]):
+        (root / OWNER_MARK).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            root.rmdir()
 
 
 class Staging:
@@ -40,8 +106,23 @@ class Staging:
     def __init__(self, install_dir: Path, task_id: str, manifest: Manifest) -> None:
         self.install_dir = install_dir
         self.root = install_dir / STAGING_DIR / task_id
+        self.backup = install_dir / STAGING_DIR / f"{task_id}.old"
         self.manifest = manifest
         self._fds: dict[int, int] = {}
+
+    def open_root(self, create: bool) -> bool:
+        """Check (and create) the task's staging folder; False when it does not exist."""
+        parent = staging_root(self.install_dir, create)
+        if parent is None:
+            return False
+        st = _lstat(self.root)
+        if st is None:
+            if not create:
+                return False
+            self.root.mkdir()
+        elif stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+            raise EngineError("UNSAFE_PATH", f"{self.root} is not a folder", item=STAGING_DIR)
+        return True
 
     def path(self, file_index: int) -> Path:
         return safe_join(self.root, self.manifest.files[file_index].path)
@@ -51,22 +132,24 @@ class Staging:
 
     def allocated_bytes(self) -> int:
         """Bytes already allocated by staged files (counts toward free-space checks)."""
+        if not self.open_root(create=False):
+            return 0
         total = 0
         for i in range(len(self.manifest.files)):
-            p = self.path(i)
-            if p.exists():
-                total += p.stat().st_blocks * 512
+            st = _lstat(self.path(i))
+            if st is not None and stat.S_ISREG(st.st_mode):
+                total += st.st_blocks * 512
         return total
 
     def prepare(self, file_indexes: list[int]) -> None:
         """Create and preallocate staged files, so a full disk shows up before the download."""
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            self.open_root(create=True)
             for i in file_indexes:
                 f = self.manifest.files[i]
                 p = self.path(i)
                 p.parent.mkdir(parents=True, exist_ok=True)
-                fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
+                fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
                 try:
                     if os.fstat(fd).st_size != f.size:
                         os.ftruncate(fd, f.size)
@@ -80,7 +163,7 @@ class Staging:
     def fd(self, file_index: int) -> int:
         fd = self._fds.get(file_index)
         if fd is None:
-            fd = os.open(self.path(file_index), os.O_RDWR)
+            fd = os.open(self.path(file_index), os.O_RDWR | os.O_NOFOLLOW)
             self._fds[file_index] = fd
         return fd
 
@@ -104,36 +187,51 @@ class Staging:
         """SHA-256 of the staged file against the manifest (runs in a worker thread)."""
         f = self.manifest.files[file_index]
         digest = hashlib.sha256()
-        with self.path(file_index).open("rb") as fh:
+        fd = os.open(self.path(file_index), os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as fh:
             while block := fh.read(1 << 20):
                 digest.update(block)
             os.fsync(fh.fileno())  # durable before the journal calls it verified
         return digest.hexdigest() == f.hash_sha256
 
+    def is_committed(self, file_index: int) -> bool:
+        """The staged file is gone and the install holds a regular file in its place."""
+        rel = self.manifest.files[file_index].path
+        if _lstat(self.path(file_index)) is not None:
+            return False
+        st = _lstat(safe_join(self.install_dir, rel))
+        return st is not None and stat.S_ISREG(st.st_mode)
+
     def commit_file(self, file_index: int) -> None:
-        """Move one verified staged file into the install folder (atomic rename)."""
+        """Move one verified staged file into the install folder (atomic rename). Never replaces
+        anything: a path the launcher did not create is a conflict, reported and left alone."""
         f: FileEntry = self.manifest.files[file_index]
         src = self.path(file_index)
+        if _lstat(src) is None:
+            if self.is_committed(file_index):
+                return  # renamed before a crash; the rename is the commit
+            raise EngineError("IO_ERROR", f"staged copy of {f.path} is missing", item=f.path)
         dest = safe_join(self.install_dir, f.path)
-        if not src.exists() and dest.exists():
-            return  # renamed before a crash; the rename is the commit
         dest.parent.mkdir(parents=True, exist_ok=True)
-        os.chmod(src, f.mode)
-        if dest.is_dir() and not dest.is_symlink():
-            shutil.rmtree(dest)
+        if _lstat(dest) is not None:
+            raise EngineError("PATH_CONFLICT", f"{dest} appeared in the install folder during the "
+                              "install and was not put there by the launcher; nothing was "
+                              "replaced — move it away and run the install again", item=f.path)
+        os.chmod(src, install_mode(f.mode))
         os.replace(src, dest)
 
     def remove(self) -> None:
+        """Delete this task's staging (and its switch backup); the folder once unused."""
         self.close()
-        shutil.rmtree(self.root, ignore_errors=True)
-        parent = self.root.parent
-        if parent.exists() and not any(parent.iterdir()):
-            parent.rmdir()
+        remove_task_staging(self.install_dir, self.root.name)
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def remove_task_staging(install_dir: Path, task_id: str) -> None:
+    parent = staging_root(install_dir, create=False)
+    if parent is None:
+        return
+    for d in (parent / task_id, parent / f"{task_id}.old"):
+        st = _lstat(d)
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            shutil.rmtree(d)
+    remove_if_unused(parent)

@@ -215,6 +215,31 @@ class State:
         rows = self.db.execute("SELECT file FROM file_done WHERE task_id = ?", [task_id])
         return {int(r[0]) for r in rows}
 
+    def forget_blocks(self, task_id: str, blocks: Iterable[int], files: Iterable[int]) -> None:
+        """Un-journal blocks and files (a staged file failed its hash: fetch them again)."""
+        conn = self.db.conn
+        conn.execute("BEGIN")
+        try:
+            conn.executemany("DELETE FROM block_done WHERE task_id = ? AND block = ?",
+                             [(task_id, b) for b in blocks])
+            conn.executemany("DELETE FROM file_done WHERE task_id = ? AND file = ?",
+                             [(task_id, f) for f in files])
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def resumable_task_ids(self) -> set[str]:
+        """Tasks whose staging must be kept: queued, running, paused, or failed (resumable)."""
+        rows = self.db.execute("SELECT id FROM tasks WHERE status NOT IN (?, ?)",
+                               [TaskState.COMPLETED.value, TaskState.CANCELLED.value])
+        return {str(r[0]) for r in rows}
+
+    def latest_task_for(self, product_id: str) -> TaskRecord | None:
+        rows = list(self.db.table("tasks").rows_where(
+            "product_id = ?", [product_id], order_by="created_at DESC", limit=1))
+        return self._task(rows[0]) if rows else None
+
     def clear_journal(self, task_id: str) -> None:
         self.db.execute("DELETE FROM block_done WHERE task_id = ?", [task_id])
         self.db.execute("DELETE FROM file_done WHERE task_id = ?", [task_id])

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,14 @@ import blake3
 from engine.backend_client import TaskGrant
 from engine.errors import EngineError
 from engine.events import status_event
+from engine.fsops import (
+    atomic_write,
+    fsync_dir,
+    install_mode,
+    pwrite_all,
+    remove_empty_parents,
+    safe_join,
+)
 from engine.installer import (
     EngineContext,
     InstallRun,
@@ -33,8 +42,8 @@ from engine.installer import (
 )
 from engine.localcopy import copy_chunks, copy_or_clone
 from engine.planner import ChunkWrite, plan_install
-from engine.sources import SourcePool
-from engine.staging import STAGING_DIR, Staging, fsync_dir, safe_join
+from engine.sources import CdnSource, SourcePool
+from engine.staging import Staging, remove_task_staging, sweep_staging
 from engine.state import InstalledGame
 from engine.updateplan import (
     BuildMethod,
@@ -46,8 +55,9 @@ from engine.updateplan import (
     merge_wanted,
     plan_repair,
     plan_update,
+    with_rebuilds,
 )
-from engine.verify import scan_install
+from engine.verify import quick_check, scan_install
 from patcher.deltaindex import DeltaIndex, decode_delta_index
 from patcher.errors import DeltaError, ManifestError
 from patcher.manifest import Manifest
@@ -89,38 +99,111 @@ class SwitchJournal:
                              tuple(d["dirs"]))
 
 
+def _kind(path: Path) -> str:
+    """'none' | 'link' | 'file' | 'dir' | 'other' without following links."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return "none"
+    if stat.S_ISLNK(mode):
+        return "link"
+    if stat.S_ISREG(mode):
+        return "file"
+    return "dir" if stat.S_ISDIR(mode) else "other"
+
+
+def switch_conflicts(install_dir: Path, old: Manifest, new: Manifest, rebuilt: list[str],
+                     removed: tuple[str, ...]) -> list[str]:
+    """Paths the switch would have to replace that the launcher did not put there: a folder
+    with content, or a file that is not part of the installed version. Links are damage and are
+    replaced (removing a link deletes no data). The update refuses these before it starts."""
+    ours = {f.path for f in old.files} | {f.path for f in new.files}
+    ours_dirs = set(old.dirs) | {"/".join(p.split("/")[:n]) for p in ours
+                                 for n in range(1, p.count("/") + 1)}
+    bad: list[str] = []
+    for rel in rebuilt + list(removed):
+        parts = rel.split("/")
+        for n in range(1, len(parts) + 1):
+            sub = "/".join(parts[:n])
+            kind = _kind(install_dir / sub)
+            if kind in ("none", "link"):
+                break
+            final = n == len(parts)
+            if kind == "file" and (not final and sub not in ours):
+                bad.append(sub)
+                break
+            if kind == "dir" and final and sub not in ours_dirs and any((install_dir / sub).iterdir()):
+                bad.append(sub)
+            if kind == "file" and final and sub not in ours:
+                bad.append(sub)
+            if kind == "other":
+                bad.append(sub)
+                break
+    return sorted(set(bad))
+
+
+def _aside(install_dir: Path, rel: str, backup: Path) -> None:
+    """Move what stands at ``install_dir/rel`` (a file, a link — never followed — or a folder
+    the manifest owns) into the switch backup; deleted only once the switch is recorded."""
+    aside = backup / rel
+    aside.parent.mkdir(parents=True, exist_ok=True)
+    if _kind(aside) == "dir":
+        shutil.rmtree(aside)
+    os.replace(install_dir / rel, aside)
+
+
+def _clear_parents(install_dir: Path, rel: str, backup: Path) -> None:
+    """Links (or files) standing where ``rel`` needs folders are moved aside."""
+    parts = rel.split("/")[:-1]
+    for n in range(1, len(parts) + 1):
+        sub = "/".join(parts[:n])
+        kind = _kind(install_dir / sub)
+        if kind == "none":
+            return
+        if kind != "dir":
+            _aside(install_dir, sub, backup)
+            return
+
+
 def switch_files(install_dir: Path, staging: Staging, journal: SwitchJournal,
                  step_delay: float | None = None) -> None:
     """Idempotent: each step checks what is already done, so a rerun after a crash completes it.
     ``step_delay`` (QA only) widens the window in which a kill lands mid-switch."""
-    backup = staging.root.with_name(staging.root.name + ".old")
+    backup = staging.backup
+    replace = set(journal.replace)
     for rel in journal.replace + journal.remove:
-        live = safe_join(install_dir, rel)
-        if live.exists() or live.is_symlink():
-            if rel in journal.replace and not staging.path_of(rel).exists():
-                continue  # already switched: the live file is the new one
-            aside = safe_join(backup, rel)
-            aside.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(live, aside)
+        _clear_parents(install_dir, rel, backup)
+        kind = _kind(install_dir / rel)
+        if kind == "none":
+            continue
+        if rel in replace and _kind(staging.path_of(rel)) == "none":
+            continue  # already switched: the live file is the new one
+        if rel not in replace and kind == "dir":
+            continue  # a folder now stands where a removed file was: not ours to move
+        _aside(install_dir, rel, backup)
+    touched = {install_dir}
     for rel in journal.replace:
         staged = staging.path_of(rel)
-        if staged.exists():
+        if _kind(staged) == "file":
             dest = safe_join(install_dir, rel)
             dest.parent.mkdir(parents=True, exist_ok=True)
             entry = staging.manifest.file(rel)
             if entry is not None:
-                os.chmod(staged, entry.mode)
+                os.chmod(staged, install_mode(entry.mode))
             os.replace(staged, dest)
+            touched.add(dest.parent)
             if step_delay:
                 time.sleep(step_delay)
     for d in journal.dirs:
+        _clear_parents(install_dir, d + "/x", backup)
+        if _kind(install_dir / d) not in ("dir", "none"):
+            _aside(install_dir, d, backup)
         safe_join(install_dir, d).mkdir(parents=True, exist_ok=True)
     for rel in journal.remove:  # drop folders that only held removed files
-        parent = safe_join(install_dir, rel).parent
-        while parent != install_dir.resolve() and parent.exists() and not any(parent.iterdir()):
-            parent.rmdir()
-            parent = parent.parent
-    fsync_dir(install_dir)
+        remove_empty_parents(install_dir, rel)
+    for folder in touched:
+        if _kind(folder) == "dir":
+            fsync_dir(folder)
 
 
 class UpdateRun(InstallRun):
@@ -133,9 +216,20 @@ class UpdateRun(InstallRun):
         if installed is None:
             raise EngineError("NOT_INSTALLED", f"{self.task.product_id} is not installed")
         self.install_dir = Path(installed.path)
+        await asyncio.to_thread(sweep_staging, self.install_dir, ctx.state.resumable_task_ids())
         key_hex = await manifest_key(ctx)
         old = cached_manifest(ctx, installed.product_id, installed.version_id, key_hex)
-        grant = await self._grant(installed)
+        switch_pending = (self.install_dir / ".launcher-staging" / self.task.id / "switch.json")
+        if self.task.kind in ("update", "rollback") and not installed.dirty \
+                and self.task.version_id == installed.version_id and not switch_pending.exists():
+            # asked for the version it has, or killed after the switch was recorded
+            return await self._already_there(installed)
+        try:
+            grant = await self._grant(installed)
+        except EngineError as exc:
+            if exc.code == "ALREADY_UP_TO_DATE" and not installed.dirty:
+                return await self._already_there(installed)
+            raise
         if self.on_started is not None:
             self.on_started(ctx.state.task(self.task.id))
         pool = SourcePool(list(grant.sources))
@@ -151,6 +245,25 @@ class UpdateRun(InstallRun):
         else:
             delta = await self._load_delta(pool, grant, key_hex)
             plan = plan_update(old, new, delta)
+            # unchanged files that went missing, changed size or became links are rebuilt too:
+            # an update leaves a whole tree, not just the changed files
+            rebuilt = {b.file_index for b in plan.builds}
+            keep = [f.path for i, f in enumerate(new.files) if i not in rebuilt]
+            bad = set(await asyncio.to_thread(quick_check, self.install_dir, new, keep))
+            if bad:
+                log.warning("%d unchanged file(s) missing or damaged (first: %s); rebuilding them",
+                            len(bad), sorted(bad)[0])
+                sources = chunk_sources_excluding(old, bad)
+                plan = with_rebuilds(plan, new, {i for i, f in enumerate(new.files)
+                                                 if f.path in bad}, sources)
+        conflicts = switch_conflicts(self.install_dir, old, new,
+                                     [new.files[b.file_index].path for b in plan.builds],
+                                     plan.remove)
+        if conflicts:
+            raise EngineError("PATH_CONFLICT", f"{len(conflicts)} path(s) in {self.install_dir} "
+                              f"hold files the launcher did not put there and the new version "
+                              f"needs: {', '.join(conflicts[:5])}; move them away and retry — "
+                              "nothing was changed", item=conflicts[0])
         self.ctx.bus.publish({"type": "updatePlan", "payload": {
             "taskId": self.task.id, "productId": new.product_id, "fromVersion": old.version_id,
             "toVersion": new.version_id, **plan.summary()}})
@@ -164,11 +277,21 @@ class UpdateRun(InstallRun):
             tuple(p for p in plan.remove),
             new.dirs,
         )
-        tmp = journal_path.with_suffix(".tmp")
-        tmp.write_text(journal.to_json())
-        os.replace(tmp, journal_path)
-        fsync_dir(staging.root)
+        await asyncio.to_thread(atomic_write, journal_path, journal.to_json().encode())
         return await self._switch(installed, new, staging, journal)
+
+    async def _refresh(self) -> tuple[CdnSource, ...]:
+        backend_task_id = self.ctx.state.task(self.task.id).backend_task_id
+        assert backend_task_id is not None
+        return await self.ctx.api.refresh_sources(backend_task_id)
+
+    async def _already_there(self, installed: InstalledGame) -> InstalledGame:
+        """Nothing to change: clean up what a killed run left, report the version it has."""
+        await asyncio.to_thread(remove_task_staging, self.install_dir, self.task.id)
+        self.ctx.state.clear_journal(self.task.id)
+        self.ctx.state.update_task(self.task.id, version_id=installed.version_id)
+        log.info("%s is already at %s", installed.product_id, installed.version_id)
+        return installed
 
     async def _grant(self, installed: InstalledGame) -> TaskGrant:
         api = self.ctx.api
@@ -187,9 +310,12 @@ class UpdateRun(InstallRun):
         if not grant.delta_path or not grant.delta_signature_path:
             return None
         try:
-            blob = await fetch_small(self.ctx, pool, grant.delta_path, MAX_DELTA_INDEX)
-            sig = await fetch_small(self.ctx, pool, grant.delta_signature_path, 1024)
-            verify_signature(blob, sig, load_public_key(key_hex))
+            key = load_public_key(key_hex)
+            sig = await fetch_small(self.ctx, pool, grant.delta_signature_path, 1024,
+                                    refresh=self._refresh)
+            blob = await fetch_small(self.ctx, pool, grant.delta_path, MAX_DELTA_INDEX,
+                                     check=lambda data: verify_signature(data, sig, key),
+                                     refresh=self._refresh)
             return decode_delta_index(blob)
         except (EngineError, ManifestError) as exc:
             # patches only save bytes; without them the update still works from chunks
@@ -202,7 +328,7 @@ class UpdateRun(InstallRun):
         report = await asyncio.to_thread(scan_install, self.install_dir, manifest, False)
         bad = report.damaged_paths()
         return ({i for i, f in enumerate(manifest.files) if f.path in bad},
-                set(report.missing) | set(report.wrong_size))
+                set(report.missing) | set(report.wrong_size) | set(report.links))
 
     async def _build(self, grant: TaskGrant, pool: SourcePool, old: Manifest, new: Manifest,
                      plan: UpdatePlan, staging: Staging) -> None:
@@ -217,9 +343,9 @@ class UpdateRun(InstallRun):
         sources = chunk_sources_excluding(old, set())
         # moves and patches first: each is all-or-nothing, with chunks as the fallback
         for b in todo:
-            if b.method is BuildMethod.MOVE:
-                await self._move(b, new, staging)
-            elif b.method is BuildMethod.PATCH and not await self._patch(b, pool, staging):
+            if (b.method is BuildMethod.MOVE and not await self._move(b, new, staging)) or (
+                    b.method is BuildMethod.PATCH and not await self._patch(b, pool, staging)):
+                await asyncio.to_thread(staging.prepare, [b.file_index])  # back to full size
                 local, wanted = chunk_build(new, b.file_index, sources)
                 plan = _with_copies(plan, local)
                 merge_wanted(fetch, wanted)
@@ -247,13 +373,26 @@ class UpdateRun(InstallRun):
         files = {b.file_index for b in todo}
         await self._download_and_verify(ctx, grant, pool, new, dl, staging, files)
 
-    async def _move(self, b: FileBuild, new: Manifest, staging: Staging) -> None:
+    async def _move(self, b: FileBuild, new: Manifest, staging: Staging) -> bool:
+        """Clone or copy a renamed file and check it; False (logged, naming the file) means the
+        local source is missing or damaged: build it from chunks instead."""
         assert b.move_source is not None
-        src = safe_join(self.install_dir, b.move_source)
-        dest = staging.path(b.file_index)
         staging.close_file(b.file_index)
-        written = await asyncio.to_thread(copy_or_clone, src, dest)
+        try:
+            src = safe_join(self.install_dir, b.move_source)
+            dest = staging.path(b.file_index)
+            written = await asyncio.to_thread(copy_or_clone, src, dest)
+            ok = await asyncio.to_thread(staging.verify, b.file_index)
+        except (OSError, EngineError) as exc:
+            ok, written, reason = False, 0, str(exc)
+        else:
+            reason = "its content differs from the manifest"
+        if not ok:
+            log.warning("local copy %s -> %s unusable (%s); building it from chunks",
+                        b.move_source, new.files[b.file_index].path, reason)
+            return False
         self.progress.written += written
+        return True
 
     async def _patch(self, b: FileBuild, pool: SourcePool, staging: Staging) -> bool:
         """Fetch, check and apply one patch; False (logged, not fatal) means use chunks."""
@@ -262,16 +401,21 @@ class UpdateRun(InstallRun):
         p = b.patch
         assert p is not None
         try:
-            data = await fetch_small(self.ctx, pool, f"{self.task.product_id}/patches/{p.patch_id}.patch",
-                                     p.patch_size)
+            def check(data: bytes) -> None:
+                if blake3.blake3(data).hexdigest() != p.patch_id:
+                    raise EngineError("DELTA_PATCH_APPLICATION_FAILED",
+                                      f"patch for {p.path}: bytes do not match its id", item=p.path)
+
+            data = await fetch_small(self.ctx, pool,
+                                     f"{self.task.product_id}/patches/{p.patch_id}.patch",
+                                     p.patch_size, check=check, refresh=self._refresh)
             self.progress.downloaded += len(data)
-            if blake3.blake3(data).hexdigest() != p.patch_id:
-                raise DeltaError(f"patch for {p.path}: bytes do not match its id")
             source = safe_join(self.install_dir, p.source_path)
             old_bytes = await asyncio.to_thread(source.read_bytes)
             out = await asyncio.to_thread(apply_patch, PatchMethod(p.method), old_bytes, data,
                                           old_sha256=p.from_sha256, new_sha256=p.to_sha256,
                                           new_size=p.to_size)
+            staging.close_file(b.file_index)
             await asyncio.to_thread(_write_at, staging, b.file_index, out)
             self.progress.written += len(out)
             return True
@@ -298,8 +442,8 @@ class UpdateRun(InstallRun):
             previous_version=installed.version_id if changed_version else installed.previous_version,
         )
         ctx.state.set_installed(game)
+        await asyncio.to_thread(staging.remove)
         ctx.state.clear_journal(self.task.id)
-        await asyncio.to_thread(_remove_staging, staging)
         return game
 
 
@@ -310,16 +454,5 @@ def _with_copies(plan: UpdatePlan, extra: list[LocalCopy]) -> UpdatePlan:
 def _write_at(staging: Staging, file_index: int, data: bytes) -> None:
     fd = staging.fd(file_index)
     os.ftruncate(fd, len(data))
-    view = memoryview(data)
-    offset = 0
-    while offset < len(view):
-        offset += os.pwrite(fd, view[offset:], offset)
+    pwrite_all(fd, data, 0)
     staging.close_file(file_index)
-
-
-def _remove_staging(staging: Staging) -> None:
-    staging.remove()
-    shutil.rmtree(staging.root.with_name(staging.root.name + ".old"), ignore_errors=True)
-    parent = staging.root.parent
-    if parent.name == STAGING_DIR and parent.exists() and not any(parent.iterdir()):
-        parent.rmdir()

@@ -124,6 +124,21 @@ def plan_update(old: Manifest, new: Manifest, delta: DeltaIndex | None) -> Updat
     return _finish(new, builds, copies, fetch, diff.removed)
 
 
+def with_rebuilds(plan: UpdatePlan, new: Manifest, extra: set[int],
+                  sources: dict[str, ChunkSource]) -> UpdatePlan:
+    """``plan`` plus chunk rebuilds of ``extra`` files (unchanged files found missing or damaged)."""
+    have = {b.file_index for b in plan.builds}
+    builds = list(plan.builds)
+    copies = list(plan.copies)
+    fetch: dict[str, list[ChunkWrite]] = {cid: list(ws) for cid, ws in plan.fetch.items()}
+    for fi in sorted(extra - have):
+        builds.append(FileBuild(fi, BuildMethod.CHUNKS))
+        local, wanted = chunk_build(new, fi, sources)
+        copies.extend(local)
+        merge_wanted(fetch, wanted)
+    return _finish(new, builds, copies, fetch, plan.remove)
+
+
 def plan_repair(manifest: Manifest, damaged: set[int], missing_sources: set[str]) -> UpdatePlan:
     """Rebuild the damaged files of an install from its own good chunks plus downloads.
 

@@ -5,6 +5,7 @@ presence and size (for a player who wants an answer in seconds)."""
 from __future__ import annotations
 
 import os
+import stat
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -13,7 +14,9 @@ from typing import Any
 
 import blake3
 
-from engine.staging import STAGING_DIR, safe_join
+from engine.errors import EngineError
+from engine.fsops import safe_join
+from engine.staging import STAGING_DIR
 from patcher.chunking import CHUNK_MAX
 from patcher.manifest import FileEntry, Manifest
 
@@ -39,13 +42,15 @@ class VerifyReport:
     wrong_size: tuple[str, ...] = ()
     damaged: tuple[DamagedRange, ...] = ()
     extra: tuple[str, ...] = field(default=())
+    links: tuple[str, ...] = ()  # a link stands at the file or one of its folders (not followed)
 
     @property
     def ok(self) -> bool:
-        return not (self.missing or self.wrong_size or self.damaged)
+        return not (self.missing or self.wrong_size or self.damaged or self.links)
 
     def damaged_paths(self) -> set[str]:
-        return set(self.missing) | set(self.wrong_size) | {d.path for d in self.damaged}
+        return (set(self.missing) | set(self.wrong_size) | set(self.links)
+                | {d.path for d in self.damaged})
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -54,23 +59,20 @@ class VerifyReport:
             "seconds": round(self.seconds, 3),
             "missing": list(self.missing), "wrongSize": list(self.wrong_size),
             "damaged": [{"path": d.path, "offset": d.offset, "size": d.size} for d in self.damaged],
-            "extra": list(self.extra),
+            "extra": list(self.extra), "links": list(self.links),
         }
 
 
 def _check_file(install_dir: Path, f: FileEntry) -> tuple[str, list[DamagedRange]]:
-    """'ok' | 'missing' | 'size' | 'damaged' with merged damaged ranges."""
-    path = safe_join(install_dir, f.path)
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return "missing", []
-    if st.st_size != f.size:
-        return "size", []
-    if f.size == 0:
-        return "ok", []
+    """'ok' | 'missing' | 'link' | 'size' | 'damaged' with merged damaged ranges."""
+    status = _quick_status(install_dir, f)
+    if status != "ok" or f.size == 0:
+        return status, []
     ranges: list[DamagedRange] = []
-    fd = os.open(path, os.O_RDONLY)
+    try:
+        fd = os.open(install_dir / f.path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return "missing", []
     try:
         # sequential reads of whole-chunk spans into one reused buffer: measured faster than
         # mmap on a cold cache (page faults stall the hashing thread)
@@ -102,6 +104,32 @@ def _check_file(install_dir: Path, f: FileEntry) -> tuple[str, list[DamagedRange
     return ("damaged" if ranges else "ok"), ranges
 
 
+def _quick_status(install_dir: Path, f: FileEntry) -> str:
+    """Presence, type and size only: 'ok' | 'missing' | 'link' | 'size'. Never follows a link."""
+    try:
+        path = safe_join(install_dir, f.path)
+        st = os.lstat(path)
+    except EngineError:
+        return "link"
+    except (FileNotFoundError, NotADirectoryError):
+        return "missing"
+    if stat.S_ISLNK(st.st_mode):
+        return "link"
+    if not stat.S_ISREG(st.st_mode):
+        return "missing"
+    return "ok" if st.st_size == f.size else "size"
+
+
+def quick_check(install_dir: Path, manifest: Manifest, paths: list[str]) -> list[str]:
+    """The paths among ``paths`` that are missing, links, not files, or of the wrong size."""
+    out = []
+    for rel in paths:
+        f = manifest.file(rel)
+        if f is not None and _quick_status(install_dir, f) != "ok":
+            out.append(rel)
+    return out
+
+
 def _extra_files(install_dir: Path, manifest: Manifest) -> list[str]:
     known = {f.path for f in manifest.files} | set(manifest.dirs)
     parents = {"/".join(p.split("/")[:n]) for p in known for n in range(1, p.count("/") + 1)}
@@ -122,30 +150,28 @@ def scan_install(install_dir: Path, manifest: Manifest, quick: bool, workers: in
     started = time.perf_counter()
     missing: list[str] = []
     wrong: list[str] = []
+    links: list[str] = []
     damaged: list[DamagedRange] = []
     checked = 0
+    by_status = {"missing": missing, "size": wrong, "link": links}
     if quick:
         for f in manifest.files:
-            p = safe_join(install_dir, f.path)
-            if not p.exists():
-                missing.append(f.path)
-            elif p.stat().st_size != f.size:
-                wrong.append(f.path)
+            status = _quick_status(install_dir, f)
+            if status != "ok":
+                by_status[status].append(f.path)
     else:
         # largest first, so two workers finish together
         order = sorted(manifest.files, key=lambda f: -f.size)
         with ThreadPoolExecutor(max_workers=workers) as pool:
             for f, (status, ranges) in zip(order, pool.map(lambda f: _check_file(install_dir, f), order),
                                           strict=True):
-                if status == "missing":
-                    missing.append(f.path)
-                elif status == "size":
-                    wrong.append(f.path)
+                if status in by_status:
+                    by_status[status].append(f.path)
                 else:
                     checked += f.size
                     damaged.extend(ranges)
     return VerifyReport(
         manifest.product_id, manifest.version_id, quick, len(manifest.files), checked,
         time.perf_counter() - started, tuple(sorted(missing)), tuple(sorted(wrong)),
-        tuple(damaged), tuple(_extra_files(install_dir, manifest)),
+        tuple(damaged), tuple(_extra_files(install_dir, manifest)), tuple(sorted(links)),
     )

@@ -1,0 +1,121 @@
+"""Safe file-system operations: the one place that decides how the engine touches a player's disk.
+
+Rules (issue 9): nothing is written, deleted or followed through a symbolic link below an
+install folder; every write loops on short writes; every replacement is atomic and durable;
+file modes come from the manifest's exec bit only. The install folder itself may be a link
+(a player's library on another disk): paths are checked from it downwards.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+
+from engine.errors import EngineError
+
+EXEC_MODE = 0o755
+PLAIN_MODE = 0o644
+
+
+def install_mode(manifest_mode: int) -> int:
+    """Only the exec bit of a manifest's mode is carried: 0o777 or 0o000 never reach the disk."""
+    return EXEC_MODE if manifest_mode & 0o111 else PLAIN_MODE
+
+
+def translate_os_error(exc: OSError, what: str) -> EngineError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return EngineError("INSUFFICIENT_DISK_SPACE", f"disk full while {what}")
+    name = f" ({exc.filename})" if exc.filename else ""
+    return EngineError("IO_ERROR", f"{what}: {exc.strerror or exc}{name}")
+
+
+def _check_rel(root: Path, rel: str) -> list[str]:
+    parts = rel.split("/")
+    if (not rel or rel.startswith("/") or "\\" in rel or "\0" in rel
+            or any(p in ("", ".", "..") for p in parts)):
+        raise EngineError("MANIFEST_PATH_INVALID", f"{rel!r} is not a path inside {root}", item=rel)
+    return parts
+
+
+def first_link(root: Path, rel: str) -> Path | None:
+    """The first existing component of ``root/rel`` (below ``root``) that is a symbolic link, or
+    a non-directory standing where a directory is needed; None when the path is clean."""
+    parts = _check_rel(root, rel)
+    path = root
+    for i, part in enumerate(parts):
+        path = path / part
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        if stat.S_ISLNK(st.st_mode):
+            return path
+        if i < len(parts) - 1 and not stat.S_ISDIR(st.st_mode):
+            return path
+    return None
+
+
+def safe_join(root: Path, rel: str) -> Path:
+    """``root / rel``, refusing traversal and any link (or file used as a folder) below root."""
+    bad = first_link(root, rel)
+    if bad is not None:
+        kind = "a symbolic link" if bad.is_symlink() else "not a folder"
+        raise EngineError("UNSAFE_PATH", f"{bad} is {kind}; the engine never follows or writes "
+                          f"through it", item=rel)
+    return root / rel
+
+
+def is_link_or_missing(path: Path) -> bool:
+    try:
+        return stat.S_ISLNK(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return True
+
+
+def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    """pwrite that loops on short writes (a signal or a nearly full disk can cut one short)."""
+    view = memoryview(data)
+    done = 0
+    while done < len(view):
+        n = os.pwrite(fd, view[done:], offset + done)
+        if n <= 0:
+            raise OSError(errno.EIO, "pwrite wrote nothing")
+        done += n
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write ``data`` to ``path`` so that a crash leaves the old or the new file, never a mix:
+    tmp file, fsync it, rename over, fsync the folder."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    try:
+        pwrite_all(fd, data, 0)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def remove_empty_parents(root: Path, rel: str) -> None:
+    """rmdir the folders of ``rel`` below ``root`` that are now empty (never a link's target)."""
+    parts = rel.split("/")[:-1]
+    while parts:
+        d = root.joinpath(*parts)
+        try:
+            if stat.S_ISLNK(os.lstat(d).st_mode):
+                return
+            os.rmdir(d)
+        except OSError:
+            return
+        parts.pop()
