@@ -1,0 +1,363 @@
+"""Issue 9: what kills, faults and hostile input did to the engine — each reproduced on the real
+parts (real backend, CDN edges, the fault proxy, the CLI as a subprocess, kill -9) and fixed.
+
+The player's own files are never deleted or overwritten, nothing is written or followed through
+a link below an install, failed and killed tasks resume instead of starting over, and local
+damage has a repair path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.enginekit import STAGING, EngineCli, assert_same_tree
+from tests.faultproxy import Fault, FaultProxy
+
+PRODUCT = "star-courier"
+SMALL = "tiny-tactics"
+
+
+@pytest.fixture
+def user(backend: Any) -> tuple[str, str]:
+    name, _token = backend.new_user(products=[PRODUCT, SMALL])
+    return name, "secret-pw"
+
+
+@pytest.fixture
+def engine(backend: Any, user: tuple[str, str], tmp_path: Path) -> EngineCli:
+    cli = EngineCli(tmp_path / "engine-data", backend.url)
+    cli.login(*user)
+    return cli
+
+
+def build_dir(published_store: Any, version: str, product: str = PRODUCT) -> Path:
+    return Path(published_store.builds) / product / version
+
+
+def first_version(published_store: Any, product: str = PRODUCT) -> str:
+    return str(published_store.product(product).versions[0])
+
+
+def error_of(lines: list[dict[str, Any]]) -> str:
+    return json.dumps(lines[-1:])
+
+
+def sha(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+# -- 1. the player's files ---------------------------------------------------------------------
+
+def test_install_into_a_folder_with_player_files_is_refused(engine: EngineCli, tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    (docs / "game.py").mkdir(parents=True)  # a folder where the game has a file
+    (docs / "game.py" / "keep.txt").write_text("k")
+    (docs / "notes.txt").write_text("x")
+    code, lines, _ = engine.run("install", SMALL, "--target", str(docs))
+    assert code == 2, error_of(lines)
+    assert "TARGET_NOT_EMPTY" in error_of(lines) and str(docs) in error_of(lines)
+    assert (docs / "notes.txt").read_text() == "x"
+    assert (docs / "game.py" / "keep.txt").read_text() == "k"
+    assert sorted(p.name for p in docs.iterdir()) == ["game.py", "notes.txt"]
+    assert engine.ok("queue", "list")[-1]["tasks"] == []  # nothing was queued
+
+
+def test_uninstall_removes_only_the_games_files(engine: EngineCli, published_store: Any,
+                                                tmp_path: Path) -> None:
+    target = tmp_path / "games" / SMALL
+    engine.ok("install", SMALL, "--target", str(target))
+    (target / "my-notes.txt").write_text("mine")  # the player's (or the game's own) files
+    game_dir = next(p for p in target.iterdir() if p.is_dir())
+    (game_dir / "screenshot.png").write_bytes(b"png")
+    lines = engine.ok("uninstall", SMALL)
+    result = lines[-1]["game"]
+    assert result["folderRemoved"] is False
+    assert "my-notes.txt" in result["leftInFolder"]
+    assert result["removedFiles"] > 0
+    left = sorted(p.relative_to(target).as_posix() for p in target.rglob("*") if p.is_file())
+    assert left == sorted(["my-notes.txt", f"{game_dir.name}/screenshot.png"])
+    assert engine.ok("installed")[-1]["installed"] == []
+    # a clean folder is removed entirely
+    other = tmp_path / "games" / "clean"
+    engine.ok("install", SMALL, "--target", str(other))
+    assert engine.ok("uninstall", SMALL)[-1]["game"]["folderRemoved"] is True
+    assert not other.exists()
+
+
+def test_uninstall_through_a_linked_folder_keeps_the_link_target(engine: EngineCli,
+                                                                 tmp_path: Path) -> None:
+    real = tmp_path / "other-disk" / "games"
+    real.mkdir(parents=True)
+    link = tmp_path / "linked"
+    link.symlink_to(real, target_is_directory=True)
+    engine.ok("install", SMALL, "--target", str(link))
+    assert any(real.iterdir())
+    (real / "player.sav").write_text("save")
+    engine.ok("uninstall", SMALL)
+    assert sorted(p.name for p in real.iterdir()) == ["player.sav"]  # game files gone
+    assert link.is_symlink() and real.is_dir()  # neither the link nor its target deleted
+
+
+# -- 2. kill -9 in the commit phase ------------------------------------------------------------
+
+def test_kill_during_commit_resumes_byte_exact(engine: EngineCli, published_store: Any,
+                                               tmp_path: Path) -> None:
+    version = first_version(published_store)
+    engine.env["LAUNCHER_ENGINE_QA_SWITCH_DELAY_S"] = "0.002"  # widen the commit window
+    for attempt in range(3):
+        target = tmp_path / f"g{attempt}"
+        proc = engine.popen("install", PRODUCT, "--version", version, "--target", str(target))
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line or '"verifying"' in line:
+                break
+        time.sleep(0.05 * (attempt + 1))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        committed = [p for p in target.rglob("*") if p.is_file() and STAGING not in p.parts]
+        assert committed, "the kill did not land in the commit phase"
+        del engine.env["LAUNCHER_ENGINE_QA_SWITCH_DELAY_S"]
+        lines = engine.ok("install", PRODUCT, "--version", version, "--target", str(target))
+        engine.env["LAUNCHER_ENGINE_QA_SWITCH_DELAY_S"] = "0.002"
+        assert lines[-1]["result"] == "completed"
+        assert_same_tree(target, build_dir(published_store, version))
+        assert not (target / STAGING).exists()
+        # nothing was fetched again: every block was journaled before the commit began
+        task = lines[-1]["task"]
+        assert task["downloadedBytes"] == task["downloadSizeBytes"]
+        engine.ok("uninstall", PRODUCT)
+
+
+# -- 3. failed and killed tasks resume; no orphaned staging ------------------------------------
+
+def test_a_failed_install_is_resumed_not_restarted(backend_factory: Any, published_store: Any,
+                                                   tmp_path: Path) -> None:
+    server = backend_factory(settings={})
+    edge = server.start_cdn_edge()
+    with FaultProxy(edge.url.removesuffix("/cdn/")) as proxy:
+        server.set_edges([f"{proxy.url}/cdn/"])
+        name, _ = server.new_user(products=[PRODUCT])
+        cli = EngineCli(tmp_path / "eng", server.url, env={
+            "LAUNCHER_ENGINE_STALL_TIMEOUT_S": "1", "LAUNCHER_ENGINE_MAX_ATTEMPTS": "2"})
+        cli.login(name, "secret-pw")
+        version = first_version(published_store)
+        target = tmp_path / "g"
+        proxy.set_fault(Fault.STALL, after_bytes=1_200_000, path_contains="/packs/")
+        code, lines, _ = cli.run("install", PRODUCT, "--version", version, "--target", str(target))
+        assert code == 6, error_of(lines)
+        failed = lines[-1]["task"]
+        assert failed["status"] == "error" and failed["errorCode"] == "CDN_UNREACHABLE"
+        assert failed["downloadedBytes"] > 0
+        assert [p.name for p in (target / STAGING).iterdir() if p.is_dir()] == [failed["taskId"]]
+        proxy.set_fault(Fault.NONE)
+        sent_before = proxy.bytes_sent
+        lines = cli.ok("install", PRODUCT, "--version", version, "--target", str(target))
+        task = lines[-1]["task"]
+        assert task["taskId"] == failed["taskId"]  # the same task, resumed
+        assert_same_tree(target, build_dir(published_store, version))
+        assert not (target / STAGING).exists()
+        refetched = proxy.bytes_sent - sent_before
+        assert refetched < task["downloadSizeBytes"] - failed["downloadedBytes"] // 2, \
+            (refetched, failed["downloadedBytes"], task["downloadSizeBytes"])
+
+
+def test_update_to_the_current_version_succeeds_and_cleans_up(engine: EngineCli,
+                                                              published_store: Any,
+                                                              tmp_path: Path) -> None:
+    version = first_version(published_store)
+    target = tmp_path / "g"
+    engine.ok("install", PRODUCT, "--version", version, "--target", str(target))
+    # what a kill right after a recorded switch leaves: a dead task's staging and backup
+    orphan = target / STAGING / ("ab" * 16 + ".old")
+    orphan.mkdir(parents=True)
+    (orphan / "old-file.bin").write_bytes(b"x" * 4096)
+    (target / STAGING / ".created-by-launcher").touch()
+    lines = engine.ok("update", PRODUCT, "--version", version)
+    assert lines[-1]["task"]["versionId"] == version
+    assert not (target / STAGING).exists()
+    assert_same_tree(target, build_dir(published_store, version))
+
+
+# -- 4. the staging folder is the engine's own ---------------------------------------------------
+
+def test_a_linked_staging_folder_is_refused_and_nothing_is_written_outside(
+        engine: EngineCli, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    target = tmp_path / "g"
+    target.mkdir()
+    (target / STAGING).symlink_to(outside, target_is_directory=True)
+    code, lines, _ = engine.run("install", SMALL, "--target", str(target))
+    assert code != 0 and "UNSAFE_PATH" in error_of(lines), error_of(lines)
+    assert STAGING in error_of(lines)
+    assert list(outside.iterdir()) == []
+    assert sorted(p.name for p in target.iterdir()) == [STAGING]
+
+
+# -- 5. local damage is repaired -----------------------------------------------------------------
+
+def test_links_inside_an_install_are_reported_and_repaired(engine: EngineCli, published_store: Any,
+                                                          tmp_path: Path) -> None:
+    version = first_version(published_store)
+    target = tmp_path / "g"
+    engine.ok("install", PRODUCT, "--version", version, "--target", str(target))
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "evil.py").write_text("print('not the game')\n")
+    (target / "game.py").unlink()
+    (target / "game.py").symlink_to(outside / "evil.py")
+    lib_copy = outside / "lib"
+    os.rename(target / "lib", lib_copy)
+    (target / "lib").symlink_to(lib_copy, target_is_directory=True)
+    before = {p.name: sha(p) for p in lib_copy.rglob("*") if p.is_file()}
+    code, lines, _ = engine.run("verify", PRODUCT)
+    assert code != 0
+    report = lines[-1]["verify"]
+    assert report["ok"] is False
+    assert "game.py" in report["links"] and any(p.startswith("lib/") for p in report["links"])
+    engine.ok("verify", PRODUCT, "--repair")
+    assert_same_tree(target, build_dir(published_store, version))
+    assert not (target / "game.py").is_symlink() and not (target / "lib").is_symlink()
+    assert (outside / "evil.py").read_text() == "print('not the game')\n"
+    assert {p.name: sha(p) for p in lib_copy.rglob("*") if p.is_file()} == before
+    assert engine.ok("verify", PRODUCT)[-1]["verify"]["ok"] is True
+
+
+def test_update_rebuilds_missing_files_and_broken_move_sources(engine: EngineCli,
+                                                              published_store: Any,
+                                                              tmp_path: Path) -> None:
+    versions = published_store.product(PRODUCT).versions
+    old, new = versions[0], versions[1]
+    target = tmp_path / "g"
+    engine.ok("install", PRODUCT, "--version", old, "--target", str(target))
+    old_build, new_build = build_dir(published_store, old), build_dir(published_store, new)
+    unchanged = sorted(p.relative_to(old_build).as_posix() for p in old_build.rglob("*")
+                       if p.is_file() and (new_build / p.relative_to(old_build)).is_file()
+                       and sha(p) == sha(new_build / p.relative_to(old_build))
+                       and p.name != "launcher-build.json")
+    assert unchanged
+    (target / unchanged[0]).unlink()  # deleted by the player before the update
+    moved_source = target / "lib" / "libphysics.so"  # 1.1.0 moves it to lib/plugins/
+    assert moved_source.exists()
+    with moved_source.open("r+b") as fh:
+        fh.seek(100)
+        fh.write(b"\0" * 64)
+    lines = engine.ok("update", PRODUCT, "--version", new)
+    assert lines[-1]["result"] == "completed"
+    assert_same_tree(target, new_build)
+
+
+# -- 6. transfers --------------------------------------------------------------------------------
+
+def test_a_corrupt_manifest_on_one_edge_fails_over(backend_factory: Any, published_store: Any,
+                                                  tmp_path: Path) -> None:
+    server = backend_factory(settings={})
+    healthy = server.start_cdn_edge()
+    with FaultProxy(healthy.url.removesuffix("/cdn/")) as proxy:
+        proxy.set_fault(Fault.CORRUPT, after_bytes=10, path_contains=".manifest")
+        server.set_edges([f"{proxy.url}/cdn/", healthy.url])
+        name, _ = server.new_user(products=[SMALL])
+        cli = EngineCli(tmp_path / "eng", server.url)
+        cli.login(name, "secret-pw")
+        target = tmp_path / "g"
+        version = first_version(published_store, SMALL)
+        lines = cli.ok("install", SMALL, "--version", version, "--target", str(target))
+        assert lines[-1]["result"] == "completed"
+        assert proxy.faults_injected >= 1
+        assert_same_tree(target, build_dir(published_store, version, SMALL))
+
+
+def test_small_fetches_back_off_through_repeated_503(backend_factory: Any, published_store: Any,
+                                                    tmp_path: Path) -> None:
+    server = backend_factory(settings={})
+    edge = server.start_cdn_edge()
+    with FaultProxy(edge.url.removesuffix("/cdn/")) as proxy:
+        proxy.set_fault(Fault.HTTP_503, path_contains=".manifest", times=3)
+        server.set_edges([f"{proxy.url}/cdn/"])
+        name, _ = server.new_user(products=[SMALL])
+        cli = EngineCli(tmp_path / "eng", server.url)
+        cli.login(name, "secret-pw")
+        target = tmp_path / "g"
+        lines = cli.ok("install", SMALL, "--target", str(target))
+        assert lines[-1]["result"] == "completed"
+        assert proxy.faults_injected == 3
+
+
+def test_a_range_past_the_pack_end_fails_at_once_as_a_bad_manifest(
+        backend_factory: Any, published_store: Any, tmp_path: Path) -> None:
+    server = backend_factory(settings={})
+    packs = sorted(Path(server.store_dir).glob(f"**/{SMALL}/packs/*.pack"))
+    assert packs
+    for p in packs:  # replace, never truncate in place: the files are hard links to a shared store
+        p.unlink()
+        p.write_bytes(b"")
+    name, _ = server.new_user(products=[SMALL])
+    cli = EngineCli(tmp_path / "eng", server.url)
+    cli.login(name, "secret-pw")
+    started = time.monotonic()
+    code, lines, _ = cli.run("install", SMALL, "--target", str(tmp_path / "g"))
+    assert code == 8, error_of(lines)
+    assert "MANIFEST_INVALID" in error_of(lines) and "416" in error_of(lines)
+    assert time.monotonic() - started < 20  # not six rounds of backoff per range
+
+
+# -- 8. modes ------------------------------------------------------------------------------------
+
+def test_installed_modes_carry_only_the_exec_bit(engine: EngineCli, tmp_path: Path) -> None:
+    target = tmp_path / "g"
+    engine.ok("install", PRODUCT, "--target", str(target))
+    modes = {p.stat().st_mode & 0o777 for p in target.rglob("*") if p.is_file()}
+    assert modes <= {0o644, 0o755} and 0o755 in modes, modes
+
+
+def test_hostile_modes_are_normalised_at_commit(tmp_path: Path) -> None:
+    """A signed manifest may carry 0o777 or 0o000: only the exec bit reaches the disk."""
+    from engine.staging import Staging
+    from patcher.manifest import ChunkEntry, FileEntry, Manifest
+
+    def entry(path: str, mode: int) -> FileEntry:
+        return FileEntry(path, 1, mode, hashlib.sha256(b"x").hexdigest(),
+                         (ChunkEntry(0, 1, "0" * 64),))
+
+    manifest = Manifest("p", "1", (entry("world.bin", 0o777), entry("locked.bin", 0o000)), (), {})
+    install = tmp_path / "install"
+    staging = Staging(install, "c" * 32, manifest)
+    staging.prepare([0, 1])
+    for i in (0, 1):
+        os.pwrite(staging.fd(i), b"x", 0)
+        assert staging.verify(i)
+        staging.close_file(i)
+        staging.commit_file(i)
+    assert (install / "world.bin").stat().st_mode & 0o777 == 0o755
+    assert (install / "locked.bin").stat().st_mode & 0o777 == 0o644
+    staging.remove()
+    assert sorted(p.name for p in install.iterdir()) == ["locked.bin", "world.bin"]
+
+
+def test_commit_never_replaces_what_the_player_put_there(tmp_path: Path) -> None:
+    from engine.errors import EngineError
+    from engine.staging import Staging
+    from patcher.manifest import ChunkEntry, FileEntry, Manifest
+
+    manifest = Manifest("p", "1", (FileEntry("a/b.bin", 1, 0o644, hashlib.sha256(b"x").hexdigest(),
+                                             (ChunkEntry(0, 1, "0" * 64),)),), (), {})
+    install = tmp_path / "install"
+    staging = Staging(install, "d" * 32, manifest)
+    staging.prepare([0])
+    (install / "a" / "b.bin").mkdir(parents=True)  # appeared during the install
+    (install / "a" / "b.bin" / "mine.txt").write_text("mine")
+    with pytest.raises(EngineError) as err:
+        staging.commit_file(0)
+    assert err.value.code == "PATH_CONFLICT" and err.value.item == "a/b.bin"
+    assert (install / "a" / "b.bin" / "mine.txt").read_text() == "mine"
+
