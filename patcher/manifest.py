@@ -22,7 +22,18 @@ FORMAT_VERSION = 1
 
 # Size limits of the loader: generous for a 100+ GB game, tight enough to refuse a bomb.
 MAX_COMPRESSED_BYTES = 256 * 1024 * 1024
-MAX_JSON_BYTES = 1024 * 1024 * 1024
+# Decompressed JSON. A publisher manifest costs ~185 JSON bytes per unique chunk and ~2x zstd, so
+# 256 MiB holds ~1.4M unique chunks (~90 GiB at the 64 KiB average chunk) and parsing that many
+# takes ~1.6 GB of RAM already; MAX_FILES/MAX_CHUNKS are reached only by far smaller rows.
+MAX_JSON_BYTES = 256 * 1024 * 1024
+# Past MIN_JSON_BUDGET, the JSON may be at most MAX_EXPANSION_RATIO times the compressed bytes:
+# real manifests expand ~2x (random hex ids), the most repetitive valid ones measured ~700x
+# (100k empty files under 1000-byte paths), while zstd turns padding into ~30000x. So a bomb that
+# is small on the wire is refused after MIN_JSON_BUDGET bytes. encode_manifest applies the same
+# budget, so the publisher never signs a manifest the loader refuses.
+MIN_JSON_BUDGET = 32 * 1024 * 1024
+MAX_EXPANSION_RATIO = 1024
+_READ_SIZE = 1024 * 1024  # decompression step: memory never exceeds the budget by more
 MAX_FILES = 1_000_000
 MAX_CHUNKS = 20_000_000
 MAX_PATH_BYTES = 1024
@@ -33,9 +44,21 @@ MAX_BLOCK_RAW = 16 * 1024 * 1024
 _HEX64 = re.compile(r"\A[0-9a-f]{64}\Z")
 _ID = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 _DRIVE = re.compile(r"\A[A-Za-z]:")
+_FORBIDDEN_CHAR = re.compile(r"[\x00-\x1f:]")  # control characters and ':'
 _WINDOWS_RESERVED = frozenset(
     ["con", "prn", "aux", "nul"] + [f"com{i}" for i in range(1, 10)] + [f"lpt{i}" for i in range(1, 10)]
 )
+# Names the engine creates inside and next to install folders (``.launcher-staging``,
+# ``<dest>.launcher-move``): no manifest path component may start with it, in any case.
+RESERVED_PREFIX = ".launcher-"
+
+
+def is_reserved_name(component: str) -> bool:
+    """True for a path component the launcher keeps for itself (compared case-insensitively,
+    as Windows and macOS filesystems fold case)."""
+    # casefold maps each character on its own, so folding the first characters is enough
+    head = component[: len(RESERVED_PREFIX)]
+    return head.startswith(".") and head.casefold().startswith(RESERVED_PREFIX)
 
 
 class Codec(StrEnum):
@@ -181,17 +204,71 @@ def manifest_to_json(m: Manifest) -> bytes:
 def encode_manifest(m: Manifest, level: int = 10) -> bytes:
     """JSON + zstd: the exact bytes that are signed and served."""
     validate_manifest(m)
-    return zstandard.ZstdCompressor(level=level).compress(manifest_to_json(m))
+    raw = manifest_to_json(m)
+    blob = zstandard.ZstdCompressor(level=level).compress(raw)
+    if len(blob) > MAX_COMPRESSED_BYTES:
+        raise ManifestError("MANIFEST_TOO_LARGE", "manifest", f"{len(blob)} compressed bytes")
+    if len(raw) > json_budget(len(blob)):
+        raise ManifestError(
+            "MANIFEST_TOO_LARGE", "manifest", _over_budget(f"expands to {len(raw)} bytes", len(blob))
+        )
+    return blob
+
+
+def json_budget(compressed_size: int) -> int:
+    """The most JSON bytes a manifest of ``compressed_size`` bytes may decompress to."""
+    return min(MAX_JSON_BYTES, max(MIN_JSON_BUDGET, compressed_size * MAX_EXPANSION_RATIO))
+
+
+def _over_budget(what: str, compressed_size: int) -> str:
+    return (
+        f"{what}, over the {json_budget(compressed_size)}-byte budget of {compressed_size} "
+        f"compressed bytes (JSON is at most {MAX_JSON_BYTES} bytes and, past {MIN_JSON_BUDGET}, "
+        f"at most {MAX_EXPANSION_RATIO}x the compressed size)"
+    )
+
+
+def _decompress_json(blob: bytes) -> bytearray:
+    """Stream-decompress one zstd frame, refusing it the moment it outgrows its budget.
+
+    Memory stays within the budget plus one read step, whatever the frame header claims.
+    """
+    budget = json_budget(len(blob))
+    try:
+        declared = zstandard.get_frame_parameters(blob).content_size
+    except zstandard.ZstdError as exc:
+        raise ManifestError("MANIFEST_CORRUPT", "manifest", f"not a zstd frame: {exc}") from exc
+    known = declared != zstandard.CONTENTSIZE_UNKNOWN
+    if known and declared > budget:
+        raise ManifestError(
+            "MANIFEST_TOO_LARGE", "manifest",
+            _over_budget(f"frame header declares {declared} bytes", len(blob)),
+        )
+    out = bytearray()
+    try:
+        with zstandard.ZstdDecompressor().stream_reader(blob, read_across_frames=True) as reader:
+            while piece := reader.read(_READ_SIZE):
+                if len(out) + len(piece) > budget:
+                    raise ManifestError(
+                        "MANIFEST_TOO_LARGE", "manifest",
+                        _over_budget(f"expands past {budget} bytes", len(blob)),
+                    )
+                out += piece
+    except zstandard.ZstdError as exc:
+        raise ManifestError("MANIFEST_CORRUPT", "manifest", f"not a zstd frame: {exc}") from exc
+    if known and len(out) != declared:
+        # A truncated frame (or a second one) ends without an error from the stream reader.
+        raise ManifestError(
+            "MANIFEST_CORRUPT", "manifest", f"{len(out)} bytes, the frame header says {declared}"
+        )
+    return out
 
 
 def decode_manifest(blob: bytes) -> Manifest:
     """Decompress and parse manifest bytes, with size limits before and during decompression."""
     if len(blob) > MAX_COMPRESSED_BYTES:
         raise ManifestError("MANIFEST_TOO_LARGE", "manifest", f"{len(blob)} compressed bytes")
-    try:
-        raw = zstandard.ZstdDecompressor().decompress(blob, max_output_size=MAX_JSON_BYTES)
-    except zstandard.ZstdError as exc:
-        raise ManifestError("MANIFEST_CORRUPT", "manifest", f"not a zstd frame: {exc}") from exc
+    raw = _decompress_json(blob)
     try:
         doc = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -254,10 +331,16 @@ def check_relative_path(path: str, where: str) -> str:
     for part in parts:
         if part in ("", ".", ".."):
             raise ManifestError("MANIFEST_PATH_INVALID", where, f"not normalized: {path!r}")
-        if any(ord(ch) < 32 for ch in part) or ":" in part:
+        if _FORBIDDEN_CHAR.search(part):
             raise ManifestError("MANIFEST_PATH_INVALID", where, f"forbidden character in {path!r}")
         if part.split(".")[0].lower() in _WINDOWS_RESERVED or part.endswith((" ", ".")):
             raise ManifestError("MANIFEST_PATH_INVALID", where, f"reserved name in {path!r}")
+        if is_reserved_name(part):
+            raise ManifestError(
+                "MANIFEST_PATH_INVALID", where,
+                f"reserved name {part!r} in {path!r}: names starting with {RESERVED_PREFIX!r} "
+                "belong to the launcher",
+            )
     return path
 
 

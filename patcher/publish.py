@@ -1,8 +1,9 @@
 """The publisher: a build folder becomes a released, signed version in the content store.
 
-Steps: scan (refuse symlinks and unsafe names) → chunk and hash files in parallel → append the
-chunks the product does not have yet to packs as compressed blocks → sign the manifest → build
-per-file binary patches from the previous versions. Publishing the same build again stores nothing.
+Steps: scan (refuse symlinks, unsafe names and the launcher's reserved ``.launcher-*`` names) →
+chunk and hash files in parallel → append the chunks the product does not have yet to packs as
+compressed blocks → sign the manifest → build per-file binary patches from the previous versions.
+Publishing the same build again stores nothing.
 """
 
 from __future__ import annotations

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +18,10 @@ from hypothesis import strategies as st
 
 from patcher.errors import ManifestError
 from patcher.manifest import (
+    MAX_EXPANSION_RATIO,
+    MAX_JSON_BYTES,
+    MIN_JSON_BUDGET,
+    RESERVED_PREFIX,
     Block,
     ChunkEntry,
     ChunkLocation,
@@ -25,14 +34,32 @@ from patcher.manifest import (
     check_relative_path,
     decode_manifest,
     encode_manifest,
+    is_reserved_name,
+    json_budget,
     manifest_to_dict,
+    manifest_to_json,
     parse_manifest,
 )
-from patcher.signing import generate_key, load_signed_manifest, sign_manifest
+from patcher.signing import generate_key, load_signed_manifest, public_key_hex, sign_manifest
+
+REPO = Path(__file__).resolve().parent.parent
+MiB = 1024 * 1024
 
 HEX = "0123456789abcdef"
 hex64 = st.text(HEX, min_size=64, max_size=64)
-segment = st.text("abcdefghijklmnopqrstuvwxyz0123456789_-", min_size=1, max_size=12)
+
+
+def _valid_segment(s: str) -> bool:
+    try:
+        check_relative_path(s, "segment")
+    except ManifestError:
+        return False  # e.g. "con" or "lpt1": reserved on Windows
+    return True
+
+
+segment = st.text("abcdefghijklmnopqrstuvwxyz0123456789_-", min_size=1, max_size=12).filter(
+    _valid_segment
+)
 rel_path = st.lists(segment, min_size=1, max_size=4).map("/".join)
 
 
@@ -141,15 +168,15 @@ def test_signature_over_other_bytes_is_refused() -> None:
         load_signed_manifest(blob, sig[:10], key.public_key())
 
 
-def test_zstd_bomb_and_garbage_are_refused() -> None:
-    bomb = zstandard.ZstdCompressor().compress(b" " * (1100 * 1024 * 1024 // 64) * 64)
-    with pytest.raises(ManifestError) as info:
-        decode_manifest(bomb)
-    assert info.value.code == "MANIFEST_CORRUPT"
-    with pytest.raises(ManifestError):
-        decode_manifest(b"not zstd at all")
-    with pytest.raises(ManifestError):
-        decode_manifest(zstandard.ZstdCompressor().compress(b"{not json"))
+def test_garbage_truncated_and_extra_frames_are_corrupt() -> None:
+    good = encode_manifest(Manifest("p", "1", (), (Block("a" * 64, 0, 1, 1, Codec.RAW),), {}))
+    assert decode_manifest(good).product_id == "p"
+    for bad in (b"", b"not zstd at all", good[:-3], good + good, good + b"junk",
+                zstandard.ZstdCompressor().compress(b"{not json")):
+        with pytest.raises(ManifestError) as info:
+            decode_manifest(bad)
+        assert info.value.code == "MANIFEST_CORRUPT", bad[:20]
+        assert info.value.field == "manifest"
 
 
 @pytest.mark.parametrize(
@@ -167,3 +194,238 @@ def test_publisher_never_encodes_an_invalid_manifest() -> None:
     with pytest.raises(ManifestError) as info:
         encode_manifest(bad)
     assert info.value.field == "files[0].path"
+
+
+# -- the launcher's reserved names -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("component", "reserved"),
+    [(".launcher-staging", True), (".Launcher-Move", True), (".LAUNCHER-STAGING", True),
+     (".launcher-", True), (".launcher-x.txt", True), ("launcher-staging", False),
+     (".launcher", False), ("x.launcher-move", False), ("a.launcher-staging", False),
+     ("launcher-build.json", False), (". launcher-staging", False)],
+)
+def test_reserved_name_rule(component: str, reserved: bool) -> None:
+    assert RESERVED_PREFIX == ".launcher-"
+    assert is_reserved_name(component) is reserved
+
+
+@pytest.mark.parametrize(
+    ("path", "component"),
+    [(".launcher-staging", ".launcher-staging"), (".launcher-staging/x", ".launcher-staging"),
+     (".launcher-staging/task/bin/game", ".launcher-staging"), (".Launcher-Move", ".Launcher-Move"),
+     ("sub/.LAUNCHER-STAGING", ".LAUNCHER-STAGING"), ("a/b/.launcher-move/c.txt", ".launcher-move")],
+)
+def test_reserved_paths_are_refused(path: str, component: str) -> None:
+    with pytest.raises(ManifestError) as info:
+        check_relative_path(path, "files[7].path")
+    assert info.value.code == "MANIFEST_PATH_INVALID"
+    assert info.value.field == "files[7].path"
+    assert repr(component) in info.value.message and "reserved" in info.value.message
+
+
+@pytest.mark.parametrize("path", ["launcher-staging/x", ".launcher/x", "data/x.launcher-move",
+                                  "a.launcher-staging", "sub/launcher-build.json"])
+def test_names_near_the_reserved_ones_are_accepted(path: str) -> None:
+    assert check_relative_path(path, "f") == path
+
+
+def _small_doc() -> dict[str, Any]:
+    cid, sha = "c" * 64, "d" * 64
+    return {
+        "formatVersion": 1, "productId": "p", "versionId": "1", "createdAt": "", "dictionary": None,
+        "files": [{"path": "bin/game", "size": 5, "mode": 0o755, "hash_sha256": sha,
+                   "chunks": [[0, 5, cid]]}],
+        "dirs": ["mods"],
+        "launch": [{"name": "Play", "executable": "bin/game", "arguments": [], "working_dir": "bin"}],
+        "saves": [{"root": "install", "path": "saves", "include": ["*"], "exclude": []}],
+        "blocks": [["a" * 64, 0, 5, 5, "raw"]],
+        "chunks": {cid: [0, 0]},
+    }
+
+
+@pytest.mark.parametrize(
+    ("field", "edit"),
+    [("files[0].path", lambda d: d["files"][0].__setitem__("path", ".launcher-staging/x")),
+     ("files[0].path", lambda d: d["files"][0].__setitem__("path", "bin/.Launcher-Move")),
+     ("dirs[0]", lambda d: d.__setitem__("dirs", [".launcher-staging"])),
+     ("dirs[0]", lambda d: d.__setitem__("dirs", ["mods/.LAUNCHER-STAGING/t"])),
+     ("launch[0].executable",
+      lambda d: d["launch"][0].__setitem__("executable", ".launcher-staging/game")),
+     ("launch[0].working_dir",
+      lambda d: d["launch"][0].__setitem__("working_dir", ".launcher-move")),
+     ("saves[0].path", lambda d: d["saves"][0].__setitem__("path", "x/.launcher-saves"))],
+)
+def test_signed_manifest_with_a_reserved_name_is_refused(field: str, edit: Any) -> None:
+    """A manifest signed with the real key (as a compromised or buggy publisher would) that names
+    the engine's staging folder: refused on load, naming the field."""
+    key = generate_key()
+    doc = _small_doc()
+    blob = zstandard.ZstdCompressor().compress(json.dumps(doc).encode())
+    assert load_signed_manifest(blob, key.sign(blob), key.public_key()).product_id == "p"
+    edit(doc)
+    blob = zstandard.ZstdCompressor().compress(json.dumps(doc).encode())
+    with pytest.raises(ManifestError) as info:
+        load_signed_manifest(blob, key.sign(blob), key.public_key())
+    assert (info.value.code, info.value.field) == ("MANIFEST_PATH_INVALID", field)
+    assert RESERVED_PREFIX in info.value.message.lower()
+
+
+def test_publisher_never_encodes_a_reserved_name() -> None:
+    bad = Manifest("p", "1", (FileEntry(".launcher-staging/x", 0, 0o644, "0" * 64, ()),),
+                   (Block("a" * 64, 0, 1, 1, Codec.RAW),), {})
+    with pytest.raises(ManifestError) as info:
+        sign_manifest(bad, generate_key())
+    assert (info.value.code, info.value.field) == ("MANIFEST_PATH_INVALID", "files[0].path")
+
+
+# -- decompression bombs -------------------------------------------------------------------------
+
+
+def test_json_budget() -> None:
+    assert json_budget(1) == MIN_JSON_BUDGET  # small manifests: any ratio up to the floor
+    assert json_budget(30_000) == MIN_JSON_BUDGET
+    assert json_budget(64 * 1024) == 64 * 1024 * MAX_EXPANSION_RATIO
+    assert json_budget(MAX_JSON_BYTES // 2) == MAX_JSON_BYTES  # never past the absolute bound
+    assert json_budget(1 << 30) == 256 * MiB
+
+
+def _write_padded_manifest(folder: Path, total: int, *, declare_size: bool, noise: int = 0) -> int:
+    """A signed manifest, valid JSON of ``total`` bytes: a tiny real document plus a "pad" string
+    of ``noise`` random hex digits and then "x" repeated (what zstd shrinks ~30000x). Compressed
+    as a stream, so the test never holds the padding in memory."""
+    doc = _small_doc()
+    head = json.dumps(doc).encode()[:-1] + b',"pad":"'
+    tail = b'"}'
+    left = total - len(head) - len(tail)
+    blob_path = folder / "m.manifest"
+    with blob_path.open("wb") as fh, zstandard.ZstdCompressor(level=3).stream_writer(
+            fh, size=total if declare_size else -1) as writer:
+        writer.write(head)
+        if noise:
+            writer.write(random.Random(9).randbytes(noise // 2).hex().encode())
+            left -= noise
+        piece = b"x" * MiB
+        while left > 0:
+            writer.write(piece[:left])
+            left -= len(piece)
+        writer.write(tail)
+    key = generate_key()
+    blob = blob_path.read_bytes()
+    (folder / "m.sig").write_bytes(key.sign(blob))
+    (folder / "key.hex").write_text(public_key_hex(key))
+    return len(blob)
+
+
+_MEASURE_LOAD = r"""
+import json, resource, sys
+from pathlib import Path
+from patcher.errors import ManifestError
+from patcher.signing import load_public_key, load_signed_manifest
+
+folder = Path(sys.argv[1])
+blob, sig = (folder / "m.manifest").read_bytes(), (folder / "m.sig").read_bytes()
+key = load_public_key((folder / "key.hex").read_text())
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    m = load_signed_manifest(blob, sig, key)
+    result = {"loaded": m.product_id}
+except ManifestError as exc:
+    result = {"code": exc.code, "field": exc.field, "message": exc.message}
+unit = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+result["growth"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * unit
+print(json.dumps(result))
+"""
+
+
+def _load_in_child(folder: Path) -> dict[str, Any]:
+    """load_signed_manifest in a fresh python process; returns its outcome and peak RSS growth."""
+    proc = subprocess.run([sys.executable, "-c", _MEASURE_LOAD, str(folder)], cwd=REPO,
+                          capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert proc.returncode == 0, proc.stderr
+    result: dict[str, Any] = json.loads(proc.stdout)
+    return result
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="measures peak RSS with the resource module")
+@pytest.mark.parametrize(
+    ("total", "declare_size", "noise", "stopped_at", "max_growth"),
+    [
+        # 900 MiB of padding, ~30 KB on the wire: refused from the frame header alone...
+        (900 * MiB, True, 0, "frame header declares 943718400 bytes", 128 * MiB),
+        # ...or, when the header does not say, as soon as it outgrows the 32 MiB floor.
+        (900 * MiB, False, 0, f"expands past {MIN_JSON_BUDGET} bytes", 128 * MiB),
+        # 1 MiB of random hex makes it ~0.5 MB on the wire: only the absolute bound stops it.
+        (300 * MiB, False, MiB, f"expands past {MAX_JSON_BYTES} bytes", 400 * 10**6),
+    ],
+    ids=["900MiB-size-in-header", "900MiB-streamed", "300MiB-with-noise"],
+)
+def test_signed_padding_bomb_is_refused_in_bounded_memory(
+    tmp_path: Path, total: int, declare_size: bool, noise: int, stopped_at: str, max_growth: int
+) -> None:
+    """QA's bomb: a validly signed manifest padded to 900 MiB of JSON used to load (the padding
+    is an unknown key) at 1.8-2.7 GB RSS. It must be refused, with little memory."""
+    wire = _write_padded_manifest(tmp_path, total, declare_size=declare_size, noise=noise)
+    assert wire < MiB
+    result = _load_in_child(tmp_path)
+    assert result.get("code") == "MANIFEST_TOO_LARGE", result
+    assert result["field"] == "manifest"
+    assert stopped_at in result["message"], result
+    assert result["growth"] < max_growth, f"peak RSS grew {result['growth'] / MiB:.0f} MiB"
+
+
+def _realistic_manifest(chunks: int, per_file: int = 64) -> Manifest:
+    """Shaped like a publisher's: random BLAKE3-like ids, ~16 chunks to a 1 MiB block."""
+    rnd = random.Random(3)
+    files: list[FileEntry] = []
+    blocks: list[Block] = []
+    locations: dict[str, ChunkLocation] = {}
+    fill = 1 << 20
+    while len(locations) < chunks:
+        rows = []
+        offset = 0
+        for _ in range(per_file):
+            size = rnd.randrange(16 * 1024, 128 * 1024)
+            if fill + size > 1 << 20:
+                blocks.append(Block(rnd.randbytes(32).hex(), len(blocks) << 20, 900_000, 1 << 20,
+                                    Codec.ZSTD))
+                fill = 0
+            cid = rnd.randbytes(32).hex()
+            locations[cid] = ChunkLocation(len(blocks) - 1, fill)
+            fill += size
+            rows.append(ChunkEntry(offset, size, cid))
+            offset += size
+        n = len(files)
+        files.append(FileEntry(f"data/level{n // 100:03d}/asset_{n:06d}.pak", offset, 0o644,
+                               rnd.randbytes(32).hex(), tuple(rows)))
+    return Manifest("big-game", "1.0", tuple(files), tuple(blocks), locations)
+
+
+@pytest.mark.slow
+def test_large_legitimate_manifest_still_loads() -> None:
+    """200k chunks (~13 GB of game): ~37 MB of JSON, past the ratio floor, at a real ratio."""
+    m = _realistic_manifest(200_000)
+    key = generate_key()
+    blob, sig = sign_manifest(m, key)
+    size = len(manifest_to_json(m))
+    assert size > MIN_JSON_BUDGET
+    assert size / len(blob) < 4  # random hex ids: real manifests barely compress
+    back = load_signed_manifest(blob, sig, key.public_key())
+    assert back == m
+
+
+@pytest.mark.slow
+def test_most_repetitive_valid_manifest_still_loads() -> None:
+    """The ratio bound must not refuse a valid manifest: 120k empty files under long, near-equal
+    paths compress ~300x (far past any real build), still well inside MAX_EXPANSION_RATIO."""
+    prefix = "assets/" + "x" * 230 + "/"
+    files = tuple(FileEntry(f"{prefix}f{i:08d}", 0, 0o644, "e3" * 32, ()) for i in range(120_000))
+    m = Manifest("p", "1", files, (), {})
+    key = generate_key()
+    blob, sig = sign_manifest(m, key)
+    size = len(manifest_to_json(m))
+    assert size > MIN_JSON_BUDGET and size / len(blob) > 100
+    assert size <= json_budget(len(blob))
+    assert load_signed_manifest(blob, sig, key.public_key()) == m

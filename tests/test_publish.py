@@ -585,7 +585,7 @@ def test_other_content_under_an_existing_version_is_refused(
 # -- refused builds ------------------------------------------------------------------------------
 
 
-def _assert_refused(store: Store, build: Path, code: str, version: str = "1.0") -> None:
+def _assert_refused(store: Store, build: Path, code: str, version: str = "1.0") -> PublishError:
     before = cdn_snapshot(store)
     versions = store.versions("alpha")
     with pytest.raises(PublishError) as exc:
@@ -593,6 +593,7 @@ def _assert_refused(store: Store, build: Path, code: str, version: str = "1.0") 
     assert exc.value.code == code, exc.value
     assert cdn_snapshot(store) == before, "a refused build must not store anything"
     assert store.versions("alpha") == versions
+    return exc.value
 
 
 @pytest.mark.parametrize("kind", ["file", "dir", "dangling", "nested"])
@@ -638,6 +639,59 @@ def test_unpublishable_name_is_refused(store: Store, tmp_path: Path, name: str) 
 def test_unpublishable_empty_directory_is_refused(store: Store, tmp_path: Path, name: str) -> None:
     build = write_build(tmp_path / "b", {"ok.bin": b"x"}, dirs=(name,))
     _assert_refused(store, build, "BUILD_PATH_INVALID")
+
+
+RESERVED_LAYOUTS: dict[str, tuple[dict[str, bytes], tuple[str, ...], dict[str, object] | None, str]] = {
+    # name: (files, empty dirs, metadata, the path the error must name)
+    "staging-file-under": ({".launcher-staging/x": b"x"}, (), None, ".launcher-staging/x"),
+    "staging-task-tree": ({".launcher-staging/task-1/bin/game": rand(7, 80 * KiB)}, (), None,
+                          ".launcher-staging/task-1/bin/game"),
+    "staging-as-file": ({".launcher-staging": b"not a folder"}, (), None, ".launcher-staging"),
+    "staging-empty-dir": ({}, (".launcher-staging",), None, ".launcher-staging"),
+    "move-mixed-case": ({".Launcher-Move": b"x"}, (), None, ".Launcher-Move"),
+    "nested-upper-case": ({"sub/.LAUNCHER-STAGING/a.txt": b"a"}, (), None,
+                          "sub/.LAUNCHER-STAGING/a.txt"),
+    "nested-empty-dir": ({}, ("data/.launcher-move",), None, "data/.launcher-move"),
+    "launch-executable": ({}, (), {"launch": [{"name": "x", "executable": ".launcher-staging/g"}]},
+                          ".launcher-staging/g"),
+    "save-path": ({}, (), {"saves": [{"root": "install", "path": ".launcher-saves"}]},
+                  ".launcher-saves"),
+}
+
+
+@pytest.mark.parametrize("layout", sorted(RESERVED_LAYOUTS))
+def test_reserved_launcher_names_are_refused_before_storing(
+    store: Store, tmp_path: Path, layout: str
+) -> None:
+    """The engine builds files in <install>/.launcher-staging/ and moves through
+    <dest>.launcher-move: a build that ships such a name would brick installs (issue 9)."""
+    files, dirs, metadata, named = RESERVED_LAYOUTS[layout]
+    build = write_build(tmp_path / "b", {"ok.bin": rand(1, 100 * KiB), **files}, dirs=dirs,
+                        metadata=metadata)
+    err = _assert_refused(store, build, "BUILD_PATH_INVALID")
+    assert repr(named) in err.message, err.message
+    assert "reserved" in err.message and ".launcher-" in err.message
+
+
+def test_an_update_adding_a_staging_folder_is_refused(store: Store, tmp_path: Path) -> None:
+    """QA's repro: version 2 adds .launcher-staging/...; nothing of it may reach the CDN."""
+    v1 = write_build(tmp_path / "v1", small_files(), executables=BASE_EXEC)
+    publish(store, "alpha", "1.0", v1, workers=1)
+    v2 = tmp_path / "v2"
+    shutil.copytree(v1, v2)
+    write_build(v2, {"data/new.bin": rand(20, 300 * KiB), ".launcher-staging/t/bin/game": b"x"})
+    err = _assert_refused(store, v2, "BUILD_PATH_INVALID", version="2.0")
+    assert "'.launcher-staging/t/bin/game'" in err.message
+    assert store.read_delta("alpha", "1.0", "2.0") is None
+    assert [v.version for v in store.versions("alpha")] == ["1.0"]
+
+
+def test_names_near_the_reserved_ones_publish(store: Store, tmp_path: Path) -> None:
+    files = {"launcher-staging/a": b"a", ".launcher/b": b"b", "data/save.launcher-move": b"c",
+             "x.launcher-staging": b"d", ".launcherdata/e": b"e"}
+    build = write_build(tmp_path / "b", files)
+    publish(store, "alpha", "1.0", build, workers=1)
+    assert sorted(f.path for f in store.read_manifest("alpha", "1.0").files) == sorted(files)
 
 
 def test_too_long_path_is_refused(store: Store, tmp_path: Path) -> None:
