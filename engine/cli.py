@@ -3,7 +3,10 @@
 Every command goes through the engine's command surface (``engine.service``): to the running
 daemon of the data dir when there is one (so a second client sees the change), in-process
 otherwise. Human output shows a live progress bar; ``--json`` prints one JSON object per line
-(events, then a final result). Exit codes are distinct per failure class (``ExitCode``).
+(events, then a final result). Exit codes are distinct per failure class (``ExitCode``). A
+failed write of the engine's own files (state database, config, daemon files) is translated
+at this boundary: ``INSUFFICIENT_DISK_SPACE`` when the disk is full, ``IO_ERROR`` otherwise,
+reported like every other error (a JSON error line with ``--json``, never a traceback).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import getpass
 import json
 import logging
 import os
+import sqlite3
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -21,7 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from engine.config import Settings, load_settings
-from engine.errors import EngineError, ExitCode
+from engine.errors import EngineError, ExitCode, storage_error
 from engine.events import STATUS, Event
 
 log = logging.getLogger("engine.cli")
@@ -242,6 +246,25 @@ async def cmd_schedule(svc: Service, args: argparse.Namespace, out: Output) -> i
     return ExitCode.OK
 
 
+async def cmd_settings(svc: Service, args: argparse.Namespace, out: Output) -> int:
+    params: dict[str, Any] = {"key": args.key}
+    if args.unset:
+        if args.key is None or args.value is not None:
+            raise EngineError("API_MISUSE", "settings --unset needs a key and no value")
+        params["value"] = ""
+    elif args.value is not None:
+        if args.key is None:
+            raise EngineError("API_MISUSE", "settings needs a key before the value")
+        params["value"] = args.value
+    r = await svc.call("settings", params)
+    for key, value in sorted(r["settings"].items()):
+        if isinstance(value, list | tuple):
+            value = "; ".join(value)
+        out.text(f"{key} = {'(unset)' if value is None else value}")
+    out.emit(r)
+    return ExitCode.OK
+
+
 async def cmd_status(svc: Service, args: argparse.Namespace, out: Output) -> int:
     r = await svc.call("status", {})
     out.text(f"backend {r['backend']}  data {r['dataDir']}  daemon: {'yes' if r['running'] else 'no'}")
@@ -411,6 +434,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("schedule", cmd_schedule, "show or set download time windows")
     p.add_argument("windows", nargs="*", help='e.g. "22:00-06:00" "sat,sun 00:00-24:00"')
     p.add_argument("--clear", action="store_true")
+    p = add("settings", cmd_settings, "show settings, or set one (persisted in config.toml)")
+    p.add_argument("key", nargs="?", help="e.g. connections")
+    p.add_argument("value", nargs="?", help="new value; schedule windows separated by ';'")
+    p.add_argument("--unset", action="store_true", help="back to the default (optional keys)")
     add("status", cmd_status, "engine status")
     add("installed", cmd_installed, "installed games with versions and sizes")
     p = add("uninstall", cmd_uninstall, "remove an installed game")
@@ -456,6 +483,31 @@ class LocalService:
 async def _main(args: argparse.Namespace, out: Output) -> int:
     settings: Settings = load_settings({"backend_url": args.backend_url,
                                         "data_dir": args.data_dir})
+    try:
+        return await _run(args, out, settings)
+    except Exception as exc:
+        cause = _storage_cause(exc)
+        if cause is None:
+            raise
+        log.debug("storage failure", exc_info=True)
+        raise storage_error(cause, f"running {args.command}", settings.data_dir) from exc
+
+
+def _storage_cause(exc: BaseException) -> sqlite3.Error | OSError | None:
+    """The failed write of a file behind ``exc`` (looking inside exception groups), if any."""
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return None  # network trouble, reported by the backend client
+    if isinstance(exc, sqlite3.Error | OSError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _storage_cause(inner)
+            if found is not None:
+                return found
+    return None
+
+
+async def _run(args: argparse.Namespace, out: Output, settings: Settings) -> int:
     if args.command == "serve":
         from engine.daemon import Daemon
 

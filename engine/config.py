@@ -1,26 +1,40 @@
 """Engine settings: config file < environment < command-line flags.
 
 The file is ``<data dir>/config.toml`` (flat ``key = value``); environment variables are
-``LAUNCHER_ENGINE_<KEY>`` (upper case). A bad value is refused with an error naming the key and
-where it came from.
+``LAUNCHER_ENGINE_<KEY>`` (upper case). Every value, whatever its origin (file, environment,
+flag, the ``settings`` command), is checked in one place, ``_coerce`` with the ``BOUNDS`` table
+next to ``Settings``: a bad value is refused with ``CONFIG_INVALID`` naming the key, the value
+and where it came from, and nothing is written. ``save_setting`` writes the file atomically
+(temporary file, fsync, rename, fsync of the folder) and only text that reads back to the same
+values.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
 import os
+import reprlib
+import tempfile
 import tomllib
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import platformdirs
 
-from engine.errors import EngineError
+from engine.errors import EngineError, storage_error
+from engine.schedule import parse_window
 
 APP_NAME = "game-launcher"
 ENV_PREFIX = "LAUNCHER_ENGINE_"
+INT64_MAX = (1 << 63) - 1  # what SQLite (and TOML) store as an integer
+MAX_TEXT = 4096  # longest string setting (URL, path, name, window)
+MAX_WINDOWS = 32
 
 
 @dataclass(frozen=True)
@@ -54,47 +68,126 @@ class Settings:
         return self.data_dir / "config.toml"
 
 
+# Inclusive ranges of the numeric settings (an optional one may also be unset: None).
+BOUNDS: dict[str, tuple[float, float]] = {
+    "max_concurrent_tasks": (1, 16),
+    "connections": (1, 64),
+    "max_range_bytes": (64 * 1024, 1 << 30),
+    "max_gap_bytes": (0, 64 << 20),
+    "inflight_bytes": (1 << 20, 64 << 30),
+    "global_limit_bps": (1, INT64_MAX),  # unset (empty value) = unlimited
+    "stall_timeout_s": (0.1, 3600.0),
+    "connect_timeout_s": (0.1, 600.0),
+    "max_attempts": (1, 100),
+    "token_refresh_margin_s": (0.1, 3600.0),
+    "progress_interval_s": (0.01, 60.0),
+    "keep_free_bytes": (0, INT64_MAX),
+    "qa_switch_delay_s": (0.0, 600.0),
+}
+
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+# control characters (C0, DEL, C1), lone surrogates, line and paragraph separators
+_BAD_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
+
+_repr = reprlib.Repr()
+_repr.maxstring = 80
+_repr.maxother = 80
+_repr.maxlong = 40
+_repr.maxlevel = 2
+_repr.maxlist = _repr.maxtuple = _repr.maxdict = 6
+
+
+def show(value: Any) -> str:
+    """A bounded repr for error messages (a request may carry a huge or deeply nested value)."""
+    return _repr.repr(value)
+
+
+def check_text(text: str, limit: int = MAX_TEXT) -> str:
+    """Refuse over-long text and control characters (newlines, NUL, ...); ValueError says why."""
+    if len(text) > limit:
+        raise ValueError(f"longer than {limit} characters")
+    for ch in text:
+        if unicodedata.category(ch) in _BAD_CATEGORIES:
+            raise ValueError(f"contains the control character U+{ord(ch):04X}")
+    return text
+
+
+def _convert(kind: str, value: Any) -> Any:
+    """The value as the field's type (ValueError/TypeError when it is not one)."""
+    if kind.startswith("Path"):
+        if not isinstance(value, str | os.PathLike):
+            raise TypeError("expected a path")
+        return Path(check_text(os.fspath(value))).expanduser()
+    if kind.startswith("int"):
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise TypeError("expected a whole number")
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise ValueError("expected a whole number")
+            return int(value)
+        return int(value.strip()) if isinstance(value, str) else value
+    if kind.startswith("float"):
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise TypeError("expected a number")
+        number = float(value)
+        if not math.isfinite(number):
+            raise ValueError("expected a finite number")
+        return number
+    if kind.startswith("bool"):
+        if isinstance(value, bool):
+            return value
+        text = str(value).lower()
+        if text not in ("1", "0", "true", "false", "yes", "no"):
+            raise ValueError("expected true or false")
+        return text in ("1", "true", "yes")
+    if kind.startswith("tuple"):
+        if isinstance(value, str):
+            return tuple(v.strip() for v in check_text(value).split(";") if v.strip())
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise TypeError("expected a list of strings")
+        return tuple(check_text(v).strip() for v in value)
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise TypeError("expected a string")
+    return check_text(str(value))
+
+
+def _validate(key: str, value: Any) -> None:
+    """Per-key rules beyond the type: ranges, URL shape, schedule windows."""
+    if key in BOUNDS:
+        low, high = BOUNDS[key]
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low:g} and {high:g}" if isinstance(low, float)
+                             else f"must be between {low} and {high}")
+    if key == "backend_url":
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("expected an http:// or https:// URL")
+    if key == "schedule":
+        if len(value) > MAX_WINDOWS:
+            raise ValueError(f"at most {MAX_WINDOWS} windows")
+        for window in value:
+            if ";" in window:
+                raise ValueError(f"window {window!r} contains ';'")
+            parse_window(window)
 
 
 def _coerce(key: str, value: Any, origin: str) -> Any:
+    """The one place a setting is checked: type, range and content, whatever its origin."""
     f = _FIELDS.get(key)
     if f is None:
-        raise EngineError("CONFIG_INVALID", f"unknown setting {key!r} in {origin}")
+        raise EngineError("CONFIG_INVALID", f"unknown setting {show(key)} in {origin}", item=key)
     kind = str(f.type)
     try:
         if value is None or (isinstance(value, str) and value == "" and "None" in kind):
+            if "None" not in kind:
+                raise ValueError("a value is required")
             return None
-        if kind.startswith("Path"):
-            return Path(value).expanduser()
-        if kind.startswith("int"):
-            if isinstance(value, bool):
-                raise ValueError("boolean where a number belongs")
-            number = int(value)
-            if number < 0:
-                raise ValueError("must not be negative")
-            return number
-        if kind.startswith("float"):
-            number_f = float(value)
-            if number_f <= 0:
-                raise ValueError("must be positive")
-            return number_f
-        if kind.startswith("bool"):
-            if isinstance(value, bool):
-                return value
-            text = str(value).lower()
-            if text not in ("1", "0", "true", "false", "yes", "no"):
-                raise ValueError("expected true or false")
-            return text in ("1", "true", "yes")
-        if kind.startswith("tuple"):
-            if isinstance(value, str):
-                return tuple(v.strip() for v in value.split(";") if v.strip())
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise ValueError("expected a list of strings")
-            return tuple(value)
-        return str(value)
-    except (TypeError, ValueError) as exc:
-        raise EngineError("CONFIG_INVALID", f"{key} = {value!r} in {origin}: {exc}") from exc
+        converted = _convert(kind, value)
+        _validate(key, converted)
+        return converted
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise EngineError("CONFIG_INVALID", f"{key} = {show(value)} in {origin}: {exc}",
+                          item=key) from exc
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -115,7 +208,9 @@ def load_settings(
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
     values: dict[str, Any] = {}
     data_dir = flags.get("data_dir") or env.get(ENV_PREFIX + "DATA_DIR")
-    base = Settings() if data_dir is None else Settings(data_dir=Path(data_dir).expanduser())
+    base = Settings() if data_dir is None else Settings(
+        data_dir=_coerce("data_dir", data_dir, "--data" if "data_dir" in flags
+                         else ENV_PREFIX + "DATA_DIR"))
     for key, value in read_config_file(base.config_file).items():
         values[key] = _coerce(key, value, str(base.config_file))
     for key in _FIELDS:
@@ -124,23 +219,55 @@ def load_settings(
     for key, value in flags.items():
         values[key] = _coerce(key, value, f"--{key.replace('_', '-')}")
     values["data_dir"] = base.data_dir
-    settings = dataclasses.replace(base, **values)
-    if settings.connections < 1 or settings.max_concurrent_tasks < 1:
-        raise EngineError("CONFIG_INVALID", "connections and max_concurrent_tasks must be >= 1")
-    return settings
+    return dataclasses.replace(base, **values)
 
 
-def save_setting(settings: Settings, key: str, value: Any) -> Settings:
-    """Persist one setting in the config file (validated first) and return the new settings."""
-    coerced = _coerce(key, value, "command")
-    current = read_config_file(settings.config_file)
-    current[key] = _toml_value(coerced)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    lines = [f"{k} = {_toml_literal(v)}" for k, v in sorted(current.items()) if v is not None]
-    tmp = settings.config_file.with_suffix(".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, settings.config_file)
+def save_setting(settings: Settings, key: str, value: Any, origin: str = "settings") -> Settings:
+    """Persist one setting in the config file (validated first) and return the new settings.
+
+    A refused value leaves the file untouched. The file is rewritten whole, from validated
+    values, and only if its text reads back to exactly those values.
+    """
+    coerced = _coerce(key, value, origin)
+    path = settings.config_file
+    current = {k: _coerce(k, v, str(path)) for k, v in read_config_file(path).items()}
+    current[key] = coerced
+    document = {k: _toml_value(v) for k, v in sorted(current.items()) if v is not None}
+    try:
+        text = "".join(f"{k} = {_toml_literal(v)}\n" for k, v in document.items())
+        if tomllib.loads(text) != document:
+            raise ValueError("the written text would not read back to the same values")
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        raise EngineError("CONFIG_INVALID", f"{key} = {show(value)}: cannot be written to "
+                          f"{path}: {exc}", item=key) from exc
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, text.encode("utf-8"))
+    except OSError as exc:
+        raise storage_error(exc, f"writing {path}", settings.data_dir) from exc
     return dataclasses.replace(settings, **{key: coerced})
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Replace ``path`` with ``data`` so a crash leaves the old or the new file, never a mix:
+    a temporary file in the same folder, fsync, rename over, fsync of the folder."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), mode)
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def _toml_value(value: Any) -> Any:
@@ -151,12 +278,39 @@ def _toml_value(value: Any) -> Any:
     return value
 
 
+_TOML_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n",
+                 "\f": "\\f", "\r": "\\r"}
+
+
+def _toml_string(text: str) -> str:
+    """A TOML basic string for any text a UTF-8 file can hold (ValueError for lone surrogates)."""
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if ch in _TOML_ESCAPES:
+            out.append(_TOML_ESCAPES[ch])
+        elif code < 0x20 or code == 0x7F:
+            out.append(f"\\u{code:04X}")
+        elif 0xD800 <= code <= 0xDFFF:
+            raise ValueError(f"lone surrogate U+{code:04X} cannot be written as UTF-8")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
 def _toml_literal(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int | float):
+    if isinstance(value, int):
+        if not -INT64_MAX - 1 <= value <= INT64_MAX:
+            raise ValueError(f"{value} does not fit a TOML integer")
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{value} is not a finite number")
         return repr(value)
     if isinstance(value, list):
         return "[" + ", ".join(_toml_literal(v) for v in value) + "]"
-    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{text}"'
+    if isinstance(value, str):
+        return _toml_string(value)
+    raise ValueError(f"cannot write a {type(value).__name__} to the config file")

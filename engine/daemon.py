@@ -1,10 +1,13 @@
 """``launcher-engine serve``: one engine per data dir, many clients over a local WebSocket API.
 
 Security: binds 127.0.0.1 only; a random token (``daemon.json``, mode 0600) must be presented
-(``Authorization: Bearer`` or ``?token=``); any connection carrying a browser ``Origin`` header
-is refused, so a web page cannot drive the engine; a lock file (``flock``, released by the
-kernel when the process dies, so a crashed daemon leaves no stale lock) keeps one daemon per
-data dir. A malformed, oversized or unknown message gets an error reply and nothing else.
+in the ``Authorization: Bearer`` header and nowhere else (a URL ends up in logs and histories,
+so a request with ``token`` in its query string is refused even if the header is right); any
+connection carrying a browser ``Origin`` header is refused, so a web page cannot drive the
+engine; a lock file (``flock``, released by the kernel when the process dies, so a crashed
+daemon leaves no stale lock) keeps one daemon per data dir. A malformed (bad JSON, nested too
+deeply, NaN/Infinity, not an object), oversized or unknown message gets an error reply and the
+connection stays usable; no message can end the connection or the daemon.
 Protocol: docs/control-api.md.
 """
 
@@ -15,6 +18,7 @@ import contextlib
 import fcntl
 import json
 import logging
+import math
 import os
 import secrets
 import signal
@@ -30,7 +34,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from engine.config import Settings
+from engine.config import Settings, atomic_write
 from engine.engine import Engine
 from engine.errors import EngineError
 from engine.events import Event, Subscription
@@ -101,13 +105,30 @@ def daemon_lock(data_dir: Path) -> Iterator[TextIO]:
 
 
 def write_info(data_dir: Path, info: DaemonInfo) -> None:
-    path = info_path(data_dir)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump({"pid": info.pid, "port": info.port, "token": info.token,
-                   "protocol": PROTOCOL_VERSION}, fh)
-    os.replace(tmp, path)
+    body = json.dumps({"pid": info.pid, "port": info.port, "token": info.token,
+                       "protocol": PROTOCOL_VERSION})
+    atomic_write(info_path(data_dir), body.encode(), mode=0o600)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]!r} is out of range")
+    return value
+
+
+def parse_message(raw: str | bytes) -> Any:
+    """Strict JSON: no NaN/Infinity, no overflowing floats; ValueError when it is not."""
+    try:
+        return json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except RecursionError as exc:
+        raise ValueError("nested too deeply") from exc
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8: {exc}") from exc
 
 
 def _reject(status: HTTPStatus, text: str) -> Response:
@@ -131,14 +152,15 @@ class Daemon:
     def check_request(self, connection: ServerConnection, request: Request) -> Response | None:
         if request.headers.get("Origin") is not None:
             return _reject(HTTPStatus.FORBIDDEN, "browser origins may not drive the engine")
-        presented = None
+        if "token" in parse_qs(urlsplit(request.path).query, keep_blank_values=True):
+            # never accepted: a URL is logged, kept in shell histories and proxies
+            return _reject(HTTPStatus.UNAUTHORIZED, "the token belongs in the Authorization "
+                           "header (Bearer), never in the URL")
         auth = request.headers.get("Authorization", "")
-        if auth.startswith("Bearer "):
-            presented = auth[len("Bearer "):]
-        else:
-            tokens = parse_qs(urlsplit(request.path).query).get("token")
-            presented = tokens[0] if tokens else None
-        if presented is None or not secrets.compare_digest(presented, self.token):
+        if not auth.startswith("Bearer "):
+            return _reject(HTTPStatus.UNAUTHORIZED, "a valid token is required (see daemon.json)")
+        presented = auth[len("Bearer "):].encode("utf-8", "surrogateescape")
+        if not secrets.compare_digest(presented, self.token.encode()):
             return _reject(HTTPStatus.UNAUTHORIZED, "a valid token is required (see daemon.json)")
         return None
 
@@ -196,24 +218,36 @@ class Daemon:
             await send({"id": reply["id"], "result": result})
         except EngineError as exc:
             await send({"id": reply["id"], "error": exc.to_error()})
+        except ConnectionClosed:
+            pass
+        except Exception as exc:  # a bug must not end the connection (the TaskGroup would)
+            log.exception("method %s failed", reply["method"])
+            await send({"id": reply["id"], "error": {"code": "INTERNAL_ERROR",
+                                                     "message": repr(exc)}})
 
     async def _answer(self, raw: str | bytes) -> tuple[dict[str, Any], str | None]:
         """Parse, validate and run one request. Returns (reply, subscription change)."""
+        try:
+            return await self._answer_checked(raw)
+        except Exception as exc:  # whatever the message, the connection goes on
+            log.exception("request failed")
+            return {"id": None, "error": {"code": "INTERNAL_ERROR", "message": repr(exc)}}, None
+
+    async def _answer_checked(self, raw: str | bytes) -> tuple[dict[str, Any], str | None]:
         assert self.service is not None
         if len(raw) > MAX_MESSAGE_BYTES:
             return {"id": None, "error": {"code": "MESSAGE_TOO_LARGE",
                                           "message": f"{len(raw)} bytes; limit {MAX_MESSAGE_BYTES}"}}, None
         try:
-            msg = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            return {"id": None, "error": {"code": "PARSE_ERROR", "message": str(exc)}}, None
-        if not isinstance(msg, dict) or not isinstance(msg.get("method"), str):
-            return {"id": msg.get("id") if isinstance(msg, dict) else None,
-                    "error": {"code": "INVALID_REQUEST",
-                              "message": "expected {\"id\", \"method\", \"params\"}"}}, None
-        req_id = msg.get("id")
-        if req_id is not None and not isinstance(req_id, int | str):
+            msg = parse_message(raw)
+        except ValueError as exc:
+            return {"id": None, "error": {"code": "PARSE_ERROR", "message": str(exc)[:200]}}, None
+        req_id = msg.get("id") if isinstance(msg, dict) else None
+        if req_id is not None and (isinstance(req_id, bool) or not isinstance(req_id, int | str)):
             return {"id": None, "error": {"code": "INVALID_REQUEST", "message": "bad id"}}, None
+        if not isinstance(msg, dict) or not isinstance(msg.get("method"), str):
+            return {"id": req_id, "error": {"code": "INVALID_REQUEST",
+                                            "message": "expected {\"id\", \"method\", \"params\"}"}}, None
         method, params = msg["method"], msg.get("params") or {}
         if method == "subscribe":
             if not isinstance(params, dict) or not isinstance(params.get("taskId", "*"), str):

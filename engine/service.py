@@ -2,17 +2,24 @@
 
 The same ``EngineService`` serves the in-process CLI and the daemon's WebSocket API, so a
 command behaves identically whichever way it arrives. ``METHODS`` declares every method's
-parameters; ``validate_params`` refuses unknown names and wrong types before anything runs.
+parameters; ``validate_params`` refuses unknown names, wrong types, ids that are not safe ids
+(``patcher.manifest.check_id``), integers outside what the engine (and SQLite) can store and
+text with control characters before anything runs, with ``INVALID_PARAMS`` naming the field.
+A failed write of the engine's own files (SQLite, config) is translated here, at the boundary,
+to ``INSUFFICIENT_DISK_SPACE`` (disk full) or ``IO_ERROR``.
 """
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from engine.config import save_setting
+from engine.config import INT64_MAX, check_text, save_setting, show
 from engine.engine import Engine
-from engine.errors import EngineError
+from engine.errors import EngineError, storage_error
+from patcher.errors import ManifestError, PatcherError
+from patcher.manifest import check_id
 
 PROTOCOL_VERSION = 1
 
@@ -49,10 +56,23 @@ METHODS: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
     "wait": {"taskId": (str, True)},
 }
 
+# params that name a product, version or task: safe ids ([A-Za-z0-9._-], at most 128)
+ID_PARAMS = frozenset({"productId", "versionId", "taskId"})
+# inclusive ranges of integer params (all stored as SQLite 64-bit integers or used as positions)
+INT_RANGES: dict[str, tuple[int, int]] = {
+    "priority": (-1000, 1000),
+    "position": (0, INT64_MAX),
+    "limitBps": (1, INT64_MAX),  # omitted or null = no limit
+    "bps": (1, INT64_MAX),
+}
+# free text checked elsewhere or on purpose left alone (a password is the user's business;
+# a setting's value is checked by the config rules, with CONFIG_INVALID)
+UNCHECKED_TEXT = frozenset({"password", "value"})
+
 
 def validate_params(method: str, params: Any) -> dict[str, Any]:
     if method not in METHODS:
-        raise EngineError("UNKNOWN_METHOD", f"unknown method {method!r}")
+        raise EngineError("UNKNOWN_METHOD", f"unknown method {show(method)}")
     if params is None:
         params = {}
     if not isinstance(params, dict):
@@ -60,7 +80,7 @@ def validate_params(method: str, params: Any) -> dict[str, Any]:
     spec = METHODS[method]
     unknown = sorted(set(params) - set(spec))
     if unknown:
-        raise EngineError("INVALID_PARAMS", f"{method}: unknown parameter(s) {unknown}")
+        raise EngineError("INVALID_PARAMS", f"{method}: unknown parameter(s) {show(unknown)}")
     for name, (kind, required) in spec.items():
         if name not in params or params[name] is None:
             if required:
@@ -74,7 +94,29 @@ def validate_params(method: str, params: Any) -> dict[str, Any]:
             raise EngineError("INVALID_PARAMS", f"{method}: {name!r} must be {kinds[0].__name__}")
         if isinstance(value, str) and len(value) > 4096:
             raise EngineError("INVALID_PARAMS", f"{method}: {name!r} is too long")
+        _check_value(method, name, value)
     return dict(params)
+
+
+def _check_value(method: str, name: str, value: Any) -> None:
+    """Content rules of one (already type-checked) param."""
+    if name in ID_PARAMS:
+        try:
+            check_id(value, name)
+        except ManifestError as exc:
+            raise EngineError("INVALID_PARAMS", f"{method}: {name!r} = {show(value)} is not an "
+                              "id ([A-Za-z0-9._-], at most 128 characters)", item=name) from exc
+    elif isinstance(value, str) and name not in UNCHECKED_TEXT:
+        try:
+            check_text(value)
+        except ValueError as exc:
+            raise EngineError("INVALID_PARAMS", f"{method}: {name!r} = {show(value)}: {exc}",
+                              item=name) from exc
+    if name in INT_RANGES and isinstance(value, int):
+        low, high = INT_RANGES[name]
+        if not low <= value <= high:
+            raise EngineError("INVALID_PARAMS", f"{method}: {name!r} = {show(value)}: must be "
+                              f"between {low} and {high}", item=name)
 
 
 class EngineService:
@@ -84,7 +126,16 @@ class EngineService:
     async def call(self, method: str, params: Any) -> Any:
         checked = validate_params(method, params)
         handler: Callable[..., Awaitable[Any]] = getattr(self, "m_" + method)
-        return await handler(**checked)
+        try:
+            return await handler(**checked)
+        except (ConnectionError, TimeoutError):
+            raise  # network trouble is the backend client's to report, not a storage failure
+        except (sqlite3.Error, OSError) as exc:
+            raise storage_error(exc, f"handling {method}", self.engine.settings.data_dir) from exc
+        except ManifestError as exc:
+            raise EngineError(exc.code, exc.message, item=exc.field) from exc
+        except PatcherError as exc:
+            raise EngineError(exc.code, exc.message) from exc
 
     # -- session ------------------------------------------------------------------------------
     async def m_ping(self) -> dict[str, Any]:
@@ -185,8 +236,6 @@ class EngineService:
                       set: bool = False) -> dict[str, Any]:
         """``set`` distinguishes "set to unlimited" (bps null) from "just show"."""
         e = self.engine
-        if bps is not None and bps <= 0:
-            raise EngineError("INVALID_PARAMS", "bps must be positive (or null for no limit)")
         if taskId is not None:
             if set or bps is not None:
                 return {"task": e.set_task_limit(taskId, bps).to_dict()}
@@ -196,25 +245,26 @@ class EngineService:
             e.set_global_limit(bps)
         return {"globalLimitBps": e.limiter.global_rate}
 
-    async def m_schedule(self, windows: list[str] | None = None, clear: bool = False) -> dict[str, Any]:
+    async def m_schedule(self, windows: list[Any] | None = None, clear: bool = False) -> dict[str, Any]:
         e = self.engine
         if clear or windows is not None:
-            new = () if clear else tuple(str(w) for w in windows or [])
-            try:
-                e.set_schedule(new)
-            except ValueError as exc:
-                raise EngineError("CONFIG_INVALID", str(exc)) from exc
-            e.settings = save_setting(e.settings, "schedule", list(new))
+            # validated (config rules: CONFIG_INVALID) and written before it applies
+            e.settings = save_setting(e.settings, "schedule", [] if clear else list(windows or []))
+            e.set_schedule(e.settings.schedule)
         return {"schedule": list(e.settings.schedule)}
 
     async def m_settings(self, key: str | None = None, value: Any = None) -> dict[str, Any]:
         e = self.engine
+        if key is not None and key not in vars(e.settings):
+            raise EngineError("CONFIG_INVALID", f"unknown setting {show(key)}", item=key)
         if key is not None and value is not None:
             if key in ("data_dir", "backend_url"):
                 raise EngineError("API_MISUSE", f"{key} cannot change while the engine runs")
             e.settings = save_setting(e.settings, key, value)
             if key == "global_limit_bps":
                 e.set_global_limit(e.settings.global_limit_bps)
+            if key == "schedule":
+                e.set_schedule(e.settings.schedule)
         values = {k: (str(v) if not isinstance(v, int | float | bool | type(None) | tuple) else v)
                   for k, v in vars(e.settings).items()}
         return {"settings": values if key is None else {key: values.get(key)}}
