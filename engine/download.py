@@ -19,6 +19,7 @@ import aiohttp
 
 from engine.blockio import BlockCorrupt
 from engine.errors import EngineError
+from engine.fetchrules import Failure, FetchState, GiveUp, after_failure
 from engine.planner import BlockJob, FetchRange, split_range
 from engine.ratelimit import AsyncRateLimiter
 from engine.retry import RetryPolicy
@@ -37,14 +38,14 @@ class FetchFailed(Exception):
         self.detail = detail
         self.out_of_range = out_of_range  # HTTP 416: the range lies past the pack's end
 
+    def failure(self, source_id: str, item: str | None = None) -> Failure:
+        return Failure(source_id, self.kind, self.detail, self.out_of_range, item=item)
 
-@dataclass(slots=True)
+
+@dataclass(frozen=True, slots=True)
 class WorkItem:
     range: FetchRange
-    attempt: int = 0
-    exclude: frozenset[str] = frozenset()
-    last: FetchFailed | None = None
-    out_of_range: frozenset[str] = frozenset()  # sources that answered 416 for this range
+    state: FetchState = field(default_factory=FetchState)
 
 
 @dataclass(slots=True)
@@ -138,18 +139,6 @@ async def _read_block(ctx: DownloadContext, stream: aiohttp.StreamReader, size: 
     return b"".join(parts)
 
 
-def final_error(item: WorkItem) -> EngineError:
-    last = item.last
-    if last is not None and last.kind is FailureKind.CORRUPT:
-        return EngineError("FILE_HASH_MISMATCH",
-                           f"pack {item.range.pack[:12]}: corrupt data from every source ({last.detail})")
-    if last is not None and last.kind is FailureKind.FORBIDDEN:
-        return EngineError("CDN_LINK_GENERATION_FAILED", f"CDN refused fresh tokens: {last.detail}")
-    detail = last.detail if last else "no source"
-    return EngineError("CDN_UNREACHABLE",
-                       f"gave up on pack {item.range.pack[:12]} after {item.attempt} attempts: {detail}")
-
-
 async def download(ctx: DownloadContext, ranges: list[FetchRange], sink: BlockSink,
                    workers: int) -> None:
     """Fetch every range; raises the first unrecoverable error (cancelling the rest)."""
@@ -169,32 +158,24 @@ async def download(ctx: DownloadContext, ranges: list[FetchRange], sink: BlockSi
                 return
             done: set[int] = set()
             await ctx.refresh_tokens()
-            source = ctx.pool.pick(time.time(), item.exclude)
+            source = ctx.pool.pick(time.time(), item.state.exclude)
             try:
                 await _fetch_range(ctx, source, item.range, sink, done)
             except FetchFailed as exc:
                 ctx.pool.record_failure(source.id, exc.kind, time.time())
                 rest = split_range(item.range, done)
                 if rest is not None:
-                    bad_range = item.out_of_range | ({source.id} if exc.out_of_range else set())
-                    if bad_range >= {s.id for s in ctx.pool.sources}:
-                        # every edge says the bytes do not exist: the manifest is wrong, not
-                        # the network — retrying cannot help
-                        raise EngineError(
-                            "MANIFEST_INVALID", f"pack {rest.pack}: bytes {rest.start}-"
-                            f"{rest.end - 1} lie past its end on every source (HTTP 416)",
-                            item=rest.pack) from exc
-                    nxt = WorkItem(rest, item.attempt + 1, item.exclude | {source.id}, exc,
-                                   frozenset(bad_range))
-                    if len(nxt.exclude) >= len(ctx.pool.ranked(time.time())):
-                        nxt.exclude = frozenset()  # every edge tried once: start over by health
-                    log.warning("range retry %d: %s", nxt.attempt, exc.detail)
-                    if not ctx.retry.should_retry(nxt.attempt):
-                        raise final_error(nxt) from exc
-                    if exc.kind is FailureKind.FORBIDDEN:
+                    what = f"pack {rest.pack[:12]} bytes {rest.start}-{rest.end - 1}"
+                    step = after_failure(item.state, exc.failure(source.id, rest.pack),
+                                         frozenset(s.id for s in ctx.pool.sources), ctx.retry,
+                                         random.random(), what)
+                    if isinstance(step, GiveUp):
+                        raise EngineError(step.code, step.message, item=step.item) from exc
+                    log.warning("range retry %d: %s", step.state.attempt, exc.detail)
+                    if step.refresh_tokens:
                         await ctx.refresh_tokens(force=True)
-                    await asyncio.sleep(ctx.retry.delay(nxt.attempt, random.random()))
-                    queue.put_nowait(nxt)
+                    await asyncio.sleep(step.delay_s)
+                    queue.put_nowait(WorkItem(rest, step.state))
                     continue
             outstanding -= 1
             if outstanding == 0:

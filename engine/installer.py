@@ -23,9 +23,10 @@ import aiohttp
 from engine.backend_client import BackendClient, TaskGrant
 from engine.blockio import process_block
 from engine.config import Settings
-from engine.download import DownloadContext, download
+from engine.download import DownloadContext, FetchFailed, download
 from engine.errors import EngineError
 from engine.events import EventBus, item_event, status_event
+from engine.fetchrules import Failure, FetchState, GiveUp, after_failure
 from engine.fsops import atomic_write, fsync_dir, safe_join, translate_os_error
 from engine.planner import BlockJob, ChunkWrite, InstallPlan, plan_install
 from engine.progress import TaskProgress
@@ -123,13 +124,6 @@ def check_disk_space(settings: Settings, install_dir: Path, needed: int) -> None
         )
 
 
-class _SmallFetchFailed(Exception):
-    def __init__(self, kind: FailureKind, detail: str) -> None:
-        super().__init__(detail)
-        self.kind = kind
-        self.detail = detail
-
-
 SourceRefresh = Callable[[], Awaitable[tuple[CdnSource, ...]]]
 
 
@@ -138,9 +132,10 @@ async def _get_small(ctx: EngineContext, source: CdnSource, rel: str, limit: int
     try:
         async with ctx.session.get(source.url(rel), timeout=timeout) as resp:
             if resp.status == 403:
-                raise _SmallFetchFailed(FailureKind.FORBIDDEN, f"{source.id}: HTTP 403 for {rel}")
+                raise FetchFailed(FailureKind.FORBIDDEN, f"{source.id}: HTTP 403 for {rel}")
             if resp.status != 200:
-                raise _SmallFetchFailed(FailureKind.HTTP_5XX, f"{source.id}: HTTP {resp.status} for {rel}")
+                raise FetchFailed(FailureKind.HTTP_5XX, f"{source.id}: HTTP {resp.status} for {rel}",
+                                  out_of_range=resp.status == 416)
             if (resp.content_length or 0) > limit:
                 raise EngineError("MANIFEST_TOO_LARGE", f"{rel}: {resp.content_length} bytes "
                                   f"(limit {limit})", item=rel)
@@ -153,9 +148,9 @@ async def _get_small(ctx: EngineContext, source: CdnSource, rel: str, limit: int
                 parts.append(chunk)
             return b"".join(parts)
     except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
-        raise _SmallFetchFailed(FailureKind.STALL, f"{source.id}: {rel} stalled") from exc
+        raise FetchFailed(FailureKind.STALL, f"{source.id}: {rel} stalled") from exc
     except aiohttp.ClientError as exc:
-        raise _SmallFetchFailed(FailureKind.RESET, f"{source.id}: {rel}: {exc!r}") from exc
+        raise FetchFailed(FailureKind.RESET, f"{source.id}: {rel}: {exc!r}") from exc
 
 
 async def fetch_small(ctx: EngineContext, pool: SourcePool, rel: str, limit: int, *,
@@ -169,44 +164,35 @@ async def fetch_small(ctx: EngineContext, pool: SourcePool, rel: str, limit: int
     corrupt bytes from that source — another source is tried before the document is called bad.
     """
     policy = RetryPolicy(max_attempts=ctx.settings.max_attempts)
-    tried: set[str] = set()
-    attempt = 0
+    state = FetchState()
+    sources = frozenset(s.id for s in pool.sources)
     while True:
-        attempt += 1
-        now = time.time()
-        if len(tried) >= len(pool.ranked(now)):
-            tried.clear()  # every edge tried once: start over by health
-        source = pool.pick(now, frozenset(tried))
-        tried.add(source.id)
+        source = pool.pick(time.time(), state.exclude)
         started = time.monotonic()
         try:
             data = await _get_small(ctx, source, rel, limit)
             if check is not None:
-                try:
-                    check(data)
-                except (ManifestError, EngineError) as exc:
-                    raise _SmallFetchFailed(FailureKind.CORRUPT,
-                                            f"{source.id}: {rel}: {exc}") from exc
+                check(data)
+        except FetchFailed as exc:
+            failure = exc.failure(source.id, rel)
+        except (ManifestError, EngineError) as exc:  # arrived, but failed its check
+            if isinstance(exc, EngineError) and exc.code == "MANIFEST_TOO_LARGE":
+                raise
+            code, message, item = ((exc.code, exc.message, exc.field) if isinstance(exc, ManifestError)
+                                   else (exc.code, exc.message, exc.item))
+            failure = Failure(source.id, FailureKind.CORRUPT, message, code=code, item=item)
+        else:
             pool.record_success(source.id, len(data), time.monotonic() - started, time.time())
             return data
-        except _SmallFetchFailed as exc:
-            pool.record_failure(source.id, exc.kind, time.time())
-            if not policy.should_retry(attempt):
-                cause = exc.__cause__
-                if exc.kind is FailureKind.CORRUPT and isinstance(cause, ManifestError):
-                    raise EngineError(cause.code, f"{rel}: {cause.message} (from every source, "
-                                      f"{attempt} tries)", item=cause.field) from exc
-                if exc.kind is FailureKind.CORRUPT and isinstance(cause, EngineError):
-                    raise EngineError(cause.code, f"{cause.message} (from every source, "
-                                      f"{attempt} tries)", item=cause.item) from exc
-                code = ("CDN_LINK_GENERATION_FAILED" if exc.kind is FailureKind.FORBIDDEN
-                        else "CDN_UNREACHABLE")
-                raise EngineError(code, f"could not fetch {rel} after {attempt} tries: "
-                                  f"{exc.detail}", item=rel) from exc
-            log.warning("fetch %s: try %d failed: %s", rel, attempt, exc.detail)
-            if exc.kind is FailureKind.FORBIDDEN and refresh is not None:
-                pool.replace_tokens(list(await refresh()))
-            await asyncio.sleep(policy.delay(attempt, random.random()))
+        pool.record_failure(source.id, failure.kind, time.time())
+        step = after_failure(state, failure, sources, policy, random.random(), rel)
+        if isinstance(step, GiveUp):
+            raise EngineError(step.code, step.message, item=step.item)
+        log.warning("fetch %s: try %d failed: %s", rel, step.state.attempt, failure.detail)
+        if step.refresh_tokens and refresh is not None:
+            pool.replace_tokens(list(await refresh()))
+        await asyncio.sleep(step.delay_s)
+        state = step.state
 
 
 async def manifest_key(ctx: EngineContext) -> str:

@@ -25,9 +25,10 @@ from engine.fsops import (
     safe_join,
     translate_os_error,
 )
-from patcher.manifest import FileEntry, Manifest
+from patcher.manifest import RESERVED_PREFIX, FileEntry, Manifest
 
-STAGING_DIR = ".launcher-staging"
+# the manifest loader refuses every name with this prefix, so no game can own these paths
+STAGING_DIR = RESERVED_PREFIX + "staging"
 OWNER_MARK = ".created-by-launcher"
 _TASK_ENTRY = re.compile(r"^([0-9a-f]{32})(\.old)?$")
 

@@ -1,0 +1,63 @@
+"""The fetch rules (sans-I/O): retry, fail over, refresh tokens, give up — without sockets."""
+
+from __future__ import annotations
+
+from engine.fetchrules import Failure, FetchState, GiveUp, Retry, after_failure
+from engine.retry import RetryPolicy
+from engine.sources import FailureKind
+
+SOURCES = frozenset({"a", "b"})
+POLICY = RetryPolicy(max_attempts=4, base_delay=0.5, max_delay=8, jitter=0)
+
+
+def step(state: FetchState, failure: Failure) -> Retry | GiveUp:
+    return after_failure(state, failure, SOURCES, POLICY, 0.0, "pack p")
+
+
+def test_a_failure_fails_over_with_backoff() -> None:
+    s = step(FetchState(), Failure("a", FailureKind.HTTP_5XX, "503"))
+    assert isinstance(s, Retry)
+    assert s.state.exclude == {"a"} and s.state.attempt == 1 and s.delay_s == 0.5
+    s2 = step(s.state, Failure("b", FailureKind.RESET, "reset"))
+    assert isinstance(s2, Retry)
+    assert s2.state.exclude == frozenset()  # both tried: start over by health
+    assert s2.delay_s == 1.0 and not s2.refresh_tokens
+
+
+def test_403_asks_for_fresh_tokens() -> None:
+    s = step(FetchState(), Failure("a", FailureKind.FORBIDDEN, "403"))
+    assert isinstance(s, Retry) and s.refresh_tokens
+
+
+def test_retries_are_capped_and_the_last_failure_names_the_error() -> None:
+    state = FetchState()
+    kinds = [FailureKind.STALL, FailureKind.HTTP_5XX, FailureKind.RESET, FailureKind.CORRUPT]
+    result: Retry | GiveUp | None = None
+    for i, kind in enumerate(kinds):
+        result = step(state, Failure("ab"[i % 2], kind, kind.value))
+        if isinstance(result, Retry):
+            state = result.state
+    assert isinstance(result, GiveUp)
+    assert result.code == "FILE_HASH_MISMATCH" and "corrupt" in result.message
+    forbidden = FetchState(3, frozenset(), frozenset(), None)
+    last = step(forbidden, Failure("a", FailureKind.FORBIDDEN, "403"))
+    assert isinstance(last, GiveUp) and last.code == "CDN_LINK_GENERATION_FAILED"
+    network = step(forbidden, Failure("a", FailureKind.STALL, "no data"))
+    assert isinstance(network, GiveUp) and network.code == "CDN_UNREACHABLE"
+    assert "4 tries" in network.message
+
+
+def test_416_from_every_source_is_a_bad_manifest_at_once() -> None:
+    s = step(FetchState(), Failure("a", FailureKind.HTTP_5XX, "416", out_of_range=True, item="p"))
+    assert isinstance(s, Retry)  # one edge could be serving a truncated copy
+    s2 = step(s.state, Failure("b", FailureKind.HTTP_5XX, "416", out_of_range=True, item="p"))
+    assert isinstance(s2, GiveUp)
+    assert s2.code == "MANIFEST_INVALID" and s2.item == "p" and "416" in s2.message
+
+
+def test_a_check_failure_keeps_its_code_after_every_source() -> None:
+    bad_sig = Failure("a", FailureKind.CORRUPT, "signature does not match", code="MANIFEST_SIGNATURE_INVALID")
+    s = step(FetchState(), bad_sig)
+    assert isinstance(s, Retry) and s.state.exclude == {"a"}  # the next try goes elsewhere
+    end = step(FetchState(3), bad_sig)
+    assert isinstance(end, GiveUp) and end.code == "MANIFEST_SIGNATURE_INVALID"
