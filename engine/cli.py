@@ -151,7 +151,11 @@ def _task_result(task: dict[str, Any], out: Output) -> int:
     out.emit({"result": task["status"], "task": task})
     short = task["taskId"][:8]
     if task["status"] == "completed":
-        out.text(f"task {short}: {task['productId']} {task['versionId']} installed in {task['targetPath']}")
+        if task["kind"] in ("update", "rollback") and task["fromVersion"] == task["versionId"]:
+            out.text(f"task {short}: {task['productId']} is already at {task['versionId']}")
+        else:
+            out.text(f"task {short}: {task['productId']} {task['versionId']} installed in "
+                     f"{task['targetPath']}")
         return ExitCode.OK
     if task["status"] == "error":
         err = EngineError(task.get("errorCode") or "FAILED", task.get("errorMessage") or "")
@@ -287,7 +291,11 @@ async def cmd_installed(svc: Service, args: argparse.Namespace, out: Output) -> 
 
 async def cmd_uninstall(svc: Service, args: argparse.Namespace, out: Output) -> int:
     g = await svc.call("uninstall", {"productId": args.product})
-    out.text(f"uninstalled {g['productId']} {g['versionId']} from {g['path']}")
+    out.text(f"uninstalled {g['productId']} {g['versionId']}: {g['removedFiles']} file(s) removed "
+             f"from {g['path']}")
+    if g["leftInFolder"]:
+        out.text(f"  kept the folder: it holds files the launcher did not install: "
+                 f"{', '.join(g['leftInFolder'])}")
     out.emit({"result": "uninstalled", "game": g})
     return ExitCode.OK
 
@@ -338,7 +346,8 @@ async def cmd_verify(svc: Service, args: argparse.Namespace, out: Output) -> int
     if report["ok"] or not args.repair:
         return ExitCode.OK if report["ok"] else ExitCode.INTEGRITY
     task = await svc.call("repair", {"productId": args.product})
-    damaged = set(report["missing"]) | set(report["wrongSize"]) | {d["path"] for d in report["damaged"]}
+    damaged = (set(report["missing"]) | set(report["wrongSize"]) | set(report["links"])
+               | {d["path"] for d in report["damaged"]})
     out.text(f"task {task['taskId'][:8]}: repairing {len(damaged)} file(s)")
     code = await _wait(svc, task, out)
     if code != ExitCode.OK:
@@ -358,6 +367,8 @@ def _print_report(r: dict[str, Any], out: Output) -> None:
         out.text(f"  missing     {p}")
     for p in r["wrongSize"]:
         out.text(f"  wrong size  {p}")
+    for p in r["links"]:
+        out.text(f"  link        {p} (not followed; repair replaces it)")
     for d in r["damaged"]:
         out.text(f"  damaged     {d['path']} bytes {d['offset']}-{d['offset'] + d['size'] - 1}")
     for p in r["extra"]:
