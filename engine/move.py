@@ -43,7 +43,8 @@ async def move_game(state: State, game: InstalledGame, dest: Path, manifest: Man
                 os.replace(src, dest)
             else:
                 tmp = dest.with_name(dest.name + ".launcher-move")
-                await asyncio.to_thread(shutil.copytree, src, tmp, dirs_exist_ok=True)
+                # links are copied as links: never followed out of the install folder
+                await asyncio.to_thread(shutil.copytree, src, tmp, symlinks=True, dirs_exist_ok=True)
                 report = await asyncio.to_thread(scan_install, tmp, manifest, False)
                 if not report.ok:
                     raise EngineError("FILE_HASH_MISMATCH",
