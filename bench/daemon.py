@@ -12,7 +12,7 @@ What runs (everything binds 127.0.0.1). The content and the stack come from
   user granted the game;
 * the daemon: ``python -m engine.cli --data D --backend URL serve`` (a fresh data dir per run;
   logged in through its ``login`` method), driven over its WebSocket control API by
-  ``engine.control_client.DaemonClient`` connections, all in this one process (one asyncio loop).
+  ``engine.api.client.DaemonClient`` connections, all in this one process (one asyncio loop).
 
 1. Event latency. Three clients subscribe to every event; a fourth ("control") connection
    installs the game with a low per-task limit (``--latency-limit``, so it downloads slowly and
@@ -85,9 +85,9 @@ def _load_download_bench() -> ModuleType:
 
 dl = _load_download_bench()
 
-from engine.control_client import DaemonClient  # noqa: E402
-from engine.daemon import DaemonInfo, read_info  # noqa: E402
-from engine.events import ITEM, STATUS  # noqa: E402
+from engine.api.client import DaemonClient  # noqa: E402
+from engine.api.daemon import DaemonInfo, read_info  # noqa: E402
+from engine.core.events import ITEM, STATUS  # noqa: E402
 
 MB = dl.MB
 MIB = dl.MIB

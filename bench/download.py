@@ -94,7 +94,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from backend.nginx import free_port  # noqa: E402
-from engine.events import STATUS  # noqa: E402
+from engine.core.events import STATUS  # noqa: E402
 
 MB = 1_000_000
 MIB = 1024 * 1024
@@ -837,7 +837,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             stack.stop()
 
-    from engine.cli import parse_rate
+    from engine.cli.main import parse_rate
 
     limit_mb_s = (parse_rate(args.limit) or 0) / MB
     eng = median_result(by_tool["engine"]) if by_tool["engine"] else None

@@ -82,7 +82,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from backend.config import EdgeConfig, write_edges  # noqa: E402
-from engine.updateplan import (  # noqa: E402
+from engine.core.updateplan import (  # noqa: E402
     chunk_build,
     chunk_sources_excluding,
     merge_wanted,

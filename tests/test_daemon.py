@@ -16,9 +16,9 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from engine.control_client import DaemonClient
-from engine.daemon import DaemonInfo, read_info
-from engine.errors import EngineError
+from engine.api.client import DaemonClient
+from engine.api.daemon import DaemonInfo, read_info
+from engine.core.errors import EngineError
 from tests.enginekit import REPO, EngineCli, assert_same_tree, engine_env
 
 PRODUCT = "star-courier"

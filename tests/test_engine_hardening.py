@@ -25,10 +25,10 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
-from engine.config import show
-from engine.control_client import DaemonClient
-from engine.daemon import DaemonInfo, read_info
-from engine.errors import EngineError
+from engine.api.client import DaemonClient
+from engine.api.daemon import DaemonInfo, read_info
+from engine.core.errors import EngineError
+from engine.io.config import show
 from tests.enginekit import REPO, EngineCli, engine_env
 
 NO_BACKEND = "http://127.0.0.1:9"  # discard port: nothing listens; these paths never call it

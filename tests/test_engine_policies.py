@@ -16,7 +16,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from engine.queueorder import (
+from engine.core.queueorder import (
     Decision,
     QueueEntry,
     TaskState,
@@ -25,10 +25,10 @@ from engine.queueorder import (
     reorder,
     select_runnable,
 )
-from engine.ratelimit import DEFAULT_MIN_BURST, AsyncRateLimiter, TokenBucket, default_burst
-from engine.retry import RetryPolicy, StallDetector
-from engine.schedule import ALL_DAYS, DownloadSchedule, Window, parse_window
-from engine.sources import (
+from engine.core.ratelimit import DEFAULT_MIN_BURST, AsyncRateLimiter, TokenBucket, default_burst
+from engine.core.retry import RetryPolicy, StallDetector
+from engine.core.schedule import ALL_DAYS, DownloadSchedule, Window, parse_window
+from engine.core.sources import (
     CdnSource,
     FailureKind,
     HealthPolicy,

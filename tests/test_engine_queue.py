@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from engine.config import load_settings
-from engine.engine import Engine
-from engine.events import STATUS
-from engine.queueorder import TaskState
+from engine.core.events import STATUS
+from engine.core.queueorder import TaskState
+from engine.io.config import load_settings
+from engine.jobs.engine import Engine
 from tests.enginekit import STAGING, assert_same_tree
 
 MAIN = "star-courier"

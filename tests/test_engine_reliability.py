@@ -322,7 +322,7 @@ def test_installed_modes_carry_only_the_exec_bit(engine: EngineCli, tmp_path: Pa
 
 def test_hostile_modes_are_normalised_at_commit(tmp_path: Path) -> None:
     """A signed manifest may carry 0o777 or 0o000: only the exec bit reaches the disk."""
-    from engine.staging import Staging
+    from engine.io.staging import Staging
     from patcher.manifest import ChunkEntry, FileEntry, Manifest
 
     def entry(path: str, mode: int) -> FileEntry:
@@ -345,8 +345,8 @@ def test_hostile_modes_are_normalised_at_commit(tmp_path: Path) -> None:
 
 
 def test_commit_never_replaces_what_the_player_put_there(tmp_path: Path) -> None:
-    from engine.errors import EngineError
-    from engine.staging import Staging
+    from engine.core.errors import EngineError
+    from engine.io.staging import Staging
     from patcher.manifest import ChunkEntry, FileEntry, Manifest
 
     manifest = Manifest("p", "1", (FileEntry("a/b.bin", 1, 0o644, hashlib.sha256(b"x").hexdigest(),

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from engine.fetchrules import Failure, FetchState, GiveUp, Retry, after_failure
-from engine.retry import RetryPolicy
-from engine.sources import FailureKind
+from engine.core.fetchrules import Failure, FetchState, GiveUp, Retry, after_failure
+from engine.core.retry import RetryPolicy
+from engine.core.sources import FailureKind
 
 SOURCES = frozenset({"a", "b"})
 POLICY = RetryPolicy(max_attempts=4, base_delay=0.5, max_delay=8, jitter=0)

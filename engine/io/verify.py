@@ -14,9 +14,9 @@ from typing import Any
 
 import blake3
 
-from engine.errors import EngineError
-from engine.fsops import safe_join
-from engine.staging import STAGING_DIR
+from engine.core.errors import EngineError
+from engine.io.fsops import safe_join
+from engine.io.staging import STAGING_DIR
 from patcher.chunking import CHUNK_MAX
 from patcher.manifest import FileEntry, Manifest
 

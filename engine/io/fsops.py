@@ -13,7 +13,7 @@ import os
 import stat
 from pathlib import Path
 
-from engine.errors import EngineError
+from engine.core.errors import EngineError
 
 EXEC_MODE = 0o755
 PLAIN_MODE = 0o644

@@ -20,21 +20,21 @@ from pathlib import Path
 
 import aiohttp
 
-from engine.backend_client import BackendClient, TaskGrant
-from engine.blockio import process_block
-from engine.config import Settings
-from engine.download import DownloadContext, FetchFailed, download
-from engine.errors import EngineError
-from engine.events import EventBus, item_event, status_event
-from engine.fetchrules import Failure, FetchState, GiveUp, after_failure
-from engine.fsops import atomic_write, fsync_dir, safe_join, translate_os_error
-from engine.planner import BlockJob, ChunkWrite, InstallPlan, plan_install
-from engine.progress import TaskProgress
-from engine.ratelimit import AsyncRateLimiter
-from engine.retry import RetryPolicy
-from engine.sources import CdnSource, FailureKind, SourcePool
-from engine.staging import STAGING_DIR, Staging, remove_task_staging, sweep_staging
-from engine.state import InstalledGame, State, TaskRecord
+from engine.core.errors import EngineError
+from engine.core.events import EventBus, item_event, status_event
+from engine.core.fetchrules import Failure, FetchState, GiveUp, after_failure
+from engine.core.planner import BlockJob, ChunkWrite, InstallPlan, plan_install
+from engine.core.progress import TaskProgress
+from engine.core.ratelimit import AsyncRateLimiter
+from engine.core.retry import RetryPolicy
+from engine.core.sources import CdnSource, FailureKind, SourcePool
+from engine.io.backend_client import BackendClient, TaskGrant
+from engine.io.blockio import process_block
+from engine.io.config import Settings
+from engine.io.download import DownloadContext, FetchFailed, download
+from engine.io.fsops import atomic_write, fsync_dir, safe_join, translate_os_error
+from engine.io.staging import STAGING_DIR, Staging, remove_task_staging, sweep_staging
+from engine.io.state import InstalledGame, State, TaskRecord
 from patcher.errors import ManifestError
 from patcher.manifest import Manifest
 from patcher.signing import load_public_key, load_signed_manifest, verify_signature

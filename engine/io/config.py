@@ -27,8 +27,8 @@ from urllib.parse import urlsplit
 
 import platformdirs
 
-from engine.errors import EngineError, storage_error
-from engine.schedule import parse_window
+from engine.core.errors import EngineError, storage_error
+from engine.core.schedule import parse_window
 
 APP_NAME = "game-launcher"
 ENV_PREFIX = "LAUNCHER_ENGINE_"

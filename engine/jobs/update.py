@@ -22,30 +22,11 @@ from pathlib import Path
 
 import blake3
 
-from engine.backend_client import TaskGrant
-from engine.errors import EngineError
-from engine.events import status_event
-from engine.fsops import (
-    atomic_write,
-    fsync_dir,
-    install_mode,
-    pwrite_all,
-    remove_empty_parents,
-    safe_join,
-)
-from engine.installer import (
-    EngineContext,
-    InstallRun,
-    fetch_small,
-    load_manifest,
-    manifest_key,
-)
-from engine.localcopy import copy_chunks, copy_or_clone
-from engine.planner import ChunkWrite, plan_install
-from engine.sources import CdnSource, SourcePool
-from engine.staging import Staging, remove_task_staging, sweep_staging
-from engine.state import InstalledGame
-from engine.updateplan import (
+from engine.core.errors import EngineError
+from engine.core.events import status_event
+from engine.core.planner import ChunkWrite, plan_install
+from engine.core.sources import CdnSource, SourcePool
+from engine.core.updateplan import (
     BuildMethod,
     FileBuild,
     LocalCopy,
@@ -57,7 +38,26 @@ from engine.updateplan import (
     plan_update,
     with_rebuilds,
 )
-from engine.verify import quick_check, scan_install
+from engine.io.backend_client import TaskGrant
+from engine.io.fsops import (
+    atomic_write,
+    fsync_dir,
+    install_mode,
+    pwrite_all,
+    remove_empty_parents,
+    safe_join,
+)
+from engine.io.localcopy import copy_chunks, copy_or_clone
+from engine.io.staging import Staging, remove_task_staging, sweep_staging
+from engine.io.state import InstalledGame
+from engine.io.verify import quick_check, scan_install
+from engine.jobs.install import (
+    EngineContext,
+    InstallRun,
+    fetch_small,
+    load_manifest,
+    manifest_key,
+)
 from patcher.deltaindex import DeltaIndex, decode_delta_index
 from patcher.errors import DeltaError, ManifestError
 from patcher.manifest import Manifest

@@ -17,8 +17,8 @@ from typing import Any
 
 import sqlite_utils
 
-from engine.errors import EngineError
-from engine.queueorder import TaskState
+from engine.core.errors import EngineError
+from engine.core.queueorder import TaskState
 
 SCHEMA_VERSION = 1
 TERMINAL = frozenset({TaskState.COMPLETED, TaskState.ERROR, TaskState.CANCELLED})

@@ -20,22 +20,22 @@ from typing import Any
 
 import aiohttp
 
-from engine.backend_client import BackendClient
-from engine.config import Settings
-from engine.credentials import CredentialStore
-from engine.errors import EngineError
-from engine.events import UPDATE_AVAILABLE, EventBus, error_event, status_event
-from engine.installer import EngineContext, InstallRun, check_install_target, manifest_key
-from engine.move import move_game
-from engine.progress import TaskProgress
-from engine.queueorder import QueueEntry, TaskState, move, select_runnable
-from engine.ratelimit import AsyncRateLimiter
-from engine.schedule import DownloadSchedule, parse_window
-from engine.staging import STAGING_DIR, remove_task_staging
-from engine.state import TERMINAL, InstalledGame, State, TaskRecord
-from engine.uninstall import UninstallReport, remove_install
-from engine.update import UpdateRun, cached_manifest
-from engine.verify import VerifyReport, scan_install
+from engine.core.errors import EngineError
+from engine.core.events import UPDATE_AVAILABLE, EventBus, error_event, status_event
+from engine.core.progress import TaskProgress
+from engine.core.queueorder import QueueEntry, TaskState, move, select_runnable
+from engine.core.ratelimit import AsyncRateLimiter
+from engine.core.schedule import DownloadSchedule, parse_window
+from engine.io.backend_client import BackendClient
+from engine.io.config import Settings
+from engine.io.credentials import CredentialStore
+from engine.io.staging import STAGING_DIR, remove_task_staging
+from engine.io.state import TERMINAL, InstalledGame, State, TaskRecord
+from engine.io.verify import VerifyReport, scan_install
+from engine.jobs.install import EngineContext, InstallRun, check_install_target, manifest_key
+from engine.jobs.move import move_game
+from engine.jobs.uninstall import UninstallReport, remove_install
+from engine.jobs.update import UpdateRun, cached_manifest
 from patcher.manifest import Manifest, check_id
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def as_engine_error(exc: BaseException) -> EngineError:
             if found.code != "INTERNAL_ERROR":
                 return found
     if isinstance(exc, OSError):
-        from engine.staging import translate_os_error
+        from engine.io.staging import translate_os_error
 
         return translate_os_error(exc, "installing")
     return EngineError("INTERNAL_ERROR", f"{type(exc).__name__}: {exc}")

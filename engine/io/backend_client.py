@@ -14,8 +14,8 @@ from typing import Any
 
 import httpx
 
-from engine.errors import EngineError
-from engine.sources import CdnSource
+from engine.core.errors import EngineError
+from engine.core.sources import CdnSource
 
 TokenSaver = Callable[[str | None], None]
 

@@ -11,9 +11,9 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
-from engine.daemon import DaemonInfo
-from engine.errors import EngineError
-from engine.events import Event
+from engine.api.daemon import DaemonInfo
+from engine.core.errors import EngineError
+from engine.core.events import Event
 
 
 class DaemonClient:

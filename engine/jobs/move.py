@@ -14,10 +14,10 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
-from engine.errors import EngineError
-from engine.staging import translate_os_error
-from engine.state import InstalledGame, State
-from engine.verify import scan_install
+from engine.core.errors import EngineError
+from engine.io.staging import translate_os_error
+from engine.io.state import InstalledGame, State
+from engine.io.verify import scan_install
 from patcher.manifest import Manifest
 
 

@@ -34,11 +34,11 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from engine.config import Settings, atomic_write
-from engine.engine import Engine
-from engine.errors import EngineError
-from engine.events import Event, Subscription
-from engine.service import PROTOCOL_VERSION, EngineService
+from engine.api.service import PROTOCOL_VERSION, EngineService
+from engine.core.errors import EngineError
+from engine.core.events import Event, Subscription
+from engine.io.config import Settings, atomic_write
+from engine.jobs.engine import Engine
 
 log = logging.getLogger(__name__)
 

@@ -3,8 +3,8 @@
 Event in: a failure (which source, what kind, whether the bytes lay past the end of the file,
 an error code when the bytes arrived but failed a check). Action out: retry elsewhere after a
 capped, jittered delay — refreshing the signed tokens first after a 403 — or give up with the
-final error. One rule set for pack ranges (engine/download.py) and small documents (manifests,
-signatures, delta indexes, patches: engine/installer.py ``fetch_small``); the async shells only
+final error. One rule set for pack ranges (engine/io/download.py) and small documents (manifests,
+signatures, delta indexes, patches: engine/jobs/install.py ``fetch_small``); the async shells only
 carry the actions out.
 """
 
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from engine.retry import RetryPolicy
-from engine.sources import FailureKind
+from engine.core.retry import RetryPolicy
+from engine.core.sources import FailureKind
 
 
 @dataclass(frozen=True, slots=True)

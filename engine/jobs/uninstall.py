@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.fsops import first_link, remove_empty_parents, translate_os_error
-from engine.staging import sweep_staging
-from engine.state import InstalledGame
+from engine.io.fsops import first_link, remove_empty_parents, translate_os_error
+from engine.io.staging import sweep_staging
+from engine.io.state import InstalledGame
 from patcher.manifest import Manifest
 
 MAX_LISTED = 20

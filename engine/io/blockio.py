@@ -8,9 +8,9 @@ from __future__ import annotations
 import blake3
 import zstandard
 
-from engine.fsops import pwrite_all, translate_os_error
-from engine.planner import BlockJob
-from engine.staging import Staging
+from engine.core.planner import BlockJob
+from engine.io.fsops import pwrite_all, translate_os_error
+from engine.io.staging import Staging
 from patcher.manifest import Codec
 
 

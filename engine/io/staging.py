@@ -18,8 +18,8 @@ import shutil
 import stat
 from pathlib import Path
 
-from engine.errors import EngineError
-from engine.fsops import (
+from engine.core.errors import EngineError
+from engine.io.fsops import (
     fsync_dir,
     install_mode,
     safe_join,

@@ -15,9 +15,9 @@ import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from engine.config import INT64_MAX, check_text, save_setting, show
-from engine.engine import Engine
-from engine.errors import EngineError, storage_error
+from engine.core.errors import EngineError, storage_error
+from engine.io.config import INT64_MAX, check_text, save_setting, show
+from engine.jobs.engine import Engine
 from patcher.errors import ManifestError, PatcherError
 from patcher.manifest import check_id
 

@@ -1,6 +1,6 @@
 """``launcher-engine``: the engine headless, for QA and scripts.
 
-Every command goes through the engine's command surface (``engine.service``): to the running
+Every command goes through the engine's command surface (``engine.api.service``): to the running
 daemon of the data dir when there is one (so a second client sees the change), in-process
 otherwise. Human output shows a live progress bar; ``--json`` prints one JSON object per line
 (events, then a final result). Exit codes are distinct per failure class (``ExitCode``). A
@@ -24,9 +24,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from engine.config import Settings, load_settings
-from engine.errors import EngineError, ExitCode, storage_error
-from engine.events import STATUS, Event
+from engine.core.errors import EngineError, ExitCode, storage_error
+from engine.core.events import STATUS, Event
+from engine.io.config import Settings, load_settings
 
 log = logging.getLogger("engine.cli")
 
@@ -481,8 +481,8 @@ class LocalService:
     """In-process: the engine's loop runs only while a command waits for a task."""
 
     def __init__(self, settings: Settings) -> None:
-        from engine.engine import Engine
-        from engine.service import EngineService
+        from engine.api.service import EngineService
+        from engine.jobs.engine import Engine
 
         self.engine = Engine(settings)
         self.service = EngineService(self.engine)
@@ -520,16 +520,16 @@ def _storage_cause(exc: BaseException) -> sqlite3.Error | OSError | None:
 
 async def _run(args: argparse.Namespace, out: Output, settings: Settings) -> int:
     if args.command == "serve":
-        from engine.daemon import Daemon
+        from engine.api.daemon import Daemon
 
         await Daemon(settings, port=args.port).run()
         return ExitCode.OK
-    from engine.daemon import daemon_running
+    from engine.api.daemon import daemon_running
 
     info = daemon_running(settings.data_dir)
     func: Command = args.func
     if info is not None:
-        from engine.control_client import DaemonClient
+        from engine.api.client import DaemonClient
 
         async with DaemonClient(info) as client:
             client.on_event = out.event

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import blake3
 
-from engine.errors import EngineError
-from engine.fsops import pwrite_all, safe_join
-from engine.staging import Staging
-from engine.updateplan import LocalCopy
+from engine.core.errors import EngineError
+from engine.core.updateplan import LocalCopy
+from engine.io.fsops import pwrite_all, safe_join
+from engine.io.staging import Staging
 
 FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
 

@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from engine.blockio import BlockCorrupt
-from engine.errors import EngineError
-from engine.fetchrules import Failure, FetchState, GiveUp, after_failure
-from engine.planner import BlockJob, FetchRange, split_range
-from engine.ratelimit import AsyncRateLimiter
-from engine.retry import RetryPolicy
-from engine.sources import CdnSource, FailureKind, SourcePool
+from engine.core.errors import EngineError
+from engine.core.fetchrules import Failure, FetchState, GiveUp, after_failure
+from engine.core.planner import BlockJob, FetchRange, split_range
+from engine.core.ratelimit import AsyncRateLimiter
+from engine.core.retry import RetryPolicy
+from engine.core.sources import CdnSource, FailureKind, SourcePool
+from engine.io.blockio import BlockCorrupt
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from enum import StrEnum
 
-from engine.planner import ChunkWrite, Wanted
+from engine.core.planner import ChunkWrite, Wanted
 from patcher.deltaindex import DeltaIndex, PatchEntry
 from patcher.diff import ChunkSource, chunk_sources, diff_manifests
 from patcher.manifest import Manifest

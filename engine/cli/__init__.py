@@ -1,0 +1,1 @@
+"""launcher-engine: the command line, its parser derived from the command table."""

@@ -1,0 +1,2 @@
+"""What the engine does, composed from core rules and io parts: install, update/repair/rollback,
+move, uninstall, and the queue engine."""
