@@ -12,7 +12,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from engine.api.daemon import DaemonInfo
-from engine.core.errors import EngineError
+from engine.core.errors import EngineError, ErrorCode
 from engine.core.events import Event
 
 
@@ -33,11 +33,11 @@ class DaemonClient:
             self._ws = await connect(self.info.url, additional_headers={
                 "Authorization": f"Bearer {self.info.token}"}, max_size=None, compression=None)
         except (OSError, InvalidStatus, WebSocketException) as exc:
-            raise EngineError("DAEMON_UNREACHABLE", f"cannot reach the engine daemon at "
+            raise EngineError(ErrorCode.DAEMON_UNREACHABLE, f"cannot reach the engine daemon at "
                               f"{self.info.url}: {exc}") from exc
         hello = json.loads(await self._ws.recv())
         if hello.get("type") != "hello":
-            raise EngineError("DAEMON_UNREACHABLE", f"unexpected greeting {hello!r}")
+            raise EngineError(ErrorCode.DAEMON_UNREACHABLE, f"unexpected greeting {hello!r}")
         self._reader = asyncio.create_task(self._read())
         return self
 
@@ -66,7 +66,8 @@ class DaemonClient:
         finally:
             for fut in self._pending.values():
                 if not fut.done():
-                    fut.set_exception(EngineError("DAEMON_UNREACHABLE", "the daemon closed the connection"))
+                    fut.set_exception(EngineError(ErrorCode.DAEMON_UNREACHABLE,
+                                                  "the daemon closed the connection"))
 
     async def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
         assert self._ws is not None
@@ -79,7 +80,8 @@ class DaemonClient:
         msg = await fut
         if "error" in msg:
             err = msg["error"]
-            raise EngineError(str(err.get("code")), str(err.get("message")), item=err.get("item"))
+            raise EngineError(ErrorCode.from_wire(err.get("code"), ErrorCode.INTERNAL_ERROR),
+                              str(err.get("message")), item=err.get("item"))
         return msg.get("result")
 
     async def send_raw(self, text: str | bytes) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from engine.api.service import PROTOCOL_VERSION, EngineService
-from engine.core.errors import EngineError
+from engine.core.errors import EngineError, ErrorCode
 from engine.core.events import Event, Subscription
 from engine.io.config import Settings, atomic_write
 from engine.jobs.engine import Engine
@@ -94,7 +94,7 @@ def daemon_lock(data_dir: Path) -> Iterator[TextIO]:
     except BlockingIOError as exc:
         fh.close()
         info = read_info(data_dir)
-        raise EngineError("API_MISUSE", f"a daemon already runs for {data_dir}"
+        raise EngineError(ErrorCode.API_MISUSE, f"a daemon already runs for {data_dir}"
                           + (f" (pid {info.pid}, port {info.port})" if info else "")) from exc
     try:
         yield fh

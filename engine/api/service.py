@@ -15,8 +15,9 @@ import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from engine.core.errors import EngineError, storage_error
+from engine.core.errors import EngineError, ErrorCode
 from engine.io.config import INT64_MAX, check_text, save_setting, show
+from engine.io.fsops import storage_error
 from engine.jobs.engine import Engine
 from patcher.errors import ManifestError, PatcherError
 from patcher.manifest import check_id
@@ -72,28 +73,28 @@ UNCHECKED_TEXT = frozenset({"password", "value"})
 
 def validate_params(method: str, params: Any) -> dict[str, Any]:
     if method not in METHODS:
-        raise EngineError("UNKNOWN_METHOD", f"unknown method {show(method)}")
+        raise EngineError(ErrorCode.UNKNOWN_METHOD, f"unknown method {show(method)}")
     if params is None:
         params = {}
     if not isinstance(params, dict):
-        raise EngineError("INVALID_PARAMS", "params must be an object")
+        raise EngineError(ErrorCode.INVALID_PARAMS, "params must be an object")
     spec = METHODS[method]
     unknown = sorted(set(params) - set(spec))
     if unknown:
-        raise EngineError("INVALID_PARAMS", f"{method}: unknown parameter(s) {show(unknown)}")
+        raise EngineError(ErrorCode.INVALID_PARAMS, f"{method}: unknown parameter(s) {show(unknown)}")
     for name, (kind, required) in spec.items():
         if name not in params or params[name] is None:
             if required:
-                raise EngineError("INVALID_PARAMS", f"{method}: missing {name!r}")
+                raise EngineError(ErrorCode.INVALID_PARAMS, f"{method}: missing {name!r}")
             continue
         value = params[name]
         kinds = kind if isinstance(kind, tuple) else (kind,)
         if isinstance(value, bool) and bool not in kinds:
-            raise EngineError("INVALID_PARAMS", f"{method}: {name!r} must be {kinds[0].__name__}")
+            raise EngineError(ErrorCode.INVALID_PARAMS, f"{method}: {name!r} must be {kinds[0].__name__}")
         if not isinstance(value, kinds):
-            raise EngineError("INVALID_PARAMS", f"{method}: {name!r} must be {kinds[0].__name__}")
+            raise EngineError(ErrorCode.INVALID_PARAMS, f"{method}: {name!r} must be {kinds[0].__name__}")
         if isinstance(value, str) and len(value) > 4096:
-            raise EngineError("INVALID_PARAMS", f"{method}: {name!r} is too long")
+            raise EngineError(ErrorCode.INVALID_PARAMS, f"{method}: {name!r} is too long")
         _check_value(method, name, value)
     return dict(params)
 
@@ -104,18 +105,18 @@ def _check_value(method: str, name: str, value: Any) -> None:
         try:
             check_id(value, name)
         except ManifestError as exc:
-            raise EngineError("INVALID_PARAMS", f"{method}: {name!r} = {show(value)} is not an "
+            raise EngineError(ErrorCode.INVALID_PARAMS, f"{method}: {name!r} = {show(value)} is not an "
                               "id ([A-Za-z0-9._-], at most 128 characters)", item=name) from exc
     elif isinstance(value, str) and name not in UNCHECKED_TEXT:
         try:
             check_text(value)
         except ValueError as exc:
-            raise EngineError("INVALID_PARAMS", f"{method}: {name!r} = {show(value)}: {exc}",
+            raise EngineError(ErrorCode.INVALID_PARAMS, f"{method}: {name!r} = {show(value)}: {exc}",
                               item=name) from exc
     if name in INT_RANGES and isinstance(value, int):
         low, high = INT_RANGES[name]
         if not low <= value <= high:
-            raise EngineError("INVALID_PARAMS", f"{method}: {name!r} = {show(value)}: must be "
+            raise EngineError(ErrorCode.INVALID_PARAMS, f"{method}: {name!r} = {show(value)}: must be "
                               f"between {low} and {high}", item=name)
 
 
@@ -133,9 +134,11 @@ class EngineService:
         except (sqlite3.Error, OSError) as exc:
             raise storage_error(exc, f"handling {method}", self.engine.settings.data_dir) from exc
         except ManifestError as exc:
-            raise EngineError(exc.code, exc.message, item=exc.field) from exc
+            raise EngineError(ErrorCode.from_wire(exc.code, ErrorCode.INVALID_PARAMS), exc.message,
+                              item=exc.field) from exc
         except PatcherError as exc:
-            raise EngineError(exc.code, exc.message) from exc
+            raise EngineError(ErrorCode.from_wire(exc.code, ErrorCode.INTERNAL_ERROR),
+                              exc.message) from exc
 
     # -- session ------------------------------------------------------------------------------
     async def m_ping(self) -> dict[str, Any]:
@@ -256,10 +259,10 @@ class EngineService:
     async def m_settings(self, key: str | None = None, value: Any = None) -> dict[str, Any]:
         e = self.engine
         if key is not None and key not in vars(e.settings):
-            raise EngineError("CONFIG_INVALID", f"unknown setting {show(key)}", item=key)
+            raise EngineError(ErrorCode.CONFIG_INVALID, f"unknown setting {show(key)}", item=key)
         if key is not None and value is not None:
             if key in ("data_dir", "backend_url"):
-                raise EngineError("API_MISUSE", f"{key} cannot change while the engine runs")
+                raise EngineError(ErrorCode.API_MISUSE, f"{key} cannot change while the engine runs")
             e.settings = save_setting(e.settings, key, value)
             if key == "global_limit_bps":
                 e.set_global_limit(e.settings.global_limit_bps)

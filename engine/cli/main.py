@@ -24,9 +24,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from engine.core.errors import EngineError, ExitCode, storage_error
+from engine.core.errors import EngineError, ErrorCode, ExitCode
 from engine.core.events import STATUS, Event
 from engine.io.config import Settings, load_settings
+from engine.io.fsops import storage_error
 
 log = logging.getLogger("engine.cli")
 
@@ -41,9 +42,9 @@ def parse_rate(text: str) -> int | None:
     try:
         value = float(number) * factor
     except ValueError as exc:
-        raise EngineError("CONFIG_INVALID", f"not a rate: {text!r} (try 20M or off)") from exc
+        raise EngineError(ErrorCode.CONFIG_INVALID, f"not a rate: {text!r} (try 20M or off)") from exc
     if value <= 0:
-        raise EngineError("CONFIG_INVALID", f"rate must be positive: {text!r}")
+        raise EngineError(ErrorCode.CONFIG_INVALID, f"rate must be positive: {text!r}")
     return int(value)
 
 
@@ -121,7 +122,7 @@ async def cmd_login(svc: Service, args: argparse.Namespace, out: Output) -> int:
     password = args.password or os.environ.get("LAUNCHER_ENGINE_PASSWORD")
     if password is None:
         if not sys.stdin.isatty():
-            raise EngineError("CONFIG_INVALID", "no password: use --password or "
+            raise EngineError(ErrorCode.CONFIG_INVALID, "no password: use --password or "
                               "LAUNCHER_ENGINE_PASSWORD when stdin is not a terminal")
         password = getpass.getpass(f"password for {args.username}: ")
     r = await svc.call("login", {"username": args.username, "password": password})
@@ -158,7 +159,8 @@ def _task_result(task: dict[str, Any], out: Output) -> int:
                      f"{task['targetPath']}")
         return ExitCode.OK
     if task["status"] == "error":
-        err = EngineError(task.get("errorCode") or "FAILED", task.get("errorMessage") or "")
+        err = EngineError(ErrorCode.from_wire(task.get("errorCode"), ErrorCode.INTERNAL_ERROR),
+                          task.get("errorMessage") or "")
         out.text(f"task {short} failed: {err.code}: {err.message}")
         return err.exit_code
     out.text(f"task {short}: {task['status']}")
@@ -205,15 +207,15 @@ async def cmd_queue(svc: Service, args: argparse.Namespace, out: Output) -> int:
         out.emit({"tasks": tasks})
         return ExitCode.OK
     if args.task is None:
-        raise EngineError("API_MISUSE", f"queue {action} needs a task id")
+        raise EngineError(ErrorCode.API_MISUSE, f"queue {action} needs a task id")
     params: dict[str, Any] = {"taskId": args.task}
     if action in ("move", "priority"):
         if args.value is None:
-            raise EngineError("API_MISUSE", f"queue {action} needs a number")
+            raise EngineError(ErrorCode.API_MISUSE, f"queue {action} needs a number")
         try:
             params["position" if action == "move" else "priority"] = int(args.value)
         except ValueError as exc:
-            raise EngineError("API_MISUSE", f"not a number: {args.value!r}") from exc
+            raise EngineError(ErrorCode.API_MISUSE, f"not a number: {args.value!r}") from exc
     result = await svc.call(action, params)
     tasks = result if isinstance(result, list) else [result]
     for t in tasks:
@@ -254,11 +256,11 @@ async def cmd_settings(svc: Service, args: argparse.Namespace, out: Output) -> i
     params: dict[str, Any] = {"key": args.key}
     if args.unset:
         if args.key is None or args.value is not None:
-            raise EngineError("API_MISUSE", "settings --unset needs a key and no value")
+            raise EngineError(ErrorCode.API_MISUSE, "settings --unset needs a key and no value")
         params["value"] = ""
     elif args.value is not None:
         if args.key is None:
-            raise EngineError("API_MISUSE", "settings needs a key before the value")
+            raise EngineError(ErrorCode.API_MISUSE, "settings needs a key before the value")
         params["value"] = args.value
     r = await svc.call("settings", params)
     for key, value in sorted(r["settings"].items()):
@@ -326,7 +328,7 @@ async def cmd_update(svc: Service, args: argparse.Namespace, out: Output) -> int
             "productId": args.product, "versionId": args.version,
             "limitBps": parse_rate(args.limit) if args.limit else None})]
     else:
-        raise EngineError("API_MISUSE", "update needs a product or --all")
+        raise EngineError(ErrorCode.API_MISUSE, "update needs a product or --all")
     code: int = ExitCode.OK
     for task in tasks:
         out.text(f"task {task['taskId'][:8]}: updating {task['productId']} from {task['fromVersion']}")
@@ -391,7 +393,7 @@ async def cmd_offline(svc: Service, args: argparse.Namespace, out: Output) -> in
 
 
 async def cmd_events(svc: Service, args: argparse.Namespace, out: Output) -> int:
-    raise EngineError("API_MISUSE", "events needs a running daemon (launcher-engine serve)")
+    raise EngineError(ErrorCode.API_MISUSE, "events needs a running daemon (launcher-engine serve)")
 
 
 async def cmd_serve(svc: Service, args: argparse.Namespace, out: Output) -> int:
@@ -542,7 +544,7 @@ async def _run(args: argparse.Namespace, out: Output, settings: Settings) -> int
     try:
         local = LocalService(settings)
     except ValueError as exc:
-        raise EngineError("CONFIG_INVALID", str(exc)) from exc
+        raise EngineError(ErrorCode.CONFIG_INVALID, str(exc)) from exc
     async with local.engine:
         local.engine.bus.on_event(out.event)
         return await func(local, args, out)

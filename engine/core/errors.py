@@ -1,12 +1,13 @@
-"""The engine's exception hierarchy: machine-readable codes (the seeds') and CLI exit codes."""
+"""The engine's errors: one exception with a typed code (the seeds' names), exit codes derived.
+
+Codes are an enum, so a typo is a type error, not a silent branch that never matches. Codes
+from outside (the backend, the daemon's wire, the patcher's manifest loader) are parsed at the
+boundary with ``ErrorCode.from_wire``; an unknown one becomes the caller's default.
+"""
 
 from __future__ import annotations
 
-import errno
-import os
-import sqlite3
-from enum import IntEnum
-from pathlib import Path
+from enum import IntEnum, StrEnum
 
 
 class ExitCode(IntEnum):
@@ -27,39 +28,111 @@ class ExitCode(IntEnum):
     IO = 12
 
 
-_EXIT_BY_CODE: dict[str, ExitCode] = {
-    "CONFIG_INVALID": ExitCode.USAGE,
-    "API_MISUSE": ExitCode.USAGE,
-    "INVALID_PARAMS": ExitCode.USAGE,
-    "TASK_NOT_FOUND": ExitCode.USAGE,
-    "TARGET_NOT_EMPTY": ExitCode.USAGE,
-    "PATH_CONFLICT": ExitCode.IO,
-    "UNSAFE_PATH": ExitCode.IO,
-    "AUTH_REQUIRED": ExitCode.AUTH,
-    "UNAUTHENTICATED": ExitCode.AUTH,
-    "PERMISSION_DENIED": ExitCode.NOT_ENTITLED,
-    "PRODUCT_NOT_FOUND": ExitCode.NOT_ENTITLED,
-    "VERSION_NOT_FOUND": ExitCode.NOT_ENTITLED,
-    "INSUFFICIENT_DISK_SPACE": ExitCode.DISK_SPACE,
-    "CDN_UNREACHABLE": ExitCode.NETWORK,
-    "CDN_LINK_GENERATION_FAILED": ExitCode.NETWORK,
-    "FILE_HASH_MISMATCH": ExitCode.INTEGRITY,
-    "MANIFEST_INVALID": ExitCode.BAD_CONTENT,
-    "BACKEND_UNREACHABLE": ExitCode.BACKEND,
-    "BACKEND_ERROR": ExitCode.BACKEND,
-    "RATE_LIMITED": ExitCode.BACKEND,
-    "TASK_PAUSED": ExitCode.INTERRUPTED,
-    "TASK_CANCELLED": ExitCode.INTERRUPTED,
-    "NOT_INSTALLED": ExitCode.NOT_INSTALLED,
-    "IO_ERROR": ExitCode.IO,
-    "DELTA_PATCH_APPLICATION_FAILED": ExitCode.INTEGRITY,
+class ErrorCode(StrEnum):
+    # the seeds' download service
+    CDN_UNREACHABLE = "CDN_UNREACHABLE"
+    CDN_LINK_GENERATION_FAILED = "CDN_LINK_GENERATION_FAILED"
+    FILE_HASH_MISMATCH = "FILE_HASH_MISMATCH"
+    DELTA_PATCH_APPLICATION_FAILED = "DELTA_PATCH_APPLICATION_FAILED"
+    INSUFFICIENT_DISK_SPACE = "INSUFFICIENT_DISK_SPACE"
+    DOWNLOAD_QUEUE_FULL = "DOWNLOAD_QUEUE_FULL"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
+    INTERNAL_ERROR = "INTERNAL_ERROR"
+    # the backend
+    AUTH_REQUIRED = "AUTH_REQUIRED"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    PRODUCT_NOT_FOUND = "PRODUCT_NOT_FOUND"
+    VERSION_NOT_FOUND = "VERSION_NOT_FOUND"
+    ALREADY_UP_TO_DATE = "ALREADY_UP_TO_DATE"
+    RATE_LIMITED = "RATE_LIMITED"
+    BACKEND_ERROR = "BACKEND_ERROR"
+    BACKEND_UNREACHABLE = "BACKEND_UNREACHABLE"
+    # content (the patcher's manifest loader)
+    MANIFEST_INVALID = "MANIFEST_INVALID"
+    MANIFEST_CORRUPT = "MANIFEST_CORRUPT"
+    MANIFEST_SCHEMA = "MANIFEST_SCHEMA"
+    MANIFEST_LIMIT = "MANIFEST_LIMIT"
+    MANIFEST_TOO_LARGE = "MANIFEST_TOO_LARGE"
+    MANIFEST_PATH_INVALID = "MANIFEST_PATH_INVALID"
+    MANIFEST_PATH_COLLISION = "MANIFEST_PATH_COLLISION"
+    MANIFEST_CHUNKS_TILING = "MANIFEST_CHUNKS_TILING"
+    MANIFEST_SIGNATURE_INVALID = "MANIFEST_SIGNATURE_INVALID"
+    MANIFEST_KEY_INVALID = "MANIFEST_KEY_INVALID"
+    MANIFEST_FORMAT_UNSUPPORTED = "MANIFEST_FORMAT_UNSUPPORTED"
+    # the engine's own
+    CONFIG_INVALID = "CONFIG_INVALID"
+    API_MISUSE = "API_MISUSE"
+    INVALID_PARAMS = "INVALID_PARAMS"
+    TASK_NOT_FOUND = "TASK_NOT_FOUND"
+    TASK_PAUSED = "TASK_PAUSED"
+    TASK_CANCELLED = "TASK_CANCELLED"
+    NOT_INSTALLED = "NOT_INSTALLED"
+    TARGET_NOT_EMPTY = "TARGET_NOT_EMPTY"
+    PATH_CONFLICT = "PATH_CONFLICT"
+    UNSAFE_PATH = "UNSAFE_PATH"
+    IO_ERROR = "IO_ERROR"
+    ILLEGAL_TRANSITION = "ILLEGAL_TRANSITION"
+    # the control protocol
+    PARSE_ERROR = "PARSE_ERROR"
+    INVALID_REQUEST = "INVALID_REQUEST"
+    UNKNOWN_METHOD = "UNKNOWN_METHOD"
+    MESSAGE_TOO_LARGE = "MESSAGE_TOO_LARGE"
+    DAEMON_UNREACHABLE = "DAEMON_UNREACHABLE"
+
+    @classmethod
+    def from_wire(cls, text: object, default: ErrorCode) -> ErrorCode:
+        try:
+            return cls(str(text))
+        except ValueError:
+            return default
+
+    @property
+    def exit_code(self) -> ExitCode:
+        if self.name.startswith("MANIFEST_"):
+            return ExitCode.BAD_CONTENT
+        return _EXIT_BY_CODE.get(self, ExitCode.FAILED)
+
+
+_EXIT_BY_CODE: dict[ErrorCode, ExitCode] = {
+    ErrorCode.CONFIG_INVALID: ExitCode.USAGE,
+    ErrorCode.API_MISUSE: ExitCode.USAGE,
+    ErrorCode.INVALID_PARAMS: ExitCode.USAGE,
+    ErrorCode.UNKNOWN_METHOD: ExitCode.USAGE,
+    ErrorCode.PARSE_ERROR: ExitCode.USAGE,
+    ErrorCode.INVALID_REQUEST: ExitCode.USAGE,
+    ErrorCode.MESSAGE_TOO_LARGE: ExitCode.USAGE,
+    ErrorCode.TASK_NOT_FOUND: ExitCode.USAGE,
+    ErrorCode.TARGET_NOT_EMPTY: ExitCode.USAGE,
+    ErrorCode.ILLEGAL_TRANSITION: ExitCode.USAGE,
+    ErrorCode.PATH_CONFLICT: ExitCode.IO,
+    ErrorCode.UNSAFE_PATH: ExitCode.IO,
+    ErrorCode.IO_ERROR: ExitCode.IO,
+    ErrorCode.AUTH_REQUIRED: ExitCode.AUTH,
+    ErrorCode.UNAUTHENTICATED: ExitCode.AUTH,
+    ErrorCode.PERMISSION_DENIED: ExitCode.NOT_ENTITLED,
+    ErrorCode.PRODUCT_NOT_FOUND: ExitCode.NOT_ENTITLED,
+    ErrorCode.VERSION_NOT_FOUND: ExitCode.NOT_ENTITLED,
+    ErrorCode.INSUFFICIENT_DISK_SPACE: ExitCode.DISK_SPACE,
+    ErrorCode.CDN_UNREACHABLE: ExitCode.NETWORK,
+    ErrorCode.CDN_LINK_GENERATION_FAILED: ExitCode.NETWORK,
+    ErrorCode.FILE_HASH_MISMATCH: ExitCode.INTEGRITY,
+    ErrorCode.DELTA_PATCH_APPLICATION_FAILED: ExitCode.INTEGRITY,
+    ErrorCode.BACKEND_UNREACHABLE: ExitCode.BACKEND,
+    ErrorCode.BACKEND_ERROR: ExitCode.BACKEND,
+    ErrorCode.RATE_LIMITED: ExitCode.BACKEND,
+    ErrorCode.ALREADY_UP_TO_DATE: ExitCode.BACKEND,
+    ErrorCode.DOWNLOAD_QUEUE_FULL: ExitCode.BACKEND,
+    ErrorCode.DAEMON_UNREACHABLE: ExitCode.BACKEND,
+    ErrorCode.TASK_PAUSED: ExitCode.INTERRUPTED,
+    ErrorCode.TASK_CANCELLED: ExitCode.INTERRUPTED,
+    ErrorCode.NOT_INSTALLED: ExitCode.NOT_INSTALLED,
 }
 
 
 class EngineError(Exception):
     """Every failure the engine reports; ``code`` is machine-readable, ``message`` for people."""
 
-    def __init__(self, code: str, message: str, *, item: str | None = None) -> None:
+    def __init__(self, code: ErrorCode, message: str, *, item: str | None = None) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
@@ -67,59 +140,11 @@ class EngineError(Exception):
 
     @property
     def exit_code(self) -> ExitCode:
-        if self.code.startswith("MANIFEST_"):
-            return ExitCode.BAD_CONTENT
-        return _EXIT_BY_CODE.get(self.code, ExitCode.FAILED)
+        return self.code.exit_code
 
     def to_error(self) -> dict[str, str | None]:
         """The control API's error object."""
-        return {"code": self.code, "message": self.message, "item": self.item}
+        return {"code": self.code.value, "message": self.message, "item": self.item}
 
     def to_dict(self) -> dict[str, str | None]:
-        return {"errorCode": self.code, "errorMessage": self.message, "itemId": self.item}
-
-
-SQLITE_IOERR = 10
-SQLITE_FULL = 13
-LOW_SPACE_BYTES = 1 << 20  # an I/O error with less free space than this is a full disk
-
-
-def _nearly_full(path: Path | None) -> bool:
-    """True when the filesystem holding ``path`` (or its nearest existing parent) is full."""
-    if path is None:
-        return False
-    probe = path
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    try:
-        st = os.statvfs(probe)
-    except OSError:
-        return False
-    return st.f_bavail * st.f_frsize < LOW_SPACE_BYTES
-
-
-def storage_error(exc: OSError | sqlite3.Error, what: str, where: Path | None = None) -> EngineError:
-    """Translate a failed write of the engine's own files (state database, config) at a boundary.
-
-    ``INSUFFICIENT_DISK_SPACE`` when the cause is a full disk: ENOSPC/EDQUOT, SQLite's
-    "database or disk is full", or an SQLite I/O error while the filesystem of ``where`` has
-    (almost) no space left (SQLite reports a shared-memory file it cannot allocate that way).
-    ``IO_ERROR`` otherwise. ``where`` is the data dir; it becomes the error's item.
-    """
-    item = str(where) if where is not None else None
-    if isinstance(exc, sqlite3.Error):
-        code = getattr(exc, "sqlite_errorcode", None)
-        primary = code & 0xFF if isinstance(code, int) else None
-        text = str(exc)
-        full = primary == SQLITE_FULL or "database or disk is full" in text or (
-            (primary == SQLITE_IOERR or "disk I/O error" in text) and _nearly_full(where))
-        detail = f"state database: {text}"
-    else:
-        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
-        detail = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
-    if full:
-        return EngineError("INSUFFICIENT_DISK_SPACE",
-                           f"disk full while {what} ({detail}); free some space"
-                           + (f" on the filesystem of {where}" if where is not None else ""),
-                           item=item)
-    return EngineError("IO_ERROR", f"{what}: {detail}", item=item)
+        return {"errorCode": self.code.value, "errorMessage": self.message, "itemId": self.item}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from engine.core.errors import ErrorCode
 from engine.core.retry import RetryPolicy
 from engine.core.sources import FailureKind
 
@@ -22,7 +23,7 @@ class Failure:
     kind: FailureKind
     detail: str
     out_of_range: bool = False  # HTTP 416: the source says these bytes do not exist
-    code: str | None = None  # the bytes arrived but failed a check with this error code
+    code: ErrorCode | None = None  # the bytes arrived but failed a check with this error code
     item: str | None = None
 
 
@@ -45,7 +46,7 @@ class Retry:
 
 @dataclass(frozen=True, slots=True)
 class GiveUp:
-    code: str
+    code: ErrorCode
     message: str
     item: str | None = None
 
@@ -58,7 +59,7 @@ def after_failure(state: FetchState, failure: Failure, sources: frozenset[str],
     out_of_range = state.out_of_range | ({failure.source_id} if failure.out_of_range else set())
     if out_of_range >= sources:
         # every edge says the bytes do not exist: the manifest is wrong, not the network
-        return GiveUp("MANIFEST_INVALID", f"{what} lies past the end of the file on every "
+        return GiveUp(ErrorCode.MANIFEST_INVALID, f"{what} lies past the end of the file on every "
                       "source (HTTP 416)", failure.item)
     exclude = state.exclude | {failure.source_id}
     if exclude >= sources:
@@ -73,14 +74,14 @@ def final_error(state: FetchState, what: str) -> GiveUp:
     """The error a unit of work ends with: decided by its last failure."""
     last = state.last
     if last is None:
-        return GiveUp("CDN_UNREACHABLE", f"{what}: no source to fetch from")
+        return GiveUp(ErrorCode.CDN_UNREACHABLE, f"{what}: no source to fetch from")
     tries = f"{state.attempt} tries"
     if last.code is not None:
         return GiveUp(last.code, f"{what}: {last.detail} (from every source, {tries})", last.item)
     if last.kind is FailureKind.CORRUPT:
-        return GiveUp("FILE_HASH_MISMATCH",
+        return GiveUp(ErrorCode.FILE_HASH_MISMATCH,
                       f"{what}: corrupt data from every source ({last.detail})", last.item)
     if last.kind is FailureKind.FORBIDDEN:
-        return GiveUp("CDN_LINK_GENERATION_FAILED",
+        return GiveUp(ErrorCode.CDN_LINK_GENERATION_FAILED,
                       f"{what}: the CDN refused fresh tokens ({last.detail})", last.item)
-    return GiveUp("CDN_UNREACHABLE", f"gave up on {what} after {tries}: {last.detail}", last.item)
+    return GiveUp(ErrorCode.CDN_UNREACHABLE, f"gave up on {what} after {tries}: {last.detail}", last.item)

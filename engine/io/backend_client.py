@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from engine.core.errors import EngineError
+from engine.core.errors import EngineError, ErrorCode
 from engine.core.sources import CdnSource
 
 TokenSaver = Callable[[str | None], None]
@@ -52,17 +52,20 @@ def parse_sources(raw: list[dict[str, Any]]) -> tuple[CdnSource, ...]:
 
 
 def _error_from(resp: httpx.Response) -> EngineError:
-    code, detail = "BACKEND_ERROR", resp.text[:300]
+    wire, detail = "", resp.text[:300]
     try:
         err = resp.json()["errors"][0]
-        code = str(err.get("code") or code)
+        wire = str(err.get("code") or "")
         detail = str(err.get("detail") or err.get("title") or detail)
     except (ValueError, KeyError, IndexError, TypeError):
         pass
-    if resp.status_code == 404 and code == "BACKEND_ERROR":
-        code = "PRODUCT_NOT_FOUND"
+    code = ErrorCode.from_wire(wire, ErrorCode.BACKEND_ERROR)
+    if code is ErrorCode.BACKEND_ERROR and wire and wire != code.value:
+        detail = f"{wire}: {detail}"  # a backend code the engine has no meaning for
+    if resp.status_code == 404 and code is ErrorCode.BACKEND_ERROR:
+        code = ErrorCode.PRODUCT_NOT_FOUND
     if resp.status_code == 429:
-        code = "RATE_LIMITED"
+        code = ErrorCode.RATE_LIMITED
         detail = f"{detail} (retry after {resp.headers.get('Retry-After', '?')} s)"
     return EngineError(code, f"backend answered {resp.status_code}: {detail}")
 
@@ -94,7 +97,7 @@ class BackendClient:
             return await self._http.request(method, path, json=json, params=params,
                                             headers=headers)
         except httpx.HTTPError as exc:
-            raise EngineError("BACKEND_UNREACHABLE",
+            raise EngineError(ErrorCode.BACKEND_UNREACHABLE,
                               f"{method} {self.base_url}{path}: {exc!r}") from exc
 
     async def call(self, method: str, path: str, *, json: Any = None,
@@ -110,7 +113,7 @@ class BackendClient:
         try:
             return resp.json()
         except ValueError as exc:
-            raise EngineError("BACKEND_ERROR", f"{path}: answer is not JSON") from exc
+            raise EngineError(ErrorCode.BACKEND_ERROR, f"{path}: answer is not JSON") from exc
 
     # -- auth ---------------------------------------------------------------------------------
     async def login(self, username: str, password: str) -> None:
@@ -143,11 +146,11 @@ class BackendClient:
         if self._access is not None and time.monotonic() < self._access_expires:
             return self._access
         if self._refresh is None:
-            raise EngineError("AUTH_REQUIRED", "not logged in: run `launcher-engine login`")
+            raise EngineError(ErrorCode.AUTH_REQUIRED, "not logged in: run `launcher-engine login`")
         resp = await self._http.post("/api/v1/auth/refresh", json={"refreshToken": self._refresh})
         if resp.status_code in (400, 401, 403):
             self._set_refresh(None)
-            raise EngineError("AUTH_REQUIRED", "session expired: run `launcher-engine login` again")
+            raise EngineError(ErrorCode.AUTH_REQUIRED, "session expired: run `launcher-engine login` again")
         if resp.status_code >= 400:
             raise _error_from(resp)
         self._take_tokens(resp.json())
@@ -203,14 +206,14 @@ class BackendClient:
                 delta_path=delta.get("path"), delta_signature_path=delta.get("signaturePath"),
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise EngineError("BACKEND_ERROR", f"unexpected download task answer: {exc!r}") from exc
+            raise EngineError(ErrorCode.BACKEND_ERROR, f"unexpected download task answer: {exc!r}") from exc
 
     async def refresh_sources(self, backend_task_id: str) -> tuple[CdnSource, ...]:
         doc = await self.call("POST", f"/api/v1/download/tasks/{backend_task_id}/cdn-tokens")
         try:
             return parse_sources(doc["data"]["attributes"]["cdnSources"])
         except (KeyError, TypeError) as exc:
-            raise EngineError("CDN_LINK_GENERATION_FAILED", f"bad token answer: {exc!r}") from exc
+            raise EngineError(ErrorCode.CDN_LINK_GENERATION_FAILED, f"bad token answer: {exc!r}") from exc
 
     async def report_status(self, backend_task_id: str, status: str, downloaded: int,
                             error: EngineError | None = None) -> None:

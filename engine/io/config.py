@@ -27,8 +27,9 @@ from urllib.parse import urlsplit
 
 import platformdirs
 
-from engine.core.errors import EngineError, storage_error
+from engine.core.errors import EngineError, ErrorCode
 from engine.core.schedule import parse_window
+from engine.io.fsops import storage_error
 
 APP_NAME = "game-launcher"
 ENV_PREFIX = "LAUNCHER_ENGINE_"
@@ -175,7 +176,7 @@ def _coerce(key: str, value: Any, origin: str) -> Any:
     """The one place a setting is checked: type, range and content, whatever its origin."""
     f = _FIELDS.get(key)
     if f is None:
-        raise EngineError("CONFIG_INVALID", f"unknown setting {show(key)} in {origin}", item=key)
+        raise EngineError(ErrorCode.CONFIG_INVALID, f"unknown setting {show(key)} in {origin}", item=key)
     kind = str(f.type)
     try:
         if value is None or (isinstance(value, str) and value == "" and "None" in kind):
@@ -186,7 +187,7 @@ def _coerce(key: str, value: Any, origin: str) -> Any:
         _validate(key, converted)
         return converted
     except (TypeError, ValueError, OverflowError) as exc:
-        raise EngineError("CONFIG_INVALID", f"{key} = {show(value)} in {origin}: {exc}",
+        raise EngineError(ErrorCode.CONFIG_INVALID, f"{key} = {show(value)} in {origin}: {exc}",
                           item=key) from exc
 
 
@@ -197,7 +198,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
         with path.open("rb") as fh:
             return tomllib.load(fh)
     except (tomllib.TOMLDecodeError, OSError, UnicodeDecodeError) as exc:
-        raise EngineError("CONFIG_INVALID", f"{path}: {exc}") from exc
+        raise EngineError(ErrorCode.CONFIG_INVALID, f"{path}: {exc}") from exc
 
 
 def load_settings(
@@ -238,7 +239,7 @@ def save_setting(settings: Settings, key: str, value: Any, origin: str = "settin
         if tomllib.loads(text) != document:
             raise ValueError("the written text would not read back to the same values")
     except (ValueError, tomllib.TOMLDecodeError) as exc:
-        raise EngineError("CONFIG_INVALID", f"{key} = {show(value)}: cannot be written to "
+        raise EngineError(ErrorCode.CONFIG_INVALID, f"{key} = {show(value)}: cannot be written to "
                           f"{path}: {exc}", item=key) from exc
     try:
         settings.data_dir.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from engine.core.errors import EngineError
+from engine.core.errors import EngineError, ErrorCode
 from engine.core.fetchrules import Failure, FetchState, GiveUp, after_failure
 from engine.core.planner import BlockJob, FetchRange, split_range
 from engine.core.ratelimit import AsyncRateLimiter
@@ -187,4 +187,4 @@ async def download(ctx: DownloadContext, ranges: list[FetchRange], sink: BlockSi
         for _ in range(max(1, min(workers, len(ranges)))):
             tg.create_task(worker())
     if not finished.is_set():
-        raise EngineError("CDN_UNREACHABLE", "download ended with ranges outstanding")
+        raise EngineError(ErrorCode.CDN_UNREACHABLE, "download ended with ranges outstanding")

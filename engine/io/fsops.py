@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import errno
 import os
+import sqlite3
 import stat
 from pathlib import Path
 
-from engine.core.errors import EngineError
+from engine.core.errors import EngineError, ErrorCode
 
 EXEC_MODE = 0o755
 PLAIN_MODE = 0o644
@@ -26,16 +27,16 @@ def install_mode(manifest_mode: int) -> int:
 
 def translate_os_error(exc: OSError, what: str) -> EngineError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return EngineError("INSUFFICIENT_DISK_SPACE", f"disk full while {what}")
+        return EngineError(ErrorCode.INSUFFICIENT_DISK_SPACE, f"disk full while {what}")
     name = f" ({exc.filename})" if exc.filename else ""
-    return EngineError("IO_ERROR", f"{what}: {exc.strerror or exc}{name}")
+    return EngineError(ErrorCode.IO_ERROR, f"{what}: {exc.strerror or exc}{name}")
 
 
 def _check_rel(root: Path, rel: str) -> list[str]:
     parts = rel.split("/")
     if (not rel or rel.startswith("/") or "\\" in rel or "\0" in rel
             or any(p in ("", ".", "..") for p in parts)):
-        raise EngineError("MANIFEST_PATH_INVALID", f"{rel!r} is not a path inside {root}", item=rel)
+        raise EngineError(ErrorCode.MANIFEST_PATH_INVALID, f"{rel!r} is not a path inside {root}", item=rel)
     return parts
 
 
@@ -62,7 +63,7 @@ def safe_join(root: Path, rel: str) -> Path:
     bad = first_link(root, rel)
     if bad is not None:
         kind = "a symbolic link" if bad.is_symlink() else "not a folder"
-        raise EngineError("UNSAFE_PATH", f"{bad} is {kind}; the engine never follows or writes "
+        raise EngineError(ErrorCode.UNSAFE_PATH, f"{bad} is {kind}; the engine never follows or writes "
                           f"through it", item=rel)
     return root / rel
 
@@ -119,3 +120,49 @@ def remove_empty_parents(root: Path, rel: str) -> None:
         except OSError:
             return
         parts.pop()
+
+
+SQLITE_IOERR = 10
+SQLITE_FULL = 13
+LOW_SPACE_BYTES = 1 << 20  # an I/O error with less free space than this is a full disk
+
+
+def _nearly_full(path: Path | None) -> bool:
+    """True when the filesystem holding ``path`` (or its nearest existing parent) is full."""
+    if path is None:
+        return False
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        st = os.statvfs(probe)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < LOW_SPACE_BYTES
+
+
+def storage_error(exc: OSError | sqlite3.Error, what: str, where: Path | None = None) -> EngineError:
+    """Translate a failed write of the engine's own files (state database, config) at a boundary.
+
+    ``INSUFFICIENT_DISK_SPACE`` when the cause is a full disk: ENOSPC/EDQUOT, SQLite's
+    "database or disk is full", or an SQLite I/O error while the filesystem of ``where`` has
+    (almost) no space left (SQLite reports a shared-memory file it cannot allocate that way).
+    ``IO_ERROR`` otherwise. ``where`` is the data dir; it becomes the error's item.
+    """
+    item = str(where) if where is not None else None
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        primary = code & 0xFF if isinstance(code, int) else None
+        text = str(exc)
+        full = primary == SQLITE_FULL or "database or disk is full" in text or (
+            (primary == SQLITE_IOERR or "disk I/O error" in text) and _nearly_full(where))
+        detail = f"state database: {text}"
+    else:
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        detail = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+    if full:
+        return EngineError(ErrorCode.INSUFFICIENT_DISK_SPACE,
+                           f"disk full while {what} ({detail}); free some space"
+                           + (f" on the filesystem of {where}" if where is not None else ""),
+                           item=item)
+    return EngineError(ErrorCode.IO_ERROR, f"{what}: {detail}", item=item)

@@ -18,7 +18,7 @@ import shutil
 import stat
 from pathlib import Path
 
-from engine.core.errors import EngineError
+from engine.core.errors import EngineError, ErrorCode
 from engine.io.fsops import (
     fsync_dir,
     install_mode,
@@ -58,11 +58,11 @@ def staging_root(install_dir: Path, create: bool) -> Path | None:
             raise translate_os_error(exc, f"creating {root}") from exc
         return root
     if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
-        raise EngineError("UNSAFE_PATH", f"{root} is not a folder the launcher created "
+        raise EngineError(ErrorCode.UNSAFE_PATH, f"{root} is not a folder the launcher created "
                           "(a link or a file); move it away and retry", item=STAGING_DIR)
     if _lstat(root / OWNER_MARK) is None:
         if any(root.iterdir()):
-            raise EngineError("UNSAFE_PATH", f"{root} was not created by the launcher; move it "
+            raise EngineError(ErrorCode.UNSAFE_PATH, f"{root} was not created by the launcher; move it "
                               "away and retry", item=STAGING_DIR)
         (root / OWNER_MARK).touch()  # an empty folder left by a kill between mkdir and mark
     return root
@@ -122,7 +122,7 @@ class Staging:
                 return False
             self.root.mkdir()
         elif stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
-            raise EngineError("UNSAFE_PATH", f"{self.root} is not a folder", item=STAGING_DIR)
+            raise EngineError(ErrorCode.UNSAFE_PATH, f"{self.root} is not a folder", item=STAGING_DIR)
         return True
 
     def path(self, file_index: int) -> Path:
@@ -211,11 +211,11 @@ class Staging:
         if _lstat(src) is None:
             if self.is_committed(file_index):
                 return  # renamed before a crash; the rename is the commit
-            raise EngineError("IO_ERROR", f"staged copy of {f.path} is missing", item=f.path)
+            raise EngineError(ErrorCode.IO_ERROR, f"staged copy of {f.path} is missing", item=f.path)
         dest = safe_join(self.install_dir, f.path)
         dest.parent.mkdir(parents=True, exist_ok=True)
         if _lstat(dest) is not None:
-            raise EngineError("PATH_CONFLICT", f"{dest} appeared in the install folder during the "
+            raise EngineError(ErrorCode.PATH_CONFLICT, f"{dest} appeared in the install folder during the "
                               "install and was not put there by the launcher; nothing was "
                               "replaced — move it away and run the install again", item=f.path)
         os.chmod(src, install_mode(f.mode))

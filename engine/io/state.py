@@ -17,7 +17,7 @@ from typing import Any
 
 import sqlite_utils
 
-from engine.core.errors import EngineError
+from engine.core.errors import EngineError, ErrorCode
 from engine.core.queueorder import TaskState
 
 SCHEMA_VERSION = 1
@@ -117,7 +117,7 @@ class State:
         if row is None:
             db.table("meta").insert({"key": "schema_version", "value": str(SCHEMA_VERSION)})
         elif int(row[0]) > SCHEMA_VERSION:
-            raise EngineError("CONFIG_INVALID", f"state database is from a newer engine ({row[0]})")
+            raise EngineError(ErrorCode.CONFIG_INVALID, f"state database is from a newer engine ({row[0]})")
 
     # -- key/value ----------------------------------------------------------------------------
     def get_meta(self, key: str) -> str | None:
@@ -164,7 +164,7 @@ class State:
             # a short unique prefix is accepted, as git does for commits
             rows = list(self.db.table("tasks").rows_where("id LIKE ?", [task_id + "%"]))
             if len(rows) != 1:
-                raise EngineError("TASK_NOT_FOUND", f"no task {task_id!r}")
+                raise EngineError(ErrorCode.TASK_NOT_FOUND, f"no task {task_id!r}")
         return self._task(rows[0])
 
     def tasks(self, *, include_finished: bool = True) -> list[TaskRecord]:

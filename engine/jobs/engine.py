@@ -20,7 +20,7 @@ from typing import Any
 
 import aiohttp
 
-from engine.core.errors import EngineError
+from engine.core.errors import EngineError, ErrorCode
 from engine.core.events import UPDATE_AVAILABLE, EventBus, error_event, status_event
 from engine.core.progress import TaskProgress
 from engine.core.queueorder import QueueEntry, TaskState, move, select_runnable
@@ -51,13 +51,13 @@ def as_engine_error(exc: BaseException) -> EngineError:
     if isinstance(exc, BaseExceptionGroup):
         for inner in exc.exceptions:
             found = as_engine_error(inner)
-            if found.code != "INTERNAL_ERROR":
+            if found.code != ErrorCode.INTERNAL_ERROR:
                 return found
     if isinstance(exc, OSError):
         from engine.io.staging import translate_os_error
 
         return translate_os_error(exc, "installing")
-    return EngineError("INTERNAL_ERROR", f"{type(exc).__name__}: {exc}")
+    return EngineError(ErrorCode.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
 
 
 class Engine:
@@ -139,7 +139,7 @@ class Engine:
             Path(installed.path) if installed else (self.settings.library / product_id).absolute())
         if installed is not None:
             if path != Path(installed.path):
-                raise EngineError("API_MISUSE", f"{product_id} is already installed in "
+                raise EngineError(ErrorCode.API_MISUSE, f"{product_id} is already installed in "
                                   f"{installed.path}; move it instead", item=product_id)
             if installed.dirty:  # an interrupted switch: finishing it comes first
                 return self._queue_change(product_id, "repair", installed.version_id, priority,
@@ -183,7 +183,7 @@ class Engine:
     def _installed_or_fail(self, product_id: str) -> InstalledGame:
         game = self.state.installed_game(product_id)
         if game is None:
-            raise EngineError("NOT_INSTALLED", f"{product_id} is not installed")
+            raise EngineError(ErrorCode.NOT_INSTALLED, f"{product_id} is not installed")
         return game
 
     def _queue_change(self, product_id: str, kind: str, version_id: str | None,
@@ -211,7 +211,8 @@ class Engine:
     def rollback(self, product_id: str) -> TaskRecord:
         game = self._installed_or_fail(product_id)
         if game.previous_version is None:
-            raise EngineError("VERSION_NOT_FOUND", f"{product_id} has no previous version to go back to")
+            raise EngineError(ErrorCode.VERSION_NOT_FOUND,
+                              f"{product_id} has no previous version to go back to")
         return self._queue_change(product_id, "rollback", game.previous_version)
 
     def repair(self, product_id: str) -> TaskRecord:
@@ -237,7 +238,7 @@ class Engine:
     async def move_install(self, product_id: str, new_folder: str) -> InstalledGame:
         game = self._installed_or_fail(product_id)
         if self.state.active_task_for(product_id) is not None:
-            raise EngineError("API_MISUSE", f"{product_id} has a running task; wait or cancel it")
+            raise EngineError(ErrorCode.API_MISUSE, f"{product_id} has a running task; wait or cancel it")
         key = await manifest_key(self._context())
         manifest = cached_manifest(self._context(), product_id, game.version_id, key)
         moved = await move_game(self.state, game, Path(new_folder).absolute(), manifest)
@@ -263,7 +264,7 @@ class Engine:
     def cancel(self, task_id: str) -> TaskRecord:
         task = self.state.task(task_id)
         if task.status in (TaskState.COMPLETED, TaskState.CANCELLED):
-            raise EngineError("API_MISUSE", f"task {task.id[:8]} is already {task.status.value}")
+            raise EngineError(ErrorCode.API_MISUSE, f"task {task.id[:8]} is already {task.status.value}")
         if task.id in self._runners:
             self._stop(task.id, TaskState.CANCELLED)
         else:
@@ -316,7 +317,7 @@ class Engine:
         what. Links are never followed; a linked install folder keeps its target."""
         game = self.state.installed_game(product_id)
         if game is None:
-            raise EngineError("NOT_INSTALLED", f"{product_id} is not installed")
+            raise EngineError(ErrorCode.NOT_INSTALLED, f"{product_id} is not installed")
         active = self.state.active_task_for(product_id)
         if active is not None:
             self.cancel(active.id)
@@ -335,7 +336,7 @@ class Engine:
     def _live(self, task_id: str) -> TaskRecord:
         task = self.state.task(task_id)
         if task.status in TERMINAL:
-            raise EngineError("API_MISUSE", f"task {task.id[:8]} is {task.status.value}")
+            raise EngineError(ErrorCode.API_MISUSE, f"task {task.id[:8]} is {task.status.value}")
         return task
 
     def _stop(self, task_id: str, reason: TaskState) -> None:
@@ -371,7 +372,7 @@ class Engine:
     async def run(self, until: Callable[[], bool] | None = None) -> None:
         """Run the queue; returns when ``until()`` becomes true (never, for a daemon)."""
         if self.running:
-            raise EngineError("API_MISUSE", "the engine loop is already running")
+            raise EngineError(ErrorCode.API_MISUSE, "the engine loop is already running")
         self.running = True
         async with asyncio.TaskGroup() as tg:
             try:
@@ -433,7 +434,7 @@ class Engine:
             raise
         except Exception as exc:
             err = as_engine_error(exc)
-            if err.code == "INTERNAL_ERROR":
+            if err.code == ErrorCode.INTERNAL_ERROR:
                 log.exception("task %s failed unexpectedly", task_id[:8])
             task = self.state.update_task(task_id, status=TaskState.ERROR, error_code=err.code,
                                           error_message=err.message)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import aiohttp
 
-from engine.core.errors import EngineError
+from engine.core.errors import EngineError, ErrorCode
 from engine.core.events import EventBus, item_event, status_event
 from engine.core.fetchrules import Failure, FetchState, GiveUp, after_failure
 from engine.core.planner import BlockJob, ChunkWrite, InstallPlan, plan_install
@@ -118,7 +118,7 @@ def check_disk_space(settings: Settings, install_dir: Path, needed: int) -> None
     free = free_space(install_dir)
     if needed + settings.keep_free_bytes > free:
         raise EngineError(
-            "INSUFFICIENT_DISK_SPACE",
+            ErrorCode.INSUFFICIENT_DISK_SPACE,
             f"needs {needed / 1e6:.1f} MB (+{settings.keep_free_bytes / 1e6:.0f} MB kept free), "
             f"{free / 1e6:.1f} MB free at {install_dir}",
         )
@@ -137,14 +137,14 @@ async def _get_small(ctx: EngineContext, source: CdnSource, rel: str, limit: int
                 raise FetchFailed(FailureKind.HTTP_5XX, f"{source.id}: HTTP {resp.status} for {rel}",
                                   out_of_range=resp.status == 416)
             if (resp.content_length or 0) > limit:
-                raise EngineError("MANIFEST_TOO_LARGE", f"{rel}: {resp.content_length} bytes "
+                raise EngineError(ErrorCode.MANIFEST_TOO_LARGE, f"{rel}: {resp.content_length} bytes "
                                   f"(limit {limit})", item=rel)
             parts: list[bytes] = []
             size = 0
             while chunk := await resp.content.read(1 << 20):  # read() returns what arrived
                 size += len(chunk)
                 if size > limit:
-                    raise EngineError("MANIFEST_TOO_LARGE", f"{rel}: over {limit} bytes", item=rel)
+                    raise EngineError(ErrorCode.MANIFEST_TOO_LARGE, f"{rel}: over {limit} bytes", item=rel)
                 parts.append(chunk)
             return b"".join(parts)
     except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
@@ -176,10 +176,11 @@ async def fetch_small(ctx: EngineContext, pool: SourcePool, rel: str, limit: int
         except FetchFailed as exc:
             failure = exc.failure(source.id, rel)
         except (ManifestError, EngineError) as exc:  # arrived, but failed its check
-            if isinstance(exc, EngineError) and exc.code == "MANIFEST_TOO_LARGE":
+            if isinstance(exc, EngineError) and exc.code == ErrorCode.MANIFEST_TOO_LARGE:
                 raise
-            code, message, item = ((exc.code, exc.message, exc.field) if isinstance(exc, ManifestError)
-                                   else (exc.code, exc.message, exc.item))
+            code, message, item = (
+                (ErrorCode.from_wire(exc.code, ErrorCode.MANIFEST_INVALID), exc.message, exc.field)
+                if isinstance(exc, ManifestError) else (exc.code, exc.message, exc.item))
             failure = Failure(source.id, FailureKind.CORRUPT, message, code=code, item=item)
         else:
             pool.record_success(source.id, len(data), time.monotonic() - started, time.time())
@@ -222,10 +223,11 @@ async def load_manifest(ctx: EngineContext, pool: SourcePool, grant: TaskGrant) 
     try:
         manifest = await asyncio.to_thread(load_signed_manifest, blob, sig, key)
     except ManifestError as exc:
-        raise EngineError(exc.code, f"manifest of {grant.product_id} {grant.version_id}: "
+        raise EngineError(ErrorCode.from_wire(exc.code, ErrorCode.MANIFEST_INVALID),
+                          f"manifest of {grant.product_id} {grant.version_id}: "
                           f"{exc.message}", item=exc.field) from exc
     if (manifest.product_id, manifest.version_id) != (grant.product_id, grant.version_id):
-        raise EngineError("MANIFEST_INVALID", "manifest is for another product or version")
+        raise EngineError(ErrorCode.MANIFEST_INVALID, "manifest is for another product or version")
     if not blob_path.exists():
         blob_path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(sig_path, sig)
@@ -351,7 +353,7 @@ class InstallRun:
             if not ok:
                 journal.flush()
                 self._forget_file(manifest, fi)
-                raise EngineError("FILE_HASH_MISMATCH",
+                raise EngineError(ErrorCode.FILE_HASH_MISMATCH,
                                   f"{f.path}: SHA-256 differs from the manifest", item=f.path)
             staging.close_file(fi)
             journal.add_file(fi)  # recorded with the next journal commit, not one commit each
@@ -441,9 +443,9 @@ def check_install_target(target: Path) -> None:
     if not os.path.lexists(target):
         return
     if not os.path.isdir(target):
-        raise EngineError("TARGET_NOT_EMPTY", f"{target} is a file, not a folder", item=str(target))
+        raise EngineError(ErrorCode.TARGET_NOT_EMPTY, f"{target} is a file, not a folder", item=str(target))
     others = sorted(p.name for p in target.iterdir() if p.name != STAGING_DIR)
     if others:
         shown = ", ".join(others[:5]) + (" …" if len(others) > 5 else "")
-        raise EngineError("TARGET_NOT_EMPTY", f"{target} already holds files ({shown}); install "
+        raise EngineError(ErrorCode.TARGET_NOT_EMPTY, f"{target} already holds files ({shown}); install "
                           "into an empty or new folder — nothing was changed", item=str(target))

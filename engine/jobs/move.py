@@ -14,7 +14,7 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
-from engine.core.errors import EngineError
+from engine.core.errors import EngineError, ErrorCode
 from engine.io.staging import translate_os_error
 from engine.io.state import InstalledGame, State
 from engine.io.verify import scan_install
@@ -32,7 +32,7 @@ async def move_game(state: State, game: InstalledGame, dest: Path, manifest: Man
     src = Path(game.path)
     intent_key = f"move:{game.product_id}"
     if dest.exists() and any(dest.iterdir()) and state.get_meta(intent_key) is None:
-        raise EngineError("API_MISUSE", f"{dest} exists and is not empty")
+        raise EngineError(ErrorCode.API_MISUSE, f"{dest} exists and is not empty")
     state.set_meta(intent_key, json.dumps({"from": str(src), "to": str(dest)}))
     try:
         if src.exists():
@@ -47,7 +47,7 @@ async def move_game(state: State, game: InstalledGame, dest: Path, manifest: Man
                 await asyncio.to_thread(shutil.copytree, src, tmp, symlinks=True, dirs_exist_ok=True)
                 report = await asyncio.to_thread(scan_install, tmp, manifest, False)
                 if not report.ok:
-                    raise EngineError("FILE_HASH_MISMATCH",
+                    raise EngineError(ErrorCode.FILE_HASH_MISMATCH,
                                       f"copy in {tmp} does not verify: {sorted(report.damaged_paths())[:3]}")
                 os.replace(tmp, dest)
         moved = replace(game, path=str(dest))

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import blake3
 
-from engine.core.errors import EngineError
+from engine.core.errors import EngineError, ErrorCode
 from engine.core.events import status_event
 from engine.core.planner import ChunkWrite, plan_install
 from engine.core.sources import CdnSource, SourcePool
@@ -72,12 +72,13 @@ UPDATE_MAX_GAP = 16 * 1024  # measured: 128 kB of bridged gaps for 7.7 kB of chu
 def cached_manifest(ctx: EngineContext, product_id: str, version_id: str, key_hex: str) -> Manifest:
     blob_path, sig_path = ctx.state.manifest_files(product_id, version_id)
     if not blob_path.exists():
-        raise EngineError("VERSION_NOT_FOUND", f"no local manifest for {product_id} {version_id}")
+        raise EngineError(ErrorCode.VERSION_NOT_FOUND, f"no local manifest for {product_id} {version_id}")
     try:
         return load_signed_manifest(blob_path.read_bytes(), sig_path.read_bytes(),
                                     load_public_key(key_hex))
     except ManifestError as exc:
-        raise EngineError(exc.code, f"cached manifest of {product_id} {version_id}: {exc.message}",
+        raise EngineError(ErrorCode.from_wire(exc.code, ErrorCode.MANIFEST_INVALID),
+                          f"cached manifest of {product_id} {version_id}: {exc.message}",
                           item=exc.field) from exc
 
 
@@ -214,7 +215,7 @@ class UpdateRun(InstallRun):
         ctx = self.ctx
         installed = ctx.state.installed_game(self.task.product_id)
         if installed is None:
-            raise EngineError("NOT_INSTALLED", f"{self.task.product_id} is not installed")
+            raise EngineError(ErrorCode.NOT_INSTALLED, f"{self.task.product_id} is not installed")
         self.install_dir = Path(installed.path)
         await asyncio.to_thread(sweep_staging, self.install_dir, ctx.state.resumable_task_ids())
         key_hex = await manifest_key(ctx)
@@ -227,7 +228,7 @@ class UpdateRun(InstallRun):
         try:
             grant = await self._grant(installed)
         except EngineError as exc:
-            if exc.code == "ALREADY_UP_TO_DATE" and not installed.dirty:
+            if exc.code == ErrorCode.ALREADY_UP_TO_DATE and not installed.dirty:
                 return await self._already_there(installed)
             raise
         if self.on_started is not None:
@@ -260,7 +261,7 @@ class UpdateRun(InstallRun):
                                      [new.files[b.file_index].path for b in plan.builds],
                                      plan.remove)
         if conflicts:
-            raise EngineError("PATH_CONFLICT", f"{len(conflicts)} path(s) in {self.install_dir} "
+            raise EngineError(ErrorCode.PATH_CONFLICT, f"{len(conflicts)} path(s) in {self.install_dir} "
                               f"hold files the launcher did not put there and the new version "
                               f"needs: {', '.join(conflicts[:5])}; move them away and retry — "
                               "nothing was changed", item=conflicts[0])
@@ -403,7 +404,7 @@ class UpdateRun(InstallRun):
         try:
             def check(data: bytes) -> None:
                 if blake3.blake3(data).hexdigest() != p.patch_id:
-                    raise EngineError("DELTA_PATCH_APPLICATION_FAILED",
+                    raise EngineError(ErrorCode.DELTA_PATCH_APPLICATION_FAILED,
                                       f"patch for {p.path}: bytes do not match its id", item=p.path)
 
             data = await fetch_small(self.ctx, pool,
