@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
+
+from engine.core.lifecycle import TaskState
 
 __all__ = [
     "RUNNING_STATES",
@@ -24,19 +25,6 @@ __all__ = [
     "reorder",
     "select_runnable",
 ]
-
-
-class TaskState(StrEnum):
-    """Task status values exactly as the seed's ``DownloadTask.status`` enum."""
-
-    QUEUED = "queued"
-    PREPARING = "preparing"
-    DOWNLOADING = "downloading"
-    PAUSED = "paused"
-    VERIFYING = "verifying"
-    COMPLETED = "completed"
-    ERROR = "error"
-    CANCELLED = "cancelled"
 
 
 RUNNING_STATES = frozenset({TaskState.PREPARING, TaskState.DOWNLOADING})

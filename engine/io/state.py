@@ -18,10 +18,9 @@ from typing import Any
 import sqlite_utils
 
 from engine.core.errors import EngineError, ErrorCode
-from engine.core.queueorder import TaskState
+from engine.core.lifecycle import FINISHED, KEEPS_STAGING, TaskKind, TaskState, check_transition
 
 SCHEMA_VERSION = 1
-TERMINAL = frozenset({TaskState.COMPLETED, TaskState.ERROR, TaskState.CANCELLED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +28,7 @@ class TaskRecord:
     id: str
     product_id: str
     version_id: str | None
-    kind: str  # install | update | repair
+    kind: TaskKind
     target_path: str
     priority: int
     position: int
@@ -49,7 +48,7 @@ class TaskRecord:
     def to_dict(self) -> dict[str, Any]:
         return {
             "taskId": self.id, "productId": self.product_id, "versionId": self.version_id,
-            "kind": self.kind, "targetPath": self.target_path, "priority": self.priority,
+            "kind": self.kind.value, "targetPath": self.target_path, "priority": self.priority,
             "position": self.position, "status": self.status.value, "userPaused": self.user_paused,
             "totalSizeBytes": self.total_bytes, "downloadSizeBytes": self.download_bytes,
             "downloadedBytes": self.downloaded_bytes, "limitBps": self.limit_bps,
@@ -129,13 +128,14 @@ class State:
 
     # -- tasks --------------------------------------------------------------------------------
     def add_task(self, product_id: str, version_id: str | None, target_path: str, *,
-                 priority: int = 0, kind: str = "install", from_version: str | None = None,
+                 priority: int = 0, kind: TaskKind = TaskKind.INSTALL,
+                 from_version: str | None = None,
                  limit_bps: int | None = None) -> TaskRecord:
         now = time.time()
         row = self.db.execute("SELECT COALESCE(MAX(position), -1) + 1 FROM tasks").fetchone()
         task = {
             "id": uuid.uuid4().hex, "product_id": product_id, "version_id": version_id,
-            "kind": kind, "target_path": target_path, "priority": priority,
+            "kind": kind.value, "target_path": target_path, "priority": priority,
             "position": int(row[0]), "status": TaskState.QUEUED.value, "user_paused": 0,
             "created_at": now, "updated_at": now, "total_bytes": 0, "download_bytes": 0,
             "downloaded_bytes": 0, "limit_bps": limit_bps, "backend_task_id": None,
@@ -148,7 +148,7 @@ class State:
     def _task(row: dict[str, Any]) -> TaskRecord:
         return TaskRecord(
             id=row["id"], product_id=row["product_id"], version_id=row["version_id"],
-            kind=row["kind"], target_path=row["target_path"], priority=row["priority"],
+            kind=TaskKind(row["kind"]), target_path=row["target_path"], priority=row["priority"],
             position=row["position"], status=TaskState(row["status"]),
             user_paused=bool(row["user_paused"]), created_at=row["created_at"],
             updated_at=row["updated_at"], total_bytes=row["total_bytes"] or 0,
@@ -170,16 +170,28 @@ class State:
     def tasks(self, *, include_finished: bool = True) -> list[TaskRecord]:
         rows = self.db.table("tasks").rows_where(order_by="priority DESC, position, created_at")
         out = [self._task(r) for r in rows]
-        return out if include_finished else [t for t in out if t.status not in TERMINAL]
+        return out if include_finished else [t for t in out if t.status not in FINISHED]
 
     def update_task(self, task_id: str, **fields: Any) -> TaskRecord:
-        if "status" in fields and isinstance(fields["status"], TaskState):
-            fields["status"] = fields["status"].value
+        """Change a task's data; its status changes only through ``set_status``."""
+        if "status" in fields:
+            raise TypeError("status changes go through set_status (the lifecycle table)")
         if "user_paused" in fields:
             fields["user_paused"] = int(bool(fields["user_paused"]))
         fields["updated_at"] = time.time()
         self.db.table("tasks").update(task_id, fields)
         return self.task(task_id)
+
+    def set_status(self, task_id: str, status: TaskState, **fields: Any) -> TaskRecord:
+        """Move a task to ``status`` if the lifecycle table allows it (raises otherwise)."""
+        current = self.task(task_id)
+        check_transition(current.status, status, current.id)
+        if "user_paused" in fields:
+            fields["user_paused"] = int(bool(fields["user_paused"]))
+        fields["status"] = status.value
+        fields["updated_at"] = time.time()
+        self.db.table("tasks").update(current.id, fields)
+        return self.task(current.id)
 
     def set_positions(self, ordered_ids: Iterable[str]) -> None:
         with self.db.conn:
@@ -231,8 +243,9 @@ class State:
 
     def resumable_task_ids(self) -> set[str]:
         """Tasks whose staging must be kept: queued, running, paused, or failed (resumable)."""
-        rows = self.db.execute("SELECT id FROM tasks WHERE status NOT IN (?, ?)",
-                               [TaskState.COMPLETED.value, TaskState.CANCELLED.value])
+        keep = sorted(s.value for s in KEEPS_STAGING)
+        rows = self.db.execute(f"SELECT id FROM tasks WHERE status IN ({', '.join('?' * len(keep))})",
+                               keep)
         return {str(r[0]) for r in rows}
 
     def latest_task_for(self, product_id: str) -> TaskRecord | None:

@@ -22,15 +22,16 @@ import aiohttp
 
 from engine.core.errors import EngineError, ErrorCode
 from engine.core.events import UPDATE_AVAILABLE, EventBus, error_event, status_event
+from engine.core.lifecycle import FINISHED, TaskKind, TaskState, after_restart
 from engine.core.progress import TaskProgress
-from engine.core.queueorder import QueueEntry, TaskState, move, select_runnable
+from engine.core.queueorder import QueueEntry, move, select_runnable
 from engine.core.ratelimit import AsyncRateLimiter
 from engine.core.schedule import DownloadSchedule, parse_window
 from engine.io.backend_client import BackendClient
 from engine.io.config import Settings
 from engine.io.credentials import CredentialStore
 from engine.io.staging import STAGING_DIR, remove_task_staging
-from engine.io.state import TERMINAL, InstalledGame, State, TaskRecord
+from engine.io.state import InstalledGame, State, TaskRecord
 from engine.io.verify import VerifyReport, scan_install
 from engine.jobs.install import EngineContext, InstallRun, check_install_target, manifest_key
 from engine.jobs.move import move_game
@@ -40,8 +41,6 @@ from patcher.manifest import Manifest, check_id
 
 log = logging.getLogger(__name__)
 
-RUNNABLE = frozenset({TaskState.QUEUED, TaskState.PREPARING, TaskState.DOWNLOADING,
-                      TaskState.VERIFYING})
 
 
 def as_engine_error(exc: BaseException) -> EngineError:
@@ -83,8 +82,8 @@ class Engine:
         self.offline = False
         self.running = False
         for t in self.state.tasks(include_finished=False):
-            if t.status in (TaskState.DOWNLOADING, TaskState.PREPARING, TaskState.VERIFYING):
-                self.state.update_task(t.id, status=TaskState.QUEUED)  # interrupted last time
+            if after_restart(t.status) is not t.status:  # interrupted last time
+                self.state.set_status(t.id, after_restart(t.status))
             if t.limit_bps:
                 self.limiter.set_task(t.id, t.limit_bps)
 
@@ -142,11 +141,11 @@ class Engine:
                 raise EngineError(ErrorCode.API_MISUSE, f"{product_id} is already installed in "
                                   f"{installed.path}; move it instead", item=product_id)
             if installed.dirty:  # an interrupted switch: finishing it comes first
-                return self._queue_change(product_id, "repair", installed.version_id, priority,
+                return self._queue_change(product_id, TaskKind.REPAIR, installed.version_id, priority,
                                           limit_bps)
             if version_id is not None and version_id != installed.version_id:
-                return self._queue_change(product_id, "update", version_id, priority, limit_bps)
-        resumed = self._resume_failed(product_id, "install", version_id, str(path))
+                return self._queue_change(product_id, TaskKind.UPDATE, version_id, priority, limit_bps)
+        resumed = self._resume_failed(product_id, TaskKind.INSTALL, version_id, str(path))
         if resumed is not None:
             return resumed
         if installed is None:
@@ -159,7 +158,7 @@ class Engine:
         self.wake()
         return task
 
-    def _resume_failed(self, product_id: str, kind: str, version_id: str | None,
+    def _resume_failed(self, product_id: str, kind: TaskKind, version_id: str | None,
                        target: str) -> TaskRecord | None:
         """A failed task of the same kind, version and folder is resumed (its journal and staged
         data kept: nothing is fetched twice); a different one is discarded first, its staging
@@ -171,13 +170,13 @@ class Engine:
         same = (last.kind == kind and last.target_path == target
                 and (version_id is None or version_id == last.version_id))
         if same or mid_switch:
-            task = self.state.update_task(last.id, status=TaskState.QUEUED, user_paused=False,
+            task = self.state.set_status(last.id, TaskState.QUEUED, user_paused=False,
                                           error_code=None, error_message=None)
             self._publish_status(task)
             self.wake()
             return task
         self._discard_partial(last)
-        self.state.update_task(last.id, status=TaskState.CANCELLED)
+        self.state.set_status(last.id, TaskState.CANCELLED)
         return None
 
     def _installed_or_fail(self, product_id: str) -> InstalledGame:
@@ -186,7 +185,7 @@ class Engine:
             raise EngineError(ErrorCode.NOT_INSTALLED, f"{product_id} is not installed")
         return game
 
-    def _queue_change(self, product_id: str, kind: str, version_id: str | None,
+    def _queue_change(self, product_id: str, kind: TaskKind, version_id: str | None,
                       priority: int = 0, limit_bps: int | None = None) -> TaskRecord:
         game = self._installed_or_fail(product_id)
         active = self.state.active_task_for(product_id)
@@ -206,18 +205,18 @@ class Engine:
     def update(self, product_id: str, version_id: str | None = None, priority: int = 0,
                limit_bps: int | None = None) -> TaskRecord:
         """Queue an update to ``version_id`` (the latest when None)."""
-        return self._queue_change(product_id, "update", version_id, priority, limit_bps)
+        return self._queue_change(product_id, TaskKind.UPDATE, version_id, priority, limit_bps)
 
     def rollback(self, product_id: str) -> TaskRecord:
         game = self._installed_or_fail(product_id)
         if game.previous_version is None:
             raise EngineError(ErrorCode.VERSION_NOT_FOUND,
                               f"{product_id} has no previous version to go back to")
-        return self._queue_change(product_id, "rollback", game.previous_version)
+        return self._queue_change(product_id, TaskKind.ROLLBACK, game.previous_version)
 
     def repair(self, product_id: str) -> TaskRecord:
         game = self._installed_or_fail(product_id)
-        return self._queue_change(product_id, "repair", game.version_id)
+        return self._queue_change(product_id, TaskKind.REPAIR, game.version_id)
 
     async def verify(self, product_id: str, quick: bool = False) -> VerifyReport:
         game = self._installed_or_fail(product_id)
@@ -246,7 +245,7 @@ class Engine:
 
     def pause(self, task_id: str) -> TaskRecord:
         task = self._live(task_id)
-        task = self.state.update_task(task.id, status=TaskState.PAUSED, user_paused=True)
+        task = self.state.set_status(task.id, TaskState.PAUSED, user_paused=True)
         self._stop(task.id, TaskState.PAUSED)
         self._publish_status(task)
         return task
@@ -255,7 +254,7 @@ class Engine:
         task = self.state.task(task_id)
         if task.status not in (TaskState.PAUSED, TaskState.ERROR):
             return task
-        task = self.state.update_task(task.id, status=TaskState.QUEUED, user_paused=False,
+        task = self.state.set_status(task.id, TaskState.QUEUED, user_paused=False,
                                       error_code=None, error_message=None)
         self._publish_status(task)
         self.wake()
@@ -269,7 +268,7 @@ class Engine:
             self._stop(task.id, TaskState.CANCELLED)
         else:
             self._discard_partial(task)
-            task = self.state.update_task(task.id, status=TaskState.CANCELLED)
+            task = self.state.set_status(task.id, TaskState.CANCELLED)
             self._publish_status(task)
         return self.state.task(task.id)
 
@@ -335,7 +334,7 @@ class Engine:
 
     def _live(self, task_id: str) -> TaskRecord:
         task = self.state.task(task_id)
-        if task.status in TERMINAL:
+        if task.status in FINISHED:
             raise EngineError(ErrorCode.API_MISUSE, f"task {task.id[:8]} is {task.status.value}")
         return task
 
@@ -363,7 +362,7 @@ class Engine:
             remove_task_staging(root, task.id)
         except EngineError as exc:  # a staging folder that is not ours: left alone
             log.warning("cancel %s: %s", task.id[:8], exc)
-        if task.kind == "install" and self.state.installed_game(task.product_id) is None \
+        if task.kind is TaskKind.INSTALL and self.state.installed_game(task.product_id) is None \
                 and root.is_dir() and not root.is_symlink() and not any(root.iterdir()):
             root.rmdir()
         self.state.clear_journal(task.id)
@@ -406,29 +405,29 @@ class Engine:
                 self._runners[tid] = tg.create_task(self._run_task(tid), name=f"task-{tid[:8]}")
 
     async def _run_task(self, task_id: str) -> None:
-        task = self.state.update_task(task_id, status=TaskState.DOWNLOADING, error_code=None,
-                                      error_message=None)
+        task = self.state.set_status(task_id, TaskState.PREPARING, error_code=None,
+                                     error_message=None)
         self._publish_status(task)
         try:
-            run = (UpdateRun if task.kind in ("update", "repair", "rollback") else InstallRun)(
+            run = (UpdateRun if task.kind.needs_install else InstallRun)(
                 self._context(), task)
             self._progress[task_id] = run.progress
             run.on_started = lambda t: self._spawn_report(t, "downloading")
             await run.run()
-            task = self.state.update_task(task_id, status=TaskState.COMPLETED,
+            task = self.state.set_status(task_id, TaskState.COMPLETED,
                                           downloaded_bytes=run.progress.downloaded)
             self._publish_status(task)
             # nothing is awaited after completion: a cancel now must not rewrite a finished task
             self._spawn_report(task, "completed")
-            if task.kind in ("update", "rollback"):
+            if task.kind.changes_version:
                 self._spawn(self._report_applied(task, True))
         except asyncio.CancelledError:
             reason = self._stop_reason.pop(task_id, TaskState.QUEUED)
-            if self.state.task(task_id).status in TERMINAL:
+            if self.state.task(task_id).status in FINISHED:
                 raise  # it finished just before the cancel arrived: keep the final state
             if reason is TaskState.CANCELLED:
                 self._discard_partial(self.state.task(task_id))
-            task = self.state.update_task(task_id, status=reason)
+            task = self.state.set_status(task_id, reason)
             self._publish_status(task)
             self._spawn_report(task, "paused" if reason is TaskState.QUEUED else reason.value)
             raise
@@ -436,12 +435,12 @@ class Engine:
             err = as_engine_error(exc)
             if err.code == ErrorCode.INTERNAL_ERROR:
                 log.exception("task %s failed unexpectedly", task_id[:8])
-            task = self.state.update_task(task_id, status=TaskState.ERROR, error_code=err.code,
+            task = self.state.set_status(task_id, TaskState.ERROR, error_code=err.code,
                                           error_message=err.message)
             self.bus.publish(error_event(task_id, err.code, err.message, err.item))
             self._publish_status(task, err)
             self._spawn(self._report(task, "error", err))
-            if task.kind in ("update", "rollback"):
+            if task.kind.changes_version:
                 self._spawn(self._report_applied(task, False, err.message))
         finally:
             self._runners.pop(task_id, None)
@@ -478,7 +477,7 @@ class Engine:
         """Run the queue until ``task_id`` reaches a final state (or is paused)."""
         def done() -> bool:
             t = self.state.task(task_id)
-            return t.status in TERMINAL or (t.status is TaskState.PAUSED and t.user_paused)
+            return t.status in FINISHED or (t.status is TaskState.PAUSED and t.user_paused)
 
         if self.running:  # a daemon's loop is already driving the queue: just watch
             sub = self.bus.subscribe(task_id)

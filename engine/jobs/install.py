@@ -23,6 +23,7 @@ import aiohttp
 from engine.core.errors import EngineError, ErrorCode
 from engine.core.events import EventBus, item_event, status_event
 from engine.core.fetchrules import Failure, FetchState, GiveUp, after_failure
+from engine.core.lifecycle import TaskState
 from engine.core.planner import BlockJob, ChunkWrite, InstallPlan, plan_install
 from engine.core.progress import TaskProgress
 from engine.core.ratelimit import AsyncRateLimiter
@@ -257,6 +258,12 @@ class InstallRun:
         self.install_dir = Path(task.target_path)
         self.on_started: Callable[[TaskRecord], None] | None = None  # after the backend grant
 
+    def _enter(self, status: TaskState) -> None:
+        """A lifecycle step of the running task: persisted (other clients read it from the
+        state), then published."""
+        self.ctx.state.set_status(self.task.id, status)
+        self._emit_status(status)
+
     def _emit_status(self, status: str) -> None:
         p = self.progress
         self.ctx.bus.publish(status_event(
@@ -270,7 +277,7 @@ class InstallRun:
             await asyncio.sleep(self.ctx.settings.progress_interval_s)
             now = time.monotonic()
             self.progress.speed.sample(self.progress.downloaded, now)
-            self._emit_status("downloading")
+            self._emit_status(TaskState.DOWNLOADING)
             if now - last_saved >= 1.0:  # other processes (CLI, launcher) read it from state
                 self.ctx.state.update_task(self.task.id, downloaded_bytes=self.progress.downloaded)
                 last_saved = now
@@ -339,7 +346,7 @@ class InstallRun:
                                    files: set[int]) -> None:
         """Fetch the plan's blocks into staged files and SHA-256 every file in ``files`` as soon
         as its last chunk is written (hashing overlaps the download)."""
-        self._emit_status("downloading")
+        self._enter(TaskState.DOWNLOADING)
         verified = ctx.state.done_files(self.task.id)
         pending = {fi: plan.pending_writes.get(fi, 0) for fi in files}
         journal = Journal(ctx.state, staging, self.task.id)
@@ -404,7 +411,7 @@ class InstallRun:
 
     async def _commit(self, manifest: Manifest, staging: Staging) -> InstalledGame:
         ctx = self.ctx
-        self._emit_status("verifying")
+        self._enter(TaskState.VERIFYING)
         staging.close()
 
         def commit() -> None:

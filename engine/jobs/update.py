@@ -23,7 +23,7 @@ from pathlib import Path
 import blake3
 
 from engine.core.errors import EngineError, ErrorCode
-from engine.core.events import status_event
+from engine.core.lifecycle import TaskKind, TaskState
 from engine.core.planner import ChunkWrite, plan_install
 from engine.core.sources import CdnSource, SourcePool
 from engine.core.updateplan import (
@@ -221,7 +221,7 @@ class UpdateRun(InstallRun):
         key_hex = await manifest_key(ctx)
         old = cached_manifest(ctx, installed.product_id, installed.version_id, key_hex)
         switch_pending = (self.install_dir / ".launcher-staging" / self.task.id / "switch.json")
-        if self.task.kind in ("update", "rollback") and not installed.dirty \
+        if self.task.kind.changes_version and not installed.dirty \
                 and self.task.version_id == installed.version_id and not switch_pending.exists():
             # asked for the version it has, or killed after the switch was recorded
             return await self._already_there(installed)
@@ -240,7 +240,7 @@ class UpdateRun(InstallRun):
         if journal_path.exists():  # crashed mid-switch: roll forward
             return await self._switch(installed, new, staging,
                                       SwitchJournal.from_json(journal_path.read_text()))
-        if self.task.kind == "repair":
+        if self.task.kind is TaskKind.REPAIR:
             damaged, unusable = await self._find_damaged(new)
             plan = plan_repair(new, damaged, unusable)
         else:
@@ -296,7 +296,7 @@ class UpdateRun(InstallRun):
 
     async def _grant(self, installed: InstalledGame) -> TaskGrant:
         api = self.ctx.api
-        if self.task.kind == "update":
+        if self.task.kind is TaskKind.UPDATE:
             grant = await api.initiate_update(self.task.product_id, installed.version_id,
                                               self.task.version_id)
         else:
@@ -430,7 +430,7 @@ class UpdateRun(InstallRun):
     async def _switch(self, installed: InstalledGame, new: Manifest, staging: Staging,
                       journal: SwitchJournal) -> InstalledGame:
         ctx = self.ctx
-        ctx.bus.publish(status_event(self.task.id, "verifying", product_id=new.product_id))
+        self._enter(TaskState.VERIFYING)
         ctx.state.set_installed(InstalledGame(
             installed.product_id, installed.version_id, installed.path, installed.size,
             installed.installed_at, True, installed.previous_version))  # dirty: not launchable
