@@ -85,8 +85,11 @@ def _load_download_bench() -> ModuleType:
 
 dl = _load_download_bench()
 
-from engine.api.client import DaemonClient  # noqa: E402
-from engine.api.daemon import DaemonInfo, read_info  # noqa: E402
+from engine.api.client import (  # noqa: E402
+    DaemonClient,
+    DaemonInfo,
+    read_info,
+)
 from engine.core.events import ITEM, STATUS  # noqa: E402
 
 MB = dl.MB

@@ -17,6 +17,7 @@ import zstandard
 
 from patcher.chunking import CHUNK_MAX
 from patcher.errors import ManifestError
+from patcher.ids import is_id
 
 FORMAT_VERSION = 1
 
@@ -42,7 +43,6 @@ MAX_FILE_SIZE = 1 << 42  # 4 TiB
 MAX_BLOCK_RAW = 16 * 1024 * 1024
 
 _HEX64 = re.compile(r"\A[0-9a-f]{64}\Z")
-_ID = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 _DRIVE = re.compile(r"\A[A-Za-z]:")
 _FORBIDDEN_CHAR = re.compile(r"[\x00-\x1f:]")  # control characters and ':'
 _WINDOWS_RESERVED = frozenset(
@@ -346,7 +346,7 @@ def check_relative_path(path: str, where: str) -> str:
 
 def check_id(value: Any, where: str) -> str:
     """Product and version ids: safe as one path segment of a URL or a folder name."""
-    if not isinstance(value, str) or not _ID.match(value):
+    if not isinstance(value, str) or not is_id(value):
         raise ManifestError("MANIFEST_SCHEMA", where, "expected an id of [A-Za-z0-9._-], max 128")
     return value
 

@@ -16,8 +16,8 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from engine.api.client import DaemonClient
-from engine.api.daemon import DaemonInfo, read_info
+from engine.api.client import DaemonClient, DaemonInfo, read_info
+from engine.api.protocol import TaskStatus
 from engine.core.errors import EngineError
 from tests.enginekit import REPO, EngineCli, assert_same_tree, engine_env
 
@@ -133,10 +133,11 @@ async def test_two_clients_see_the_same_events(daemon: Any, published_store: Any
 
         def states(client: DaemonClient) -> list[str]:
             out = []
+            assert client.events is not None
             while not client.events.empty():
                 e = client.events.get_nowait()
-                if e["type"] == "downloadTaskStatusUpdate" and e["payload"]["status"] != "downloading":
-                    out.append(e["payload"]["status"])
+                if isinstance(e, TaskStatus) and e.status != "downloading":
+                    out.append(e.status)
             return out
 
         sa, sb = states(a), states(b)
@@ -158,8 +159,9 @@ async def test_cli_against_the_daemon_changes_what_another_client_sees(daemon: A
         deadline = time.monotonic() + 20
         seen = []
         while time.monotonic() < deadline and "paused" not in seen:
+            assert watcher.events is not None
             e = await asyncio.wait_for(watcher.events.get(), 20)
-            seen.append(e["payload"].get("status"))
+            seen.append(getattr(e, "status", None))
         assert "paused" in seen
         task = await watcher.call("task", {"taskId": task_id})
         assert task["status"] == "paused" and task["userPaused"]

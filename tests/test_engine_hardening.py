@@ -25,8 +25,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
-from engine.api.client import DaemonClient
-from engine.api.daemon import DaemonInfo, read_info
+from engine.api.client import DaemonClient, DaemonInfo, read_info
 from engine.core.errors import EngineError
 from engine.io.config import show
 from tests.enginekit import REPO, EngineCli, engine_env

@@ -23,7 +23,6 @@ import os
 import secrets
 import signal
 from collections.abc import Iterator
-from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any, TextIO
@@ -34,55 +33,25 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from engine.api.service import PROTOCOL_VERSION, EngineService
-from engine.core.errors import EngineError, ErrorCode
-from engine.core.events import Event, Subscription
+from engine.api.client import DaemonInfo, info_path, read_info
+from engine.api.protocol import (
+    MAX_REQUEST_BYTES,
+    PROTOCOL_VERSION,
+    EngineError,
+    ErrorCode,
+    event_to_wire,
+    validate,
+)
+from engine.api.service import EngineService
+from engine.io.bus import Subscription
 from engine.io.config import Settings, atomic_write
 from engine.jobs.engine import Engine
 
 log = logging.getLogger(__name__)
 
-MAX_MESSAGE_BYTES = 64 * 1024  # a request is small; bigger ones get an error reply
 HARD_FRAME_LIMIT = 4 * 1024 * 1024  # beyond this websockets closes that one connection
 CLIENT_EVENT_BACKLOG = 500
 UPDATE_CHECK_INTERVAL_S = 6 * 3600
-
-
-@dataclass(frozen=True, slots=True)
-class DaemonInfo:
-    pid: int
-    port: int
-    token: str
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/"
-
-
-def info_path(data_dir: Path) -> Path:
-    return data_dir / "daemon.json"
-
-
-def read_info(data_dir: Path) -> DaemonInfo | None:
-    try:
-        d = json.loads(info_path(data_dir).read_text())
-        return DaemonInfo(int(d["pid"]), int(d["port"]), str(d["token"]))
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def daemon_running(data_dir: Path) -> DaemonInfo | None:
-    """The running daemon of this data dir, judged by its lock (not by a possibly stale file)."""
-    lock = data_dir / "daemon.lock"
-    if not lock.exists():
-        return None
-    with lock.open("a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return read_info(data_dir)
-        fcntl.flock(fh, fcntl.LOCK_UN)
-    return None
 
 
 @contextlib.contextmanager
@@ -129,6 +98,10 @@ def parse_message(raw: str | bytes) -> Any:
         raise ValueError("nested too deeply") from exc
     except UnicodeDecodeError as exc:
         raise ValueError(f"not UTF-8: {exc}") from exc
+
+
+def _internal(exc: BaseException) -> dict[str, str | None]:
+    return EngineError(ErrorCode.INTERNAL_ERROR, repr(exc)[:500]).to_error()
 
 
 def _reject(status: HTTPStatus, text: str) -> Response:
@@ -208,8 +181,8 @@ class Daemon:
     async def _pump(self, sub: Subscription, send: Any) -> None:
         """Slow clients never slow the engine: the subscription coalesces, this task waits."""
         while True:
-            event: Event = await sub.get()
-            await send({"type": "event", "event": event})
+            event = await sub.get()
+            await send({"type": "event", "event": event_to_wire(event)})
 
     async def _long_call(self, reply: dict[str, Any], send: Any) -> None:
         assert self.service is not None
@@ -222,8 +195,7 @@ class Daemon:
             pass
         except Exception as exc:  # a bug must not end the connection (the TaskGroup would)
             log.exception("method %s failed", reply["method"])
-            await send({"id": reply["id"], "error": {"code": "INTERNAL_ERROR",
-                                                     "message": repr(exc)}})
+            await send({"id": reply["id"], "error": _internal(exc)})
 
     async def _answer(self, raw: str | bytes) -> tuple[dict[str, Any], str | None]:
         """Parse, validate and run one request. Returns (reply, subscription change)."""
@@ -231,32 +203,31 @@ class Daemon:
             return await self._answer_checked(raw)
         except Exception as exc:  # whatever the message, the connection goes on
             log.exception("request failed")
-            return {"id": None, "error": {"code": "INTERNAL_ERROR", "message": repr(exc)}}, None
+            return {"id": None, "error": _internal(exc)}, None
 
     async def _answer_checked(self, raw: str | bytes) -> tuple[dict[str, Any], str | None]:
         assert self.service is not None
-        if len(raw) > MAX_MESSAGE_BYTES:
-            return {"id": None, "error": {"code": "MESSAGE_TOO_LARGE",
-                                          "message": f"{len(raw)} bytes; limit {MAX_MESSAGE_BYTES}"}}, None
+        if len(raw) > MAX_REQUEST_BYTES:
+            return {"id": None, "error": EngineError(
+                ErrorCode.MESSAGE_TOO_LARGE, f"{len(raw)} bytes; limit {MAX_REQUEST_BYTES}").to_error()}, None
         try:
             msg = parse_message(raw)
         except ValueError as exc:
-            return {"id": None, "error": {"code": "PARSE_ERROR", "message": str(exc)[:200]}}, None
+            return {"id": None, "error": EngineError(ErrorCode.PARSE_ERROR, str(exc)[:200]).to_error()}, None
         req_id = msg.get("id") if isinstance(msg, dict) else None
         if req_id is not None and (isinstance(req_id, bool) or not isinstance(req_id, int | str)):
-            return {"id": None, "error": {"code": "INVALID_REQUEST", "message": "bad id"}}, None
+            return {"id": None, "error": EngineError(ErrorCode.INVALID_REQUEST, "bad id").to_error()}, None
         if not isinstance(msg, dict) or not isinstance(msg.get("method"), str):
-            return {"id": req_id, "error": {"code": "INVALID_REQUEST",
-                                            "message": "expected {\"id\", \"method\", \"params\"}"}}, None
+            return {"id": req_id, "error": EngineError(
+                ErrorCode.INVALID_REQUEST, 'expected {"id", "method", "params"}').to_error()}, None
         method, params = msg["method"], msg.get("params") or {}
-        if method == "subscribe":
-            if not isinstance(params, dict) or not isinstance(params.get("taskId", "*"), str):
-                return {"id": req_id, "error": {"code": "INVALID_PARAMS",
-                                                "message": "subscribe: taskId must be a string"}}, None
-            return {"id": req_id, "result": {"subscribed": params.get("taskId", "*")}}, \
-                params.get("taskId", "*")
-        if method == "unsubscribe":
-            return {"id": req_id, "result": {"subscribed": None}}, "off"
+        if method in ("subscribe", "unsubscribe"):  # the connection's business, not the engine's
+            try:
+                checked = validate(method, params)
+            except EngineError as exc:
+                return {"id": req_id, "error": exc.to_error()}, None
+            target = "off" if method == "unsubscribe" else checked.get("taskId", "*")
+            return {"id": req_id, "result": {"subscribed": None if target == "off" else target}}, target
         if method == "wait":  # long-running: answered when the task ends, others go on meanwhile
             return {"id": req_id, "method": method, "params": params, "wait": True}, None
         try:
@@ -265,7 +236,7 @@ class Daemon:
             return {"id": req_id, "error": exc.to_error()}, None
         except Exception as exc:  # a bug must not kill the daemon or another client's session
             log.exception("method %s failed", method)
-            return {"id": req_id, "error": {"code": "INTERNAL_ERROR", "message": repr(exc)}}, None
+            return {"id": req_id, "error": _internal(exc)}, None
         return {"id": req_id, "result": result}, None
 
     # -- lifecycle ----------------------------------------------------------------------------

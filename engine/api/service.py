@@ -1,12 +1,12 @@
-"""The engine's command surface: one async method per command, JSON in and JSON out.
+"""The engine's command surface: one async handler per command of the protocol's table.
 
 The same ``EngineService`` serves the in-process CLI and the daemon's WebSocket API, so a
-command behaves identically whichever way it arrives. ``METHODS`` declares every method's
-parameters; ``validate_params`` refuses unknown names, wrong types, ids that are not safe ids
-(``patcher.manifest.check_id``), integers outside what the engine (and SQLite) can store and
-text with control characters before anything runs, with ``INVALID_PARAMS`` naming the field.
-A failed write of the engine's own files (SQLite, config) is translated here, at the boundary,
-to ``INSUFFICIENT_DISK_SPACE`` (disk full) or ``IO_ERROR``.
+command behaves identically whichever way it arrives. Commands and their parameters are
+declared once, in ``engine.api.protocol.COMMANDS``; ``validate`` checks a request against that
+declaration before anything runs (INVALID_PARAMS naming the field), and every command has a
+handler here (``m_<name>``), which a test checks. A failed write of the engine's own files
+(SQLite, config) is translated here, at the boundary, to ``INSUFFICIENT_DISK_SPACE`` (disk
+full) or ``IO_ERROR``.
 """
 
 from __future__ import annotations
@@ -15,109 +15,15 @@ import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from engine.api.protocol import PROTOCOL_VERSION, validate
 from engine.core.errors import EngineError, ErrorCode
-from engine.io.config import INT64_MAX, check_text, save_setting, show
+from engine.core.text import show
+from engine.io.config import save_setting
 from engine.io.fsops import storage_error
 from engine.jobs.engine import Engine
 from patcher.errors import ManifestError, PatcherError
-from patcher.manifest import check_id
 
-PROTOCOL_VERSION = 1
-
-# method -> {param: (type, required)}; int params also accept None where not required
-METHODS: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
-    "ping": {},
-    "status": {},
-    "login": {"username": (str, True), "password": (str, True)},
-    "logout": {},
-    "library": {},
-    "installed": {},
-    "tasks": {"all": (bool, False)},
-    "task": {"taskId": (str, True)},
-    "install": {"productId": (str, True), "versionId": (str, False), "target": (str, False),
-                "priority": (int, False), "limitBps": (int, False)},
-    "update": {"productId": (str, True), "versionId": (str, False), "priority": (int, False),
-               "limitBps": (int, False)},
-    "updateAll": {},
-    "checkUpdates": {},
-    "rollback": {"productId": (str, True)},
-    "repair": {"productId": (str, True)},
-    "verify": {"productId": (str, True), "quick": (bool, False)},
-    "uninstall": {"productId": (str, True)},
-    "moveInstall": {"productId": (str, True), "folder": (str, True)},
-    "pause": {"taskId": (str, True)},
-    "resume": {"taskId": (str, True)},
-    "cancel": {"taskId": (str, True)},
-    "move": {"taskId": (str, True), "position": (int, True)},
-    "priority": {"taskId": (str, True), "priority": (int, True)},
-    "limit": {"bps": (int, False), "taskId": (str, False), "set": (bool, False)},
-    "schedule": {"windows": (list, False), "clear": (bool, False)},
-    "settings": {"key": (str, False), "value": ((str, int, float, bool, list), False)},
-    "offline": {"enabled": (bool, True)},
-    "wait": {"taskId": (str, True)},
-}
-
-# params that name a product, version or task: safe ids ([A-Za-z0-9._-], at most 128)
-ID_PARAMS = frozenset({"productId", "versionId", "taskId"})
-# inclusive ranges of integer params (all stored as SQLite 64-bit integers or used as positions)
-INT_RANGES: dict[str, tuple[int, int]] = {
-    "priority": (-1000, 1000),
-    "position": (0, INT64_MAX),
-    "limitBps": (1, INT64_MAX),  # omitted or null = no limit
-    "bps": (1, INT64_MAX),
-}
-# free text checked elsewhere or on purpose left alone (a password is the user's business;
-# a setting's value is checked by the config rules, with CONFIG_INVALID)
-UNCHECKED_TEXT = frozenset({"password", "value"})
-
-
-def validate_params(method: str, params: Any) -> dict[str, Any]:
-    if method not in METHODS:
-        raise EngineError(ErrorCode.UNKNOWN_METHOD, f"unknown method {show(method)}")
-    if params is None:
-        params = {}
-    if not isinstance(params, dict):
-        raise EngineError(ErrorCode.INVALID_PARAMS, "params must be an object")
-    spec = METHODS[method]
-    unknown = sorted(set(params) - set(spec))
-    if unknown:
-        raise EngineError(ErrorCode.INVALID_PARAMS, f"{method}: unknown parameter(s) {show(unknown)}")
-    for name, (kind, required) in spec.items():
-        if name not in params or params[name] is None:
-            if required:
-                raise EngineError(ErrorCode.INVALID_PARAMS, f"{method}: missing {name!r}")
-            continue
-        value = params[name]
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        if isinstance(value, bool) and bool not in kinds:
-            raise EngineError(ErrorCode.INVALID_PARAMS, f"{method}: {name!r} must be {kinds[0].__name__}")
-        if not isinstance(value, kinds):
-            raise EngineError(ErrorCode.INVALID_PARAMS, f"{method}: {name!r} must be {kinds[0].__name__}")
-        if isinstance(value, str) and len(value) > 4096:
-            raise EngineError(ErrorCode.INVALID_PARAMS, f"{method}: {name!r} is too long")
-        _check_value(method, name, value)
-    return dict(params)
-
-
-def _check_value(method: str, name: str, value: Any) -> None:
-    """Content rules of one (already type-checked) param."""
-    if name in ID_PARAMS:
-        try:
-            check_id(value, name)
-        except ManifestError as exc:
-            raise EngineError(ErrorCode.INVALID_PARAMS, f"{method}: {name!r} = {show(value)} is not an "
-                              "id ([A-Za-z0-9._-], at most 128 characters)", item=name) from exc
-    elif isinstance(value, str) and name not in UNCHECKED_TEXT:
-        try:
-            check_text(value)
-        except ValueError as exc:
-            raise EngineError(ErrorCode.INVALID_PARAMS, f"{method}: {name!r} = {show(value)}: {exc}",
-                              item=name) from exc
-    if name in INT_RANGES and isinstance(value, int):
-        low, high = INT_RANGES[name]
-        if not low <= value <= high:
-            raise EngineError(ErrorCode.INVALID_PARAMS, f"{method}: {name!r} = {show(value)}: must be "
-                              f"between {low} and {high}", item=name)
+CONNECTION_COMMANDS = frozenset({"subscribe", "unsubscribe"})  # the daemon's, per connection
 
 
 class EngineService:
@@ -125,7 +31,9 @@ class EngineService:
         self.engine = engine
 
     async def call(self, method: str, params: Any) -> Any:
-        checked = validate_params(method, params)
+        checked = validate(method, params)
+        if method in CONNECTION_COMMANDS:
+            raise EngineError(ErrorCode.API_MISUSE, f"{method} needs a daemon connection")
         handler: Callable[..., Awaitable[Any]] = getattr(self, "m_" + method)
         try:
             return await handler(**checked)

@@ -12,22 +12,29 @@ reported like every other error (a JSON error line with ``--json``, never a trac
 from __future__ import annotations
 
 import argparse
-import asyncio
 import getpass
 import json
 import logging
 import os
-import sqlite3
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from engine.core.errors import EngineError, ErrorCode, ExitCode
-from engine.core.events import STATUS, Event
+from engine.api.client import SyncDaemonClient, daemon_running
+from engine.api.protocol import (
+    EngineError,
+    ErrorCode,
+    Event,
+    ExitCode,
+    ParamKind,
+    TaskStatus,
+    command,
+    event_to_wire,
+)
 from engine.io.config import Settings, load_settings
-from engine.io.fsops import storage_error
 
 log = logging.getLogger("engine.cli")
 
@@ -73,27 +80,28 @@ class Output:
 
     def event(self, event: Event) -> None:
         if self.as_json:
-            self.emit(event)
+            self.emit(event_to_wire(event))
             return
-        if event.get("type") != STATUS:
+        if not isinstance(event, TaskStatus):
             return
-        p = event["payload"]
-        if p["status"] != "downloading":
-            self.text(f"[{p['taskId'][:8]}] {p['productId'] or ''} {p['status']}"
-                      + (f": {p['errorDetails']['errorMessage']}" if p.get("errorDetails") else ""))
+        if event.status != "downloading":
+            error = event.error_details or {}
+            self.text(f"[{event.task_id[:8]}] {event.product_id or ''} {event.status}"
+                      + (f": {error.get('errorMessage')}" if error else ""))
             return
         now = time.monotonic()
         if now - self._last_bar < 0.2:
             return
         self._last_bar = now
         width = 30
-        pct = p["totalProgressPercentage"]
+        pct = event.total_progress_percentage
         filled = int(width * pct / 100)
-        eta = p["estimatedTimeLeftSeconds"]
+        eta = event.estimated_time_left_seconds
         eta_text = "--:--" if eta is None else f"{eta // 60:02d}:{eta % 60:02d}"
-        line = (f"\r{(p['productId'] or '')[:16]:16} [{'#' * filled}{'.' * (width - filled)}] "
-                f"{pct:5.1f}%  {human_bytes(p['downloadedBytes'])}/{human_bytes(p['totalSizeBytes'])}"
-                f"  {human_bytes(p['downloadSpeedBps'])}/s  ETA {eta_text}  ")
+        line = (f"\r{(event.product_id or '')[:16]:16} [{'#' * filled}{'.' * (width - filled)}] "
+                f"{pct:5.1f}%  {human_bytes(event.downloaded_bytes)}/"
+                f"{human_bytes(event.total_size_bytes)}"
+                f"  {human_bytes(event.download_speed_bps)}/s  ETA {eta_text}  ")
         stream = sys.stdout
         if stream.isatty() or os.environ.get("LAUNCHER_FORCE_PROGRESS"):
             stream.write(line)
@@ -107,38 +115,39 @@ class Output:
 
 
 # ---------------------------------------------------------------------------------------------
-# Commands: each an async function over a service (``call(method, params)``)
+# Commands: each a function over a service (``call(method, params)``): the daemon's client
+# or the in-process engine
 
 
 class Service(Protocol):
-    async def call(self, method: str, params: dict[str, Any]) -> Any: ...
+    def call(self, method: str, params: dict[str, Any]) -> Any: ...
 
 
-Command = Callable[[Service, argparse.Namespace, Output], Awaitable[int]]
+Command = Callable[[Service, argparse.Namespace, Output], int]
 FINAL = ("completed", "error", "cancelled")
 
 
-async def cmd_login(svc: Service, args: argparse.Namespace, out: Output) -> int:
+def cmd_login(svc: Service, args: argparse.Namespace, out: Output) -> int:
     password = args.password or os.environ.get("LAUNCHER_ENGINE_PASSWORD")
     if password is None:
         if not sys.stdin.isatty():
             raise EngineError(ErrorCode.CONFIG_INVALID, "no password: use --password or "
                               "LAUNCHER_ENGINE_PASSWORD when stdin is not a terminal")
         password = getpass.getpass(f"password for {args.username}: ")
-    r = await svc.call("login", {"username": args.username, "password": password})
+    r = svc.call("login", {"username": args.username, "password": password})
     out.text(f"logged in as {args.username}; token in {r['tokenStore']}")
     out.emit(r)
     return ExitCode.OK
 
 
-async def cmd_logout(svc: Service, args: argparse.Namespace, out: Output) -> int:
-    out.emit(await svc.call("logout", {}))
+def cmd_logout(svc: Service, args: argparse.Namespace, out: Output) -> int:
+    out.emit(svc.call("logout", {}))
     out.text("logged out")
     return ExitCode.OK
 
 
-async def cmd_library(svc: Service, args: argparse.Namespace, out: Output) -> int:
-    for item in await svc.call("library", {}):
+def cmd_library(svc: Service, args: argparse.Namespace, out: Output) -> int:
+    for item in svc.call("library", {}):
         a, g = item["libraryItem"], item["installed"]
         state = f"installed {g['versionId']}" if g else "not installed"
         out.text(f"{a.get('product_id', '?'):20} {a.get('title', ''):28} latest "
@@ -167,38 +176,35 @@ def _task_result(task: dict[str, Any], out: Output) -> int:
     return ExitCode.INTERRUPTED
 
 
-async def _wait(svc: Service, task: dict[str, Any], out: Output) -> int:
+def _wait(svc: Service, task: dict[str, Any], out: Output) -> int:
     if task["status"] in FINAL:
         return _task_result(task, out)
-    return _task_result(await svc.call("wait", {"taskId": task["taskId"]}), out)
+    return _task_result(svc.call("wait", {"taskId": task["taskId"]}), out)
 
 
-async def cmd_install(svc: Service, args: argparse.Namespace, out: Output) -> int:
-    task = await svc.call("install", {
-        "productId": args.product, "versionId": args.version,
-        "target": str(Path(args.target).absolute()) if args.target else None,
-        "priority": args.priority, "limitBps": parse_rate(args.limit) if args.limit else None})
+def cmd_install(svc: Service, args: argparse.Namespace, out: Output) -> int:
+    task = svc.call("install", params_of(args, "install"))
     out.text(f"task {task['taskId'][:8]}: installing {task['productId']} into {task['targetPath']}")
     if args.no_wait:
         out.emit({"result": "queued", "task": task})
         return ExitCode.OK
-    return await _wait(svc, task, out)
+    return _wait(svc, task, out)
 
 
-async def cmd_run(svc: Service, args: argparse.Namespace, out: Output) -> int:
+def cmd_run(svc: Service, args: argparse.Namespace, out: Output) -> int:
     """Process the whole queue until nothing runnable is left."""
     code: int = ExitCode.OK
-    for task in await svc.call("tasks", {}):
+    for task in svc.call("tasks", {}):
         if task["status"] == "paused" and task["userPaused"]:
             continue
-        code = await _wait(svc, task, out) or code
+        code = _wait(svc, task, out) or code
     return code
 
 
-async def cmd_queue(svc: Service, args: argparse.Namespace, out: Output) -> int:
+def cmd_queue(svc: Service, args: argparse.Namespace, out: Output) -> int:
     action = args.action
     if action == "list":
-        tasks = await svc.call("tasks", {"all": args.all})
+        tasks = svc.call("tasks", {"all": args.all})
         for t in tasks:
             out.text(f"{t['taskId'][:8]}  {t['position']:3}  p{t['priority']}  {t['status']:11} "
                      f"{t['kind']:8} {t['productId']:20} {human_bytes(t['downloadedBytes'])}/"
@@ -216,7 +222,7 @@ async def cmd_queue(svc: Service, args: argparse.Namespace, out: Output) -> int:
             params["position" if action == "move" else "priority"] = int(args.value)
         except ValueError as exc:
             raise EngineError(ErrorCode.API_MISUSE, f"not a number: {args.value!r}") from exc
-    result = await svc.call(action, params)
+    result = svc.call(action, params)
     tasks = result if isinstance(result, list) else [result]
     for t in tasks:
         out.text(f"{t['taskId'][:8]}  {t['status']}  position {t['position']}  priority {t['priority']}")
@@ -224,12 +230,12 @@ async def cmd_queue(svc: Service, args: argparse.Namespace, out: Output) -> int:
     return ExitCode.OK
 
 
-async def cmd_limit(svc: Service, args: argparse.Namespace, out: Output) -> int:
+def cmd_limit(svc: Service, args: argparse.Namespace, out: Output) -> int:
     params: dict[str, Any] = {"taskId": args.task}
     if args.rate is not None:
         params["bps"] = parse_rate(args.rate)
         params["set"] = True
-    r = await svc.call("limit", params)
+    r = svc.call("limit", params)
     if args.task:
         rate = r["task"]["limitBps"]
         out.text(f"task {r['task']['taskId'][:8]} limit: {human_bytes(rate) + '/s' if rate else 'off'}")
@@ -240,19 +246,17 @@ async def cmd_limit(svc: Service, args: argparse.Namespace, out: Output) -> int:
     return ExitCode.OK
 
 
-async def cmd_schedule(svc: Service, args: argparse.Namespace, out: Output) -> int:
-    params: dict[str, Any] = {}
-    if args.clear:
-        params["clear"] = True
-    elif args.windows:
-        params["windows"] = list(args.windows)
-    r = await svc.call("schedule", params)
+def cmd_schedule(svc: Service, args: argparse.Namespace, out: Output) -> int:
+    params = params_of(args, "schedule")
+    if not params.get("windows"):
+        params.pop("windows", None)
+    r = svc.call("schedule", params)
     out.text("download schedule: " + ("; ".join(r["schedule"]) if r["schedule"] else "always"))
     out.emit(r)
     return ExitCode.OK
 
 
-async def cmd_settings(svc: Service, args: argparse.Namespace, out: Output) -> int:
+def cmd_settings(svc: Service, args: argparse.Namespace, out: Output) -> int:
     params: dict[str, Any] = {"key": args.key}
     if args.unset:
         if args.key is None or args.value is not None:
@@ -262,7 +266,7 @@ async def cmd_settings(svc: Service, args: argparse.Namespace, out: Output) -> i
         if args.key is None:
             raise EngineError(ErrorCode.API_MISUSE, "settings needs a key before the value")
         params["value"] = args.value
-    r = await svc.call("settings", params)
+    r = svc.call("settings", params)
     for key, value in sorted(r["settings"].items()):
         if isinstance(value, list | tuple):
             value = "; ".join(value)
@@ -271,8 +275,8 @@ async def cmd_settings(svc: Service, args: argparse.Namespace, out: Output) -> i
     return ExitCode.OK
 
 
-async def cmd_status(svc: Service, args: argparse.Namespace, out: Output) -> int:
-    r = await svc.call("status", {})
+def cmd_status(svc: Service, args: argparse.Namespace, out: Output) -> int:
+    r = svc.call("status", {})
     out.text(f"backend {r['backend']}  data {r['dataDir']}  daemon: {'yes' if r['running'] else 'no'}")
     out.text(f"logged in: {'yes' if r['loggedIn'] else 'no'}  global limit: "
              f"{r['globalLimitBps'] or 'off'}  schedule: {'; '.join(r['schedule']) or 'always'}"
@@ -282,8 +286,8 @@ async def cmd_status(svc: Service, args: argparse.Namespace, out: Output) -> int
     return ExitCode.OK
 
 
-async def cmd_installed(svc: Service, args: argparse.Namespace, out: Output) -> int:
-    games = await svc.call("installed", {})
+def cmd_installed(svc: Service, args: argparse.Namespace, out: Output) -> int:
+    games = svc.call("installed", {})
     for g in games:
         out.text(f"{g['productId']:20} {g['versionId']:10} {human_bytes(g['sizeBytes']):>10}  {g['path']}"
                  + ("  (dirty)" if g["dirty"] else ""))
@@ -291,8 +295,8 @@ async def cmd_installed(svc: Service, args: argparse.Namespace, out: Output) -> 
     return ExitCode.OK
 
 
-async def cmd_uninstall(svc: Service, args: argparse.Namespace, out: Output) -> int:
-    g = await svc.call("uninstall", {"productId": args.product})
+def cmd_uninstall(svc: Service, args: argparse.Namespace, out: Output) -> int:
+    g = svc.call("uninstall", params_of(args, "uninstall"))
     out.text(f"uninstalled {g['productId']} {g['versionId']}: {g['removedFiles']} file(s) removed "
              f"from {g['path']}")
     if g["leftInFolder"]:
@@ -302,8 +306,8 @@ async def cmd_uninstall(svc: Service, args: argparse.Namespace, out: Output) -> 
     return ExitCode.OK
 
 
-async def cmd_check_updates(svc: Service, args: argparse.Namespace, out: Output) -> int:
-    answers = await svc.call("checkUpdates", {})
+def cmd_check_updates(svc: Service, args: argparse.Namespace, out: Output) -> int:
+    answers = svc.call("checkUpdates", {})
     for a in answers:
         if a.get("isUpdateAvailable"):
             out.text(f"{a['productId']:20} -> {a.get('latestVersionId')}  {a.get('updateType')}"
@@ -316,45 +320,43 @@ async def cmd_check_updates(svc: Service, args: argparse.Namespace, out: Output)
     return ExitCode.OK
 
 
-async def cmd_update(svc: Service, args: argparse.Namespace, out: Output) -> int:
+def cmd_update(svc: Service, args: argparse.Namespace, out: Output) -> int:
     if args.all:
-        tasks = await svc.call("updateAll", {})
+        tasks = svc.call("updateAll", {})
         if not tasks:
             out.text("everything is up to date")
             out.emit({"result": "up_to_date"})
             return ExitCode.OK
-    elif args.product:
-        tasks = [await svc.call("update", {
-            "productId": args.product, "versionId": args.version,
-            "limitBps": parse_rate(args.limit) if args.limit else None})]
+    elif args.productId:
+        tasks = [svc.call("update", params_of(args, "update"))]
     else:
         raise EngineError(ErrorCode.API_MISUSE, "update needs a product or --all")
     code: int = ExitCode.OK
     for task in tasks:
         out.text(f"task {task['taskId'][:8]}: updating {task['productId']} from {task['fromVersion']}")
-        code = await _wait(svc, task, out) or code
+        code = _wait(svc, task, out) or code
     return code
 
 
-async def cmd_rollback(svc: Service, args: argparse.Namespace, out: Output) -> int:
-    task = await svc.call("rollback", {"productId": args.product})
+def cmd_rollback(svc: Service, args: argparse.Namespace, out: Output) -> int:
+    task = svc.call("rollback", params_of(args, "rollback"))
     out.text(f"task {task['taskId'][:8]}: rolling {task['productId']} back to {task['versionId']}")
-    return await _wait(svc, task, out)
+    return _wait(svc, task, out)
 
 
-async def cmd_verify(svc: Service, args: argparse.Namespace, out: Output) -> int:
-    report = await svc.call("verify", {"productId": args.product, "quick": args.quick})
+def cmd_verify(svc: Service, args: argparse.Namespace, out: Output) -> int:
+    report = svc.call("verify", params_of(args, "verify"))
     _print_report(report, out)
     if report["ok"] or not args.repair:
         return ExitCode.OK if report["ok"] else ExitCode.INTEGRITY
-    task = await svc.call("repair", {"productId": args.product})
+    task = svc.call("repair", {"productId": args.productId})
     damaged = (set(report["missing"]) | set(report["wrongSize"]) | set(report["links"])
                | {d["path"] for d in report["damaged"]})
     out.text(f"task {task['taskId'][:8]}: repairing {len(damaged)} file(s)")
-    code = await _wait(svc, task, out)
+    code = _wait(svc, task, out)
     if code != ExitCode.OK:
         return code
-    after = await svc.call("verify", {"productId": args.product})  # done only when a check says so
+    after = svc.call("verify", {"productId": args.productId})  # done only when a check says so
     _print_report(after, out)
     return ExitCode.OK if after["ok"] else ExitCode.INTEGRITY
 
@@ -377,27 +379,171 @@ def _print_report(r: dict[str, Any], out: Output) -> None:
         out.text(f"  extra       {p}")
 
 
-async def cmd_move(svc: Service, args: argparse.Namespace, out: Output) -> int:
-    g = await svc.call("moveInstall", {"productId": args.product,
-                                       "folder": str(Path(args.folder).absolute())})
+def cmd_move(svc: Service, args: argparse.Namespace, out: Output) -> int:
+    g = svc.call("moveInstall", params_of(args, "moveInstall"))
     out.text(f"moved {g['productId']} to {g['path']}")
     out.emit({"result": "moved", "game": g})
     return ExitCode.OK
 
 
-async def cmd_offline(svc: Service, args: argparse.Namespace, out: Output) -> int:
-    r = await svc.call("offline", {"enabled": args.state == "on"})
+def cmd_offline(svc: Service, args: argparse.Namespace, out: Output) -> int:
+    r = svc.call("offline", {"enabled": args.state == "on"})
     out.text(f"simulated offline: {'on' if r['offline'] else 'off'}")
     out.emit(r)
     return ExitCode.OK
 
 
-async def cmd_events(svc: Service, args: argparse.Namespace, out: Output) -> int:
-    raise EngineError(ErrorCode.API_MISUSE, "events needs a running daemon (launcher-engine serve)")
+def cmd_events(svc: Service, args: argparse.Namespace, out: Output) -> int:
+    if not isinstance(svc, SyncDaemonClient):
+        raise EngineError(ErrorCode.API_MISUSE, "events needs a running daemon (launcher-engine serve)")
+    svc.subscribe(args.taskId)
+    for event in svc.events():  # until the daemon stops or Ctrl-C
+        out.event(event)
+    return ExitCode.OK
 
 
-async def cmd_serve(svc: Service, args: argparse.Namespace, out: Output) -> int:
+def cmd_serve(svc: Service, args: argparse.Namespace, out: Output) -> int:
     raise AssertionError("serve is dispatched before a service exists")
+
+
+# ---------------------------------------------------------------------------------------------
+# The parser: derived from the protocol's command table (engine.api.protocol.COMMANDS). Each
+# subcommand names the command whose parameters become its arguments (same names, types and
+# help); what only the command line has (--no-wait, --repair, a rate like "20M") is declared
+# beside it.
+
+
+def _absolute(text: str) -> str:
+    return str(Path(text).expanduser().absolute())
+
+
+def _rate(text: str) -> int | None:
+    return parse_rate(text)
+
+
+# how a protocol param is spelled on the command line (default: --kebab-case)
+FLAG = {"versionId": "--version", "limitBps": "--limit", "taskId": "--task"}
+METAVAR = {"productId": "product", "taskId": "task"}
+CONVERT: dict[str, Callable[[str], Any]] = {"target": _absolute, "folder": _absolute,
+                                            "limitBps": _rate}
+
+
+@dataclass(frozen=True)
+class Cli:
+    name: str
+    run: Command
+    method: str | None = None  # the protocol command whose params become arguments
+    positional: tuple[str, ...] = ()
+    optional: tuple[str, ...] = ()  # required by the protocol, optional here (asked for)
+    skip: tuple[str, ...] = ()  # protocol params not offered on the command line
+    extra: Callable[[argparse.ArgumentParser], None] | None = None
+    help: str | None = None
+
+
+def _kebab(name: str) -> str:
+    return "--" + "".join("-" + c.lower() if c.isupper() else c for c in name)
+
+
+def _add_params(p: argparse.ArgumentParser, spec: Cli) -> None:
+    if spec.method is None:
+        return
+    for param in command(spec.method).params:
+        if param.name in spec.skip:
+            continue
+        kw: dict[str, Any] = {"help": param.help}
+        if param.kind is ParamKind.BOOL:
+            kw["action"] = "store_true"
+        elif param.name in CONVERT:
+            kw["type"] = CONVERT[param.name]
+        elif param.kind is ParamKind.INT:
+            kw["type"] = int
+        if param.name in spec.positional:
+            if param.kind is ParamKind.TEXT_LIST:
+                kw["nargs"] = "*"
+            elif not param.required or param.name in spec.optional:
+                kw["nargs"] = "?"
+            p.add_argument(param.name, metavar=METAVAR.get(param.name, param.name), **kw)
+        else:
+            if param.kind is ParamKind.TEXT_LIST:
+                kw["nargs"] = "*"
+            flag = FLAG.get(param.name, _kebab(param.name))
+            if param.kind is not ParamKind.BOOL:
+                kw["metavar"] = flag.lstrip("-").upper()
+            p.add_argument(flag, dest=param.name, **kw)
+
+
+def params_of(args: argparse.Namespace, method: str) -> dict[str, Any]:
+    """The protocol params of ``method`` from parsed arguments (unset ones left out)."""
+    out = {}
+    for param in command(method).params:
+        value = getattr(args, param.name, None)
+        if value is not None and value is not False:
+            out[param.name] = value
+    return out
+
+
+def _install_extra(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-wait", action="store_true", help="queue it and return")
+
+
+def _queue_extra(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=["list", "pause", "resume", "cancel", "move", "priority"])
+    p.add_argument("task", nargs="?")
+    p.add_argument("value", nargs="?")
+    p.add_argument("--all", action="store_true", help="include finished tasks")
+
+
+def _limit_extra(p: argparse.ArgumentParser) -> None:
+    p.add_argument("rate", nargs="?", help="e.g. 20M, 512K, off")
+    p.add_argument("--task")
+
+
+def _settings_extra(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--unset", action="store_true", help="back to the default (optional keys)")
+
+
+def _update_extra(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--all", action="store_true", help="update every game that has an update")
+
+
+def _verify_extra(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--repair", action="store_true", help="re-download only the damaged chunks")
+
+
+def _offline_extra(p: argparse.ArgumentParser) -> None:
+    p.add_argument("state", choices=["on", "off"])
+
+
+def _serve_extra(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--port", type=int, default=0)
+
+
+CLI: tuple[Cli, ...] = (
+    Cli("login", cmd_login, "login", positional=("username",), optional=("password",)),
+    Cli("logout", cmd_logout, "logout"),
+    Cli("library", cmd_library, "library"),
+    Cli("install", cmd_install, "install", positional=("productId",), extra=_install_extra),
+    Cli("run", cmd_run, help="process the queue until it is empty"),
+    Cli("queue", cmd_queue, extra=_queue_extra, help="list or change the download queue"),
+    Cli("limit", cmd_limit, extra=_limit_extra,
+        help="show or set the global (or a task's) speed limit"),
+    Cli("schedule", cmd_schedule, "schedule", positional=("windows",)),
+    Cli("settings", cmd_settings, "settings", positional=("key", "value"), extra=_settings_extra),
+    Cli("status", cmd_status, "status"),
+    Cli("installed", cmd_installed, "installed"),
+    Cli("uninstall", cmd_uninstall, "uninstall", positional=("productId",)),
+    Cli("check-updates", cmd_check_updates, "checkUpdates"),
+    Cli("update", cmd_update, "update", positional=("productId",), optional=("productId",),
+        skip=("priority",), extra=_update_extra),
+    Cli("rollback", cmd_rollback, "rollback", positional=("productId",)),
+    Cli("verify", cmd_verify, "verify", positional=("productId",), extra=_verify_extra),
+    Cli("move", cmd_move, "moveInstall", positional=("productId", "folder"),
+        help="move an installed game to another folder"),
+    Cli("offline", cmd_offline, "offline", skip=("enabled",), extra=_offline_extra),
+    Cli("events", cmd_events, "subscribe", help="tail the daemon's event stream"),
+    Cli("serve", cmd_serve, extra=_serve_extra,
+        help="run the engine as a daemon with the local control API"),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -417,97 +563,45 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="launcher-engine", description=__doc__)
     common_options(parser, None)
     sub = parser.add_subparsers(dest="command", required=True)
-
-    def add(name: str, func: Command, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, parents=[common])
-        p.set_defaults(func=func)
-        return p
-
-    p = add("login", cmd_login, "log in to the backend")
-    p.add_argument("username")
-    p.add_argument("--password")
-    add("logout", cmd_logout, "forget the stored session")
-    add("library", cmd_library, "list owned games")
-    p = add("install", cmd_install, "install (or resume installing) a game")
-    p.add_argument("product")
-    p.add_argument("--version")
-    p.add_argument("--target", help="install folder (default: <library>/<product>)")
-    p.add_argument("--priority", type=int, default=0)
-    p.add_argument("--limit", help="per-task speed limit, e.g. 20M")
-    p.add_argument("--no-wait", action="store_true", help="queue it and return")
-    add("run", cmd_run, "process the queue until it is empty")
-    p = add("queue", cmd_queue, "list or change the download queue")
-    p.add_argument("action", choices=["list", "pause", "resume", "cancel", "move", "priority"])
-    p.add_argument("task", nargs="?")
-    p.add_argument("value", nargs="?")
-    p.add_argument("--all", action="store_true", help="include finished tasks")
-    p = add("limit", cmd_limit, "show or set the global (or a task's) speed limit")
-    p.add_argument("rate", nargs="?", help="e.g. 20M, 512K, off")
-    p.add_argument("--task")
-    p = add("schedule", cmd_schedule, "show or set download time windows")
-    p.add_argument("windows", nargs="*", help='e.g. "22:00-06:00" "sat,sun 00:00-24:00"')
-    p.add_argument("--clear", action="store_true")
-    p = add("settings", cmd_settings, "show settings, or set one (persisted in config.toml)")
-    p.add_argument("key", nargs="?", help="e.g. connections")
-    p.add_argument("value", nargs="?", help="new value; schedule windows separated by ';'")
-    p.add_argument("--unset", action="store_true", help="back to the default (optional keys)")
-    add("status", cmd_status, "engine status")
-    add("installed", cmd_installed, "installed games with versions and sizes")
-    p = add("uninstall", cmd_uninstall, "remove an installed game")
-    p.add_argument("product")
-    add("check-updates", cmd_check_updates, "ask the backend about updates for installed games")
-    p = add("update", cmd_update, "update a game (to the latest or --version)")
-    p.add_argument("product", nargs="?")
-    p.add_argument("--version")
-    p.add_argument("--all", action="store_true", help="update every game that has an update")
-    p.add_argument("--limit", help="per-task speed limit, e.g. 20M")
-    p = add("rollback", cmd_rollback, "return to the previously installed version")
-    p.add_argument("product")
-    p = add("verify", cmd_verify, "check installed files against the manifest")
-    p.add_argument("product")
-    p.add_argument("--repair", action="store_true", help="re-download only the damaged chunks")
-    p.add_argument("--quick", action="store_true", help="presence and size only")
-    p = add("move", cmd_move, "move an installed game to another folder")
-    p.add_argument("product")
-    p.add_argument("folder")
-    p = add("offline", cmd_offline, "QA: simulate being offline (daemon)")
-    p.add_argument("state", choices=["on", "off"])
-    p = add("events", cmd_events, "tail the daemon's event stream")
-    p.add_argument("--task", help="only this task's events")
-    p = add("serve", cmd_serve, "run the engine as a daemon with the local control API")
-    p.add_argument("--port", type=int, default=0)
+    for spec in CLI:
+        text = spec.help or (command(spec.method).help if spec.method else spec.name)
+        p = sub.add_parser(spec.name, help=text, description=text, parents=[common])
+        p.set_defaults(func=spec.run)
+        _add_params(p, spec)
+        if spec.extra is not None:
+            spec.extra(p)
     return parser
 
 
 class LocalService:
-    """In-process: the engine's loop runs only while a command waits for a task."""
+    """In-process: the engine runs on this service's own event loop, only while a command
+    waits for it (a blocking facade, so commands are the same code for daemon and local)."""
 
     def __init__(self, settings: Settings) -> None:
+        import asyncio
+
         from engine.api.service import EngineService
         from engine.jobs.engine import Engine
 
+        self.loop = asyncio.new_event_loop()
         self.engine = Engine(settings)
         self.service = EngineService(self.engine)
 
-    async def call(self, method: str, params: dict[str, Any]) -> Any:
-        return await self.service.call(method, {k: v for k, v in params.items() if v is not None})
+    def call(self, method: str, params: dict[str, Any]) -> Any:
+        clean = {k: v for k, v in params.items() if v is not None}
+        return self.loop.run_until_complete(self.service.call(method, clean))
+
+    def close(self) -> None:
+        try:
+            self.loop.run_until_complete(self.engine.close())
+        finally:
+            self.loop.close()
 
 
-async def _main(args: argparse.Namespace, out: Output) -> int:
-    settings: Settings = load_settings({"backend_url": args.backend_url,
-                                        "data_dir": args.data_dir})
-    try:
-        return await _run(args, out, settings)
-    except Exception as exc:
-        cause = _storage_cause(exc)
-        if cause is None:
-            raise
-        log.debug("storage failure", exc_info=True)
-        raise storage_error(cause, f"running {args.command}", settings.data_dir) from exc
-
-
-def _storage_cause(exc: BaseException) -> sqlite3.Error | OSError | None:
+def _storage_cause(exc: BaseException) -> Any:
     """The failed write of a file behind ``exc`` (looking inside exception groups), if any."""
+    import sqlite3
+
     if isinstance(exc, ConnectionError | TimeoutError):
         return None  # network trouble, reported by the backend client
     if isinstance(exc, sqlite3.Error | OSError):
@@ -520,34 +614,46 @@ def _storage_cause(exc: BaseException) -> sqlite3.Error | OSError | None:
     return None
 
 
-async def _run(args: argparse.Namespace, out: Output, settings: Settings) -> int:
+def _run(args: argparse.Namespace, out: Output) -> int:
+    settings: Settings = load_settings({"backend_url": args.backend_url,
+                                        "data_dir": args.data_dir})
+    try:
+        return _dispatch(args, out, settings)
+    except Exception as exc:
+        cause = _storage_cause(exc)
+        if cause is None:
+            raise
+        from engine.io.fsops import storage_error
+
+        log.debug("storage failure", exc_info=True)
+        raise storage_error(cause, f"running {args.command}", settings.data_dir) from exc
+
+
+def _dispatch(args: argparse.Namespace, out: Output, settings: Settings) -> int:
+    func: Command = args.func
     if args.command == "serve":
+        import asyncio
+
         from engine.api.daemon import Daemon
 
-        await Daemon(settings, port=args.port).run()
+        asyncio.run(Daemon(settings, port=args.port).run())
         return ExitCode.OK
-    from engine.api.daemon import daemon_running
-
     info = daemon_running(settings.data_dir)
-    func: Command = args.func
     if info is not None:
-        from engine.api.client import DaemonClient
-
-        async with DaemonClient(info) as client:
+        with SyncDaemonClient(info) as client:
             client.on_event = out.event
-            if args.command == "events":
-                await client.subscribe(args.task)
-                await asyncio.Event().wait()  # until interrupted
             if args.command in ("install", "update", "rollback", "verify", "run"):
-                await client.subscribe()
-            return await func(client, args, out)
+                client.subscribe()
+            return func(client, args, out)
     try:
         local = LocalService(settings)
     except ValueError as exc:
         raise EngineError(ErrorCode.CONFIG_INVALID, str(exc)) from exc
-    async with local.engine:
+    try:
         local.engine.bus.on_event(out.event)
-        return await func(local, args, out)
+        return func(local, args, out)
+    finally:
+        local.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -556,7 +662,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     out = Output(args.json)
     try:
-        return asyncio.run(_main(args, out))
+        return _run(args, out)
     except EngineError as exc:
         out.emit({"error": exc.to_dict(), "exitCode": int(exc.exit_code)})
         print(f"error: {exc.code}: {exc.message}", file=sys.stderr)

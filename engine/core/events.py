@@ -1,135 +1,35 @@
-"""Engine events in the seed's WebSocket shapes, and a bus whose slow subscribers never slow
-the engine: progress updates coalesce (latest state wins), state changes are never dropped.
-"""
+"""Building the engine's events (typed, see ``engine.core.messages``): the rules for what a
+status update says — progress percentage, speed, ETA — live here, in one place."""
 
 from __future__ import annotations
 
-import asyncio
-from collections import OrderedDict
-from collections.abc import Callable
 from typing import Any
 
-Event = dict[str, Any]
+from engine.core.messages import DownloadError, ItemProgress, TaskStatus
 
-STATUS = "downloadTaskStatusUpdate"
-ITEM = "downloadItemProgressUpdate"
-ERROR = "downloadError"
-UPDATE_AVAILABLE = "updateAvailable"
+STATUS = TaskStatus.TYPE
+ITEM = ItemProgress.TYPE
+ERROR = DownloadError.TYPE
 
 
 def status_event(task_id: str, status: str, *, downloaded: int = 0, total: int = 0,
                  speed_bps: float = 0.0, eta_s: float | None = None,
                  error: dict[str, Any] | None = None, product_id: str | None = None,
-                 written: int = 0, install_total: int = 0) -> Event:
+                 written: int = 0, install_total: int = 0) -> TaskStatus:
     pct = 100.0 * downloaded / total if total else (100.0 if status == "completed" else 0.0)
-    return {"type": STATUS, "payload": {
-        "taskId": task_id, "productId": product_id, "status": status,
-        "totalProgressPercentage": round(pct, 2), "downloadSpeedBps": int(speed_bps),
-        "estimatedTimeLeftSeconds": None if eta_s is None else int(eta_s),
-        "downloadedBytes": downloaded, "totalSizeBytes": total,
-        "writtenBytes": written, "installSizeBytes": install_total, "errorDetails": error,
-    }}
+    return TaskStatus(
+        task_id=task_id, product_id=product_id, status=str(status),
+        total_progress_percentage=round(pct, 2), download_speed_bps=int(speed_bps),
+        estimated_time_left_seconds=None if eta_s is None else int(eta_s),
+        downloaded_bytes=downloaded, total_size_bytes=total, written_bytes=written,
+        install_size_bytes=install_total, error_details=error)
 
 
-def item_event(task_id: str, item_id: str, path: str, status: str, done: int, total: int) -> Event:
-    return {"type": ITEM, "payload": {
-        "taskId": task_id, "itemId": item_id, "relativePath": path, "status": status,
-        "downloadedBytes": done, "totalFileSizeBytes": total,
-    }}
+def item_event(task_id: str, item_id: str, path: str, status: str, done: int,
+               total: int) -> ItemProgress:
+    return ItemProgress(task_id, item_id, path, status, done, total)
 
 
-def error_event(task_id: str, code: str, message: str, item_id: str | None = None) -> Event:
-    return {"type": ERROR, "payload": {
-        "taskId": task_id, "itemId": item_id, "errorCode": code, "errorMessage": message,
-    }}
-
-
-def _coalesce_key(event: Event) -> tuple[str, ...] | None:
-    """Progress events with the same key replace each other; others (state changes) never do."""
-    payload = event.get("payload", {})
-    if event.get("type") == ITEM:
-        return (ITEM, str(payload.get("taskId")), str(payload.get("itemId")))
-    if event.get("type") == STATUS and payload.get("status") == "downloading":
-        return (STATUS, str(payload.get("taskId")))
-    return None
-
-
-class Subscription:
-    """A bounded per-subscriber buffer; ``task_id`` filters to one task when set."""
-
-    def __init__(self, bus: EventBus, task_id: str | None, max_events: int) -> None:
-        self._bus = bus
-        self.task_id = task_id
-        self.max_events = max_events
-        self._progress: OrderedDict[tuple[str, ...], Event] = OrderedDict()
-        self._order: list[tuple[str, ...] | Event] = []
-        self._wake = asyncio.Event()
-        self.dropped_progress = 0
-
-    def _offer(self, event: Event) -> None:
-        if self.task_id is not None and event.get("payload", {}).get("taskId") not in (
-            self.task_id, None
-        ):
-            return
-        key = _coalesce_key(event)
-        if key is None:
-            self._order.append(event)
-        elif key in self._progress:
-            self._progress[key] = event  # latest state wins, keeps its place in line
-            self.dropped_progress += 1
-        else:
-            if len(self._progress) >= self.max_events:
-                oldest = next(iter(self._progress))
-                del self._progress[oldest]
-                self._order.remove(oldest)
-                self.dropped_progress += 1
-            self._progress[key] = event
-            self._order.append(key)
-        self._wake.set()
-
-    def pending(self) -> int:
-        return len(self._order)
-
-    def pop_nowait(self) -> Event | None:
-        if not self._order:
-            return None
-        head = self._order.pop(0)
-        if isinstance(head, tuple):
-            return self._progress.pop(head)
-        return head
-
-    async def get(self) -> Event:
-        while True:
-            event = self.pop_nowait()
-            if event is not None:
-                return event
-            self._wake.clear()
-            await self._wake.wait()
-
-    def close(self) -> None:
-        self._bus.unsubscribe(self)
-
-
-class EventBus:
-    def __init__(self) -> None:
-        self._subs: list[Subscription] = []
-        self._callbacks: list[Callable[[Event], None]] = []
-
-    def subscribe(self, task_id: str | None = None, max_events: int = 1000) -> Subscription:
-        sub = Subscription(self, task_id, max_events)
-        self._subs.append(sub)
-        return sub
-
-    def unsubscribe(self, sub: Subscription) -> None:
-        if sub in self._subs:
-            self._subs.remove(sub)
-
-    def on_event(self, callback: Callable[[Event], None]) -> None:
-        """Synchronous listeners (CLI progress bar); they must be quick."""
-        self._callbacks.append(callback)
-
-    def publish(self, event: Event) -> None:
-        for sub in list(self._subs):
-            sub._offer(event)
-        for cb in list(self._callbacks):
-            cb(event)
+def error_event(task_id: str, code: str, message: str, item_id: str | None = None,
+                fatal: bool = True) -> DownloadError:
+    return DownloadError(task_id, item_id, str(code), message, fatal)

@@ -63,10 +63,12 @@ class UpdatePlan:
         return self.chunk_download_bytes + self.patch_bytes
 
     def summary(self) -> dict[str, int]:
-        return {"downloadBytes": self.download_bytes, "patchBytes": self.patch_bytes,
-                "reusedBytes": self.reused_bytes, "writeBytes": self.write_bytes,
-                "peakExtraDiskBytes": self.peak_extra_bytes, "fullDownloadBytes": self.full_bytes,
-                "filesRebuilt": len(self.builds), "filesRemoved": len(self.remove)}
+        """The plan's costs, as the fields of the ``updatePlan`` event."""
+        return {"download_bytes": self.download_bytes, "patch_bytes": self.patch_bytes,
+                "reused_bytes": self.reused_bytes, "write_bytes": self.write_bytes,
+                "peak_extra_disk_bytes": self.peak_extra_bytes,
+                "full_download_bytes": self.full_bytes,
+                "files_rebuilt": len(self.builds), "files_removed": len(self.remove)}
 
 
 def chunk_build(new: Manifest, file_index: int,

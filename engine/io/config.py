@@ -15,10 +15,8 @@ import contextlib
 import dataclasses
 import math
 import os
-import reprlib
 import tempfile
 import tomllib
-import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,12 +27,11 @@ import platformdirs
 
 from engine.core.errors import EngineError, ErrorCode
 from engine.core.schedule import parse_window
+from engine.core.text import INT64_MAX, check_text, show
 from engine.io.fsops import storage_error
 
 APP_NAME = "game-launcher"
 ENV_PREFIX = "LAUNCHER_ENGINE_"
-INT64_MAX = (1 << 63) - 1  # what SQLite (and TOML) store as an integer
-MAX_TEXT = 4096  # longest string setting (URL, path, name, window)
 MAX_WINDOWS = 32
 
 
@@ -87,32 +84,6 @@ BOUNDS: dict[str, tuple[float, float]] = {
 }
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
-# control characters (C0, DEL, C1), lone surrogates, line and paragraph separators
-_BAD_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
-
-_repr = reprlib.Repr()
-_repr.maxstring = 80
-_repr.maxother = 80
-_repr.maxlong = 40
-_repr.maxlevel = 2
-_repr.maxlist = _repr.maxtuple = _repr.maxdict = 6
-
-
-def show(value: Any) -> str:
-    """A bounded repr for error messages (a request may carry a huge or deeply nested value)."""
-    return _repr.repr(value)
-
-
-def check_text(text: str, limit: int = MAX_TEXT) -> str:
-    """Refuse over-long text and control characters (newlines, NUL, ...); ValueError says why."""
-    if len(text) > limit:
-        raise ValueError(f"longer than {limit} characters")
-    for ch in text:
-        if unicodedata.category(ch) in _BAD_CATEGORIES:
-            raise ValueError(f"contains the control character U+{ord(ch):04X}")
-    return text
-
-
 def _convert(kind: str, value: Any) -> Any:
     """The value as the field's type (ValueError/TypeError when it is not one)."""
     if kind.startswith("Path"):

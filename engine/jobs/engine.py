@@ -21,13 +21,15 @@ from typing import Any
 import aiohttp
 
 from engine.core.errors import EngineError, ErrorCode
-from engine.core.events import UPDATE_AVAILABLE, EventBus, error_event, status_event
+from engine.core.events import error_event, status_event
 from engine.core.lifecycle import FINISHED, TaskKind, TaskState, after_restart
+from engine.core.messages import UpdateAvailable
 from engine.core.progress import TaskProgress
 from engine.core.queueorder import QueueEntry, move, select_runnable
 from engine.core.ratelimit import AsyncRateLimiter
 from engine.core.schedule import DownloadSchedule, parse_window
 from engine.io.backend_client import BackendClient
+from engine.io.bus import EventBus
 from engine.io.config import Settings
 from engine.io.credentials import CredentialStore
 from engine.io.staging import STAGING_DIR, remove_task_staging
@@ -231,7 +233,11 @@ class Engine:
         answers = await self.api.check_updates([(g.product_id, g.version_id) for g in games])
         for a in answers:
             if a.get("isUpdateAvailable"):
-                self.bus.publish({"type": UPDATE_AVAILABLE, "payload": a})
+                self.bus.publish(UpdateAvailable(
+                    str(a.get("productId")), str(a.get("currentVersionId")),
+                    str(a.get("latestVersionId")), True,
+                    {k: v for k, v in a.items() if k not in (
+                        "productId", "currentVersionId", "latestVersionId", "isUpdateAvailable")}))
         return answers
 
     async def move_install(self, product_id: str, new_folder: str) -> InstalledGame:

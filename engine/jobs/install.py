@@ -21,7 +21,7 @@ from pathlib import Path
 import aiohttp
 
 from engine.core.errors import EngineError, ErrorCode
-from engine.core.events import EventBus, item_event, status_event
+from engine.core.events import item_event, status_event
 from engine.core.fetchrules import Failure, FetchState, GiveUp, after_failure
 from engine.core.lifecycle import TaskState
 from engine.core.planner import BlockJob, ChunkWrite, InstallPlan, plan_install
@@ -31,6 +31,7 @@ from engine.core.retry import RetryPolicy
 from engine.core.sources import CdnSource, FailureKind, SourcePool
 from engine.io.backend_client import BackendClient, TaskGrant
 from engine.io.blockio import process_block
+from engine.io.bus import EventBus
 from engine.io.config import Settings
 from engine.io.download import DownloadContext, FetchFailed, download
 from engine.io.fsops import atomic_write, fsync_dir, safe_join, translate_os_error

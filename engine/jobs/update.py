@@ -23,7 +23,9 @@ from pathlib import Path
 import blake3
 
 from engine.core.errors import EngineError, ErrorCode
+from engine.core.events import error_event
 from engine.core.lifecycle import TaskKind, TaskState
+from engine.core.messages import UpdatePlanned
 from engine.core.planner import ChunkWrite, plan_install
 from engine.core.sources import CdnSource, SourcePool
 from engine.core.updateplan import (
@@ -265,9 +267,8 @@ class UpdateRun(InstallRun):
                               f"hold files the launcher did not put there and the new version "
                               f"needs: {', '.join(conflicts[:5])}; move them away and retry — "
                               "nothing was changed", item=conflicts[0])
-        self.ctx.bus.publish({"type": "updatePlan", "payload": {
-            "taskId": self.task.id, "productId": new.product_id, "fromVersion": old.version_id,
-            "toVersion": new.version_id, **plan.summary()}})
+        self.ctx.bus.publish(UpdatePlanned(
+            self.task.id, new.product_id, old.version_id, new.version_id, **plan.summary()))
         try:
             await self._build(grant, pool, old, new, plan, staging)
         finally:
@@ -422,9 +423,9 @@ class UpdateRun(InstallRun):
             return True
         except (DeltaError, EngineError, OSError) as exc:
             log.warning("DELTA_PATCH_APPLICATION_FAILED: %s: %s; falling back to chunks", p.path, exc)
-            self.ctx.bus.publish({"type": "downloadError", "payload": {
-                "taskId": self.task.id, "itemId": p.path, "errorCode": "DELTA_PATCH_APPLICATION_FAILED",
-                "errorMessage": f"{exc}; falling back to chunks", "fatal": False}})
+            self.ctx.bus.publish(error_event(
+                self.task.id, ErrorCode.DELTA_PATCH_APPLICATION_FAILED,
+                f"{exc}; falling back to chunks", p.path, fatal=False))
             return False
 
     async def _switch(self, installed: InstalledGame, new: Manifest, staging: Staging,

@@ -1,0 +1,239 @@
+"""The engine's control protocol, declared once (stdlib only: what the launcher imports).
+
+Every command is one ``Command`` in ``COMMANDS``: its name, typed parameters, result and help.
+From that table come the service dispatch (``engine.api.service``), the daemon's validation
+(``validate``), the CLI parser (``engine.cli``) and docs/control-api.md (``render_markdown``;
+a test fails when the docs drift). Events are frozen dataclasses that keep the seed's wire
+shapes (``{"type": ..., "payload": {camelCase...}}``): ``to_wire`` / ``event_from_wire``.
+
+Wire: JSON text frames over a WebSocket on 127.0.0.1. Requests ``{"id", "method", "params"}``;
+replies ``{"id", "result"}`` or ``{"id", "error": {"code", "message", "item"}}``; events
+``{"type": "event", "event": {...}}`` after ``subscribe``; the server says
+``{"type": "hello", "protocol": N}`` first, and a client refuses a different major version.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from engine.core.errors import EngineError, ErrorCode, ExitCode
+from engine.core.lifecycle import TaskKind, TaskState
+from engine.core.messages import (
+    _EVENTS,
+    DownloadError,
+    Event,
+    InstalledGame,
+    ItemProgress,
+    Task,
+    TaskStatus,
+    UnknownEvent,
+    UpdateAvailable,
+    UpdatePlanned,
+    event_from_wire,
+    event_to_wire,
+)
+from engine.core.text import ID_RULE, INT64_MAX, check_text, is_id, show
+
+__all__ = [
+    "COMMANDS", "PROTOCOL_VERSION", "Command", "DownloadError", "EngineError", "ErrorCode",
+    "Event", "ExitCode", "InstalledGame", "ItemProgress", "Param", "ParamKind", "Task",
+    "TaskKind", "TaskState", "TaskStatus", "UnknownEvent", "UpdateAvailable", "UpdatePlanned",
+    "command", "event_from_wire", "event_to_wire", "render_markdown", "validate",
+]
+
+PROTOCOL_VERSION = 1
+MAX_REQUEST_BYTES = 64 * 1024  # a request is small; bigger ones get MESSAGE_TOO_LARGE
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+class ParamKind(StrEnum):
+    TEXT = "string"
+    ID = "id"  # a product, version or task id
+    INT = "integer"
+    BOOL = "boolean"
+    TEXT_LIST = "list of strings"
+    SETTING = "string | number | boolean | list"  # a setting's value: checked by the config rules
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    name: str
+    kind: ParamKind
+    help: str
+    required: bool = False
+    low: int | None = None  # inclusive bounds of an INT
+    high: int | None = None
+    secret: bool = False  # never echoed or checked as text (a password)
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    name: str
+    help: str
+    result: str
+    params: tuple[Param, ...] = ()
+    long_running: bool = False  # replies when the work ends (events flow meanwhile)
+
+    def param(self, name: str) -> Param | None:
+        for p in self.params:
+            if p.name == name:
+                return p
+        return None
+
+
+PRODUCT = Param("productId", ParamKind.ID, "the game", required=True)
+TASK = Param("taskId", ParamKind.ID, "a task id (a unique prefix is enough)", required=True)
+VERSION = Param("versionId", ParamKind.ID, "a version (default: the latest)")
+PRIORITY = Param("priority", ParamKind.INT, "higher runs first", low=-1000, high=1000)
+LIMIT = Param("limitBps", ParamKind.INT, "per-task speed limit in bytes/s", low=1, high=INT64_MAX)
+
+TASK_RESULT = "a task (see Task)"
+COMMANDS: tuple[Command, ...] = (
+    Command("ping", "check the connection", "{pong, protocol}"),
+    Command("status", "the engine's state: backend, limits, schedule, queue, installed games",
+            "{protocol, backend, dataDir, loggedIn, globalLimitBps, schedule, offline, running, "
+            "tasks, installed}"),
+    Command("login", "log in to the backend (the refresh token goes to the OS keyring)",
+            "{result, username, tokenStore}",
+            (Param("username", ParamKind.TEXT, "account name", required=True),
+             Param("password", ParamKind.TEXT, "password", required=True, secret=True))),
+    Command("logout", "forget the stored session", "{result}"),
+    Command("library", "owned games, with what is installed", "[{libraryItem, installed}]"),
+    Command("installed", "installed games", "[InstalledGame]"),
+    Command("tasks", "the download queue", "[Task]",
+            (Param("all", ParamKind.BOOL, "include finished tasks"),)),
+    Command("task", "one task", TASK_RESULT, (TASK,)),
+    Command("install", "install a game (or resume its task)", TASK_RESULT,
+            (PRODUCT, VERSION, Param("target", ParamKind.TEXT, "install folder (empty or new)"),
+             PRIORITY, LIMIT)),
+    Command("update", "update a game to the latest or a given version", TASK_RESULT,
+            (PRODUCT, VERSION, PRIORITY, LIMIT)),
+    Command("updateAll", "queue an update for every game that has one", "[Task]"),
+    Command("checkUpdates", "ask the backend about updates for installed games",
+            "[{productId, currentVersionId, latestVersionId, isUpdateAvailable, ...}]"),
+    Command("rollback", "return to the previously installed version", TASK_RESULT, (PRODUCT,)),
+    Command("repair", "rebuild damaged files", TASK_RESULT, (PRODUCT,)),
+    Command("verify", "check installed files against the manifest", "VerifyReport",
+            (PRODUCT, Param("quick", ParamKind.BOOL, "presence and size only"))),
+    Command("uninstall", "remove a game's files (only the launcher's own)",
+            "InstalledGame + {removedFiles, leftInFolder, folderRemoved}", (PRODUCT,)),
+    Command("moveInstall", "move an installed game to another folder", "InstalledGame",
+            (PRODUCT, Param("folder", ParamKind.TEXT, "the new folder", required=True))),
+    Command("pause", "pause a task", TASK_RESULT, (TASK,)),
+    Command("resume", "resume a paused or failed task", TASK_RESULT, (TASK,)),
+    Command("cancel", "cancel a task and discard its partial data", TASK_RESULT, (TASK,)),
+    Command("move", "move a task to a queue position", "[Task]",
+            (TASK, Param("position", ParamKind.INT, "0 = first", required=True, low=0,
+                         high=INT64_MAX))),
+    Command("priority", "set a task's priority", TASK_RESULT,
+            (TASK, Param("priority", ParamKind.INT, "higher runs first", required=True,
+                         low=-1000, high=1000))),
+    Command("limit", "show or set the global (or a task's) speed limit",
+            "{globalLimitBps} or {task}",
+            (Param("bps", ParamKind.INT, "bytes/s; null with set=true lifts the limit", low=1,
+                   high=INT64_MAX),
+             Param("taskId", ParamKind.ID, "a task instead of the global limit"),
+             Param("set", ParamKind.BOOL, "change the limit (else just show it)"))),
+    Command("schedule", "show or set the download time windows", "{schedule}",
+            (Param("windows", ParamKind.TEXT_LIST, 'e.g. ["22:00-06:00", "sat,sun 00:00-24:00"]'),
+             Param("clear", ParamKind.BOOL, "download at any time"))),
+    Command("settings", "show settings, or set one (persisted in config.toml)", "{settings}",
+            (Param("key", ParamKind.TEXT, "a setting name"),
+             Param("value", ParamKind.SETTING, 'its new value ("" = back to the default)'))),
+    Command("offline", "QA: simulate being offline (running downloads stop, resumable)",
+            "{offline}", (Param("enabled", ParamKind.BOOL, "on or off", required=True),)),
+    Command("wait", "wait until a task finishes (or is paused by the user)", TASK_RESULT,
+            (TASK,), long_running=True),
+    Command("subscribe", "receive events: all, or one task's", "{subscribed}",
+            (Param("taskId", ParamKind.ID, "only this task's events"),)),
+    Command("unsubscribe", "stop receiving events", "{subscribed}"),
+)
+_BY_NAME = {c.name: c for c in COMMANDS}
+
+
+def command(name: str) -> Command:
+    found = _BY_NAME.get(name)
+    if found is None:
+        raise EngineError(ErrorCode.UNKNOWN_METHOD, f"unknown method {show(name)}")
+    return found
+
+
+def _bad(method: str, p: Param, why: str) -> EngineError:
+    return EngineError(ErrorCode.INVALID_PARAMS, f"{method}: {p.name!r} {why}", item=p.name)
+
+
+def _check(method: str, p: Param, value: Any) -> None:
+    k = p.kind
+    if k is ParamKind.BOOL:
+        if not isinstance(value, bool):
+            raise _bad(method, p, "must be true or false")
+    elif k is ParamKind.INT:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _bad(method, p, "must be an integer")
+        if (p.low is not None and value < p.low) or (p.high is not None and value > p.high):
+            raise _bad(method, p, f"= {show(value)}: must be between {p.low} and {p.high}")
+    elif k is ParamKind.ID:
+        if not is_id(value):
+            raise _bad(method, p, f"= {show(value)} is not an id ({ID_RULE})")
+    elif k is ParamKind.TEXT:
+        if not isinstance(value, str):
+            raise _bad(method, p, "must be a string")
+        if not p.secret:
+            try:
+                check_text(value)
+            except ValueError as exc:
+                raise _bad(method, p, f"= {show(value)}: {exc}") from exc
+        elif len(value) > 4096:
+            raise _bad(method, p, "is too long")
+    elif k is ParamKind.TEXT_LIST:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise _bad(method, p, "must be a list of strings")
+    elif k is ParamKind.SETTING:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise _bad(method, p, "must be a finite number")
+        if not isinstance(value, str | int | float | bool | list):
+            raise _bad(method, p, "must be a string, number, boolean or list")
+
+
+def validate(method: str, params: Any) -> dict[str, Any]:
+    """The checked params of a request (nulls dropped), or INVALID_PARAMS naming the field."""
+    cmd = command(method)
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise EngineError(ErrorCode.INVALID_PARAMS, "params must be an object")
+    unknown = sorted(str(k) for k in params if cmd.param(str(k)) is None)
+    if unknown:
+        raise EngineError(ErrorCode.INVALID_PARAMS, f"{method}: unknown parameter(s) {show(unknown)}")
+    out: dict[str, Any] = {}
+    for p in cmd.params:
+        value = params.get(p.name)
+        if value is None:
+            if p.required:
+                raise _bad(method, p, "is missing")
+            continue
+        _check(method, p, value)
+        out[p.name] = value
+    return out
+
+
+# -- docs ----------------------------------------------------------------------------------------
+
+def render_markdown() -> str:
+    """The command reference of docs/control-api.md (generated; a test keeps the doc in step)."""
+    lines = ["| method | params | result | what |", "| --- | --- | --- | --- |"]
+    for c in COMMANDS:
+        params = ", ".join(
+            f"`{p.name}`{'' if p.required else '?'}: {p.kind.value}"
+            + (f" [{p.low}..{p.high}]" if p.low is not None and p.high is not None
+               and p.high < INT64_MAX else "")
+            for p in c.params) or "—"
+        lines.append(f"| `{c.name}` | {params} | {c.result} | {c.help}"
+                     + (" (long-running)" if c.long_running else "") + " |")
+    events = ", ".join(f"`{t}`" for t in _EVENTS)
+    lines += ["", f"Events: {events}."]
+    return "\n".join(lines) + "\n"
