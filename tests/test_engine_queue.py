@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from engine.core.events import STATUS
+from engine.api.protocol import Event, TaskStatus
 from engine.core.queueorder import TaskState
 from engine.io.config import load_settings
 from engine.jobs.engine import Engine
@@ -89,7 +89,7 @@ async def test_cancel_removes_partial_data_only(engine: Engine, tmp_path: Path) 
 
 
 async def test_high_priority_preempts_and_queue_order_holds(engine: Engine, tmp_path: Path) -> None:
-    events: list[dict[str, Any]] = []
+    events: list[Event] = []
     engine.bus.on_event(events.append)
     low = engine.install(MAIN, target=str(tmp_path / "low"), limit_bps=400_000)
     runner = asyncio.create_task(engine.run())
@@ -99,8 +99,8 @@ async def test_high_priority_preempts_and_queue_order_holds(engine: Engine, tmp_
         high = engine.install(SMALL, target=str(tmp_path / "high"), priority=5)
         await _until(lambda: _status(engine, high.id) is TaskState.COMPLETED)
         # the low task was paused automatically (not by the user) and then resumed by itself
-        low_states = [e["payload"]["status"] for e in events
-                      if e["type"] == STATUS and e["payload"]["taskId"] == low.id]
+        low_states = [e.status for e in events
+                      if isinstance(e, TaskStatus) and e.task_id == low.id]
         assert "paused" in low_states
         assert not engine.state.task(low.id).user_paused
         engine.set_task_limit(low.id, None)
@@ -109,8 +109,8 @@ async def test_high_priority_preempts_and_queue_order_holds(engine: Engine, tmp_
         runner.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await runner
-    finished = [e["payload"]["taskId"] for e in events
-                if e["type"] == STATUS and e["payload"]["status"] == "completed"]
+    finished = [e.task_id for e in events
+                if isinstance(e, TaskStatus) and e.status == "completed"]
     assert finished == [high.id, low.id]
 
 
