@@ -9,7 +9,7 @@ What it runs (everything real, as subprocesses on 127.0.0.1):
 1. ``launcher-backend serve --data WORK/backend --port 0 --demo --demo-size SIZE``: generates the
    demo catalog (one star-courier version weighs about SIZE MB) under WORK/backend/builds and
    publishes it; later runs with the same --size and --work reuse it (``--fresh`` starts over).
-2. A counting reverse proxy (``tests.faultproxy.FaultProxy``, no faults armed) in front of the
+2. A counting reverse proxy (``testing.faultproxy.FaultProxy``, no faults armed) in front of the
    backend; ``DATA/cdn-edges.json`` makes it the only CDN edge, so every manifest, delta index,
    patch and pack byte the engine fetches passes through it and is counted (response bodies, not
    HTTP headers). API calls (login, grants, token refresh) go to the backend directly.
@@ -91,7 +91,7 @@ from engine.core.updateplan import (  # noqa: E402
 from patcher.manifest import Manifest  # noqa: E402
 from patcher.sizing import blocks_bytes, blocks_for, chunk_share  # noqa: E402
 from patcher.store import Store  # noqa: E402
-from tests.faultproxy import FaultProxy  # noqa: E402
+from testing.faultproxy import FaultProxy  # noqa: E402
 
 MB = 1_000_000
 PRODUCT = "star-courier"

@@ -36,10 +36,8 @@ import contextlib
 import itertools
 import json
 import os
-import shutil
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -50,18 +48,11 @@ from typing import Any
 import httpx
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from testing.processes import REPO, ServerProcess, copy_store, subprocess_env
+
 TEST_DSN = os.environ.get("LAUNCHER_TEST_DSN")
 STORE_SIZE_MB = 3
 _names = itertools.count(1)
-
-
-def subprocess_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["LAUNCHER_BCRYPT_ROUNDS"] = "4"  # fast password hashing in tests
-    env["PYTHONUNBUFFERED"] = "1"
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
 
 
 def cli(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -109,79 +100,7 @@ def published_store(tmp_path_factory: pytest.TempPathFactory) -> PublishedStore:
     return PublishedStore(base / "store", base / "builds", infos)
 
 
-def copy_store(src: Path, dest: Path) -> None:
-    """Private copy of a store: immutable files hard-linked, the index copied."""
-
-    def link_or_copy(s: str, d: str) -> None:
-        if Path(s).name.startswith("index.sqlite"):
-            shutil.copy2(s, d)
-            return
-        try:
-            os.link(s, d)
-        except OSError:
-            shutil.copy2(s, d)
-
-    shutil.copytree(src, dest, copy_function=link_or_copy)
-
-
 # -- processes -----------------------------------------------------------------------------------
-
-
-class ServerProcess:
-    """A subprocess that prints ``listening on URL``; stdout is drained in the background."""
-
-    def __init__(self, argv: list[str], log_path: Path, timeout: float = 60) -> None:
-        self.log_path = log_path
-        self._log = log_path.open("ab")
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self._log,
-                                     stdin=subprocess.DEVNULL, env=subprocess_env(), cwd=REPO)
-        self.lines: list[str] = []
-        self.url = self._wait_url(timeout)
-        threading.Thread(target=self._drain, daemon=True).start()
-
-    def _wait_url(self, timeout: float) -> str:
-        assert self.proc.stdout is not None
-        result: list[str] = []
-
-        def read() -> None:
-            assert self.proc.stdout is not None
-            for raw in self.proc.stdout:
-                line = raw.decode(errors="replace").rstrip("\n")
-                self.lines.append(line)
-                if line.startswith("listening on "):
-                    result.append(line.split("listening on ", 1)[1].strip())
-                    return
-
-        t = threading.Thread(target=read, daemon=True)
-        t.start()
-        t.join(timeout)
-        if not result:
-            self.stop()
-            raise RuntimeError(f"server did not start: {self.lines}\n{self.log_tail()}")
-        return result[0]
-
-    def _drain(self) -> None:
-        assert self.proc.stdout is not None
-        for raw in self.proc.stdout:
-            self.lines.append(raw.decode(errors="replace").rstrip("\n"))
-
-    def log_tail(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-
-    @property
-    def alive(self) -> bool:
-        return self.proc.poll() is None
 
 
 @dataclass

@@ -15,7 +15,7 @@ from engine.api.protocol import EngineError, ErrorCode, Event, TaskStatus, Updat
 from engine.api.service import EngineService
 from engine.io.config import load_settings
 from engine.jobs.engine import Engine
-from tests.enginekit import STAGING, assert_same_tree
+from testing.enginekit import STAGING, assert_same_tree
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from patcher.chunking import (
     chunk_id,
     sha256_file,
 )
-from tests.testdata import KiB, MiB, rand, text
+from testing.testdata import KiB, MiB, rand, text
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from tests.enginekit import STAGING, EngineCli, assert_same_tree
-from tests.faultproxy import Fault, FaultProxy
+from testing.enginekit import STAGING, EngineCli, assert_same_tree
+from testing.faultproxy import Fault, FaultProxy
 
 PRODUCT = "star-courier"
 SMALL = "tiny-tactics"

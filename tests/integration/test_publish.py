@@ -32,8 +32,8 @@ from patcher.packs import (
 from patcher.publish import BUILD_METADATA, PublishReport, publish
 from patcher.signing import generate_key, load_public_key, load_signed_manifest, verify_signature
 from patcher.store import BlockReader, Store
+from testing.testdata import KiB, MiB, rand, text
 from tests.conftest import cli
-from tests.testdata import KiB, MiB, rand, text
 
 METADATA = {
     "launch": [

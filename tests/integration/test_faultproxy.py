@@ -1,4 +1,4 @@
-"""The fault-injecting reverse proxy (tests/faultproxy.py) against a real loopback origin.
+"""The fault-injecting reverse proxy (testing/faultproxy.py) against a real loopback origin.
 
 Every test talks real HTTP: a plain client (httpx, or a raw socket where the TCP-level
 behaviour matters) -> FaultProxy -> a threaded http.server origin serving a random 2 MiB blob
@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.faultproxy import Fault, FaultProxy
+from testing.faultproxy import Fault, FaultProxy
 
 BLOB = os.urandom(2 * 1024 * 1024)
 KIB = 1024

@@ -25,7 +25,7 @@ from patcher.sizing import (
     update_cost,
 )
 from patcher.store import Store
-from tests.testdata import KiB, MiB, rand, text
+from testing.testdata import KiB, MiB, rand, text
 
 
 def write_build(root: Path, files: dict[str, bytes]) -> Path:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.enginekit import STAGING, EngineCli, assert_same_tree, parse_lines, tree
+from testing.enginekit import STAGING, EngineCli, assert_same_tree, parse_lines, tree
 
 PRODUCT = "star-courier"
 

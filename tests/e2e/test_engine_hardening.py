@@ -15,7 +15,6 @@ import errno
 import json
 import os
 import subprocess
-import sys
 import tomllib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -25,10 +24,11 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
-from engine.api.client import DaemonClient, DaemonInfo, read_info
+from engine.api.client import DaemonClient, DaemonInfo
 from engine.core.errors import EngineError
 from engine.io.config import show
-from tests.enginekit import REPO, EngineCli, engine_env
+from testing.daemon import DaemonProcess
+from testing.enginekit import EngineCli
 
 NO_BACKEND = "http://127.0.0.1:9"  # discard port: nothing listens; these paths never call it
 PRODUCT = "tiny-tactics"
@@ -37,46 +37,11 @@ PRODUCT = "tiny-tactics"
 # -- real processes --------------------------------------------------------------------------
 
 
-class Daemon:
-    """``launcher-engine serve`` as a subprocess; stderr goes to a file (never a full pipe)."""
-
-    def __init__(self, data_dir: Path, log: Path) -> None:
-        self.data_dir = data_dir
-        self.log = log
-        self.proc: subprocess.Popen[str] | None = None
-
-    def start(self) -> DaemonInfo:
-        with self.log.open("a") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "engine.cli", "--data", str(self.data_dir), "--backend",
-                 NO_BACKEND, "serve"], stdout=subprocess.PIPE, stderr=err, text=True, cwd=REPO,
-                env=engine_env())
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        assert line.startswith("listening on ws://127.0.0.1:"), line + self.log.read_text()
-        info = read_info(self.data_dir)
-        assert info is not None
-        return info
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc is not None and self.proc.stdout is not None:
-            self.proc.stdout.close()
 
 
 @pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[tuple[Daemon, DaemonInfo]]:
-    d = Daemon(tmp_path / "data", tmp_path / "daemon.log")
+def daemon(tmp_path: Path) -> Iterator[tuple[DaemonProcess, DaemonInfo]]:
+    d = DaemonProcess(tmp_path / "data", NO_BACKEND, tmp_path / "daemon.log")
     info = d.start()
     try:
         yield d, info
@@ -238,7 +203,7 @@ async def test_settings_round_trip_through_the_config_file(tmp_path: Path) -> No
     assert config.stat().st_mode & 0o077 == 0
     assert leftovers(cli.data_dir) == []
 
-    d = Daemon(cli.data_dir, tmp_path / "daemon.log")
+    d = DaemonProcess(cli.data_dir, NO_BACKEND, tmp_path / "daemon.log")
     info = d.start()
     try:
         async with DaemonClient(info) as client:
@@ -473,7 +438,7 @@ def test_full_disk_cli_reports_insufficient_disk_space(small_fs: Path) -> None:
 
 async def test_full_disk_daemon_answers_insufficient_disk_space(small_fs: Path,
                                                                 tmp_path: Path) -> None:
-    d = Daemon(small_fs / "data", tmp_path / "daemon.log")
+    d = DaemonProcess(small_fs / "data", NO_BACKEND, tmp_path / "daemon.log")
     info = d.start()
     try:
         async with DaemonClient(info) as client:

@@ -42,7 +42,7 @@ from patcher.manifest import (
 )
 from patcher.signing import generate_key, load_signed_manifest, public_key_hex, sign_manifest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 MiB = 1024 * 1024
 
 HEX = "0123456789abcdef"

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from tests.enginekit import STAGING, EngineCli, assert_same_tree, parse_lines
-from tests.faultproxy import Fault, FaultProxy
+from testing.enginekit import STAGING, EngineCli, assert_same_tree, parse_lines
+from testing.faultproxy import Fault, FaultProxy
 
 PRODUCT = "star-courier"
 

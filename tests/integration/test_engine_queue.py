@@ -16,7 +16,7 @@ from engine.api.protocol import Event, TaskStatus
 from engine.core.queueorder import TaskState
 from engine.io.config import load_settings
 from engine.jobs.engine import Engine
-from tests.enginekit import STAGING, assert_same_tree
+from testing.enginekit import STAGING, assert_same_tree
 
 MAIN = "star-courier"
 SMALL = "tiny-tactics"

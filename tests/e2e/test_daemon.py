@@ -6,7 +6,6 @@ import asyncio
 import json
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,41 +18,10 @@ from websockets.exceptions import InvalidStatus
 from engine.api.client import DaemonClient, DaemonInfo, read_info
 from engine.api.protocol import TaskStatus
 from engine.core.errors import EngineError
-from tests.enginekit import REPO, EngineCli, assert_same_tree, engine_env
+from testing.daemon import DaemonProcess
+from testing.enginekit import REPO, EngineCli, assert_same_tree, engine_env
 
 PRODUCT = "star-courier"
-
-
-class DaemonProcess:
-    def __init__(self, data_dir: Path, backend_url: str) -> None:
-        self.data_dir = data_dir
-        self.backend_url = backend_url
-        self.proc: subprocess.Popen[str] | None = None
-
-    def start(self) -> DaemonInfo:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "engine.cli", "--data", str(self.data_dir), "--backend",
-             self.backend_url, "serve"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            cwd=REPO, env=engine_env())
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        assert line.startswith("listening on ws://127.0.0.1:"), line + self.proc.stderr.read()
-        info = read_info(self.data_dir)
-        assert info is not None
-        return info
-
-    def kill(self, sig: int = signal.SIGKILL) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-        return self.proc.wait(30)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
 
 
 @pytest.fixture
