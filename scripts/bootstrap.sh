@@ -17,9 +17,12 @@ fi
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+# pinned: constraints.txt holds the exact versions, so a new upstream release cannot break a
+# fresh clone; EXTRAS picks the install (dev = everything the tests need)
+EXTRAS=${EXTRAS:-dev}
+stamp=.venv/.installed-$EXTRAS-$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e '.[dev]'
+  .venv/bin/python -m pip install -q -c constraints.txt -e ".[$EXTRAS]"
   touch "$stamp"
 fi

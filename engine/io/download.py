@@ -20,10 +20,10 @@ import aiohttp
 from engine.core.errors import EngineError, ErrorCode
 from engine.core.fetchrules import Failure, FetchState, GiveUp, after_failure
 from engine.core.planner import BlockJob, FetchRange, split_range
-from engine.core.ratelimit import AsyncRateLimiter
 from engine.core.retry import RetryPolicy
 from engine.core.sources import CdnSource, FailureKind, SourcePool
 from engine.io.blockio import BlockCorrupt
+from engine.io.limiter import AsyncRateLimiter
 
 log = logging.getLogger(__name__)
 

@@ -26,12 +26,12 @@ from engine.core.lifecycle import FINISHED, TaskKind, TaskState, after_restart
 from engine.core.messages import UpdateAvailable
 from engine.core.progress import TaskProgress
 from engine.core.queueorder import QueueEntry, move, select_runnable
-from engine.core.ratelimit import AsyncRateLimiter
 from engine.core.schedule import DownloadSchedule, parse_window
 from engine.io.backend_client import BackendClient
 from engine.io.bus import EventBus
 from engine.io.config import Settings
 from engine.io.credentials import CredentialStore
+from engine.io.limiter import AsyncRateLimiter
 from engine.io.staging import STAGING_DIR, remove_task_staging
 from engine.io.state import InstalledGame, State, TaskRecord
 from engine.io.verify import VerifyReport, scan_install

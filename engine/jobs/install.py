@@ -26,7 +26,6 @@ from engine.core.fetchrules import Failure, FetchState, GiveUp, after_failure
 from engine.core.lifecycle import TaskState
 from engine.core.planner import BlockJob, ChunkWrite, InstallPlan, plan_install
 from engine.core.progress import TaskProgress
-from engine.core.ratelimit import AsyncRateLimiter
 from engine.core.retry import RetryPolicy
 from engine.core.sources import CdnSource, FailureKind, SourcePool
 from engine.io.backend_client import BackendClient, TaskGrant
@@ -35,6 +34,7 @@ from engine.io.bus import EventBus
 from engine.io.config import Settings
 from engine.io.download import DownloadContext, FetchFailed, download
 from engine.io.fsops import atomic_write, fsync_dir, safe_join, translate_os_error
+from engine.io.limiter import AsyncRateLimiter
 from engine.io.staging import STAGING_DIR, Staging, remove_task_staging, sweep_staging
 from engine.io.state import InstalledGame, State, TaskRecord
 from patcher.errors import ManifestError

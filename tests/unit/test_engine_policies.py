@@ -25,7 +25,7 @@ from engine.core.queueorder import (
     reorder,
     select_runnable,
 )
-from engine.core.ratelimit import DEFAULT_MIN_BURST, AsyncRateLimiter, TokenBucket, default_burst
+from engine.core.ratelimit import DEFAULT_MIN_BURST, TokenBucket, default_burst
 from engine.core.retry import RetryPolicy, StallDetector
 from engine.core.schedule import ALL_DAYS, DownloadSchedule, Window, parse_window
 from engine.core.sources import (
@@ -35,6 +35,7 @@ from engine.core.sources import (
     SourcePool,
     SourceState,
 )
+from engine.io.limiter import AsyncRateLimiter
 
 MB = 1_000_000
 KIB64 = 64 * 1024
