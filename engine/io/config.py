@@ -44,7 +44,6 @@ class Settings:
     connections: int = 6  # parallel range requests per task
     max_range_bytes: int = 16 * 1024 * 1024
     max_gap_bytes: int = 256 * 1024  # fetch a gap this small rather than a second request
-    inflight_bytes: int = 48 * 1024 * 1024  # bound on downloaded-but-unwritten data
     global_limit_bps: int | None = None
     stall_timeout_s: float = 15.0
     connect_timeout_s: float = 10.0
@@ -72,7 +71,6 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "connections": (1, 64),
     "max_range_bytes": (64 * 1024, 1 << 30),
     "max_gap_bytes": (0, 64 << 20),
-    "inflight_bytes": (1 << 20, 64 << 30),
     "global_limit_bps": (1, INT64_MAX),  # unset (empty value) = unlimited
     "stall_timeout_s": (0.1, 3600.0),
     "connect_timeout_s": (0.1, 600.0),

@@ -20,7 +20,7 @@ import aiohttp
 from engine.core.errors import EngineError, ErrorCode
 from engine.core.fetchrules import Failure, FetchState, GiveUp, after_failure
 from engine.core.planner import BlockJob, FetchRange, split_range
-from engine.core.retry import RetryPolicy
+from engine.core.retry import RetryPolicy, StallDetector
 from engine.core.sources import CdnSource, FailureKind, SourcePool
 from engine.io.blockio import BlockCorrupt
 from engine.io.limiter import AsyncRateLimiter
@@ -58,6 +58,7 @@ class DownloadContext:
     task_key: str
     refresh: SourceRefresher
     refresh_margin_s: float = 60.0
+    stall_window_s: float = 15.0  # settings.stall_timeout_s
     on_bytes: Callable[[int], None] = lambda n: None
     _refresh_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -77,6 +78,9 @@ async def _fetch_range(ctx: DownloadContext, source: CdnSource, r: FetchRange,
     headers = {"Range": f"bytes={r.start}-{r.end - 1}"}
     started = time.monotonic()
     received = 0
+    # unlimited reads slower than this over a whole stall window fail over (MIN_RATE_BPS)
+    watch = StallDetector(ctx.stall_window_s, max(1, int(MIN_RATE_BPS * ctx.stall_window_s)),
+                          now=started)
     try:
         async with ctx.session.get(url, headers=headers) as resp:
             if resp.status == 403:
@@ -93,9 +97,9 @@ async def _fetch_range(ctx: DownloadContext, source: CdnSource, r: FetchRange,
             position = r.start
             for job in r.blocks:
                 if job.offset > position:  # a bridged gap: read and drop
-                    await _read_block(ctx, resp.content, job.offset - position)
+                    await _read_block(ctx, resp.content, job.offset - position, watch)
                     received += job.offset - position
-                data = await _read_block(ctx, resp.content, job.stored_size)
+                data = await _read_block(ctx, resp.content, job.stored_size, watch)
                 received += job.stored_size
                 position = job.offset + job.stored_size
                 try:
@@ -118,24 +122,39 @@ async def _fetch_range(ctx: DownloadContext, source: CdnSource, r: FetchRange,
 
 
 LIMITED_PIECE = 64 * 1024
+MIN_RATE_BPS = 16 * 1024
 
 
-async def _read_block(ctx: DownloadContext, stream: aiohttp.StreamReader, size: int) -> bytes:
+async def _read_block(ctx: DownloadContext, stream: aiohttp.StreamReader, size: int,
+                      watch: StallDetector) -> bytes:
     """Read one block. Under a speed limit, tokens are taken before each 64 KiB piece is read,
-    so the socket itself is throttled (TCP backpressure) and the rate is smooth; unlimited, the
-    block is read in one call."""
+    so the socket itself is throttled (TCP backpressure) and the rate is smooth. Unlimited, the
+    block is read as it arrives and every piece is shown to the stall detector: an edge that
+    trickles (a byte now and then keeps a read timeout quiet) is left for another."""
     if not ctx.limiter.limited(ctx.task_key):
-        data = await stream.readexactly(size)
+        parts: list[bytes] = []
+        left = size
+        while left:
+            piece = await stream.read(left)
+            if not piece:
+                raise asyncio.IncompleteReadError(b"".join(parts), size)
+            parts.append(piece)
+            left -= len(piece)
+            now = time.monotonic()
+            watch.observe(len(piece), now)
+            if watch.stalled(now):
+                raise FetchFailed(FailureKind.STALL, f"under {watch.min_bytes} bytes in "
+                                  f"{watch.window_s:.0f} s (trickling)")
         ctx.on_bytes(size)
-        return data
+        return parts[0] if len(parts) == 1 else b"".join(parts)
     parts = []
     left = size
     while left:
-        piece = min(LIMITED_PIECE, left)
-        await ctx.limiter.consume(piece, ctx.task_key)
-        parts.append(await stream.readexactly(piece))
-        ctx.on_bytes(piece)
-        left -= piece
+        piece_size = min(LIMITED_PIECE, left)
+        await ctx.limiter.consume(piece_size, ctx.task_key)
+        parts.append(await stream.readexactly(piece_size))
+        ctx.on_bytes(piece_size)
+        left -= piece_size
     return b"".join(parts)
 
 

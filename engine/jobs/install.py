@@ -397,6 +397,7 @@ class InstallRun:
                     product_id=manifest.product_id, task_key=self.task.id,
                     refresh=_refresher(ctx, grant),
                     refresh_margin_s=ctx.settings.token_refresh_margin_s, on_bytes=count_bytes,
+                    stall_window_s=ctx.settings.stall_timeout_s,
                 )
                 try:
                     await download(dctx, list(plan.ranges), sink, ctx.settings.connections)

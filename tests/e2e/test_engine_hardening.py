@@ -112,7 +112,7 @@ BAD_SETTINGS: list[tuple[str, Any]] = [
     ("max_concurrent_tasks", 17),
     ("max_range_bytes", 1),
     ("max_gap_bytes", 1 << 40),
-    ("inflight_bytes", 0),
+    ("max_range_bytes", 0),
     ("max_attempts", 0),
     ("global_limit_bps", 0),
     ("global_limit_bps", 1 << 63),

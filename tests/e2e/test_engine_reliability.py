@@ -277,6 +277,27 @@ def test_a_corrupt_manifest_on_one_edge_fails_over(backend_factory: Any, publish
         assert_same_tree(target, build_dir(published_store, version, SMALL))
 
 
+def test_a_trickling_edge_is_left_for_a_healthy_one(backend_factory: Any, published_store: Any,
+                                                   tmp_path: Path) -> None:
+    """A byte now and then keeps a read timeout quiet; the stall detector does not accept it."""
+    server = backend_factory(settings={})
+    healthy = server.start_cdn_edge()
+    with FaultProxy(healthy.url.removesuffix("/cdn/")) as proxy:
+        proxy.set_fault(Fault.SLOW, rate_bps=2_000, path_contains="/packs/")
+        server.set_edges([f"{proxy.url}/cdn/", healthy.url])
+        name, _ = server.new_user(products=[PRODUCT])
+        cli = EngineCli(tmp_path / "eng", server.url, env={"LAUNCHER_ENGINE_STALL_TIMEOUT_S": "2"})
+        cli.login(name, "secret-pw")
+        version = first_version(published_store)
+        target = tmp_path / "g"
+        started = time.monotonic()
+        lines = cli.ok("install", PRODUCT, "--version", version, "--target", str(target))
+        assert lines[-1]["result"] == "completed"
+        assert proxy.faults_injected >= 1
+        assert time.monotonic() - started < 60  # at 2 kB/s the edge alone would take ~18 min
+        assert_same_tree(target, build_dir(published_store, version))
+
+
 def test_small_fetches_back_off_through_repeated_503(backend_factory: Any, published_store: Any,
                                                     tmp_path: Path) -> None:
     server = backend_factory(settings={})
