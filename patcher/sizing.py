@@ -22,7 +22,11 @@ class UpdateCost:
     reused_bytes: int  # bytes of rebuilt files copied from local files
     write_bytes: int  # bytes written to build the new files (unchanged files cost nothing)
     full_bytes: int  # a fresh install's download
-    patched_files: tuple[str, ...]
+    patches: tuple[PatchEntry, ...]  # the patches chosen (by path)
+
+    @property
+    def patched_files(self) -> tuple[str, ...]:
+        return tuple(p.path for p in self.patches)
 
 
 def blocks_for(manifest: Manifest, chunk_ids: Iterable[str]) -> set[int]:
@@ -100,8 +104,11 @@ def choose_patches(
     return {p.path: p for p in candidates if p.path in best}
 
 
-def update_cost(old: Manifest, new: Manifest, delta: DeltaIndex | None) -> UpdateCost:
-    diff = diff_manifests(old, new)
+def update_cost(old: Manifest, new: Manifest, delta: DeltaIndex | None,
+                diff: ManifestDiff | None = None) -> UpdateCost:
+    """What an update costs: the one computation the backend reports (``updates/check``) and
+    the engine plans by (``engine.core.updateplan.plan_update``)."""
+    diff = diff or diff_manifests(old, new)
     patches = choose_patches(old, new, diff, delta)
     need: set[str] = set()
     reused = 0
@@ -129,5 +136,5 @@ def update_cost(old: Manifest, new: Manifest, delta: DeltaIndex | None) -> Updat
         reused_bytes=reused,
         write_bytes=write,
         full_bytes=install_bytes(new),
-        patched_files=tuple(sorted(patches)),
+        patches=tuple(patches[path] for path in sorted(patches)),
     )

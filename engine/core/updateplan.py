@@ -17,7 +17,7 @@ from engine.core.planner import ChunkWrite, Wanted
 from patcher.deltaindex import DeltaIndex, PatchEntry
 from patcher.diff import ChunkSource, chunk_sources, diff_manifests
 from patcher.manifest import Manifest
-from patcher.sizing import blocks_bytes, blocks_for, choose_patches
+from patcher.sizing import blocks_bytes, blocks_for, update_cost
 
 
 class BuildMethod(StrEnum):
@@ -105,10 +105,13 @@ def _finish(new: Manifest, builds: list[FileBuild], copies: list[LocalCopy],
 
 
 def plan_update(old: Manifest, new: Manifest, delta: DeltaIndex | None) -> UpdatePlan:
+    """The work of an update; its costs are ``patcher.sizing.update_cost``'s (what the backend
+    told the player before the update started), not a second computation of them."""
     diff = diff_manifests(old, new)
+    cost = update_cost(old, new, delta, diff)
     index = {f.path: i for i, f in enumerate(new.files)}
     sources = chunk_sources(old)
-    patches = choose_patches(old, new, diff, delta)
+    patches = {p.path: p for p in cost.patches}
     builds: list[FileBuild] = []
     copies: list[LocalCopy] = []
     fetch: dict[str, list[ChunkWrite]] = {}
@@ -123,7 +126,11 @@ def plan_update(old: Manifest, new: Manifest, delta: DeltaIndex | None) -> Updat
         local, wanted = chunk_build(new, fi, sources)
         copies.extend(local)
         merge_wanted(fetch, wanted)
-    return _finish(new, builds, copies, fetch, diff.removed)
+    return UpdatePlan(
+        builds=tuple(builds), copies=tuple(copies), fetch=dict(fetch), remove=diff.removed,
+        chunk_download_bytes=cost.chunk_bytes, patch_bytes=cost.patch_bytes,
+        reused_bytes=cost.reused_bytes, write_bytes=cost.write_bytes,
+        peak_extra_bytes=cost.write_bytes, full_bytes=cost.full_bytes)
 
 
 def with_rebuilds(plan: UpdatePlan, new: Manifest, extra: set[int],

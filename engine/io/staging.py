@@ -174,6 +174,11 @@ class Staging:
             if fd is not None:
                 os.fdatasync(fd)
 
+    def sync_file(self, file_index: int) -> None:
+        """fdatasync one staged file (opened if needed), then close it."""
+        os.fdatasync(self.fd(file_index))
+        self.close_file(file_index)
+
     def close_file(self, file_index: int) -> None:
         fd = self._fds.pop(file_index, None)
         if fd is not None:

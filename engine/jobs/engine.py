@@ -35,7 +35,8 @@ from engine.io.limiter import AsyncRateLimiter
 from engine.io.staging import STAGING_DIR, remove_task_staging
 from engine.io.state import InstalledGame, State, TaskRecord
 from engine.io.verify import VerifyReport, scan_install
-from engine.jobs.install import EngineContext, InstallRun, check_install_target, manifest_key
+from engine.jobs.context import EngineContext, manifest_key
+from engine.jobs.install import InstallRun, check_install_target
 from engine.jobs.move import move_game
 from engine.jobs.uninstall import UninstallReport, remove_install
 from engine.jobs.update import UpdateRun, cached_manifest

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 import os
 import shutil
 import stat
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import blake3
@@ -27,6 +26,7 @@ from engine.core.events import error_event
 from engine.core.lifecycle import TaskKind, TaskState
 from engine.core.messages import UpdatePlanned
 from engine.core.planner import ChunkWrite, plan_install
+from engine.core.progress import TaskProgress
 from engine.core.sources import CdnSource, SourcePool
 from engine.core.updateplan import (
     BuildMethod,
@@ -49,17 +49,13 @@ from engine.io.fsops import (
     remove_empty_parents,
     safe_join,
 )
+from engine.io.journal import SwitchJournal
 from engine.io.localcopy import copy_chunks, copy_or_clone
 from engine.io.staging import Staging, remove_task_staging, sweep_staging
-from engine.io.state import InstalledGame
+from engine.io.state import InstalledGame, TaskRecord
 from engine.io.verify import quick_check, scan_install
-from engine.jobs.install import (
-    EngineContext,
-    InstallRun,
-    fetch_small,
-    load_manifest,
-    manifest_key,
-)
+from engine.jobs.build import StagedBuild
+from engine.jobs.context import EngineContext, fetch_small, load_manifest, manifest_key
 from patcher.deltaindex import DeltaIndex, decode_delta_index
 from patcher.errors import DeltaError, ManifestError
 from patcher.manifest import Manifest
@@ -82,24 +78,6 @@ def cached_manifest(ctx: EngineContext, product_id: str, version_id: str, key_he
         raise EngineError(ErrorCode.from_wire(exc.code, ErrorCode.MANIFEST_INVALID),
                           f"cached manifest of {product_id} {version_id}: {exc.message}",
                           item=exc.field) from exc
-
-
-@dataclass(frozen=True, slots=True)
-class SwitchJournal:
-    version_id: str
-    replace: tuple[str, ...]  # paths whose new content is staged
-    remove: tuple[str, ...]
-    dirs: tuple[str, ...]
-
-    def to_json(self) -> str:
-        return json.dumps({"versionId": self.version_id, "replace": list(self.replace),
-                           "remove": list(self.remove), "dirs": list(self.dirs)})
-
-    @staticmethod
-    def from_json(text: str) -> SwitchJournal:
-        d = json.loads(text)
-        return SwitchJournal(d["versionId"], tuple(d["replace"]), tuple(d["remove"]),
-                             tuple(d["dirs"]))
 
 
 def _kind(path: Path) -> str:
@@ -209,9 +187,18 @@ def switch_files(install_dir: Path, staging: Staging, journal: SwitchJournal,
             fsync_dir(folder)
 
 
-class UpdateRun(InstallRun):
+class UpdateRun:
     """kind = update (to the latest or a given version), rollback (to the previous version,
-    same machinery) or repair (same version, only damaged files rebuilt)."""
+    same machinery) or repair (same version, only damaged files rebuilt). Built files come from
+the shared ``StagedBuild`` (composition)."""
+
+    def __init__(self, ctx: EngineContext, task: TaskRecord) -> None:
+        self.ctx = ctx
+        self.task = task
+        self.progress = TaskProgress()
+        self.install_dir = Path(task.target_path)
+        self.on_started: Callable[[TaskRecord], None] | None = None  # after the backend grant
+        self.build = StagedBuild(ctx, task, self.install_dir, self.progress)
 
     async def run(self) -> InstalledGame:
         ctx = self.ctx
@@ -219,6 +206,7 @@ class UpdateRun(InstallRun):
         if installed is None:
             raise EngineError(ErrorCode.NOT_INSTALLED, f"{self.task.product_id} is not installed")
         self.install_dir = Path(installed.path)
+        self.build.install_dir = self.install_dir
         await asyncio.to_thread(sweep_staging, self.install_dir, ctx.state.resumable_task_ids())
         key_hex = await manifest_key(ctx)
         old = cached_manifest(ctx, installed.product_id, installed.version_id, key_hex)
@@ -337,7 +325,7 @@ class UpdateRun(InstallRun):
         ctx = self.ctx
         verified = ctx.state.done_files(self.task.id)
         todo = [b for b in plan.builds if b.file_index not in verified]
-        await self._prepare_staging(staging, new, [b.file_index for b in todo])
+        await self.build.prepare_staging(staging, new, [b.file_index for b in todo])
         fetch: dict[str, list[ChunkWrite]] = {
             cid: [w for w in writes if w.file_index not in verified]
             for cid, writes in plan.fetch.items()}
@@ -345,12 +333,17 @@ class UpdateRun(InstallRun):
         sources = chunk_sources_excluding(old, set())
         # moves and patches first: each is all-or-nothing, with chunks as the fallback
         for b in todo:
-            if (b.method is BuildMethod.MOVE and not await self._move(b, new, staging)) or (
-                    b.method is BuildMethod.PATCH and not await self._patch(b, pool, staging)):
-                await asyncio.to_thread(staging.prepare, [b.file_index])  # back to full size
-                local, wanted = chunk_build(new, b.file_index, sources)
-                plan = _with_copies(plan, local)
-                merge_wanted(fetch, wanted)
+            if b.method is BuildMethod.CHUNKS:
+                continue
+            built = (await self._move(b, new, staging) if b.method is BuildMethod.MOVE
+                     else await self._patch(b, pool, staging))
+            if built:  # verified: journaled now, so a resumed run never builds it again
+                await self.build.record_verified(staging, b.file_index)
+                continue
+            await asyncio.to_thread(staging.prepare, [b.file_index])  # back to full size
+            local, wanted = chunk_build(new, b.file_index, sources)
+            plan = _with_copies(plan, local)
+            merge_wanted(fetch, wanted)
         copies = [c for c in plan.copies
                   if any(w.file_index not in verified for w in c.writes)]
         failed, written = await loop.run_in_executor(ctx.executor, copy_chunks, self.install_dir,
@@ -373,7 +366,7 @@ class UpdateRun(InstallRun):
         ctx.state.update_task(self.task.id, total_bytes=new.total_size,
                               download_bytes=self.progress.download_total)
         files = {b.file_index for b in todo}
-        await self._download_and_verify(ctx, grant, pool, new, dl, staging, files)
+        await self.build.download_and_verify(ctx, grant, pool, new, dl, staging, files)
 
     async def _move(self, b: FileBuild, new: Manifest, staging: Staging) -> bool:
         """Clone or copy a renamed file and check it; False (logged, naming the file) means the
@@ -431,7 +424,7 @@ class UpdateRun(InstallRun):
     async def _switch(self, installed: InstalledGame, new: Manifest, staging: Staging,
                       journal: SwitchJournal) -> InstalledGame:
         ctx = self.ctx
-        self._enter(TaskState.VERIFYING)
+        self.build.enter(TaskState.VERIFYING)
         ctx.state.set_installed(InstalledGame(
             installed.product_id, installed.version_id, installed.path, installed.size,
             installed.installed_at, True, installed.previous_version))  # dirty: not launchable
@@ -457,4 +450,3 @@ def _write_at(staging: Staging, file_index: int, data: bytes) -> None:
     fd = staging.fd(file_index)
     os.ftruncate(fd, len(data))
     pwrite_all(fd, data, 0)
-    staging.close_file(file_index)

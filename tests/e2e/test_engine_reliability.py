@@ -123,7 +123,7 @@ def test_kill_during_commit_resumes_byte_exact(engine: EngineCli, published_stor
                 break
         time.sleep(0.05 * (attempt + 1))
         proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        proc.communicate()
         committed = [p for p in target.rglob("*") if p.is_file() and STAGING not in p.parts]
         assert committed, "the kill did not land in the commit phase"
         del engine.env["LAUNCHER_ENGINE_QA_SWITCH_DELAY_S"]
@@ -186,6 +186,41 @@ def test_update_to_the_current_version_succeeds_and_cleans_up(engine: EngineCli,
     assert lines[-1]["task"]["versionId"] == version
     assert not (target / STAGING).exists()
     assert_same_tree(target, build_dir(published_store, version))
+
+
+def test_patches_applied_before_a_kill_are_not_fetched_again(
+        backend_factory: Any, published_store: Any, tmp_path: Path) -> None:
+    """Found by bench/kill_resume.py: patched files were journaled only with the download, so a
+    kill after the patch phase re-fetched every patch. Now each is journaled once verified."""
+    server = backend_factory(settings={})
+    edge = server.start_cdn_edge()
+    with FaultProxy(edge.url.removesuffix("/cdn/")) as proxy:
+        server.set_edges([f"{proxy.url}/cdn/"])
+        name, _ = server.new_user(products=[PRODUCT])
+        cli = EngineCli(tmp_path / "eng", server.url)
+        cli.login(name, "secret-pw")
+        versions = published_store.product(PRODUCT).versions
+        target = tmp_path / "g"
+        cli.ok("install", PRODUCT, "--version", versions[0], "--target", str(target))
+        proxy.set_fault(Fault.STALL, path_contains="/packs/")  # hold the run in its download
+        start = len(proxy.history)
+        proc = cli.popen("update", PRODUCT, "--version", versions[1])
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(
+                "/packs/" in r.path_qs for r in proxy.history[start:]):
+            time.sleep(0.05)
+        patches_before = [r for r in proxy.history[start:] if "/patches/" in r.path_qs]
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+        assert patches_before, "this update has no patches: the test proves nothing"
+        proxy.set_fault(Fault.NONE)
+        seen = len(proxy.history)
+        lines = cli.ok("update", PRODUCT, "--version", versions[1])
+        assert lines[-1]["result"] == "completed"
+        again = [r for r in proxy.history[seen:] if "/patches/" in r.path_qs]
+        assert again == [], f"{len(again)} patch(es) fetched again"
+        assert_same_tree(target, build_dir(published_store, versions[1]))
+        assert not (target / STAGING).exists()
 
 
 # -- 4. the staging folder is the engine's own ---------------------------------------------------

@@ -400,3 +400,19 @@ def test_demo_update_classification(demo: Demo) -> None:
     assert not set(d.download) & old_ids
     cost = update_cost(demo.old, demo.new, demo.delta)
     assert cost.download_bytes < cost.full_bytes / 2
+
+
+def test_the_engines_plan_fetches_exactly_what_the_backend_quoted(demo: Demo) -> None:
+    """One cost computation: the engine's update plan needs exactly the blocks (and patches)
+    that ``update_cost`` — the backend's ``updates/check`` figure — counted."""
+    from engine.core.updateplan import BuildMethod, plan_update
+    from patcher.sizing import blocks_bytes, blocks_for
+
+    for delta in (demo.delta, None):
+        cost = update_cost(demo.old, demo.new, delta)
+        plan = plan_update(demo.old, demo.new, delta)
+        assert plan.download_bytes == cost.download_bytes
+        assert blocks_bytes(demo.new, blocks_for(demo.new, plan.fetch)) == cost.chunk_bytes
+        patched = sorted(demo.new.files[b.file_index].path for b in plan.builds
+                         if b.method is BuildMethod.PATCH)
+        assert tuple(patched) == cost.patched_files

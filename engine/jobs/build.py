@@ -1,0 +1,151 @@
+"""The steps every run that builds files shares (composition, not inheritance): lifecycle
+steps persisted and announced, progress reporting, staging prepared with a disk-space check,
+blocks fetched into staged files with per-file SHA-256 as soon as a file is complete, the
+batched journal, and files built locally (moves, patches) verified and journaled at once.
+``InstallRun`` and ``UpdateRun`` each hold one."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from engine.core.errors import EngineError, ErrorCode
+from engine.core.events import item_event, status_event
+from engine.core.lifecycle import TaskState
+from engine.core.planner import BlockJob, ChunkWrite, InstallPlan, plan_install
+from engine.core.progress import TaskProgress
+from engine.core.retry import RetryPolicy
+from engine.core.sources import SourcePool
+from engine.io.backend_client import TaskGrant
+from engine.io.blockio import process_block
+from engine.io.download import DownloadContext, download
+from engine.io.journal import Journal
+from engine.io.staging import Staging
+from engine.io.state import TaskRecord
+from engine.jobs.context import EngineContext, check_disk_space, refresher
+from patcher.manifest import Manifest
+
+
+class StagedBuild:
+    def __init__(self, ctx: EngineContext, task: TaskRecord, install_dir: Path,
+                 progress: TaskProgress) -> None:
+        self.ctx = ctx
+        self.task = task
+        self.install_dir = install_dir
+        self.progress = progress
+
+    async def record_verified(self, staging: Staging, file_index: int) -> None:
+        """A file built locally (moved or patched) and verified: durable, then journaled (on the
+        loop thread: SQLite objects stay on theirs), so a resumed run never builds it again."""
+        await asyncio.to_thread(staging.sync_file, file_index)
+        self.ctx.state.record_progress(self.task.id, [], [file_index])
+
+    def enter(self, status: TaskState) -> None:
+        """A lifecycle step of the running task: persisted (other clients read it from the
+        state), then published."""
+        self.ctx.state.set_status(self.task.id, status)
+        self.emit_status(status)
+
+    def emit_status(self, status: str) -> None:
+        p = self.progress
+        self.ctx.bus.publish(status_event(
+            self.task.id, status, downloaded=p.downloaded, total=p.download_total,
+            speed_bps=p.speed.rate, eta_s=p.eta(), product_id=self.task.product_id,
+            written=p.written, install_total=p.install_total))
+
+    async def reporter(self) -> None:
+        last_saved = time.monotonic()
+        while True:
+            await asyncio.sleep(self.ctx.settings.progress_interval_s)
+            now = time.monotonic()
+            self.progress.speed.sample(self.progress.downloaded, now)
+            self.emit_status(TaskState.DOWNLOADING)
+            if now - last_saved >= 1.0:  # other processes (CLI, launcher) read it from state
+                self.ctx.state.update_task(self.task.id, downloaded_bytes=self.progress.downloaded)
+                last_saved = now
+
+    async def prepare_staging(self, staging: Staging, manifest: Manifest, files: list[int]) -> None:
+        allocated = await asyncio.to_thread(staging.allocated_bytes)
+        needed = sum(manifest.files[i].size for i in files) - allocated
+        check_disk_space(self.ctx.settings, self.install_dir, max(0, needed))
+        await asyncio.to_thread(staging.prepare, files)
+
+    def forget_file(self, manifest: Manifest, fi: int) -> None:
+        """A staged file failed its SHA-256: forget the journaled blocks that write into it, so
+        the next run fetches exactly those again (not the whole game)."""
+        f = manifest.files[fi]
+        wanted = {c.id: [ChunkWrite(fi, c.offset)] for c in f.chunks}
+        redo = plan_install(manifest, wanted=wanted)
+        self.ctx.state.forget_blocks(self.task.id, {j.index for r in redo.ranges for j in r.blocks},
+                                     {fi})
+
+    async def download_and_verify(self, ctx: EngineContext, grant: TaskGrant, pool: SourcePool,
+                                   manifest: Manifest, plan: InstallPlan, staging: Staging,
+                                   files: set[int]) -> None:
+        """Fetch the plan's blocks into staged files and SHA-256 every file in ``files`` as soon
+        as its last chunk is written (hashing overlaps the download)."""
+        self.enter(TaskState.DOWNLOADING)
+        verified = ctx.state.done_files(self.task.id)
+        pending = {fi: plan.pending_writes.get(fi, 0) for fi in files}
+        journal = Journal(ctx.state, staging, self.task.id)
+        verify_sem = asyncio.Semaphore(2)
+        loop = asyncio.get_running_loop()
+
+        async def verify(fi: int) -> None:
+            async with verify_sem:  # staging.verify also fsyncs the file (per inode)
+                ok = await loop.run_in_executor(ctx.executor, staging.verify, fi)
+            f = manifest.files[fi]
+            if not ok:
+                journal.flush()
+                self.forget_file(manifest, fi)
+                raise EngineError(ErrorCode.FILE_HASH_MISMATCH,
+                                  f"{f.path}: SHA-256 differs from the manifest", item=f.path)
+            staging.close_file(fi)
+            journal.add_file(fi)  # recorded with the next journal commit, not one commit each
+            ctx.bus.publish(item_event(self.task.id, str(fi), f.path, "completed", f.size, f.size))
+
+        try:
+            async with asyncio.TaskGroup() as tg:
+                reporter = tg.create_task(self.reporter())
+                for fi, count in pending.items():
+                    if count == 0 and fi not in verified:
+                        tg.create_task(verify(fi))
+
+                async def sink(job: BlockJob, data: bytes) -> None:
+                    touched = await loop.run_in_executor(ctx.executor, process_block, job, data,
+                                                         staging)
+                    if journal.add(job.index, touched, job.stored_size):
+                        await journal.flush_async(ctx.executor)
+                    self.progress.written += sum(t.size * len(t.writes) for t in job.targets)
+                    for t in job.targets:
+                        for w in t.writes:
+                            if w.file_index not in pending:
+                                continue
+                            pending[w.file_index] -= 1
+                            if pending[w.file_index] == 0 and w.file_index not in verified:
+                                tg.create_task(verify(w.file_index))
+
+                def count_bytes(n: int) -> None:
+                    self.progress.downloaded += n
+
+                dctx = DownloadContext(
+                    session=ctx.session, pool=pool, limiter=ctx.limiter,
+                    retry=RetryPolicy(max_attempts=ctx.settings.max_attempts),
+                    product_id=manifest.product_id, task_key=self.task.id,
+                    refresh=refresher(ctx, grant),
+                    refresh_margin_s=ctx.settings.token_refresh_margin_s, on_bytes=count_bytes,
+                    stall_window_s=ctx.settings.stall_timeout_s,
+                )
+                try:
+                    await download(dctx, list(plan.ranges), sink, ctx.settings.connections)
+                finally:
+                    # what was written is durable and journaled, even when cancelled or failing
+                    journal.flush()
+                    ctx.state.update_task(self.task.id, downloaded_bytes=self.progress.downloaded)
+                reporter.cancel()
+        finally:
+            # files verified after the download finished (the last ones) are journaled before
+            # anything is committed: a kill during the commit must find them recorded
+            journal.flush()
+

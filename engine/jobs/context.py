@@ -1,0 +1,194 @@
+"""What every run shares: the engine context, the backend grant, the CDN path for small
+documents (manifests, signatures, delta indexes, patches), the pinned manifest key, the
+disk-space check.
+
+(Moved from the install run so updates compose it instead of inheriting it.)
+
+grant (backend) → signed manifest (CDN, verified with the pinned key) → plan → disk check →
+preallocated staging files → parallel range download, per-chunk BLAKE3, pwrite → batched fsync
++ journal → per-file SHA-256 → atomic renames into the install folder → installed record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import shutil
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from engine.core.errors import EngineError, ErrorCode
+from engine.core.fetchrules import Failure, FetchState, GiveUp, after_failure
+from engine.core.retry import RetryPolicy
+from engine.core.sources import CdnSource, FailureKind, SourcePool
+from engine.io.backend_client import BackendClient, TaskGrant
+from engine.io.bus import EventBus
+from engine.io.config import Settings
+from engine.io.download import FetchFailed
+from engine.io.fsops import atomic_write
+from engine.io.limiter import AsyncRateLimiter
+from engine.io.state import State, TaskRecord
+from patcher.errors import ManifestError
+from patcher.manifest import Manifest
+from patcher.signing import load_public_key, load_signed_manifest, verify_signature
+
+log = logging.getLogger(__name__)
+
+MANIFEST_MAX_BYTES = 256 * 1024 * 1024
+
+
+@dataclass(slots=True)
+class EngineContext:
+    settings: Settings
+    state: State
+    api: BackendClient
+    bus: EventBus
+    limiter: AsyncRateLimiter
+    session: aiohttp.ClientSession
+    executor: ThreadPoolExecutor
+
+
+def free_space(path: Path) -> int:
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    return shutil.disk_usage(probe).free
+
+
+def check_disk_space(settings: Settings, install_dir: Path, needed: int) -> None:
+    free = free_space(install_dir)
+    if needed + settings.keep_free_bytes > free:
+        raise EngineError(
+            ErrorCode.INSUFFICIENT_DISK_SPACE,
+            f"needs {needed / 1e6:.1f} MB (+{settings.keep_free_bytes / 1e6:.0f} MB kept free), "
+            f"{free / 1e6:.1f} MB free at {install_dir}",
+        )
+
+
+SourceRefresh = Callable[[], Awaitable[tuple[CdnSource, ...]]]
+
+
+async def _get_small(ctx: EngineContext, source: CdnSource, rel: str, limit: int) -> bytes:
+    timeout = aiohttp.ClientTimeout(total=60, sock_read=ctx.settings.stall_timeout_s)
+    try:
+        async with ctx.session.get(source.url(rel), timeout=timeout) as resp:
+            if resp.status == 403:
+                raise FetchFailed(FailureKind.FORBIDDEN, f"{source.id}: HTTP 403 for {rel}")
+            if resp.status != 200:
+                raise FetchFailed(FailureKind.HTTP_5XX, f"{source.id}: HTTP {resp.status} for {rel}",
+                                  out_of_range=resp.status == 416)
+            if (resp.content_length or 0) > limit:
+                raise EngineError(ErrorCode.MANIFEST_TOO_LARGE, f"{rel}: {resp.content_length} bytes "
+                                  f"(limit {limit})", item=rel)
+            parts: list[bytes] = []
+            size = 0
+            while chunk := await resp.content.read(1 << 20):  # read() returns what arrived
+                size += len(chunk)
+                if size > limit:
+                    raise EngineError(ErrorCode.MANIFEST_TOO_LARGE, f"{rel}: over {limit} bytes", item=rel)
+                parts.append(chunk)
+            return b"".join(parts)
+    except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
+        raise FetchFailed(FailureKind.STALL, f"{source.id}: {rel} stalled") from exc
+    except aiohttp.ClientError as exc:
+        raise FetchFailed(FailureKind.RESET, f"{source.id}: {rel}: {exc!r}") from exc
+
+
+async def fetch_small(ctx: EngineContext, pool: SourcePool, rel: str, limit: int, *,
+                      check: Callable[[bytes], None] | None = None,
+                      refresh: SourceRefresh | None = None) -> bytes:
+    """GET a small document (manifest, signature, delta index, patch) from the best source.
+
+    The same failure rules as pack ranges: every failure is recorded against its source, the
+    next try prefers another source after a capped, jittered backoff, a 403 refreshes the signed
+    tokens once per failure, and ``check`` (e.g. a hash or signature test) failing counts as
+    corrupt bytes from that source — another source is tried before the document is called bad.
+    """
+    policy = RetryPolicy(max_attempts=ctx.settings.max_attempts)
+    state = FetchState()
+    sources = frozenset(s.id for s in pool.sources)
+    while True:
+        source = pool.pick(time.time(), state.exclude)
+        started = time.monotonic()
+        try:
+            data = await _get_small(ctx, source, rel, limit)
+            if check is not None:
+                check(data)
+        except FetchFailed as exc:
+            failure = exc.failure(source.id, rel)
+        except (ManifestError, EngineError) as exc:  # arrived, but failed its check
+            if isinstance(exc, EngineError) and exc.code == ErrorCode.MANIFEST_TOO_LARGE:
+                raise
+            code, message, item = (
+                (ErrorCode.from_wire(exc.code, ErrorCode.MANIFEST_INVALID), exc.message, exc.field)
+                if isinstance(exc, ManifestError) else (exc.code, exc.message, exc.item))
+            failure = Failure(source.id, FailureKind.CORRUPT, message, code=code, item=item)
+        else:
+            pool.record_success(source.id, len(data), time.monotonic() - started, time.time())
+            return data
+        pool.record_failure(source.id, failure.kind, time.time())
+        step = after_failure(state, failure, sources, policy, random.random(), rel)
+        if isinstance(step, GiveUp):
+            raise EngineError(step.code, step.message, item=step.item)
+        log.warning("fetch %s: try %d failed: %s", rel, step.state.attempt, failure.detail)
+        if step.refresh_tokens and refresh is not None:
+            pool.replace_tokens(list(await refresh()))
+        await asyncio.sleep(step.delay_s)
+        state = step.state
+
+
+async def manifest_key(ctx: EngineContext) -> str:
+    """The backend's manifest key, pinned on first use per backend URL."""
+    meta_key = f"manifest_key:{ctx.api.base_url}"
+    pinned = ctx.state.get_meta(meta_key)
+    if pinned is None:
+        pinned = await ctx.api.manifest_key()
+        ctx.state.set_meta(meta_key, pinned)
+    return pinned
+
+
+async def load_manifest(ctx: EngineContext, pool: SourcePool, grant: TaskGrant) -> Manifest:
+    """The signed manifest of a grant: from the local cache, else from the CDN. The signature is
+    fetched first (64 bytes); the manifest bytes are checked against it as they arrive, so a
+    flipped byte on one edge makes the engine fetch from another instead of failing."""
+    blob_path, sig_path = ctx.state.manifest_files(grant.product_id, grant.version_id)
+    key = load_public_key(await manifest_key(ctx))
+    refresh = refresher(ctx, grant)
+    if blob_path.exists() and sig_path.exists():
+        blob, sig = blob_path.read_bytes(), sig_path.read_bytes()
+    else:
+        sig = await fetch_small(ctx, pool, grant.signature_path, 1024, refresh=refresh)
+        blob = await fetch_small(ctx, pool, grant.manifest_path, MANIFEST_MAX_BYTES,
+                                 check=lambda data: verify_signature(data, sig, key),
+                                 refresh=refresh)
+    try:
+        manifest = await asyncio.to_thread(load_signed_manifest, blob, sig, key)
+    except ManifestError as exc:
+        raise EngineError(ErrorCode.from_wire(exc.code, ErrorCode.MANIFEST_INVALID),
+                          f"manifest of {grant.product_id} {grant.version_id}: "
+                          f"{exc.message}", item=exc.field) from exc
+    if (manifest.product_id, manifest.version_id) != (grant.product_id, grant.version_id):
+        raise EngineError(ErrorCode.MANIFEST_INVALID, "manifest is for another product or version")
+    if not blob_path.exists():
+        blob_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(sig_path, sig)
+        atomic_write(blob_path, blob)
+    return manifest
+
+
+def refresher(ctx: EngineContext, grant: TaskGrant) -> SourceRefresh:
+    return lambda: ctx.api.refresh_sources(grant.backend_task_id)
+
+
+async def obtain_grant(ctx: EngineContext, task: TaskRecord) -> TaskGrant:
+    grant = await ctx.api.create_task(task.product_id, task.version_id, task.target_path,
+                                      task.priority)
+    ctx.state.update_task(task.id, backend_task_id=grant.backend_task_id,
+                          version_id=grant.version_id)
+    return grant
