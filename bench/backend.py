@@ -23,12 +23,10 @@ import os
 import random
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 
@@ -39,6 +37,7 @@ from backend.config import load_settings  # noqa: E402
 from backend.db import Database  # noqa: E402
 from backend.demo import publish_catalog  # noqa: E402
 from backend.nginx import NginxEdge, find_nginx  # noqa: E402
+from testing.processes import ServerProcess  # noqa: E402
 
 MIB = 1024 * 1024
 PACK_MB = 256
@@ -46,17 +45,9 @@ RANGE = 8 * MIB
 READERS = 4
 
 
-def start_backend(data: Path) -> tuple[subprocess.Popen[bytes], str]:
-    env = dict(os.environ, LAUNCHER_BCRYPT_ROUNDS="4", PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "backend.cli", "serve", "--data", str(data), "--port", "0"],
-        stdout=subprocess.PIPE, stderr=(data / "backend.log").open("ab"), env=env, cwd=REPO)
-    assert proc.stdout is not None
-    for raw in proc.stdout:
-        line = raw.decode().strip()
-        if line.startswith("listening on "):
-            return proc, line.split()[-1]
-    raise RuntimeError("backend did not start")
+def start_backend(data: Path) -> ServerProcess:
+    return ServerProcess([sys.executable, "-m", "backend.cli", "serve", "--data", str(data),
+                          "--port", "0"], data / "backend.log", timeout=120)
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -154,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-backend-"))
-    procs: list[Any] = []
+    server: ServerProcess | None = None
     try:
         data = tmp / "data"
         data.mkdir()
@@ -182,8 +173,8 @@ def main(argv: list[str] | None = None) -> int:
                 grant(s, n, product)
         db.dispose()
 
-        proc, url = start_backend(data)
-        procs.append(proc)
+        server = start_backend(data)
+        url = server.url
         clients = asyncio.run(prepare_clients(url, names, product))
         latencies, rps, errors = asyncio.run(token_bench(url, clients, args.requests))
         p50, p99 = statistics.median(latencies), percentile(latencies, 99)
@@ -207,9 +198,8 @@ def main(argv: list[str] | None = None) -> int:
                 nginx_mb_s = asyncio.run(cdn_bench([f"{edge.url}{rel}?{q}"],
                                                    pack.stat().st_size, args.cdn_mb))
     finally:
-        for p in procs:
-            p.terminate()
-            p.wait(10)
+        if server is not None:
+            server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
     rows = [

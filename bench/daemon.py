@@ -90,7 +90,9 @@ from engine.api.client import (  # noqa: E402
     DaemonInfo,
     read_info,
 )
+from engine.api.protocol import Event, TaskStatus, event_to_wire  # noqa: E402
 from engine.core.events import ITEM, STATUS  # noqa: E402
+from testing.processes import ServerProcess, run_folder  # noqa: E402
 
 MB = dl.MB
 MIB = dl.MIB
@@ -135,7 +137,7 @@ def percentile(values: list[float], q: float) -> float:
 
 @dataclass
 class Daemon:
-    server: Any  # bench_download.Server
+    server: ServerProcess
     info: DaemonInfo
     startup_cpu_s: float  # CPU from spawn to "listening on" (interpreter, imports, engine)
 
@@ -150,8 +152,8 @@ class Daemon:
 def start_daemon(stack: Any, data: Path, log_path: Path) -> Daemon:
     shutil.rmtree(data, ignore_errors=True)
     data.mkdir(parents=True)
-    server = dl.Server([sys.executable, "-m", "engine.cli", "--data", str(data),
-                        "--backend", stack.url, "serve"], log_path)
+    server = dl.start_server([sys.executable, "-m", "engine.cli", "--data", str(data),
+                              "--backend", stack.url, "serve"], log_path)
     try:
         info = read_info(data)
         if info is None or info.pid != server.proc.pid:
@@ -171,12 +173,12 @@ class Recorder:
         self.counts: Counter[str] = Counter()
         self._new = asyncio.Event()
 
-    def on_event(self, event: dict[str, Any]) -> None:
+    def on_event(self, event: Event) -> None:
         t = time.perf_counter()
-        self.counts[str(event.get("type"))] += 1
-        if event.get("type") == STATUS:
+        self.counts[str(event_to_wire(event)["type"])] += 1
+        if isinstance(event, TaskStatus):
             self.times.append(t)
-            self.statuses.append(str(event["payload"]["status"]))
+            self.statuses.append(event.status)
             self._new.set()
 
     @property
@@ -568,7 +570,7 @@ def main(argv: list[str] | None = None) -> int:
         async with asyncio.timeout(args.timeout):
             return await bench(args, stack, game, run_dir)
 
-    with dl.work_dir(args.work, args.keep) as run_dir:
+    with run_folder(args.work, args.keep) as run_dir:
         stack = dl.start_stack(run_dir, store_dir, [dl.PRODUCT])
         try:
             log(f"backend {stack.url}, nginx edge {stack.nginx_url}; run folder {run_dir}")

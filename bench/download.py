@@ -85,7 +85,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,8 +93,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from backend.nginx import free_port  # noqa: E402
 from engine.core.events import STATUS  # noqa: E402
+from testing import processes  # noqa: E402
 
 MB = 1_000_000
 MIB = 1024 * 1024
@@ -242,20 +242,12 @@ def describe_game(store_dir: Path, product: str, version: str) -> Game:
         store.close()
 
 
-def copy_store(src: Path, dest: Path) -> None:
-    """Private copy of a store: immutable files hard-linked, the index copied."""
-
-    def link_or_copy(s: str, d: str) -> None:
-        if Path(s).name.startswith("index.sqlite"):
-            shutil.copy2(s, d)
-            return
-        try:
-            os.link(s, d)
-        except OSError:
-            shutil.copy2(s, d)
-
-    shutil.copytree(src, dest, copy_function=link_or_copy,
-                    ignore=shutil.ignore_patterns(".bench-*"))
+def private_store(src: Path, dest: Path) -> None:
+    """A private copy of a cached store (``testing.processes.copy_store``) without this bench's
+    markers."""
+    processes.copy_store(src, dest)
+    for marker in dest.glob(".bench-*"):
+        marker.unlink()  # a hard link of the cached store's marker: the cache keeps its own
 
 
 # -------------------------------------------------------------------------------------------------
@@ -266,23 +258,11 @@ PYCACHE: Path | None = None  # --work/pycache: bytecode of every Python subproce
 
 
 def base_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env = processes.subprocess_env()
     if PYCACHE is not None:  # like an installed engine: modules are not recompiled every start
         env.pop("PYTHONDONTWRITEBYTECODE", None)
         env["PYTHONPYCACHEPREFIX"] = str(PYCACHE)
-    env["PYTHONUNBUFFERED"] = "1"
-    env["LAUNCHER_BCRYPT_ROUNDS"] = "4"
-    env["PYTHON_KEYRING_BACKEND"] = "keyring.backends.fail.Keyring"  # 0600 file, no keyring
     return env
-
-
-def backend_cli(data: Path, *args: str) -> str:
-    proc = subprocess.run([sys.executable, "-m", "backend.cli", *args, "--data", str(data)],
-                          capture_output=True, text=True, env=base_env(), cwd=REPO, timeout=120)
-    if proc.returncode != 0:
-        raise RuntimeError(f"launcher-backend {' '.join(args)}: {proc.stdout}\n{proc.stderr}")
-    return proc.stdout
 
 
 @dataclass
@@ -352,44 +332,16 @@ def proc_cpu_s(pid: int) -> float:
     return total
 
 
-class Server:
-    """A process printing ``listening on URL``."""
-
-    def __init__(self, argv: list[str], log_path: Path) -> None:
-        self._log = log_path.open("ab")
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self._log,
-                                     stdin=subprocess.DEVNULL, env=base_env(), cwd=REPO)
-        self.url = ""
-        found = threading.Event()
-
-        def read() -> None:
-            assert self.proc.stdout is not None
-            for raw in self.proc.stdout:
-                line = raw.decode(errors="replace").strip()
-                if line.startswith("listening on ") and not found.is_set():
-                    self.url = line.split("listening on ", 1)[1].strip()
-                    found.set()
-
-        threading.Thread(target=read, daemon=True).start()
-        if not found.wait(120):
-            self.stop()
-            raise RuntimeError(f"did not start: {argv}; see {log_path}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
+def start_server(argv: list[str], log_path: Path) -> processes.ServerProcess:
+    """A process printing ``listening on URL`` (the backend, the engine daemon) in this bench's
+    environment."""
+    return processes.ServerProcess(argv, log_path, timeout=120, env=base_env())
 
 
 @dataclass
 class Stack:
     data: Path
-    backend: Server
+    backend: processes.ServerProcess
     nginx: subprocess.Popen[bytes]
     nginx_url: str
 
@@ -398,13 +350,7 @@ class Stack:
         return self.backend.url
 
     def stop(self) -> None:
-        if self.nginx.poll() is None:
-            self.nginx.terminate()
-            try:
-                self.nginx.wait(10)
-            except subprocess.TimeoutExpired:
-                self.nginx.kill()
-                self.nginx.wait()
+        processes.stop_process(self.nginx, 10)
         self.backend.stop()
 
 
@@ -414,16 +360,17 @@ def start_stack(run_dir: Path, store_dir: Path, products: list[str]) -> Stack:
 
     data = run_dir / "backend"
     data.mkdir(parents=True)
-    copy_store(store_dir, data / "store")
-    port = free_port()
+    private_store(store_dir, data / "store")
+    port = processes.free_port()
     nginx_url = f"http://127.0.0.1:{port}/cdn/"
-    backend = Server([sys.executable, "-m", "backend.cli", "serve", "--data", str(data),
-                      "--port", "0", "--cdn-edge", f"nginx={nginx_url}"], data / "backend.log")
+    backend = start_server([sys.executable, "-m", "backend.cli", "serve", "--data", str(data),
+                            "--port", "0", "--cdn-edge", f"nginx={nginx_url}"],
+                           data / "backend.log")
     prefix = data / "nginx"
     prefix.mkdir()
     conf = prefix / "cdn.conf"
-    backend_cli(data, "nginx-conf", "--port", str(port), "--prefix", str(prefix),
-                "--out", str(conf))
+    processes.backend_cli(data, "nginx-conf", "--port", str(port), "--prefix", str(prefix),
+                          "--out", str(conf), env=base_env())
     nginx_bin = find_nginx()
     assert nginx_bin is not None
     nginx = subprocess.Popen([nginx_bin, "-p", str(prefix), "-c", str(conf),
@@ -442,9 +389,9 @@ def start_stack(run_dir: Path, store_dir: Path, products: list[str]) -> Stack:
                 stack.stop()
                 raise RuntimeError(f"nginx did not start: see {prefix}/error.log") from None
             time.sleep(0.05)
-    backend_cli(data, "user", "add", USER, "--password", PASSWORD)
+    processes.backend_cli(data, "user", "add", USER, "--password", PASSWORD, env=base_env())
     for p in products:
-        backend_cli(data, "grant", USER, p)
+        processes.backend_cli(data, "grant", USER, p, env=base_env())
     return stack
 
 
@@ -642,11 +589,16 @@ def _run_engine(stack: Stack, game: Game, run_dir: Path, name: str, *, limit: st
     return res
 
 
+def pack_jobs(source: dict[str, Any], game: Game, out: Path) -> list[tuple[str, Path, int]]:
+    """(signed URL, destination in the new folder ``out``, size) of every pack of the game."""
+    out.mkdir()
+    return [(f"{source['baseUrl']}{rel}?{source['query']}", out / Path(rel).name, size)
+            for rel, size in game.packs]
+
+
 def run_curl(source: dict[str, Any], game: Game, run_dir: Path) -> Result:
     out = run_dir / "target-curl"
-    out.mkdir()
-    jobs = [(f"{source['baseUrl']}{rel}?{source['query']}", out / Path(rel).name, size)
-            for rel, size in game.packs]
+    jobs = pack_jobs(source, game, out)
     env = dict(os.environ)
     for k in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
         env.pop(k, None)
@@ -675,9 +627,7 @@ def run_curl(source: dict[str, Any], game: Game, run_dir: Path) -> Result:
 
 def run_aria2c(source: dict[str, Any], game: Game, run_dir: Path) -> Result:
     out = run_dir / "target-aria2c"
-    out.mkdir()
-    jobs = [(f"{source['baseUrl']}{rel}?{source['query']}", out / Path(rel).name, size)
-            for rel, size in game.packs]
+    jobs = pack_jobs(source, game, out)
     listing = run_dir / "aria2c.list"
     listing.write_text("".join(f"{url}\n  out={dest.name}\n" for url, dest, _ in jobs))
     argv = ["aria2c", *ARIA2_ARGS, "-i", str(listing), "-d", str(out), "--no-conf",
@@ -744,17 +694,6 @@ def median_result(results: list[Result]) -> Result:
     return sorted(results, key=lambda r: r.mb_s)[len(results) // 2]
 
 
-@contextlib.contextmanager
-def work_dir(base: Path, keep: bool) -> Iterator[Path]:
-    base.mkdir(parents=True, exist_ok=True)
-    run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=base))
-    try:
-        yield run_dir
-    finally:
-        if not keep:
-            shutil.rmtree(run_dir, ignore_errors=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", type=int, default=1024, help="MiB of the demo game (default 1024)")
@@ -794,7 +733,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(game.packs)} packs, {game.pack_bytes / MB:.0f} MB of packs")
     results: list[Result] = []
     by_tool: dict[str, list[Result]] = {"engine": [], "curl": [], "aria2c": []}
-    with work_dir(args.work, args.keep) as run_dir:
+    with processes.run_folder(args.work, args.keep) as run_dir:
         products = [PRODUCT] + ([big_product] if big_product else [])
         stack = start_stack(run_dir, store_dir, products)
         try:
@@ -809,18 +748,14 @@ def main(argv: list[str] | None = None) -> int:
                         profile=args.profile if i == 0 else None))
                     by_tool["engine"].append(r)
                     results.append(r)
-                if "curl" in only:
-                    log(f"curl x{CURL_PROCESSES} ({i + 1}/{args.repeat})")
-                    src = signed_source(stack, game, run_dir / "target-curl")
-                    r = with_nginx_cpu(stack, functools.partial(run_curl, src, game, run_dir))
-                    by_tool["curl"].append(r)
-                    results.append(r)
-                if "aria2c" in only:
-                    log(f"aria2c ({i + 1}/{args.repeat})")
-                    src = signed_source(stack, game, run_dir / "target-aria2c")
-                    r = with_nginx_cpu(stack, functools.partial(run_aria2c, src, game, run_dir))
-                    by_tool["aria2c"].append(r)
-                    results.append(r)
+                for tool, label, run_tool in (("curl", f"curl x{CURL_PROCESSES}", run_curl),
+                                              ("aria2c", "aria2c", run_aria2c)):
+                    if tool in only:
+                        log(f"{label} ({i + 1}/{args.repeat})")
+                        src = signed_source(stack, game, run_dir / f"target-{tool}")
+                        r = with_nginx_cpu(stack, functools.partial(run_tool, src, game, run_dir))
+                        by_tool[tool].append(r)
+                        results.append(r)
             limited: Result | None = None
             if "limit" in only:
                 log(f"engine install --limit {args.limit}")

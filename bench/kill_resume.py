@@ -97,7 +97,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,8 +104,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from backend.nginx import free_port  # noqa: E402
 from engine.core.events import STATUS  # noqa: E402
+from testing import processes  # noqa: E402
 from testing.enginekit import STAGING, tree  # noqa: E402
 from testing.faultproxy import FaultProxy  # noqa: E402
 
@@ -143,21 +142,6 @@ def ensure_store(work: Path, size_mb: int) -> tuple[Path, Path]:
     return base / "store", base / "builds"
 
 
-def copy_store(src: Path, dest: Path) -> None:
-    """Private copy of a store: immutable files hard-linked, the index copied."""
-
-    def link_or_copy(s: str, d: str) -> None:
-        if Path(s).name.startswith("index.sqlite"):
-            shutil.copy2(s, d)
-            return
-        try:
-            os.link(s, d)
-        except OSError:
-            shutil.copy2(s, d)
-
-    shutil.copytree(src, dest, copy_function=link_or_copy)
-
-
 # -------------------------------------------------------------------------------------------------
 # Processes
 
@@ -166,14 +150,10 @@ PYCACHE: Path | None = None
 
 
 def base_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env = processes.subprocess_env()
     if PYCACHE is not None:  # bytecode outside the repo, compiled once
         env.pop("PYTHONDONTWRITEBYTECODE", None)
         env["PYTHONPYCACHEPREFIX"] = str(PYCACHE)
-    env["PYTHONUNBUFFERED"] = "1"
-    env["LAUNCHER_BCRYPT_ROUNDS"] = "4"
-    env["PYTHON_KEYRING_BACKEND"] = "keyring.backends.fail.Keyring"  # 0600 file, no keyring
     for key in list(env):  # nothing inherited may change the engine's behaviour
         if key.startswith("LAUNCHER_ENGINE_"):
             del env[key]
@@ -182,52 +162,10 @@ def base_env() -> dict[str, str]:
     return env
 
 
-def backend_cli(data: Path, *args: str) -> str:
-    proc = subprocess.run([sys.executable, "-m", "backend.cli", *args, "--data", str(data)],
-                          capture_output=True, text=True, env=base_env(), cwd=REPO, timeout=120)
-    if proc.returncode != 0:
-        raise RuntimeError(f"launcher-backend {' '.join(args)}: {proc.stdout}\n{proc.stderr}")
-    return proc.stdout
-
-
-class Server:
-    """A process printing ``listening on URL``; stdout drained in the background."""
-
-    def __init__(self, argv: list[str], log_path: Path) -> None:
-        self._log = log_path.open("ab")
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self._log,
-                                     stdin=subprocess.DEVNULL, env=base_env(), cwd=REPO)
-        self.url = ""
-        found = threading.Event()
-
-        def read() -> None:
-            assert self.proc.stdout is not None
-            for raw in self.proc.stdout:
-                line = raw.decode(errors="replace").strip()
-                if line.startswith("listening on ") and not found.is_set():
-                    self.url = line.split("listening on ", 1)[1].strip()
-                    found.set()
-
-        threading.Thread(target=read, daemon=True).start()
-        if not found.wait(120):
-            self.stop()
-            raise RuntimeError(f"did not start: {argv}; see {log_path}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-
-
 @dataclass
 class Stack:
     data: Path
-    backend: Server
+    backend: processes.ServerProcess
     proxy: FaultProxy
 
     @property
@@ -244,23 +182,26 @@ def start_stack(run_dir: Path, store_dir: Path) -> Stack:
     front of the backend's own /cdn/ route."""
     data = run_dir / "backend"
     data.mkdir(parents=True)
-    copy_store(store_dir, data / "store")
+    processes.copy_store(store_dir, data / "store")
     last: Exception | None = None
     for _ in range(3):  # the port picked may be taken in between: try another
-        port = free_port()
+        port = processes.free_port()
         proxy = FaultProxy(f"http://127.0.0.1:{port}").start()
         try:
-            backend = Server([sys.executable, "-m", "backend.cli", "serve", "--data", str(data),
-                              "--host", "127.0.0.1", "--port", str(port),
-                              "--cdn-edge", f"{proxy.url}/cdn/"], data / "backend.log")
-        except RuntimeError as exc:
+            backend = processes.ServerProcess(
+                [sys.executable, "-m", "backend.cli", "serve", "--data", str(data),
+                 "--host", "127.0.0.1", "--port", str(port), "--cdn-edge", f"{proxy.url}/cdn/"],
+                data / "backend.log", timeout=120, env=base_env())
+        # ValueError too: ServerProcess reads its closed log when the server does not start
+        except (RuntimeError, ValueError) as exc:
             proxy.stop()
             last = exc
             continue
         stack = Stack(data, backend, proxy)
         try:
-            backend_cli(data, "user", "add", USER, "--password", PASSWORD)
-            backend_cli(data, "grant", USER, PRODUCT)
+            processes.backend_cli(data, "user", "add", USER, "--password", PASSWORD,
+                                  env=base_env())
+            processes.backend_cli(data, "grant", USER, PRODUCT, env=base_env())
         except BaseException:
             stack.stop()
             raise
@@ -780,17 +721,6 @@ def summarize(trials: list[Trial]) -> dict[str, Any]:
     }
 
 
-@contextlib.contextmanager
-def work_dir(base: Path, keep: bool) -> Iterator[Path]:
-    base.mkdir(parents=True, exist_ok=True)
-    run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=base))
-    try:
-        yield run_dir
-    finally:
-        if not keep:
-            shutil.rmtree(run_dir, ignore_errors=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", type=int, default=64, help="MiB per demo version (default 64)")
@@ -832,7 +762,7 @@ def main(argv: list[str] | None = None) -> int:
     trials: list[Trial] = []
     cals: dict[str, Calibration] = {}
     keep = args.keep
-    with work_dir(args.work, keep) as run_dir:
+    with processes.run_folder(args.work, keep) as run_dir:
         paths = Paths(run_dir / "trial")
         engine_log = run_dir / "engine-stderr.log"
         stack = start_stack(run_dir, store_dir)

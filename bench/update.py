@@ -59,7 +59,6 @@ Sizes are in MB = 10**6 bytes. Peer tools: ``apt-get install -y xdelta3 zstd bsd
 from __future__ import annotations
 
 import argparse
-import hashlib
 import itertools
 import json
 import os
@@ -91,12 +90,13 @@ from engine.core.updateplan import (  # noqa: E402
 from patcher.manifest import Manifest  # noqa: E402
 from patcher.sizing import blocks_bytes, blocks_for, chunk_share  # noqa: E402
 from patcher.store import Store  # noqa: E402
+from testing.builds import build_files, cpu_model, dpkg_version, run_peer, sha256_file, tool_version  # noqa: E402
 from testing.faultproxy import FaultProxy  # noqa: E402
+from testing.processes import ServerProcess, subprocess_env  # noqa: E402
 
 MB = 1_000_000
 PRODUCT = "star-courier"
 WORKERS = 2  # peer tool runs in parallel
-BUILD_METADATA = "launcher-build.json"
 GOAL_VERIFY_RATIO = 0.80
 PEERS = ("xdelta3", "zstd_patch_from", "bsdiff")
 
@@ -109,67 +109,30 @@ def log(msg: str) -> None:
 # Processes
 
 
-def base_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env["PYTHONUNBUFFERED"] = "1"
-    env["LAUNCHER_BCRYPT_ROUNDS"] = "4"
-    env["PYTHON_KEYRING_BACKEND"] = "keyring.backends.fail.Keyring"
-    return env
-
-
 class Backend:
-    """``launcher-backend serve --demo`` as a subprocess; stdout drained in the background."""
+    """``launcher-backend serve --demo`` as a subprocess (``testing.processes.ServerProcess``),
+    whose CDN edges this bench sets."""
 
     def __init__(self, data: Path, size_mb: float, timeout: float) -> None:
         self.data = data
         data.mkdir(parents=True, exist_ok=True)
-        self._log = (data / "backend.log").open("ab")
         argv = [sys.executable, "-m", "backend.cli", "serve", "--data", str(data), "--port", "0",
                 "--demo", "--demo-size", str(size_mb)]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self._log,
-                                     stdin=subprocess.DEVNULL, env=base_env(), cwd=REPO)
-        self.url = self._wait_url(timeout)
-        threading.Thread(target=self._drain, daemon=True).start()
-
-    def _wait_url(self, timeout: float) -> str:
-        found: list[str] = []
-
-        def read() -> None:
-            assert self.proc.stdout is not None
-            for raw in self.proc.stdout:
-                line = raw.decode(errors="replace").strip()
-                if line.startswith("listening on "):
-                    found.append(line.split("listening on ", 1)[1].strip())
-                    return
-
-        t = threading.Thread(target=read, daemon=True)
-        t.start()
-        t.join(timeout)
-        if not found:
-            self.stop()
-            tail = (self.data / "backend.log").read_text(errors="replace")[-3000:]
-            raise SystemExit(f"bench/update: backend did not start within {timeout:.0f} s:\n{tail}")
-        return found[0]
-
-    def _drain(self) -> None:
-        assert self.proc.stdout is not None
-        for _ in self.proc.stdout:
-            pass
+        try:
+            self.server = ServerProcess(argv, data / "backend.log", timeout)
+        # ValueError too: ServerProcess reads its closed log when the server does not start
+        except (RuntimeError, ValueError):
+            tail = (data / "backend.log").read_text(errors="replace")[-3000:]
+            raise SystemExit(f"bench/update: backend did not start within {timeout:.0f} s:\n"
+                             f"{tail}") from None
+        self.url = self.server.url
 
     def set_edges(self, urls: list[str]) -> None:
         write_edges(self.data / "cdn-edges.json",
                     [EdgeConfig.parse(u, i) for i, u in enumerate(urls)])
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
+        self.server.stop(15)
 
 
 @dataclass(slots=True)
@@ -205,7 +168,7 @@ class Engine:
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             t0 = time.perf_counter()
             proc = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                                    cwd=REPO, env=base_env())
+                                    cwd=REPO, env=subprocess_env())
             last: dict[str, int] = {}
             done = threading.Event()
 
@@ -257,34 +220,10 @@ def check_tools() -> dict[str, str]:
     if missing:
         raise SystemExit(f"bench/update: missing {', '.join(missing)}; install with: "
                          "apt-get install -y xdelta3 zstd bsdiff")
-
-    def first_line(cmd: list[str]) -> str:
-        r = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        text = (r.stdout or r.stderr).strip()
-        return text.splitlines()[0] if text else "?"
-
-    def dpkg(pkg: str) -> str:
-        r = subprocess.run(["dpkg-query", "-W", "-f=${Version}", pkg], capture_output=True,
-                           text=True, check=False)
-        return r.stdout.strip() or "?"
-
-    return {"xdelta3": first_line(["xdelta3", "-V"]), "zstd": first_line(["zstd", "--version"]),
-            "bsdiff": f"bsdiff (Debian {dpkg('bsdiff')})",
-            "cat": first_line(["cat", "--version"])}
-
-
-def peer_cmd(tool: str, old: Path | None, new: Path, out: Path) -> list[str]:
-    if tool == "zstd19":
-        return ["zstd", "-19", "-q", "-f", str(new), "-o", str(out)]
-    assert old is not None
-    if tool == "xdelta3":
-        return ["xdelta3", "-e", "-9", "-f", "-s", str(old), str(new), str(out)]
-    if tool == "zstd_patch_from":
-        return ["zstd", "-19", "--long=31", "-q", "-f", f"--patch-from={old}", str(new),
-                "-o", str(out)]
-    if tool == "bsdiff":
-        return ["bsdiff", str(old), str(new), str(out)]
-    raise ValueError(tool)
+    return {"xdelta3": tool_version(["xdelta3", "-V"]),
+            "zstd": tool_version(["zstd", "--version"]),
+            "bsdiff": f"bsdiff (Debian {dpkg_version('bsdiff')})",
+            "cat": tool_version(["cat", "--version"])}
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,45 +231,6 @@ class PeerJob:
     tool: str
     old: Path | None
     new: Path
-
-
-def run_peer(job: PeerJob, tmp: Path) -> tuple[int, float]:
-    out = tmp / f"{uuid.uuid4().hex}.out"
-    cmd = peer_cmd(job.tool, job.old, job.new, out)
-    t0 = time.perf_counter()
-    r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
-    secs = time.perf_counter() - t0
-    if r.returncode != 0 or not out.exists():
-        raise RuntimeError(f"{' '.join(cmd)} failed ({r.returncode}): "
-                           f"{r.stderr.decode(errors='replace').strip()}")
-    size = out.stat().st_size
-    out.unlink()
-    return size, secs
-
-
-def build_files(build: Path) -> dict[str, Path]:
-    out: dict[str, Path] = {}
-    for root, dirnames, filenames in os.walk(build):
-        dirnames.sort()
-        for name in sorted(filenames):
-            p = Path(root) / name
-            rel = p.relative_to(build).as_posix()
-            if rel != BUILD_METADATA and p.is_file() and not p.is_symlink():
-                out[rel] = p
-    return out
-
-
-_SHA: dict[Path, str] = {}
-
-
-def sha256(path: Path) -> str:
-    if path not in _SHA:
-        h = hashlib.sha256()
-        with path.open("rb") as fh:
-            while block := fh.read(4 << 20):
-                h.update(block)
-        _SHA[path] = h.hexdigest()
-    return _SHA[path]
 
 
 @dataclass(slots=True)
@@ -350,25 +250,25 @@ class FileRow:
 def peer_step(old_build: Path, new_build: Path, tmp: Path) -> tuple[list[FileRow], dict[str, float]]:
     """Per changed/added file, each peer's bytes (2 tool runs in parallel)."""
     old_files, new_files = build_files(old_build), build_files(new_build)
-    old_shas = {sha256(p) for p in old_files.values()}
+    old_shas = {sha256_file(p) for p in old_files.values()}
     rows: list[FileRow] = []
     jobs: list[tuple[FileRow, PeerJob]] = []
     for rel, new in new_files.items():
         old = old_files.get(rel)
         if old is not None:
-            if old.stat().st_size == new.stat().st_size and sha256(old) == sha256(new):
+            if old.stat().st_size == new.stat().st_size and sha256_file(old) == sha256_file(new):
                 continue
             row = FileRow(rel, "changed", new.stat().st_size)
             jobs += [(row, PeerJob(t, old, new)) for t in PEERS]
         else:
-            row = FileRow(rel, "renamed" if sha256(new) in old_shas else "added",
+            row = FileRow(rel, "renamed" if sha256_file(new) in old_shas else "added",
                           new.stat().st_size)
             jobs.append((row, PeerJob("zstd19", None, new)))
         rows.append(row)
     seconds: dict[str, float] = defaultdict(float)
     jobs.sort(key=lambda rj: -rj[1].new.stat().st_size)  # biggest first: workers end together
     with ThreadPoolExecutor(max_workers=WORKERS) as pool:
-        results = pool.map(lambda rj: run_peer(rj[1], tmp), jobs)
+        results = pool.map(lambda rj: run_peer(rj[1].tool, rj[1].old, rj[1].new, tmp), jobs)
         for (row, job), (size, secs) in zip(jobs, results, strict=True):
             seconds[job.tool] += secs
             if job.tool == "zstd19":
@@ -541,16 +441,8 @@ def measure_verify(engine: Engine, files: list[Path], cold_runs: int) -> dict[st
 
 
 def machine() -> dict[str, Any]:
-    cpu = "?"
-    try:
-        for ln in Path("/proc/cpuinfo").read_text().splitlines():
-            if ln.startswith("model name"):
-                cpu = ln.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return {"cpu": cpu, "cores": os.cpu_count(), "ram_gb": round(mem / 1e9, 1),
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "ram_gb": round(mem / 1e9, 1),
             "kernel": platform.release(), "python": platform.python_version(),
             "loadavg_start": os.getloadavg()[0]}
 

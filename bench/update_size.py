@@ -44,7 +44,6 @@ The store is rebuilt on every run. The peer tools are Debian packages:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import itertools
 import json
 import os
@@ -56,7 +55,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -69,9 +67,9 @@ sys.path.insert(0, str(REPO))
 from patcher.deltaindex import DeltaIndex  # noqa: E402
 from patcher.diff import diff_manifests  # noqa: E402
 from patcher.manifest import Manifest, check_id  # noqa: E402
-from patcher.publish import BUILD_METADATA  # noqa: E402
 from patcher.sizing import UpdateCost, choose_patches, chunk_share, install_bytes, update_cost  # noqa: E402
 from patcher.store import Store  # noqa: E402
+from testing.builds import build_files, cpu_model, dpkg_version, run_peer, sha256_file, tool_version  # noqa: E402
 
 MB = 1_000_000
 GIB = 1024**3
@@ -108,7 +106,7 @@ def find_peers() -> Peers:
     bsdiff_bin = shutil.which("bsdiff")
     if bsdiff_bin:
         bsdiff_cmd: tuple[str, ...] = (bsdiff_bin,)
-        impl = f"bsdiff binary ({bsdiff_bin}, Debian package bsdiff {_dpkg_version('bsdiff')})"
+        impl = f"bsdiff binary ({bsdiff_bin}, Debian package bsdiff {dpkg_version('bsdiff')})"
     else:
         try:
             import bsdiff4
@@ -125,38 +123,11 @@ def find_peers() -> Peers:
         raise SystemExit(f"update_size: missing peer tool(s): {names}; install with: "
                          f"apt-get install -y {pkgs}")
     versions = {
-        "xdelta3": _first_line(["xdelta3", "-V"]),
-        "zstd": _first_line(["zstd", "--version"]),
+        "xdelta3": tool_version(["xdelta3", "-V"]),
+        "zstd": tool_version(["zstd", "--version"]),
         "bsdiff": impl,
     }
     return Peers(bsdiff_cmd, impl, versions)
-
-
-def _first_line(cmd: list[str]) -> str:
-    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    return (res.stdout or res.stderr).strip().splitlines()[0] if (res.stdout or res.stderr) else "?"
-
-
-def _dpkg_version(pkg: str) -> str:
-    if not shutil.which("dpkg-query"):
-        return "?"
-    res = subprocess.run(["dpkg-query", "-W", "-f=${Version}", pkg], capture_output=True,
-                         text=True, check=False)
-    return res.stdout.strip() or "?"
-
-
-def peer_command(peers: Peers, tool: str, old: Path | None, new: Path, out: Path) -> list[str]:
-    if tool == "zstd19":
-        return ["zstd", "-19", "-q", "-f", str(new), "-o", str(out)]
-    assert old is not None
-    if tool == "xdelta3":
-        return ["xdelta3", "-e", "-9", "-f", "-s", str(old), str(new), str(out)]
-    if tool == "zstd_patch_from":
-        return ["zstd", "-19", "--long=31", "-q", "-f", f"--patch-from={old}", str(new), "-o",
-                str(out)]
-    if tool == "bsdiff":
-        return [*peers.bsdiff_cmd, str(old), str(new), str(out)]
-    raise ValueError(tool)
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,17 +169,7 @@ class PeerRunner:
             os.replace(tmp, self.cache_file)
 
     def _run(self, job: PeerJob) -> tuple[int, float]:
-        out = self.tmp / f"{uuid.uuid4().hex}.out"
-        cmd = peer_command(self.peers, job.tool, job.old, job.new, out)
-        t0 = time.perf_counter()
-        res = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
-        elapsed = time.perf_counter() - t0
-        if res.returncode != 0 or not out.exists():
-            raise RuntimeError(f"{' '.join(cmd)} failed ({res.returncode}): "
-                               f"{res.stderr.decode(errors='replace').strip()}")
-        size = out.stat().st_size
-        out.unlink()
-        return size, elapsed
+        return run_peer(job.tool, job.old, job.new, self.tmp, self.peers.bsdiff_cmd)
 
     def run(self, jobs: Iterable[PeerJob]) -> None:
         todo: dict[tuple[str, ...], PeerJob] = {}
@@ -226,36 +187,6 @@ class PeerRunner:
                 self.seconds[j.key] = secs
                 self._disk[self._disk_key(j.key)] = [size, secs]
                 self._save()
-
-
-# ---------------------------------------------------------------------------------------------
-# Build folders
-
-
-def build_files(build: Path) -> dict[str, Path]:
-    """The files a publish ships (launcher-build.json at the root is read, not shipped)."""
-    out: dict[str, Path] = {}
-    for root, dirnames, filenames in os.walk(build):
-        dirnames.sort()
-        for name in sorted(filenames):
-            p = Path(root) / name
-            rel = p.relative_to(build).as_posix()
-            if rel != BUILD_METADATA and p.is_file() and not p.is_symlink():
-                out[rel] = p
-    return out
-
-
-_SHA_CACHE: dict[Path, str] = {}
-
-
-def sha256_file(path: Path) -> str:
-    if path not in _SHA_CACHE:
-        h = hashlib.sha256()
-        with path.open("rb") as fh:
-            while block := fh.read(4 * 1024 * 1024):
-                h.update(block)
-        _SHA_CACHE[path] = h.hexdigest()
-    return _SHA_CACHE[path]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -583,15 +514,7 @@ def code_version() -> str:
 
 
 def machine() -> dict[str, Any]:
-    model = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"nproc": os.cpu_count(), "cpu": model, "python": platform.python_version(),
+    return {"nproc": os.cpu_count(), "cpu": cpu_model(), "python": platform.python_version(),
             "loadavg": [round(x, 2) for x in os.getloadavg()]}
 
 

@@ -86,3 +86,29 @@ def assert_same_tree(installed: Path, build: Path) -> None:
     extra = sorted(got.keys() - want.keys())
     differ = sorted(k for k in want.keys() & got.keys() if want[k] != got[k])
     assert not (missing or extra or differ), f"missing {missing[:5]} extra {extra[:5]} differ {differ[:5]}"
+
+
+def read_until(proc: Any, predicate: Any, timeout: float = 60) -> list[dict[str, Any]]:
+    """Read a running CLI's JSON lines until ``predicate(last line)`` holds; the lines so far."""
+    import time
+
+    seen: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen.extend(parse_lines(line))
+        if seen and predicate(seen[-1]):
+            return seen
+    raise AssertionError(f"never reached: {seen[-3:]}")
+
+
+def downloaded_fraction(fraction: float) -> Any:
+    """A ``read_until`` predicate: the task has downloaded ``fraction`` of its bytes."""
+    def reached(line: dict[str, Any]) -> bool:
+        p = line.get("payload", {})
+        return bool(p.get("status") == "downloading" and p.get("totalSizeBytes")
+                    and p["downloadedBytes"] >= fraction * p["totalSizeBytes"])
+    return reached

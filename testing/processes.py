@@ -1,13 +1,18 @@
 """Real processes on loopback, for tests and benchmarks alike: start a server that prints
-``listening on URL``, stop any process politely then firmly, pick a free port, copy a store."""
+``listening on URL``, stop any process politely then firmly, pick a free port, copy a store,
+run a ``launcher-backend`` command, make a run folder."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 import subprocess
+import sys
+import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -61,6 +66,31 @@ def copy_store(src: Path, dest: Path) -> None:
     shutil.copytree(src, dest, copy_function=link_or_copy)
 
 
+def backend_cli(data: Path, *args: str, env: dict[str, str] | None = None,
+                timeout: float = 120) -> str:
+    """``launcher-backend ARGS --data DATA`` run to completion: its stdout; RuntimeError with
+    its output when it fails."""
+    proc = subprocess.run([sys.executable, "-m", "backend.cli", *args, "--data", str(data)],
+                          capture_output=True, text=True, env=env or subprocess_env(), cwd=REPO,
+                          timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"launcher-backend {' '.join(args)}: {proc.stdout}\n{proc.stderr}")
+    return proc.stdout
+
+
+@contextlib.contextmanager
+def run_folder(base: Path, keep: bool = False) -> Iterator[Path]:
+    """A fresh folder ``base/run-*`` for one run (data dirs, logs); removed afterwards unless
+    ``keep``."""
+    base.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=base))
+    try:
+        yield run_dir
+    finally:
+        if not keep:
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
 class ServerProcess:
     """A subprocess that prints ``listening on URL``; stdout is drained in the background,
     stderr goes to ``log_path``."""
@@ -102,7 +132,8 @@ class ServerProcess:
             self.lines.append(raw.decode(errors="replace").rstrip("\n"))
 
     def log_tail(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
 
     def stop(self, grace_s: float = 10) -> None:

@@ -11,27 +11,17 @@ from typing import Any
 
 import pytest
 
-from testing.enginekit import STAGING, EngineCli, assert_same_tree, parse_lines
+from testing.enginekit import (
+    STAGING,
+    EngineCli,
+    assert_same_tree,
+    downloaded_fraction,
+    read_until,
+)
 from testing.faultproxy import Fault, FaultProxy
+from tests.e2e.conftest import build_dir
 
 PRODUCT = "star-courier"
-
-
-@pytest.fixture
-def user(backend: Any) -> tuple[str, str]:
-    name, _token = backend.new_user(products=[PRODUCT, "tiny-tactics"])
-    return name, "secret-pw"
-
-
-@pytest.fixture
-def engine(backend: Any, user: tuple[str, str], tmp_path: Path) -> EngineCli:
-    cli = EngineCli(tmp_path / "engine-data", backend.url)
-    cli.login(*user)
-    return cli
-
-
-def build_dir(published_store: Any, version: str, product: str = PRODUCT) -> Path:
-    return Path(published_store.builds) / product / version
 
 
 def test_install_is_byte_for_byte(engine: EngineCli, backend: Any, user: tuple[str, str],
@@ -92,23 +82,6 @@ def test_bad_config_is_named(backend: Any, tmp_path: Path) -> None:
     assert "connections" in err and "config.toml" in err
 
 
-def _wait_progress(proc: Any, fraction: float, timeout: float = 60) -> list[dict[str, Any]]:
-    """Read JSON events until the task has downloaded ``fraction`` of its bytes."""
-    seen: list[dict[str, Any]] = []
-    deadline = time.monotonic() + timeout
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        seen.extend(parse_lines(line))
-        p = seen[-1].get("payload", {}) if seen else {}
-        if p.get("status") == "downloading" and p.get("totalSizeBytes") and \
-                p["downloadedBytes"] >= fraction * p["totalSizeBytes"]:
-            return seen
-    raise AssertionError(f"no progress to {fraction}: {seen[-3:]}")
-
-
 def test_resume_after_kill9_at_several_points(engine: EngineCli, published_store: Any,
                                               tmp_path: Path) -> None:
     version = published_store.product(PRODUCT).versions[-1]
@@ -117,7 +90,7 @@ def test_resume_after_kill9_at_several_points(engine: EngineCli, published_store
     total = None
     for fraction in (0.15, 0.45, 0.75):
         proc = engine.popen(*args)
-        events = _wait_progress(proc, fraction)
+        events = read_until(proc, downloaded_fraction(fraction))
         total = events[-1]["payload"]["totalSizeBytes"]
         proc.send_signal(signal.SIGKILL)
         proc.wait()

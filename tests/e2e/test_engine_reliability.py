@@ -20,26 +20,10 @@ import pytest
 
 from testing.enginekit import STAGING, EngineCli, assert_same_tree
 from testing.faultproxy import Fault, FaultProxy
+from tests.e2e.conftest import build_dir
 
 PRODUCT = "star-courier"
 SMALL = "tiny-tactics"
-
-
-@pytest.fixture
-def user(backend: Any) -> tuple[str, str]:
-    name, _token = backend.new_user(products=[PRODUCT, SMALL])
-    return name, "secret-pw"
-
-
-@pytest.fixture
-def engine(backend: Any, user: tuple[str, str], tmp_path: Path) -> EngineCli:
-    cli = EngineCli(tmp_path / "engine-data", backend.url)
-    cli.login(*user)
-    return cli
-
-
-def build_dir(published_store: Any, version: str, product: str = PRODUCT) -> Path:
-    return Path(published_store.builds) / product / version
 
 
 def first_version(published_store: Any, product: str = PRODUCT) -> str:

@@ -14,17 +14,9 @@ from typing import Any
 
 import pytest
 
-from testing.enginekit import STAGING, EngineCli, assert_same_tree, parse_lines, tree
+from testing.enginekit import STAGING, EngineCli, assert_same_tree, read_until, tree
 
 PRODUCT = "star-courier"
-
-
-@pytest.fixture
-def engine(backend: Any, tmp_path: Path) -> EngineCli:
-    name, _ = backend.new_user(products=[PRODUCT])
-    cli = EngineCli(tmp_path / "engine-data", backend.url)
-    cli.login(name, "secret-pw")
-    return cli
 
 
 def build(published_store: Any, version: str) -> Path:
@@ -148,21 +140,15 @@ def test_move_keeps_the_game_intact(engine: EngineCli, published_store: Any, tmp
 
 def _kill_when(proc: Any, predicate: Any, timeout: float = 60,
                delay: float = 0.0) -> list[dict[str, Any]]:
-    seen: list[dict[str, Any]] = []
-    deadline = time.monotonic() + timeout
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        seen.extend(parse_lines(line))
-        if seen and predicate(seen[-1]):
-            time.sleep(delay)
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            return seen
-    proc.kill()
-    raise AssertionError(f"never reached the kill point: {seen[-3:]}")
+    try:
+        seen = read_until(proc, predicate, timeout)
+    except AssertionError:
+        proc.kill()
+        raise
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    return seen
 
 
 def _old_or_new(cli: EngineCli, target: Path, published_store: Any, old: str, new: str) -> None:
