@@ -153,13 +153,16 @@ def test_daemon_killed_mid_download_resumes_after_restart(daemon: Any, published
     lines = cli.ok("install", PRODUCT, "--no-wait", "--target", str(target), "--limit", "400K")
     task_id = lines[-1]["task"]["taskId"]
     deadline = time.monotonic() + 30
+    t: dict[str, Any] = {}
     while time.monotonic() < deadline:
         t = cli.ok("queue", "list")[-1]["tasks"][0]
         if t["downloadedBytes"] > 300_000:
             break
         time.sleep(0.3)
+    # the kill lands mid-download: started, not finished
+    assert t["status"] == "downloading" and 300_000 < t["downloadedBytes"] < t["downloadSizeBytes"], t
     code = d.kill(sig)
-    assert code != 0 if sig == signal.SIGKILL else code == 0
+    assert code == (-signal.SIGKILL if sig == signal.SIGKILL else 0)
     d.start()  # a stale lock after kill -9 does not block the new daemon
     cli.ok("limit", "off", "--task", task_id)
     cli.ok("run")

@@ -49,10 +49,9 @@ def test_install_is_byte_for_byte(engine: EngineCli, backend: Any, user: tuple[s
 def test_unknown_and_unowned_products_are_refused(engine: EngineCli, backend: Any,
                                                   tmp_path: Path) -> None:
     code, lines, _ = engine.run("install", "no-such-game")
-    assert code != 0
-    assert lines[-1]["result"] == "error" or "error" in lines[-1]
-    text = json.dumps(lines[-1])
-    assert "PERMISSION_DENIED" in text or "PRODUCT_NOT_FOUND" in text
+    assert code == 4, lines[-1:]  # not entitled / unknown product
+    error = lines[-1]["task"]["errorCode"] if "task" in lines[-1] else lines[-1]["error"]["errorCode"]
+    assert error in ("PERMISSION_DENIED", "PRODUCT_NOT_FOUND")
     assert not (tmp_path / "engine-data" / "library" / "no-such-game").exists()
 
 

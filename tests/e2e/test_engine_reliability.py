@@ -217,7 +217,7 @@ def test_a_linked_staging_folder_is_refused_and_nothing_is_written_outside(
     target.mkdir()
     (target / STAGING).symlink_to(outside, target_is_directory=True)
     code, lines, _ = engine.run("install", SMALL, "--target", str(target))
-    assert code != 0 and "UNSAFE_PATH" in error_of(lines), error_of(lines)
+    assert code == 12 and "UNSAFE_PATH" in error_of(lines), error_of(lines)
     assert STAGING in error_of(lines)
     assert list(outside.iterdir()) == []
     assert sorted(p.name for p in target.iterdir()) == [STAGING]
@@ -240,7 +240,7 @@ def test_links_inside_an_install_are_reported_and_repaired(engine: EngineCli, pu
     (target / "lib").symlink_to(lib_copy, target_is_directory=True)
     before = {p.name: sha(p) for p in lib_copy.rglob("*") if p.is_file()}
     code, lines, _ = engine.run("verify", PRODUCT)
-    assert code != 0
+    assert code == 7  # integrity
     report = lines[-1]["verify"]
     assert report["ok"] is False
     assert "game.py" in report["links"] and any(p.startswith("lib/") for p in report["links"])
