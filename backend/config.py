@@ -8,6 +8,7 @@ Layout of a data dir::
     DATA/secrets/jwt.key       JWT signing key, mode 0600, created on first start
     DATA/secrets/cdn.key       CDN URL signing key (shared by every edge), mode 0600
     DATA/store/                the content store (``patcher.store.Store``; CDN root is store/cdn)
+    DATA/store/covers/         cover art, ``<product_id>.png`` (``backend.covers``)
     DATA/saves/                save-game blobs (local storage)
     DATA/builds/               demo build folders (``--demo``)
 """
@@ -83,6 +84,7 @@ class Settings:
     save_keep_versions: int = 10
     save_url_ttl: int = 10 * 60
     max_active_tasks: int = 100
+    max_categories: int = 100  # user categories per user
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

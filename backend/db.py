@@ -2,13 +2,17 @@
 
 SQLite by default; the same models run on PostgreSQL given a DSN. The schema is versioned: a
 ``schema_version`` table holds one row; a fresh database is created with ``create_all`` and
-stamped, an existing one must carry the version this code expects (no silent drift).
+stamped, an existing one must carry the version this code expects (no silent drift) or an older
+one that ``MIGRATIONS`` upgrades step by step, each step in one transaction (a newer or unknown
+version is refused).
+
+Versions: 1 (initial), 2 (user categories: ``user_categories``, ``library_item_categories``).
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -26,15 +30,17 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    Connection,
     create_engine,
     event,
     inspect,
     select,
+    update,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.pool import StaticPool
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class SchemaMismatch(RuntimeError):
@@ -118,6 +124,32 @@ class LibraryItem(Base):
     user_rating: Mapped[int | None] = mapped_column(Integer, nullable=True)
     last_played_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     total_playtime_seconds: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class UserCategory(Base):
+    """A user's own category (collection) of library items; names are unique per user, compared
+    by ``name_key`` (NFC, case-folded)."""
+
+    __tablename__ = "user_categories"
+    __table_args__ = (UniqueConstraint("user_id", "name_key"),)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(255))
+    name_key: Mapped[str] = mapped_column(String(255))
+    sort_order: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class LibraryItemCategory(Base):
+    """Membership of a library item in one of its owner's categories (the seed's
+    ``user_categories`` array as a join table: portable, and deleting either side cascades)."""
+
+    __tablename__ = "library_item_categories"
+    item_id: Mapped[str] = mapped_column(ForeignKey("library_items.id", ondelete="CASCADE"),
+                                         primary_key=True)
+    category_id: Mapped[str] = mapped_column(ForeignKey("user_categories.id", ondelete="CASCADE"),
+                                             primary_key=True, index=True)
 
 
 class DownloadTask(Base):
@@ -248,13 +280,20 @@ class Database:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
+    def stored_versions(self) -> list[int]:
+        with self.session() as s:
+            return list(s.scalars(select(SchemaVersion.version)).all())
+
     def init_schema(self) -> None:
-        """Create tables on an empty database, or check the stored schema version."""
+        """Create tables on an empty database, or check the stored schema version and migrate an
+        older one (``MIGRATIONS``)."""
         tables = set(inspect(self.engine).get_table_names())
         if "schema_version" in tables:
-            with self.session() as s:
-                found = s.scalars(select(SchemaVersion.version)).all()
-            if list(found) != [SCHEMA_VERSION]:
+            found = self.stored_versions()
+            while len(found) == 1 and found[0] in MIGRATIONS and found[0] < SCHEMA_VERSION:
+                self._migrate_from(found[0])
+                found = self.stored_versions()
+            if found != [SCHEMA_VERSION]:
                 raise SchemaMismatch(
                     f"database schema version {found} but this backend needs {SCHEMA_VERSION}"
                 )
@@ -263,6 +302,19 @@ class Database:
         with self.session() as s:
             if s.get(SchemaVersion, SCHEMA_VERSION) is None:
                 s.add(SchemaVersion(version=SCHEMA_VERSION))
+
+    def _migrate_from(self, version: int) -> None:
+        """One step, ``version`` -> ``version + 1``, in one transaction. The version row is
+        claimed first (a row lock on PostgreSQL, the write lock on SQLite), so of two processes
+        migrating at once one does the work and the other finds it done."""
+        with self.engine.begin() as conn:
+            claimed = conn.execute(
+                update(SchemaVersion.__table__)
+                .where(SchemaVersion.__table__.c.version == version)
+                .values(version=version + 1, applied_at=utcnow())
+            ).rowcount
+            if claimed == 1:
+                MIGRATIONS[version](conn)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -278,6 +330,15 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _migrate_1_to_2(conn: Connection) -> None:
+    """User categories: two new tables, nothing else changes."""
+    Base.metadata.create_all(conn, tables=[UserCategory.__table__,  # type: ignore[list-item]
+                                           LibraryItemCategory.__table__])
+
+
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _migrate_1_to_2}
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

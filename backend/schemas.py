@@ -6,10 +6,11 @@ are camelCase and the library service's snake_case, as in the seeds.
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 T = TypeVar("T")
 
@@ -138,22 +139,116 @@ class LibraryItemAttributes(Model):
     download_size_bytes: int
 
 
+class ResourceRef(Model):
+    type: str
+    id: str
+
+
+class ToMany(Model):
+    data: list[ResourceRef]
+
+
+class LibraryItemRelationships(Model):
+    categories: ToMany
+
+
 class LibraryItemResource(Model):
     type: Literal["libraryItem"] = "libraryItem"
     id: str
     attributes: LibraryItemAttributes
+    relationships: LibraryItemRelationships
     links: SelfLink
+
+
+MAX_CATEGORY_NAME = 64
+MAX_ITEM_CATEGORIES = 100
+SORT_ORDER_MAX = 1_000_000
+CategoryId = Annotated[str, Field(min_length=1, max_length=64)]
+SortOrder = Annotated[int, Field(ge=0, le=SORT_ORDER_MAX)]
+
+
+def category_name(value: str) -> str:
+    """A category name as stored: NFC, surrounding whitespace trimmed, 1..64 characters, no
+    control characters (C0/C1, DEL), lone surrogates or line/paragraph separators."""
+    value = unicodedata.normalize("NFC", value).strip()
+    if not value:
+        raise ValueError("must not be empty or only whitespace")
+    if len(value) > MAX_CATEGORY_NAME:
+        raise ValueError(f"longer than {MAX_CATEGORY_NAME} characters (after trimming)")
+    for ch in value:
+        if unicodedata.category(ch) in _BAD_CATEGORIES:
+            raise ValueError(f"contains the control character U+{ord(ch):04X}")
+    return value
+
+
+_BAD_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
+# raw input may carry surrounding whitespace; the trimmed name is checked by category_name
+CategoryName = Annotated[str, Field(min_length=1, max_length=4 * MAX_CATEGORY_NAME,
+                                    examples=["Favourites"])]
 
 
 class LibraryItemPatchAttributes(Model):
     is_hidden: bool | None = None
     user_rating: int | None = Field(default=None, ge=1, le=5)
+    category_ids: list[CategoryId] | None = Field(
+        default=None, max_length=MAX_ITEM_CATEGORIES,
+        description="the item's categories (replaces them; [] removes all; null or absent "
+                    "leaves them); each must be one of the user's own categories")
 
 
 class LibraryItemPatch(Model):
     type: Literal["libraryItemUpdate"] = "libraryItemUpdate"
     id: str | None = None
     attributes: LibraryItemPatchAttributes
+
+
+# -- user categories ---------------------------------------------------------------------------
+
+
+class CategoryAttributes(Model):
+    name: str
+    sort_order: int
+    item_count: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class CategoryResource(Model):
+    type: Literal["userCategory"] = "userCategory"
+    id: str
+    attributes: CategoryAttributes
+    links: SelfLink
+
+
+class CategoryCreateAttributes(Model):
+    name: CategoryName
+    sort_order: SortOrder | None = Field(default=None, description="default: after the last")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return category_name(value)
+
+
+class CategoryCreate(Model):
+    type: Literal["userCategoryCreate"] = "userCategoryCreate"
+    attributes: CategoryCreateAttributes
+
+
+class CategoryPatchAttributes(Model):
+    name: CategoryName | None = None
+    sort_order: SortOrder | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str | None) -> str | None:
+        return None if value is None else category_name(value)
+
+
+class CategoryPatch(Model):
+    type: Literal["userCategoryUpdate"] = "userCategoryUpdate"
+    id: str | None = None
+    attributes: CategoryPatchAttributes
 
 
 # -- downloads ---------------------------------------------------------------------------------

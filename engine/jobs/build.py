@@ -35,6 +35,10 @@ class StagedBuild:
         self.install_dir = install_dir
         self.progress = progress
 
+    @classmethod
+    def for_task(cls, ctx: EngineContext, task: TaskRecord) -> StagedBuild:
+        return cls(ctx, task, Path(task.target_path), TaskProgress())
+
     async def record_verified(self, staging: Staging, file_index: int) -> None:
         """A file built locally (moved or patched) and verified: durable, then journaled (on the
         loop thread: SQLite objects stay on theirs), so a resumed run never builds it again."""

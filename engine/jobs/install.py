@@ -13,7 +13,6 @@ from pathlib import Path
 from engine.core.errors import EngineError, ErrorCode
 from engine.core.lifecycle import TaskState
 from engine.core.planner import InstallPlan, plan_install
-from engine.core.progress import TaskProgress
 from engine.core.sources import SourcePool
 from engine.io.backend_client import TaskGrant
 from engine.io.fsops import fsync_dir, safe_join, translate_os_error
@@ -28,12 +27,13 @@ class InstallRun:
     """Runs (or resumes) one install task; cancellation leaves a consistent journal."""
 
     def __init__(self, ctx: EngineContext, task: TaskRecord) -> None:
-        self.ctx = ctx
-        self.task = task
-        self.progress = TaskProgress()
-        self.install_dir = Path(task.target_path)
+        self.ctx, self.task, self.build = ctx, task, StagedBuild.for_task(ctx, task)
+        self.progress = self.build.progress
         self.on_started: Callable[[TaskRecord], None] | None = None  # after the backend grant
-        self.build = StagedBuild(ctx, task, self.install_dir, self.progress)
+
+    @property
+    def install_dir(self) -> Path:
+        return self.build.install_dir
 
     async def run(self) -> InstalledGame:
         ctx = self.ctx

@@ -26,7 +26,6 @@ from engine.core.events import error_event
 from engine.core.lifecycle import TaskKind, TaskState
 from engine.core.messages import UpdatePlanned
 from engine.core.planner import ChunkWrite, plan_install
-from engine.core.progress import TaskProgress
 from engine.core.sources import CdnSource, SourcePool
 from engine.core.updateplan import (
     BuildMethod,
@@ -193,20 +192,20 @@ class UpdateRun:
 the shared ``StagedBuild`` (composition)."""
 
     def __init__(self, ctx: EngineContext, task: TaskRecord) -> None:
-        self.ctx = ctx
-        self.task = task
-        self.progress = TaskProgress()
-        self.install_dir = Path(task.target_path)
+        self.ctx, self.task, self.build = ctx, task, StagedBuild.for_task(ctx, task)
+        self.progress = self.build.progress
         self.on_started: Callable[[TaskRecord], None] | None = None  # after the backend grant
-        self.build = StagedBuild(ctx, task, self.install_dir, self.progress)
+
+    @property
+    def install_dir(self) -> Path:
+        return self.build.install_dir
 
     async def run(self) -> InstalledGame:
         ctx = self.ctx
         installed = ctx.state.installed_game(self.task.product_id)
         if installed is None:
             raise EngineError(ErrorCode.NOT_INSTALLED, f"{self.task.product_id} is not installed")
-        self.install_dir = Path(installed.path)
-        self.build.install_dir = self.install_dir
+        self.build.install_dir = Path(installed.path)
         await asyncio.to_thread(sweep_staging, self.install_dir, ctx.state.resumable_task_ids())
         key_hex = await manifest_key(ctx)
         old = cached_manifest(ctx, installed.product_id, installed.version_id, key_hex)
