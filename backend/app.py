@@ -15,7 +15,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from backend import auth_routes, downloads, library, playtime, saves
+from backend import auth_routes, categories, covers, downloads, library, playtime, saves
 from backend.cdn import cdn_router
 from backend.config import Secrets, Settings
 from backend.context import Context
@@ -110,6 +110,8 @@ def create_app(ctx: Context) -> FastAPI:
     install_error_handlers(app)
     app.include_router(auth_routes.router)
     app.include_router(library.router)
+    app.include_router(categories.router)
+    app.include_router(covers.router)
     app.include_router(playtime.router)
     app.include_router(saves.router)
     app.include_router(downloads.router)

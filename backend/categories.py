@@ -23,6 +23,7 @@ from backend.db import LibraryItem, LibraryItemCategory, UserCategory, utcnow
 from backend.errors import Conflict, NotFound
 from backend.jsonapi import MAX_LIMIT, paginate
 from backend.schemas import (
+    CATEGORY_ID_PATTERN,
     SORT_ORDER_MAX,
     CategoryCreate,
     CategoryPatch,
@@ -115,7 +116,11 @@ def set_item_categories(s: Session, item: LibraryItem, category_ids: Sequence[st
     for c in wanted:
         if c not in current:
             s.add(LibraryItemCategory(item_id=item.id, category_id=c))
-    s.flush()
+    try:
+        s.flush()
+    except IntegrityError as exc:  # a category deleted, or the same change made, meanwhile
+        raise Conflict("the item's categories changed concurrently; try again",
+                       pointer=pointer) from exc
 
 
 def _item_counts(s: Session, user_id: str) -> dict[str, int]:
@@ -157,7 +162,7 @@ def _flush_unique(s: Session, name: str) -> None:
                                    pointer="/data/attributes/name") from exc
 
 
-CategoryIdPath = Annotated[str, Path(max_length=64)]
+CategoryIdPath = Annotated[str, Path(max_length=64, pattern=CATEGORY_ID_PATTERN)]
 
 
 @router.get("", response_model=Page[CategoryResource], responses=error_responses(401, 422))

@@ -173,6 +173,41 @@ def cmd_grant(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_cover(args: argparse.Namespace) -> int:
+    import re
+
+    from backend.coverart import render_cover
+    from backend.covers import PRODUCT_ID_PATTERN, write_cover
+    from backend.db import Database, Product
+
+    if not re.fullmatch(PRODUCT_ID_PATTERN, args.product):
+        print(f"error: not a product id: {args.product!r}", file=sys.stderr)
+        return EXIT_USAGE
+    settings = _settings(args)
+    if args.file:
+        data = Path(args.file).read_bytes()
+    else:
+        title = args.title
+        if title is None:
+            db = Database(settings.db_url)
+            db.init_schema()
+            try:
+                with db.session() as s:
+                    product = s.get(Product, args.product)
+                    title = product.title if product is not None else args.product
+            finally:
+                db.dispose()
+        data = render_cover(args.product, title)
+    try:
+        path = write_cover(settings.store_dir, args.product, data)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(json.dumps({"productId": args.product, "path": str(path), "bytes": len(data)})
+          if args.json else f"cover of {args.product}: {path} ({len(data)} bytes)")
+    return EXIT_OK
+
+
 def cmd_nginx_conf(args: argparse.Namespace) -> int:
     from backend.config import Secrets
     from backend.nginx import render_cdn_conf
@@ -263,6 +298,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--title", help="display title (default: the product id)")
     g.add_argument("--json", action="store_true")
     g.set_defaults(func=cmd_grant)
+
+    cv = sub.add_parser("cover", help="set a product's cover art (PNG), or draw one")
+    data_args(cv)
+    cv.add_argument("product")
+    cv.add_argument("file", nargs="?", help="a PNG image (default: generate one from the title)")
+    cv.add_argument("--title", help="title drawn on a generated cover (default: the product's)")
+    cv.add_argument("--json", action="store_true")
+    cv.set_defaults(func=cmd_cover)
 
     n = sub.add_parser("nginx-conf", help="render packaging/nginx/cdn.conf for this data dir")
     data_args(n)

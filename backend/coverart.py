@@ -80,8 +80,8 @@ class Canvas:
     def span(self, y: int, x0: float, x1: float, color: Color) -> None:
         if not 0 <= y < self.height:
             return
-        a = max(0, int(round(x0)))
-        b = min(self.width, int(round(x1)))
+        a = max(0, round(x0))
+        b = min(self.width, round(x1))
         if b > a:
             self.rows[y][3 * a:3 * b] = color * (b - a)
 
@@ -251,9 +251,10 @@ def _stars(c: Canvas, rng: random.Random, bottom: int, color: Color) -> None:
 
 
 def _sun(c: Canvas, cx: float, cy: float, r: float, top: Color, bottom: Color,
-         striped: bool) -> None:
-    """A disc shaded top to bottom; ``striped`` cuts widening gaps into its lower half."""
-    for y in range(int(cy - r), int(cy + r) + 1):
+         striped: bool, horizon: int) -> None:
+    """A disc shaded top to bottom, setting behind the horizon; ``striped`` cuts widening gaps
+    into its lower half."""
+    for y in range(int(cy - r), min(horizon, int(cy + r) + 1)):
         dy = y - cy
         if dy > 0 and striped:
             period = 18
@@ -281,17 +282,17 @@ def _planet(c: Canvas, rng: random.Random, cx: float, cy: float, r: float, body:
                     c.span(y, cx + x0, cx + x1, ring)
 
     ring_rows(front=False)
-    sx, sy = cx + r * 0.45, cy + r * 0.35
+    lx, ly = cx - r * 0.22, cy - r * 0.22  # lit from the upper left
     for y in range(int(cy - r), int(cy + r) + 1):
         dy = y - cy
         half = _circle_half(r, dy)
-        col = _mix(body, shade, (dy + r) / (2 * r) * 0.5)
-        c.span(y, cx - half, cx + half, col)
-        # crescent shadow: the part of the disc inside an offset circle
-        sh = _circle_half(r * 1.05, y - sy)
-        a, b = max(cx - half, sx - sh), min(cx + half, sx + sh)
+        c.span(y, cx - half, cx + half, shade)
+        # the lit part: the disc inside a circle moved towards the light (a shadow crescent
+        # remains at the lower right)
+        lit = _circle_half(r * 0.98, y - ly)
+        a, b = max(cx - half, lx - lit), min(cx + half, lx + lit)
         if b > a:
-            c.span(y, a, b, shade)
+            c.span(y, a, b, _mix(body, shade, (dy + r) / (2 * r) * 0.45))
     ring_rows(front=True)
 
 
@@ -382,7 +383,7 @@ def render_cover(product_id: str, title: str, width: int = COVER_WIDTH,
     if rng.random() < 0.5:
         cy = horizon - r * rng.uniform(0.35, 0.75)
         _sun(c, cx, cy, r, top=_hsv(accent_hue + 0.12, 0.65, 1.0),
-             bottom=_hsv(accent_hue - 0.05, 0.85, 0.95), striped=rng.random() < 0.7)
+             bottom=_hsv(accent_hue - 0.05, 0.85, 0.95), striped=rng.random() < 0.7, horizon=horizon)
     else:
         cy = horizon * rng.uniform(0.48, 0.62)
         _planet(c, rng, cx, cy, r * 0.8, body=_hsv(accent_hue, 0.55, 0.95),

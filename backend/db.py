@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    Connection,
     DateTime,
     Dialect,
     Engine,
@@ -30,7 +31,6 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
-    Connection,
     create_engine,
     event,
     inspect,
@@ -309,8 +309,8 @@ class Database:
         migrating at once one does the work and the other finds it done."""
         with self.engine.begin() as conn:
             claimed = conn.execute(
-                update(SchemaVersion.__table__)
-                .where(SchemaVersion.__table__.c.version == version)
+                update(SchemaVersion)
+                .where(SchemaVersion.version == version)
                 .values(version=version + 1, applied_at=utcnow())
             ).rowcount
             if claimed == 1:
@@ -334,8 +334,9 @@ class Database:
 
 def _migrate_1_to_2(conn: Connection) -> None:
     """User categories: two new tables, nothing else changes."""
-    Base.metadata.create_all(conn, tables=[UserCategory.__table__,  # type: ignore[list-item]
-                                           LibraryItemCategory.__table__])
+    tables = Base.metadata.tables
+    Base.metadata.create_all(conn, tables=[tables[UserCategory.__tablename__],
+                                           tables[LibraryItemCategory.__tablename__]])
 
 
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _migrate_1_to_2}

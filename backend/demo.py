@@ -1,5 +1,6 @@
 """``serve --demo``: on first start, generate the demo catalog, publish every version into the
-store, create user ``demo``/``demo`` and grant it every demo product."""
+store, draw each product's cover (``store/covers``), create user ``demo``/``demo`` and grant it
+every demo product."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from sqlalchemy import select
 
 from backend import auth
 from backend.config import Settings
+from backend.covers import ensure_covers
 from backend.db import Database, User
 from backend.library import ensure_product, grant
 from patcher.publish import publish
@@ -31,7 +33,8 @@ class DemoCatalog:
 
 def publish_catalog(store_dir: Path, builds_dir: Path, size_mb: float, seed: int = 1, *,
                     level: int = 19, workers: int = 2) -> list[tuple[str, str, list[str]]]:
-    """Generate (idempotent) and publish every version of each demo product, oldest first."""
+    """Generate (idempotent) and publish every version of each demo product, oldest first, and
+    give each product a generated cover (``backend.covers``)."""
     from backend.democatalog import generate
 
     products = generate(builds_dir, size_mb=size_mb, seed=seed)
@@ -43,6 +46,7 @@ def publish_catalog(store_dir: Path, builds_dir: Path, size_mb: float, seed: int
                         workers=workers)
     finally:
         store.close()
+    ensure_covers(store_dir, [(p.product_id, p.title) for p in products])
     return [(p.product_id, p.title, list(p.versions)) for p in products]
 
 
@@ -50,8 +54,10 @@ def ensure_demo(settings: Settings, db: Database, size_mb: float, *, level: int 
     marker = settings.data_dir / "demo.json"
     if marker.exists():
         doc = json.loads(marker.read_text())
-        return DemoCatalog([(p["productId"], p["title"], p["versions"]) for p in doc["products"]],
-                           False)
+        products = [(p["productId"], p["title"], p["versions"]) for p in doc["products"]]
+        # a demo data dir made before covers existed gets them now
+        ensure_covers(settings.store_dir, [(pid, title) for pid, title, _ in products])
+        return DemoCatalog(products, False)
     log.warning("creating the demo catalog (%.0f MB per version); this takes a moment", size_mb)
     products = publish_catalog(settings.store_dir, settings.data_dir / "builds", size_mb,
                                level=level)

@@ -11,11 +11,14 @@ from sqlalchemy.orm import Session
 
 from backend import playtime
 from backend.catalog import Catalog
+from backend.categories import categories_by_item, require_category, set_item_categories
 from backend.context import CtxDep, UserDep
+from backend.covers import cover_url
 from backend.db import DownloadTask, LibraryItem, Product, User
 from backend.errors import ApiError, NotFound, PermissionDenied
 from backend.jsonapi import MAX_LIMIT, paginate
 from backend.schemas import (
+    CATEGORY_ID_PATTERN,
     Data,
     LibraryItemPatch,
     LibraryItemResource,
@@ -104,8 +107,10 @@ def installation_statuses(s: Session, user_id: str) -> dict[str, str]:
     return out
 
 
-def item_resource(catalog: Catalog, item: LibraryItem, title: str,
-                  install_status: str) -> dict[str, Any]:
+def item_resource(catalog: Catalog, item: LibraryItem, title: str, install_status: str, *,
+                  cover: str | None = None, category_ids: list[str] | None = None
+                  ) -> dict[str, Any]:
+    category_ids = category_ids or []
     versions = catalog.versions(item.product_id)
     latest = versions[-1] if versions else None
     download = catalog.manifest_info(item.product_id, latest.version_id).install_bytes \
@@ -116,7 +121,7 @@ def item_resource(catalog: Catalog, item: LibraryItem, title: str,
         "attributes": {
             "product_id": item.product_id,
             "title": title,
-            "cover_image_url": None,
+            "cover_image_url": cover,
             "added_at": item.added_at,
             "acquisition_type": item.acquisition_type,
             "last_played_at": item.last_played_at,
@@ -132,7 +137,10 @@ def item_resource(catalog: Catalog, item: LibraryItem, title: str,
             ],
             "install_size_bytes": latest.total_size if latest else 0,
             "download_size_bytes": download,
+            "category_ids": category_ids,
         },
+        "relationships": {"categories": {"data": [
+            {"type": "userCategory", "id": c} for c in category_ids]}},
         "links": {"self": f"/api/v1/library/items/{item.id}"},
     }
 
@@ -152,12 +160,15 @@ def _sort_key(sort_by: str) -> Any:
 
 
 @router.get("/items", response_model=Page[LibraryItemResource],
-            responses=error_responses(401, 422))
+            responses=error_responses(401, 404, 422))
 def list_items(
     request: Request,
     ctx: CtxDep,
     user: UserDep,
     status: Annotated[InstallStatus | None, Query()] = None,
+    category_id: Annotated[str | None, Query(
+        max_length=64, pattern=CATEGORY_ID_PATTERN,
+        description="only items in this category (one of the user's own)")] = None,
     search: Annotated[str | None, Query(max_length=200)] = None,
     sort_by: Annotated[SortBy, Query()] = "name_asc",
     include_hidden: Annotated[bool, Query()] = True,
@@ -172,7 +183,12 @@ def list_items(
             .where(LibraryItem.user_id == user.id)
         ).all()
         statuses = installation_statuses(s, user.id)
+        if category_id is not None:
+            require_category(s, user.id, category_id, parameter="category_id")
+        categories = categories_by_item(s, user.id)
     items = [(item, title, statuses.get(item.product_id, "not_installed")) for item, title in rows]
+    if category_id is not None:
+        items = [r for r in items if category_id in categories.get(r[0].id, ())]
     if status is not None:
         items = [r for r in items if r[2] == status]
     if search:
@@ -185,11 +201,14 @@ def list_items(
         items.reverse()
     page_items, meta, links = paginate(
         items, page, limit, "/api/v1/library/items",
-        {"status": status, "search": search, "sort_by": sort_by,
+        {"status": status, "category_id": category_id, "search": search, "sort_by": sort_by,
          "include_hidden": None if include_hidden else "false"},
     )
+    base = ctx.public_url(request)
     return {
-        "data": [item_resource(ctx.catalog, i, t, st) for i, t, st in page_items],
+        "data": [item_resource(ctx.catalog, i, t, st, cover=cover_url(ctx, base, i.product_id),
+                               category_ids=categories.get(i.id))
+                 for i, t, st in page_items],
         "meta": meta,
         "links": links,
     }
@@ -212,18 +231,26 @@ ItemId = Annotated[str, Path(max_length=64)]
 
 @router.get("/items/{library_item_id}", response_model=Data[LibraryItemResource],
             responses=error_responses(401, 404, 422))
-def get_item(library_item_id: ItemId, ctx: CtxDep, user: UserDep) -> dict[str, Any]:
+def get_item(library_item_id: ItemId, request: Request, ctx: CtxDep,
+             user: UserDep) -> dict[str, Any]:
     with ctx.db.session() as s:
         item, title = _owned_item(s, user.id, library_item_id)
         status = installation_statuses(s, user.id).get(item.product_id, "not_installed")
-    return {"data": item_resource(ctx.catalog, item, title, status)}
+        categories = categories_by_item(s, user.id, [item.id]).get(item.id)
+    return {"data": item_resource(ctx.catalog, item, title, status,
+                                  cover=cover_url(ctx, ctx.public_url(request), item.product_id),
+                                  category_ids=categories)}
 
 
 @router.patch("/items/{library_item_id}", response_model=Data[LibraryItemResource],
               responses=error_responses(401, 404, 422))
 def patch_item(
-    library_item_id: ItemId, body: Data[LibraryItemPatch], ctx: CtxDep, user: UserDep
+    library_item_id: ItemId, body: Data[LibraryItemPatch], request: Request, ctx: CtxDep,
+    user: UserDep
 ) -> dict[str, Any]:
+    """Change ``is_hidden``, ``user_rating`` and the item's categories (``category_ids``
+    replaces them; an id that is not one of the user's categories is 404
+    ``CATEGORY_NOT_FOUND`` naming it, and nothing changes)."""
     attrs = body.data.attributes
     with ctx.db.session() as s:
         item, title = _owned_item(s, user.id, library_item_id)
@@ -231,9 +258,14 @@ def patch_item(
             item.is_hidden = attrs.is_hidden
         if "user_rating" in attrs.model_fields_set:
             item.user_rating = attrs.user_rating
+        if attrs.category_ids is not None:
+            set_item_categories(s, item, attrs.category_ids)
         s.flush()
         status = installation_statuses(s, user.id).get(item.product_id, "not_installed")
-    return {"data": item_resource(ctx.catalog, item, title, status)}
+        categories = categories_by_item(s, user.id, [item.id]).get(item.id)
+    return {"data": item_resource(ctx.catalog, item, title, status,
+                                  cover=cover_url(ctx, ctx.public_url(request), item.product_id),
+                                  category_ids=categories)}
 
 
 def owned_count(s: Session, user_id: str) -> int:

@@ -137,6 +137,7 @@ class LibraryItemAttributes(Model):
     versions: list[LibraryVersion]
     install_size_bytes: int
     download_size_bytes: int
+    category_ids: list[str] = Field(description="the user's categories holding this item")
 
 
 class ResourceRef(Model):
@@ -163,7 +164,9 @@ class LibraryItemResource(Model):
 MAX_CATEGORY_NAME = 64
 MAX_ITEM_CATEGORIES = 100
 SORT_ORDER_MAX = 1_000_000
-CategoryId = Annotated[str, Field(min_length=1, max_length=64)]
+# ids are UUIDs; the pattern keeps control characters (NUL: PostgreSQL refuses it) out of queries
+CATEGORY_ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+CategoryId = Annotated[str, Field(min_length=1, max_length=64, pattern=CATEGORY_ID_PATTERN)]
 SortOrder = Annotated[int, Field(ge=0, le=SORT_ORDER_MAX)]
 
 
@@ -183,8 +186,10 @@ def category_name(value: str) -> str:
 
 _BAD_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
 # raw input may carry surrounding whitespace; the trimmed name is checked by category_name
-CategoryName = Annotated[str, Field(min_length=1, max_length=4 * MAX_CATEGORY_NAME,
-                                    examples=["Favourites"])]
+CategoryName = Annotated[str, Field(
+    min_length=1, max_length=4 * MAX_CATEGORY_NAME, examples=["Favourites"],
+    description=f"trimmed, 1..{MAX_CATEGORY_NAME} characters, no control characters; unique per "
+                "user regardless of case")]
 
 
 class LibraryItemPatchAttributes(Model):
