@@ -1,19 +1,59 @@
-"""``launcher``: the desktop application (PySide6).
+"""``launcher``: the desktop application (PySide6) on the engine daemon.
 
-The GUI is not built yet (no issue has asked for it so far); the engine, its daemon and the
-headless CLI are. This entry point says so clearly rather than failing with an import error.
+    launcher [--data DIR] [--backend URL]
+
+Starts the engine daemon for the data dir when none runs, connects through the light client
+and keeps reconnecting; one asyncio loop (qasync) runs on Qt's event loop, so the window never
+waits on the network or the disk. ``--screenshots DIR`` renders every page into PNGs and exits
+(for docs and visual checks; works offscreen).
 """
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import sys
+from pathlib import Path
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from engine.api.client import default_data_dir
+
+    ap = argparse.ArgumentParser(prog="launcher", description=__doc__.splitlines()[0])
+    ap.add_argument("--data", dest="data_dir", type=Path, help="engine data folder")
+    ap.add_argument("--backend", dest="backend_url",
+                    help="backend URL for a daemon this starts (default: the engine's setting)")
+    ap.add_argument("--screenshots", type=Path, help="save every page as PNG here and exit")
+    ap.add_argument("--no-daemon", action="store_true", help="connect only; never start one")
+    args = ap.parse_args(argv)
+    args.data_dir = (args.data_dir or default_data_dir()).expanduser().absolute()
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    print("The desktop launcher is not built yet. Run the engine daemon with "
-          "`launcher-engine serve` and drive it with `launcher-engine` (see README.md).",
-          file=sys.stderr)
-    return 2
+    args = parse_args(argv)
+    import qasync
+    from PySide6.QtWidgets import QApplication
+
+    from ui.link import EngineLink
+    from ui.window import MainWindow
+
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    app.setApplicationName("Game Launcher")
+    loop = qasync.QEventLoop(app)
+    asyncio.set_event_loop(loop)
+    link = EngineLink(args.data_dir, args.backend_url, start_daemon=not args.no_daemon, loop=loop)
+    window = MainWindow(link)
+    window.show()
+    link.start()
+    if args.screenshots is not None:
+        from ui.screens import save_screenshots
+
+        code: int = loop.run_until_complete(save_screenshots(window, args.screenshots))
+        return code
+    with loop:
+        loop.run_forever()
+    return 0
 
 
 if __name__ == "__main__":

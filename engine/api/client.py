@@ -36,11 +36,23 @@ from engine.api.protocol import (
     Event,
     event_from_wire,
 )
+from engine.core.locations import APP_NAME, ENV_PREFIX
 
 if TYPE_CHECKING:  # only for types: importing them would load asyncio and websockets
     import asyncio
 
     from websockets.asyncio.client import ClientConnection
+
+def default_data_dir() -> Path:
+    """The engine's data folder when none is given: ``LAUNCHER_ENGINE_DATA_DIR`` or the
+    platform's per-user data folder (the same rule as the engine's settings)."""
+    env = os.environ.get(ENV_PREFIX + "DATA_DIR")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir(APP_NAME))
+
 
 INFO_FILE = "daemon.json"
 MAX_REPLY_BYTES = 256 * 1024 * 1024  # a status with a long queue is big, not this big
@@ -342,3 +354,8 @@ class DaemonClient:
 
     async def subscribe(self, task_id: str | None = None) -> None:
         await self.call("subscribe", {"taskId": task_id})
+
+    async def wait_closed(self) -> None:
+        """Returns when the connection ends (the daemon stopped or died)."""
+        if self._reader is not None:
+            await self._reader

@@ -26,18 +26,17 @@ from urllib.parse import urlsplit
 import platformdirs
 
 from engine.core.errors import EngineError, ErrorCode
+from engine.core.locations import APP_NAME, DEFAULT_BACKEND_URL, ENV_PREFIX
 from engine.core.schedule import parse_window
 from engine.core.text import INT64_MAX, check_text, show
 from engine.io.fsops import storage_error
 
-APP_NAME = "game-launcher"
-ENV_PREFIX = "LAUNCHER_ENGINE_"
 MAX_WINDOWS = 32
 
 
 @dataclass(frozen=True)
 class Settings:
-    backend_url: str = "http://127.0.0.1:8700"
+    backend_url: str = DEFAULT_BACKEND_URL
     data_dir: Path = field(default_factory=lambda: Path(platformdirs.user_data_dir(APP_NAME)))
     library_dir: Path | None = None  # where games install; default <data_dir>/library
     max_concurrent_tasks: int = 1

@@ -1,0 +1,144 @@
+"""The launcher window against the real engine daemon (started by the window itself, as for a
+player) and the real backend on loopback; Qt offscreen, asyncio on Qt's loop (qasync).
+
+Each scenario runs inside one ``loop.run_until_complete``: pytest-qt processes Qt events
+between test phases, and an asyncio step must never run outside the running loop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("PySide6")
+qasync = pytest.importorskip("qasync")
+
+from PySide6.QtWidgets import QApplication, QMessageBox  # noqa: E402
+
+from engine.api.client import daemon_running, read_info  # noqa: E402
+from ui.link import EngineLink  # noqa: E402
+from ui.models import ProductRole  # noqa: E402
+from ui.window import MainWindow  # noqa: E402
+
+
+@pytest.fixture
+def loop(qapp: QApplication) -> Iterator[Any]:
+    os.environ["PYTHON_KEYRING_BACKEND"] = "keyring.backends.fail.Keyring"
+    ev = qasync.QEventLoop(qapp)
+    asyncio.set_event_loop(ev)
+    yield ev
+    asyncio.set_event_loop(None)
+
+
+async def until(cond: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def stop_daemon(data: Path) -> None:
+    info = read_info(data)
+    if info is not None and daemon_running(data) is not None:
+        os.kill(info.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        while daemon_running(data) is not None and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+
+def select(window: MainWindow, product: str) -> None:
+    view = window.library_page.view
+    for row in range(view.model().rowCount()):
+        idx = view.model().index(row, 0)
+        if idx.data(ProductRole) == product:
+            view.setCurrentIndex(idx)
+            return
+    raise AssertionError(f"{product} not in the library")
+
+
+def visible_message_box() -> QMessageBox | None:
+    return next((w for w in QApplication.topLevelWidgets()
+                 if isinstance(w, QMessageBox) and w.isVisible()), None)
+
+
+def test_login_library_install_limit_errors_and_reconnect(backend: Any, tmp_path: Path,
+                                                          loop: Any) -> None:
+    name, _ = backend.new_user(products=["star-courier", "tiny-tactics"])
+    data = tmp_path / "engine"
+
+    async def scenario() -> None:
+        link = EngineLink(data, backend.url, loop=loop)
+        window = MainWindow(link)
+        window.show()
+        seen: list[Any] = []
+        link.eventReceived.connect(seen.append)
+        link.start()
+        try:
+            # the window starts the daemon, connects, and asks for a login (nobody logged in)
+            await until(lambda: window.login_dialog is not None and window.login_dialog.isVisible(),
+                        "the login dialog")
+            assert link.is_connected and "Connected" in window.connection.text()
+            dialog = window.login_dialog
+            assert dialog is not None
+            dialog.user.setText(name)
+            dialog.password.setText("wrong")
+            dialog.submit()
+            await until(lambda: "Wrong" in dialog.message.text(), "the wrong-password message")
+            assert dialog.isVisible()
+            dialog.password.setText("secret-pw")
+            dialog.submit()
+            await until(lambda: window.library.rowCount() == 2, "the library")
+            assert not dialog.isVisible()
+            # search and filter act on the model
+            window.library_page.search.setText("tiny")
+            assert window.library_page.proxy.rowCount() == 1
+            window.library_page.search.setText("")
+            # install from the game panel; progress reaches the library and the queue
+            select(window, "tiny-tactics")
+            assert window.library_page.install.isEnabled()
+            window.library_page.install.click()
+            await until(lambda: window.library_page.state.text() == "Installed", "installed", 120)
+            assert window.library_page.current_product() == "tiny-tactics"  # kept on reload
+            kinds = [(type(e).__name__, getattr(e, "status", None)) for e in seen]
+            assert ("TaskStatus", "completed") in kinds and ("ItemProgress", "completed") in kinds
+            assert not window.library_page.install.isEnabled()
+            assert window.library_page.verify.isEnabled()
+            games = await link.call("installed")
+            assert [g["productId"] for g in games] == ["tiny-tactics"]
+            # the speed limit set on the downloads page reaches the engine
+            window.downloads_page.limit.setValue(3)
+            window.downloads_page.set_limit()
+            await asyncio.sleep(0.3)
+            assert (await link.call("status"))["globalLimitBps"] == 3_000_000
+            # an engine refusal shows a dialog with the code in its details
+            link.request("pause", {"taskId": "no-such-task"})
+            await until(lambda: visible_message_box() is not None, "the error dialog")
+            box = visible_message_box()
+            assert box is not None and "TASK_NOT_FOUND" in box.detailedText()
+            box.close()
+            # the daemon dies: the window says so, starts a new one and reconnects by itself
+            info = read_info(data)
+            assert info is not None
+            os.kill(info.pid, signal.SIGKILL)
+            await until(lambda: not link.is_connected, "the disconnect", 15)
+
+            def reconnected() -> bool:
+                running = daemon_running(data)
+                return link.is_connected and running is not None and running.pid != info.pid
+
+            await until(reconnected, "the reconnect", 30)
+            await until(lambda: "Connected" in window.connection.text(), "the status line", 10)
+            assert window.library.rowCount() == 2
+        finally:
+            await link.close()
+            window.close()
+            stop_daemon(data)
+
+    loop.run_until_complete(scenario())

@@ -1,0 +1,219 @@
+"""Item models over the engine's data: the library (owned games with their install state) and
+the download queue (tasks, live progress from typed events). Views only read roles."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from PySide6.QtCore import (
+    QAbstractListModel,
+    QAbstractTableModel,
+    QModelIndex,
+    QObject,
+    QPersistentModelIndex,
+    Qt,
+)
+from PySide6.QtGui import QColor, QFont, QImage, QPainter, QPixmap
+
+from engine.api.protocol import TaskStatus
+
+ProductRole = Qt.ItemDataRole.UserRole + 1
+StateRole = Qt.ItemDataRole.UserRole + 2
+TaskIdRole = Qt.ItemDataRole.UserRole + 3
+ProgressRole = Qt.ItemDataRole.UserRole + 4
+COVER_SIZE = (180, 270)
+Index = QModelIndex | QPersistentModelIndex
+NO_PARENT = QModelIndex()
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(n) < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def placeholder_cover(product_id: str, title: str) -> QPixmap:
+    """A cover tile while (or when no) art is loaded: a colour from the id, the title on it."""
+    digest = hashlib.sha256(product_id.encode()).digest()
+    w, h = COVER_SIZE
+    image = QImage(w, h, QImage.Format.Format_RGB32)
+    top = QColor.fromHsv(digest[0] * 360 // 256, 140, 120)
+    image.fill(top)
+    painter = QPainter(image)
+    painter.fillRect(0, h * 2 // 3, w, h // 3, top.darker(160))
+    painter.setPen(QColor("white"))
+    font = QFont()
+    font.setPointSize(14)
+    font.setBold(True)
+    painter.setFont(font)
+    painter.drawText(10, h * 2 // 3, w - 20, h // 3,
+                     int(Qt.AlignmentFlag.AlignCenter) | int(Qt.TextFlag.TextWordWrap), title)
+    painter.end()
+    return QPixmap.fromImage(image)
+
+
+class LibraryModel(QAbstractListModel):
+    """One row per owned game: ``library`` items plus the task that works on it, if any."""
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.items: list[dict[str, Any]] = []
+        self.tasks: dict[str, dict[str, Any]] = {}  # product id -> live task
+        self.covers: dict[str, QPixmap] = {}
+
+    def set_library(self, items: list[dict[str, Any]]) -> None:
+        self.beginResetModel()
+        self.items = sorted(items, key=lambda i: str(i["libraryItem"].get("title", "")).lower())
+        self.endResetModel()
+
+    def set_cover(self, product_id: str, pixmap: QPixmap) -> None:
+        self.covers[product_id] = pixmap
+        self._changed(product_id)
+
+    def set_task(self, product_id: str, task: dict[str, Any] | None) -> None:
+        if task is None:
+            self.tasks.pop(product_id, None)
+        else:
+            self.tasks[product_id] = task
+        self._changed(product_id)
+
+    def _changed(self, product_id: str) -> None:
+        for row, item in enumerate(self.items):
+            if item["libraryItem"].get("product_id") == product_id:
+                idx = self.index(row)
+                self.dataChanged.emit(idx, idx)
+
+    def rowCount(self, parent: Index = NO_PARENT) -> int:
+        return 0 if parent.isValid() else len(self.items)
+
+    def state_text(self, item: dict[str, Any]) -> str:
+        attrs, installed = item["libraryItem"], item["installed"]
+        task = self.tasks.get(str(attrs.get("product_id")))
+        if task is not None and task["status"] not in ("completed", "cancelled"):
+            if task["status"] == "downloading" and task.get("downloadSizeBytes"):
+                pct = 100 * task["downloadedBytes"] / max(1, task["downloadSizeBytes"])
+                return self.tr("Downloading {0:.0f}%").format(pct)
+            return {"queued": self.tr("Queued"), "preparing": self.tr("Preparing"),
+                    "paused": self.tr("Paused"), "verifying": self.tr("Verifying"),
+                    "error": self.tr("Failed")}.get(task["status"], str(task["status"]))
+        if installed is None:
+            return self.tr("Not installed")
+        if installed.get("dirty"):
+            return self.tr("Needs repair")
+        if installed["versionId"] != attrs.get("latest_version_id"):
+            return self.tr("Update available")
+        return self.tr("Installed")
+
+    def data(self, index: Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if not index.isValid():
+            return None
+        item = self.items[index.row()]
+        attrs = item["libraryItem"]
+        pid = str(attrs.get("product_id"))
+        title = str(attrs.get("title") or pid)
+        if role == Qt.ItemDataRole.DisplayRole:
+            return title
+        if role == Qt.ItemDataRole.DecorationRole:
+            if pid not in self.covers:
+                self.covers[pid] = placeholder_cover(pid, title)
+            return self.covers[pid]
+        if role == Qt.ItemDataRole.ToolTipRole or role == Qt.ItemDataRole.AccessibleTextRole:
+            return f"{title} — {self.state_text(item)}"
+        if role == ProductRole:
+            return pid
+        if role == StateRole:
+            return self.state_text(item)
+        return None
+
+    def item_of(self, product_id: str) -> dict[str, Any] | None:
+        return next((i for i in self.items if i["libraryItem"].get("product_id") == product_id),
+                    None)
+
+
+class TasksModel(QAbstractTableModel):
+    """The download queue in the engine's order; progress updated in place from events."""
+
+    COLUMNS = ("game", "status", "progress", "size", "speed", "eta")
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.tasks: list[dict[str, Any]] = []
+        self.live: dict[str, TaskStatus] = {}
+
+    def headerData(self, section: int, orientation: Qt.Orientation,
+                   role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if role != Qt.ItemDataRole.DisplayRole or orientation != Qt.Orientation.Horizontal:
+            return None
+        return (self.tr("Game"), self.tr("Status"), self.tr("Progress"), self.tr("Size"),
+                self.tr("Speed"), self.tr("Time left"))[section]
+
+    def set_tasks(self, tasks: list[dict[str, Any]]) -> None:
+        self.beginResetModel()
+        self.tasks = list(tasks)
+        self.endResetModel()
+
+    def apply(self, event: TaskStatus) -> bool:
+        """Update a row in place; False when the task is not in the list (reload it)."""
+        self.live[event.task_id] = event
+        for row, t in enumerate(self.tasks):
+            if t["taskId"] == event.task_id:
+                t["status"] = event.status
+                t["downloadedBytes"] = event.downloaded_bytes
+                if event.total_size_bytes:
+                    t["downloadSizeBytes"] = event.total_size_bytes
+                self.dataChanged.emit(self.index(row, 0), self.index(row, len(self.COLUMNS) - 1))
+                return True
+        return False
+
+    def rowCount(self, parent: Index = NO_PARENT) -> int:
+        return 0 if parent.isValid() else len(self.tasks)
+
+    def columnCount(self, parent: Index = NO_PARENT) -> int:
+        return 0 if parent.isValid() else len(self.COLUMNS)
+
+    def progress(self, t: dict[str, Any]) -> float:
+        if t["status"] == "completed":
+            return 100.0
+        total = t.get("downloadSizeBytes") or 0
+        return 100.0 * t.get("downloadedBytes", 0) / total if total else 0.0
+
+    def data(self, index: Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if not index.isValid():
+            return None
+        t = self.tasks[index.row()]
+        col = self.COLUMNS[index.column()]
+        live = self.live.get(t["taskId"])
+        if role == TaskIdRole:
+            return t["taskId"]
+        if role == ProgressRole:
+            return self.progress(t)
+        if role not in (Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.AccessibleTextRole):
+            return None
+        if col == "game":
+            return f"{t['productId']} {t.get('versionId') or ''}".strip()
+        if col == "status":
+            text = {"queued": self.tr("Queued"), "preparing": self.tr("Preparing"),
+                    "downloading": self.tr("Downloading"), "paused": self.tr("Paused"),
+                    "verifying": self.tr("Verifying"), "completed": self.tr("Done"),
+                    "error": self.tr("Failed"), "cancelled": self.tr("Cancelled")}
+            status = text.get(t["status"], t["status"])
+            return f"{status}: {t['errorCode']}" if t.get("errorCode") else status
+        if col == "progress":
+            return f"{self.progress(t):.0f}%"
+        if col == "size":
+            done, total = t.get("downloadedBytes", 0), t.get("downloadSizeBytes", 0)
+            return f"{human_bytes(done)} / {human_bytes(total)}"
+        if col == "speed":
+            if live is None or t["status"] != "downloading":
+                return ""
+            return f"{human_bytes(live.download_speed_bps)}/s"
+        if col == "eta":
+            eta = live.estimated_time_left_seconds if live else None
+            return "" if eta is None or t["status"] != "downloading" else f"{eta // 60}:{eta % 60:02d}"
+        return None
+
+    def task_at(self, row: int) -> dict[str, Any] | None:
+        return self.tasks[row] if 0 <= row < len(self.tasks) else None
