@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The demo: the embedded backend with a demo catalog, the engine logging in as the demo user,
-# installing a game live, updating it with a delta, verifying it, and running it.
+# The demo: the embedded backend with a demo catalog and the demo user logged in; then the
+# launcher window where a display exists, else the headless walk-through (install a game live,
+# update it with a delta, verify it, run it).
 # Safe to run again (the catalog is generated and published once; the engine starts fresh).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -27,6 +28,14 @@ rm -rf "$DATA/engine" "$DATA/games"
 E=(.venv/bin/launcher-engine --data "$DATA/engine" --backend "$URL")
 echo; echo "== launcher-engine login demo"
 "${E[@]}" login demo --password demo
+if [ -n "${DISPLAY:-}${WAYLAND_DISPLAY:-}" ] && [ -z "${DEMO_HEADLESS:-}" ]; then
+  echo; echo "== opening the launcher (close the window to end the demo; DEMO_HEADLESS=1 for the CLI walk-through)"
+  .venv/bin/launcher --data "$DATA/engine" --backend "$URL"
+  pkill -f "engine.cli --data $DATA/engine" 2>/dev/null || true
+  exit 0
+fi
+echo; echo "== no display: the headless walk-through (on a desktop this opens the launcher window:"
+echo "   .venv/bin/launcher --data $DATA/engine --backend $URL)"
 echo; echo "== launcher-engine library"
 "${E[@]}" library
 echo; echo "== launcher-engine install star-courier --version 1.0.0 (live)"

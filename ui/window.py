@@ -9,8 +9,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from PySide6.QtCore import QModelIndex, QObject, QPersistentModelIndex, QSize, QSortFilterProxyModel, Qt
-from PySide6.QtGui import QKeySequence, QShortcut
+from PySide6.QtCore import QModelIndex, QObject, QPersistentModelIndex, QSize, QSortFilterProxyModel, Qt, QUrl
+from PySide6.QtGui import QImage, QKeySequence, QPixmap, QShortcut
+from PySide6.QtNetwork import QNetworkAccessManager, QNetworkReply, QNetworkRequest
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QApplication,
@@ -40,7 +41,15 @@ from PySide6.QtWidgets import (
 
 from engine.api.protocol import Event, TaskStatus, UpdatePlanned
 from ui.link import EngineLink
-from ui.models import LibraryModel, ProductRole, ProgressRole, StateRole, TasksModel, human_bytes
+from ui.models import (
+    COVER_SIZE,
+    LibraryModel,
+    ProductRole,
+    ProgressRole,
+    StateRole,
+    TasksModel,
+    human_bytes,
+)
 from ui.speedgraph import SpeedGraph
 
 FRIENDLY = {
@@ -384,7 +393,9 @@ class MainWindow(QMainWindow):
         self.nav = QListWidget()
         self.nav.setAccessibleName(self.tr("Pages"))
         self.nav.addItems([self.tr("Library"), self.tr("Downloads"), self.tr("Settings")])
-        self.nav.setFixedWidth(150)
+        self.nav.setFixedWidth(170)
+        self.nav.setStyleSheet("QListWidget { font-size: 12pt; border: none; }"
+                               "QListWidget::item { padding: 10px 12px; }")
         self.pages = QStackedWidget()
         self.library_page = LibraryPage(link, self.library)
         self.downloads_page = DownloadsPage(link, self.tasks)
@@ -405,6 +416,8 @@ class MainWindow(QMainWindow):
         self.statusBar().addWidget(self.connection, 1)
         self.resize(1100, 720)
         self._written: dict[str, tuple[float, int]] = {}
+        self.network = QNetworkAccessManager(self)
+        self._covers_requested: set[str] = set()
         self.login_dialog: LoginDialog | None = None
         link.connected.connect(self.on_connected)
         link.disconnected.connect(lambda why: self.connection.setText(
@@ -428,7 +441,29 @@ class MainWindow(QMainWindow):
         self.login_dialog.open()
 
     def refresh_library(self) -> None:
-        self.link.request("library", {}, self.library.set_library)
+        self.link.request("library", {}, self._library_loaded)
+
+    def _library_loaded(self, items: list[dict[str, Any]]) -> None:
+        self.library.set_library(items)
+        for item in items:  # cover art, fetched by Qt's own asynchronous networking
+            attrs = item["libraryItem"]
+            pid, url = str(attrs.get("product_id")), attrs.get("cover_image_url")
+            if url and pid not in self._covers_requested:
+                self._covers_requested.add(pid)
+                reply = self.network.get(QNetworkRequest(QUrl(str(url))))
+                reply.finished.connect(lambda r=reply, p=pid: self._cover_arrived(p, r))
+
+    def _cover_arrived(self, product_id: str, reply: QNetworkReply) -> None:
+        reply.deleteLater()
+        if reply.error() != QNetworkReply.NetworkError.NoError:
+            self._covers_requested.discard(product_id)  # placeholder stays; retried next load
+            return
+        image = QImage()
+        if image.loadFromData(reply.readAll()):
+            w, h = COVER_SIZE
+            self.library.set_cover(product_id, QPixmap.fromImage(image.scaled(
+                w, h, Qt.AspectRatioMode.KeepAspectRatioByExpanding,
+                Qt.TransformationMode.SmoothTransformation)))
 
     def refresh_tasks(self) -> None:
         def apply(tasks: list[dict[str, Any]]) -> None:

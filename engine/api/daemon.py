@@ -171,8 +171,8 @@ class Daemon:
                     await send(reply)
                 if sender is not None:
                     sender.cancel()
-        except ConnectionClosed:
-            pass
+        except* ConnectionClosed:
+            pass  # the client went away (a closed window, a killed CLI): its business
         finally:
             if subscription is not None:
                 subscription.close()
