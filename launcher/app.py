@@ -13,7 +13,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import time
 from pathlib import Path
+
+STARTED = time.monotonic()  # for the start-up probe: as early as the module loads
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -25,6 +28,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="backend URL for a daemon this starts (default: the engine's setting)")
     ap.add_argument("--screenshots", type=Path, help="save every page as PNG here and exit")
     ap.add_argument("--no-daemon", action="store_true", help="connect only; never start one")
+    ap.add_argument("--lang", choices=["en", "ru"], help="language (default: saved, else the system's)")
+    ap.add_argument("--probe", type=Path, help="bench/ui.py: write start-up, loop lag, RSS here")
+    ap.add_argument("--probe-seconds", type=float, default=5.0)
     args = ap.parse_args(argv)
     args.data_dir = (args.data_dir or default_data_dir()).expanduser().absolute()
     return args
@@ -35,17 +41,29 @@ def main(argv: list[str] | None = None) -> int:
     import qasync
     from PySide6.QtWidgets import QApplication
 
+    from ui.i18n import chosen_language, translator_for
     from ui.link import EngineLink
     from ui.window import MainWindow
 
     app = QApplication.instance() or QApplication(sys.argv[:1])
+    app.setOrganizationName("game-launcher")
     app.setApplicationName("Game Launcher")
+    translator = translator_for(chosen_language(args.lang))
+    if translator is not None:
+        app.installTranslator(translator)
     loop = qasync.QEventLoop(app)
     asyncio.set_event_loop(loop)
     link = EngineLink(args.data_dir, args.backend_url, start_daemon=not args.no_daemon, loop=loop)
     window = MainWindow(link)
     window.show()
     link.start()
+    if args.probe is not None:
+        from ui.probe import run_probe
+
+        code_: int = loop.run_until_complete(
+            run_probe(window, args.probe, STARTED, args.probe_seconds))
+        loop.run_until_complete(link.close())
+        return code_
     if args.screenshots is not None:
         from ui.screens import save_screenshots
 

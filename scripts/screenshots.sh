@@ -16,5 +16,8 @@ E=(.venv/bin/launcher-engine --data "$W/engine" --backend "$URL")
 "${E[@]}" login demo --password demo > /dev/null
 "${E[@]}" install tiny-tactics > /dev/null
 "${E[@]}" install star-courier --version 1.0.0 --no-wait --limit 300K > /dev/null
-.venv/bin/launcher --data "$W/engine" --backend "$URL" --screenshots docs/screenshots
-ls docs/screenshots
+.venv/bin/launcher --data "$W/engine" --backend "$URL" --screenshots docs/screenshots --lang en
+.venv/bin/launcher --data "$W/engine" --backend "$URL" --screenshots docs/screenshots/ru --lang ru
+QT_SCALE_FACTOR=1.5 .venv/bin/launcher --data "$W/engine" --backend "$URL" \
+    --screenshots docs/screenshots/150 --lang en
+ls docs/screenshots docs/screenshots/ru docs/screenshots/150

@@ -43,3 +43,19 @@ class DaemonProcess:
     def stop(self) -> None:
         if self.server is not None:
             stop_process(self.server.proc, 15)
+
+
+def stop_daemon_of(data_dir: Path, grace_s: float = 15) -> None:
+    """Stop whatever daemon runs for ``data_dir`` (e.g. one a launcher started detached)."""
+    import os
+    import time
+
+    from engine.api.client import daemon_running
+
+    info = daemon_running(data_dir)
+    if info is None:
+        return
+    os.kill(info.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while daemon_running(data_dir) is not None and time.monotonic() < deadline:
+        time.sleep(0.1)

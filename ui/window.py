@@ -9,7 +9,16 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from PySide6.QtCore import QModelIndex, QObject, QPersistentModelIndex, QSize, QSortFilterProxyModel, Qt, QUrl
+from PySide6.QtCore import (
+    QModelIndex,
+    QObject,
+    QPersistentModelIndex,
+    QSettings,
+    QSize,
+    QSortFilterProxyModel,
+    Qt,
+    QUrl,
+)
 from PySide6.QtGui import QImage, QKeySequence, QPixmap, QShortcut
 from PySide6.QtNetwork import QNetworkAccessManager, QNetworkReply, QNetworkRequest
 from PySide6.QtWidgets import (
@@ -40,6 +49,7 @@ from PySide6.QtWidgets import (
 )
 
 from engine.api.protocol import Event, TaskStatus, UpdatePlanned
+from ui.i18n import LANGUAGES, chosen_language
 from ui.link import EngineLink
 from ui.models import (
     COVER_SIZE,
@@ -334,11 +344,16 @@ class SettingsPage(QWidget):
         self.concurrent.setRange(1, 16)
         self.schedule = QLineEdit(placeholderText=self.tr("e.g. 22:00-06:00; sat,sun 00:00-24:00"))
         self.library_dir = QLabel()
+        self.language = QComboBox()
+        for code, name in LANGUAGES.items():
+            self.language.addItem(name, code)
+        self.language.setCurrentIndex(max(0, self.language.findData(chosen_language())))
         save = QPushButton(self.tr("Save"))
         save.clicked.connect(self.save)
         form.addRow(self.tr("Downloads at the same time:"), self.concurrent)
         form.addRow(self.tr("Download only during:"), self.schedule)
         form.addRow(self.tr("Engine data folder:"), self.library_dir)
+        form.addRow(self.tr("Language (applies on restart):"), self.language)
         form.addRow("", save)
 
     def load(self, status: dict[str, Any]) -> None:
@@ -348,6 +363,7 @@ class SettingsPage(QWidget):
                           lambda r: self.concurrent.setValue(int(r["settings"]["max_concurrent_tasks"])))
 
     def save(self) -> None:
+        QSettings().setValue("language", self.language.currentData())
         self.link.request("settings", {"key": "max_concurrent_tasks",
                                        "value": self.concurrent.value()})
         windows = [w.strip() for w in self.schedule.text().split(";") if w.strip()]

@@ -19,9 +19,11 @@ import pytest
 pytest.importorskip("PySide6")
 qasync = pytest.importorskip("qasync")
 
+from PySide6.QtCore import Qt  # noqa: E402
 from PySide6.QtWidgets import QApplication, QMessageBox  # noqa: E402
 
 from engine.api.client import daemon_running, read_info  # noqa: E402
+from testing.daemon import stop_daemon_of  # noqa: E402
 from ui.link import EngineLink  # noqa: E402
 from ui.models import ProductRole  # noqa: E402
 from ui.window import MainWindow  # noqa: E402
@@ -34,6 +36,7 @@ def loop(qapp: QApplication) -> Iterator[Any]:
     asyncio.set_event_loop(ev)
     yield ev
     asyncio.set_event_loop(None)
+    ev.close()
 
 
 async def until(cond: Callable[[], bool], what: str, timeout: float = 60) -> None:
@@ -42,15 +45,6 @@ async def until(cond: Callable[[], bool], what: str, timeout: float = 60) -> Non
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.05)
-
-
-def stop_daemon(data: Path) -> None:
-    info = read_info(data)
-    if info is not None and daemon_running(data) is not None:
-        os.kill(info.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        while daemon_running(data) is not None and time.monotonic() < deadline:
-            time.sleep(0.1)
 
 
 def select(window: MainWindow, product: str) -> None:
@@ -139,6 +133,25 @@ def test_login_library_install_limit_errors_and_reconnect(backend: Any, tmp_path
         finally:
             await link.close()
             window.close()
-            stop_daemon(data)
+            stop_daemon_of(data)
 
     loop.run_until_complete(scenario())
+
+
+def test_the_window_speaks_russian(qapp: QApplication, tmp_path: Path, loop: Any) -> None:
+    from ui.i18n import RU, translator_for
+
+    translator = translator_for("ru")
+    assert translator is not None
+    qapp.installTranslator(translator)
+    try:
+        window = MainWindow(EngineLink(tmp_path / "engine", None, start_daemon=False, loop=loop))
+        pages = [window.nav.item(i).text() for i in range(window.nav.count())]
+        assert pages == ["Библиотека", "Загрузки", "Настройки"]
+        assert window.library_page.install.text() == "Установить"
+        header = window.tasks.headerData(0, Qt.Orientation.Horizontal)
+        assert header == "Игра"
+        assert window.connection.text() == RU["Connecting to the engine…"]
+        window.close()
+    finally:
+        qapp.removeTranslator(translator)
