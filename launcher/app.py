@@ -51,11 +51,22 @@ def main(argv: list[str] | None = None) -> int:
     translator = translator_for(chosen_language(args.lang))
     if translator is not None:
         app.installTranslator(translator)
+    instance = None
+    if args.probe is None and args.screenshots is None:
+        from ui.instance import SingleInstance
+
+        instance = SingleInstance()
+        if not instance.acquire():
+            print("the launcher is already running: its window was brought forward",
+                  file=sys.stderr)
+            return 0
     loop = qasync.QEventLoop(app)
     asyncio.set_event_loop(loop)
     link = EngineLink(args.data_dir, args.backend_url, start_daemon=not args.no_daemon, loop=loop)
     window = MainWindow(link)
     window.show()
+    if instance is not None:
+        instance.activated.connect(window.bring_forward)
     link.start()
     if args.probe is not None:
         from ui.probe import run_probe

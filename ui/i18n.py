@@ -84,6 +84,10 @@ RU = {
     "Verifying": "Проверка",
     "e.g. 22:00-06:00; sat,sun 00:00-24:00": "напр. 22:00-06:00; sat,sun 00:00-24:00",
     "Language (applies on restart):": "Язык (после перезапуска):",
+    "Quit": "Выйти",
+    "Ready to play": "Можно играть",
+    "Download failed": "Загрузка не удалась",
+    "Downloading {0}: {1:.0f}%": "Загрузка {0}: {1:.0f}%",
     "The engine refused: {0}": "Движок отказал: {0}",
     "{0} file(s) are damaged or missing. Repair them now?":
         "Повреждено или отсутствует файлов: {0}. Восстановить сейчас?",

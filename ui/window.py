@@ -19,7 +19,7 @@ from PySide6.QtCore import (
     Qt,
     QUrl,
 )
-from PySide6.QtGui import QImage, QKeySequence, QPixmap, QShortcut
+from PySide6.QtGui import QCloseEvent, QImage, QKeySequence, QPixmap, QShortcut
 from PySide6.QtNetwork import QNetworkAccessManager, QNetworkReply, QNetworkRequest
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -35,6 +35,7 @@ from PySide6.QtWidgets import (
     QListView,
     QListWidget,
     QMainWindow,
+    QMenu,
     QMessageBox,
     QPushButton,
     QSpinBox,
@@ -43,6 +44,7 @@ from PySide6.QtWidgets import (
     QStyledItemDelegate,
     QStyleOptionProgressBar,
     QStyleOptionViewItem,
+    QSystemTrayIcon,
     QTableView,
     QVBoxLayout,
     QWidget,
@@ -440,6 +442,38 @@ class MainWindow(QMainWindow):
             self.tr("Engine unavailable: {0}").format(why)))
         link.eventReceived.connect(self.on_event)
         link.failed.connect(self.on_failed)
+        self._setup_tray()
+
+    def bring_forward(self) -> None:
+        self.showNormal()
+        self.raise_()
+        self.activateWindow()
+
+    def _setup_tray(self) -> None:
+        """Progress in the tray tooltip, a notice when a game is ready or failed; closing the
+        window then only hides it (downloads go on; the daemon runs either way)."""
+        self.tray: QSystemTrayIcon | None = None
+        if not QSystemTrayIcon.isSystemTrayAvailable():
+            return
+        self.tray = QSystemTrayIcon(self.windowIcon(), self)
+        menu = QMenu(self)
+        menu.addAction(self.tr("Show"), self.bring_forward)
+        menu.addAction(self.tr("Quit"), QApplication.quit)
+        self.tray.setContextMenu(menu)
+        self.tray.activated.connect(lambda _reason: self.bring_forward())
+        self.tray.setToolTip(self.tr("Game Launcher"))
+        self.tray.show()
+
+    def closeEvent(self, event: QCloseEvent) -> None:
+        if self.tray is not None and self.tray.isVisible():
+            self.hide()
+            event.ignore()
+            return
+        super().closeEvent(event)
+
+    def notify(self, title: str, text: str) -> None:
+        if self.tray is not None:
+            self.tray.showMessage(title, text)
 
     def on_connected(self, status: dict[str, Any]) -> None:
         self.connection.setText(self.tr("Connected to the engine · {0}").format(status["backend"]))
@@ -507,10 +541,16 @@ class MainWindow(QMainWindow):
                 disk = (event.written_bytes - last[1]) / (now - last[0])
             self._written[event.task_id] = (now, event.written_bytes)
             self.downloads_page.graph.add_sample(event.download_speed_bps, disk)
+            if self.tray is not None:
+                self.tray.setToolTip(self.tr("Downloading {0}: {1:.0f}%").format(
+                    event.product_id or "", event.total_progress_percentage))
         elif not known or event.status in ("completed", "cancelled", "error", "queued"):
             self.refresh_tasks()
             if event.status == "completed":
                 self.refresh_library()
+                self.notify(self.tr("Ready to play"), str(event.product_id or ""))
+            elif event.status == "error":
+                self.notify(self.tr("Download failed"), str(event.product_id or ""))
 
     def on_failed(self, method: str, code: str, message: str) -> None:
         if code in ("AUTH_REQUIRED", "UNAUTHENTICATED") and method != "login":
