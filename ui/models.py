@@ -14,7 +14,7 @@ from PySide6.QtCore import (
     QPersistentModelIndex,
     Qt,
 )
-from PySide6.QtGui import QColor, QFont, QImage, QPainter, QPixmap
+from PySide6.QtGui import QColor, QFont, QIcon, QImage, QPainter, QPixmap
 
 from engine.api.protocol import TaskStatus
 
@@ -63,6 +63,7 @@ class LibraryModel(QAbstractListModel):
         self.items: list[dict[str, Any]] = []
         self.tasks: dict[str, dict[str, Any]] = {}  # product id -> live task
         self.covers: dict[str, QPixmap] = {}
+        self.icons: dict[str, QIcon] = {}
 
     def set_library(self, items: list[dict[str, Any]]) -> None:
         self.beginResetModel()
@@ -71,6 +72,7 @@ class LibraryModel(QAbstractListModel):
 
     def set_cover(self, product_id: str, pixmap: QPixmap) -> None:
         self.covers[product_id] = pixmap
+        self.icons.pop(product_id, None)
         self._changed(product_id)
 
     def set_task(self, product_id: str, task: dict[str, Any] | None) -> None:
@@ -117,9 +119,10 @@ class LibraryModel(QAbstractListModel):
         if role == Qt.ItemDataRole.DisplayRole:
             return title
         if role == Qt.ItemDataRole.DecorationRole:
-            if pid not in self.covers:
-                self.covers[pid] = placeholder_cover(pid, title)
-            return self.covers[pid]
+            if pid not in self.icons:  # an icon scales to the view's icon size (grid or list)
+                cover = self.covers.get(pid) or placeholder_cover(pid, title)
+                self.icons[pid] = QIcon(cover)
+            return self.icons[pid]
         if role == Qt.ItemDataRole.ToolTipRole or role == Qt.ItemDataRole.AccessibleTextRole:
             return f"{title} — {self.state_text(item)}"
         if role == ProductRole:

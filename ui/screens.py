@@ -15,7 +15,10 @@ async def save_screenshots(window: MainWindow, folder: Path, timeout_s: float = 
     deadline = loop.time() + timeout_s
     while window.library.rowCount() == 0 and loop.time() < deadline:
         await asyncio.sleep(0.1)
-    await asyncio.sleep(0.5)  # covers and task rows settle
+    cover_deadline = loop.time() + 5
+    while len(window.library.covers) < window.library.rowCount() and loop.time() < cover_deadline:
+        await asyncio.sleep(0.1)  # cover art arrives asynchronously
+    await asyncio.sleep(0.5)  # task rows settle
     for i, name in enumerate(("library", "downloads", "settings")):
         window.nav.setCurrentRow(i)
         await asyncio.sleep(0.2)
