@@ -21,6 +21,8 @@ from engine.api.protocol import TaskStatus
 ProductRole = Qt.ItemDataRole.UserRole + 1
 StateRole = Qt.ItemDataRole.UserRole + 2
 TaskIdRole = Qt.ItemDataRole.UserRole + 3
+SortRole = Qt.ItemDataRole.UserRole + 5
+SORT_KEYS = ("name", "last_played", "playtime", "added", "size")
 ProgressRole = Qt.ItemDataRole.UserRole + 4
 COVER_SIZE = (180, 270)
 Index = QModelIndex | QPersistentModelIndex
@@ -127,9 +129,33 @@ class LibraryModel(QAbstractListModel):
             return f"{title} — {self.state_text(item)}"
         if role == ProductRole:
             return pid
+        if role == SortRole:
+            return self.sort_value(item)
         if role == StateRole:
             return self.state_text(item)
         return None
+
+    sort_key = "name"
+
+    def sort_value(self, item: dict[str, Any]) -> Any:
+        """What ``sort_key`` orders by (most recent / largest first for all but the name)."""
+        attrs = item["libraryItem"]
+        key = self.sort_key
+        if key == "last_played":
+            return str(attrs.get("last_played_at") or "")
+        if key == "playtime":
+            return int(attrs.get("total_playtime_seconds") or 0)
+        if key == "added":
+            return str(attrs.get("added_at") or "")
+        if key == "size":
+            return int(attrs.get("install_size_bytes") or 0)
+        return str(attrs.get("title") or attrs.get("product_id") or "").casefold()
+
+    def set_offline(self, installed: list[dict[str, Any]]) -> None:
+        """The backend is unreachable: the installed games still show (and can be played)."""
+        self.set_library([{"libraryItem": {"product_id": g["productId"], "title": g["productId"],
+                                           "latest_version_id": g["versionId"]},
+                           "installed": g} for g in installed])
 
     def item_of(self, product_id: str) -> dict[str, Any] | None:
         return next((i for i in self.items if i["libraryItem"].get("product_id") == product_id),

@@ -6,7 +6,9 @@ comes back through its signals on the Qt thread.
 
 from __future__ import annotations
 
+import shutil
 import time
+from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import (
@@ -27,6 +29,7 @@ from PySide6.QtWidgets import (
     QComboBox,
     QDialog,
     QDialogButtonBox,
+    QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QHeaderView,
@@ -58,6 +61,7 @@ from ui.models import (
     LibraryModel,
     ProductRole,
     ProgressRole,
+    SortRole,
     StateRole,
     TasksModel,
     human_bytes,
@@ -132,12 +136,22 @@ class LibraryPage(QWidget):
             self.filter.addItem(text, key)
         self.filter.currentIndexChanged.connect(
             lambda _i: self.proxy.set(kind=self.filter.currentData()))
+        self.sort = QComboBox()
+        self.sort.setAccessibleName(self.tr("Sort by"))
+        for key, text in (("name", self.tr("Name")), ("last_played", self.tr("Last played")),
+                          ("playtime", self.tr("Playtime")), ("added", self.tr("Date added")),
+                          ("size", self.tr("Size"))):
+            self.sort.addItem(text, key)
+        self.sort.currentIndexChanged.connect(lambda _i: self.sort_by(self.sort.currentData()))
+        self.proxy.setSortRole(SortRole)
+        self.proxy.sort(0, Qt.SortOrder.AscendingOrder)
         self.view_mode = QPushButton(self.tr("List view"))
         self.view_mode.setCheckable(True)
         self.view_mode.toggled.connect(self.set_list_mode)
         top = QHBoxLayout()
         top.addWidget(self.search, 1)
         top.addWidget(self.filter)
+        top.addWidget(self.sort)
         top.addWidget(self.view_mode)
         self.view = QListView()
         self.view.setAccessibleName(self.tr("Library"))
@@ -182,6 +196,12 @@ class LibraryPage(QWidget):
 
     def _remember(self) -> None:
         self._keep = self.current_product()
+
+    def sort_by(self, key: str) -> None:
+        self.model.sort_key = key
+        order = Qt.SortOrder.AscendingOrder if key == "name" else Qt.SortOrder.DescendingOrder
+        self.proxy.invalidate()
+        self.proxy.sort(0, order)
 
     def set_list_mode(self, as_list: bool) -> None:
         if as_list:
@@ -247,10 +267,25 @@ class LibraryPage(QWidget):
         pid = self.current_product()
         if pid is None:
             return
+        if action == "install":
+            self.ask_install(pid)
+            return
         if action == "verify":
             self.link.request("verify", {"productId": pid}, self._verified)
         else:
             self.link.request(action, {"productId": pid})
+
+    def ask_install(self, pid: str) -> None:
+        item = self.model.item_of(pid) or {"libraryItem": {}}
+        attrs = item["libraryItem"]
+        data_dir = Path(str(self.link.status.get("dataDir") or self.link.data_dir))
+        self.install_dialog = InstallDialog(str(attrs.get("title") or pid),
+                                            int(attrs.get("install_size_bytes") or 0),
+                                            data_dir / "library" / pid, self)
+        self.install_dialog.accepted.connect(lambda: self.link.request("install", {
+            "productId": pid, "target": str(Path(self.install_dialog.folder.text()).expanduser()
+                                            .absolute())}))
+        self.install_dialog.open()
 
     def _verified(self, report: dict[str, Any]) -> None:
         if report["ok"]:
@@ -370,6 +405,53 @@ class SettingsPage(QWidget):
                                        "value": self.concurrent.value()})
         windows = [w.strip() for w in self.schedule.text().split(";") if w.strip()]
         self.link.request("schedule", {"windows": windows} if windows else {"clear": True})
+
+
+class InstallDialog(QDialog):
+    """Where to install, with the space it needs and the space there is, before anything starts."""
+
+    def __init__(self, title: str, size: int, default_folder: Path,
+                 parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle(self.tr("Install {0}").format(title))
+        self.needed = size
+        self.folder = QLineEdit(str(default_folder))
+        self.folder.setAccessibleName(self.tr("Install folder"))
+        browse = QPushButton(self.tr("Browse…"))
+        browse.clicked.connect(self.browse)
+        self.space = QLabel()
+        row = QHBoxLayout()
+        row.addWidget(self.folder, 1)
+        row.addWidget(browse)
+        form = QFormLayout(self)
+        form.addRow(self.tr("Install folder:"), row)
+        form.addRow(self.space)
+        self.buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok
+                                        | QDialogButtonBox.StandardButton.Cancel)
+        self.buttons.accepted.connect(self.accept)
+        self.buttons.rejected.connect(self.reject)
+        form.addRow(self.buttons)
+        self.folder.textChanged.connect(lambda _t: self.update_space())
+        self.update_space()
+
+    def browse(self) -> None:
+        chosen = QFileDialog.getExistingDirectory(self, self.tr("Install folder"), self.folder.text())
+        if chosen:
+            self.folder.setText(chosen)
+
+    def update_space(self) -> None:
+        probe = Path(self.folder.text()).expanduser()
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        try:
+            free = shutil.disk_usage(probe).free
+        except OSError:
+            free = 0
+        enough = free >= self.needed
+        self.space.setText(self.tr("Needs {0} on disk; {1} free there.").format(
+            human_bytes(self.needed), human_bytes(free))
+            + ("" if enough else " " + self.tr("Not enough space.")))
+        self.buttons.button(QDialogButtonBox.StandardButton.Ok).setEnabled(enough)
 
 
 class LoginDialog(QDialog):
@@ -493,6 +575,12 @@ class MainWindow(QMainWindow):
     def refresh_library(self) -> None:
         self.link.request("library", {}, self._library_loaded)
 
+    def offline_library(self) -> None:
+        """No backend: show what is installed (it stays playable); say so."""
+        self.connection.setText(self.tr("Offline: the store cannot be reached; showing installed "
+                                        "games"))
+        self.link.request("installed", {}, self.library.set_offline)
+
     def _library_loaded(self, items: list[dict[str, Any]]) -> None:
         self.library.set_library(items)
         for item in items:  # cover art, fetched by Qt's own asynchronous networking
@@ -553,6 +641,9 @@ class MainWindow(QMainWindow):
                 self.notify(self.tr("Download failed"), str(event.product_id or ""))
 
     def on_failed(self, method: str, code: str, message: str) -> None:
+        if method == "library" and code in ("BACKEND_UNREACHABLE", "BACKEND_ERROR"):
+            self.offline_library()
+            return
         if code in ("AUTH_REQUIRED", "UNAUTHENTICATED") and method != "login":
             self.ask_login()
             return

@@ -98,6 +98,10 @@ def test_login_library_install_limit_errors_and_reconnect(backend: Any, tmp_path
             select(window, "tiny-tactics")
             assert window.library_page.install.isEnabled()
             window.library_page.install.click()
+            install = window.library_page.install_dialog
+            assert install.isVisible() and "free there" in install.space.text()
+            install.folder.setText(str(tmp_path / "games" / "tiny"))
+            install.accept()
             await until(lambda: window.library_page.state.text() == "Installed", "installed", 120)
             assert window.library_page.current_product() == "tiny-tactics"  # kept on reload
             kinds = [(type(e).__name__, getattr(e, "status", None)) for e in seen]
@@ -155,3 +159,34 @@ def test_the_window_speaks_russian(qapp: QApplication, tmp_path: Path, loop: Any
         window.close()
     finally:
         qapp.removeTranslator(translator)
+
+
+def test_offline_start_still_shows_the_installed_games(backend_factory: Any, tmp_path: Path,
+                                                       loop: Any) -> None:
+    from testing.enginekit import EngineCli
+
+    server = backend_factory()
+    name, _ = server.new_user(products=["tiny-tactics"])
+    data = tmp_path / "engine"
+    cli = EngineCli(data, server.url)
+    cli.login(name, "secret-pw")
+    cli.ok("install", "tiny-tactics", "--target", str(tmp_path / "tiny"))
+    server.stop()  # the store is unreachable from now on
+
+    async def scenario() -> None:
+        link = EngineLink(data, server.url, loop=loop)
+        window = MainWindow(link)
+        window.show()
+        link.start()
+        try:
+            await until(lambda: window.library.rowCount() == 1, "the installed game")
+            assert "Offline" in window.connection.text()
+            select(window, "tiny-tactics")
+            assert window.library_page.state.text() == "Installed"
+            assert window.library_page.verify.isEnabled()
+        finally:
+            await link.close()
+            window.close()
+            stop_daemon_of(data)
+
+    loop.run_until_complete(scenario())
