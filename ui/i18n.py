@@ -85,6 +85,8 @@ RU = {
     "e.g. 22:00-06:00; sat,sun 00:00-24:00": "напр. 22:00-06:00; sat,sun 00:00-24:00",
     "Language (applies on restart):": "Язык (после перезапуска):",
     "Quit": "Выйти",
+    "Show finished": "Завершённые",
+    "For the selected game": "Для выбранной игры",
     "Install {0}": "Установка {0}",
     "Install folder": "Папка установки",
     "Install folder:": "Папка установки:",

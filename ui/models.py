@@ -9,10 +9,13 @@ from typing import Any
 from PySide6.QtCore import (
     QAbstractListModel,
     QAbstractTableModel,
+    QByteArray,
+    QMimeData,
     QModelIndex,
     QObject,
     QPersistentModelIndex,
     Qt,
+    Signal,
 )
 from PySide6.QtGui import QColor, QFont, QIcon, QImage, QPainter, QPixmap
 
@@ -23,6 +26,7 @@ StateRole = Qt.ItemDataRole.UserRole + 2
 TaskIdRole = Qt.ItemDataRole.UserRole + 3
 SortRole = Qt.ItemDataRole.UserRole + 5
 SORT_KEYS = ("name", "last_played", "playtime", "added", "size")
+TASK_MIME = "application/x-launcher-task-row"
 ProgressRole = Qt.ItemDataRole.UserRole + 4
 COVER_SIZE = (180, 270)
 Index = QModelIndex | QPersistentModelIndex
@@ -163,9 +167,13 @@ class LibraryModel(QAbstractListModel):
 
 
 class TasksModel(QAbstractTableModel):
-    """The download queue in the engine's order; progress updated in place from events."""
+    """The download queue in the engine's order; progress updated in place from events.
+
+    Moving rows (drag and drop, or ``moveRows``) does not reorder locally: it asks the engine
+    (``reorderRequested``), and the queue the engine reports back is what the view shows."""
 
     COLUMNS = ("game", "status", "progress", "size", "speed", "eta")
+    reorderRequested = Signal(str, int)  # task id, new queue position
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -243,6 +251,44 @@ class TasksModel(QAbstractTableModel):
             eta = live.estimated_time_left_seconds if live else None
             return "" if eta is None or t["status"] != "downloading" else f"{eta // 60}:{eta % 60:02d}"
         return None
+
+    def flags(self, index: Index) -> Qt.ItemFlag:
+        base = super().flags(index)
+        if index.isValid():
+            return base | Qt.ItemFlag.ItemIsDragEnabled
+        return base | Qt.ItemFlag.ItemIsDropEnabled
+
+    def supportedDropActions(self) -> Qt.DropAction:
+        return Qt.DropAction.MoveAction
+
+    def mimeTypes(self) -> list[str]:
+        return [TASK_MIME]
+
+    def mimeData(self, indexes: Any) -> QMimeData:
+        data = QMimeData()
+        rows = sorted({i.row() for i in indexes})
+        if rows:
+            data.setData(TASK_MIME, QByteArray(str(rows[0]).encode()))
+        return data
+
+    def dropMimeData(self, data: QMimeData, action: Qt.DropAction, row: int, column: int,
+                     parent: Index) -> bool:
+        if action != Qt.DropAction.MoveAction or not data.hasFormat(TASK_MIME):
+            return False
+        source = int(bytes(data.data(TASK_MIME).data()).decode())
+        target = row if row >= 0 else (parent.row() if parent.isValid() else self.rowCount())
+        return self.moveRows(NO_PARENT, source, 1, NO_PARENT, target)
+
+    def moveRows(self, source_parent: Index, source_row: int, count: int,
+                 destination_parent: Index, destination_child: int) -> bool:
+        task = self.task_at(source_row)
+        if task is None or count != 1:
+            return False
+        position = destination_child if destination_child <= source_row else destination_child - 1
+        position = max(0, min(position, self.rowCount() - 1))
+        if position != source_row:
+            self.reorderRequested.emit(task["taskId"], position)
+        return False  # the engine's answer (a new queue) resets the model
 
     def task_at(self, row: int) -> dict[str, Any] | None:
         return self.tasks[row] if 0 <= row < len(self.tasks) else None

@@ -315,6 +315,13 @@ class DownloadsPage(QWidget):
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
         self.table.verticalHeader().setVisible(False)
+        self.table.setDragEnabled(True)
+        self.table.setAcceptDrops(True)
+        self.table.setDropIndicatorShown(True)
+        self.table.setDragDropMode(QAbstractItemView.DragDropMode.InternalMove)
+        model.reorderRequested.connect(self.reorder)
+        self.history = QPushButton(self.tr("Show finished"))
+        self.history.setCheckable(True)
         buttons = QHBoxLayout()
         self.buttons: dict[str, QPushButton] = {}
         for key, text in (("pause", self.tr("Pause")), ("resume", self.tr("Resume")),
@@ -332,9 +339,13 @@ class DownloadsPage(QWidget):
         self.limit.setAccessibleName(self.tr("Speed limit"))
         apply_limit = QPushButton(self.tr("Set limit"))
         apply_limit.clicked.connect(self.set_limit)
+        task_limit = QPushButton(self.tr("For the selected game"))
+        task_limit.clicked.connect(self.set_task_limit)
         buttons.addWidget(QLabel(self.tr("Speed limit:")))
         buttons.addWidget(self.limit)
         buttons.addWidget(apply_limit)
+        buttons.addWidget(task_limit)
+        buttons.addWidget(self.history)
         self.plan = QLabel()
         self.plan.setWordWrap(True)
         layout = QVBoxLayout(self)
@@ -358,6 +369,16 @@ class DownloadsPage(QWidget):
             self.link.request("move", {"taskId": tid, "position": max(0, task["position"] - 1)})
         elif action == "first":
             self.link.request("move", {"taskId": tid, "position": 0})
+
+    def reorder(self, task_id: str, position: int) -> None:
+        self.link.request("move", {"taskId": task_id, "position": position}, self.model.set_tasks)
+
+    def set_task_limit(self) -> None:
+        task = self.selected_task()
+        if task is not None:
+            mbps = self.limit.value()
+            self.link.request("limit", {"taskId": task["taskId"], "bps": mbps * 1_000_000 or None,
+                                        "set": True})
 
     def set_limit(self) -> None:
         mbps = self.limit.value()
@@ -519,6 +540,7 @@ class MainWindow(QMainWindow):
         self.network = QNetworkAccessManager(self)
         self._covers_requested: set[str] = set()
         self.login_dialog: LoginDialog | None = None
+        self.downloads_page.history.toggled.connect(lambda _on: self.refresh_tasks())
         link.connected.connect(self.on_connected)
         link.disconnected.connect(lambda why: self.connection.setText(
             self.tr("Engine unavailable: {0}").format(why)))
@@ -609,7 +631,7 @@ class MainWindow(QMainWindow):
             for t in tasks:
                 self.library.set_task(t["productId"], t)
 
-        self.link.request("tasks", {"all": False}, apply)
+        self.link.request("tasks", {"all": self.downloads_page.history.isChecked()}, apply)
 
     def on_event(self, event: Event) -> None:
         if isinstance(event, UpdatePlanned):

@@ -190,3 +190,42 @@ def test_offline_start_still_shows_the_installed_games(backend_factory: Any, tmp
             stop_daemon_of(data)
 
     loop.run_until_complete(scenario())
+
+
+def test_dragging_a_download_reorders_the_engines_queue(backend: Any, tmp_path: Path,
+                                                        loop: Any) -> None:
+    from testing.enginekit import EngineCli
+    from ui.models import NO_PARENT
+
+    name, _ = backend.new_user(products=["star-courier", "tiny-tactics"])
+    data = tmp_path / "engine"
+    cli = EngineCli(data, backend.url)
+    cli.login(name, "secret-pw")
+    cli.ok("limit", "50K")  # slow enough that both stay in the queue
+    first = cli.ok("install", "star-courier", "--no-wait", "--target", str(tmp_path / "a"))
+    second = cli.ok("install", "tiny-tactics", "--no-wait", "--target", str(tmp_path / "b"))
+    second_id = second[-1]["task"]["taskId"]
+
+    async def scenario() -> None:
+        link = EngineLink(data, backend.url, loop=loop)
+        window = MainWindow(link)
+        window.show()
+        link.start()
+        try:
+            tasks = window.tasks
+            await until(lambda: tasks.rowCount() == 2, "the queue")
+            assert [t["taskId"] for t in tasks.tasks][1] == second_id
+            # a drop of row 1 above row 0 (what the view does on drag and drop)
+            mime = tasks.mimeData([tasks.index(1, 0)])
+            assert tasks.dropMimeData(mime, Qt.DropAction.MoveAction, 0, 0, NO_PARENT) is False
+            await until(lambda: tasks.task_at(0) is not None
+                        and tasks.task_at(0)["taskId"] == second_id, "the new order")  # type: ignore[index]
+            queue = await link.call("tasks", {})
+            assert queue[0]["taskId"] == second_id  # the engine's queue, not just the view
+            assert first[-1]["task"]["taskId"] in [t["taskId"] for t in queue]
+        finally:
+            await link.close()
+            window.close()
+            stop_daemon_of(data)
+
+    loop.run_until_complete(scenario())
