@@ -85,6 +85,9 @@ RU = {
     "e.g. 22:00-06:00; sat,sun 00:00-24:00": "напр. 22:00-06:00; sat,sun 00:00-24:00",
     "Language (applies on restart):": "Язык (после перезапуска):",
     "Quit": "Выйти",
+    "Update to {0}: download {1} (a full download is {2}); the rest is reused from the installed "
+    "files.": "Обновление до {0}: скачать {1} (полная загрузка — {2}); остальное берётся из "
+              "установленных файлов.",
     "Show finished": "Завершённые",
     "For the selected game": "Для выбранной игры",
     "Install {0}": "Установка {0}",

@@ -189,6 +189,7 @@ class LibraryPage(QWidget):
         layout.addLayout(top)
         layout.addLayout(body, 1)
         self._keep: str | None = None
+        self.updates: dict[str, dict[str, Any]] = {}  # product id -> the backend's update answer
         self.model.dataChanged.connect(lambda *_: self.show_details())
         self.model.modelAboutToBeReset.connect(self._remember)
         self.model.modelReset.connect(self.select_first)
@@ -252,6 +253,12 @@ class LibraryPage(QWidget):
         if installed:
             lines.append(self.tr("Installed: {0}, {1} in {2}").format(
                 installed["versionId"], human_bytes(installed["sizeBytes"]), installed["path"]))
+            update = self.updates.get(pid or "")
+            if update and update.get("isUpdateAvailable"):
+                lines.append(self.tr("Update to {0}: download {1} (a full download is {2}); the "
+                                     "rest is reused from the installed files.").format(
+                    update.get("latestVersionId"), human_bytes(update.get("downloadSizeBytes") or 0),
+                    human_bytes(update.get("fullDownloadSizeBytes") or 0)))
         elif attrs.get("install_size_bytes"):
             lines.append(self.tr("Size on disk: {0}").format(human_bytes(attrs["install_size_bytes"])))
         self.info.setText("\n".join(lines))
@@ -605,6 +612,8 @@ class MainWindow(QMainWindow):
 
     def _library_loaded(self, items: list[dict[str, Any]]) -> None:
         self.library.set_library(items)
+        if any(i["installed"] for i in items):
+            self.link.request("checkUpdates", {}, self._updates_checked)
         for item in items:  # cover art, fetched by Qt's own asynchronous networking
             attrs = item["libraryItem"]
             pid, url = str(attrs.get("product_id")), attrs.get("cover_image_url")
@@ -612,6 +621,10 @@ class MainWindow(QMainWindow):
                 self._covers_requested.add(pid)
                 reply = self.network.get(QNetworkRequest(QUrl(str(url))))
                 reply.finished.connect(lambda r=reply, p=pid: self._cover_arrived(p, r))
+
+    def _updates_checked(self, answers: list[dict[str, Any]]) -> None:
+        self.library_page.updates = {str(a.get("productId")): a for a in answers}
+        self.library_page.show_details()
 
     def _cover_arrived(self, product_id: str, reply: QNetworkReply) -> None:
         reply.deleteLater()

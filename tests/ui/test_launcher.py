@@ -39,11 +39,18 @@ def loop(qapp: QApplication) -> Iterator[Any]:
     ev.close()
 
 
+FAILURES: list[tuple[str, str, str]] = []
+
+
 async def until(cond: Callable[[], bool], what: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            windows = [(type(w).__name__, getattr(getattr(w, "connection", None), "text",
+                                                 lambda: "")()) for w in QApplication.topLevelWidgets()
+                       if w.isVisible()]
+            raise AssertionError(f"timed out waiting for {what}; visible: {windows}; "
+                                 f"engine refusals: {FAILURES}")
         await asyncio.sleep(0.05)
 
 
@@ -69,6 +76,7 @@ def test_login_library_install_limit_errors_and_reconnect(backend: Any, tmp_path
 
     async def scenario() -> None:
         link = EngineLink(data, backend.url, loop=loop)
+        link.failed.connect(lambda *f: FAILURES.append(f))
         window = MainWindow(link)
         window.show()
         seen: list[Any] = []
@@ -208,6 +216,7 @@ def test_dragging_a_download_reorders_the_engines_queue(backend: Any, tmp_path: 
 
     async def scenario() -> None:
         link = EngineLink(data, backend.url, loop=loop)
+        link.failed.connect(lambda *f: FAILURES.append(f))
         window = MainWindow(link)
         window.show()
         link.start()
@@ -223,6 +232,40 @@ def test_dragging_a_download_reorders_the_engines_queue(backend: Any, tmp_path: 
             queue = await link.call("tasks", {})
             assert queue[0]["taskId"] == second_id  # the engine's queue, not just the view
             assert first[-1]["task"]["taskId"] in [t["taskId"] for t in queue]
+        finally:
+            await link.close()
+            window.close()
+            stop_daemon_of(data)
+
+    loop.run_until_complete(scenario())
+
+
+def test_the_game_panel_states_what_an_update_downloads(backend: Any, published_store: Any,
+                                                        tmp_path: Path, loop: Any) -> None:
+    from testing.enginekit import EngineCli
+
+    name, _ = backend.new_user(products=["star-courier"])
+    data = tmp_path / "engine"
+    cli = EngineCli(data, backend.url)
+    cli.login(name, "secret-pw")
+    first = published_store.product("star-courier").versions[0]
+    cli.ok("install", "star-courier", "--version", first, "--target", str(tmp_path / "sc"))
+
+    async def scenario() -> None:
+        link = EngineLink(data, backend.url, loop=loop)
+        link.failed.connect(lambda *f: FAILURES.append(f))
+        window = MainWindow(link)
+        window.show()
+        link.start()
+        try:
+            try:
+                await until(lambda: "Update to" in window.library_page.info.text(), "the update line", 20)
+            except AssertionError:
+                print("DEBUG", repr(window.library_page.info.text()), window.library_page.updates, [w.windowTitle() for w in QApplication.topLevelWidgets() if w.isVisible()])
+                raise
+            page = window.library_page
+            assert page.state.text() == "Update available" and page.update_button.isEnabled()
+            assert "download" in page.info.text() and "full download" in page.info.text()
         finally:
             await link.close()
             window.close()
