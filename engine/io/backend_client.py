@@ -6,6 +6,7 @@ seed's codes. A 401 triggers one token refresh and one retry.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -76,6 +77,7 @@ class BackendClient:
         self.base_url = base_url.rstrip("/")
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
         self._access: str | None = None
+        self._refresh_lock: asyncio.Lock | None = None  # made on the loop that first needs it
         self._access_expires = 0.0
         self._refresh = refresh_token
         self._save = save_refresh_token
@@ -145,6 +147,17 @@ class BackendClient:
     async def _token(self) -> str:
         if self._access is not None and time.monotonic() < self._access_expires:
             return self._access
+        # one refresh at a time: refresh tokens rotate, and the backend treats a second use of
+        # the same token as theft (the whole session is revoked); concurrent callers (the
+        # daemon's update check and a launcher's first request) wait for the first refresh
+        if self._refresh_lock is None:
+            self._refresh_lock = asyncio.Lock()
+        async with self._refresh_lock:
+            if self._access is not None and time.monotonic() < self._access_expires:
+                return self._access
+            return await self._refresh_access()
+
+    async def _refresh_access(self) -> str:
         if self._refresh is None:
             raise EngineError(ErrorCode.AUTH_REQUIRED, "not logged in: run `launcher-engine login`")
         resp = await self._http.post("/api/v1/auth/refresh", json={"refreshToken": self._refresh})
