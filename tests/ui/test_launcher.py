@@ -258,11 +258,7 @@ def test_the_game_panel_states_what_an_update_downloads(backend: Any, published_
         window.show()
         link.start()
         try:
-            try:
-                await until(lambda: "Update to" in window.library_page.info.text(), "the update line", 20)
-            except AssertionError:
-                print("DEBUG", repr(window.library_page.info.text()), window.library_page.updates, [w.windowTitle() for w in QApplication.topLevelWidgets() if w.isVisible()])
-                raise
+            await until(lambda: "Update to" in window.library_page.info.text(), "the update line")
             page = window.library_page
             assert page.state.text() == "Update available" and page.update_button.isEnabled()
             assert "download" in page.info.text() and "full download" in page.info.text()
