@@ -85,6 +85,16 @@ RU = {
     "e.g. 22:00-06:00; sat,sun 00:00-24:00": "напр. 22:00-06:00; sat,sun 00:00-24:00",
     "Language (applies on restart):": "Язык (после перезапуска):",
     "Quit": "Выйти",
+    "Hidden": "Скрытые",
+    "Category": "Категория",
+    "All categories": "Все категории",
+    "Categories…": "Категории…",
+    "Categories": "Категории",
+    "Categories of {0}": "Категории игры {0}",
+    "New category": "Новая категория",
+    "Add": "Добавить",
+    "Hide": "Скрыть",
+    "Unhide": "Показать",
     "Update to {0}: download {1} (a full download is {2}); the rest is reused from the installed "
     "files.": "Обновление до {0}: скачать {1} (полная загрузка — {2}); остальное берётся из "
               "установленных файлов.",

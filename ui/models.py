@@ -25,6 +25,8 @@ ProductRole = Qt.ItemDataRole.UserRole + 1
 StateRole = Qt.ItemDataRole.UserRole + 2
 TaskIdRole = Qt.ItemDataRole.UserRole + 3
 SortRole = Qt.ItemDataRole.UserRole + 5
+CategoriesRole = Qt.ItemDataRole.UserRole + 6
+HiddenRole = Qt.ItemDataRole.UserRole + 7
 SORT_KEYS = ("name", "last_played", "playtime", "added", "size")
 TASK_MIME = "application/x-launcher-task-row"
 ProgressRole = Qt.ItemDataRole.UserRole + 4
@@ -135,6 +137,10 @@ class LibraryModel(QAbstractListModel):
             return pid
         if role == SortRole:
             return self.sort_value(item)
+        if role == CategoriesRole:
+            return list(attrs.get("category_ids") or [])
+        if role == HiddenRole:
+            return bool(attrs.get("is_hidden"))
         if role == StateRole:
             return self.state_text(item)
         return None

@@ -20,6 +20,7 @@ from PySide6.QtCore import (
     QSortFilterProxyModel,
     Qt,
     QUrl,
+    Signal,
 )
 from PySide6.QtGui import QCloseEvent, QImage, QKeySequence, QPixmap, QShortcut
 from PySide6.QtNetwork import QNetworkAccessManager, QNetworkReply, QNetworkRequest
@@ -37,6 +38,7 @@ from PySide6.QtWidgets import (
     QLineEdit,
     QListView,
     QListWidget,
+    QListWidgetItem,
     QMainWindow,
     QMenu,
     QMessageBox,
@@ -58,6 +60,8 @@ from ui.i18n import LANGUAGES, chosen_language
 from ui.link import EngineLink
 from ui.models import (
     COVER_SIZE,
+    CategoriesRole,
+    HiddenRole,
     LibraryModel,
     ProductRole,
     ProgressRole,
@@ -86,11 +90,14 @@ class LibraryFilter(QSortFilterProxyModel):
         super().__init__(parent)
         self.kind = "all"
         self.text = ""
+        self.category = ""
 
-    def set(self, kind: str | None = None, text: str | None = None) -> None:
+    def set(self, kind: str | None = None, text: str | None = None,
+            category: str | None = None) -> None:
         self.beginFilterChange()  # Qt 6.10+: the replacement of invalidateRowsFilter()
         self.kind = kind if kind is not None else self.kind
         self.text = (text if text is not None else self.text).casefold()
+        self.category = category if category is not None else self.category
         self.endFilterChange(QSortFilterProxyModel.Direction.Rows)
 
     def filterAcceptsRow(self, row: int, parent: QModelIndex | QPersistentModelIndex) -> bool:
@@ -99,9 +106,13 @@ class LibraryFilter(QSortFilterProxyModel):
         state = str(idx.data(StateRole) or "")
         if self.text and self.text not in title:
             return False
+        if bool(idx.data(HiddenRole)) != (self.kind == "hidden"):
+            return False  # hidden games show only under "Hidden"
+        if self.category and self.category not in (idx.data(CategoriesRole) or []):
+            return False
         installed = state not in (self.tr("Not installed"),)
         return {"all": True, "installed": installed, "not_installed": not installed,
-                "updates": state == self.tr("Update available")}.get(self.kind, True)
+                "updates": state == self.tr("Update available"), "hidden": True}.get(self.kind, True)
 
 
 class ProgressDelegate(QStyledItemDelegate):
@@ -119,6 +130,8 @@ class ProgressDelegate(QStyledItemDelegate):
 
 
 class LibraryPage(QWidget):
+    changed = Signal()  # the player changed the library (categories, hidden): reload it
+
     def __init__(self, link: EngineLink, model: LibraryModel, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.link = link
@@ -132,10 +145,15 @@ class LibraryPage(QWidget):
         self.filter.setAccessibleName(self.tr("Show"))
         for key, text in (("all", self.tr("All games")), ("installed", self.tr("Installed")),
                           ("not_installed", self.tr("Not installed")),
-                          ("updates", self.tr("Updates available"))):
+                          ("updates", self.tr("Updates available")), ("hidden", self.tr("Hidden"))):
             self.filter.addItem(text, key)
         self.filter.currentIndexChanged.connect(
             lambda _i: self.proxy.set(kind=self.filter.currentData()))
+        self.category = QComboBox()
+        self.category.setAccessibleName(self.tr("Category"))
+        self.category.addItem(self.tr("All categories"), "")
+        self.category.currentIndexChanged.connect(
+            lambda _i: self.proxy.set(category=self.category.currentData() or ""))
         self.sort = QComboBox()
         self.sort.setAccessibleName(self.tr("Sort by"))
         for key, text in (("name", self.tr("Name")), ("last_played", self.tr("Last played")),
@@ -151,6 +169,7 @@ class LibraryPage(QWidget):
         top = QHBoxLayout()
         top.addWidget(self.search, 1)
         top.addWidget(self.filter)
+        top.addWidget(self.category)
         top.addWidget(self.sort)
         top.addWidget(self.view_mode)
         self.view = QListView()
@@ -170,13 +189,18 @@ class LibraryPage(QWidget):
         self.update_button = QPushButton(self.tr("Update"))
         self.verify = QPushButton(self.tr("Verify files"))
         self.uninstall = QPushButton(self.tr("Uninstall"))
+        self.categories_button = QPushButton(self.tr("Categories…"))
+        self.categories_button.clicked.connect(self.edit_categories)
+        self.hide_button = QPushButton(self.tr("Hide"))
+        self.hide_button.clicked.connect(self.toggle_hidden)
+        self.categories: list[dict[str, Any]] = []
         self.install.clicked.connect(lambda: self.act("install"))
         self.update_button.clicked.connect(lambda: self.act("update"))
         self.verify.clicked.connect(lambda: self.act("verify"))
         self.uninstall.clicked.connect(lambda: self.act("uninstall"))
         side = QVBoxLayout()
         for w in (self.title, self.state, self.info, self.install, self.update_button,
-                  self.verify, self.uninstall):
+                  self.verify, self.uninstall, self.categories_button, self.hide_button):
             side.addWidget(w)
         side.addStretch(1)
         details = QWidget()
@@ -197,6 +221,38 @@ class LibraryPage(QWidget):
 
     def _remember(self) -> None:
         self._keep = self.current_product()
+
+    def set_categories(self, categories: list[dict[str, Any]]) -> None:
+        self.categories = categories
+        current = self.category.currentData()
+        self.category.blockSignals(True)
+        self.category.clear()
+        self.category.addItem(self.tr("All categories"), "")
+        for c in categories:
+            self.category.addItem(str(c["name"]), c["categoryId"])
+        self.category.setCurrentIndex(max(0, self.category.findData(current)))
+        self.category.blockSignals(False)
+
+    def current_item(self) -> dict[str, Any] | None:
+        pid = self.current_product()
+        return self.model.item_of(pid) if pid else None
+
+    def toggle_hidden(self) -> None:
+        item = self.current_item()
+        if item is not None and item["libraryItem"].get("itemId"):
+            attrs = item["libraryItem"]
+            self.link.request("libraryItemUpdate", {"itemId": attrs["itemId"],
+                                                    "hidden": not attrs.get("is_hidden")},
+                              lambda _r: self.changed.emit())
+
+    def edit_categories(self) -> None:
+        item = self.current_item()
+        if item is None or not item["libraryItem"].get("itemId"):
+            return
+        self.categories_dialog = CategoriesDialog(self.link, self.categories, item["libraryItem"],
+                                                  self)
+        self.categories_dialog.accepted.connect(self.changed.emit)
+        self.categories_dialog.open()
 
     def sort_by(self, key: str) -> None:
         self.model.sort_key = key
@@ -264,6 +320,9 @@ class LibraryPage(QWidget):
         self.info.setText("\n".join(lines))
         busy = pid in self.model.tasks and self.model.tasks[pid]["status"] not in (
             "completed", "cancelled", "error")
+        self.hide_button.setText(self.tr("Unhide") if attrs.get("is_hidden") else self.tr("Hide"))
+        self.hide_button.setEnabled(bool(attrs.get("itemId")))
+        self.categories_button.setEnabled(bool(attrs.get("itemId")))
         self.install.setEnabled(installed is None and not busy)
         self.update_button.setEnabled(installed is not None and not busy
                                       and state == self.tr("Update available"))
@@ -435,6 +494,62 @@ class SettingsPage(QWidget):
         self.link.request("schedule", {"windows": windows} if windows else {"clear": True})
 
 
+class CategoriesDialog(QDialog):
+    """Tick the categories a game belongs to; create new ones on the spot."""
+
+    def __init__(self, link: EngineLink, categories: list[dict[str, Any]],
+                 attrs: dict[str, Any], parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.link = link
+        self.item_id = str(attrs["itemId"])
+        self.setWindowTitle(self.tr("Categories of {0}").format(attrs.get("title", "")))
+        self.list = QListWidget()
+        self.list.setAccessibleName(self.tr("Categories"))
+        chosen = set(attrs.get("category_ids") or [])
+        for c in categories:
+            self.add_row(c, c["categoryId"] in chosen)
+        self.new_name = QLineEdit(placeholderText=self.tr("New category"))
+        add = QPushButton(self.tr("Add"))
+        add.clicked.connect(self.create_category)
+        row = QHBoxLayout()
+        row.addWidget(self.new_name, 1)
+        row.addWidget(add)
+        box = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok
+                               | QDialogButtonBox.StandardButton.Cancel)
+        box.accepted.connect(self.save)
+        box.rejected.connect(self.reject)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.list)
+        layout.addLayout(row)
+        layout.addWidget(box)
+
+    def add_row(self, category: dict[str, Any], checked: bool) -> None:
+        row = QListWidgetItem(str(category["name"]))
+        row.setData(Qt.ItemDataRole.UserRole, category["categoryId"])
+        row.setFlags(row.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+        row.setCheckState(Qt.CheckState.Checked if checked else Qt.CheckState.Unchecked)
+        self.list.addItem(row)
+
+    def create_category(self) -> None:
+        name = self.new_name.text().strip()
+        if name:
+            self.link.request("categoryCreate", {"name": name}, self.created)
+
+    def created(self, category: dict[str, Any]) -> None:
+        self.add_row(category, True)
+        self.new_name.clear()
+
+    def checked_ids(self) -> list[str]:
+        return [str(self.list.item(i).data(Qt.ItemDataRole.UserRole))
+                for i in range(self.list.count())
+                if self.list.item(i).checkState() == Qt.CheckState.Checked]
+
+    def save(self) -> None:
+        self.link.request("libraryItemUpdate", {"itemId": self.item_id,
+                                                "categoryIds": self.checked_ids()},
+                          lambda _r: self.accept())
+
+
 class InstallDialog(QDialog):
     """Where to install, with the space it needs and the space there is, before anything starts."""
 
@@ -548,6 +663,7 @@ class MainWindow(QMainWindow):
         self._covers_requested: set[str] = set()
         self.login_dialog: LoginDialog | None = None
         self.downloads_page.history.toggled.connect(lambda _on: self.refresh_tasks())
+        self.library_page.changed.connect(self.refresh_library)
         link.connected.connect(self.on_connected)
         link.disconnected.connect(lambda why: self.connection.setText(
             self.tr("Engine unavailable: {0}").format(why)))
@@ -612,6 +728,7 @@ class MainWindow(QMainWindow):
 
     def _library_loaded(self, items: list[dict[str, Any]]) -> None:
         self.library.set_library(items)
+        self.link.request("categories", {}, self.library_page.set_categories)
         if any(i["installed"] for i in items):
             self.link.request("checkUpdates", {}, self._updates_checked)
         for item in items:  # cover art, fetched by Qt's own asynchronous networking

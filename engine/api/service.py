@@ -78,9 +78,24 @@ class EngineService:
         out = []
         for item in items:
             attrs = dict(item.get("attributes", {}))
+            attrs["itemId"] = item.get("id")
             g = installed.get(attrs.get("product_id", ""))
             out.append({"libraryItem": attrs, "installed": g.to_dict() if g else None})
         return out
+
+    async def m_categories(self) -> list[dict[str, Any]]:
+        return await self.engine.api.categories()
+
+    async def m_categoryCreate(self, name: str) -> dict[str, Any]:
+        return await self.engine.api.create_category(name)
+
+    async def m_categoryDelete(self, categoryId: str) -> dict[str, Any]:
+        await self.engine.api.delete_category(categoryId)
+        return {"deleted": categoryId}
+
+    async def m_libraryItemUpdate(self, itemId: str, categoryIds: list[str] | None = None,
+                                  hidden: bool | None = None) -> dict[str, Any]:
+        return await self.engine.api.update_item(itemId, category_ids=categoryIds, hidden=hidden)
 
     async def m_installed(self) -> list[dict[str, Any]]:
         return [g.to_dict() for g in self.engine.installed()]

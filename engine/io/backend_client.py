@@ -182,6 +182,29 @@ class BackendClient:
                 return items
             page += 1
 
+    async def categories(self) -> list[dict[str, Any]]:
+        doc = await self.call("GET", "/api/v1/library/categories", params={"limit": 100})
+        return [{"categoryId": d["id"], **d["attributes"]} for d in doc.get("data", [])]
+
+    async def create_category(self, name: str) -> dict[str, Any]:
+        doc = await self.call("POST", "/api/v1/library/categories", json={
+            "data": {"type": "userCategoryCreate", "attributes": {"name": name}}})
+        return {"categoryId": doc["data"]["id"], **doc["data"]["attributes"]}
+
+    async def delete_category(self, category_id: str) -> None:
+        await self.call("DELETE", f"/api/v1/library/categories/{category_id}")
+
+    async def update_item(self, item_id: str, *, category_ids: list[str] | None = None,
+                          hidden: bool | None = None) -> dict[str, Any]:
+        attrs: dict[str, Any] = {}
+        if category_ids is not None:
+            attrs["category_ids"] = category_ids
+        if hidden is not None:
+            attrs["is_hidden"] = hidden
+        doc = await self.call("PATCH", f"/api/v1/library/items/{item_id}", json={
+            "data": {"type": "libraryItemUpdate", "attributes": attrs}})
+        return dict(doc["data"]["attributes"])
+
     async def manifest_key(self) -> str:
         doc = await self.call("GET", "/api/v1/download/manifest-key")
         return str(doc["data"]["attributes"]["publicKey"])
