@@ -9,11 +9,8 @@ import pytest
 
 pytest.importorskip("PySide6")
 
-from testing.daemon import stop_daemon_of
 from testing.enginekit import EngineCli
-from tests.ui.test_launcher import loop, select, until  # noqa: F401
-from ui.link import EngineLink
-from ui.window import MainWindow
+from tests.ui.test_launcher import launcher_window, loop, select, until  # noqa: F401
 
 
 def test_categories_and_hiding_persist_on_the_backend(backend: Any, tmp_path: Path,
@@ -23,12 +20,8 @@ def test_categories_and_hiding_persist_on_the_backend(backend: Any, tmp_path: Pa
     EngineCli(data, backend.url).login(name, "secret-pw")
 
     async def scenario() -> None:
-        link = EngineLink(data, backend.url, loop=loop)
-        window = MainWindow(link)
-        window.show()
-        link.start()
-        page = window.library_page
-        try:
+        async with launcher_window(data, backend.url, loop) as (window, _link):
+            page = window.library_page
             await until(lambda: window.library.rowCount() == 2, "the library")
             select(window, "tiny-tactics")
             page.edit_categories()
@@ -52,9 +45,5 @@ def test_categories_and_hiding_persist_on_the_backend(backend: Any, tmp_path: Pa
                          for i in c.get("/api/v1/library/items").json()["data"]}
             assert items["star-courier"]["is_hidden"] is True
             assert len(items["tiny-tactics"]["category_ids"]) == 1
-        finally:
-            await link.close()
-            window.close()
-            stop_daemon_of(data)
 
     loop.run_until_complete(scenario())

@@ -7,10 +7,11 @@ between test phases, and an asyncio step must never run outside the running loop
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,23 @@ def select(window: MainWindow, product: str) -> None:
     raise AssertionError(f"{product} not in the library")
 
 
+@contextlib.asynccontextmanager
+async def launcher_window(data: Path, url: str, loop: Any) -> AsyncIterator[tuple[MainWindow,
+                                                                                 EngineLink]]:
+    """The window as a player opens it (it starts the daemon); closed and stopped after."""
+    link = EngineLink(data, url, loop=loop)
+    link.failed.connect(lambda *f: FAILURES.append(f))
+    window = MainWindow(link)
+    window.show()
+    link.start()
+    try:
+        yield window, link
+    finally:
+        await link.close()
+        window.close()
+        stop_daemon_of(data)
+
+
 def visible_message_box() -> QMessageBox | None:
     return next((w for w in QApplication.topLevelWidgets()
                  if isinstance(w, QMessageBox) and w.isVisible()), None)
@@ -75,14 +93,9 @@ def test_login_library_install_limit_errors_and_reconnect(backend: Any, tmp_path
     data = tmp_path / "engine"
 
     async def scenario() -> None:
-        link = EngineLink(data, backend.url, loop=loop)
-        link.failed.connect(lambda *f: FAILURES.append(f))
-        window = MainWindow(link)
-        window.show()
-        seen: list[Any] = []
-        link.eventReceived.connect(seen.append)
-        link.start()
-        try:
+        async with launcher_window(data, backend.url, loop) as (window, link):
+            seen: list[Any] = []
+            link.eventReceived.connect(seen.append)
             # the window starts the daemon, connects, and asks for a login (nobody logged in)
             await until(lambda: window.login_dialog is not None and window.login_dialog.isVisible(),
                         "the login dialog")
@@ -142,10 +155,6 @@ def test_login_library_install_limit_errors_and_reconnect(backend: Any, tmp_path
             await until(reconnected, "the reconnect", 30)
             await until(lambda: "Connected" in window.connection.text(), "the status line", 10)
             assert window.library.rowCount() == 2
-        finally:
-            await link.close()
-            window.close()
-            stop_daemon_of(data)
 
     loop.run_until_complete(scenario())
 
@@ -182,20 +191,12 @@ def test_offline_start_still_shows_the_installed_games(backend_factory: Any, tmp
     server.stop()  # the store is unreachable from now on
 
     async def scenario() -> None:
-        link = EngineLink(data, server.url, loop=loop)
-        window = MainWindow(link)
-        window.show()
-        link.start()
-        try:
+        async with launcher_window(data, server.url, loop) as (window, _link):
             await until(lambda: window.library.rowCount() == 1, "the installed game")
             assert "Offline" in window.connection.text()
             select(window, "tiny-tactics")
             assert window.library_page.state.text() == "Installed"
             assert window.library_page.verify.isEnabled()
-        finally:
-            await link.close()
-            window.close()
-            stop_daemon_of(data)
 
     loop.run_until_complete(scenario())
 
@@ -215,12 +216,7 @@ def test_dragging_a_download_reorders_the_engines_queue(backend: Any, tmp_path: 
     second_id = second[-1]["task"]["taskId"]
 
     async def scenario() -> None:
-        link = EngineLink(data, backend.url, loop=loop)
-        link.failed.connect(lambda *f: FAILURES.append(f))
-        window = MainWindow(link)
-        window.show()
-        link.start()
-        try:
+        async with launcher_window(data, backend.url, loop) as (window, link):
             tasks = window.tasks
             await until(lambda: tasks.rowCount() == 2, "the queue")
             assert [t["taskId"] for t in tasks.tasks][1] == second_id
@@ -232,10 +228,6 @@ def test_dragging_a_download_reorders_the_engines_queue(backend: Any, tmp_path: 
             queue = await link.call("tasks", {})
             assert queue[0]["taskId"] == second_id  # the engine's queue, not just the view
             assert first[-1]["task"]["taskId"] in [t["taskId"] for t in queue]
-        finally:
-            await link.close()
-            window.close()
-            stop_daemon_of(data)
 
     loop.run_until_complete(scenario())
 
@@ -252,19 +244,10 @@ def test_the_game_panel_states_what_an_update_downloads(backend: Any, published_
     cli.ok("install", "star-courier", "--version", first, "--target", str(tmp_path / "sc"))
 
     async def scenario() -> None:
-        link = EngineLink(data, backend.url, loop=loop)
-        link.failed.connect(lambda *f: FAILURES.append(f))
-        window = MainWindow(link)
-        window.show()
-        link.start()
-        try:
+        async with launcher_window(data, backend.url, loop) as (window, _link):
             await until(lambda: "Update to" in window.library_page.info.text(), "the update line")
             page = window.library_page
             assert page.state.text() == "Update available" and page.update_button.isEnabled()
             assert "download" in page.info.text() and "full download" in page.info.text()
-        finally:
-            await link.close()
-            window.close()
-            stop_daemon_of(data)
 
     loop.run_until_complete(scenario())
