@@ -85,6 +85,7 @@ RU = {
     "e.g. 22:00-06:00; sat,sun 00:00-24:00": "напр. 22:00-06:00; sat,sun 00:00-24:00",
     "Language (applies on restart):": "Язык (после перезапуска):",
     "Quit": "Выйти",
+    "Set schedule": "Задать расписание",
     "Hidden": "Скрытые",
     "Category": "Категория",
     "All categories": "Все категории",

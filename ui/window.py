@@ -414,8 +414,18 @@ class DownloadsPage(QWidget):
         buttons.addWidget(self.history)
         self.plan = QLabel()
         self.plan.setWordWrap(True)
+        # the schedule right where downloads are watched (also on the settings page)
+        self.schedule = QLineEdit(placeholderText=self.tr("e.g. 22:00-06:00; sat,sun 00:00-24:00"))
+        self.schedule.setAccessibleName(self.tr("Download only during:"))
+        apply_schedule = QPushButton(self.tr("Set schedule"))
+        apply_schedule.clicked.connect(self.set_schedule)
+        schedule_row = QHBoxLayout()
+        schedule_row.addWidget(QLabel(self.tr("Download only during:")))
+        schedule_row.addWidget(self.schedule, 1)
+        schedule_row.addWidget(apply_schedule)
         layout = QVBoxLayout(self)
         layout.addWidget(self.graph)
+        layout.addLayout(schedule_row)
         layout.addWidget(self.plan)
         layout.addWidget(self.table, 1)
         layout.addLayout(buttons)
@@ -445,6 +455,10 @@ class DownloadsPage(QWidget):
             mbps = self.limit.value()
             self.link.request("limit", {"taskId": task["taskId"], "bps": mbps * 1_000_000 or None,
                                         "set": True})
+
+    def set_schedule(self) -> None:
+        windows = [w.strip() for w in self.schedule.text().split(";") if w.strip()]
+        self.link.request("schedule", {"windows": windows} if windows else {"clear": True})
 
     def set_limit(self) -> None:
         mbps = self.limit.value()
@@ -705,6 +719,9 @@ class MainWindow(QMainWindow):
     def on_connected(self, status: dict[str, Any]) -> None:
         self.connection.setText(self.tr("Connected to the engine · {0}").format(status["backend"]))
         self.settings_page.load(status)
+        self.downloads_page.schedule.setText("; ".join(status.get("schedule", [])))
+        limit = status.get("globalLimitBps")
+        self.downloads_page.limit.setValue(int(limit // 1_000_000) if limit else 0)
         self.refresh_tasks()
         if status.get("loggedIn"):
             self.refresh_library()

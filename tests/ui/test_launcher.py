@@ -136,6 +136,15 @@ def test_login_library_install_limit_errors_and_reconnect(backend: Any, tmp_path
             window.downloads_page.set_limit()
             await asyncio.sleep(0.3)
             assert (await link.call("status"))["globalLimitBps"] == 3_000_000
+            # and the download schedule, from the same page
+            window.downloads_page.schedule.setText("22:00-06:00")
+            window.downloads_page.set_schedule()
+            await asyncio.sleep(0.3)
+            assert (await link.call("status"))["schedule"] == ["22:00-06:00"]
+            window.downloads_page.schedule.setText("")
+            window.downloads_page.set_schedule()
+            await asyncio.sleep(0.3)
+            assert (await link.call("status"))["schedule"] == []
             # an engine refusal shows a dialog with the code in its details
             link.request("pause", {"taskId": "no-such-task"})
             await until(lambda: visible_message_box() is not None, "the error dialog")
