@@ -28,6 +28,7 @@ from schemathesis.specs.openapi.checks import (
 from tests.conftest import BackendServer, PublishedStore, assert_error
 
 EXAMPLES = {GenerationMode.POSITIVE: 20, GenerationMode.NEGATIVE: 8}
+MALFORMED_REQUEST = b"Invalid HTTP request received."  # uvicorn's own reply to broken HTTP
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance]
 
@@ -36,6 +37,9 @@ def _check(case: Any, auth: dict[str, str]) -> None:
     response = case.call(headers=auth, timeout=30)
     where = f"{case.method} {case.formatted_path}"
     assert response.status_code < 500, (where, response.text)
+    if response.status_code == 400 and response.content == MALFORMED_REQUEST:
+        return  # not valid HTTP (a generated path or header): the HTTP server refused it before
+        # the application saw it, so there is no application answer to check
     if response.status_code >= 400 and case.method.upper() != "HEAD":
         headers = {k: v[0] if isinstance(v, list) else v for k, v in response.headers.items()}
         assert_error(httpx.Response(response.status_code, headers=headers,
@@ -53,7 +57,8 @@ def test_api_fuzz(backend: BackendServer, published_store: PublishedStore) -> No
     for op in operations:
         for mode, n in EXAMPLES.items():
             @given(case=op.as_strategy(generation_mode=mode))
-            @settings(max_examples=n, deadline=None, database=None,
+            # derandomized: the same cases every run, so CI cannot fail on a lucky draw
+            @settings(max_examples=n, deadline=None, database=None, derandomize=True,
                       suppress_health_check=list(HealthCheck))
             def run(case: Any) -> None:
                 _check(case, auth)
