@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs what the demo and the tests need on a fresh Debian machine; safe to run again.
 # Debian packages: nginx (CDN edge), xdelta3/zstd/bsdiff/aria2/curl (peer tools in tests and benches),
-# Qt's runtime libraries for the offscreen GUI tests.
+# Qt's runtime libraries (offscreen GUI tests; the xcb ones for the launcher window on a desktop).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-APT_PKGS=(nginx-light xdelta3 zstd bsdiff aria2 curl libgl1 libegl1 libxkbcommon0 libfontconfig1 libdbus-1-3)
+APT_PKGS=(nginx-light xdelta3 zstd bsdiff aria2 curl libgl1 libegl1 libxkbcommon0 libfontconfig1 libdbus-1-3
+          libxkbcommon-x11-0 libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-shape0 libxcb-randr0
+          libxcb-render-util0 libxcb-image0 libxcb-xinerama0)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -189,7 +189,7 @@ def switch_files(install_dir: Path, staging: Staging, journal: SwitchJournal,
 class UpdateRun:
     """kind = update (to the latest or a given version), rollback (to the previous version,
     same machinery) or repair (same version, only damaged files rebuilt). Built files come from
-the shared ``StagedBuild`` (composition)."""
+    the shared ``StagedBuild`` (composition)."""
 
     def __init__(self, ctx: EngineContext, task: TaskRecord) -> None:
         self.ctx, self.task, self.build = ctx, task, StagedBuild.for_task(ctx, task)
