@@ -15,7 +15,17 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from backend import auth_routes, categories, covers, downloads, library, playtime, saves
+from backend import (
+    achievements,
+    auth_routes,
+    categories,
+    covers,
+    downloads,
+    library,
+    playtime,
+    saves,
+    ws,
+)
 from backend.cdn import cdn_router
 from backend.config import Secrets, Settings
 from backend.context import Context
@@ -104,7 +114,8 @@ def create_app(ctx: Context) -> FastAPI:
     app = FastAPI(
         title="Game launcher platform API",
         version=API_VERSION,
-        description="Accounts, library, manifests, signed CDN URLs, updates, playtime and saves.",
+        description="Accounts, library, manifests, signed CDN URLs, updates, playtime, saves, "
+                    "achievements and live library events (WebSocket).",
     )
     app.state.ctx = ctx
     install_error_handlers(app)
@@ -114,6 +125,10 @@ def create_app(ctx: Context) -> FastAPI:
     app.include_router(covers.router)
     app.include_router(playtime.router)
     app.include_router(saves.router)
+    app.include_router(achievements.router)
+    app.include_router(achievements.icons_router)
+    app.include_router(ws.router)
+    library.watch_download_tasks(ctx)
     app.include_router(downloads.router)
     app.include_router(cdn_router(ctx.settings.cdn_root, lambda r: r.app.state.ctx.secrets.cdn_key))
 

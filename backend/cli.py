@@ -93,6 +93,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     ctx = Context.build(settings)
     ctx.secrets  # noqa: B018 - keys exist (mode 0600) before the first request
     ctx.catalog.store.signing_key  # noqa: B018 - manifest key too
+    from backend.achievements import sync_store_definitions
+
+    sync_store_definitions(ctx.db, settings.store_dir)  # achievements published with products
     demo = None
     if args.demo:
         from backend.demo import DEMO_PASSWORD, DEMO_USER, ensure_demo
@@ -208,6 +211,32 @@ def cmd_cover(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_achievements(args: argparse.Namespace) -> int:
+    """Publish a product's achievement definitions (JSON list, see ``backend.achievements``)."""
+    from backend.achievements import Definition, import_definitions, publish_definitions
+    from backend.db import Database
+
+    settings = _settings(args)
+    try:
+        raw = json.loads(Path(args.file).read_text("utf-8"))
+        items = raw.get("achievements", []) if isinstance(raw, dict) else raw
+        defs = [Definition.from_dict(d) for d in items]
+        path = publish_definitions(settings.store_dir, args.product, defs)
+    except (OSError, ValueError, AttributeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    db = Database(settings.db_url)
+    db.init_schema()
+    try:
+        with db.session() as s:
+            import_definitions(s, args.product, defs)
+    finally:
+        db.dispose()
+    print(json.dumps({"productId": args.product, "achievements": len(defs), "path": str(path)})
+          if args.json else f"{args.product}: {len(defs)} achievements published ({path})")
+    return EXIT_OK
+
+
 def cmd_nginx_conf(args: argparse.Namespace) -> int:
     from backend.config import Secrets
     from backend.nginx import render_cdn_conf
@@ -306,6 +335,14 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--title", help="title drawn on a generated cover (default: the product's)")
     cv.add_argument("--json", action="store_true")
     cv.set_defaults(func=cmd_cover)
+
+    ac = sub.add_parser("achievements", help="publish a product's achievement definitions")
+    data_args(ac)
+    ac.add_argument("product")
+    ac.add_argument("file", help='JSON: [{"id","name","description","hidden","progress_target"'
+                                 ',"icon_url"}, ...] or {"achievements": [...]}')
+    ac.add_argument("--json", action="store_true")
+    ac.set_defaults(func=cmd_achievements)
 
     n = sub.add_parser("nginx-conf", help="render packaging/nginx/cdn.conf for this data dir")
     data_args(n)

@@ -79,6 +79,8 @@ class Settings:
     cdn_rate_capacity: float = 30.0  # token bucket burst per user
     cdn_rate_per_second: float = 2.0  # sustained refill per user
     playtime_timeout: int = 5 * 60
+    playtime_max_session: int = 24 * 3600  # a stated session end is capped at this length
+    playtime_max_backdate: int = 30 * 86_400  # how old a replayed session start may be
     save_max_bytes: int = 64 * 1024 * 1024
     save_quota_bytes: int = 256 * 1024 * 1024
     save_keep_versions: int = 10

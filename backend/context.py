@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.requests import HTTPConnection
 
 from backend.auth import AuthUser, decode_access_token_exp
 from backend.catalog import Catalog
 from backend.config import EdgeList, Secrets, Settings
 from backend.db import Database
 from backend.errors import Unauthenticated
+from backend.events import EventBus, LocalEventBus
 from backend.ratelimit import RateLimiter
 
 
@@ -25,6 +27,7 @@ class Context:
     catalog: Catalog
     edges: EdgeList
     cdn_limiter: RateLimiter
+    events: EventBus = field(default_factory=LocalEventBus)  # WebSocket fan-out (backend.ws)
 
     @staticmethod
     def build(settings: Settings, *, with_db: bool = True) -> Context:
@@ -49,7 +52,7 @@ class Context:
         return f"http://{self.settings.host}:{self.settings.port}"
 
 
-def ctx_of(request: Request) -> Context:
+def ctx_of(request: HTTPConnection) -> Context:
     ctx: Context = request.app.state.ctx
     return ctx
 

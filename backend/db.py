@@ -6,7 +6,9 @@ stamped, an existing one must carry the version this code expects (no silent dri
 one that ``MIGRATIONS`` upgrades step by step, each step in one transaction (a newer or unknown
 version is refused).
 
-Versions: 1 (initial), 2 (user categories: ``user_categories``, ``library_item_categories``).
+Versions: 1 (initial), 2 (user categories: ``user_categories``, ``library_item_categories``),
+3 (achievements: ``achievement_definitions``, ``user_achievements``; the install state a client
+reports on ``library_items``; save comments; ``savegame_uploads.base_version`` 0 = "new slot").
 """
 
 from __future__ import annotations
@@ -35,12 +37,13 @@ from sqlalchemy import (
     event,
     inspect,
     select,
+    text,
     update,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.pool import StaticPool
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class SchemaMismatch(RuntimeError):
@@ -124,6 +127,11 @@ class LibraryItem(Base):
     user_rating: Mapped[int | None] = mapped_column(Integer, nullable=True)
     last_played_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     total_playtime_seconds: Mapped[int] = mapped_column(BigInteger, default=0)
+    # what the client last reported about its disk (an uninstall has no download task to derive
+    # it from); the newer of this and the newest download task wins (schema 3)
+    reported_install_status: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    reported_install_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    installed_version_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
 
 
 class UserCategory(Base):
@@ -238,8 +246,11 @@ class SavegameUpload(Base):
     slot: Mapped[str] = mapped_column(String(255))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
+    # None: no check (the seed's request has no base version); 0: the slot must be new; N: the
+    # slot's latest version must still be N
     base_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
     client_timestamp: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    comment: Mapped[str | None] = mapped_column(Text, nullable=True)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|uploaded|confirmed
     uploaded_size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
@@ -262,6 +273,41 @@ class Savegame(Base):
     storage_key: Mapped[str] = mapped_column(String(1024))
     client_timestamp: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     server_timestamp: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    comment: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class AchievementDefinition(Base):
+    """An achievement of a product as published with it (the seed's AchievementMeta, which the
+    Catalog Service would own; here the store's ``achievements/<product>.json`` is imported)."""
+
+    __tablename__ = "achievement_definitions"
+    product_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    achievement_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))
+    description: Mapped[str] = mapped_column(Text, default="")
+    icon_url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    icon_url_locked: Mapped[str | None] = mapped_column(Text, nullable=True)
+    hidden: Mapped[bool] = mapped_column(Boolean, default=False)
+    progress_target: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    sort_order: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class UserAchievement(Base):
+    """A user's state of one achievement (a row exists once progress or an unlock arrived)."""
+
+    __tablename__ = "user_achievements"
+    __table_args__ = (Index("ix_user_achievements_rarity", "product_id", "achievement_id",
+                            "is_unlocked"),)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"),
+                                         primary_key=True)
+    product_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    achievement_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    is_unlocked: Mapped[bool] = mapped_column(Boolean, default=False)
+    unlocked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    current_progress: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    unlock_key: Mapped[str | None] = mapped_column(String(128), nullable=True)  # Idempotency-Key
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class Database:
@@ -279,6 +325,11 @@ class Database:
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def sessions(self) -> sessionmaker[Session]:
+        """The session factory (to hook ORM events on, e.g. ``backend.library``)."""
+        return self._sessions
 
     def stored_versions(self) -> list[int]:
         with self.session() as s:
@@ -339,7 +390,30 @@ def _migrate_1_to_2(conn: Connection) -> None:
                                            tables[LibraryItemCategory.__tablename__]])
 
 
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _migrate_1_to_2}
+def _add_column(conn: Connection, table: str, column: str) -> None:
+    """``ALTER TABLE ... ADD COLUMN`` for a nullable column as the model declares it (the type
+    compiled for this dialect, so SQLite and PostgreSQL get their own spelling)."""
+    col = Base.metadata.tables[table].c[column]
+    assert col.nullable, f"{table}.{column}: only nullable columns can be added to filled tables"
+    ddl = col.type.compile(dialect=conn.dialect)
+    conn.execute(text(f'ALTER TABLE {table} ADD COLUMN {column} {ddl}'))
+
+
+def _migrate_2_to_3(conn: Connection) -> None:
+    """Achievements (two new tables), the client-reported install state on library items, save
+    comments; pending uploads made before 3 meant "new slot" by a null base version, now 0."""
+    tables = Base.metadata.tables
+    Base.metadata.create_all(conn, tables=[tables[AchievementDefinition.__tablename__],
+                                           tables[UserAchievement.__tablename__]])
+    for column in ("reported_install_status", "reported_install_at", "installed_version_id"):
+        _add_column(conn, LibraryItem.__tablename__, column)
+    _add_column(conn, Savegame.__tablename__, "comment")
+    _add_column(conn, SavegameUpload.__tablename__, "comment")
+    conn.execute(update(SavegameUpload).where(SavegameUpload.base_version.is_(None))
+                 .values(base_version=0))
+
+
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _migrate_1_to_2, 2: _migrate_2_to_3}
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

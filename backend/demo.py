@@ -1,5 +1,6 @@
 """``serve --demo``: on first start, generate the demo catalog, publish every version into the
-store, draw each product's cover (``store/covers``), create user ``demo``/``demo`` and grant it
+store, draw each product's cover (``store/covers``) and publish its achievements
+(``store/achievements``), create user ``demo``/``demo`` and grant it
 every demo product."""
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from backend import auth
+from backend.achievements import sync_store_definitions
 from backend.config import Settings
 from backend.covers import ensure_covers
 from backend.db import Database, User
@@ -47,7 +49,19 @@ def publish_catalog(store_dir: Path, builds_dir: Path, size_mb: float, seed: int
     finally:
         store.close()
     ensure_covers(store_dir, [(p.product_id, p.title) for p in products])
+    ensure_demo_achievements(store_dir)
     return [(p.product_id, p.title, list(p.versions)) for p in products]
+
+
+def ensure_demo_achievements(store_dir: Path) -> None:
+    """Publish the demo games' achievements (``democatalog.ACHIEVEMENTS``) into the store unless
+    a product has its own definitions already; the server imports them when it starts."""
+    from backend.achievements import Definition, definitions_path, publish_definitions
+    from backend.democatalog import ACHIEVEMENTS
+
+    for product_id, items in ACHIEVEMENTS.items():
+        if not definitions_path(store_dir, product_id).exists():
+            publish_definitions(store_dir, product_id, [Definition.from_dict(d) for d in items])
 
 
 def ensure_demo(settings: Settings, db: Database, size_mb: float, *, level: int = 19) -> DemoCatalog:
@@ -55,8 +69,10 @@ def ensure_demo(settings: Settings, db: Database, size_mb: float, *, level: int 
     if marker.exists():
         doc = json.loads(marker.read_text())
         products = [(p["productId"], p["title"], p["versions"]) for p in doc["products"]]
-        # a demo data dir made before covers existed gets them now
+        # a demo data dir made before covers (achievements) existed gets them now
         ensure_covers(settings.store_dir, [(pid, title) for pid, title, _ in products])
+        ensure_demo_achievements(settings.store_dir)
+        sync_store_definitions(db, settings.store_dir)
         return DemoCatalog(products, False)
     log.warning("creating the demo catalog (%.0f MB per version); this takes a moment", size_mb)
     products = publish_catalog(settings.store_dir, settings.data_dir / "builds", size_mb,
@@ -67,6 +83,7 @@ def ensure_demo(settings: Settings, db: Database, size_mb: float, *, level: int 
         for pid, title, _ in products:
             ensure_product(s, pid, title)
             grant(s, DEMO_USER, pid, title=title)
+    sync_store_definitions(db, settings.store_dir)
     marker.write_text(json.dumps({"products": [
         {"productId": pid, "title": title, "versions": versions}
         for pid, title, versions in products]}, indent=2))

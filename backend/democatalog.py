@@ -50,7 +50,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import BinaryIO, TypeAlias
 
-__all__ = ["GENERATOR_VERSION", "LAUNCHER_BUILD", "DemoProduct", "generate", "marker_name"]
+__all__ = ["ACHIEVEMENTS", "GENERATOR_VERSION", "LAUNCHER_BUILD", "DemoProduct", "generate",
+           "marker_name"]
 
 GENERATOR_VERSION = 1
 MIB = 1024 * 1024
@@ -762,6 +763,27 @@ LAUNCHER_BUILD = {
         }
     ],
     "saves": [{"root": "install", "path": "saves", "include": ["*.sav"], "exclude": []}],
+}
+
+
+# Achievement definitions published with each demo product (``backend.achievements``); the demo
+# game reports them through the launcher (ids are what the game sends).
+ACHIEVEMENTS: dict[str, list[dict[str, object]]] = {
+    "star-courier": [
+        {"id": "first-launch", "name": "First Launch",
+         "description": "Start Star Courier for the first time.", "hidden": False,
+         "progress_target": None},
+        {"id": "frequent-flyer", "name": "Frequent Flyer",
+         "description": "Play 5 sessions.", "hidden": False, "progress_target": 5},
+        {"id": "long-haul", "name": "Long Haul",
+         "description": "Play for 60 seconds in total.", "hidden": True,
+         "progress_target": None},
+    ],
+    "tiny-tactics": [
+        {"id": "first-battle", "name": "First Battle",
+         "description": "Start Tiny Tactics for the first time.", "hidden": False,
+         "progress_target": None},
+    ],
 }
 
 

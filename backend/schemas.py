@@ -10,7 +10,7 @@ import unicodedata
 from datetime import datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 T = TypeVar("T")
 
@@ -131,6 +131,7 @@ class LibraryItemAttributes(Model):
     last_played_at: datetime | None
     total_playtime_seconds: int
     installation_status: str
+    installed_version_id: str | None = None
     is_hidden: bool
     user_rating: int | None
     latest_version_id: str | None
@@ -194,6 +195,9 @@ CategoryName = Annotated[str, Field(
 
 class LibraryItemPatchAttributes(Model):
     is_hidden: bool | None = None
+    installation_status: Literal["not_installed", "installed", "repair_needed", "error"] | None \
+        = Field(default=None, description="what the client's disk holds now (e.g. not_installed "
+                "after an uninstall); the newer of this and the newest download task wins")
     user_rating: int | None = Field(default=None, ge=1, le=5)
     category_ids: list[CategoryId] | None = Field(
         default=None, max_length=MAX_ITEM_CATEGORIES,
@@ -450,8 +454,17 @@ class VerificationResource(Model):
 # -- playtime ----------------------------------------------------------------------------------
 
 
+ClientKey = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")]
+
+
 class SessionStartAttributes(Model):
     product_id: ProductId
+    client_session_id: ClientKey | None = Field(
+        default=None, description="the client's own id for this session: a repeated start with "
+        "the same id (or Idempotency-Key header) returns the same session")
+    start_time: datetime | None = Field(
+        default=None, description="when the session really started (offline replay); default "
+        "now; not in the future, not older than playtime_max_backdate")
 
 
 class SessionStart(Model):
@@ -459,8 +472,34 @@ class SessionStart(Model):
     attributes: SessionStartAttributes
 
 
+class HeartbeatAttributes(Model):
+    at: datetime | None = Field(default=None, description="when the client saw the game running "
+                                "(offline replay); default now; clamped to [last heartbeat, now]")
+
+
+class Heartbeat(Model):
+    type: Literal["playtimeHeartbeat"] = "playtimeHeartbeat"
+    attributes: HeartbeatAttributes
+
+
+class SessionEndAttributes(Model):
+    ended_at: datetime | None = Field(
+        default=None, description="when the session ended by the client's clock (e.g. its last "
+        "heartbeat after a crash); not before the start, not in the future")
+    duration_seconds: int | None = Field(
+        default=None, ge=0, le=10 * 365 * 86_400,
+        description="the session's length measured by the client (clock-skew proof); wins over "
+        "ended_at; capped at playtime_max_session")
+
+
+class SessionEnd(Model):
+    type: Literal["playtimeSessionEnd"] = "playtimeSessionEnd"
+    attributes: SessionEndAttributes
+
+
 class SessionAttributes(Model):
     product_id: str
+    client_session_id: str | None
     start_time: datetime
     last_heartbeat_at: datetime
     end_time: datetime | None
@@ -491,14 +530,56 @@ class PlaytimeSummaryResource(Model):
 
 # -- saves -------------------------------------------------------------------------------------
 
+SlotName = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f/\\]+$")]
+SaveSize = Annotated[int, Field(ge=0, le=1 << 40)]
+
+
+def _one_of(ours: Any, seeds: Any, names: str) -> Any:
+    """The value of a field that has two accepted names (ours and the seed's): either may be
+    given, both only with the same value."""
+    if ours is not None and seeds is not None and ours != seeds:
+        raise ValueError(f"{names} disagree; give one of them")
+    return ours if ours is not None else seeds
+
 
 class UploadUrlAttributes(Model):
+    """Our names (``slot``, ``size_bytes``, ``sha256``) and the seed's (``save_slot_name``,
+    ``file_size_bytes``, ``file_hash_sha256``) are both accepted."""
+
     product_id: ProductId
-    slot: str = Field(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f/\\]+$")
-    size_bytes: int = Field(ge=0, le=1 << 40)
-    sha256: Sha256
-    base_version: int | None = Field(default=None, ge=1)
+    slot: SlotName | None = None
+    save_slot_name: SlotName | None = Field(default=None, description="the seed's name of slot")
+    size_bytes: SaveSize | None = None
+    file_size_bytes: SaveSize | None = Field(default=None,
+                                             description="the seed's name of size_bytes")
+    sha256: Sha256 | None = None
+    file_hash_sha256: Sha256 | None = Field(default=None, description="the seed's name of sha256")
+    base_version: int | None = Field(
+        default=None, ge=0, le=1 << 31,
+        description="the slot version this upload is based on (the last one the client synced): "
+        "N = the slot's latest version must still be N; 0 or null = the slot must not exist yet; "
+        "absent = no check (the seed's request: last writer wins)")
     client_timestamp: datetime | None = None
+    comment: str | None = Field(default=None, max_length=1000)
+
+    @model_validator(mode="after")
+    def _names(self) -> UploadUrlAttributes:
+        self.slot = _one_of(self.slot, self.save_slot_name, "slot and save_slot_name")
+        self.size_bytes = _one_of(self.size_bytes, self.file_size_bytes,
+                                  "size_bytes and file_size_bytes")
+        self.sha256 = _one_of(self.sha256, self.file_hash_sha256, "sha256 and file_hash_sha256")
+        missing = [n for n, v in (("slot (or save_slot_name)", self.slot),
+                                  ("size_bytes (or file_size_bytes)", self.size_bytes),
+                                  ("sha256 (or file_hash_sha256)", self.sha256)) if v is None]
+        if missing:
+            raise ValueError(f"missing {', '.join(missing)}")
+        return self
+
+    def base(self) -> int | None:
+        """The base version as stored: None = no check, 0 = new slot, N."""
+        if "base_version" not in self.model_fields_set:
+            return None
+        return self.base_version or 0
 
 
 class UploadUrlRequest(Model):
@@ -513,6 +594,11 @@ class PresignedUploadAttributes(Model):
     expires_in_seconds: int
     expires_at: datetime
     internal_save_id: str
+    s3_path: str = Field(description="where the object will live (echo it in confirm-upload)")
+    product_id: str
+    slot: str
+    base_version: int | None
+    latest_version: int | None = Field(description="the slot's latest version now (null: none)")
 
 
 class PresignedUploadResource(Model):
@@ -535,6 +621,8 @@ class UploadReceiptResource(Model):
 
 class ConfirmAttributes(Model):
     internal_save_id: str = Field(min_length=1, max_length=64)
+    s3_path: str | None = Field(default=None, max_length=1024,
+                                description="optional; if given it must be the upload's s3_path")
 
 
 class ConfirmRequest(Model):
@@ -550,8 +638,15 @@ class SavegameAttributes(Model):
     sha256: str
     client_timestamp: datetime | None
     server_timestamp: datetime
+    created_at: datetime
+    comment: str | None
     download_url: str
     download_url_expires_at: datetime
+    # the seed's SavegameMetadata names of the same values
+    slot_name: str
+    s3_path: str
+    file_size_bytes: int
+    file_hash_sha256: str
 
 
 class SavegameResource(Model):
@@ -564,6 +659,11 @@ class SavegameSlotAttributes(Model):
     product_id: str
     slot: str
     latest_version: int
+    latest_savegame_id: str
+    latest_sha256: str
+    latest_size_bytes: int
+    latest_created_at: datetime
+    version_count: int
     versions: list[SavegameResource]
 
 
@@ -571,6 +671,119 @@ class SavegameSlotResource(Model):
     type: Literal["savegameSlot"] = "savegameSlot"
     id: str
     attributes: SavegameSlotAttributes
+
+
+class RestoreAttributes(Model):
+    base_version: int | None = Field(
+        default=None, ge=0, le=1 << 31,
+        description="as for upload-url: the slot's latest version must still be this one")
+
+
+class RestoreRequest(Model):
+    type: Literal["savegameRestore"] = "savegameRestore"
+    attributes: RestoreAttributes
+
+
+# -- achievements ------------------------------------------------------------------------------
+
+AchievementId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+
+
+class AchievementProgress(Model):
+    current: int
+    total: int
+
+
+class AchievementStatusAttributes(Model):
+    product_id: str
+    name: str
+    description: str
+    icon_url: str | None
+    icon_url_unlocked: str | None
+    icon_url_locked: str | None
+    is_hidden: bool
+    is_unlocked: bool
+    unlocked_at: datetime | None
+    current_progress: AchievementProgress | None
+    rarity_percentage: float = Field(description="share of the product's owners who unlocked it")
+
+
+class AchievementStatusResource(Model):
+    type: Literal["userAchievementStatus"] = "userAchievementStatus"
+    id: str
+    attributes: AchievementStatusAttributes
+
+
+class AchievementStatusMeta(Model):
+    total: int
+    unlocked: int
+    owners: int
+
+
+class AchievementStatusList(Model):
+    data: list[AchievementStatusResource]
+    meta: AchievementStatusMeta
+
+
+class UnlockAttributes(Model):
+    unlocked_at: datetime | None = Field(
+        default=None, description="when the game unlocked it (offline replay); default now; not "
+        "in the future")
+    client_unlock_id: ClientKey | None = Field(
+        default=None, description="idempotency key (or the Idempotency-Key header): the same "
+        "key again returns the first answer instead of ACHIEVEMENT_ALREADY_UNLOCKED")
+
+
+class UnlockRequest(Model):
+    type: Literal["achievementUnlock"] = "achievementUnlock"
+    attributes: UnlockAttributes
+
+
+class ProgressAttributes(Model):
+    current: int = Field(ge=0, le=1 << 31, description="the progress reached (never lowers it)")
+    at: datetime | None = None
+
+
+class ProgressRequest(Model):
+    type: Literal["achievementProgress"] = "achievementProgress"
+    attributes: ProgressAttributes
+
+
+class UserAchievementAttributes(Model):
+    product_id: str
+    achievement_id: str
+    name: str
+    is_unlocked: bool
+    unlocked_at: datetime | None
+    current_progress: AchievementProgress | None
+    newly_unlocked: bool = Field(description="this request unlocked it (false on a replay)")
+
+
+class UserAchievementResource(Model):
+    type: Literal["userAchievement"] = "userAchievement"
+    id: str
+    attributes: UserAchievementAttributes
+
+
+# -- installation state ------------------------------------------------------------------------
+
+ReportedInstall = Literal["not_installed", "installed", "repair_needed", "error"]
+
+
+class InstallationEventAttributes(Model):
+    """The seed's ``download.game.installed/uninstalled`` event, sent by the client."""
+
+    product_id: ProductId
+    event_type: Literal["installed", "uninstalled", "repair_needed", "error"]
+    version_id: VersionId | None = None
+    timestamp: datetime | None = Field(
+        default=None, description="when it happened on the device (default now); an event older "
+        "than the item's current state is recorded as stale and changes nothing")
+
+
+class InstallationEvent(Model):
+    type: Literal["installationEvent"] = "installationEvent"
+    attributes: InstallationEventAttributes
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
