@@ -27,6 +27,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--backend", dest="backend_url",
                     help="backend URL for a daemon this starts (default: the engine's setting)")
     ap.add_argument("--screenshots", type=Path, help="save every page as PNG here and exit")
+    ap.add_argument("--hidden", action="store_true",
+                    help="start in the tray without showing the window (start with the system)")
     ap.add_argument("--no-daemon", action="store_true", help="connect only; never start one")
     ap.add_argument("--lang", choices=["en", "ru"], help="language (default: saved, else the system's)")
     ap.add_argument("--probe", type=Path, help="bench/ui.py: write start-up, loop lag, RSS here")
@@ -41,16 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     import qasync
     from PySide6.QtWidgets import QApplication
 
-    from ui.i18n import chosen_language, translator_for
+    from ui.i18n import chosen_language, use_language
     from ui.link import EngineLink
     from ui.window import MainWindow
 
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setOrganizationName("game-launcher")
     app.setApplicationName("Game Launcher")
-    translator = translator_for(chosen_language(args.lang))
-    if translator is not None:
-        app.installTranslator(translator)
+    use_language(chosen_language(args.lang))
     instance = None
     if args.probe is None and args.screenshots is None:
         from ui.instance import SingleInstance
@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     asyncio.set_event_loop(loop)
     link = EngineLink(args.data_dir, args.backend_url, start_daemon=not args.no_daemon, loop=loop)
     window = MainWindow(link)
-    window.show()
+    if not (args.hidden and window.tray is not None):  # no tray: a hidden window could not be found
+        window.show()
     if instance is not None:
         instance.activated.connect(window.bring_forward)
     link.start()

@@ -7,7 +7,10 @@ step. The language follows the system unless the player chose one (Settings, or 
 
 from __future__ import annotations
 
-from PySide6.QtCore import QLocale, QObject, QSettings, QTranslator
+from collections.abc import Callable
+from typing import Any
+
+from PySide6.QtCore import QCoreApplication, QLocale, QObject, QSettings, QTranslator
 
 LANGUAGES = {"en": "English", "ru": "Русский"}
 
@@ -83,7 +86,6 @@ RU = {
     "Verify files": "Проверить файлы",
     "Verifying": "Проверка",
     "e.g. 22:00-06:00; sat,sun 00:00-24:00": "напр. 22:00-06:00; sat,sun 00:00-24:00",
-    "Language (applies on restart):": "Язык (после перезапуска):",
     "Quit": "Выйти",
     "Set schedule": "Задать расписание",
     "Hidden": "Скрытые",
@@ -136,6 +138,62 @@ RU = {
     "Update {0} {1} → {2}: download {3} (a full install is {4}), reuse {5} already on disk, "
     "write {6}.": "Обновление {0} {1} → {2}: скачать {3} (полная установка — {4}), "
                   "использовать {5} с диска, записать {6}.",
+    "Retry": "Повторить",
+    "Files…": "Файлы…",
+    "Pause all": "Приостановить все",
+    "Resume all": "Продолжить все",
+    "Files": "Файлы",
+    "File": "Файл",
+    "No file has finished yet.": "Ни один файл ещё не готов.",
+    "Files of {0}": "Файлы: {0}",
+    "{0} files reported so far.": "Готово файлов: {0}.",
+    "Favourites": "Избранное",
+    "Saved views": "Сохранённые виды",
+    "Save view…": "Сохранить вид…",
+    "Save view": "Сохранить вид",
+    "Name of this view (filters, category, search, sort):":
+        "Название вида (фильтры, категория, поиск, сортировка):",
+    "Play": "Играть",
+    "Roll back": "Откатить",
+    "Move…": "Переместить…",
+    "Favourite": "В избранное",
+    "★ Favourite": "★ В избранном",
+    "☆ Favourite": "☆ В избранное",
+    "Move the game to": "Переместить игру в",
+    "Running": "Запущена",
+    "Never played": "Ещё не запускалась",
+    "Uninstall {0}? Only the game's own files are removed; your saves and any files you added "
+    "stay.": "Удалить {0}? Удаляются только файлы игры; сохранения и ваши файлы останутся.",
+    "Not in: {0}": "Кроме: {0}",
+    "Played {0}; last {1}": "В игре {0}; последний запуск {1}",
+    "never": "никогда",
+    "Pause them": "Приостанавливать",
+    "Slow them down to": "Замедлять до",
+    "Carry on": "Продолжать",
+    "Keep games up to date automatically": "Обновлять игры автоматически",
+    "Speed while playing": "Скорость во время игры",
+    "Start with the system (in the tray)": "Запускать вместе с системой (в трее)",
+    "Install games in:": "Устанавливать игры в:",
+    "Install games in": "Устанавливать игры в",
+    "Download server:": "Сервер загрузки:",
+    "Download server": "Сервер загрузки",
+    "Updates:": "Обновления:",
+    "Updates": "Обновления",
+    "Downloads while a game runs:": "Загрузки во время игры:",
+    "Downloads while a game runs": "Загрузки во время игры",
+    "System:": "Система:",
+    "System": "Система",
+    "Language:": "Язык:",
+    "Language": "Язык",
+    "Downloads at the same time": "Одновременных загрузок",
+    "Download only during": "Скачивать только в",
+    "Engine data folder": "Папка данных движка",
+    "Automatic (fastest)": "Автоматически (самый быстрый)",
+    "Saved.": "Сохранено.",
+    "That setting was refused: {0}": "Настройка отклонена: {0}",
+    "The game is running; close it first.": "Игра запущена; сначала закройте её.",
+    "Something else is already at that place: {0}": "Это место уже занято: {0}",
+    "Pause all downloads": "Приостановить все загрузки",
 }
 TABLES = {"ru": RU}
 
@@ -165,3 +223,44 @@ def chosen_language(explicit: str | None = None) -> str:
 def translator_for(language: str) -> QTranslator | None:
     table = TABLES.get(language)
     return TableTranslator(table) if table else None
+
+
+_installed: list[QTranslator] = []  # the translator in use (kept alive here)
+
+
+def use_language(language: str) -> None:
+    """Show the application in ``language`` from now on: Qt sends every window a
+    LanguageChange event, and each shows its strings again (``Texts.apply``)."""
+    app = QCoreApplication.instance()
+    if app is None:
+        raise RuntimeError("use_language needs a QApplication")
+    for old in _installed:
+        app.removeTranslator(old)
+    _installed.clear()
+    translator = translator_for(language)
+    if translator is not None:
+        app.installTranslator(translator)
+        _installed.append(translator)
+
+
+def tr(source: str) -> str:
+    """``source`` in the current language (the context is unused: one table per language)."""
+    return QCoreApplication.translate("launcher", source)
+
+
+class Texts:
+    """The fixed strings of a page with the setters that show them, so a language switch can
+    show every one of them again without rebuilding the page (and losing what it holds)."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[Callable[[str], Any], str]] = []
+
+    def __call__(self, setter: Callable[[str], Any], source: str) -> str:
+        self.entries.append((setter, source))
+        text = tr(source)
+        setter(text)
+        return text
+
+    def apply(self) -> None:
+        for setter, source in self.entries:
+            setter(tr(source))

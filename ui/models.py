@@ -27,6 +27,7 @@ TaskIdRole = Qt.ItemDataRole.UserRole + 3
 SortRole = Qt.ItemDataRole.UserRole + 5
 CategoriesRole = Qt.ItemDataRole.UserRole + 6
 HiddenRole = Qt.ItemDataRole.UserRole + 7
+FavouriteRole = Qt.ItemDataRole.UserRole + 8
 SORT_KEYS = ("name", "last_played", "playtime", "added", "size")
 TASK_MIME = "application/x-launcher-task-row"
 ProgressRole = Qt.ItemDataRole.UserRole + 4
@@ -41,6 +42,11 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n:.1f} TB"
+
+
+def human_duration(seconds: int) -> str:
+    hours, minutes = divmod(max(0, int(seconds)) // 60, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min"
 
 
 def placeholder_cover(product_id: str, title: str) -> QPixmap:
@@ -72,6 +78,22 @@ class LibraryModel(QAbstractListModel):
         self.tasks: dict[str, dict[str, Any]] = {}  # product id -> live task
         self.covers: dict[str, QPixmap] = {}
         self.icons: dict[str, QIcon] = {}
+        self.favourite_id: str | None = None  # the player's "Favourites" category
+
+    def set_favourite_category(self, category_id: str | None) -> None:
+        if category_id != self.favourite_id:
+            self.favourite_id = category_id
+            if self.items:
+                self.dataChanged.emit(self.index(0), self.index(len(self.items) - 1))
+
+    def is_favourite(self, item: dict[str, Any]) -> bool:
+        return self.favourite_id is not None and \
+            self.favourite_id in (item["libraryItem"].get("category_ids") or [])
+
+    def refresh_texts(self) -> None:
+        """Every row shown again (after a language switch: the states are translated text)."""
+        if self.items:
+            self.dataChanged.emit(self.index(0), self.index(len(self.items) - 1))
 
     def set_library(self, items: list[dict[str, Any]]) -> None:
         self.beginResetModel()
@@ -109,6 +131,8 @@ class LibraryModel(QAbstractListModel):
             return {"queued": self.tr("Queued"), "preparing": self.tr("Preparing"),
                     "paused": self.tr("Paused"), "verifying": self.tr("Verifying"),
                     "error": self.tr("Failed")}.get(task["status"], str(task["status"]))
+        if item.get("running"):
+            return self.tr("Running")
         if installed is None:
             return self.tr("Not installed")
         if installed.get("dirty"):
@@ -125,7 +149,7 @@ class LibraryModel(QAbstractListModel):
         pid = str(attrs.get("product_id"))
         title = str(attrs.get("title") or pid)
         if role == Qt.ItemDataRole.DisplayRole:
-            return title
+            return f"★ {title}" if self.is_favourite(item) else title
         if role == Qt.ItemDataRole.DecorationRole:
             if pid not in self.icons:  # an icon scales to the view's icon size (grid or list)
                 cover = self.covers.get(pid) or placeholder_cover(pid, title)
@@ -141,6 +165,8 @@ class LibraryModel(QAbstractListModel):
             return list(attrs.get("category_ids") or [])
         if role == HiddenRole:
             return bool(attrs.get("is_hidden"))
+        if role == FavouriteRole:
+            return self.is_favourite(item)
         if role == StateRole:
             return self.state_text(item)
         return None
@@ -192,6 +218,12 @@ class TasksModel(QAbstractTableModel):
             return None
         return (self.tr("Game"), self.tr("Status"), self.tr("Progress"), self.tr("Size"),
                 self.tr("Speed"), self.tr("Time left"))[section]
+
+    def refresh_texts(self) -> None:
+        self.headerDataChanged.emit(Qt.Orientation.Horizontal, 0, len(self.COLUMNS) - 1)
+        if self.tasks:
+            self.dataChanged.emit(self.index(0, 0),
+                                  self.index(len(self.tasks) - 1, len(self.COLUMNS) - 1))
 
     def set_tasks(self, tasks: list[dict[str, Any]]) -> None:
         self.beginResetModel()

@@ -95,8 +95,8 @@ TASK_RESULT = "a task (see Task)"
 COMMANDS: tuple[Command, ...] = (
     Command("ping", "check the connection", "{pong, protocol}"),
     Command("status", "the engine's state: backend, limits, schedule, queue, installed games",
-            "{protocol, backend, dataDir, loggedIn, globalLimitBps, schedule, offline, running, "
-            "tasks, installed}"),
+            "{protocol, backend, dataDir, libraryDir, cdnSources, loggedIn, globalLimitBps, "
+            "schedule, offline, running, tasks, installed}"),
     Command("login", "log in to the backend (the refresh token goes to the OS keyring)",
             "{result, username, tokenStore}",
             (Param("username", ParamKind.TEXT, "account name", required=True),

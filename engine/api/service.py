@@ -20,6 +20,7 @@ from engine.core.errors import EngineError, ErrorCode
 from engine.core.text import show
 from engine.io.config import save_setting
 from engine.io.fsops import storage_error
+from engine.jobs.build import CDN_SOURCES_META
 from engine.jobs.engine import Engine
 from patcher.errors import ManifestError, PatcherError
 
@@ -55,7 +56,9 @@ class EngineService:
     async def m_status(self) -> dict[str, Any]:
         e = self.engine
         return {"protocol": PROTOCOL_VERSION, "backend": e.settings.backend_url,
-                "dataDir": str(e.settings.data_dir), "loggedIn": e.api.logged_in,
+                "dataDir": str(e.settings.data_dir), "libraryDir": str(e.settings.library),
+                "cdnSources": [s for s in (e.state.get_meta(CDN_SOURCES_META) or "").split(",") if s],
+                "loggedIn": e.api.logged_in,
                 "globalLimitBps": e.limiter.global_rate, "schedule": list(e.settings.schedule),
                 "offline": e.offline, "running": e.running,
                 "tasks": [t.to_dict() for t in e.tasks()],

@@ -9,6 +9,7 @@ bad one is still offered so the download can keep trying.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable
 from collections.abc import Set as AbstractSet
@@ -74,6 +75,16 @@ class CdnSource:
             raise ValueError(f"relative path must not contain '.' or '..' segments: {rel!r}")
         path = self.base_url.rstrip("/") + "/" + quote("/".join(parts), safe="/")
         return f"{path}?{self.query}" if self.query else path
+
+
+def prefer_source(sources: Iterable[CdnSource], preferred: str | None) -> list[CdnSource]:
+    """The player's preferred edge (Settings → download server) ranked above the others; the
+    health ranking still moves away from it when it fails. Unknown ids change nothing."""
+    listed = list(sources)
+    if not preferred or all(s.id != preferred for s in listed):
+        return listed
+    top = max(s.priority for s in listed) + 1
+    return [dataclasses.replace(s, priority=top) if s.id == preferred else s for s in listed]
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,10 @@ class Settings:
     use_keyring: bool = True
     keep_free_bytes: int = 0  # refuse installs that would leave less free space than this
     qa_switch_delay_s: float | None = None  # QA fault injection: pause between switch renames
+    auto_update: bool = True  # queue updates of installed games when the backend has them
+    gameplay_downloads: str = "throttle"  # while a game runs: pause | throttle | continue
+    gameplay_limit_bps: int = 2_000_000  # the rate of "throttle"
+    preferred_cdn: str | None = None  # an edge id tried first (the fastest healthy one otherwise)
     username: str | None = None
 
     @property
@@ -78,7 +82,9 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "progress_interval_s": (0.01, 60.0),
     "keep_free_bytes": (0, INT64_MAX),
     "qa_switch_delay_s": (0.0, 600.0),
+    "gameplay_limit_bps": (1, INT64_MAX),
 }
+CHOICES: dict[str, tuple[str, ...]] = {"gameplay_downloads": ("pause", "throttle", "continue")}
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 def _convert(kind: str, value: Any) -> Any:
@@ -127,6 +133,8 @@ def _validate(key: str, value: Any) -> None:
         if not low <= value <= high:
             raise ValueError(f"must be between {low:g} and {high:g}" if isinstance(low, float)
                              else f"must be between {low} and {high}")
+    if key in CHOICES and value not in CHOICES[key]:
+        raise ValueError("expected one of " + ", ".join(CHOICES[key]))
     if key == "backend_url":
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:

@@ -153,3 +153,11 @@ class StagedBuild:
             # anything is committed: a kill during the commit must find them recorded
             journal.flush()
 
+
+
+CDN_SOURCES_META = "cdn_sources"
+
+
+def remember_sources(ctx: EngineContext, grant: TaskGrant) -> None:
+    """The edge ids of the latest grant, so Settings can offer them as download servers."""
+    ctx.state.set_meta(CDN_SOURCES_META, ",".join(sorted(s.id for s in grant.sources)))

@@ -13,12 +13,12 @@ from pathlib import Path
 from engine.core.errors import EngineError, ErrorCode
 from engine.core.lifecycle import TaskState
 from engine.core.planner import InstallPlan, plan_install
-from engine.core.sources import SourcePool
+from engine.core.sources import SourcePool, prefer_source
 from engine.io.backend_client import TaskGrant
 from engine.io.fsops import fsync_dir, safe_join, translate_os_error
 from engine.io.staging import STAGING_DIR, Staging, remove_task_staging, sweep_staging
 from engine.io.state import InstalledGame, TaskRecord
-from engine.jobs.build import StagedBuild
+from engine.jobs.build import StagedBuild, remember_sources
 from engine.jobs.context import EngineContext, load_manifest, obtain_grant
 from patcher.manifest import Manifest
 
@@ -48,7 +48,8 @@ class InstallRun:
             await asyncio.to_thread(remove_task_staging, self.install_dir, self.task.id)
             ctx.state.clear_journal(self.task.id)
             return current
-        pool = SourcePool(list(grant.sources))
+        remember_sources(ctx, grant)
+        pool = SourcePool(prefer_source(grant.sources, ctx.settings.preferred_cdn))
         manifest = await load_manifest(ctx, pool, grant)
         done_blocks = ctx.state.done_blocks(self.task.id)
         if not done_blocks and not ctx.state.done_files(self.task.id):

@@ -11,6 +11,7 @@ pytest.importorskip("PySide6")
 
 from testing.enginekit import EngineCli
 from tests.ui.test_launcher import launcher_window, loop, select, until  # noqa: F401
+from ui.models import ProductRole
 
 
 def test_categories_and_hiding_persist_on_the_backend(backend: Any, tmp_path: Path,
@@ -30,10 +31,30 @@ def test_categories_and_hiding_persist_on_the_backend(backend: Any, tmp_path: Pa
             dialog.create_category()
             await until(lambda: dialog.list.count() == 1, "the new category")
             dialog.save()
-            await until(lambda: page.category.count() == 2, "the category filter")
+            # "All categories", "Strategy", "Not in: Strategy"
+            await until(lambda: page.category.count() == 3, "the category filter")
             page.category.setCurrentIndex(1)
             assert page.proxy.rowCount() == 1  # only tiny-tactics is in "Strategy"
+            assert page.proxy.index(0, 0).data(ProductRole) == "tiny-tactics"
+            page.category.setCurrentIndex(2)  # the exclusion
+            assert page.proxy.rowCount() == 1
+            assert page.proxy.index(0, 0).data(ProductRole) == "star-courier"
+            # a saved view brings the exclusion back after the filters changed
+            page.save_view("Not strategy")
             page.category.setCurrentIndex(0)
+            assert page.proxy.rowCount() == 2
+            page.apply_view(page.views.itemData(page.views.findText("Not strategy")))
+            assert page.proxy.rowCount() == 1
+            page.category.setCurrentIndex(0)
+            # a favourite goes on top whatever the sort (star-courier < tiny-tactics by name)
+            assert page.proxy.index(0, 0).data(ProductRole) == "star-courier"
+            select(window, "tiny-tactics")
+            page.toggle_favourite()
+            await until(lambda: page.proxy.index(0, 0).data(ProductRole) == "tiny-tactics",
+                        "the favourite on top")
+            assert page.proxy.index(0, 0).data() == "★ Tiny Tactics"
+            select(window, "tiny-tactics")
+            assert page.favourite.isChecked()
             select(window, "star-courier")
             page.toggle_hidden()
             await until(lambda: page.proxy.rowCount() == 1, "star-courier hidden")
@@ -44,6 +65,10 @@ def test_categories_and_hiding_persist_on_the_backend(backend: Any, tmp_path: Pa
                 items = {i["attributes"]["product_id"]: i["attributes"]
                          for i in c.get("/api/v1/library/items").json()["data"]}
             assert items["star-courier"]["is_hidden"] is True
-            assert len(items["tiny-tactics"]["category_ids"]) == 1
+            assert len(items["tiny-tactics"]["category_ids"]) == 2  # "Strategy", "Favourites"
+            with backend.client(token) as c:
+                names = {c["attributes"]["name"] for c in
+                         c.get("/api/v1/library/categories").json()["data"]}
+            assert names == {"Strategy", "Favourites"}
 
     loop.run_until_complete(scenario())

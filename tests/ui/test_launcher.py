@@ -129,6 +129,17 @@ def test_login_library_install_limit_errors_and_reconnect(backend: Any, tmp_path
             assert ("TaskStatus", "completed") in kinds and ("ItemProgress", "completed") in kinds
             assert not window.library_page.install.isEnabled()
             assert window.library_page.verify.isEnabled()
+            assert window.library_page.play.isVisible()
+            # the files of the finished task, on demand, from the downloads page
+            window.downloads_page.history.setChecked(True)
+            await until(lambda: window.tasks.rowCount() == 1, "the finished task")
+            window.downloads_page.table.setCurrentIndex(window.tasks.index(0, 0))
+            window.downloads_page.buttons["files"].click()
+            files = window.downloads_page.files_dialog
+            assert files.table.rowCount() > 1
+            paths = {files.table.item(r, 0).text() for r in range(files.table.rowCount())}
+            assert "game.py" in paths
+            files.close()
             games = await link.call("installed")
             assert [g["productId"] for g in games] == ["tiny-tactics"]
             # the speed limit set on the downloads page reaches the engine
@@ -164,6 +175,64 @@ def test_login_library_install_limit_errors_and_reconnect(backend: Any, tmp_path
             await until(reconnected, "the reconnect", 30)
             await until(lambda: "Connected" in window.connection.text(), "the status line", 10)
             assert window.library.rowCount() == 2
+
+    loop.run_until_complete(scenario())
+
+
+def test_settings_reach_the_engine_and_the_language_switches_live(backend: Any, tmp_path: Path,
+                                                                 loop: Any) -> None:
+    from testing.enginekit import EngineCli
+    from ui import autostart
+    from ui.i18n import RU
+
+    name, _ = backend.new_user(products=["tiny-tactics"])
+    data = tmp_path / "engine"
+    EngineCli(data, backend.url).login(name, "secret-pw")
+
+    async def scenario() -> None:
+        async with launcher_window(data, backend.url, loop) as (window, link):
+            page = window.settings_page
+            await until(lambda: window.library.rowCount() == 1, "the library")
+            await until(lambda: bool(page.values), "the engine's settings")
+            assert page.auto_update.isChecked()
+            page.concurrent.setValue(3)
+            page.auto_update.setChecked(False)
+            page.gameplay.setCurrentIndex(page.gameplay.findData("pause"))
+            page.library_dir.setText(str(tmp_path / "Games"))
+            page.autostart.setChecked(True)
+            page.save()
+            await until(lambda: page.values.get("max_concurrent_tasks") == 3, "the saved settings")
+            values = (await link.call("settings"))["settings"]
+            assert values["auto_update"] is False and values["gameplay_downloads"] == "pause"
+            assert values["library_dir"] == str(tmp_path / "Games")
+            assert (await link.call("status"))["libraryDir"] == str(tmp_path / "Games")
+            entry = autostart.autostart_file().read_text()
+            assert "--hidden" in entry and str(data) in entry
+            page.autostart.setChecked(False)
+            page.save()
+            assert not autostart.autostart_file().exists()
+            # a refused value: a dialog names it, the engine keeps the old one
+            link.request("settings", {"key": "gameplay_downloads", "value": "sometimes"})
+            await until(lambda: visible_message_box() is not None, "the refusal")
+            box = visible_message_box()
+            assert box is not None and "gameplay_downloads" in box.text()
+            box.close()
+            assert (await link.call("settings"))["settings"]["gameplay_downloads"] == "pause"
+            # the language switches at once, without a restart, and back
+            select(window, "tiny-tactics")
+            window.library_page.view_mode.setChecked(True)
+            page.language.setCurrentIndex(page.language.findData("ru"))
+            await until(lambda: window.nav.item(0).text() == "Библиотека", "Russian")
+            assert window.library_page.install.text() == "Установить"
+            assert window.library_page.state.text() == RU["Not installed"]
+            assert window.library_page.view_mode.text() == RU["Grid view"]
+            assert window.library_page.filter.itemText(0) == RU["All games"]
+            assert window.tasks.headerData(0, Qt.Orientation.Horizontal) == "Игра"
+            assert window.connection.text().startswith("Подключено к движку")
+            assert window.library_page.current_product() == "tiny-tactics"  # nothing was lost
+            page.language.setCurrentIndex(page.language.findData("en"))
+            await until(lambda: window.library_page.install.text() == "Install", "English")
+            assert window.connection.text().startswith("Connected to the engine")
 
     loop.run_until_complete(scenario())
 
