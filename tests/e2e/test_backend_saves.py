@@ -156,3 +156,119 @@ def test_saves_are_private(backend: BackendServer, published_store: PublishedSto
         assert httpx.get(url).content == secret
         token = url.rsplit("/", 1)[1]
         assert_error(httpx.get(url.replace(token, token[:-3] + "AAA")), 403)
+
+
+def _seed_request(c: httpx.Client, product: str, slot_name: str, data: bytes,
+                  **over: Any) -> httpx.Response:
+    """The request exactly as the seed (3.1.5) writes it."""
+    attrs = {"product_id": product, "save_slot_name": slot_name, "file_size_bytes": len(data),
+             "file_hash_sha256": hashlib.sha256(data).hexdigest(), **over}
+    return c.post("/api/v1/library/savegames/upload-url",
+                  json={"data": {"type": "savegameUploadRequest", "attributes": attrs}})
+
+
+def test_the_seeds_field_names_are_accepted(backend: BackendServer,
+                                            published_store: PublishedStore) -> None:
+    product = published_store.main.product_id
+    _, token = backend.new_user([product])
+    v1, v2 = os.urandom(2000), os.urandom(3000)
+    with backend.client(token) as c:
+        r = _seed_request(c, product, "slot1_manual_save", v1)
+        assert r.status_code == 200, r.text
+        a = r.json()["data"]["attributes"]
+        assert a["slot"] == "slot1_manual_save" and a["latest_version"] is None
+        assert a["base_version"] is None and a["s3_path"].endswith(a["internal_save_id"])
+        assert httpx.put(a["upload_url"], content=v1).status_code == 200
+        # confirm with the seed's s3_path; a wrong one is refused
+        bad = c.post("/api/v1/library/savegames/confirm-upload", json={"data": {
+            "type": "savegameUploadConfirmation",
+            "attributes": {"internal_save_id": a["internal_save_id"], "s3_path": "x/y"}}})
+        assert assert_error(bad, 422)["source"]["pointer"] == "/data/attributes/s3_path"
+        r = c.post("/api/v1/library/savegames/confirm-upload", json={"data": {
+            "type": "savegameUploadConfirmation",
+            "attributes": {"internal_save_id": a["internal_save_id"], "s3_path": a["s3_path"]}}})
+        assert r.status_code == 200, r.text
+        save = r.json()["data"]["attributes"]
+        # both vocabularies in the answer
+        assert save["slot"] == save["slot_name"] == "slot1_manual_save"
+        assert save["size_bytes"] == save["file_size_bytes"] == len(v1)
+        assert save["sha256"] == save["file_hash_sha256"] == hashlib.sha256(v1).hexdigest()
+        assert save["s3_path"] == a["s3_path"] and save["version"] == 1
+        assert save["created_at"] == save["server_timestamp"]
+        # the seed's request has no base version: the upload replaces the slot (last writer
+        # wins) and says which version it replaced
+        r = _seed_request(c, product, "slot1_manual_save", v2, comment="before the boss")
+        assert r.status_code == 200, r.text
+        assert r.json()["data"]["attributes"]["latest_version"] == 1
+        # mixing the vocabularies is fine when they agree, refused when they do not
+        assert _seed_request(c, product, "s", b"x", slot="s", sha256=hashlib.sha256(
+            b"x").hexdigest()).status_code == 200
+        assert_error(_seed_request(c, product, "s", b"x", slot="other"), 422)
+        assert_error(_seed_request(c, product, "s", b"x", size_bytes=2), 422)
+        missing = c.post("/api/v1/library/savegames/upload-url", json={"data": {
+            "type": "savegameUploadRequest", "attributes": {"product_id": product,
+                                                           "save_slot_name": "s"}}})
+        err = assert_error(missing, 422)
+        assert "file_size_bytes" in err["detail"] and "file_hash_sha256" in err["detail"]
+        assert_error(_seed_request(c, product, "s", b"x", file_hash_sha256="abc"), 422)
+
+
+def test_slot_listing_has_what_a_three_way_sync_needs(backend: BackendServer,
+                                                      published_store: PublishedStore) -> None:
+    product = published_store.main.product_id
+    _, token = backend.new_user([product])
+    versions = [os.urandom(100 + i) for i in range(3)]
+    with backend.client(token) as c:
+        for i, data in enumerate(versions):
+            _upload(c, product, "slot1", data, base=i or None)
+        slot = c.get("/api/v1/library/savegames",
+                     params={"product_id": product, "slot": "slot1"}).json()["data"][0]
+        a = slot["attributes"]
+        newest = a["versions"][0]
+        assert a["latest_version"] == 3 and a["version_count"] == 3
+        assert a["latest_savegame_id"] == newest["id"]
+        assert a["latest_sha256"] == hashlib.sha256(versions[2]).hexdigest()
+        assert a["latest_size_bytes"] == len(versions[2])
+        assert a["latest_created_at"] == newest["attributes"]["created_at"]
+        # a device that last synced version 2 cannot overwrite 3 blindly
+        assert_error(_request(c, product, "slot1", b"stale edit", base=2), 409,
+                     "SAVEGAME_VERSION_CONFLICT")
+        # restore version 1: it becomes version 4 (2 and 3 stay recoverable)
+        v1_id = a["versions"][2]["id"]
+        assert_error(c.post(f"/api/v1/library/savegames/{v1_id}/restore", json={"data": {
+            "type": "savegameRestore", "attributes": {"base_version": 2}}}), 409,
+            "SAVEGAME_VERSION_CONFLICT")
+        r = c.post(f"/api/v1/library/savegames/{v1_id}/restore", json={"data": {
+            "type": "savegameRestore", "attributes": {"base_version": 3}}})
+        assert r.status_code == 200, r.text
+        restored = r.json()["data"]["attributes"]
+        assert restored["version"] == 4 and restored["sha256"] == hashlib.sha256(
+            versions[0]).hexdigest()
+        assert httpx.get(restored["download_url"]).content == versions[0]
+        listed = c.get("/api/v1/library/savegames", params={"slot": "slot1"}).json()["data"][0]
+        got = {v["attributes"]["version"]: httpx.get(v["attributes"]["download_url"]).content
+               for v in listed["attributes"]["versions"]}
+        assert got == {4: versions[0], 3: versions[2], 2: versions[1], 1: versions[0]}
+        assert_error(c.post("/api/v1/library/savegames/no-such/restore", json={"data": {
+            "type": "savegameRestore", "attributes": {}}}), 404, "SAVEGAME_SLOT_NOT_FOUND")
+
+
+def test_seed_sized_errors_and_other_users_versions(backend_factory: StartBackend,
+                                                    published_store: PublishedStore) -> None:
+    product = published_store.main.product_id
+    server = backend_factory(settings={"save_max_bytes": 1000, "save_quota_bytes": 1500})
+    _, a_token = server.new_user([product])
+    _, b_token = server.new_user([product])
+    with server.client(a_token) as a, server.client(b_token) as b:
+        err = assert_error(_seed_request(a, product, "big", os.urandom(1001)), 413,
+                           "SAVEGAME_FILE_TOO_LARGE")
+        assert err["source"]["pointer"] == "/data/attributes/file_size_bytes"
+        save = _upload(a, product, "s", os.urandom(900))
+        assert_error(_seed_request(a, product, "t", os.urandom(700)), 422, "USER_QUOTA_EXCEEDED")
+        # restoring needs room too
+        assert_error(a.post(f"/api/v1/library/savegames/{save['id']}/restore", json={"data": {
+            "type": "savegameRestore", "attributes": {}}}), 422, "USER_QUOTA_EXCEEDED")
+        # B can neither restore nor read A's version
+        assert_error(b.post(f"/api/v1/library/savegames/{save['id']}/restore", json={"data": {
+            "type": "savegameRestore", "attributes": {}}}), 404, "SAVEGAME_SLOT_NOT_FOUND")
+        assert b.get("/api/v1/library/savegames").json()["data"] == []
