@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -125,3 +125,140 @@ def test_inactivity_timeout_closes_at_last_heartbeat(backend_factory: StartBacke
         assert _summary(c, product)["active_session_id"] is None
         s2 = c.get(f"/api/v1/library/playtime/sessions/{sid2}").json()["data"]["attributes"]
         assert s2["end_reason"] == "timeout" and s2["duration_seconds"] == 0
+
+
+def _start_with(c: httpx.Client, product: str, **attrs: Any) -> httpx.Response:
+    return c.post("/api/v1/library/playtime/sessions/start", json={"data": {
+        "type": "playtimeSessionStart", "attributes": {"product_id": product, **attrs}}})
+
+
+def _end(c: httpx.Client, sid: str, **attrs: Any) -> httpx.Response:
+    return c.post(f"/api/v1/library/playtime/sessions/{sid}/end", json={"data": {
+        "type": "playtimeSessionEnd", "attributes": attrs}})
+
+
+def _beat(c: httpx.Client, sid: str, at: datetime) -> httpx.Response:
+    return c.post(f"/api/v1/library/playtime/sessions/{sid}/heartbeat", json={"data": {
+        "type": "playtimeHeartbeat", "attributes": {"at": _iso(at)}}})
+
+
+def _iso(ts: datetime) -> str:
+    return ts.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def test_client_session_id_makes_start_idempotent(backend: BackendServer,
+                                                  published_store: PublishedStore) -> None:
+    products = [p.product_id for p in published_store.products]
+    _, token = backend.new_user(products)
+    with backend.client(token) as c:
+        r = _start_with(c, products[0], client_session_id="device-a-0001")
+        assert r.status_code == 201, r.text
+        first = r.json()["data"]
+        assert first["attributes"]["client_session_id"] == "device-a-0001"
+        retry = _start_with(c, products[0], client_session_id="device-a-0001")
+        assert retry.status_code == 201 and retry.json()["data"] == first
+        # the header and the body name the same key
+        assert _start(c, products[0], key="device-a-0001").json()["data"]["id"] == first["id"]
+        assert_error(c.post("/api/v1/library/playtime/sessions/start",
+                            headers={"Idempotency-Key": "other"},
+                            json={"data": {"type": "playtimeSessionStart", "attributes": {
+                                "product_id": products[0],
+                                "client_session_id": "device-a-0001"}}}), 422)
+        # a key is one session: reusing it for another product is a conflict, not a new session
+        assert_error(_start_with(c, products[1], client_session_id="device-a-0001"), 409,
+                     "IDEMPOTENCY_CONFLICT")
+        summary = c.get("/api/v1/library/playtime/summary",
+                        params={"product_id": products[0]}).json()["data"]
+        assert [s["id"] for s in summary] == [products[0]]
+        assert summary[0]["attributes"]["active_session_id"] == first["id"]
+
+
+def test_offline_replay_with_stated_times(backend: BackendServer,
+                                          published_store: PublishedStore) -> None:
+    product = published_store.main.product_id
+    _, token = backend.new_user([product])
+    began = datetime.now(UTC) - timedelta(hours=1)
+    with backend.client(token) as c:
+        r = _start_with(c, product, client_session_id="offline-1", start_time=_iso(began))
+        assert r.status_code == 201, r.text
+        sess = r.json()["data"]
+        sid = sess["id"]
+        assert _ts(sess["attributes"]["start_time"]) == began
+        for minute in (1, 2, 3):
+            hb = _beat(c, sid, began + timedelta(minutes=minute))
+            if hb.status_code == 409:  # closed by timeout meanwhile: the stated end fixes it
+                break
+            assert hb.status_code == 204, hb.text
+        ended = _end(c, sid, ended_at=_iso(began + timedelta(seconds=200)))
+        assert ended.status_code == 200, ended.text
+        a = ended.json()["data"]["attributes"]
+        assert a["status"] == "completed" and a["end_reason"] == "client"
+        assert a["duration_seconds"] == 200
+        assert _ts(a["end_time"]) == began + timedelta(seconds=200)
+        # retries of the end (with or without the statement) change nothing
+        assert _end(c, sid, ended_at=_iso(began + timedelta(seconds=200))).json()["data"][
+            "attributes"] == a
+        assert c.post(f"/api/v1/library/playtime/sessions/{sid}/end").json()["data"][
+            "attributes"] == a
+        assert_error(_beat(c, sid, began), 409, "PLAYTIME_SESSION_NOT_ACTIVE")
+        assert _summary(c, product)["total_playtime_seconds"] == 200
+        # a measured duration wins over the clock (skew between client and server)
+        sid2 = _start_with(c, product, start_time=_iso(began + timedelta(minutes=10))
+                           ).json()["data"]["id"]
+        a2 = _end(c, sid2, duration_seconds=90,
+                  ended_at=_iso(began + timedelta(minutes=50))).json()["data"]["attributes"]
+        assert a2["duration_seconds"] == 90
+        assert _summary(c, product)["total_playtime_seconds"] == 290
+        assert _summary(c, product)["session_count"] == 2
+
+
+def test_stated_times_are_bounded(backend: BackendServer,
+                                  published_store: PublishedStore) -> None:
+    product = published_store.main.product_id
+    _, token = backend.new_user([product])
+    now = datetime.now(UTC)
+    with backend.client(token) as c:
+        err = assert_error(_start_with(c, product, start_time=_iso(now + timedelta(hours=2))),
+                           422, "PLAYTIME_TIME_INVALID")
+        assert err["source"]["pointer"] == "/data/attributes/start_time"
+        assert_error(_start_with(c, product, start_time=_iso(now - timedelta(days=400))), 422,
+                     "PLAYTIME_TIME_INVALID")
+        began = now - timedelta(days=3)
+        sid = _start_with(c, product, start_time=_iso(began)).json()["data"]["id"]
+        err = assert_error(_end(c, sid, ended_at=_iso(began - timedelta(seconds=1))), 422,
+                           "PLAYTIME_TIME_INVALID")
+        assert err["source"]["pointer"] == "/data/attributes/ended_at"
+        assert_error(_end(c, sid, ended_at=_iso(now + timedelta(days=1))), 422,
+                     "PLAYTIME_TIME_INVALID")
+        assert_error(_end(c, sid, duration_seconds=-5), 422)
+        # two days of "play" are capped at playtime_max_session (24 h)
+        a = _end(c, sid, duration_seconds=2 * 86_400).json()["data"]["attributes"]
+        assert a["duration_seconds"] == 86_400
+        assert _summary(c, product)["total_playtime_seconds"] == 86_400
+
+
+def test_stated_end_corrects_a_timeout(backend_factory: StartBackend,
+                                       published_store: PublishedStore) -> None:
+    product = published_store.main.product_id
+    server = backend_factory(settings={"playtime_timeout": 2})
+    _, token = server.new_user([product])
+    with server.client(token) as c:
+        sess = _start_with(c, product, client_session_id="crash-1").json()["data"]
+        sid, began = sess["id"], _ts(sess["attributes"]["start_time"])
+        time.sleep(3.0)  # offline: heartbeats could not be delivered; the server times it out
+        assert _summary(c, product)["active_session_id"] is None
+        timed = c.get(f"/api/v1/library/playtime/sessions/{sid}").json()["data"]["attributes"]
+        assert timed["end_reason"] == "timeout" and timed["duration_seconds"] == 0
+        # back online, the client replays: its last recorded heartbeat was 2 s after the start
+        a = _end(c, sid, ended_at=_iso(began + timedelta(seconds=2))).json()["data"]["attributes"]
+        assert a["end_reason"] == "client" and a["duration_seconds"] == 2
+        again = _end(c, sid, ended_at=_iso(began + timedelta(seconds=2))).json()["data"]
+        assert again["attributes"] == a
+        assert _summary(c, product)["total_playtime_seconds"] == 2
+        # heartbeats never move time back
+        sid2 = _start(c, product).json()["data"]["id"]
+        assert c.post(f"/api/v1/library/playtime/sessions/{sid2}/heartbeat").status_code == 204
+        before = c.get(f"/api/v1/library/playtime/sessions/{sid2}").json()["data"]["attributes"]
+        assert _beat(c, sid2, began).status_code == 204
+        after = c.get(f"/api/v1/library/playtime/sessions/{sid2}").json()["data"]["attributes"]
+        assert after["last_heartbeat_at"] == before["last_heartbeat_at"]
