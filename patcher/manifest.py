@@ -201,11 +201,21 @@ def manifest_to_json(m: Manifest) -> bytes:
     return json.dumps(manifest_to_dict(m), separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def encode_manifest(m: Manifest, level: int = 10) -> bytes:
+MANIFEST_LEVEL = 10
+
+
+def compress_manifest_json(raw: bytes, level: int = MANIFEST_LEVEL) -> bytes:
+    """The signed bytes of a manifest's JSON. Deterministic for one zstd version: an engine
+    that rebuilds a manifest from a patch compresses the JSON the same way and checks the
+    signature over the result (a different result only means a fallback to the full manifest)."""
+    return zstandard.ZstdCompressor(level=level).compress(raw)
+
+
+def encode_manifest(m: Manifest, level: int = MANIFEST_LEVEL) -> bytes:
     """JSON + zstd: the exact bytes that are signed and served."""
     validate_manifest(m)
     raw = manifest_to_json(m)
-    blob = zstandard.ZstdCompressor(level=level).compress(raw)
+    blob = compress_manifest_json(raw, level)
     if len(blob) > MAX_COMPRESSED_BYTES:
         raise ManifestError("MANIFEST_TOO_LARGE", "manifest", f"{len(blob)} compressed bytes")
     if len(raw) > json_budget(len(blob)):

@@ -27,7 +27,7 @@ from typing import Any
 import blake3
 
 from patcher.chunking import ChunkedFile, chunk_file
-from patcher.deltaindex import DeltaIndex, PatchEntry, encode_delta_index
+from patcher.deltaindex import EMPTY_SHA256, DeltaIndex, ManifestPatch, PatchEntry, encode_delta_index
 from patcher.diff import diff_manifests
 from patcher.errors import ManifestError, PublishError
 from patcher.manifest import (
@@ -42,6 +42,8 @@ from patcher.manifest import (
     check_collisions,
     check_id,
     check_relative_path,
+    compress_manifest_json,
+    manifest_to_json,
     parse_launch,
     parse_saves,
 )
@@ -272,10 +274,28 @@ def _store_blocks(
 
 def _build_manifest(
     product: str, version: str, scan: BuildScan, chunked: list[ChunkedFile],
-    records: dict[str, ChunkRecord],
+    records: dict[str, ChunkRecord], previous: Manifest | None = None,
 ) -> Manifest:
-    blocks: list[Block] = []
-    block_index: dict[tuple[str, int], int] = {}
+    # Blocks the previous version used keep their relative order and new blocks go last, so a
+    # small update renumbers few blocks and the manifest patch against the installed manifest
+    # stays small (first-use order shifted every later chunk's block index: measured 5.8 kB of
+    # patch for a 4-file hotfix).
+    rank: dict[tuple[str, int], int] = {}
+    if previous is not None:
+        rank = {(b.pack, b.offset): i for i, b in enumerate(previous.blocks)}
+    used: dict[tuple[str, int], Block] = {}
+    order: list[tuple[str, int]] = []
+    for cf in chunked:
+        for c in cf.chunks:
+            r = records[c.id]
+            key = (r.pack, r.block_offset)
+            if key not in used:
+                used[key] = Block(r.pack, r.block_offset, r.stored_size, r.raw_size, r.codec)
+                order.append(key)
+    first_use = {key: i for i, key in enumerate(order)}
+    order.sort(key=lambda k: (0, rank[k]) if k in rank else (1, first_use[k]))
+    block_index = {key: i for i, key in enumerate(order)}
+    blocks = [used[key] for key in order]
     locations: dict[str, ChunkLocation] = {}
     files: list[FileEntry] = []
     for bf, cf in zip(scan.files, chunked, strict=True):
@@ -283,11 +303,7 @@ def _build_manifest(
             if c.id in locations:
                 continue
             r = records[c.id]
-            key = (r.pack, r.block_offset)
-            if key not in block_index:
-                block_index[key] = len(blocks)
-                blocks.append(Block(r.pack, r.block_offset, r.stored_size, r.raw_size, r.codec))
-            locations[c.id] = ChunkLocation(block_index[key], r.offset_in_block)
+            locations[c.id] = ChunkLocation(block_index[(r.pack, r.block_offset)], r.offset_in_block)
         files.append(
             FileEntry(bf.path, cf.size, bf.mode, cf.sha256,
                       tuple(ChunkEntry(c.offset, c.size, c.id) for c in cf.chunks))
@@ -329,18 +345,22 @@ def _build_step_patches(
         old_by_name.setdefault(f.path.rsplit("/", 1)[-1], f.path)
     reader = BlockReader(store, old)
     jobs: list[deltas.PatchJob] = []
-    job_meta: dict[str, tuple[str, str, float]] = {}
+    job_meta: dict[str, tuple[str | None, str, float]] = {}
     for path in diff.rebuilt:
         target = new.file(path)
         assert target is not None
         source_path = path if old.file(path) is not None else old_by_name.get(path.rsplit("/", 1)[-1])
-        if source_path is None or target.size == 0:
+        if target.size == 0:
             continue
+        # Every changed file gets a patch, however small its chunks: a patch of a few bytes can
+        # free a block shared with other files (the chooser decides), and costs microseconds.
         budget = sum(chunk_share(new, c.id, c.size) for c in target.chunks if c.id in diff.download)
-        if budget < 512:  # chunk reuse already makes this file nearly free
+        if budget <= 0:  # every chunk is already local
             continue
-        old_copy = workdir / f"{len(jobs)}.old"
-        reader.extract(source_path, old_copy)
+        old_copy: Path | None = None
+        if source_path is not None:
+            old_copy = workdir / f"{len(jobs)}.old"
+            reader.extract(source_path, old_copy)
         jobs.append(deltas.PatchJob(path, old_copy, sources[path].source, int(budget)))
         job_meta[path] = (source_path, target.hash_sha256, budget)
     results = deltas.build_patches(jobs, workers=workers, memory_limit=memory_limit, level=level)
@@ -350,20 +370,42 @@ def _build_step_patches(
         if res.method is None or res.data is None:
             continue
         source_path, to_sha, budget = job_meta[res.key]
-        src = old.file(source_path)
+        src = old.file(source_path) if source_path is not None else None
         target = new.file(res.key)
-        assert src is not None and target is not None
+        assert target is not None
         patch_id = blake3.blake3(res.data).hexdigest()
         dest = store.path(store.patch_rel(new.product_id, patch_id))
         if not dest.exists():
             atomic_write(dest, res.data)
         entries.append(
-            PatchEntry(res.key, source_path, src.hash_sha256, to_sha, target.size,
-                       res.method.value, patch_id, len(res.data))
+            PatchEntry(res.key, source_path, src.hash_sha256 if src is not None else EMPTY_SHA256,
+                       to_sha, target.size, res.method.value, patch_id, len(res.data))
         )
         reports.append(PatchReport(old.version_id, res.key, res.method.value, len(res.data),
                                    int(budget)))
-    return DeltaIndex(new.product_id, old.version_id, new.version_id, tuple(entries)), reports
+    manifest_patch = _manifest_patch(store, old, new)
+    return DeltaIndex(new.product_id, old.version_id, new.version_id, tuple(entries),
+                      manifest_patch), reports
+
+
+def _manifest_patch(store: Store, old: Manifest, new: Manifest) -> ManifestPatch | None:
+    """The new manifest's JSON as a zstd patch against the old one's, stored like file patches.
+
+    The engine rebuilds the exact signed bytes (``compress_manifest_json`` of the patched JSON)
+    and checks the new manifest's own signature over them, so the patch needs no signature of
+    its own; its id in the signed index only lets the engine reject wrong bytes early."""
+    from patcher import delta as deltas
+
+    old_json, new_json = manifest_to_json(old), manifest_to_json(new)
+    data = deltas.build_zstd(old_json, new_json, DEFAULT_PATCH_LEVEL)
+    blob = store.path(store.manifest_rel(new.product_id, new.version_id)).read_bytes()
+    if len(data) >= len(blob) or compress_manifest_json(new_json) != blob:
+        return None  # no saving, or the engine could not rebuild the signed bytes
+    patch_id = blake3.blake3(data).hexdigest()
+    dest = store.path(store.patch_rel(new.product_id, patch_id))
+    if not dest.exists():
+        atomic_write(dest, data)
+    return ManifestPatch("zstd", patch_id, len(data), len(new_json))
 
 
 def build_patches_for(
@@ -379,10 +421,13 @@ def build_patches_for(
                 store, old, new, scan, Path(tmp), workers=workers, memory_limit=memory_limit,
                 level=level,
             )
-        blob = encode_delta_index(index)
-        rel = store.delta_rel(new.product_id, old.version_id, new.version_id)
-        atomic_write(store.path(rel).with_suffix(".sig"), store.signing_key.sign(blob))
-        atomic_write(store.path(rel), blob)
+        # format 2 first: an engine that finds the format-1 index looks for format 2 beside it
+        for rel, blob in ((store.delta_v2_rel(new.product_id, old.version_id, new.version_id),
+                           encode_delta_index(index)),
+                          (store.delta_rel(new.product_id, old.version_id, new.version_id),
+                           encode_delta_index(index.for_v1(), 1))):
+            atomic_write(store.path(rel).with_suffix(".sig"), store.signing_key.sign(blob))
+            atomic_write(store.path(rel), blob)
         reports.extend(step)
     return reports
 
@@ -414,7 +459,9 @@ def publish(
             store, product, _new_chunk_blocks(scan, chunked, set(known)), pool, level, workers
         )
     all_records = {**known, **{r.id: r for r in records}}
-    manifest = _build_manifest(product, version, scan, chunked, all_records)
+    earlier = store.versions(product)
+    previous = store.read_manifest(product, earlier[-1].version) if earlier else None
+    manifest = _build_manifest(product, version, scan, chunked, all_records, previous)
     blob, sig = sign_manifest(manifest, store.signing_key)
     rel = store.manifest_rel(product, version)
     atomic_write(store.path(rel).with_suffix(".sig"), sig)

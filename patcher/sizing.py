@@ -61,12 +61,13 @@ def choose_patches(
     rebuilt = set(diff.rebuilt)
     candidates: list[PatchEntry] = []
     for p in delta.patches:
-        src = old.file(p.source_path)
         target = new.file(p.path)
-        if p.path not in rebuilt or src is None or target is None:
+        if p.path not in rebuilt or target is None or target.hash_sha256 != p.to_sha256:
             continue
-        if src.hash_sha256 != p.from_sha256 or target.hash_sha256 != p.to_sha256:
-            continue
+        if p.source_path is not None:  # None: a whole-file frame, applied to empty input
+            src = old.file(p.source_path)
+            if src is None or src.hash_sha256 != p.from_sha256:
+                continue
         candidates.append(p)
     users: dict[int, set[str]] = {}
     for path in diff.rebuilt:

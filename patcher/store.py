@@ -7,7 +7,8 @@ Layout (``ROOT/cdn`` is what any static host, nginx or S3 bucket serves; the res
     ROOT/cdn/<product>/packs/<blake3>.pack         immutable packs of blocks
     ROOT/cdn/<product>/manifests/<version>.manifest  zstd JSON, signed bytes
     ROOT/cdn/<product>/manifests/<version>.sig     64-byte Ed25519 signature
-    ROOT/cdn/<product>/deltas/<from>--<to>.delta   signed delta index (+ .sig)
+    ROOT/cdn/<product>/deltas/<from>--<to>.delta   signed delta index, format 1 (+ .sig)
+    ROOT/cdn/<product>/deltas/<from>--<to>.v2.delta  format 2: every patch kind (+ .v2.sig)
     ROOT/cdn/<product>/patches/<blake3>.patch      per-file binary patches
 """
 
@@ -125,6 +126,11 @@ class Store:
         return f"{product}/deltas/{from_version}--{to_version}.delta"
 
     @staticmethod
+    def delta_v2_rel(product: str, from_version: str, to_version: str) -> str:
+        """Format-2 delta index (every patch kind; see ``patcher.deltaindex``)."""
+        return f"{product}/deltas/{from_version}--{to_version}.v2.delta"
+
+    @staticmethod
     def patch_rel(product: str, patch_id: str) -> str:
         return f"{product}/patches/{patch_id}.patch"
 
@@ -199,8 +205,14 @@ class Store:
             raise StoreError(f"no manifest for {product} {version}", code="VERSION_NOT_FOUND") from exc
         return load_signed_manifest(blob, sig, self.signing_key.public_key())
 
-    def read_delta(self, product: str, from_version: str, to_version: str) -> DeltaIndex | None:
+    def read_delta(self, product: str, from_version: str, to_version: str,
+                   format_version: int = 2) -> DeltaIndex | None:
+        """The step's delta index: format 2 when published (what current engines use), else
+        format 1; ``format_version=1``: what an engine released before format 2 uses."""
         path = self.path(self.delta_rel(product, from_version, to_version))
+        v2 = self.path(self.delta_v2_rel(product, from_version, to_version))
+        if format_version >= 2 and v2.exists():
+            path = v2
         if not path.exists():
             return None
         blob = path.read_bytes()

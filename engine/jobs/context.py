@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+import blake3
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from engine.core.errors import EngineError, ErrorCode
 from engine.core.fetchrules import Failure, FetchState, GiveUp, after_failure
@@ -34,6 +36,7 @@ from engine.io.download import FetchFailed
 from engine.io.fsops import atomic_write
 from engine.io.limiter import AsyncRateLimiter
 from engine.io.state import State, TaskRecord
+from patcher.deltaindex import ManifestPatch, rebuild_manifest_blob
 from patcher.errors import ManifestError
 from patcher.manifest import Manifest
 from patcher.signing import load_public_key, load_signed_manifest, verify_signature
@@ -102,15 +105,18 @@ async def _get_small(ctx: EngineContext, source: CdnSource, rel: str, limit: int
 
 async def fetch_small(ctx: EngineContext, pool: SourcePool, rel: str, limit: int, *,
                       check: Callable[[bytes], None] | None = None,
-                      refresh: SourceRefresh | None = None) -> bytes:
+                      refresh: SourceRefresh | None = None,
+                      attempts: int | None = None) -> bytes:
     """GET a small document (manifest, signature, delta index, patch) from the best source.
 
     The same failure rules as pack ranges: every failure is recorded against its source, the
     next try prefers another source after a capped, jittered backoff, a 403 refreshes the signed
     tokens once per failure, and ``check`` (e.g. a hash or signature test) failing counts as
     corrupt bytes from that source — another source is tried before the document is called bad.
+    ``attempts`` caps the tries for an optional document the caller can do without (a missing
+    format-2 delta index, a manifest patch): no long backoff before the fallback.
     """
-    policy = RetryPolicy(max_attempts=ctx.settings.max_attempts)
+    policy = RetryPolicy(max_attempts=attempts or ctx.settings.max_attempts)
     state = FetchState()
     sources = frozenset(s.id for s in pool.sources)
     while True:
@@ -153,10 +159,22 @@ async def manifest_key(ctx: EngineContext) -> str:
     return pinned
 
 
-async def load_manifest(ctx: EngineContext, pool: SourcePool, grant: TaskGrant) -> Manifest:
+@dataclass(frozen=True, slots=True)
+class ManifestBase:
+    """The installed version's signed manifest bytes and the signed delta index's patch from
+    them to the new manifest: lets an update fetch a small patch instead of the new manifest."""
+
+    old_blob: bytes
+    patch: ManifestPatch
+
+
+async def load_manifest(ctx: EngineContext, pool: SourcePool, grant: TaskGrant, *,
+                        base: ManifestBase | None = None) -> Manifest:
     """The signed manifest of a grant: from the local cache, else from the CDN. The signature is
-    fetched first (64 bytes); the manifest bytes are checked against it as they arrive, so a
-    flipped byte on one edge makes the engine fetch from another instead of failing."""
+    fetched first (64 bytes); with a ``base``, the manifest is rebuilt from the installed one and
+    a patch, and the new signature is checked over the rebuilt bytes; any failure there falls
+    back to the full manifest, whose bytes are checked against the signature as they arrive, so
+    a flipped byte on one edge makes the engine fetch from another instead of failing."""
     blob_path, sig_path = ctx.state.manifest_files(grant.product_id, grant.version_id)
     key = load_public_key(await manifest_key(ctx))
     refresh = refresher(ctx, grant)
@@ -164,9 +182,15 @@ async def load_manifest(ctx: EngineContext, pool: SourcePool, grant: TaskGrant) 
         blob, sig = blob_path.read_bytes(), sig_path.read_bytes()
     else:
         sig = await fetch_small(ctx, pool, grant.signature_path, 1024, refresh=refresh)
-        blob = await fetch_small(ctx, pool, grant.manifest_path, MANIFEST_MAX_BYTES,
-                                 check=lambda data: verify_signature(data, sig, key),
-                                 refresh=refresh)
+        rebuilt = None
+        if base is not None:
+            rebuilt = await _patched_manifest(ctx, pool, grant, base, sig, key)
+        if rebuilt is not None:
+            blob = rebuilt
+        else:
+            blob = await fetch_small(ctx, pool, grant.manifest_path, MANIFEST_MAX_BYTES,
+                                     check=lambda data: verify_signature(data, sig, key),
+                                     refresh=refresh)
     try:
         manifest = await asyncio.to_thread(load_signed_manifest, blob, sig, key)
     except ManifestError as exc:
@@ -180,6 +204,30 @@ async def load_manifest(ctx: EngineContext, pool: SourcePool, grant: TaskGrant) 
         atomic_write(sig_path, sig)
         atomic_write(blob_path, blob)
     return manifest
+
+
+async def _patched_manifest(ctx: EngineContext, pool: SourcePool, grant: TaskGrant,
+                            base: ManifestBase, sig: bytes, key: Ed25519PublicKey) -> bytes | None:
+    """The new manifest's signed bytes rebuilt from ``base``, or None (logged) when the patch
+    is missing, wrong or rebuilds other bytes than the signed ones: the caller fetches the full
+    manifest then."""
+    mp = base.patch
+
+    def check(data: bytes) -> None:
+        if blake3.blake3(data).hexdigest() != mp.patch_id:
+            raise EngineError(ErrorCode.MANIFEST_INVALID, "manifest patch: bytes do not match its id")
+
+    try:
+        patch = await fetch_small(ctx, pool, f"{grant.product_id}/patches/{mp.patch_id}.patch",
+                                  mp.patch_size, check=check, refresh=refresher(ctx, grant),
+                                  attempts=max(2, len(pool.sources)))
+        blob = await asyncio.to_thread(rebuild_manifest_blob, base.old_blob, patch, mp)
+        verify_signature(blob, sig, key)  # the result is what the publisher signed, or nothing
+    except (EngineError, ManifestError, OSError) as exc:
+        log.warning("MANIFEST_PATCH_FAILED: %s %s: %s; fetching the full manifest",
+                    grant.product_id, grant.version_id, exc)
+        return None
+    return blob
 
 
 def refresher(ctx: EngineContext, grant: TaskGrant) -> SourceRefresh:

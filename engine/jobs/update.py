@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import blake3
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from engine.core.errors import EngineError, ErrorCode
 from engine.core.events import error_event
@@ -54,7 +55,13 @@ from engine.io.staging import Staging, remove_task_staging, sweep_staging
 from engine.io.state import InstalledGame, TaskRecord
 from engine.io.verify import quick_check, scan_install
 from engine.jobs.build import StagedBuild
-from engine.jobs.context import EngineContext, fetch_small, load_manifest, manifest_key
+from engine.jobs.context import (
+    EngineContext,
+    ManifestBase,
+    fetch_small,
+    load_manifest,
+    manifest_key,
+)
 from patcher.deltaindex import DeltaIndex, decode_delta_index
 from patcher.errors import DeltaError, ManifestError
 from patcher.manifest import Manifest
@@ -223,7 +230,17 @@ class UpdateRun:
         if self.on_started is not None:
             self.on_started(ctx.state.task(self.task.id))
         pool = SourcePool(list(grant.sources))
-        new = await load_manifest(ctx, pool, grant)
+        delta: DeltaIndex | None = None
+        base: ManifestBase | None = None
+        if self.task.kind is not TaskKind.REPAIR:
+            # the delta index first: it names the patch from the installed manifest to the new one
+            delta = await self._load_delta(pool, grant, key_hex)
+            if delta is not None and delta.manifest_patch is not None \
+                    and delta.from_version == installed.version_id:
+                old_blob = ctx.state.manifest_files(installed.product_id, installed.version_id)[0]
+                base = ManifestBase(await asyncio.to_thread(old_blob.read_bytes),
+                                    delta.manifest_patch)
+        new = await load_manifest(ctx, pool, grant, base=base)
         staging = Staging(self.install_dir, self.task.id, new)
         journal_path = staging.root / "switch.json"
         if journal_path.exists():  # crashed mid-switch: roll forward
@@ -233,7 +250,6 @@ class UpdateRun:
             damaged, unusable = await self._find_damaged(new)
             plan = plan_repair(new, damaged, unusable)
         else:
-            delta = await self._load_delta(pool, grant, key_hex)
             plan = plan_update(old, new, delta)
             # unchanged files that went missing, changed size or became links are rebuilt too:
             # an update leaves a whole tree, not just the changed files
@@ -296,20 +312,31 @@ class UpdateRun:
         return grant
 
     async def _load_delta(self, pool: SourcePool, grant: TaskGrant, key_hex: str) -> DeltaIndex | None:
+        """The signed delta index: format 2 (every patch kind, the manifest patch) beside the
+        format-1 index the grant names, else format 1 (a store published before format 2)."""
         if not grant.delta_path or not grant.delta_signature_path:
             return None
-        try:
-            key = load_public_key(key_hex)
-            sig = await fetch_small(self.ctx, pool, grant.delta_signature_path, 1024,
-                                    refresh=self._refresh)
-            blob = await fetch_small(self.ctx, pool, grant.delta_path, MAX_DELTA_INDEX,
-                                     check=lambda data: verify_signature(data, sig, key),
-                                     refresh=self._refresh)
-            return decode_delta_index(blob)
-        except (EngineError, ManifestError) as exc:
-            # patches only save bytes; without them the update still works from chunks
-            log.warning("delta index unavailable, updating from chunks: %s", exc)
-            return None
+        key = load_public_key(key_hex)
+        v2 = v2_delta_paths(grant.delta_path, grant.delta_signature_path)
+        for (path, sig_path), optional in ((v2, True),
+                                           ((grant.delta_path, grant.delta_signature_path), False)):
+            if path is None or sig_path is None:
+                continue
+            try:
+                attempts = max(2, len(pool.sources)) if optional else None
+                sig = await fetch_small(self.ctx, pool, sig_path, 1024, refresh=self._refresh,
+                                        attempts=attempts)
+                blob = await fetch_small(self.ctx, pool, path, MAX_DELTA_INDEX,
+                                         check=_signed_by(sig, key), refresh=self._refresh,
+                                         attempts=attempts)
+                delta = decode_delta_index(blob)
+                self.progress.downloaded += len(sig) + len(blob)
+                return delta
+            except (EngineError, ManifestError) as exc:
+                # patches only save bytes; without them the update still works from chunks
+                log.warning("delta index %s unavailable: %s", path, exc)
+        log.warning("no delta index: updating from chunks")
+        return None
 
     async def _find_damaged(self, manifest: Manifest) -> tuple[set[int], set[str]]:
         """Files to rebuild, and paths that cannot serve as chunk sources (missing, wrong size);
@@ -404,8 +431,10 @@ class UpdateRun:
                                      f"{self.task.product_id}/patches/{p.patch_id}.patch",
                                      p.patch_size, check=check, refresh=self._refresh)
             self.progress.downloaded += len(data)
-            source = safe_join(self.install_dir, p.source_path)
-            old_bytes = await asyncio.to_thread(source.read_bytes)
+            old_bytes = b""  # no source: a whole-file frame of a new file
+            if p.source_path is not None:
+                source = safe_join(self.install_dir, p.source_path)
+                old_bytes = await asyncio.to_thread(source.read_bytes)
             out = await asyncio.to_thread(apply_patch, PatchMethod(p.method), old_bytes, data,
                                           old_sha256=p.from_sha256, new_sha256=p.to_sha256,
                                           new_size=p.to_size)
@@ -439,6 +468,18 @@ class UpdateRun:
         await asyncio.to_thread(staging.remove)
         ctx.state.clear_journal(self.task.id)
         return game
+
+
+def _signed_by(sig: bytes, key: Ed25519PublicKey) -> Callable[[bytes], None]:
+    return lambda data: verify_signature(data, sig, key)
+
+
+def v2_delta_paths(delta_path: str, signature_path: str) -> tuple[str | None, str | None]:
+    """Where the format-2 delta index sits beside the format-1 one the backend names
+    (``a--b.delta`` / ``a--b.sig`` -> ``a--b.v2.delta`` / ``a--b.v2.sig``)."""
+    if not delta_path.endswith(".delta") or not signature_path.endswith(".sig"):
+        return None, None
+    return delta_path[: -len(".delta")] + ".v2.delta", signature_path[: -len(".sig")] + ".v2.sig"
 
 
 def _with_copies(plan: UpdatePlan, extra: list[LocalCopy]) -> UpdatePlan:

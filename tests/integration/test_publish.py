@@ -905,6 +905,7 @@ def test_delta_index_patches_apply_exactly(demo: DemoStore, old_v: str, new_v: s
     old, new = s.read_manifest(pid, old_v), s.read_manifest(pid, new_v)
     reader = BlockReader(s, old)
     for i, p in enumerate(delta.patches):
+        assert p.source_path is not None  # this step adds no file without a predecessor
         src, target = old.file(p.source_path), new.file(p.path)
         assert src is not None and target is not None
         assert src.hash_sha256 != target.hash_sha256
@@ -931,7 +932,7 @@ def test_delta_covers_the_recompiled_executable(demo: DemoStore) -> None:
     new = demo.store.read_manifest(demo.product, "1.1.0")
     f = new.file("bin/star-courier")
     assert f is not None and exe.patch_size < f.size / 5
-    assert exe.method in ("bsdiff", "zstd")
+    assert exe.method in ("bsdiff", "zstd", "hdiffpatch")
 
 
 @pytest.mark.parametrize("version", ["1.1.0", "1.2.0"])
@@ -941,7 +942,7 @@ def test_kept_patches_beat_their_chunk_alternative(demo: DemoStore, version: str
     assert r.patch_seconds >= 0
     for p in r.patches:
         assert 0 < p.size < p.alternative_bytes, p
-        assert p.method in ("bsdiff", "zstd")
+        assert p.method in ("bsdiff", "zstd", "hdiffpatch")
     # reports and delta indexes agree
     for from_v in {p.from_version for p in r.patches}:
         delta = demo.store.read_delta(demo.product, from_v, version)
@@ -954,7 +955,8 @@ def test_kept_patches_beat_their_chunk_alternative(demo: DemoStore, version: str
 
 def test_patches_from_the_previous_two_versions(demo: DemoStore) -> None:
     deltas = sorted(p.name for p in demo.store.path(f"{demo.product}/deltas").glob("*.delta"))
-    assert deltas == ["1.0.0--1.1.0.delta", "1.0.0--1.2.0.delta", "1.1.0--1.2.0.delta"]
+    steps = ["1.0.0--1.1.0", "1.0.0--1.2.0", "1.1.0--1.2.0"]
+    assert deltas == sorted([f"{s}.delta" for s in steps] + [f"{s}.v2.delta" for s in steps])
     assert demo.store.read_delta(demo.product, "1.1.0", "1.0.0") is None
     assert demo.reports["1.0.0"].patches == ()
 
@@ -972,6 +974,7 @@ def test_tampered_delta_index_is_refused(demo: DemoStore, tmp_path: Path) -> Non
     shutil.copytree(demo.store.root, root)
     s = Store(root)
     try:
+        s.path(s.delta_v2_rel(demo.product, "1.0.0", "1.1.0")).unlink()  # format 1 only
         rel = s.delta_rel(demo.product, "1.0.0", "1.1.0")
         blob_path = s.path(rel)
         sig_path = blob_path.with_suffix(".sig")
@@ -1008,7 +1011,7 @@ def test_tampered_delta_index_is_refused(demo: DemoStore, tmp_path: Path) -> Non
 
         sig_path.write_bytes(sig)
         assert s.read_delta(demo.product, "1.0.0", "1.1.0") == demo.store.read_delta(
-            demo.product, "1.0.0", "1.1.0")
+            demo.product, "1.0.0", "1.1.0", format_version=1)
     finally:
         s.close()
 

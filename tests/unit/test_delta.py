@@ -20,6 +20,7 @@ from patcher.delta import (
     apply_patch,
     build_best_patch,
     build_bsdiff,
+    build_hdiff,
     build_patches,
     build_zstd,
     estimate_job_memory,
@@ -36,6 +37,8 @@ def sha(data: bytes) -> str:
 
 
 def build(method: PatchMethod, old: bytes, new: bytes) -> bytes:
+    if method is PatchMethod.HDIFF:
+        return build_hdiff(old, new)
     return build_bsdiff(old, new) if method is PatchMethod.BSDIFF else build_zstd(old, new)
 
 
@@ -318,10 +321,11 @@ def test_build_best_patch_tiny_budget_means_no_patch(
     result = build_best_patch(write_job(tmp_path, "f", old, new, budget=8))
     assert result == PatchResult("f", None, None, {})  # nothing was even tried
 
-    # zstd is tried; no bsdiff patch (32-byte header + 3 bzip2 streams) fits in 60 bytes.
-    result = build_best_patch(write_job(tmp_path, "g", old, new, budget=60))
+    # zstd and HDiffPatch are tried; no bsdiff patch (32-byte header + 3 bzip2 streams) fits
+    # in 60 bytes, so it is not run even for a library.
+    result = build_best_patch(write_job(tmp_path, "g.so", old, new, budget=60))
     assert (result.method, result.data) == (None, None)
-    assert set(result.sizes) == {"zstd"}
+    assert set(result.sizes) == {"zstd", "hdiffpatch"}
     assert result.sizes["zstd"] >= 60
 
 
@@ -329,13 +333,13 @@ def test_build_best_patch_needs_to_be_strictly_smaller_than_budget(
     tmp_path: Path, versions: tuple[bytes, bytes]
 ) -> None:
     old, new = versions
-    best = build_best_patch(write_job(tmp_path, "f", old, new, budget=len(new)))
+    best = build_best_patch(write_job(tmp_path, "f.dll", old, new, budget=len(new)))
     assert best.method is not None and best.data is not None
-    assert set(best.sizes) == {"zstd", "bsdiff"}
+    assert set(best.sizes) == {"zstd", "bsdiff", "hdiffpatch"}
     assert len(best.data) == min(best.sizes.values())
     assert apply(best.method, old, best.data, new) == new
 
-    at_budget = build_best_patch(write_job(tmp_path, "g", old, new, budget=len(best.data)))
+    at_budget = build_best_patch(write_job(tmp_path, "g.dll", old, new, budget=len(best.data)))
     assert (at_budget.method, at_budget.data) == (None, None)
     assert at_budget.sizes == best.sizes
 
@@ -353,9 +357,9 @@ def test_build_best_patch_picks_bsdiff_for_shifted_code(tmp_path: Path) -> None:
 
 def test_build_best_patch_skips_bsdiff_when_zstd_is_already_tiny(tmp_path: Path) -> None:
     data = random.Random(1).randbytes(100_000)
-    result = build_best_patch(write_job(tmp_path, "same", data, data, budget=len(data)))
+    result = build_best_patch(write_job(tmp_path, "same.so", data, data, budget=len(data)))
     assert result.method is PatchMethod.ZSTD
-    assert set(result.sizes) == {"zstd"}
+    assert set(result.sizes) == {"zstd", "hdiffpatch"}
 
 
 def test_build_best_patch_reports_unreadable_input(tmp_path: Path) -> None:
@@ -401,7 +405,7 @@ def test_build_patches_in_order_with_two_workers(tmp_path: Path) -> None:
             assert (result.method, result.data) == (None, None)
             continue
         assert result.method is not None and result.data is not None
-        assert set(result.sizes) == {"zstd", "bsdiff"}
+        assert set(result.sizes) == {"zstd", "hdiffpatch"}  # data files: no bsdiff
         assert len(result.data) == min(result.sizes.values())
         assert apply(result.method, old, result.data, new) == new
     # Same answers as building one by one in this process.
@@ -410,31 +414,34 @@ def test_build_patches_in_order_with_two_workers(tmp_path: Path) -> None:
 
 def test_build_patches_drops_bsdiff_when_it_cannot_fit(tmp_path: Path) -> None:
     rnd = random.Random(5)
-    # A tiny old file and a 16 MiB (quickly compressible) new one: bsdiff's 17x would
-    # need more than zstd's tables.
+    # A tiny old file and a 12 MB (quickly compressible) new one: bsdiff's 17x would
+    # need more than zstd's tables (and the file is small enough for zstd to be tried).
     big_old = rnd.randbytes(1024)
-    big_new = (big_old * 59)[:60_000] * 280
+    big_new = (big_old * 59)[:60_000] * 200
     small_old = random_ish(rnd, 100_000)
     jobs = [
-        write_job(tmp_path, "big", big_old, big_new, budget=10**9),
-        write_job(tmp_path, "small", small_old, edited(rnd, small_old), budget=10**9),
+        write_job(tmp_path, "big.exe", big_old, big_new, budget=10**9),
+        write_job(tmp_path, "small.exe", small_old, edited(rnd, small_old), budget=10**9),
     ]
-    zstd_only = estimate_job_memory(len(big_old), len(big_new), bsdiff=False)
-    assert estimate_job_memory(len(big_old), len(big_new), bsdiff=True) > zstd_only
+    no_bsdiff = estimate_job_memory(len(big_old), len(big_new), bsdiff=False,
+                                    methods=(PatchMethod.ZSTD, PatchMethod.HDIFF))
+    assert estimate_job_memory(len(big_old), len(big_new), bsdiff=False,
+                               methods=tuple(PatchMethod)) > no_bsdiff
 
-    # Room for the big job's zstd but not its bsdiff: bsdiff dropped there only.
-    limited = build_patches(jobs, workers=2, memory_limit=zstd_only)
-    assert [r.key for r in limited] == ["big", "small"]
-    assert set(limited[0].sizes) == {"zstd"} and limited[0].method is PatchMethod.ZSTD
-    assert set(limited[1].sizes) == {"zstd", "bsdiff"}
-    assert limited[0].data is not None
-    assert apply(PatchMethod.ZSTD, big_old, limited[0].data, big_new) == big_new
+    # Room for the big job's zstd and HDiffPatch but not its bsdiff: bsdiff dropped there only.
+    limited = build_patches(jobs, workers=2, memory_limit=no_bsdiff)
+    assert [r.key for r in limited] == ["big.exe", "small.exe"]
+    assert set(limited[0].sizes) == {"zstd", "hdiffpatch"}
+    assert set(limited[1].sizes) == {"zstd", "bsdiff", "hdiffpatch"}
+    assert limited[0].method is not None and limited[0].data is not None
+    assert apply(limited[0].method, big_old, limited[0].data, big_new) == big_new
 
     # No room at all: every job runs alone with zstd only.
     alone = build_patches(jobs, workers=2, memory_limit=1)
-    assert [r.key for r in alone] == ["big", "small"]
+    assert [r.key for r in alone] == ["big.exe", "small.exe"]
     assert all(set(r.sizes) == {"zstd"} for r in alone)
-    assert alone[0] == limited[0]
+    assert alone[0].data is not None
+    assert apply(PatchMethod.ZSTD, big_old, alone[0].data, big_new) == big_new
 
 
 def test_build_patches_errors(tmp_path: Path) -> None:
@@ -444,4 +451,4 @@ def test_build_patches_errors(tmp_path: Path) -> None:
     job = PatchJob("gone", tmp_path / "a", tmp_path / "b", budget=100)
     with pytest.raises(DeltaError) as excinfo:
         build_patches([job, job], workers=2)
-    assert_refused(excinfo, "gone: cannot stat")
+    assert_refused(excinfo, "gone: cannot read")
