@@ -392,7 +392,10 @@ def _migrate_1_to_2(conn: Connection) -> None:
 
 def _add_column(conn: Connection, table: str, column: str) -> None:
     """``ALTER TABLE ... ADD COLUMN`` for a nullable column as the model declares it (the type
-    compiled for this dialect, so SQLite and PostgreSQL get their own spelling)."""
+    compiled for this dialect, so SQLite and PostgreSQL get their own spelling). A column that
+    is already there is left alone, like ``create_all`` leaves existing tables."""
+    if column in {c["name"] for c in inspect(conn).get_columns(table)}:
+        return
     col = Base.metadata.tables[table].c[column]
     assert col.nullable, f"{table}.{column}: only nullable columns can be added to filled tables"
     ddl = col.type.compile(dialect=conn.dialect)
