@@ -57,7 +57,6 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import bsdiff4
 import bsdiff4.core
@@ -128,8 +127,7 @@ _BSDIFF_MIN_PATCH = 74
 
 _HDIFF_RAM_FACTOR = 8
 _HDIFF_MAGIC = b"HDIFF13&"
-# re-coding candidates, each decodable by apply()
-_HDIFF_CODERS: tuple[Literal["lzma2", "zstd", "bzip2"], ...] = ("lzma2", "zstd", "bzip2")
+
 _HDIFF_TYPES = {b"", b"lzma2", b"zstd", b"bz2"}  # compress-type names in the header
 
 _BSDIFF_MAGIC = b"BSDIFF40"
@@ -173,7 +171,10 @@ def build_hdiff(old: bytes, new: bytes) -> bytes:
     try:
         plain = hdiffpatch.diff(old, new, "none", validate=False)
         best = plain
-        for coder in _HDIFF_CODERS:
+        # the strongest setting of each coder apply() decodes; re-coding costs milliseconds
+        coders = (hdiffpatch.Lzma2Config(level=9, window=26),
+                  hdiffpatch.ZStdConfig(level=22, window=27), hdiffpatch.BZip2Config(level=9))
+        for coder in coders:
             coded = hdiffpatch.recompress(plain, coder)
             if len(coded) < len(best):
                 best = coded
