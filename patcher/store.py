@@ -158,9 +158,12 @@ class Store:
         with self._db:
             yield self._db
 
-    def add_chunks(self, db: sqlite3.Connection, product: str, recs: Iterable[ChunkRecord]) -> None:
+    def add_chunks(self, db: sqlite3.Connection, product: str, recs: Iterable[ChunkRecord],
+                   *, replace: bool = False) -> None:
+        """Index chunk locations; ``replace``: chunks stored again move to their new place."""
+        verb = "REPLACE" if replace else "IGNORE"
         db.executemany(
-            "INSERT OR IGNORE INTO chunks VALUES (?,?,?,?,?,?,?,?,?)",
+            f"INSERT OR {verb} INTO chunks VALUES (?,?,?,?,?,?,?,?,?)",
             [
                 (product, r.id, r.pack, r.block_offset, r.stored_size, r.raw_size, r.codec.value,
                  r.offset_in_block, r.size)

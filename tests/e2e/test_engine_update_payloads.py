@@ -1,0 +1,253 @@
+"""The update payloads of issue 14 on the real engine CLI against the real backend: the manifest
+rebuilt from a patch against the installed manifest, HDiffPatch patches, whole-file zstd frames of
+new files; each with its verification, its fallback and kill -9 safety."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import random
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import blake3
+import pytest
+import zstandard
+
+from patcher.delta import build_zstd
+from patcher.deltaindex import DeltaIndex, ManifestPatch, decode_delta_index, encode_delta_index
+from patcher.manifest import manifest_to_json
+from patcher.sizing import update_cost
+from patcher.store import Store
+from testing.enginekit import STAGING, EngineCli, assert_same_tree, read_until
+
+PRODUCT = "star-courier"
+
+
+def build(published_store: Any, version: str) -> Path:
+    return Path(published_store.builds) / PRODUCT / version
+
+
+def store_of(server: Any) -> Store:
+    return Store(Path(server.store_dir))
+
+
+def v2_index(store: Store, old: str, new: str) -> DeltaIndex:
+    delta = decode_delta_index(store.path(store.delta_v2_rel(PRODUCT, old, new)).read_bytes())
+    assert delta.manifest_patch is not None
+    return delta
+
+
+def replace(path: Path, data: bytes) -> None:
+    """Replace, never rewrite: a server's store files are hard links to a shared copy."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def fresh_cli(server: Any, tmp_path: Path, env: dict[str, str] | None = None) -> EngineCli:
+    name, _ = server.new_user(products=[PRODUCT])
+    cli = EngineCli(tmp_path / "eng", server.url, env=env)
+    cli.login(name, "secret-pw")
+    return cli
+
+
+def cached_manifest(cli: EngineCli, version: str) -> bytes:
+    return (cli.data_dir / "manifests" / PRODUCT / f"{version}.manifest").read_bytes()
+
+
+def test_every_step_uses_the_manifest_patch_and_new_patch_kinds(
+        backend_factory: Any, published_store: Any, tmp_path: Path) -> None:
+    server = backend_factory()
+    store = store_of(server)
+    versions = published_store.product(PRODUCT).versions
+    methods: set[str] = set()
+    sourceless = 0
+    for old, new in itertools.pairwise(versions):
+        delta = v2_index(store, old, new)
+        methods |= {p.method for p in delta.patches}
+        sourceless += sum(p.source_path is None for p in delta.patches)
+        # what an engine released before format 2 reads: only the kinds it knows
+        v1 = store.read_delta(PRODUCT, old, new, format_version=1)
+        assert v1 is not None and v1.manifest_patch is None
+        assert {p.method for p in v1.patches} <= {"bsdiff", "zstd"}
+        assert all(p.source_path is not None for p in v1.patches)
+    assert "hdiffpatch" in methods, methods
+    assert sourceless, "2.0.0 adds a file with no predecessor: a whole-file zstd frame"
+
+    cli = fresh_cli(server, tmp_path)
+    target = tmp_path / "game"
+    cli.ok("install", PRODUCT, "--version", versions[0], "--target", str(target))
+    for new in versions[1:]:
+        code, lines, err = cli.run("update", PRODUCT, "--version", new)
+        assert code == 0 and lines[-1]["result"] == "completed", err
+        assert "MANIFEST_PATCH_FAILED" not in err and "DELTA_PATCH_APPLICATION_FAILED" not in err
+        assert not [ln for ln in lines if ln.get("type") == "downloadError"]
+        # the rebuilt manifest is byte for byte the signed one
+        assert cached_manifest(cli, new) == store.path(store.manifest_rel(PRODUCT, new)).read_bytes()
+        assert_same_tree(target, build(published_store, new))
+
+
+def test_corrupt_manifest_patch_falls_back_to_the_full_manifest(
+        backend_factory: Any, published_store: Any, tmp_path: Path) -> None:
+    server = backend_factory()
+    store = store_of(server)
+    old, new = published_store.product(PRODUCT).versions[:2]
+    mp = v2_index(store, old, new).manifest_patch
+    assert mp is not None
+    path = store.path(store.patch_rel(PRODUCT, mp.patch_id))
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    replace(path, bytes(data))
+
+    cli = fresh_cli(server, tmp_path)
+    target = tmp_path / "game"
+    cli.ok("install", PRODUCT, "--version", old, "--target", str(target))
+    code, lines, err = cli.run("update", PRODUCT, "--version", new)
+    assert code == 0 and lines[-1]["result"] == "completed", err
+    assert "MANIFEST_PATCH_FAILED" in err
+    assert cached_manifest(cli, new) == store.path(store.manifest_rel(PRODUCT, new)).read_bytes()
+    assert_same_tree(target, build(published_store, new))
+
+
+def test_signed_index_naming_a_wrong_manifest_patch_is_caught_by_the_manifest_signature(
+        backend_factory: Any, published_store: Any, tmp_path: Path) -> None:
+    """The index is signed and the patch matches its id, but it rebuilds other JSON: only the
+    new manifest's own signature over the rebuilt bytes can tell, and the engine checks it."""
+    server = backend_factory()
+    store = store_of(server)
+    old, new = published_store.product(PRODUCT).versions[:2]
+    old_json = manifest_to_json(store.read_manifest(PRODUCT, old))
+    new_json = manifest_to_json(store.read_manifest(PRODUCT, new))
+    forged_json = new_json.replace(b'"createdAt":"', b'"createdAt":"1', 1)
+    assert forged_json != new_json
+    forged = build_zstd(old_json, forged_json)
+    forged_id = blake3.blake3(forged).hexdigest()
+    replace(store.path(store.patch_rel(PRODUCT, forged_id)), forged)
+    delta = v2_index(store, old, new)
+    index = DeltaIndex(delta.product_id, delta.from_version, delta.to_version, delta.patches,
+                       ManifestPatch("zstd", forged_id, len(forged), len(forged_json)))
+    blob = encode_delta_index(index)
+    rel = store.path(store.delta_v2_rel(PRODUCT, old, new))
+    replace(rel.with_suffix(".sig"), store.signing_key.sign(blob))
+    replace(rel, blob)
+
+    cli = fresh_cli(server, tmp_path)
+    target = tmp_path / "game"
+    cli.ok("install", PRODUCT, "--version", old, "--target", str(target))
+    code, lines, err = cli.run("update", PRODUCT, "--version", new)
+    assert code == 0 and lines[-1]["result"] == "completed", err
+    assert "MANIFEST_PATCH_FAILED" in err and "MANIFEST_SIGNATURE_INVALID" in err
+    assert cached_manifest(cli, new) == store.path(store.manifest_rel(PRODUCT, new)).read_bytes()
+    assert_same_tree(target, build(published_store, new))
+
+
+def test_missing_format_2_index_falls_back_to_format_1(
+        backend_factory: Any, published_store: Any, tmp_path: Path) -> None:
+    """A store published before format 2: the engine updates with the format-1 index."""
+    server = backend_factory()
+    store = store_of(server)
+    versions = published_store.product(PRODUCT).versions
+    for old, new in itertools.pairwise(versions):
+        rel = store.path(store.delta_v2_rel(PRODUCT, old, new))
+        rel.unlink()
+        rel.with_suffix(".sig").unlink()
+    cli = fresh_cli(server, tmp_path)
+    target = tmp_path / "game"
+    cli.ok("install", PRODUCT, "--version", versions[0], "--target", str(target))
+    started = time.monotonic()
+    code, lines, err = cli.run("update", PRODUCT, "--version", versions[1])
+    assert code == 0 and lines[-1]["result"] == "completed", err
+    plan = next(ln["payload"] for ln in lines if ln.get("type") == "updatePlan")
+    assert plan["patchBytes"] > 0  # format-1 patches were used
+    assert time.monotonic() - started < 120  # a missing optional index is not retried for long
+    assert_same_tree(target, build(published_store, versions[1]))
+
+
+def test_corrupt_hdiffpatch_and_whole_file_patches_fall_back_to_chunks(
+        backend_factory: Any, published_store: Any, tmp_path: Path) -> None:
+    server = backend_factory()
+    store = store_of(server)
+    versions = published_store.product(PRODUCT).versions
+    old, new = versions[-2], versions[-1]
+    delta = v2_index(store, old, new)
+    broken = [p for p in delta.patches if p.method == "hdiffpatch" or p.source_path is None]
+    assert broken
+    for p in broken:
+        path = store.path(store.patch_rel(PRODUCT, p.patch_id))
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        replace(path, bytes(data))
+    cli = fresh_cli(server, tmp_path)
+    target = tmp_path / "game"
+    cli.ok("install", PRODUCT, "--version", old, "--target", str(target))
+    lines = cli.ok("update", PRODUCT, "--version", new)
+    assert lines[-1]["result"] == "completed"
+    plan = next(ln["payload"] for ln in lines if ln.get("type") == "updatePlan")
+    cost = update_cost(store.read_manifest(PRODUCT, old), store.read_manifest(PRODUCT, new), delta)
+    chosen = {p.path for p in broken} & set(cost.patched_files)  # what the engine applied
+    assert chosen, "the plan should apply one of the broken patches"
+    fallbacks = {ln["payload"]["itemId"] for ln in lines if ln.get("type") == "downloadError"}
+    assert plan["patchBytes"] > 0
+    assert fallbacks >= chosen
+    assert all(ln["payload"]["errorCode"] == "DELTA_PATCH_APPLICATION_FAILED"
+               for ln in lines if ln.get("type") == "downloadError")
+    assert_same_tree(target, build(published_store, new))
+
+
+def _kill_when(proc: Any, predicate: Any, delay: float) -> None:
+    try:
+        read_until(proc, predicate, 60)
+    except AssertionError:
+        proc.kill()
+        raise
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_kill9_after_the_rebuilt_manifest_and_during_patching_then_resume(
+        backend_factory: Any, published_store: Any, tmp_path: Path, seed: int) -> None:
+    """Killed right after the manifest was rebuilt from its patch (and cached), or while file
+    patches are applied: the old version stays playable and the rerun finishes byte-exact."""
+    rnd = random.Random(seed)
+    server = backend_factory()
+    store = store_of(server)
+    versions = published_store.product(PRODUCT).versions
+    old, new = versions[-2], versions[-1]
+    cli = fresh_cli(server, tmp_path)
+    target = tmp_path / "game"
+    cli.ok("install", PRODUCT, "--version", old, "--target", str(target))
+    proc = cli.popen("update", PRODUCT, "--version", new)
+    _kill_when(proc, lambda e: e.get("type") == "updatePlan", rnd.uniform(0.0, 0.3))
+    # a manifest in the cache is only ever the signed one
+    cached = cli.data_dir / "manifests" / PRODUCT / f"{new}.manifest"
+    if cached.exists():
+        assert cached.read_bytes() == store.path(store.manifest_rel(PRODUCT, new)).read_bytes()
+    code, lines, err = cli.run("update", PRODUCT, "--version", new)
+    assert code == 0 and lines[-1]["result"] == "completed", json.dumps(lines[-1:]) + err
+    assert_same_tree(target, build(published_store, new))
+    assert not (target / STAGING).exists()
+
+
+def test_manifest_patch_bytes_are_small(backend_factory: Any, published_store: Any) -> None:
+    """Sanity of what is published: each manifest patch rebuilds the signed bytes and is far
+    smaller than the manifest it replaces."""
+    from patcher.deltaindex import rebuild_manifest_blob
+
+    server = backend_factory()
+    store = store_of(server)
+    versions = published_store.product(PRODUCT).versions
+    for old, new in itertools.pairwise(versions):
+        mp = v2_index(store, old, new).manifest_patch
+        assert mp is not None
+        old_blob = store.path(store.manifest_rel(PRODUCT, old)).read_bytes()
+        new_blob = store.path(store.manifest_rel(PRODUCT, new)).read_bytes()
+        patch = store.path(store.patch_rel(PRODUCT, mp.patch_id)).read_bytes()
+        assert rebuild_manifest_blob(old_blob, patch, mp) == new_blob
+        assert mp.patch_size < len(new_blob) / 2
+        assert zstandard.get_frame_parameters(patch).content_size == mp.json_size
