@@ -245,7 +245,7 @@ class Daemon:
         while True:
             try:
                 if self.engine.api.logged_in and not self.engine.offline:
-                    await self.engine.check_updates()
+                    self.engine.auto_update(await self.engine.check_updates())
             except EngineError as exc:
                 log.warning("update check failed: %s", exc)
             await asyncio.sleep(UPDATE_CHECK_INTERVAL_S)
@@ -272,12 +272,18 @@ class Daemon:
                         ready(port)
                     engine_loop = asyncio.create_task(engine.run(until=self._stop.is_set))
                     checker = asyncio.create_task(self._periodic_update_check())
+                    agent = [asyncio.create_task(engine.outbox.run(), name="outbox"),
+                             asyncio.create_task(engine.relay.run(), name="library-relay")]
                     try:
                         await self._stop.wait()
                         engine.wake()
                         await engine_loop  # runs stop cleanly: journals flushed, tasks re-queued
                     finally:
                         checker.cancel()
+                        for job in agent:
+                            job.cancel()
+                            with contextlib.suppress(asyncio.CancelledError):
+                                await job
                         engine_loop.cancel()
                         with contextlib.suppress(asyncio.CancelledError):
                             await engine_loop

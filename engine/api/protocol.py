@@ -23,10 +23,14 @@ from engine.core.errors import EngineError, ErrorCode, ExitCode
 from engine.core.lifecycle import TaskKind, TaskState
 from engine.core.messages import (
     _EVENTS,
+    AchievementUnlocked,
     DownloadError,
     Event,
+    GameSession,
     InstalledGame,
     ItemProgress,
+    LibraryChanged,
+    SaveSyncStatus,
     Task,
     TaskStatus,
     UnknownEvent,
@@ -38,10 +42,34 @@ from engine.core.messages import (
 from engine.core.text import ID_RULE, INT64_MAX, check_text, is_id, show
 
 __all__ = [
-    "COMMANDS", "PROTOCOL_VERSION", "Command", "DownloadError", "EngineError", "ErrorCode",
-    "Event", "ExitCode", "InstalledGame", "ItemProgress", "Param", "ParamKind", "Task",
-    "TaskKind", "TaskState", "TaskStatus", "UnknownEvent", "UpdateAvailable", "UpdatePlanned",
-    "command", "event_from_wire", "event_to_wire", "render_markdown", "validate",
+    "COMMANDS",
+    "PROTOCOL_VERSION",
+    "AchievementUnlocked",
+    "Command",
+    "DownloadError",
+    "EngineError",
+    "ErrorCode",
+    "Event",
+    "ExitCode",
+    "GameSession",
+    "InstalledGame",
+    "ItemProgress",
+    "LibraryChanged",
+    "Param",
+    "ParamKind",
+    "SaveSyncStatus",
+    "Task",
+    "TaskKind",
+    "TaskState",
+    "TaskStatus",
+    "UnknownEvent",
+    "UpdateAvailable",
+    "UpdatePlanned",
+    "command",
+    "event_from_wire",
+    "event_to_wire",
+    "render_markdown",
+    "validate",
 ]
 
 PROTOCOL_VERSION = 1
@@ -91,6 +119,8 @@ VERSION = Param("versionId", ParamKind.ID, "a version (default: the latest)")
 PRIORITY = Param("priority", ParamKind.INT, "higher runs first", low=-1000, high=1000)
 LIMIT = Param("limitBps", ParamKind.INT, "per-task speed limit in bytes/s", low=1, high=INT64_MAX)
 
+KEEP = Param("keep", ParamKind.TEXT, "a save conflict: keep local or cloud (the other copy "
+             "stays recoverable)")
 TASK_RESULT = "a task (see Task)"
 COMMANDS: tuple[Command, ...] = (
     Command("ping", "check the connection", "{pong, protocol}"),
@@ -132,6 +162,27 @@ COMMANDS: tuple[Command, ...] = (
             "InstalledGame + {removedFiles, leftInFolder, folderRemoved}", (PRODUCT,)),
     Command("moveInstall", "move an installed game to another folder", "InstalledGame",
             (PRODUCT, Param("folder", ParamKind.TEXT, "the new folder", required=True))),
+    Command("launch", "start a game from its manifest's launch entry (saves synced before and "
+            "after, playtime tracked); refused while it is busy, damaged or running",
+            "{productId, sessionId, pid, running, exitCode, crashed, seconds, savesBefore, "
+            "savesAfter}",
+            (PRODUCT, Param("entry", ParamKind.TEXT, "which launch entry (default: the first)"),
+             KEEP, Param("wait", ParamKind.BOOL, "answer when the game has exited")),
+            long_running=True),
+    Command("games", "the games running now", "[{productId, sessionId, pid, startedAt, ...}]"),
+    Command("stopGame", "ask a running game to close (SIGTERM to all its processes)",
+            "{productId, sessionId, pid, ...}", (PRODUCT,)),
+    Command("playtime", "playtime per game: this device's sessions and the backend's total",
+            "[{productId, localSeconds, serverSeconds, sessions, lastPlayedAt}]",
+            (Param("productId", ParamKind.ID, "one game (default: all)"),)),
+    Command("saves", "cloud saves of a game: status (what a sync would do), sync, restore",
+            "{productId, slots, backups} or a sync report {uploaded, downloaded, conflicts, ...}",
+            (PRODUCT, Param("action", ParamKind.TEXT, "status (default) | sync | restore"),
+             KEEP, Param("savegameId", ParamKind.ID, "restore: a cloud version"),
+             Param("backup", ParamKind.TEXT, "restore: a local backup set (see status)"))),
+    Command("achievements", "a game's achievements: unlocked, progress, rarity",
+            "[{achievementId, name, is_unlocked, unlocked_at, current_progress, ...}]",
+            (PRODUCT,)),
     Command("pause", "pause a task", TASK_RESULT, (TASK,)),
     Command("resume", "resume a paused or failed task", TASK_RESULT, (TASK,)),
     Command("cancel", "cancel a task and discard its partial data", TASK_RESULT, (TASK,)),

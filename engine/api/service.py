@@ -11,12 +11,17 @@ full) or ``IO_ERROR``.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sqlite3
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from engine.api.protocol import PROTOCOL_VERSION, validate
 from engine.core.errors import EngineError, ErrorCode
+from engine.core.playtime import local_totals
+from engine.core.savesync import Keep
 from engine.core.text import show
 from engine.io.config import save_setting
 from engine.io.fsops import storage_error
@@ -25,6 +30,16 @@ from engine.jobs.engine import Engine
 from patcher.errors import ManifestError, PatcherError
 
 CONNECTION_COMMANDS = frozenset({"subscribe", "unsubscribe"})  # the daemon's, per connection
+
+
+def parse_keep(keep: str | None) -> Keep | None:
+    if keep is None:
+        return None
+    try:
+        return Keep(keep)
+    except ValueError as exc:
+        raise EngineError(ErrorCode.INVALID_PARAMS, f"keep must be local or cloud, not "
+                          f"{show(keep)}", item="keep") from exc
 
 
 class EngineService:
@@ -82,8 +97,10 @@ class EngineService:
         for item in items:
             attrs = dict(item.get("attributes", {}))
             attrs["itemId"] = item.get("id")
-            g = installed.get(attrs.get("product_id", ""))
-            out.append({"libraryItem": attrs, "installed": g.to_dict() if g else None})
+            pid = str(attrs.get("product_id", ""))
+            g = installed.get(pid)
+            out.append({"libraryItem": attrs, "installed": g.to_dict() if g else None,
+                        "running": pid in self.engine.games.running})
         return out
 
     async def m_categories(self) -> list[dict[str, Any]]:
@@ -102,6 +119,60 @@ class EngineService:
 
     async def m_installed(self) -> list[dict[str, Any]]:
         return [g.to_dict() for g in self.engine.installed()]
+
+    # -- playing ------------------------------------------------------------------------------
+    async def m_launch(self, productId: str, entry: str | None = None, keep: str | None = None,
+                       wait: bool = False) -> dict[str, Any]:
+        return await self.engine.games.launch(productId, entry, parse_keep(keep), wait)
+
+    async def m_games(self) -> list[dict[str, Any]]:
+        return [g.to_dict() for g in self.engine.games.running.values()]
+
+    async def m_stopGame(self, productId: str) -> dict[str, Any]:
+        return self.engine.games.stop(productId)
+
+    async def m_playtime(self, productId: str | None = None) -> list[dict[str, Any]]:
+        """This device's sessions (journaled, exact) beside the backend's total (all devices);
+        the backend's part is left out, not failed, when it cannot be reached."""
+        e = self.engine
+        if e.api.logged_in and not e.offline:  # what is owed goes first, so the totals agree
+            with contextlib.suppress(EngineError, TimeoutError):
+                async with asyncio.timeout(10):
+                    e.outbox.close_stale_sessions()
+                    await e.outbox.replay()
+        now = time.time()
+        sessions = e.play.sessions(productId)
+        local = local_totals(sessions, now)
+        server: dict[str, dict[str, Any]] = {}
+        with contextlib.suppress(EngineError):
+            server = await e.library().playtime_summary()
+        products = sorted(set(local) | ({productId} if productId else set(server)))
+        return [{"productId": pid, "localSeconds": round(local.get(pid, 0.0), 3),
+                 "serverSeconds": server[pid]["total_playtime_seconds"] if pid in server else None,
+                 "lastPlayedAt": server.get(pid, {}).get("last_played_at"),
+                 "sessions": [s.to_dict(now) for s in sessions if s.product_id == pid],
+                 "pendingCalls": e.play.pending_count()} for pid in products]
+
+    async def m_saves(self, productId: str, action: str | None = None, keep: str | None = None,
+                      savegameId: str | None = None, backup: str | None = None) -> dict[str, Any]:
+        e = self.engine
+        game = e.games.installed_game(productId)
+        manifest = await e.games.manifest_of(game)
+        action = action or "status"
+        if action == "status":
+            return await e.saves.status(game, manifest)
+        if action == "restore":
+            e.games.refuse_while_running(productId, "restoring its saves (it may be writing them)")
+        if action == "sync":
+            return (await e.saves.sync(game, manifest, parse_keep(keep))).to_dict()
+        if action == "restore":
+            return (await e.saves.restore(game, manifest, savegame_id=savegameId,
+                                          backup=backup)).to_dict()
+        raise EngineError(ErrorCode.INVALID_PARAMS, f"unknown saves action {show(action)}: "
+                          "status, sync or restore", item="action")
+
+    async def m_achievements(self, productId: str) -> list[dict[str, Any]]:
+        return await self.engine.library().achievements(productId)
 
     # -- queue --------------------------------------------------------------------------------
     async def m_tasks(self, all: bool = False) -> list[dict[str, Any]]:

@@ -402,6 +402,111 @@ def cmd_events(svc: Service, args: argparse.Namespace, out: Output) -> int:
     return ExitCode.OK
 
 
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "?"
+    minutes, sec = divmod(int(value), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{sec:02d}s"
+
+
+def _saves_line(report: dict[str, Any] | None) -> str:
+    if not report:
+        return "none"
+    if report.get("offline") or report.get("error"):
+        return f"not synced ({report.get('error')})"
+    return (f"{len(report['uploaded'])} uploaded, {len(report['downloaded'])} downloaded, "
+            f"{report['inSync']} in sync" + (f", CONFLICTS: {', '.join(report['conflicts'])}"
+                                              if report["conflicts"] else ""))
+
+
+def cmd_launch(svc: Service, args: argparse.Namespace, out: Output) -> int:
+    params = params_of(args, "launch")
+    # in-process, this process is what watches the game: it must stay until the game ends
+    params["wait"] = not args.no_wait or isinstance(svc, LocalService)
+    if not out.as_json:
+        out.text(f"starting {args.productId}" + ("; waiting for it to exit" if params["wait"]
+                                                  else ""))
+    r = svc.call("launch", params)
+    out.text(f"{r['productId']}: saves before: {_saves_line(r.get('savesBefore'))}")
+    if r["running"]:
+        out.text(f"{r['productId']} is running (pid {r['pid']}, session {r['sessionId'][:8]})")
+        out.emit({"result": "running", "game": r})
+        return ExitCode.OK
+    state = "crashed" if r["crashed"] else "exited"
+    out.text(f"{r['productId']} {state} with code {r['exitCode']} after {r['seconds']:.1f} s; "
+             f"saves after: {_saves_line(r.get('savesAfter'))}")
+    out.emit({"result": state, "game": r})
+    return ExitCode.OK if not r["crashed"] else ExitCode.FAILED
+
+
+def cmd_games(svc: Service, args: argparse.Namespace, out: Output) -> int:
+    games = svc.call("games", {})
+    for g in games:
+        out.text(f"{g['productId']:20} pid {g['pid']:<8} session {g['sessionId'][:8]}")
+    if not games:
+        out.text("no game is running")
+    out.emit({"games": games})
+    return ExitCode.OK
+
+
+def cmd_stop(svc: Service, args: argparse.Namespace, out: Output) -> int:
+    g = svc.call("stopGame", params_of(args, "stopGame"))
+    out.text(f"asked {g['productId']} (pid {g['pid']}) to close")
+    out.emit({"result": "stopping", "game": g})
+    return ExitCode.OK
+
+
+def cmd_playtime(svc: Service, args: argparse.Namespace, out: Output) -> int:
+    rows = svc.call("playtime", params_of(args, "playtime"))
+    for r in rows:
+        out.text(f"{r['productId']:20} this device {_seconds(r['localSeconds']):>8}  all devices "
+                 f"{_seconds(r['serverSeconds']) if r['serverSeconds'] is not None else 'offline':>8}"
+                 f"  {len(r['sessions'])} session(s)")
+    if rows and rows[0]["pendingCalls"]:
+        out.text(f"{rows[0]['pendingCalls']} call(s) wait for the backend")
+    out.emit({"playtime": rows})
+    return ExitCode.OK
+
+
+def cmd_saves(svc: Service, args: argparse.Namespace, out: Output) -> int:
+    action = {"list": "status", "resolve": "sync"}.get(args.action, args.action)
+    if args.action == "resolve" and not args.keep:
+        raise EngineError(ErrorCode.API_MISUSE, "saves resolve needs --keep local or --keep cloud")
+    params = params_of(args, "saves") | {"action": action}
+    r = svc.call("saves", params)
+    if action == "status":
+        for slot in r["slots"]:
+            versions = slot["cloudVersions"]
+            out.text(f"{slot['slot']:40} {slot['action']:9} local "
+                     f"{(slot['localSha256'] or '-')[:10]:10} cloud v{slot['cloudVersionId'] or '-'}"
+                     f" ({len(versions)} version(s))")
+            for v in versions:
+                out.text(f"    v{v['version']:<4} {v['savegameId']}  {human_bytes(v['sizeBytes'])}"
+                         f"  {v['createdAt']}")
+        for b in r["backups"]:
+            out.text(f"  local backup: {b}")
+        out.emit({"saves": r})
+        return ExitCode.OK
+    out.text(f"{r['productId']}: {_saves_line(r)}" + (f"; backup {r['backup']}" if r["backup"] else ""))
+    out.emit({"saves": r})
+    if r["conflicts"]:
+        out.text("choose: launcher-engine saves " + r["productId"] + " resolve --keep local|cloud")
+        return int(ErrorCode.SAVEGAME_VERSION_CONFLICT.exit_code)
+    return ExitCode.OK
+
+
+def cmd_achievements(svc: Service, args: argparse.Namespace, out: Output) -> int:
+    rows = svc.call("achievements", params_of(args, "achievements"))
+    for a in rows:
+        progress = a.get("current_progress")
+        extra = f" {progress['current']}/{progress['total']}" if progress else ""
+        out.text(f"{'[x]' if a.get('is_unlocked') else '[ ]'} {a.get('name') or a['achievementId']:28}"
+                 f"{extra:8} {a.get('rarity_percentage', 0):5.1f}% of players")
+    out.emit({"achievements": rows})
+    return ExitCode.OK
+
+
 def cmd_serve(svc: Service, args: argparse.Namespace, out: Output) -> int:
     raise AssertionError("serve is dispatched before a service exists")
 
@@ -514,6 +619,16 @@ def _offline_extra(p: argparse.ArgumentParser) -> None:
     p.add_argument("state", choices=["on", "off"])
 
 
+def _launch_extra(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-wait", action="store_true",
+                   help="return once it runs (needs the daemon, which then watches it)")
+
+
+def _saves_extra(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", nargs="?", default="list",
+                   choices=["list", "status", "sync", "restore", "resolve"])
+
+
 def _serve_extra(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=0)
 
@@ -541,6 +656,14 @@ CLI: tuple[Cli, ...] = (
         help="move an installed game to another folder"),
     Cli("offline", cmd_offline, "offline", skip=("enabled",), extra=_offline_extra),
     Cli("events", cmd_events, "subscribe", help="tail the daemon's event stream"),
+    Cli("launch", cmd_launch, "launch", positional=("productId",), skip=("wait",),
+        extra=_launch_extra),
+    Cli("games", cmd_games, "games"),
+    Cli("stop", cmd_stop, "stopGame", positional=("productId",)),
+    Cli("playtime", cmd_playtime, "playtime", positional=("productId",)),
+    Cli("saves", cmd_saves, "saves", positional=("productId",), skip=("action",),
+        extra=_saves_extra),
+    Cli("achievements", cmd_achievements, "achievements", positional=("productId",)),
     Cli("serve", cmd_serve, extra=_serve_extra,
         help="run the engine as a daemon with the local control API"),
 )

@@ -26,6 +26,7 @@ class ExitCode(IntEnum):
     INTERRUPTED = 10
     NOT_INSTALLED = 11
     IO = 12
+    CONFLICT = 13
 
 
 class ErrorCode(StrEnum):
@@ -48,6 +49,15 @@ class ErrorCode(StrEnum):
     RATE_LIMITED = "RATE_LIMITED"
     BACKEND_ERROR = "BACKEND_ERROR"
     BACKEND_UNREACHABLE = "BACKEND_UNREACHABLE"
+    # the seeds' library service (saves, achievements, playtime)
+    SAVEGAME_VERSION_CONFLICT = "SAVEGAME_VERSION_CONFLICT"
+    SAVEGAME_SLOT_NOT_FOUND = "SAVEGAME_SLOT_NOT_FOUND"
+    SAVEGAME_FILE_TOO_LARGE = "SAVEGAME_FILE_TOO_LARGE"
+    USER_QUOTA_EXCEEDED = "USER_QUOTA_EXCEEDED"
+    ACHIEVEMENT_ALREADY_UNLOCKED = "ACHIEVEMENT_ALREADY_UNLOCKED"
+    LIBRARY_ITEM_NOT_FOUND = "LIBRARY_ITEM_NOT_FOUND"
+    VALIDATION_ERROR = "VALIDATION_ERROR"
+    SERVICE_UNAVAILABLE = "SERVICE_UNAVAILABLE"
     # content (the patcher's manifest loader)
     MANIFEST_INVALID = "MANIFEST_INVALID"
     MANIFEST_CORRUPT = "MANIFEST_CORRUPT"
@@ -73,6 +83,11 @@ class ErrorCode(StrEnum):
     UNSAFE_PATH = "UNSAFE_PATH"
     IO_ERROR = "IO_ERROR"
     ILLEGAL_TRANSITION = "ILLEGAL_TRANSITION"
+    GAME_RUNNING = "GAME_RUNNING"  # refused while the game runs (launch again, update, move...)
+    GAME_BUSY = "GAME_BUSY"  # a task works on the game (installing, updating, repairing)
+    GAME_DAMAGED = "GAME_DAMAGED"  # files need repair before it can start
+    NO_LAUNCH_ENTRY = "NO_LAUNCH_ENTRY"  # the manifest names nothing to start
+    LAUNCH_FAILED = "LAUNCH_FAILED"  # the operating system could not start it
     # the control protocol
     PARSE_ERROR = "PARSE_ERROR"
     INVALID_REQUEST = "INVALID_REQUEST"
@@ -128,17 +143,32 @@ _EXIT_BY_CODE: dict[ErrorCode, ExitCode] = {
     ErrorCode.TASK_PAUSED: ExitCode.INTERRUPTED,
     ErrorCode.TASK_CANCELLED: ExitCode.INTERRUPTED,
     ErrorCode.NOT_INSTALLED: ExitCode.NOT_INSTALLED,
+    ErrorCode.GAME_RUNNING: ExitCode.USAGE,
+    ErrorCode.GAME_BUSY: ExitCode.USAGE,
+    ErrorCode.GAME_DAMAGED: ExitCode.INTEGRITY,
+    ErrorCode.NO_LAUNCH_ENTRY: ExitCode.BAD_CONTENT,
+    ErrorCode.LAUNCH_FAILED: ExitCode.IO,
+    ErrorCode.SAVEGAME_VERSION_CONFLICT: ExitCode.CONFLICT,
+    ErrorCode.SAVEGAME_SLOT_NOT_FOUND: ExitCode.USAGE,
+    ErrorCode.VALIDATION_ERROR: ExitCode.USAGE,
+    ErrorCode.LIBRARY_ITEM_NOT_FOUND: ExitCode.NOT_ENTITLED,
+    ErrorCode.ACHIEVEMENT_ALREADY_UNLOCKED: ExitCode.BACKEND,
+    ErrorCode.SAVEGAME_FILE_TOO_LARGE: ExitCode.BACKEND,
+    ErrorCode.USER_QUOTA_EXCEEDED: ExitCode.BACKEND,
+    ErrorCode.SERVICE_UNAVAILABLE: ExitCode.BACKEND,
 }
 
 
 class EngineError(Exception):
     """Every failure the engine reports; ``code`` is machine-readable, ``message`` for people."""
 
-    def __init__(self, code: ErrorCode, message: str, *, item: str | None = None) -> None:
+    def __init__(self, code: ErrorCode, message: str, *, item: str | None = None,
+                 http_status: int | None = None) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
         self.item = item  # offending file/chunk/product, where there is one
+        self.http_status = http_status  # the backend's answer, when the error is one
 
     @property
     def exit_code(self) -> ExitCode:

@@ -167,6 +167,61 @@ class UpdatePlanned(_Wire):
 
 
 @dataclass(frozen=True, slots=True)
+class GameSession(_Wire):
+    """``gameSession``: a game started, or all its processes exited (``exitCode``: the main
+    process's; negative = killed by that signal; ``crashed`` when it did not exit cleanly)."""
+
+    TYPE: ClassVar[str] = "gameSession"
+    product_id: str
+    session_id: str
+    status: str  # running | exited
+    pid: int | None = None
+    exit_code: int | None = None
+    crashed: bool = False
+    seconds: float = 0.0
+    coalesce_key: ClassVar[None] = None
+
+
+@dataclass(frozen=True, slots=True)
+class SaveSyncStatus(_Wire):
+    """``savegame.sync.status`` (seed 3.3): sync_started | sync_completed | sync_failed |
+    sync_conflict (the player must choose; nothing was overwritten)."""
+
+    TYPE: ClassVar[str] = "savegame.sync.status"
+    product_id: str
+    status: str
+    uploaded: int = 0
+    downloaded: int = 0
+    conflicts: tuple[str, ...] = ()
+    last_synced_at: float | None = None
+    error_message: str | None = None
+    coalesce_key: ClassVar[None] = None
+
+
+@dataclass(frozen=True, slots=True)
+class AchievementUnlocked(_Wire):
+    """``achievement.unlocked`` (seed 3.3)."""
+
+    TYPE: ClassVar[str] = "achievement.unlocked"
+    product_id: str
+    achievement_id: str
+    achievement_name: str | None = None
+    unlocked_at: float | None = None
+    coalesce_key: ClassVar[None] = None
+
+
+@dataclass(frozen=True, slots=True)
+class LibraryChanged(_Wire):
+    """``library.item.updated`` (seed 3.3), relayed from the backend's channel: another device
+    (or the store) changed the player's library."""
+
+    TYPE: ClassVar[str] = "library.item.updated"
+    product_id: str
+    changes: dict[str, Any] = field(default_factory=dict)
+    coalesce_key: ClassVar[None] = None
+
+
+@dataclass(frozen=True, slots=True)
 class UnknownEvent:
     """An event type this client does not know (a newer engine): kept, not dropped."""
 
@@ -178,9 +233,12 @@ class UnknownEvent:
         return self.payload
 
 
-Event = TaskStatus | ItemProgress | DownloadError | UpdateAvailable | UpdatePlanned | UnknownEvent
+Event = (TaskStatus | ItemProgress | DownloadError | UpdateAvailable | UpdatePlanned | GameSession
+         | SaveSyncStatus | AchievementUnlocked | LibraryChanged | UnknownEvent)
 _EVENTS: dict[str, Any] = {c.TYPE: c for c in (TaskStatus, ItemProgress, DownloadError,
-                                               UpdateAvailable, UpdatePlanned)}
+                                               UpdateAvailable, UpdatePlanned, GameSession,
+                                               SaveSyncStatus, AchievementUnlocked,
+                                               LibraryChanged)}
 
 
 def event_to_wire(event: Event) -> dict[str, Any]:
@@ -199,6 +257,8 @@ def event_from_wire(data: Mapping[str, Any]) -> Event:
     if cls is UpdateAvailable:
         known = {_camel(f.name) for f in fields(UpdateAvailable)}
         values["extra"] = {k: v for k, v in payload.items() if k not in known}
+    if cls is SaveSyncStatus and isinstance(values.get("conflicts"), list):
+        values["conflicts"] = tuple(values["conflicts"])
     try:
         return cls(**values)
     except TypeError:  # a field missing: keep it as data rather than fail the stream

@@ -68,7 +68,8 @@ def _error_from(resp: httpx.Response) -> EngineError:
     if resp.status_code == 429:
         code = ErrorCode.RATE_LIMITED
         detail = f"{detail} (retry after {resp.headers.get('Retry-After', '?')} s)"
-    return EngineError(code, f"backend answered {resp.status_code}: {detail}")
+    return EngineError(code, f"backend answered {resp.status_code}: {detail}",
+                       http_status=resp.status_code)
 
 
 class BackendClient:
@@ -143,6 +144,10 @@ class BackendClient:
         self._refresh = token
         if self._save is not None:
             self._save(token)
+
+    async def access_token(self) -> str:
+        """A valid access token (refreshed when due), for channels that authenticate once."""
+        return await self._token()
 
     async def _token(self) -> str:
         if self._access is not None and time.monotonic() < self._access_expires:

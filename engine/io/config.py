@@ -57,6 +57,7 @@ class Settings:
     gameplay_downloads: str = "throttle"  # while a game runs: pause | throttle | continue
     gameplay_limit_bps: int = 2_000_000  # the rate of "throttle"
     preferred_cdn: str | None = None  # an edge id tried first (the fastest healthy one otherwise)
+    heartbeat_interval_s: float = 60.0  # playtime heartbeats while a game runs
     username: str | None = None
 
     @property
@@ -83,6 +84,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "keep_free_bytes": (0, INT64_MAX),
     "qa_switch_delay_s": (0.0, 600.0),
     "gameplay_limit_bps": (1, INT64_MAX),
+    "heartbeat_interval_s": (0.05, 3600.0),
 }
 CHOICES: dict[str, tuple[str, ...]] = {"gameplay_downloads": ("pause", "throttle", "continue")}
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -24,6 +25,7 @@ from engine.core.errors import EngineError, ErrorCode
 from engine.core.events import error_event, status_event
 from engine.core.lifecycle import FINISHED, TaskKind, TaskState, after_restart
 from engine.core.messages import UpdateAvailable
+from engine.core.playtime import CallKind, downloads_policy, updates_to_queue
 from engine.core.progress import TaskProgress
 from engine.core.queueorder import QueueEntry, move, select_runnable
 from engine.core.schedule import DownloadSchedule, parse_window
@@ -31,13 +33,19 @@ from engine.io.backend_client import BackendClient
 from engine.io.bus import EventBus
 from engine.io.config import Settings
 from engine.io.credentials import CredentialStore
+from engine.io.library_client import LibraryApi
 from engine.io.limiter import AsyncRateLimiter
+from engine.io.playstate import PlayState
+from engine.io.savefiles import Backups
 from engine.io.staging import STAGING_DIR, remove_task_staging
 from engine.io.state import InstalledGame, State, TaskRecord
 from engine.io.verify import VerifyReport, scan_install
+from engine.jobs.agent import LibraryRelay, Outbox
 from engine.jobs.context import EngineContext, manifest_key
 from engine.jobs.install import InstallRun, check_install_target
 from engine.jobs.move import move_game
+from engine.jobs.play import Games
+from engine.jobs.saves import SaveSync
 from engine.jobs.uninstall import UninstallReport, remove_install
 from engine.jobs.update import UpdateRun, cached_manifest
 from patcher.manifest import Manifest, check_id
@@ -84,6 +92,17 @@ class Engine:
                                             thread_name_prefix="engine-io")
         self.offline = False
         self.running = False
+        self._user_limit = settings.global_limit_bps
+        self._library: LibraryApi | None = None
+        # the sync agent: playtime, saves, achievements (journaled in the same database)
+        self.play = PlayState(self.state.db)
+        self.saves = SaveSync(self.play, self.bus, Backups(settings.data_dir), self.library)
+        self.outbox = Outbox(self.play, self.bus, self.library,
+                             lambda: self.settings.heartbeat_interval_s,
+                             lambda: {g.session_id for g in self.games.running.values()})
+        self.games = Games(self, self.play, self.saves, self.outbox.kick)
+        self.relay = LibraryRelay(self.bus, self.library, lambda: self.api.logged_in
+                                  and not self.offline)
         for t in self.state.tasks(include_finished=False):
             if after_restart(t.status) is not t.status:  # interrupted last time
                 self.state.set_status(t.id, after_restart(t.status))
@@ -98,6 +117,12 @@ class Engine:
         await self.close()
 
     async def close(self) -> None:
+        await self.games.close()
+        with contextlib.suppress(TimeoutError, EngineError):
+            async with asyncio.timeout(5):  # what this run owes the backend, if it is there
+                self.outbox.close_stale_sessions()
+                if self.play.pending_count() and self.api.logged_in:
+                    await self.outbox.replay()
         if self._reports:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(5):
@@ -113,6 +138,36 @@ class Engine:
         await self.api.aclose()
         self._executor.shutdown(wait=True)
         self.state.close()
+
+    def context(self) -> EngineContext:
+        return self._context()
+
+    def library(self) -> LibraryApi:
+        if self._library is None:
+            self._library = LibraryApi(self.api, self._context().session)
+        return self._library
+
+    def busy(self, product_id: str) -> bool:
+        """A task is working on the game's files right now."""
+        return any(self.state.task(tid).product_id == product_id for tid in self._runners)
+
+    def games_changed(self) -> None:
+        """A game started or exited: downloads follow the player's gameplay setting."""
+        self.limiter.set_global(self._policy().limit_bps)
+        self.wake()
+
+    def _policy(self) -> Any:
+        s = self.settings
+        return downloads_policy(s.gameplay_downloads, s.gameplay_limit_bps,
+                                len(self.games.running), self._user_limit)
+
+    def auto_update(self, answers: list[dict[str, Any]]) -> list[TaskRecord]:
+        """Queue the updates the backend has, when the player wants games kept up to date."""
+        if not self.settings.auto_update:
+            return []
+        busy = {t.product_id for t in self.state.tasks(include_finished=False)}
+        return [self.update(pid) for pid in
+                updates_to_queue(answers, busy, set(self.games.running))]
 
     def _context(self) -> EngineContext:
         if self._session is None:
@@ -191,6 +246,7 @@ class Engine:
     def _queue_change(self, product_id: str, kind: TaskKind, version_id: str | None,
                       priority: int = 0, limit_bps: int | None = None) -> TaskRecord:
         game = self._installed_or_fail(product_id)
+        self.games.refuse_while_running(product_id, f"an {kind.value}")
         active = self.state.active_task_for(product_id)
         if active is not None:
             return active
@@ -243,6 +299,7 @@ class Engine:
 
     async def move_install(self, product_id: str, new_folder: str) -> InstalledGame:
         game = self._installed_or_fail(product_id)
+        self.games.refuse_while_running(product_id, "moving it")
         if self.state.active_task_for(product_id) is not None:
             raise EngineError(ErrorCode.API_MISUSE, f"{product_id} has a running task; wait or cancel it")
         key = await manifest_key(self._context())
@@ -293,7 +350,8 @@ class Engine:
         return task
 
     def set_global_limit(self, bps: int | None) -> None:
-        self.limiter.set_global(bps)
+        self._user_limit = bps
+        self.limiter.set_global(self._policy().limit_bps)
 
     def set_task_limit(self, task_id: str, bps: int | None) -> TaskRecord:
         task = self.state.update_task(self.state.task(task_id).id, limit_bps=bps)
@@ -324,6 +382,7 @@ class Engine:
         game = self.state.installed_game(product_id)
         if game is None:
             raise EngineError(ErrorCode.NOT_INSTALLED, f"{product_id} is not installed")
+        self.games.refuse_while_running(product_id, "uninstalling it")
         active = self.state.active_task_for(product_id)
         if active is not None:
             self.cancel(active.id)
@@ -337,6 +396,10 @@ class Engine:
         keep = self.state.resumable_task_ids() - ({active.id} if active else set())
         report = await asyncio.to_thread(remove_install, Path(game.path), manifest, keep)
         self.state.remove_installed(product_id)
+        # the backend's library says "not installed" too (journaled: sent when it is reachable)
+        self.play.queue(CallKind.UNINSTALLED, product_id, {
+            "productId": product_id, "versionId": game.version_id, "at": time.time()})
+        self.outbox.kick()
         return UninstallReport(game, report)
 
     def _live(self, task_id: str) -> TaskRecord:
@@ -398,10 +461,15 @@ class Engine:
 
     def _reconcile(self, tg: asyncio.TaskGroup) -> None:
         live = self.state.tasks(include_finished=False)
-        if self.offline or not self.schedule.allowed(datetime.now()):
+        if self.offline or not self.schedule.allowed(datetime.now()) or self._policy().hold:
             for tid in list(self._runners):
                 self._stop(tid, TaskState.QUEUED)
             return
+        # a running game's files are never changed under it: its tasks wait for it to exit
+        live = [t for t in live if t.product_id not in self.games.running]
+        for tid in list(self._runners):
+            if self.state.task(tid).product_id in self.games.running:
+                self._stop(tid, TaskState.QUEUED)
         decision = select_runnable([self._entry(t) for t in live],
                                    self.settings.max_concurrent_tasks)
         for tid in decision.preempt:
