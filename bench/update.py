@@ -1,5 +1,5 @@
 """Engine-side update benchmark: what the real engine downloads, writes and spends per demo
-version step, beside per-file ``xdelta3``, ``zstd --patch-from`` and ``bsdiff`` on the same
+version step, beside per-file ``xdelta3``, ``zstd --patch-from``, ``bsdiff`` and HDiffPatch on the same
 builds, plus verify throughput beside ``cat`` of the same files.
 
     .venv/bin/python bench/update.py [--size MB] [--json] [--work DIR] [--fresh] [--keep]
@@ -74,11 +74,14 @@ import uuid
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from importlib.metadata import version as dist_version
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from update_size import HDIFF_PEER  # noqa: E402  (the same HDiffPatch peer as bench/update_size.py)
 
 from backend.config import EdgeConfig, write_edges  # noqa: E402
 from engine.core.updateplan import (  # noqa: E402
@@ -98,7 +101,7 @@ MB = 1_000_000
 PRODUCT = "star-courier"
 WORKERS = 2  # peer tool runs in parallel
 GOAL_VERIFY_RATIO = 0.80
-PEERS = ("xdelta3", "zstd_patch_from", "bsdiff")
+PEERS = ("xdelta3", "zstd_patch_from", "bsdiff", "hdiffpatch")
 
 
 def log(msg: str) -> None:
@@ -223,6 +226,7 @@ def check_tools() -> dict[str, str]:
     return {"xdelta3": tool_version(["xdelta3", "-V"]),
             "zstd": tool_version(["zstd", "--version"]),
             "bsdiff": f"bsdiff (Debian {dpkg_version('bsdiff')})",
+            "hdiffpatch": f"hdiffpatch {dist_version('hdiffpatch')} (Python package)",
             "cat": tool_version(["cat", "--version"])}
 
 
@@ -247,6 +251,12 @@ class FileRow:
         return min(self.peers.values())
 
 
+def _run_peer(job: PeerJob, tmp: Path) -> tuple[int, float]:
+    if job.tool == "hdiffpatch":  # run_peer appends OLD NEW OUT to a "bsdiff" command prefix
+        return run_peer("bsdiff", job.old, job.new, tmp, HDIFF_PEER)
+    return run_peer(job.tool, job.old, job.new, tmp)
+
+
 def peer_step(old_build: Path, new_build: Path, tmp: Path) -> tuple[list[FileRow], dict[str, float]]:
     """Per changed/added file, each peer's bytes (2 tool runs in parallel)."""
     old_files, new_files = build_files(old_build), build_files(new_build)
@@ -268,7 +278,7 @@ def peer_step(old_build: Path, new_build: Path, tmp: Path) -> tuple[list[FileRow
     seconds: dict[str, float] = defaultdict(float)
     jobs.sort(key=lambda rj: -rj[1].new.stat().st_size)  # biggest first: workers end together
     with ThreadPoolExecutor(max_workers=WORKERS) as pool:
-        results = pool.map(lambda rj: run_peer(rj[1].tool, rj[1].old, rj[1].new, tmp), jobs)
+        results = pool.map(lambda rj: _run_peer(rj[1], tmp), jobs)
         for (row, job), (size, secs) in zip(jobs, results, strict=True):
             seconds[job.tool] += secs
             if job.tool == "zstd19":
@@ -315,6 +325,8 @@ def analyse_step(old: Manifest, new: Manifest, delta: Any, rows: list[FileRow],
     needed_blocks = blocks_bytes(new, blocks_for(new, fetch))
     failed_ids = {b.patch.patch_id for b in plan.builds
                   if b.patch is not None and new.files[b.file_index].path in failed}
+    manifest_patch = getattr(delta, "manifest_patch", None)
+    documents = {manifest_patch.patch_id} if manifest_patch is not None else set()
     kinds: dict[str, int] = defaultdict(int)
     for rel, rng in requests:
         if "/packs/" in rel and rng and rng.startswith("bytes="):
@@ -324,6 +336,8 @@ def analyse_step(old: Manifest, new: Manifest, delta: Any, rows: list[FileRow],
             n = (cdn / rel).stat().st_size if (cdn / rel).exists() else 0
         if "/packs/" in rel:
             kinds["packs"] += n
+        elif "/patches/" in rel and Path(rel).stem in documents:
+            kinds["documents"] += n  # the manifest patch stands for the manifest
         elif "/patches/" in rel:
             kinds["patches_failed" if Path(rel).stem in failed_ids else "patches"] += n
         else:
@@ -454,15 +468,16 @@ def fmt_mb(n: float) -> str:
 def print_table(result: dict[str, Any], per_file: dict[str, list[FileRow]]) -> None:
     print(f"\nstar-courier, --size {result['size_mb']:g} MB per version (sizes in MB = 1e6 bytes)")
     hdr = (f"{'step':17} {'ours wire':>9} {'ours plan':>9} {'xdelta3':>9} {'zstd-pf':>9} "
-           f"{'bsdiff':>9} {'full':>9} {'ours/best':>9} {'written':>9} {'w/d':>6} "
+           f"{'bsdiff':>9} {'hdiff':>9} {'full':>9} {'ours/best':>9} {'written':>9} {'w/d':>6} "
            f"{'plan w/d':>8} {'seconds':>8}")
     print(hdr)
     print("-" * len(hdr))
     for s in result["steps"]:
-        best = min(s["xdelta3_bytes"], s["zstd_patch_from_bytes"], s["bsdiff_bytes"])
+        best = s["best_peer_bytes"]
         print(f"{s['from'] + ' > ' + s['to']:17} {fmt_mb(s['ours_bytes'])} "
               f"{fmt_mb(s['plan_download_bytes'])} {fmt_mb(s['xdelta3_bytes'])} "
               f"{fmt_mb(s['zstd_patch_from_bytes'])} {fmt_mb(s['bsdiff_bytes'])} "
+              f"{fmt_mb(s['hdiffpatch_bytes'])} "
               f"{fmt_mb(s['full_bytes'])} {s['ours_bytes'] / max(best, 1):9.2f} "
               f"{fmt_mb(s['engine_write_bytes'])} {s['written_per_downloaded']:6.2f} "
               f"{s['plan_write_bytes'] / max(s['ours_bytes'], 1):8.2f} {s['seconds']:8.2f}")
@@ -502,7 +517,7 @@ def print_table(result: dict[str, Any], per_file: dict[str, list[FileRow]]) -> N
         for r in worse[:10]:
             print(f"    {r.path:40} {r.status:8} {r.ours_method:26} ours {r.ours_bytes / MB:8.3f}"
                   f"  xd {r.peers['xdelta3'] / MB:8.3f}  zpf {r.peers['zstd_patch_from'] / MB:8.3f}"
-                  f"  bsd {r.peers['bsdiff'] / MB:8.3f}")
+                  f"  bsd {r.peers['bsdiff'] / MB:8.3f}  hdp {r.peers['hdiffpatch'] / MB:8.3f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -607,6 +622,7 @@ def main(argv: list[str] | None = None) -> int:
                 "xdelta3_bytes": peer_totals["xdelta3"],
                 "zstd_patch_from_bytes": peer_totals["zstd_patch_from"],
                 "bsdiff_bytes": peer_totals["bsdiff"],
+                "hdiffpatch_bytes": peer_totals["hdiffpatch"],
                 "full_bytes": plan["fullDownloadBytes"],
                 "written_per_downloaded": r.write_bytes / max(wire, 1),
                 "seconds": round(r.seconds, 3),
@@ -634,7 +650,8 @@ def main(argv: list[str] | None = None) -> int:
                           for row in rows],
             })
             log(f"  peers: xdelta3 {peer_totals['xdelta3'] / MB:.2f}, zstd-pf "
-                f"{peer_totals['zstd_patch_from'] / MB:.2f}, bsdiff {peer_totals['bsdiff'] / MB:.2f}"
+                f"{peer_totals['zstd_patch_from'] / MB:.2f}, bsdiff {peer_totals['bsdiff'] / MB:.2f}, "
+                f"hdiff {peer_totals['hdiffpatch'] / MB:.2f}"
                 f" MB ({peer_wall:.0f} s)")
 
         log("verify throughput (cold, warm) beside cat")
