@@ -194,6 +194,55 @@ RU = {
     "The game is running; close it first.": "Игра запущена; сначала закройте её.",
     "Something else is already at that place: {0}": "Это место уже занято: {0}",
     "Pause all downloads": "Приостановить все загрузки",
+    "Achievements": "Достижения",
+    "Cloud saves": "Облачные сохранения",
+    "Sync now": "Синхронизировать",
+    "Keep this device's": "Оставить с этого устройства",
+    "Keep the cloud's": "Оставить из облака",
+    "Restore this version": "Восстановить эту версию",
+    "Save conflict": "Конфликт сохранений",
+    "Achievement": "Достижение",
+    "Players": "Игроков",
+    "✓ Unlocked": "✓ Получено",
+    "State": "Состояние",
+    "Version": "Версия",
+    "Saved": "Сохранено",
+    "Restore": "Восстановить",
+    "Achievements of {0}": "Достижения: {0}",
+    "{0} of {1} unlocked": "Получено {0} из {1}",
+    "Locked": "Не получено",
+    "Cloud saves of {0}": "Облачные сохранения: {0}",
+    "only on this device": "только на этом устройстве",
+    "The saves of {0} changed on this device and in the cloud since they were last synced. "
+    "Which do you want to play with? The other copy stays recoverable.":
+        "Сохранения {0} изменились и на этом устройстве, и в облаке после последней "
+        "синхронизации. С какими играть? Другая копия останется доступной.",
+    "{0} save file(s) changed on this device and in the cloud since the last sync. Choose "
+    "which to keep; the other copy stays recoverable.":
+        "Файлов сохранений, изменённых и здесь, и в облаке: {0}. Выберите, что оставить; "
+        "другая копия останется доступной.",
+    "{0} save file(s); local backups: {1}.": "Файлов сохранений: {0}; локальных копий: {1}.",
+    "Replace the save on this device with version {0}? The current one is backed up first "
+    "and stays in the cloud's history.":
+        "Заменить сохранение на этом устройстве версией {0}? Текущее сначала копируется и "
+        "остаётся в истории облака.",
+    "{0} of {1}": "{0} из {1}",
+    "Achievements…": "Достижения…",
+    "Cloud saves…": "Облачные сохранения…",
+    "The game is being installed or updated; it can start when that is done.":
+        "Игра устанавливается или обновляется; её можно будет запустить после этого.",
+    "Some of the game's files are damaged. Verify and repair it first.":
+        "Часть файлов игры повреждена. Сначала проверьте и восстановите её.",
+    "This game does not say how to start it. Contact its publisher.":
+        "Игра не указывает, как её запускать. Обратитесь к издателю.",
+    "The game could not be started: {0}": "Не удалось запустить игру: {0}",
+    "Achievement unlocked": "Получено достижение",
+    "The game closed with an error": "Игра завершилась с ошибкой",
+    "{0}: exit code {1}": "{0}: код завершения {1}",
+    "In sync": "Синхронизировано",
+    "Newer here": "Новее здесь",
+    "Newer in the cloud": "Новее в облаке",
+    "Changed on both": "Изменено в обоих местах",
 }
 TABLES = {"ru": RU}
 

@@ -46,6 +46,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from ui.game_dialogs import AchievementsDialog, SavesDialog
 from ui.i18n import Texts, tr
 from ui.link import EngineLink
 from ui.models import (
@@ -210,12 +211,15 @@ class LibraryPage(QWidget):
         self.favourite.setCheckable(True)
         self.favourite.clicked.connect(self.toggle_favourite)
         self.categories_button = button("Categories…", self.edit_categories)
+        self.achievements_button = button("Achievements…", lambda: self.act("achievements"))
+        self.saves_button = button("Cloud saves…", lambda: self.act("saves"))
         self.hide_button = QPushButton()
         self.hide_button.clicked.connect(self.toggle_hidden)
         self.categories: list[dict[str, Any]] = []
         grid = QGridLayout()
-        for i, b in enumerate((self.verify, self.uninstall, self.rollback, self.move_button,
-                               self.favourite, self.categories_button, self.hide_button)):
+        for i, b in enumerate((self.achievements_button, self.saves_button, self.verify,
+                               self.uninstall, self.rollback, self.move_button, self.favourite,
+                               self.categories_button, self.hide_button)):
             grid.addWidget(b, i // 2, i % 2)
         side = QVBoxLayout()
         for part in (self.title, self.state, self.play, self.install, self.update_button):
@@ -400,7 +404,7 @@ class LibraryPage(QWidget):
         item = self.model.item_of(pid) if pid else None
         actions = (self.play, self.install, self.update_button, self.verify, self.uninstall,
                    self.rollback, self.move_button, self.favourite, self.categories_button,
-                   self.hide_button)
+                   self.hide_button, self.achievements_button, self.saves_button)
         for b in actions:
             b.setEnabled(False)
         self.favourite.setText(tr("Favourite"))
@@ -437,13 +441,16 @@ class LibraryPage(QWidget):
             b.setEnabled(installed is not None and not busy and not running)
         self.rollback.setEnabled(installed is not None and not busy and not running
                                  and bool(installed.get("previousVersionId")))
-        for b in (self.favourite, self.categories_button, self.hide_button):
+        for b in (self.favourite, self.categories_button, self.hide_button,
+                  self.achievements_button):
             b.setEnabled(has_item)
+        self.saves_button.setEnabled(installed is not None)
 
     def detail_lines(self, pid: str, attrs: dict[str, Any],
                      installed: dict[str, Any] | None) -> list[str]:
         lines = [tr("Latest version: {0}").format(attrs.get("latest_version_id", "?"))]
-        seconds = int(attrs.get("total_playtime_seconds") or 0)
+        seconds = max(int(attrs.get("total_playtime_seconds") or 0),
+                      int(self.model.local_playtime.get(pid, 0)))
         last = attrs.get("last_played_at")
         lines.append(tr("Played {0}; last {1}").format(
             human_duration(seconds), short_date(last) if last else tr("never"))
@@ -482,8 +489,26 @@ class LibraryPage(QWidget):
             self.ask_move(pid)
         elif action == "uninstall":
             self.ask_uninstall(pid)
+        elif action == "achievements":
+            self.link.request("achievements", {"productId": pid},
+                              lambda rows: self.show_achievements(pid, rows))
+        elif action == "saves":
+            self.link.request("saves", {"productId": pid},
+                              lambda status: self.show_saves(pid, status))
         else:
             self.link.request(action, {"productId": pid})
+
+    def title_of(self, pid: str) -> str:
+        item = self.model.item_of(pid)
+        return str((item or {}).get("libraryItem", {}).get("title") or pid)
+
+    def show_achievements(self, pid: str, rows: list[dict[str, Any]]) -> None:
+        self.achievements_dialog = AchievementsDialog(self.title_of(pid), rows, self)
+        self.achievements_dialog.open()
+
+    def show_saves(self, pid: str, status: dict[str, Any]) -> None:
+        self.saves_dialog = SavesDialog(self.link, self.title_of(pid), status, self)
+        self.saves_dialog.open()
 
     def ask_uninstall(self, pid: str) -> None:
         item = self.model.item_of(pid)

@@ -79,6 +79,7 @@ class LibraryModel(QAbstractListModel):
         self.covers: dict[str, QPixmap] = {}
         self.icons: dict[str, QIcon] = {}
         self.favourite_id: str | None = None  # the player's "Favourites" category
+        self.local_playtime: dict[str, float] = {}  # this device's sessions (the engine's count)
 
     def set_favourite_category(self, category_id: str | None) -> None:
         if category_id != self.favourite_id:
@@ -104,6 +105,12 @@ class LibraryModel(QAbstractListModel):
         self.covers[product_id] = pixmap
         self.icons.pop(product_id, None)
         self._changed(product_id)
+
+    def set_running(self, product_id: str, running: bool) -> None:
+        item = self.item_of(product_id)
+        if item is not None and bool(item.get("running")) != running:
+            item["running"] = running
+            self._changed(product_id)
 
     def set_task(self, product_id: str, task: dict[str, Any] | None) -> None:
         if task is None:

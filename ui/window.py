@@ -30,8 +30,18 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from engine.api.protocol import Event, ItemProgress, TaskStatus, UpdatePlanned
+from engine.api.protocol import (
+    AchievementUnlocked,
+    Event,
+    GameSession,
+    ItemProgress,
+    LibraryChanged,
+    SaveSyncStatus,
+    TaskStatus,
+    UpdatePlanned,
+)
 from ui.downloads_page import DownloadsPage
+from ui.game_dialogs import ConflictDialog
 from ui.i18n import Texts, tr, use_language
 from ui.library_page import LibraryPage
 from ui.link import EngineLink
@@ -52,6 +62,10 @@ FRIENDLY = {
     "CONFIG_INVALID": "That setting was refused: {0}",
     "GAME_RUNNING": "The game is running; close it first.",
     "PATH_CONFLICT": "Something else is already at that place: {0}",
+    "GAME_BUSY": "The game is being installed or updated; it can start when that is done.",
+    "GAME_DAMAGED": "Some of the game's files are damaged. Verify and repair it first.",
+    "NO_LAUNCH_ENTRY": "This game does not say how to start it. Contact its publisher.",
+    "LAUNCH_FAILED": "The game could not be started: {0}",
 }
 
 
@@ -130,6 +144,7 @@ class MainWindow(QMainWindow):
         self.network = QNetworkAccessManager(self)
         self._covers_requested: set[str] = set()
         self.login_dialog: LoginDialog | None = None
+        self._launching: str | None = None
         self.downloads_page.history.toggled.connect(lambda _on: self.refresh_tasks())
         self.library_page.changed.connect(self.refresh_library)
         self.library_page.playRequested.connect(self.play)
@@ -239,6 +254,7 @@ class MainWindow(QMainWindow):
     def _library_loaded(self, items: list[dict[str, Any]]) -> None:
         self.library.set_library(items)
         self.link.request("categories", {}, self.library_page.set_categories)
+        self.link.request("playtime", {}, self._playtime_loaded)
         if any(i["installed"] for i in items):
             self.link.request("checkUpdates", {}, self._updates_checked)
         for item in items:  # cover art, fetched by Qt's own asynchronous networking
@@ -273,8 +289,18 @@ class MainWindow(QMainWindow):
 
         self.link.request("tasks", {"all": self.downloads_page.history.isChecked()}, apply)
 
-    def play(self, product_id: str) -> None:
-        self.link.request("launch", {"productId": product_id}, lambda _r: self.refresh_library())
+    def play(self, product_id: str, keep: str | None = None) -> None:
+        params: dict[str, Any] = {"productId": product_id}
+        if keep:
+            params["keep"] = keep
+        self._launching = product_id
+        self.library.set_running(product_id, True)  # at once; the engine's event confirms it
+        self.link.request("launch", params)
+
+    def ask_conflict(self, product_id: str, message: str) -> None:
+        self.conflict_dialog = ConflictDialog(self.title_of(product_id), message, self)
+        self.conflict_dialog.chosen.connect(lambda keep: self.play(product_id, keep))
+        self.conflict_dialog.open()
 
     def on_event(self, event: Event) -> None:
         if isinstance(event, UpdatePlanned):
@@ -313,15 +339,38 @@ class MainWindow(QMainWindow):
 
     def on_other_event(self, event: Event) -> None:
         """Game sessions, saves and achievements (the sync agent's events)."""
-        kind = getattr(event, "TYPE", "")
-        if kind in ("gameSession",):
-            self.refresh_library()
+        if isinstance(event, GameSession):
+            self.library.set_running(event.product_id, event.status == "running")
+            if event.status == "exited":
+                self.link.request("playtime", {"productId": event.product_id},
+                                  self._playtime_loaded)
+                if event.crashed:
+                    self.notify(tr("The game closed with an error"), tr("{0}: exit code {1}")
+                                .format(self.title_of(event.product_id), event.exit_code))
+                self.refresh_library()
+        elif isinstance(event, AchievementUnlocked):
+            self.notify(tr("Achievement unlocked"), f"{self.title_of(event.product_id)}: "
+                        f"{event.achievement_name or event.achievement_id}")
+        elif isinstance(event, SaveSyncStatus) and event.status == "sync_conflict":
+            self.notify(tr("Save conflict"), self.title_of(event.product_id))
+        elif isinstance(event, LibraryChanged):
+            self.refresh_library()  # another device (or the store) changed the library
+
+    def _playtime_loaded(self, rows: list[dict[str, Any]]) -> None:
+        for r in rows:
+            self.library.local_playtime[str(r["productId"])] = float(r["localSeconds"])
+        self.library_page.show_details()
 
     def title_of(self, product_id: str | None) -> str:
         item = self.library.item_of(product_id or "")
         return str(item["libraryItem"].get("title") or product_id) if item else str(product_id or "")
 
     def on_failed(self, method: str, code: str, message: str) -> None:
+        if method == "launch" and self._launching:
+            self.library.set_running(self._launching, False)
+            if code == "SAVEGAME_VERSION_CONFLICT":
+                self.ask_conflict(self._launching, message)
+                return
         if method == "library" and code in ("BACKEND_UNREACHABLE", "BACKEND_ERROR"):
             self.offline_library()
             return

@@ -16,7 +16,7 @@ pytest.importorskip("PySide6")
 from ui.i18n import RU
 
 UI = Path(__file__).resolve().parents[2] / "ui"
-TABLES = {"KINDS", "SORTS", "GAMEPLAY", "PAGES"}  # (key, text) pairs or texts shown in combos
+TABLES = {"KINDS", "SORTS", "GAMEPLAY", "PAGES", "ACTIONS"}  # (key, text) pairs or texts shown in combos
 
 
 def shown_strings() -> dict[str, str]:

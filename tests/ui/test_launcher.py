@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import time
@@ -327,5 +328,90 @@ def test_the_game_panel_states_what_an_update_downloads(backend: Any, published_
             page = window.library_page
             assert page.state.text() == "Update available" and page.update_button.isEnabled()
             assert "download" in page.info.text() and "full download" in page.info.text()
+
+    loop.run_until_complete(scenario())
+
+
+def _upload_cloud_save(backend: Any, token: str, product: str, slot: str, data: bytes) -> None:
+    """Another device's save, straight through the backend's API (upload-url → PUT → confirm)."""
+    import hashlib
+
+    import httpx
+
+    with backend.client(token) as c:
+        slots = c.get("/api/v1/library/savegames", params={"product_id": product}).json()["data"]
+        latest = next(s["attributes"]["latest_version"] for s in slots
+                      if s["attributes"]["slot"] == slot)
+        grant = c.post("/api/v1/library/savegames/upload-url", json={"data": {
+            "type": "savegameUploadRequest", "attributes": {
+                "product_id": product, "save_slot_name": slot, "file_size_bytes": len(data),
+                "file_hash_sha256": hashlib.sha256(data).hexdigest(),
+                "base_version": latest}}}).json()["data"]["attributes"]
+        assert httpx.put(grant["upload_url"], content=data,
+                         headers=grant["headers"]).status_code < 300
+        assert c.post("/api/v1/library/savegames/confirm-upload", json={"data": {
+            "type": "savegameUploadConfirmation",
+            "attributes": {"internal_save_id": grant["internal_save_id"]}}}).status_code == 200
+
+
+def test_play_from_the_window_with_saves_achievements_and_a_conflict(backend: Any,
+                                                                     tmp_path: Path,
+                                                                     loop: Any) -> None:
+    from testing.enginekit import EngineCli
+
+    name, token = backend.new_user(products=["tiny-tactics"])
+    data = tmp_path / "engine"
+    cli = EngineCli(data, backend.url)
+    cli.login(name, "secret-pw")
+    cli.ok("install", "tiny-tactics", "--target", str(tmp_path / "tiny"))
+    save = tmp_path / "tiny" / "saves" / "slot1.sav"
+
+    async def scenario() -> None:
+        async with launcher_window(data, backend.url, loop) as (window, link):
+            page = window.library_page
+            await until(lambda: window.library.rowCount() == 1, "the library")
+            select(window, "tiny-tactics")
+            assert page.play.isVisible() and page.play.isEnabled()
+            assert not page.install.isVisible()
+            seen: list[Any] = []
+            link.eventReceived.connect(seen.append)
+            page.play.click()
+            await until(lambda: any(getattr(e, "status", "") == "running" for e in seen),
+                        "the game running")
+            assert not page.play.isEnabled()  # one instance of a game at a time
+            await until(lambda: any(getattr(e, "status", "") == "exited" for e in seen),
+                        "the game's end", 60)
+            await until(lambda: page.play.isEnabled(), "Play again")
+            await until(lambda: any(getattr(e, "uploaded", 0) == 1 for e in seen),
+                        "the save uploaded after the game")
+            assert save.exists()
+            rows = await link.call("playtime", {"productId": "tiny-tactics"})
+            assert rows[0]["localSeconds"] >= 0.9
+            # the cloud saves dialog lists the save the game wrote (synced after it exited)
+            page.act("saves")
+            await until(lambda: getattr(page, "saves_dialog", None) is not None
+                        and page.saves_dialog.isVisible(), "the saves dialog")
+            dialog = page.saves_dialog
+            assert dialog.table.rowCount() == 1
+            assert dialog.table.item(0, 2).text() == "v1"
+            dialog.close()
+            page.act("achievements")
+            await until(lambda: getattr(page, "achievements_dialog", None) is not None,
+                        "the achievements")
+            assert page.achievements_dialog.table.rowCount() == 1  # tiny-tactics: first-battle
+            page.achievements_dialog.close()
+            # another device saved meanwhile, and this one changed its save too: Play asks
+            _upload_cloud_save(backend, token, "tiny-tactics", "install:saves%2Fslot1.sav",
+                               b'{"counter": 41}')
+            save.write_text('{"counter": 7}')
+            page.play.click()
+            await until(lambda: getattr(window, "conflict_dialog", None) is not None
+                        and window.conflict_dialog.isVisible(), "the conflict question")
+            assert save.read_text() == '{"counter": 7}'  # nothing overwritten while asking
+            seen.clear()
+            window.conflict_dialog.cloud.click()
+            await until(lambda: any(getattr(e, "status", "") == "exited" for e in seen),
+                        "the game after the choice", 60)
+            assert json.loads(save.read_text())["counter"] == 42  # played on the cloud's save
 
     loop.run_until_complete(scenario())
