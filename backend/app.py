@@ -7,12 +7,14 @@ own 404/405/422 and unexpected exceptions (500) alike.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
+from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from backend import (
@@ -22,6 +24,7 @@ from backend import (
     covers,
     downloads,
     library,
+    observability,
     playtime,
     saves,
     ws,
@@ -136,8 +139,44 @@ def create_app(ctx: Context) -> FastAPI:
     def health() -> dict[str, str]:
         return {"status": "ok"}
 
+    _observability_routes(app, ctx)
     app.openapi = lambda: _openapi_with_error_envelope(app)  # type: ignore[method-assign]
     return app
+
+
+def _observability_routes(app: FastAPI, ctx: Context) -> None:
+    writer = observability.SnapshotWriter(ctx.settings.metrics_dir)
+    writer.start()
+    app.add_middleware(observability.ObservabilityMiddleware,
+                       log_requests=ctx.settings.access_log)
+
+    @app.get("/healthz", tags=["meta"])
+    async def healthz() -> dict[str, Any]:
+        """Liveness: this worker serves (``pid`` tells which worker answered)."""
+        return {"status": "ok", "pid": os.getpid()}
+
+    def check_db() -> None:
+        with ctx.db.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    def check_redis() -> None:
+        ctx.redis.ping()
+
+    @app.get("/readyz", tags=["meta"])
+    def readyz() -> JSONResponse:
+        """Readiness: the database, Redis (if configured) and save storage answer."""
+        checks = {"database": check_db, "storage": ctx.save_storage.check}
+        if ctx.redis is not None:
+            checks["redis"] = check_redis
+        status, body = observability.readiness(checks)
+        return JSONResponse(body, status_code=status)
+
+    @app.get("/metrics", tags=["meta"], response_class=PlainTextResponse)
+    def metrics() -> PlainTextResponse:
+        """Prometheus text format, summed over every live worker."""
+        total, workers = writer.collect()
+        return PlainTextResponse(observability.render(total, workers),
+                                 media_type="text/plain; version=0.0.4")
 
 
 def create_cdn_app(settings: Settings) -> FastAPI:

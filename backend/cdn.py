@@ -26,7 +26,8 @@ from fastapi.responses import Response, StreamingResponse
 
 from backend.config import EdgeConfig, EdgeList
 from backend.errors import NotFound, PermissionDenied, RangeNotSatisfiable, RateLimited
-from backend.ratelimit import RateLimiter
+from backend.observability import METRICS
+from backend.ratelimit import Limiter
 from backend.signing import TokenRejected, parse_query, sign, verify
 
 READ_BLOCK = 1024 * 1024
@@ -60,15 +61,18 @@ def cdn_sources(key: bytes, edges: tuple[EdgeConfig, ...], resolve: Any, product
     return out
 
 
-def issue_sources(key: bytes, edges: EdgeList, limiter: RateLimiter, product_id: str,
+def issue_sources(key: bytes, edges: EdgeList, limiter: Limiter, product_id: str,
                   user_id: str, ttl: int) -> list[dict[str, Any]]:
     """Rate-limited per user (token bucket): 429 with Retry-After when exhausted."""
     wait = limiter.check(user_id)
     if wait > 0:
+        METRICS.inc("launcher_cdn_token_rate_limited_total")
         raise RateLimited("too many CDN token requests; retry later", wait,
                           code="CDN_TOKEN_RATE_LIMITED")
-    return cdn_sources(key, edges.current(), edges.resolve_url, product_id, user_id, time.time(),
-                       ttl)
+    sources = cdn_sources(key, edges.current(), edges.resolve_url, product_id, user_id,
+                          time.time(), ttl)
+    METRICS.inc("launcher_cdn_tokens_issued_total")
+    return sources
 
 
 # -- byte ranges (pure) --------------------------------------------------------------------------

@@ -86,7 +86,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     edges = None
     if args.cdn_edge:
         edges = tuple(EdgeConfig.parse(v, i) for i, v in enumerate(args.cdn_edge))
-    settings = _settings(args, host=args.host, port=args.port, edges=edges)
+    settings = _settings(args, host=args.host, port=args.port, edges=edges,
+                         workers=args.workers, redis_url=args.redis, s3_endpoint=args.s3,
+                         access_log=True if args.access_log else None)
+    if settings.access_log:
+        access = logging.getLogger("backend.access")
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        access.addHandler(handler)
+        access.setLevel(logging.INFO)
+        access.propagate = False
     sock, url = server.bind(settings.host, settings.port)
     settings.port = sock.getsockname()[1]
     settings.public_url = args.public_url or url
@@ -100,7 +109,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.demo:
         from backend.demo import DEMO_PASSWORD, DEMO_USER, ensure_demo
 
-        demo = ensure_demo(settings, ctx.db, args.demo_size)
+        demo = ensure_demo(settings, ctx.db, args.demo_size, background=args.demo_background)
 
     def started() -> None:
         if demo is not None:
@@ -110,7 +119,51 @@ def cmd_serve(args: argparse.Namespace) -> int:
                   "/api/v1/auth/token", flush=True)
         print(f"API docs: {url}/docs", flush=True)
 
+    from backend.objectstore import S3SaveStorage
+
+    if isinstance(ctx.save_storage, S3SaveStorage):
+        ctx.save_storage.ensure_bucket()
+    if settings.workers > 1:
+        ctx.db.dispose()  # every worker opens its own connections after the fork
+        return server.run_workers(sock, url, lambda: create_app(ctx), settings.workers, started)
     return server.run(sock, url, lambda: create_app(ctx), started)
+
+
+def cmd_stack(args: argparse.Namespace) -> int:
+    """The scaled stack in the foreground until Ctrl-C / SIGTERM (``backend.stack``)."""
+    import signal
+    import threading
+
+    from backend.stack import Stack, StackError
+
+    stack = Stack(Path(args.dir), workers=args.workers, port=args.port, demo=args.demo,
+                  demo_size=args.demo_size)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    try:
+        stack.start()
+    except StackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        info = stack.describe()
+        for k, v in info.items():
+            print(f"{k:9} {v}", flush=True)
+        if stack.backend is not None:
+            for line in stack.backend.lines:
+                if line.startswith(("demo catalog", "log in as")):
+                    print(line, flush=True)
+        print(f"listening on {stack.url}", flush=True)
+        print("Ctrl-C stops every server", flush=True)
+        while not done.wait(1.0):
+            if stack.backend is not None and stack.backend.proc is not None \
+                    and stack.backend.proc.poll() is not None:
+                print("error: the backend exited; see backend/backend.log", file=sys.stderr)
+                return EXIT_FAILED
+    finally:
+        stack.stop()
+    return EXIT_OK
 
 
 def cmd_cdn(args: argparse.Namespace) -> int:
@@ -296,13 +349,32 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8080, help="0 picks a free port")
     sv.add_argument("--public-url", help="URL clients use to reach this server (default: bound)")
+    sv.add_argument("--workers", type=int, help="worker processes on the one port (default 1)")
+    sv.add_argument("--redis", default=os.environ.get("LAUNCHER_REDIS_URL"), metavar="URL",
+                    help="redis://HOST:PORT/DB: rate limits and live events shared by workers")
+    sv.add_argument("--s3", default=os.environ.get("LAUNCHER_S3_ENDPOINT"), metavar="URL",
+                    help="S3-compatible endpoint for saves (bucket and keys: backend.json or "
+                         "LAUNCHER_S3_BUCKET/ACCESS_KEY/SECRET_KEY)")
+    sv.add_argument("--access-log", action="store_true", help="one JSON line per request")
     sv.add_argument("--demo", action="store_true",
                     help="on first start create the demo catalog, user demo/demo and grants")
     sv.add_argument("--demo-size", type=float, default=8, help="MB per demo version")
+    sv.add_argument("--demo-background", action="store_true",
+                    help="serve at once and publish the demo builds meanwhile (smallest first; "
+                    "demo.json appears when all are in)")
     sv.add_argument("--cdn-edge", action="append", metavar="[MODE=]URL",
                     help="CDN edge for cdnSources, in order: 'self' (this server's /cdn/), URL "
                          "or hmac=URL (HMAC tokens) or nginx=URL (nginx secure_link); repeatable")
     sv.set_defaults(func=cmd_serve)
+
+    st = sub.add_parser("stack", help="the scaled stack: PostgreSQL, Redis, SeaweedFS S3, nginx "
+                                      "and the backend with N workers, all on 127.0.0.1")
+    st.add_argument("--dir", default="stack", help="where every server keeps its data")
+    st.add_argument("--workers", type=int, default=2)
+    st.add_argument("--port", type=int, default=8080, help="the API port (0 picks a free one)")
+    st.add_argument("--demo", action="store_true", help="demo catalog and user demo/demo")
+    st.add_argument("--demo-size", type=float, default=8, help="MB per demo version")
+    st.set_defaults(func=cmd_stack)
 
     c = sub.add_parser("cdn", help="run a CDN-only edge sharing the data dir's CDN secret")
     data_args(c)

@@ -9,7 +9,9 @@ Layout of a data dir::
     DATA/secrets/cdn.key       CDN URL signing key (shared by every edge), mode 0600
     DATA/store/                the content store (``patcher.store.Store``; CDN root is store/cdn)
     DATA/store/covers/         cover art, ``<product_id>.png`` (``backend.covers``)
-    DATA/saves/                save-game blobs (local storage)
+    DATA/saves/                save-game blobs (local storage; S3-compatible storage instead when
+                               ``s3_endpoint`` is set)
+    DATA/metrics/              per-worker metric snapshots summed by ``GET /metrics``
     DATA/builds/               demo build folders (``--demo``)
 """
 
@@ -87,6 +89,17 @@ class Settings:
     save_url_ttl: int = 10 * 60
     max_active_tasks: int = 100
     max_categories: int = 100  # user categories per user
+    # the scaled stack (docs/operations.md); all unset = the embedded default (one process,
+    # in-memory rate limits and events, saves on local disk)
+    workers: int = 1  # uvicorn worker processes sharing the one listening socket
+    redis_url: str | None = None  # rate limits and live events shared by every worker
+    s3_endpoint: str | None = None  # S3-compatible save storage the backend talks to
+    s3_public_endpoint: str | None = None  # what clients PUT/GET (presigned); default endpoint
+    s3_bucket: str = "launcher-saves"
+    s3_region: str = "us-east-1"
+    s3_access_key: str | None = None
+    s3_secret_key: str | None = None
+    access_log: bool = False  # one JSON line per request on stderr (the stack turns it on)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -100,6 +113,10 @@ class Settings:
     @property
     def saves_dir(self) -> Path:
         return self.data_dir / "saves"
+
+    @property
+    def metrics_dir(self) -> Path:
+        return self.data_dir / "metrics"
 
     @property
     def secrets_dir(self) -> Path:
@@ -130,6 +147,11 @@ def load_settings(data_dir: Path, **overrides: Any) -> Settings:
         values.update({k: v for k, v in doc.items() if k in _TUNABLE})
         if "edges" in doc:
             values["edges"] = tuple(EdgeConfig.from_dict(e, i) for i, e in enumerate(doc["edges"]))
+    for name in ("redis_url", "s3_endpoint", "s3_public_endpoint", "s3_bucket", "s3_access_key",
+                 "s3_secret_key"):  # secrets can stay out of backend.json
+        env = os.environ.get(f"LAUNCHER_{name.upper()}")
+        if env:
+            values[name] = env
     values.update({k: v for k, v in overrides.items() if v is not None})
     return Settings(data_dir=data_dir, **values)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -15,8 +15,9 @@ from backend.catalog import Catalog
 from backend.config import EdgeList, Secrets, Settings
 from backend.db import Database
 from backend.errors import Unauthenticated
-from backend.events import EventBus, LocalEventBus
-from backend.ratelimit import RateLimiter
+from backend.events import EventBus, LocalEventBus, RedisEventBus
+from backend.objectstore import LocalSaveStorage, S3SaveStorage, SaveStorage
+from backend.ratelimit import Limiter, RateLimiter, RedisRateLimiter
 
 
 @dataclass
@@ -26,23 +27,57 @@ class Context:
     db: Database
     catalog: Catalog
     edges: EdgeList
-    cdn_limiter: RateLimiter
+    cdn_limiter: Limiter
     events: EventBus = field(default_factory=LocalEventBus)  # WebSocket fan-out (backend.ws)
+    saves: SaveStorage | None = None  # None: local disk under DATA/saves (set in __post_init__)
+    redis: Any = None  # a redis.Redis client when the state is shared (settings.redis_url)
+
+    def __post_init__(self) -> None:
+        if self.saves is None:
+            self.saves = LocalSaveStorage(self.settings.saves_dir)
 
     @staticmethod
     def build(settings: Settings, *, with_db: bool = True) -> Context:
+        """The embedded default unless the settings name Redis (shared rate limits and events)
+        and S3-compatible storage (saves through presigned URLs)."""
         secrets = Secrets.load(settings)
         db = Database(settings.db_url)
         if with_db:
             db.init_schema()
+        limiter: Limiter = RateLimiter(settings.cdn_rate_capacity, settings.cdn_rate_per_second)
+        events: EventBus = LocalEventBus()
+        client = None
+        if settings.redis_url:
+            import redis
+
+            # short timeouts: a dead Redis must turn into a quick 503, not a hung worker
+            client = redis.Redis.from_url(settings.redis_url, socket_timeout=2,
+                                          socket_connect_timeout=1, health_check_interval=30)
+            limiter = RedisRateLimiter(client, settings.cdn_rate_capacity,
+                                       settings.cdn_rate_per_second)
+            events = RedisEventBus(client)
+        saves: SaveStorage = LocalSaveStorage(settings.saves_dir)
+        if settings.s3_endpoint:
+            saves = S3SaveStorage(settings.s3_endpoint, settings.s3_bucket,
+                                  settings.s3_access_key or "", settings.s3_secret_key or "",
+                                  region=settings.s3_region,
+                                  public_endpoint=settings.s3_public_endpoint)
         return Context(
             settings=settings,
             secrets=secrets,
             db=db,
             catalog=Catalog(settings.store_dir),
             edges=EdgeList(settings),
-            cdn_limiter=RateLimiter(settings.cdn_rate_capacity, settings.cdn_rate_per_second),
+            cdn_limiter=limiter,
+            events=events,
+            saves=saves,
+            redis=client,
         )
+
+    @property
+    def save_storage(self) -> SaveStorage:
+        assert self.saves is not None
+        return self.saves
 
     def public_url(self, request: Request | None = None) -> str:
         if self.settings.public_url:

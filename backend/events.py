@@ -5,14 +5,14 @@ see the change); the WebSocket route (``backend.ws``) subscribes one queue per c
 seed's message shape is ``{"event_type": ..., "payload": {...}}``.
 
 ``LocalEventBus`` fans out inside one process: enough for ``launcher-backend serve`` (one
-worker). With several workers or hosts a Redis (or Kafka) implementation of ``EventBus`` would
-publish to a channel per user and let each process deliver to its own subscribers; nothing else
-changes.
+worker). With several workers or hosts ``RedisEventBus`` publishes to a channel per user and
+each process delivers to its own subscribers; nothing else changes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections.abc import Callable
 from datetime import datetime
@@ -94,3 +94,63 @@ class LocalEventBus:
                 sub.loop.call_soon_threadsafe(sub.deliver, msg)
             except RuntimeError:  # its loop is closed: the connection is gone
                 self._remove(sub)
+
+
+class RedisEventBus:
+    """Fan-out across workers and hosts: ``publish`` sends the message to the user's Redis
+    channel; one listener thread per process delivers every channel message to this process's
+    own subscribers (a ``LocalEventBus``). A WebSocket client thus gets its events whichever
+    worker handled the request that caused them. Delivery is at most once (Redis pub/sub): a
+    client that reconnects re-reads the API, as it must after any drop."""
+
+    CHANNEL = "launcher:events:"
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.local = LocalEventBus()
+        self._listener: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def _ensure_listener(self) -> None:
+        # started lazily, in the worker process (threads do not survive the pre-fork)
+        with self._lock:
+            if self._listener is not None and self._listener.is_alive():
+                return
+            self._listener = threading.Thread(target=self._listen, name="redis-events",
+                                              daemon=True)
+            self._listener.start()
+
+    def _listen(self) -> None:
+        import time
+
+        import redis
+
+        while True:
+            try:
+                pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+                pubsub.psubscribe(self.CHANNEL + "*")
+                for item in pubsub.listen():
+                    if item.get("type") != "pmessage":
+                        continue
+                    channel = item["channel"]
+                    channel = channel.decode() if isinstance(channel, bytes) else channel
+                    self.local.publish(channel[len(self.CHANNEL):], json.loads(item["data"]))
+            except (redis.RedisError, OSError, ValueError):
+                time.sleep(0.5)  # Redis away: retry; events published meanwhile are lost
+
+    def subscribe(self, user_id: str) -> Subscription:
+        self._ensure_listener()
+        return self.local.subscribe(user_id)
+
+    def subscriber_count(self, user_id: str) -> int:
+        return self.local.subscriber_count(user_id)
+
+    def publish(self, user_id: str, msg: dict[str, Any]) -> None:
+        import redis
+
+        try:
+            self.client.publish(self.CHANNEL + user_id, json.dumps(msg))
+        except redis.RedisError:
+            # an event is a hint to re-read; the change itself is committed, so losing the hint
+            # must not fail the request that made it
+            self.local.publish(user_id, msg)

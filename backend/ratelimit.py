@@ -1,4 +1,6 @@
-"""Token bucket per key (user) for CDN-token generation."""
+"""Token bucket per key (user) for CDN-token generation: in process memory (``RateLimiter``, the
+embedded default) or in Redis (``RedisRateLimiter``, shared by every worker of the scaled
+stack)."""
 
 from __future__ import annotations
 
@@ -6,6 +8,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol
+
+from backend.errors import ServiceUnavailable
 
 
 @dataclass(slots=True)
@@ -49,3 +54,58 @@ class RateLimiter:
         full_after = self.capacity / self.rate if self.rate > 0 else float("inf")
         for k in [k for k, b in self._buckets.items() if now - b.updated > full_after]:
             del self._buckets[k]
+
+
+class Limiter(Protocol):
+    def check(self, key: str) -> float: ...
+
+
+# The same refill-then-take step as ``take``, run atomically inside Redis so every worker (and
+# host) draws from one bucket per key. The clock is Redis's own (TIME), so workers with skewed
+# clocks still agree; the key expires once the bucket would be full again (no cleanup job).
+_TAKE_LUA = """
+local capacity = tonumber(ARGV[1])
+local rate = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(b[1]) or capacity
+local ts = tonumber(b[2]) or now
+tokens = math.min(capacity, tokens + math.max(0, now - ts) * rate)
+local wait = 0
+if tokens >= 1 then
+  tokens = tokens - 1
+elseif rate > 0 then
+  wait = (1 - tokens) / rate
+else
+  wait = -1
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
+local ttl = 3600000
+if rate > 0 then ttl = math.ceil(capacity / rate * 1000) + 1000 end
+redis.call('PEXPIRE', KEYS[1], ttl)
+return tostring(wait)
+"""
+
+
+class RedisRateLimiter:
+    """Token buckets in Redis (one hash per key, updated by one Lua script: atomic, one round
+    trip). Redis unreachable: ``ServiceUnavailable`` (503), never an unlimited pass."""
+
+    def __init__(self, client: Any, capacity: float, rate: float,
+                 prefix: str = "launcher:rl:cdn:") -> None:
+        self.client = client
+        self.capacity = capacity
+        self.rate = rate
+        self.prefix = prefix
+        self._script = client.register_script(_TAKE_LUA)
+
+    def check(self, key: str) -> float:
+        import redis
+
+        try:
+            wait = float(self._script(keys=[self.prefix + key],
+                                      args=[repr(float(self.capacity)), repr(float(self.rate))]))
+        except redis.RedisError as exc:
+            raise ServiceUnavailable(f"rate limiter store (Redis) unreachable: {exc}") from exc
+        return float("inf") if wait < 0 else wait

@@ -12,20 +12,20 @@ Requests accept our field names and the seed's (``save_slot_name``, ``file_size_
 ``file_hash_sha256``, ``s3_path``); responses carry both. A confirmed upload (and a failed one)
 is pushed to the user's WebSocket connections as ``savegame.sync.status``.
 
-Storage is local disk under DATA/saves (``LocalSaveStorage``); an S3-compatible store would
-implement the same small interface.
+Storage is local disk under DATA/saves (``LocalSaveStorage``, the embedded default, with the
+backend's own blob URLs) or S3-compatible object storage (``backend.objectstore.S3SaveStorage``):
+then upload-url answers a presigned PUT straight to storage, download URLs are presigned GETs,
+and confirm reads the object back to check size and SHA-256; the backend never carries the
+bytes between client and storage.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import secrets
-import shutil
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Query, Request
@@ -47,6 +47,7 @@ from backend.errors import (
     ValidationFailed,
 )
 from backend.library import require_entitlement
+from backend.objectstore import LocalSaveStorage, SaveStorage
 from backend.schemas import (
     ConfirmRequest,
     Data,
@@ -91,46 +92,8 @@ class QuotaExceeded(ApiError):
     title = "Save-game quota exceeded"
 
 
-class SaveStorage(Protocol):
-    def incoming_path(self, upload_id: str) -> Path: ...
-    def commit(self, upload_id: str, key: str) -> None: ...
-    def open_path(self, key: str) -> Path: ...
-    def delete(self, key: str) -> None: ...
-    def copy(self, src_key: str, dst_key: str) -> None: ...
-
-
-class LocalSaveStorage:
-    """Blobs as files: DATA/saves/incoming/<upload id> until confirmed, then objects/<key>."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        (root / "incoming").mkdir(parents=True, exist_ok=True)
-        (root / "objects").mkdir(parents=True, exist_ok=True)
-
-    def incoming_path(self, upload_id: str) -> Path:
-        return self.root / "incoming" / upload_id
-
-    def commit(self, upload_id: str, key: str) -> None:
-        dest = self.open_path(key)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(self.incoming_path(upload_id), dest)
-
-    def open_path(self, key: str) -> Path:
-        return self.root / "objects" / key
-
-    def delete(self, key: str) -> None:
-        self.open_path(key).unlink(missing_ok=True)
-
-    def copy(self, src_key: str, dst_key: str) -> None:
-        dest = self.open_path(dst_key)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(dest.name + ".tmp")
-        shutil.copyfile(self.open_path(src_key), tmp)
-        os.replace(tmp, dest)  # a crash never leaves a half-copied version under its key
-
-
-def storage(ctx: Context) -> LocalSaveStorage:
-    return LocalSaveStorage(ctx.settings.saves_dir)
+def storage(ctx: Context) -> SaveStorage:
+    return ctx.save_storage
 
 
 # -- pure rules ----------------------------------------------------------------------------------
@@ -169,6 +132,10 @@ def used_bytes(s: Session, user_id: str) -> int:
 
 def download_url(ctx: Context, base: str, save: Savegame) -> tuple[str, datetime]:
     expires = int(time.time()) + ctx.settings.save_url_ttl
+    store = storage(ctx)
+    if store.presigned:
+        return (store.download_url(save.storage_key, ctx.settings.save_url_ttl),
+                datetime.fromtimestamp(expires, UTC))
     token = sign_blob_token(ctx.secrets.jwt_key, DOWNLOAD_PURPOSE, save.id, save.user_id, expires)
     return f"{base}/api/v1/library/savegames/blobs/{token}", datetime.fromtimestamp(expires, UTC)
 
@@ -237,11 +204,17 @@ def upload_url(body: Data[UploadUrlRequest], request: Request, ctx: CtxDep,
                             expires_at=now + timedelta(seconds=ttl), created_at=now)
         s.add(up)
         s.flush()
+        key = storage_key(user.id, a.product_id, up.id)
+        store = storage(ctx)
+        if store.presigned:  # straight to object storage, exactly ``size`` bytes
+            target, headers = store.upload_target(key, size, ttl)
+        else:
+            target = f"{ctx.public_url(request)}/api/v1/library/savegames/blobs/{token}"
+            headers = {"Content-Type": "application/octet-stream"}
         doc = {"data": {"type": "presignedUploadUrl", "id": up.id, "attributes": {
-            "upload_url": f"{ctx.public_url(request)}/api/v1/library/savegames/blobs/{token}",
-            "method": "PUT", "headers": {"Content-Type": "application/octet-stream"},
+            "upload_url": target, "method": "PUT", "headers": headers,
             "expires_in_seconds": ttl, "expires_at": up.expires_at, "internal_save_id": up.id,
-            "s3_path": storage_key(user.id, a.product_id, up.id), "product_id": a.product_id,
+            "s3_path": key, "product_id": a.product_id,
             "slot": slot, "base_version": base, "latest_version": latest}}}
     ctx.events.publish(user.id, sync_event(a.product_id, "sync_started", slot=slot))
     return doc
@@ -255,6 +228,9 @@ BlobToken = Annotated[str, PathParam(max_length=512)]
 async def put_blob(token: BlobToken, request: Request) -> dict[str, Any]:
     """Presigned-style upload target: the token in the URL is the credential."""
     ctx = ctx_of(request)
+    local = storage(ctx)
+    if not isinstance(local, LocalSaveStorage):  # object storage takes the bytes itself
+        raise PermissionDenied("uploads go to object storage", code="SAVEGAME_UPLOAD_URL_INVALID")
 
     def lookup() -> SavegameUpload:
         with ctx.db.session() as s:
@@ -272,7 +248,7 @@ async def put_blob(token: BlobToken, request: Request) -> dict[str, Any]:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > up.size_bytes:
         raise TooLarge(f"upload is {declared} bytes but {up.size_bytes} were announced")
-    path = storage(ctx).incoming_path(up.id)
+    path = local.incoming_path(up.id)
     digest = hashlib.sha256()
     size = 0
     fh = await anyio.open_file(path, "wb")
@@ -335,10 +311,15 @@ def _confirm(s: Session, store: SaveStorage, ctx: Context, user_id: str, upload_
         existing = s.get(Savegame, up.savegame_id)
         if existing is not None:
             return existing, False
+    key = storage_key(user_id, up.product_id, up.id)
+    if store.presigned:  # what storage holds now, read back (the PUT never reached us)
+        got = store.uploaded(key)
+        if got is not None:
+            up.uploaded_size, up.uploaded_sha256, up.status = got[0], got[1], "uploaded"
     if up.status != "uploaded":
         raise Conflict("nothing was uploaded to this URL yet", code="SAVEGAME_NOT_UPLOADED")
     if up.uploaded_size != up.size_bytes or up.uploaded_sha256 != up.sha256:
-        store.incoming_path(up.id).unlink(missing_ok=True)
+        store.discard(up.id, key)
         up.status = "pending"
         s.commit()
         raise HashMismatch(
@@ -353,7 +334,7 @@ def _confirm(s: Session, store: SaveStorage, ctx: Context, user_id: str, upload_
         raise
     save = Savegame(id=up.id, user_id=user_id, product_id=up.product_id, slot=up.slot,
                     version=(latest or 0) + 1, size_bytes=up.size_bytes, sha256=up.sha256,
-                    storage_key=storage_key(user_id, up.product_id, up.id),
+                    storage_key=key,
                     client_timestamp=up.client_timestamp, server_timestamp=utcnow(),
                     comment=up.comment)
     s.add(save)
@@ -469,7 +450,11 @@ def get_blob(token: BlobToken, request: Request) -> Response:
                                                Savegame.user_id == user_id))
     if save is None:
         raise NotFound("save no longer exists", code="SAVEGAME_SLOT_NOT_FOUND")
-    path = storage(ctx).open_path(save.storage_key)
+    local = storage(ctx)
+    if not isinstance(local, LocalSaveStorage):
+        raise PermissionDenied("downloads come from object storage",
+                               code="SAVEGAME_DOWNLOAD_URL_INVALID")
+    path = local.open_path(save.storage_key)
     try:
         st = path.stat()
     except FileNotFoundError as exc:
