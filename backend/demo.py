@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,12 +36,14 @@ class DemoCatalog:
 
 
 def publish_catalog(store_dir: Path, builds_dir: Path, size_mb: float, seed: int = 1, *,
-                    level: int = 19, workers: int = 2) -> list[tuple[str, str, list[str]]]:
-    """Generate (idempotent) and publish every version of each demo product, oldest first, and
-    give each product a generated cover (``backend.covers``)."""
+                    level: int = 19, workers: int = 2,
+                    only: list[str] | None = None) -> list[tuple[str, str, list[str]]]:
+    """Generate (idempotent) and publish every version of each demo product (``only`` these, if
+    given), oldest first, and give each product a generated cover (``backend.covers``).
+    Publishing is idempotent too: a version already in the store is left as it is."""
     from backend.democatalog import generate
 
-    products = generate(builds_dir, size_mb=size_mb, seed=seed)
+    products = generate(builds_dir, size_mb=size_mb, seed=seed, only=only)
     store = Store(store_dir)
     try:
         for p in products:
@@ -64,7 +68,14 @@ def ensure_demo_achievements(store_dir: Path) -> None:
             publish_definitions(store_dir, product_id, [Definition.from_dict(d) for d in items])
 
 
-def ensure_demo(settings: Settings, db: Database, size_mb: float, *, level: int = 19) -> DemoCatalog:
+def ensure_demo(settings: Settings, db: Database, size_mb: float, *, level: int = 19,
+                background: bool = False) -> DemoCatalog:
+    """The demo user, products, grants, covers and achievements at once (a second or two), so the
+    server answers and the launcher shows the library right away; the builds are generated and
+    published in a background thread, the smallest game first (a product shows "not available
+    yet" until its first version is in the store). ``demo.json`` marks a finished catalog."""
+    from backend.democatalog import describe
+
     marker = settings.data_dir / "demo.json"
     if marker.exists():
         doc = json.loads(marker.read_text())
@@ -74,9 +85,10 @@ def ensure_demo(settings: Settings, db: Database, size_mb: float, *, level: int 
         ensure_demo_achievements(settings.store_dir)
         sync_store_definitions(db, settings.store_dir)
         return DemoCatalog(products, False)
-    log.warning("creating the demo catalog (%.0f MB per version); this takes a moment", size_mb)
-    products = publish_catalog(settings.store_dir, settings.data_dir / "builds", size_mb,
-                               level=level)
+    described = describe(size_mb=size_mb)
+    products = [(p.product_id, p.title, list(p.versions)) for p in described]
+    ensure_covers(settings.store_dir, [(pid, title) for pid, title, _ in products])
+    ensure_demo_achievements(settings.store_dir)
     with db.session() as s:
         if s.scalar(select(User).where(User.username == DEMO_USER)) is None:
             auth.create_user(s, DEMO_USER, DEMO_PASSWORD)
@@ -84,7 +96,22 @@ def ensure_demo(settings: Settings, db: Database, size_mb: float, *, level: int 
             ensure_product(s, pid, title)
             grant(s, DEMO_USER, pid, title=title)
     sync_store_definitions(db, settings.store_dir)
-    marker.write_text(json.dumps({"products": [
-        {"productId": pid, "title": title, "versions": versions}
-        for pid, title, versions in products]}, indent=2))
+
+    def publish_all() -> None:
+        started = time.monotonic()
+        for pid, title, versions in products:
+            log.warning("demo catalog: generating and publishing %s (%s)", title,
+                        ", ".join(versions))
+            publish_catalog(settings.store_dir, settings.data_dir / "builds", size_mb,
+                            level=level, only=[pid])
+        marker.write_text(json.dumps({"products": [
+            {"productId": pid, "title": title, "versions": versions}
+            for pid, title, versions in products]}, indent=2))
+        log.warning("demo catalog ready in %.0f s (%.0f MB per version)",
+                    time.monotonic() - started, size_mb)
+
+    if background:
+        threading.Thread(target=publish_all, name="demo-catalog", daemon=True).start()
+    else:
+        publish_all()
     return DemoCatalog(products, True)

@@ -43,17 +43,17 @@ import shutil
 import struct
 import threading
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import BinaryIO, TypeAlias
 
-__all__ = ["ACHIEVEMENTS", "GENERATOR_VERSION", "LAUNCHER_BUILD", "DemoProduct", "generate",
-           "marker_name"]
+__all__ = ["ACHIEVEMENTS", "GENERATOR_VERSION", "LAUNCHER_BUILD", "DemoProduct", "describe",
+           "generate", "marker_name"]
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: the demo game reports achievements
 MIB = 1024 * 1024
 
 # Fixed modification times (one per version index) so that archives of builds are reproducible too.
@@ -695,6 +695,8 @@ _GAME_TEMPLATE = '''#!/usr/bin/env python3
 
 Usage: python3 game.py [--save-dir DIR] [--play-seconds N]
 Saves go to DIR, else $LAUNCHER_SAVE_DIR, else ./saves (relative to the working directory).
+Started by the launcher, it reports achievements through the launcher's local API
+($LAUNCHER_API_URL with the launch's $LAUNCHER_API_TOKEN); alone, it just plays.
 """
 
 import argparse
@@ -702,11 +704,37 @@ import json
 import os
 import sys
 import time
+import urllib.request
 
 PRODUCT_ID = __PRODUCT_ID__
 TITLE = __TITLE_JSON__
 VERSION = __VERSION_JSON__
 SAVE_NAME = "slot1.sav"
+ACHIEVEMENTS = __ACHIEVEMENTS_JSON__  # first session, sessions played, seconds played
+
+
+def report(path, body=None):
+    """Tell the launcher (if it started us); a game never fails because of this."""
+    url, token = os.environ.get("LAUNCHER_API_URL"), os.environ.get("LAUNCHER_API_TOKEN")
+    if not url or not token:
+        return None
+    req = urllib.request.Request(url + path, data=json.dumps(body or {}).encode(), method="POST",
+                                 headers={"Authorization": "Bearer " + token,
+                                          "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return json.load(r)
+    except (OSError, ValueError):
+        return None
+
+
+def achievements(counter, played):
+    if ACHIEVEMENTS.get("first"):
+        report("/v1/achievements/" + ACHIEVEMENTS["first"] + "/unlock")
+    if ACHIEVEMENTS.get("sessions"):
+        report("/v1/achievements/" + ACHIEVEMENTS["sessions"] + "/progress", {"current": counter})
+    if ACHIEVEMENTS.get("seconds") and played >= ACHIEVEMENTS.get("seconds_needed", 60):
+        report("/v1/achievements/" + ACHIEVEMENTS["seconds"] + "/unlock")
 
 
 def load(path):
@@ -742,9 +770,11 @@ def main(argv=None):
     state.update(product=PRODUCT_ID, version=VERSION, counter=counter, seconds_played=played)
     store(path, state)  # autosave on start, so a killed session still counts
     print(f"{TITLE} {VERSION}: session {counter} started, saving to {path}", flush=True)
+    achievements(counter, played)
     time.sleep(max(0.0, args.play_seconds))
     state["seconds_played"] = round(played + max(0.0, args.play_seconds), 3)
     store(path, state)
+    achievements(counter, state["seconds_played"])
     print(f"{TITLE} {VERSION}: session {counter} over", flush=True)
     return 0
 
@@ -787,11 +817,20 @@ ACHIEVEMENTS: dict[str, list[dict[str, object]]] = {
 }
 
 
+# which of a product's achievements the demo game reports, and when
+_GAME_ACHIEVEMENTS: dict[str, dict[str, object]] = {
+    "star-courier": {"first": "first-launch", "sessions": "frequent-flyer", "seconds": "long-haul",
+                     "seconds_needed": 60},
+    "tiny-tactics": {"first": "first-battle"},
+}
+
+
 def _game_py(product_id: str, title: str, version: str) -> _Raw:
     src = (
         _GAME_TEMPLATE.replace("__PRODUCT_ID__", json.dumps(product_id))
         .replace("__TITLE_JSON__", json.dumps(title))
         .replace("__VERSION_JSON__", json.dumps(version))
+        .replace("__ACHIEVEMENTS_JSON__", json.dumps(_GAME_ACHIEVEMENTS.get(product_id, {})))
         .replace("__TITLE__", title)
         .replace("__VERSION__", version)
     )
@@ -1236,20 +1275,33 @@ def _pool_context() -> multiprocessing.context.BaseContext | None:
     return multiprocessing.get_context("fork")
 
 
-def generate(dest: Path, *, size_mb: float = 8, seed: int = 1) -> list[DemoProduct]:
-    """Write the demo catalog under ``dest`` and describe it.
+def _plans(size_mb: float, seed: int) -> list[tuple[str, str, list[tuple[str, _Build]]]]:
+    if not size_mb > 0:
+        raise ValueError(f"size_mb must be positive, got {size_mb!r}")
+    size = int(size_mb * MIB)
+    return [(pid, title, plan_fn(max(1, int(size * share)), seed))
+            for pid, title, share, plan_fn in _PRODUCTS]
+
+
+def describe(*, size_mb: float = 8, seed: int = 1) -> list[DemoProduct]:
+    """The demo products (ids, titles, versions) without writing anything, smallest first."""
+    plans = _plans(size_mb, seed)
+    share = {pid: s for pid, _t, s, _f in _PRODUCTS}
+    return sorted((DemoProduct(pid, title, tuple(v for v, _ in plan)) for pid, title, plan in plans),
+                  key=lambda p: share[p.product_id])
+
+
+def generate(dest: Path, *, size_mb: float = 8, seed: int = 1,
+             only: Iterable[str] | None = None) -> list[DemoProduct]:
+    """Write the demo catalog under ``dest`` (``only`` these products, if given) and describe it.
 
     ``dest/<product_id>/<version>/`` is a complete build folder. One version of star-courier is
     about ``size_mb`` MiB, tiny-tactics about an eighth of it. Output depends only on the
     arguments; a product already generated with the same arguments is left as it is.
     """
-    if not size_mb > 0:
-        raise ValueError(f"size_mb must be positive, got {size_mb!r}")
     dest = Path(dest)
-    size = int(size_mb * MIB)
-    plans = [
-        (pid, title, plan_fn(max(1, int(size * share)), seed)) for pid, title, share, plan_fn in _PRODUCTS
-    ]
+    wanted = None if only is None else set(only)
+    plans = [p for p in _plans(size_mb, seed) if wanted is None or p[0] in wanted]
     products = [DemoProduct(pid, title, tuple(v for v, _ in plan)) for pid, title, plan in plans]
     with contextlib.ExitStack() as stack:
         todo = []

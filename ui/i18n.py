@@ -240,6 +240,9 @@ RU = {
     "The game closed with an error": "Игра завершилась с ошибкой",
     "{0}: exit code {1}": "{0}: код завершения {1}",
     "In sync": "Синхронизировано",
+    "Not available yet": "Пока недоступна",
+    "Being published; it can be installed in a moment.":
+        "Игра публикуется; установить её можно будет через минуту.",
     "Newer here": "Новее здесь",
     "Newer in the cloud": "Новее в облаке",
     "Changed on both": "Изменено в обоих местах",

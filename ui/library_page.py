@@ -112,7 +112,7 @@ class LibraryFilter(QSortFilterProxyModel):
             return False  # hidden games show only under "Hidden"
         if not category_matches(self.category, list(idx.data(CategoriesRole) or [])):
             return False
-        installed = state != tr("Not installed")
+        installed = state not in (tr("Not installed"), tr("Not available yet"))
         return {"all": True, "installed": installed, "not_installed": not installed,
                 "updates": state == tr("Update available"),
                 "favourites": bool(idx.data(FavouriteRole)), "hidden": True}.get(self.kind, True)
@@ -434,7 +434,8 @@ class LibraryPage(QWidget):
         self.play.setEnabled(installed is not None and not busy and not running
                              and not installed.get("dirty"))
         self.play.setText(tr("Running") if running else tr("Play"))
-        self.install.setEnabled(installed is None and not busy)
+        self.install.setEnabled(installed is None and not busy
+                                and bool(attrs.get("latest_version_id")))
         self.update_button.setEnabled(installed is not None and not busy and not running
                                       and state == tr("Update available"))
         for b in (self.verify, self.uninstall, self.move_button):
@@ -448,7 +449,9 @@ class LibraryPage(QWidget):
 
     def detail_lines(self, pid: str, attrs: dict[str, Any],
                      installed: dict[str, Any] | None) -> list[str]:
-        lines = [tr("Latest version: {0}").format(attrs.get("latest_version_id", "?"))]
+        latest = attrs.get("latest_version_id")
+        lines = [tr("Latest version: {0}").format(latest) if latest else
+                 tr("Being published; it can be installed in a moment.")]
         seconds = max(int(attrs.get("total_playtime_seconds") or 0),
                       int(self.model.local_playtime.get(pid, 0)))
         last = attrs.get("last_played_at")

@@ -140,6 +140,8 @@ class LibraryModel(QAbstractListModel):
                     "error": self.tr("Failed")}.get(task["status"], str(task["status"]))
         if item.get("running"):
             return self.tr("Running")
+        if installed is None and not attrs.get("latest_version_id"):
+            return self.tr("Not available yet")  # in the library, no build published yet
         if installed is None:
             return self.tr("Not installed")
         if installed.get("dirty"):

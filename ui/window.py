@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from PySide6.QtCore import QEvent, QSettings, Qt, QUrl
+from PySide6.QtCore import QEvent, QSettings, Qt, QTimer, QUrl
 from PySide6.QtGui import QCloseEvent, QImage, QKeySequence, QPixmap, QShortcut
 from PySide6.QtNetwork import QNetworkAccessManager, QNetworkReply, QNetworkRequest
 from PySide6.QtWidgets import (
@@ -48,6 +48,8 @@ from ui.link import EngineLink
 from ui.models import COVER_SIZE, LibraryModel, TasksModel
 from ui.settings_page import SettingsPage
 from ui.speedgraph import SpeedGraph
+
+RECHECK_MS = 5000  # how soon a library with games still being published is asked again
 
 FRIENDLY = {
     "INSUFFICIENT_DISK_SPACE": "There is not enough free disk space.",
@@ -145,6 +147,7 @@ class MainWindow(QMainWindow):
         self._covers_requested: set[str] = set()
         self.login_dialog: LoginDialog | None = None
         self._launching: str | None = None
+        self._recheck_pending = False
         self.downloads_page.history.toggled.connect(lambda _on: self.refresh_tasks())
         self.library_page.changed.connect(self.refresh_library)
         self.library_page.playRequested.connect(self.play)
@@ -253,6 +256,10 @@ class MainWindow(QMainWindow):
 
     def _library_loaded(self, items: list[dict[str, Any]]) -> None:
         self.library.set_library(items)
+        if any(not i["libraryItem"].get("latest_version_id") for i in items) \
+                and not self._recheck_pending:
+            self._recheck_pending = True  # a game still being published: look again soon
+            QTimer.singleShot(RECHECK_MS, self._recheck_library)
         self.link.request("categories", {}, self.library_page.set_categories)
         self.link.request("playtime", {}, self._playtime_loaded)
         if any(i["installed"] for i in items):
@@ -264,6 +271,10 @@ class MainWindow(QMainWindow):
                 self._covers_requested.add(pid)
                 reply = self.network.get(QNetworkRequest(QUrl(str(url))))
                 reply.finished.connect(lambda r=reply, p=pid: self._cover_arrived(p, r))
+
+    def _recheck_library(self) -> None:
+        self._recheck_pending = False
+        self.refresh_library()
 
     def _updates_checked(self, answers: list[dict[str, Any]]) -> None:
         self.library_page.updates = {str(a.get("productId")): a for a in answers}

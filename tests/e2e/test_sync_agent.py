@@ -115,6 +115,10 @@ def test_play_on_two_devices_moves_saves_and_counts_playtime(backend: Any, tmp_p
     assert save_a["counter"] == 1
     # the session reached the backend (the in-process engine replays its journal as it ends)
     assert backend_playtime(backend, token) >= 1
+    # and the demo game reported its achievement through the launcher's local API
+    with backend.client(token) as c:
+        status = c.get(f"/api/v1/library/achievements/status/{PRODUCT}").json()["data"]
+    assert next(s for s in status if s["id"] == "first-battle")["attributes"]["is_unlocked"]
     # device B: the cloud save arrives before its game starts, so B continues A's game
     r = result(b.ok("launch", PRODUCT))
     assert r["game"]["savesBefore"]["downloaded"] == ["install:saves%2Fslot1.sav"]
