@@ -229,6 +229,7 @@ class SeaweedS3:
         self.root = root
         self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
+        self.ports: list[int] = []  # kept for a restart: the filer remembers its peers
         self.access_key = ""
         self.secret_key = ""
 
@@ -254,7 +255,7 @@ class SeaweedS3:
                                                  "secretKey": self.secret_key}],
             "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
         config.chmod(0o600)
-        ports = [free_port() for _ in range(7)]
+        ports = self.ports = self.ports or [free_port() for _ in range(7)]
         log = self.root / "weed.log"
         argv = [binary, "server", f"-ip={LOOPBACK}", f"-ip.bind={LOOPBACK}",
                 f"-dir={self.root / 'data'}",
@@ -291,7 +292,8 @@ class SeaweedS3:
                 "s3_access_key": self.access_key, "s3_secret_key": self.secret_key}
 
     def stop(self) -> None:
-        _stop(self.proc)
+        # weed's graceful stop waits ~10 s on its gRPC peers; what it holds is on disk already
+        _stop(self.proc, 3)
 
 
 # -- the backend ---------------------------------------------------------------------------------

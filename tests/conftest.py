@@ -26,8 +26,19 @@ A ``BackendServer`` has ``.url``, ``.data_dir``, ``.store_dir``, ``.store`` (a
 ``set_edges([...])`` (rewrites DATA/cdn-edges.json: which edges appear in ``cdnSources``; the
 backend re-reads it on change), ``restart()`` (same data dir, new port) and ``stop()``.
 
-Set ``LAUNCHER_TEST_DSN`` (e.g. ``postgresql+psycopg://postgres:pw@127.0.0.1/postgres``) to run
-every backend against PostgreSQL: each server then gets its own freshly created database.
+Databases: every test module named ``test_backend_*`` runs twice, on SQLite (``[sqlite]``) and
+on PostgreSQL (``[postgresql]``): the ``database_kind`` fixture is parametrized for those modules
+(other modules' backends use SQLite). The PostgreSQL server is a private cluster on 127.0.0.1
+(``backend.stack.Postgres``, started once per session on first use, stopped at the end); each
+backend server gets its own freshly created and dropped database. ``LAUNCHER_TEST_DSN`` (e.g.
+``postgresql+psycopg://postgres:pw@127.0.0.1/postgres``) uses an existing server instead, and
+``LAUNCHER_TEST_DATABASES=sqlite`` runs the backend modules on SQLite only.
+
+``scaled_stack`` (module)
+    The scaled stack (``backend.stack.Stack``): PostgreSQL, Redis, SeaweedFS S3, nginx and the
+    backend with 2 workers on 127.0.0.1, its store a copy of ``published_store``; settings from
+    the module's ``SCALED_SETTINGS`` dict if it has one. ``scaled_stack.server`` is a
+    ``BackendServer`` on it (users, grants, clients).
 """
 
 from __future__ import annotations
@@ -36,8 +47,10 @@ import contextlib
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -51,6 +64,8 @@ import pytest
 from testing.processes import REPO, ServerProcess, copy_store, subprocess_env
 
 TEST_DSN = os.environ.get("LAUNCHER_TEST_DSN")
+DATABASE_KINDS = [k for k in os.environ.get("LAUNCHER_TEST_DATABASES", "sqlite,postgresql")
+                  .split(",") if k]
 STORE_SIZE_MB = 3
 _names = itertools.count(1)
 
@@ -246,18 +261,55 @@ class BackendServer:
             self._db = None
 
 
-# -- PostgreSQL (optional) -----------------------------------------------------------------------
+# -- databases: SQLite, and PostgreSQL for the test_backend_* modules ---------------------------
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """The backend's own test modules run on every database kind; the engine's and the UI's
+    tests use a backend too but only on SQLite (the database is not what they test)."""
+    if "database_kind" in metafunc.fixturenames and \
+            metafunc.module.__name__.rsplit(".", 1)[-1].startswith("test_backend_"):
+        metafunc.parametrize("database_kind", DATABASE_KINDS, indirect=True, scope="module")
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A private PostgreSQL cluster on 127.0.0.1 for the session (fsync off: test data)."""
+    from backend.stack import Postgres
+
+    if TEST_DSN:
+        yield None
+        return
+    root = Path(tempfile.mkdtemp(prefix="launcher-test-pg-"))  # reachable by 'postgres' as root
+    server = Postgres(root, durable=False).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def database_kind(request: pytest.FixtureRequest) -> str:
+    kind: str = getattr(request, "param", "sqlite")
+    return kind
 
 
 @contextlib.contextmanager
-def scratch_database() -> Iterator[str | None]:
-    """A fresh database on LAUNCHER_TEST_DSN's server (dropped afterwards), or None (SQLite)."""
-    if not TEST_DSN:
+def scratch_database(request: pytest.FixtureRequest, kind: str) -> Iterator[str | None]:
+    """A fresh database on the test PostgreSQL server (dropped afterwards), or None (SQLite)."""
+    if kind == "sqlite":
         yield None
+        return
+    server = request.getfixturevalue("postgres_server")
+    if server is not None:
+        with server.scratch_database() as dsn:
+            yield dsn
         return
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
+    assert TEST_DSN is not None
     name = f"launcher_test_{uuid.uuid4().hex[:12]}"
     admin = create_engine(TEST_DSN, isolation_level="AUTOCOMMIT")
     with admin.connect() as c:
@@ -299,9 +351,9 @@ def _start_backend(data_dir: Path, published: PublishedStore | None, dsn: str | 
 
 
 @pytest.fixture(scope="module")
-def backend(tmp_path_factory: pytest.TempPathFactory,
-            published_store: PublishedStore) -> Iterator[BackendServer]:
-    with scratch_database() as dsn:
+def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+            published_store: PublishedStore, database_kind: str) -> Iterator[BackendServer]:
+    with scratch_database(request, database_kind) as dsn:
         server = _start_backend(tmp_path_factory.mktemp("backend"), published_store, dsn)
         try:
             yield server
@@ -310,14 +362,15 @@ def backend(tmp_path_factory: pytest.TempPathFactory,
 
 
 @pytest.fixture()
-def backend_factory(tmp_path_factory: pytest.TempPathFactory,
-                    published_store: PublishedStore) -> Iterator[StartBackend]:
+def backend_factory(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+                    published_store: PublishedStore,
+                    database_kind: str) -> Iterator[StartBackend]:
     started: list[BackendServer] = []
     with contextlib.ExitStack() as stack:
 
         def start(*, settings: dict[str, Any] | None = None, args: list[str] | None = None,
                   edges: list[str] | None = None, with_store: bool = True) -> BackendServer:
-            dsn = stack.enter_context(scratch_database())
+            dsn = stack.enter_context(scratch_database(request, database_kind))
             server = _start_backend(tmp_path_factory.mktemp("backend"),
                                     published_store if with_store else None, dsn,
                                     settings=settings, args=args, edges=edges)
@@ -329,6 +382,45 @@ def backend_factory(tmp_path_factory: pytest.TempPathFactory,
         finally:
             for s in started:
                 s.stop()
+
+
+# -- the scaled stack ----------------------------------------------------------------------------
+
+
+@dataclass
+class ScaledStack:
+    stack: Any  # backend.stack.Stack
+    server: BackendServer
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+
+@pytest.fixture(scope="module")
+def scaled_stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+                 published_store: PublishedStore) -> Iterator[ScaledStack]:
+    from backend.stack import Stack
+
+    root = tmp_path_factory.mktemp("stack")
+    settings = dict(getattr(request.module, "SCALED_SETTINGS", {}))
+    stack = Stack(root, workers=2, durable=False, settings=settings)
+    copy_store(published_store.root, stack.data_dir / "store")
+    stack.start()
+    try:
+        server = BackendServer(stack.data_dir, stack.backend, stack.postgres.dsn)  # type: ignore[arg-type]
+        for p in published_store.products:
+            from backend.library import ensure_product
+
+            with server._database().session() as s:
+                ensure_product(s, p.product_id, p.title)
+        yield ScaledStack(stack, server)
+        server.stop()
+    finally:
+        stack.stop()
+        pg_root = stack.postgres.root
+        if pg_root != root / "postgres":
+            shutil.rmtree(pg_root, ignore_errors=True)
 
 
 def wait_until(cond: Callable[[], bool], timeout: float = 10, step: float = 0.05) -> bool:
