@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs what the demo and the tests need on a fresh Debian machine; safe to run again.
-# Debian packages: nginx (CDN edge), xdelta3/zstd/bsdiff/aria2/curl (peer tools in tests and benches),
+# Debian packages: nginx (CDN edge), postgresql and redis-server (the scaled stack and its tests:
+# started by the tests and scripts/stack.sh on 127.0.0.1, never as system services),
+# xdelta3/zstd/bsdiff/aria2/curl (peer tools in tests and benches),
 # Qt's runtime libraries (offscreen GUI tests; the xcb ones for the launcher window on a desktop).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-APT_PKGS=(nginx-light xdelta3 zstd bsdiff aria2 curl libgl1 libegl1 libxkbcommon0 libfontconfig1 libdbus-1-3
+APT_PKGS=(nginx-light postgresql redis-server xdelta3 zstd bsdiff aria2 curl libgl1 libegl1 libxkbcommon0 libfontconfig1 libdbus-1-3
           libxkbcommon-x11-0 libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-shape0 libxcb-randr0
           libxcb-render-util0 libxcb-image0 libxcb-xinerama0)
 missing=()
@@ -14,6 +16,14 @@ done
 if ((${#missing[@]})); then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
+  # policy-rc.d 101: the packages' own services are not started (our tests and the stack start
+  # private servers on free ports; a system PostgreSQL/Redis would only take memory and ports)
+  rc=/usr/sbin/policy-rc.d
+  if [ ! -e "$rc" ]; then
+    trap '$SUDO rm -f "$rc"' EXIT
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$rc" >/dev/null
+    $SUDO chmod +x "$rc"
+  fi
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 PY=${PYTHON:-python3.11}
