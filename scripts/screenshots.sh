@@ -15,9 +15,11 @@ URL=$(sed -n 's/^listening on //p' "$W/out" | head -1)
 E=(.venv/bin/launcher-engine --data "$W/engine" --backend "$URL")
 "${E[@]}" login demo --password demo > /dev/null
 "${E[@]}" install tiny-tactics > /dev/null
+"${E[@]}" launch tiny-tactics > /dev/null   # a session, a cloud save and an achievement
 "${E[@]}" install star-courier --version 1.0.0 --no-wait --limit 300K > /dev/null
-.venv/bin/launcher --data "$W/engine" --backend "$URL" --screenshots docs/screenshots --lang en
-.venv/bin/launcher --data "$W/engine" --backend "$URL" --screenshots docs/screenshots/ru --lang ru
-QT_SCALE_FACTOR=1.5 .venv/bin/launcher --data "$W/engine" --backend "$URL" \
-    --screenshots docs/screenshots/150 --lang en
-ls docs/screenshots docs/screenshots/ru docs/screenshots/150
+L=(.venv/bin/launcher --data "$W/engine" --backend "$URL")
+"${L[@]}" --screenshots docs/screenshots --lang en
+"${L[@]}" --screenshots docs/screenshots/ru --lang ru
+QT_SCALE_FACTOR=1.5 "${L[@]}" --screenshots docs/screenshots/150 --lang en
+QT_SCALE_FACTOR=1.5 "${L[@]}" --screenshots docs/screenshots/ru-150 --lang ru
+ls docs/screenshots docs/screenshots/ru docs/screenshots/150 docs/screenshots/ru-150

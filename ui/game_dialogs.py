@@ -4,7 +4,9 @@ to it; nothing here touches a file."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
+from urllib.parse import unquote
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
@@ -69,6 +71,20 @@ class AchievementsDialog(QDialog):
         self.resize(620, 420)
 
 
+def slot_label(slot: str) -> str:
+    """A cloud slot as a player reads it: the file's path in its save folder."""
+    text = unquote(slot)
+    return text.split(":", 1)[1] if ":" in text else text
+
+
+def short_time(iso: Any) -> str:
+    try:
+        return datetime.fromisoformat(str(iso).replace("Z", "+00:00")).astimezone() \
+            .strftime("%Y-%m-%d %H:%M")
+    except ValueError:
+        return str(iso)[:16]
+
+
 ACTIONS = {"in_sync": "In sync", "upload": "Newer here", "download": "Newer in the cloud",
            "conflict": "Changed on both"}
 
@@ -121,16 +137,20 @@ class SavesDialog(QDialog):
         self.rows = rows
         self.table.setRowCount(len(rows))
         for i, (slot, version) in enumerate(rows):
-            name = slot["path"] or slot["slot"]
             first = version is None or version is slot["cloudVersions"][0]
-            values = (name if first else "", tr(ACTIONS.get(slot["action"], slot["action"]))
-                      if first else "", f"v{version['version']}" if version else "—",
-                      f"{human_bytes(version['sizeBytes'])}, {str(version['createdAt'])[:19]}"
+            values = (slot_label(slot["slot"]) if first else "",
+                      tr(ACTIONS.get(slot["action"], slot["action"])) if first else "",
+                      f"v{version['version']}" if version else "—",
+                      f"{short_time(version['createdAt'])} · {human_bytes(version['sizeBytes'])}"
                       if version else tr("only on this device"))
             for col, text in enumerate(values):
                 item = QTableWidgetItem(text)
                 item.setData(Qt.ItemDataRole.UserRole, i)
+                if col == 0 and slot["path"]:
+                    item.setToolTip(str(slot["path"]))
                 self.table.setItem(i, col, item)
+        self.table.resizeColumnsToContents()
+        self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         conflicts = [s for s in status["slots"] if s["action"] == "conflict"]
         self.summary.setText(
             tr("{0} save file(s) changed on this device and in the cloud since the last sync. "

@@ -241,6 +241,9 @@ RU = {
     "{0}: exit code {1}": "{0}: код завершения {1}",
     "In sync": "Синхронизировано",
     "Not available yet": "Пока недоступна",
+    "< 1 min": "< 1 мин",
+    "{0} min": "{0} мин",
+    "{0} h {1:02d} min": "{0} ч {1:02d} мин",
     "Being published; it can be installed in a moment.":
         "Игра публикуется; установить её можно будет через минуту.",
     "Newer here": "Новее здесь",
@@ -278,6 +281,12 @@ def translator_for(language: str) -> QTranslator | None:
 
 
 _installed: list[QTranslator] = []  # the translator in use (kept alive here)
+_current = ["en"]
+
+
+def current_language() -> str:
+    """The language the application shows now (``use_language``'s last choice)."""
+    return _current[0]
 
 
 def use_language(language: str) -> None:
@@ -289,6 +298,7 @@ def use_language(language: str) -> None:
     for old in _installed:
         app.removeTranslator(old)
     _installed.clear()
+    _current[0] = language if language in LANGUAGES else "en"
     translator = translator_for(language)
     if translator is not None:
         app.installTranslator(translator)

@@ -20,6 +20,7 @@ from PySide6.QtCore import (
 from PySide6.QtGui import QColor, QFont, QIcon, QImage, QPainter, QPixmap
 
 from engine.api.protocol import TaskStatus
+from ui.i18n import tr
 
 ProductRole = Qt.ItemDataRole.UserRole + 1
 StateRole = Qt.ItemDataRole.UserRole + 2
@@ -46,7 +47,10 @@ def human_bytes(n: float) -> str:
 
 def human_duration(seconds: int) -> str:
     hours, minutes = divmod(max(0, int(seconds)) // 60, 60)
-    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min"
+    if not hours and not minutes:
+        return tr("< 1 min") if seconds > 0 else tr("{0} min").format(0)
+    return tr("{0} h {1:02d} min").format(hours, minutes) if hours else \
+        tr("{0} min").format(minutes)
 
 
 def placeholder_cover(product_id: str, title: str) -> QPixmap:

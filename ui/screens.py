@@ -1,12 +1,40 @@
-"""Screenshots of every page (``launcher --screenshots DIR``): for the docs and for looking at
-what a player sees. Waits until the library is populated, then grabs each page."""
+"""Screenshots of every page and dialog (``launcher --screenshots DIR``): for the docs and for
+looking at what a player sees. Waits until the library is populated, then grabs the library
+(grid and list, an installed game selected), downloads, settings, the game's achievements and
+cloud saves, the login dialog, an error and a save conflict."""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
-from ui.window import MainWindow
+from PySide6.QtWidgets import QMessageBox, QWidget
+
+from ui.game_dialogs import AchievementsDialog, ConflictDialog, SavesDialog
+from ui.i18n import tr
+from ui.models import ProductRole
+from ui.window import FRIENDLY, LoginDialog, MainWindow
+
+
+async def _settle(seconds: float = 0.3) -> None:
+    await asyncio.sleep(seconds)
+
+
+def _save(widget: QWidget, path: Path) -> None:
+    widget.grab().save(str(path))
+
+
+def _select_installed(window: MainWindow) -> str | None:
+    view = window.library_page.view
+    model = view.model()
+    for row in range(model.rowCount()):
+        idx = model.index(row, 0)
+        item = window.library.item_of(str(idx.data(ProductRole)))
+        if item is not None and item["installed"]:
+            view.setCurrentIndex(idx)
+            return str(idx.data(ProductRole))
+    return None
 
 
 async def save_screenshots(window: MainWindow, folder: Path, timeout_s: float = 30) -> int:
@@ -18,13 +46,49 @@ async def save_screenshots(window: MainWindow, folder: Path, timeout_s: float = 
     cover_deadline = loop.time() + 5
     while len(window.library.covers) < window.library.rowCount() and loop.time() < cover_deadline:
         await asyncio.sleep(0.1)  # cover art arrives asynchronously
-    await asyncio.sleep(0.5)  # task rows settle
+    await _settle(0.5)  # task rows settle
+    pid = _select_installed(window)
+    await _settle()
     for i, name in enumerate(("library", "downloads", "settings")):
         window.nav.setCurrentRow(i)
-        await asyncio.sleep(0.2)
-        window.grab().save(str(folder / f"{name}.png"))
+        await _settle(1.0 if name == "downloads" else 0.3)  # a few graph samples
+        _save(window, folder / f"{name}.png")
     window.library_page.view_mode.setChecked(True)
     window.nav.setCurrentRow(0)
-    await asyncio.sleep(0.2)
-    window.grab().save(str(folder / "library-list.png"))
+    await _settle()
+    _save(window, folder / "library-list.png")
+    window.library_page.view_mode.setChecked(False)
+    if pid is not None:
+        link = window.link
+        rows: Any = await link.call("achievements", {"productId": pid})
+        dialog: QWidget = AchievementsDialog(window.library_page.title_of(pid), rows, window)
+        dialog.show()
+        await _settle()
+        _save(dialog, folder / "achievements.png")
+        dialog.close()
+        status: Any = await link.call("saves", {"productId": pid})
+        dialog = SavesDialog(link, window.library_page.title_of(pid), status, window)
+        dialog.show()
+        await _settle()
+        _save(dialog, folder / "saves.png")
+        dialog.close()
+        dialog = ConflictDialog(window.library_page.title_of(pid),
+                                "SAVEGAME_VERSION_CONFLICT: install:saves%2Fslot1.sav", window)
+        dialog.show()
+        await _settle()
+        _save(dialog, folder / "conflict.png")
+        dialog.close()
+    login = LoginDialog(window.link, window)
+    login.user.setText("demo")
+    login.show()
+    await _settle()
+    _save(login, folder / "login.png")
+    login.close()
+    error = QMessageBox(QMessageBox.Icon.Warning, tr("Something went wrong"),
+                        tr(FRIENDLY["CDN_UNREACHABLE"]), QMessageBox.StandardButton.Ok, window)
+    error.setDetailedText("CDN_UNREACHABLE: every edge failed: connection refused")
+    error.show()
+    await _settle()
+    _save(error, folder / "error.png")
+    error.close()
     return 0 if window.library.rowCount() else 1

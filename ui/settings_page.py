@@ -26,7 +26,7 @@ from PySide6.QtWidgets import (
 )
 
 from ui import autostart
-from ui.i18n import LANGUAGES, Texts, chosen_language, tr
+from ui.i18n import LANGUAGES, Texts, current_language, tr
 from ui.link import EngineLink
 
 GAMEPLAY = (("pause", "Pause them"), ("throttle", "Slow them down to"), ("continue", "Carry on"))
@@ -40,6 +40,8 @@ class SettingsPage(QWidget):
         self.link = link
         t = self.texts = Texts()
         form = QFormLayout(self)
+        # fields at a readable width, not stretched across a wide window
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.FieldsStayAtSizeHint)
 
         def row(label: str, field: Any) -> None:
             text = QLabel()
@@ -56,8 +58,10 @@ class SettingsPage(QWidget):
         t(self.limit.setSuffix, " MB/s")
         t(self.limit.setSpecialValueText, "No limit")
         self.schedule = QLineEdit()
+        self.schedule.setMinimumWidth(self.fontMetrics().horizontalAdvance("x") * 48)
         t(self.schedule.setPlaceholderText, "e.g. 22:00-06:00; sat,sun 00:00-24:00")
         self.library_dir = QLineEdit()
+        self.library_dir.setMinimumWidth(self.fontMetrics().horizontalAdvance("x") * 56)
         browse = QPushButton()
         t(browse.setText, "Browse…")
         browse.clicked.connect(self.browse)
@@ -69,6 +73,7 @@ class SettingsPage(QWidget):
         folder.setContentsMargins(0, 0, 0, 0)
         self.cdn = QComboBox()
         self.cdn.setEditable(True)
+        self.cdn.setMinimumWidth(self.fontMetrics().horizontalAdvance("x") * 36)
         self.cdn.addItem(tr("Automatic (fastest)"), "")
         self.auto_update = QCheckBox()
         t(self.auto_update.setText, "Keep games up to date automatically")
@@ -95,7 +100,7 @@ class SettingsPage(QWidget):
         self.language = QComboBox()
         for code, name in LANGUAGES.items():
             self.language.addItem(name, code)
-        self.language.setCurrentIndex(max(0, self.language.findData(chosen_language())))
+        self.language.setCurrentIndex(max(0, self.language.findData(current_language())))
         self.language.currentIndexChanged.connect(
             lambda _i: self.languageChosen.emit(self.language.currentData()))
         self.save_button = QPushButton()

@@ -315,3 +315,33 @@ def test_downloads_pause_while_a_game_runs_and_refusals(backend: Any, tmp_path: 
         items = {i["attributes"]["product_id"]: i["attributes"]
                  for i in c.get("/api/v1/library/items").json()["data"]}
     assert items[PRODUCT]["installation_status"] == "not_installed"
+
+
+def test_the_daemon_keeps_games_up_to_date_unless_told_not_to(backend: Any,
+                                                              tmp_path: Path) -> None:
+    name, _ = backend.new_user(products=[PRODUCT])
+    data = tmp_path / "engine"
+    cli = EngineCli(data, backend.url)
+    cli.login(name, "secret-pw")
+    cli.ok("install", PRODUCT, "--version", "1.0.0", "--target", str(tmp_path / "game"))
+    cli.ok("settings", "auto_update", "false")
+    daemon = DaemonProcess(data, backend.url)
+    daemon.start()
+    try:
+        time.sleep(2.0)  # the daemon's first update check has run by now
+        assert result(cli.ok("installed"))["installed"][0]["versionId"] == "1.0.0"
+        assert not result(cli.ok("queue", "list"))["tasks"]
+    finally:
+        daemon.stop()
+    cli.ok("settings", "auto_update", "true")
+    daemon = DaemonProcess(data, backend.url)
+    daemon.start()
+    try:
+        deadline = time.monotonic() + 60
+        version = "1.0.0"
+        while time.monotonic() < deadline and version != "1.0.1":
+            time.sleep(0.5)
+            version = result(cli.ok("installed"))["installed"][0]["versionId"]
+        assert version == "1.0.1"
+    finally:
+        daemon.stop()

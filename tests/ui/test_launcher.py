@@ -321,6 +321,7 @@ def test_the_game_panel_states_what_an_update_downloads(backend: Any, published_
     cli.login(name, "secret-pw")
     first = published_store.product("star-courier").versions[0]
     cli.ok("install", "star-courier", "--version", first, "--target", str(tmp_path / "sc"))
+    cli.ok("settings", "auto_update", "false")  # else the daemon starts the update at once
 
     async def scenario() -> None:
         async with launcher_window(data, backend.url, loop) as (window, _link):
