@@ -769,6 +769,11 @@ def main(argv=None):
     played = played if isinstance(played, (int, float)) else 0
     state.update(product=PRODUCT_ID, version=VERSION, counter=counter, seconds_played=played)
     store(path, state)  # autosave on start, so a killed session still counts
+    settings = os.path.join("settings", "player.ini")
+    if not os.path.exists(settings):  # the player's settings: they follow the player too
+        os.makedirs("settings", exist_ok=True)
+        with open(settings, "w", encoding="utf-8") as fh:
+            fh.write("[video]\\nfullscreen = true\\n[audio]\\nvolume = 80\\n")
     print(f"{TITLE} {VERSION}: session {counter} started, saving to {path}", flush=True)
     achievements(counter, played)
     time.sleep(max(0.0, args.play_seconds))
@@ -792,7 +797,9 @@ LAUNCHER_BUILD = {
             "working_dir": "",
         }
     ],
-    "saves": [{"root": "install", "path": "saves", "include": ["*.sav"], "exclude": []}],
+    # saves, and the game's own settings, which sync like saves (the seed's "game settings")
+    "saves": [{"root": "install", "path": "saves", "include": ["*.sav"], "exclude": []},
+              {"root": "install", "path": "settings", "include": ["*.ini"], "exclude": []}],
 }
 
 

@@ -52,9 +52,10 @@ def slot_of(location: SaveLocation, relative: str) -> str:
     return quote(f"{location.root.value}:{location.path}/{relative}", safe=SLOT_SAFE)
 
 
-def location_of(slot: str, locations: tuple[SaveLocation, ...],
-                install_dir: Path) -> tuple[SaveLocation, Path] | None:
-    """Where a cloud slot lives on this device (None: no location of this version has it)."""
+def location_of(slot: str, locations: tuple[SaveLocation, ...], install_dir: Path,
+                game_files: frozenset[str] = frozenset()) -> tuple[SaveLocation, Path] | None:
+    """Where a cloud slot lives on this device (None: no location of this version has it, or
+    the place is one of the game's own files, which a save never replaces)."""
     text = unquote(slot)
     for loc in locations:
         prefix = f"{loc.root.value}:{loc.path}/"
@@ -65,8 +66,16 @@ def location_of(slot: str, locations: tuple[SaveLocation, ...],
                                   "save folder")
             if not matches(loc, str(rel)):
                 return None
-            return loc, root_dir(loc.root, install_dir) / loc.path / Path(*rel.parts)
+            path = root_dir(loc.root, install_dir) / loc.path / Path(*rel.parts)
+            return None if is_game_file(path, install_dir, game_files) else (loc, path)
     return None
+
+
+def is_game_file(path: Path, install_dir: Path, game_files: frozenset[str]) -> bool:
+    try:
+        return path.relative_to(install_dir).as_posix() in game_files
+    except ValueError:
+        return False
 
 
 def matches(location: SaveLocation, relative: str) -> bool:
@@ -89,8 +98,11 @@ def sha256_of(path: Path) -> LocalFile:
     return LocalFile(digest.hexdigest(), size)
 
 
-def scan(locations: tuple[SaveLocation, ...], install_dir: Path) -> dict[str, SaveFile]:
-    """Every save file of the game on this device, by slot (links are skipped, not followed)."""
+def scan(locations: tuple[SaveLocation, ...], install_dir: Path,
+         game_files: frozenset[str] = frozenset()) -> dict[str, SaveFile]:
+    """Every save file of the game on this device, by slot (links are skipped, not followed).
+    The game's own files (``game_files``, paths in the install folder) are never saves, even
+    when a save location's patterns would match them."""
     out: dict[str, SaveFile] = {}
     for loc in locations:
         base = root_dir(loc.root, install_dir) / loc.path
@@ -107,7 +119,7 @@ def scan(locations: tuple[SaveLocation, ...], install_dir: Path) -> dict[str, Sa
                 if not stat.S_ISREG(info.st_mode):
                     continue
                 rel = path.relative_to(base).as_posix()
-                if not matches(loc, rel):
+                if not matches(loc, rel) or is_game_file(path, install_dir, game_files):
                     continue
                 if len(out) >= MAX_SAVE_FILES:
                     raise EngineError(ErrorCode.SAVEGAME_FILE_TOO_LARGE,

@@ -54,6 +54,10 @@ class SyncReport:
                 "seconds": round(self.seconds, 3)}
 
 
+def game_files_of(manifest: Manifest) -> frozenset[str]:
+    return frozenset(f.path for f in manifest.files)
+
+
 class SaveSync:
     def __init__(self, play: PlayState, bus: EventBus, backups: Backups,
                  library: Callable[[], LibraryApi]) -> None:
@@ -68,7 +72,8 @@ class SaveSync:
 
     async def _state(self, game: InstalledGame, manifest: Manifest
                      ) -> tuple[dict[str, SaveFile], dict[str, CloudSlot], list[SlotDecision]]:
-        local = await asyncio.to_thread(scan, manifest.saves, Path(game.path))
+        local = await asyncio.to_thread(scan, manifest.saves, Path(game.path),
+                                        game_files_of(manifest))
         cloud = await self.library().save_slots(game.product_id)
         decisions = plan_sync({s: f.local for s, f in local.items()},
                               {s: c.as_cloud_file() for s, c in cloud.items()},
@@ -139,7 +144,7 @@ class SaveSync:
                 self.play.set_save_base(pid, d.slot, Base(version.sha256, str(version.version)))
                 report.uploaded.append(d.slot)
             else:  # DOWNLOAD
-                place = location_of(d.slot, manifest.saves, install_dir)
+                place = location_of(d.slot, manifest.saves, install_dir, game_files_of(manifest))
                 if place is None:
                     report.skipped.append(d.slot)
                     continue
@@ -154,7 +159,8 @@ class SaveSync:
                 self.play.set_save_base(pid, d.slot, Base(latest.sha256, str(latest.version)))
                 report.downloaded.append(d.slot)
         if report.uploaded or report.downloaded:
-            now_local = await asyncio.to_thread(scan, manifest.saves, install_dir)
+            now_local = await asyncio.to_thread(scan, manifest.saves, install_dir,
+                                                game_files_of(manifest))
             await asyncio.to_thread(self.backups.take, pid,
                                     {s: f.path for s, f in now_local.items()}, "synced")
 
@@ -188,7 +194,7 @@ class SaveSync:
                 raise EngineError(ErrorCode.INVALID_PARAMS, "restore needs savegameId or backup")
             places = {}
             for slot in files:
-                place = location_of(slot, manifest.saves, install_dir)
+                place = location_of(slot, manifest.saves, install_dir, game_files_of(manifest))
                 if place is None:
                     raise EngineError(ErrorCode.SAVEGAME_SLOT_NOT_FOUND,
                                       f"save {slot!r} has no place in {pid} {game.version_id}")

@@ -109,7 +109,9 @@ def test_play_on_two_devices_moves_saves_and_counts_playtime(backend: Any, tmp_p
     r = result(a.ok("launch", PRODUCT))
     game = r["game"]
     assert r["result"] == "exited" and game["exitCode"] == 0 and not game["crashed"]
-    assert game["savesAfter"]["uploaded"] == ["install:saves%2Fslot1.sav"]
+    # the save and the game's settings file (declared as a second save location) went up
+    assert game["savesAfter"]["uploaded"] == ["install:saves%2Fslot1.sav",
+                                              "install:settings%2Fplayer.ini"]
     assert 0.9 <= game["seconds"] < 10
     save_a = json.loads((game_a / "saves" / "slot1.sav").read_text())
     assert save_a["counter"] == 1
@@ -120,18 +122,23 @@ def test_play_on_two_devices_moves_saves_and_counts_playtime(backend: Any, tmp_p
         status = c.get(f"/api/v1/library/achievements/status/{PRODUCT}").json()["data"]
     assert next(s for s in status if s["id"] == "first-battle")["attributes"]["is_unlocked"]
     # device B: the cloud save arrives before its game starts, so B continues A's game
+    (game_a / "settings" / "player.ini").write_text("[audio]\nvolume = 15\n")  # A's choice
     r = result(b.ok("launch", PRODUCT))
-    assert r["game"]["savesBefore"]["downloaded"] == ["install:saves%2Fslot1.sav"]
+    assert r["game"]["savesBefore"]["downloaded"] == ["install:saves%2Fslot1.sav",
+                                                      "install:settings%2Fplayer.ini"]
     assert json.loads((game_b / "saves" / "slot1.sav").read_text())["counter"] == 2
     # and A gets B's progress next time
     r = result(a.ok("launch", PRODUCT))
     assert r["game"]["savesBefore"]["downloaded"] == ["install:saves%2Fslot1.sav"]
+    assert r["game"]["savesBefore"]["uploaded"] == ["install:settings%2Fplayer.ini"]
     assert json.loads((game_a / "saves" / "slot1.sav").read_text())["counter"] == 3
+    result(b.ok("saves", PRODUCT, "sync"))  # B gets A's settings
+    assert (game_b / "settings" / "player.ini").read_text() == "[audio]\nvolume = 15\n"
     lines = a.ok("playtime", PRODUCT)
     rows = next(line["playtime"] for line in lines if "playtime" in line)
     assert len(rows[0]["sessions"]) == 2 and rows[0]["pendingCalls"] == 0
     assert rows[0]["serverSeconds"] >= int(rows[0]["localSeconds"]) - 1  # both devices count
-    assert len(save_versions(backend, token)) == 3  # every state of the slot kept
+    assert len(save_versions(backend, token)) == 3 + 2  # every state of both slots kept
 
 
 def test_conflicts_never_overwrite_and_resolve_both_ways(backend: Any, tmp_path: Path,

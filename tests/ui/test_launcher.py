@@ -383,8 +383,8 @@ def test_play_from_the_window_with_saves_achievements_and_a_conflict(backend: An
             await until(lambda: any(getattr(e, "status", "") == "exited" for e in seen),
                         "the game's end", 60)
             await until(lambda: page.play.isEnabled(), "Play again")
-            await until(lambda: any(getattr(e, "uploaded", 0) == 1 for e in seen),
-                        "the save uploaded after the game")
+            await until(lambda: any(getattr(e, "uploaded", 0) == 2 for e in seen),
+                        "the save and the settings uploaded after the game")
             assert save.exists()
             rows = await link.call("playtime", {"productId": "tiny-tactics"})
             assert rows[0]["localSeconds"] >= 0.9
@@ -393,7 +393,8 @@ def test_play_from_the_window_with_saves_achievements_and_a_conflict(backend: An
             await until(lambda: getattr(page, "saves_dialog", None) is not None
                         and page.saves_dialog.isVisible(), "the saves dialog")
             dialog = page.saves_dialog
-            assert dialog.table.rowCount() == 1
+            assert dialog.table.rowCount() == 2  # the save and the game's settings file
+            assert dialog.table.item(0, 0).text() == "saves/slot1.sav"
             assert dialog.table.item(0, 2).text() == "v1"
             dialog.close()
             page.act("achievements")
