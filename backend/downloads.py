@@ -11,6 +11,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Annotated, Any
 
+import anyio
 from fastapi import APIRouter, Path, Query, Response
 from sqlalchemy import and_, bindparam, func, select
 from sqlalchemy.orm import Session
@@ -351,9 +352,7 @@ _TASK_WITH_ENTITLEMENT = (
 def owned_task_entitled(ctx: Context, user_id: str, task_id: str) -> SimpleNamespace:
     """The user's task (read-only view), checking in the same Core query (the token hot path)
     that the user still owns its product."""
-    with ctx.db.engine.connect() as conn:
-        row = conn.execute(_TASK_WITH_ENTITLEMENT,
-                           {"task_id": task_id, "user_id": user_id}).mappings().first()
+    row = ctx.db.read_one(_TASK_WITH_ENTITLEMENT, {"task_id": task_id, "user_id": user_id})
     if row is None:
         raise NotFound(f"download task {task_id!r} not found", code="DOWNLOAD_TASK_NOT_FOUND",
                        parameter="taskId")
@@ -368,11 +367,19 @@ def owned_task_entitled(ctx: Context, user_id: str, task_id: str) -> SimpleNames
 async def refresh_cdn_tokens(taskId: TaskId, ctx: CtxDep, user: UserDep) -> dict[str, Any]:
     """Fresh signed ``cdnSources`` for a task that is not finished (hot path: one query;
     ``queuePosition`` is not computed here and is null)."""
-    task = owned_task_entitled(ctx, user.id, taskId)
-    if task.status in TERMINAL:
-        raise TaskStateConflict(f"task is {task.status}; start a new one")
-    sources = _sources(ctx, task.product_id, user.id)
-    return {"data": task_resource(ctx, task, sources=sources)}
+
+    def work() -> dict[str, Any]:
+        task = owned_task_entitled(ctx, user.id, taskId)
+        if task.status in TERMINAL:
+            raise TaskStateConflict(f"task is {task.status}; start a new one")
+        sources = _sources(ctx, task.product_id, user.id)
+        return {"data": task_resource(ctx, task, sources=sources)}
+
+    if ctx.db.in_process and ctx.redis is None:
+        return work()  # SQLite answers in microseconds: a thread hop would cost more
+    # a database or Redis over the network: waiting for them on the event loop would serialize
+    # every request of this worker behind each round trip; in a thread, many are in flight
+    return await anyio.to_thread.run_sync(work)
 
 
 # -- updates -------------------------------------------------------------------------------------

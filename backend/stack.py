@@ -124,10 +124,12 @@ class Postgres:
             if owner:
                 os.chown(pwfile, owner["user"], owner["group"])
             pwfile.chmod(0o600)
-            subprocess.run([initdb, "-D", str(data), "-U", "postgres", "-E", "UTF8",
-                            "--auth-local=trust", "--auth-host=scram-sha-256",
-                            f"--pwfile={pwfile}", "--no-sync"],
-                           check=True, capture_output=True, cwd=self.root, **owner)
+            done = subprocess.run([initdb, "-D", str(data), "-U", "postgres", "-E", "UTF8",
+                                   "--auth-local=trust", "--auth-host=scram-sha-256",
+                                   f"--pwfile={pwfile}", "--no-sync"],
+                                  capture_output=True, text=True, cwd=self.root, **owner)
+            if done.returncode != 0:  # e.g. as root, a parent folder 'postgres' cannot enter
+                raise StackError(f"initdb failed in {data}: {done.stderr.strip()}")
         self.password = pwfile.read_text().strip()
         argv = [postgres, "-D", str(data), "-p", str(self.port), "-h", LOOPBACK,
                 "-k", str(self.root), "-c", "max_connections=400",
@@ -442,6 +444,22 @@ class Stack:
             self.stop()
             raise
         return self
+
+    def restart_backend(self, settings: dict[str, Any]) -> None:
+        """Stop the backend, merge ``settings`` into its backend.json and start it again on the
+        same port (the other servers keep running)."""
+        assert self.backend is not None
+        port = int(self.backend.url.rsplit(":", 1)[1])
+        self.backend.stop()
+        cfg = self.data_dir / "backend.json"
+        doc = json.loads(cfg.read_text())
+        doc.update(settings)
+        cfg.write_text(json.dumps(doc, indent=2))
+        argv = self.backend.argv
+        argv[argv.index("--port") + 1] = str(port)
+        self.backend = Backend(self.data_dir)
+        self.backend.argv = argv
+        self.backend.start()
 
     @property
     def url(self) -> str:

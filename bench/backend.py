@@ -1,17 +1,25 @@
-"""Backend benchmark: CDN-token issue latency under many concurrent clients, and CDN throughput
-of the backend's own ``/cdn/`` route beside nginx serving the same store (large Range reads).
+"""Backend benchmark: CDN-token capacity at the SLO on the scaled stack and on the embedded
+default, the per-user rate limit across workers, closed-loop saturation, and CDN throughput of
+the backend's own ``/cdn/`` route beside nginx serving the same store.
 
-    .venv/bin/python bench/backend.py [--clients 200] [--requests 20] [--cdn-mb 2048] [--json]
+    .venv/bin/python bench/backend.py [--stack scaled|embedded|both] [--workers 2]
+                                      [--step-seconds 4] [--clients 200] [--cdn-mb 2048] [--json]
 
-Runs the real ``launcher-backend serve`` as a subprocess on 127.0.0.1 (and nginx with
-``packaging/nginx/cdn.conf`` when an nginx binary exists), with the client on the same machine.
-Token latency: each of N clients (its own user and download task) calls
-``POST /api/v1/download/tasks/{id}/cdn-tokens`` back to back (closed loop); the per-request
-latency percentiles are reported (the seed asks P99 < 200 ms); then each client asks once a
-second on its own schedule (paced, the load 200 downloading clients really make). CDN throughput: 4 concurrent
-readers fetch 8 MiB ranges of a 256 MiB pack through signed URLs until ``--cdn-mb`` MB were read.
-With ``--json`` the last line is one JSON object with token_p50_ms, token_p99_ms, cdn_mb_s and
-nginx_mb_s.
+Stacks (every server a real process on 127.0.0.1, the load generator on the same machine):
+- ``scaled``: ``backend.stack.Stack``: PostgreSQL, Redis (token buckets), SeaweedFS S3 (saves),
+  nginx, and the backend with ``--workers`` uvicorn workers behind one port, access log on;
+- ``embedded``: ``launcher-backend serve`` as the demo runs it: SQLite, one process, buckets in
+  memory, saves on local disk.
+
+Capacity: an open-loop load of ``POST /api/v1/download/tasks/{id}/cdn-tokens`` (each of
+``--clients`` users its own task; request i is sent at t0 + i/rate whether or not earlier ones
+returned, and its latency counts from that scheduled moment, so a slow server cannot slow the
+generator down and hide its queueing) is raised step by step; the capacity at the SLO is the
+highest rate whose P99 stays under 20 ms with no errors and with the generator on schedule; the
+seed's point (P99 < 200 ms) likewise. Rate limit: one user with a bucket of 10 and 100/s hammered
+for 10 s from 32 connections spread over the workers; exact = allowed / (10 + 100 x elapsed).
+With ``--json`` the last line is one JSON object (``--stack both``: the scaled one, with the
+embedded one under ``"embedded"``).
 """
 
 from __future__ import annotations
@@ -27,32 +35,54 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from backend.config import load_settings  # noqa: E402
+from backend.config import Secrets, load_settings  # noqa: E402
 from backend.db import Database  # noqa: E402
 from backend.demo import publish_catalog  # noqa: E402
 from backend.nginx import NginxEdge, find_nginx  # noqa: E402
-from testing.processes import ServerProcess  # noqa: E402
+from backend.stack import Backend, Stack  # noqa: E402
 
 MIB = 1024 * 1024
 PACK_MB = 256
 RANGE = 8 * MIB
 READERS = 4
-
-
-def start_backend(data: Path) -> ServerProcess:
-    return ServerProcess([sys.executable, "-m", "backend.cli", "serve", "--data", str(data),
-                          "--port", "0"], data / "backend.log", timeout=120)
+SLO_MS = 20.0
+SEED_MS = 200.0
+RATES = (250, 500, 750, 1000, 1250, 1500, 1750, 2000, 2500, 3000, 3500, 4000)
+NO_LIMIT = {"cdn_rate_capacity": 1e9, "cdn_rate_per_second": 1e9}
 
 
 def percentile(values: list[float], p: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, max(0, round(p / 100 * len(s)) - 1))]
+
+
+def seed_data(data: Path, builds: Path, dsn: str | None, names: list[str]) -> str:
+    """Store, users and grants; returns the product the clients download."""
+    products = publish_catalog(data / "store", builds, 2, level=3)
+    product = products[0][0]
+    db = Database(load_settings(data, database_url=dsn).db_url)
+    db.init_schema()
+    from backend import auth
+    from backend.library import ensure_product, grant
+
+    os.environ["LAUNCHER_BCRYPT_ROUNDS"] = "4"
+    with db.session() as s:
+        for pid, title, _ in products:
+            ensure_product(s, pid, title)
+        for n in names:
+            auth.create_user(s, n, "pw")
+    with db.session() as s:
+        for n in names:
+            grant(s, n, product)
+    db.dispose()
+    return product
 
 
 async def prepare_clients(url: str, names: list[str], product: str) -> list[tuple[str, str]]:
@@ -72,47 +102,120 @@ async def prepare_clients(url: str, names: list[str], product: str) -> list[tupl
     return out
 
 
-async def token_bench(url: str, clients: list[tuple[str, str]], requests: int,
-                      interval: float = 0.0) -> tuple[list[float], float, int]:
-    """Each client requests back to back (interval 0: closed loop, saturation) or once every
-    ``interval`` seconds on its own schedule (paced: a realistic refresh load)."""
+async def open_loop(url: str, clients: list[tuple[str, str]], rate: float,
+                    seconds: float) -> dict[str, Any]:
+    """Requests at fixed intervals; latency from each request's scheduled time."""
+    n = int(rate * seconds)
     latencies: list[float] = []
+    late: list[float] = []
     errors = 0
-    conn = aiohttp.TCPConnector(limit=0)
+    rng = random.Random(1)
+    conn = aiohttp.TCPConnector(limit=512, force_close=False)
     async with aiohttp.ClientSession(connector=conn) as s:
-        start = asyncio.Event()
+        # warm up: connections and caches
+        await asyncio.gather(*(s.post(f"{url}/api/v1/download/tasks/{task}/cdn-tokens",
+                                      headers={"Authorization": f"Bearer {tok}"})
+                               for tok, task in clients[:64]))
 
-        async def client(token: str, task: str) -> None:
+        async def one(at: float, token: str, task: str) -> None:
             nonlocal errors
-            headers = {"Authorization": f"Bearer {token}"}
-            await start.wait()
-            begin = time.perf_counter() + random.random() * interval
-            for i in range(requests):
-                if interval:
-                    await asyncio.sleep(max(0.0, begin + i * interval - time.perf_counter()))
-                t0 = time.perf_counter()
+            late.append(time.perf_counter() - at)
+            try:
                 async with s.post(f"{url}/api/v1/download/tasks/{task}/cdn-tokens",
-                                  headers=headers) as r:
+                                  headers={"Authorization": f"Bearer {token}"}) as r:
                     await r.read()
                     if r.status != 200:
                         errors += 1
+            except aiohttp.ClientError:
+                errors += 1
+            latencies.append((time.perf_counter() - at) * 1000)
+
+        pending: list[asyncio.Task[None]] = []
+        t0 = time.perf_counter() + 0.05
+        for i in range(n):
+            at = t0 + i / rate
+            delay = at - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tok, task = clients[rng.randrange(len(clients))]
+            pending.append(asyncio.create_task(one(at, tok, task)))
+        await asyncio.gather(*pending)
+    return {"rate": rate, "requests": n, "errors": errors,
+            "p50_ms": round(statistics.median(latencies), 2),
+            "p99_ms": round(percentile(latencies, 99), 2),
+            "max_ms": round(max(latencies), 2),
+            "generator_late_p99_ms": round(percentile(late, 99) * 1000, 2)}
+
+
+def capacity_ladder(url: str, clients: list[tuple[str, str]], seconds: float,
+                    log: Any) -> tuple[list[dict[str, Any]], dict[str, Any] | None,
+                                       dict[str, Any] | None]:
+    steps: list[dict[str, Any]] = []
+    at_slo = at_seed = None
+    for rate in RATES:
+        step = asyncio.run(open_loop(url, clients, rate, seconds))
+        steps.append(step)
+        log(f"  {rate:5d} req/s: p50 {step['p50_ms']:7.2f} ms  p99 {step['p99_ms']:8.2f} ms  "
+            f"errors {step['errors']}  generator late p99 {step['generator_late_p99_ms']} ms")
+        ok = step["errors"] == 0
+        if ok and step["p99_ms"] < SLO_MS:
+            at_slo = step
+        if ok and step["p99_ms"] < SEED_MS:
+            at_seed = step
+        else:
+            break
+        time.sleep(1.0)
+    return steps, at_slo, at_seed
+
+
+async def closed_loop(url: str, clients: list[tuple[str, str]],
+                      requests: int) -> tuple[list[float], float, int]:
+    latencies: list[float] = []
+    errors = 0
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
+
+        async def client(token: str, task: str) -> None:
+            nonlocal errors
+            for _ in range(requests):
+                t0 = time.perf_counter()
+                async with s.post(f"{url}/api/v1/download/tasks/{task}/cdn-tokens",
+                                  headers={"Authorization": f"Bearer {token}"}) as r:
+                    await r.read()
+                    errors += r.status != 200
                 latencies.append((time.perf_counter() - t0) * 1000)
 
-        # warm up connections and caches
-        await asyncio.gather(*(s.post(f"{url}/api/v1/download/tasks/{task}/cdn-tokens",
-                                      headers={"Authorization": f"Bearer {tok}"})
-                               for tok, task in clients[:20]))
-        latencies.clear()
-        tasks = [asyncio.create_task(client(tok, task)) for tok, task in clients]
         t0 = time.perf_counter()
-        start.set()
-        await asyncio.gather(*tasks)
+        await asyncio.gather(*(client(tok, task) for tok, task in clients))
+        return latencies, len(latencies) / (time.perf_counter() - t0), errors
+
+
+async def rate_limit_exactness(url: str, token: str, task: str, capacity: float, rate: float,
+                               seconds: float) -> dict[str, Any]:
+    ok = limited = other = 0
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=32)) as s:
+        t0 = time.perf_counter()
+
+        async def hammer() -> None:
+            nonlocal ok, limited, other
+            while time.perf_counter() - t0 < seconds:
+                async with s.post(f"{url}/api/v1/download/tasks/{task}/cdn-tokens",
+                                  headers={"Authorization": f"Bearer {token}"}) as r:
+                    await r.read()
+                    if r.status == 200:
+                        ok += 1
+                    elif r.status == 429:
+                        limited += 1
+                    else:
+                        other += 1
+
+        await asyncio.gather(*(hammer() for _ in range(32)))
         elapsed = time.perf_counter() - t0
-    return latencies, len(latencies) / elapsed, errors
+    expected = capacity + rate * elapsed
+    return {"allowed": ok, "refused": limited, "errors": other, "seconds": round(elapsed, 2),
+            "expected": round(expected, 1), "ratio": round(ok / expected, 4)}
 
 
 async def cdn_bench(urls: list[str], size: int, total_mb: int) -> float:
-    """Concurrent readers fetching RANGE-sized ranges; returns MB/s (1 MB = 10^6 bytes)."""
     want = total_mb * 1_000_000
     read = 0
     rng = random.Random(7)
@@ -127,105 +230,143 @@ async def cdn_bench(urls: list[str], size: int, total_mb: int) -> float:
                     async for chunk in r.content.iter_chunked(MIB):
                         read += len(chunk)
 
-        await asyncio.gather(*(reader(urls[0]) for _ in range(2)))  # warm page cache
+        await asyncio.gather(*(reader(urls[0]) for _ in range(2)))
         read = 0
         t0 = time.perf_counter()
         await asyncio.gather(*(reader(urls[i % len(urls)]) for i in range(READERS)))
         return read / 1e6 / (time.perf_counter() - t0)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--clients", type=int, default=200)
-    ap.add_argument("--requests", type=int, default=20, help="token requests per client")
-    ap.add_argument("--paced-requests", type=int, default=10,
-                    help="requests per client in the paced run (one per second)")
-    ap.add_argument("--cdn-mb", type=int, default=2048, help="MB read per CDN measurement")
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args(argv)
-
-    tmp = Path(tempfile.mkdtemp(prefix="bench-backend-"))
-    server: ServerProcess | None = None
+def run_stack(kind: str, args: argparse.Namespace, tmp: Path, log: Any) -> dict[str, Any]:
+    names = [f"bench{i}" for i in range(args.clients)]
+    stack: Stack | None = None
+    server: Backend | None = None
+    result: dict[str, Any] = {"stack": kind}
     try:
-        data = tmp / "data"
-        data.mkdir()
-        (data / "backend.json").write_text(json.dumps(
-            {"cdn_rate_capacity": 1e9, "cdn_rate_per_second": 1e9}))
-        products = publish_catalog(data / "store", tmp / "builds", 2, level=3)
-        product = products[0][0]
-        pack = data / "store" / "cdn" / product / "packs" / ("b" * 64 + ".pack")
-        with pack.open("wb") as fh:
-            for _ in range(PACK_MB):
-                fh.write(os.urandom(MIB))
-        settings = load_settings(data)
-        db = Database(settings.db_url)
-        db.init_schema()
-        from backend import auth
-        from backend.library import grant
-
-        os.environ["LAUNCHER_BCRYPT_ROUNDS"] = "4"
-        names = [f"bench{i}" for i in range(args.clients)]
-        with db.session() as s:
-            for n in names:
-                auth.create_user(s, n, "pw")
-        with db.session() as s:
-            for n in names:
-                grant(s, n, product)
-        db.dispose()
-
-        server = start_backend(data)
-        url = server.url
+        if kind == "scaled":
+            stack = Stack(tmp / "scaled", workers=args.workers, durable=True,
+                          access_log=not args.no_access_log, settings=NO_LIMIT,
+                          with_nginx=False)
+            # PostgreSQL must run before the users can be created: start the stack with an
+            # empty store, seed through the same database, then restart only the backend
+            stack.start()
+            product = seed_data(stack.data_dir, tmp / "builds", stack.postgres.dsn,
+                                [*names, "limited"])
+            stack.restart_backend(NO_LIMIT)
+            url = stack.url
+            result.update(workers=args.workers, database="postgresql", cache="redis",
+                          saves="s3 (seaweedfs)", access_log=not args.no_access_log)
+        else:
+            data = tmp / "embedded"
+            data.mkdir()
+            (data / "backend.json").write_text(json.dumps(NO_LIMIT))
+            product = seed_data(data, tmp / "builds-e", None, names)
+            server = Backend(data).start()
+            url = server.url
+            result.update(workers=1, database="sqlite", cache="memory", saves="local disk",
+                          access_log=False)
         clients = asyncio.run(prepare_clients(url, names, product))
-        latencies, rps, errors = asyncio.run(token_bench(url, clients, args.requests))
-        p50, p99 = statistics.median(latencies), percentile(latencies, 99)
-        paced, paced_rps, paced_errors = asyncio.run(
-            token_bench(url, clients, args.paced_requests, interval=1.0))
-        paced_p50, paced_p99 = statistics.median(paced), percentile(paced, 99)
-
-        # signed URLs for the big pack: one HMAC (own route) and one nginx-mode token
-        from backend.config import Secrets
-        from backend.signing import SigningMode, sign
-
-        key = Secrets.load(settings).cdn_key
-        rel = f"{product}/packs/{pack.name}"
-        expires = int(time.time()) + 3600
-        own = f"{url}/cdn/{rel}?{sign(key, SigningMode.HMAC, product, 'bench', expires).query}"
-        cdn_mb_s = asyncio.run(cdn_bench([own], pack.stat().st_size, args.cdn_mb))
-        nginx_mb_s: float | None = None
-        if find_nginx():
-            with NginxEdge(data / "store" / "cdn", key, tmp / "nginx") as edge:
-                q = sign(key, SigningMode.NGINX, product, "bench", expires).query
-                nginx_mb_s = asyncio.run(cdn_bench([f"{edge.url}{rel}?{q}"],
-                                                   pack.stat().st_size, args.cdn_mb))
+        log(f"{kind}: open-loop CDN-token capacity ({args.step_seconds} s per step)")
+        steps, at_slo, at_seed = capacity_ladder(url, clients, args.step_seconds, log)
+        result["token_capacity_rps_p99_20ms"] = at_slo["rate"] if at_slo else 0
+        result["token_p99_ms"] = at_slo["p99_ms"] if at_slo else None
+        result["token_capacity_rps_p99_200ms"] = at_seed["rate"] if at_seed else 0
+        result["token_p99_ms_at_200ms_point"] = at_seed["p99_ms"] if at_seed else None
+        result["ladder"] = steps
+        lat, rps, errors = asyncio.run(closed_loop(url, clients, args.requests))
+        result.update(closed_loop_clients=args.clients, closed_loop_rps=round(rps, 1),
+                      closed_loop_p50_ms=round(statistics.median(lat), 2),
+                      closed_loop_p99_ms=round(percentile(lat, 99), 2),
+                      closed_loop_errors=errors)
+        log(f"{kind}: closed loop {args.clients} clients: {rps:.0f} req/s, "
+            f"p99 {result['closed_loop_p99_ms']} ms")
+        if stack is not None:
+            capacity, rate = 10.0, 100.0
+            stack.restart_backend({"cdn_rate_capacity": capacity, "cdn_rate_per_second": rate})
+            [(tok, task)] = asyncio.run(prepare_clients(stack.url, ["limited"], product))
+            # the task creation took one token: wait for the bucket to fill up again
+            time.sleep(capacity / rate + 0.2)
+            rl = asyncio.run(rate_limit_exactness(stack.url, tok, task, capacity, rate,
+                                                  args.limit_seconds))
+            result["rate_limit"] = {"capacity": capacity, "per_second": rate, **rl}
+            log(f"{kind}: rate limit {rate:.0f}/s + {capacity:.0f} across {args.workers} "
+                f"workers for {rl['seconds']} s: {rl['allowed']} allowed of "
+                f"{rl['expected']} expected ({rl['ratio']:.4f})")
+        if args.cdn_mb and kind == "embedded":
+            result.update(cdn_throughput(data, product, url, args.cdn_mb, tmp))
     finally:
         if server is not None:
             server.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+        if stack is not None:
+            stack.stop()
+    return result
 
-    rows = [
-        ("CDN-token issue, P50", f"{p50:.1f} ms", f"{args.clients} concurrent clients, "
-         f"{args.requests} requests each, closed loop"),
-        ("CDN-token issue, P99", f"{p99:.1f} ms", "seed target < 200 ms"),
-        ("CDN-token issue, rate", f"{rps:.0f} req/s", f"{errors} errors"),
-        ("CDN-token issue paced, P50", f"{paced_p50:.1f} ms",
-         f"{args.clients} clients, each 1 request/s ({paced_rps:.0f} req/s total)"),
-        ("CDN-token issue paced, P99", f"{paced_p99:.1f} ms", f"{paced_errors} errors"),
-        ("backend /cdn/ route", f"{cdn_mb_s:.0f} MB/s",
-         f"{READERS} readers, {RANGE // MIB} MiB ranges of a {PACK_MB} MiB pack"),
-        ("nginx secure_link edge",
-         f"{nginx_mb_s:.0f} MB/s" if nginx_mb_s is not None else "n/a", "same reads"),
-    ]
-    w0 = max(len(r[0]) for r in rows)
-    w1 = max(len(r[1]) for r in rows)
-    print(f"{'measure':<{w0}}  {'result':>{w1}}  notes")
-    for name, value, note in rows:
-        print(f"{name:<{w0}}  {value:>{w1}}  {note}")
+
+def cdn_throughput(data: Path, product: str, url: str, total_mb: int,
+                   tmp: Path) -> dict[str, Any]:
+    from backend.signing import SigningMode, sign
+
+    pack = data / "store" / "cdn" / product / "packs" / ("b" * 64 + ".pack")
+    with pack.open("wb") as fh:
+        for _ in range(PACK_MB):
+            fh.write(os.urandom(MIB))
+    key = Secrets.load(load_settings(data)).cdn_key
+    rel = f"{product}/packs/{pack.name}"
+    expires = int(time.time()) + 3600
+    own = f"{url}/cdn/{rel}?{sign(key, SigningMode.HMAC, product, 'bench', expires).query}"
+    out: dict[str, Any] = {"cdn_mb_s": round(asyncio.run(cdn_bench([own], pack.stat().st_size,
+                                                                  total_mb)), 1)}
+    out["nginx_mb_s"] = None
+    if find_nginx():
+        with NginxEdge(data / "store" / "cdn", key, tmp / "nginx") as edge:
+            q = sign(key, SigningMode.NGINX, product, "bench", expires).query
+            out["nginx_mb_s"] = round(asyncio.run(cdn_bench(
+                [f"{edge.url}{rel}?{q}"], pack.stat().st_size, total_mb)), 1)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--stack", choices=("scaled", "embedded", "both"), default="both")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--clients", type=int, default=200)
+    ap.add_argument("--requests", type=int, default=20, help="per client, closed loop")
+    ap.add_argument("--step-seconds", type=float, default=4.0, help="per open-loop rate step")
+    ap.add_argument("--limit-seconds", type=float, default=10.0)
+    ap.add_argument("--cdn-mb", type=int, default=0,
+                    help="MB read per CDN throughput measurement (embedded; 0 skips)")
+    ap.add_argument("--no-access-log", action="store_true", help="scaled stack without it")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+
+    load_before = os.getloadavg()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-backend-"))
+    results: dict[str, dict[str, Any]] = {}
+    try:
+        kinds = ("scaled", "embedded") if args.stack == "both" else (args.stack,)
+        for kind in kinds:
+            results[kind] = run_stack(kind, args, tmp, log)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    for kind, r in results.items():
+        print(f"\n{kind}: {r['workers']} worker(s), {r['database']}, cache {r['cache']}, "
+              f"saves {r['saves']}")
+        print(f"  capacity at P99 < {SLO_MS:.0f} ms: {r['token_capacity_rps_p99_20ms']} req/s "
+              f"(P99 {r['token_p99_ms']} ms)")
+        print(f"  capacity at P99 < {SEED_MS:.0f} ms: {r['token_capacity_rps_p99_200ms']} req/s")
+        print(f"  closed loop {r['closed_loop_clients']} clients: {r['closed_loop_rps']} req/s, "
+              f"P99 {r['closed_loop_p99_ms']} ms")
+    main_result = dict(results.get("scaled") or results["embedded"])
+    if "scaled" in results and "embedded" in results:
+        main_result["embedded"] = {k: v for k, v in results["embedded"].items() if k != "ladder"}
+    main_result["load_average_before"] = [round(x, 2) for x in load_before]
+    main_result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+    main_result["cpus"] = os.cpu_count()
     if args.json:
-        print(json.dumps({"token_p50_ms": round(p50, 2), "token_p99_ms": round(p99, 2),
-                          "token_rps": round(rps, 1), "token_paced_p50_ms": round(paced_p50, 2),
-                          "token_paced_p99_ms": round(paced_p99, 2),
-                          "cdn_mb_s": round(cdn_mb_s, 1),
-                          "nginx_mb_s": round(nginx_mb_s, 1) if nginx_mb_s else None}))
+        print(json.dumps(main_result))
     return 0
 
 
