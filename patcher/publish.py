@@ -382,7 +382,7 @@ def _build_step_patches(
         old_by_name.setdefault(f.path.rsplit("/", 1)[-1], f.path)
     reader = BlockReader(store, old)
     jobs: list[deltas.PatchJob] = []
-    job_meta: dict[str, tuple[str | None, str, float]] = {}
+    job_meta: dict[str, tuple[str | None, str, int]] = {}
     for path in diff.rebuilt:
         target = new.file(path)
         assert target is not None
@@ -402,7 +402,7 @@ def _build_step_patches(
         if source_path is not None:
             old_copy = workdir / f"{len(jobs)}.old"
             reader.extract(source_path, old_copy)
-        jobs.append(deltas.PatchJob(path, old_copy, sources[path].source, int(budget)))
+        jobs.append(deltas.PatchJob(path, old_copy, sources[path].source, budget))
         job_meta[path] = (source_path, target.hash_sha256, budget)
     results = deltas.build_patches(jobs, workers=workers, memory_limit=memory_limit, level=level)
     entries: list[PatchEntry] = []

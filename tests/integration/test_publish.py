@@ -21,6 +21,7 @@ import zstandard
 from backend.democatalog import LAUNCHER_BUILD, generate
 from patcher.chunking import CHUNK_MAX
 from patcher.delta import PatchMethod, apply_patch
+from patcher.deltaindex import EMPTY_SHA256
 from patcher.errors import ManifestError, PublishError
 from patcher.manifest import Codec, LaunchEntry, Manifest, SaveLocation, SaveRoot, decode_manifest
 from patcher.packs import (
@@ -905,17 +906,23 @@ def test_delta_index_patches_apply_exactly(demo: DemoStore, old_v: str, new_v: s
     old, new = s.read_manifest(pid, old_v), s.read_manifest(pid, new_v)
     reader = BlockReader(s, old)
     for i, p in enumerate(delta.patches):
-        assert p.source_path is not None  # this step adds no file without a predecessor
-        src, target = old.file(p.source_path), new.file(p.path)
-        assert src is not None and target is not None
-        assert src.hash_sha256 != target.hash_sha256
-        assert (p.from_sha256, p.to_sha256, p.to_size) == (src.hash_sha256, target.hash_sha256,
-                                                           target.size)
+        target = new.file(p.path)
+        assert target is not None
+        old_copy = tmp_path / f"{i}.old"
+        if p.source_path is None:  # a new file with no predecessor: a whole-file frame
+            assert p.method == "zstd" and old.file(p.path) is None
+            assert p.from_sha256 == EMPTY_SHA256
+            old_copy.write_bytes(b"")
+        else:
+            src = old.file(p.source_path)
+            assert src is not None
+            assert src.hash_sha256 != target.hash_sha256
+            assert p.from_sha256 == src.hash_sha256
+            reader.extract(p.source_path, old_copy)
+        assert (p.to_sha256, p.to_size) == (target.hash_sha256, target.size)
         blob = s.path(s.patch_rel(pid, p.patch_id)).read_bytes()
         assert len(blob) == p.patch_size
         assert blake3.blake3(blob).hexdigest() == p.patch_id
-        old_copy = tmp_path / f"{i}.old"
-        reader.extract(p.source_path, old_copy)
         out = apply_patch(PatchMethod(p.method), old_copy.read_bytes(), blob,
                           old_sha256=p.from_sha256, new_sha256=p.to_sha256, new_size=p.to_size)
         assert sha256(out) == target.hash_sha256
