@@ -251,3 +251,29 @@ def test_manifest_patch_bytes_are_small(backend_factory: Any, published_store: A
         assert rebuild_manifest_blob(old_blob, patch, mp) == new_blob
         assert mp.patch_size < len(new_blob) / 2
         assert zstandard.get_frame_parameters(patch).content_size == mp.json_size
+
+
+def test_files_whose_bytes_did_not_change_are_not_rewritten(
+        engine: EngineCli, published_store: Any, tmp_path: Path) -> None:
+    """An update writes only the files whose bytes change: every other file keeps its inode
+    and modification time, and the plan's writeBytes is exactly the rebuilt files' sizes."""
+    versions = published_store.product(PRODUCT).versions
+    old, new = versions[0], versions[1]
+    target = tmp_path / "game"
+    engine.ok("install", PRODUCT, "--version", old, "--target", str(target))
+    old_build, new_build = build(published_store, old), build(published_store, new)
+    same = [p.relative_to(new_build).as_posix() for p in new_build.rglob("*")
+            if p.is_file() and (old_build / p.relative_to(new_build)).is_file()
+            and (old_build / p.relative_to(new_build)).read_bytes() == p.read_bytes()
+            and (target / p.relative_to(new_build)).exists()]
+    assert same
+    before = {rel: (os.stat(target / rel).st_ino, os.stat(target / rel).st_mtime_ns) for rel in same}
+    lines = engine.ok("update", PRODUCT, "--version", new)
+    plan = next(ln["payload"] for ln in lines if ln.get("type") == "updatePlan")
+    after = {rel: (os.stat(target / rel).st_ino, os.stat(target / rel).st_mtime_ns) for rel in same}
+    assert after == before
+    rebuilt = [p for p in new_build.rglob("*") if p.is_file()
+               and p.relative_to(new_build).as_posix() not in set(same)
+               and p.name != "launcher-build.json"]
+    assert plan["writeBytes"] == sum(p.stat().st_size for p in rebuilt)
+    assert_same_tree(target, new_build)
