@@ -5,7 +5,12 @@
 Starts the engine daemon for the data dir when none runs, connects through the light client
 and keeps reconnecting; one asyncio loop (qasync) runs on Qt's event loop, so the window never
 waits on the network or the disk. ``--screenshots DIR`` renders every page into PNGs and exits
-(for docs and visual checks; works offscreen).
+(for docs and visual checks; works offscreen). ``--version`` prints the version and exits.
+
+Installed from the bundle (ROOT/versions/<v>/launcher), a start first lets the self-update pick
+the build to run (launcher/selfupdate.py): a staged new build starts as a trial under this one,
+which takes over again if the new build does not come up. ``--self-update`` stages the chosen
+channel's latest build through the engine and exits (what the window does in the background).
 """
 
 from __future__ import annotations
@@ -33,13 +38,40 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--lang", choices=["en", "ru"], help="language (default: saved, else the system's)")
     ap.add_argument("--probe", type=Path, help="bench/ui.py: write start-up, loop lag, RSS here")
     ap.add_argument("--probe-seconds", type=float, default=5.0)
+    ap.add_argument("--version", action="store_true", help="print the version and exit")
+    ap.add_argument("--self-update", action="store_true",
+                    help="fetch, verify and stage the channel's latest launcher through the engine "
+                         "(used at the next start), print the outcome as JSON and exit")
+    ap.add_argument("--channel", choices=["stable", "beta"],
+                    help="the launcher's update channel (kept for later starts)")
     args = ap.parse_args(argv)
     args.data_dir = (args.data_dir or default_data_dir()).expanduser().absolute()
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    if args.version:
+        from launcher.version import app_version
+
+        print(f"launcher {app_version()}")
+        return 0
+    from launcher.selfupdate import managed_layout
+
+    layout = managed_layout()
+    if args.channel or args.self_update:
+        from launcher.selfupdate import run_self_update
+
+        return run_self_update(layout, args.data_dir, args.backend_url, args.channel,
+                               stage=args.self_update)
+    if layout is not None and args.screenshots is None:
+        from launcher.selfupdate import supervise
+        from launcher.version import app_version
+
+        other = supervise(layout, app_version(), argv)
+        if other is not None:  # another build ran (and has ended)
+            return other
     import qasync
     from PySide6.QtWidgets import QApplication
 
@@ -69,6 +101,14 @@ def main(argv: list[str] | None = None) -> int:
     if instance is not None:
         instance.activated.connect(window.bring_forward)
     link.start()
+    from PySide6.QtCore import QTimer
+
+    from launcher.selfupdate import clear_trial_marker, stage_in_background
+
+    # up: the window exists and the event loop turns. A trial of this build is confirmed now.
+    QTimer.singleShot(0, clear_trial_marker)
+    if layout is not None and args.probe is None:
+        stage_in_background(layout, args.data_dir, args.backend_url)
     if args.probe is not None:
         from ui.probe import run_probe
 

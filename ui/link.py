@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -23,6 +22,7 @@ from PySide6.QtCore import QObject, Signal
 
 from engine.api.client import DaemonClient, DaemonInfo, daemon_running
 from engine.api.protocol import EngineError, ErrorCode
+from launcher.frozen import engine_command  # a frozen bundle runs the engine as `launcher engine`
 
 DAEMON_START_TIMEOUT_S = 20.0
 RECONNECT_DELAYS_S = (0.2, 0.5, 1.0, 2.0, 4.0)
@@ -80,7 +80,7 @@ class EngineLink(QObject):
         log = (self.data_dir / "daemon.log").open("ab")
         # detached: the daemon outlives the window (downloads go on in the tray or without it)
         backend = ["--backend", self.backend_url] if self.backend_url else []
-        subprocess.Popen([sys.executable, "-m", "engine.cli", "--data", str(self.data_dir),
+        subprocess.Popen([*engine_command(), "--data", str(self.data_dir),
                           *backend, "serve"], stdout=subprocess.DEVNULL,
                          stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()

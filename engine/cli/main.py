@@ -669,6 +669,17 @@ CLI: tuple[Cli, ...] = (
 )
 
 
+def _version() -> str:
+    """The distribution's version: pyproject's ``version``, the one place it is written (a
+    frozen bundle carries the distribution's metadata for this)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("game-launcher")
+    except PackageNotFoundError:  # a bare source tree that was never installed
+        return "0+unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     def common_options(p: argparse.ArgumentParser, default: Any) -> None:
         # accepted before and after the subcommand; SUPPRESS keeps the subparser from
@@ -685,6 +696,7 @@ def build_parser() -> argparse.ArgumentParser:
     common_options(common, argparse.SUPPRESS)
     parser = argparse.ArgumentParser(prog="launcher-engine", description=__doc__)
     common_options(parser, None)
+    parser.add_argument("--version", action="version", version=f"launcher-engine {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     for spec in CLI:
         text = spec.help or (command(spec.method).help if spec.method else spec.name)
