@@ -122,6 +122,7 @@ def create_app(ctx: Context) -> FastAPI:
     )
     app.state.ctx = ctx
     install_error_handlers(app)
+    app.include_router(downloads.hot_router)  # first: see its comment
     app.include_router(auth_routes.router)
     app.include_router(library.router)
     app.include_router(categories.router)

@@ -29,6 +29,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import shutil
 import statistics
 import sys
@@ -102,49 +103,106 @@ async def prepare_clients(url: str, names: list[str], product: str) -> list[tupl
     return out
 
 
+class _HttpConn(asyncio.Protocol):
+    """A bare HTTP/1.1 keep-alive client connection: the load generator shares the 2 cores
+    with the servers, so it must cost little (aiohttp spends ~5x the CPU per request)."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buf = b""
+        self.waiter: asyncio.Future[int] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        end = self.buf.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        m = _CONTENT_LENGTH.search(self.buf, 0, end)
+        length = int(m.group(1)) if m else 0
+        if len(self.buf) < end + 4 + length:
+            return
+        status = int(self.buf[9:12])
+        self.buf = self.buf[end + 4 + length:]
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(status)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(ConnectionError("closed"))
+
+    async def request(self, payload: bytes) -> int:
+        assert self.transport is not None
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(payload)
+        return await self.waiter
+
+
+_CONTENT_LENGTH = re.compile(rb"(?i)content-length:\s*(\d+)")
+
+
 async def open_loop(url: str, clients: list[tuple[str, str]], rate: float,
                     seconds: float) -> dict[str, Any]:
-    """Requests at fixed intervals; latency from each request's scheduled time."""
-    n = int(rate * seconds)
+    """Requests at fixed intervals, each on an idle connection (a new one when all are busy,
+    as a population of clients would); latency from each request's scheduled time."""
+    host, port = url.removeprefix("http://").split(":")
+    loop = asyncio.get_running_loop()
+    payloads = [(f"POST /api/v1/download/tasks/{task}/cdn-tokens HTTP/1.1\r\nHost: {host}\r\n"
+                 f"Authorization: Bearer {tok}\r\nContent-Length: 0\r\n\r\n").encode()
+                for tok, task in clients]
+    idle: list[_HttpConn] = []
+
+    async def connection() -> _HttpConn:
+        if idle:
+            return idle.pop()
+        _, proto = await loop.create_connection(_HttpConn, host, int(port))
+        return proto
+
     latencies: list[float] = []
     late: list[float] = []
     errors = 0
     rng = random.Random(1)
-    conn = aiohttp.TCPConnector(limit=512, force_close=False)
-    async with aiohttp.ClientSession(connector=conn) as s:
-        # warm up: connections and caches
-        await asyncio.gather(*(s.post(f"{url}/api/v1/download/tasks/{task}/cdn-tokens",
-                                      headers={"Authorization": f"Bearer {tok}"})
-                               for tok, task in clients[:64]))
 
-        async def one(at: float, token: str, task: str) -> None:
-            nonlocal errors
-            late.append(time.perf_counter() - at)
-            try:
-                async with s.post(f"{url}/api/v1/download/tasks/{task}/cdn-tokens",
-                                  headers={"Authorization": f"Bearer {token}"}) as r:
-                    await r.read()
-                    if r.status != 200:
-                        errors += 1
-            except aiohttp.ClientError:
+    async def one(at: float, payload: bytes) -> None:
+        nonlocal errors
+        late.append(time.perf_counter() - at)
+        conn = await connection()
+        try:
+            status = await conn.request(payload)
+            if status != 200:
                 errors += 1
-            latencies.append((time.perf_counter() - at) * 1000)
+            idle.append(conn)
+        except ConnectionError:
+            errors += 1
+        latencies.append((time.perf_counter() - at) * 1000)
 
-        pending: list[asyncio.Task[None]] = []
-        t0 = time.perf_counter() + 0.05
-        for i in range(n):
-            at = t0 + i / rate
-            delay = at - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tok, task = clients[rng.randrange(len(clients))]
-            pending.append(asyncio.create_task(one(at, tok, task)))
-        await asyncio.gather(*pending)
+    # warm up: connections and caches
+    await asyncio.gather(*(one(time.perf_counter(), p) for p in payloads[:64]))
+    latencies.clear()
+    late.clear()
+    errors = 0
+    n = int(rate * seconds)
+    pending: list[asyncio.Task[None]] = []
+    t0 = time.perf_counter() + 0.05
+    for i in range(n):
+        at = t0 + i / rate
+        delay = at - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        pending.append(asyncio.create_task(one(at, payloads[rng.randrange(len(payloads))])))
+    await asyncio.gather(*pending)
+    for c in idle:
+        if c.transport is not None:
+            c.transport.close()
     return {"rate": rate, "requests": n, "errors": errors,
             "p50_ms": round(statistics.median(latencies), 2),
             "p99_ms": round(percentile(latencies, 99), 2),
             "max_ms": round(max(latencies), 2),
-            "generator_late_p99_ms": round(percentile(late, 99) * 1000, 2)}
+            "generator_late_p99_ms": round(percentile(late, 99) * 1000, 2),
+            "connections": len(idle)}
 
 
 def capacity_ladder(url: str, clients: list[tuple[str, str]], seconds: float,
