@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -237,7 +238,8 @@ def test_playtime_survives_a_backend_outage(backend: Any, tmp_path: Path) -> Non
         cli.login(name, "secret-pw")
         cli.ok("settings", "heartbeat_interval_s", "0.2")
         folder = install(cli, tmp_path / "game")
-        script_game(folder, seconds=1.0)
+        # the game unlocks an achievement while the backend is down
+        script_game(folder, seconds=1.0, api=[["/v1/achievements/first-battle/unlock", {}]])
         proxy.set_fault(Fault.HTTP_503)  # the backend is down for everything from now on
         r = result(cli.ok("launch", PRODUCT))
         assert r["game"]["savesBefore"]["offline"] is True  # played anyway
@@ -249,6 +251,10 @@ def test_playtime_survives_a_backend_outage(backend: Any, tmp_path: Path) -> Non
         rows = next(line["playtime"] for line in cli.ok("playtime", PRODUCT) if "playtime" in line)
     assert rows[0]["pendingCalls"] == 0
     assert backend_playtime(backend, token) == int(local)  # exact: the replayed end time
+    with backend.client(token) as c:
+        status = c.get(f"/api/v1/library/achievements/status/{PRODUCT}").json()
+    first = next(s for s in status["data"] if s["id"] == "first-battle")["attributes"]
+    assert first["is_unlocked"] and status["meta"]["unlocked"] == 1  # arrived, once
 
 
 def test_a_killed_engine_closes_the_session_at_its_last_heartbeat(backend: Any,
@@ -351,4 +357,34 @@ def test_the_daemon_keeps_games_up_to_date_unless_told_not_to(backend: Any,
             version = result(cli.ok("installed"))["installed"][0]["versionId"]
         assert version == "1.0.1"
     finally:
+        daemon.stop()
+
+
+def test_changes_made_elsewhere_reach_the_running_engine(backend: Any, tmp_path: Path) -> None:
+    """Another device (here: the seed's REST API directly) hides a game and unlocks nothing;
+    the daemon of this device hears it on the backend's library channel and tells its clients."""
+    from testing.enginekit import read_until
+
+    name, token = backend.new_user(products=[PRODUCT])
+    data = tmp_path / "engine"
+    cli = EngineCli(data, backend.url)
+    cli.login(name, "secret-pw")
+    daemon = DaemonProcess(data, backend.url)
+    daemon.start()
+    events = cli.popen("events")
+    watchdog = threading.Timer(60, events.kill)  # readline never blocks past this
+    watchdog.start()
+    try:
+        time.sleep(1.5)  # the daemon's channel to the backend is up by now
+        with backend.client(token) as c:
+            item = c.get("/api/v1/library/items").json()["data"][0]
+            assert c.patch(f"/api/v1/library/items/{item['id']}", json={"data": {
+                "type": "libraryItemUpdate", "attributes": {"is_hidden": True}}}).status_code == 200
+        seen = read_until(events, lambda line: line.get("type") == "library.item.updated", 30)
+        change = seen[-1]["payload"]
+        assert change["productId"] == PRODUCT and change["changes"].get("is_hidden") is True
+    finally:
+        watchdog.cancel()
+        events.kill()
+        events.communicate()
         daemon.stop()
