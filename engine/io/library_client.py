@@ -138,17 +138,21 @@ class LibraryApi:
         try:
             async with self.http.request(method, url, data=data, headers=headers,
                                          timeout=aiohttp.ClientTimeout(total=600)) as resp:
-                body = await resp.content.read(MAX_SAVE_BYTES + 1)
+                body = bytearray()
+                async for piece in resp.content.iter_chunked(1 << 20):
+                    body += piece
+                    if len(body) > MAX_SAVE_BYTES:
+                        break
                 if resp.status >= 400:
                     code = {413: ErrorCode.SAVEGAME_FILE_TOO_LARGE,
                             403: ErrorCode.PERMISSION_DENIED}.get(resp.status,
                                                                  ErrorCode.BACKEND_ERROR)
                     raise EngineError(code, f"{method} save storage answered {resp.status}: "
-                                      f"{body[:300].decode(errors='replace')}")
+                                      f"{bytes(body[:300]).decode(errors='replace')}")
                 if len(body) > MAX_SAVE_BYTES:
                     raise EngineError(ErrorCode.SAVEGAME_FILE_TOO_LARGE,
                                       f"a save larger than {MAX_SAVE_BYTES} bytes")
-                return body
+                return bytes(body)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise EngineError(ErrorCode.BACKEND_UNREACHABLE,
                               f"{method} save storage: {exc!r}") from exc

@@ -388,3 +388,16 @@ def test_changes_made_elsewhere_reach_the_running_engine(backend: Any, tmp_path:
         events.kill()
         events.communicate()
         daemon.stop()
+
+
+def test_large_saves_arrive_byte_exact(backend: Any, tmp_path: Path, devices: Any) -> None:
+    """Several MB per file: the body arrives in many pieces (a single read would be short)."""
+    a, b, _ = devices
+    game_a = install(a, tmp_path / "a" / PRODUCT)
+    game_b = install(b, tmp_path / "b" / PRODUCT)
+    (game_a / "saves").mkdir()
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    (game_a / "saves" / "big.sav").write_bytes(data)
+    assert result(a.ok("saves", PRODUCT, "sync"))["saves"]["uploaded"]
+    assert result(b.ok("saves", PRODUCT, "sync"))["saves"]["downloaded"]
+    assert (game_b / "saves" / "big.sav").read_bytes() == data
