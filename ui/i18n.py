@@ -242,6 +242,7 @@ RU = {
     "In sync": "Синхронизировано",
     "Not available yet": "Пока недоступна",
     "< 1 min": "< 1 мин",
+    "On this device: {0}": "На этом устройстве: {0}",
     "{0} min": "{0} мин",
     "{0} h {1:02d} min": "{0} ч {1:02d} мин",
     "Being published; it can be installed in a moment.":

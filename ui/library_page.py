@@ -452,12 +452,17 @@ class LibraryPage(QWidget):
         latest = attrs.get("latest_version_id")
         lines = [tr("Latest version: {0}").format(latest) if latest else
                  tr("Being published; it can be installed in a moment.")]
-        seconds = max(int(attrs.get("total_playtime_seconds") or 0),
-                      int(self.model.local_playtime.get(pid, 0)))
+        server = int(attrs.get("total_playtime_seconds") or 0)
+        here = int(self.model.local_playtime.get(pid, 0))
+        seconds = max(server, here)  # the backend's total lags a journal not yet sent
         last = attrs.get("last_played_at")
-        lines.append(tr("Played {0}; last {1}").format(
-            human_duration(seconds), short_date(last) if last else tr("never"))
-            if seconds or last else tr("Never played"))
+        if seconds or last:
+            lines.append(tr("Played {0}; last {1}").format(
+                human_duration(seconds), short_date(last) if last else tr("never")))
+            if here and here != seconds:
+                lines.append(tr("On this device: {0}").format(human_duration(here)))
+        else:
+            lines.append(tr("Never played"))
         if installed:
             lines.append(tr("Installed: {0}, {1} in {2}").format(
                 installed["versionId"], human_bytes(installed["sizeBytes"]), installed["path"]))

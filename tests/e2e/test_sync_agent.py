@@ -401,3 +401,26 @@ def test_large_saves_arrive_byte_exact(backend: Any, tmp_path: Path, devices: An
     assert result(a.ok("saves", PRODUCT, "sync"))["saves"]["uploaded"]
     assert result(b.ok("saves", PRODUCT, "sync"))["saves"]["downloaded"]
     assert (game_b / "saves" / "big.sav").read_bytes() == data
+
+
+def test_quota_and_size_refusals_are_clear_and_keep_local_saves(backend_factory: Any,
+                                                                tmp_path: Path) -> None:
+    server = backend_factory(settings={"save_quota_bytes": 4096, "save_max_bytes": 2048})
+    name, _ = server.new_user(products=[PRODUCT])
+    cli = EngineCli(tmp_path / "engine", server.url)
+    cli.login(name, "secret-pw")
+    game = install(cli, tmp_path / "game")
+    (game / "saves").mkdir()
+    big = os.urandom(3000)
+    (game / "saves" / "big.sav").write_bytes(big)
+    code, lines, _ = cli.run("saves", PRODUCT, "sync")
+    error = result(lines)["error"]
+    assert code != 0 and error["errorCode"] == "SAVEGAME_FILE_TOO_LARGE", error
+    assert (game / "saves" / "big.sav").read_bytes() == big  # nothing local touched
+    (game / "saves" / "big.sav").unlink()
+    for i in range(3):
+        (game / "saves" / f"s{i}.sav").write_bytes(os.urandom(1500))
+    code, lines, _ = cli.run("saves", PRODUCT, "sync")
+    error = result(lines)["error"]
+    assert code != 0 and error["errorCode"] == "USER_QUOTA_EXCEEDED", error
+    assert len(list((game / "saves").glob("*.sav"))) == 3
