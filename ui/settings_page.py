@@ -78,6 +78,7 @@ class SettingsPage(QWidget):
         self.auto_update = QCheckBox()
         t(self.auto_update.setText, "Keep games up to date automatically")
         self.gameplay = QComboBox()
+        t(self.gameplay.setAccessibleName, "Downloads while a game runs")
         for i, (key, text) in enumerate(GAMEPLAY):
             self.gameplay.addItem("", key)
             t(partial(self.gameplay.setItemText, i), text)
