@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from backend import (
@@ -71,6 +72,13 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error_body(*errors), status_code=422)
 
 
+async def _database_down(_: Request, exc: Exception) -> JSONResponse:
+    """The database refused or dropped the connection: the service is unavailable, not broken
+    (the pool has dropped its connections; the next request reconnects)."""
+    log.warning("database unavailable: %s", exc)
+    return JSONResponse(error_body(default_error(503, "database unavailable")), status_code=503)
+
+
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)
     return JSONResponse(error_body(default_error(500, "internal error")), status_code=500)
@@ -80,6 +88,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(OperationalError, _database_down)
     app.add_exception_handler(Exception, _unexpected)
 
 

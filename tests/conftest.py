@@ -331,8 +331,11 @@ def _start_backend(data_dir: Path, published: PublishedStore | None, dsn: str | 
     data_dir.mkdir(parents=True, exist_ok=True)
     if published is not None and not (data_dir / "store").exists():
         copy_store(published.root, data_dir / "store")
-    if settings:
-        (data_dir / "backend.json").write_text(json.dumps(settings))
+    doc = dict(settings or {})
+    if dsn:  # `launcher-backend COMMAND --data DIR` (tests' cli()) then reaches the same database
+        doc["database_url"] = dsn
+    if doc:
+        (data_dir / "backend.json").write_text(json.dumps(doc))
     argv = [sys.executable, "-m", "backend.cli", "serve", "--data", str(data_dir), "--port", "0"]
     if dsn:
         argv += ["--db", dsn]

@@ -256,6 +256,20 @@ def test_rate_limit_is_one_bucket_across_workers(scaled_stack: ScaledStack) -> N
     assert wait_until(lambda: refusing_workers() == 2, timeout=5)
 
 
+def _read_response(sock: socket.socket) -> bytes:
+    """The body of one HTTP/1.1 response with Content-Length (headers and body may arrive in
+    separate segments)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(4096)
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length:"))
+    while len(body) < length:
+        body += sock.recv(4096)
+    return body
+
+
 def test_a_killed_worker_is_replaced_and_the_other_keeps_serving(
         scaled_stack: ScaledStack) -> None:
     backend = scaled_stack.stack.backend
@@ -264,8 +278,7 @@ def test_a_killed_worker_is_replaced_and_the_other_keeps_serving(
     host, port = scaled_stack.url.removeprefix("http://").split(":")
     sock = socket.create_connection((host, int(port)), timeout=10)
     sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-    answer = sock.recv(4096)
-    victim = json.loads(answer.split(b"\r\n\r\n", 1)[1])["pid"]
+    victim = json.loads(_read_response(sock))["pid"]
     # a request in flight on that worker: headers sent, the body still missing
     sock.sendall(b"POST /api/v1/auth/token HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
                  b"\r\nContent-Length: 64\r\n\r\n{\"username\":")
@@ -345,3 +358,26 @@ def test_storage_down_gives_503_and_no_partial_save(scaled_stack: ScaledStack) -
 @pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics"])
 def test_meta_routes_need_no_token(scaled_stack: ScaledStack, path: str) -> None:
     assert httpx.get(f"{scaled_stack.url}{path}", timeout=10).status_code == 200
+
+
+def test_database_down_gives_503_and_recovers(scaled_stack: ScaledStack) -> None:
+    _, token = scaled_stack.server.new_user(products=[PRODUCT])
+    with scaled_stack.server.client(token) as c:
+        task = c.post("/api/v1/download/tasks", json=task_body(PRODUCT)).json()["data"]["id"]
+    pg = scaled_stack.stack.postgres
+    pg.proc.send_signal(signal.SIGINT)  # "fast" shutdown: sessions are cut
+    pg.proc.wait(30)
+    try:
+        with scaled_stack.server.client(token) as c:
+            assert_error(c.post(f"/api/v1/download/tasks/{task}/cdn-tokens"), 503,
+                         "SERVICE_UNAVAILABLE")
+            assert_error(c.get("/api/v1/library/items"), 503, "SERVICE_UNAVAILABLE")
+        err = assert_error(httpx.get(f"{scaled_stack.url}/readyz", timeout=30), 503,
+                           "SERVICE_UNAVAILABLE")
+        assert err["source"] == {"parameter": "database"}
+    finally:
+        pg.start()  # same port, same data
+    with scaled_stack.server.client(token) as c:
+        assert wait_until(lambda: c.get("/api/v1/library/items").status_code == 200, timeout=30)
+        assert wait_until(lambda: c.post(f"/api/v1/download/tasks/{task}/cdn-tokens")
+                          .status_code == 200, timeout=30)
