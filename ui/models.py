@@ -38,11 +38,12 @@ NO_PARENT = QModelIndex()
 
 
 def human_bytes(n: float) -> str:
+    """Sizes in the player's language (powers of 1000, as the engine's figures)."""
     for unit in ("B", "kB", "MB", "GB"):
         if abs(n) < 1000:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+            return f"{n:.0f} {tr(unit)}" if unit == "B" else f"{n:.1f} {tr(unit)}"
         n /= 1000
-    return f"{n:.1f} TB"
+    return f"{n:.1f} {tr('TB')}"
 
 
 def human_duration(seconds: int) -> str:

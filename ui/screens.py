@@ -43,7 +43,7 @@ async def save_screenshots(window: MainWindow, folder: Path, timeout_s: float = 
     deadline = loop.time() + timeout_s
     while window.library.rowCount() == 0 and loop.time() < deadline:
         await asyncio.sleep(0.1)
-    cover_deadline = loop.time() + 5
+    cover_deadline = loop.time() + 20
     while len(window.library.covers) < window.library.rowCount() and loop.time() < cover_deadline:
         await asyncio.sleep(0.1)  # cover art arrives asynchronously
     await _settle(0.5)  # task rows settle
