@@ -97,10 +97,11 @@ class Layout:
                          if not p.name.startswith(".") and (p / EXE_NAME).is_file())
 
 
-def managed_layout() -> Layout | None:
+def managed_layout(bundle: Path | None = None) -> Layout | None:
     """The install root when this process runs from ROOT/versions/<v>/ (a frozen, installed
-    bundle); None from a source checkout or a bundle run where it was built."""
-    here = bundle_dir()
+    bundle; ``bundle``: that folder, default this executable's); None from a source checkout or
+    a bundle run where it was built."""
+    here = bundle or bundle_dir()
     if here is None or here.parent.name != "versions":
         return None
     return Layout(here.parent.parent)
@@ -206,7 +207,7 @@ class EngineRunner:
         self.env = env
         self.timeout_s = timeout_s
 
-    def run(self, *args: str) -> tuple[int, list[dict[str, Any]]]:
+    def run(self, *args: str) -> tuple[int, list[dict[str, Any]], str]:
         argv = [*self.command, "--data", str(self.data_dir), "--json"]
         if self.backend_url:
             argv += ["--backend", self.backend_url]
@@ -217,20 +218,23 @@ class EngineRunner:
             if line.startswith("{"):
                 with contextlib.suppress(ValueError):
                     lines.append(json.loads(line))
-        return proc.returncode, lines
+        return proc.returncode, lines, proc.stderr
 
     def ok(self, *args: str) -> dict[str, Any]:
         """The final JSON object of a successful command; SelfUpdateError naming the engine's
-        error code otherwise."""
-        code, lines = self.run(*args)
+        error code otherwise (a refused command: ``error``; a failed task: ``task``)."""
+        code, lines, stderr = self.run(*args)
         last = lines[-1] if lines else {}
-        if code != 0 or "error" in last:
-            error = last.get("error") or {}
-            engine_code = error.get("errorCode")
-            raise SelfUpdateError(UpdateErrorCode.ENGINE_FAILED,
-                                  f"launcher-engine {args[0]} failed (exit {code}): "
-                                  f"{error.get('errorMessage', 'no answer')}", engine_code)
-        return last
+        if code == 0 and "error" not in last and last.get("result") != "error":
+            return last
+        error = last.get("error") or {}
+        task = last.get("task") or {}
+        engine_code = error.get("errorCode") or task.get("errorCode")
+        message = error.get("errorMessage") or task.get("errorMessage") or \
+            (stderr.strip().splitlines() or ["no answer"])[-1]
+        raise SelfUpdateError(UpdateErrorCode.ENGINE_FAILED,
+                              f"launcher-engine {args[0]} failed (exit {code}): {message}",
+                              engine_code)
 
 
 def _installed(engine: EngineRunner, product: str) -> dict[str, Any] | None:
