@@ -458,7 +458,8 @@ def run_self_update(layout: Layout | None, data_dir: Path, backend_url: str | No
 BACKGROUND_DELAY_S = 10.0  # let the window paint and the daemon come up first
 
 
-def stage_in_background(layout: Layout, data_dir: Path, backend_url: str | None) -> None:
+def stage_in_background(layout: Layout, data_dir: Path, backend_url: str | None,
+                        delay_s: float = BACKGROUND_DELAY_S) -> None:
     """Stage the channel's latest build while the window runs (a daemon thread: the work is
     subprocesses of the engine CLI, which go through the running daemon)."""
     import threading
@@ -466,7 +467,7 @@ def stage_in_background(layout: Layout, data_dir: Path, backend_url: str | None)
     from launcher.frozen import engine_command
 
     def work() -> None:
-        time.sleep(BACKGROUND_DELAY_S)
+        time.sleep(delay_s)
         try:
             result = stage_update(layout, EngineRunner(engine_command(), data_dir, backend_url))
         except (SelfUpdateError, OSError, subprocess.SubprocessError) as exc:

@@ -255,6 +255,19 @@ RU = {
     "Newer here": "Новее здесь",
     "Newer in the cloud": "Новее в облаке",
     "Changed on both": "Изменено в обоих местах",
+    # the About box and the launcher's update channel (ui/about.py)
+    "About Game Launcher": "О программе «Игровой лаунчер»",
+    "About…": "О программе…",
+    "Beta (early builds)": "Бета (ранние сборки)",
+    "Installed in {0}; update channel: {1}.": "Установлен в {0}; канал обновлений: {1}.",
+    "Launcher update channel": "Канал обновлений лаунчера",
+    "Launcher": "Лаунчер",
+    "Launcher:": "Лаунчер:",
+    "Running from source: it updates with git, not by itself.":
+        "Запущен из исходного кода: обновляется через git, а не сам.",
+    "Stable": "Стабильный",
+    "Version {0} is ready and starts next time.": "Версия {0} готова и запустится в следующий раз.",
+    "Version {0}": "Версия {0}",
 }
 TABLES = {"ru": RU}
 

@@ -26,6 +26,7 @@ from PySide6.QtWidgets import (
 )
 
 from ui import autostart
+from ui.about import LauncherUpdatesRow
 from ui.i18n import LANGUAGES, Texts, current_language, tr
 from ui.link import EngineLink
 
@@ -118,6 +119,7 @@ class SettingsPage(QWidget):
         row("Downloads while a game runs:", gameplay_box)
         row("System:", self.autostart)
         row("Language:", self.language)
+        row("Launcher:", LauncherUpdatesRow(t, link))  # its update channel, About
         row("Engine data folder:", self.data_dir)
         buttons = QHBoxLayout()
         buttons.addWidget(self.save_button)
