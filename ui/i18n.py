@@ -278,8 +278,11 @@ class TableTranslator(QTranslator):
         self.table = table
 
     def translate(self, context: str, source: str, disambiguation: str | None = None,
-                  n: int = -1) -> str:
-        return self.table.get(source, "")
+                  n: int = -1) -> str | None:
+        # None (a null string) says "no translation here": Qt then keeps its own text. An empty
+        # string would be taken as the translation, and Qt translates internal strings too
+        # (with "" for them, PNG loading failed: every cover stayed a placeholder in Russian)
+        return self.table.get(source)
 
     def isEmpty(self) -> bool:
         return False

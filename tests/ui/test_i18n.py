@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -70,3 +71,26 @@ def test_translations_keep_their_placeholders() -> None:
         for i in range(5):
             for mark in ("{" + str(i) + "}", "{" + str(i) + ":"):
                 assert (mark in source) == (mark in text), (source, text)
+
+
+def test_the_translator_leaves_qts_own_strings_alone(qapp: Any) -> None:
+    """Qt translates strings of its own (image readers, layout direction); answering them with
+    an empty string broke PNG loading, so no cover art showed in Russian."""
+    from PySide6.QtCore import QBuffer, QByteArray, QIODevice
+    from PySide6.QtGui import QColor, QImage
+
+    from ui.i18n import use_language
+
+    image = QImage(60, 90, QImage.Format.Format_RGB32)
+    image.fill(QColor("teal"))
+    data = QByteArray()
+    buffer = QBuffer(data)
+    buffer.open(QIODevice.OpenModeFlag.WriteOnly)
+    assert image.save(buffer, "PNG")
+    use_language("ru")
+    try:
+        loaded = QImage()
+        assert loaded.loadFromData(data), "a PNG must load with the Russian translator installed"
+        assert loaded.size() == image.size()
+    finally:
+        use_language("en")
