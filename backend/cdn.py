@@ -64,7 +64,17 @@ def cdn_sources(key: bytes, edges: tuple[EdgeConfig, ...], resolve: Any, product
 def issue_sources(key: bytes, edges: EdgeList, limiter: Limiter, product_id: str,
                   user_id: str, ttl: int) -> list[dict[str, Any]]:
     """Rate-limited per user (token bucket): 429 with Retry-After when exhausted."""
-    wait = limiter.check(user_id)
+    return _issue(limiter.check(user_id), key, edges, product_id, user_id, ttl)
+
+
+async def aissue_sources(key: bytes, edges: EdgeList, limiter: Limiter, product_id: str,
+                         user_id: str, ttl: int) -> list[dict[str, Any]]:
+    """``issue_sources`` for async routes (the bucket asked without blocking the loop)."""
+    return _issue(await limiter.acheck(user_id), key, edges, product_id, user_id, ttl)
+
+
+def _issue(wait: float, key: bytes, edges: EdgeList, product_id: str, user_id: str,
+           ttl: int) -> list[dict[str, Any]]:
     if wait > 0:
         METRICS.inc("launcher_cdn_token_rate_limited_total")
         raise RateLimited("too many CDN token requests; retry later", wait,

@@ -54,7 +54,7 @@ class Context:
             client = redis.Redis.from_url(settings.redis_url, socket_timeout=2,
                                           socket_connect_timeout=1, health_check_interval=30)
             limiter = RedisRateLimiter(client, settings.cdn_rate_capacity,
-                                       settings.cdn_rate_per_second)
+                                       settings.cdn_rate_per_second, url=settings.redis_url)
             events = RedisEventBus(client)
         saves: SaveStorage = LocalSaveStorage(settings.saves_dir)
         if settings.s3_endpoint:

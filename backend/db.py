@@ -350,6 +350,13 @@ class Database:
             return dict(row) if row is not None else None
         return self._direct.read_one(stmt, params)
 
+    async def aread_one(self, stmt: Select[Any], params: dict[str, Any]) -> dict[str, Any] | None:
+        """``read_one`` for async routes: on PostgreSQL an asyncio psycopg connection of this
+        event loop (no thread hop, no waiting on the loop), on SQLite the same inline call."""
+        if self.in_process:
+            return self.read_one(stmt, params)
+        return await self._direct.aread_one(stmt, params)
+
     @property
     def sessions(self) -> sessionmaker[Session]:
         """The session factory (to hook ORM events on, e.g. ``backend.library``)."""
@@ -415,6 +422,7 @@ class _DirectReads:
         self.dialect = dialect
         self._local = threading.local()
         self._sql: dict[int, str] = {}
+        self._apools: dict[tuple[int, int], _AsyncPool] = {}
 
     def _conn(self) -> Any:
         conn = getattr(self._local, "conn", None)
@@ -422,21 +430,36 @@ class _DirectReads:
                 and not conn.closed:
             return conn
         import psycopg
+
+        conn = psycopg.connect(**self._kwargs())
+        self._local.conn, self._local.pid = conn, os.getpid()
+        return conn
+
+    def _compiled(self, stmt: Select[Any]) -> str:
+        sql = self._sql.get(id(stmt))
+        if sql is None:
+            sql = self._sql[id(stmt)] = str(stmt.compile(dialect=self.dialect))
+        return sql
+
+    @staticmethod
+    def _row(row: dict[str, Any] | None) -> dict[str, Any] | None:
+        if row is None:
+            return None
+        return {k: v.astimezone(UTC) if isinstance(v, datetime) and v.tzinfo else v
+                for k, v in row.items()}
+
+    def _kwargs(self) -> dict[str, Any]:
         from psycopg.rows import dict_row
 
         u = make_url(self.url)
-        conn = psycopg.connect(host=u.host, port=u.port, user=u.username, password=u.password,
-                               dbname=u.database, autocommit=True, row_factory=dict_row,
-                               connect_timeout=5)
-        self._local.conn, self._local.pid = conn, os.getpid()
-        return conn
+        return {"host": u.host, "port": u.port, "user": u.username, "password": u.password,
+                "dbname": u.database, "autocommit": True, "row_factory": dict_row,
+                "connect_timeout": 5}
 
     def read_one(self, stmt: Select[Any], params: dict[str, Any]) -> dict[str, Any] | None:
         import psycopg
 
-        sql = self._sql.get(id(stmt))
-        if sql is None:
-            sql = self._sql[id(stmt)] = str(stmt.compile(dialect=self.dialect))
+        sql = self._compiled(stmt)
         try:
             row = self._conn().execute(sql, params).fetchone()
         except psycopg.OperationalError as exc:  # a dead connection: the next call reconnects
@@ -444,10 +467,72 @@ class _DirectReads:
                 self._local.conn.close()
             self._local.conn = None
             raise ServiceUnavailable(f"database unreachable: {exc}") from exc
-        if row is None:
-            return None
-        return {k: v.astimezone(UTC) if isinstance(v, datetime) and v.tzinfo else v
-                for k, v in row.items()}
+        return self._row(row)
+
+    async def aread_one(self, stmt: Select[Any], params: dict[str, Any]) -> dict[str, Any] | None:
+        import psycopg
+
+        sql = self._compiled(stmt)
+        pool = self._async_pool()
+        conn = await pool.acquire()
+        ok = False
+        try:
+            cur = await conn.execute(sql, params)
+            row = await cur.fetchone()
+            ok = True
+        except psycopg.OperationalError as exc:
+            raise ServiceUnavailable(f"database unreachable: {exc}") from exc
+        finally:
+            pool.release(conn, ok)
+        return self._row(row)
+
+    def _async_pool(self) -> _AsyncPool:
+        import asyncio
+
+        key = (os.getpid(), id(asyncio.get_running_loop()))
+        pool = self._apools.get(key)
+        if pool is None:
+            pool = self._apools[key] = _AsyncPool(self._kwargs(), size=8)
+        return pool
+
+
+class _AsyncPool:
+    """At most ``size`` asyncio psycopg connections of one event loop; a connection that saw
+    an error is closed, not reused."""
+
+    def __init__(self, kwargs: dict[str, Any], size: int) -> None:
+        import asyncio
+
+        self.kwargs = kwargs
+        self.idle: list[Any] = []
+        self.slots = asyncio.Semaphore(size)
+
+    async def acquire(self) -> Any:
+        import psycopg
+
+        await self.slots.acquire()
+        try:
+            while self.idle:
+                conn = self.idle.pop()
+                if not conn.closed:
+                    return conn
+            return await psycopg.AsyncConnection.connect(**self.kwargs)
+        except psycopg.OperationalError as exc:
+            self.slots.release()
+            raise ServiceUnavailable(f"database unreachable: {exc}") from exc
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def release(self, conn: Any, ok: bool) -> None:
+        import asyncio
+
+        if ok and not conn.closed:
+            self.idle.append(conn)
+        else:
+            task = asyncio.get_running_loop().create_task(conn.close())
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        self.slots.release()
 
 
 def _migrate_1_to_2(conn: Connection) -> None:

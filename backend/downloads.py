@@ -11,12 +11,11 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Annotated, Any
 
-import anyio
 from fastapi import APIRouter, Path, Query, Response
 from sqlalchemy import and_, bindparam, func, select
 from sqlalchemy.orm import Session
 
-from backend.cdn import issue_sources
+from backend.cdn import aissue_sources, issue_sources
 from backend.context import Context, CtxDep, UserDep
 from backend.db import (
     DownloadTask,
@@ -357,6 +356,10 @@ def owned_task_entitled(ctx: Context, user_id: str, task_id: str) -> SimpleNames
     """The user's task (read-only view), checking in the same Core query (the token hot path)
     that the user still owns its product."""
     row = ctx.db.read_one(_TASK_WITH_ENTITLEMENT, {"task_id": task_id, "user_id": user_id})
+    return _entitled_task(row, task_id)
+
+
+def _entitled_task(row: dict[str, Any] | None, task_id: str) -> SimpleNamespace:
     if row is None:
         raise NotFound(f"download task {task_id!r} not found", code="DOWNLOAD_TASK_NOT_FOUND",
                        parameter="taskId")
@@ -372,18 +375,15 @@ async def refresh_cdn_tokens(taskId: TaskId, ctx: CtxDep, user: UserDep) -> dict
     """Fresh signed ``cdnSources`` for a task that is not finished (hot path: one query;
     ``queuePosition`` is not computed here and is null)."""
 
-    def work() -> dict[str, Any]:
-        task = owned_task_entitled(ctx, user.id, taskId)
-        if task.status in TERMINAL:
-            raise TaskStateConflict(f"task is {task.status}; start a new one")
-        sources = _sources(ctx, task.product_id, user.id)
-        return {"data": task_resource(ctx, task, sources=sources)}
-
-    if ctx.db.in_process and ctx.redis is None:
-        return work()  # SQLite answers in microseconds: a thread hop would cost more
-    # a database or Redis over the network: waiting for them on the event loop would serialize
-    # every request of this worker behind each round trip; in a thread, many are in flight
-    return await anyio.to_thread.run_sync(work)
+    # the database and Redis are awaited on the loop (asyncio clients): many requests of this
+    # worker are in flight at once, with no thread hop (SQLite and memory answer inline)
+    row = await ctx.db.aread_one(_TASK_WITH_ENTITLEMENT, {"task_id": taskId, "user_id": user.id})
+    task = _entitled_task(row, taskId)
+    if task.status in TERMINAL:
+        raise TaskStateConflict(f"task is {task.status}; start a new one")
+    sources = await aissue_sources(ctx.secrets.cdn_key, ctx.edges, ctx.cdn_limiter,
+                                   task.product_id, user.id, ctx.settings.cdn_token_ttl)
+    return {"data": task_resource(ctx, task, sources=sources)}
 
 
 # -- updates -------------------------------------------------------------------------------------

@@ -50,6 +50,9 @@ class RateLimiter:
                 bucket = self._buckets[key] = Bucket(self.capacity, now)
             return take(bucket, now, self.capacity, self.rate)
 
+    async def acheck(self, key: str) -> float:
+        return self.check(key)  # memory: nothing to wait for
+
     def _prune(self, now: float) -> None:
         full_after = self.capacity / self.rate if self.rate > 0 else float("inf")
         for k in [k for k, b in self._buckets.items() if now - b.updated > full_after]:
@@ -58,6 +61,7 @@ class RateLimiter:
 
 class Limiter(Protocol):
     def check(self, key: str) -> float: ...
+    async def acheck(self, key: str) -> float: ...
 
 
 # The same refill-then-take step as ``take``, run atomically inside Redis so every worker (and
@@ -93,19 +97,45 @@ class RedisRateLimiter:
     trip). Redis unreachable: ``ServiceUnavailable`` (503), never an unlimited pass."""
 
     def __init__(self, client: Any, capacity: float, rate: float,
-                 prefix: str = "launcher:rl:cdn:") -> None:
+                 prefix: str = "launcher:rl:cdn:", url: str | None = None) -> None:
         self.client = client
         self.capacity = capacity
         self.rate = rate
         self.prefix = prefix
+        self.url = url  # for the asyncio client of each event loop (``acheck``)
         self._script = client.register_script(_TAKE_LUA)
+        self._ascripts: dict[tuple[int, int], Any] = {}
+
+    def _args(self) -> list[str]:
+        return [repr(float(self.capacity)), repr(float(self.rate))]
 
     def check(self, key: str) -> float:
         import redis
 
         try:
-            wait = float(self._script(keys=[self.prefix + key],
-                                      args=[repr(float(self.capacity)), repr(float(self.rate))]))
+            wait = float(self._script(keys=[self.prefix + key], args=self._args()))
         except redis.RedisError as exc:
+            raise ServiceUnavailable(f"rate limiter store (Redis) unreachable: {exc}") from exc
+        return float("inf") if wait < 0 else wait
+
+    async def acheck(self, key: str) -> float:
+        """``check`` on this event loop's asyncio Redis client (no thread hop)."""
+        import asyncio
+        import os
+
+        import redis
+        import redis.asyncio
+
+        if self.url is None:
+            return self.check(key)
+        loop_key = (os.getpid(), id(asyncio.get_running_loop()))
+        script = self._ascripts.get(loop_key)
+        if script is None:
+            client = redis.asyncio.Redis.from_url(self.url, socket_timeout=2,
+                                                  socket_connect_timeout=1)
+            script = self._ascripts[loop_key] = client.register_script(_TAKE_LUA)
+        try:
+            wait = float(await script(keys=[self.prefix + key], args=self._args()))
+        except (redis.RedisError, OSError) as exc:
             raise ServiceUnavailable(f"rate limiter store (Redis) unreachable: {exc}") from exc
         return float("inf") if wait < 0 else wait
