@@ -194,6 +194,7 @@ class StageResult:
     version: str
     channel: str
     state: UpdateState
+    downloaded_bytes: int | None = None  # what the engine fetched for this build (the figure)
 
 
 class EngineRunner:
@@ -283,9 +284,10 @@ def stage_update(layout: Layout, engine: EngineRunner, channel: str | None = Non
         slot = layout.channel_dir(channel)
         if _installed(engine, product) is None:
             slot.parent.mkdir(parents=True, exist_ok=True)
-            engine.ok("install", product, "--target", str(slot))
+            done = engine.ok("install", product, "--target", str(slot))
         else:
-            engine.ok("update", product)
+            done = engine.ok("update", product)
+        fetched = (done.get("task") or {}).get("downloadedBytes")
         before = _fingerprint(slot)
         report = engine.ok("verify", product).get("verify", {})
         if not report.get("ok"):
@@ -294,7 +296,7 @@ def stage_update(layout: Layout, engine: EngineRunner, channel: str | None = Non
         version = str(report["versionId"])
         verdict = judge_offer(state, version, channel)
         if verdict is not OfferVerdict.STAGE:
-            return StageResult(verdict, version, channel, state)
+            return StageResult(verdict, version, channel, state, fetched)
         if not (slot / EXE_NAME).is_file():
             raise SelfUpdateError(UpdateErrorCode.BUNDLE_INVALID,
                                   f"{product} {version} has no {EXE_NAME}")
@@ -313,7 +315,7 @@ def stage_update(layout: Layout, engine: EngineRunner, channel: str | None = Non
         _fsync_dir(layout.versions)
         state = staged(state, version, channel)
         save_state(layout, state)
-        return StageResult(verdict, version, channel, state)
+        return StageResult(verdict, version, channel, state, fetched)
 
 
 # -- start: run the right build, try a staged one under this one -----------------------------
@@ -451,7 +453,8 @@ def run_self_update(layout: Layout | None, data_dir: Path, backend_url: str | No
                                     "message": exc.message}}), flush=True)
         return 2 if exc.code in (UpdateErrorCode.NOT_MANAGED, UpdateErrorCode.BAD_CHANNEL) else 1
     print(json.dumps({"result": result.verdict.value, "version": result.version,
-                      "channel": result.channel, "state": result.state.to_json()}), flush=True)
+                      "channel": result.channel, "downloadedBytes": result.downloaded_bytes,
+                      "state": result.state.to_json()}), flush=True)
     return 0
 
 
