@@ -86,6 +86,27 @@ def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
         done += n
 
 
+def pwritev_all(fd: int, pieces: list[memoryview], offset: int) -> None:
+    """Write consecutive pieces at ``offset`` with as few system calls as possible (one
+    ``pwritev`` when nothing is cut short), looping on short writes like ``pwrite_all``."""
+    if not hasattr(os, "pwritev"):  # not on every platform
+        for piece in pieces:
+            pwrite_all(fd, piece, offset)
+            offset += len(piece)
+        return
+    todo = [p for p in pieces if len(p)]
+    while todo:
+        n = os.pwritev(fd, todo[:1024], offset)  # IOV_MAX is 1024 on Linux
+        if n <= 0:
+            raise OSError(errno.EIO, "pwritev wrote nothing")
+        offset += n
+        while todo and n >= len(todo[0]):
+            n -= len(todo[0])
+            todo.pop(0)
+        if n:
+            todo[0] = todo[0][n:]
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
