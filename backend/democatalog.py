@@ -795,6 +795,7 @@ LAUNCHER_BUILD = {
             "executable": "game.py",
             "arguments": ["--play-seconds", "1"],
             "working_dir": "",
+            "environment": {"GAME_LAUNCHED_BY": "game-launcher"},
         }
     ],
     # saves, and the game's own settings, which sync like saves (the seed's "game settings")

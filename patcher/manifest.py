@@ -119,6 +119,7 @@ class LaunchEntry:
     executable: str
     arguments: tuple[str, ...] = ()
     working_dir: str = ""
+    environment: tuple[tuple[str, str], ...] = ()  # extra variables for the game's process
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +186,8 @@ def manifest_to_dict(m: Manifest) -> dict[str, Any]:
                 "executable": e.executable,
                 "arguments": list(e.arguments),
                 "working_dir": e.working_dir,
+                # only when set: manifests without it keep their exact bytes (and signatures)
+                **({"environment": dict(e.environment)} if e.environment else {}),
             }
             for e in m.launch
         ],
@@ -470,8 +473,27 @@ def parse_launch(raw: Any) -> tuple[LaunchEntry, ...]:
                 executable=check_relative_path(_need(doc, "executable", str, w), f"{w}.executable"),
                 arguments=_str_list(_need(doc, "arguments", list, w), f"{w}.arguments"),
                 working_dir=check_relative_path(wd, f"{w}.working_dir") if wd else "",
+                environment=parse_environment(doc.get("environment", {}), f"{w}.environment"),
             )
         )
+    return tuple(out)
+
+
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+
+def parse_environment(raw: Any, where: str) -> tuple[tuple[str, str], ...]:
+    """A launch entry's extra environment: at most 64 variables with plain names and values
+    of at most 4096 characters without NUL; names the launcher sets itself are refused."""
+    if not isinstance(raw, dict) or len(raw) > 64:
+        raise ManifestError("MANIFEST_SCHEMA", where, "expected an object of at most 64 variables")
+    out = []
+    for name, value in sorted(raw.items()):
+        if not isinstance(name, str) or not ENV_NAME.match(name) or name.startswith("LAUNCHER_"):
+            raise ManifestError("MANIFEST_SCHEMA", where, f"bad variable name {name!r}")
+        if not isinstance(value, str) or len(value) > 4096 or "\0" in value:
+            raise ManifestError("MANIFEST_SCHEMA", f"{where}.{name}", "expected a short string")
+        out.append((name, value))
     return tuple(out)
 
 

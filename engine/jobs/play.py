@@ -156,7 +156,8 @@ class Games:
         session_id = uuid.uuid4().hex
         token = secrets.token_urlsafe(32)
         api_url = await self.api.start()
-        env = dict(os.environ) | {
+        # the manifest's variables, then ours (a manifest cannot name LAUNCHER_* ones)
+        env = dict(os.environ) | dict(chosen.environment) | {
             "LAUNCHER_API_URL": api_url, "LAUNCHER_API_TOKEN": token,
             "LAUNCHER_PRODUCT_ID": product_id, "LAUNCHER_SESSION_ID": session_id}
         proc = await spawn([str(exe), *chosen.arguments], cwd, env,

@@ -45,6 +45,8 @@ SCRIPTED_GAME = textwrap.dedent('''\
         except urllib.error.HTTPError as e:
             return e.code, json.load(e)
 
+    json.dump({"GAME_LAUNCHED_BY": os.environ.get("GAME_LAUNCHED_BY"), "argv": sys.argv[1:],
+               "cwd": os.getcwd()}, open(os.path.join(here, "launch-env.json"), "w"))
     results = [call(path, body) for path, body in spec.get("api", [])]
     if spec.get("api"):
         results.append(call("/v1/saves/sync", token="not-the-token"))
@@ -216,6 +218,9 @@ def test_a_scripted_game_children_api_achievements_and_crash(backend: Any, tmp_p
     assert code != 0
     assert r["game"]["seconds"] >= 1.4  # the child that outlived the game was waited for
     assert elapsed >= 1.5
+    env = json.loads((folder / "launch-env.json").read_text())  # the manifest's launch entry
+    assert env == {"GAME_LAUNCHED_BY": "game-launcher", "argv": ["--play-seconds", "1"],
+                   "cwd": str(folder)}
     calls = json.loads((folder / "api-results.json").read_text())
     assert calls[0][0] == 200 and calls[0][1]["newlyUnlocked"] is True
     assert calls[1][0] == 200 and calls[1][1]["newlyUnlocked"] is False  # once only

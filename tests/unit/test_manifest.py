@@ -429,3 +429,16 @@ def test_most_repetitive_valid_manifest_still_loads() -> None:
     assert size > MIN_JSON_BUDGET and size / len(blob) > 100
     assert size <= json_budget(len(blob))
     assert load_signed_manifest(blob, sig, key.public_key()) == m
+
+
+def test_launch_environment_is_checked_and_kept_out_of_old_manifests() -> None:
+    from patcher.errors import ManifestError
+    from patcher.manifest import parse_launch
+
+    base = {"name": "Play", "executable": "game", "arguments": [], "working_dir": ""}
+    (entry,) = parse_launch([base | {"environment": {"B": "2", "A": "1"}}])
+    assert entry.environment == (("A", "1"), ("B", "2"))
+    assert parse_launch([base])[0].environment == ()
+    for bad in ({"LAUNCHER_API_TOKEN": "x"}, {"1X": "y"}, {"A": 5}, {"A": "x\0y"}, ["A"]):
+        with pytest.raises(ManifestError):
+            parse_launch([base | {"environment": bad}])
