@@ -157,7 +157,9 @@ COMMANDS: tuple[Command, ...] = (
     Command("rollback", "return to the previously installed version", TASK_RESULT, (PRODUCT,)),
     Command("repair", "rebuild damaged files", TASK_RESULT, (PRODUCT,)),
     Command("verify", "check installed files against the manifest", "VerifyReport",
-            (PRODUCT, Param("quick", ParamKind.BOOL, "presence and size only"))),
+            (PRODUCT, Param("quick", ParamKind.BOOL,
+                                    "presence and size; re-hash only files changed since "
+                                    "their last check (size, mtime, ctime, inode)"))),
     Command("uninstall", "remove a game's files (only the launcher's own)",
             "InstalledGame + {removedFiles, leftInFolder, folderRemoved}", (PRODUCT,)),
     Command("moveInstall", "move an installed game to another folder", "InstalledGame",

@@ -367,6 +367,9 @@ def _print_report(r: dict[str, Any], out: Output) -> None:
     out.text(f"{r['productId']} {r['versionId']}: {'OK' if r['ok'] else 'DAMAGED'}"
              f" ({r['filesChecked']} files, {human_bytes(r['bytesChecked'])} checked,"
              f" {mbs:.0f} MB/s{', quick' if r['quick'] else ''})")
+    if r.get("unchangedFiles"):  # quick: taken from the verified-metadata record
+        out.text(f"  {r['unchangedFiles']} file(s), {human_bytes(r['unchangedBytes'])}, unchanged"
+                 " since their last check (size, mtime, ctime, inode): not re-hashed")
     for p in r["missing"]:
         out.text(f"  missing     {p}")
     for p in r["wrongSize"]:

@@ -1,9 +1,12 @@
 """Verify an install against its manifest: every chunk's BLAKE3, in parallel, reporting the
-damaged byte ranges, missing files, wrong sizes and extra files. The quick mode checks only
-presence and size (for a player who wants an answer in seconds)."""
+damaged byte ranges, missing files, wrong sizes and extra files. The quick mode checks presence
+and size, and re-hashes only the files whose metadata (size, mtime, ctime, inode) differs from
+the verified-metadata record (``engine/io/verifiedmeta.py``); without a record it checks
+presence and size only. A full verify refreshes the record."""
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 import time
@@ -17,8 +20,11 @@ import blake3
 from engine.core.errors import EngineError
 from engine.io.fsops import safe_join
 from engine.io.staging import STAGING_DIR
+from engine.io.verifiedmeta import VerifiedRecord
 from patcher.chunking import CHUNK_MAX
 from patcher.manifest import FileEntry, Manifest
+
+log = logging.getLogger(__name__)
 
 SPAN_BYTES = 1024 * 1024 + CHUNK_MAX  # at least one whole chunk per read
 
@@ -43,6 +49,10 @@ class VerifyReport:
     damaged: tuple[DamagedRange, ...] = ()
     extra: tuple[str, ...] = field(default=())
     links: tuple[str, ...] = ()  # a link stands at the file or one of its folders (not followed)
+    # quick mode: files (and their bytes) taken as whole from the verified-metadata record,
+    # not re-hashed; ``bytes_checked`` counts only what was hashed
+    unchanged_files: int = 0
+    unchanged_bytes: int = 0
 
     @property
     def ok(self) -> bool:
@@ -60,20 +70,29 @@ class VerifyReport:
             "missing": list(self.missing), "wrongSize": list(self.wrong_size),
             "damaged": [{"path": d.path, "offset": d.offset, "size": d.size} for d in self.damaged],
             "extra": list(self.extra), "links": list(self.links),
+            "unchangedFiles": self.unchanged_files, "unchangedBytes": self.unchanged_bytes,
         }
 
 
-def _check_file(install_dir: Path, f: FileEntry) -> tuple[str, list[DamagedRange]]:
-    """'ok' | 'missing' | 'link' | 'size' | 'damaged' with merged damaged ranges."""
+Checked = tuple[str, list[DamagedRange], "os.stat_result | None"]
+
+
+def _check_file(install_dir: Path, f: FileEntry) -> Checked:
+    """'ok' | 'missing' | 'link' | 'size' | 'damaged' with merged damaged ranges, and the file's
+    stat taken before it was read (a write while hashing moves mtime/ctime past it, so the
+    record made from it never vouches for bytes that were not hashed)."""
     status = _quick_status(install_dir, f)
-    if status != "ok" or f.size == 0:
-        return status, []
+    if status != "ok":
+        return status, [], None
     ranges: list[DamagedRange] = []
     try:
         fd = os.open(install_dir / f.path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:
-        return "missing", []
+        return "missing", [], None
     try:
+        st = os.fstat(fd)
+        if st.st_size != f.size:
+            return "size", [], None
         # sequential reads of whole-chunk spans into one reused buffer: measured faster than
         # mmap on a cold cache (page faults stall the hashing thread)
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
@@ -101,23 +120,27 @@ def _check_file(install_dir: Path, f: FileEntry) -> tuple[str, list[DamagedRange
         view.release()
     finally:
         os.close(fd)
-    return ("damaged" if ranges else "ok"), ranges
+    return ("damaged" if ranges else "ok"), ranges, st
 
 
 def _quick_status(install_dir: Path, f: FileEntry) -> str:
     """Presence, type and size only: 'ok' | 'missing' | 'link' | 'size'. Never follows a link."""
+    return _stat_status(install_dir, f)[0]
+
+
+def _stat_status(install_dir: Path, f: FileEntry) -> tuple[str, os.stat_result | None]:
     try:
         path = safe_join(install_dir, f.path)
         st = os.lstat(path)
     except EngineError:
-        return "link"
+        return "link", None
     except (FileNotFoundError, NotADirectoryError):
-        return "missing"
+        return "missing", None
     if stat.S_ISLNK(st.st_mode):
-        return "link"
+        return "link", None
     if not stat.S_ISREG(st.st_mode):
-        return "missing"
-    return "ok" if st.st_size == f.size else "size"
+        return "missing", None
+    return ("ok" if st.st_size == f.size else "size"), st
 
 
 def quick_check(install_dir: Path, manifest: Manifest, paths: list[str]) -> list[str]:
@@ -146,32 +169,90 @@ def _extra_files(install_dir: Path, manifest: Manifest) -> list[str]:
     return sorted(extra)
 
 
-def scan_install(install_dir: Path, manifest: Manifest, quick: bool, workers: int = 2) -> VerifyReport:
+def scan_install(install_dir: Path, manifest: Manifest, quick: bool, workers: int = 2,
+                 record: VerifiedRecord | None = None) -> VerifyReport:
+    """Check the install. With ``record``: a quick scan hashes only the files the record does
+    not vouch for, and every file hashed whole (quick or full) is written into the record,
+    every other one dropped from it (the caller saves it)."""
     started = time.perf_counter()
     missing: list[str] = []
     wrong: list[str] = []
     links: list[str] = []
     damaged: list[DamagedRange] = []
     checked = 0
+    unchanged_files = unchanged_bytes = 0
     by_status = {"missing": missing, "size": wrong, "link": links}
+    to_hash: list[FileEntry] = []
     if quick:
         for f in manifest.files:
-            status = _quick_status(install_dir, f)
+            status, st = _stat_status(install_dir, f)
             if status != "ok":
                 by_status[status].append(f.path)
+                if record is not None:
+                    record.drop(f.path)
+            elif record is not None and st is not None and record.matches(f.path, f.hash_sha256, st):
+                unchanged_files += 1
+                unchanged_bytes += f.size
+            elif record is not None:
+                to_hash.append(f)
     else:
+        to_hash = list(manifest.files)
+    if to_hash:
         # largest first, so two workers finish together
-        order = sorted(manifest.files, key=lambda f: -f.size)
+        order = sorted(to_hash, key=lambda f: -f.size)
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            for f, (status, ranges) in zip(order, pool.map(lambda f: _check_file(install_dir, f), order),
-                                          strict=True):
+            for f, (status, ranges, st) in zip(
+                    order, pool.map(lambda f: _check_file(install_dir, f), order), strict=True):
                 if status in by_status:
                     by_status[status].append(f.path)
                 else:
                     checked += f.size
                     damaged.extend(ranges)
+                if record is not None:
+                    if status == "ok" and st is not None:
+                        record.set(f.path, f.hash_sha256, st)
+                    else:
+                        record.drop(f.path)
+    if record is not None:
+        known = {f.path for f in manifest.files}
+        for rel in [r for r in record.entries if r not in known]:
+            record.drop(rel)
     return VerifyReport(
         manifest.product_id, manifest.version_id, quick, len(manifest.files), checked,
         time.perf_counter() - started, tuple(sorted(missing)), tuple(sorted(wrong)),
         tuple(damaged), tuple(_extra_files(install_dir, manifest)), tuple(sorted(links)),
+        unchanged_files, unchanged_bytes,
     )
+
+
+def record_install(record: VerifiedRecord, install_dir: Path, manifest: Manifest,
+                   paths: list[str] | None = None) -> None:
+    """After a commit: every file in ``paths`` (all when None) was just proven whole by the
+    build (BLAKE3 per chunk or SHA-256 per file) and renamed into place, so its metadata now is
+    what a quick verify can trust. A file that is not a plain file of the right size is left
+    out (it will be hashed)."""
+    wanted = set(paths) if paths is not None else None
+    for f in manifest.files:
+        if wanted is not None and f.path not in wanted:
+            continue
+        status, st = _stat_status(install_dir, f)
+        if status == "ok" and st is not None:
+            record.set(f.path, f.hash_sha256, st)
+        else:
+            record.drop(f.path)
+
+
+def remember_verified(data_dir: Path, install_dir: Path, manifest: Manifest,
+                      paths: list[str] | None = None) -> None:
+    """Every committed file was proven whole by the build: its metadata goes into the
+    verified-metadata record, so ``verify --quick`` right after need not re-hash it. Only
+    ``paths`` are re-stamped (all when None); the record is a shortcut, so failing to write it
+    costs a later re-hash, never the install."""
+    try:
+        record = VerifiedRecord.load(data_dir, manifest.product_id, install_dir)
+        if paths is None:
+            record.entries.clear()
+        record_install(record, install_dir, manifest, paths)
+        record.save()
+    except (OSError, EngineError) as exc:
+        log.warning("verified-metadata record for %s not written: %s", manifest.product_id, exc)

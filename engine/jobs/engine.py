@@ -39,6 +39,7 @@ from engine.io.playstate import PlayState
 from engine.io.savefiles import Backups
 from engine.io.staging import STAGING_DIR, remove_task_staging
 from engine.io.state import InstalledGame, State, TaskRecord
+from engine.io.verifiedmeta import VerifiedRecord
 from engine.io.verify import VerifyReport, scan_install
 from engine.jobs.agent import LibraryRelay, Outbox
 from engine.jobs.context import EngineContext, manifest_key
@@ -281,7 +282,17 @@ class Engine:
         game = self._installed_or_fail(product_id)
         key = await manifest_key(self._context())
         manifest = cached_manifest(self._context(), product_id, game.version_id, key)
-        return await asyncio.to_thread(scan_install, Path(game.path), manifest, quick)
+        install_dir = Path(game.path)
+
+        def scan() -> VerifyReport:
+            # quick: files whose metadata matches their last proof are not re-hashed; every
+            # scan refreshes the record with what it hashed
+            record = VerifiedRecord.load(self.settings.data_dir, product_id, install_dir)
+            report = scan_install(install_dir, manifest, quick, record=record)
+            record.save()
+            return report
+
+        return await asyncio.to_thread(scan)
 
     async def check_updates(self) -> list[dict[str, Any]]:
         games = self.installed()

@@ -18,6 +18,7 @@ from engine.io.backend_client import TaskGrant
 from engine.io.fsops import fsync_dir, safe_join, translate_os_error
 from engine.io.staging import STAGING_DIR, Staging, remove_task_staging, sweep_staging
 from engine.io.state import InstalledGame, TaskRecord
+from engine.io.verify import remember_verified
 from engine.jobs.build import StagedBuild, remember_sources
 from engine.jobs.context import EngineContext, load_manifest, obtain_grant
 from patcher.manifest import Manifest
@@ -96,6 +97,7 @@ class InstallRun:
                 safe_join(self.install_dir, d).mkdir(parents=True, exist_ok=True)
             for folder in touched_dirs:  # renames durable before the record says installed
                 fsync_dir(folder)
+            remember_verified(ctx.settings.data_dir, self.install_dir, manifest)
 
         try:
             await asyncio.to_thread(commit)

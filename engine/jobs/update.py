@@ -53,7 +53,7 @@ from engine.io.journal import SwitchJournal
 from engine.io.localcopy import copy_chunks, copy_or_clone
 from engine.io.staging import Staging, remove_task_staging, sweep_staging
 from engine.io.state import InstalledGame, TaskRecord
-from engine.io.verify import quick_check, scan_install
+from engine.io.verify import quick_check, remember_verified, scan_install
 from engine.jobs.build import StagedBuild
 from engine.jobs.context import (
     EngineContext,
@@ -458,6 +458,9 @@ class UpdateRun:
             installed.installed_at, True, installed.previous_version))  # dirty: not launchable
         await asyncio.to_thread(switch_files, self.install_dir, staging, journal,
                                 ctx.settings.qa_switch_delay_s)
+        # the switched-in files were proven whole in staging; unchanged ones keep their entry
+        await asyncio.to_thread(remember_verified, ctx.settings.data_dir, self.install_dir, new,
+                                list(journal.replace))
         changed_version = installed.version_id != new.version_id
         game = InstalledGame(
             product_id=new.product_id, version_id=new.version_id, path=installed.path,
