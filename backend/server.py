@@ -103,12 +103,19 @@ def run_workers(sock: socket.socket, url: str, make_app: Callable[[], FastAPI], 
     The parent must not have started threads or opened connections it shares (fork)."""
     ready_r, ready_w = os.pipe()
     children: set[int] = set()
+    pdeathsig = None
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        pdeathsig = ctypes.CDLL(None).prctl  # PR_SET_PDEATHSIG is option 1 (Linux)
     stopping = False
 
     def spawn() -> int:
         pid = os.fork()
         if pid == 0:  # the worker
             os.close(ready_r)
+            if pdeathsig is not None:  # a killed supervisor must not leave workers serving
+                pdeathsig(1, signal.SIGTERM)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
 

@@ -20,6 +20,7 @@ import os
 import pwd
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -56,6 +57,24 @@ def _wait(cond: Any, timeout: float, what: str, proc: subprocess.Popen[bytes] | 
     tail = log.read_text(errors="replace")[-3000:] if log is not None and log.exists() else ""
     raise StackError(f"{what} did not start{' (exited)' if proc and proc.poll() is not None else ''}"
                      f":\n{tail}")
+
+
+def _die_with_parent(sig: int) -> Any:
+    """A ``preexec_fn``: the child gets ``sig`` when the process that started it dies, so no
+    server outlives a killed test run or stack command (Linux; elsewhere a no-op). libc is
+    loaded here, in the parent: the child only makes the one call (after any change of user,
+    which would clear the setting)."""
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+    def set_pdeathsig() -> None:
+        prctl(1, sig)  # PR_SET_PDEATHSIG
+
+    return set_pdeathsig
 
 
 def _stop(proc: subprocess.Popen[bytes] | None, grace: float = 10) -> None:
@@ -139,7 +158,8 @@ class Postgres:
                      "-c", "full_page_writes=off"]
         with log.open("ab") as fh:
             self.proc = subprocess.Popen(argv, stdout=fh, stderr=fh, stdin=subprocess.DEVNULL,
-                                         cwd=self.root, start_new_session=True, **owner)
+                                         cwd=self.root, start_new_session=True,
+                                         preexec_fn=_die_with_parent(signal.SIGINT), **owner)
 
         def ready() -> bool:
             import psycopg
@@ -200,7 +220,8 @@ class Redis:
                 [binary, "--port", str(self.port), "--bind", LOOPBACK, "--save", "",
                  "--appendonly", "no", "--dir", str(self.root), "--protected-mode", "yes",
                  "--daemonize", "no"],
-                stdout=fh, stderr=fh, stdin=subprocess.DEVNULL, start_new_session=True)
+                stdout=fh, stderr=fh, stdin=subprocess.DEVNULL, start_new_session=True,
+                preexec_fn=_die_with_parent(signal.SIGTERM))
 
         def ready() -> bool:
             with socket.create_connection((LOOPBACK, self.port), timeout=1) as s:
@@ -269,7 +290,8 @@ class SeaweedS3:
                 "-master.volumeSizeLimitMB=256", "-volume.max=16"]
         with log.open("ab") as fh:
             self.proc = subprocess.Popen(argv, stdout=fh, stderr=fh, stdin=subprocess.DEVNULL,
-                                         cwd=self.root, start_new_session=True)
+                                         cwd=self.root, start_new_session=True,
+                                         preexec_fn=_die_with_parent(signal.SIGTERM))
 
         def ready() -> bool:
             self.client().list_buckets()
@@ -337,7 +359,8 @@ class Backend:
         with log.open("ab") as fh:
             self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=fh,
                                          stdin=subprocess.DEVNULL, env=env,
-                                         start_new_session=True)
+                                         start_new_session=True,
+                                         preexec_fn=_die_with_parent(signal.SIGTERM))
         found = threading.Event()
 
         def read() -> None:
