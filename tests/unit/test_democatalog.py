@@ -165,9 +165,12 @@ def test_build_layout(root: Path, product: str, version: str) -> None:
                     "executable": "game.py",
                     "arguments": ["--play-seconds", "1"],
                     "working_dir": "",
+                    "environment": {"GAME_LAUNCHED_BY": "game-launcher"},
                 }
             ],
-            "saves": [{"root": "install", "path": "saves", "include": ["*.sav"], "exclude": []}],
+            "saves": [{"root": "install", "path": "saves", "include": ["*.sav"], "exclude": []},
+                      {"root": "install", "path": "settings", "include": ["*.ini"],
+                       "exclude": []}],
         }
     )
     paks = sorted((build / "data").glob("*.pak"))
