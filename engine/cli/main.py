@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import unquote
 
 from engine.api.client import SyncDaemonClient, daemon_running
 from engine.api.protocol import (
@@ -413,13 +414,17 @@ def _seconds(value: float | None) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{sec:02d}s"
 
 
+def _slots(names: list[str]) -> str:
+    return ", ".join(unquote(n) for n in names)
+
+
 def _saves_line(report: dict[str, Any] | None) -> str:
     if not report:
         return "none"
     if report.get("offline") or report.get("error"):
         return f"not synced ({report.get('error')})"
     return (f"{len(report['uploaded'])} uploaded, {len(report['downloaded'])} downloaded, "
-            f"{report['inSync']} in sync" + (f", CONFLICTS: {', '.join(report['conflicts'])}"
+            f"{report['inSync']} in sync" + (f", CONFLICTS: {_slots(report['conflicts'])}"
                                               if report["conflicts"] else ""))
 
 
@@ -481,7 +486,7 @@ def cmd_saves(svc: Service, args: argparse.Namespace, out: Output) -> int:
     if action == "status":
         for slot in r["slots"]:
             versions = slot["cloudVersions"]
-            out.text(f"{slot['slot']:40} {slot['action']:9} local "
+            out.text(f"{unquote(slot['slot']):40} {slot['action']:9} local "
                      f"{(slot['localSha256'] or '-')[:10]:10} cloud v{slot['cloudVersionId'] or '-'}"
                      f" ({len(versions)} version(s))")
             for v in versions:
