@@ -496,6 +496,12 @@ class Stack:
                 "cdn_edge": self.nginx.url if self.nginx is not None else None,
                 "data": str(self.data_dir)}
 
+    def remove_data(self) -> None:
+        """After ``stop``: delete everything the stack stored (its root, and PostgreSQL's folder
+        when that had to live elsewhere)."""
+        shutil.rmtree(self.postgres.root, ignore_errors=True)
+        shutil.rmtree(self.root, ignore_errors=True)
+
     def stop(self) -> None:
         if self.backend is not None:
             self.backend.stop()

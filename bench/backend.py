@@ -365,6 +365,7 @@ def run_stack(kind: str, args: argparse.Namespace, tmp: Path, log: Any) -> dict[
             server.stop()
         if stack is not None:
             stack.stop()
+            stack.remove_data()
     return result
 
 

@@ -421,9 +421,7 @@ def scaled_stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
         server.stop()
     finally:
         stack.stop()
-        pg_root = stack.postgres.root
-        if pg_root != root / "postgres":
-            shutil.rmtree(pg_root, ignore_errors=True)
+        stack.remove_data()
 
 
 def wait_until(cond: Callable[[], bool], timeout: float = 10, step: float = 0.05) -> bool:
