@@ -24,10 +24,14 @@ from backend import (
     categories,
     covers,
     downloads,
+    family,
     library,
+    library_downloads,
     observability,
     playtime,
+    progress_ws,
     saves,
+    wishlist,
     ws,
 )
 from backend.cdn import cdn_router
@@ -135,13 +139,18 @@ def create_app(ctx: Context) -> FastAPI:
     app.include_router(auth_routes.router)
     app.include_router(library.router)
     app.include_router(categories.router)
+    app.include_router(wishlist.router)
+    app.include_router(family.router)
     app.include_router(covers.router)
     app.include_router(playtime.router)
     app.include_router(saves.router)
     app.include_router(achievements.router)
     app.include_router(achievements.icons_router)
     app.include_router(ws.router)
+    app.include_router(progress_ws.router)
+    app.include_router(library_downloads.router)
     library.watch_download_tasks(ctx)
+    progress_ws.watch_history(ctx)
     app.include_router(downloads.router)
     app.include_router(cdn_router(ctx.settings.cdn_root, lambda r: r.app.state.ctx.secrets.cdn_key))
 

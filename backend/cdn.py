@@ -25,7 +25,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
 from backend.config import EdgeConfig, EdgeList
-from backend.errors import NotFound, PermissionDenied, RangeNotSatisfiable, RateLimited
+from backend.errors import (
+    NotFound,
+    PermissionDenied,
+    RangeNotSatisfiable,
+    RateLimited,
+    ServiceUnavailable,
+)
 from backend.observability import METRICS
 from backend.ratelimit import Limiter
 from backend.signing import TokenRejected, parse_query, sign, verify
@@ -61,6 +67,13 @@ def cdn_sources(key: bytes, edges: tuple[EdgeConfig, ...], resolve: Any, product
     return out
 
 
+class CdnLinkGenerationFailed(ServiceUnavailable):
+    """The download seed's ``CDN_LINK_GENERATION_FAILED`` (503: nothing was stored)."""
+
+    code = "CDN_LINK_GENERATION_FAILED"
+    title = "CDN link generation failed"
+
+
 def issue_sources(key: bytes, edges: EdgeList, limiter: Limiter, product_id: str,
                   user_id: str, ttl: int) -> list[dict[str, Any]]:
     """Rate-limited per user (token bucket): 429 with Retry-After when exhausted."""
@@ -81,6 +94,8 @@ def _issue(wait: float, key: bytes, edges: EdgeList, product_id: str, user_id: s
                           code="CDN_TOKEN_RATE_LIMITED")
     sources = cdn_sources(key, edges.current(), edges.resolve_url, product_id, user_id,
                           time.time(), ttl)
+    if not sources:  # no edge configured (an empty cdn-edges.json): nothing to download from
+        raise CdnLinkGenerationFailed("no CDN edge is configured; retry later")
     METRICS.inc("launcher_cdn_tokens_issued_total")
     return sources
 

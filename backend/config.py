@@ -89,6 +89,8 @@ class Settings:
     save_url_ttl: int = 10 * 60
     max_active_tasks: int = 100
     max_categories: int = 100  # user categories per user
+    wishlist_max_items: int = 100  # the seed's wishlist.max_items_per_user
+    family_max_members: int = 5  # members one owner may share the library with
     # the scaled stack (docs/operations.md); all unset = the embedded default (one process,
     # in-memory rate limits and events, saves on local disk)
     workers: int = 1  # uvicorn worker processes sharing the one listening socket

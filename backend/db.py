@@ -8,7 +8,9 @@ version is refused).
 
 Versions: 1 (initial), 2 (user categories: ``user_categories``, ``library_item_categories``),
 3 (achievements: ``achievement_definitions``, ``user_achievements``; the install state a client
-reports on ``library_items``; save comments; ``savegame_uploads.base_version`` 0 = "new slot").
+reports on ``library_items``; save comments; ``savegame_uploads.base_version`` 0 = "new slot"),
+4 (wishlist: ``wishlist_items``; family sharing: ``family_members``,
+``library_items.shared_from_user_id``).
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ from sqlalchemy.pool import StaticPool
 
 from backend.errors import ServiceUnavailable
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class SchemaMismatch(RuntimeError):
@@ -139,6 +141,8 @@ class LibraryItem(Base):
     reported_install_status: Mapped[str | None] = mapped_column(String(32), nullable=True)
     reported_install_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     installed_version_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    # acquisition_type family_shared_access: the owner who lent it (schema 4)
+    shared_from_user_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
 
 
 class UserCategory(Base):
@@ -315,6 +319,29 @@ class UserAchievement(Base):
     current_progress: Mapped[int | None] = mapped_column(Integer, nullable=True)
     unlock_key: Mapped[str | None] = mapped_column(String(128), nullable=True)  # Idempotency-Key
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class WishlistItem(Base):
+    """A product the user wants (seed 3.1.4 / 4.1 ``WishlistItem``), schema 4."""
+
+    __tablename__ = "wishlist_items"
+    __table_args__ = (UniqueConstraint("user_id", "product_id"),)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    product_id: Mapped[str] = mapped_column(ForeignKey("products.id", ondelete="CASCADE"))
+    added_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class FamilyMember(Base):
+    """Family sharing (seed 1.2), schema 4: ``member_id`` may borrow games of ``owner_id``'s
+    library. A user is a member of at most one family."""
+
+    __tablename__ = "family_members"
+    member_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"),
+                                           primary_key=True)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    added_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class Database:
@@ -568,7 +595,16 @@ def _migrate_2_to_3(conn: Connection) -> None:
                  .values(base_version=0))
 
 
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _migrate_1_to_2, 2: _migrate_2_to_3}
+def _migrate_3_to_4(conn: Connection) -> None:
+    """Wishlist and family sharing: two new tables and who lent a borrowed library item."""
+    tables = Base.metadata.tables
+    Base.metadata.create_all(conn, tables=[tables[WishlistItem.__tablename__],
+                                           tables[FamilyMember.__tablename__]])
+    _add_column(conn, LibraryItem.__tablename__, "shared_from_user_id")
+
+
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _migrate_1_to_2, 2: _migrate_2_to_3,
+                                                       3: _migrate_3_to_4}
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -9,7 +9,7 @@ task state the engine reports as history.
 from __future__ import annotations
 
 from types import SimpleNamespace
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Response
 from sqlalchemy import and_, bindparam, func, select
@@ -25,7 +25,9 @@ from backend.db import (
     VerificationTask,
     utcnow,
 )
+from backend.download_items import DownloadTaskDocument, download_items
 from backend.errors import ApiError, Conflict, NotFound, PermissionDenied
+from backend.family import check_lent_access
 from backend.jsonapi import MAX_LIMIT, paginate
 from backend.library import require_entitlement
 from backend.schemas import (
@@ -214,7 +216,8 @@ def manifest_key(ctx: CtxDep, user: UserDep) -> dict[str, Any]:
 def post_task(body: Data[DownloadTaskRequest], ctx: CtxDep, user: UserDep) -> dict[str, Any]:
     a = body.data.attributes
     with ctx.db.session() as s:
-        require_entitlement(s, user.id, a.productId, "/data/attributes/productId")
+        item = require_entitlement(s, user.id, a.productId, "/data/attributes/productId")
+        check_lent_access(ctx, s, item)  # a borrowed game: not while its owner plays it
         v = ctx.catalog.resolve_version(a.productId, a.versionId, "/data/attributes/versionId")
         info = ctx.catalog.manifest_info(a.productId, v.version_id)
         task, sources = create_task(
@@ -267,12 +270,18 @@ def reorder_queue(body: Data[list[ReorderEntry]], ctx: CtxDep, user: UserDep) ->
     return {"data": [task_resource(ctx, t, position=i) for i, t in enumerate(queue)]}
 
 
-@router.get("/tasks/{taskId}", response_model=Data[DownloadTaskResource],
-            responses=error_responses(401, 404, 422))
-def get_task(taskId: TaskId, ctx: CtxDep, user: UserDep) -> dict[str, Any]:
+@router.get("/tasks/{taskId}", response_model=DownloadTaskDocument,
+            response_model_exclude_unset=True, responses=error_responses(401, 404, 422))
+def get_task(taskId: TaskId, ctx: CtxDep, user: UserDep,
+             include: Annotated[Literal["items"] | None, Query(
+                 description="items: the seed's per-file DownloadItem list in `included`")
+             ] = None) -> dict[str, Any]:
     with ctx.db.session() as s:
         task = owned_task(s, user.id, taskId)
-        return {"data": task_resource(ctx, task, position=_position(s, task))}
+        doc: dict[str, Any] = {"data": task_resource(ctx, task, position=_position(s, task))}
+        if include == "items":
+            doc["included"] = download_items(ctx.catalog, task)
+        return doc
 
 
 @router.get("/tasks/{taskId}/history", response_model=Data[list[StatusHistoryResource]],

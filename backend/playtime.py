@@ -187,7 +187,10 @@ def start(body: Data[SessionStart], ctx: CtxDep, user: UserDep,
                                    code="IDEMPOTENCY_CONFLICT",
                                    pointer="/data/attributes/product_id")
                 return {"data": session_resource(prior)}
-        require_entitlement(s, user.id, product, "/data/attributes/product_id")
+        item = require_entitlement(s, user.id, product, "/data/attributes/product_id")
+        from backend.family import check_lent_access
+
+        check_lent_access(ctx, s, item)  # a borrowed game: not while its owner plays it
         now = utcnow()
         begin = replay_start(a.start_time, now, ctx.settings.playtime_max_backdate)
         expire_stale(s, user.id, ctx.settings.playtime_timeout, now)
