@@ -12,7 +12,7 @@ import httpx
 import pytest
 from sqlalchemy import inspect, text
 
-from backend.db import SCHEMA_VERSION, Database
+from backend.db import SCHEMA_VERSION, Base, Database
 from backend.errors import ServiceUnavailable
 from backend.observability import BUCKETS, Metrics, merge, readiness, render
 from backend.ratelimit import RedisRateLimiter
@@ -21,6 +21,9 @@ from tests.conftest import BackendServer, assert_error, scratch_database, task_b
 
 # -- migrations ----------------------------------------------------------------------------------
 
+V1_TABLES = {"schema_version", "users", "refresh_tokens", "products", "library_items",
+             "download_tasks", "download_task_history", "update_history", "verification_tasks",
+             "playtime_sessions", "savegame_uploads", "savegames"}
 V2_TABLES = ("library_item_categories", "user_categories")
 V3_TABLES = ("user_achievements", "achievement_definitions")
 V3_COLUMNS = {"library_items": ("reported_install_status", "reported_install_at",
@@ -41,8 +44,10 @@ def _make_schema_1(url: str) -> None:
     db = Database(url)
     db.init_schema()
     with db.engine.begin() as conn:
-        for table in (*V3_TABLES, *V2_TABLES):
-            conn.execute(text(f"DROP TABLE {table}"))
+        # every table schema 1 did not have, children first (later schemas' too)
+        for table in reversed(Base.metadata.sorted_tables):
+            if table.name not in V1_TABLES:
+                conn.execute(text(f"DROP TABLE IF EXISTS {table.name}"))
         for table, columns in V3_COLUMNS.items():
             for column in columns:
                 conn.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
