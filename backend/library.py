@@ -170,6 +170,7 @@ def item_resource(catalog: Catalog, item: LibraryItem, title: str, install_statu
             "cover_image_url": cover,
             "added_at": item.added_at,
             "acquisition_type": item.acquisition_type,
+            "shared_from_user_id": item.shared_from_user_id,
             "last_played_at": item.last_played_at,
             "total_playtime_seconds": item.total_playtime_seconds,
             "installation_status": install_status,

@@ -128,6 +128,8 @@ class LibraryItemAttributes(Model):
     cover_image_url: str | None = None
     added_at: datetime
     acquisition_type: str
+    shared_from_user_id: str | None = Field(
+        default=None, description="family_shared_access: the owner who lends the game")
     last_played_at: datetime | None
     total_playtime_seconds: int
     installation_status: str

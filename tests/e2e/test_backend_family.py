@@ -68,6 +68,14 @@ def test_member_borrows_plays_and_is_refused_while_the_owner_plays(
         assert r.status_code == 201, r.text
         item = r.json()["data"]
         assert item["attributes"]["acquisition_type"] == "family_shared_access"
+        owner_id = next(x["id"] for x in o.get(FAMILY).json()["data"]["attributes"]["members"]
+                        if x["attributes"]["role"] == "owner")
+        assert item["attributes"]["shared_from_user_id"] == owner_id
+        listed = {i["attributes"]["product_id"]: i["attributes"]
+                  for i in m.get("/api/v1/library/items").json()["data"]}
+        assert listed[product]["acquisition_type"] == "family_shared_access"
+        assert listed[product]["shared_from_user_id"] == owner_id
+        assert listed[other]["shared_from_user_id"] is None
         assert item["attributes"]["product_id"] == product
         assert m.post(f"{FAMILY}/shared-games/{product}/borrow").status_code == 200
         assert shared(m)[product]["is_borrowed"]
