@@ -76,7 +76,8 @@ def test_schema_1_is_migrated_step_by_step_keeping_data(database_url: str) -> No
         tables = set(inspect(db.engine).get_table_names())
         assert not tables & {*V2_TABLES, *V3_TABLES}
         db.init_schema()  # what every start does
-        assert db.stored_versions() == [SCHEMA_VERSION] == [4]
+        assert db.stored_versions() == [SCHEMA_VERSION]  # 1 -> 2 -> 3 -> 4 (-> later ones)
+        assert SCHEMA_VERSION >= 4
         insp = inspect(db.engine)
         assert set(insp.get_table_names()) >= {*V2_TABLES, *V3_TABLES}
         for table, columns in V3_COLUMNS.items():
