@@ -9,7 +9,7 @@ import blake3
 import zstandard
 
 from engine.core.planner import BlockJob
-from engine.io.fsops import pwritev_all, translate_os_error
+from engine.io.fsops import translate_os_error
 from engine.io.staging import Staging
 from patcher.manifest import Codec
 
@@ -48,7 +48,7 @@ def process_block(job: BlockJob, stored: bytes, staging: Staging) -> list[int]:
     touched: list[int] = []
     try:
         for file_index, offset, pieces in coalesce_writes(job, view):
-            pwritev_all(staging.fd(file_index), pieces, offset)
+            staging.pwritev(file_index, pieces, offset)
             touched.append(file_index)
     except OSError as exc:
         raise translate_os_error(exc, "writing staged files") from exc

@@ -16,12 +16,15 @@ import os
 import re
 import shutil
 import stat
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from engine.core.errors import EngineError, ErrorCode
 from engine.io.fsops import (
     fsync_dir,
     install_mode,
+    pwritev_all,
     safe_join,
     translate_os_error,
 )
@@ -110,6 +113,7 @@ class Staging:
         self.backup = install_dir / STAGING_DIR / f"{task_id}.old"
         self.manifest = manifest
         self._fds: dict[int, int] = {}
+        self._lock = threading.Lock()  # _fds is shared by the loop and the engine-io threads
 
     def open_root(self, create: bool) -> bool:
         """Check (and create) the task's staging folder; False when it does not exist."""
@@ -162,32 +166,65 @@ class Staging:
             raise translate_os_error(exc, "preparing staged files") from exc
 
     def fd(self, file_index: int) -> int:
+        """The staged file's fd (opened once). Only for the loop thread's own sequential use:
+        worker threads write through ``pwritev`` and sync through ``sync``, which never use an
+        fd another thread may close meanwhile."""
         fd = self._fds.get(file_index)
         if fd is None:
-            fd = os.open(self.path(file_index), os.O_RDWR | os.O_NOFOLLOW)
-            self._fds[file_index] = fd
+            with self._lock:  # two worker threads opening the same file: one fd, none leaked
+                fd = self._fds.get(file_index)
+                if fd is None:
+                    fd = os.open(self.path(file_index), os.O_RDWR | os.O_NOFOLLOW)
+                    self._fds[file_index] = fd
         return fd
+
+    @contextlib.contextmanager
+    def _held(self, file_index: int, open_it: bool) -> Iterator[int | None]:
+        """A private duplicate of the file's fd: a file verified (and closed) or a run cancelled
+        (staging closed) while a worker thread still writes or syncs must not turn that call
+        into EBADF — or into a write to whatever file reused the fd number."""
+        with self._lock:
+            fd = self._fds.get(file_index)
+            if fd is None and open_it:
+                fd = self._fds[file_index] = os.open(self.path(file_index),
+                                                     os.O_RDWR | os.O_NOFOLLOW)
+            dup = os.dup(fd) if fd is not None else None
+        try:
+            yield dup
+        finally:
+            if dup is not None:
+                os.close(dup)
+
+    def pwritev(self, file_index: int, pieces: list[memoryview], offset: int) -> None:
+        with self._held(file_index, True) as fd:
+            assert fd is not None
+            pwritev_all(fd, pieces, offset)
 
     def sync(self, file_indexes: set[int]) -> None:
         for i in file_indexes:
-            fd = self._fds.get(i)
-            if fd is not None:
-                os.fdatasync(fd)
+            with self._held(i, False) as fd:
+                if fd is not None:
+                    os.fdatasync(fd)
 
     def sync_file(self, file_index: int) -> None:
         """fdatasync one staged file (opened if needed), then close it."""
-        os.fdatasync(self.fd(file_index))
+        with self._held(file_index, True) as fd:
+            assert fd is not None
+            os.fdatasync(fd)
         self.close_file(file_index)
 
     def close_file(self, file_index: int) -> None:
-        fd = self._fds.pop(file_index, None)
+        with self._lock:
+            fd = self._fds.pop(file_index, None)
         if fd is not None:
             os.close(fd)
 
     def close(self) -> None:
-        for fd in self._fds.values():
+        with self._lock:
+            fds = list(self._fds.values())
+            self._fds.clear()
+        for fd in fds:
             os.close(fd)
-        self._fds.clear()
 
     def verify(self, file_index: int) -> bool:
         """SHA-256 of the staged file against the manifest (runs in a worker thread)."""
