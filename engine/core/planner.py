@@ -155,3 +155,33 @@ def split_range(r: FetchRange, done: Iterable[int]) -> FetchRange | None:
     if not rest:
         return None
     return FetchRange(r.pack, rest[0].offset, rest[-1].offset + rest[-1].stored_size, rest)
+
+
+def remaining_plan(full: InstallPlan, done_blocks: Iterable[int]) -> InstallPlan:
+    """``full`` without the blocks the journal says are written: what a resumed run fetches.
+    Derived from the plan already built (no pass over the manifest's chunks), so pausing and
+    resuming a running task costs no re-plan. A range loses its finished blocks; one with
+    finished blocks in its middle still reads (and drops) their bytes, as a bridged gap."""
+    done = set(done_blocks)
+    if not done:
+        return full
+    pending = dict(full.pending_writes)
+    ranges: list[FetchRange] = []
+    useful = write = 0
+    for r in full.ranges:
+        for job in r.blocks:
+            if job.index in done:
+                for t in job.targets:
+                    for w in t.writes:
+                        pending[w.file_index] -= 1
+            else:
+                useful += job.stored_size
+                write += sum(t.size * len(t.writes) for t in job.targets)
+        rest = split_range(r, done)
+        if rest is not None:
+            ranges.append(rest)
+    return InstallPlan(
+        ranges=tuple(ranges), pending_writes=pending,
+        download_bytes=sum(r.size for r in ranges), useful_bytes=useful, write_bytes=write,
+        total_bytes=full.total_bytes,
+    )

@@ -18,8 +18,9 @@ import shutil
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import blake3
@@ -55,6 +56,9 @@ class EngineContext:
     limiter: AsyncRateLimiter
     session: aiohttp.ClientSession
     executor: ThreadPoolExecutor
+    # task id -> what a run prepared (grant, sources, manifest, full plan), kept by the engine
+    # while the task is paused or queued, so a resumed run re-plans nothing
+    prepared: dict[str, Any] = field(default_factory=dict)
 
 
 def free_space(path: Path) -> int:

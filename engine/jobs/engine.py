@@ -86,6 +86,9 @@ class Engine:
         self._progress: dict[str, TaskProgress] = {}
         self._reports: set[asyncio.Task[None]] = set()
         self._stop_reason: dict[str, TaskState] = {}
+        # what a run prepared (grant, manifest, plan), kept while its task is paused or queued:
+        # resuming it re-plans nothing; dropped when the task ends or fails
+        self._prepared: dict[str, Any] = {}
         self._wake = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
         # block processing (zstd, BLAKE3 and pwrite release the GIL), hashing and fsync
@@ -178,7 +181,7 @@ class Engine:
             self._session = aiohttp.ClientSession(timeout=timeout, connector=connector,
                                                   auto_decompress=False)
         return EngineContext(self.settings, self.state, self.api, self.bus, self.limiter,
-                             self._session, self._executor)
+                             self._session, self._executor, self._prepared)
 
     # -- commands -----------------------------------------------------------------------------
     def wake(self) -> None:
@@ -531,6 +534,8 @@ class Engine:
         finally:
             self._runners.pop(task_id, None)
             self._progress.pop(task_id, None)
+            if self.state.task(task_id).status not in (TaskState.PAUSED, TaskState.QUEUED):
+                self._prepared.pop(task_id, None)  # finished or failed: a retry prepares anew
             self.wake()
 
     def _spawn_report(self, task: TaskRecord, status: str) -> None:

@@ -5,6 +5,7 @@ installed record."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from engine.core.errors import EngineError, ErrorCode
 from engine.core.lifecycle import TaskState
-from engine.core.planner import InstallPlan, plan_install
+from engine.core.planner import InstallPlan, plan_install, remaining_plan
 from engine.core.sources import SourcePool, prefer_source
 from engine.io.backend_client import TaskGrant
 from engine.io.fsops import fsync_dir, safe_join, translate_os_error
@@ -22,6 +23,11 @@ from engine.io.verify import remember_verified
 from engine.jobs.build import StagedBuild, remember_sources
 from engine.jobs.context import EngineContext, load_manifest, obtain_grant
 from patcher.manifest import Manifest
+
+log = logging.getLogger(__name__)
+
+# what a run prepared, kept in ``EngineContext.prepared`` while its task is paused or queued
+PreparedInstall = tuple[TaskGrant, SourcePool, Manifest, InstallPlan]
 
 
 class InstallRun:
@@ -38,10 +44,20 @@ class InstallRun:
 
     async def run(self) -> InstalledGame:
         ctx = self.ctx
-        grant = await obtain_grant(ctx, self.task)
-        if self.on_started is not None:
-            self.on_started(ctx.state.task(self.task.id))
-        await asyncio.to_thread(sweep_staging, self.install_dir, ctx.state.resumable_task_ids())
+        cpu0 = time.process_time()
+        prepared: PreparedInstall | None = ctx.prepared.get(self.task.id)
+        if prepared is not None:
+            # resumed in this process: the grant (its tokens refresh themselves), the parsed
+            # manifest and the full plan are still good; only the journal is read again
+            grant, pool, manifest, full = prepared
+            if self.on_started is not None:
+                self.on_started(ctx.state.task(self.task.id))
+        else:
+            grant = await obtain_grant(ctx, self.task)
+            if self.on_started is not None:
+                self.on_started(ctx.state.task(self.task.id))
+            await asyncio.to_thread(sweep_staging, self.install_dir,
+                                    ctx.state.resumable_task_ids())
         current = ctx.state.installed_game(self.task.product_id)
         if current is not None and current.version_id == grant.version_id and not current.dirty \
                 and Path(current.path) == self.install_dir:
@@ -49,17 +65,19 @@ class InstallRun:
             await asyncio.to_thread(remove_task_staging, self.install_dir, self.task.id)
             ctx.state.clear_journal(self.task.id)
             return current
-        remember_sources(ctx, grant)
-        pool = SourcePool(prefer_source(grant.sources, ctx.settings.preferred_cdn))
-        manifest = await load_manifest(ctx, pool, grant)
+        if prepared is None:
+            remember_sources(ctx, grant)
+            pool = SourcePool(prefer_source(grant.sources, ctx.settings.preferred_cdn))
+            manifest = await load_manifest(ctx, pool, grant)
         done_blocks = ctx.state.done_blocks(self.task.id)
-        if not done_blocks and not ctx.state.done_files(self.task.id):
+        if prepared is None and not done_blocks and not ctx.state.done_files(self.task.id):
             check_install_target(self.install_dir)  # a fresh start: nothing of ours there yet
-        full = plan_install(manifest, max_range=ctx.settings.max_range_bytes,
-                            max_gap=ctx.settings.max_gap_bytes)
-        plan = full if not done_blocks else plan_install(
-            manifest, done_blocks=done_blocks, max_range=ctx.settings.max_range_bytes,
-            max_gap=ctx.settings.max_gap_bytes)
+        if prepared is None:
+            full = plan_install(manifest, max_range=ctx.settings.max_range_bytes,
+                                max_gap=ctx.settings.max_gap_bytes)
+        # a resumed task's plan is the full one less what the journal holds (one plan, never
+        # two: a fresh install is the full plan itself)
+        plan = remaining_plan(full, done_blocks)
         self.progress.download_total = full.download_bytes
         self.progress.downloaded = full.download_bytes - plan.download_bytes
         self.progress.install_total = manifest.total_size
@@ -69,15 +87,24 @@ class InstallRun:
                               downloaded_bytes=self.progress.downloaded)
         staging = Staging(self.install_dir, self.task.id, manifest)
         try:
-            return await self._install(ctx, grant, pool, manifest, plan, staging)
+            return await self._install(ctx, grant, pool, manifest, plan, staging,
+                                       keep=(grant, pool, manifest, full),
+                                       staged=prepared is not None, cpu0=cpu0)
         finally:
             staging.close()
 
     async def _install(self, ctx: EngineContext, grant: TaskGrant, pool: SourcePool,
-                       manifest: Manifest, plan: InstallPlan, staging: Staging) -> InstalledGame:
+                       manifest: Manifest, plan: InstallPlan, staging: Staging, *,
+                       keep: PreparedInstall, staged: bool, cpu0: float) -> InstalledGame:
         verified = ctx.state.done_files(self.task.id)
         to_stage = [i for i in range(len(manifest.files)) if i not in verified]
-        await self.build.prepare_staging(staging, manifest, to_stage)
+        # resumed in this process: this run created and preallocated the files already (a
+        # staging folder gone meanwhile is prepared again)
+        if not (staged and await asyncio.to_thread(staging.open_root, False)):
+            await self.build.prepare_staging(staging, manifest, to_stage)
+        ctx.prepared[self.task.id] = keep  # staged: a pause from here on resumes without re-plan
+        log.info("task %s: fetching after %.4f CPU-s of preparation (%s)", self.task.id[:8],
+                 time.process_time() - cpu0, "plan reused" if staged else "planned")
         await self.build.download_and_verify(ctx, grant, pool, manifest, plan, staging, set(to_stage))
         return await self._commit(manifest, staging)
 
