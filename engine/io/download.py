@@ -61,6 +61,14 @@ class DownloadContext:
     stall_window_s: float = 15.0  # settings.stall_timeout_s
     on_bytes: Callable[[int], None] = lambda n: None
     _refresh_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    first_byte_at: float | None = None  # CLOCK_MONOTONIC of the run's first pack byte
+
+    def saw_bytes(self) -> None:
+        if self.first_byte_at is None:
+            self.first_byte_at = time.monotonic()
+            # logged with the system-wide monotonic clock, so a bench that spawned the engine
+            # can tell the command's time to first byte (bench/download.py first_byte_s)
+            log.info("first pack byte at monotonic %.6f", self.first_byte_at)
 
     async def refresh_tokens(self, force: bool = False) -> None:
         async with self._refresh_lock:
@@ -95,6 +103,8 @@ async def _fetch_range(ctx: DownloadContext, source: CdnSource, r: FetchRange,
             if resp.status not in (200, 206):
                 raise FetchFailed(FailureKind.HTTP_5XX, f"{source.id}: HTTP {resp.status}")
             position = r.start
+            if ctx.first_byte_at is None:
+                ctx.saw_bytes()  # headers in: the body's first bytes are here or in flight
             for job in r.blocks:
                 if job.offset > position:  # a bridged gap: read and drop
                     await _read_block(ctx, resp.content, job.offset - position, watch)
