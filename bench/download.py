@@ -104,9 +104,9 @@ BIG_VERSION = "1.0.0"
 USER, PASSWORD = "bench", "bench-pw"
 CURL_PROCESSES = 8
 ARIA2_ARGS = ["-x8", "-s8", "-j8"]
-GOAL_VS_ARIA2 = 1.5
-GOAL_VS_CURL = 0.8
-GOAL_RSS_MB = 250.0
+GOAL_VS_ARIA2 = 1.0  # issue 13
+GOAL_VS_CURL = 0.6  # issue 13
+GOAL_RSS_MB = 150.0  # issue 13: at 1, 4 and 16 GiB
 GOAL_LIMIT_TOLERANCE = 0.10
 TIME_BIN = "/usr/bin/time"  # GNU time (Debian package "time")
 PROGRESS_INTERVAL_S = 0.25  # engine.config.Settings.progress_interval_s (status ticks)
@@ -272,6 +272,7 @@ class Measured:
     sys_s: float
     maxrss_kb: int
     returncode: int
+    t0: float  # CLOCK_MONOTONIC when the process was spawned (system-wide: comparable)
     lines: list[tuple[float, str]] = field(default_factory=list)  # (seconds since start, line)
 
     @property
@@ -317,7 +318,7 @@ def run_measured(argv: list[str], *, env: dict[str, str] | None = None, timeout:
         user_s, sys_s, maxrss_kb = float(fields[0]), float(fields[1]), int(fields[2])
     finally:
         os.unlink(rusage_path)
-    return Measured(wall, user_s, sys_s, maxrss_kb, proc.returncode, lines)
+    return Measured(wall, user_s, sys_s, maxrss_kb, proc.returncode, t0, lines)
 
 
 def proc_cpu_s(pid: int) -> float:
@@ -514,8 +515,9 @@ def _run_engine(stack: Stack, game: Game, run_dir: Path, name: str, *, limit: st
         raise RuntimeError(f"engine login failed: {login.stdout}\n{login.stderr}")
     if SEED_MANIFEST:
         seed_manifest_cache(stack, game, engine_data)
-    argv = engine_argv(engine_data, stack, "install", game.product, "--version", game.version,
-                       "--target", str(target))
+    # -v: the engine logs the CLOCK_MONOTONIC of its first pack response (first_byte_s)
+    argv = engine_argv(engine_data, stack, "-v", "install", game.product, "--version",
+                       game.version, "--target", str(target))
     if limit:
         argv += ["--limit", limit]
     if profile == "cprofile":  # the event-loop thread only
@@ -568,7 +570,13 @@ def _run_engine(stack: Stack, game: Game, run_dir: Path, name: str, *, limit: st
     sampled = ((moving[-1][1] - moving[0][1]) / MB / (moving[-1][0] - moving[0][0])
                if len(moving) >= 3 and moving[-1][0] > moving[0][0] else None)
     sync_s = timed_sync()
+    first_byte = first_byte_s(run_dir / f"engine-{name}.log", m.t0)
+    first_tick = next((t for t, b in ticks if b > 0), None)
     extra: dict[str, Any] = {
+        # spawn → the first pack response from the CDN, from the engine's own log line
+        "first_byte_s": round(first_byte, 3) if first_byte is not None else None,
+        # spawn → the first progress tick with bytes (coarse: ticks are 0.25 s apart)
+        "first_tick_s": round(first_tick, 2) if first_tick is not None else None,
         "startup_s": round(t_start, 2),  # spawn → fetch start (grant, manifest, plan, staging)
         "network_s": round(t_done - t_start, 2),  # fetch start → every byte downloaded (±0.25 s)
         "tail_s": round(t_ver - t_done, 2),  # → "verifying": hashing/fsync of the last files
@@ -587,6 +595,61 @@ def _run_engine(stack: Stack, game: Game, run_dir: Path, name: str, *, limit: st
     shutil.rmtree(target, ignore_errors=True)
     shutil.rmtree(engine_data, ignore_errors=True)
     return res
+
+
+FIRST_BYTE_LINE = "first pack byte at monotonic "
+
+
+def first_byte_s(log_path: Path, t0: float) -> float | None:
+    """Seconds from spawning the engine to its first pack response (engine/io/download.py logs
+    the CLOCK_MONOTONIC of it at INFO); None for an engine that does not log it."""
+    with contextlib.suppress(OSError):
+        for line in log_path.read_text(errors="replace").splitlines():
+            at = line.find(FIRST_BYTE_LINE)
+            if at >= 0:
+                return float(line[at + len(FIRST_BYTE_LINE):].split()[0]) - t0
+    return None
+
+
+def run_engine_daemon(stack: Stack, game: Game, run_dir: Path, name: str) -> dict[str, Any]:
+    """First byte with the daemon running: ``launcher-engine serve`` for a fresh, logged-in
+    data dir (imports, state and session warm), then the ``install`` command as a one-shot CLI
+    client (a blocking WebSocket client: no engine imports). ``first_byte_s`` = the CLI's spawn
+    → the daemon's first pack response (the daemon logs its CLOCK_MONOTONIC); the CLI's own
+    Python start-up is inside it, and reported beside it (``client_start_s``: spawn → exit of
+    ``launcher-engine status`` against the same daemon)."""
+    engine_data = run_dir / f"engine-{name}"
+    target = run_dir / f"target-{name}"
+    shutil.rmtree(engine_data, ignore_errors=True)
+    shutil.rmtree(target, ignore_errors=True)
+    env = base_env()
+    if ENGINE_REPO != REPO:
+        env["PYTHONPATH"] = str(ENGINE_REPO) + os.pathsep + env["PYTHONPATH"]
+    login = subprocess.run(engine_argv(engine_data, stack, "login", USER, "--password", PASSWORD),
+                           capture_output=True, text=True, env=env, cwd=ENGINE_REPO, timeout=60)
+    if login.returncode != 0:
+        raise RuntimeError(f"engine login failed: {login.stdout}\n{login.stderr}")
+    log_path = run_dir / f"engine-{name}.log"
+    daemon = processes.ServerProcess(engine_argv(engine_data, stack, "-v", "serve"), log_path,
+                                     env=env)
+    try:
+        status = run_measured(engine_argv(engine_data, stack, "status"), env=env, timeout=60,
+                              cwd=ENGINE_REPO)
+        m = run_measured(engine_argv(engine_data, stack, "install", game.product, "--version",
+                                     game.version, "--target", str(target)),
+                         env=env, timeout=120 + game.installed_bytes / MIB * 0.5,
+                         stderr_path=run_dir / f"engine-{name}-cli.log", cwd=ENGINE_REPO)
+        (run_dir / f"engine-{name}-cli.out").write_text("".join(f"{t:9.3f} {line}\n"
+                                                                for t, line in m.lines))
+        first = first_byte_s(log_path, m.t0)
+    finally:
+        daemon.stop()
+    ok = m.returncode == 0
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.rmtree(engine_data, ignore_errors=True)
+    return {"first_byte_s": round(first, 3) if first is not None else None,
+            "client_start_s": round(status.wall_s, 3), "install_wall_s": round(m.wall_s, 2),
+            "completed": ok}
 
 
 def pack_jobs(source: dict[str, Any], game: Game, out: Path) -> list[tuple[str, Path, int]]:
@@ -697,13 +760,14 @@ def median_result(results: list[Result]) -> Result:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", type=int, default=1024, help="MiB of the demo game (default 1024)")
-    ap.add_argument("--rss-size", type=int, default=4096,
-                    help="MiB of the big game for the memory run (0 skips it; default 4096)")
+    ap.add_argument("--rss-size", default="4096",
+                    help="MiB of the big game(s) for the memory runs, comma-separated, e.g. "
+                         "4096,16384 (0 skips them; default 4096)")
     ap.add_argument("--limit", default="20M", help="engine per-task limit for the limit run")
     ap.add_argument("--repeat", type=int, default=1,
                     help="repeat the engine/curl/aria2c runs (interleaved) and report medians")
-    ap.add_argument("--only", default="engine,curl,aria2c,limit,rss",
-                    help="comma-separated subset of engine,curl,aria2c,limit,rss")
+    ap.add_argument("--only", default="engine,curl,aria2c,limit,daemon,rss",
+                    help="comma-separated subset of engine,curl,aria2c,limit,daemon,rss")
     ap.add_argument("--engine-env", action="append", default=[], metavar="KEY=VALUE",
                     help="extra environment for the engine, e.g. LAUNCHER_ENGINE_CONNECTIONS=8")
     ap.add_argument("--profile", choices=["cprofile", "py-spy", "py-spy-idle"],
@@ -722,19 +786,23 @@ def main(argv: list[str] | None = None) -> int:
     ENGINE_REPO = args.engine_repo.resolve()
     PYCACHE = args.work / "pycache"
     only = set(args.only.split(","))
-    rss_size = args.rss_size if "rss" in only else 0
+    rss_sizes = [int(x) for x in str(args.rss_size).split(",") if int(x)] if "rss" in only else []
     engine_env = dict(kv.split("=", 1) for kv in args.engine_env)
 
     ensure_tools()
-    store_dir, big_product = ensure_store(args.work, args.size, rss_size)
+    store_dir, _ = ensure_store(args.work, args.size, 0)
+    bigs: list[Game] = []
+    for rss_size in rss_sizes:
+        store_dir, big_product = ensure_store(args.work, args.size, rss_size)
+        assert big_product is not None
+        bigs.append(describe_game(store_dir, big_product, BIG_VERSION))
     game = describe_game(store_dir, PRODUCT, VERSION)
-    big = describe_game(store_dir, big_product, BIG_VERSION) if big_product else None
     log(f"{PRODUCT} {VERSION}: {game.files} files, {game.installed_bytes / MB:.0f} MB installed, "
         f"{len(game.packs)} packs, {game.pack_bytes / MB:.0f} MB of packs")
     results: list[Result] = []
     by_tool: dict[str, list[Result]] = {"engine": [], "curl": [], "aria2c": []}
     with processes.run_folder(args.work, args.keep) as run_dir:
-        products = [PRODUCT] + ([big_product] if big_product else [])
+        products = [PRODUCT] + [b.product for b in bigs]
         stack = start_stack(run_dir, store_dir, products)
         try:
             log(f"backend {stack.url}, nginx edge {stack.nginx_url}; run folder {run_dir}; "
@@ -762,12 +830,19 @@ def main(argv: list[str] | None = None) -> int:
                 limited = with_nginx_cpu(stack, lambda: run_engine(
                     stack, game, run_dir, "limited", limit=args.limit, env_extra=engine_env))
                 results.append(limited)
-            rss: Result | None = None
-            if big is not None:
+            daemon_runs: list[dict[str, Any]] = []
+            if "daemon" in only:
+                for i in range(args.repeat):
+                    log(f"engine daemon: install through a running daemon ({i + 1}/{args.repeat})")
+                    daemon_runs.append(run_engine_daemon(stack, game, run_dir, f"daemon{i}"))
+                    log(f"  {daemon_runs[-1]}")
+            rss_runs: list[Result] = []
+            for big in bigs:
                 log(f"engine install of {big.product} ({big.installed_bytes / MB:.0f} MB)")
-                rss = with_nginx_cpu(stack, lambda: run_engine(
-                    stack, big, run_dir, "rss", env_extra=engine_env))
+                rss = with_nginx_cpu(stack, functools.partial(
+                    run_engine, stack, big, run_dir, f"rss-{big.product}", env_extra=engine_env))
                 rss.tool = "engine (RSS run)"
+                rss_runs.append(rss)
                 results.append(rss)
         finally:
             stack.stop()
@@ -778,8 +853,17 @@ def main(argv: list[str] | None = None) -> int:
     eng = median_result(by_tool["engine"]) if by_tool["engine"] else None
     curl = median_result(by_tool["curl"]) if by_tool["curl"] else None
     aria = median_result(by_tool["aria2c"]) if by_tool["aria2c"] else None
-    engine_runs = by_tool["engine"] + [r for r in (limited, rss) if r is not None]
+    engine_runs = by_tool["engine"] + ([limited] if limited else []) + rss_runs
     peak = max((r.peak_rss_mb for r in engine_runs), default=None)
+    # peak RSS per game size (MiB of game, as asked for): the main game's runs, each big game
+    rss_by_size: dict[str, float] = {}
+    for r in by_tool["engine"] + ([limited] if limited else []):
+        rss_by_size[str(args.size)] = max(rss_by_size.get(str(args.size), 0.0), r.peak_rss_mb)
+    for big, r in zip(bigs, rss_runs, strict=True):
+        rss_by_size[big.product.removeprefix("bench-xl-")] = r.peak_rss_mb
+    firsts = sorted(r.extra["first_byte_s"] for r in by_tool["engine"]
+                    if r.extra.get("first_byte_s") is not None)
+    first_byte = firsts[len(firsts) // 2] if firsts else None
     limited_mb_s = limited.extra["network_mb_s"] if limited else None
 
     goals: dict[str, Any] = {}
@@ -822,6 +906,14 @@ def main(argv: list[str] | None = None) -> int:
         "curl_mb_s": round(curl.mb_s, 1) if curl else None,
         "aria2c_mb_s": round(aria.mb_s, 1) if aria else None,
         "engine_peak_rss_mb": round(peak, 1) if peak is not None else None,
+        "engine_peak_rss_mb_by_size": {k: round(v, 1) for k, v in rss_by_size.items()},
+        "first_byte_s": first_byte,  # median over the main engine runs (in-process CLI)
+        "first_byte_runs_s": firsts,
+        # the same with the engine daemon running (the install sent by a one-shot CLI client)
+        "first_byte_daemon_s": sorted(d["first_byte_s"] for d in daemon_runs
+                                      if d["first_byte_s"] is not None)[len(daemon_runs) // 2]
+        if any(d["first_byte_s"] is not None for d in daemon_runs) else None,
+        "daemon_runs": daemon_runs,
         "limit_mb_s": limit_mb_s if limited else None,
         "limited_mb_s": limited_mb_s,
         "engine_mb_s_incl_sync": round(incl_sync(eng), 1) if eng else None,
@@ -830,8 +922,8 @@ def main(argv: list[str] | None = None) -> int:
         "engine_cpu_s": round(eng.cpu_s, 2) if eng else None,
         "curl_cpu_s": round(curl.cpu_s, 2) if curl else None,
         "aria2c_cpu_s": round(aria.cpu_s, 2) if aria else None,
-        "rss_game_mb": round(big.installed_bytes / MB) if big else None,
-        "rss_run_mb_s": round(rss.mb_s, 1) if rss else None,
+        "rss_game_mb": [round(b.installed_bytes / MB) for b in bigs],
+        "rss_run_mb_s": [round(r.mb_s, 1) for r in rss_runs],
         "size_mib": args.size, "nproc": os.cpu_count(),
         "engine_env": engine_env,
         "engine_repo": str(ENGINE_REPO),

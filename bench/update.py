@@ -43,8 +43,11 @@ process. Warm page cache: each run twice, the second counts. Cold: ``sync; echo 
 every file), best of ``--cold-runs``. ``verify_mb_s`` / ``cat_mb_s`` are the cold figures;
 ``*_warm_mb_s`` / ``*_cold_mb_s`` are all reported.
 
-Goals: download no larger than the best peer on every step; verify at 80% or more of ``cat``
-throughput, cold and warm.
+Goals: download no larger than the best peer on every step; verify cold at 95% or more of
+``cat`` (issue 13; warm is reported beside it). ``verify --quick`` right after the full verifies
+(cache emptied first) is timed too: ``verify_quick_s`` (its own timer),
+``verify_quick_unchanged_files`` (taken from the verified-metadata record, not re-hashed) and
+``verify_quick_bytes_hashed``.
 
 With ``--json`` the last printed line is one JSON object::
 
@@ -100,7 +103,7 @@ from testing.processes import ServerProcess, subprocess_env  # noqa: E402
 MB = 1_000_000
 PRODUCT = "star-courier"
 WORKERS = 2  # peer tool runs in parallel
-GOAL_VERIFY_RATIO = 0.80
+GOAL_VERIFY_RATIO = 0.95  # issue 13: cold (warm is reported; per-byte hashing cannot)
 PEERS = ("xdelta3", "zstd_patch_from", "bsdiff", "hdiffpatch")
 
 
@@ -408,8 +411,8 @@ def time_cat(files: list[Path]) -> float:
     return time.perf_counter() - t0
 
 
-def run_verify(engine: Engine) -> tuple[dict[str, Any], float]:
-    r = engine.run("verify", PRODUCT)
+def run_verify(engine: Engine, *extra: str) -> tuple[dict[str, Any], float]:
+    r = engine.run("verify", PRODUCT, *extra)
     report = next((ln["verify"] for ln in reversed(r.lines) if "verify" in ln), None)
     if r.code != 0 or report is None or not report["ok"]:
         raise SystemExit(f"bench/update: verify failed ({r.code}): {r.lines[-2:]}\n{r.stderr[-2000:]}")
@@ -447,6 +450,13 @@ def measure_verify(engine: Engine, files: list[Path], cold_runs: int) -> dict[st
     })
     out["verify_mb_s"] = out["verify_cold_mb_s"]
     out["cat_mb_s"] = out["cat_cold_mb_s"]
+    # verify --quick of the unchanged install: files whose size, mtime, ctime and inode match
+    # the verified-metadata record the full verify just refreshed are not re-hashed
+    drop_caches(files)
+    qrep, qwall = run_verify(engine, "--quick")
+    out.update({"verify_quick_s": round(qrep["seconds"], 4), "verify_quick_process_s": round(qwall, 3),
+                "verify_quick_unchanged_files": qrep.get("unchangedFiles"),
+                "verify_quick_bytes_hashed": qrep["bytesChecked"]})
     return out
 
 
@@ -506,6 +516,8 @@ def print_table(result: dict[str, Any], per_file: dict[str, list[FileRow]]) -> N
         print(f"  {temp}: verify {vv:8.1f} MB/s (process wall {v[f'verify_{temp}_process_mb_s']:.1f})"
               f"   cat {cc:8.1f} MB/s   ratio {vv / cc:5.2f}  goal >= {GOAL_VERIFY_RATIO}"
               f"  {'PASS' if vv >= GOAL_VERIFY_RATIO * cc else 'FAIL'}")
+    print(f"  verify --quick: {v['verify_quick_s']:.3f} s ({v['verify_quick_unchanged_files']} files "
+          f"unchanged since their last check, not re-hashed; {v['verify_quick_bytes_hashed']} B hashed)")
     print("\nper file, where our bytes exceed the best peer's (ours = patch, or fetched chunks' "
           "share of their blocks):")
     for step, rows in per_file.items():
@@ -671,6 +683,8 @@ def main(argv: list[str] | None = None) -> int:
         "steps": steps,
         "verify_mb_s": round(verify["verify_mb_s"], 1),
         "cat_mb_s": round(verify["cat_mb_s"], 1),
+        "verify_quick_s": verify["verify_quick_s"],
+        "verify_quick_unchanged_files": verify["verify_quick_unchanged_files"],
         "verify_cold_mb_s": round(verify["verify_cold_mb_s"], 1),
         "cat_cold_mb_s": round(verify["cat_cold_mb_s"], 1),
         "verify_warm_mb_s": round(verify["verify_warm_mb_s"], 1),
