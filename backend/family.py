@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Path, Request, Response
 from pydantic import Field
 from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from backend.context import Context, CtxDep, UserDep
@@ -190,7 +191,11 @@ def add_member(body: Data[MemberAdd], ctx: CtxDep, user: UserDep) -> dict[str, A
                            code="FAMILY_LIMIT_REACHED")
         link = FamilyMember(member_id=other.id, owner_id=user.id, added_at=utcnow())
         s.add(link)
-        s.flush()
+        try:
+            s.flush()
+        except IntegrityError as exc:  # added to a family concurrently
+            raise Conflict(f"{name!r} is already in a family", code="FAMILY_CONFLICT",
+                           pointer="/data/attributes/username") from exc
         return {"data": _member(other, "member", link.added_at)}
 
 
@@ -271,7 +276,15 @@ def borrow(product_id: Annotated[ProductId, Path()], request: Request, response:
             item = LibraryItem(user_id=user.id, product_id=product_id, acquisition_type=SHARED,
                                shared_from_user_id=link.owner_id, added_at=utcnow())
             s.add(item)
-            s.flush()
+            try:
+                s.flush()
+            except IntegrityError:  # borrowed concurrently: answer the one that won
+                s.rollback()
+                item = s.scalar(select(LibraryItem).where(LibraryItem.user_id == user.id,
+                                                          LibraryItem.product_id == product_id))
+                if item is None:
+                    raise
+                response.status_code = 200
         else:
             response.status_code = 200
         product = s.get(Product, product_id)

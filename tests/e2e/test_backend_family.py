@@ -187,3 +187,32 @@ def test_family_limits_and_conflicts(backend_factory: StartBackend,
         assert_error(add_member(o, "nobody-here"), 404, "USER_NOT_FOUND")
         assert_error(add_member(ca, b_name), 409, "FAMILY_CONFLICT")  # a member cannot share on
         assert_error(ca.delete(f"{FAMILY}/members/not-a-user"), 404, "FAMILY_MEMBER_NOT_FOUND")
+
+
+def test_concurrent_borrows_and_invitations_agree(backend: BackendServer,
+                                                  published_store: PublishedStore) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    product = published_store.main.product_id
+    _, owner_a = backend.new_user([product])
+    _, owner_b = backend.new_user([product])
+    member_name, member = backend.new_user()
+
+    def invite(token: str) -> int:
+        with backend.client(token) as c:
+            return add_member(c, member_name).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(invite, [owner_a, owner_b] * 4))
+    assert sorted(codes).count(201) == 1 and set(codes) <= {201, 409}, codes
+
+    def borrow_once(_: int) -> int:
+        with backend.client(member) as c:
+            return c.post(f"{FAMILY}/shared-games/{product}/borrow").status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(borrow_once, range(8)))
+    assert codes.count(201) == 1 and set(codes) <= {200, 201}, codes
+    with backend.client(member) as c:
+        items = c.get("/api/v1/library/items").json()["data"]
+    assert [i["attributes"]["product_id"] for i in items] == [product]
