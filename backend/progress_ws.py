@@ -28,12 +28,13 @@ from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from sqlalchemy import event, select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from backend.context import Context, ctx_of
 from backend.db import DownloadTask, DownloadTaskHistory
-from backend.errors import ApiError, NotFound
+from backend.errors import ApiError, NotFound, ServiceUnavailable
 from backend.ws import _authenticate, _pump, _refuse, iso_ts
 
 log = logging.getLogger(__name__)
@@ -156,6 +157,9 @@ async def _progress(websocket: WebSocket) -> None:
         sub = ctx.events.subscribe(channel(user.id, task_id))
         try:
             first = await run_in_threadpool(_snapshot, ctx, user.id, task_id)
+        except OperationalError as exc:  # the database is down: refused with 503
+            sub.close()
+            raise ServiceUnavailable("database unavailable") from exc
         except BaseException:
             sub.close()
             raise
