@@ -293,3 +293,52 @@ def test_cdn_link_generation_failed_without_edges(backend_factory: StartBackend,
         server.set_edges(["self"])
         r = c.post(f"{TASKS}/{task['id']}/cdn-tokens")
         assert r.status_code == 200 and r.json()["data"]["attributes"]["cdnSources"]
+
+
+def test_database_down_is_service_unavailable_on_the_new_routes(
+        backend_factory: StartBackend, published_store: PublishedStore) -> None:
+    """PostgreSQL only: the backend's database disappears (its sessions cut, the database renamed
+    away) — the seed routes of issue 16 answer 503 ``SERVICE_UNAVAILABLE`` and recover."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    server = backend_factory()
+    if server.database_url is None:
+        pytest.skip("needs a database server to take away")
+    product = published_store.main.product_id
+    _, token = server.new_user([product])
+    with server.client(token) as c:
+        tid = c.post(ME, json=seed_request(product)).json()["data"]["id"]
+    url = make_url(server.database_url)
+    name = url.database
+    admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    ws_url = server.url.replace("http://", "ws://", 1) + WS + f"?taskId={tid}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                              "WHERE datname = :n AND pid <> pg_backend_pid()"), {"n": name})
+            conn.execute(text(f'ALTER DATABASE "{name}" RENAME TO "{name}_away"'))
+        try:
+            with server.client(token) as c:
+                for _ in range(2):  # a cut pooled connection, then no database at all
+                    assert_error(c.get("/api/v1/library/wishlist/items"), 503,
+                                 "SERVICE_UNAVAILABLE")
+                assert_error(c.get("/api/v1/library/family"), 503, "SERVICE_UNAVAILABLE")
+                assert_error(c.post(ME, json=seed_request(product)), 503, "SERVICE_UNAVAILABLE")
+                assert_error(c.get(f"{TASKS}/{tid}", params={"include": "items"}), 503,
+                             "SERVICE_UNAVAILABLE")
+            with pytest.raises(InvalidStatus) as info:
+                connect(ws_url, open_timeout=10,
+                        additional_headers={"Authorization": f"Bearer {token}"})
+            assert info.value.response.status_code == 503
+        finally:
+            with admin.connect() as conn:
+                conn.execute(text(f'ALTER DATABASE "{name}_away" RENAME TO "{name}"'))
+    finally:
+        admin.dispose()
+    with server.client(token) as c:
+        assert c.get("/api/v1/library/wishlist/items").status_code == 200
+        with progress(server, token, tid) as ws:
+            assert recv(ws)["payload"]["taskId"] == tid
+        r = c.post(ME, json=seed_request(product))
+        assert r.status_code == 202, r.text
