@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Response
 from pydantic import Field
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -113,8 +113,8 @@ def add_item(body: Data[WishlistItemCreate], response: Response, ctx: CtxDep,
                 existing.priority = a.priority
             response.status_code = 200
             return {"data": resource(existing, product.title)}
-        count = len(s.scalars(select(WishlistItem.id).where(
-            WishlistItem.user_id == user.id)).all())
+        count = s.scalar(select(func.count()).select_from(WishlistItem).where(
+            WishlistItem.user_id == user.id)) or 0
         if count >= ctx.settings.wishlist_max_items:
             raise WishlistFull(f"at most {ctx.settings.wishlist_max_items} wishlist items")
         w = WishlistItem(user_id=user.id, product_id=a.product_id, added_at=utcnow(),
