@@ -24,6 +24,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from backend import events
 from backend.context import Context, CtxDep, UserDep
 from backend.db import FamilyMember, LibraryItem, PlaytimeSession, Product, User, utcnow
 from backend.errors import ApiError, Conflict, NotFound, ValidationFailed
@@ -73,6 +74,20 @@ def check_lent_access(ctx: Context, s: Session, item: LibraryItem) -> None:
     if owner_playing(s, owner, item.product_id, ctx.settings.playtime_timeout):
         raise FamilyAccessRestricted(
             f"the owner is playing {item.product_id!r}; try again when they stop")
+
+
+FAMILY_UPDATED = "library.family.updated"
+
+
+def _notify(ctx: Context, change: str, owner_id: str, member_id: str,
+            product_ids: list[str] | None = None) -> None:
+    """``library.family.updated`` on the library channel of both the owner and the member (after
+    the commit): a client re-reads the family and the library."""
+    msg = events.message(FAMILY_UPDATED, {"change": change, "owner_id": owner_id,
+                                          "member_id": member_id,
+                                          "product_ids": product_ids or []})
+    for user_id in (owner_id, member_id):
+        ctx.events.publish(user_id, msg)
 
 
 # -- schemas -------------------------------------------------------------------------------------
@@ -196,7 +211,9 @@ def add_member(body: Data[MemberAdd], ctx: CtxDep, user: UserDep) -> dict[str, A
         except IntegrityError as exc:  # added to a family concurrently
             raise Conflict(f"{name!r} is already in a family", code="FAMILY_CONFLICT",
                            pointer="/data/attributes/username") from exc
-        return {"data": _member(other, "member", link.added_at)}
+        doc = _member(other, "member", link.added_at)
+    _notify(ctx, "member_added", user.id, other.id)
+    return {"data": doc}
 
 
 @router.delete("/members/{user_id}", status_code=204, response_class=Response,
@@ -210,10 +227,16 @@ def remove_member(user_id: Annotated[str, Path(max_length=64)], ctx: CtxDep,
         if link is None or user.id not in (link.owner_id, link.member_id):
             raise NotFound(f"{user_id!r} is not in your family", code="FAMILY_MEMBER_NOT_FOUND",
                            parameter="user_id")
+        lent = select(LibraryItem).where(LibraryItem.user_id == link.member_id,
+                                         LibraryItem.acquisition_type == SHARED,
+                                         LibraryItem.shared_from_user_id == link.owner_id)
+        gone = sorted(i.product_id for i in s.scalars(lent).all())
         s.execute(delete(LibraryItem).where(LibraryItem.user_id == link.member_id,
                                             LibraryItem.acquisition_type == SHARED,
                                             LibraryItem.shared_from_user_id == link.owner_id))
+        owner_id, member_id = link.owner_id, link.member_id
         s.delete(link)
+    _notify(ctx, "member_removed", owner_id, member_id, gone)
     return Response(status_code=204)
 
 
@@ -289,4 +312,8 @@ def borrow(product_id: Annotated[ProductId, Path()], request: Request, response:
             response.status_code = 200
         product = s.get(Product, product_id)
         title = product.title if product is not None else product_id
-        return {"data": _item_doc(s, ctx, request, item, title)}
+        doc = _item_doc(s, ctx, request, item, title)
+        owner_id = link.owner_id
+    if response.status_code != 200:
+        _notify(ctx, "game_borrowed", owner_id, user.id, [product_id])
+    return {"data": doc}

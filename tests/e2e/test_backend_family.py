@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.conftest import (
     BackendServer,
@@ -216,3 +217,49 @@ def test_concurrent_borrows_and_invitations_agree(backend: BackendServer,
     with backend.client(member) as c:
         items = c.get("/api/v1/library/items").json()["data"]
     assert [i["attributes"]["product_id"] for i in items] == [product]
+
+
+def test_family_changes_reach_both_library_channels(backend: BackendServer,
+                                                    published_store: PublishedStore) -> None:
+    import contextlib
+    import json
+
+    from websockets.sync.client import connect
+
+    product = published_store.main.product_id
+    _, owner = backend.new_user([product])
+    member_name, member = backend.new_user()
+    _, stranger = backend.new_user()
+    url = backend.url.replace("http://", "ws://", 1) + "/api/v1/ws/library-updates"
+
+    def open_ws(stack: contextlib.ExitStack, token: str) -> Any:
+        ws = stack.enter_context(connect(
+            url, additional_headers={"Authorization": f"Bearer {token}"}, open_timeout=10))
+        assert json.loads(ws.recv(timeout=10))["event_type"] == "connection.ready"
+        return ws
+
+    def family_event(ws: Any) -> dict[str, Any]:
+        while True:  # skip other library events
+            msg: dict[str, Any] = json.loads(ws.recv(timeout=10))
+            if msg["event_type"] == "library.family.updated":
+                return dict(msg["payload"])
+
+    with contextlib.ExitStack() as stack:
+        wo, wm = open_ws(stack, owner), open_ws(stack, member)
+        ws_other = open_ws(stack, stranger)
+        with backend.client(owner) as o, backend.client(member) as m:
+            assert add_member(o, member_name).status_code == 201
+            for ws in (wo, wm):
+                p = family_event(ws)
+                assert p["change"] == "member_added" and p["product_ids"] == []
+            member_id = p["member_id"]
+            assert m.post(f"{FAMILY}/shared-games/{product}/borrow").status_code == 201
+            for ws in (wo, wm):
+                p = family_event(ws)
+                assert p["change"] == "game_borrowed" and p["product_ids"] == [product]
+            assert o.delete(f"{FAMILY}/members/{member_id}").status_code == 204
+            for ws in (wo, wm):
+                p = family_event(ws)
+                assert p["change"] == "member_removed" and p["product_ids"] == [product]
+        with pytest.raises(TimeoutError):
+            ws_other.recv(timeout=0.5)
