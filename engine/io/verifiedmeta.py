@@ -43,6 +43,9 @@ class VerifiedRecord:
         self.path = path
         self.install_dir = install_dir
         self.entries: dict[str, tuple[str, Stamp]] = dict(entries or {})
+        # wall time of the last full verify that refreshed this record (None: never): a repair
+        # right after one (``verify --repair``) need not hash again what it just proved
+        self.full_verify_at: float | None = None
 
     @classmethod
     def load(cls, data_dir: Path, product_id: str, install_dir: Path) -> VerifiedRecord:
@@ -52,6 +55,8 @@ class VerifiedRecord:
             doc = json.loads(path.read_bytes())
             if doc.get("format") != FORMAT or doc.get("installDir") != str(install_dir):
                 return record
+            at = doc.get("fullVerifyAt")
+            record.full_verify_at = float(at) if at is not None else None
             for rel, (sha, st) in doc["files"].items():
                 record.entries[str(rel)] = (str(sha), (int(st[0]), int(st[1]), int(st[2]),
                                                        int(st[3]), int(st[4])))
@@ -61,7 +66,12 @@ class VerifiedRecord:
             # a damaged record only costs hashing: every file is checked as if none existed
             log.warning("verified-metadata record %s unreadable (%s); ignoring it", path, exc)
             record.entries.clear()
+            record.full_verify_at = None
         return record
+
+    def fresh_full_verify(self, now: float, within_s: float) -> bool:
+        """A full verify refreshed the record less than ``within_s`` ago."""
+        return self.full_verify_at is not None and 0 <= now - self.full_verify_at <= within_s
 
     def matches(self, rel: str, sha256: str, st: os.stat_result) -> bool:
         entry = self.entries.get(rel)
@@ -75,6 +85,7 @@ class VerifiedRecord:
 
     def save(self) -> None:
         doc = {"format": FORMAT, "installDir": str(self.install_dir),
+               "fullVerifyAt": self.full_verify_at,
                "files": {rel: [sha, list(st)] for rel, (sha, st) in sorted(self.entries.items())}}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(self.path, json.dumps(doc, separators=(",", ":")).encode())

@@ -292,6 +292,8 @@ class Engine:
             # scan refreshes the record with what it hashed
             record = VerifiedRecord.load(self.settings.data_dir, product_id, install_dir)
             report = scan_install(install_dir, manifest, quick, record=record)
+            if not quick:
+                record.full_verify_at = time.time()
             record.save()
             return report
 

@@ -53,7 +53,8 @@ from engine.io.journal import SwitchJournal
 from engine.io.localcopy import copy_chunks, copy_or_clone
 from engine.io.staging import Staging, remove_task_staging, sweep_staging
 from engine.io.state import InstalledGame, TaskRecord
-from engine.io.verify import quick_check, remember_verified, scan_install
+from engine.io.verifiedmeta import VerifiedRecord
+from engine.io.verify import VerifyReport, quick_check, remember_verified, scan_install
 from engine.jobs.build import StagedBuild
 from engine.jobs.context import (
     EngineContext,
@@ -191,6 +192,11 @@ def switch_files(install_dir: Path, staging: Staging, journal: SwitchJournal,
     for folder in touched:
         if _kind(folder) == "dir":
             fsync_dir(folder)
+
+
+# a repair this soon after a full verify takes the files that verify proved (and nothing has
+# touched since: size, mtime, ctime, inode) as whole instead of hashing the game a second time
+REPAIR_TRUSTS_VERIFY_S = 600.0
 
 
 class UpdateRun:
@@ -341,7 +347,26 @@ class UpdateRun:
     async def _find_damaged(self, manifest: Manifest) -> tuple[set[int], set[str]]:
         """Files to rebuild, and paths that cannot serve as chunk sources (missing, wrong size);
         a damaged file still lends its good chunks."""
-        report = await asyncio.to_thread(scan_install, self.install_dir, manifest, False)
+        ctx = self.ctx
+
+        def scan() -> VerifyReport:
+            # right after a full verify (``verify --repair``) the files it proved and nothing has
+            # touched since are not hashed again: only the damaged and the changed ones are;
+            # otherwise the repair hashes everything, as a full verify would
+            record = VerifiedRecord.load(ctx.settings.data_dir, manifest.product_id,
+                                         self.install_dir)
+            trust = record.fresh_full_verify(time.time(), REPAIR_TRUSTS_VERIFY_S)
+            report = scan_install(self.install_dir, manifest, trust, record=record)
+            if trust:
+                log.info("repair of %s: %d file(s) proven by the verify %.0f s ago, not re-hashed",
+                         manifest.product_id, report.unchanged_files,
+                         time.time() - (record.full_verify_at or 0))
+            else:
+                record.full_verify_at = time.time()
+            record.save()
+            return report
+
+        report = await asyncio.to_thread(scan)
         bad = report.damaged_paths()
         return ({i for i, f in enumerate(manifest.files) if f.path in bad},
                 set(report.missing) | set(report.wrong_size) | set(report.links))

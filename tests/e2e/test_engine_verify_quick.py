@@ -9,7 +9,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from testing.enginekit import EngineCli
+from testing.enginekit import EngineCli, assert_same_tree
+from tests.e2e.conftest import build_dir
 
 PRODUCT = "star-courier"
 
@@ -85,3 +86,21 @@ def test_a_damaged_record_only_costs_hashing(engine: EngineCli, published_store:
     quick = _verify(engine, "--quick")
     assert quick["ok"] and quick["unchangedFiles"] == 0 and quick["bytesChecked"] == total
     assert _verify(engine, "--quick")["unchangedFiles"] > 0  # rewritten by that scan
+
+
+def test_repair_right_after_a_verify_hashes_only_what_changed(
+        engine: EngineCli, published_store: Any, tmp_path: Path) -> None:
+    version = published_store.product(PRODUCT).versions[0]
+    target = tmp_path / "game"
+    engine.ok("install", PRODUCT, "--version", version, "--target", str(target))
+    pak = max(target.rglob("*.pak"), key=lambda p: p.stat().st_size)
+    with pak.open("r+b") as fh:
+        fh.seek(pak.stat().st_size // 2)
+        fh.write(b"\xee" * 5000)
+    code, lines, err = engine.run("verify", PRODUCT, "--repair", "-v")
+    assert code == 0, (lines[-2:], err[-2000:])
+    assert lines[-1]["verify"]["ok"] is True
+    # the repair took the files the verify had just proved from the record, the damaged one not
+    files = sum(1 for p in target.rglob("*") if p.is_file())
+    assert f"repair of {PRODUCT}: {files - 1} file(s) proven by the verify" in err, err[-3000:]
+    assert_same_tree(target, build_dir(published_store, version))
