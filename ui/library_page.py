@@ -86,7 +86,7 @@ def favourite_category(categories: list[dict[str, Any]]) -> str | None:
 
 class LibraryFilter(QSortFilterProxyModel):
     """Search text, a kind (installed, updates, ...), a category (or its exclusion); sorted by
-    the model's sort key with favourites always on top."""
+    the model's sort key (which puts favourites on top)."""
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -116,13 +116,6 @@ class LibraryFilter(QSortFilterProxyModel):
         return {"all": True, "installed": installed, "not_installed": not installed,
                 "updates": state == tr("Update available"),
                 "favourites": bool(idx.data(FavouriteRole)), "hidden": True}.get(self.kind, True)
-
-    def lessThan(self, left: QModelIndex | QPersistentModelIndex,
-                 right: QModelIndex | QPersistentModelIndex) -> bool:
-        lf, rf = bool(left.data(FavouriteRole)), bool(right.data(FavouriteRole))
-        if lf != rf:  # favourites first in either direction (Qt reverses lessThan when descending)
-            return lf if self.sortOrder() == Qt.SortOrder.AscendingOrder else rf
-        return bool(super().lessThan(left, right))
 
 
 class LibraryPage(QWidget):

@@ -146,6 +146,9 @@ class EngineLink(QObject):
         self.spawn(run())
 
     def spawn(self, coro: Awaitable[Any]) -> None:
+        if self.loop.is_closed():  # the application is ending: nothing more to ask
+            coro.close()  # type: ignore[attr-defined]
+            return
         task: asyncio.Task[Any] = self.loop.create_task(coro)  # type: ignore[arg-type]
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)

@@ -33,6 +33,7 @@ SORT_KEYS = ("name", "last_played", "playtime", "added", "size")
 TASK_MIME = "application/x-launcher-task-row"
 ProgressRole = Qt.ItemDataRole.UserRole + 4
 COVER_SIZE = (180, 270)
+FAVOURITE_BOOST = 1 << 62  # above any playtime or size, below int64's limit
 Index = QModelIndex | QPersistentModelIndex
 NO_PARENT = QModelIndex()
 
@@ -111,6 +112,18 @@ class LibraryModel(QAbstractListModel):
         self.icons.pop(product_id, None)
         self._changed(product_id)
 
+    def apply_changes(self, product_id: str, changes: dict[str, Any]) -> bool:
+        """A library item's attributes changed elsewhere: updated in place (one row repainted,
+        no reload); False when the game is not in this library (then reload it)."""
+        item = self.item_of(product_id)
+        if item is None:
+            return False
+        item["libraryItem"].update(changes)
+        if "title" in changes:
+            self.icons.pop(product_id, None)
+        self._changed(product_id)
+        return True
+
     def set_running(self, product_id: str, running: bool) -> None:
         item = self.item_of(product_id)
         if item is not None and bool(item.get("running")) != running:
@@ -188,18 +201,20 @@ class LibraryModel(QAbstractListModel):
     sort_key = "name"
 
     def sort_value(self, item: dict[str, Any]) -> Any:
-        """What ``sort_key`` orders by (most recent / largest first for all but the name)."""
+        """What ``sort_key`` orders by (most recent / largest first for all but the name), with
+        favourites ahead in either direction. One plain value per row, so the proxy sorts in
+        C++: a Python ``lessThan`` cost ~30 ms per 200-game reload on the UI thread."""
         attrs = item["libraryItem"]
         key = self.sort_key
-        if key == "last_played":
-            return str(attrs.get("last_played_at") or "")
-        if key == "playtime":
-            return int(attrs.get("total_playtime_seconds") or 0)
-        if key == "added":
-            return str(attrs.get("added_at") or "")
-        if key == "size":
-            return int(attrs.get("install_size_bytes") or 0)
-        return str(attrs.get("title") or attrs.get("product_id") or "").casefold()
+        fav = self.is_favourite(item)
+        if key in ("playtime", "size"):  # descending numbers: favourites are "bigger"
+            field = "total_playtime_seconds" if key == "playtime" else "install_size_bytes"
+            return int(attrs.get(field) or 0) + (FAVOURITE_BOOST if fav else 0)
+        if key in ("last_played", "added"):  # descending text (ISO times)
+            field = "last_played_at" if key == "last_played" else "added_at"
+            return ("1" if fav else "0") + str(attrs.get(field) or "")
+        name = str(attrs.get("title") or attrs.get("product_id") or "").casefold()
+        return ("0" if fav else "1") + name  # ascending
 
     def set_offline(self, installed: list[dict[str, Any]]) -> None:
         """The backend is unreachable: the installed games still show (and can be played)."""

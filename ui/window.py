@@ -49,6 +49,7 @@ from ui.models import COVER_SIZE, LibraryModel, TasksModel
 from ui.settings_page import SettingsPage
 from ui.speedgraph import SpeedGraph
 
+RELOAD_DEBOUNCE_MS = 1500  # library changes announced by the backend, gathered
 RECHECK_MS = 5000  # how soon a library with games still being published is asked again
 
 FRIENDLY = {
@@ -148,6 +149,10 @@ class MainWindow(QMainWindow):
         self.login_dialog: LoginDialog | None = None
         self._launching: str | None = None
         self._recheck_pending = False
+        self._library_reload = QTimer(self, singleShot=True, interval=RELOAD_DEBOUNCE_MS)
+        self._library_reload.timeout.connect(self.refresh_library)
+        self._recheck = QTimer(self, singleShot=True, interval=RECHECK_MS)
+        self._recheck.timeout.connect(self._recheck_library)
         self.downloads_page.history.toggled.connect(lambda _on: self.refresh_tasks())
         self.library_page.changed.connect(self.refresh_library)
         self.library_page.playRequested.connect(self.play)
@@ -222,6 +227,8 @@ class MainWindow(QMainWindow):
             self.hide()
             event.ignore()
             return
+        for timer in (self._library_reload, self._recheck):  # nothing fires after the window
+            timer.stop()
         super().closeEvent(event)
 
     def notify(self, title: str, text: str) -> None:
@@ -259,7 +266,7 @@ class MainWindow(QMainWindow):
         if any(not i["libraryItem"].get("latest_version_id") for i in items) \
                 and not self._recheck_pending:
             self._recheck_pending = True  # a game still being published: look again soon
-            QTimer.singleShot(RECHECK_MS, self._recheck_library)
+            self._recheck.start()
         self.link.request("categories", {}, self.library_page.set_categories)
         self.link.request("playtime", {}, self._playtime_loaded)
         if any(i["installed"] for i in items):
@@ -365,7 +372,12 @@ class MainWindow(QMainWindow):
         elif isinstance(event, SaveSyncStatus) and event.status == "sync_conflict":
             self.notify(tr("Save conflict"), self.title_of(event.product_id))
         elif isinstance(event, LibraryChanged):
-            self.refresh_library()  # another device (or the store) changed the library
+            # another device (or the store) changed the library: the row is updated in place;
+            # a game new to this library means a reload, one for a burst of such events
+            if not self.library.apply_changes(event.product_id, event.changes):
+                self._library_reload.start()
+            elif {"category_ids", "is_hidden"} & set(event.changes):
+                self.library_page.proxy.invalidate()  # filters and order depend on them
 
     def _playtime_loaded(self, rows: list[dict[str, Any]]) -> None:
         for r in rows:
