@@ -452,9 +452,12 @@ class UpdateRun:
                     raise EngineError(ErrorCode.DELTA_PATCH_APPLICATION_FAILED,
                                       f"patch for {p.path}: bytes do not match its id", item=p.path)
 
+            # a patch is optional (its file's chunks are the fallback): one try per edge, not
+            # the full backoff a corrupt patch used to cost (2.5 minutes before the fallback)
             data = await fetch_small(self.ctx, pool,
                                      f"{self.task.product_id}/patches/{p.patch_id}.patch",
-                                     p.patch_size, check=check, refresh=self._refresh)
+                                     p.patch_size, check=check, refresh=self._refresh,
+                                     attempts=max(2, len(pool.sources)))
             self.progress.downloaded += len(data)
             old_bytes = b""  # no source: a whole-file frame of a new file
             if p.source_path is not None:
