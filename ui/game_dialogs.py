@@ -4,7 +4,6 @@ to it; nothing here touches a file."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 from urllib.parse import unquote
 
@@ -26,7 +25,7 @@ from PySide6.QtWidgets import (
 
 from ui.i18n import tr
 from ui.link import EngineLink
-from ui.models import human_bytes
+from ui.models import human_bytes, local_time
 
 
 def _table(rows: int, headers: list[str], name: str) -> QTableWidget:
@@ -75,14 +74,6 @@ def slot_label(slot: str) -> str:
     """A cloud slot as a player reads it: the file's path in its save folder."""
     text = unquote(slot)
     return text.split(":", 1)[1] if ":" in text else text
-
-
-def short_time(iso: Any) -> str:
-    try:
-        return datetime.fromisoformat(str(iso).replace("Z", "+00:00")).astimezone() \
-            .strftime("%Y-%m-%d %H:%M")
-    except ValueError:
-        return str(iso)[:16]
 
 
 ACTIONS = {"in_sync": "In sync", "upload": "Newer here", "download": "Newer in the cloud",
@@ -141,7 +132,7 @@ class SavesDialog(QDialog):
             values = (slot_label(slot["slot"]) if first else "",
                       tr(ACTIONS.get(slot["action"], slot["action"])) if first else "",
                       f"v{version['version']}" if version else "—",
-                      f"{short_time(version['createdAt'])} · {human_bytes(version['sizeBytes'])}"
+                      f"{local_time(version['createdAt'])} · {human_bytes(version['sizeBytes'])}"
                       if version else tr("only on this device"))
             for col, text in enumerate(values):
                 item = QTableWidgetItem(text)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -59,6 +58,7 @@ from ui.models import (
     StateRole,
     human_bytes,
     human_duration,
+    local_time,
 )
 
 FAVOURITES = "Favourites"
@@ -451,7 +451,7 @@ class LibraryPage(QWidget):
         last = attrs.get("last_played_at")
         if seconds or last:
             lines.append(tr("Played {0}; last {1}").format(
-                human_duration(seconds), short_date(last) if last else tr("never")))
+                human_duration(seconds), local_time(last) if last else tr("never")))
             if here and here != seconds:
                 lines.append(tr("On this device: {0}").format(human_duration(here)))
         else:
@@ -557,14 +557,6 @@ class LibraryPage(QWidget):
                 "{0} file(s) are damaged or missing. Repair them now?").format(bad)) \
                 == QMessageBox.StandardButton.Yes:
             self.link.request("repair", {"productId": report["productId"]})
-
-
-def short_date(iso: Any) -> str:
-    try:
-        when = datetime.fromisoformat(str(iso))
-    except ValueError:
-        return str(iso)
-    return when.astimezone().strftime("%Y-%m-%d %H:%M")
 
 
 class CategoriesDialog(QDialog):

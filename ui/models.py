@@ -4,6 +4,7 @@ the download queue (tasks, live progress from typed events). Views only read rol
 from __future__ import annotations
 
 import hashlib
+from datetime import datetime
 from typing import Any
 
 from PySide6.QtCore import (
@@ -45,6 +46,15 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {tr(unit)}" if unit == "B" else f"{n:.1f} {tr(unit)}"
         n /= 1000
     return f"{n:.1f} {tr('TB')}"
+
+
+def local_time(iso: Any) -> str:
+    """A backend timestamp (ISO 8601, "Z" too) in the player's time zone, to the minute."""
+    try:
+        when = datetime.fromisoformat(str(iso).replace("Z", "+00:00"))
+    except ValueError:
+        return str(iso)
+    return when.astimezone().strftime("%Y-%m-%d %H:%M")
 
 
 def human_duration(seconds: int) -> str:

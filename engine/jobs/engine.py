@@ -48,7 +48,7 @@ from engine.jobs.move import move_game
 from engine.jobs.play import Games
 from engine.jobs.saves import SaveSync
 from engine.jobs.uninstall import UninstallReport, remove_install
-from engine.jobs.update import UpdateRun, cached_manifest
+from engine.jobs.update import UpdateRun, cached_manifest, installed_manifest
 from patcher.manifest import Manifest, check_id
 
 log = logging.getLogger(__name__)
@@ -283,8 +283,7 @@ class Engine:
 
     async def verify(self, product_id: str, quick: bool = False) -> VerifyReport:
         game = self._installed_or_fail(product_id)
-        key = await manifest_key(self._context())
-        manifest = cached_manifest(self._context(), product_id, game.version_id, key)
+        manifest = await installed_manifest(self._context(), game)
         install_dir = Path(game.path)
 
         def scan() -> VerifyReport:
@@ -318,8 +317,7 @@ class Engine:
         self.games.refuse_while_running(product_id, "moving it")
         if self.state.active_task_for(product_id) is not None:
             raise EngineError(ErrorCode.API_MISUSE, f"{product_id} has a running task; wait or cancel it")
-        key = await manifest_key(self._context())
-        manifest = cached_manifest(self._context(), product_id, game.version_id, key)
+        manifest = await installed_manifest(self._context(), game)
         moved = await move_game(self.state, game, Path(new_folder).absolute(), manifest)
         return moved
 

@@ -34,9 +34,9 @@ from engine.io.gameapi import GameApi
 from engine.io.gameproc import spawn, stop_group, wait_all
 from engine.io.playstate import PlayState
 from engine.io.state import InstalledGame, State
-from engine.jobs.context import EngineContext, manifest_key
+from engine.jobs.context import EngineContext
 from engine.jobs.saves import SaveSync, SyncReport
-from engine.jobs.update import cached_manifest
+from engine.jobs.update import installed_manifest
 from patcher.manifest import LaunchEntry, Manifest
 
 log = logging.getLogger(__name__)
@@ -117,8 +117,7 @@ class Games:
         return game
 
     async def manifest_of(self, game: InstalledGame) -> Manifest:
-        ctx = self.host.context()
-        return cached_manifest(ctx, game.product_id, game.version_id, await manifest_key(ctx))
+        return await installed_manifest(self.host.context(), game)
 
     def check_playable(self, product_id: str) -> InstalledGame:
         game = self.installed_game(product_id)

@@ -72,8 +72,7 @@ class SaveSync:
 
     async def _state(self, game: InstalledGame, manifest: Manifest
                      ) -> tuple[dict[str, SaveFile], dict[str, CloudSlot], list[SlotDecision]]:
-        local = await asyncio.to_thread(scan, manifest.saves, Path(game.path),
-                                        game_files_of(manifest))
+        local = await asyncio.to_thread(scan, manifest.saves, Path(game.path), game_files_of(manifest))
         cloud = await self.library().save_slots(game.product_id)
         decisions = plan_sync({s: f.local for s, f in local.items()},
                               {s: c.as_cloud_file() for s, c in cloud.items()},
@@ -120,6 +119,7 @@ class SaveSync:
     async def _sync(self, game: InstalledGame, manifest: Manifest, keep: Keep | None,
                     report: SyncReport) -> None:
         pid, install_dir = game.product_id, Path(game.path)
+        game_files = game_files_of(manifest)  # once per sync, not once per file
         local, cloud, decisions = await self._state(game, manifest)
         api = self.library()
         for d in resolve(decisions, keep):
@@ -144,7 +144,7 @@ class SaveSync:
                 self.play.set_save_base(pid, d.slot, Base(version.sha256, str(version.version)))
                 report.uploaded.append(d.slot)
             else:  # DOWNLOAD
-                place = location_of(d.slot, manifest.saves, install_dir, game_files_of(manifest))
+                place = location_of(d.slot, manifest.saves, install_dir, game_files)
                 if place is None:
                     report.skipped.append(d.slot)
                     continue
@@ -159,8 +159,7 @@ class SaveSync:
                 self.play.set_save_base(pid, d.slot, Base(latest.sha256, str(latest.version)))
                 report.downloaded.append(d.slot)
         if report.uploaded or report.downloaded:
-            now_local = await asyncio.to_thread(scan, manifest.saves, install_dir,
-                                                game_files_of(manifest))
+            now_local = await asyncio.to_thread(scan, manifest.saves, install_dir, game_files)
             await asyncio.to_thread(self.backups.take, pid,
                                     {s: f.path for s, f in now_local.items()}, "synced")
 
@@ -193,8 +192,9 @@ class SaveSync:
             else:
                 raise EngineError(ErrorCode.INVALID_PARAMS, "restore needs savegameId or backup")
             places = {}
+            game_files = game_files_of(manifest)
             for slot in files:
-                place = location_of(slot, manifest.saves, install_dir, game_files_of(manifest))
+                place = location_of(slot, manifest.saves, install_dir, game_files)
                 if place is None:
                     raise EngineError(ErrorCode.SAVEGAME_SLOT_NOT_FOUND,
                                       f"save {slot!r} has no place in {pid} {game.version_id}")

@@ -87,6 +87,12 @@ def cached_manifest(ctx: EngineContext, product_id: str, version_id: str, key_he
                           item=exc.field) from exc
 
 
+async def installed_manifest(ctx: EngineContext, game: InstalledGame) -> Manifest:
+    """The signed manifest of the installed version, from the local cache (checked with the
+    pinned key): what verify, move and play work from, offline too."""
+    return cached_manifest(ctx, game.product_id, game.version_id, await manifest_key(ctx))
+
+
 def _kind(path: Path) -> str:
     """'none' | 'link' | 'file' | 'dir' | 'other' without following links."""
     try:
