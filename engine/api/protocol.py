@@ -122,6 +122,10 @@ LIMIT = Param("limitBps", ParamKind.INT, "per-task speed limit in bytes/s", low=
 KEEP = Param("keep", ParamKind.TEXT, "a save conflict: keep local or cloud (the other copy "
              "stays recoverable)")
 TASK_RESULT = "a task (see Task)"
+WISH_ENTRY = "{wishlistItemId, productId, title, priority, addedAt, coverImageUrl}"
+WISH_LIST = "[" + WISH_ENTRY + "]"
+WISH_PRIORITY = Param("priority", ParamKind.INT, "0..1000, higher first (default 0)", low=0,
+                      high=1000)
 COMMANDS: tuple[Command, ...] = (
     Command("ping", "check the connection", "{pong, protocol}"),
     Command("status", "the engine's state: backend, limits, schedule, queue, installed games",
@@ -165,7 +169,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("moveInstall", "move an installed game to another folder", "InstalledGame",
             (PRODUCT, Param("folder", ParamKind.TEXT, "the new folder", required=True))),
     Command("launch", "start a game from its manifest's launch entry (saves synced before and "
-            "after, playtime tracked); refused while it is busy, damaged or running",
+            "after, playtime tracked); refused while it is busy, damaged or running, and a "
+            "borrowed game while its owner plays it (FAMILY_ACCESS_RESTRICTED)",
             "{productId, sessionId, pid, running, exitCode, crashed, seconds, savesBefore, "
             "savesAfter}",
             (PRODUCT, Param("entry", ParamKind.TEXT, "which launch entry (default: the first)"),
@@ -185,6 +190,29 @@ COMMANDS: tuple[Command, ...] = (
     Command("achievements", "a game's achievements: unlocked, progress, rarity",
             "[{achievementId, name, is_unlocked, unlocked_at, current_progress, ...}]",
             (PRODUCT,)),
+    Command("wishlist", "the player's wishlist, priority high to low, then oldest first",
+            WISH_LIST),
+    Command("wishlistAdd", "put a game on the wishlist (already there: keeps it, sets a given "
+            "priority)", WISH_ENTRY, (PRODUCT, WISH_PRIORITY)),
+    Command("wishlistPriority", "change a wished game's priority", WISH_ENTRY,
+            (PRODUCT, Param("priority", ParamKind.INT, "0..1000, higher first", required=True,
+                            low=0, high=1000))),
+    Command("wishlistRemove", "take a game off the wishlist (not there: "
+            "GAME_NOT_FOUND_IN_WISHLIST)", "{removed}", (PRODUCT,)),
+    Command("family", "family sharing: the family's members (the owner first) and, for a "
+            "member, the owner's games with whether each can be used now",
+            "{role, ownerId, maxMembers, members: [{userId, username, role, addedAt}], "
+            "sharedGames: [{productId, title, ownerId, ownerName, isAvailable, isBorrowed, "
+            "libraryItemId, coverImageUrl}]}"),
+    Command("familyAdd", "share your library with another player (you become the owner)",
+            "{userId, username, role, addedAt}",
+            (Param("username", ParamKind.TEXT, "the player's account name", required=True),)),
+    Command("familyRemove", "remove a member (the owner), or leave the family (your own id); "
+            "the games they borrowed go, their saves and playtime stay theirs", "{removed}",
+            (Param("userId", ParamKind.ID, "the member (see family)", required=True),)),
+    Command("borrow", "borrow a game of the family's owner into your library (playable and "
+            "installable while the owner is not playing it, else FAMILY_ACCESS_RESTRICTED)",
+            "the library item (acquisition_type family_shared_access)", (PRODUCT,)),
     Command("pause", "pause a task", TASK_RESULT, (TASK,)),
     Command("resume", "resume a paused or failed task", TASK_RESULT, (TASK,)),
     Command("cancel", "cancel a task and discard its partial data", TASK_RESULT, (TASK,)),

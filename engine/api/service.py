@@ -27,6 +27,7 @@ from engine.io.config import save_setting
 from engine.io.fsops import storage_error
 from engine.jobs.build import CDN_SOURCES_META
 from engine.jobs.engine import Engine
+from engine.jobs.store import StoreJobs
 from patcher.errors import ManifestError, PatcherError
 
 CONNECTION_COMMANDS = frozenset({"subscribe", "unsubscribe"})  # the daemon's, per connection
@@ -45,6 +46,7 @@ def parse_keep(keep: str | None) -> Keep | None:
 class EngineService:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self.store = StoreJobs(engine.api, lambda: engine.api.logged_in and not engine.offline)
 
     async def call(self, method: str, params: Any) -> Any:
         checked = validate(method, params)
@@ -123,7 +125,10 @@ class EngineService:
     # -- playing ------------------------------------------------------------------------------
     async def m_launch(self, productId: str, entry: str | None = None, keep: str | None = None,
                        wait: bool = False) -> dict[str, Any]:
-        return await self.engine.games.launch(productId, entry, parse_keep(keep), wait)
+        games = self.engine.games
+        games.check_playable(productId)  # the local refusals first: they need no network
+        await self.store.check_family_access(productId)
+        return await games.launch(productId, entry, parse_keep(keep), wait)
 
     async def m_games(self) -> list[dict[str, Any]]:
         return [g.to_dict() for g in self.engine.games.running.values()]
@@ -173,6 +178,31 @@ class EngineService:
 
     async def m_achievements(self, productId: str) -> list[dict[str, Any]]:
         return await self.engine.library().achievements(productId)
+
+    # -- wishlist and family sharing ----------------------------------------------------------
+    async def m_wishlist(self) -> list[dict[str, Any]]:
+        return await self.store.wishlist()
+
+    async def m_wishlistAdd(self, productId: str, priority: int | None = None) -> dict[str, Any]:
+        return await self.store.wish(productId, priority)
+
+    async def m_wishlistPriority(self, productId: str, priority: int) -> dict[str, Any]:
+        return await self.store.set_priority(productId, priority)
+
+    async def m_wishlistRemove(self, productId: str) -> dict[str, Any]:
+        return await self.store.unwish(productId)
+
+    async def m_family(self) -> dict[str, Any]:
+        return await self.store.family()
+
+    async def m_familyAdd(self, username: str) -> dict[str, Any]:
+        return await self.store.add_member(username)
+
+    async def m_familyRemove(self, userId: str) -> dict[str, Any]:
+        return await self.store.remove_member(userId)
+
+    async def m_borrow(self, productId: str) -> dict[str, Any]:
+        return await self.store.borrow(productId)
 
     # -- queue --------------------------------------------------------------------------------
     async def m_tasks(self, all: bool = False) -> list[dict[str, Any]]:

@@ -515,6 +515,91 @@ def cmd_achievements(svc: Service, args: argparse.Namespace, out: Output) -> int
     return ExitCode.OK
 
 
+def _number(text: str | None, what: str) -> int:
+    if text is None:
+        raise EngineError(ErrorCode.API_MISUSE, f"{what} needs a number")
+    try:
+        return int(text)
+    except ValueError as exc:
+        raise EngineError(ErrorCode.API_MISUSE, f"not a number: {text!r}") from exc
+
+
+def _wish_line(e: dict[str, Any]) -> str:
+    return f"{e['priority']:5}  {e['productId']:20} {e['title']:28} added {e['addedAt'][:16]}"
+
+
+def cmd_wishlist(svc: Service, args: argparse.Namespace, out: Output) -> int:
+    """``wishlist`` lists; ``add GAME [PRIORITY]``, ``priority GAME N``, ``remove GAME``."""
+    action = args.action
+    if action == "list":
+        rows = svc.call("wishlist", {})
+        for e in rows:
+            out.text(_wish_line(e))
+        if not rows:
+            out.text("the wishlist is empty")
+        out.emit({"wishlist": rows})
+        return ExitCode.OK
+    if args.productId is None:
+        raise EngineError(ErrorCode.API_MISUSE, f"wishlist {action} needs a game")
+    params: dict[str, Any] = {"productId": args.productId}
+    if action == "remove":
+        if args.value is not None:
+            raise EngineError(ErrorCode.API_MISUSE, "wishlist remove takes no number")
+        r = svc.call("wishlistRemove", params)
+        out.text(f"{args.productId} is off the wishlist")
+        out.emit(r)
+        return ExitCode.OK
+    if action == "priority" or args.value is not None:
+        params["priority"] = _number(args.value, f"wishlist {action}")
+    entry = svc.call("wishlistAdd" if action == "add" else "wishlistPriority", params)
+    out.text(_wish_line(entry))
+    out.emit({"wishlistItem": entry})
+    return ExitCode.OK
+
+
+def cmd_family(svc: Service, args: argparse.Namespace, out: Output) -> int:
+    """``family`` shows it; ``add USER`` shares your library; ``remove USER`` (a name or an
+    id) removes a member, or leaves when it is you."""
+    if args.action == "show":
+        f = svc.call("family", {})
+        if f["role"] == "none":
+            out.text("no family: `launcher-engine family add USER` shares your library")
+        else:
+            out.text(f"you are the family's {f['role']}; {len(f['members']) - 1} of "
+                     f"{f['maxMembers']} member(s)")
+        for m in f["members"]:
+            out.text(f"  {m['role']:6} {m['username']:20} {m['userId']}")
+        for g in f["sharedGames"]:
+            state = "borrowed" if g["isBorrowed"] else "can be borrowed"
+            busy = "" if g["isAvailable"] else f"; {g['ownerName']} is playing it now"
+            out.text(f"  shared by {g['ownerName']}: {g['productId']:20} {g['title']:28} "
+                     f"{state}{busy}")
+        out.emit({"family": f})
+        return ExitCode.OK
+    if args.user is None:
+        raise EngineError(ErrorCode.API_MISUSE, f"family {args.action} needs a user")
+    if args.action == "add":
+        m = svc.call("familyAdd", {"username": args.user})
+        out.text(f"{m['username']} now shares your library")
+        out.emit({"member": m})
+        return ExitCode.OK
+    members = svc.call("family", {})["members"]
+    user_id = next((m["userId"] for m in members if args.user in (m["username"], m["userId"])),
+                   args.user)  # an unknown one: the backend says FAMILY_MEMBER_NOT_FOUND
+    r = svc.call("familyRemove", {"userId": user_id})
+    out.text(f"{args.user} is no longer in the family")
+    out.emit(r)
+    return ExitCode.OK
+
+
+def cmd_borrow(svc: Service, args: argparse.Namespace, out: Output) -> int:
+    item = svc.call("borrow", params_of(args, "borrow"))
+    out.text(f"borrowed {item.get('title') or item.get('product_id')}: it is in your library "
+             "(install and play it while its owner is not playing it)")
+    out.emit({"libraryItem": item})
+    return ExitCode.OK
+
+
 def cmd_serve(svc: Service, args: argparse.Namespace, out: Output) -> int:
     raise AssertionError("serve is dispatched before a service exists")
 
@@ -637,6 +722,18 @@ def _saves_extra(p: argparse.ArgumentParser) -> None:
                    choices=["list", "status", "sync", "restore", "resolve"])
 
 
+def _wishlist_extra(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", nargs="?", default="list",
+                   choices=["list", "add", "priority", "remove"])
+    p.add_argument("productId", nargs="?", metavar="product")
+    p.add_argument("value", nargs="?", metavar="priority", help="0..1000, higher first")
+
+
+def _family_extra(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", nargs="?", default="show", choices=["show", "add", "remove"])
+    p.add_argument("user", nargs="?", help="add: an account name; remove: a name or user id")
+
+
 def _serve_extra(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=0)
 
@@ -672,6 +769,11 @@ CLI: tuple[Cli, ...] = (
     Cli("saves", cmd_saves, "saves", positional=("productId",), skip=("action",),
         extra=_saves_extra),
     Cli("achievements", cmd_achievements, "achievements", positional=("productId",)),
+    Cli("wishlist", cmd_wishlist, extra=_wishlist_extra,
+        help="the wishlist: list, add GAME [PRIORITY], priority GAME N, remove GAME"),
+    Cli("family", cmd_family, extra=_family_extra,
+        help="family sharing: show (members, games shared with you), add USER, remove USER"),
+    Cli("borrow", cmd_borrow, "borrow", positional=("productId",)),
     Cli("serve", cmd_serve, extra=_serve_extra,
         help="run the engine as a daemon with the local control API"),
 )
