@@ -7,11 +7,18 @@ Serialized as JSON (compact, chunk rows as arrays), zstd-compressed, signed with
 
 from __future__ import annotations
 
+import binascii
 import json
 import re
+import sys
+from array import array
+from bisect import bisect_left
+from collections.abc import ItemsView, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from functools import partial
+from itertools import accumulate, chain, pairwise
+from typing import Any, overload
 
 import zstandard
 
@@ -89,7 +96,8 @@ class FileEntry:
     size: int
     mode: int
     hash_sha256: str
-    chunks: tuple[ChunkEntry, ...]
+    # a tuple when built from objects; a ``FileChunks`` view of the ``ChunkTable`` when decoded
+    chunks: Sequence[ChunkEntry]
 
     @property
     def executable(self) -> bool:
@@ -136,7 +144,8 @@ class Manifest:
     version_id: str
     files: tuple[FileEntry, ...]
     blocks: tuple[Block, ...]
-    chunks: dict[str, ChunkLocation]
+    # a dict when built from objects; a ``ChunkLocations`` view of the table when decoded
+    chunks: Mapping[str, ChunkLocation]
     dirs: tuple[str, ...] = ()
     launch: tuple[LaunchEntry, ...] = ()
     saves: tuple[SaveLocation, ...] = ()
@@ -144,6 +153,7 @@ class Manifest:
     created_at: str = ""
     format_version: int = FORMAT_VERSION
     _by_path: dict[str, FileEntry] = field(default_factory=dict, compare=False, repr=False)
+    _table: ChunkTable | None = field(default=None, compare=False, repr=False)
 
     @property
     def total_size(self) -> int:
@@ -156,6 +166,14 @@ class Manifest:
 
     def chunk_sizes(self) -> dict[str, int]:
         return {c.id: c.size for f in self.files for c in f.chunks}
+
+    def table(self) -> ChunkTable:
+        """The manifest's chunks in arrays (the planner's input): the decoder's own, or built
+        once from the objects of a manifest made in memory."""
+        if self._table is None:
+            object.__setattr__(self, "_table", ChunkTable.build(self.files, self.chunks))
+        assert self._table is not None
+        return self._table
 
 
 # ---------------------------------------------------------------------------------------------
@@ -278,15 +296,41 @@ def _decompress_json(blob: bytes) -> bytearray:
 
 
 def decode_manifest(blob: bytes) -> Manifest:
-    """Decompress and parse manifest bytes, with size limits before and during decompression."""
+    """Decompress and parse manifest bytes, with size limits before and during decompression.
+
+    The canonical layout is read as a stream into arrays (``_stream_manifest``); any other
+    document, valid or not, goes through ``json.loads`` and the strict loader, so every
+    rejection keeps its code and message."""
     if len(blob) > MAX_COMPRESSED_BYTES:
         raise ManifestError("MANIFEST_TOO_LARGE", "manifest", f"{len(blob)} compressed bytes")
+    try:
+        return _stream_manifest(blob)
+    except (_NotCanonical, ManifestError):
+        pass
     raw = _decompress_json(blob)
     try:
         doc = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ManifestError("MANIFEST_CORRUPT", "manifest", f"not JSON: {exc}") from exc
-    return parse_manifest(doc)
+    del raw
+    return compact(parse_manifest(doc))
+
+
+def compact(m: Manifest) -> Manifest:
+    """``m`` with its chunks in a ``ChunkTable`` (what a decoded manifest holds)."""
+    table = ChunkTable.build(m.files, m.chunks)
+    files: list[FileEntry] = []
+    row = 0
+    for f in m.files:
+        files.append(FileEntry(f.path, f.size, f.mode, f.hash_sha256,
+                               FileChunks(table, row, row + len(f.chunks))))
+        row += len(f.chunks)
+    return Manifest(
+        product_id=m.product_id, version_id=m.version_id, files=tuple(files), blocks=m.blocks,
+        chunks=ChunkLocations(table), dirs=m.dirs, launch=m.launch, saves=m.saves,
+        dictionary=m.dictionary, created_at=m.created_at, format_version=m.format_version,
+        _table=table,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -581,3 +625,529 @@ def _str_list_any(value: Any, where: str) -> list[str]:
 def validate_manifest(m: Manifest) -> None:
     """Run the strict loader over an in-memory manifest (the publisher never signs a bad one)."""
     parse_manifest(json.loads(manifest_to_json(m)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Compact representation: memory flat in the chunk count
+#
+# A 16 GiB game has ~260k chunks; one ChunkEntry object with a 64-character id per chunk and a
+# dict of ChunkLocation objects cost ~1 KB per chunk (255 MB held, 306 MB peak while parsing).
+# Here a chunk costs ~60 bytes in a few arrays; ChunkEntry/ChunkLocation objects are built when
+# someone reads them.
+
+
+def _u32(n: int = 0) -> array[int]:
+    return array("I", bytes(4 * n))
+
+
+def _keys(ids: bytes | bytearray) -> array[int]:
+    """The first 8 bytes of every 32-byte id as big-endian integers: sorted ids give sorted
+    keys, so ``bisect`` (in C over the array) finds an id without a dict of 260k strings."""
+    keys = array("Q", memoryview(ids).cast("Q")[::4])
+    if sys.byteorder == "little":
+        keys.byteswap()
+    return keys
+
+
+class ChunkTable:
+    """Every chunk row of every file and every unique chunk's location, in arrays.
+
+    Unique chunks are sorted by id (``ids``: 32 raw bytes each); a file's rows are a slice of
+    the ``row_*`` arrays (``row_chunk`` = the unique chunk's index)."""
+
+    __slots__ = (
+        "_by_block",
+        "_rows_of",
+        "block",
+        "block_offset",
+        "ids",
+        "keys",
+        "row_chunk",
+        "row_file",
+        "row_offset",
+        "row_size",
+        "size",
+    )
+
+    def __init__(self, ids: bytes, block: array[int], block_offset: array[int], size: array[int],
+                 row_offset: array[int], row_size: array[int], row_chunk: array[int],
+                 row_file: array[int]) -> None:
+        self.ids = ids
+        self.keys = _keys(ids)
+        self.block = block
+        self.block_offset = block_offset
+        self.size = size  # of the last row naming the chunk (what the loader always checked)
+        self.row_offset = row_offset
+        self.row_size = row_size
+        self.row_chunk = row_chunk
+        self.row_file = row_file
+        self._by_block: tuple[array[int], array[int]] | None = None
+        self._rows_of: tuple[array[int], array[int]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.block)
+
+    def hex_id(self, u: int) -> str:
+        return self.ids[32 * u : 32 * u + 32].hex()
+
+    def find(self, cid: object) -> int:
+        """The unique index of a hex chunk id, -1 when the manifest has no such chunk."""
+        if not isinstance(cid, str) or len(cid) != 64:
+            return -1
+        try:
+            key = int(cid[:16], 16)
+        except ValueError:
+            return -1
+        keys, u = self.keys, bisect_left(self.keys, key)
+        while u < len(keys) and keys[u] == key:
+            if self.hex_id(u) == cid:
+                return u
+            u += 1
+        return -1
+
+    def entry(self, row: int) -> ChunkEntry:
+        return ChunkEntry(self.row_offset[row], self.row_size[row],
+                          self.hex_id(self.row_chunk[row]))
+
+    def by_block(self) -> tuple[array[int], array[int]]:
+        """(start, order): the unique chunks of block b are ``order[start[b]:start[b + 1]]``,
+        by their offset in the block (a counting sort: no per-chunk objects)."""
+        if self._by_block is None:
+            nblocks = (max(self.block) + 1) if len(self.block) else 0
+            start = _u32(nblocks + 1)
+            for b in self.block:
+                start[b + 1] += 1
+            for b in range(nblocks):
+                start[b + 1] += start[b]
+            fill = array("I", start)
+            order = _u32(len(self.block))
+            for u, b in enumerate(self.block):
+                order[fill[b]] = u
+                fill[b] += 1
+            offsets = self.block_offset
+            for b in range(nblocks):
+                lo, hi = start[b], start[b + 1]
+                if hi - lo > 1:
+                    order[lo:hi] = array("I", sorted(order[lo:hi], key=offsets.__getitem__))
+            self._by_block = (start, order)
+        return self._by_block
+
+    def rows_of(self) -> tuple[array[int], array[int]]:
+        """(start, rows): the file rows of unique chunk u are ``rows[start[u]:start[u + 1]]``."""
+        if self._rows_of is None:
+            n = len(self.block)
+            start = _u32(n + 1)
+            for u in self.row_chunk:
+                start[u + 1] += 1
+            for u in range(n):
+                start[u + 1] += start[u]
+            fill = array("I", start)
+            rows = _u32(len(self.row_chunk))
+            for r, u in enumerate(self.row_chunk):
+                rows[fill[u]] = r
+                fill[u] += 1
+            self._rows_of = (start, rows)
+        return self._rows_of
+
+    @classmethod
+    def build(cls, files: Sequence[FileEntry], chunks: Mapping[str, ChunkLocation]) -> ChunkTable:
+        """The table of a manifest built from objects (the publisher's, a test's)."""
+        items = sorted(chunks.items())
+        index = {cid: u for u, (cid, _) in enumerate(items)}
+        ids = binascii.unhexlify("".join(cid for cid, _ in items))
+        size = _u32(len(items))
+        row_offset, row_size, row_chunk, row_file = array("Q"), _u32(), _u32(), _u32()
+        for fi, f in enumerate(files):
+            for c in f.chunks:
+                u = index[c.id]
+                size[u] = c.size
+                row_offset.append(c.offset)
+                row_size.append(c.size)
+                row_chunk.append(u)
+                row_file.append(fi)
+        return cls(ids, array("I", (loc.block for _, loc in items)),
+                   array("I", (loc.offset for _, loc in items)), size, row_offset, row_size,
+                   row_chunk, row_file)
+
+
+class FileChunks(Sequence[ChunkEntry]):
+    """A file's chunks as a read-only sequence of ``ChunkEntry``, built on access."""
+
+    __slots__ = ("_start", "_stop", "_table")
+
+    def __init__(self, table: ChunkTable, start: int, stop: int) -> None:
+        self._table, self._start, self._stop = table, start, stop
+
+    def __len__(self) -> int:
+        return self._stop - self._start
+
+    @overload
+    def __getitem__(self, i: int) -> ChunkEntry: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[ChunkEntry]: ...
+    def __getitem__(self, i: int | slice) -> ChunkEntry | Sequence[ChunkEntry]:
+        if isinstance(i, slice):
+            lo, hi, step = i.indices(len(self))
+            if step == 1:
+                return FileChunks(self._table, self._start + lo, self._start + max(lo, hi))
+            return tuple(self[j] for j in range(lo, hi, step))
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError("chunk index out of range")
+        return self._table.entry(self._start + i)
+
+    def __iter__(self) -> Iterator[ChunkEntry]:
+        t = self._table
+        offsets, sizes, chunk, ids = t.row_offset, t.row_size, t.row_chunk, t.ids
+        for r in range(self._start, self._stop):
+            u = chunk[r]
+            yield ChunkEntry(offsets[r], sizes[r], ids[32 * u : 32 * u + 32].hex())
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence) or isinstance(other, (str, bytes)):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+
+    def __hash__(self) -> int:
+        return hash(tuple(self))
+
+    def __repr__(self) -> str:
+        return f"FileChunks({list(self)!r})"
+
+
+class ChunkLocations(Mapping[str, ChunkLocation]):
+    """``Manifest.chunks`` over a ``ChunkTable``: hex id -> ChunkLocation, in id order."""
+
+    __slots__ = ("_table",)
+
+    def __init__(self, table: ChunkTable) -> None:
+        self._table = table
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def __getitem__(self, cid: str) -> ChunkLocation:
+        u = self._table.find(cid)
+        if u < 0:
+            raise KeyError(cid)
+        return ChunkLocation(self._table.block[u], self._table.block_offset[u])
+
+    def __contains__(self, cid: object) -> bool:
+        return self._table.find(cid) >= 0
+
+    def __iter__(self) -> Iterator[str]:
+        text = binascii.hexlify(self._table.ids).decode()
+        return (text[64 * u : 64 * u + 64] for u in range(len(self._table)))
+
+    def items(self) -> ItemsView[str, ChunkLocation]:
+        return _LocationItems(self)
+
+    def __repr__(self) -> str:
+        return f"ChunkLocations({len(self)} chunks)"
+
+
+class _LocationItems(ItemsView[str, ChunkLocation]):
+    def __iter__(self) -> Iterator[tuple[str, ChunkLocation]]:
+        locations: ChunkLocations = self._mapping  # type: ignore[attr-defined]
+        t = locations._table
+        return zip(iter(locations),
+                   map(ChunkLocation, t.block, t.block_offset), strict=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Streaming loader of the canonical form
+#
+# ``manifest_to_json`` writes one exact layout. ``decode_manifest`` reads that layout as it
+# decompresses (a window of ~2 MiB, never the whole JSON, never a Python object per chunk row)
+# into a ``ChunkTable``. Anything else -- another key order, whitespace, escapes in strings,
+# or any value the strict loader would refuse -- is read again by ``json.loads`` and
+# ``parse_manifest``, which accept every valid document and raise the exact error.
+
+_LOOKAHEAD = 1024 * 1024  # a token of the fast path is never longer (paths are <= 1 KiB)
+_STR = rb'"([^"\\\x00-\x1f]{0,4096})"'
+_NUM = rb"(0|[1-9][0-9]{0,15})"
+_HEAD = re.compile(
+    rb'\{"formatVersion":1,"productId":' + _STR + rb',"versionId":' + _STR
+    + rb',"createdAt":' + _STR + rb',"dictionary":(null|"[0-9a-f]{64}"),"files":\['
+)
+_FILE = re.compile(
+    rb'\{"path":' + _STR + rb',"size":' + _NUM + rb',"mode":' + _NUM
+    + rb',"hash_sha256":"([0-9a-f]{64})","chunks":\['
+)
+_ROW = rb'\[' + _NUM + rb',' + _NUM + rb',"([0-9a-f]{64})"\]'
+_ROWS = re.compile(_ROW)
+_BLOCK = rb'\["([0-9a-f]{64})",' + _NUM + rb"," + _NUM + rb"," + _NUM + rb',"(raw|zstd|zstd-dict)"\]'
+_BLOCKS = re.compile(_BLOCK)
+_LOC = rb'"([0-9a-f]{64})":\[' + _NUM + rb"," + _NUM + rb"\]"
+_LOCS = re.compile(_LOC)
+_JSON = json.JSONDecoder()
+
+
+class _NotCanonical(Exception):
+    """The fast path cannot read this document: the general loader will."""
+
+
+class _Window:
+    """The decompressed JSON, read a window at a time with the loader's size budget."""
+
+    def __init__(self, blob: bytes) -> None:
+        self.budget = json_budget(len(blob))
+        try:
+            self.declared = zstandard.get_frame_parameters(blob).content_size
+        except zstandard.ZstdError as exc:
+            raise ManifestError("MANIFEST_CORRUPT", "manifest", f"not a zstd frame: {exc}") from exc
+        if self.declared != zstandard.CONTENTSIZE_UNKNOWN and self.declared > self.budget:
+            raise _NotCanonical  # the general loader names the error
+        self.reader = zstandard.ZstdDecompressor().stream_reader(blob, read_across_frames=True)
+        self.blob_size = len(blob)
+        self.buf = b""
+        self.pos = 0
+        self.total = 0
+        self.eof = False
+
+    def fill(self) -> None:
+        if self.eof or len(self.buf) - self.pos >= _LOOKAHEAD:
+            return
+        parts = [self.buf[self.pos :]]
+        have = len(parts[0])
+        while have < 2 * _LOOKAHEAD:
+            try:
+                piece = self.reader.read(_READ_SIZE)
+            except zstandard.ZstdError as exc:
+                raise _NotCanonical from exc
+            if not piece:
+                self.eof = True
+                break
+            self.total += len(piece)
+            if self.total > self.budget:
+                raise _NotCanonical
+            parts.append(piece)
+            have += len(piece)
+        self.buf = b"".join(parts)
+        self.pos = 0
+
+    def match(self, pattern: re.Pattern[bytes]) -> re.Match[bytes]:
+        self.fill()
+        m = pattern.match(self.buf, self.pos)
+        if m is None:
+            raise _NotCanonical
+        self.pos = m.end()
+        return m
+
+    def take(self, literal: bytes) -> bool:
+        self.fill()
+        if self.buf.startswith(literal, self.pos):
+            self.pos += len(literal)
+            return True
+        return False
+
+    def expect(self, literal: bytes) -> None:
+        if not self.take(literal):
+            raise _NotCanonical
+
+    def value(self) -> Any:
+        """One small JSON value (dirs, launch, saves), decoded by ``json``."""
+        self.fill()
+        window = self.buf[self.pos : self.pos + _LOOKAHEAD]
+        try:
+            text = window.decode("utf-8", "surrogateescape")
+            value, end = _JSON.raw_decode(text)
+            used = len(text[:end].encode("utf-8", "surrogateescape"))
+            window[:used].decode("utf-8")  # strict, as json.loads would be
+        except ValueError as exc:
+            raise _NotCanonical from exc
+        self.pos += used
+        return value
+
+    def finish(self) -> None:
+        self.fill()
+        if self.pos != len(self.buf) or not self.eof:
+            raise _NotCanonical
+        if self.declared != zstandard.CONTENTSIZE_UNKNOWN and self.total != self.declared:
+            raise _NotCanonical
+        self.reader.close()  # type: ignore[no-untyped-call]
+
+
+def _text(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _NotCanonical from exc
+
+
+def _check(ok: bool) -> None:
+    if not ok:
+        raise _NotCanonical
+
+
+def _runs(w: _Window, row: re.Pattern[bytes], close: bytes,
+          fixed: int) -> Iterator[list[Any]]:
+    """The rows of a non-empty JSON list (or object) of one row shape, as lists of matched
+    groups, a window at a time, up to and including the closing bracket (``close`` = the last
+    row's end and the bracket: it occurs nowhere else in such a list). ``findall`` skips what
+    does not match, so the rows' lengths (``fixed`` bytes of punctuation plus their groups)
+    and the commas between them must add up to the span read: anything else is not canonical."""
+    while True:
+        w.fill()
+        start = w.pos
+        at = w.buf.find(close, start)
+        final = at >= 0
+        if final:
+            stop = at + 1
+        else:
+            stop = w.buf.rfind(b"],", start) + 1
+            if stop <= start:
+                raise _NotCanonical
+        rows = row.findall(w.buf, start, stop)
+        if not rows or (fixed + 1) * len(rows) - 1 + sum(map(len, chain.from_iterable(rows))) \
+                != stop - start:
+            raise _NotCanonical
+        w.pos = stop + 1
+        yield rows
+        if final:
+            return
+
+
+def _read_rows(w: _Window, row_offset: array[int], row_size: array[int], ids: bytearray,
+               size: int) -> None:
+    """A file's chunk rows (after ``"chunks":[``), checked to tile the file exactly."""
+    expected = 0
+    if w.take(b"]"):
+        _check(size == 0)
+        return
+    for rows in _runs(w, _ROWS, b"]]", 6):
+        offs, sizes, hexes = zip(*rows, strict=True)
+        sz = array("I", map(int, sizes))
+        if max(sz) > CHUNK_MAX or min(sz) < 1:
+            raise _NotCanonical
+        tiling = list(accumulate(sz, initial=expected))
+        expected = tiling.pop()
+        if array("Q", map(int, offs)) != array("Q", tiling):
+            raise _NotCanonical
+        row_offset.extend(tiling)
+        row_size.extend(sz)
+        ids += binascii.unhexlify(b"".join(hexes))
+    _check(expected == size)
+
+
+def _stream_manifest(blob: bytes) -> Manifest:
+    w = _Window(blob)
+    head = w.match(_HEAD)
+    product_id, version_id = check_id(_text(head[1]), "productId"), check_id(_text(head[2]), "versionId")
+    created_at = _text(head[3])[:64]
+    dictionary = None if head[4] == b"null" else head[4][1:-1].decode()
+    # files: headers as objects, chunk rows into arrays
+    heads: list[tuple[str, int, int, str, int, int]] = []
+    row_offset, row_size, row_ids = array("Q"), _u32(), bytearray()
+    if not w.take(b"]"):
+        while True:
+            f = w.match(_FILE)
+            path = check_relative_path(_text(f[1]), f"files[{len(heads)}].path")
+            size, mode = int(f[2]), int(f[3])
+            _check(size <= MAX_FILE_SIZE and mode <= 0o777)
+            first = len(row_size)
+            _read_rows(w, row_offset, row_size, row_ids, size)
+            w.expect(b"}")
+            heads.append((path, size, mode, f[4].decode(), first, len(row_size)))
+            _check(len(heads) <= MAX_FILES and len(row_size) <= MAX_CHUNKS)
+            if w.take(b"]"):
+                break
+            w.expect(b",")
+    w.expect(b',"dirs":')
+    dirs_raw = w.value()
+    w.expect(b',"launch":')
+    launch_raw = w.value()
+    w.expect(b',"saves":')
+    saves_raw = w.value()
+    w.expect(b',"blocks":[')
+    blocks: list[Block] = []
+    packs: dict[bytes, str] = {}
+    codecs = {b"raw": Codec.RAW, b"zstd": Codec.ZSTD, b"zstd-dict": Codec.ZSTD_DICT}
+    if not w.take(b"]"):
+        for rows in _runs(w, _BLOCKS, b"]]", 10):
+            for pack, off, stored, raw, codec in rows:
+                b = Block(packs.setdefault(pack, pack.decode()), int(off), int(stored), int(raw),
+                          codecs[codec])
+                _check(b.offset <= 1 << 40 and 1 <= b.stored_size <= MAX_BLOCK_RAW + 65536
+                       and 1 <= b.raw_size <= MAX_BLOCK_RAW
+                       and (b.codec is not Codec.RAW or b.stored_size == b.raw_size))
+                blocks.append(b)
+            _check(len(blocks) <= MAX_CHUNKS)
+    w.expect(b',"chunks":{')
+    ids = bytearray()
+    block, block_offset = _u32(), _u32()
+    previous = b""
+    if not w.take(b"}"):
+        for rows in _runs(w, _LOCS, b"]}", 6):
+            hexes, bidx, offs = zip(*rows, strict=True)
+            # strictly increasing ids: sorted as the publisher writes them, no duplicate key
+            _check(previous < hexes[0] and all(a < b for a, b in pairwise(hexes)))
+            previous = hexes[-1]
+            ids += binascii.unhexlify(b"".join(hexes))
+            block.extend(map(int, bidx))
+            block_offset.extend(map(int, offs))
+            _check(len(block) <= MAX_CHUNKS)
+    w.expect(b"}")
+    w.finish()
+    _check(not block or (max(block) < len(blocks) and max(block_offset) <= MAX_BLOCK_RAW))
+    table = _link(bytes(ids), block, block_offset, blocks, row_offset, row_size, row_ids,
+                  heads)
+    del row_ids
+    files = tuple(FileEntry(path, size, mode, sha, FileChunks(table, lo, hi))
+                  for path, size, mode, sha, lo, hi in heads)
+    dirs = tuple(check_relative_path(d, f"dirs[{i}]")
+                 for i, d in enumerate(_str_list_any(dirs_raw, "dirs")))
+    check_collisions(files, dirs)
+    _check(dictionary is not None or all(b.codec is not Codec.ZSTD_DICT for b in blocks))
+    return Manifest(
+        product_id=product_id, version_id=version_id, created_at=created_at, files=files,
+        dirs=dirs, blocks=tuple(blocks), chunks=ChunkLocations(table),
+        launch=parse_launch(launch_raw), saves=parse_saves(saves_raw), dictionary=dictionary,
+        _table=table,
+    )
+
+
+def _relink(ids: bytes, keys: array[int], row_ids: bytearray, row_chunk: array[int]) -> None:
+    """Rows whose id shares its first 8 bytes with another id (or has no location at all)."""
+    n = len(keys)
+    for r, u in enumerate(row_chunk):
+        rid = row_ids[32 * r : 32 * r + 32]
+        if u < n and ids[32 * u : 32 * u + 32] == rid:
+            continue
+        key = keys[u] if u < n else -1
+        while u < n and keys[u] == key and ids[32 * u : 32 * u + 32] != rid:
+            u += 1
+        if u >= n or ids[32 * u : 32 * u + 32] != rid:
+            raise _NotCanonical
+        row_chunk[r] = u
+
+
+def _link(ids: bytes, block: array[int], block_offset: array[int], blocks: list[Block],
+          row_offset: array[int], row_size: array[int], row_ids: bytearray,
+          heads: list[tuple[str, int, int, str, int, int]]) -> ChunkTable:
+    """Each file row's unique chunk (by bisect over the sorted ids' keys), with the loader's
+    checks: every row has a location, every location is used, no chunk overruns its block."""
+    n = len(block)
+    keys = _keys(ids)
+    row_chunk = array("I", map(partial(bisect_left, keys), _keys(row_ids)))
+    # every row's id equals the id found for it: compared 8 bytes at a time, in C loops
+    found = n > 0 and max(row_chunk, default=0) < n
+    if found:
+        words, row_words = memoryview(ids).cast("Q"), memoryview(row_ids).cast("Q")
+        for k in range(4):
+            mine = array("Q", words[k::4])
+            found = found and array("Q", map(mine.__getitem__, row_chunk)) == array("Q", row_words[k::4])
+    if not found and len(row_chunk):
+        _relink(ids, keys, row_ids, row_chunk)
+    size = _u32(n)
+    for u, s in zip(row_chunk, row_size, strict=True):
+        size[u] = s  # the last row's size wins, as in the strict loader
+    _check(len(set(row_chunk)) == n)
+    raw_sizes = [b.raw_size for b in blocks]
+    _check(all(o + s <= raw_sizes[b] for b, o, s in zip(block, block_offset, size, strict=True)))
+    row_file = _u32(len(row_chunk))
+    for fi, (*_, lo, hi) in enumerate(heads):
+        row_file[lo:hi] = array("I", [fi]) * (hi - lo)
+    return ChunkTable(ids, block, block_offset, size, row_offset, row_size, row_chunk, row_file)

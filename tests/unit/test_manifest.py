@@ -442,3 +442,73 @@ def test_launch_environment_is_checked_and_kept_out_of_old_manifests() -> None:
     for bad in ({"LAUNCHER_API_TOKEN": "x"}, {"1X": "y"}, {"A": 5}, {"A": "x\0y"}, ["A"]):
         with pytest.raises(ManifestError):
             parse_launch([base | {"environment": bad}])
+
+
+# --- compact representation and the streaming loader (issue 13) ------------------------------
+
+
+def _canonical(doc: dict[str, Any]) -> bytes:
+    return zstandard.ZstdCompressor().compress(
+        json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode())
+
+
+@settings(max_examples=40, deadline=None)
+@given(manifests())
+def test_streaming_loader_reads_what_the_general_loader_reads(m: Manifest) -> None:
+    from patcher.manifest import _stream_manifest
+
+    blob = encode_manifest(m)
+    fast = _stream_manifest(blob)  # the canonical layout never needs json.loads
+    assert fast == m and manifest_to_dict(fast) == manifest_to_dict(m)
+    # the same document with whitespace is not canonical: read by the general loader, same result
+    spaced = zstandard.ZstdCompressor().compress(json.dumps(manifest_to_dict(m), indent=1).encode())
+    assert decode_manifest(spaced) == fast
+    for f, g in zip(fast.files, m.files, strict=True):
+        assert len(f.chunks) == len(g.chunks) and list(f.chunks) == list(g.chunks)
+        assert f.chunks == g.chunks and g.chunks == f.chunks and hash(f.chunks) == hash(g.chunks)
+        if g.chunks:
+            assert f.chunks[-1] == g.chunks[-1] and tuple(f.chunks[1:]) == g.chunks[1:]
+    assert dict(fast.chunks.items()) == m.chunks and set(fast.chunks) == set(m.chunks)
+    for cid, loc in m.chunks.items():
+        assert fast.chunks[cid] == loc and cid in fast.chunks
+        assert cid.upper() == cid or cid.upper() not in fast.chunks
+    assert fast.chunk_sizes() == m.chunk_sizes()
+
+
+@settings(max_examples=25, deadline=None)
+@given(manifests())
+def test_every_mutation_gets_the_same_error_through_the_streaming_loader(m: Manifest) -> None:
+    doc = manifest_to_dict(m)
+    for name, bad in _mutations(doc):
+        with pytest.raises(ManifestError) as general:
+            parse_manifest(json.loads(json.dumps(bad)))
+        with pytest.raises(ManifestError) as streamed:
+            decode_manifest(_canonical(bad))
+        assert (streamed.value.code, streamed.value.field, streamed.value.message) == (
+            general.value.code, general.value.field, general.value.message), name
+
+
+def test_ids_sharing_their_first_bytes_are_told_apart() -> None:
+    """The table finds ids by their first 8 bytes (bisect); ids equal there still resolve."""
+    prefix = "ab" * 8
+    ids = [prefix + f"{i:02x}" * 24 for i in (3, 1, 2)] + ["00" * 32]
+    files = tuple(FileEntry(f"f{i}", 10, 0o644, "e3" * 32, (ChunkEntry(0, 10, cid),))
+                  for i, cid in enumerate(ids))
+    locs = {cid: ChunkLocation(0, 10 * i) for i, cid in enumerate(ids)}
+    m = Manifest("p", "1", files, (Block("a" * 64, 0, 40, 40, Codec.RAW),), locs)
+    back = decode_manifest(encode_manifest(m))
+    assert back == m
+    assert [f.chunks[0].id for f in back.files] == ids
+    assert all(back.chunks[cid] == locs[cid] for cid in ids)
+    assert prefix + "ff" * 24 not in back.chunks
+    with pytest.raises(KeyError):
+        back.chunks[prefix + "ff" * 24]
+
+
+def test_a_duplicate_or_unsorted_location_key_goes_to_the_general_loader() -> None:
+    m = Manifest("p", "1", (FileEntry("a", 10, 0o644, "e3" * 32, (ChunkEntry(0, 10, "b" * 64),)),),
+                 (Block("a" * 64, 0, 10, 10, Codec.RAW),), {"b" * 64: ChunkLocation(0, 0)})
+    text = manifest_to_json(m).decode()
+    row = '"' + "b" * 64 + '":[0,0]'
+    twice = text.replace(row, row + "," + row)  # valid JSON: the last duplicate key wins
+    assert decode_manifest(zstandard.ZstdCompressor().compress(twice.encode())) == m
