@@ -8,10 +8,11 @@ another request), where each chunk of each block goes, and what it costs before 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import overload
 
-from patcher.manifest import Codec, Manifest
+from patcher.manifest import ChunkTable, Codec, Manifest
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +29,43 @@ class ChunkTarget:
     writes: tuple[ChunkWrite, ...]
 
 
+class BlockTargets(Sequence[ChunkTarget]):
+    """A block's chunk targets in a full plan, built from the manifest's ``ChunkTable`` when
+    read: a plan holds no object per chunk (a 16 GiB game has ~260k), only one per block."""
+
+    __slots__ = ("_hi", "_lo", "_table")
+
+    def __init__(self, table: ChunkTable, lo: int, hi: int) -> None:
+        self._table, self._lo, self._hi = table, lo, hi  # a slice of table.by_block()'s order
+
+    def __len__(self) -> int:
+        return self._hi - self._lo
+
+    def _target(self, u: int) -> ChunkTarget:
+        t = self._table
+        start, rows = t.rows_of()
+        return ChunkTarget(t.hex_id(u), t.block_offset[u], t.size[u], tuple(
+            ChunkWrite(t.row_file[r], t.row_offset[r]) for r in rows[start[u] : start[u + 1]]))
+
+    @overload
+    def __getitem__(self, i: int) -> ChunkTarget: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[ChunkTarget]: ...
+    def __getitem__(self, i: int | slice) -> ChunkTarget | Sequence[ChunkTarget]:
+        if isinstance(i, slice):
+            return tuple(self)[i]
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError("target index out of range")
+        return self._target(self._table.by_block()[1][self._lo + i])
+
+    def __iter__(self) -> Iterator[ChunkTarget]:
+        order = self._table.by_block()[1]
+        return map(self._target, order[self._lo : self._hi])
+
+
 @dataclass(frozen=True, slots=True)
 class BlockJob:
     index: int  # manifest block index: the journal's unit
@@ -36,7 +74,14 @@ class BlockJob:
     stored_size: int
     raw_size: int
     codec: Codec
-    targets: tuple[ChunkTarget, ...]
+    targets: Sequence[ChunkTarget]  # a tuple, or ``BlockTargets`` in a full plan
+
+    def materialized(self) -> BlockJob:
+        """The job with its targets built once (for the steps that read them repeatedly)."""
+        if isinstance(self.targets, tuple):
+            return self
+        return BlockJob(self.index, self.pack, self.offset, self.stored_size, self.raw_size,
+                        self.codec, tuple(self.targets))
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,21 +124,23 @@ def block_jobs(manifest: Manifest, done_blocks: Iterable[int] = (),
     """The blocks holding the wanted chunks, except those the journal says are written."""
     done = set(done_blocks)
     want = all_writes(manifest) if wanted is None else wanted
-    targets: dict[int, dict[str, list[ChunkWrite]]] = defaultdict(dict)
+    table = manifest.table()
+    targets: dict[int, list[tuple[int, str, list[ChunkWrite]]]] = defaultdict(list)
     for cid, writes in want.items():
         if not writes:
             continue
-        loc = manifest.chunks[cid]
-        if loc.block not in done:
-            targets[loc.block][cid] = list(writes)
-    sizes = manifest.chunk_sizes()
+        u = table.find(cid)
+        if u < 0:
+            raise KeyError(cid)
+        if table.block[u] not in done:
+            targets[table.block[u]].append((u, cid, writes))
     jobs = []
     for bi in sorted(targets):
         b = manifest.blocks[bi]
-        ordered = sorted(targets[bi].items(), key=lambda kv: manifest.chunks[kv[0]].offset)
+        ordered = sorted(targets[bi], key=lambda t: table.block_offset[t[0]])
         chunk_targets = tuple(
-            ChunkTarget(cid, manifest.chunks[cid].offset, sizes[cid], tuple(writes))
-            for cid, writes in ordered
+            ChunkTarget(cid, table.block_offset[u], table.size[u], tuple(writes))
+            for u, cid, writes in ordered
         )
         jobs.append(BlockJob(bi, b.pack, b.offset, b.stored_size, b.raw_size, b.codec,
                              chunk_targets))
@@ -125,13 +172,49 @@ def coalesce(jobs: Iterable[BlockJob], *, max_range: int, max_gap: int) -> list[
     return ranges
 
 
+def full_block_jobs(manifest: Manifest, done_blocks: Iterable[int] = ()
+                    ) -> tuple[list[BlockJob], dict[int, int], int]:
+    """Every block holding chunks of the game, but the journal's: (jobs, chunk writes per
+    file, bytes to write), from the manifest's arrays; targets stay lazy (``BlockTargets``)."""
+    table = manifest.table()
+    done = set(done_blocks)
+    start, order = table.by_block()
+    rstart, rows = table.rows_of()
+    pending: dict[int, int] = {fi: 0 for fi in range(len(manifest.files))}
+    row_file, size = table.row_file, table.size
+    jobs: list[BlockJob] = []
+    write = 0
+    for bi in range(len(start) - 1):
+        lo, hi = start[bi], start[bi + 1]
+        if lo == hi or bi in done:
+            continue
+        for u in order[lo:hi]:
+            a, b = rstart[u], rstart[u + 1]
+            write += size[u] * (b - a)
+            for r in rows[a:b]:
+                pending[row_file[r]] += 1
+        blk = manifest.blocks[bi]
+        jobs.append(BlockJob(bi, blk.pack, blk.offset, blk.stored_size, blk.raw_size, blk.codec,
+                             BlockTargets(table, lo, hi)))
+    return jobs, pending, write
+
+
 def plan_install(
     manifest: Manifest, *, done_blocks: Iterable[int] = (), max_range: int = 16 << 20,
     max_gap: int = 256 << 10, wanted: Wanted | None = None,
 ) -> InstallPlan:
+    if wanted is None:  # the whole game: from the arrays, no per-chunk objects
+        jobs, pending, write = full_block_jobs(manifest, done_blocks)
+        ranges = coalesce(jobs, max_range=max_range, max_gap=max_gap)
+        return InstallPlan(
+            ranges=tuple(ranges), pending_writes=pending,
+            download_bytes=sum(r.size for r in ranges),
+            useful_bytes=sum(j.stored_size for j in jobs), write_bytes=write,
+            total_bytes=manifest.total_size,
+        )
     jobs = block_jobs(manifest, done_blocks, wanted)
     ranges = coalesce(jobs, max_range=max_range, max_gap=max_gap)
-    pending: dict[int, int] = {fi: 0 for fi in range(len(manifest.files))}
+    pending = {fi: 0 for fi in range(len(manifest.files))}
     write = 0
     for job in jobs:
         for t in job.targets:

@@ -125,9 +125,12 @@ class StagedBuild:
                     if count == 0 and fi not in verified:
                         tg.create_task(verify(fi))
 
-                async def sink(job: BlockJob, data: bytes) -> None:
-                    touched = await loop.run_in_executor(ctx.executor, process_block, job, data,
-                                                         staging)
+                async def sink(lazy: BlockJob, data: bytes) -> None:
+                    def work() -> tuple[BlockJob, list[int]]:
+                        job = lazy.materialized()  # a full plan's targets, built once, off the loop
+                        return job, process_block(job, data, staging)
+
+                    job, touched = await loop.run_in_executor(ctx.executor, work)
                     if journal.add(job.index, touched, job.stored_size):
                         await journal.flush_async(ctx.executor)
                     self.progress.written += sum(t.size * len(t.writes) for t in job.targets)

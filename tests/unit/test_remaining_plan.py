@@ -68,3 +68,46 @@ def test_a_finished_block_inside_a_range_is_read_as_a_gap() -> None:
     assert isinstance(first, FetchRange)
     assert [b.index for b in first.blocks] == [0, 2] and (first.start, first.end) == (0, 300)
     assert rest.download_bytes == 300 + 200 and rest.useful_bytes == 400
+
+
+def test_the_full_plan_from_the_manifest_arrays_equals_the_plan_of_every_write() -> None:
+    """plan_install builds a whole game's plan from the decoded manifest's arrays with lazy
+    targets (no object per chunk); it must be exactly the plan the per-chunk path builds, with
+    chunks shared by two files, several chunks per block and blocks out of id order."""
+    import random
+
+    from engine.core.planner import all_writes, plan_install
+    from patcher.manifest import (
+        Block,
+        ChunkEntry,
+        ChunkLocation,
+        FileEntry,
+        Manifest,
+        decode_manifest,
+        encode_manifest,
+    )
+
+    rnd = random.Random(13)
+    ids = [rnd.randbytes(32).hex() for _ in range(40)]
+    blocks = tuple(Block("ab" * 32, b * 1000, 1000, 1000, Codec.RAW) for b in range(6))
+    locs = {cid: ChunkLocation(i % 6, 100 * (i // 6)) for i, cid in enumerate(ids)}
+    files = []
+    for fi in range(5):
+        picked = rnd.sample(ids, 9) + ids[:2]  # ids[0] and ids[1] are in every file
+        rows = tuple(ChunkEntry(100 * j, 100, cid) for j, cid in enumerate(dict.fromkeys(picked)))
+        files.append(FileEntry(f"f{fi}", 100 * len(rows), 0o644, "e3" * 32, rows))
+    used = {c.id for f in files for c in f.chunks}
+    m = decode_manifest(encode_manifest(Manifest(
+        "p", "1", tuple(files), blocks, {c: loc for c, loc in locs.items() if c in used})))
+    for done in (set(), {1, 4}):
+        lazy = plan_install(m, done_blocks=done, max_range=2500, max_gap=0)
+        eager = plan_install(m, done_blocks=done, max_range=2500, max_gap=0, wanted=all_writes(m))
+        assert (lazy.pending_writes, lazy.write_bytes, lazy.download_bytes, lazy.useful_bytes) == (
+            eager.pending_writes, eager.write_bytes, eager.download_bytes, eager.useful_bytes)
+        assert [(r.pack, r.start, r.end) for r in lazy.ranges] == [
+            (r.pack, r.start, r.end) for r in eager.ranges]
+        assert [j.materialized() for r in lazy.ranges for j in r.blocks] == [
+            j for r in eager.ranges for j in r.blocks]
+        assert all(j.index not in done for r in lazy.ranges for j in r.blocks)
+        assert lazy.write_bytes == 100 * sum(len(f.chunks) for f in m.files) - sum(
+            100 for f in m.files for c in f.chunks if m.chunks[c.id].block in done)
