@@ -268,6 +268,44 @@ RU = {
     "Stable": "Стабильный",
     "Version {0} is ready and starts next time.": "Версия {0} готова и запустится в следующий раз.",
     "Version {0}": "Версия {0}",
+    # wishlist and family sharing
+    "Wishlist": "Список желаемого",
+    "Family sharing": "Семейный доступ",
+    "Family": "Семья",
+    "Wished": "Желаемое",
+    "a family member": "член семьи",
+    "On your wishlist": "В списке желаемого",
+    "{0} is playing it now": "{0} сейчас играет в неё",
+    "Shared by {0}": "Делится: {0}",
+    "Borrow": "Взять",
+    "Add this game of your family to your library, to install and play it while its owner is "
+    "not playing it":
+        "Добавить эту игру семьи в свою библиотеку, чтобы устанавливать её и играть, пока "
+        "владелец в неё не играет",
+    "Wishlist priority:": "Приоритет в списке желаемого:",
+    "Wishlist priority": "Приоритет в списке желаемого",
+    "Higher comes first on the wishlist": "Чем выше, тем раньше в списке желаемого",
+    "Family: shared by {0}": "Семья: делится {0}",
+    "Family: {0} shares it; borrow it to install and play it.":
+        "Семья: этой игрой делится {0}; возьмите её, чтобы установить и играть.",
+    "{0} is playing it now; it can be played when they stop.":
+        "{0} сейчас играет в неё; играть можно, когда он закончит.",
+    "Remove from wishlist": "Убрать из списка желаемого",
+    "Add to wishlist": "В список желаемого",
+    "On your wishlist since {0}": "В списке желаемого с {0}",
+    "Not in your library.": "Нет в вашей библиотеке.",
+    "The family member who shares this game is playing it now, or no longer shares it. It can "
+    "be played when they stop.":
+        "Член семьи, который делится этой игрой, сейчас в неё играет или больше ею не "
+        "делится. Играть можно, когда он закончит.",
+    "That game is no longer on your wishlist.": "Этой игры уже нет в списке желаемого.",
+    "Your wishlist is full. Remove a game from it to add another.":
+        "Список желаемого заполнен. Уберите из него игру, чтобы добавить другую.",
+    "{0} is playing {1} now. A game shared by the family can be played while its owner is not "
+    "playing it; try again when they stop.":
+        "{0} сейчас играет в «{1}». В игру из семейного доступа можно играть, пока владелец в "
+        "неё не играет; попробуйте, когда он закончит.",
+    "The family member who shares it": "Член семьи, который делится ею,",
 }
 TABLES = {"ru": RU}
 

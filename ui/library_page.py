@@ -1,5 +1,7 @@
 """The Library page: the games (grid or list), search, filters with exclusion and saved views,
-sort (favourites on top), and the selected game's panel with its actions.
+sort (favourites on top), and the selected game's panel with its actions. The wishlist and the
+family's shared games are two more views of the same grid ("Wishlist", "Family sharing"):
+borrowed games sit among the bought ones with a "Family" badge and their owner's name.
 
 Favourites are the player's category named ``FAVOURITES`` on the backend (the seed's library
 items carry categories, and its example calls one "fav"), so they follow the player to every
@@ -50,22 +52,28 @@ from ui.i18n import Texts, tr
 from ui.link import EngineLink
 from ui.models import (
     CategoriesRole,
+    FamilyRole,
     FavouriteRole,
     HiddenRole,
     LibraryModel,
+    OwnedRole,
     ProductRole,
     SortRole,
     StateRole,
+    WishRankRole,
     human_bytes,
     human_duration,
     local_time,
 )
+from ui.store_panel import StorePanel, describe
 
 FAVOURITES = "Favourites"
 EXCLUDE = "!"  # a category filter value "!<id>": games NOT in that category
 VIEWS_KEY = "library/views"  # QSettings: the player's saved views, JSON {name: view}
 KINDS = (("all", "All games"), ("installed", "Installed"), ("not_installed", "Not installed"),
-         ("updates", "Updates available"), ("favourites", "Favourites"), ("hidden", "Hidden"))
+         ("updates", "Updates available"), ("favourites", "Favourites"), ("hidden", "Hidden"),
+         ("wishlist", "Wishlist"), ("family", "Family sharing"))
+STORE_KINDS = ("wishlist", "family")  # views that also show games not in the library
 SORTS = (("name", "Name"), ("last_played", "Last played"), ("playtime", "Playtime"),
          ("added", "Date added"), ("size", "Size"))
 
@@ -108,6 +116,12 @@ class LibraryFilter(QSortFilterProxyModel):
         state = str(idx.data(StateRole) or "")
         if self.text and self.text not in title:
             return False
+        if self.kind == "wishlist":
+            return idx.data(WishRankRole) is not None and not bool(idx.data(HiddenRole))
+        if self.kind == "family":
+            return bool(idx.data(FamilyRole)) and not bool(idx.data(HiddenRole))
+        if not idx.data(OwnedRole):
+            return False  # a store game shows only under the wishlist or the family
         if bool(idx.data(HiddenRole)) != (self.kind == "hidden"):
             return False  # hidden games show only under "Hidden"
         if not category_matches(self.category, list(idx.data(CategoriesRole) or [])):
@@ -138,8 +152,7 @@ class LibraryPage(QWidget):
         for i, (key, text) in enumerate(KINDS):
             self.filter.addItem("", key)
             t(partial(self.filter.setItemText, i), text)
-        self.filter.currentIndexChanged.connect(
-            lambda _i: self.proxy.set(kind=self.filter.currentData()))
+        self.filter.currentIndexChanged.connect(lambda _i: self.set_kind(self.filter.currentData()))
         self.category = QComboBox()
         t(self.category.setAccessibleName, "Category")
         self.category.addItem(tr("All categories"), "")
@@ -162,6 +175,10 @@ class LibraryPage(QWidget):
         self.view_mode = QPushButton()
         self.view_mode.setCheckable(True)
         self.view_mode.toggled.connect(self.set_list_mode)
+        for combo in (self.filter, self.category, self.views):
+            # wide enough for the current language's texts, not those of the first show
+            combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
+        self.search.setMinimumWidth(180)
         top = QHBoxLayout()
         top.addWidget(self.search, 1)
         for w in (self.filter, self.category, self.sort, self.views, self.save_view_button,
@@ -196,6 +213,8 @@ class LibraryPage(QWidget):
         self.install = button("Install", lambda: self.act("install"))
         self.install.setStyleSheet(self.play.styleSheet())
         self.update_button = button("Update", lambda: self.act("update"))
+        self.store = StorePanel(link, model)
+        self.store.libraryChanged.connect(self.changed.emit)
         self.verify = button("Verify files", lambda: self.act("verify"))
         self.uninstall = button("Uninstall", lambda: self.act("uninstall"))
         self.rollback = button("Roll back", lambda: self.act("rollback"))
@@ -214,11 +233,15 @@ class LibraryPage(QWidget):
                                self.uninstall, self.rollback, self.move_button, self.favourite,
                                self.categories_button, self.hide_button)):
             grid.addWidget(b, i // 2, i % 2)
+        self.actions_box = QWidget()  # what only a game in the library has
+        grid.setContentsMargins(0, 0, 0, 0)
+        self.actions_box.setLayout(grid)
         side = QVBoxLayout()
-        for part in (self.title, self.state, self.play, self.install, self.update_button):
+        for part in (self.title, self.state, self.play, self.install, self.update_button,
+                     self.store):
             side.addWidget(part)
         side.addWidget(self.info)
-        side.addLayout(grid)
+        side.addWidget(self.actions_box)
         side.addStretch(1)
         details = QWidget()
         details.setLayout(side)
@@ -241,6 +264,7 @@ class LibraryPage(QWidget):
     def retranslate(self) -> None:
         """Every string again in the current language (after a switch)."""
         self.texts.apply()
+        self.store.retranslate()
         self.view_mode.setText(tr("Grid view") if self.view_mode.isChecked() else tr("List view"))
         self.set_categories(self.categories)
         self.load_views()
@@ -355,9 +379,21 @@ class LibraryPage(QWidget):
         self.categories_dialog.accepted.connect(self.changed.emit)
         self.categories_dialog.open()
 
+    def set_kind(self, kind: str) -> None:
+        self.proxy.set(kind=kind)
+        self.sort_by(self.sort.currentData())
+        if not self.view.currentIndex().isValid() and self.proxy.rowCount():
+            self.view.setCurrentIndex(self.proxy.index(0, 0))
+
     def sort_by(self, key: str) -> None:
+        """The chosen order; the wishlist view keeps the wishlist's own (priority, then age)."""
         self.model.sort_key = key
-        order = Qt.SortOrder.AscendingOrder if key == "name" else Qt.SortOrder.DescendingOrder
+        if self.proxy.kind == "wishlist":
+            self.proxy.setSortRole(WishRankRole)
+            order = Qt.SortOrder.AscendingOrder
+        else:
+            self.proxy.setSortRole(SortRole)
+            order = Qt.SortOrder.AscendingOrder if key == "name" else Qt.SortOrder.DescendingOrder
         self.proxy.invalidate()
         self.proxy.sort(0, order)
 
@@ -402,6 +438,7 @@ class LibraryPage(QWidget):
             b.setEnabled(False)
         self.favourite.setText(tr("Favourite"))
         self.hide_button.setText(tr("Hide"))
+        self.store.show_item(pid if item is not None else None)
         if item is None:
             self.title.setText(tr("No game selected"))
             self.state.setText("")
@@ -413,6 +450,14 @@ class LibraryPage(QWidget):
         state = self.model.state_text(item)
         self.title.setText(str(attrs.get("title") or pid))
         self.state.setText(state)
+        store = self.model.is_store(item)
+        self.update_button.setVisible(not store)
+        self.actions_box.setVisible(not store)
+        if store:  # not in the library: nothing to install or play yet
+            self.info.setText("\n".join(describe(self.model, item)))
+            self.play.setVisible(False)
+            self.install.setVisible(False)
+            return
         self.info.setText("\n".join(self.detail_lines(pid or "", attrs, installed)))
         task = self.model.tasks.get(pid or "")
         busy = task is not None and task["status"] not in ("completed", "cancelled", "error")
@@ -470,7 +515,10 @@ class LibraryPage(QWidget):
         return lines
 
     def primary_action(self) -> None:
-        """Enter or a double click on a game: play it if installed, else install it."""
+        """Enter or a double click on a game: play it if installed, else install it (or borrow
+        it, a game of the family)."""
+        if self.store.primary():
+            return
         if self.play.isVisible() and self.play.isEnabled():
             self.act("play")
         elif self.install.isVisible() and self.install.isEnabled():

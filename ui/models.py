@@ -1,5 +1,7 @@
-"""Item models over the engine's data: the library (owned games with their install state) and
-the download queue (tasks, live progress from typed events). Views only read roles."""
+"""Item models over the engine's data: the library (owned and borrowed games with their
+install state, and the store games it shows besides: wished ones and the family's games not
+borrowed yet) and the download queue (tasks, live progress from typed events). Views only read
+roles."""
 
 from __future__ import annotations
 
@@ -30,6 +32,10 @@ SortRole = Qt.ItemDataRole.UserRole + 5
 CategoriesRole = Qt.ItemDataRole.UserRole + 6
 HiddenRole = Qt.ItemDataRole.UserRole + 7
 FavouriteRole = Qt.ItemDataRole.UserRole + 8
+OwnedRole = Qt.ItemDataRole.UserRole + 9  # in the player's library (bought or borrowed)
+WishRankRole = Qt.ItemDataRole.UserRole + 10  # place on the wishlist (0 first), else None
+FamilyRole = Qt.ItemDataRole.UserRole + 11  # borrowed, or shared by the family's owner
+SHARED = "family_shared_access"  # a library item's acquisition_type when it is borrowed
 SORT_KEYS = ("name", "last_played", "playtime", "added", "size")
 TASK_MIME = "application/x-launcher-task-row"
 ProgressRole = Qt.ItemDataRole.UserRole + 4
@@ -85,15 +91,48 @@ def placeholder_cover(product_id: str, title: str) -> QPixmap:
     return QPixmap.fromImage(image)
 
 
+def badged(cover: QPixmap, text: str, *, at_top: bool = False) -> QPixmap:
+    """The cover with a label in a left corner ("Family", "Wished"): at the bottom of cover art
+    (its own title is at the top), at the top of a placeholder (its title is at the bottom). A
+    badge a player reads, with the same words in the row's accessible text (never colour
+    alone)."""
+    out = QPixmap(cover)
+    painter = QPainter(out)
+    font = QFont()
+    font.setPixelSize(max(12, out.height() // 18))
+    font.setBold(True)
+    painter.setFont(font)
+    metrics = painter.fontMetrics()
+    pad = font.pixelSize() // 2
+    w, h = metrics.horizontalAdvance(text) + 2 * pad, metrics.height() + pad
+    painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+    painter.setPen(Qt.PenStyle.NoPen)
+    painter.setBrush(QColor(20, 20, 20, 200))
+    top = pad if at_top else out.height() - h - pad
+    painter.drawRoundedRect(pad, top, w, h, pad, pad)
+    painter.setPen(QColor("white"))
+    painter.drawText(pad, top, w, h, int(Qt.AlignmentFlag.AlignCenter), text)
+    painter.end()
+    return out
+
+
 class LibraryModel(QAbstractListModel):
-    """One row per owned game: ``library`` items plus the task that works on it, if any."""
+    """One row per game: the ``library`` items (bought or borrowed) plus the task that works on
+    it, if any; then one row for each store game the library shows besides: wished (the
+    ``wishlist``) or shared by the family's owner and not borrowed yet (``family``). A product
+    has one row whatever it is; what it is comes from the roles."""
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.items: list[dict[str, Any]] = []
+        self.library: list[dict[str, Any]] = []  # the engine's ``library`` answer
+        self.wishes: dict[str, dict[str, Any]] = {}  # product id -> wishlist entry
+        self.wish_order: dict[str, int] = {}  # product id -> place on the wishlist
+        self.shared: dict[str, dict[str, Any]] = {}  # product id -> a family's shared game
+        self.owners: dict[str, str] = {}  # user id -> name (the family's members)
         self.tasks: dict[str, dict[str, Any]] = {}  # product id -> live task
         self.covers: dict[str, QPixmap] = {}
-        self.icons: dict[str, QIcon] = {}
+        self.icons: dict[tuple[str, str], QIcon] = {}  # (product id, badge) -> the row's icon
         self.favourite_id: str | None = None  # the player's "Favourites" category
         self.local_playtime: dict[str, float] = {}  # this device's sessions (the engine's count)
 
@@ -108,29 +147,102 @@ class LibraryModel(QAbstractListModel):
             self.favourite_id in (item["libraryItem"].get("category_ids") or [])
 
     def refresh_texts(self) -> None:
-        """Every row shown again (after a language switch: the states are translated text)."""
+        """Every row shown again (after a language switch: the states and badges are
+        translated text)."""
+        self.icons.clear()
         if self.items:
             self.dataChanged.emit(self.index(0), self.index(len(self.items) - 1))
 
     def set_library(self, items: list[dict[str, Any]]) -> None:
+        self.library = list(items)
+        self._rebuild()
+
+    def set_wishlist(self, entries: list[dict[str, Any]]) -> None:
+        self.wishes = {str(e["productId"]): e for e in entries}
+        self.wish_order = {str(e["productId"]): i for i, e in enumerate(entries)}
+        self._rebuild()
+
+    def set_family(self, family: dict[str, Any]) -> None:
+        self.owners = {str(m["userId"]): str(m["username"]) for m in family.get("members", [])}
+        self.shared = {str(g["productId"]): g for g in family.get("sharedGames", [])}
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        """The rows from the library and the store data. The same games in the same order:
+        repainted in place (a priority, a badge); else one reset."""
+        owned = {str(i["libraryItem"].get("product_id")) for i in self.library}
+        store: dict[str, dict[str, Any]] = {}
+        for pid, doc in (*self.shared.items(), *self.wishes.items()):
+            if pid not in owned and pid not in store:
+                store[pid] = {"libraryItem": {"product_id": pid, "title": doc.get("title") or pid,
+                                              "cover_image_url": doc.get("coverImageUrl")},
+                              "installed": None, "store": True}
+        rows = sorted(self.library, key=lambda i: str(i["libraryItem"].get("title", "")).lower())
+        rows += sorted(store.values(), key=lambda i: str(i["libraryItem"]["title"]).lower())
+        same = [self.product_of(r) for r in rows] == [self.product_of(r) for r in self.items]
+        if same and rows:
+            self.items = rows
+            self.dataChanged.emit(self.index(0), self.index(len(rows) - 1))
+            return
         self.beginResetModel()
-        self.items = sorted(items, key=lambda i: str(i["libraryItem"].get("title", "")).lower())
+        self.items = rows
         self.endResetModel()
+
+    @staticmethod
+    def product_of(item: dict[str, Any]) -> str:
+        return str(item["libraryItem"].get("product_id"))
 
     def set_cover(self, product_id: str, pixmap: QPixmap) -> None:
         self.covers[product_id] = pixmap
-        self.icons.pop(product_id, None)
+        for key in [k for k in self.icons if k[0] == product_id]:
+            del self.icons[key]
         self._changed(product_id)
+
+    # -- the store side: wishlist and family sharing ------------------------------------------
+    @staticmethod
+    def is_store(item: dict[str, Any]) -> bool:
+        """Shown by the library but not in it (wished, or the family's and not borrowed)."""
+        return bool(item.get("store"))
+
+    def is_borrowed(self, item: dict[str, Any]) -> bool:
+        return bool(item["libraryItem"].get("acquisition_type") == SHARED)
+
+    def owner_of(self, item: dict[str, Any]) -> str | None:
+        """The family member who shares this game (borrowed or borrowable), else None."""
+        attrs = item["libraryItem"]
+        offer = self.shared.get(self.product_of(item))
+        if self.is_borrowed(item):
+            owner = self.owners.get(str(attrs.get("shared_from_user_id")))
+            return owner or (str(offer["ownerName"]) if offer else tr("a family member"))
+        if self.is_store(item) and offer is not None:
+            return str(offer["ownerName"])
+        return None
+
+    def owner_playing(self, item: dict[str, Any]) -> bool:
+        """The family's owner plays this shared game now (as last heard from the backend)."""
+        offer = self.shared.get(self.product_of(item))
+        return offer is not None and not offer.get("isAvailable", True)
+
+    def wish_of(self, item: dict[str, Any]) -> dict[str, Any] | None:
+        return self.wishes.get(self.product_of(item))
+
+    def badge(self, item: dict[str, Any]) -> str:
+        if self.owner_of(item) is not None:
+            return self.tr("Family")
+        if self.is_store(item):
+            return self.tr("Wished")
+        return ""
 
     def apply_changes(self, product_id: str, changes: dict[str, Any]) -> bool:
         """A library item's attributes changed elsewhere: updated in place (one row repainted,
         no reload); False when the game is not in this library (then reload it)."""
         item = self.item_of(product_id)
-        if item is None:
-            return False
+        if item is None or self.is_store(item):
+            return False  # new to the library (bought or borrowed elsewhere): reload
         item["libraryItem"].update(changes)
         if "title" in changes:
-            self.icons.pop(product_id, None)
+            for key in [k for k in self.icons if k[0] == product_id]:
+                del self.icons[key]
         self._changed(product_id)
         return True
 
@@ -158,6 +270,13 @@ class LibraryModel(QAbstractListModel):
 
     def state_text(self, item: dict[str, Any]) -> str:
         attrs, installed = item["libraryItem"], item["installed"]
+        if self.is_store(item):
+            owner = self.owner_of(item)
+            if owner is None:
+                return self.tr("On your wishlist")
+            if self.owner_playing(item):
+                return self.tr("{0} is playing it now").format(owner)
+            return self.tr("Shared by {0}").format(owner)
         task = self.tasks.get(str(attrs.get("product_id")))
         if task is not None and task["status"] not in ("completed", "cancelled"):
             if task["status"] == "downloading" and task.get("downloadSizeBytes"):
@@ -188,12 +307,22 @@ class LibraryModel(QAbstractListModel):
         if role == Qt.ItemDataRole.DisplayRole:
             return f"★ {title}" if self.is_favourite(item) else title
         if role == Qt.ItemDataRole.DecorationRole:
-            if pid not in self.icons:  # an icon scales to the view's icon size (grid or list)
+            badge = self.badge(item)
+            key = (pid, badge)
+            if key not in self.icons:  # an icon scales to the view's icon size (grid or list)
                 cover = self.covers.get(pid) or placeholder_cover(pid, title)
-                self.icons[pid] = QIcon(cover)
-            return self.icons[pid]
+                self.icons[key] = QIcon(badged(cover, badge, at_top=pid not in self.covers)
+                                        if badge else cover)
+            return self.icons[key]
         if role == Qt.ItemDataRole.ToolTipRole or role == Qt.ItemDataRole.AccessibleTextRole:
-            return f"{title} — {self.state_text(item)}"
+            badge = self.badge(item)
+            return f"{title} — {badge + ': ' if badge else ''}{self.state_text(item)}"
+        if role == OwnedRole:
+            return not self.is_store(item)
+        if role == WishRankRole:
+            return self.wish_order.get(pid)
+        if role == FamilyRole:
+            return self.owner_of(item) is not None
         if role == ProductRole:
             return pid
         if role == SortRole:
@@ -228,6 +357,7 @@ class LibraryModel(QAbstractListModel):
 
     def set_offline(self, installed: list[dict[str, Any]]) -> None:
         """The backend is unreachable: the installed games still show (and can be played)."""
+        self.wishes, self.wish_order, self.shared = {}, {}, {}  # the store's: not known now
         self.set_library([{"libraryItem": {"product_id": g["productId"], "title": g["productId"],
                                            "latest_version_id": g["versionId"]},
                            "installed": g} for g in installed])

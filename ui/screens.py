@@ -1,7 +1,8 @@
 """Screenshots of every page and dialog (``launcher --screenshots DIR``): for the docs and for
 looking at what a player sees. Waits until the library is populated, then grabs the library
 (grid and list, an installed game selected), downloads, settings, the game's achievements and
-cloud saves, the login dialog, an error and a save conflict."""
+cloud saves, the login dialog, an error and a save conflict; and the wishlist and family-sharing
+views of the library when the player has such games (``save_store_screenshots``)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,28 @@ def _select_installed(window: MainWindow) -> str | None:
             view.setCurrentIndex(idx)
             return str(idx.data(ProductRole))
     return None
+
+
+STORE_VIEWS = (("wishlist", "library-wishlist.png"), ("family", "library-family.png"))
+
+
+async def save_store_screenshots(window: MainWindow, folder: Path) -> list[str]:
+    """The library's wishlist and family views, the first game of each selected; a view with no
+    game is left out. The names saved; the library shows all games again after."""
+    folder.mkdir(parents=True, exist_ok=True)
+    page = window.library_page
+    window.nav.setCurrentRow(0)
+    saved = []
+    for kind, name in STORE_VIEWS:
+        page.filter.setCurrentIndex(page.filter.findData(kind))
+        if not page.proxy.rowCount():
+            continue
+        page.view.setCurrentIndex(page.proxy.index(0, 0))
+        await _settle()
+        _save(window, folder / name)
+        saved.append(name)
+    page.filter.setCurrentIndex(page.filter.findData("all"))
+    return saved
 
 
 async def save_screenshots(window: MainWindow, folder: Path, timeout_s: float = 30) -> int:
@@ -91,4 +114,5 @@ async def save_screenshots(window: MainWindow, folder: Path, timeout_s: float = 
     await _settle()
     _save(error, folder / "error.png")
     error.close()
+    await save_store_screenshots(window, folder)
     return 0 if window.library.rowCount() else 1

@@ -69,7 +69,12 @@ FRIENDLY = {
     "GAME_DAMAGED": "Some of the game's files are damaged. Verify and repair it first.",
     "NO_LAUNCH_ENTRY": "This game does not say how to start it. Contact its publisher.",
     "LAUNCH_FAILED": "The game could not be started: {0}",
+    "FAMILY_ACCESS_RESTRICTED": "The family member who shares this game is playing it now, or "
+                                "no longer shares it. It can be played when they stop.",
+    "GAME_NOT_FOUND_IN_WISHLIST": "That game is no longer on your wishlist.",
+    "WISHLIST_LIMIT_REACHED": "Your wishlist is full. Remove a game from it to add another.",
 }
+QUIET = ("wishlist", "family")  # background loads: a failure leaves those views empty, no dialog
 
 
 class LoginDialog(QDialog):
@@ -155,6 +160,7 @@ class MainWindow(QMainWindow):
         self._recheck.timeout.connect(self._recheck_library)
         self.downloads_page.history.toggled.connect(lambda _on: self.refresh_tasks())
         self.library_page.changed.connect(self.refresh_library)
+        self.library_page.store.storeChanged.connect(self.refresh_wishlist)
         self.library_page.playRequested.connect(self.play)
         self.settings_page.languageChosen.connect(self.switch_language)
         link.connected.connect(self.on_connected)
@@ -271,13 +277,34 @@ class MainWindow(QMainWindow):
         self.link.request("playtime", {}, self._playtime_loaded)
         if any(i["installed"] for i in items):
             self.link.request("checkUpdates", {}, self._updates_checked)
-        for item in items:  # cover art, fetched by Qt's own asynchronous networking
+        for item in items:
             attrs = item["libraryItem"]
-            pid, url = str(attrs.get("product_id")), attrs.get("cover_image_url")
-            if url and pid not in self._covers_requested:
-                self._covers_requested.add(pid)
-                reply = self.network.get(QNetworkRequest(QUrl(str(url))))
-                reply.finished.connect(lambda r=reply, p=pid: self._cover_arrived(p, r))
+            self.fetch_cover(str(attrs.get("product_id")), attrs.get("cover_image_url"))
+        self.refresh_wishlist()
+        self.refresh_family()
+
+    def fetch_cover(self, product_id: str, url: Any) -> None:
+        """Cover art, fetched once by Qt's own asynchronous networking."""
+        if url and product_id not in self._covers_requested:
+            self._covers_requested.add(product_id)
+            reply = self.network.get(QNetworkRequest(QUrl(str(url))))
+            reply.finished.connect(lambda r=reply, p=product_id: self._cover_arrived(p, r))
+
+    def refresh_wishlist(self) -> None:
+        self.link.request("wishlist", {}, self._wishlist_loaded)
+
+    def refresh_family(self) -> None:
+        self.link.request("family", {}, self._family_loaded)
+
+    def _wishlist_loaded(self, entries: list[dict[str, Any]]) -> None:
+        self.library.set_wishlist(entries)
+        for e in entries:
+            self.fetch_cover(str(e["productId"]), e.get("coverImageUrl"))
+
+    def _family_loaded(self, family: dict[str, Any]) -> None:
+        self.library.set_family(family)
+        for g in family.get("sharedGames", []):
+            self.fetch_cover(str(g["productId"]), g.get("coverImageUrl"))
 
     def _recheck_library(self) -> None:
         self._recheck_pending = False
@@ -379,6 +406,22 @@ class MainWindow(QMainWindow):
             elif {"category_ids", "is_hidden"} & set(event.changes):
                 self.library_page.proxy.invalidate()  # filters and order depend on them
 
+    def tell_owner_plays(self, product_id: str, code: str, message: str) -> None:
+        """A borrowed game refused because its owner plays it: said in words, with the owner's
+        name (the family's view is read again, so the game's panel says it too)."""
+        item = self.library.item_of(product_id)
+        owner = self.library.owner_of(item) if item else None
+        text = tr("{0} is playing {1} now. A game shared by the family can be played while its "
+                  "owner is not playing it; try again when they stop.").format(
+            owner or tr("The family member who shares it"), self.title_of(product_id))
+        box = QMessageBox(QMessageBox.Icon.Information, tr("Family sharing"), text,
+                          QMessageBox.StandardButton.Ok, self)
+        box.setDetailedText(f"{code}: {message}")
+        box.setObjectName("familyRefusal")
+        self.family_box = box
+        box.open()
+        self.refresh_family()
+
     def _playtime_loaded(self, rows: list[dict[str, Any]]) -> None:
         for r in rows:
             self.library.local_playtime[str(r["productId"])] = float(r["localSeconds"])
@@ -389,10 +432,15 @@ class MainWindow(QMainWindow):
         return str(item["libraryItem"].get("title") or product_id) if item else str(product_id or "")
 
     def on_failed(self, method: str, code: str, message: str) -> None:
+        if method in QUIET:
+            return
         if method == "launch" and self._launching:
             self.library.set_running(self._launching, False)
             if code == "SAVEGAME_VERSION_CONFLICT":
                 self.ask_conflict(self._launching, message)
+                return
+            if code == "FAMILY_ACCESS_RESTRICTED":
+                self.tell_owner_plays(self._launching, code, message)
                 return
         if method == "library" and code in ("BACKEND_UNREACHABLE", "BACKEND_ERROR"):
             self.offline_library()
