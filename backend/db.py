@@ -52,7 +52,7 @@ from sqlalchemy.pool import StaticPool
 
 from backend.errors import ServiceUnavailable
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 class SchemaMismatch(RuntimeError):
@@ -191,6 +191,14 @@ class DownloadTask(Base):
     error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # remote downloads (schema 5): ``origin`` "device" for a task an engine created for itself
+    # (``device_id`` is that engine), "remote" for one created for another device to run (a web
+    # page, a script, a second engine) — its ``device_id`` is null until an engine claims it;
+    # ``target_device_id`` names the device asked to run it (null: any of the user's engines).
+    # Null origin: a task made before schema 5 (never adopted).
+    origin: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    device_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    target_device_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class DownloadTaskHistory(Base):
@@ -603,8 +611,14 @@ def _migrate_3_to_4(conn: Connection) -> None:
     _add_column(conn, LibraryItem.__tablename__, "shared_from_user_id")
 
 
+def _migrate_4_to_5(conn: Connection) -> None:
+    """Remote downloads: who a download task is for and which engine runs it."""
+    for column in ("origin", "device_id", "target_device_id"):
+        _add_column(conn, DownloadTask.__tablename__, column)
+
+
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _migrate_1_to_2, 2: _migrate_2_to_3,
-                                                       3: _migrate_3_to_4}
+                                                       3: _migrate_3_to_4, 4: _migrate_4_to_5}
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -12,9 +12,10 @@ from types import SimpleNamespace
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Response
-from sqlalchemy import and_, bindparam, func, select
+from sqlalchemy import and_, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from backend import events
 from backend.cdn import aissue_sources, issue_sources
 from backend.context import Context, CtxDep, UserDep
 from backend.db import (
@@ -31,6 +32,7 @@ from backend.family import check_lent_access
 from backend.jsonapi import MAX_LIMIT, paginate
 from backend.library import require_entitlement
 from backend.schemas import (
+    ClaimRequest,
     Data,
     DownloadTaskRequest,
     DownloadTaskResource,
@@ -58,6 +60,7 @@ hot_router = APIRouter(prefix="/api/v1/download", tags=["download"])
 
 ACTIVE = ("queued", "preparing", "downloading", "paused", "verifying")
 TERMINAL = ("completed", "cancelled")
+CLAIMABLE = ("queued", "preparing", "downloading", "verifying")
 
 
 class TaskStateConflict(Conflict):
@@ -157,9 +160,25 @@ def task_resource(ctx: Context, t: DownloadTask | SimpleNamespace, *, position: 
             "manifest": manifest_ref(t.product_id, t.version_id),
             "delta": delta,
             "cdnSources": sources,
+            "origin": t.origin,
+            "deviceId": t.device_id,
+            "targetDeviceId": t.target_device_id,
         },
         "links": {"self": f"/api/v1/download/tasks/{t.id}"},
     }
+
+
+def task_change(t: DownloadTask, change: str) -> dict[str, Any]:
+    """``download.task.changed`` for the user's library channel: how a running engine of the
+    user learns that a task was created for it, or paused, resumed or cancelled elsewhere
+    (remote downloads). Sent for changes made through the REST routes, never for the engine's
+    own status reports (it knows those)."""
+    return events.message(events.DOWNLOAD_TASK_CHANGED, {
+        "change": change, "task_id": t.id, "status": t.status, "kind": t.kind,
+        "product_id": t.product_id, "version_id": t.version_id,
+        "from_version_id": t.from_version_id, "priority": t.priority, "origin": t.origin,
+        "device_id": t.device_id, "target_device_id": t.target_device_id,
+        "updated_at": t.updated_at})
 
 
 def _position(s: Session, t: DownloadTask) -> int | None:
@@ -176,7 +195,12 @@ def _sources(ctx: Context, product: str, user_id: str) -> list[dict[str, Any]]:
 
 def create_task(ctx: Context, s: Session, user_id: str, *, product: str, version: str,
                 from_version: str | None, kind: str, target_path: str, priority: int,
-                total: int, download: int) -> tuple[DownloadTask, list[dict[str, Any]]]:
+                total: int, download: int, device_id: str | None = None,
+                target_device_id: str | None = None,
+                ) -> tuple[DownloadTask, list[dict[str, Any]]]:
+    """A new queued task. With ``device_id`` the engine that asked runs it itself; without, it
+    is a remote download (``origin`` "remote") for ``target_device_id`` or any engine of the
+    user, announced on the library channel once committed (``Announcements``)."""
     active = s.scalar(select(func.count()).select_from(DownloadTask).where(
         DownloadTask.user_id == user_id, DownloadTask.status.in_(ACTIVE))) or 0
     if active >= ctx.settings.max_active_tasks:
@@ -189,7 +213,9 @@ def create_task(ctx: Context, s: Session, user_id: str, *, product: str, version
                         from_version_id=from_version, kind=kind, target_path=target_path,
                         status="queued", priority=priority, queue_order=int(order) + 1,
                         total_size_bytes=total, download_size_bytes=download, downloaded_bytes=0,
-                        created_at=now, updated_at=now)
+                        created_at=now, updated_at=now,
+                        origin="device" if device_id else "remote", device_id=device_id,
+                        target_device_id=None if device_id else target_device_id)
     s.add(task)
     s.flush()
     s.add(DownloadTaskHistory(task_id=task.id, status="queued", downloaded_bytes=0,
@@ -215,7 +241,7 @@ def manifest_key(ctx: CtxDep, user: UserDep) -> dict[str, Any]:
              responses=error_responses(401, 403, 404, 409, 422, 429))
 def post_task(body: Data[DownloadTaskRequest], ctx: CtxDep, user: UserDep) -> dict[str, Any]:
     a = body.data.attributes
-    with ctx.db.session() as s:
+    with Announcements(ctx, user.id) as changed, ctx.db.session() as s:
         item = require_entitlement(s, user.id, a.productId, "/data/attributes/productId")
         check_lent_access(ctx, s, item)  # a borrowed game: not while its owner plays it
         v = ctx.catalog.resolve_version(a.productId, a.versionId, "/data/attributes/versionId")
@@ -223,7 +249,9 @@ def post_task(body: Data[DownloadTaskRequest], ctx: CtxDep, user: UserDep) -> di
         task, sources = create_task(
             ctx, s, user.id, product=a.productId, version=v.version_id, from_version=None,
             kind="install", target_path=a.targetPath, priority=a.priority,
-            total=info.total_size, download=info.install_bytes)
+            total=info.total_size, download=info.install_bytes, device_id=a.deviceId,
+            target_device_id=a.targetDeviceId)
+        changed.append(task_change(task, "created"))
         return {"data": task_resource(ctx, task, position=_position(s, task), sources=sources)}
 
 
@@ -257,7 +285,7 @@ def get_queue(ctx: CtxDep, user: UserDep) -> dict[str, Any]:
 @router.post("/tasks/queue/reorder", response_model=Data[list[DownloadTaskResource]],
              responses=error_responses(401, 404, 422))
 def reorder_queue(body: Data[list[ReorderEntry]], ctx: CtxDep, user: UserDep) -> dict[str, Any]:
-    with ctx.db.session() as s:
+    with Announcements(ctx, user.id) as changed, ctx.db.session() as s:
         for i, entry in enumerate(body.data):
             task = s.scalar(select(DownloadTask).where(DownloadTask.id == entry.taskId,
                                                        DownloadTask.user_id == user.id))
@@ -267,6 +295,8 @@ def reorder_queue(body: Data[list[ReorderEntry]], ctx: CtxDep, user: UserDep) ->
             task.queue_order = entry.order
         s.flush()
         queue = active_queue(s, user.id)
+        changed.append(events.message(events.DOWNLOAD_QUEUE_REORDERED,
+                                      {"task_ids": [t.id for t in queue]}))
     return {"data": [task_resource(ctx, t, position=i) for i, t in enumerate(queue)]}
 
 
@@ -314,20 +344,21 @@ def report_status(taskId: TaskId, body: Data[StatusReport], ctx: CtxDep,
 @router.post("/tasks/{taskId}/pause", response_model=Data[DownloadTaskResource],
              responses=error_responses(401, 404, 409, 422))
 def pause_task(taskId: TaskId, ctx: CtxDep, user: UserDep) -> dict[str, Any]:
-    with ctx.db.session() as s:
+    with Announcements(ctx, user.id) as changed, ctx.db.session() as s:
         task = owned_task(s, user.id, taskId)
         if task.status != "paused":
             if task.status not in ("queued", "preparing", "downloading", "verifying"):
                 raise TaskStateConflict(f"a {task.status} task cannot be paused")
             record(s, task, "paused")
             s.flush()
+        changed.append(task_change(task, "paused"))
         return {"data": task_resource(ctx, task, position=_position(s, task))}
 
 
 @router.post("/tasks/{taskId}/resume", response_model=Data[DownloadTaskResource],
              responses=error_responses(401, 404, 409, 422, 429))
 def resume_task(taskId: TaskId, ctx: CtxDep, user: UserDep) -> dict[str, Any]:
-    with ctx.db.session() as s:
+    with Announcements(ctx, user.id) as changed, ctx.db.session() as s:
         task = owned_task(s, user.id, taskId)
         if task.status in TERMINAL:
             raise TaskStateConflict(f"a {task.status} task cannot be resumed")
@@ -336,19 +367,72 @@ def resume_task(taskId: TaskId, ctx: CtxDep, user: UserDep) -> dict[str, Any]:
         if task.status in ("paused", "error"):
             record(s, task, "downloading")
             s.flush()
+        changed.append(task_change(task, "resumed"))
         return {"data": task_resource(ctx, task, position=_position(s, task), sources=sources)}
 
 
 @router.delete("/tasks/{taskId}", status_code=204, response_class=Response,
                responses=error_responses(401, 404, 409, 422))
 def cancel_task(taskId: TaskId, ctx: CtxDep, user: UserDep) -> Response:
-    with ctx.db.session() as s:
+    with Announcements(ctx, user.id) as changed, ctx.db.session() as s:
         task = owned_task(s, user.id, taskId)
         if task.status == "completed":
             raise TaskStateConflict("a completed task cannot be cancelled")
         if task.status != "cancelled":
             record(s, task, "cancelled")
+            s.flush()
+        changed.append(task_change(task, "cancelled"))
     return Response(status_code=204)
+
+
+@router.post("/tasks/{taskId}/claim", response_model=Data[DownloadTaskResource],
+             responses=error_responses(401, 403, 404, 409, 422, 429))
+def claim_task(taskId: TaskId, body: Data[ClaimRequest], ctx: CtxDep,
+               user: UserDep) -> dict[str, Any]:
+    """An engine takes a remote download to run it (ours; remote downloads). One conditional
+    UPDATE: of two engines of the user claiming at once, one gets the task and the other 409
+    ``DOWNLOAD_TASK_STATE_CONFLICT``; claiming again by the same device answers the task again
+    (a retry after a lost answer). The answer carries signed ``cdnSources``, like create."""
+    device = body.data.attributes.deviceId
+    with ctx.db.session() as s:
+        task = owned_task(s, user.id, taskId)
+        if task.origin != "remote":
+            raise TaskStateConflict("only a remote download can be claimed; this task belongs "
+                                    "to the device that created it")
+        if task.status not in CLAIMABLE:  # finished, failed or paused: nothing to run now
+            raise TaskStateConflict(f"task is {task.status}; only a waiting task can be claimed")
+        if task.target_device_id not in (None, device):
+            raise TaskStateConflict(f"task is meant for device {task.target_device_id!r}")
+        item = require_entitlement(s, user.id, task.product_id)
+        check_lent_access(ctx, s, item)
+        taken = s.execute(update(DownloadTask).where(
+            DownloadTask.id == task.id,
+            or_(DownloadTask.device_id.is_(None), DownloadTask.device_id == device),
+        ).values(device_id=device, updated_at=utcnow())
+            .execution_options(synchronize_session=False))
+        if taken.rowcount != 1:  # type: ignore[attr-defined]
+            raise TaskStateConflict("another device runs this task")
+        s.refresh(task)
+        sources = _sources(ctx, task.product_id, user.id)
+        return {"data": task_resource(ctx, task, position=_position(s, task), sources=sources)}
+
+
+class Announcements:
+    """Collects library-channel messages inside a route's transaction and publishes them to
+    the user once it committed (a client that reacts by reading the API sees the change);
+    nothing is published when the route fails."""
+
+    def __init__(self, ctx: Context, user_id: str) -> None:
+        self.ctx, self.user_id = ctx, user_id
+        self.messages: list[dict[str, Any]] = []
+
+    def __enter__(self) -> list[dict[str, Any]]:
+        return self.messages
+
+    def __exit__(self, et: type[BaseException] | None, *_: object) -> None:
+        if et is None:
+            for msg in self.messages:
+                self.ctx.events.publish(self.user_id, msg)
 
 
 _T = DownloadTask.__table__
@@ -427,7 +511,7 @@ def check_updates(body: UpdateCheckRequest, ctx: CtxDep, user: UserDep) -> dict[
 def initiate_update(body: Data[UpdateInitiateRequest], ctx: CtxDep,
                     user: UserDep) -> dict[str, Any]:
     a = body.data.attributes
-    with ctx.db.session() as s:
+    with Announcements(ctx, user.id) as changed, ctx.db.session() as s:
         require_entitlement(s, user.id, a.productId, "/data/attributes/productId")
         target = ctx.catalog.resolve_version(a.productId, a.targetVersionId,
                                              "/data/attributes/targetVersionId")
@@ -446,7 +530,9 @@ def initiate_update(body: Data[UpdateInitiateRequest], ctx: CtxDep,
         task, sources = create_task(
             ctx, s, user.id, product=a.productId, version=target.version_id,
             from_version=current, kind="update", target_path=target_path, priority=a.priority,
-            total=info.total_size, download=download)
+            total=info.total_size, download=download, device_id=a.deviceId,
+            target_device_id=a.targetDeviceId)
+        changed.append(task_change(task, "created"))
         return {"data": task_resource(ctx, task, position=_position(s, task), sources=sources)}
 
 

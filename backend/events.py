@@ -25,6 +25,8 @@ QUEUE_LIMIT = 1000  # per connection; a consumer this far behind is dropped, not
 LIBRARY_ITEM_UPDATED = "library.item.updated"
 ACHIEVEMENT_UNLOCKED = "achievement.unlocked"
 SAVEGAME_SYNC_STATUS = "savegame.sync.status"
+DOWNLOAD_TASK_CHANGED = "download.task.changed"  # remote downloads: created/paused/resumed/...
+DOWNLOAD_QUEUE_REORDERED = "download.queue.reordered"
 
 
 def message(event_type: str, payload: dict[str, Any]) -> dict[str, Any]:

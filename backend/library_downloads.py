@@ -15,10 +15,18 @@ from fastapi import APIRouter, Response
 from pydantic import Field, model_validator
 
 from backend.context import CtxDep, UserDep
-from backend.downloads import _position, create_task, task_resource
+from backend.downloads import Announcements, _position, create_task, task_change, task_resource
 from backend.family import check_lent_access
 from backend.library import require_entitlement
-from backend.schemas import Data, DownloadTaskResource, Model, ProductId, VersionId, error_responses
+from backend.schemas import (
+    Data,
+    DeviceId,
+    DownloadTaskResource,
+    Model,
+    ProductId,
+    VersionId,
+    error_responses,
+)
 
 router = APIRouter(prefix="/api/v1/library/me", tags=["library"])
 
@@ -32,6 +40,8 @@ class LibraryDownloadAttributes(Model):
     version_id: VersionId | None = None
     targetPath: str | None = Field(default=None, min_length=1, max_length=4096)
     priority: int = Field(default=0, ge=0, le=10)
+    deviceId: DeviceId | None = None
+    targetDeviceId: DeviceId | None = None
 
     @model_validator(mode="after")
     def _one_name(self) -> LibraryDownloadAttributes:
@@ -57,7 +67,7 @@ def start_download(body: Data[LibraryDownloadRequest], response: Response, ctx: 
     product = a.productId or a.product_id
     assert product is not None
     version = a.versionId or a.version_id
-    with ctx.db.session() as s:
+    with Announcements(ctx, user.id) as changed, ctx.db.session() as s:
         item = require_entitlement(s, user.id, product, "/data/attributes/productId")
         check_lent_access(ctx, s, item)
         v = ctx.catalog.resolve_version(product, version, "/data/attributes/versionId")
@@ -65,7 +75,9 @@ def start_download(body: Data[LibraryDownloadRequest], response: Response, ctx: 
         task, sources = create_task(
             ctx, s, user.id, product=product, version=v.version_id, from_version=None,
             kind="install", target_path=a.targetPath or product, priority=a.priority,
-            total=info.total_size, download=info.install_bytes)
+            total=info.total_size, download=info.install_bytes, device_id=a.deviceId,
+            target_device_id=a.targetDeviceId)
+        changed.append(task_change(task, "created"))
         doc = task_resource(ctx, task, position=_position(s, task), sources=sources)
     response.headers["Location"] = doc["links"]["self"]
     return {"data": doc}

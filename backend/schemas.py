@@ -18,10 +18,15 @@ ProductId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
                                  examples=["starfall"])]
 VersionId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
                                  examples=["1.0.0"])]
+DeviceId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+                                examples=["7f3c2a9e-desktop"])]
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 TaskStatus = Literal["queued", "preparing", "downloading", "paused", "verifying", "completed",
                      "error", "cancelled"]
-ReportedStatus = Literal["downloading", "paused", "completed", "error", "cancelled", "verifying"]
+# "queued"/"preparing": an engine says a task waits in its queue again (it stopped the run for
+# its own reasons, or the player resumed it there) — "paused" is kept for a player's pause
+ReportedStatus = Literal["queued", "preparing", "downloading", "paused", "completed", "error",
+                         "cancelled", "verifying"]
 
 
 class Model(BaseModel):
@@ -270,6 +275,11 @@ class DownloadTaskRequestAttributes(Model):
     versionId: VersionId | None = None
     targetPath: str = Field(min_length=1, max_length=4096)
     priority: int = Field(default=0, ge=0, le=10)
+    deviceId: DeviceId | None = Field(default=None, description=(
+        "the engine creating the task for itself runs it (ours); without it the task is a "
+        "remote download that one of the user's running engines claims"))
+    targetDeviceId: DeviceId | None = Field(default=None, description=(
+        "a remote download for this device only (ours; default: any of the user's engines)"))
 
 
 class DownloadTaskRequest(Model):
@@ -310,6 +320,9 @@ class DownloadTaskAttributes(Model):
     manifest: FileRef
     delta: FileRef | None = None
     cdnSources: list[CdnSource] | None = None
+    origin: Literal["device", "remote"] | None = None
+    deviceId: str | None = None
+    targetDeviceId: str | None = None
 
 
 class DownloadTaskResource(Model):
@@ -343,6 +356,15 @@ class StatusHistoryResource(Model):
     type: Literal["downloadTaskStatus"] = "downloadTaskStatus"
     id: str
     attributes: StatusHistoryAttributes
+
+
+class ClaimAttributes(Model):
+    deviceId: DeviceId
+
+
+class ClaimRequest(Model):
+    type: Literal["downloadTaskClaim"] = "downloadTaskClaim"
+    attributes: ClaimAttributes
 
 
 class ReorderEntry(Model):
@@ -388,6 +410,8 @@ class UpdateInitiateAttributes(Model):
     currentVersionId: VersionId | None = None
     targetPath: str | None = Field(default=None, min_length=1, max_length=4096)
     priority: int = Field(default=1, ge=0, le=10)
+    deviceId: DeviceId | None = None
+    targetDeviceId: DeviceId | None = None
 
 
 class UpdateInitiateRequest(Model):

@@ -19,6 +19,7 @@ from engine.core.errors import EngineError, ErrorCode
 from engine.core.sources import CdnSource
 
 TokenSaver = Callable[[str | None], None]
+APPLIED_STATUSES = ("success", "verification_failed", "patch_failed", "failed")  # seed 14.3
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +83,9 @@ class BackendClient:
         self._access_expires = 0.0
         self._refresh = refresh_token
         self._save = save_refresh_token
+        # this engine's device id (remote downloads): a task it creates for itself carries it,
+        # so no other engine of the player takes it; None for clients that run nothing
+        self.device_id: str | None = None
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -220,15 +224,73 @@ class BackendClient:
                                  "priority": priority}
         if version_id:
             attrs["versionId"] = version_id
+        if self.device_id:
+            attrs["deviceId"] = self.device_id
         doc = await self.call("POST", "/api/v1/download/tasks",
                               json={"data": {"type": "downloadTaskRequest", "attributes": attrs}})
         return self._grant(doc)
+
+    # -- remote downloads ---------------------------------------------------------------------
+    async def create_remote_task(self, product_id: str, version_id: str | None = None, *,
+                                 target_device: str | None = None,
+                                 priority: int = 0) -> dict[str, Any]:
+        """Queue a download for another device of the player (``target_device``, or whichever
+        of the player's engines is running): the backend announces it and that engine runs it.
+        Returns the ``downloadTask`` resource."""
+        attrs: dict[str, Any] = {"productId": product_id, "targetPath": product_id,
+                                 "priority": priority}
+        if version_id:
+            attrs["versionId"] = version_id
+        if target_device:
+            attrs["targetDeviceId"] = target_device
+        doc = await self.call("POST", "/api/v1/download/tasks",
+                              json={"data": {"type": "downloadTaskRequest", "attributes": attrs}})
+        return dict(doc["data"])
+
+    async def claim_task(self, backend_task_id: str, device_id: str) -> TaskGrant:
+        """Take a remote download to run it here; 409 when another device took it."""
+        doc = await self.call("POST", f"/api/v1/download/tasks/{backend_task_id}/claim",
+                              json={"data": {"type": "downloadTaskClaim",
+                                             "attributes": {"deviceId": device_id}}})
+        return self._grant(doc)
+
+    async def task_grant(self, backend_task_id: str) -> TaskGrant:
+        """The grant of a task that exists already (a remote download bound here, a local task
+        run again): fresh signed sources, no new backend task."""
+        doc = await self.call("POST", f"/api/v1/download/tasks/{backend_task_id}/cdn-tokens")
+        return self._grant(doc)
+
+    async def get_task(self, backend_task_id: str) -> dict[str, Any]:
+        doc = await self.call("GET", f"/api/v1/download/tasks/{backend_task_id}")
+        return dict(doc["data"])
+
+    async def task_queue(self) -> list[dict[str, Any]]:
+        """The player's active backend tasks in queue order (``GET /tasks/queue``)."""
+        doc = await self.call("GET", "/api/v1/download/tasks/queue")
+        return [dict(d) for d in doc.get("data", [])]
+
+    async def pause_task(self, backend_task_id: str) -> dict[str, Any]:
+        doc = await self.call("POST", f"/api/v1/download/tasks/{backend_task_id}/pause")
+        return dict(doc["data"])
+
+    async def resume_task(self, backend_task_id: str) -> dict[str, Any]:
+        doc = await self.call("POST", f"/api/v1/download/tasks/{backend_task_id}/resume")
+        return dict(doc["data"])
+
+    async def cancel_task(self, backend_task_id: str) -> None:
+        await self.call("DELETE", f"/api/v1/download/tasks/{backend_task_id}")
+
+    async def reorder_tasks(self, order: list[tuple[str, int]]) -> None:
+        await self.call("POST", "/api/v1/download/tasks/queue/reorder",
+                        json={"data": [{"taskId": t, "order": o} for t, o in order]})
 
     async def initiate_update(self, product_id: str, from_version: str,
                               target_version: str | None) -> TaskGrant:
         attrs: dict[str, Any] = {"productId": product_id, "currentVersionId": from_version}
         if target_version:
             attrs["targetVersionId"] = target_version
+        if self.device_id:
+            attrs["deviceId"] = self.device_id
         doc = await self.call("POST", "/api/v1/download/updates/initiate",
                               json={"data": {"type": "updateInitiateRequest", "attributes": attrs}})
         return self._grant(doc)
@@ -274,12 +336,34 @@ class BackendClient:
 
     async def report_update_applied(self, product_id: str, from_version: str, to_version: str,
                                     success: bool, error: str | None = None,
-                                    task_id: str | None = None) -> None:
+                                    task_id: str | None = None, *,
+                                    update_type: str | None = None,
+                                    status: str | None = None) -> None:
+        """``updates/applied`` (seed 3.1.2, flow 14.3): ``update_type`` "delta" or "full";
+        ``status`` one of the seed's "success", "verification_failed", "patch_failed",
+        "failed" (default: "success" or "failed" from ``success``)."""
+        if status is not None and status not in APPLIED_STATUSES:
+            raise EngineError(ErrorCode.INVALID_PARAMS, f"update status {status!r} is not one of "
+                              f"{', '.join(APPLIED_STATUSES)}")
+        if update_type is not None and update_type not in ("delta", "full"):
+            raise EngineError(ErrorCode.INVALID_PARAMS,
+                              f"update type {update_type!r} is not delta or full")
         attrs: dict[str, Any] = {"productId": product_id, "fromVersionId": from_version,
-                                 "versionId": to_version, "status": "success" if success else "failed"}
+                                 "versionId": to_version,
+                                 "status": status or ("success" if success else "failed")}
+        if update_type:
+            attrs["updateType"] = update_type
         if error:
             attrs["detail"] = error[:4000]
         if task_id:
             attrs["taskId"] = task_id
         await self.call("POST", "/api/v1/download/updates/applied",
                         json={"data": {"type": "updateApplied", "attributes": attrs}})
+
+    async def report_integrity(self, product_id: str, installed_version: str) -> dict[str, Any]:
+        """``POST /integrity/verify`` (seed 3.1.3) after a local verify or repair: the backend
+        records the check and answers the signed reference (manifest, file count, size)."""
+        doc = await self.call("POST", "/api/v1/download/integrity/verify", json={"data": {
+            "type": "integrityVerificationRequest",
+            "attributes": {"productId": product_id, "installedVersionId": installed_version}}})
+        return dict(doc["data"])

@@ -238,7 +238,36 @@ def refresher(ctx: EngineContext, grant: TaskGrant) -> SourceRefresh:
     return lambda: ctx.api.refresh_sources(grant.backend_task_id)
 
 
+def remote_binding(state: State, task_id: str) -> str | None:
+    """The backend task a remote download bound to local ``task_id`` (None: a local task)."""
+    return state.get_meta(f"remote_task:{task_id}")
+
+
+def bind_remote(state: State, task_id: str, backend_task_id: str) -> None:
+    state.update_task(task_id, backend_task_id=backend_task_id)
+    state.set_meta(f"remote_task:{task_id}", backend_task_id)
+
+
 async def obtain_grant(ctx: EngineContext, task: TaskRecord) -> TaskGrant:
+    """The backend grant of an install: the task's own backend task when it has one (a remote
+    download bound here, or a local task run again after a restart: one backend task per local
+    task), else a new one. A remote download whose backend task is gone or finished fails (it
+    was cancelled elsewhere); a local task's just gets a new backend task."""
+    current = ctx.state.task(task.id).backend_task_id
+    if current is not None:
+        try:
+            grant = await ctx.api.task_grant(current)
+        except EngineError as exc:
+            if remote_binding(ctx.state, task.id) is not None or exc.http_status not in (404, 409):
+                raise
+            log.info("backend task %s of %s is gone (%s): asking for a new one", current[:8],
+                     task.id[:8], exc.message)
+        else:
+            if grant.product_id != task.product_id:
+                raise EngineError(ErrorCode.BACKEND_ERROR, f"backend task {current} is for "
+                                  f"{grant.product_id}, not {task.product_id}")
+            ctx.state.update_task(task.id, version_id=grant.version_id)
+            return grant
     grant = await ctx.api.create_task(task.product_id, task.version_id, task.target_path,
                                       task.priority)
     ctx.state.update_task(task.id, backend_task_id=grant.backend_task_id,

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -24,10 +25,18 @@ import aiohttp
 from engine.core.errors import EngineError, ErrorCode
 from engine.core.events import error_event, status_event
 from engine.core.lifecycle import FINISHED, TaskKind, TaskState, after_restart
-from engine.core.messages import UpdateAvailable
+from engine.core.messages import UpdateAvailable, UpdatePlanned
 from engine.core.playtime import CallKind, downloads_policy, updates_to_queue
 from engine.core.progress import TaskProgress
 from engine.core.queueorder import QueueEntry, move, select_runnable
+from engine.core.remote import (
+    LocalTask,
+    RemoteTask,
+    applied_status,
+    backend_order,
+    stop_report,
+    update_type,
+)
 from engine.core.schedule import DownloadSchedule, parse_window
 from engine.io.backend_client import BackendClient
 from engine.io.bus import EventBus
@@ -41,8 +50,8 @@ from engine.io.staging import STAGING_DIR, remove_task_staging
 from engine.io.state import InstalledGame, State, TaskRecord
 from engine.io.verifiedmeta import VerifiedRecord
 from engine.io.verify import VerifyReport, scan_install
-from engine.jobs.agent import LibraryRelay, Outbox
-from engine.jobs.context import EngineContext, manifest_key
+from engine.jobs.agent import LibraryRelay, Outbox, RemoteDownloads
+from engine.jobs.context import EngineContext, bind_remote, manifest_key, remote_binding
 from engine.jobs.install import InstallRun, check_install_target
 from engine.jobs.move import move_game
 from engine.jobs.play import Games
@@ -105,13 +114,33 @@ class Engine:
                              lambda: self.settings.heartbeat_interval_s,
                              lambda: {g.session_id for g in self.games.running.values()})
         self.games = Games(self, self.play, self.saves, self.outbox.kick)
+        # remote downloads: tasks queued on the backend from another device run here
+        self.device_id = self._device_id()
+        self.api.device_id = self.device_id
+        self.remote = RemoteDownloads(self)
         self.relay = LibraryRelay(self.bus, self.library, lambda: self.api.logged_in
-                                  and not self.offline)
+                                  and not self.offline, remote=self.remote)
+        self._report_locks: dict[str, asyncio.Lock] = {}  # reports of one task go in order
+        self._planned: dict[str, UpdatePlanned] = {}  # what each update planned (updateType)
+        self.bus.on_event(self._note_plan)
         for t in self.state.tasks(include_finished=False):
             if after_restart(t.status) is not t.status:  # interrupted last time
                 self.state.set_status(t.id, after_restart(t.status))
             if t.limit_bps:
                 self.limiter.set_task(t.id, t.limit_bps)
+
+    def _device_id(self) -> str:
+        """This installation's id, made once and kept in its database (a second data folder is
+        a second device)."""
+        found = self.state.get_meta("device_id")
+        if found is None:
+            found = uuid.uuid4().hex
+            self.state.set_meta("device_id", found)
+        return found
+
+    def _note_plan(self, event: object) -> None:
+        if isinstance(event, UpdatePlanned):
+            self._planned[event.task_id] = event
 
     async def __aenter__(self) -> Engine:
         return self
@@ -296,7 +325,21 @@ class Engine:
             record.save()
             return report
 
-        return await asyncio.to_thread(scan)
+        report = await asyncio.to_thread(scan)
+        self._spawn(self._report_integrity(product_id, game.version_id))
+        return report
+
+    async def _report_integrity(self, product_id: str, version_id: str) -> None:
+        """Seed 3.1.3: the backend hears of every verify and repair. Best-effort: the local
+        check stands on its own, so a backend that is down or refuses is only logged."""
+        if not self.api.logged_in or self.offline:
+            return
+        try:
+            async with asyncio.timeout(10):
+                await self.api.report_integrity(product_id, version_id)
+        except (EngineError, TimeoutError) as exc:
+            log.warning("could not report the verify of %s to the backend: %s", product_id,
+                        getattr(exc, "message", "timed out"))
 
     async def check_updates(self) -> list[dict[str, Any]]:
         games = self.installed()
@@ -323,9 +366,12 @@ class Engine:
 
     def pause(self, task_id: str) -> TaskRecord:
         task = self._live(task_id)
+        running = task.id in self._runners
         task = self.state.set_status(task.id, TaskState.PAUSED, user_paused=True)
         self._stop(task.id, TaskState.PAUSED)
         self._publish_status(task)
+        if not running:  # a running one reports when its run stops
+            self._spawn_report(task, "paused")
         return task
 
     def resume(self, task_id: str) -> TaskRecord:
@@ -335,6 +381,7 @@ class Engine:
         task = self.state.set_status(task.id, TaskState.QUEUED, user_paused=False,
                                       error_code=None, error_message=None)
         self._publish_status(task)
+        self._spawn_report(task, "queued")
         self.wake()
         return task
 
@@ -348,6 +395,7 @@ class Engine:
             self._discard_partial(task)
             task = self.state.set_status(task.id, TaskState.CANCELLED)
             self._publish_status(task)
+            self._spawn_report(task, "cancelled")
         return self.state.task(task.id)
 
     def move(self, task_id: str, position: int) -> list[TaskRecord]:
@@ -356,7 +404,52 @@ class Engine:
         entries = move([self._entry(t) for t in live], task.id, position)
         self.state.set_positions(e.task_id for e in entries)
         self.wake()
-        return self.state.tasks(include_finished=False)
+        after = self.state.tasks(include_finished=False)
+        order = backend_order([self.local_view(t) for t in after])
+        if order and self.api.logged_in:  # the backend's queue follows (remote downloads)
+            self._spawn(self._report_order(order))
+        return after
+
+    async def _report_order(self, order: list[tuple[str, int]]) -> None:
+        try:
+            await self.api.reorder_tasks(order)
+        except EngineError as exc:
+            log.warning("could not reorder the backend's queue: %s", exc.message)
+
+    # -- remote downloads (engine.core.remote decides, engine.jobs.agent does the I/O) --------
+    @staticmethod
+    def local_view(t: TaskRecord) -> LocalTask:
+        return LocalTask(t.id, t.backend_task_id, t.status, t.user_paused, t.product_id,
+                         t.updated_at)
+
+    def bound_tasks(self) -> dict[str, TaskRecord]:
+        """Backend task id -> the local task bound to it, finished ones too."""
+        return {t.backend_task_id: t for t in self.state.tasks(include_finished=True)
+                if t.backend_task_id is not None}
+
+    def is_remote(self, task_id: str) -> bool:
+        return remote_binding(self.state, task_id) is not None
+
+    def adopt_remote(self, remote: RemoteTask) -> TaskRecord:
+        """Queue a remote download claimed by this engine as a local install bound to its
+        backend task (no second backend task: the run asks for that one's grant). The other
+        device's folder means nothing here: the game goes to this device's library."""
+        task = self.install(remote.product_id, remote.version_id, priority=remote.priority)
+        bind_remote(self.state, task.id, remote.id)
+        log.info("remote download %s: %s %s queued here as task %s", remote.id[:8],
+                 remote.product_id, remote.version_id or "latest", task.id[:8])
+        return self.state.task(task.id)
+
+    def apply_order(self, ids: list[str]) -> None:
+        """The local queue in this order (a reorder made on another device)."""
+        live = {t.id for t in self.state.tasks(include_finished=False)}
+        self.state.set_positions(i for i in ids if i in live)
+        self.wake()
+
+    async def report(self, task: TaskRecord, status: str, error: EngineError | None = None,
+                     downloaded: int | None = None) -> None:
+        """A status report for the task's backend task, in order with its other reports."""
+        await self._report(task, status, error, downloaded)
 
     def set_priority(self, task_id: str, priority: int) -> TaskRecord:
         task = self.state.update_task(self._live(task_id).id, priority=priority)
@@ -509,7 +602,10 @@ class Engine:
             # nothing is awaited after completion: a cancel now must not rewrite a finished task
             self._spawn_report(task, "completed")
             if task.kind.changes_version:
-                self._spawn(self._report_applied(task, True))
+                self._spawn(self._report_applied(task, True,
+                                                 planned=self._planned.get(task_id)))
+            if task.kind is TaskKind.REPAIR and task.version_id is not None:
+                self._spawn(self._report_integrity(task.product_id, task.version_id))
         except asyncio.CancelledError:
             reason = self._stop_reason.pop(task_id, TaskState.QUEUED)
             if self.state.task(task_id).status in FINISHED:
@@ -518,7 +614,7 @@ class Engine:
                 self._discard_partial(self.state.task(task_id))
             task = self.state.set_status(task_id, reason)
             self._publish_status(task)
-            self._spawn_report(task, "paused" if reason is TaskState.QUEUED else reason.value)
+            self._spawn_report(task, stop_report(reason, task.user_paused))
             raise
         except Exception as exc:
             err = as_engine_error(exc)
@@ -530,8 +626,10 @@ class Engine:
             self._publish_status(task, err)
             self._spawn(self._report(task, "error", err))
             if task.kind.changes_version:
-                self._spawn(self._report_applied(task, False, err.message))
+                self._spawn(self._report_applied(task, False, err.message, err.code,
+                                                 self._planned.get(task_id)))
         finally:
+            self._planned.pop(task_id, None)
             self._runners.pop(task_id, None)
             self._progress.pop(task_id, None)
             if self.state.task(task_id).status not in (TaskState.PAUSED, TaskState.QUEUED):
@@ -547,20 +645,39 @@ class Engine:
         self._reports.add(job)
         job.add_done_callback(self._reports.discard)
 
-    async def _report(self, task: TaskRecord, status: str, error: EngineError | None = None) -> None:
-        if task.backend_task_id is None:
+    async def _report(self, task: TaskRecord, status: str, error: EngineError | None = None,
+                      downloaded: int | None = None) -> None:
+        bid = task.backend_task_id
+        if bid is None or not self.api.logged_in:
             return
+        # one task's reports go one at a time, in the order they were made (asyncio.Lock is
+        # FIFO): a progress report still in flight never lands after the pause that followed
+        lock = self._report_locks.setdefault(bid, asyncio.Lock())
         try:
-            await self.api.report_status(task.backend_task_id, status, task.downloaded_bytes, error)
+            async with lock:
+                await self.api.report_status(bid, status, task.downloaded_bytes
+                                             if downloaded is None else downloaded, error)
         except EngineError as exc:  # history only: log, never fail the task over it
-            log.warning("could not report %s for task %s: %s", status, task.id[:8], exc)
+            # 409: the backend task was finished elsewhere (a cancel from another device that
+            # crossed this report); the local task follows it when the change arrives
+            (log.info if exc.http_status == 409 else log.warning)(
+                "could not report %s for task %s: %s", status, task.id[:8], exc)
+        finally:
+            if not lock.locked() and status in ("completed", "cancelled"):
+                self._report_locks.pop(bid, None)
 
-    async def _report_applied(self, task: TaskRecord, ok: bool, error: str | None = None) -> None:
+    async def _report_applied(self, task: TaskRecord, ok: bool, error: str | None = None,
+                              code: str | None = None,
+                              planned: UpdatePlanned | None = None) -> None:
         if task.from_version is None or task.version_id is None:
             return
+        kind = None if planned is None else update_type(planned.download_bytes,
+                                                        planned.full_download_bytes)
         try:
             await self.api.report_update_applied(task.product_id, task.from_version,
-                                                 task.version_id, ok, error, task.backend_task_id)
+                                                 task.version_id, ok, error, task.backend_task_id,
+                                                 update_type=kind,
+                                                 status=applied_status(ok, code))
         except EngineError as exc:
             log.warning("could not report update of %s: %s", task.product_id, exc)
 

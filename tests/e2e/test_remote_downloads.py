@@ -1,0 +1,206 @@
+"""Remote downloads: two engines of one player (two data folders) against the real backend on
+loopback and its CDN. A task queued from engine B on the backend (its client's REST) starts on
+engine A (A's daemon running), B watches its progress live on ``/ws/download/progress``, a
+pause and a resume made by B are followed by A, a cancel by B removes A's partial download, a
+task queued while A was away is picked up when A connects, and a task A cannot take is reported
+failed with its code."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import connect
+
+from engine.api.client import DaemonClient, read_info
+from engine.io.backend_client import BackendClient
+from engine.io.credentials import CredentialStore
+from testing.daemon import DaemonProcess
+from testing.enginekit import EngineCli, assert_same_tree
+from tests.e2e.conftest import build_dir
+
+MAIN, OTHER = "star-courier", "tiny-tactics"
+LIMIT_BPS = "300000"  # A downloads slowly enough to be watched, paused and cancelled midway
+
+
+@pytest.fixture
+def player(backend: Any, tmp_path: Path) -> tuple[str, EngineCli, EngineCli]:
+    name, _ = backend.new_user(products=[MAIN, OTHER])
+    a = EngineCli(tmp_path / "a", backend.url)
+    b = EngineCli(tmp_path / "b", backend.url)
+    a.login(name, "secret-pw")
+    b.login(name, "secret-pw")
+    return name, a, b
+
+
+@pytest.fixture
+def daemon_a(player: Any, backend: Any) -> Iterator[DaemonProcess]:
+    _, a, _ = player
+    d = DaemonProcess(a.data_dir, backend.url,
+                      env={"LAUNCHER_ENGINE_GLOBAL_LIMIT_BPS": LIMIT_BPS})
+    yield d
+    if d.alive:
+        d.stop()
+
+
+@contextlib.asynccontextmanager
+async def client_of(cli: EngineCli) -> AsyncIterator[BackendClient]:
+    """Engine B's own backend client, with B's stored login (what its CLI would use)."""
+    store = CredentialStore(cli.data_dir, cli.backend_url, False)
+    api = BackendClient(cli.backend_url, refresh_token=store.load(), save_refresh_token=store.save)
+    try:
+        yield api
+    finally:
+        await api.aclose()
+
+
+async def until(cond: Callable[[], Any], what: str, timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = cond()
+        if inspect.isawaitable(got):
+            got = await got
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"never happened: {what}")
+        await asyncio.sleep(0.1)
+
+
+class Watch:
+    """B's view of one task on the backend's progress channel (messages kept in order)."""
+
+    def __init__(self, url: str, token: str, task_id: str) -> None:
+        self.url = url.replace("http", "ws", 1) + f"/ws/download/progress?taskId={task_id}"
+        self.token = token
+        self.messages: list[dict[str, Any]] = []
+        self._reader: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Watch:
+        ws = await connect(self.url, additional_headers={"Authorization": f"Bearer {self.token}"})
+
+        async def read() -> None:
+            async with ws:
+                async for raw in ws:
+                    self.messages.append(json.loads(raw))
+
+        self._reader = asyncio.create_task(read())
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self._reader is not None
+        self._reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self._reader
+
+    def updates(self) -> list[dict[str, Any]]:
+        return [m["payload"] for m in self.messages if m["type"] == "downloadTaskStatusUpdate"]
+
+    def last_status(self) -> str | None:
+        ups = self.updates()
+        return ups[-1]["taskStatus"] if ups else None
+
+
+async def local_task(a_daemon: DaemonProcess, backend_task_id: str) -> dict[str, Any] | None:
+    info = read_info(a_daemon.data_dir)
+    assert info is not None
+    async with DaemonClient(info) as c:
+        tasks = await c.call("tasks", {"all": True})
+    return next((t for t in tasks if t["backendTaskId"] == backend_task_id), None)
+
+
+async def test_a_task_queued_from_b_runs_on_a_and_b_watches_it(
+        player: Any, daemon_a: DaemonProcess, backend: Any, published_store: Any) -> None:
+    name, a, b = player
+    version = published_store.product(MAIN).versions[-1]
+    async with client_of(b) as api_b:
+        # queued while A is not running: picked up when A connects
+        created = await api_b.create_remote_task(MAIN, version)
+        tid = created["id"]
+        assert created["attributes"]["origin"] == "remote"
+        assert created["attributes"]["deviceId"] is None
+        daemon_a.start()
+        token = backend.login(name)
+        async with Watch(backend.url, token, tid) as watch:
+            # A took it (claimed with its device id) and runs it as a local task bound to it
+            mine = await until(lambda: local_task(daemon_a, tid), "A queued the remote task")
+            assert mine["productId"] == MAIN and mine["kind"] == "install"
+            task = await api_b.get_task(tid)
+            assert task["attributes"]["deviceId"]  # A's
+            # B sees the bytes move, live: two downloading reports with growing byte counts
+            # before the download is done
+            def moving() -> bool:
+                seen = [u["downloadedBytes"] for u in watch.updates()
+                        if u["taskStatus"] == "downloading" and u["downloadedBytes"] > 0]
+                return len(seen) >= 2 and seen[-1] > seen[0] \
+                    and seen[-1] < watch.updates()[-1]["totalSizeBytes"]
+            await until(moving, "B saw A's progress move")
+
+            # B pauses on the backend: A's local task pauses (a player's pause)
+            await api_b.pause_task(tid)
+            paused = await until(lambda: _status_is(daemon_a, tid, "paused"), "A paused")
+            assert paused["userPaused"] is True
+            await until(lambda: watch.last_status() == "paused", "B saw the pause")
+            assert (await api_b.get_task(tid))["attributes"]["status"] == "paused"
+
+            # B resumes: A goes on and finishes; B sees it completed
+            await api_b.resume_task(tid)
+            await until(lambda: watch.last_status() == "completed", "B saw completed", 120)
+        done = await api_b.get_task(tid)
+        assert done["attributes"]["status"] == "completed"
+        assert done["attributes"]["downloadedBytes"] > 0
+        mine = await local_task(daemon_a, tid)
+        assert mine is not None and mine["status"] == "completed"
+        installed = Path(a.data_dir) / "library" / MAIN  # A's own library, not B's folder
+        assert_same_tree(installed, build_dir(published_store, version))
+        # one backend task for the whole run: A made none of its own for it
+        tasks = [t for t in await _all_tasks(api_b) if t["attributes"]["productId"] == MAIN]
+        assert [t["id"] for t in tasks] == [tid]
+
+        # a task A cannot take: the installed game at another version (reported, with code)
+        older = published_store.product(MAIN).versions[0]
+        assert older != version
+        refused = (await api_b.create_remote_task(MAIN, older))["id"]
+
+        async def failed() -> dict[str, Any] | None:
+            t = await api_b.get_task(refused)
+            return t if t["attributes"]["status"] == "error" else None
+        t = await until(failed, "A reported it cannot take the task")
+        assert t["attributes"]["errorCode"] == "API_MISUSE"
+        assert version in t["attributes"]["errorMessage"]
+    assert not (Path(b.data_dir) / "library").exists()  # B (no daemon) ran nothing itself
+
+
+async def _status_is(daemon: DaemonProcess, tid: str, status: str) -> dict[str, Any] | None:
+    t = await local_task(daemon, tid)
+    return t if t is not None and t["status"] == status else None
+
+
+async def _all_tasks(api: BackendClient) -> list[dict[str, Any]]:
+    doc = await api.call("GET", "/api/v1/download/tasks", params={"limit": 100})
+    return list(doc["data"])
+
+
+async def test_cancel_from_b_stops_a_and_removes_its_partial_download(
+        player: Any, daemon_a: DaemonProcess) -> None:
+    _, a, b = player
+    daemon_a.start()
+    async with client_of(b) as api_b:
+        tid = (await api_b.create_remote_task(MAIN))["id"]
+
+        async def started() -> dict[str, Any] | None:
+            t = await local_task(daemon_a, tid)
+            return t if t is not None and t["downloadedBytes"] > 0 else None
+        await until(started, "A started downloading")
+        await api_b.cancel_task(tid)
+        await until(lambda: _status_is(daemon_a, tid, "cancelled"), "A cancelled its task")
+        assert (await api_b.get_task(tid))["attributes"]["status"] == "cancelled"
+    target = Path(a.data_dir) / "library" / MAIN
+    assert not target.exists() or not any(target.iterdir())  # nothing partial left behind

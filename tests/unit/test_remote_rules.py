@@ -1,0 +1,170 @@
+"""engine.core.remote: which backend task an engine takes, what it becomes, how changes made on
+either side agree (remote downloads)."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.core.errors import ErrorCode
+from engine.core.lifecycle import TaskState
+from engine.core.remote import (
+    Adoption,
+    LocalAction,
+    LocalTask,
+    PlanKind,
+    ProgressMark,
+    RemoteTask,
+    Side,
+    adoption,
+    applied_status,
+    backend_order,
+    local_order,
+    local_plan,
+    local_status,
+    on_connect,
+    progress_due,
+    remote_action,
+    stop_report,
+    update_type,
+)
+
+ME, OTHER = "dev-a", "dev-b"
+
+
+def remote(status: str = "queued", *, origin: str | None = "remote", device: str | None = None,
+           target: str | None = None, version: str | None = "1.0", kind: str = "install",
+           updated_at: float | None = 100.0, tid: str = "t1") -> RemoteTask:
+    return RemoteTask(tid, status, kind, "star-courier", version, 0, origin, device, target,
+                      updated_at)
+
+
+def local(status: TaskState, user_paused: bool = False, updated_at: float = 50.0,
+          bid: str | None = "t1", lid: str = "l1") -> LocalTask:
+    return LocalTask(lid, bid, status, user_paused, "star-courier", updated_at)
+
+
+def test_a_remote_task_is_adopted_by_any_engine_or_the_named_one() -> None:
+    assert adoption(remote(), ME, frozenset()) is Adoption.ADOPT
+    assert adoption(remote(target=ME), ME, frozenset()) is Adoption.ADOPT
+    assert adoption(remote(device=ME), ME, frozenset()) is Adoption.ADOPT  # claimed, then lost
+    assert adoption(remote(status="downloading"), ME, frozenset()) is Adoption.ADOPT
+
+
+@pytest.mark.parametrize(("task", "expected"), [
+    (remote(origin="device"), Adoption.NOT_REMOTE),  # an engine's own install
+    (remote(origin=None), Adoption.NOT_REMOTE),  # made before remote downloads existed
+    (remote(target=OTHER), Adoption.ELSEWHERE),
+    (remote(device=OTHER), Adoption.ELSEWHERE),
+    (remote(status="paused"), Adoption.NOT_WAITING),  # taken when resumed
+    (remote(status="cancelled"), Adoption.NOT_WAITING),
+    (remote(status="error"), Adoption.NOT_WAITING),
+    (remote(status="completed"), Adoption.NOT_WAITING),
+])
+def test_what_is_not_adopted(task: RemoteTask, expected: Adoption) -> None:
+    assert adoption(task, ME, frozenset()) is expected
+
+
+def test_a_bound_task_is_never_adopted_twice() -> None:
+    assert adoption(remote(), ME, frozenset({"t1"})) is Adoption.BOUND
+
+
+def test_local_plan() -> None:
+    assert local_plan(remote(), None, False).kind is PlanKind.INSTALL
+    assert local_plan(remote(version="1.0"), "1.0", False).kind is PlanKind.ALREADY_THERE
+    assert local_plan(remote(version=None), "1.0", False).kind is PlanKind.ALREADY_THERE
+    busy = local_plan(remote(), None, True)
+    assert (busy.kind, busy.code) == (PlanKind.REFUSE, ErrorCode.GAME_BUSY)
+    other = local_plan(remote(version="2.0"), "1.0", False)
+    assert other.kind is PlanKind.REFUSE and "1.0" in other.message
+    update = local_plan(remote(kind="update"), None, False)
+    assert (update.kind, update.code) == (PlanKind.REFUSE, ErrorCode.NOT_INSTALLED)
+
+
+@pytest.mark.parametrize(("status", "task", "action"), [
+    ("paused", local(TaskState.DOWNLOADING), LocalAction.PAUSE),
+    ("paused", local(TaskState.QUEUED), LocalAction.PAUSE),
+    ("paused", local(TaskState.PAUSED, user_paused=False), LocalAction.PAUSE),  # preempted
+    ("paused", local(TaskState.PAUSED, user_paused=True), LocalAction.NONE),
+    ("downloading", local(TaskState.PAUSED, user_paused=True), LocalAction.RESUME),
+    ("queued", local(TaskState.ERROR), LocalAction.RESUME),
+    ("downloading", local(TaskState.DOWNLOADING), LocalAction.NONE),
+    ("downloading", local(TaskState.PAUSED, user_paused=False), LocalAction.NONE),
+    ("cancelled", local(TaskState.DOWNLOADING), LocalAction.CANCEL),
+    ("cancelled", local(TaskState.ERROR), LocalAction.CANCEL),
+    ("cancelled", local(TaskState.COMPLETED), LocalAction.NONE),
+    ("paused", local(TaskState.CANCELLED), LocalAction.NONE),
+    ("completed", local(TaskState.DOWNLOADING), LocalAction.NONE),
+])
+def test_remote_changes_map_to_local_actions(status: str, task: LocalTask,
+                                             action: LocalAction) -> None:
+    assert remote_action(status, task) is action
+
+
+def test_the_engines_own_stops_are_not_a_players_pause() -> None:
+    assert stop_report(TaskState.PAUSED, True) == "paused"
+    assert stop_report(TaskState.PAUSED, False) == "queued"  # preempted
+    assert stop_report(TaskState.QUEUED, False) == "queued"  # shutdown, offline, schedule
+    assert stop_report(TaskState.CANCELLED, False) == "cancelled"
+    assert local_status(local(TaskState.PAUSED, user_paused=True)) == "paused"
+    assert local_status(local(TaskState.PAUSED)) == "queued"
+    assert local_status(local(TaskState.ERROR)) == "error"
+
+
+def test_on_connect_the_side_that_changed_last_wins() -> None:
+    # a pause or cancel made elsewhere while this engine was away is applied
+    assert on_connect(remote("paused"), local(TaskState.QUEUED, updated_at=999)) is Side.REMOTE
+    assert on_connect(remote("cancelled"), local(TaskState.QUEUED)) is Side.REMOTE
+    # resumed elsewhere after it was paused here: resumed here
+    assert on_connect(remote("downloading", updated_at=100),
+                      local(TaskState.PAUSED, True, updated_at=50)) is Side.REMOTE
+    # paused here (the report was lost) after the backend last changed: reported
+    assert on_connect(remote("downloading", updated_at=100),
+                      local(TaskState.PAUSED, True, updated_at=150)) is Side.LOCAL
+    # finished here, the backend did not hear it
+    assert on_connect(remote("downloading"), local(TaskState.COMPLETED)) is Side.LOCAL
+    assert on_connect(remote("paused"), local(TaskState.ERROR)) is Side.LOCAL
+    # nothing to do
+    assert on_connect(remote("downloading"), local(TaskState.QUEUED)) is Side.AGREE
+    assert on_connect(remote("completed"), local(TaskState.COMPLETED)) is Side.AGREE
+
+
+def test_progress_is_throttled_and_only_when_it_moved() -> None:
+    assert progress_due(None, 10.0, 0)
+    mark = ProgressMark(10.0, 100)
+    assert not progress_due(mark, 10.5, 200)
+    assert progress_due(mark, 11.0, 200)
+    assert not progress_due(mark, 20.0, 100)  # stalled: nothing new to say
+
+
+def test_queue_orders_agree() -> None:
+    tasks = [local(TaskState.DOWNLOADING, bid="b1", lid="l1"),
+             local(TaskState.QUEUED, bid=None, lid="l2"),
+             local(TaskState.QUEUED, bid="b3", lid="l3")]
+    # the backend put b3 first: the bound tasks swap slots, the unbound one keeps its own
+    assert local_order(["b3", "b1"], tasks) == ["l3", "l2", "l1"]
+    assert local_order(["b1", "b3", "unknown"], tasks) is None  # the echo of our own order
+    assert backend_order(tasks) == [("b1", 0), ("b3", 1)]
+
+
+def test_remote_task_parsing() -> None:
+    ev = RemoteTask.from_event({"task_id": "t9", "status": "queued", "product_id": "p",
+                                "version_id": "2", "origin": "remote", "priority": 3,
+                                "updated_at": "2024-01-01T00:00:00Z"})
+    assert ev is not None and (ev.id, ev.version_id, ev.priority, ev.device_id) == (
+        "t9", "2", 3, None)
+    assert ev.updated_at == 1704067200.0
+    assert RemoteTask.from_event({"status": "queued"}) is None
+    res = RemoteTask.from_resource({"id": "t9", "attributes": {
+        "status": "paused", "productId": "p", "versionId": "2", "kind": "install",
+        "origin": "remote", "deviceId": "d", "targetDeviceId": None, "priority": True}})
+    assert res is not None and (res.status, res.device_id, res.priority) == ("paused", "d", 0)
+    assert RemoteTask.from_resource({"id": 5, "attributes": {}}) is None
+
+
+def test_update_reports() -> None:
+    assert update_type(10, 100) == "delta"
+    assert update_type(100, 100) == "full"
+    assert applied_status(True, None) == "success"
+    assert applied_status(False, ErrorCode.DELTA_PATCH_APPLICATION_FAILED) == "patch_failed"
+    assert applied_status(False, ErrorCode.FILE_HASH_MISMATCH) == "verification_failed"
+    assert applied_status(False, ErrorCode.INSUFFICIENT_DISK_SPACE) == "failed"
