@@ -164,6 +164,15 @@ async def test_a_task_queued_from_b_runs_on_a_and_b_watches_it(
         tasks = [t for t in await _all_tasks(api_b) if t["attributes"]["productId"] == MAIN]
         assert [t["id"] for t in tasks] == [tid]
 
+        # a verify on A is reported to the backend (seed 3.1.3: POST /integrity/verify)
+        info = read_info(daemon_a.data_dir)
+        assert info is not None
+        async with DaemonClient(info) as c:
+            report = await c.call("verify", {"productId": MAIN})
+        assert report["ok"] is True
+        await until(lambda: _verifications(backend, name) == [(MAIN, version)],
+                    "the backend recorded A's verify")
+
         # a task A cannot take: the installed game at another version (reported, with code)
         older = published_store.product(MAIN).versions[0]
         assert older != version
@@ -181,6 +190,17 @@ async def test_a_task_queued_from_b_runs_on_a_and_b_watches_it(
 async def _status_is(daemon: DaemonProcess, tid: str, status: str) -> dict[str, Any] | None:
     t = await local_task(daemon, tid)
     return t if t is not None and t["status"] == status else None
+
+
+def _verifications(backend: Any, name: str) -> list[tuple[str, str]]:
+    from sqlalchemy import select
+
+    from backend.db import User, VerificationTask
+
+    with backend._database().session() as s:
+        uid = s.scalar(select(User.id).where(User.username == name))
+        return [(v.product_id, v.version_id) for v in s.scalars(
+            select(VerificationTask).where(VerificationTask.user_id == uid))]
 
 
 async def _all_tasks(api: BackendClient) -> list[dict[str, Any]]:
