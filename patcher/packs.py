@@ -19,6 +19,11 @@ from patcher.manifest import Codec
 
 PACK_TARGET_SIZE = 64 * 1024 * 1024
 BLOCK_TARGET_RAW = 1024 * 1024
+# A file with this much new data gets blocks of its own (see patcher.publish._group_blocks).
+OWN_BLOCKS_MIN = 64 * 1024
+# A stored block of which a version needs less than this share (raw bytes) has its needed chunks
+# stored again in fresh blocks (see patcher.publish.mostly_dead_chunks).
+RESTORE_LIVE_MIN = 0.9
 # Store a block raw when zstd saves less than this fraction: decompressing costs more than it saves.
 MIN_SAVING = 0.03
 

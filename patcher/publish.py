@@ -47,7 +47,14 @@ from patcher.manifest import (
     parse_launch,
     parse_saves,
 )
-from patcher.packs import BLOCK_TARGET_RAW, PackWriter, StoredBlock, compress_block
+from patcher.packs import (
+    BLOCK_TARGET_RAW,
+    OWN_BLOCKS_MIN,
+    RESTORE_LIVE_MIN,
+    PackWriter,
+    StoredBlock,
+    compress_block,
+)
 from patcher.signing import sign_manifest
 from patcher.sizing import install_bytes
 from patcher.store import BlockReader, ChunkRecord, Store, atomic_write
@@ -60,12 +67,6 @@ BUILD_METADATA = "launcher-build.json"
 # lose). Release pipelines with time to spare can pass a higher level.
 DEFAULT_LEVEL = 3
 DEFAULT_PATCH_LEVEL = 19
-OWN_BLOCKS_MIN = 64 * 1024
-# A stored block of which this version needs less than this share (raw bytes) has its needed
-# chunks stored again in fresh blocks: a fresh install then fetches no dead bytes with them
-# (measured at --size 300: 8.4 MB of 261 MB, e.g. ui.pak keeping every other entry). Costs
-# store space and publish time for those chunks, not update size (updates have them locally).
-RESTORE_LIVE_MIN = 0.9
 
 
 @dataclass(frozen=True, slots=True)
@@ -449,6 +450,79 @@ def _manifest_patch(store: Store, old: Manifest, new: Manifest) -> ManifestPatch
     return ManifestPatch("zstd", patch_id, len(data), len(new_json))
 
 
+# documents tried per step when looking for small patches worth carrying for their rows alone
+DOC_TRIALS = 48
+
+
+def _update_doc(store: Store, old: Manifest, new: Manifest, index: DeltaIndex) -> bytes | None:
+    """The step's format-3 update document, or None when the engine could not rebuild the
+    signed manifest from it.
+
+    Its patches: those the client's chooser takes from the format-2 index, then, one by one
+    (smallest first), small patches of files built from chunks anyway when carrying the patch
+    costs less than shipping the file's row in the manifest delta (a 25-byte patch of a text
+    file against ~100 bytes of hashes)."""
+    from patcher.sizing import choose_patches, doc_update_cost
+    from patcher.updatedoc import (
+        MAX_DERIVED_OUTPUT,
+        UpdateDoc,
+        apply_manifest_delta,
+        build_manifest_delta,
+        decode_update_doc,
+        derived_entry,
+        doc_patch,
+        encode_update_doc,
+        predicted_json,
+    )
+
+    blob = store.path(store.manifest_rel(new.product_id, new.version_id)).read_bytes()
+    new_json = manifest_to_json(new)
+    if compress_manifest_json(new_json) != blob:
+        return None
+    diff = diff_manifests(old, new)
+    usable = [p for p in index.patches if p.to_size <= MAX_DERIVED_OUTPUT]
+    order = {f.path: i for i, f in enumerate(new.files)}
+    usable.sort(key=lambda p: order[p.path])
+    data: dict[str, bytes] = {}
+
+    def derived(paths: set[str]) -> list[FileEntry]:
+        out = []
+        for p in usable:
+            if p.path in paths:
+                f = new.file(p.path)
+                assert f is not None
+                out.append(derived_entry(f.path, f.size, f.hash_sha256,
+                                         [(c.offset, c.size, c.id) for c in f.chunks], old,
+                                         p.source_path))
+        return out
+
+    def build(paths: set[str]) -> tuple[int, bytes]:
+        entries = [p for p in usable if p.path in paths]
+        for p in entries:
+            if p.patch_id not in data:
+                data[p.patch_id] = store.path(store.patch_rel(new.product_id, p.patch_id)).read_bytes()
+        predicted = predicted_json(old, new.version_id, derived(paths))
+        doc = UpdateDoc(tuple(doc_patch(p, data[p.patch_id]) for p in entries),
+                        build_manifest_delta(predicted, new_json))
+        encoded = encode_update_doc(doc, old)
+        return doc_update_cost(old, new, doc, len(encoded), diff)[0], encoded
+
+    chosen = set(choose_patches(old, new, diff, index))
+    best, encoded = build(chosen)
+    extra = sorted((p for p in usable if p.path not in chosen), key=lambda p: p.patch_size)
+    for p in extra[:DOC_TRIALS]:
+        cost, candidate = build(chosen | {p.path})
+        if cost < best:
+            best, encoded, chosen = cost, candidate, chosen | {p.path}
+    # the engine's side of it, here: every byte of the result must be the signed bytes
+    doc = decode_update_doc(encoded, old)
+    rows = derived({p.path for p in doc.patches})
+    rebuilt = apply_manifest_delta(predicted_json(old, new.version_id, rows), doc.manifest_delta)
+    if compress_manifest_json(rebuilt) != blob:
+        return None
+    return encoded
+
+
 def build_patches_for(
     store: Store, new: Manifest, scan: BuildScan, *, previous: int, workers: int,
     memory_limit: int, level: int,
@@ -462,6 +536,10 @@ def build_patches_for(
                 store, old, new, scan, Path(tmp), workers=workers, memory_limit=memory_limit,
                 level=level,
             )
+        doc = _update_doc(store, old, new, index)
+        if doc is not None:  # unsigned (the new manifest's signature proves its result)
+            atomic_write(store.path(store.delta_v3_rel(new.product_id, old.version_id,
+                                                       new.version_id)), doc)
         # format 2 first: an engine that finds the format-1 index looks for format 2 beside it
         for rel, blob in ((store.delta_v2_rel(new.product_id, old.version_id, new.version_id),
                            encode_delta_index(index)),

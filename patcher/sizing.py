@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from patcher.deltaindex import DeltaIndex, PatchEntry
 from patcher.diff import ManifestDiff, diff_manifests
 from patcher.manifest import Manifest
+from patcher.updatedoc import UpdateDoc, as_delta_index
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,3 +140,16 @@ def update_cost(old: Manifest, new: Manifest, delta: DeltaIndex | None,
         full_bytes=install_bytes(new),
         patches=tuple(patches[path] for path in sorted(patches)),
     )
+
+
+def doc_update_cost(old: Manifest, new: Manifest, doc: UpdateDoc, doc_size: int,
+                    diff: ManifestDiff | None = None) -> tuple[int, UpdateCost]:
+    """(bytes an engine fetches, the plan's cost) for an update through a format-3 document:
+    the new manifest's signature, the document (inline patches included), the blocks and the
+    chosen patches that are separate files."""
+    from patcher.signing import SIGNATURE_SIZE
+
+    cost = update_cost(old, new, as_delta_index(doc, old, new), diff)
+    inline = {p.patch_id for p in doc.patches if p.data is not None}
+    external = sum(p.patch_size for p in cost.patches if p.patch_id not in inline)
+    return SIGNATURE_SIZE + doc_size + cost.chunk_bytes + external, cost

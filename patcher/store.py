@@ -9,6 +9,7 @@ Layout (``ROOT/cdn`` is what any static host, nginx or S3 bucket serves; the res
     ROOT/cdn/<product>/manifests/<version>.sig     64-byte Ed25519 signature
     ROOT/cdn/<product>/deltas/<from>--<to>.delta   signed delta index, format 1 (+ .sig)
     ROOT/cdn/<product>/deltas/<from>--<to>.v2.delta  format 2: every patch kind (+ .v2.sig)
+    ROOT/cdn/<product>/deltas/<from>--<to>.v3.delta  format 3: the unsigned update document
     ROOT/cdn/<product>/patches/<blake3>.patch      per-file binary patches
 """
 
@@ -33,6 +34,7 @@ from patcher.signing import (
     public_key_hex,
     verify_signature,
 )
+from patcher.updatedoc import UpdateDoc, decode_update_doc
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS chunks (
@@ -131,6 +133,12 @@ class Store:
         return f"{product}/deltas/{from_version}--{to_version}.v2.delta"
 
     @staticmethod
+    def delta_v3_rel(product: str, from_version: str, to_version: str) -> str:
+        """Format-3 update document (see ``patcher.updatedoc``): unsigned, checked through the
+        new manifest's signature."""
+        return f"{product}/deltas/{from_version}--{to_version}.v3.delta"
+
+    @staticmethod
     def patch_rel(product: str, patch_id: str) -> str:
         return f"{product}/patches/{patch_id}.patch"
 
@@ -222,6 +230,15 @@ class Store:
         sig = path.with_suffix(".sig").read_bytes()
         verify_signature(blob, sig, self.signing_key.public_key())
         return decode_delta_index(blob)
+
+    def read_update_doc(self, product: str, old: Manifest, to_version: str
+                        ) -> tuple[UpdateDoc, int] | None:
+        """The step's format-3 document and its size in bytes, when published."""
+        path = self.path(self.delta_v3_rel(product, old.version_id, to_version))
+        if not path.exists():
+            return None
+        blob = path.read_bytes()
+        return decode_update_doc(blob, old), len(blob)
 
 
 class BlockReader:

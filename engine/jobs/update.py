@@ -63,10 +63,21 @@ from engine.jobs.context import (
     load_manifest,
     manifest_key,
 )
-from patcher.deltaindex import DeltaIndex, decode_delta_index
+from patcher.chunking import chunk_buffer
+from patcher.delta import PatchMethod, apply_patch
+from patcher.deltaindex import EMPTY_SHA256, DeltaIndex, decode_delta_index
 from patcher.errors import DeltaError, ManifestError
-from patcher.manifest import Manifest
+from patcher.manifest import Manifest, compress_manifest_json
 from patcher.signing import load_public_key, load_signed_manifest, verify_signature
+from patcher.updatedoc import (
+    MAX_DOC_BYTES,
+    UpdateDoc,
+    apply_manifest_delta,
+    as_delta_index,
+    decode_update_doc,
+    derived_entry,
+    predicted_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -214,6 +225,7 @@ class UpdateRun:
         self.ctx, self.task, self.build = ctx, task, StagedBuild.for_task(ctx, task)
         self.progress = self.build.progress
         self.on_started: Callable[[TaskRecord], None] | None = None  # after the backend grant
+        self._patch_data: dict[str, bytes] = {}  # patch id -> bytes the update document brought
 
     @property
     def install_dir(self) -> Path:
@@ -245,7 +257,10 @@ class UpdateRun:
         delta: DeltaIndex | None = None
         base: ManifestBase | None = None
         if self.task.kind is not TaskKind.REPAIR:
-            # the delta index first: it names the patch from the installed manifest to the new one
+            # the update document first: with it, the new manifest is derived and checked
+            # against its signature; without it, the signed delta index names the manifest patch
+            delta = await self._load_update_doc(pool, grant, key_hex, old)
+        if self.task.kind is not TaskKind.REPAIR and delta is None:
             delta = await self._load_delta(pool, grant, key_hex)
             if delta is not None and delta.manifest_patch is not None \
                     and delta.from_version == installed.version_id:
@@ -350,6 +365,60 @@ class UpdateRun:
         log.warning("no delta index: updating from chunks")
         return None
 
+    async def _load_update_doc(self, pool: SourcePool, grant: TaskGrant, key_hex: str,
+                               old: Manifest) -> DeltaIndex | None:
+        """The format-3 update document of this step (``patcher.updatedoc``): its patches are
+        applied to the installed files, the outputs chunked and hashed, the new manifest rebuilt
+        from them and its delta, and **checked against the new manifest's signature** before it
+        is cached; the patches then build the files as any patch does. None (logged) on any
+        failure: the caller falls back to the signed delta index and the full manifest."""
+        ctx = self.ctx
+        rel = v3_doc_path(grant.delta_path) if grant.delta_path else None
+        if rel is None or old.version_id == grant.version_id:
+            return None
+        blob_path, sig_path = ctx.state.manifest_files(grant.product_id, grant.version_id)
+        attempts = max(2, len(pool.sources))  # optional: a short try before the fallback
+        try:
+            doc_blob = await fetch_small(ctx, pool, rel, MAX_DOC_BYTES, refresh=self._refresh,
+                                         attempts=attempts)
+            doc = await asyncio.to_thread(decode_update_doc, doc_blob, old)
+            fetched = len(doc_blob)
+            data: dict[str, bytes] = {p.patch_id: p.data for p in doc.patches if p.data is not None}
+            cached = blob_path.exists() and sig_path.exists()
+            if not cached:  # derive the manifest: every patch is needed now
+                for p in doc.patches:
+                    if p.patch_id not in data:
+                        data[p.patch_id] = await fetch_small(
+                            ctx, pool, f"{grant.product_id}/patches/{p.patch_id}.patch",
+                            p.patch_size, check=_blake3_is(p.patch_id, p.path),
+                            refresh=self._refresh, attempts=attempts)
+                        fetched += p.patch_size
+                sig = await fetch_small(ctx, pool, grant.signature_path, 1024,
+                                        refresh=self._refresh)
+                fetched += len(sig)
+                blob = await asyncio.to_thread(derive_manifest_blob, self.install_dir, old, doc,
+                                               data, grant.version_id)
+                key = load_public_key(key_hex)
+                new = await asyncio.to_thread(load_signed_manifest, blob, sig, key)
+                if (new.product_id, new.version_id) != (grant.product_id, grant.version_id):
+                    raise ManifestError("MANIFEST_INVALID", "manifest",
+                                        "derived for another product or version")
+                blob_path.parent.mkdir(parents=True, exist_ok=True)
+                await asyncio.to_thread(atomic_write, sig_path, sig)
+                await asyncio.to_thread(atomic_write, blob_path, blob)
+            else:
+                new = await asyncio.to_thread(cached_manifest, ctx, grant.product_id,
+                                              grant.version_id, key_hex)
+        except (EngineError, ManifestError, DeltaError, OSError) as exc:
+            log.warning("MANIFEST_PATCH_FAILED: update document %s unusable: %s; using the "
+                        "signed delta index", rel, exc)
+            return None
+        self.progress.downloaded += fetched
+        self._patch_data = data
+        log.info("update document %s: %d patch(es), manifest %s", rel, len(doc.patches),
+                 "from the cache" if cached else "derived and its signature checked")
+        return as_delta_index(doc, old, new)
+
     async def _find_damaged(self, manifest: Manifest) -> tuple[set[int], set[str]]:
         """Files to rebuild, and paths that cannot serve as chunk sources (missing, wrong size);
         a damaged file still lends its good chunks."""
@@ -448,8 +517,6 @@ class UpdateRun:
 
     async def _patch(self, b: FileBuild, pool: SourcePool, staging: Staging) -> bool:
         """Fetch, check and apply one patch; False (logged, not fatal) means use chunks."""
-        from patcher.delta import PatchMethod, apply_patch
-
         p = b.patch
         assert p is not None
         try:
@@ -460,11 +527,15 @@ class UpdateRun:
 
             # a patch is optional (its file's chunks are the fallback): one try per edge, not
             # the full backoff a corrupt patch used to cost (2.5 minutes before the fallback)
-            data = await fetch_small(self.ctx, pool,
-                                     f"{self.task.product_id}/patches/{p.patch_id}.patch",
-                                     p.patch_size, check=check, refresh=self._refresh,
-                                     attempts=max(2, len(pool.sources)))
-            self.progress.downloaded += len(data)
+            data = self._patch_data.get(p.patch_id)  # carried by the update document
+            if data is None:
+                data = await fetch_small(self.ctx, pool,
+                                         f"{self.task.product_id}/patches/{p.patch_id}.patch",
+                                         p.patch_size, check=check, refresh=self._refresh,
+                                         attempts=max(2, len(pool.sources)))
+                self.progress.downloaded += len(data)
+            else:
+                check(data)
             old_bytes = b""  # no source: a whole-file frame of a new file
             if p.source_path is not None:
                 source = safe_join(self.install_dir, p.source_path)
@@ -505,6 +576,51 @@ class UpdateRun:
         await asyncio.to_thread(staging.remove)
         ctx.state.clear_journal(self.task.id)
         return game
+
+
+def _blake3_is(patch_id: str, path: str) -> Callable[[bytes], None]:
+    def check(data: bytes) -> None:
+        if blake3.blake3(data).hexdigest() != patch_id:
+            raise EngineError(ErrorCode.DELTA_PATCH_APPLICATION_FAILED,
+                              f"patch for {path}: bytes do not match its id", item=path)
+    return check
+
+
+def derive_manifest_blob(install_dir: Path, old: Manifest, doc: UpdateDoc,
+                         data: dict[str, bytes], to_version: str) -> bytes:
+    """The new manifest's bytes as the publisher signed them, if the document is right: each
+    patch applied to its installed source (whose SHA-256 the installed manifest gives), the
+    output chunked and hashed as the publisher does, the prediction from those rows patched
+    with the document's manifest delta. Nothing here is trusted until the caller has checked
+    the new signature over the result; outputs are dropped (the build applies them again,
+    checked against the signed hashes)."""
+    rows = []
+    for p in doc.patches:
+        old_bytes, old_sha = b"", EMPTY_SHA256
+        if p.source_path is not None:
+            src = old.file(p.source_path)
+            if src is None:
+                raise DeltaError(f"{p.path}: {p.source_path} is not in the installed version")
+            old_bytes = safe_join(install_dir, p.source_path).read_bytes()
+            old_sha = src.hash_sha256
+        out = apply_patch(PatchMethod(p.method), old_bytes, data[p.patch_id], old_sha256=old_sha,
+                          new_sha256=None, new_size=p.to_size)
+        del old_bytes
+        cf = chunk_buffer(out)
+        del out
+        rows.append(derived_entry(p.path, cf.size, cf.sha256,
+                                  [(c.offset, c.size, c.id) for c in cf.chunks], old,
+                                  p.source_path))
+    new_json = apply_manifest_delta(predicted_json(old, to_version, rows), doc.manifest_delta)
+    return compress_manifest_json(new_json)
+
+
+def v3_doc_path(delta_path: str) -> str | None:
+    """Where the format-3 update document sits beside the format-1 index the backend names
+    (``a--b.delta`` -> ``a--b.v3.delta``)."""
+    if not delta_path.endswith(".delta"):
+        return None
+    return delta_path[: -len(".delta")] + ".v3.delta"
 
 
 def _signed_by(sig: bytes, key: Ed25519PublicKey) -> Callable[[bytes], None]:

@@ -41,6 +41,13 @@ def v2_index(store: Store, old: str, new: str) -> DeltaIndex:
     return delta
 
 
+def drop_update_docs(store: Store, *steps: tuple[str, str]) -> None:
+    """A store without format-3 documents (published before them): the engine takes the signed
+    format-2 index path, which these tests exercise."""
+    for old, new in steps:
+        store.path(store.delta_v3_rel(PRODUCT, old, new)).unlink()
+
+
 def replace(path: Path, data: bytes) -> None:
     """Replace, never rewrite: a server's store files are hard links to a shared copy."""
     tmp = path.with_name(path.name + ".tmp")
@@ -96,6 +103,7 @@ def test_corrupt_manifest_patch_falls_back_to_the_full_manifest(
     server = backend_factory()
     store = store_of(server)
     old, new = published_store.product(PRODUCT).versions[:2]
+    drop_update_docs(store, (old, new))
     mp = v2_index(store, old, new).manifest_patch
     assert mp is not None
     path = store.path(store.patch_rel(PRODUCT, mp.patch_id))
@@ -120,6 +128,7 @@ def test_signed_index_naming_a_wrong_manifest_patch_is_caught_by_the_manifest_si
     server = backend_factory()
     store = store_of(server)
     old, new = published_store.product(PRODUCT).versions[:2]
+    drop_update_docs(store, (old, new))
     old_json = manifest_to_json(store.read_manifest(PRODUCT, old))
     new_json = manifest_to_json(store.read_manifest(PRODUCT, new))
     forged_json = new_json.replace(b'"createdAt":"', b'"createdAt":"1', 1)
@@ -152,6 +161,7 @@ def test_missing_format_2_index_falls_back_to_format_1(
     store = store_of(server)
     versions = published_store.product(PRODUCT).versions
     for old, new in itertools.pairwise(versions):
+        drop_update_docs(store, (old, new))
         rel = store.path(store.delta_v2_rel(PRODUCT, old, new))
         rel.unlink()
         rel.with_suffix(".sig").unlink()
@@ -173,6 +183,7 @@ def test_corrupt_hdiffpatch_and_whole_file_patches_fall_back_to_chunks(
     store = store_of(server)
     versions = published_store.product(PRODUCT).versions
     old, new = versions[-2], versions[-1]
+    drop_update_docs(store, (old, new))
     delta = v2_index(store, old, new)
     broken = [p for p in delta.patches if p.method == "hdiffpatch" or p.source_path is None]
     assert broken
@@ -277,3 +288,100 @@ def test_files_whose_bytes_did_not_change_are_not_rewritten(
                and p.name != "launcher-build.json"]
     assert plan["writeBytes"] == sum(p.stat().st_size for p in rebuilt)
     assert_same_tree(target, new_build)
+
+
+def _doc_parts(store: Store, old: str, new: str) -> tuple[Any, Any, Any]:
+    old_m, new_m = store.read_manifest(PRODUCT, old), store.read_manifest(PRODUCT, new)
+    got = store.read_update_doc(PRODUCT, old_m, new)
+    assert got is not None, "every published step has a format-3 document"
+    return old_m, new_m, got[0]
+
+
+def test_update_document_derives_the_manifest_every_step(
+        backend_factory: Any, published_store: Any, tmp_path: Path) -> None:
+    """Format 3: the engine applies the document's patches, derives the patched files' rows,
+    rebuilds the manifest from the prediction and checks the new signature over it; the
+    document and the signature are the only metadata it fetches (no format-2 index)."""
+    server = backend_factory()
+    store = store_of(server)
+    versions = published_store.product(PRODUCT).versions
+    cli = fresh_cli(server, tmp_path)
+    target = tmp_path / "game"
+    cli.ok("install", PRODUCT, "--version", versions[0], "--target", str(target))
+    for old, new in itertools.pairwise(versions):
+        _, _, doc = _doc_parts(store, old, new)
+        assert doc.patches
+        code, lines, err = cli.run("update", PRODUCT, "--version", new, "-v")
+        assert code == 0 and lines[-1]["result"] == "completed", err
+        assert "MANIFEST_PATCH_FAILED" not in err and "DELTA_PATCH_APPLICATION_FAILED" not in err
+        assert "derived and its signature checked" in err
+        assert cached_manifest(cli, new) == store.path(store.manifest_rel(PRODUCT, new)).read_bytes()
+        assert_same_tree(target, build(published_store, new))
+
+
+def test_forged_update_document_is_caught_by_the_new_signature(
+        backend_factory: Any, published_store: Any, tmp_path: Path) -> None:
+    """The document is unsigned: one that rebuilds other manifest JSON (here a forged date)
+    is refused by the new manifest's signature, and the engine falls back to the signed index."""
+    from patcher.updatedoc import (
+        UpdateDoc,
+        build_manifest_delta,
+        derived_entry,
+        encode_update_doc,
+        predicted_json,
+    )
+
+    server = backend_factory()
+    store = store_of(server)
+    old, new = published_store.product(PRODUCT).versions[:2]
+    old_m, new_m, doc = _doc_parts(store, old, new)
+    rows = []
+    for p in doc.patches:
+        f = new_m.file(p.path)
+        rows.append(derived_entry(f.path, f.size, f.hash_sha256,
+                                  [(c.offset, c.size, c.id) for c in f.chunks], old_m, p.source_path))
+    forged = manifest_to_json(new_m).replace(b'"createdAt":"', b'"createdAt":"1', 1)
+    blob = encode_update_doc(UpdateDoc(doc.patches, build_manifest_delta(
+        predicted_json(old_m, new, rows), forged)), old_m)
+    replace(store.path(store.delta_v3_rel(PRODUCT, old, new)), blob)
+
+    cli = fresh_cli(server, tmp_path)
+    target = tmp_path / "game"
+    cli.ok("install", PRODUCT, "--version", old, "--target", str(target))
+    code, lines, err = cli.run("update", PRODUCT, "--version", new)
+    assert code == 0 and lines[-1]["result"] == "completed", err
+    assert "MANIFEST_PATCH_FAILED" in err and "MANIFEST_SIGNATURE_INVALID" in err
+    assert cached_manifest(cli, new) == store.path(store.manifest_rel(PRODUCT, new)).read_bytes()
+    assert_same_tree(target, build(published_store, new))
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "source"])
+def test_unusable_update_document_falls_back_to_the_signed_index(
+        backend_factory: Any, published_store: Any, tmp_path: Path, damage: str) -> None:
+    """A garbage or truncated document, or an installed source file that no longer matches the
+    installed manifest (the patch cannot be derived): logged, then the format-2 path."""
+    server = backend_factory()
+    store = store_of(server)
+    versions = published_store.product(PRODUCT).versions
+    old, new = versions[-2], versions[-1]
+    rel = store.path(store.delta_v3_rel(PRODUCT, old, new))
+    _, _, doc = _doc_parts(store, old, new)
+    cli = fresh_cli(server, tmp_path)
+    target = tmp_path / "game"
+    cli.ok("install", PRODUCT, "--version", old, "--target", str(target))
+    if damage == "garbage":
+        replace(rel, os.urandom(300))
+    elif damage == "truncated":
+        replace(rel, rel.read_bytes()[:-7])
+    else:
+        src = next(p.source_path for p in doc.patches if p.source_path is not None)
+        with (target / src).open("r+b") as fh:
+            fh.seek(0)
+            first = fh.read(1)
+            fh.seek(0)
+            fh.write(bytes([first[0] ^ 0xFF]))
+    code, lines, err = cli.run("update", PRODUCT, "--version", new)
+    assert code == 0 and lines[-1]["result"] == "completed", err
+    assert "MANIFEST_PATCH_FAILED" in err
+    assert cached_manifest(cli, new) == store.path(store.manifest_rel(PRODUCT, new)).read_bytes()
+    assert_same_tree(target, build(published_store, new))

@@ -942,6 +942,54 @@ def test_delta_covers_the_recompiled_executable(demo: DemoStore) -> None:
     assert exe.method in ("bsdiff", "zstd", "hdiffpatch")
 
 
+@pytest.mark.parametrize("old_v,new_v", STEPS)
+def test_update_document_rebuilds_the_signed_manifest(demo: DemoStore, old_v: str, new_v: str,
+                                                      tmp_path: Path) -> None:
+    """What an engine does with a format-3 document, on the old version's real files: apply its
+    patches, chunk and hash the outputs, predict, apply the manifest delta: the result is the
+    signed manifest byte for byte, and the document (with the signature) costs less metadata
+    than the format-2 way (signed index, its signature, the manifest patch)."""
+    from patcher.chunking import chunk_buffer
+    from patcher.manifest import compress_manifest_json
+    from patcher.updatedoc import apply_manifest_delta, derived_entry, predicted_json
+
+    s, pid = demo.store, demo.product
+    old = s.read_manifest(pid, old_v)
+    got = s.read_update_doc(pid, old, new_v)
+    assert got is not None
+    doc, size = got
+    assert doc.patches
+    reader = BlockReader(s, old)
+    rows = []
+    for i, p in enumerate(doc.patches):
+        old_bytes = b""
+        if p.source_path is not None:
+            reader.extract(p.source_path, tmp_path / f"{i}.old")
+            old_bytes = (tmp_path / f"{i}.old").read_bytes()
+            src = old.file(p.source_path)
+            assert src is not None
+            old_sha = src.hash_sha256
+        else:
+            old_sha = EMPTY_SHA256
+        data = p.data if p.data is not None else s.path(s.patch_rel(pid, p.patch_id)).read_bytes()
+        assert blake3.blake3(data).hexdigest() == p.patch_id
+        out = apply_patch(PatchMethod(p.method), old_bytes, data, old_sha256=old_sha,
+                          new_sha256=None, new_size=p.to_size)
+        assert out == (demo.build(new_v) / p.path).read_bytes()
+        cf = chunk_buffer(out)
+        rows.append(derived_entry(p.path, cf.size, cf.sha256,
+                                  [(c.offset, c.size, c.id) for c in cf.chunks], old, p.source_path))
+    rebuilt = apply_manifest_delta(predicted_json(old, new_v, rows), doc.manifest_delta)
+    signed = s.path(s.manifest_rel(pid, new_v)).read_bytes()
+    assert compress_manifest_json(rebuilt) == signed
+    delta = s.read_delta(pid, old_v, new_v)
+    assert delta is not None and delta.manifest_patch is not None
+    inline = sum(p.patch_size for p in doc.patches if p.data is not None)
+    v2_meta = (s.path(s.delta_v2_rel(pid, old_v, new_v)).stat().st_size + 64 + 64
+               + delta.manifest_patch.patch_size)
+    assert 64 + size - inline < v2_meta
+
+
 @pytest.mark.parametrize("version", ["1.1.0", "1.2.0"])
 def test_kept_patches_beat_their_chunk_alternative(demo: DemoStore, version: str) -> None:
     r = demo.reports[version]
@@ -963,7 +1011,8 @@ def test_kept_patches_beat_their_chunk_alternative(demo: DemoStore, version: str
 def test_patches_from_the_previous_two_versions(demo: DemoStore) -> None:
     deltas = sorted(p.name for p in demo.store.path(f"{demo.product}/deltas").glob("*.delta"))
     steps = ["1.0.0--1.1.0", "1.0.0--1.2.0", "1.1.0--1.2.0"]
-    assert deltas == sorted([f"{s}.delta" for s in steps] + [f"{s}.v2.delta" for s in steps])
+    assert deltas == sorted([f"{s}.delta" for s in steps] + [f"{s}.v2.delta" for s in steps]
+                            + [f"{s}.v3.delta" for s in steps])
     assert demo.store.read_delta(demo.product, "1.1.0", "1.0.0") is None
     assert demo.reports["1.0.0"].patches == ()
 

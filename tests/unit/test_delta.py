@@ -452,3 +452,103 @@ def test_build_patches_errors(tmp_path: Path) -> None:
     with pytest.raises(DeltaError) as excinfo:
         build_patches([job, job], workers=2)
     assert_refused(excinfo, "gone: cannot read")
+
+
+# -- format-3 update documents (patcher.updatedoc) ----------------------------------------------
+
+
+def _manifest(paths: list[str]) -> object:
+    from patcher.manifest import ChunkEntry, ChunkLocation, FileEntry, Manifest
+
+    files = tuple(FileEntry(p, 5, 0o644, sha(p.encode()), (ChunkEntry(0, 5, sha(p.encode() + b"c")),))
+                  for p in paths)
+    from patcher.manifest import Block, Codec
+
+    return Manifest("prod", "1", files, (Block("a" * 64, 0, 10, 5 * len(paths), Codec.ZSTD),),
+                    {f.chunks[0].id: ChunkLocation(0, 5 * i) for i, f in enumerate(files)})
+
+
+def _doc_bytes(old: object) -> bytes:
+    from patcher.updatedoc import DocPatch, UpdateDoc, encode_update_doc
+
+    inline = b"patch-bytes"
+    patches = (
+        DocPatch("a.txt", "a.txt", "zstd", 7, inline, "", len(inline)),
+        DocPatch("new/b.bin", None, "zstd", 9, None, "f" * 64, 70_000),
+        DocPatch("c.txt", "a.txt", "hdiffpatch", 3, b"xyz", "", 3),
+    )
+    return encode_update_doc(UpdateDoc(patches, b"delta-frame"), old)  # type: ignore[arg-type]
+
+
+def test_update_document_round_trip() -> None:
+    import blake3
+
+    from patcher.updatedoc import decode_update_doc
+
+    old = _manifest(["a.txt", "c.txt"])
+    doc = decode_update_doc(_doc_bytes(old), old)  # type: ignore[arg-type]
+    assert [(p.path, p.source_path, p.method, p.to_size, p.data) for p in doc.patches] == [
+        ("a.txt", "a.txt", "zstd", 7, b"patch-bytes"),
+        ("new/b.bin", None, "zstd", 9, None),
+        ("c.txt", "a.txt", "hdiffpatch", 3, b"xyz")]
+    assert doc.patches[0].patch_id == blake3.blake3(b"patch-bytes").hexdigest()
+    assert (doc.patches[1].patch_id, doc.patches[1].patch_size) == ("f" * 64, 70_000)
+    assert doc.manifest_delta == b"delta-frame"
+
+
+def _reencode(body: bytes) -> bytes:
+    return zstandard.ZstdCompressor().compress(body)
+
+
+@pytest.mark.parametrize("case", ["garbage", "format", "index", "method", "size", "inline",
+                                  "twice", "path", "sourceless-bsdiff", "no-content-size"])
+def test_malformed_update_documents_are_refused(case: str) -> None:
+    import json as _json
+
+    from patcher.errors import ManifestError
+    from patcher.updatedoc import decode_update_doc
+
+    old = _manifest(["a.txt", "c.txt"])
+
+    def body(rows: list[object], tail: bytes = b"") -> bytes:
+        head = _json.dumps({"p": rows}).encode()
+        return _reencode(bytes([3, len(head)]) + head + tail)
+
+    blob = {
+        "garbage": b"\x00" * 40,
+        "format": _reencode(b"\x02\x02{}"),
+        "index": body([[5, 0, "z", 1, 1]], b"x"),
+        "method": body([[0, 0, "q", 1, 1]], b"x"),
+        "size": body([[0, 0, "z", 1 << 41, 1]], b"x"),
+        "inline": body([[0, 0, "z", 1, 99]], b"x"),
+        "twice": body([[0, 0, "z", 1, 1], [0, 1, "z", 1, 1]], b"xy"),
+        "path": body([["../evil", 0, "z", 1, 1]], b"x"),
+        "sourceless-bsdiff": body([["n", None, "b", 1, 1]], b"x"),
+        "no-content-size": zstandard.ZstdCompressor(write_content_size=False).compress(b"\x03\x00"),
+    }[case]
+    with pytest.raises(ManifestError) as exc:
+        decode_update_doc(blob, old)  # type: ignore[arg-type]
+    assert exc.value.code in ("UPDATE_DOC_INVALID", "MANIFEST_PATH_INVALID")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_apply_without_an_output_hash_still_checks_input_and_size(method: PatchMethod) -> None:
+    old, new = b"old content " * 50, b"new content " * 60
+    patch = build(method, old, new)
+    out = apply_patch(method, old, patch, old_sha256=sha(old), new_sha256=None, new_size=len(new))
+    assert out == new
+    with pytest.raises(DeltaError):
+        apply_patch(method, old + b"!", patch, old_sha256=sha(old), new_sha256=None,
+                    new_size=len(new))
+    with pytest.raises(DeltaError):
+        apply_patch(method, old, patch, old_sha256=sha(old), new_sha256=None, new_size=len(new) + 1)
+
+
+def test_prediction_of_an_unchanged_step_is_the_old_manifest_renamed() -> None:
+    from patcher.manifest import manifest_to_json
+    from patcher.updatedoc import predict_manifest
+
+    old = _manifest(["a.txt", "c.txt"])
+    predicted = predict_manifest(old, "2", [])  # type: ignore[arg-type]
+    assert manifest_to_json(predicted) == manifest_to_json(old).replace(  # type: ignore[arg-type]
+        b'"versionId":"1"', b'"versionId":"2"')
