@@ -90,10 +90,12 @@ class StorePanel(QWidget):
         if wish is not None and not self.priority.hasFocus():
             self.priority.setValue(int(wish.get("priority") or 0))
         # wishing is for games the player does not own: the family's and the store's
-        self.wish.setVisible(wish is not None or store or borrowed)
+        wishable = wish is not None or store or borrowed
+        self.wish.setVisible(wishable)
         self.wish.setText(tr("Remove from wishlist") if wish is not None
                           else tr("Add to wishlist"))
-        self.setVisible(bool(lines) or self.wish.isVisible())
+        # (not self.wish.isVisible(): that is False while this panel itself is hidden)
+        self.setVisible(bool(lines) or wishable)
 
     # -- actions ------------------------------------------------------------------------------
     def borrow_game(self) -> None:

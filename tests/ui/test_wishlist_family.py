@@ -57,6 +57,7 @@ def test_family_games_and_the_wishlist_in_the_library(backend: Any, tmp_path: Pa
 
     owner_name, owner_token = backend.new_user(products=["star-courier", "tiny-tactics"])
     member_name, member_token = backend.new_user()
+    backend.grant(member_name, "comet-cafe", title="Comet Cafe")  # her own (no build yet)
     backend.grant(backend.new_user()[0], "moon-miner", title="Moon Miner")  # a store game
     with backend.client(owner_token) as o, backend.client(member_token) as m:
         r = o.post(f"{FAMILY}/members", json={"data": {"type": "familyMemberCreation",
@@ -72,9 +73,9 @@ def test_family_games_and_the_wishlist_in_the_library(backend: Any, tmp_path: Pa
     async def scenario() -> None:
         async with launcher_window(data, backend.url, loop) as (window, link):
             page = window.library_page
-            await until(lambda: window.library.rowCount() == 3,
-                        "the family's games and the wishlist")
-            assert shown(window) == []  # "All games": nothing of the member's own yet
+            await until(lambda: window.library.rowCount() == 4,
+                        "her game, the family's games and the wishlist")
+            assert shown(window) == ["comet-cafe"]  # "All games": the member's own only
             # the family's games, with the badge and the owner's name
             show_kind(window, "family")
             assert sorted(shown(window)) == ["star-courier", "tiny-tactics"]
@@ -84,12 +85,12 @@ def test_family_games_and_the_wishlist_in_the_library(backend: Any, tmp_path: Pa
             assert owner_name in page.store.family.text()
             assert page.store.borrow.isVisible() and page.store.borrow.isEnabled()
             assert not page.play.isVisible() and not page.install.isVisible()
-            page.store.borrow.click()
+            page.primary_action()  # Enter (or a double click) on a game of the family borrows it
             await until(lambda: (i := window.library.item_of("tiny-tactics")) is not None
                         and not window.library.is_store(i), "the borrowed game")
             # now among the player's games: installed like a bought one
             show_kind(window, "all")
-            assert shown(window) == ["tiny-tactics"]
+            assert shown(window) == ["comet-cafe", "tiny-tactics"]
             select(window, "tiny-tactics")
             assert f"Family: shared by {owner_name}" in page.store.family.text()
             assert not page.store.borrow.isVisible()
@@ -120,7 +121,14 @@ def test_family_games_and_the_wishlist_in_the_library(backend: Any, tmp_path: Pa
                             "Play again")
 
             # the wishlist: priority order, a new priority, a removal, an addition
+            show_kind(window, "all")
+            select(window, "comet-cafe")  # bought, not wished, not shared: no store panel
+            assert not page.store.isVisible()
+            page.search.setText("moon")  # straight from that game to a wished one: panel again
             show_kind(window, "wishlist")
+            assert shown(window) == ["moon-miner"]
+            assert page.store.isVisible() and page.store.priority.isVisible()
+            page.search.setText("")
             assert shown(window) == ["star-courier", "moon-miner"]
             select(window, "moon-miner")
             assert page.state.text() == "On your wishlist"
