@@ -175,10 +175,6 @@ class LibraryPage(QWidget):
         self.view_mode = QPushButton()
         self.view_mode.setCheckable(True)
         self.view_mode.toggled.connect(self.set_list_mode)
-        for combo in (self.filter, self.category, self.views):
-            # wide enough for the current language's texts, not those of the first show
-            combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
-        self.search.setMinimumWidth(180)
         top = QHBoxLayout()
         top.addWidget(self.search, 1)
         for w in (self.filter, self.category, self.sort, self.views, self.save_view_button,
