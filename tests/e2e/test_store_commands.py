@@ -1,17 +1,22 @@
 """The engine's wishlist and family-sharing commands (``launcher-engine wishlist``, ``family``,
-``borrow``) against the real backend on loopback: each command a real CLI subprocess, the
-backend's codes (``GAME_NOT_FOUND_IN_WISHLIST``, ``FAMILY_ACCESS_RESTRICTED``, ...) kept with
-their exit codes, and a borrowed game refused before it starts while its owner plays it."""
+``borrow``) against the real backend on loopback: each command a real CLI subprocess talking to
+the engine daemon of its data dir (as the launcher does), the backend's codes
+(``GAME_NOT_FOUND_IN_WISHLIST``, ``FAMILY_ACCESS_RESTRICTED``, ...) kept with their exit codes,
+and a borrowed game refused before it starts while its owner plays it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from engine.core.errors import ErrorCode, ExitCode
 from engine.io.store_client import SharedGame
 from engine.jobs.store import family_refusal
+from testing.daemon import DaemonProcess
 from testing.enginekit import EngineCli
 
 PLAY = "/api/v1/library/playtime/sessions"
@@ -25,10 +30,23 @@ def refused(cli: EngineCli, *args: str) -> tuple[int, dict[str, Any]]:
     return code, lines[-1]["error"]
 
 
-def logged_in(backend: Any, tmp_path: Path, name: str, tag: str) -> EngineCli:
-    cli = EngineCli(tmp_path / f"engine-{tag}", backend.url)
-    cli.login(name, "secret-pw")
-    return cli
+@pytest.fixture
+def logged_in(backend: Any, tmp_path: Path) -> Iterator[Callable[[str, str], EngineCli]]:
+    """A daemon per player, logged in; each command a CLI process that goes to it (a quick
+    client, not a whole engine per command)."""
+    daemons: list[DaemonProcess] = []
+
+    def start(name: str, tag: str) -> EngineCli:
+        cli = EngineCli(tmp_path / f"engine-{tag}", backend.url)
+        daemon = DaemonProcess(cli.data_dir, backend.url)
+        daemons.append(daemon)
+        daemon.start()
+        cli.login(name, "secret-pw")
+        return cli
+
+    yield start
+    for d in daemons:
+        d.stop()
 
 
 def shared(game: str, *, borrowed: bool, available: bool) -> SharedGame:
@@ -47,11 +65,11 @@ def test_the_family_rule_is_a_plain_decision() -> None:
     assert family_refusal("own-game", games) is None  # bought, not shared
 
 
-def test_wishlist_add_list_priority_remove_and_the_backends_refusals(backend: Any,
-                                                                      tmp_path: Path) -> None:
+def test_wishlist_add_list_priority_remove_and_the_backends_refusals(
+        backend: Any, logged_in: Callable[[str, str], EngineCli]) -> None:
     name, _ = backend.new_user(products=["tiny-tactics"])
     backend.grant(backend.new_user()[0], "moon-miner", title="Moon Miner")  # a store game
-    cli = logged_in(backend, tmp_path, name, "w")
+    cli = logged_in(name, "w")
     assert cli.ok("wishlist")[-1] == {"wishlist": []}
     added = cli.ok("wishlist", "add", "moon-miner", "3")[-1]["wishlistItem"]
     assert (added["productId"], added["title"], added["priority"]) == ("moon-miner",
@@ -80,11 +98,11 @@ def test_wishlist_add_list_priority_remove_and_the_backends_refusals(backend: An
 
 
 def test_a_member_borrows_installs_plays_and_is_refused_while_the_owner_plays(
-        backend: Any, tmp_path: Path) -> None:
+        backend: Any, logged_in: Callable[[str, str], EngineCli], tmp_path: Path) -> None:
     owner_name, owner_token = backend.new_user(products=["star-courier", "tiny-tactics"])
     member_name, _ = backend.new_user()
-    owner = logged_in(backend, tmp_path, owner_name, "owner")
-    member = logged_in(backend, tmp_path, member_name, "member")
+    owner = logged_in(owner_name, "owner")
+    member = logged_in(member_name, "member")
     assert member.ok("family")[-1]["family"]["role"] == "none"
     code, error = refused(member, "borrow", "tiny-tactics")  # not in a family yet
     assert (code, error["errorCode"]) == (ExitCode.NOT_ENTITLED, "FAMILY_ACCESS_RESTRICTED")
