@@ -7,6 +7,8 @@ published, so they are cached (bounded LRU).
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -15,10 +17,13 @@ from pathlib import Path
 from typing import Generic, TypeVar
 
 from backend.errors import NotFound
+from patcher.deltaindex import DeltaIndex
 from patcher.errors import PatcherError
 from patcher.manifest import Manifest
 from patcher.sizing import UpdateCost, install_bytes, update_cost
 from patcher.store import Store, VersionRecord
+
+log = logging.getLogger(__name__)
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -69,6 +74,9 @@ class UpdateInfo:
     full_bytes: int
     required_disk_bytes: int
     has_delta_index: bool
+    # why the store's delta index of this step could not be used (damaged, badly signed): the
+    # update is then offered from chunks alone, and the answer says so
+    delta_index_error: str | None = None
 
 
 def choose_update(from_version: str, new: Manifest, cost: UpdateCost | None,
@@ -94,6 +102,7 @@ class Catalog:
         self._infos: LRU[tuple[str, str], ManifestInfo] = LRU(4096)
         self._updates: LRU[tuple[str, str, str], UpdateInfo] = LRU(4096)
         self._public_key: str | None = None
+        self._broken_deltas: set[tuple[str, str, str]] = set()
 
     @property
     def store(self) -> Store:
@@ -149,7 +158,26 @@ class Catalog:
         return self._infos.get_or_compute((product, version), compute)
 
     def has_delta(self, product: str, from_version: str, to_version: str) -> bool:
+        """A delta index is published for the step (and was not found damaged)."""
+        if (product, from_version, to_version) in self._broken_deltas:
+            return False
         return self.store.path(self.store.delta_rel(product, from_version, to_version)).exists()
+
+    def _read_delta(self, product: str, from_version: str,
+                    to_version: str) -> tuple[DeltaIndex | None, str | None]:
+        """The step's delta index, or None and why it cannot be used. A damaged index in the
+        store (bad signature, undecodable, its signature missing) must not fail update checks
+        with a 500: patches only save bytes, so the update is offered from chunks, the answer
+        carries the reason, and the operator's log names the file."""
+        try:
+            return self.store.read_delta(product, from_version, to_version), None
+        except (PatcherError, OSError) as exc:
+            reason = getattr(exc, "message", None) or str(exc)
+            log.error("DELTA_INDEX_INVALID: the delta index %s of %s in the store is unusable "
+                      "(%s); offering the update from chunks — republish the step",
+                      self.store.delta_rel(product, from_version, to_version), product, reason)
+            self._broken_deltas.add((product, from_version, to_version))
+            return None, f"DELTA_INDEX_INVALID: {reason}"
 
     def update(self, product: str, from_version: str, to_version: str) -> UpdateInfo:
         def compute() -> UpdateInfo:
@@ -158,9 +186,10 @@ class Catalog:
             if from_version not in known:
                 return choose_update(from_version, new, None, False)
             old = self.manifest(product, from_version)
-            delta = self.store.read_delta(product, from_version, to_version)
-            return choose_update(from_version, new, update_cost(old, new, delta),
+            delta, error = self._read_delta(product, from_version, to_version)
+            info = choose_update(from_version, new, update_cost(old, new, delta),
                                  delta is not None)
+            return dataclasses.replace(info, delta_index_error=error) if error else info
 
         return self._updates.get_or_compute((product, from_version, to_version), compute)
 

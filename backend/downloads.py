@@ -242,7 +242,8 @@ def manifest_key(ctx: CtxDep, user: UserDep) -> dict[str, Any]:
 def post_task(body: Data[DownloadTaskRequest], ctx: CtxDep, user: UserDep) -> dict[str, Any]:
     a = body.data.attributes
     with Announcements(ctx, user.id) as changed, ctx.db.session() as s:
-        item = require_entitlement(s, user.id, a.productId, "/data/attributes/productId")
+        item = require_entitlement(s, user.id, a.productId, "/data/attributes/productId",
+                                   catalog=ctx.catalog)
         check_lent_access(ctx, s, item)  # a borrowed game: not while its owner plays it
         v = ctx.catalog.resolve_version(a.productId, a.versionId, "/data/attributes/versionId")
         info = ctx.catalog.manifest_info(a.productId, v.version_id)
@@ -362,7 +363,7 @@ def resume_task(taskId: TaskId, ctx: CtxDep, user: UserDep) -> dict[str, Any]:
         task = owned_task(s, user.id, taskId)
         if task.status in TERMINAL:
             raise TaskStateConflict(f"a {task.status} task cannot be resumed")
-        require_entitlement(s, user.id, task.product_id)
+        require_entitlement(s, user.id, task.product_id, catalog=ctx.catalog)
         sources = _sources(ctx, task.product_id, user.id)
         if task.status in ("paused", "error"):
             record(s, task, "downloading")
@@ -403,7 +404,7 @@ def claim_task(taskId: TaskId, body: Data[ClaimRequest], ctx: CtxDep,
             raise TaskStateConflict(f"task is {task.status}; only a waiting task can be claimed")
         if task.target_device_id not in (None, device):
             raise TaskStateConflict(f"task is meant for device {task.target_device_id!r}")
-        item = require_entitlement(s, user.id, task.product_id)
+        item = require_entitlement(s, user.id, task.product_id, catalog=ctx.catalog)
         check_lent_access(ctx, s, item)
         taken = s.execute(update(DownloadTask).where(
             DownloadTask.id == task.id,
@@ -489,7 +490,8 @@ def check_updates(body: UpdateCheckRequest, ctx: CtxDep, user: UserDep) -> dict[
     with ctx.db.session() as s:
         for i, item in enumerate(body.data):
             a = item.attributes
-            require_entitlement(s, user.id, a.productId, f"/data/{i}/attributes/productId")
+            require_entitlement(s, user.id, a.productId, f"/data/{i}/attributes/productId",
+                                catalog=ctx.catalog)
             latest = ctx.catalog.latest(a.productId)
             attrs: dict[str, Any] = {"productId": a.productId,
                                      "currentVersionId": a.currentVersionId,
@@ -502,6 +504,8 @@ def check_updates(body: UpdateCheckRequest, ctx: CtxDep, user: UserDep) -> dict[
                              fullDownloadSizeBytes=u.full_bytes,
                              requiredDiskSpaceBytes=u.required_disk_bytes,
                              hasDeltaIndex=u.has_delta_index)
+                if u.delta_index_error:
+                    attrs["deltaIndexError"] = u.delta_index_error
             out.append({"type": "updateInfo", "attributes": attrs})
     return {"data": out}
 
@@ -512,7 +516,8 @@ def initiate_update(body: Data[UpdateInitiateRequest], ctx: CtxDep,
                     user: UserDep) -> dict[str, Any]:
     a = body.data.attributes
     with Announcements(ctx, user.id) as changed, ctx.db.session() as s:
-        require_entitlement(s, user.id, a.productId, "/data/attributes/productId")
+        require_entitlement(s, user.id, a.productId, "/data/attributes/productId",
+                            catalog=ctx.catalog)
         target = ctx.catalog.resolve_version(a.productId, a.targetVersionId,
                                              "/data/attributes/targetVersionId")
         last = s.scalar(select(DownloadTask).where(
@@ -549,7 +554,8 @@ def update_applied(body: Data[UpdateAppliedRequest], ctx: CtxDep,
                    user: UserDep) -> dict[str, Any]:
     a = body.data.attributes
     with ctx.db.session() as s:
-        require_entitlement(s, user.id, a.productId, "/data/attributes/productId")
+        require_entitlement(s, user.id, a.productId, "/data/attributes/productId",
+                            catalog=ctx.catalog)
         if a.taskId is not None:
             task = owned_task(s, user.id, a.taskId)
             if a.status == "success" and task.status not in TERMINAL:
@@ -592,7 +598,8 @@ def integrity_verify(body: Data[IntegrityRequest], ctx: CtxDep, user: UserDep) -
     file count, size) the engine verifies the install against."""
     a = body.data.attributes
     with ctx.db.session() as s:
-        require_entitlement(s, user.id, a.productId, "/data/attributes/productId")
+        require_entitlement(s, user.id, a.productId, "/data/attributes/productId",
+                            catalog=ctx.catalog)
         v = ctx.catalog.resolve_version(a.productId, a.installedVersionId,
                                         "/data/attributes/installedVersionId")
         info = ctx.catalog.manifest_info(a.productId, v.version_id)

@@ -28,6 +28,7 @@ from backend import events
 from backend.context import Context, CtxDep, UserDep
 from backend.db import FamilyMember, LibraryItem, PlaytimeSession, Product, User, utcnow
 from backend.errors import ApiError, Conflict, NotFound, ValidationFailed
+from backend.library import is_launcher_product
 from backend.schemas import Data, LibraryItemResource, Model, ProductId, error_responses
 
 router = APIRouter(prefix="/api/v1/library/family", tags=["family"])
@@ -260,6 +261,8 @@ def shared_games(ctx: CtxDep, user: UserDep) -> dict[str, Any]:
                          .order_by(Product.title)).all()
         out = []
         for product_id, title in rows:
+            if is_launcher_product(product_id):  # every player has the launcher: not lent
+                continue
             own = mine.get(product_id)
             if own is not None and own.acquisition_type != SHARED:
                 continue
@@ -287,7 +290,7 @@ def borrow(product_id: Annotated[ProductId, Path()], request: Request, response:
         link = s.get(FamilyMember, user.id)
         if link is None:
             raise FamilyAccessRestricted("you are not a member of a family")
-        if not _owns(s, link.owner_id, product_id):
+        if is_launcher_product(product_id) or not _owns(s, link.owner_id, product_id):
             raise FamilyAccessRestricted(f"{product_id!r} is not in your family's library",
                                          parameter="product_id")
         item = s.scalar(select(LibraryItem).where(LibraryItem.user_id == user.id,

@@ -82,13 +82,47 @@ def grant(s: Session, username: str, product_id: str, *, title: str | None = Non
     return item
 
 
+LAUNCHER_PRODUCT_PREFIX = "game-launcher-"  # the launcher's own builds, one product per channel
+
+
+def is_launcher_product(product_id: str) -> bool:
+    """The launcher itself (``game-launcher-stable``, ``-beta``): every player has it, and it
+    is not a game — library and family lists leave it out."""
+    return product_id.startswith(LAUNCHER_PRODUCT_PREFIX)
+
+
 def require_entitlement(s: Session, user_id: str, product_id: str,
-                        pointer: str | None = None) -> LibraryItem:
-    """The user's library item for a product, or 403 (unknown and unowned look the same)."""
+                        pointer: str | None = None, *,
+                        catalog: Catalog | None = None) -> LibraryItem:
+    """The user's library item for a product, or 403 (unknown and unowned look the same).
+
+    With ``catalog`` (the download routes), a launcher product published in the store is
+    granted on first use to every player (the self-update downloads it like a game): nobody
+    runs ``launcher-backend grant`` per player and channel."""
     item = s.scalar(select(LibraryItem).where(LibraryItem.user_id == user_id,
                                               LibraryItem.product_id == product_id))
+    if item is None and catalog is not None and is_launcher_product(product_id) \
+            and product_id in catalog.products():
+        item = _grant_launcher(s, user_id, product_id)
     if item is None:
         raise PermissionDenied(f"you do not own product {product_id!r}", pointer=pointer)
+    return item
+
+
+def _grant_launcher(s: Session, user_id: str, product_id: str) -> LibraryItem:
+    try:
+        with s.begin_nested():  # a savepoint: a concurrent first use loses only this insert
+            ensure_product(s, product_id, "Game Launcher")
+            item = LibraryItem(user_id=user_id, product_id=product_id,
+                               acquisition_type="free_to_play")
+            s.add(item)
+            s.flush()
+    except IntegrityError:
+        found = s.scalar(select(LibraryItem).where(LibraryItem.user_id == user_id,
+                                                   LibraryItem.product_id == product_id))
+        assert found is not None
+        return found
+    log.info("granted the launcher product %s to user %s", product_id, user_id)
     return item
 
 
@@ -234,7 +268,8 @@ def list_items(
         if category_id is not None:
             require_category(s, user.id, category_id, parameter="category_id")
         categories = categories_by_item(s, user.id)
-    items = [(item, title, states[item.product_id][0]) for item, title in rows]
+    items = [(item, title, states[item.product_id][0]) for item, title in rows
+             if not is_launcher_product(item.product_id)]
     if category_id is not None:
         items = [r for r in items if category_id in categories.get(r[0].id, ())]
     if status is not None:

@@ -68,7 +68,8 @@ def start_download(body: Data[LibraryDownloadRequest], response: Response, ctx: 
     assert product is not None
     version = a.versionId or a.version_id
     with Announcements(ctx, user.id) as changed, ctx.db.session() as s:
-        item = require_entitlement(s, user.id, product, "/data/attributes/productId")
+        item = require_entitlement(s, user.id, product, "/data/attributes/productId",
+                                   catalog=ctx.catalog)
         check_lent_access(ctx, s, item)
         v = ctx.catalog.resolve_version(product, version, "/data/attributes/versionId")
         info = ctx.catalog.manifest_info(product, v.version_id)

@@ -397,6 +397,9 @@ class UpdateInfoAttributes(Model):
     fullDownloadSizeBytes: int | None = None
     requiredDiskSpaceBytes: int | None = None
     hasDeltaIndex: bool | None = None
+    deltaIndexError: str | None = Field(default=None, description=(
+        "ours: the store's delta index of this step is damaged; the update is offered from "
+        "chunks alone"))
 
 
 class UpdateInfoResource(Model):
