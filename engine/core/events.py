@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.core.messages import DownloadError, ItemProgress, TaskStatus
+from engine.core.fetchrules import FetchState, final_error
+from engine.core.messages import DownloadError, DownloadRetry, ItemProgress, RetryKind, TaskStatus
 
 STATUS = TaskStatus.TYPE
 ITEM = ItemProgress.TYPE
 ERROR = DownloadError.TYPE
+RETRY = DownloadRetry.TYPE
 
 
 def status_event(task_id: str, status: str, *, downloaded: int = 0, total: int = 0,
@@ -33,3 +35,15 @@ def item_event(task_id: str, item_id: str, path: str, status: str, done: int,
 def error_event(task_id: str, code: str, message: str, item_id: str | None = None,
                 fatal: bool = True) -> DownloadError:
     return DownloadError(task_id, item_id, str(code), message, fatal)
+
+
+def retry_event(task_id: str, state: FetchState, next_source_id: str, what: str,
+                path: str | None = None) -> DownloadRetry | None:
+    """What a unit of work fetched again after a failure says (None on a first try): failover
+    when the next source differs from the one that failed, and the code it would end with."""
+    last = state.last
+    if last is None:
+        return None
+    kind = RetryKind.RETRY if next_source_id == last.source_id else RetryKind.FAILOVER
+    return DownloadRetry(task_id, path, last.source_id, next_source_id, state.attempt,
+                         str(final_error(state, what).code), last.detail, kind)

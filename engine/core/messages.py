@@ -133,6 +133,29 @@ class DownloadError(_Wire):
     coalesce_key: ClassVar[None] = None
 
 
+class RetryKind(StrEnum):
+    RETRY = "retry"  # the same source again (no other one to try)
+    FAILOVER = "failover"  # another CDN source takes over
+
+
+@dataclass(frozen=True, slots=True)
+class DownloadRetry(_Wire):
+    """``downloadRetry``: a failed range is fetched again, from the same source or another one
+    (not fatal; the task fails only with ``downloadError``). ``error_code`` is the code the task
+    would end with if every try failed like this one."""
+
+    TYPE: ClassVar[str] = "downloadRetry"
+    task_id: str
+    relative_path: str | None  # the file, when the range lies in one; None for a pack range
+    source_id: str
+    next_source_id: str
+    attempt: int
+    error_code: str
+    message: str
+    kind: RetryKind
+    coalesce_key: ClassVar[None] = None
+
+
 @dataclass(frozen=True, slots=True)
 class UpdateAvailable(_Wire):
     """``updateAvailable``: the backend's answer for one installed game."""
@@ -233,10 +256,12 @@ class UnknownEvent:
         return self.payload
 
 
-Event = (TaskStatus | ItemProgress | DownloadError | UpdateAvailable | UpdatePlanned | GameSession
-         | SaveSyncStatus | AchievementUnlocked | LibraryChanged | UnknownEvent)
+Event = (TaskStatus | ItemProgress | DownloadError | DownloadRetry | UpdateAvailable
+         | UpdatePlanned | GameSession | SaveSyncStatus | AchievementUnlocked | LibraryChanged
+         | UnknownEvent)
 _EVENTS: dict[str, Any] = {c.TYPE: c for c in (TaskStatus, ItemProgress, DownloadError,
-                                               UpdateAvailable, UpdatePlanned, GameSession,
+                                               DownloadRetry, UpdateAvailable, UpdatePlanned,
+                                               GameSession,
                                                SaveSyncStatus, AchievementUnlocked,
                                                LibraryChanged)}
 
@@ -257,6 +282,8 @@ def event_from_wire(data: Mapping[str, Any]) -> Event:
     if cls is UpdateAvailable:
         known = {_camel(f.name) for f in fields(UpdateAvailable)}
         values["extra"] = {k: v for k, v in payload.items() if k not in known}
+    if cls is DownloadRetry and values.get("kind") in RetryKind.__members__.values():
+        values["kind"] = RetryKind(values["kind"])
     if cls is SaveSyncStatus and isinstance(values.get("conflicts"), list):
         values["conflicts"] = tuple(values["conflicts"])
     try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import overload
 
 from patcher.manifest import ChunkTable, Codec, Manifest
@@ -104,6 +104,7 @@ class InstallPlan:
     useful_bytes: int  # stored bytes of the blocks needed
     write_bytes: int  # uncompressed bytes to write
     total_bytes: int  # size of the installed game
+    pending_bytes: dict[int, int] = field(default_factory=dict)  # file index -> bytes to write
 
 
 Wanted = dict[str, list[ChunkWrite]]  # chunk id -> where it must be written
@@ -173,30 +174,29 @@ def coalesce(jobs: Iterable[BlockJob], *, max_range: int, max_gap: int) -> list[
 
 
 def full_block_jobs(manifest: Manifest, done_blocks: Iterable[int] = ()
-                    ) -> tuple[list[BlockJob], dict[int, int], int]:
+                    ) -> tuple[list[BlockJob], dict[int, int], dict[int, int]]:
     """Every block holding chunks of the game, but the journal's: (jobs, chunk writes per
-    file, bytes to write), from the manifest's arrays; targets stay lazy (``BlockTargets``)."""
+    file, bytes per file), from the manifest's arrays; targets stay lazy (``BlockTargets``)."""
     table = manifest.table()
     done = set(done_blocks)
     start, order = table.by_block()
     rstart, rows = table.rows_of()
     pending: dict[int, int] = {fi: 0 for fi in range(len(manifest.files))}
+    pending_bytes = dict(pending)
     row_file, size = table.row_file, table.size
     jobs: list[BlockJob] = []
-    write = 0
     for bi in range(len(start) - 1):
         lo, hi = start[bi], start[bi + 1]
         if lo == hi or bi in done:
             continue
         for u in order[lo:hi]:
-            a, b = rstart[u], rstart[u + 1]
-            write += size[u] * (b - a)
-            for r in rows[a:b]:
+            for r in rows[rstart[u] : rstart[u + 1]]:
                 pending[row_file[r]] += 1
+                pending_bytes[row_file[r]] += size[u]
         blk = manifest.blocks[bi]
         jobs.append(BlockJob(bi, blk.pack, blk.offset, blk.stored_size, blk.raw_size, blk.codec,
                              BlockTargets(table, lo, hi)))
-    return jobs, pending, write
+    return jobs, pending, pending_bytes
 
 
 def plan_install(
@@ -204,22 +204,25 @@ def plan_install(
     max_gap: int = 256 << 10, wanted: Wanted | None = None,
 ) -> InstallPlan:
     if wanted is None:  # the whole game: from the arrays, no per-chunk objects
-        jobs, pending, write = full_block_jobs(manifest, done_blocks)
+        jobs, pending, pending_bytes = full_block_jobs(manifest, done_blocks)
         ranges = coalesce(jobs, max_range=max_range, max_gap=max_gap)
         return InstallPlan(
             ranges=tuple(ranges), pending_writes=pending,
             download_bytes=sum(r.size for r in ranges),
-            useful_bytes=sum(j.stored_size for j in jobs), write_bytes=write,
-            total_bytes=manifest.total_size,
+            useful_bytes=sum(j.stored_size for j in jobs),
+            write_bytes=sum(pending_bytes.values()), total_bytes=manifest.total_size,
+            pending_bytes=pending_bytes,
         )
     jobs = block_jobs(manifest, done_blocks, wanted)
     ranges = coalesce(jobs, max_range=max_range, max_gap=max_gap)
     pending = {fi: 0 for fi in range(len(manifest.files))}
+    pending_bytes = dict(pending)
     write = 0
     for job in jobs:
         for t in job.targets:
             for w in t.writes:
                 pending[w.file_index] += 1
+                pending_bytes[w.file_index] += t.size
                 write += t.size
     return InstallPlan(
         ranges=tuple(ranges),
@@ -228,6 +231,7 @@ def plan_install(
         useful_bytes=sum(j.stored_size for j in jobs),
         write_bytes=write,
         total_bytes=manifest.total_size,
+        pending_bytes=pending_bytes,
     )
 
 
@@ -249,6 +253,7 @@ def remaining_plan(full: InstallPlan, done_blocks: Iterable[int]) -> InstallPlan
     if not done:
         return full
     pending = dict(full.pending_writes)
+    pending_bytes = dict(full.pending_bytes)
     ranges: list[FetchRange] = []
     useful = write = 0
     for r in full.ranges:
@@ -257,6 +262,8 @@ def remaining_plan(full: InstallPlan, done_blocks: Iterable[int]) -> InstallPlan
                 for t in job.targets:
                     for w in t.writes:
                         pending[w.file_index] -= 1
+                        if w.file_index in pending_bytes:
+                            pending_bytes[w.file_index] -= t.size
             else:
                 useful += job.stored_size
                 write += sum(t.size * len(t.writes) for t in job.targets)
@@ -266,5 +273,5 @@ def remaining_plan(full: InstallPlan, done_blocks: Iterable[int]) -> InstallPlan
     return InstallPlan(
         ranges=tuple(ranges), pending_writes=pending,
         download_bytes=sum(r.size for r in ranges), useful_bytes=useful, write_bytes=write,
-        total_bytes=full.total_bytes,
+        total_bytes=full.total_bytes, pending_bytes=pending_bytes,
     )

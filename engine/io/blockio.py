@@ -5,6 +5,8 @@ A chunk that fails its hash is never written.
 
 from __future__ import annotations
 
+import threading
+
 import blake3
 import zstandard
 
@@ -23,13 +25,24 @@ class BlockCorrupt(Exception):
         self.reason = reason
 
 
+_local = threading.local()
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    """One decompressor per worker thread: a new one per block allocated a fresh context."""
+    d: zstandard.ZstdDecompressor | None = getattr(_local, "zstd", None)
+    if d is None:
+        d = _local.zstd = zstandard.ZstdDecompressor()
+    return d
+
+
 def decode_block(job: BlockJob, stored: bytes) -> bytes:
     if len(stored) != job.stored_size:
         raise BlockCorrupt(job.index, f"{len(stored)} bytes, expected {job.stored_size}")
     if job.codec is Codec.RAW:
         return stored
     try:
-        raw = zstandard.ZstdDecompressor().decompress(stored, max_output_size=job.raw_size)
+        raw = _decompressor().decompress(stored, max_output_size=job.raw_size)
     except zstandard.ZstdError as exc:
         raise BlockCorrupt(job.index, f"zstd: {exc}") from exc
     if len(raw) != job.raw_size:

@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 BlockSink = Callable[[BlockJob, bytes], Awaitable[None]]
 SourceRefresher = Callable[[], Awaitable[tuple[CdnSource, ...]]]
+# a failed range is about to be fetched again: (its state, the source picked now, the range)
+RetryHook = Callable[[FetchState, str, FetchRange], None]
 
 
 class FetchFailed(Exception):
@@ -60,6 +62,7 @@ class DownloadContext:
     refresh_margin_s: float = 60.0
     stall_window_s: float = 15.0  # settings.stall_timeout_s
     on_bytes: Callable[[int], None] = lambda n: None
+    on_retry: RetryHook = lambda state, source_id, r: None
     _refresh_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     first_byte_at: float | None = None  # CLOCK_MONOTONIC of the run's first pack byte
 
@@ -188,6 +191,8 @@ async def download(ctx: DownloadContext, ranges: list[FetchRange], sink: BlockSi
             done: set[int] = set()
             await ctx.refresh_tokens()
             source = ctx.pool.pick(time.time(), item.state.exclude)
+            if item.state.last is not None:
+                ctx.on_retry(item.state, source.id, item.range)
             try:
                 await _fetch_range(ctx, source, item.range, sink, done)
             except FetchFailed as exc:

@@ -11,9 +11,10 @@ import time
 from pathlib import Path
 
 from engine.core.errors import EngineError, ErrorCode
-from engine.core.events import item_event, status_event
+from engine.core.events import item_event, retry_event, status_event
+from engine.core.fetchrules import FetchState
 from engine.core.lifecycle import TaskState
-from engine.core.planner import BlockJob, ChunkWrite, InstallPlan, plan_install
+from engine.core.planner import BlockJob, ChunkWrite, FetchRange, InstallPlan, plan_install
 from engine.core.progress import TaskProgress
 from engine.core.retry import RetryPolicy
 from engine.core.sources import SourcePool
@@ -25,6 +26,9 @@ from engine.io.staging import Staging
 from engine.io.state import TaskRecord
 from engine.jobs.context import EngineContext, check_disk_space, refresher
 from patcher.manifest import Manifest
+
+# per-file progress while files download: at most this often per task, only files written since
+ITEM_INTERVAL_S = 0.5
 
 
 class StagedBuild:
@@ -75,6 +79,29 @@ class StagedBuild:
         check_disk_space(self.ctx.settings, self.install_dir, max(0, needed))
         await asyncio.to_thread(staging.prepare, files)
 
+    def publish_retry(self, manifest: Manifest, state: FetchState, source_id: str,
+                      r: FetchRange) -> None:
+        """``downloadRetry`` for a range fetched again (naming the file when it is only one)."""
+        files = {w.file_index for job in r.blocks for t in job.targets for w in t.writes}
+        path = manifest.files[files.pop()].path if len(files) == 1 else None
+        event = retry_event(self.task.id, state, source_id,
+                            f"pack {r.pack[:12]} bytes {r.start}-{r.end - 1}", path)
+        if event is not None:
+            self.ctx.bus.publish(event)
+
+    async def item_reporter(self, manifest: Manifest, left: dict[int, int], moving: set[int],
+                            pending: dict[int, int]) -> None:
+        """``downloadItemProgressUpdate`` "downloading" for the files written since the last
+        tick (a completed file gets its own "completed" event)."""
+        while True:
+            await asyncio.sleep(max(ITEM_INTERVAL_S, self.ctx.settings.progress_interval_s))
+            for fi in sorted(moving):
+                if pending.get(fi, 0) > 0:
+                    f = manifest.files[fi]
+                    self.ctx.bus.publish(item_event(self.task.id, str(fi), f.path, "downloading",
+                                                    f.size - left[fi], f.size))
+            moving.clear()
+
     def forget_file(self, manifest: Manifest, fi: int) -> None:
         """A staged file failed its SHA-256: forget the journaled blocks that write into it, so
         the next run fetches exactly those again (not the whole game)."""
@@ -92,6 +119,8 @@ class StagedBuild:
         self.enter(TaskState.DOWNLOADING)
         verified = ctx.state.done_files(self.task.id)
         pending = {fi: plan.pending_writes.get(fi, 0) for fi in files}
+        left = {fi: plan.pending_bytes.get(fi, 0) for fi in files}  # bytes still to write
+        moving: set[int] = set()  # files written since the last item event
         # every byte of these files arrives in this run as BLAKE3-checked chunks of a signed
         # manifest whose chunks tile each file: reading them back for SHA-256 proves nothing
         # more (it cost a second pass over the game, ~0.7 CPU-s per GiB). Files resumed from an
@@ -121,6 +150,7 @@ class StagedBuild:
         try:
             async with asyncio.TaskGroup() as tg:
                 reporter = tg.create_task(self.reporter())
+                items = tg.create_task(self.item_reporter(manifest, left, moving, pending))
                 for fi, count in pending.items():
                     if count == 0 and fi not in verified:
                         tg.create_task(verify(fi))
@@ -138,6 +168,8 @@ class StagedBuild:
                         for w in t.writes:
                             if w.file_index not in pending:
                                 continue
+                            left[w.file_index] -= t.size
+                            moving.add(w.file_index)
                             pending[w.file_index] -= 1
                             if pending[w.file_index] == 0 and w.file_index not in verified:
                                 tg.create_task(verify(w.file_index))
@@ -152,6 +184,8 @@ class StagedBuild:
                     refresh=refresher(ctx, grant),
                     refresh_margin_s=ctx.settings.token_refresh_margin_s, on_bytes=count_bytes,
                     stall_window_s=ctx.settings.stall_timeout_s,
+                    on_retry=lambda state, source_id, r: self.publish_retry(manifest, state,
+                                                                            source_id, r),
                 )
                 try:
                     await download(dctx, list(plan.ranges), sink, ctx.settings.connections)
@@ -160,6 +194,7 @@ class StagedBuild:
                     journal.flush()
                     ctx.state.update_task(self.task.id, downloaded_bytes=self.progress.downloaded)
                 reporter.cancel()
+                items.cancel()
         finally:
             # files verified after the download finished (the last ones) are journaled before
             # anything is committed: a kill during the commit must find them recorded

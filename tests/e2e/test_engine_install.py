@@ -4,6 +4,7 @@ on loopback; faults through a real proxy."""
 from __future__ import annotations
 
 import json
+import random
 import signal
 import time
 from pathlib import Path
@@ -124,6 +125,13 @@ def test_failover_to_a_healthy_edge(fault: Fault, backend_factory: Any, publishe
         assert lines[-1]["result"] == "completed"
         assert_same_tree(target, build_dir(published_store, version))
         assert proxy.faults_injected >= 1
+        # every range fetched again after the fault was announced (downloadRetry), and the one
+        # that left the faulty edge says so (failover to another source)
+        retries = [ln["payload"] for ln in lines if ln.get("type") == "downloadRetry"]
+        assert any(r["kind"] == "failover" and r["nextSourceId"] != r["sourceId"] for r in retries)
+        assert all(r["taskId"] == lines[-1]["task"]["taskId"] and r["attempt"] >= 1
+                   and r["errorCode"] in ("CDN_UNREACHABLE", "FILE_HASH_MISMATCH")
+                   and r["message"] for r in retries)
 
 
 def test_every_edge_corrupt_fails_with_hash_mismatch(backend_factory: Any, published_store: Any,
@@ -158,6 +166,32 @@ def test_token_expiry_mid_install_refreshes(backend_factory: Any, published_stor
     assert time.monotonic() - started > 2.5  # outlived at least one token
     assert lines[-1]["result"] == "completed"
     assert_same_tree(target, build_dir(published_store, version))
+
+
+def test_a_file_in_progress_reports_its_bytes(backend_factory: Any, tmp_path: Path) -> None:
+    """A file that spans several blocks sends ``downloadItemProgressUpdate`` "downloading"
+    events while its blocks arrive (throttled), then "completed"."""
+    from tests.conftest import cli as backend_cli
+
+    build = tmp_path / "build"
+    (build / "data").mkdir(parents=True)
+    (build / "data" / "big.pak").write_bytes(random.Random(16).randbytes(5 << 20))
+    (build / "README").write_text("big\n")
+    server = backend_factory(settings={})
+    backend_cli("publish", "--store", str(server.store_dir), "--product", "bench-big",
+                "--version", "1.0.0", str(build))
+    name, _ = server.new_user(products=["bench-big"])
+    cli = EngineCli(tmp_path / "eng", server.url)
+    cli.login(name, "secret-pw")
+    lines = cli.ok("install", "bench-big", "--version", "1.0.0", "--target", str(tmp_path / "g"),
+                   "--limit", "2M")
+    assert lines[-1]["result"] == "completed"
+    items = [ln["payload"] for ln in lines if ln.get("type") == "downloadItemProgressUpdate"
+             and ln["payload"]["relativePath"] == "data/big.pak"]
+    moving = [i["downloadedBytes"] for i in items if i["status"] == "downloading"]
+    assert moving and moving == sorted(moving) and moving[0] > 0 and moving[-1] < 5 << 20
+    assert items[-1]["status"] == "completed" and items[-1]["downloadedBytes"] == 5 << 20
+    assert (tmp_path / "g" / "data" / "big.pak").read_bytes() == (build / "data" / "big.pak").read_bytes()
 
 
 @pytest.mark.parametrize(("kind", "code"), [("traversal", "MANIFEST_PATH_INVALID"),

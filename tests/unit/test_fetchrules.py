@@ -61,3 +61,24 @@ def test_a_check_failure_keeps_its_code_after_every_source() -> None:
     assert isinstance(s, Retry) and s.state.exclude == {"a"}  # the next try goes elsewhere
     end = step(FetchState(3), bad_sig)
     assert isinstance(end, GiveUp) and end.code == "MANIFEST_SIGNATURE_INVALID"
+
+
+def test_a_range_fetched_again_is_announced_as_retry_or_failover() -> None:
+    from engine.core.events import retry_event
+    from engine.core.messages import DownloadRetry, RetryKind, event_from_wire, event_to_wire
+
+    assert retry_event("t", FetchState(), "a", "pack p") is None  # a first try says nothing
+    s = step(FetchState(), Failure("a", FailureKind.CORRUPT, "a: chunk 12ab hash mismatch"))
+    assert isinstance(s, Retry)
+    moved = retry_event("t", s.state, "b", "pack p", "data/x.pak")
+    assert moved == DownloadRetry("t", "data/x.pak", "a", "b", 1, "FILE_HASH_MISMATCH",
+                                  "a: chunk 12ab hash mismatch", RetryKind.FAILOVER)
+    s2 = step(s.state, Failure("b", FailureKind.HTTP_5XX, "b: HTTP 503"))
+    assert isinstance(s2, Retry)
+    again = retry_event("t", s2.state, "b", "pack p")
+    assert again is not None and again.kind is RetryKind.RETRY and again.attempt == 2
+    assert again.error_code == "CDN_UNREACHABLE" and again.relative_path is None
+    wire = event_to_wire(again)
+    assert wire["type"] == "downloadRetry" and wire["payload"]["kind"] == "retry"
+    assert wire["payload"]["nextSourceId"] == "b" and wire["payload"]["errorCode"] == "CDN_UNREACHABLE"
+    assert event_from_wire(wire) == again
