@@ -158,14 +158,18 @@ class LibraryModel(QAbstractListModel):
         self._rebuild()
 
     def set_wishlist(self, entries: list[dict[str, Any]]) -> None:
-        self.wishes = {str(e["productId"]): e for e in entries}
-        self.wish_order = {str(e["productId"]): i for i, e in enumerate(entries)}
-        self._rebuild()
+        wishes = {str(e["productId"]): e for e in entries}
+        order = {str(e["productId"]): i for i, e in enumerate(entries)}
+        if (wishes, order) != (self.wishes, self.wish_order):  # an unchanged answer: no repaint
+            self.wishes, self.wish_order = wishes, order
+            self._rebuild()
 
     def set_family(self, family: dict[str, Any]) -> None:
-        self.owners = {str(m["userId"]): str(m["username"]) for m in family.get("members", [])}
-        self.shared = {str(g["productId"]): g for g in family.get("sharedGames", [])}
-        self._rebuild()
+        owners = {str(m["userId"]): str(m["username"]) for m in family.get("members", [])}
+        shared = {str(g["productId"]): g for g in family.get("sharedGames", [])}
+        if (owners, shared) != (self.owners, self.shared):
+            self.owners, self.shared = owners, shared
+            self._rebuild()
 
     def _rebuild(self) -> None:
         """The rows from the library and the store data. The same games in the same order:

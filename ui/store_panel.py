@@ -67,9 +67,14 @@ class StorePanel(QWidget):
 
     def show_item(self, product: str | None) -> None:
         """Show what applies to ``product``: nothing for a bought game that is not wished."""
+        chosen = product != self.product
         self.product = product
         item = self.model.item_of(product) if product else None
         owner = self.model.owner_of(item) if item else None
+        if chosen and owner is not None:
+            # whether the owner plays it changes without a word from the backend: asked again
+            # when the player picks the game (an unchanged answer repaints nothing)
+            self.link.request("family", {}, self.model.set_family)
         wish = self.model.wish_of(item) if item else None
         store = item is not None and self.model.is_store(item)
         borrowed = item is not None and self.model.is_borrowed(item)

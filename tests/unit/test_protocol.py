@@ -71,6 +71,23 @@ def test_validation_names_the_field() -> None:
     assert validate("login", {"username": "u", "password": "p\nw"})["password"] == "p\nw"
 
 
+def test_the_store_commands_check_their_params_before_any_request() -> None:
+    assert code_of("wishlistPriority", {"productId": "moon-miner"}) is ErrorCode.INVALID_PARAMS
+    with pytest.raises(EngineError) as err:
+        validate("wishlistPriority", {"productId": "moon-miner", "priority": 1001})
+    assert err.value.item == "priority" and "between 0 and 1000" in err.value.message
+    assert code_of("wishlistAdd", {"productId": "x", "priority": -1}) is ErrorCode.INVALID_PARAMS
+    assert validate("wishlistAdd", {"productId": "moon-miner"}) == {"productId": "moon-miner"}
+    assert code_of("borrow", {"productId": "../x"}) is ErrorCode.INVALID_PARAMS
+    assert code_of("familyAdd", {"username": "a\nb"}) is ErrorCode.INVALID_PARAMS
+    assert code_of("familyRemove", {}) is ErrorCode.INVALID_PARAMS
+    # the backend's codes arrive typed, each with its class of exit code
+    assert ErrorCode.from_wire("GAME_NOT_FOUND_IN_WISHLIST", ErrorCode.BACKEND_ERROR) is \
+        ErrorCode.GAME_NOT_FOUND_IN_WISHLIST
+    assert ErrorCode.FAMILY_ACCESS_RESTRICTED.exit_code is ExitCode.NOT_ENTITLED
+    assert ErrorCode.WISHLIST_LIMIT_REACHED.exit_code is ExitCode.CONFLICT
+
+
 def test_events_keep_the_seed_wire_shapes_both_ways() -> None:
     ev = status_event("t1", "downloading", downloaded=50, total=200, speed_bps=10.7, eta_s=15.2,
                       product_id="p")
