@@ -394,6 +394,8 @@ class LibraryPage(QWidget):
         self.proxy.sort(0, order)
 
     def set_list_mode(self, as_list: bool) -> None:
+        self.model.badges_in_text = as_list
+        self.model.refresh_texts()
         if as_list:
             self.view.setViewMode(QListView.ViewMode.ListMode)
             self.view.setIconSize(QSize(40, 60))

@@ -135,6 +135,7 @@ class LibraryModel(QAbstractListModel):
         self.icons: dict[tuple[str, str], QIcon] = {}  # (product id, badge) -> the row's icon
         self.favourite_id: str | None = None  # the player's "Favourites" category
         self.local_playtime: dict[str, float] = {}  # this device's sessions (the engine's count)
+        self.badges_in_text = False  # list view: its icons are too small to read a badge on
 
     def set_favourite_category(self, category_id: str | None) -> None:
         if category_id != self.favourite_id:
@@ -309,7 +310,9 @@ class LibraryModel(QAbstractListModel):
         pid = str(attrs.get("product_id"))
         title = str(attrs.get("title") or pid)
         if role == Qt.ItemDataRole.DisplayRole:
-            return f"★ {title}" if self.is_favourite(item) else title
+            shown = f"★ {title}" if self.is_favourite(item) else title
+            badge = self.badge(item) if self.badges_in_text else ""
+            return f"{shown}  ·  {badge}" if badge else shown
         if role == Qt.ItemDataRole.DecorationRole:
             badge = self.badge(item)
             key = (pid, badge)

@@ -170,6 +170,12 @@ def test_family_games_and_the_wishlist_in_the_library(backend: Any, tmp_path: Pa
             assert accessible(window, "tiny-tactics").startswith("Tiny Tactics — Семья: ")
             assert page.store.wish.text() == RU["Remove from wishlist"]
             await save_store_screenshots(window, shots / "ru")
+            page.view_mode.setChecked(True)  # the list's icons are small: the badge in words
+            show_kind(window, "family")
+            row = shown(window).index("tiny-tactics")
+            assert page.view.model().index(row, 0).data() == "Tiny Tactics  ·  Семья"
+            page.view_mode.setChecked(False)
+            assert page.view.model().index(row, 0).data() == "Tiny Tactics"
             window.settings_page.language.setCurrentIndex(
                 window.settings_page.language.findData("en"))
             await asyncio.sleep(0)
