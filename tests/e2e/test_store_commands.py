@@ -126,13 +126,23 @@ def test_a_member_borrows_installs_plays_and_is_refused_while_the_owner_plays(
     assert set(library) == {"tiny-tactics"}
     assert library["tiny-tactics"]["shared_from_user_id"] == family["ownerId"]
     member.ok("install", "tiny-tactics", "--target", str(tmp_path / "tiny"))
+    member.ok("borrow", "star-courier")
 
     # the owner plays: the member's launch is refused in words, before anything starts
     with backend.client(owner_token) as c:
-        r = c.post(f"{PLAY}/start", json={"data": {"type": "playtimeSessionStart",
-                                                   "attributes": {"product_id": "tiny-tactics"}}})
-        assert r.status_code == 201, r.text
-        session = r.json()["data"]["id"]
+        sessions = []
+        for game in ("tiny-tactics", "star-courier"):
+            r = c.post(f"{PLAY}/start", json={"data": {"type": "playtimeSessionStart",
+                                                       "attributes": {"product_id": game}}})
+            assert r.status_code == 201, r.text
+            sessions.append(r.json()["data"]["id"])
+        session = sessions[0]
+        # ... and so is an install (the backend refuses the download; the task says why)
+        code, lines, _ = member.run("install", "star-courier", "--target", str(tmp_path / "sc"))
+        task = lines[-1]["task"]
+        assert (code, lines[-1]["result"], task["errorCode"]) == (
+            ExitCode.NOT_ENTITLED, "error", "FAMILY_ACCESS_RESTRICTED")
+        assert task["downloadedBytes"] == 0 and "playing" in task["errorMessage"]
         games = {g["productId"]: g for g in member.ok("family")[-1]["family"]["sharedGames"]}
         assert games["tiny-tactics"]["isBorrowed"] and not games["tiny-tactics"]["isAvailable"]
         code, error = refused(member, "launch", "tiny-tactics")
