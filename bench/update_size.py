@@ -69,6 +69,7 @@ from patcher.diff import diff_manifests  # noqa: E402
 from patcher.manifest import Manifest, check_id  # noqa: E402
 from patcher.sizing import UpdateCost, choose_patches, chunk_share, install_bytes, update_cost  # noqa: E402
 from patcher.store import Store  # noqa: E402
+from patcher.updatedoc import as_delta_index  # noqa: E402
 from testing.builds import build_files, cpu_model, dpkg_version, run_peer, sha256_file, tool_version  # noqa: E402
 
 MB = 1_000_000
@@ -488,6 +489,15 @@ def measure_step(runner: PeerRunner, store: Store, product: str, old_v: str, old
     old_m = store.read_manifest(product, old_v)
     new_m = store.read_manifest(product, new_v)
     delta = store.read_delta(product, old_v, new_v)
+    doc = store.read_update_doc(product, old_m, new_v)
+    meta: int | None = None
+    if doc is not None:
+        # format 3: the engine fetches the new manifest's signature and the document, which
+        # carries the manifest delta and the small patches; larger patches are separate files
+        delta = as_delta_index(doc[0], old_m, new_m)
+        chosen = update_cost(old_m, new_m, delta).patches
+        inline = {p.patch_id for p in doc[0].patches if p.data is not None}
+        meta = SIGNATURE + doc[1] - sum(p.patch_size for p in chosen if p.patch_id in inline)
     cost = update_cost(old_m, new_m, delta)
     ours, rounding = ours_per_file(old_m, new_m, delta)
 
@@ -528,7 +538,9 @@ def measure_step(runner: PeerRunner, store: Store, product: str, old_v: str, old
             seconds[t] += runner.seconds[j.key]
         method, ours_b = ours.get(rel, ("moved", 0.0))
         rows.append(FileRow(rel, status, new.stat().st_size, method, ours_b, sizes))
-    meta, patched = metadata_bytes(store, product, old_v, new_v, delta)
+    patched = True
+    if meta is None:
+        meta, patched = metadata_bytes(store, product, old_v, new_v, delta)
     return Step(product, old_v, new_v, cost, totals, seconds, rows, rounding, moved, unchanged, run,
                 blocks_used(old_m, new_m, delta), meta, patched)
 
@@ -622,6 +634,8 @@ def report(steps: list[Step], runs: list[PublishRun], main_product: str, install
     print("sizes in MB = 10^6 bytes; peers run per file, 2 files in parallel\n")
 
     print("## Update download per step (ours = blocks of new chunks + chosen patches + meta: "
+          "with a format-3 document, the new manifest's signature and the document less the "
+          "chosen patches it carries; else "
           "manifest signature and patch (or whole manifest), delta index and signature; "
           "peers ship no metadata)")
     rows = []
@@ -629,7 +643,7 @@ def report(steps: list[Step], runs: list[PublishRun], main_product: str, install
         best_tool, best = s.best_peer
         rows.append([
             f"{s.product} {s.old}→{s.new}", mb(s.ours), mb(s.cost.chunk_bytes),
-            mb(s.cost.patch_bytes), f"{s.meta / 1000:.1f}k" + ("" if s.manifest_patched else "*"),
+            mb(s.cost.patch_bytes), f"{s.meta:,}" + ("" if s.manifest_patched else "*"),
             *(mb(s.peers[t]) for t in TOOLS),
             f"{TOOL_LABELS[best_tool]}", f"{s.ours / best:.3f}" if best else "-",
             f"{s.cost.download_bytes / best:.3f}" if best else "-",
@@ -638,7 +652,7 @@ def report(steps: list[Step], runs: list[PublishRun], main_product: str, install
             f"{s.publish.patch_peak_rss_bytes / 2**20:.0f}",
             verdict(s.ours <= best),
         ])
-    print_table(["step", "ours", "chunks", "patches", "meta", *(TOOL_LABELS[t] for t in TOOLS),
+    print_table(["step", "ours", "chunks", "patches", "meta B", *(TOOL_LABELS[t] for t in TOOLS),
                  "best", "ours/best", "w/o meta", "full", "written/dl", "patch s", "patch MiB",
                  "goal"], rows)
     print("(* = no manifest patch: the whole manifest is counted)")

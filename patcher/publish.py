@@ -472,6 +472,7 @@ def _update_doc(store: Store, old: Manifest, new: Manifest, index: DeltaIndex) -
         derived_entry,
         doc_patch,
         encode_update_doc,
+        new_blocks_info,
         predicted_json,
     )
 
@@ -501,9 +502,11 @@ def _update_doc(store: Store, old: Manifest, new: Manifest, index: DeltaIndex) -
         for p in entries:
             if p.patch_id not in data:
                 data[p.patch_id] = store.path(store.patch_rel(new.product_id, p.patch_id)).read_bytes()
-        predicted = predicted_json(old, new.version_id, derived(paths))
+        rows = derived(paths)
+        blocks = new_blocks_info(old, new, rows)
+        predicted = predicted_json(old, new.version_id, rows, blocks)
         doc = UpdateDoc(tuple(doc_patch(p, data[p.patch_id]) for p in entries),
-                        build_manifest_delta(predicted, new_json))
+                        build_manifest_delta(predicted, new_json), blocks)
         encoded = encode_update_doc(doc, old)
         return doc_update_cost(old, new, doc, len(encoded), diff)[0], encoded
 
@@ -517,7 +520,8 @@ def _update_doc(store: Store, old: Manifest, new: Manifest, index: DeltaIndex) -
     # the engine's side of it, here: every byte of the result must be the signed bytes
     doc = decode_update_doc(encoded, old)
     rows = derived({p.path for p in doc.patches})
-    rebuilt = apply_manifest_delta(predicted_json(old, new.version_id, rows), doc.manifest_delta)
+    rebuilt = apply_manifest_delta(predicted_json(old, new.version_id, rows, doc.blocks),
+                                   doc.manifest_delta)
     if compress_manifest_json(rebuilt) != blob:
         return None
     return encoded

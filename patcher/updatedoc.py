@@ -33,7 +33,6 @@ the output's byte count, where the inline patch's length or ``[patch id, patch s
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -43,6 +42,7 @@ import zstandard
 from patcher.deltaindex import EMPTY_SHA256, DeltaIndex, PatchEntry
 from patcher.errors import ManifestError
 from patcher.manifest import (
+    MAX_BLOCK_RAW,
     MAX_JSON_BYTES,
     Block,
     ChunkLocation,
@@ -52,7 +52,7 @@ from patcher.manifest import (
     check_relative_path,
     manifest_to_json,
 )
-from patcher.packs import BLOCK_TARGET_RAW, OWN_BLOCKS_MIN, RESTORE_LIVE_MIN
+from patcher.packs import BLOCK_TARGET_RAW, OWN_BLOCKS_MIN, PACK_TARGET_SIZE, RESTORE_LIVE_MIN
 
 DOC_FORMAT = 3
 MAX_DOC_BYTES = 64 * 1024 * 1024
@@ -79,9 +79,20 @@ class DocPatch:
 
 
 @dataclass(frozen=True, slots=True)
+class NewBlocks:
+    """What the engine cannot compute about the new version's new blocks: their stored sizes
+    in the order they were written (0: stored raw) and the packs they went to. Offsets follow
+    (blocks are appended to packs in that order, a new pack past ``PACK_TARGET_SIZE``)."""
+
+    stored: tuple[int, ...] = ()
+    packs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class UpdateDoc:
     patches: tuple[DocPatch, ...]
     manifest_delta: bytes  # zstd frame: the new manifest JSON, the prediction as dictionary
+    blocks: NewBlocks = NewBlocks()
 
 
 def _varint(n: int) -> bytes:
@@ -96,36 +107,59 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
-def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    for _ in range(10):
-        if pos >= len(buf):
-            raise ValueError("truncated header length")
-        byte = buf[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            return value, pos
-    raise ValueError("header length too long")
+class _Reader:
+    def __init__(self, buf: bytes) -> None:
+        self.buf, self.pos = buf, 1
+
+    def varint(self, limit: int, what: str) -> int:
+        value = shift = 0
+        for _ in range(10):
+            if self.pos >= len(self.buf):
+                raise ValueError(f"truncated at {what}")
+            byte = self.buf[self.pos]
+            self.pos += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                if value > limit:
+                    raise ValueError(f"{what} {value} over {limit}")
+                return value
+        raise ValueError(f"{what}: integer too long")
+
+    def take(self, n: int, what: str) -> bytes:
+        if self.pos + n > len(self.buf):
+            raise ValueError(f"truncated at {what}")
+        out = self.buf[self.pos: self.pos + n]
+        self.pos += n
+        return out
 
 
 def encode_update_doc(doc: UpdateDoc, old: Manifest) -> bytes:
+    """Binary, inside one zstd frame: format byte; patch count, then per patch target
+    (installed file index + 1, or 0 and a length-prefixed UTF-8 path), source (index + 1, 0:
+    none), method byte, output size, inline length (0: external, then a 32-byte id and its
+    size); new block count, their stored sizes; pack count, 32-byte pack ids; inline patch
+    bytes; the manifest delta (the rest)."""
     index = {f.path: i for i, f in enumerate(old.files)}
-    rows: list[list[object]] = []
+    out = bytearray([DOC_FORMAT])
+    out += _varint(len(doc.patches))
     inline: list[bytes] = []
     for p in doc.patches:
-        target: object = index.get(p.path, p.path)
-        source = index[p.source_path] if p.source_path is not None else None
-        where: object
+        if p.path in index:
+            out += _varint(index[p.path] + 1)
+        else:
+            name = p.path.encode()
+            out += _varint(0) + _varint(len(name)) + name
+        out += _varint(index[p.source_path] + 1 if p.source_path is not None else 0)
+        out += _CODES[p.method].encode() + _varint(p.to_size)
         if p.data is not None:
-            where = len(p.data)
+            out += _varint(len(p.data))
             inline.append(p.data)
         else:
-            where = [p.patch_id, p.patch_size]
-        rows.append([target, source, _CODES[p.method], p.to_size, where])
-    header = json.dumps({"p": rows}, separators=(",", ":")).encode()
-    body = bytes([DOC_FORMAT]) + _varint(len(header)) + header + b"".join(inline) + doc.manifest_delta
+            out += _varint(0) + bytes.fromhex(p.patch_id) + _varint(p.patch_size)
+    out += _varint(len(doc.blocks.stored)) + b"".join(_varint(n) for n in doc.blocks.stored)
+    out += _varint(len(doc.blocks.packs)) + b"".join(bytes.fromhex(h) for h in doc.blocks.packs)
+    body = bytes(out) + b"".join(inline) + doc.manifest_delta
     params = zstandard.ZstdCompressionParameters.from_level(
         19, write_checksum=False, write_content_size=True, write_dict_id=False)
     return zstandard.ZstdCompressor(compression_params=params).compress(body)
@@ -145,53 +179,51 @@ def decode_update_doc(blob: bytes, old: Manifest) -> UpdateDoc:
             raise bad("document", f"declares {declared} bytes")
         body = zstandard.ZstdDecompressor().decompress(blob, max_output_size=MAX_DOC_BYTES,
                                                        allow_extra_data=False)
-        if not body or body[0] != DOC_FORMAT:
-            raise bad("formatVersion", f"not a format-{DOC_FORMAT} update document")
-        size, pos = _read_varint(body, 1)
-        head = json.loads(body[pos: pos + size])
-        pos += size
-    except (zstandard.ZstdError, ValueError) as exc:
+    except zstandard.ZstdError as exc:
         raise bad("document", str(exc)) from exc
-    if not isinstance(head, dict) or not isinstance(head.get("p"), list):
-        raise bad("p", "expected a list of patches")
-    patches: list[DocPatch] = []
-    for i, row in enumerate(head["p"]):
-        w = f"p[{i}]"
-        if not isinstance(row, list) or len(row) != 5:
-            raise bad(w, "expected [target, source, method, size, where]")
-        target, source, code, to_size, where = row
-        path = _old_path(old, target, w) if isinstance(target, int) else target
-        if not isinstance(path, str):
-            raise bad(w, "target is neither a file index nor a path")
-        path = check_relative_path(path, f"{w}.target")
-        source_path = None if source is None else _old_path(old, source, w)
-        if code not in _METHODS or (source_path is None and code != "z"):
-            raise bad(w, f"method {code!r}")
-        if type(to_size) is not int or not 0 <= to_size <= MAX_DERIVED_OUTPUT:
-            raise bad(w, f"output size {to_size!r}")
-        if type(where) is int:
-            if not 0 < where <= INLINE_MAX or pos + where > len(body):
-                raise bad(w, f"inline patch of {where} bytes")
-            data = bytes(body[pos: pos + where])
-            pos += where
-            patches.append(DocPatch(path, source_path, _METHODS[code], to_size, data,
-                                    blake3.blake3(data).hexdigest(), len(data)))
-        elif (isinstance(where, list) and len(where) == 2 and isinstance(where[0], str)
-              and len(where[0]) == 64 and all(c in "0123456789abcdef" for c in where[0])
-              and type(where[1]) is int and 0 < where[1] <= MAX_DERIVED_OUTPUT):
-            patches.append(DocPatch(path, source_path, _METHODS[code], to_size, None,
-                                    where[0], where[1]))
-        else:
-            raise bad(w, "patch is neither inline nor [id, size]")
+    if not body or body[0] != DOC_FORMAT:
+        raise bad("formatVersion", f"not a format-{DOC_FORMAT} update document")
+    r = _Reader(body)
+    rows: list[tuple[str, str | None, str, int, int, str, int]] = []
+    try:
+        for i in range(r.varint(len(body), "patch count")):
+            w = f"patches[{i}]"
+            target = r.varint(len(old.files), f"{w}.target")
+            if target:
+                path = old.files[target - 1].path
+            else:
+                raw = r.take(r.varint(4096, f"{w}.path length"), f"{w}.path")
+                try:
+                    path = check_relative_path(raw.decode(), f"{w}.path")
+                except UnicodeDecodeError as exc:
+                    raise bad(f"{w}.path", "not UTF-8") from exc
+            source = r.varint(len(old.files), f"{w}.source")
+            source_path = old.files[source - 1].path if source else None
+            code = r.take(1, f"{w}.method").decode("latin-1")
+            if code not in _METHODS or (source_path is None and code != "z"):
+                raise bad(f"{w}.method", f"{code!r}" + ("" if source_path else " without a source"))
+            to_size = r.varint(MAX_DERIVED_OUTPUT, f"{w}.size")
+            length = r.varint(INLINE_MAX, f"{w}.inline length")
+            if length:
+                rows.append((path, source_path, _METHODS[code], to_size, length, "", length))
+            else:
+                patch_id = r.take(32, f"{w}.id").hex()
+                rows.append((path, source_path, _METHODS[code], to_size, 0, patch_id,
+                             max(1, r.varint(MAX_DERIVED_OUTPUT, f"{w}.patch size"))))
+        stored = tuple(r.varint(MAX_BLOCK_RAW, "block size")
+                       for _ in range(r.varint(len(body), "block count")))
+        packs = tuple(r.take(32, "pack").hex() for _ in range(r.varint(len(body), "pack count")))
+        patches: list[DocPatch] = []
+        for path, source_path, method, to_size, length, patch_id, size in rows:
+            data = r.take(length, f"{path}: inline patch") if length else None
+            if data is not None:
+                patch_id = blake3.blake3(data).hexdigest()
+            patches.append(DocPatch(path, source_path, method, to_size, data, patch_id, size))
+    except ValueError as exc:
+        raise bad("document", str(exc)) from exc
     if len({p.path for p in patches}) != len(patches):
-        raise bad("p", "a target twice")
-    return UpdateDoc(tuple(patches), bytes(body[pos:]))
-
-
-def _old_path(old: Manifest, index: object, where: str) -> str:
-    if type(index) is not int or not 0 <= index < len(old.files):
-        raise ManifestError("UPDATE_DOC_INVALID", where, f"no installed file {index!r}")
-    return old.files[index].path
+        raise bad("patches", "a target twice")
+    return UpdateDoc(tuple(patches), bytes(body[r.pos:]), NewBlocks(stored, packs))
 
 
 def derived_entry(path: str, size: int, sha256: str, chunks: Sequence[tuple[int, int, str]],
@@ -237,7 +269,51 @@ def _group(files: Sequence[FileEntry], seen: set[str]) -> list[list[tuple[str, i
     return blocks
 
 
-def predict_manifest(old: Manifest, to_version: str, derived: Sequence[FileEntry]) -> Manifest:
+def _predicted_files(old: Manifest, derived: Sequence[FileEntry]) -> list[FileEntry]:
+    by_path = {f.path: f for f in derived}
+    files = [by_path.get(f.path, f) for f in old.files]
+    old_paths = {f.path for f in old.files}
+    return files + [f for f in derived if f.path not in old_paths]
+
+
+def new_block_groups(old: Manifest, files: Sequence[FileEntry]) -> list[list[tuple[str, int]]]:
+    """The new blocks a version with ``files`` gets after ``old``, in the order the publisher
+    writes them: chunks the installed version lacks, then needed chunks of installed blocks the
+    new version needs less than ``RESTORE_LIVE_MIN`` of (stored again)."""
+    sizes = {c.id: c.size for f in files for c in f.chunks}
+    live: dict[int, int] = {}
+    for cid, size in sizes.items():
+        loc = old.chunks.get(cid)
+        if loc is not None:
+            live[loc.block] = live.get(loc.block, 0) + size
+    sparse = {b for b, n in live.items() if n < RESTORE_LIVE_MIN * old.blocks[b].raw_size}
+    restore = {cid for cid in sizes if cid in old.chunks and old.chunks[cid].block in sparse}
+    groups = _group(files, set(old.chunks))
+    if restore:
+        groups += _group(files, set(sizes) - restore)
+    return groups
+
+
+def new_blocks_info(old: Manifest, new: Manifest, derived: Sequence[FileEntry]) -> NewBlocks:
+    """The publisher's side: for each new block the prediction will make, the stored size and
+    pack of the real block holding its first chunk (a wrong guess costs bytes, not
+    correctness)."""
+    stored: list[int] = []
+    packs: list[str] = []
+    for group in new_block_groups(old, _predicted_files(old, derived)):
+        loc = new.chunks.get(group[0][0])
+        if loc is None:
+            stored.append(0)
+            continue
+        block = new.blocks[loc.block]
+        stored.append(0 if block.codec is Codec.RAW else block.stored_size)
+        if block.pack not in packs:
+            packs.append(block.pack)
+    return NewBlocks(tuple(stored), tuple(packs))
+
+
+def predict_manifest(old: Manifest, to_version: str, derived: Sequence[FileEntry],
+                     blocks: NewBlocks = NewBlocks()) -> Manifest:
     """The new manifest as far as the installed one and the patched files' rows tell (pure).
 
     The publisher's rules (``patcher.publish``), applied to what is known: chunks the installed
@@ -247,21 +323,22 @@ def predict_manifest(old: Manifest, to_version: str, derived: Sequence[FileEntry
     offsets and stored sizes are unknown (placeholders), and files built from chunks keep their
     old rows: every miss costs bytes in the manifest delta, never correctness (the result is
     checked against the signature)."""
-    by_path = {f.path: f for f in derived}
-    files = [by_path.get(f.path, f) for f in old.files]
-    old_paths = {f.path for f in old.files}
-    files += [f for f in derived if f.path not in old_paths]
+    files = _predicted_files(old, derived)
     sizes = {c.id: c.size for f in files for c in f.chunks}
-    live: dict[int, int] = {}
-    for cid, size in sizes.items():
-        loc = old.chunks.get(cid)
-        if loc is not None:
-            live[loc.block] = live.get(loc.block, 0) + size
-    sparse = {b for b, n in live.items() if n < RESTORE_LIVE_MIN * old.blocks[b].raw_size}
-    restore = {cid for cid in sizes if cid in old.chunks and old.chunks[cid].block in sparse}
-    fresh = _group(files, set(old.chunks))
-    if restore:
-        fresh += _group(files, set(sizes) - restore)
+    fresh = new_block_groups(old, files)
+    # where the new blocks were written: the document's stored sizes, packs filled in order
+    placed: list[tuple[str, int, int, Codec]] = []  # pack, offset, stored size, codec
+    pack, offset = 0, 0
+    for n, group in enumerate(fresh):
+        raw = sum(sizes[cid] for cid, _ in group)
+        stored = blocks.stored[n] if n < len(blocks.stored) else raw
+        codec = Codec.ZSTD if stored else Codec.RAW
+        stored = stored or raw
+        if offset >= PACK_TARGET_SIZE:
+            pack, offset = pack + 1, 0
+        name = blocks.packs[pack] if pack < len(blocks.packs) else _PLACEHOLDER_PACK
+        placed.append((name, offset, stored, codec))
+        offset += stored
     # where each chunk is: ("old", block) or ("new", number), and its offset
     where: dict[str, tuple[bool, int, int]] = {}
     for n, block in enumerate(fresh):
@@ -282,19 +359,19 @@ def predict_manifest(old: Manifest, to_version: str, derived: Sequence[FileEntry
     rank = {key: i for i, key in enumerate(order)}
     order.sort(key=lambda k: (1, rank[k]) if k[0] else (0, k[1]))
     number = {key: i for i, key in enumerate(order)}
-    blocks: list[Block] = []
+    rows: list[Block] = []
     for is_new, b in order:
         if is_new:
-            raw = sum(sizes[cid] for cid, _ in fresh[b])
-            blocks.append(Block(_PLACEHOLDER_PACK, 0, raw, raw, Codec.ZSTD))
+            name, at, stored, codec = placed[b]
+            rows.append(Block(name, at, stored, sum(sizes[cid] for cid, _ in fresh[b]), codec))
         else:
-            blocks.append(old.blocks[b])
+            rows.append(old.blocks[b])
     chunks: dict[str, ChunkLocation] = {}
     for cid, (is_new, b, offset) in where.items():
         chunks[cid] = ChunkLocation(number[(is_new, b)], offset)
     return Manifest(
         product_id=old.product_id, version_id=to_version, files=tuple(files),
-        blocks=tuple(blocks), chunks=chunks, dirs=old.dirs, launch=old.launch, saves=old.saves,
+        blocks=tuple(rows), chunks=chunks, dirs=old.dirs, launch=old.launch, saves=old.saves,
         dictionary=old.dictionary, created_at=old.created_at, format_version=old.format_version,
     )
 
@@ -330,8 +407,9 @@ def _window_log(total: int) -> int:
     return min(max(log, zstandard.WINDOWLOG_MIN), zstandard.WINDOWLOG_MAX)
 
 
-def predicted_json(old: Manifest, to_version: str, derived: Sequence[FileEntry]) -> bytes:
-    return manifest_to_json(predict_manifest(old, to_version, derived))
+def predicted_json(old: Manifest, to_version: str, derived: Sequence[FileEntry],
+                   blocks: NewBlocks = NewBlocks()) -> bytes:
+    return manifest_to_json(predict_manifest(old, to_version, derived, blocks))
 
 
 def as_delta_index(doc: UpdateDoc, old: Manifest, new: Manifest) -> DeltaIndex:

@@ -501,34 +501,45 @@ def _reencode(body: bytes) -> bytes:
 
 
 @pytest.mark.parametrize("case", ["garbage", "format", "index", "method", "size", "inline",
-                                  "twice", "path", "sourceless-bsdiff", "no-content-size"])
+                                  "twice", "path", "sourceless-bsdiff", "no-content-size",
+                                  "truncated"])
 def test_malformed_update_documents_are_refused(case: str) -> None:
-    import json as _json
-
     from patcher.errors import ManifestError
     from patcher.updatedoc import decode_update_doc
 
     old = _manifest(["a.txt", "c.txt"])
 
-    def body(rows: list[object], tail: bytes = b"") -> bytes:
-        head = _json.dumps({"p": rows}).encode()
-        return _reencode(bytes([3, len(head)]) + head + tail)
+    def body(*rows: bytes, tail: bytes = b"x") -> bytes:
+        # format 3, patch count, the rows, no new blocks, no packs, then inline bytes
+        return _reencode(bytes([3, len(rows)]) + b"".join(rows) + b"\x00\x00" + tail)
 
+    ok = bytes([1, 1]) + b"z" + bytes([1, 1])  # a.txt from a.txt, zstd, 1 byte, 1 inline byte
     blob = {
         "garbage": b"\x00" * 40,
-        "format": _reencode(b"\x02\x02{}"),
-        "index": body([[5, 0, "z", 1, 1]], b"x"),
-        "method": body([[0, 0, "q", 1, 1]], b"x"),
-        "size": body([[0, 0, "z", 1 << 41, 1]], b"x"),
-        "inline": body([[0, 0, "z", 1, 99]], b"x"),
-        "twice": body([[0, 0, "z", 1, 1], [0, 1, "z", 1, 1]], b"xy"),
-        "path": body([["../evil", 0, "z", 1, 1]], b"x"),
-        "sourceless-bsdiff": body([["n", None, "b", 1, 1]], b"x"),
+        "format": _reencode(b"\x02\x00\x00\x00"),
+        "index": body(bytes([5, 1]) + b"z" + bytes([1, 1])),
+        "method": body(bytes([1, 1]) + b"q" + bytes([1, 1])),
+        "size": body(bytes([1, 1]) + b"z" + b"\xff\xff\xff\xff\xff\x7f" + bytes([1])),
+        "inline": body(bytes([1, 1]) + b"z" + bytes([1, 99])),
+        "twice": body(ok, ok, tail=b"xy"),
+        "path": body(bytes([0, 7]) + b"../evil" + bytes([1]) + b"z" + bytes([1, 1])),
+        "sourceless-bsdiff": body(bytes([0, 1]) + b"n" + bytes([0]) + b"b" + bytes([1, 1])),
         "no-content-size": zstandard.ZstdCompressor(write_content_size=False).compress(b"\x03\x00"),
+        "truncated": _reencode(bytes([3, 1]) + ok[:3]),
     }[case]
     with pytest.raises(ManifestError) as exc:
         decode_update_doc(blob, old)  # type: ignore[arg-type]
     assert exc.value.code in ("UPDATE_DOC_INVALID", "MANIFEST_PATH_INVALID")
+
+
+def test_a_well_formed_binary_document_decodes() -> None:
+    from patcher.updatedoc import decode_update_doc
+
+    old = _manifest(["a.txt", "c.txt"])
+    blob = _reencode(bytes([3, 1, 1, 1]) + b"z" + bytes([1, 1, 0, 0]) + b"x" + b"delta")
+    doc = decode_update_doc(blob, old)  # type: ignore[arg-type]
+    assert [(p.path, p.data) for p in doc.patches] == [("a.txt", b"x")]
+    assert doc.manifest_delta == b"delta"
 
 
 @pytest.mark.parametrize("method", METHODS)
