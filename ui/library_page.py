@@ -73,7 +73,6 @@ VIEWS_KEY = "library/views"  # QSettings: the player's saved views, JSON {name: 
 KINDS = (("all", "All games"), ("installed", "Installed"), ("not_installed", "Not installed"),
          ("updates", "Updates available"), ("favourites", "Favourites"), ("hidden", "Hidden"),
          ("wishlist", "Wishlist"), ("family", "Family sharing"))
-STORE_KINDS = ("wishlist", "family")  # views that also show games not in the library
 SORTS = (("name", "Name"), ("last_played", "Last played"), ("playtime", "Playtime"),
          ("added", "Date added"), ("size", "Size"))
 
