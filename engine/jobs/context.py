@@ -248,26 +248,36 @@ def bind_remote(state: State, task_id: str, backend_task_id: str) -> None:
     state.set_meta(f"remote_task:{task_id}", backend_task_id)
 
 
-async def obtain_grant(ctx: EngineContext, task: TaskRecord) -> TaskGrant:
-    """The backend grant of an install: the task's own backend task when it has one (a remote
-    download bound here, or a local task run again after a restart: one backend task per local
-    task), else a new one. A remote download whose backend task is gone or finished fails (it
-    was cancelled elsewhere); a local task's just gets a new backend task."""
+async def existing_grant(ctx: EngineContext, task: TaskRecord) -> TaskGrant | None:
+    """The grant of the backend task a local task is bound to (a remote download bound here,
+    or a task run again after a restart: one backend task per local task), or None when it has
+    none — or, for a local task, when that one is gone or finished (a new one is asked for
+    then). A remote download whose backend task is gone or finished fails: it was cancelled
+    elsewhere."""
     current = ctx.state.task(task.id).backend_task_id
-    if current is not None:
-        try:
-            grant = await ctx.api.task_grant(current)
-        except EngineError as exc:
-            if remote_binding(ctx.state, task.id) is not None or exc.http_status not in (404, 409):
-                raise
-            log.info("backend task %s of %s is gone (%s): asking for a new one", current[:8],
-                     task.id[:8], exc.message)
-        else:
-            if grant.product_id != task.product_id:
-                raise EngineError(ErrorCode.BACKEND_ERROR, f"backend task {current} is for "
-                                  f"{grant.product_id}, not {task.product_id}")
-            ctx.state.update_task(task.id, version_id=grant.version_id)
-            return grant
+    if current is None:
+        return None
+    try:
+        grant = await ctx.api.task_grant(current)
+    except EngineError as exc:
+        if remote_binding(ctx.state, task.id) is not None or exc.http_status not in (404, 409):
+            raise
+        log.info("backend task %s of %s is gone (%s): asking for a new one", current[:8],
+                 task.id[:8], exc.message)
+        return None
+    if grant.product_id != task.product_id:
+        raise EngineError(ErrorCode.BACKEND_ERROR, f"backend task {current} is for "
+                          f"{grant.product_id}, not {task.product_id}")
+    ctx.state.update_task(task.id, version_id=grant.version_id)
+    return grant
+
+
+async def obtain_grant(ctx: EngineContext, task: TaskRecord) -> TaskGrant:
+    """The backend grant of an install: its bound backend task's (``existing_grant``), else
+    a new backend task's."""
+    grant = await existing_grant(ctx, task)
+    if grant is not None:
+        return grant
     grant = await ctx.api.create_task(task.product_id, task.version_id, task.target_path,
                                       task.priority)
     ctx.state.update_task(task.id, backend_task_id=grant.backend_task_id,
