@@ -96,6 +96,7 @@ from engine.core.updateplan import (  # noqa: E402
 from patcher.manifest import Manifest  # noqa: E402
 from patcher.sizing import blocks_bytes, blocks_for, chunk_share  # noqa: E402
 from patcher.store import Store  # noqa: E402
+from patcher.updatedoc import as_delta_index  # noqa: E402
 from testing.builds import build_files, cpu_model, dpkg_version, run_peer, sha256_file, tool_version  # noqa: E402
 from testing.faultproxy import FaultProxy  # noqa: E402
 from testing.processes import ServerProcess, subprocess_env  # noqa: E402
@@ -621,8 +622,16 @@ def main(argv: list[str] | None = None) -> int:
             rows, peer_secs = peer_step(builds / old_v, builds / new_v, tmp)
             peer_wall = time.perf_counter() - t1
             old_m, new_m = store.read_manifest(PRODUCT, old_v), store.read_manifest(PRODUCT, new_v)
-            split = analyse_step(old_m, new_m, store.read_delta(PRODUCT, old_v, new_v), rows,
-                                 seen, cdn, failed)
+            delta: Any = store.read_delta(PRODUCT, old_v, new_v)
+            doc = store.read_update_doc(PRODUCT, old_m, new_v)
+            inline = 0
+            if doc is not None and any(rel.endswith(".v3.delta") for rel, _ in seen):
+                # format 3: the document carries the small patches; count them as patches
+                delta = as_delta_index(doc[0], old_m, new_m)
+                inline = sum(p.patch_size for p in doc[0].patches if p.data is not None)
+            split = analyse_step(old_m, new_m, delta, rows, seen, cdn, failed)
+            split["documents_bytes"] -= inline
+            split["patches_applied_bytes"] += inline
             split["documents_bytes"] += manifest_extra
             per_file[f"{old_v} > {new_v}"] = rows
             peer_totals = {t: sum(row.peers[t] for row in rows if row.peers) for t in PEERS}
