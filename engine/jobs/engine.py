@@ -364,28 +364,30 @@ class Engine:
         moved = await move_game(self.state, game, Path(new_folder).absolute(), manifest)
         return moved
 
-    def pause(self, task_id: str) -> TaskRecord:
+    def pause(self, task_id: str, *, report: bool = True) -> TaskRecord:
+        """``report``: tell the backend task (False when the backend asked for it)."""
         task = self._live(task_id)
         running = task.id in self._runners
         task = self.state.set_status(task.id, TaskState.PAUSED, user_paused=True)
         self._stop(task.id, TaskState.PAUSED)
         self._publish_status(task)
-        if not running:  # a running one reports when its run stops
+        if not running and report:  # a running one reports when its run stops
             self._spawn_report(task, "paused")
         return task
 
-    def resume(self, task_id: str) -> TaskRecord:
+    def resume(self, task_id: str, *, report: bool = True) -> TaskRecord:
         task = self.state.task(task_id)
         if task.status not in (TaskState.PAUSED, TaskState.ERROR):
             return task
         task = self.state.set_status(task.id, TaskState.QUEUED, user_paused=False,
                                       error_code=None, error_message=None)
         self._publish_status(task)
-        self._spawn_report(task, "queued")
+        if report:  # a resume asked by the backend is there already (its run reports next)
+            self._spawn_report(task, "queued")
         self.wake()
         return task
 
-    def cancel(self, task_id: str) -> TaskRecord:
+    def cancel(self, task_id: str, *, report: bool = True) -> TaskRecord:
         task = self.state.task(task_id)
         if task.status in (TaskState.COMPLETED, TaskState.CANCELLED):
             raise EngineError(ErrorCode.API_MISUSE, f"task {task.id[:8]} is already {task.status.value}")
@@ -395,7 +397,8 @@ class Engine:
             self._discard_partial(task)
             task = self.state.set_status(task.id, TaskState.CANCELLED)
             self._publish_status(task)
-            self._spawn_report(task, "cancelled")
+            if report:
+                self._spawn_report(task, "cancelled")
         return self.state.task(task.id)
 
     def move(self, task_id: str, position: int) -> list[TaskRecord]:
