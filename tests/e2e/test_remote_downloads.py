@@ -224,3 +224,44 @@ async def test_cancel_from_b_stops_a_and_removes_its_partial_download(
         assert (await api_b.get_task(tid))["attributes"]["status"] == "cancelled"
     target = Path(a.data_dir) / "library" / MAIN
     assert not target.exists() or not any(target.iterdir())  # nothing partial left behind
+
+
+async def test_the_queue_order_agrees_both_ways(player: Any, daemon_a: DaemonProcess) -> None:
+    """B reorders the backend's queue: A's local queue follows; A moves a task locally: the
+    backend's queue follows (the running download is not interrupted by either)."""
+    _, _a, b = player
+    daemon_a.start()
+    info = read_info(daemon_a.data_dir)
+    assert info is not None
+    async with client_of(b) as api_b:
+        first = (await api_b.create_remote_task(MAIN))["id"]
+        second = (await api_b.create_remote_task(OTHER))["id"]
+
+        async def local_order() -> list[str]:
+            async with DaemonClient(info) as c:
+                live = await c.call("tasks", {})
+            return [t["backendTaskId"] for t in live]
+
+        async def both_queued() -> bool:
+            return sorted(await local_order()) == sorted([first, second])
+        await until(both_queued, "A took both tasks")
+        assert await local_order() == [first, second]
+        await api_b.reorder_tasks([(second, 0), (first, 1)])
+
+        async def followed() -> bool:
+            return await local_order() == [second, first]
+        await until(followed, "A's queue follows B's reorder")
+
+        async with DaemonClient(info) as c:  # A moves it back, locally
+            mine = await c.call("tasks", {})
+            await c.call("move", {"taskId": next(t["taskId"] for t in mine
+                                                 if t["backendTaskId"] == first),
+                                  "position": 0})
+
+        async def backend_followed() -> bool:
+            return [t["id"] for t in await api_b.task_queue()] == [first, second]
+        await until(backend_followed, "the backend's queue follows A's move")
+        assert await local_order() == [first, second]  # the echo changed nothing
+        for tid in (first, second):
+            await api_b.cancel_task(tid)
+        await until(lambda: _status_is(daemon_a, first, "cancelled"), "A cancelled")
