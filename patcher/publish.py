@@ -472,6 +472,7 @@ def _update_doc(store: Store, old: Manifest, new: Manifest, index: DeltaIndex) -
         derived_entry,
         doc_patch,
         encode_update_doc,
+        file_layout,
         new_blocks_info,
         predicted_json,
     )
@@ -481,6 +482,7 @@ def _update_doc(store: Store, old: Manifest, new: Manifest, index: DeltaIndex) -
     if compress_manifest_json(new_json) != blob:
         return None
     diff = diff_manifests(old, new)
+    layout = file_layout(old, new)
     usable = [p for p in index.patches if p.to_size <= MAX_DERIVED_OUTPUT]
     order = {f.path: i for i, f in enumerate(new.files)}
     usable.sort(key=lambda p: order[p.path])
@@ -503,10 +505,10 @@ def _update_doc(store: Store, old: Manifest, new: Manifest, index: DeltaIndex) -
             if p.patch_id not in data:
                 data[p.patch_id] = store.path(store.patch_rel(new.product_id, p.patch_id)).read_bytes()
         rows = derived(paths)
-        blocks = new_blocks_info(old, new, rows)
-        predicted = predicted_json(old, new.version_id, rows, blocks)
+        blocks = new_blocks_info(old, new, rows, layout)
+        predicted = predicted_json(old, new.version_id, rows, blocks, layout)
         doc = UpdateDoc(tuple(doc_patch(p, data[p.patch_id]) for p in entries),
-                        build_manifest_delta(predicted, new_json), blocks)
+                        build_manifest_delta(predicted, new_json), blocks, layout)
         encoded = encode_update_doc(doc, old)
         return doc_update_cost(old, new, doc, len(encoded), diff)[0], encoded
 
@@ -520,8 +522,8 @@ def _update_doc(store: Store, old: Manifest, new: Manifest, index: DeltaIndex) -
     # the engine's side of it, here: every byte of the result must be the signed bytes
     doc = decode_update_doc(encoded, old)
     rows = derived({p.path for p in doc.patches})
-    rebuilt = apply_manifest_delta(predicted_json(old, new.version_id, rows, doc.blocks),
-                                   doc.manifest_delta)
+    rebuilt = apply_manifest_delta(predicted_json(old, new.version_id, rows, doc.blocks,
+                                                  doc.layout), doc.manifest_delta)
     if compress_manifest_json(rebuilt) != blob:
         return None
     return encoded

@@ -88,11 +88,59 @@ class NewBlocks:
     packs: tuple[str, ...] = ()
 
 
+KEEP, DROP, MOVE, NEW = 0, 1, 2, 3
+
+
+@dataclass(frozen=True, slots=True)
+class LayoutOp:
+    """One step of the new file list over the installed one, read with a cursor: ``KEEP n``
+    installed files in order (their rows, or the derived rows of patched ones), ``DROP n``
+    (removed or moved away), ``MOVE`` installed file ``index``'s row under ``path`` (same
+    content), ``NEW`` ``path`` (a derived row, or one the manifest delta supplies)."""
+
+    op: int
+    n: int = 0  # count (KEEP, DROP) or installed file index (MOVE)
+    path: str = ""
+
+
 @dataclass(frozen=True, slots=True)
 class UpdateDoc:
     patches: tuple[DocPatch, ...]
     manifest_delta: bytes  # zstd frame: the new manifest JSON, the prediction as dictionary
     blocks: NewBlocks = NewBlocks()
+    layout: tuple[LayoutOp, ...] | None = None  # None: the installed order, new paths last
+
+
+def file_layout(old: Manifest, new: Manifest) -> tuple[LayoutOp, ...]:
+    """The publisher's side: the new file list as cursor steps over the installed one."""
+    index = {f.path: i for i, f in enumerate(old.files)}
+    by_sha: dict[str, int] = {}
+    for i, f in enumerate(old.files):
+        by_sha.setdefault(f.hash_sha256, i)
+    ops: list[LayoutOp] = []
+
+    def step(op: int, n: int) -> None:
+        if ops and ops[-1].op == op:
+            ops[-1] = LayoutOp(op, ops[-1].n + n)
+        else:
+            ops.append(LayoutOp(op, n))
+
+    cursor = 0
+    for f in new.files:
+        j = index.get(f.path)
+        same = j is not None and old.files[j].hash_sha256 == f.hash_sha256
+        if j is not None and j >= cursor and (same or f.hash_sha256 not in by_sha):
+            if j > cursor:
+                step(DROP, j - cursor)
+            step(KEEP, 1)
+            cursor = j + 1
+        elif f.hash_sha256 in by_sha:
+            ops.append(LayoutOp(MOVE, by_sha[f.hash_sha256], f.path))
+        elif j is not None:
+            ops.append(LayoutOp(MOVE, j, f.path))
+        else:
+            ops.append(LayoutOp(NEW, 0, f.path))
+    return tuple(ops)
 
 
 def _varint(n: int) -> bytes:
@@ -159,6 +207,13 @@ def encode_update_doc(doc: UpdateDoc, old: Manifest) -> bytes:
             out += _varint(0) + bytes.fromhex(p.patch_id) + _varint(p.patch_size)
     out += _varint(len(doc.blocks.stored)) + b"".join(_varint(n) for n in doc.blocks.stored)
     out += _varint(len(doc.blocks.packs)) + b"".join(bytes.fromhex(h) for h in doc.blocks.packs)
+    layout = doc.layout or ()
+    out += _varint(len(layout) + 1 if doc.layout is not None else 0)
+    for step in layout:
+        out += _varint(step.op | step.n << 2)
+        if step.op in (MOVE, NEW):
+            name = step.path.encode()
+            out += _varint(len(name)) + name
     body = bytes(out) + b"".join(inline) + doc.manifest_delta
     params = zstandard.ZstdCompressionParameters.from_level(
         19, write_checksum=False, write_content_size=True, write_dict_id=False)
@@ -213,6 +268,25 @@ def decode_update_doc(blob: bytes, old: Manifest) -> UpdateDoc:
         stored = tuple(r.varint(MAX_BLOCK_RAW, "block size")
                        for _ in range(r.varint(len(body), "block count")))
         packs = tuple(r.take(32, "pack").hex() for _ in range(r.varint(len(body), "pack count")))
+        layout: list[LayoutOp] | None = None
+        count = r.varint(len(body), "layout length")
+        if count:
+            layout, cursor = [], 0
+            for k in range(count - 1):
+                word = r.varint(len(old.files) << 2 | 3, f"layout[{k}]")
+                op, n = word & 3, word >> 2
+                path = ""
+                if op in (MOVE, NEW):
+                    raw = r.take(r.varint(4096, f"layout[{k}] path length"), f"layout[{k}]")
+                    try:
+                        path = check_relative_path(raw.decode(), f"layout[{k}].path")
+                    except UnicodeDecodeError as exc:
+                        raise bad(f"layout[{k}].path", "not UTF-8") from exc
+                if op in (KEEP, DROP):
+                    cursor += n
+                if cursor > len(old.files) or (op == MOVE and n >= len(old.files)):
+                    raise bad(f"layout[{k}]", "past the installed files")
+                layout.append(LayoutOp(op, n, path))
         patches: list[DocPatch] = []
         for path, source_path, method, to_size, length, patch_id, size in rows:
             data = r.take(length, f"{path}: inline patch") if length else None
@@ -223,7 +297,8 @@ def decode_update_doc(blob: bytes, old: Manifest) -> UpdateDoc:
         raise bad("document", str(exc)) from exc
     if len({p.path for p in patches}) != len(patches):
         raise bad("patches", "a target twice")
-    return UpdateDoc(tuple(patches), bytes(body[r.pos:]), NewBlocks(stored, packs))
+    return UpdateDoc(tuple(patches), bytes(body[r.pos:]), NewBlocks(stored, packs),
+                     tuple(layout) if layout is not None else None)
 
 
 def derived_entry(path: str, size: int, sha256: str, chunks: Sequence[tuple[int, int, str]],
@@ -269,11 +344,26 @@ def _group(files: Sequence[FileEntry], seen: set[str]) -> list[list[tuple[str, i
     return blocks
 
 
-def _predicted_files(old: Manifest, derived: Sequence[FileEntry]) -> list[FileEntry]:
+def _predicted_files(old: Manifest, derived: Sequence[FileEntry],
+                     layout: Sequence[LayoutOp] | None = None) -> list[FileEntry]:
     by_path = {f.path: f for f in derived}
-    files = [by_path.get(f.path, f) for f in old.files]
-    old_paths = {f.path for f in old.files}
-    return files + [f for f in derived if f.path not in old_paths]
+    if layout is None:
+        files = [by_path.get(f.path, f) for f in old.files]
+        old_paths = {f.path for f in old.files}
+        return files + [f for f in derived if f.path not in old_paths]
+    files, cursor = [], 0
+    for step in layout:
+        if step.op == KEEP:
+            files += [by_path.get(f.path, f) for f in old.files[cursor: cursor + step.n]]
+        if step.op in (KEEP, DROP):
+            cursor += step.n
+        elif step.op == MOVE:
+            f = old.files[step.n]
+            files.append(by_path.get(step.path)
+                         or FileEntry(step.path, f.size, f.mode, f.hash_sha256, f.chunks))
+        else:  # a new path: derived, or a placeholder the manifest delta fills in
+            files.append(by_path.get(step.path) or FileEntry(step.path, 0, 0o644, "0" * 64, ()))
+    return files
 
 
 def new_block_groups(old: Manifest, files: Sequence[FileEntry]) -> list[list[tuple[str, int]]]:
@@ -294,13 +384,14 @@ def new_block_groups(old: Manifest, files: Sequence[FileEntry]) -> list[list[tup
     return groups
 
 
-def new_blocks_info(old: Manifest, new: Manifest, derived: Sequence[FileEntry]) -> NewBlocks:
+def new_blocks_info(old: Manifest, new: Manifest, derived: Sequence[FileEntry],
+                    layout: Sequence[LayoutOp] | None = None) -> NewBlocks:
     """The publisher's side: for each new block the prediction will make, the stored size and
     pack of the real block holding its first chunk (a wrong guess costs bytes, not
     correctness)."""
     stored: list[int] = []
     packs: list[str] = []
-    for group in new_block_groups(old, _predicted_files(old, derived)):
+    for group in new_block_groups(old, _predicted_files(old, derived, layout)):
         loc = new.chunks.get(group[0][0])
         if loc is None:
             stored.append(0)
@@ -313,7 +404,8 @@ def new_blocks_info(old: Manifest, new: Manifest, derived: Sequence[FileEntry]) 
 
 
 def predict_manifest(old: Manifest, to_version: str, derived: Sequence[FileEntry],
-                     blocks: NewBlocks = NewBlocks()) -> Manifest:
+                     blocks: NewBlocks = NewBlocks(),
+                     layout: Sequence[LayoutOp] | None = None) -> Manifest:
     """The new manifest as far as the installed one and the patched files' rows tell (pure).
 
     The publisher's rules (``patcher.publish``), applied to what is known: chunks the installed
@@ -323,7 +415,7 @@ def predict_manifest(old: Manifest, to_version: str, derived: Sequence[FileEntry
     offsets and stored sizes are unknown (placeholders), and files built from chunks keep their
     old rows: every miss costs bytes in the manifest delta, never correctness (the result is
     checked against the signature)."""
-    files = _predicted_files(old, derived)
+    files = _predicted_files(old, derived, layout)
     sizes = {c.id: c.size for f in files for c in f.chunks}
     fresh = new_block_groups(old, files)
     # where the new blocks were written: the document's stored sizes, packs filled in order
@@ -408,8 +500,9 @@ def _window_log(total: int) -> int:
 
 
 def predicted_json(old: Manifest, to_version: str, derived: Sequence[FileEntry],
-                   blocks: NewBlocks = NewBlocks()) -> bytes:
-    return manifest_to_json(predict_manifest(old, to_version, derived, blocks))
+                   blocks: NewBlocks = NewBlocks(),
+                   layout: Sequence[LayoutOp] | None = None) -> bytes:
+    return manifest_to_json(predict_manifest(old, to_version, derived, blocks, layout))
 
 
 def as_delta_index(doc: UpdateDoc, old: Manifest, new: Manifest) -> DeltaIndex:

@@ -611,7 +611,7 @@ def derive_manifest_blob(install_dir: Path, old: Manifest, doc: UpdateDoc,
         rows.append(derived_entry(p.path, cf.size, cf.sha256,
                                   [(c.offset, c.size, c.id) for c in cf.chunks], old,
                                   p.source_path))
-    new_json = apply_manifest_delta(predicted_json(old, to_version, rows, doc.blocks),
+    new_json = apply_manifest_delta(predicted_json(old, to_version, rows, doc.blocks, doc.layout),
                                     doc.manifest_delta)
     return compress_manifest_json(new_json)
 

@@ -342,7 +342,8 @@ def test_forged_update_document_is_caught_by_the_new_signature(
                                   [(c.offset, c.size, c.id) for c in f.chunks], old_m, p.source_path))
     forged = manifest_to_json(new_m).replace(b'"createdAt":"', b'"createdAt":"1', 1)
     blob = encode_update_doc(UpdateDoc(doc.patches, build_manifest_delta(
-        predicted_json(old_m, new, rows, doc.blocks), forged), doc.blocks), old_m)
+        predicted_json(old_m, new, rows, doc.blocks, doc.layout), forged), doc.blocks, doc.layout),
+        old_m)
     replace(store.path(store.delta_v3_rel(PRODUCT, old, new)), blob)
 
     cli = fresh_cli(server, tmp_path)

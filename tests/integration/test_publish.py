@@ -979,7 +979,8 @@ def test_update_document_rebuilds_the_signed_manifest(demo: DemoStore, old_v: st
         cf = chunk_buffer(out)
         rows.append(derived_entry(p.path, cf.size, cf.sha256,
                                   [(c.offset, c.size, c.id) for c in cf.chunks], old, p.source_path))
-    rebuilt = apply_manifest_delta(predicted_json(old, new_v, rows, doc.blocks), doc.manifest_delta)
+    rebuilt = apply_manifest_delta(predicted_json(old, new_v, rows, doc.blocks, doc.layout),
+                                   doc.manifest_delta)
     signed = s.path(s.manifest_rel(pid, new_v)).read_bytes()
     assert compress_manifest_json(rebuilt) == signed
     delta = s.read_delta(pid, old_v, new_v)

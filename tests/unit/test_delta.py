@@ -502,7 +502,7 @@ def _reencode(body: bytes) -> bytes:
 
 @pytest.mark.parametrize("case", ["garbage", "format", "index", "method", "size", "inline",
                                   "twice", "path", "sourceless-bsdiff", "no-content-size",
-                                  "truncated"])
+                                  "truncated", "layout"])
 def test_malformed_update_documents_are_refused(case: str) -> None:
     from patcher.errors import ManifestError
     from patcher.updatedoc import decode_update_doc
@@ -510,8 +510,8 @@ def test_malformed_update_documents_are_refused(case: str) -> None:
     old = _manifest(["a.txt", "c.txt"])
 
     def body(*rows: bytes, tail: bytes = b"x") -> bytes:
-        # format 3, patch count, the rows, no new blocks, no packs, then inline bytes
-        return _reencode(bytes([3, len(rows)]) + b"".join(rows) + b"\x00\x00" + tail)
+        # format 3, patch count, the rows, no new blocks, no packs, no layout, inline bytes
+        return _reencode(bytes([3, len(rows)]) + b"".join(rows) + b"\x00\x00\x00" + tail)
 
     ok = bytes([1, 1]) + b"z" + bytes([1, 1])  # a.txt from a.txt, zstd, 1 byte, 1 inline byte
     blob = {
@@ -526,6 +526,8 @@ def test_malformed_update_documents_are_refused(case: str) -> None:
         "sourceless-bsdiff": body(bytes([0, 1]) + b"n" + bytes([0]) + b"b" + bytes([1, 1])),
         "no-content-size": zstandard.ZstdCompressor(write_content_size=False).compress(b"\x03\x00"),
         "truncated": _reencode(bytes([3, 1]) + ok[:3]),
+        # a layout that keeps 3 of the 2 installed files
+        "layout": _reencode(bytes([3, 0, 0, 0, 2, 3 << 2])),
     }[case]
     with pytest.raises(ManifestError) as exc:
         decode_update_doc(blob, old)  # type: ignore[arg-type]
@@ -536,7 +538,7 @@ def test_a_well_formed_binary_document_decodes() -> None:
     from patcher.updatedoc import decode_update_doc
 
     old = _manifest(["a.txt", "c.txt"])
-    blob = _reencode(bytes([3, 1, 1, 1]) + b"z" + bytes([1, 1, 0, 0]) + b"x" + b"delta")
+    blob = _reencode(bytes([3, 1, 1, 1]) + b"z" + bytes([1, 1, 0, 0, 0]) + b"x" + b"delta")
     doc = decode_update_doc(blob, old)  # type: ignore[arg-type]
     assert [(p.path, p.data) for p in doc.patches] == [("a.txt", b"x")]
     assert doc.manifest_delta == b"delta"
@@ -563,3 +565,29 @@ def test_prediction_of_an_unchanged_step_is_the_old_manifest_renamed() -> None:
     predicted = predict_manifest(old, "2", [])  # type: ignore[arg-type]
     assert manifest_to_json(predicted) == manifest_to_json(old).replace(  # type: ignore[arg-type]
         b'"versionId":"1"', b'"versionId":"2"')
+
+
+def test_layout_moves_drops_and_adds_files() -> None:
+    from patcher.manifest import FileEntry, manifest_to_json
+    from patcher.updatedoc import (
+        UpdateDoc,
+        decode_update_doc,
+        encode_update_doc,
+        file_layout,
+        predict_manifest,
+    )
+
+    old = _manifest(["a.txt", "b.txt", "c.txt"])
+    a, b, c = old.files  # type: ignore[attr-defined]
+    new_files = (FileEntry("a2.txt", a.size, a.mode, a.hash_sha256, a.chunks), c,
+                 FileEntry("d.txt", 1, 0o644, sha(b"d"), ()))
+    new = type(old)("prod", "2", new_files, old.blocks, {  # type: ignore[attr-defined]
+        k: v for k, v in old.chunks.items() if k != b.chunks[0].id})  # type: ignore[attr-defined]
+    layout = file_layout(old, new)  # type: ignore[arg-type]
+    doc = decode_update_doc(encode_update_doc(UpdateDoc((), b"", layout=layout), old), old)  # type: ignore[arg-type]
+    assert doc.layout == layout
+    predicted = predict_manifest(old, "2", [], layout=doc.layout)  # type: ignore[arg-type]
+    assert [f.path for f in predicted.files] == ["a2.txt", "c.txt", "d.txt"]
+    # the moved row is exact; only the new file's row is left to the manifest delta
+    assert predicted.files[0].hash_sha256 == a.hash_sha256
+    assert manifest_to_json(predicted).count(b'"hash_sha256"') == 3
