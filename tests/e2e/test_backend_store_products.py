@@ -21,9 +21,15 @@ def _publish(store: Path, product: str, version: str, tmp: Path) -> None:
         str(build))
 
 
-def test_the_launcher_product_is_everyones_and_not_a_game(backend_factory: Any,
-                                                          tmp_path: Path) -> None:
-    server = backend_factory()
+def test_launcher_product_and_damaged_delta_index(backend_factory: Any, published_store: Any,
+                                                  tmp_path: Path) -> None:
+    server = backend_factory()  # one backend for both (a start costs seconds)
+    launcher_product(server, tmp_path)
+    damaged_delta_index(server, published_store)
+
+
+def launcher_product(server: Any, tmp_path: Path) -> None:
+    """Every player's without a grant; not in the library; not lent in a family."""
     _publish(server.store_dir, LAUNCHER, "1.0.0", tmp_path)
     owner, owner_token = server.new_user(products=["star-courier"])
     member, member_token = server.new_user()
@@ -59,9 +65,8 @@ def test_the_launcher_product_is_everyones_and_not_a_game(backend_factory: Any,
     assert owner
 
 
-def test_a_damaged_delta_index_gives_a_clear_answer(backend_factory: Any,
-                                                    published_store: Any) -> None:
-    server = backend_factory()
+def damaged_delta_index(server: Any, published_store: Any) -> None:
+    """updates/check and initiate answer clearly (from chunks, with the reason), not 500."""
     versions = published_store.product("star-courier").versions
     new = versions[-1]  # updates/check answers for the latest
     old = versions[-2]  # a step with a delta index in the demo store

@@ -1,9 +1,9 @@
 """Remote downloads: two engines of one player (two data folders) against the real backend on
 loopback and its CDN. A task queued from engine B on the backend (its client's REST) starts on
 engine A (A's daemon running), B watches its progress live on ``/ws/download/progress``, a
-pause and a resume made by B are followed by A, a cancel by B removes A's partial download, a
-task queued while A was away is picked up when A connects, and a task A cannot take is reported
-failed with its code."""
+pause and a resume made by B are followed by A, a cancel by B removes A's partial download, the
+queue order agrees both ways, a task queued while A was away is picked up when A connects, and
+a task A cannot take is reported failed with its code."""
 
 from __future__ import annotations
 
@@ -208,28 +208,12 @@ async def _all_tasks(api: BackendClient) -> list[dict[str, Any]]:
     return list(doc["data"])
 
 
-async def test_cancel_from_b_stops_a_and_removes_its_partial_download(
+async def test_the_queue_order_agrees_both_ways_and_a_cancel_from_b_stops_a(
         player: Any, daemon_a: DaemonProcess) -> None:
-    _, a, b = player
-    daemon_a.start()
-    async with client_of(b) as api_b:
-        tid = (await api_b.create_remote_task(MAIN))["id"]
-
-        async def started() -> dict[str, Any] | None:
-            t = await local_task(daemon_a, tid)
-            return t if t is not None and t["downloadedBytes"] > 0 else None
-        await until(started, "A started downloading")
-        await api_b.cancel_task(tid)
-        await until(lambda: _status_is(daemon_a, tid, "cancelled"), "A cancelled its task")
-        assert (await api_b.get_task(tid))["attributes"]["status"] == "cancelled"
-    target = Path(a.data_dir) / "library" / MAIN
-    assert not target.exists() or not any(target.iterdir())  # nothing partial left behind
-
-
-async def test_the_queue_order_agrees_both_ways(player: Any, daemon_a: DaemonProcess) -> None:
     """B reorders the backend's queue: A's local queue follows; A moves a task locally: the
-    backend's queue follows (the running download is not interrupted by either)."""
-    _, _a, b = player
+    backend's queue follows (the running download is not interrupted by either). B cancels the
+    running download: A stops it and removes its partial files."""
+    _, a, b = player
     daemon_a.start()
     info = read_info(daemon_a.data_dir)
     assert info is not None
@@ -262,6 +246,15 @@ async def test_the_queue_order_agrees_both_ways(player: Any, daemon_a: DaemonPro
             return [t["id"] for t in await api_b.task_queue()] == [first, second]
         await until(backend_followed, "the backend's queue follows A's move")
         assert await local_order() == [first, second]  # the echo changed nothing
+
+        async def started() -> dict[str, Any] | None:
+            t = await local_task(daemon_a, first)
+            return t if t is not None and t["downloadedBytes"] > 0 else None
+        await until(started, "A started downloading")
         for tid in (first, second):
             await api_b.cancel_task(tid)
-        await until(lambda: _status_is(daemon_a, first, "cancelled"), "A cancelled")
+        for tid in (first, second):
+            await until(lambda t=tid: _status_is(daemon_a, t, "cancelled"), "A cancelled")
+            assert (await api_b.get_task(tid))["attributes"]["status"] == "cancelled"
+    target = Path(a.data_dir) / "library" / MAIN
+    assert not target.exists() or not any(target.iterdir())  # nothing partial left behind
