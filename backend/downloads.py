@@ -26,17 +26,19 @@ from backend.db import (
     VerificationTask,
     utcnow,
 )
-from backend.download_items import DownloadTaskDocument, download_items
+from backend.download_items import DownloadTaskDocument, download_items, item_id
 from backend.errors import ApiError, Conflict, NotFound, PermissionDenied
 from backend.family import check_lent_access
 from backend.jsonapi import MAX_LIMIT, paginate
 from backend.library import require_entitlement
+from backend.progress_ws import channel as progress_channel
 from backend.schemas import (
     ClaimRequest,
     Data,
     DownloadTaskRequest,
     DownloadTaskResource,
     IntegrityRequest,
+    ItemReport,
     ManifestKeyResource,
     Page,
     ReorderEntry,
@@ -339,7 +341,24 @@ def report_status(taskId: TaskId, body: Data[StatusReport], ctx: CtxDep,
         record(s, task, status, downloaded=a.downloadedBytes, error_code=a.errorCode,
                error_message=a.errorMessage)
         s.flush()
-        return {"data": task_resource(ctx, task, position=_position(s, task))}
+        doc = {"data": task_resource(ctx, task, position=_position(s, task))}
+    for item in a.items or ():  # after the commit, after the task's own update
+        msg = item_progress(taskId, item)
+        ctx.events.publish(progress_channel(user.id), msg)
+        ctx.events.publish(progress_channel(user.id, taskId), msg)
+    return doc
+
+
+def item_progress(task_id: str, item: ItemReport) -> dict[str, Any]:
+    """The seed's ``downloadItemProgressUpdate`` for one reported file (``itemId`` as in the
+    task's ``?include=items``); a retry is ``status`` "retrying" with the try count, the CDN
+    source tried next and why the last try failed (ours, beside the seed's fields)."""
+    return {"type": "downloadItemProgressUpdate", "payload": {
+        "taskId": task_id, "itemId": item_id(task_id, item.relativePath),
+        "relativePath": item.relativePath, "status": item.status,
+        "downloadedBytes": item.downloadedBytes, "totalFileSizeBytes": item.totalFileSizeBytes,
+        "retryCount": item.retryCount, "cdnSourceId": item.cdnSourceId,
+        "errorCode": item.errorCode, "errorMessage": item.errorMessage}}
 
 
 @router.post("/tasks/{taskId}/pause", response_model=Data[DownloadTaskResource],

@@ -332,11 +332,28 @@ class DownloadTaskResource(Model):
     links: SelfLink
 
 
+class ItemReport(Model):
+    """One file's progress or retry since the engine's last report (ours: live per-file
+    progress for the device watching a remote download)."""
+
+    relativePath: str = Field(min_length=1, max_length=4096)
+    status: Literal["downloading", "completed", "retrying"]
+    downloadedBytes: int = Field(default=0, ge=0, le=1 << 60)
+    totalFileSizeBytes: int | None = Field(default=None, ge=0, le=1 << 60)
+    retryCount: int = Field(default=0, ge=0, le=1_000_000)
+    cdnSourceId: str | None = Field(default=None, max_length=64)
+    errorCode: str | None = Field(default=None, max_length=64)
+    errorMessage: str | None = Field(default=None, max_length=4000)
+
+
 class StatusReportAttributes(Model):
     status: ReportedStatus
     downloadedBytes: int | None = Field(default=None, ge=0, le=1 << 60)
     errorCode: str | None = Field(default=None, max_length=64)
     errorMessage: str | None = Field(default=None, max_length=4000)
+    items: list[ItemReport] | None = Field(default=None, max_length=500, description=(
+        "ours: files that moved since the last report; each is sent on the progress channel "
+        "as a downloadItemProgressUpdate (not stored)"))
 
 
 class StatusReport(Model):

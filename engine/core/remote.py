@@ -241,6 +241,56 @@ def progress_due(last: ProgressMark | None, now: float, downloaded: int,
     return now - last.at >= interval and downloaded != last.downloaded
 
 
+MAX_ITEMS_PER_REPORT = 500  # the backend's limit per status report
+
+
+@dataclass(frozen=True, slots=True)
+class ItemNote:
+    """One file's news since the last report: bytes, or a retry (count, next source, why)."""
+
+    relative_path: str
+    status: str  # downloading | completed | retrying
+    downloaded: int = 0
+    total: int | None = None
+    retries: int = 0
+    source_id: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"relativePath": self.relative_path, "status": self.status,
+                "downloadedBytes": self.downloaded, "totalFileSizeBytes": self.total,
+                "retryCount": self.retries, "cdnSourceId": self.source_id,
+                "errorCode": self.error_code, "errorMessage": self.error_message}
+
+
+def note_progress(pending: Mapping[str, ItemNote], path: str, status: str, downloaded: int,
+                  total: int) -> dict[str, ItemNote]:
+    """A file's bytes moved: the newest count wins; a retry noted since keeps its count. At
+    most ``MAX_ITEMS_PER_REPORT`` files wait (a new one beyond that waits for the next)."""
+    if path not in pending and len(pending) >= MAX_ITEMS_PER_REPORT:
+        return dict(pending)
+    old = pending.get(path)
+    out = dict(pending)
+    out[path] = ItemNote(path, "completed" if status == "completed" else "downloading",
+                         downloaded, total, old.retries if old else 0,
+                         old.source_id if old else None)
+    return out
+
+
+def note_retry(pending: Mapping[str, ItemNote], path: str, next_source: str, code: str,
+               message: str) -> dict[str, ItemNote]:
+    """A range of a file failed and is fetched again (from ``next_source``)."""
+    if path not in pending and len(pending) >= MAX_ITEMS_PER_REPORT:
+        return dict(pending)
+    old = pending.get(path)
+    out = dict(pending)
+    out[path] = ItemNote(path, "retrying", old.downloaded if old else 0,
+                         old.total if old else None, (old.retries if old else 0) + 1,
+                         next_source, code, message[:4000])
+    return out
+
+
 def local_order(backend_queue: Sequence[str], local: Sequence[LocalTask]) -> list[str] | None:
     """The local queue (ids, in order) after the backend's queue was reordered elsewhere: the
     bound tasks take the slots they hold now, in the backend's order; unbound ones keep theirs.

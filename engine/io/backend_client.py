@@ -319,11 +319,16 @@ class BackendClient:
             raise EngineError(ErrorCode.CDN_LINK_GENERATION_FAILED, f"bad token answer: {exc!r}") from exc
 
     async def report_status(self, backend_task_id: str, status: str, downloaded: int,
-                            error: EngineError | None = None) -> None:
+                            error: EngineError | None = None,
+                            items: list[dict[str, Any]] | None = None) -> None:
+        """``items``: files that moved since the last report (``ItemNote.to_wire``), sent on
+        to the progress channel as ``downloadItemProgressUpdate``."""
         attrs: dict[str, Any] = {"status": status, "downloadedBytes": downloaded}
         if error is not None:
             attrs["errorCode"] = error.code
             attrs["errorMessage"] = error.message
+        if items:
+            attrs["items"] = items
         await self.call("POST", f"/api/v1/download/tasks/{backend_task_id}/status",
                         json={"data": {"type": "downloadTaskStatus", "attributes": attrs}})
 

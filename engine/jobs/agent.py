@@ -33,6 +33,7 @@ from engine.core.progress import TaskProgress
 from engine.core.remote import (
     PROGRESS_INTERVAL_S,
     Adoption,
+    ItemNote,
     LocalAction,
     LocalTask,
     PlanKind,
@@ -43,6 +44,8 @@ from engine.core.remote import (
     local_order,
     local_plan,
     local_status,
+    note_progress,
+    note_retry,
     on_connect,
     progress_due,
     remote_action,
@@ -182,7 +185,8 @@ class RemoteHost(Protocol):
     def is_remote(self, task_id: str) -> bool: ...
     def local_view(self, t: TaskRecord) -> LocalTask: ...
     async def report(self, task: TaskRecord, status: str, error: EngineError | None = None,
-                     downloaded: int | None = None) -> None: ...
+                     downloaded: int | None = None,
+                     items: list[dict[str, Any]] | None = None) -> None: ...
 
 
 class RemoteDownloads:
@@ -206,6 +210,17 @@ class RemoteDownloads:
         self._inbox: asyncio.Queue[dict[str, Any]] | None = None
         self._resync = False
         self._marks: dict[str, ProgressMark] = {}
+        # task id -> files that moved since its last report (sent with the next one)
+        self._items: dict[str, dict[str, ItemNote]] = {}
+
+    def note_progress(self, task_id: str, path: str, status: str, done: int, total: int) -> None:
+        self._items[task_id] = note_progress(self._items.get(task_id, {}), path, status, done,
+                                             total)
+
+    def note_retry(self, task_id: str, path: str, next_source: str, code: str,
+                   message: str) -> None:
+        self._items[task_id] = note_retry(self._items.get(task_id, {}), path, next_source,
+                                          code, message)
 
     def _queue(self) -> asyncio.Queue[dict[str, Any]]:
         if self._inbox is None:  # made on the loop that runs it
@@ -361,9 +376,13 @@ class RemoteDownloads:
             running.add(task.id)
             if progress_due(self._marks.get(task.id), now, progress.downloaded):
                 self._marks[task.id] = ProgressMark(now, progress.downloaded)
-                await self.host.report(task, "downloading", downloaded=progress.downloaded)
+                notes = self._items.pop(task.id, {})
+                await self.host.report(task, "downloading", downloaded=progress.downloaded,
+                                       items=[n.to_wire() for n in notes.values()] or None)
         for gone in set(self._marks) - running:
             del self._marks[gone]
+        for gone in set(self._items) - running:  # not a remote download running: not watched
+            del self._items[gone]
 
 
 def _task_error(task: TaskRecord) -> EngineError | None:

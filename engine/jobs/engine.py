@@ -25,7 +25,7 @@ import aiohttp
 from engine.core.errors import EngineError, ErrorCode
 from engine.core.events import error_event, status_event
 from engine.core.lifecycle import FINISHED, TaskKind, TaskState, after_restart
-from engine.core.messages import UpdateAvailable, UpdatePlanned
+from engine.core.messages import DownloadRetry, ItemProgress, UpdateAvailable, UpdatePlanned
 from engine.core.playtime import CallKind, downloads_policy, updates_to_queue
 from engine.core.progress import TaskProgress
 from engine.core.queueorder import QueueEntry, move, select_runnable
@@ -122,7 +122,7 @@ class Engine:
                                   and not self.offline, remote=self.remote)
         self._report_locks: dict[str, asyncio.Lock] = {}  # reports of one task go in order
         self._planned: dict[str, UpdatePlanned] = {}  # what each update planned (updateType)
-        self.bus.on_event(self._note_plan)
+        self.bus.on_event(self._on_event)
         for t in self.state.tasks(include_finished=False):
             if after_restart(t.status) is not t.status:  # interrupted last time
                 self.state.set_status(t.id, after_restart(t.status))
@@ -138,9 +138,17 @@ class Engine:
             self.state.set_meta("device_id", found)
         return found
 
-    def _note_plan(self, event: object) -> None:
+    def _on_event(self, event: object) -> None:
+        """What the engine's own events tell the backend: an update's plan (its updateType),
+        and a file's progress or retries (sent with a remote download's next report)."""
         if isinstance(event, UpdatePlanned):
             self._planned[event.task_id] = event
+        elif isinstance(event, ItemProgress):
+            self.remote.note_progress(event.task_id, event.relative_path, event.status,
+                                      event.downloaded_bytes, event.total_file_size_bytes)
+        elif isinstance(event, DownloadRetry) and event.relative_path is not None:
+            self.remote.note_retry(event.task_id, event.relative_path, event.next_source_id,
+                                   event.error_code, event.message)
 
     async def __aenter__(self) -> Engine:
         return self
@@ -450,9 +458,10 @@ class Engine:
         self.wake()
 
     async def report(self, task: TaskRecord, status: str, error: EngineError | None = None,
-                     downloaded: int | None = None) -> None:
+                     downloaded: int | None = None,
+                     items: list[dict[str, Any]] | None = None) -> None:
         """A status report for the task's backend task, in order with its other reports."""
-        await self._report(task, status, error, downloaded)
+        await self._report(task, status, error, downloaded, items)
 
     def set_priority(self, task_id: str, priority: int) -> TaskRecord:
         task = self.state.update_task(self._live(task_id).id, priority=priority)
@@ -649,7 +658,8 @@ class Engine:
         job.add_done_callback(self._reports.discard)
 
     async def _report(self, task: TaskRecord, status: str, error: EngineError | None = None,
-                      downloaded: int | None = None) -> None:
+                      downloaded: int | None = None,
+                      items: list[dict[str, Any]] | None = None) -> None:
         bid = task.backend_task_id
         if bid is None or not self.api.logged_in:
             return
@@ -659,7 +669,8 @@ class Engine:
         try:
             async with lock:
                 await self.api.report_status(bid, status, task.downloaded_bytes
-                                             if downloaded is None else downloaded, error)
+                                             if downloaded is None else downloaded, error,
+                                             items)
         except EngineError as exc:  # history only: log, never fail the task over it
             # 409: the backend task was finished elsewhere (a cancel from another device that
             # crossed this report); the local task follows it when the change arrives

@@ -160,3 +160,42 @@ def test_schema_4_is_upgraded_to_5_keeping_tasks(database_url: str) -> None:
                                      "WHERE id = 't1'")).one() == (None, None)
     finally:
         db.dispose()
+
+
+def test_reported_items_reach_the_progress_channel(backend: BackendServer) -> None:
+    """A status report's ``items`` (ours) go out as the seed's ``downloadItemProgressUpdate``
+    after the task's own update, with the ``itemId`` of ``?include=items``; a retry carries
+    its count, the next source and why."""
+    _name, token = backend.new_user(products=[GAME])
+    with backend.client(token) as c:
+        tid = c.post("/api/v1/download/tasks", json=task_body(GAME)).json()["data"]["id"]
+        items = {i["attributes"]["relativePath"]: i["id"] for i in c.get(
+            f"/api/v1/download/tasks/{tid}", params={"include": "items"}).json()["included"]}
+        path = sorted(items)[0]
+        url = backend.url.replace("http://", "ws://", 1) + f"/ws/download/progress?taskId={tid}"
+        with connect(url, additional_headers={"Authorization": f"Bearer {token}"},
+                     open_timeout=10) as ws:
+            assert json.loads(ws.recv(timeout=10))["type"] == "downloadTaskStatusUpdate"
+            r = c.post(f"/api/v1/download/tasks/{tid}/status", json={"data": {
+                "type": "downloadTaskStatus", "attributes": {
+                    "status": "downloading", "downloadedBytes": 5, "items": [
+                        {"relativePath": path, "status": "downloading", "downloadedBytes": 5,
+                         "totalFileSizeBytes": 10},
+                        {"relativePath": path, "status": "retrying", "downloadedBytes": 5,
+                         "retryCount": 2, "cdnSourceId": "edge-1",
+                         "errorCode": "CDN_UNREACHABLE", "errorMessage": "reset"}]}}})
+            assert r.status_code == 200, r.text
+            got = [json.loads(ws.recv(timeout=10)) for _ in range(3)]
+        assert [m["type"] for m in got] == ["downloadTaskStatusUpdate",
+                                            "downloadItemProgressUpdate",
+                                            "downloadItemProgressUpdate"]
+        first, retry = got[1]["payload"], got[2]["payload"]
+        assert (first["taskId"], first["itemId"], first["relativePath"], first["status"],
+                first["downloadedBytes"], first["totalFileSizeBytes"]) == (
+            tid, items[path], path, "downloading", 5, 10)
+        assert (retry["status"], retry["retryCount"], retry["cdnSourceId"],
+                retry["errorCode"]) == ("retrying", 2, "edge-1", "CDN_UNREACHABLE")
+        too_many = [{"relativePath": f"f{i}", "status": "downloading"} for i in range(501)]
+        assert_error(c.post(f"/api/v1/download/tasks/{tid}/status", json={"data": {
+            "type": "downloadTaskStatus", "attributes": {"status": "downloading",
+                                                         "items": too_many}}}), 422)

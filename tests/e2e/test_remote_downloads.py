@@ -142,6 +142,15 @@ async def test_a_task_queued_from_b_runs_on_a_and_b_watches_it(
                 return len(seen) >= 2 and seen[-1] > seen[0] \
                     and seen[-1] < watch.updates()[-1]["totalSizeBytes"]
             await until(moving, "B saw A's progress move")
+            # ... and file by file (the seed's downloadItemProgressUpdate, itemIds as in
+            # ?include=items)
+            items = {i["id"] for i in (await api_b.call(
+                "GET", f"/api/v1/download/tasks/{tid}", params={"include": "items"}))["included"]}
+            files = await until(lambda: [m["payload"] for m in watch.messages
+                                         if m["type"] == "downloadItemProgressUpdate"],
+                                "B saw per-file progress")
+            assert {f["itemId"] for f in files} <= items
+            assert all(f["taskId"] == tid and f["downloadedBytes"] >= 0 for f in files)
 
             # B pauses on the backend: A's local task pauses (a player's pause)
             await api_b.pause_task(tid)

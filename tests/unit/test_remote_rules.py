@@ -8,7 +8,9 @@ import pytest
 from engine.core.errors import ErrorCode
 from engine.core.lifecycle import TaskState
 from engine.core.remote import (
+    MAX_ITEMS_PER_REPORT,
     Adoption,
+    ItemNote,
     LocalAction,
     LocalTask,
     PlanKind,
@@ -21,6 +23,8 @@ from engine.core.remote import (
     local_order,
     local_plan,
     local_status,
+    note_progress,
+    note_retry,
     on_connect,
     progress_due,
     remote_action,
@@ -168,3 +172,29 @@ def test_update_reports() -> None:
     assert applied_status(False, ErrorCode.DELTA_PATCH_APPLICATION_FAILED) == "patch_failed"
     assert applied_status(False, ErrorCode.FILE_HASH_MISMATCH) == "verification_failed"
     assert applied_status(False, ErrorCode.INSUFFICIENT_DISK_SPACE) == "failed"
+
+
+def test_item_notes_keep_the_newest_bytes_and_count_retries() -> None:
+    pending = note_progress({}, "a.pak", "downloading", 10, 100)
+    pending = note_retry(pending, "a.pak", "edge-1", "CDN_UNREACHABLE", "reset")
+    pending = note_retry(pending, "a.pak", "edge-0", "CDN_UNREACHABLE", "reset again")
+    note = pending["a.pak"]
+    assert (note.status, note.downloaded, note.retries, note.source_id) == (
+        "retrying", 10, 2, "edge-0")
+    pending = note_progress(pending, "a.pak", "completed", 100, 100)
+    done = pending["a.pak"]
+    assert (done.status, done.downloaded, done.retries, done.source_id) == (
+        "completed", 100, 2, "edge-0")  # the retries stay visible with the file
+    assert done.to_wire()["retryCount"] == 2 and done.to_wire()["relativePath"] == "a.pak"
+    retried_first = note_retry({}, "b.pak", "edge-1", "FILE_HASH_MISMATCH", "x" * 5000)
+    assert retried_first["b.pak"].downloaded == 0
+    assert len(retried_first["b.pak"].error_message or "") == 4000
+
+
+def test_item_notes_are_bounded() -> None:
+    pending: dict[str, ItemNote] = {}
+    for i in range(MAX_ITEMS_PER_REPORT + 10):
+        pending = note_progress(pending, f"f{i}", "downloading", i, 1000)
+    assert len(pending) == MAX_ITEMS_PER_REPORT
+    assert note_retry(pending, "new", "e", "C", "m").keys() == pending.keys()
+    assert note_progress(pending, "f0", "completed", 1000, 1000)["f0"].status == "completed"
