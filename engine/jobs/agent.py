@@ -341,6 +341,10 @@ class RemoteDownloads:
                 log.info("remote download %s: taken by another device (%s)", remote.id[:8],
                          exc.message)
                 return
+            if exc.http_status == 403:  # the game is no longer the player's (or lent now)
+                log.warning("remote download %s refused: %s", remote.id[:8], exc.message)
+                await api.report_status(remote.id, "error", 0, exc)
+                return
             raise
         game = self.host.state.installed_game(remote.product_id)
         busy = self.host.state.active_task_for(remote.product_id) is not None

@@ -126,6 +126,9 @@ async def test_a_task_queued_from_b_runs_on_a_and_b_watches_it(
         tid = created["id"]
         assert created["attributes"]["origin"] == "remote"
         assert created["attributes"]["deviceId"] is None
+        # and one for a game the player then loses: A cannot take it and says why
+        lost = (await api_b.create_remote_task(OTHER))["id"]
+        _revoke(backend, name, OTHER)
         daemon_a.start()
         token = backend.login(name)
         async with Watch(backend.url, token, tid) as watch:
@@ -173,6 +176,10 @@ async def test_a_task_queued_from_b_runs_on_a_and_b_watches_it(
         tasks = [t for t in await _all_tasks(api_b) if t["attributes"]["productId"] == MAIN]
         assert [t["id"] for t in tasks] == [tid]
 
+        gone = await api_b.get_task(lost)
+        assert (gone["attributes"]["status"], gone["attributes"]["errorCode"]) == (
+            "error", "PERMISSION_DENIED")
+
         # a verify on A is reported to the backend (seed 3.1.3: POST /integrity/verify)
         info = read_info(daemon_a.data_dir)
         assert info is not None
@@ -199,6 +206,17 @@ async def test_a_task_queued_from_b_runs_on_a_and_b_watches_it(
 async def _status_is(daemon: DaemonProcess, tid: str, status: str) -> dict[str, Any] | None:
     t = await local_task(daemon, tid)
     return t if t is not None and t["status"] == status else None
+
+
+def _revoke(backend: Any, name: str, product: str) -> None:
+    from sqlalchemy import delete, select
+
+    from backend.db import LibraryItem, User
+
+    with backend._database().session() as s:
+        uid = s.scalar(select(User.id).where(User.username == name))
+        s.execute(delete(LibraryItem).where(LibraryItem.user_id == uid,
+                                            LibraryItem.product_id == product))
 
 
 def _verifications(backend: Any, name: str) -> list[tuple[str, str]]:
