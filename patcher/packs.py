@@ -37,8 +37,18 @@ class StoredBlock:
     codec: Codec
 
 
+# Blocks that the fast level already shrinks below STRONG_RATIO are compressed again at
+# STRONG_LEVEL: that is where a stronger level pays (measured on the demo catalog's 2.0.0 build,
+# 331 MB: 86 such blocks, 75 MB, shrink by 1.69 MB more for +0.88 CPU s, while the other 528
+# blocks would gain little for much more time); it brings a fresh install from 1.026x to ~1.019x
+# of per-file zstd -19.
+STRONG_RATIO = 0.4
+STRONG_LEVEL = 7
+
+
 def compress_block(raw: bytes, level: int) -> tuple[bytes, Codec]:
-    """Compress one block; incompressible data (textures, audio) is detected cheaply and kept raw."""
+    """Compress one block; incompressible data (textures, audio) is detected cheaply and kept
+    raw, very compressible data gets at least ``STRONG_LEVEL``."""
     if level > 3 and len(raw) > 4096:
         probe = zstandard.ZstdCompressor(level=1).compress(raw)
         if len(probe) > len(raw) * (1 - MIN_SAVING):
@@ -46,6 +56,10 @@ def compress_block(raw: bytes, level: int) -> tuple[bytes, Codec]:
     packed = zstandard.ZstdCompressor(level=level, write_content_size=True).compress(raw)
     if len(packed) > len(raw) * (1 - MIN_SAVING):
         return raw, Codec.RAW
+    if level < STRONG_LEVEL and len(packed) < STRONG_RATIO * len(raw):
+        stronger = zstandard.ZstdCompressor(level=STRONG_LEVEL, write_content_size=True).compress(raw)
+        if len(stronger) < len(packed):
+            packed = stronger
     return packed, Codec.ZSTD
 
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import blake3
 
-from patcher.chunking import ChunkedFile, chunk_file
+from patcher.chunking import ChunkedFile, ChunkRef, chunk_file
 from patcher.deltaindex import EMPTY_SHA256, DeltaIndex, ManifestPatch, PatchEntry, encode_delta_index
 from patcher.diff import diff_manifests
 from patcher.errors import ManifestError, PublishError
@@ -266,6 +266,37 @@ def _group_blocks(
             block = _PendingBlock()
     if block.chunk_ids:
         yield block
+
+
+def _file_digest(path: Path) -> str:
+    with path.open("rb") as fh:
+        if fh.seek(0, 2) == 0:
+            return blake3.blake3(b"").hexdigest()
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            return blake3.blake3(mm).hexdigest()
+
+
+def _chunk_files(
+    store: Store, product: str, scan: BuildScan, pool: ThreadPoolExecutor,
+    previous: Manifest | None,
+) -> tuple[list[ChunkedFile], list[str]]:
+    """Every file's chunks and SHA-256, and its BLAKE3. A file the previous version holds with
+    the same content (by its BLAKE3, ~5 GB/s, recorded at each publish) takes its chunk rows
+    from that manifest: chunking and SHA-256 (FastCDC holds the GIL, ~0.55 s per 331 MB on
+    this machine whatever the thread count) are paid only for files that changed."""
+    digests = list(pool.map(lambda bf: _file_digest(bf.source), scan.files))
+    seen = store.known_files(product, digests) if previous is not None else {}
+    by_sha = {f.hash_sha256: f for f in previous.files} if previous is not None else {}
+
+    def chunked(bf: BuildFile, digest: str) -> ChunkedFile:
+        known = seen.get(digest)
+        prev = by_sha.get(known[1]) if known is not None else None
+        if prev is not None and known is not None and prev.size == known[0]:
+            return ChunkedFile(prev.size, prev.hash_sha256,
+                               tuple(ChunkRef(c.offset, c.size, c.id) for c in prev.chunks))
+        return chunk_file(bf.source)
+
+    return list(pool.map(chunked, scan.files, digests)), digests
 
 
 def _store_blocks(
@@ -573,8 +604,10 @@ def publish(
         raise PublishError(str(exc), code="BUILD_ID_INVALID") from exc
     started = time.perf_counter()
     scan = scan_build(build_dir)
+    earlier = store.versions(product)
+    previous = store.read_manifest(product, earlier[-1].version) if earlier else None
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        chunked = list(pool.map(lambda bf: chunk_file(bf.source), scan.files))
+        chunked, digests = _chunk_files(store, product, scan, pool, previous)
         all_ids = {c.id for cf in chunked for c in cf.chunks}
         known = store.lookup_chunks(product, all_ids)
         existing = store.version(product, version)
@@ -586,8 +619,6 @@ def publish(
             workers,
         )
     all_records = {**known, **{r.id: r for r in records}}
-    earlier = store.versions(product)
-    previous = store.read_manifest(product, earlier[-1].version) if earlier else None
     manifest = _build_manifest(product, version, scan, chunked, all_records, previous)
     blob, sig = sign_manifest(manifest, store.signing_key)
     rel = store.manifest_rel(product, version)
@@ -598,6 +629,8 @@ def publish(
         # later versions find re-stored chunks at their new, dense place
         store.add_chunks(db, product, [r for r in records if r.id in restore], replace=True)
         store.add_version(db, manifest, len(blob))
+        store.add_file_hashes(db, product, ((d, cf.size, cf.sha256)
+                                            for d, cf in zip(digests, chunked, strict=True)))
     publish_s = time.perf_counter() - started
     t0 = time.perf_counter()
     patches = build_patches_for(

@@ -48,6 +48,10 @@ CREATE TABLE IF NOT EXISTS versions (
     PRIMARY KEY (product, version)
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS file_hashes (
+    product TEXT NOT NULL, blake3 TEXT NOT NULL, size INTEGER NOT NULL, sha256 TEXT NOT NULL,
+    PRIMARY KEY (product, blake3)
+) WITHOUT ROWID;
 """
 SCHEMA_VERSION = "1"
 
@@ -160,6 +164,24 @@ class Store:
             for r in rows:
                 out[r[0]] = ChunkRecord(r[0], r[1], r[2], r[3], r[4], Codec(r[5]), r[6], r[7])
         return out
+
+    def known_files(self, product: str, digests: Iterable[str]) -> dict[str, tuple[int, str]]:
+        """BLAKE3 of a whole published file -> (size, SHA-256): lets a publish recognise a file
+        it has chunked before without chunking and hashing it again."""
+        out: dict[str, tuple[int, str]] = {}
+        ids = list(digests)
+        for i in range(0, len(ids), 500):
+            batch = ids[i: i + 500]
+            rows = self._db.execute(
+                "SELECT blake3, size, sha256 FROM file_hashes WHERE product = ? AND blake3 IN "
+                f"({','.join('?' * len(batch))})", (product, *batch))
+            out.update((r[0], (r[1], r[2])) for r in rows)
+        return out
+
+    def add_file_hashes(self, db: sqlite3.Connection, product: str,
+                        rows: Iterable[tuple[str, int, str]]) -> None:
+        db.executemany("INSERT OR IGNORE INTO file_hashes VALUES (?, ?, ?, ?)",
+                       [(product, *r) for r in rows])
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
