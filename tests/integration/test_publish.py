@@ -407,6 +407,18 @@ def test_compress_block_levels(level: int) -> None:
     assert decompress_block(data, codec, len(words)) == words
 
 
+def test_very_compressible_blocks_get_the_strong_level() -> None:
+    from patcher.packs import STRONG_LEVEL, STRONG_RATIO
+
+    words = text(5, 512 * KiB)
+    fast = zstandard.ZstdCompressor(level=3, write_content_size=True).compress(words)
+    assert len(fast) < STRONG_RATIO * len(words)  # the case the rule is for
+    data, codec = compress_block(words, 3)
+    assert codec is Codec.ZSTD and decompress_block(data, codec, len(words)) == words
+    strong = zstandard.ZstdCompressor(level=STRONG_LEVEL, write_content_size=True).compress(words)
+    assert len(strong) < len(fast) and data == strong  # the stronger frame, as it is smaller
+
+
 def test_higher_level_publishes_the_same_content(store: Store, tmp_path: Path) -> None:
     build = write_build(tmp_path / "b", {"a": text(9, 600 * KiB) + rand(9, 600 * KiB)})
     publish(store, "lvl", "1", build, workers=1, level=9)
@@ -537,6 +549,33 @@ def test_new_version_stores_only_new_chunks(store: Store, tmp_path: Path) -> Non
     assert sum(blocks.values()) == sum(sizes.values())
     assert_extracts(store, m2, b2, tmp_path / "out2")
     assert_extracts(store, m1, b1, tmp_path / "out1")
+
+
+def test_unchanged_files_reuse_their_rows_exactly(store: Store, tmp_path: Path) -> None:
+    """A file the previous version holds with the same bytes takes its rows from that manifest
+    (recognised by the BLAKE3 recorded at its publish): the result is what chunking it gives,
+    also for a file moved to another path and one reverted to an older version's bytes."""
+    from patcher.chunking import chunk_file
+
+    files = small_files()
+    publish(store, "alpha", "1.0", write_build(tmp_path / "b1", files), workers=1)
+    files2 = dict(files)
+    files2["data/text.txt"] = files["data/text.txt"] + b"more\n"
+    files2["moved/random.bin"] = files2.pop("data/random.bin")
+    publish(store, "alpha", "2.0", write_build(tmp_path / "b2", files2), workers=2,
+            patch_previous=0)
+    files3 = dict(files2)
+    files3["data/text.txt"] = files["data/text.txt"]  # back to 1.0's bytes (not in 2.0)
+    b3 = write_build(tmp_path / "b3", files3)
+    publish(store, "alpha", "3.0", b3, workers=2, patch_previous=0)
+    m3 = store.read_manifest("alpha", "3.0")
+    for f in m3.files:
+        cf = chunk_file(b3 / f.path)
+        assert (f.size, f.hash_sha256) == (cf.size, cf.sha256), f.path
+        assert [(c.offset, c.size, c.id) for c in f.chunks] == \
+            [(c.offset, c.size, c.id) for c in cf.chunks], f.path
+    assert len(store.known_files("alpha", [blake3.blake3(d).hexdigest()
+                                           for d in files3.values()])) == len(set(files3.values()))
 
 
 def _variant(kind: str, build: Path) -> None:
