@@ -591,3 +591,26 @@ def test_layout_moves_drops_and_adds_files() -> None:
     # the moved row is exact; only the new file's row is left to the manifest delta
     assert predicted.files[0].hash_sha256 == a.hash_sha256
     assert manifest_to_json(predicted).count(b'"hash_sha256"') == 3
+
+
+@pytest.mark.parametrize("rewritten", [False, True])
+def test_bsdiff_runs_after_hdiffpatch_only_for_edits(tmp_path: Path, rewritten: bool) -> None:
+    """An executable whose HDiffPatch patch is over BSDIFF_SKIP_SHARE of it was rewritten, not
+    edited: bsdiff is not run (it lost there, at a quarter of the step's CPU)."""
+    rnd = random.Random(7)
+    old = b"\x7fELF" + bytes(rnd.getrandbits(8) for _ in range(200_000))
+    if rewritten:
+        new = old[:100_000] + bytes(rnd.getrandbits(8) for _ in range(100_004))
+    else:
+        edited = bytearray(old)
+        for i in range(64, len(edited), 1009):  # scattered small edits, like shifted addresses
+            edited[i] ^= 0x10
+        new = bytes(edited)
+    (tmp_path / "old").write_bytes(old)
+    (tmp_path / "libx.so").write_bytes(new)
+    result = build_best_patch(PatchJob("libx.so", tmp_path / "old", tmp_path / "libx.so", 1 << 30))
+    assert "hdiffpatch" in result.sizes
+    assert ("bsdiff" in result.sizes) is (not rewritten)
+    assert result.data is not None and result.method is not None
+    assert apply_patch(result.method, old, result.data, old_sha256=sha(old), new_sha256=sha(new),
+                       new_size=len(new)) == new
