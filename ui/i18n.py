@@ -276,8 +276,8 @@ RU = {
     "a family member": "член семьи",
     "On your wishlist": "В списке желаемого",
     "{0} is playing it now": "{0} сейчас играет в неё",
-    "Shared by {0}": "Делится: {0}",
-    "Borrow": "Взять",
+    "Shared by {0}": "Владелец: {0}",
+    "Borrow": "Взять поиграть",
     "Add this game of your family to your library, to install and play it while its owner is "
     "not playing it":
         "Добавить эту игру семьи в свою библиотеку, чтобы устанавливать её и играть, пока "
@@ -285,9 +285,9 @@ RU = {
     "Wishlist priority:": "Приоритет в списке желаемого:",
     "Wishlist priority": "Приоритет в списке желаемого",
     "Higher comes first on the wishlist": "Чем выше, тем раньше в списке желаемого",
-    "Family: shared by {0}": "Семья: делится {0}",
+    "Family: shared by {0}": "Семья: владелец {0}",
     "Family: {0} shares it; borrow it to install and play it.":
-        "Семья: этой игрой делится {0}; возьмите её, чтобы установить и играть.",
+        "Семья: {0} делится этой игрой; возьмите её, чтобы установить и играть.",
     "{0} is playing it now; it can be played when they stop.":
         "{0} сейчас играет в неё; играть можно, когда он закончит.",
     "Remove from wishlist": "Убрать из списка желаемого",
