@@ -46,6 +46,15 @@ def _recv(ws: ClientConnection, timeout: float = 10) -> dict[str, Any]:
     return msg
 
 
+def _recv_library(ws: ClientConnection) -> dict[str, Any]:
+    """The next message that is not a download task's (those announce remote downloads:
+    tests/e2e/test_backend_remote_downloads.py)."""
+    while True:
+        msg = _recv(ws)
+        if not str(msg.get("event_type", "")).startswith("download."):
+            return msg
+
+
 def _nothing(ws: ClientConnection, timeout: float = 0.5) -> None:
     with pytest.raises(TimeoutError):
         ws.recv(timeout=timeout)
@@ -115,13 +124,13 @@ def test_uninstall_and_download_tasks_move_the_install_state(backend: BackendSer
             "productId": main, "targetPath": "/games/sc", "priority": 0}}})
         assert r.status_code == 202, r.text
         task = r.json()["data"]
-        msg = _recv(ws)
+        msg = _recv_library(ws)
         assert msg["event_type"] == "library.item.updated"
         assert msg["payload"]["changes"]["installation_status"] == "installing"
         r = c.post(f"/api/v1/download/tasks/{task['id']}/status", json={"data": {
             "type": "downloadTaskStatus", "attributes": {"status": "completed"}}})
         assert r.status_code == 200, r.text
-        msg = _recv(ws)
+        msg = _recv_library(ws)
         assert msg["payload"]["changes"] == {
             "installation_status": "installed",
             "installed_version_id": task["attributes"]["versionId"]}
@@ -131,7 +140,7 @@ def test_uninstall_and_download_tasks_move_the_install_state(backend: BackendSer
         assert r.status_code == 200, r.text
         assert r.json()["data"]["attributes"]["installation_status"] == "not_installed"
         assert r.json()["data"]["attributes"]["installed_version_id"] is None
-        msg = _recv(ws)
+        msg = _recv_library(ws)
         assert msg["event_type"] == "library.item.updated"
         assert msg["payload"]["changes"]["installation_status"] == "not_installed"
         assert _item(c)["attributes"]["installation_status"] == "not_installed"
@@ -146,7 +155,7 @@ def test_uninstall_and_download_tasks_move_the_install_state(backend: BackendSer
         r = c.patch(f"/api/v1/library/items/{item_id}", json={"data": {
             "type": "libraryItemUpdate", "attributes": {"installation_status": "repair_needed"}}})
         assert r.json()["data"]["attributes"]["installation_status"] == "repair_needed"
-        assert _recv(ws)["payload"]["changes"]["installation_status"] == "repair_needed"
+        assert _recv_library(ws)["payload"]["changes"]["installation_status"] == "repair_needed"
         assert_error(_event(c, "uninstalled", product="tiny-tactics"), 403, "PERMISSION_DENIED")
         assert_error(_event(c, "exploded"), 422)
 
