@@ -444,7 +444,9 @@ class TasksModel(QAbstractTableModel):
         if role not in (Qt.ItemDataRole.DisplayRole, Qt.ItemDataRole.AccessibleTextRole):
             return None
         if col == "game":
-            return f"{t['productId']} {t.get('versionId') or ''}".strip()
+            name = f"{t['productId']} {t.get('versionId') or ''}".strip()
+            # a remote download: queued on another of the player's devices
+            return self.tr("{0} (from another device)").format(name) if t.get("remote") else name
         if col == "status":
             text = {"queued": self.tr("Queued"), "preparing": self.tr("Preparing"),
                     "downloading": self.tr("Downloading"), "paused": self.tr("Paused"),

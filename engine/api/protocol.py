@@ -128,11 +128,13 @@ WISH_ENTRY = "{wishlistItemId, productId, title, priority, addedAt, coverImageUr
 WISH_LIST = "[" + WISH_ENTRY + "]"
 WISH_PRIORITY = Param("priority", ParamKind.INT, "0..1000, higher first (default 0)", low=0,
                       high=1000)
+REMOTE_TASK = ("{taskId, productId, versionId, status, deviceId, targetDeviceId, origin, "
+               "downloadedBytes, downloadSizeBytes, errorCode, errorMessage, updatedAt}")
 COMMANDS: tuple[Command, ...] = (
     Command("ping", "check the connection", "{pong, protocol}"),
     Command("status", "the engine's state: backend, limits, schedule, queue, installed games",
-            "{protocol, backend, dataDir, libraryDir, cdnSources, loggedIn, globalLimitBps, "
-            "schedule, offline, running, tasks, installed}"),
+            "{protocol, backend, dataDir, libraryDir, deviceId, cdnSources, loggedIn, "
+            "globalLimitBps, schedule, offline, running, tasks, installed}"),
     Command("login", "log in to the backend (the refresh token goes to the OS keyring)",
             "{result, username, tokenStore}",
             (Param("username", ParamKind.TEXT, "account name", required=True),
@@ -215,6 +217,16 @@ COMMANDS: tuple[Command, ...] = (
     Command("borrow", "borrow a game of the family's owner into your library (playable and "
             "installable while the owner is not playing it, else FAMILY_ACCESS_RESTRICTED)",
             "the library item (acquisition_type family_shared_access)", (PRODUCT,)),
+    Command("remoteInstall", "queue a download for another device of the player (remote "
+            "download): the backend announces it, that device's running engine claims and runs "
+            "it, and its progress comes back here (see remoteTasks)", REMOTE_TASK,
+            (PRODUCT, VERSION, Param("deviceId", ParamKind.ID, "the device to run it (default: "
+                                     "whichever of the player's engines is running; see "
+                                     "status.deviceId)"))),
+    Command("remoteTasks", "the player's download tasks on the backend, every device's, in "
+            "queue order (what remoteInstall queued and how far each has come); with taskId "
+            "that one task, finished too", "[" + REMOTE_TASK + "]",
+            (Param("taskId", ParamKind.ID, "one backend task (remoteInstall's taskId)"),)),
     Command("pause", "pause a task", TASK_RESULT, (TASK,)),
     Command("resume", "resume a paused or failed task", TASK_RESULT, (TASK,)),
     Command("cancel", "cancel a task and discard its partial data", TASK_RESULT, (TASK,)),

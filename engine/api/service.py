@@ -21,10 +21,12 @@ from typing import Any
 from engine.api.protocol import PROTOCOL_VERSION, validate
 from engine.core.errors import EngineError, ErrorCode
 from engine.core.playtime import local_totals
+from engine.core.remote import remote_task_view
 from engine.core.savesync import Keep
 from engine.core.text import show
 from engine.io.config import save_setting
 from engine.io.fsops import storage_error
+from engine.io.state import TaskRecord
 from engine.jobs.build import CDN_SOURCES_META
 from engine.jobs.engine import Engine
 from engine.jobs.store import StoreJobs
@@ -74,11 +76,12 @@ class EngineService:
         e = self.engine
         return {"protocol": PROTOCOL_VERSION, "backend": e.settings.backend_url,
                 "dataDir": str(e.settings.data_dir), "libraryDir": str(e.settings.library),
+                "deviceId": e.device_id,
                 "cdnSources": [s for s in (e.state.get_meta(CDN_SOURCES_META) or "").split(",") if s],
                 "loggedIn": e.api.logged_in,
                 "globalLimitBps": e.limiter.global_rate, "schedule": list(e.settings.schedule),
                 "offline": e.offline, "running": e.running,
-                "tasks": [t.to_dict() for t in e.tasks()],
+                "tasks": [self._task(t) for t in e.tasks()],
                 "installed": [g.to_dict() for g in e.installed()]}
 
     async def m_login(self, username: str, password: str) -> dict[str, Any]:
@@ -205,11 +208,30 @@ class EngineService:
         return await self.store.borrow(productId)
 
     # -- queue --------------------------------------------------------------------------------
+    def _task(self, t: TaskRecord) -> dict[str, Any]:
+        """A task on the wire, saying whether another device queued it (a remote download)."""
+        return t.to_dict() | {"remote": self.engine.is_remote(t.id)}
+
     async def m_tasks(self, all: bool = False) -> list[dict[str, Any]]:
-        return [t.to_dict() for t in self.engine.tasks(include_finished=all)]
+        return [self._task(t) for t in self.engine.tasks(include_finished=all)]
 
     async def m_task(self, taskId: str) -> dict[str, Any]:
-        return self.engine.state.task(taskId).to_dict()
+        return self._task(self.engine.state.task(taskId))
+
+    # -- remote downloads: queued here for another device, or watched from here --------------
+    async def m_remoteInstall(self, productId: str, versionId: str | None = None,
+                              deviceId: str | None = None) -> dict[str, Any]:
+        if deviceId is not None and deviceId == self.engine.device_id:
+            raise EngineError(ErrorCode.API_MISUSE, "that device is this one: use install",
+                              item="deviceId")
+        doc = await self.engine.api.create_remote_task(productId, versionId,
+                                                       target_device=deviceId)
+        return remote_task_view(doc)
+
+    async def m_remoteTasks(self, taskId: str | None = None) -> list[dict[str, Any]]:
+        if taskId is not None:
+            return [remote_task_view(await self.engine.api.get_task(taskId))]
+        return [remote_task_view(d) for d in await self.engine.api.task_queue()]
 
     async def m_install(self, productId: str, versionId: str | None = None,
                         target: str | None = None, priority: int = 0,

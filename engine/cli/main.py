@@ -210,7 +210,8 @@ def cmd_queue(svc: Service, args: argparse.Namespace, out: Output) -> int:
             out.text(f"{t['taskId'][:8]}  {t['position']:3}  p{t['priority']}  {t['status']:11} "
                      f"{t['kind']:8} {t['productId']:20} {human_bytes(t['downloadedBytes'])}/"
                      f"{human_bytes(t['downloadSizeBytes'])}"
-                     + (f"  {t['errorCode']}" if t["errorCode"] else ""))
+                     + (f"  {t['errorCode']}" if t["errorCode"] else "")
+                     + ("  (queued from another device)" if t.get("remote") else ""))
         out.emit({"tasks": tasks})
         return ExitCode.OK
     if args.task is None:
@@ -228,6 +229,49 @@ def cmd_queue(svc: Service, args: argparse.Namespace, out: Output) -> int:
     for t in tasks:
         out.text(f"{t['taskId'][:8]}  {t['status']}  position {t['position']}  priority {t['priority']}")
     out.emit({"tasks": tasks})
+    return ExitCode.OK
+
+
+REMOTE_FINAL = frozenset({"completed", "failed", "cancelled"})
+
+
+def _remote_line(t: dict[str, Any]) -> str:
+    where = t["deviceId"] or (f"for {t['targetDeviceId'][:8]}" if t["targetDeviceId"]
+                              else "any device")
+    err = f"  {t['errorCode']}: {t['errorMessage']}" if t["errorCode"] else ""
+    return (f"{str(t['taskId'])[:8]}  {t['status']:15} {t['productId']:20} "
+            f"{human_bytes(t['downloadedBytes'] or 0)}/{human_bytes(t['downloadSizeBytes'] or 0)}"
+            f"  device {where[:12]}{err}")
+
+
+def cmd_remote(svc: Service, args: argparse.Namespace, out: Output) -> int:
+    """``remote list``: the player's tasks on the backend, every device's; ``remote install
+    GAME [--device ID] [--watch]``: queue it for another device (whichever of the player's
+    engines runs, or the one named) and, with --watch, follow it until it ends."""
+    if args.action == "list":
+        tasks = svc.call("remoteTasks", {})
+        for t in tasks:
+            out.text(_remote_line(t))
+        out.emit({"tasks": tasks})
+        return ExitCode.OK
+    if args.productId is None:
+        raise EngineError(ErrorCode.API_MISUSE, "remote install needs a game")
+    params = {k: v for k, v in (("productId", args.productId), ("versionId", args.version),
+                                ("deviceId", args.device)) if v is not None}
+    t = svc.call("remoteInstall", params)
+    out.text(f"queued {t['productId']} as task {str(t['taskId'])[:8]} for "
+             + (f"device {args.device}" if args.device else "the player's running engine"))
+    while args.watch and t["status"] not in REMOTE_FINAL:
+        time.sleep(1.0)
+        now = svc.call("remoteTasks", {"taskId": t["taskId"]})[0]
+        if now != t:
+            t = now
+            out.text(_remote_line(t))
+    out.emit({"task": t})
+    if t["status"] == "failed":
+        err = EngineError(ErrorCode.from_wire(t["errorCode"], ErrorCode.INTERNAL_ERROR),
+                          t["errorMessage"] or "")
+        return err.exit_code
     return ExitCode.OK
 
 
@@ -729,6 +773,15 @@ def _wishlist_extra(p: argparse.ArgumentParser) -> None:
     p.add_argument("value", nargs="?", metavar="priority", help="0..1000, higher first")
 
 
+def _remote_extra(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", nargs="?", default="list", choices=["list", "install"])
+    p.add_argument("productId", nargs="?", help="install: the game")
+    p.add_argument("--version", help="a version (default: the latest)")
+    p.add_argument("--device", help="the device to run it (see `status`: deviceId); "
+                   "default: whichever of the player's engines is running")
+    p.add_argument("--watch", action="store_true", help="follow it until it ends")
+
+
 def _family_extra(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", nargs="?", default="show", choices=["show", "add", "remove"])
     p.add_argument("user", nargs="?", help="add: an account name; remove: a name or user id")
@@ -745,6 +798,8 @@ CLI: tuple[Cli, ...] = (
     Cli("install", cmd_install, "install", positional=("productId",), extra=_install_extra),
     Cli("run", cmd_run, help="process the queue until it is empty"),
     Cli("queue", cmd_queue, extra=_queue_extra, help="list or change the download queue"),
+    Cli("remote", cmd_remote, extra=_remote_extra,
+        help="downloads on the player's other devices: list them, or queue one there"),
     Cli("limit", cmd_limit, extra=_limit_extra,
         help="show or set the global (or a task's) speed limit"),
     Cli("schedule", cmd_schedule, "schedule", positional=("windows",)),

@@ -69,6 +69,18 @@ class RemoteTask:
                           _time(a.get("updatedAt")))
 
 
+_VIEW_FIELDS = ("productId", "versionId", "status", "deviceId", "targetDeviceId", "origin",
+                "downloadedBytes", "downloadSizeBytes", "errorCode", "errorMessage", "updatedAt")
+
+
+def remote_task_view(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """A backend ``downloadTask`` resource as the control API shows it (``remoteTasks``):
+    flat, the fields a watching device needs, nothing of the grant (no signed CDN URLs)."""
+    a = doc.get("attributes")
+    attrs: Mapping[str, Any] = a if isinstance(a, Mapping) else {}
+    return {"taskId": doc.get("id")} | {k: attrs.get(k) for k in _VIEW_FIELDS}
+
+
 def _opt(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 

@@ -20,6 +20,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from engine.api.client import DaemonClient, read_info
+from engine.core.errors import EngineError, ErrorCode
 from engine.io.backend_client import BackendClient
 from engine.io.credentials import CredentialStore
 from testing.daemon import DaemonProcess
@@ -244,9 +245,20 @@ async def test_the_queue_order_agrees_both_ways_and_a_cancel_from_b_stops_a(
     daemon_a.start()
     info = read_info(daemon_a.data_dir)
     assert info is not None
+    async with DaemonClient(info) as c:
+        device_a = (await c.call("status", {}))["deviceId"]
+        # a remote download for this very device is a misuse: install is the way
+        with pytest.raises(EngineError) as misuse:
+            await c.call("remoteInstall", {"productId": OTHER, "deviceId": device_a})
+        assert misuse.value.code == ErrorCode.API_MISUSE
     async with client_of(b) as api_b:
-        first = (await api_b.create_remote_task(MAIN))["id"]
-        second = (await api_b.create_remote_task(OTHER))["id"]
+        first = (await api_b.create_remote_task(MAIN))["id"]  # the seed's REST, any device
+        # B's CLI, naming A's device
+        second = b.ok("remote", "install", OTHER, "--device", device_a)[-1]["task"]["taskId"]
+        listed = b.ok("remote", "list")[-1]["tasks"]
+        assert [(t["taskId"], t["productId"]) for t in listed] == [(first, MAIN),
+                                                                   (second, OTHER)]
+        assert listed[1]["targetDeviceId"] == device_a
 
         async def local_order() -> list[str]:
             async with DaemonClient(info) as c:
@@ -257,6 +269,9 @@ async def test_the_queue_order_agrees_both_ways_and_a_cancel_from_b_stops_a(
             return sorted(await local_order()) == sorted([first, second])
         await until(both_queued, "A took both tasks")
         assert await local_order() == [first, second]
+        async with DaemonClient(info) as c:  # A's queue says who queued them
+            assert {t["backendTaskId"]: t["remote"] for t in await c.call("tasks", {})} == {
+                first: True, second: True}
         await api_b.reorder_tasks([(second, 0), (first, 1)])
 
         async def followed() -> bool:
