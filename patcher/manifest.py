@@ -669,7 +669,8 @@ class ChunkTable:
         "size",
     )
 
-    def __init__(self, ids: bytes, block: array[int], block_offset: array[int], size: array[int],
+    def __init__(self, ids: bytes | bytearray, block: array[int], block_offset: array[int],
+                 size: array[int],
                  row_offset: array[int], row_size: array[int], row_chunk: array[int],
                  row_file: array[int]) -> None:
         self.ids = ids
@@ -688,7 +689,7 @@ class ChunkTable:
         return len(self.block)
 
     def hex_id(self, u: int) -> str:
-        return self.ids[32 * u : 32 * u + 32].hex()
+        return self.ids[32 * u : 32 * u + 32].hex()  # bytes or bytearray (the decoder's, uncopied)
 
     def find(self, cid: object) -> int:
         """The unique index of a hex chunk id, -1 when the manifest has no such chunk."""
@@ -815,6 +816,21 @@ class FileChunks(Sequence[ChunkEntry]):
 
     def __repr__(self) -> str:
         return f"FileChunks({list(self)!r})"
+
+    def rows(self) -> tuple[array[int], array[int], list[bytes | bytearray]]:
+        """(offsets, sizes, 32-byte ids) of the file's chunks, without ChunkEntry objects."""
+        t, lo, hi = self._table, self._start, self._stop
+        return (t.row_offset[lo:hi], t.row_size[lo:hi],
+                [t.ids[32 * u : 32 * u + 32] for u in t.row_chunk[lo:hi]])
+
+
+def chunk_rows(chunks: Sequence[ChunkEntry]
+               ) -> tuple[Sequence[int], Sequence[int], Sequence[bytes | bytearray]]:
+    """(offsets, sizes, raw 32-byte ids) of a file's chunks, from the arrays when it has them."""
+    if isinstance(chunks, FileChunks):
+        return chunks.rows()
+    return ([c.offset for c in chunks], [c.size for c in chunks],
+            [bytes.fromhex(c.id) for c in chunks])
 
 
 class ChunkLocations(Mapping[str, ChunkLocation]):
@@ -1092,7 +1108,7 @@ def _stream_manifest(blob: bytes) -> Manifest:
     w.expect(b"}")
     w.finish()
     _check(not block or (max(block) < len(blocks) and max(block_offset) <= MAX_BLOCK_RAW))
-    table = _link(bytes(ids), block, block_offset, blocks, row_offset, row_size, row_ids,
+    table = _link(ids, block, block_offset, blocks, row_offset, row_size, row_ids,
                   heads)
     del row_ids
     files = tuple(FileEntry(path, size, mode, sha, FileChunks(table, lo, hi))
@@ -1109,7 +1125,7 @@ def _stream_manifest(blob: bytes) -> Manifest:
     )
 
 
-def _relink(ids: bytes, keys: array[int], row_ids: bytearray, row_chunk: array[int]) -> None:
+def _relink(ids: bytearray, keys: array[int], row_ids: bytearray, row_chunk: array[int]) -> None:
     """Rows whose id shares its first 8 bytes with another id (or has no location at all)."""
     n = len(keys)
     for r, u in enumerate(row_chunk):
@@ -1124,7 +1140,7 @@ def _relink(ids: bytes, keys: array[int], row_ids: bytearray, row_chunk: array[i
         row_chunk[r] = u
 
 
-def _link(ids: bytes, block: array[int], block_offset: array[int], blocks: list[Block],
+def _link(ids: bytearray, block: array[int], block_offset: array[int], blocks: list[Block],
           row_offset: array[int], row_size: array[int], row_ids: bytearray,
           heads: list[tuple[str, int, int, str, int, int]]) -> ChunkTable:
     """Each file row's unique chunk (by bisect over the sorted ids' keys), with the loader's

@@ -23,7 +23,7 @@ from engine.io.fsops import safe_join
 from engine.io.staging import STAGING_DIR
 from engine.io.verifiedmeta import VerifiedRecord
 from patcher.chunking import CHUNK_MAX
-from patcher.manifest import FileEntry, Manifest
+from patcher.manifest import FileEntry, Manifest, chunk_rows
 
 log = logging.getLogger(__name__)
 
@@ -110,24 +110,26 @@ def _check_file(install_dir: Path, f: FileEntry) -> Checked:
         # one buffer per worker thread, reused across files: a fresh zero-filled MiB per file
         # cost as much as reading a small file
         view = _span_buffer()
-        chunks = f.chunks
+        # offsets, sizes and raw ids straight from the manifest's arrays: no ChunkEntry per
+        # chunk, and BLAKE3 digests compared as bytes
+        offsets, sizes, ids = chunk_rows(f.chunks)
+        n = len(ids)
         i = 0
-        while i < len(chunks):
-            start = chunks[i].offset
+        while i < n:
+            start = offsets[i]
             j = i
-            while j < len(chunks) and chunks[j].offset + chunks[j].size - start <= SPAN_BYTES:
+            while j < n and offsets[j] + sizes[j] - start <= SPAN_BYTES:
                 j += 1
-            end = chunks[j - 1].offset + chunks[j - 1].size
+            end = offsets[j - 1] + sizes[j - 1]
             got = os.preadv(fd, [view[: end - start]], start)
-            for c in chunks[i:j]:
-                lo = c.offset - start
-                piece = view[lo : lo + c.size] if lo + c.size <= got else b""
-                if not piece or blake3.blake3(piece).hexdigest() != c.id:
-                    if ranges and ranges[-1].offset + ranges[-1].size == c.offset:
+            for k in range(i, j):
+                lo, size = offsets[k] - start, sizes[k]
+                if lo + size > got or blake3.blake3(view[lo : lo + size]).digest() != ids[k]:
+                    if ranges and ranges[-1].offset + ranges[-1].size == offsets[k]:
                         last = ranges.pop()
-                        ranges.append(DamagedRange(f.path, last.offset, last.size + c.size))
+                        ranges.append(DamagedRange(f.path, last.offset, last.size + size))
                     else:
-                        ranges.append(DamagedRange(f.path, c.offset, c.size))
+                        ranges.append(DamagedRange(f.path, offsets[k], size))
             i = j
     finally:
         os.close(fd)

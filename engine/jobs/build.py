@@ -161,8 +161,8 @@ class StagedBuild:
                         return job, process_block(job, data, staging)
 
                     job, touched = await loop.run_in_executor(ctx.executor, work)
-                    if journal.add(job.index, touched, job.stored_size):
-                        await journal.flush_async(ctx.executor)
+                    if journal.add(job.index, touched, job.stored_size) and not journal.flushing:
+                        tg.create_task(journal.flush_async(ctx.executor))  # beside the download
                     self.progress.written += sum(t.size * len(t.writes) for t in job.targets)
                     for t in job.targets:
                         for w in t.writes:

@@ -9,6 +9,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from engine.core.errors import EngineError, ErrorCode
@@ -122,8 +123,10 @@ class InstallRun:
                     time.sleep(ctx.settings.qa_switch_delay_s)
             for d in manifest.dirs:
                 safe_join(self.install_dir, d).mkdir(parents=True, exist_ok=True)
-            for folder in touched_dirs:  # renames durable before the record says installed
-                fsync_dir(folder)
+            # renames durable before the record says installed; side by side, the folders' fsyncs
+            # share journal commits (37 folders of the 1 GiB demo: 0.05-0.16 s -> 0.03 s)
+            with ThreadPoolExecutor(max_workers=min(8, len(touched_dirs))) as pool:
+                list(pool.map(fsync_dir, touched_dirs))
             remember_verified(ctx.settings.data_dir, self.install_dir, manifest)
 
         try:

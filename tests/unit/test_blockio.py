@@ -40,3 +40,46 @@ def test_pwritev_all_writes_every_piece_in_order(tmp_path: Path) -> None:
     content = path.read_bytes()
     assert content[:7] == b"\0" * 7
     assert content[7:] == b"".join(bytes(p) for p in pieces)
+
+
+def test_a_background_journal_flush_taken_over_records_once(tmp_path: Path) -> None:
+    """The journal syncs and records a batch beside the download; a synchronous flush (the end
+    of a run, a file that failed its hash) takes over a batch still in flight: recorded by it,
+    and not recorded again by the background flush when it wakes (after a forget_blocks)."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from engine.io.journal import Journal
+    from engine.io.staging import Staging
+    from engine.io.state import State
+    from patcher.manifest import FileEntry, Manifest
+
+    state = State(tmp_path / "data")
+    task = state.add_task("p", "1", str(tmp_path / "game"))
+    manifest = Manifest("p", "1", (FileEntry("a.bin", 10, 0o644, "e3" * 32, ()),), (), {})
+    staging = Staging(tmp_path / "game", task.id, manifest)
+    staging.prepare([0])
+    staging.pwritev(0, [memoryview(b"0123456789")], 0)
+    journal = Journal(state, staging, task.id)
+
+    async def run() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            journal.add(7, [0], 100)
+            background = asyncio.create_task(journal.flush_async(pool))
+            await asyncio.sleep(0)  # it took the batch and waits for the fdatasync
+            assert journal.flushing and state.done_blocks(task.id) == set()
+            journal.add(8, [0], 100)
+            journal.flush()  # takes over block 7 and records it with block 8
+            assert not journal.flushing and state.done_blocks(task.id) == {7, 8}
+            state.forget_blocks(task.id, {7}, set())
+            await background
+            assert state.done_blocks(task.id) == {8}  # not recorded again behind the forget
+            journal.add(9, [0], 100)
+            await journal.flush_async(pool)  # alone, it records its own batch
+            assert state.done_blocks(task.id) == {8, 9} and not journal.flushing
+
+    try:
+        asyncio.run(run())
+    finally:
+        staging.close()
+        state.close()
