@@ -158,11 +158,9 @@ def local_plan(task: RemoteTask, installed_version: str | None, local_active: bo
         return LocalPlan(PlanKind.INSTALL)
     if task.version_id is None or task.version_id == installed_version:
         return LocalPlan(PlanKind.ALREADY_THERE)
-    # an update runs through the update run, which asks the backend for its own grant (a task
-    # of its own): taking a remote one needs that run to reuse the bound task first
-    return LocalPlan(PlanKind.REFUSE, ErrorCode.API_MISUSE,
-                     f"{task.product_id} is installed at {installed_version} on that device; "
-                     f"update it there (a remote update to {task.version_id} is not supported yet)")
+    # installed at another version: the install becomes an update there (the update run takes
+    # the bound task's grant, so it stays one backend task)
+    return LocalPlan(PlanKind.INSTALL)
 
 
 class LocalAction(StrEnum):

@@ -59,6 +59,7 @@ from engine.jobs.build import StagedBuild
 from engine.jobs.context import (
     EngineContext,
     ManifestBase,
+    existing_grant,
     fetch_small,
     load_manifest,
     manifest_key,
@@ -326,6 +327,10 @@ class UpdateRun:
         return installed
 
     async def _grant(self, installed: InstalledGame) -> TaskGrant:
+        # a remote download bound here, or this task run again: its own backend task's grant
+        bound = await existing_grant(self.ctx, self.task)
+        if bound is not None:
+            return bound
         api = self.ctx.api
         if self.task.kind is TaskKind.UPDATE:
             grant = await api.initiate_update(self.task.product_id, installed.version_id,

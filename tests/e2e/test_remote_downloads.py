@@ -190,17 +190,21 @@ async def test_a_task_queued_from_b_runs_on_a_and_b_watches_it(
         await until(lambda: _verifications(backend, name) == [(MAIN, version)],
                     "the backend recorded A's verify")
 
-        # a task A cannot take: the installed game at another version (reported, with code)
+        # the installed game at another version: A updates its install (one backend task)
         older = published_store.product(MAIN).versions[0]
         assert older != version
-        refused = (await api_b.create_remote_task(MAIN, older))["id"]
+        switched = (await api_b.create_remote_task(MAIN, older))["id"]
 
-        async def failed() -> dict[str, Any] | None:
-            t = await api_b.get_task(refused)
-            return t if t["attributes"]["status"] == "error" else None
-        t = await until(failed, "A reported it cannot take the task")
-        assert t["attributes"]["errorCode"] == "API_MISUSE"
-        assert version in t["attributes"]["errorMessage"]
+        async def ended() -> dict[str, Any] | None:
+            t = await api_b.get_task(switched)
+            return t if t["attributes"]["status"] in ("completed", "error") else None
+        t = await until(ended, "A updated its install to the remote task's version", 120)
+        assert t["attributes"]["status"] == "completed", t["attributes"]
+        mine = await local_task(daemon_a, switched)
+        assert mine is not None and mine["kind"] == "update" and mine["status"] == "completed"
+        assert_same_tree(installed, build_dir(published_store, older))
+        tasks = [t for t in await _all_tasks(api_b) if t["attributes"]["productId"] == MAIN]
+        assert sorted(t["id"] for t in tasks) == sorted([tid, switched])
     assert not (Path(b.data_dir) / "library").exists()  # B (no daemon) ran nothing itself
 
 
