@@ -881,7 +881,10 @@ class _LocationItems(ItemsView[str, ChunkLocation]):
 # or any value the strict loader would refuse -- is read again by ``json.loads`` and
 # ``parse_manifest``, which accept every valid document and raise the exact error.
 
-_LOOKAHEAD = 1024 * 1024  # a token of the fast path is never longer (paths are <= 1 KiB)
+# a row or header of the fast path is never longer (paths are <= 1 KiB); dirs, launch and saves
+# values may be, and grow the window. Small: the window is a transient of every parse.
+_LOOKAHEAD = 256 * 1024
+_MAX_VALUE = 64 * 1024 * 1024
 _STR = rb'"([^"\\\x00-\x1f]{0,4096})"'
 _NUM = rb"(0|[1-9][0-9]{0,15})"
 _HEAD = re.compile(
@@ -923,14 +926,14 @@ class _Window:
         self.total = 0
         self.eof = False
 
-    def fill(self) -> None:
-        if self.eof or len(self.buf) - self.pos >= _LOOKAHEAD:
+    def fill(self, need: int = _LOOKAHEAD) -> None:
+        if self.eof or len(self.buf) - self.pos >= need:
             return
         parts = [self.buf[self.pos :]]
         have = len(parts[0])
-        while have < 2 * _LOOKAHEAD:
+        while have < need + _LOOKAHEAD:
             try:
-                piece = self.reader.read(_READ_SIZE)
+                piece = self.reader.read(_LOOKAHEAD)
             except zstandard.ZstdError as exc:
                 raise _NotCanonical from exc
             if not piece:
@@ -964,18 +967,24 @@ class _Window:
             raise _NotCanonical
 
     def value(self) -> Any:
-        """One small JSON value (dirs, launch, saves), decoded by ``json``."""
-        self.fill()
-        window = self.buf[self.pos : self.pos + _LOOKAHEAD]
-        try:
-            text = window.decode("utf-8", "surrogateescape")
-            value, end = _JSON.raw_decode(text)
-            used = len(text[:end].encode("utf-8", "surrogateescape"))
-            window[:used].decode("utf-8")  # strict, as json.loads would be
-        except ValueError as exc:
-            raise _NotCanonical from exc
-        self.pos += used
-        return value
+        """One JSON value (dirs, launch, saves), decoded by ``json``; the window grows until the
+        value fits (or the document ends: then it is not canonical)."""
+        size = _LOOKAHEAD
+        while True:
+            self.fill(size)
+            window = self.buf[self.pos : self.pos + size]
+            try:
+                text = window.decode("utf-8", "surrogateescape")
+                value, end = _JSON.raw_decode(text)
+                used = len(text[:end].encode("utf-8", "surrogateescape"))
+                window[:used].decode("utf-8")  # strict, as json.loads would be
+            except ValueError as exc:
+                if len(window) < size or size >= _MAX_VALUE:
+                    raise _NotCanonical from exc
+                size *= 4
+                continue
+            self.pos += used
+            return value
 
     def finish(self) -> None:
         self.fill()

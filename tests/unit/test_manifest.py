@@ -512,3 +512,15 @@ def test_a_duplicate_or_unsorted_location_key_goes_to_the_general_loader() -> No
     row = '"' + "b" * 64 + '":[0,0]'
     twice = text.replace(row, row + "," + row)  # valid JSON: the last duplicate key wins
     assert decode_manifest(zstandard.ZstdCompressor().compress(twice.encode())) == m
+
+
+def test_a_large_dirs_list_is_read_by_the_streaming_loader_too() -> None:
+    """dirs, launch and saves are decoded by json from the stream's window, which grows past
+    its 256 KiB for a long list (and a row split across two windows is read whole)."""
+    from patcher.manifest import _stream_manifest
+
+    m = _realistic_manifest(6_000)
+    dirs = tuple(f"extra/level{i:05d}/textures/hi-res" for i in range(20_000))  # ~700 KB of JSON
+    big = Manifest(m.product_id, m.version_id, m.files, m.blocks, m.chunks, dirs=dirs)
+    fast = _stream_manifest(encode_manifest(big))
+    assert fast == big and fast.dirs == dirs
