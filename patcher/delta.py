@@ -71,6 +71,7 @@ __all__ = [
     "PatchMethod",
     "PatchResult",
     "apply_patch",
+    "apply_patch_to_proven",
     "build_best_patch",
     "build_bsdiff",
     "build_hdiff",
@@ -264,19 +265,36 @@ def apply_patch(
     ``new_sha256`` None: the caller hashes the output itself and checks it later (an update
     document's patches, whose outputs the new manifest's signature proves).
     """
-    if new_size < 0:
-        raise DeltaError(f"invalid expected output size {new_size}")
     try:
         method = PatchMethod(method)
     except ValueError as exc:
         raise DeltaError(f"unknown patch method {method!r}") from exc
-
     actual_old = _sha256(old)
     if actual_old != old_sha256.lower():
         raise DeltaError(
             f"input hash mismatch: old file has sha256 {actual_old}, "
             f"the {method} patch expects {old_sha256}"
         )
+    return apply_patch_to_proven(method, old, patch, new_sha256=new_sha256, new_size=new_size)
+
+
+def apply_patch_to_proven(
+    method: PatchMethod,
+    old: bytes,
+    patch: bytes,
+    *,
+    new_sha256: str | None,
+    new_size: int,
+) -> bytes:
+    """:func:`apply_patch` for an ``old`` whose SHA-256 the caller has already checked (an
+    update document's derivation hashes each installed source once, while reading it, however
+    many patches name it). Everything else is checked as there."""
+    if new_size < 0:
+        raise DeltaError(f"invalid expected output size {new_size}")
+    try:
+        method = PatchMethod(method)
+    except ValueError as exc:
+        raise DeltaError(f"unknown patch method {method!r}") from exc
     try:
         if method is PatchMethod.ZSTD:
             out = _apply_zstd(old, patch, new_size)

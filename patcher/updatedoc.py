@@ -7,9 +7,13 @@ built exactly as with the signed format-2 index (patches applied only to a local
 SHA-256 the *installed* signed manifest gives, outputs checked against the *new* signed
 manifest). A wrong or hostile document can only make that signature check fail, and the engine
 then falls back to the signed format-2 index and the full manifest. What a hostile document can
-still make the engine do before the check is bounded: documents up to ``MAX_DOC_BYTES``,
-patch outputs up to ``MAX_DERIVED_OUTPUT`` (each patch's header is checked against it before
-anything is allocated), JSON up to the manifest loader's ``MAX_JSON_BYTES``.
+still make the engine do before the check is bounded, and checked before any of it runs
+(:func:`check_doc_work`): documents up to ``MAX_DOC_BYTES``; a predicted file list within the
+manifest loader's limits (``MAX_FILES`` files, ``MAX_CHUNKS`` rows, ``MAX_JSON_BYTES`` of JSON,
+no path twice); and one byte budget, :func:`work_budget` of the installed size, for everything
+read, fetched and built (patch outputs up to ``MAX_DERIVED_OUTPUT`` each, their installed
+sources, the external patches). A document past any of it is refused with a ``DeltaError``
+naming the limit, and the engine takes the signed format-2 path instead.
 
 How it stays small (measured: 1.8 kB of metadata for a 57-byte step before, see
 docs/benchmarks-update-size.md):
@@ -39,10 +43,13 @@ from dataclasses import dataclass, replace
 import blake3
 import zstandard
 
+from patcher.chunking import CHUNK_MAX
 from patcher.deltaindex import EMPTY_SHA256, DeltaIndex, PatchEntry
-from patcher.errors import ManifestError
+from patcher.errors import DeltaError, ManifestError
 from patcher.manifest import (
     MAX_BLOCK_RAW,
+    MAX_CHUNKS,
+    MAX_FILES,
     MAX_JSON_BYTES,
     Block,
     ChunkLocation,
@@ -64,6 +71,19 @@ MAX_DERIVED_OUTPUT = 1024 * 1024 * 1024
 _METHODS = {"z": "zstd", "b": "bsdiff", "h": "hdiffpatch"}
 _CODES = {v: k for k, v in _METHODS.items()}
 _PLACEHOLDER_PACK = "0" * 64
+# The work budget: what a document may make the engine read, fetch and build before the new
+# signature is checked. A real step patches at most every installed file once (sources <= the
+# installed size) into outputs of about the same size, plus new files; 2x the installed size
+# leaves room for a version that grows, the constant for small games. A step past it is still
+# installed, through the signed format-2 index (it only costs that index's bytes).
+WORK_FACTOR = 2
+WORK_SLACK = 64 * 1024 * 1024
+# Lower bounds of the JSON a predicted row costs (manifest_to_json): a file row without its path
+# ({"path":"","size":0,"mode":420,"hash_sha256":"<64>","chunks":[]},) and a chunk row
+# ([0,1,"<64>"],). Lower bounds, so a document is refused only when its prediction is certainly
+# past the loader's limit.
+_FILE_JSON_MIN = 120
+_CHUNK_JSON_MIN = 72
 _DELTA_LEVEL = 22
 
 
@@ -241,7 +261,9 @@ def decode_update_doc(blob: bytes, old: Manifest) -> UpdateDoc:
     r = _Reader(body)
     rows: list[tuple[str, str | None, str, int, int, str, int]] = []
     try:
-        for i in range(r.varint(len(body), "patch count")):
+        # counts are capped by what a manifest may hold, so that no count makes this loop
+        # build more objects than a valid new manifest could use
+        for i in range(r.varint(min(len(body), MAX_FILES), "patch count")):
             w = f"patches[{i}]"
             target = r.varint(len(old.files), f"{w}.target")
             if target:
@@ -266,10 +288,12 @@ def decode_update_doc(blob: bytes, old: Manifest) -> UpdateDoc:
                 rows.append((path, source_path, _METHODS[code], to_size, 0, patch_id,
                              max(1, r.varint(MAX_DERIVED_OUTPUT, f"{w}.patch size"))))
         stored = tuple(r.varint(MAX_BLOCK_RAW, "block size")
-                       for _ in range(r.varint(len(body), "block count")))
-        packs = tuple(r.take(32, "pack").hex() for _ in range(r.varint(len(body), "pack count")))
+                       for _ in range(r.varint(min(len(body), MAX_CHUNKS), "block count")))
+        packs = tuple(r.take(32, "pack").hex()
+                      for _ in range(r.varint(len(stored) + 1, "pack count")))
         layout: list[LayoutOp] | None = None
-        count = r.varint(len(body), "layout length")
+        # each step but KEEP adds a file or drops installed ones
+        count = r.varint(min(len(body), MAX_FILES + len(old.files) + 1), "layout length")
         if count:
             layout, cursor = [], 0
             for k in range(count - 1):
@@ -299,6 +323,115 @@ def decode_update_doc(blob: bytes, old: Manifest) -> UpdateDoc:
         raise bad("patches", "a target twice")
     return UpdateDoc(tuple(patches), bytes(body[r.pos:]), NewBlocks(stored, packs),
                      tuple(layout) if layout is not None else None)
+
+
+@dataclass(frozen=True, slots=True)
+class DocWork:
+    """What deriving a document's manifest costs, known from the document and the installed
+    manifest alone (pure): the predicted file list's size, and the bytes it makes the engine
+    build (patch outputs), read (installed sources, each once) and fetch (external patches)."""
+
+    files: int
+    rows: int
+    json_bytes: int  # a lower bound
+    output_bytes: int
+    source_bytes: int
+    external_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.output_bytes + self.source_bytes + self.external_bytes
+
+
+def work_budget(installed_size: int) -> int:
+    """The most bytes (:attr:`DocWork.total_bytes`) a document for an installed version of
+    ``installed_size`` bytes may cost before the new manifest's signature is checked."""
+    return WORK_FACTOR * installed_size + WORK_SLACK
+
+
+def _derived_rows(size: int) -> int:
+    # every FastCDC chunk is at most CHUNK_MAX: the fewest rows an output of `size` gets
+    return -(-size // CHUNK_MAX)
+
+
+def doc_work(doc: UpdateDoc, old: Manifest) -> DocWork:
+    """Count what the prediction would hold and what deriving it costs, without building
+    either: O(installed files + document). Raises ``DeltaError`` naming the limit as soon as the
+    count passes one, so a hostile layout costs at most the count up to the limit:
+    ``UPDATE_DOC_PATH_TWICE`` (a manifest never holds a path twice: repeating one is how a tiny
+    document would copy one big row thousands of times), ``UPDATE_DOC_TOO_MANY_FILES`` /
+    ``_TOO_MANY_ROWS`` / ``_JSON_TOO_LARGE`` (past the manifest loader's ``MAX_FILES``,
+    ``MAX_CHUNKS``, ``MAX_JSON_BYTES``: the signed manifest could not be that big)."""
+    derived = {p.path: _derived_rows(p.to_size) for p in doc.patches}
+    files = rows = json = 0
+    seen: set[str] = set()
+
+    def add(path: str, n_rows: int) -> None:
+        nonlocal files, rows, json
+        if path in seen:
+            raise DeltaError(f"the predicted file list holds {path!r} twice",
+                             code="UPDATE_DOC_PATH_TWICE")
+        seen.add(path)
+        files += 1
+        rows += n_rows
+        json += _FILE_JSON_MIN + len(path.encode()) + _CHUNK_JSON_MIN * n_rows
+        if files > MAX_FILES:
+            raise DeltaError(f"the prediction holds over {MAX_FILES} files",
+                             code="UPDATE_DOC_TOO_MANY_FILES")
+        if rows > MAX_CHUNKS:
+            raise DeltaError(f"the prediction holds over {MAX_CHUNKS} chunk rows",
+                             code="UPDATE_DOC_TOO_MANY_ROWS")
+        if json > MAX_JSON_BYTES:
+            raise DeltaError(f"the prediction is over {MAX_JSON_BYTES} JSON bytes",
+                             code="UPDATE_DOC_JSON_TOO_LARGE")
+
+    if doc.layout is None:
+        for f in old.files:
+            add(f.path, derived.get(f.path, len(f.chunks)))
+        for p in doc.patches:
+            if p.path not in seen:
+                add(p.path, derived[p.path])
+    else:
+        cursor = 0
+        for step in doc.layout:
+            if step.op == KEEP:
+                for f in old.files[cursor: cursor + step.n]:
+                    add(f.path, derived.get(f.path, len(f.chunks)))
+            if step.op in (KEEP, DROP):
+                cursor += step.n
+            elif step.op == MOVE:
+                add(step.path, derived.get(step.path, len(old.files[step.n].chunks)))
+            else:
+                add(step.path, derived.get(step.path, 0))
+    output, source, external = _work_bytes(doc, old)
+    return DocWork(files, rows, json, output, source, external)
+
+
+def _work_bytes(doc: UpdateDoc, old: Manifest) -> tuple[int, int, int]:
+    """(patch output, installed sources, each counted once, external patches) in bytes."""
+    source = 0
+    for path in {p.source_path for p in doc.patches if p.source_path is not None}:
+        entry = old.file(path)
+        source += entry.size if entry is not None else 0
+    return (sum(p.to_size for p in doc.patches), source,
+            sum(p.patch_size for p in doc.patches if p.data is None))
+
+
+def check_doc_work(doc: UpdateDoc, old: Manifest) -> DocWork:
+    """:func:`doc_work` within the manifest loader's limits, and its bytes within the
+    :func:`work_budget` of the installed size (checked first: sums over the patches), else
+    ``DeltaError`` with the code naming the limit (``UPDATE_DOC_OVER_BUDGET`` for the bytes).
+    Run before anything is fetched, read or built: a refused document has cost its own bytes
+    and this count."""
+    output, source, external = _work_bytes(doc, old)
+    budget = work_budget(old.total_size)
+    if output + source + external > budget:
+        raise DeltaError(
+            f"deriving it costs {output + source + external} bytes ({output} of patch output, "
+            f"{source} of installed sources, {external} of external patches), over the budget "
+            f"of {budget} ({WORK_FACTOR}x the installed {old.total_size} bytes + {WORK_SLACK})",
+            code="UPDATE_DOC_OVER_BUDGET")
+    return doc_work(doc, old)
 
 
 def derived_entry(path: str, size: int, sha256: str, chunks: Sequence[tuple[int, int, str]],

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import logging
 import os
 import shutil
@@ -65,16 +66,17 @@ from engine.jobs.context import (
     manifest_key,
 )
 from patcher.chunking import chunk_buffer
-from patcher.delta import PatchMethod, apply_patch
-from patcher.deltaindex import EMPTY_SHA256, DeltaIndex, decode_delta_index
+from patcher.delta import PatchMethod, apply_patch, apply_patch_to_proven
+from patcher.deltaindex import DeltaIndex, decode_delta_index
 from patcher.errors import DeltaError, ManifestError
-from patcher.manifest import Manifest, compress_manifest_json
+from patcher.manifest import FileEntry, Manifest, compress_manifest_json
 from patcher.signing import load_public_key, load_signed_manifest, verify_signature
 from patcher.updatedoc import (
     MAX_DOC_BYTES,
     UpdateDoc,
     apply_manifest_delta,
     as_delta_index,
+    check_doc_work,
     decode_update_doc,
     derived_entry,
     predicted_json,
@@ -376,7 +378,14 @@ class UpdateRun:
         applied to the installed files, the outputs chunked and hashed, the new manifest rebuilt
         from them and its delta, and **checked against the new manifest's signature** before it
         is cached; the patches then build the files as any patch does. None (logged) on any
-        failure: the caller falls back to the signed delta index and the full manifest."""
+        failure: the caller falls back to the signed delta index and the full manifest.
+
+        The document is unsigned, so what it may cost is checked before anything is fetched,
+        read or built (``check_doc_work``: the prediction within the manifest loader's limits,
+        outputs + sources + external patches within a budget of the installed size). The path
+        is optional, so *any* failure of it (a refused budget, but also MemoryError on a huge
+        source, RecursionError, a bug) is logged with its type and falls back; only
+        cancellation (BaseException) goes through."""
         ctx = self.ctx
         rel = v3_doc_path(grant.delta_path) if grant.delta_path else None
         if rel is None or old.version_id == grant.version_id:
@@ -388,6 +397,9 @@ class UpdateRun:
                                          attempts=attempts)
             doc = await asyncio.to_thread(decode_update_doc, doc_blob, old)
             fetched = len(doc_blob)
+            work = await asyncio.to_thread(check_doc_work, doc, old)
+            log.debug("update document %s: %d file(s), >= %d row(s), %d byte(s) of work",
+                      rel, work.files, work.rows, work.total_bytes)
             data: dict[str, bytes] = {p.patch_id: p.data for p in doc.patches if p.data is not None}
             cached = blob_path.exists() and sig_path.exists()
             if not cached:  # derive the manifest: every patch is needed now
@@ -414,9 +426,9 @@ class UpdateRun:
             else:
                 new = await asyncio.to_thread(cached_manifest, ctx, grant.product_id,
                                               grant.version_id, key_hex)
-        except (EngineError, ManifestError, DeltaError, OSError) as exc:
-            log.warning("MANIFEST_PATCH_FAILED: update document %s unusable: %s; using the "
-                        "signed delta index", rel, exc)
+        except Exception as exc:  # optional path: every failure falls back (see above)
+            log.warning("MANIFEST_PATCH_FAILED: update document %s unusable (%s: %s); using "
+                        "the signed delta index", rel, type(exc).__name__, exc)
             return None
         self.progress.downloaded += fetched
         self._patch_data = data
@@ -598,27 +610,54 @@ def derive_manifest_blob(install_dir: Path, old: Manifest, doc: UpdateDoc,
     output chunked and hashed as the publisher does, the prediction from those rows patched
     with the document's manifest delta. Nothing here is trusted until the caller has checked
     the new signature over the result; outputs are dropped (the build applies them again,
-    checked against the signed hashes)."""
-    rows = []
-    for p in doc.patches:
-        old_bytes, old_sha = b"", EMPTY_SHA256
-        if p.source_path is not None:
+    checked against the signed hashes).
+
+    Its cost is checked first (``check_doc_work``, raising before any source is read); each
+    installed source is read once and hashed once, however many patches name it (patches are
+    taken source by source, one source in memory at a time), and never past the size the
+    installed manifest gives it."""
+    check_doc_work(doc, old)
+    rows: list[FileEntry | None] = [None] * len(doc.patches)
+    order = sorted(range(len(doc.patches)), key=lambda i: doc.patches[i].source_path or "")
+    current: tuple[str | None, bytes] = (None, b"")
+    for i in order:
+        p = doc.patches[i]
+        if p.source_path is not None and p.source_path != current[0]:
+            current = (None, b"")  # the previous source is dropped before the next is read
             src = old.file(p.source_path)
             if src is None:
                 raise DeltaError(f"{p.path}: {p.source_path} is not in the installed version")
-            old_bytes = safe_join(install_dir, p.source_path).read_bytes()
-            old_sha = src.hash_sha256
-        out = apply_patch(PatchMethod(p.method), old_bytes, data[p.patch_id], old_sha256=old_sha,
-                          new_sha256=None, new_size=p.to_size)
+            current = (p.source_path, _read_source(install_dir, src))
+        old_bytes = current[1] if p.source_path is not None else b""
+        out = apply_patch_to_proven(PatchMethod(p.method), old_bytes, data[p.patch_id],
+                                    new_sha256=None, new_size=p.to_size)
         del old_bytes
         cf = chunk_buffer(out)
         del out
-        rows.append(derived_entry(p.path, cf.size, cf.sha256,
-                                  [(c.offset, c.size, c.id) for c in cf.chunks], old,
-                                  p.source_path))
-    new_json = apply_manifest_delta(predicted_json(old, to_version, rows, doc.blocks, doc.layout),
-                                    doc.manifest_delta)
+        rows[i] = derived_entry(p.path, cf.size, cf.sha256,
+                                [(c.offset, c.size, c.id) for c in cf.chunks], old,
+                                p.source_path)
+    current = (None, b"")  # the last source is not held while the manifest is rebuilt
+    derived = [r for r in rows if r is not None]
+    new_json = apply_manifest_delta(
+        predicted_json(old, to_version, derived, doc.blocks, doc.layout), doc.manifest_delta)
     return compress_manifest_json(new_json)
+
+
+def _read_source(install_dir: Path, entry: FileEntry) -> bytes:
+    """An installed file as the installed manifest describes it, or DeltaError: never more than
+    its manifest size is read (a file grown on disk is refused by its size, not read whole),
+    and its SHA-256 is checked once here rather than by every patch that names it."""
+    with safe_join(install_dir, entry.path).open("rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size != entry.size:
+            raise DeltaError(f"{entry.path}: {size} bytes on disk, the installed manifest says "
+                             f"{entry.size}")
+        data = fh.read(entry.size + 1)
+    if len(data) != entry.size or hashlib.sha256(data).hexdigest() != entry.hash_sha256:
+        raise DeltaError(f"{entry.path}: no longer the installed version's file (size or "
+                         f"SHA-256 differs)")
+    return data
 
 
 def v3_doc_path(delta_path: str) -> str | None:

@@ -614,3 +614,161 @@ def test_bsdiff_runs_after_hdiffpatch_only_for_edits(tmp_path: Path, rewritten: 
     assert result.data is not None and result.method is not None
     assert apply_patch(result.method, old, result.data, old_sha256=sha(old), new_sha256=sha(new),
                        new_size=len(new)) == new
+
+
+# -- the update document's work budget (review findings 1-3) ------------------------------------
+
+GiB = 1024 * MiB
+
+
+def _big_file_manifest(n_chunks: int, extra: int = 0) -> object:
+    """One installed file of ``n_chunks`` 64 KiB chunks (plus ``extra`` small files): the row
+    a hostile layout would copy."""
+    from patcher.manifest import Block, ChunkEntry, ChunkLocation, Codec, FileEntry, Manifest
+
+    ids = [sha(b"chunk%d" % i) for i in range(n_chunks)]
+    big = FileEntry("big.pak", n_chunks * 65536, 0o644, sha(b"big"),
+                    tuple(ChunkEntry(i * 65536, 65536, c) for i, c in enumerate(ids)))
+    small = tuple(FileEntry(f"s{i}.txt", 5, 0o644, sha(b"s%d" % i), ()) for i in range(extra))
+    return Manifest("prod", "1", (big, *small), (Block("a" * 64, 0, 1, n_chunks * 65536, Codec.ZSTD),),
+                    {c: ChunkLocation(0, i * 65536) for i, c in enumerate(ids)})
+
+
+def _move_doc(old: object, paths: list[str]) -> object:
+    """The reviewer's first document: MOVE installed file 0 under each of ``paths``."""
+    from patcher.updatedoc import MOVE, LayoutOp, UpdateDoc, decode_update_doc, encode_update_doc
+
+    layout = tuple(LayoutOp(MOVE, 0, p) for p in paths)
+    blob = encode_update_doc(UpdateDoc((), b"", layout=layout), old)  # type: ignore[arg-type]
+    assert len(blob) < 64 * 1024, "a small document"
+    return decode_update_doc(blob, old)  # type: ignore[arg-type]
+
+
+def _zero_frame(size: int) -> bytes:
+    """A zstd frame of ``size`` zero bytes made of RLE blocks (4 bytes per 128 KiB): 1 GiB is
+    32,783 bytes, built here without allocating it."""
+    header = struct.pack("<IB", 0xFD2FB528, 0xE0) + struct.pack("<Q", size)  # single segment
+    blocks = bytearray()
+    left = size
+    while left:
+        n = min(left, 128 * 1024)
+        left -= n
+        blocks += ((n << 3) | (1 << 1) | (0 if left else 1)).to_bytes(3, "little") + b"\x00"
+    return header + bytes(blocks)
+
+
+def _zero_frames_doc(old: object, count: int) -> bytes:
+    """The reviewer's second document: ``count`` inline whole-file frames of 1 GiB of zeros,
+    each a new path (format 3, patch rows, no blocks/packs/layout, inline bytes, no delta)."""
+    from patcher.updatedoc import _varint
+
+    frame = _zero_frame(GiB)
+    rows = b"".join(b"\x00" + _varint(len(name)) + name + b"\x00z" + _varint(GiB)
+                    + _varint(len(frame)) for name in (b"n%d" % i for i in range(count)))
+    body = b"\x03" + _varint(count) + rows + b"\x00\x00\x00" + frame * count
+    return zstandard.ZstdCompressor(level=1).compress(body)
+
+
+def test_the_crafted_zero_frame_is_what_it_claims() -> None:
+    frame = _zero_frame(300 * 1024)
+    assert zstandard.ZstdDecompressor().decompress(frame) == bytes(300 * 1024)
+    assert len(_zero_frame(GiB)) <= 32_783  # the review measured 32,783 with zstd itself
+    assert zstandard.get_frame_parameters(_zero_frame(GiB)).content_size == GiB
+
+
+def _refused_small(fn: object, *args: object) -> DeltaError:
+    """Run ``fn`` expecting a DeltaError, and check it allocated nothing big before refusing."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(DeltaError) as exc:
+            fn(*args)  # type: ignore[operator]
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * MiB, f"{peak} bytes allocated before the refusal"
+    return exc.value
+
+
+def test_moves_repeating_one_path_are_refused_before_any_prediction(tmp_path: Path) -> None:
+    """M MOVE steps putting a 1000-chunk file under one path (155 MiB of predicted JSON at
+    M=2000 before the fix): refused by the count, before any row is copied."""
+    from engine.jobs.update import derive_manifest_blob
+    from patcher.updatedoc import check_doc_work
+
+    old = _big_file_manifest(1000)
+    doc = _move_doc(old, ["a"] * 2000)
+    assert _refused_small(check_doc_work, doc, old).code == "UPDATE_DOC_PATH_TWICE"
+    err = _refused_small(derive_manifest_blob, tmp_path, old, doc, {}, "2")
+    assert err.code == "UPDATE_DOC_PATH_TWICE"
+
+
+def test_moves_under_many_paths_are_refused_past_the_loaders_json_limit() -> None:
+    """Distinct paths: each copy is a valid row, but 5000 copies of 1000 rows are past the
+    manifest loader's MAX_JSON_BYTES (and 100 are not: a legitimate duplicate is fine)."""
+    from patcher.updatedoc import check_doc_work
+
+    old = _big_file_manifest(1000)
+    err = _refused_small(check_doc_work, _move_doc(old, [f"copy/{i}" for i in range(5000)]), old)
+    assert err.code == "UPDATE_DOC_JSON_TOO_LARGE"
+    work = check_doc_work(_move_doc(old, [f"copy/{i}" for i in range(100)]), old)  # type: ignore[arg-type]
+    assert (work.files, work.rows) == (100, 100_000)
+
+
+def test_many_files_are_refused_past_max_files() -> None:
+    from patcher.manifest import MAX_FILES
+    from patcher.updatedoc import NEW, LayoutOp, UpdateDoc, check_doc_work
+
+    old = _big_file_manifest(1)
+    doc = UpdateDoc((), b"", layout=tuple(LayoutOp(NEW, 0, f"{i}") for i in range(MAX_FILES + 1)))
+    with pytest.raises(DeltaError) as exc:
+        check_doc_work(doc, old)  # type: ignore[arg-type]
+    assert exc.value.code == "UPDATE_DOC_TOO_MANY_FILES"
+
+
+def test_inline_gigabyte_zero_frames_are_refused_before_any_decompression(tmp_path: Path) -> None:
+    """1900 inline 1 GiB zero frames (~1900 GiB of work from a small document): past the
+    budget of the installed size, refused before a frame is decompressed."""
+    from engine.jobs.update import derive_manifest_blob
+    from patcher.updatedoc import check_doc_work, decode_update_doc, work_budget
+
+    old = _big_file_manifest(16)  # 1 MiB installed: the budget is 2 MiB + 64 MiB
+    blob = _zero_frames_doc(old, 1900)
+    assert len(blob) < 64 * 1024, len(blob)
+    doc = decode_update_doc(blob, old)  # type: ignore[arg-type]
+    assert len(doc.patches) == 1900 and all(p.to_size == GiB for p in doc.patches)
+    data = {p.patch_id: p.data for p in doc.patches}
+    err = _refused_small(check_doc_work, doc, old)
+    assert err.code == "UPDATE_DOC_OVER_BUDGET"
+    assert str(work_budget(old.total_size)) in str(err)  # type: ignore[attr-defined]
+    err = _refused_small(derive_manifest_blob, tmp_path, old, doc, data, "2")
+    assert err.code == "UPDATE_DOC_OVER_BUDGET"
+    # one such frame alone is refused too: a 1 GiB output for a 1 MiB game
+    one = decode_update_doc(_zero_frames_doc(old, 1), old)  # type: ignore[arg-type]
+    assert _refused_small(check_doc_work, one, old).code == "UPDATE_DOC_OVER_BUDGET"
+
+
+def test_budget_counts_each_source_once_and_external_patches() -> None:
+    from patcher.updatedoc import DocPatch, UpdateDoc, doc_work
+
+    old = _big_file_manifest(16, extra=1)  # big.pak: 1 MiB
+    patches = (DocPatch("x", "big.pak", "hdiffpatch", 100, b"p", "", 1),
+               DocPatch("y", "big.pak", "zstd", 200, None, "f" * 64, 5000))
+    work = doc_work(UpdateDoc(patches, b""), old)  # type: ignore[arg-type]
+    assert (work.output_bytes, work.source_bytes, work.external_bytes) == (300, MiB, 5000)
+    assert work.total_bytes == 300 + MiB + 5000
+
+
+def test_derivation_reads_no_source_that_grew_on_disk(tmp_path: Path) -> None:
+    """The installed file is now far bigger than its manifest row (3 GiB in the review): refused
+    by its size, never read whole (here 8 MiB on disk for a 1 MiB row)."""
+    from engine.jobs.update import derive_manifest_blob
+    from patcher.updatedoc import DocPatch, UpdateDoc
+
+    old = _big_file_manifest(16)
+    with (tmp_path / "big.pak").open("wb") as fh:
+        fh.truncate(8 * MiB)
+    doc = UpdateDoc((DocPatch("big.pak", "big.pak", "zstd", 10, b"p", "i", 1),), b"")
+    err = _refused_small(derive_manifest_blob, tmp_path, old, doc, {"i": b"p"}, "2")
+    assert "8388608 bytes on disk" in str(err)
