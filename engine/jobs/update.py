@@ -479,7 +479,7 @@ class UpdateRun:
             if b.method is BuildMethod.CHUNKS:
                 continue
             built = (await self._move(b, new, staging) if b.method is BuildMethod.MOVE
-                     else await self._patch(b, pool, staging))
+                     else await self._patch(b, pool, old, staging))
             if built:  # verified: journaled now, so a resumed run never builds it again
                 await self.build.record_verified(staging, b.file_index)
                 continue
@@ -532,8 +532,10 @@ class UpdateRun:
         self.progress.written += written
         return True
 
-    async def _patch(self, b: FileBuild, pool: SourcePool, staging: Staging) -> bool:
-        """Fetch, check and apply one patch; False (logged, not fatal) means use chunks."""
+    async def _patch(self, b: FileBuild, pool: SourcePool, old: Manifest, staging: Staging) -> bool:
+        """Fetch, check and apply one patch; False (logged, not fatal) means use chunks: for any
+        failure (a source grown past its installed size is refused by its size, not read; an
+        out-of-memory patch is one file built from chunks, not a failed update)."""
         p = b.patch
         assert p is not None
         try:
@@ -553,19 +555,26 @@ class UpdateRun:
                 self.progress.downloaded += len(data)
             else:
                 check(data)
-            old_bytes = b""  # no source: a whole-file frame of a new file
-            if p.source_path is not None:
-                source = safe_join(self.install_dir, p.source_path)
-                old_bytes = await asyncio.to_thread(source.read_bytes)
-            out = await asyncio.to_thread(apply_patch, PatchMethod(p.method), old_bytes, data,
-                                          old_sha256=p.from_sha256, new_sha256=p.to_sha256,
-                                          new_size=p.to_size)
+            if p.source_path is None:  # no source: a whole-file frame of a new file
+                out = await asyncio.to_thread(apply_patch, PatchMethod(p.method), b"", data,
+                                              old_sha256=p.from_sha256, new_sha256=p.to_sha256,
+                                              new_size=p.to_size)
+            else:
+                src = old.file(p.source_path)
+                if src is None or src.hash_sha256 != p.from_sha256:
+                    raise DeltaError(f"{p.source_path} is not the installed file the patch is for")
+                old_bytes = await asyncio.to_thread(_read_source, self.install_dir, src)
+                out = await asyncio.to_thread(apply_patch_to_proven, PatchMethod(p.method),
+                                              old_bytes, data, new_sha256=p.to_sha256,
+                                              new_size=p.to_size)
+                del old_bytes
             staging.close_file(b.file_index)
             await asyncio.to_thread(_write_at, staging, b.file_index, out)
             self.progress.written += len(out)
             return True
-        except (DeltaError, EngineError, OSError) as exc:
-            log.warning("DELTA_PATCH_APPLICATION_FAILED: %s: %s; falling back to chunks", p.path, exc)
+        except Exception as exc:  # optional: every failure falls back to chunks (see above)
+            log.warning("DELTA_PATCH_APPLICATION_FAILED: %s: %s: %s; falling back to chunks",
+                        p.path, type(exc).__name__, exc)
             self.ctx.bus.publish(error_event(
                 self.task.id, ErrorCode.DELTA_PATCH_APPLICATION_FAILED,
                 f"{exc}; falling back to chunks", p.path, fatal=False))

@@ -386,3 +386,65 @@ def test_unusable_update_document_falls_back_to_the_signed_index(
     assert "MANIFEST_PATCH_FAILED" in err
     assert cached_manifest(cli, new) == store.path(store.manifest_rel(PRODUCT, new)).read_bytes()
     assert_same_tree(target, build(published_store, new))
+
+
+def _zero_frame(size: int) -> bytes:
+    """A zstd frame of ``size`` zero bytes as RLE blocks (1 GiB in ~32 KB), never allocated."""
+    import struct
+
+    out = bytearray(struct.pack("<IB", 0xFD2FB528, 0xE0) + struct.pack("<Q", size))
+    left = size
+    while left:
+        n = min(left, 128 * 1024)
+        left -= n
+        out += ((n << 3) | (1 << 1) | (0 if left else 1)).to_bytes(3, "little") + b"\x00"
+    return bytes(out)
+
+
+def _hostile_doc(old_m: Any, attack: str) -> bytes:
+    """The review's documents: 2000 MOVE steps copying the installed file with the most rows
+    under one path, or 1900 inline 1 GiB zero frames (~62 MB of body, ~70 KB on the wire)."""
+    from patcher.updatedoc import MOVE, LayoutOp, UpdateDoc, _varint, encode_update_doc
+
+    if attack == "moves":
+        big = max(range(len(old_m.files)), key=lambda i: len(old_m.files[i].chunks))
+        layout = tuple(LayoutOp(MOVE, big, "a") for _ in range(2000))
+        return encode_update_doc(UpdateDoc((), b"", layout=layout), old_m)
+    frame, gib, count = _zero_frame(1 << 30), 1 << 30, 1900
+    rows = b"".join(b"\x00" + _varint(len(name)) + name + b"\x00z" + _varint(gib)
+                    + _varint(len(frame)) for name in (b"n%d" % i for i in range(count)))
+    body = b"\x03" + _varint(count) + rows + b"\x00\x00\x00" + frame * count
+    return zstandard.ZstdCompressor(level=1).compress(body)
+
+
+@pytest.mark.parametrize(("attack", "code"), [("moves", "UPDATE_DOC_PATH_TWICE"),
+                                              ("zero-frames", "UPDATE_DOC_OVER_BUDGET"),
+                                              ("grown-source", "bytes on disk")])
+def test_update_document_past_its_work_budget_falls_back_to_the_signed_index(
+        backend_factory: Any, published_store: Any, tmp_path: Path, attack: str,
+        code: str) -> None:
+    """Review findings 1-3 through the real engine: a small hostile document (or an installed
+    source grown to 3 GiB, sparse) is refused before any prediction, decompression or source
+    read, named in the log, and the update still installs byte-exact through format 2."""
+    server = backend_factory()
+    store = store_of(server)
+    versions = published_store.product(PRODUCT).versions
+    old, new = versions[-2], versions[-1]
+    old_m, _, doc = _doc_parts(store, old, new)
+    cli = fresh_cli(server, tmp_path)
+    target = tmp_path / "game"
+    cli.ok("install", PRODUCT, "--version", old, "--target", str(target))
+    if attack == "grown-source":
+        src = next(p.source_path for p in doc.patches if p.source_path is not None)
+        with (target / src).open("r+b") as fh:
+            fh.truncate(3 << 30)  # sparse: no disk, but read whole it would be 3 GiB of memory
+    else:
+        blob = _hostile_doc(old_m, attack)
+        assert len(blob) < 128 * 1024, len(blob)
+        replace(store.path(store.delta_v3_rel(PRODUCT, old, new)), blob)
+    code_, lines, err = cli.run("update", PRODUCT, "--version", new)
+    assert code_ == 0 and lines[-1]["result"] == "completed", err
+    assert "MANIFEST_PATCH_FAILED" in err and code in err, err
+    assert "derived and its signature checked" not in err
+    assert cached_manifest(cli, new) == store.path(store.manifest_rel(PRODUCT, new)).read_bytes()
+    assert_same_tree(target, build(published_store, new))
