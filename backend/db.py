@@ -19,7 +19,7 @@ import contextlib
 import os
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -350,6 +350,18 @@ class FamilyMember(Base):
                                            primary_key=True)
     owner_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     added_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+def lock_users(s: Session, user_ids: Iterable[str]) -> None:
+    """Lock the users' rows until the session's transaction ends, in id order (two sessions
+    locking overlapping sets never wait on each other in a cycle). A no-op UPDATE, not
+    ``SELECT ... FOR UPDATE``: on PostgreSQL it takes the row lock, on SQLite (which has no row
+    locks and ignores FOR UPDATE) it takes the database's write lock, so a second writer waits
+    (busy timeout) and then reads what the first committed. For checks that span rows no
+    constraint covers (a family member is never an owner: ``backend.family``)."""
+    for uid in sorted(set(user_ids)):
+        s.execute(update(User).where(User.id == uid).values(username=User.username)
+                  .execution_options(synchronize_session=False))
 
 
 class Database:

@@ -65,8 +65,17 @@ TERMINAL = ("completed", "cancelled")
 CLAIMABLE = ("queued", "preparing", "downloading", "verifying")
 
 
+RUNNING = ("preparing", "downloading", "verifying")
+
+
 class TaskStateConflict(Conflict):
     code = "DOWNLOAD_TASK_STATE_CONFLICT"
+
+
+class ClaimedElsewhere(Conflict):
+    """A status report from a device that does not run the task (ours: remote downloads)."""
+
+    code = "DOWNLOAD_TASK_CLAIMED_ELSEWHERE"
 
 
 class QueueFull(ApiError):
@@ -89,12 +98,30 @@ def delta_ref(product: str, from_version: str, to_version: str) -> dict[str, str
 
 
 def next_status(current: str, requested: str) -> str:
-    """The status after a client report, or TaskStateConflict."""
+    """The status after a client report, or TaskStateConflict. A paused task does not run
+    again from a report (a progress report of the runner that crossed the player's pause,
+    made on another device): only a resume (REST) or the runner's own ``queued`` (the player
+    resumed it there) takes it out of ``paused``."""
     if current == requested:
         return current
     if current in TERMINAL:
         raise TaskStateConflict(f"task is {current}; it cannot become {requested}")
+    if current == "paused" and requested in RUNNING:
+        raise TaskStateConflict(f"task is paused; a {requested} report does not resume it")
     return requested
+
+
+def check_reporter(origin: str | None, runner: str | None, reporter: str | None) -> None:
+    """A task run by a device (``runner``: the claimer of a remote download, or the device
+    that created it) takes status reports from that device only; ClaimedElsewhere otherwise.
+    A claimed remote download needs the reporter's id; a device's own task reported without
+    one (older clients) is taken, as before."""
+    if runner is None:
+        return
+    if reporter is None and origin == "remote":
+        raise ClaimedElsewhere("this remote download is run by another device; say deviceId")
+    if reporter is not None and reporter != runner:
+        raise ClaimedElsewhere(f"task is run by device {runner!r}, not {reporter!r}")
 
 
 def queue_order_key(t: DownloadTask) -> tuple[int, int, float]:
@@ -337,6 +364,7 @@ def report_status(taskId: TaskId, body: Data[StatusReport], ctx: CtxDep,
     a = body.data.attributes
     with ctx.db.session() as s:
         task = owned_task(s, user.id, taskId)
+        check_reporter(task.origin, task.device_id, a.deviceId)
         status = next_status(task.status, a.status)
         record(s, task, status, downloaded=a.downloadedBytes, error_code=a.errorCode,
                error_message=a.errorMessage)
@@ -411,8 +439,11 @@ def claim_task(taskId: TaskId, body: Data[ClaimRequest], ctx: CtxDep,
                user: UserDep) -> dict[str, Any]:
     """An engine takes a remote download to run it (ours; remote downloads). One conditional
     UPDATE: of two engines of the user claiming at once, one gets the task and the other 409
-    ``DOWNLOAD_TASK_STATE_CONFLICT``; claiming again by the same device answers the task again
-    (a retry after a lost answer). The answer carries signed ``cdnSources``, like create."""
+    ``DOWNLOAD_TASK_CLAIMED_ELSEWHERE``; claiming again by the same device answers the task
+    again (a retry after a lost answer). The UPDATE repeats the status check, so a task
+    paused or cancelled between the read and the write is 409 ``DOWNLOAD_TASK_STATE_CONFLICT``,
+    never a claim of a task nobody should run. The answer carries signed ``cdnSources``, like
+    create."""
     device = body.data.attributes.deviceId
     with ctx.db.session() as s:
         task = owned_task(s, user.id, taskId)
@@ -427,12 +458,16 @@ def claim_task(taskId: TaskId, body: Data[ClaimRequest], ctx: CtxDep,
         check_lent_access(ctx, s, item)
         taken = s.execute(update(DownloadTask).where(
             DownloadTask.id == task.id,
+            DownloadTask.status.in_(CLAIMABLE),
             or_(DownloadTask.device_id.is_(None), DownloadTask.device_id == device),
         ).values(device_id=device, updated_at=utcnow())
             .execution_options(synchronize_session=False))
+        s.refresh(task)  # what the UPDATE saw: another device's claim or a pause/cancel
         if taken.rowcount != 1:  # type: ignore[attr-defined]
-            raise TaskStateConflict("another device runs this task")
-        s.refresh(task)
+            if task.status not in CLAIMABLE:
+                raise TaskStateConflict(f"task is {task.status}; only a waiting task can be "
+                                        "claimed")
+            raise ClaimedElsewhere("another device runs this task")
         sources = _sources(ctx, task.product_id, user.id)
         return {"data": task_resource(ctx, task, position=_position(s, task), sources=sources)}
 

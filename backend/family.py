@@ -26,7 +26,15 @@ from sqlalchemy.orm import Session
 
 from backend import events
 from backend.context import Context, CtxDep, UserDep
-from backend.db import FamilyMember, LibraryItem, PlaytimeSession, Product, User, utcnow
+from backend.db import (
+    FamilyMember,
+    LibraryItem,
+    PlaytimeSession,
+    Product,
+    User,
+    lock_users,
+    utcnow,
+)
 from backend.errors import ApiError, Conflict, NotFound, ValidationFailed
 from backend.library import is_launcher_product
 from backend.schemas import Data, LibraryItemResource, Model, ProductId, error_responses
@@ -191,9 +199,14 @@ def add_member(body: Data[MemberAdd], ctx: CtxDep, user: UserDep) -> dict[str, A
         if other.id == user.id:
             raise ValidationFailed("you cannot join your own family",
                                    pointer="/data/attributes/username")
-        if s.get(FamilyMember, user.id) is not None:
+        # both users locked before the checks (a row lock on PostgreSQL, the write lock on
+        # SQLite): two adds that share a user run one after the other, so "X adds Y" and "Y
+        # adds Z" at once cannot make Y a member and an owner; the checks below read after the
+        # lock, i.e. what the other add committed
+        lock_users(s, (user.id, other.id))
+        if s.get(FamilyMember, user.id, populate_existing=True) is not None:
             raise Conflict("a family member cannot share a library on", code="FAMILY_CONFLICT")
-        existing = s.get(FamilyMember, other.id)
+        existing = s.get(FamilyMember, other.id, populate_existing=True)
         if existing is not None:
             raise Conflict(f"{name!r} is already in a family", code="FAMILY_CONFLICT",
                            pointer="/data/attributes/username")

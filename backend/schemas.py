@@ -348,6 +348,10 @@ class ItemReport(Model):
 
 class StatusReportAttributes(Model):
     status: ReportedStatus
+    deviceId: DeviceId | None = Field(default=None, description=(
+        "ours: the reporting engine's device id. A task run by a device (claimed, or created "
+        "with its deviceId) takes reports only from that device: another one is 409 "
+        "DOWNLOAD_TASK_CLAIMED_ELSEWHERE; a claimed remote download needs it"))
     downloadedBytes: int | None = Field(default=None, ge=0, le=1 << 60)
     errorCode: str | None = Field(default=None, max_length=64)
     errorMessage: str | None = Field(default=None, max_length=4000)

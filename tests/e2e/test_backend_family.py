@@ -219,6 +219,39 @@ def test_concurrent_borrows_and_invitations_agree(backend: BackendServer,
     assert [i["attributes"]["product_id"] for i in items] == [product]
 
 
+def test_nobody_becomes_a_member_and_an_owner_in_a_race(backend: BackendServer) -> None:
+    """X adds Y while Y adds Z (and X adds Y while Z adds X), from two threads against the
+    real backend: one add wins, the other is 409 FAMILY_CONFLICT; no user is ever both a
+    member of a family and the owner of one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def role(token: str) -> str:
+        with backend.client(token) as c:
+            r = c.get(FAMILY)
+            assert r.status_code == 200, r.text
+            return str(r.json()["data"]["attributes"]["role"])
+
+    with ThreadPoolExecutor(2) as pool:
+        for round_ in range(10):
+            (x, tx), (y, ty), (z, tz) = (backend.new_user() for _ in range(3))
+            # even rounds: X adds Y | Y adds Z; odd rounds: X adds Y | Z adds X
+            second = (ty, z) if round_ % 2 == 0 else (tz, x)
+
+            def add(pair: tuple[str, str]) -> httpx.Response:
+                with backend.client(pair[0]) as c:
+                    return add_member(c, pair[1])
+
+            answers = list(pool.map(add, [(tx, y), second]))
+            codes = sorted(r.status_code for r in answers)
+            assert codes == [201, 409], [r.text for r in answers]
+            refused = next(r for r in answers if r.status_code == 409)
+            assert_error(refused, 409, "FAMILY_CONFLICT")
+            # one family of two: a member, an owner and a user outside (with the bug, the user
+            # both adds involve was a member and an owner: two members, one owner)
+            roles = sorted([role(tx), role(ty), role(tz)])
+            assert roles == ["member", "none", "owner"], roles
+
+
 def test_family_changes_reach_both_library_channels(backend: BackendServer,
                                                     published_store: PublishedStore) -> None:
     import contextlib

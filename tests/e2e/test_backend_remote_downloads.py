@@ -44,6 +44,15 @@ def _claim(c: httpx.Client, tid: str, device: str) -> httpx.Response:
         "type": "downloadTaskClaim", "attributes": {"deviceId": device}}})
 
 
+def _report(c: httpx.Client, tid: str, status: str, device: str | None,
+            downloaded: int = 0) -> httpx.Response:
+    attrs: dict[str, Any] = {"status": status, "downloadedBytes": downloaded}
+    if device is not None:
+        attrs["deviceId"] = device
+    return c.post(f"/api/v1/download/tasks/{tid}/status", json={"data": {
+        "type": "downloadTaskStatus", "attributes": attrs}})
+
+
 def _remote(body: dict[str, Any], **attrs: Any) -> dict[str, Any]:
     body["data"]["attributes"].update(attrs)
     return body
@@ -83,8 +92,7 @@ def test_remote_tasks_are_announced_and_claimed_once(backend: BackendServer) -> 
         assert _claim(c, tid, device).status_code == 200
 
         # the engine's own reports are not announced; REST pause/resume/cancel are
-        status = c.post(f"/api/v1/download/tasks/{tid}/status", json={"data": {
-            "type": "downloadTaskStatus", "attributes": {"status": "queued"}}})
+        status = _report(c, tid, "queued", device)
         assert status.status_code == 200, status.text
         assert c.post(f"/api/v1/download/tasks/{tid}/pause").status_code == 200
         ev = _next_download_event(ws)["payload"]
@@ -114,6 +122,69 @@ def test_remote_tasks_are_announced_and_claimed_once(backend: BackendServer) -> 
     with backend.client(other_token) as c2:
         assert_error(_claim(c2, mid, "dev-b"), 404, "DOWNLOAD_TASK_NOT_FOUND")
     assert name
+
+
+def test_reports_come_from_the_runner_and_do_not_undo_a_pause(backend: BackendServer) -> None:
+    """A claimed remote download takes status reports from its claimer only; a progress
+    report that crossed the player's pause does not make it downloading again; a device's own
+    task still takes its reports (with its id, or without one as older clients send them)."""
+    _name, token = backend.new_user(products=[GAME, OTHER])
+    with backend.client(token) as c:
+        tid = c.post("/api/v1/download/tasks", json=task_body(GAME)).json()["data"]["id"]
+        assert _claim(c, tid, "dev-a").status_code == 200
+        assert _report(c, tid, "downloading", "dev-a", 10).status_code == 200
+        # another device of the same player, or a report naming no device: refused, unchanged
+        assert_error(_report(c, tid, "completed", "dev-b", 99), 409,
+                     "DOWNLOAD_TASK_CLAIMED_ELSEWHERE")
+        assert_error(_report(c, tid, "completed", None, 99), 409,
+                     "DOWNLOAD_TASK_CLAIMED_ELSEWHERE")
+        got = c.get(f"/api/v1/download/tasks/{tid}").json()["data"]["attributes"]
+        assert (got["status"], got["downloadedBytes"]) == ("downloading", 10)
+        # the watching device pauses; the runner's late progress report is refused
+        assert c.post(f"/api/v1/download/tasks/{tid}/pause").status_code == 200
+        assert_error(_report(c, tid, "downloading", "dev-a", 20), 409,
+                     "DOWNLOAD_TASK_STATE_CONFLICT")
+        got = c.get(f"/api/v1/download/tasks/{tid}").json()["data"]["attributes"]
+        assert (got["status"], got["downloadedBytes"]) == ("paused", 10)
+        # the runner's own resume (it reports queued), then its progress, are taken
+        assert _report(c, tid, "queued", "dev-a", 10).status_code == 200
+        assert _report(c, tid, "downloading", "dev-a", 30).status_code == 200
+        assert _report(c, tid, "completed", "dev-a", 40).status_code == 200
+        history = [h["attributes"]["status"] for h in
+                   c.get(f"/api/v1/download/tasks/{tid}/history").json()["data"]]
+        assert history == ["queued", "downloading", "paused", "queued", "downloading",
+                           "completed"]
+
+        # a device's own task: its reports, with or without its id; another device's refused
+        own = c.post("/api/v1/download/tasks", json=_remote(task_body(OTHER), deviceId="dev-a"))
+        oid = own.json()["data"]["id"]
+        assert _report(c, oid, "downloading", "dev-a", 5).status_code == 200
+        assert _report(c, oid, "downloading", None, 6).status_code == 200
+        assert_error(_report(c, oid, "downloading", "dev-b", 7), 409,
+                     "DOWNLOAD_TASK_CLAIMED_ELSEWHERE")
+        assert c.get(f"/api/v1/download/tasks/{oid}").json()["data"]["attributes"][
+            "downloadedBytes"] == 6
+
+
+def test_a_claim_never_wins_a_task_cancelled_or_paused_meanwhile(backend: BackendServer) -> None:
+    """Claims racing a cancel or a pause (threads against the real backend): a claim answered
+    200 always carries a task still waiting; the loser of each race is 409."""
+    _name, token = backend.new_user(products=[GAME])
+    with backend.client(token) as c, ThreadPoolExecutor(2) as pool:
+        for round_ in range(8):
+            tid = c.post("/api/v1/download/tasks", json=task_body(GAME)).json()["data"]["id"]
+            claim = pool.submit(_claim, c, tid, "dev-a")
+            stopped = pool.submit(c.delete, f"/api/v1/download/tasks/{tid}") if round_ % 2 \
+                else pool.submit(c.post, f"/api/v1/download/tasks/{tid}/pause")
+            answer = claim.result()
+            assert stopped.result().status_code in (200, 204)
+            if answer.status_code == 200:
+                assert answer.json()["data"]["attributes"]["status"] in (
+                    "queued", "preparing", "downloading", "verifying"), answer.text
+            else:
+                assert_error(answer, 409, "DOWNLOAD_TASK_STATE_CONFLICT")
+            final = c.get(f"/api/v1/download/tasks/{tid}").json()["data"]["attributes"]
+            assert final["status"] == ("cancelled" if round_ % 2 else "paused")
 
 
 def test_bad_device_ids_are_refused(backend: BackendServer) -> None:
