@@ -81,6 +81,86 @@ def remote_task_view(doc: Mapping[str, Any]) -> dict[str, Any]:
     return {"taskId": doc.get("id")} | {k: attrs.get(k) for k in _VIEW_FIELDS}
 
 
+# -- what the library channel may say (validated before anything acts on it) --------------------
+
+TASK_CHANGED = "download.task.changed"
+QUEUE_REORDERED = "download.queue.reordered"
+# every status the backend has for a task (the seed's DownloadTask.status)
+BACKEND_STATUSES = _BACKEND_ACTIVE | {"completed", "cancelled", "error"}
+MAX_QUEUE_IDS = 10_000  # far above the backend's active-task limit
+MAX_ID_LEN = 64  # the backend's task ids (``TaskId`` path parameter)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskChanged:
+    task: RemoteTask
+
+
+@dataclass(frozen=True, slots=True)
+class QueueReordered:
+    task_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Malformed:
+    """A message of a download kind that does not have the shape the backend sends: logged
+    and dropped (one bad message never stops remote downloads nor the library channel)."""
+
+    reason: str
+
+
+ChannelEvent = TaskChanged | QueueReordered | Malformed
+
+
+def _good_id(value: Any) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= MAX_ID_LEN
+
+
+def parse_event(doc: Any) -> ChannelEvent:
+    """A ``download.task.changed`` or ``download.queue.reordered`` message of the library
+    channel, checked field by field (types, known statuses, sizes)."""
+    if not isinstance(doc, Mapping):
+        return Malformed(f"not an object: {type(doc).__name__}")
+    kind, payload = doc.get("event_type"), doc.get("payload")
+    if kind not in (TASK_CHANGED, QUEUE_REORDERED):
+        return Malformed(f"not a download message: {str(kind)[:64]!r}")
+    if not isinstance(payload, Mapping):
+        return Malformed(f"{kind}: payload is not an object")
+    if kind == QUEUE_REORDERED:
+        ids = payload.get("task_ids")
+        if not isinstance(ids, list) or len(ids) > MAX_QUEUE_IDS:
+            return Malformed(f"{kind}: task_ids is not a list of at most {MAX_QUEUE_IDS}")
+        if not all(_good_id(i) for i in ids):
+            return Malformed(f"{kind}: a task id is not a string of 1-{MAX_ID_LEN} characters")
+        return QueueReordered(tuple(ids))
+    task = RemoteTask.from_event(payload)
+    if task is None or not _good_id(task.id):
+        return Malformed(f"{kind}: task_id, status and product_id must be strings")
+    if task.status not in BACKEND_STATUSES:
+        return Malformed(f"{kind}: unknown status {task.status[:32]!r}")
+    return TaskChanged(task)
+
+
+# -- the agent's retries and the claim's answer --------------------------------------------------
+
+RESYNC_BACKOFF_S = (1.0, 2.0, 5.0, 15.0, 60.0)
+
+
+def resync_delay(failures: int) -> float:
+    """Seconds before reading the backend's queue again after ``failures`` failed reads in a
+    row (a 503 at connect is retried soon, an outage at most once a minute)."""
+    if failures <= 0:
+        return 0.0
+    return RESYNC_BACKOFF_S[min(failures, len(RESYNC_BACKOFF_S)) - 1]
+
+
+def claimed(answer: RemoteTask | None, device_id: str) -> bool:
+    """Whether the claim's answer gives this device a task to run: claimed by it and still
+    waiting (a task paused or cancelled while the claim was on its way is not queued here)."""
+    return answer is not None and answer.device_id == device_id \
+        and answer.status in _WANTS_RUNNING
+
+
 def _opt(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 

@@ -247,12 +247,18 @@ class BackendClient:
                               json={"data": {"type": "downloadTaskRequest", "attributes": attrs}})
         return dict(doc["data"])
 
-    async def claim_task(self, backend_task_id: str, device_id: str) -> TaskGrant:
-        """Take a remote download to run it here; 409 when another device took it."""
+    async def claim_task(self, backend_task_id: str, device_id: str) -> dict[str, Any]:
+        """Take a remote download to run it here; 409 when another device took it (or it is
+        no longer waiting). Returns the claimed ``downloadTask`` resource: its status and
+        deviceId say whether it is this device's to run (``engine.core.remote.claimed``)."""
         doc = await self.call("POST", f"/api/v1/download/tasks/{backend_task_id}/claim",
                               json={"data": {"type": "downloadTaskClaim",
                                              "attributes": {"deviceId": device_id}}})
-        return self._grant(doc)
+        data = doc.get("data") if isinstance(doc, dict) else None
+        if not isinstance(data, dict):
+            raise EngineError(ErrorCode.BACKEND_ERROR,
+                              f"claim of {backend_task_id}: the backend answered no task")
+        return dict(data)
 
     async def task_grant(self, backend_task_id: str) -> TaskGrant:
         """The grant of a task that exists already (a remote download bound here, a local task
@@ -324,6 +330,8 @@ class BackendClient:
         """``items``: files that moved since the last report (``ItemNote.to_wire``), sent on
         to the progress channel as ``downloadItemProgressUpdate``."""
         attrs: dict[str, Any] = {"status": status, "downloadedBytes": downloaded}
+        if self.device_id:  # the backend takes a task's reports only from the device running it
+            attrs["deviceId"] = self.device_id
         if error is not None:
             attrs["errorCode"] = error.code
             attrs["errorMessage"] = error.message

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -32,23 +33,32 @@ from engine.core.playtime import (
 from engine.core.progress import TaskProgress
 from engine.core.remote import (
     PROGRESS_INTERVAL_S,
+    QUEUE_REORDERED,
+    TASK_CHANGED,
     Adoption,
+    ChannelEvent,
     ItemNote,
     LocalAction,
     LocalTask,
+    Malformed,
     PlanKind,
     ProgressMark,
+    QueueReordered,
     RemoteTask,
     Side,
+    TaskChanged,
     adoption,
+    claimed,
     local_order,
     local_plan,
     local_status,
     note_progress,
     note_retry,
     on_connect,
+    parse_event,
     progress_due,
     remote_action,
+    resync_delay,
 )
 from engine.io.backend_client import BackendClient
 from engine.io.bus import EventBus
@@ -163,10 +173,6 @@ class Outbox:
                     await self._kick.wait()
 
 
-TASK_CHANGED = "download.task.changed"
-QUEUE_REORDERED = "download.queue.reordered"
-
-
 class RemoteHost(Protocol):
     """What remote downloads need of the engine (``engine.jobs.engine.Engine``)."""
 
@@ -199,7 +205,10 @@ class RemoteDownloads:
     task runs as a local install bound to its backend task, its status reports go to that
     task, and while it downloads its bytes are reported about once a second so the device
     that queued it watches it live. Events are handled one at a time from a bounded inbox; an
-    overflow makes the next step re-read the whole queue instead.
+    overflow makes the next step re-read the whole queue instead. A message of the wrong shape
+    is logged and dropped (``parse_event``); a failed read of the queue is tried again with a
+    capped backoff (``resync_delay``); a step that fails for any reason is logged with its
+    traceback and the loop goes on: one bad message never ends remote downloads.
     """
 
     INBOX = 256
@@ -207,8 +216,11 @@ class RemoteDownloads:
     def __init__(self, host: RemoteHost) -> None:
         self.host = host
         self.connected = False
-        self._inbox: asyncio.Queue[dict[str, Any]] | None = None
+        # None wakes the worker (a connect: the step re-reads the queue)
+        self._inbox: asyncio.Queue[TaskChanged | QueueReordered | None] | None = None
         self._resync = False
+        self._resync_failures = 0  # failed reads of the queue in a row
+        self._resync_at = 0.0  # monotonic time before which the queue is not read again
         self._marks: dict[str, ProgressMark] = {}
         # task id -> files that moved since its last report (sent with the next one)
         self._items: dict[str, dict[str, ItemNote]] = {}
@@ -222,7 +234,7 @@ class RemoteDownloads:
         self._items[task_id] = note_retry(self._items.get(task_id, {}), path, next_source,
                                           code, message)
 
-    def _queue(self) -> asyncio.Queue[dict[str, Any]]:
+    def _queue(self) -> asyncio.Queue[TaskChanged | QueueReordered | None]:
         if self._inbox is None:  # made on the loop that runs it
             self._inbox = asyncio.Queue(self.INBOX)
         return self._inbox
@@ -230,43 +242,78 @@ class RemoteDownloads:
     def notify(self, doc: dict[str, Any]) -> None:
         """A library-channel message (called by the relay, on the loop)."""
         kind = doc.get("event_type")
-        if kind == "connection.ready":
-            self._resync = True
+        if kind == "connection.ready":  # a new connection: read the queue now
+            self._resync, self._resync_failures, self._resync_at = True, 0, 0.0
             if not self._queue().full():
-                self._queue().put_nowait({})  # wakes the worker; the step re-reads the queue
-        elif kind in (TASK_CHANGED, QUEUE_REORDERED):
-            try:
-                self._queue().put_nowait(doc)
-            except asyncio.QueueFull:
-                self._resync = True
+                self._queue().put_nowait(None)
+            return
+        event: ChannelEvent = parse_event(doc)
+        if isinstance(event, Malformed):
+            log.warning("remote downloads: dropped a malformed message: %s", event.reason)
+            return
+        try:
+            self._queue().put_nowait(event)
+        except asyncio.QueueFull:
+            self._resync = True
 
     async def run(self) -> None:
         """Forever: handle what arrives; report progress about once a second."""
         inbox = self._queue()
         while True:
-            doc: dict[str, Any] | None = None
+            event: TaskChanged | QueueReordered | None = None
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(PROGRESS_INTERVAL_S):
-                    doc = await inbox.get()
-            try:
-                if self._resync:
-                    self._resync = False
-                    await self.sync()
-                if doc:
-                    await self.handle(doc)
-                if self.connected:
-                    await self.report_progress()
-            except EngineError as exc:
-                log.warning("remote downloads: %s", exc.message)
+                    event = await inbox.get()
+            await self._step(self._resync_if_due)
+            if event is not None:
+                await self._step(functools.partial(self.handle, event))
+            if self.connected:
+                await self._step(self.report_progress)
 
-    async def sync(self) -> None:
+    async def _step(self, step: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """One step; a failure is logged (with its traceback when it is not an EngineError)
+        and the loop goes on."""
+        try:
+            await step()
+        except EngineError as exc:
+            log.warning("remote downloads: %s", exc.message)
+        except Exception:  # a bug or an answer of a shape nobody expected: never fatal here
+            log.exception("remote downloads: a step failed; going on")
+
+    async def _resync_if_due(self) -> None:
+        """Read the backend's queue when a connect (or an overflow) asked for it; a failed
+        read asks again after ``resync_delay`` (capped backoff)."""
+        if not self._resync or time.monotonic() < self._resync_at:
+            return
+        self._resync = False
+        ok = False
+        try:
+            ok = await self.sync()
+        finally:
+            if ok:
+                self._resync_failures = 0
+            else:
+                self._resync = True
+                self._resync_failures += 1
+                delay = resync_delay(self._resync_failures)
+                self._resync_at = time.monotonic() + delay
+                log.info("remote downloads: reading the queue again in %.0f s", delay)
+
+    async def sync(self) -> bool:
         """Everything the backend holds for this player now: new remote tasks are taken, bound
-        tasks agree (``on_connect``)."""
+        tasks agree (``on_connect``). False when a task could not be considered (the backend
+        failed on it): the caller reads the queue again later. Raises when the queue itself
+        could not be read."""
         listed = [r for r in (RemoteTask.from_resource(d) for d in await self.host.api.task_queue())
                   if r is not None]
         seen = {r.id for r in listed}
+        ok = True
         for remote in listed:
-            await self.consider(remote, at_connect=True)
+            try:
+                await self.consider(remote, at_connect=True)
+            except EngineError as exc:  # the others are still considered
+                log.warning("remote download %s: %s", remote.id[:8], exc.message)
+                ok = False
         # bound tasks still live here that left the backend's queue (cancelled, completed or
         # failed there while this engine was away)
         for bid, task in self.host.bound_tasks().items():
@@ -280,22 +327,17 @@ class RemoteDownloads:
                 continue
             if found is not None:
                 await self.consider(found, at_connect=True)
+        return ok
 
-    async def handle(self, doc: dict[str, Any]) -> None:
-        payload = doc.get("payload")
-        if not isinstance(payload, dict):
-            return
-        if doc.get("event_type") == QUEUE_REORDERED:
-            ids = [str(i) for i in payload.get("task_ids") or [] if isinstance(i, str)]
-            order = local_order(ids, [self.host.local_view(t)
-                                      for t in self.host.tasks(include_finished=False)])
+    async def handle(self, event: TaskChanged | QueueReordered) -> None:
+        if isinstance(event, QueueReordered):
+            order = local_order(list(event.task_ids), [
+                self.host.local_view(t) for t in self.host.tasks(include_finished=False)])
             if order is not None:
                 log.info("queue reordered on another device: following it")
                 self.host.apply_order(order)
             return
-        remote = RemoteTask.from_event(payload)
-        if remote is not None:
-            await self.consider(remote)
+        await self.consider(event.task)
 
     async def consider(self, remote: RemoteTask, *, at_connect: bool = False) -> None:
         bound = self.host.bound_tasks()
@@ -335,24 +377,30 @@ class RemoteDownloads:
         """Claim the task (of two engines one wins), then queue it here or report why not."""
         api = self.host.api
         try:
-            await api.claim_task(remote.id, self.host.device_id)
+            answer = await api.claim_task(remote.id, self.host.device_id)
         except EngineError as exc:
             if exc.http_status == 409:
-                log.info("remote download %s: taken by another device (%s)", remote.id[:8],
-                         exc.message)
+                log.info("remote download %s: taken by another device or no longer waiting "
+                         "(%s)", remote.id[:8], exc.message)
                 return
             if exc.http_status == 403:  # the game is no longer the player's (or lent now)
                 log.warning("remote download %s refused: %s", remote.id[:8], exc.message)
-                await api.report_status(remote.id, "error", 0, exc)
+                await self._tell(remote.id, "error", exc)
                 return
             raise
+        got = RemoteTask.from_resource(answer)
+        if not claimed(got, self.host.device_id):  # paused or cancelled meanwhile: not ours
+            log.info("remote download %s: claimed as %s for %s; not queued here",
+                     remote.id[:8], None if got is None else got.status,
+                     None if got is None else got.device_id)
+            return
         game = self.host.state.installed_game(remote.product_id)
         busy = self.host.state.active_task_for(remote.product_id) is not None
         plan = local_plan(remote, None if game is None else game.version_id, busy)
         if plan.kind is PlanKind.ALREADY_THERE:
             log.info("remote download %s: %s is already installed here", remote.id[:8],
                      remote.product_id)
-            await api.report_status(remote.id, "completed", 0)
+            await self._tell(remote.id, "completed")
             return
         error: EngineError | None = None
         if plan.kind is PlanKind.REFUSE:
@@ -365,7 +413,18 @@ class RemoteDownloads:
             except EngineError as exc:  # refused before it was queued (bad folder, ...)
                 error = exc
         log.warning("remote download %s refused: %s", remote.id[:8], error.message)
-        await api.report_status(remote.id, "error", 0, error)
+        await self._tell(remote.id, "error", error)
+
+    async def _tell(self, backend_task_id: str, status: str,
+                    error: EngineError | None = None) -> None:
+        """A report for a task that has no local task (refused, or already installed): history
+        only, so a refusal of the report (409: cancelled meanwhile) is logged, not raised."""
+        try:
+            await self.host.api.report_status(backend_task_id, status, 0, error)
+        except EngineError as exc:
+            (log.info if exc.http_status == 409 else log.warning)(
+                "could not report %s for remote download %s: %s", status, backend_task_id[:8],
+                exc.message)
 
     async def report_progress(self) -> None:
         """A ``downloading`` report with the bytes so far for each remote download running
@@ -414,11 +473,11 @@ class LibraryRelay:
 
     def relay(self, doc: dict[str, Any]) -> None:
         kind, payload = doc.get("event_type"), doc.get("payload") or {}
-        if not isinstance(payload, dict):
-            return
         if self.remote is not None and kind in ("connection.ready", TASK_CHANGED,
                                                 QUEUE_REORDERED):
-            self.remote.notify(doc)
+            self.remote.notify(doc)  # checks the shape itself (``parse_event``)
+            return
+        if not isinstance(payload, dict):
             return
         pid = str(payload.get("product_id") or "")
         if kind == "library.item.updated":
@@ -435,8 +494,22 @@ class LibraryRelay:
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
             if self.remote is not None:
-                tg.create_task(self.remote.run(), name="remote-downloads")
+                tg.create_task(self._supervised(self.remote.run), name="remote-downloads")
             await self._channel()
+
+    @staticmethod
+    async def _supervised(run: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """``run`` again (after a capped backoff) if it ever fails: its failure is logged with
+        its traceback and never takes the library channel down with it."""
+        attempt = 0
+        while True:
+            try:
+                await run()
+                return
+            except Exception:
+                log.exception("remote downloads stopped; starting them again")
+            await asyncio.sleep(RECONNECT_S[min(attempt, len(RECONNECT_S) - 1)])
+            attempt += 1
 
     def _set_connected(self, value: bool) -> None:
         self.connected = value
@@ -451,9 +524,15 @@ class LibraryRelay:
                     async for doc in self.library().updates():
                         self._set_connected(True)
                         attempt = 0
-                        self.relay(doc)
+                        try:
+                            self.relay(doc)
+                        except Exception:  # one message never ends the channel
+                            log.exception("library channel: dropped a message it could not "
+                                          "relay: %.200r", doc)
                 except EngineError as exc:
                     log.info("library channel: %s", exc.message)
+                except Exception:  # a frame that is not JSON, say: reconnect, never stop
+                    log.exception("library channel failed; reconnecting")
                 finally:
                     self._set_connected(False)
             await asyncio.sleep(RECONNECT_S[min(attempt, len(RECONNECT_S) - 1)])

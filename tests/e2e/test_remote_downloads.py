@@ -22,9 +22,12 @@ from websockets.asyncio.client import connect
 from engine.api.client import DaemonClient, read_info
 from engine.core.errors import EngineError, ErrorCode
 from engine.io.backend_client import BackendClient
+from engine.io.config import load_settings
 from engine.io.credentials import CredentialStore
+from engine.jobs.engine import Engine
 from testing.daemon import DaemonProcess
 from testing.enginekit import EngineCli, assert_same_tree
+from testing.faultproxy import Fault, FaultProxy
 from tests.e2e.conftest import build_dir
 
 MAIN, OTHER = "star-courier", "tiny-tactics"
@@ -304,3 +307,44 @@ async def test_the_queue_order_agrees_both_ways_and_a_cancel_from_b_stops_a(
             assert (await api_b.get_task(tid))["attributes"]["status"] == "cancelled"
     target = Path(a.data_dir) / "library" / MAIN
     assert not target.exists() or not any(target.iterdir())  # nothing partial left behind
+
+
+async def test_a_queue_read_that_fails_at_connect_is_retried_and_bad_messages_are_dropped(
+        backend: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A's engine (in-process) reaches the backend through the fault proxy, which answers 503
+    once for ``GET /tasks/queue``: the read at connect fails, is tried again after the backoff,
+    and the waiting remote download is still adopted. A malformed ``download.queue.reordered``
+    (``task_ids: 5``) that arrived first is logged and dropped, and nothing stops. (The proxy
+    carries no WebSocket: the test hands the channel's messages to A's relay, the entry point
+    the channel calls.)"""
+    monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "keyring.backends.fail.Keyring")
+    name, _ = backend.new_user(products=[MAIN])
+    with FaultProxy(backend.url) as proxy:
+        eng = Engine(load_settings({"data_dir": str(tmp_path / "a"), "backend_url": proxy.url}))
+        api_b = BackendClient(backend.url)
+        runner: asyncio.Task[None] | None = None
+        try:
+            await eng.api.login(name, "secret-pw")
+            await api_b.login(name, "secret-pw")
+            tid = (await api_b.create_remote_task(MAIN))["id"]
+            proxy.set_fault(Fault.HTTP_503, times=1, path_contains="/download/tasks/queue")
+            runner = asyncio.create_task(eng.remote.run())
+            eng.relay.relay({"event_type": "download.queue.reordered",
+                             "payload": {"task_ids": 5}})
+            eng.relay.relay({"event_type": "connection.ready", "payload": {}})
+
+            def adopted() -> bool:
+                return any(t.backend_task_id == tid
+                           for t in eng.state.tasks(include_finished=True))
+            await until(adopted, "A adopted the task after the failed read", 30)
+            assert proxy.faults_injected == 1  # the first read did fail
+            assert not runner.done()  # the bad message ended nothing
+            claimed = await api_b.get_task(tid)
+            assert claimed["attributes"]["deviceId"] == eng.device_id
+        finally:
+            if runner is not None:
+                runner.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await runner
+            await api_b.aclose()
+            await eng.close()

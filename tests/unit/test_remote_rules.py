@@ -9,25 +9,35 @@ from engine.core.errors import ErrorCode
 from engine.core.lifecycle import TaskState
 from engine.core.remote import (
     MAX_ITEMS_PER_REPORT,
+    MAX_QUEUE_IDS,
+    QUEUE_REORDERED,
+    RESYNC_BACKOFF_S,
+    TASK_CHANGED,
     Adoption,
     ItemNote,
     LocalAction,
     LocalTask,
+    Malformed,
     PlanKind,
     ProgressMark,
+    QueueReordered,
     RemoteTask,
     Side,
+    TaskChanged,
     adoption,
     applied_status,
     backend_order,
+    claimed,
     local_order,
     local_plan,
     local_status,
     note_progress,
     note_retry,
     on_connect,
+    parse_event,
     progress_due,
     remote_action,
+    resync_delay,
     stop_report,
     update_type,
 )
@@ -198,3 +208,60 @@ def test_item_notes_are_bounded() -> None:
     assert len(pending) == MAX_ITEMS_PER_REPORT
     assert note_retry(pending, "new", "e", "C", "m").keys() == pending.keys()
     assert note_progress(pending, "f0", "completed", 1000, 1000)["f0"].status == "completed"
+
+
+def _changed(**payload: object) -> dict[str, object]:
+    base: dict[str, object] = {"task_id": "t1", "status": "queued", "product_id": "star-courier",
+                               "origin": "remote", "kind": "install"}
+    return {"event_type": TASK_CHANGED, "payload": base | payload}
+
+
+def test_channel_messages_of_the_right_shape_are_taken() -> None:
+    got = parse_event(_changed(device_id="dev-a", updated_at="2026-01-01T00:00:00Z"))
+    assert isinstance(got, TaskChanged)
+    assert (got.task.id, got.task.status, got.task.device_id) == ("t1", "queued", "dev-a")
+    assert parse_event({"event_type": QUEUE_REORDERED, "payload": {"task_ids": ["a", "b"]}}) \
+        == QueueReordered(("a", "b"))
+    assert parse_event({"event_type": QUEUE_REORDERED, "payload": {"task_ids": []}}) \
+        == QueueReordered(())
+
+
+@pytest.mark.parametrize("doc", [
+    {"event_type": QUEUE_REORDERED, "payload": {"task_ids": 5}},  # the review's message
+    {"event_type": QUEUE_REORDERED, "payload": {"task_ids": "t1"}},
+    {"event_type": QUEUE_REORDERED, "payload": {"task_ids": ["t1", 7]}},
+    {"event_type": QUEUE_REORDERED, "payload": {"task_ids": ["t1", ""]}},
+    {"event_type": QUEUE_REORDERED, "payload": {"task_ids": ["x" * 65]}},
+    {"event_type": QUEUE_REORDERED, "payload": {"task_ids": ["t"] * (MAX_QUEUE_IDS + 1)}},
+    {"event_type": QUEUE_REORDERED, "payload": {}},
+    {"event_type": QUEUE_REORDERED, "payload": [1, 2]},
+    {"event_type": QUEUE_REORDERED},
+    _changed(task_id=5),
+    _changed(status=None),
+    _changed(status="exploded"),
+    _changed(product_id=["star-courier"]),
+    _changed(task_id=""),
+    {"event_type": "library.item.updated", "payload": {}},
+    ["not", "an", "object"],
+])
+def test_malformed_channel_messages_are_dropped_with_a_reason(doc: object) -> None:
+    got = parse_event(doc)
+    assert isinstance(got, Malformed) and got.reason
+
+
+def test_a_failed_queue_read_is_retried_with_a_capped_backoff() -> None:
+    assert resync_delay(0) == 0.0
+    delays = [resync_delay(n) for n in range(1, 10)]
+    assert delays[0] == RESYNC_BACKOFF_S[0] <= 2.0  # a 503 at connect: retried soon
+    assert delays == sorted(delays)  # never shorter after more failures
+    assert max(delays) == RESYNC_BACKOFF_S[-1] == delays[-1] <= 60.0  # capped
+
+
+def test_only_a_claim_answer_that_is_ours_and_waiting_is_queued() -> None:
+    assert claimed(remote(device=ME), ME)
+    assert claimed(remote("downloading", device=ME), ME)
+    assert not claimed(remote("cancelled", device=ME), ME)  # cancelled while claiming
+    assert not claimed(remote("paused", device=ME), ME)
+    assert not claimed(remote(device=OTHER), ME)
+    assert not claimed(remote(device=None), ME)
+    assert not claimed(None, ME)
