@@ -65,9 +65,6 @@ TERMINAL = ("completed", "cancelled")
 CLAIMABLE = ("queued", "preparing", "downloading", "verifying")
 
 
-RUNNING = ("preparing", "downloading", "verifying")
-
-
 class TaskStateConflict(Conflict):
     code = "DOWNLOAD_TASK_STATE_CONFLICT"
 
@@ -98,16 +95,16 @@ def delta_ref(product: str, from_version: str, to_version: str) -> dict[str, str
 
 
 def next_status(current: str, requested: str) -> str:
-    """The status after a client report, or TaskStateConflict. A paused task does not run
-    again from a report (a progress report of the runner that crossed the player's pause,
-    made on another device): only a resume (REST) or the runner's own ``queued`` (the player
-    resumed it there) takes it out of ``paused``."""
+    """The status after a client report, or TaskStateConflict. A paused task does not become
+    ``downloading`` from a report (the runner's progress report that crossed the player's
+    pause, made on another device): a resume (REST) or the runner's own ``queued`` (the player
+    resumed it there) ends the pause."""
     if current == requested:
         return current
     if current in TERMINAL:
         raise TaskStateConflict(f"task is {current}; it cannot become {requested}")
-    if current == "paused" and requested in RUNNING:
-        raise TaskStateConflict(f"task is paused; a {requested} report does not resume it")
+    if current == "paused" and requested == "downloading":
+        raise TaskStateConflict("task is paused; a progress report does not resume it")
     return requested
 
 
