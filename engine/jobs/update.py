@@ -17,7 +17,7 @@ import os
 import shutil
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import blake3
@@ -228,11 +228,19 @@ class UpdateRun:
         self.ctx, self.task, self.build = ctx, task, StagedBuild.for_task(ctx, task)
         self.progress = self.build.progress
         self.on_started: Callable[[TaskRecord], None] | None = None  # after the backend grant
-        self._patch_data: dict[str, bytes] = {}  # patch id -> bytes the update document brought
+        # patch id -> what the update document brought: inline bytes, or an external patch
+        # fetched to derive the manifest, kept on disk (_spill_dir) rather than in memory
+        self._patch_data: dict[str, bytes | Path] = {}
 
     @property
     def install_dir(self) -> Path:
         return self.build.install_dir
+
+    @property
+    def _spill_dir(self) -> Path:
+        """Where the external patches fetched to derive a manifest wait for the build (one
+        folder per product: emptied before each derivation and after each switch)."""
+        return self.ctx.settings.data_dir / "update-patches" / self.task.product_id
 
     async def run(self) -> InstalledGame:
         ctx = self.ctx
@@ -400,16 +408,25 @@ class UpdateRun:
             work = await asyncio.to_thread(check_doc_work, doc, old)
             log.debug("update document %s: %d file(s), >= %d row(s), %d byte(s) of work",
                       rel, work.files, work.rows, work.total_bytes)
-            data: dict[str, bytes] = {p.patch_id: p.data for p in doc.patches if p.data is not None}
+            data: dict[str, bytes | Path] = {
+                p.patch_id: p.data for p in doc.patches if p.data is not None}
             cached = blob_path.exists() and sig_path.exists()
             if not cached:  # derive the manifest: every patch is needed now
+                # external patches go to disk as they arrive: only one is in memory at a time
+                spill = self._spill_dir
+                await asyncio.to_thread(shutil.rmtree, spill, True)
+                await asyncio.to_thread(lambda: spill.mkdir(mode=0o700, parents=True))
                 for p in doc.patches:
                     if p.patch_id not in data:
-                        data[p.patch_id] = await fetch_small(
+                        patch = await fetch_small(
                             ctx, pool, f"{grant.product_id}/patches/{p.patch_id}.patch",
                             p.patch_size, check=_blake3_is(p.patch_id, p.path),
                             refresh=self._refresh, attempts=attempts)
-                        fetched += p.patch_size
+                        fetched += len(patch)
+                        kept = spill / p.patch_id
+                        await asyncio.to_thread(kept.write_bytes, patch)
+                        data[p.patch_id] = kept
+                        del patch
                 sig = await fetch_small(ctx, pool, grant.signature_path, 1024,
                                         refresh=self._refresh)
                 fetched += len(sig)
@@ -546,7 +563,13 @@ class UpdateRun:
 
             # a patch is optional (its file's chunks are the fallback): one try per edge, not
             # the full backoff a corrupt patch used to cost (2.5 minutes before the fallback)
-            data = self._patch_data.get(p.patch_id)  # carried by the update document
+            held = self._patch_data.get(p.patch_id)  # carried by the update document
+            data: bytes | None = held if isinstance(held, bytes) else None
+            if isinstance(held, Path):
+                try:
+                    data = await asyncio.to_thread(held.read_bytes)
+                except OSError as exc:  # gone meanwhile: fetched again below
+                    log.warning("patch %s kept for the build is unreadable (%s)", held, exc)
             if data is None:
                 data = await fetch_small(self.ctx, pool,
                                          f"{self.task.product_id}/patches/{p.patch_id}.patch",
@@ -600,6 +623,7 @@ class UpdateRun:
         )
         ctx.state.set_installed(game)
         await asyncio.to_thread(staging.remove)
+        await asyncio.to_thread(shutil.rmtree, self._spill_dir, True)
         ctx.state.clear_journal(self.task.id)
         return game
 
@@ -613,7 +637,7 @@ def _blake3_is(patch_id: str, path: str) -> Callable[[bytes], None]:
 
 
 def derive_manifest_blob(install_dir: Path, old: Manifest, doc: UpdateDoc,
-                         data: dict[str, bytes], to_version: str) -> bytes:
+                         data: Mapping[str, bytes | Path], to_version: str) -> bytes:
     """The new manifest's bytes as the publisher signed them, if the document is right: each
     patch applied to its installed source (whose SHA-256 the installed manifest gives), the
     output chunked and hashed as the publisher does, the prediction from those rows patched
@@ -638,8 +662,11 @@ def derive_manifest_blob(install_dir: Path, old: Manifest, doc: UpdateDoc,
                 raise DeltaError(f"{p.path}: {p.source_path} is not in the installed version")
             current = (p.source_path, _read_source(install_dir, src))
         old_bytes = current[1] if p.source_path is not None else b""
-        out = apply_patch_to_proven(PatchMethod(p.method), old_bytes, data[p.patch_id],
+        held = data[p.patch_id]  # an external patch is read from disk when its turn comes
+        patch = held if isinstance(held, bytes) else held.read_bytes()
+        out = apply_patch_to_proven(PatchMethod(p.method), old_bytes, patch,
                                     new_sha256=None, new_size=p.to_size)
+        del patch
         del old_bytes
         cf = chunk_buffer(out)
         del out

@@ -308,15 +308,20 @@ def test_update_document_derives_the_manifest_every_step(
     cli = fresh_cli(server, tmp_path)
     target = tmp_path / "game"
     cli.ok("install", PRODUCT, "--version", versions[0], "--target", str(target))
+    external = 0
     for old, new in itertools.pairwise(versions):
         _, _, doc = _doc_parts(store, old, new)
         assert doc.patches
+        external += sum(p.data is None for p in doc.patches)
         code, lines, err = cli.run("update", PRODUCT, "--version", new, "-v")
         assert code == 0 and lines[-1]["result"] == "completed", err
         assert "MANIFEST_PATCH_FAILED" not in err and "DELTA_PATCH_APPLICATION_FAILED" not in err
         assert "derived and its signature checked" in err
         assert cached_manifest(cli, new) == store.path(store.manifest_rel(PRODUCT, new)).read_bytes()
         assert_same_tree(target, build(published_store, new))
+        # external patches waited on disk for the build, and are gone after the switch
+        assert not (cli.data_dir / "update-patches" / PRODUCT).exists()
+    assert external, "some step carries a patch too big to travel inline"
 
 
 def test_forged_update_document_is_caught_by_the_new_signature(

@@ -733,7 +733,7 @@ def test_inline_gigabyte_zero_frames_are_refused_before_any_decompression(tmp_pa
     from engine.jobs.update import derive_manifest_blob
     from patcher.updatedoc import check_doc_work, decode_update_doc, work_budget
 
-    old = _big_file_manifest(16)  # 1 MiB installed: the budget is 2 MiB + 64 MiB
+    old = _big_file_manifest(16)  # 1 MiB installed: the budget is 3 MiB + 64 MiB
     blob = _zero_frames_doc(old, 1900)
     assert len(blob) < 64 * 1024, len(blob)
     doc = decode_update_doc(blob, old)  # type: ignore[arg-type]
