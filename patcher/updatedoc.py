@@ -85,6 +85,13 @@ WORK_SLACK = 64 * 1024 * 1024
 # past the loader's limit.
 _FILE_JSON_MIN = 120
 _CHUNK_JSON_MIN = 72
+# MOVE steps copy installed rows under new paths: a version renames each installed file at most
+# once, and copies beyond that are rare (the publisher moves a file whose content an installed
+# file has). So the rows they copy may not pass the installed version's rows by more than this
+# (~4 GiB of copies at the 64 KiB average chunk); past it a tiny document could fill the
+# prediction with copies of one big row up to the loader's JSON limit (the review: 2000 copies
+# of a 1000-chunk file, 155 MiB of JSON from 2 KB).
+MOVE_SLACK_ROWS = 65_536
 _DELTA_LEVEL = 22
 
 
@@ -360,12 +367,15 @@ def doc_work(doc: UpdateDoc, old: Manifest) -> DocWork:
     either: O(installed files + document). Raises ``DeltaError`` naming the limit as soon as the
     count passes one, so a hostile layout costs at most the count up to the limit:
     ``UPDATE_DOC_PATH_TWICE`` (a manifest never holds a path twice: repeating one is how a tiny
-    document would copy one big row thousands of times), ``UPDATE_DOC_TOO_MANY_FILES`` /
+    document would copy one big row thousands of times), ``UPDATE_DOC_TOO_MANY_ROWS`` for MOVE
+    steps copying more rows than ``MOVE_SLACK_ROWS`` past the installed ones,
+    ``UPDATE_DOC_TOO_MANY_FILES`` /
     ``_TOO_MANY_ROWS`` / ``_JSON_TOO_LARGE`` (past the manifest loader's ``MAX_FILES``,
     ``MAX_CHUNKS``, ``MAX_JSON_BYTES``: the signed manifest could not be that big)."""
     derived = {p.path: _derived_rows(p.to_size) for p in doc.patches}
-    files = rows = json = 0
+    files = rows = json = moved = 0
     seen: set[str] = set()
+    move_limit = sum(len(f.chunks) for f in old.files) + MOVE_SLACK_ROWS
 
     def add(path: str, n_rows: int) -> None:
         nonlocal files, rows, json
@@ -401,7 +411,13 @@ def doc_work(doc: UpdateDoc, old: Manifest) -> DocWork:
             if step.op in (KEEP, DROP):
                 cursor += step.n
             elif step.op == MOVE:
-                add(step.path, derived.get(step.path, len(old.files[step.n].chunks)))
+                n_rows = derived.get(step.path, len(old.files[step.n].chunks))
+                moved += n_rows
+                if moved > move_limit:
+                    raise DeltaError(f"MOVE steps copy over {move_limit} rows (the installed "
+                                     f"version's {move_limit - MOVE_SLACK_ROWS} + "
+                                     f"{MOVE_SLACK_ROWS})", code="UPDATE_DOC_TOO_MANY_ROWS")
+                add(step.path, n_rows)
             else:
                 add(step.path, derived.get(step.path, 0))
     output, source, external = _work_bytes(doc, old)

@@ -704,16 +704,31 @@ def test_moves_repeating_one_path_are_refused_before_any_prediction(tmp_path: Pa
     assert err.code == "UPDATE_DOC_PATH_TWICE"
 
 
-def test_moves_under_many_paths_are_refused_past_the_loaders_json_limit() -> None:
-    """Distinct paths: each copy is a valid row, but 5000 copies of 1000 rows are past the
-    manifest loader's MAX_JSON_BYTES (and 100 are not: a legitimate duplicate is fine)."""
-    from patcher.updatedoc import check_doc_work
+def test_moves_under_many_paths_are_refused_past_the_installed_rows() -> None:
+    """Distinct paths: each copy is a valid row, but 2000 copies of a 1000-row file (the
+    review's 155 MiB of JSON) copy far more rows than the installed version has; 60 copies stay
+    within the slack (a legitimate duplicate is fine)."""
+    from patcher.updatedoc import MOVE_SLACK_ROWS, check_doc_work
 
     old = _big_file_manifest(1000)
-    err = _refused_small(check_doc_work, _move_doc(old, [f"copy/{i}" for i in range(5000)]), old)
+    err = _refused_small(check_doc_work, _move_doc(old, [f"copy/{i}" for i in range(2000)]), old)
+    assert err.code == "UPDATE_DOC_TOO_MANY_ROWS"
+    assert str(1000 + MOVE_SLACK_ROWS) in str(err)
+    work = check_doc_work(_move_doc(old, [f"copy/{i}" for i in range(60)]), old)  # type: ignore[arg-type]
+    assert (work.files, work.rows) == (60, 60_000)
+
+
+def test_a_prediction_past_the_loaders_json_limit_is_refused() -> None:
+    """Within the byte budget of a (claimed) 2 TiB install, 1000 patched 1 GiB outputs still
+    make at least 4096 rows each: ~295 MB of JSON, past MAX_JSON_BYTES."""
+    from patcher.manifest import ChunkEntry, FileEntry, Manifest
+    from patcher.updatedoc import DocPatch, UpdateDoc, check_doc_work
+
+    old = Manifest("prod", "1", (FileEntry("huge", 2 << 40, 0o644, sha(b"h"),
+                                           (ChunkEntry(0, 1, sha(b"c")),)),), (), {})
+    patches = tuple(DocPatch(f"n{i}", None, "zstd", GiB, b"x", "", 1) for i in range(1000))
+    err = _refused_small(check_doc_work, UpdateDoc(patches, b""), old)
     assert err.code == "UPDATE_DOC_JSON_TOO_LARGE"
-    work = check_doc_work(_move_doc(old, [f"copy/{i}" for i in range(100)]), old)  # type: ignore[arg-type]
-    assert (work.files, work.rows) == (100, 100_000)
 
 
 def test_many_files_are_refused_past_max_files() -> None:
