@@ -318,6 +318,8 @@ def decode_update_doc(blob: bytes, old: Manifest) -> UpdateDoc:
                     cursor += n
                 if cursor > len(old.files) or (op == MOVE and n >= len(old.files)):
                     raise bad(f"layout[{k}]", "past the installed files")
+                if op in (KEEP, DROP) and not n:  # never written: one byte, one object each
+                    raise bad(f"layout[{k}]", "keeps or drops no file")
                 layout.append(LayoutOp(op, n, path))
         patches: list[DocPatch] = []
         for path, source_path, method, to_size, length, patch_id, size in rows:

@@ -502,7 +502,7 @@ def _reencode(body: bytes) -> bytes:
 
 @pytest.mark.parametrize("case", ["garbage", "format", "index", "method", "size", "inline",
                                   "twice", "path", "sourceless-bsdiff", "no-content-size",
-                                  "truncated", "layout"])
+                                  "truncated", "layout", "empty-steps"])
 def test_malformed_update_documents_are_refused(case: str) -> None:
     from patcher.errors import ManifestError
     from patcher.updatedoc import decode_update_doc
@@ -528,6 +528,9 @@ def test_malformed_update_documents_are_refused(case: str) -> None:
         "truncated": _reencode(bytes([3, 1]) + ok[:3]),
         # a layout that keeps 3 of the 2 installed files
         "layout": _reencode(bytes([3, 0, 0, 0, 2, 3 << 2])),
+        # KEEP 0 steps: a byte each, an object each, no file (a ~100-byte document of them
+        # would build a million objects)
+        "empty-steps": _reencode(bytes([3, 0, 0, 0, 4, 0, 0, 0])),
     }[case]
     with pytest.raises(ManifestError) as exc:
         decode_update_doc(blob, old)  # type: ignore[arg-type]
