@@ -92,6 +92,10 @@ _CHUNK_JSON_MIN = 72
 # prediction with copies of one big row up to the loader's JSON limit (the review: 2000 copies
 # of a 1000-chunk file, 155 MiB of JSON from 2 KB).
 MOVE_SLACK_ROWS = 65_536
+# Likewise the files MOVE and NEW steps add: at most the installed count + this. Without it a
+# 100 KB document of a million NEW steps (short sequential names compress to ~0.1 byte each)
+# made a 131 MB prediction (9.6 CPU-s, 755 MiB peak) before the signature could refuse it.
+ADD_SLACK_FILES = 65_536
 _DELTA_LEVEL = 22
 
 
@@ -269,9 +273,11 @@ def decode_update_doc(blob: bytes, old: Manifest) -> UpdateDoc:
     r = _Reader(body)
     rows: list[tuple[str, str | None, str, int, int, str, int]] = []
     try:
-        # counts are capped by what a manifest may hold, so that no count makes this loop
-        # build more objects than a valid new manifest could use
-        for i in range(r.varint(min(len(body), MAX_FILES), "patch count")):
+        # counts are capped by what check_doc_work accepts, so that no count makes these loops
+        # build more objects than an acceptable document could use: targets are installed
+        # files or added ones (at most the installed count + ADD_SLACK_FILES)
+        most_files = min(MAX_FILES, 2 * len(old.files) + ADD_SLACK_FILES)
+        for i in range(r.varint(min(len(body), most_files), "patch count")):
             w = f"patches[{i}]"
             target = r.varint(len(old.files), f"{w}.target")
             if target:
@@ -300,8 +306,9 @@ def decode_update_doc(blob: bytes, old: Manifest) -> UpdateDoc:
         packs = tuple(r.take(32, "pack").hex()
                       for _ in range(r.varint(len(stored) + 1, "pack count")))
         layout: list[LayoutOp] | None = None
-        # each step but KEEP adds a file or drops installed ones
-        count = r.varint(min(len(body), MAX_FILES + len(old.files) + 1), "layout length")
+        # KEEP and DROP steps move the cursor over at least one installed file each, MOVE and
+        # NEW steps add a file each
+        count = r.varint(min(len(body), most_files + 1), "layout length")
         if count:
             layout, cursor = [], 0
             for k in range(count - 1):
@@ -371,13 +378,24 @@ def doc_work(doc: UpdateDoc, old: Manifest) -> DocWork:
     ``UPDATE_DOC_PATH_TWICE`` (a manifest never holds a path twice: repeating one is how a tiny
     document would copy one big row thousands of times), ``UPDATE_DOC_TOO_MANY_ROWS`` for MOVE
     steps copying more rows than ``MOVE_SLACK_ROWS`` past the installed ones,
-    ``UPDATE_DOC_TOO_MANY_FILES`` /
+    ``UPDATE_DOC_TOO_MANY_FILES`` for MOVE and NEW steps adding more files than
+    ``ADD_SLACK_FILES`` past the installed count, ``UPDATE_DOC_TOO_MANY_FILES`` /
     ``_TOO_MANY_ROWS`` / ``_JSON_TOO_LARGE`` (past the manifest loader's ``MAX_FILES``,
     ``MAX_CHUNKS``, ``MAX_JSON_BYTES``: the signed manifest could not be that big)."""
     derived = {p.path: _derived_rows(p.to_size) for p in doc.patches}
-    files = rows = json = moved = 0
+    files = rows = json = moved = added = 0
     seen: set[str] = set()
     move_limit = sum(len(f.chunks) for f in old.files) + MOVE_SLACK_ROWS
+    add_limit = len(old.files) + ADD_SLACK_FILES
+
+    def add_new(path: str, n_rows: int) -> None:
+        nonlocal added
+        added += 1
+        if added > add_limit:
+            raise DeltaError(f"the layout adds over {add_limit} files (the installed "
+                             f"{len(old.files)} + {ADD_SLACK_FILES})",
+                             code="UPDATE_DOC_TOO_MANY_FILES")
+        add(path, n_rows)
 
     def add(path: str, n_rows: int) -> None:
         nonlocal files, rows, json
@@ -403,7 +421,7 @@ def doc_work(doc: UpdateDoc, old: Manifest) -> DocWork:
             add(f.path, derived.get(f.path, len(f.chunks)))
         for p in doc.patches:
             if p.path not in seen:
-                add(p.path, derived[p.path])
+                add_new(p.path, derived[p.path])
     else:
         cursor = 0
         for step in doc.layout:
@@ -419,9 +437,9 @@ def doc_work(doc: UpdateDoc, old: Manifest) -> DocWork:
                     raise DeltaError(f"MOVE steps copy over {move_limit} rows (the installed "
                                      f"version's {move_limit - MOVE_SLACK_ROWS} + "
                                      f"{MOVE_SLACK_ROWS})", code="UPDATE_DOC_TOO_MANY_ROWS")
-                add(step.path, n_rows)
+                add_new(step.path, n_rows)
             else:
-                add(step.path, derived.get(step.path, 0))
+                add_new(step.path, derived.get(step.path, 0))
     output, source, external = _work_bytes(doc, old)
     return DocWork(files, rows, json, output, source, external)
 

@@ -734,15 +734,28 @@ def test_a_prediction_past_the_loaders_json_limit_is_refused() -> None:
     assert err.code == "UPDATE_DOC_JSON_TOO_LARGE"
 
 
-def test_many_files_are_refused_past_max_files() -> None:
-    from patcher.manifest import MAX_FILES
-    from patcher.updatedoc import NEW, LayoutOp, UpdateDoc, check_doc_work
+def test_many_new_files_are_refused_past_the_installed_count() -> None:
+    """A ~30 KB document of 100k NEW steps (short names compress to nothing; a million made a
+    131 MB prediction): more files added than the installed count + ADD_SLACK_FILES."""
+    from patcher.updatedoc import (
+        ADD_SLACK_FILES,
+        NEW,
+        LayoutOp,
+        UpdateDoc,
+        check_doc_work,
+        decode_update_doc,
+        encode_update_doc,
+    )
 
-    old = _big_file_manifest(1)
-    doc = UpdateDoc((), b"", layout=tuple(LayoutOp(NEW, 0, f"{i}") for i in range(MAX_FILES + 1)))
-    with pytest.raises(DeltaError) as exc:
-        check_doc_work(doc, old)  # type: ignore[arg-type]
-    assert exc.value.code == "UPDATE_DOC_TOO_MANY_FILES"
+    old = _big_file_manifest(1, extra=2)
+    n = ADD_SLACK_FILES + 4
+    blob = encode_update_doc(UpdateDoc((), b"", layout=tuple(
+        LayoutOp(NEW, 0, f"{i}") for i in range(n))), old)  # type: ignore[arg-type]
+    assert len(blob) < 64 * 1024, len(blob)
+    doc = decode_update_doc(blob, old)  # type: ignore[arg-type]
+    assert _refused_small(check_doc_work, doc, old).code == "UPDATE_DOC_TOO_MANY_FILES"
+    work = check_doc_work(UpdateDoc((), b"", layout=doc.layout[: n - 1]), old)  # type: ignore[arg-type, index]
+    assert work.files == n - 1  # the installed count + the slack: accepted
 
 
 def test_inline_gigabyte_zero_frames_are_refused_before_any_decompression(tmp_path: Path) -> None:
