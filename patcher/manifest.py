@@ -307,11 +307,20 @@ def decode_manifest(blob: bytes) -> Manifest:
         return _stream_manifest(blob)
     except (_NotCanonical, ManifestError):
         pass
+    return _decode_strict(blob)
+
+
+def _decode_strict(blob: bytes) -> Manifest:
+    """``json.loads`` and the strict loader: the reference the streaming loader must agree with."""
     raw = _decompress_json(blob)
     try:
         doc = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ManifestError("MANIFEST_CORRUPT", "manifest", f"not JSON: {exc}") from exc
+    except RecursionError as exc:
+        # valid JSON can nest deeper than json's C reader recurses; no manifest nests past 4
+        raise ManifestError("MANIFEST_CORRUPT", "manifest",
+                            "not a manifest: values nested too deeply to read") from exc
     del raw
     return compact(parse_manifest(doc))
 
@@ -978,6 +987,8 @@ class _Window:
                 value, end = _JSON.raw_decode(text)
                 used = len(text[:end].encode("utf-8", "surrogateescape"))
                 window[:used].decode("utf-8")  # strict, as json.loads would be
+            except RecursionError as exc:  # nested past json's limit: the strict loader names it
+                raise _NotCanonical from exc
             except ValueError as exc:
                 if len(window) < size or size >= _MAX_VALUE:
                     raise _NotCanonical from exc
@@ -1002,18 +1013,30 @@ def _text(raw: bytes) -> str:
         raise _NotCanonical from exc
 
 
+def _u32_of(digits: Sequence[bytes]) -> array[int]:
+    """Matched numbers into a 32-bit array; one past its range (up to 16 digits match) is for
+    the strict loader, which names the field and its limit."""
+    try:
+        return array("I", map(int, digits))
+    except OverflowError as exc:
+        raise _NotCanonical from exc
+
+
 def _check(ok: bool) -> None:
     if not ok:
         raise _NotCanonical
 
 
-def _runs(w: _Window, row: re.Pattern[bytes], close: bytes,
+def _runs(w: _Window, row: re.Pattern[bytes], close: bytes, sep: bytes,
           fixed: int) -> Iterator[list[Any]]:
     """The rows of a non-empty JSON list (or object) of one row shape, as lists of matched
     groups, a window at a time, up to and including the closing bracket (``close`` = the last
     row's end and the bracket: it occurs nowhere else in such a list). ``findall`` skips what
     does not match, so the rows' lengths (``fixed`` bytes of punctuation plus their groups)
-    and the commas between them must add up to the span read: anything else is not canonical."""
+    plus one byte between each two rows must add up to the span read, and those bytes must be
+    commas between rows: ``sep`` (a row's last byte, the comma, the next row's first byte)
+    occurs nowhere inside a row, so each of its occurrences holds one of the in-between bytes
+    -- as many occurrences as rows less one leave no byte that is not such a comma."""
     while True:
         w.fill()
         start = w.pos
@@ -1027,7 +1050,7 @@ def _runs(w: _Window, row: re.Pattern[bytes], close: bytes,
                 raise _NotCanonical
         rows = row.findall(w.buf, start, stop)
         if not rows or (fixed + 1) * len(rows) - 1 + sum(map(len, chain.from_iterable(rows))) \
-                != stop - start:
+                != stop - start or w.buf.count(sep, start, stop) != len(rows) - 1:
             raise _NotCanonical
         w.pos = stop + 1
         yield rows
@@ -1042,9 +1065,9 @@ def _read_rows(w: _Window, row_offset: array[int], row_size: array[int], ids: by
     if w.take(b"]"):
         _check(size == 0)
         return
-    for rows in _runs(w, _ROWS, b"]]", 6):
+    for rows in _runs(w, _ROWS, b"]]", b"],[", 6):
         offs, sizes, hexes = zip(*rows, strict=True)
-        sz = array("I", map(int, sizes))
+        sz = _u32_of(sizes)
         if max(sz) > CHUNK_MAX or min(sz) < 1:
             raise _NotCanonical
         tiling = list(accumulate(sz, initial=expected))
@@ -1091,7 +1114,7 @@ def _stream_manifest(blob: bytes) -> Manifest:
     packs: dict[bytes, str] = {}
     codecs = {b"raw": Codec.RAW, b"zstd": Codec.ZSTD, b"zstd-dict": Codec.ZSTD_DICT}
     if not w.take(b"]"):
-        for rows in _runs(w, _BLOCKS, b"]]", 10):
+        for rows in _runs(w, _BLOCKS, b"]]", b"],[", 10):
             for pack, off, stored, raw, codec in rows:
                 b = Block(packs.setdefault(pack, pack.decode()), int(off), int(stored), int(raw),
                           codecs[codec])
@@ -1105,14 +1128,14 @@ def _stream_manifest(blob: bytes) -> Manifest:
     block, block_offset = _u32(), _u32()
     previous = b""
     if not w.take(b"}"):
-        for rows in _runs(w, _LOCS, b"]}", 6):
+        for rows in _runs(w, _LOCS, b"]}", b'],"', 6):
             hexes, bidx, offs = zip(*rows, strict=True)
             # strictly increasing ids: sorted as the publisher writes them, no duplicate key
             _check(previous < hexes[0] and all(a < b for a, b in pairwise(hexes)))
             previous = hexes[-1]
             ids += binascii.unhexlify(b"".join(hexes))
-            block.extend(map(int, bidx))
-            block_offset.extend(map(int, offs))
+            block.extend(_u32_of(bidx))
+            block_offset.extend(_u32_of(offs))
             _check(len(block) <= MAX_CHUNKS)
     w.expect(b"}")
     w.finish()

@@ -6,6 +6,7 @@ import copy
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -524,3 +525,120 @@ def test_a_large_dirs_list_is_read_by_the_streaming_loader_too() -> None:
     big = Manifest(m.product_id, m.version_id, m.files, m.blocks, m.chunks, dirs=dirs)
     fast = _stream_manifest(encode_manifest(big))
     assert fast == big and fast.dirs == dirs
+
+
+# --- the streaming loader accepts exactly what the strict one does (review findings 4-6) ------
+
+
+def _three_chunk_text() -> str:
+    ids = ["b" * 64, "c" * 64, "d" * 64]
+    m = Manifest("p", "1", (FileEntry("a", 30, 0o644, "e3" * 32, tuple(
+        ChunkEntry(10 * i, 10, cid) for i, cid in enumerate(ids))),),
+        (Block("a" * 64, 0, 30, 30, Codec.RAW),),
+        {cid: ChunkLocation(0, 10 * i) for i, cid in enumerate(ids)})
+    return manifest_to_json(m).decode()
+
+
+def _outcome(decode: Any, blob: bytes) -> tuple[Any, ...]:
+    """What a loader makes of ``blob``: the manifest (as data) or the error's code and field.
+    Any other exception escapes and fails the test."""
+    try:
+        m = decode(blob)
+    except ManifestError as exc:
+        return ("error", exc.code, exc.field)
+    return ("ok", m, manifest_to_dict(m))
+
+
+def _both_agree(raw: bytes) -> tuple[Any, ...]:
+    from patcher.manifest import _decode_strict
+
+    blob = zstandard.ZstdCompressor().compress(raw)
+    streamed, strict = _outcome(decode_manifest, blob), _outcome(_decode_strict, blob)
+    assert streamed == strict, raw[:300]
+    return strict
+
+
+@pytest.mark.parametrize(("old", "new", "field"), [
+    ('[10,10,"' + "c" * 64, '[10,4294967296,"' + "c" * 64, "files[0].chunks[1].size"),
+    ('"' + "c" * 64 + '":[0,10]', '"' + "c" * 64 + '":[4294967296,10]', f"chunks[{'c' * 64!r}].block"),
+    ('"' + "c" * 64 + '":[0,10]', '"' + "c" * 64 + '":[0,99999999999]', f"chunks[{'c' * 64!r}].offset"),
+])
+def test_a_number_past_32_bits_gets_the_strict_limit_error(old: str, new: str, field: str) -> None:
+    """Finding 4: such numbers went into array('I') and raised OverflowError."""
+    text = _three_chunk_text()
+    assert old in text
+    assert _both_agree(text.replace(old, new).encode()) == ("error", "MANIFEST_LIMIT", field)
+
+
+@pytest.mark.parametrize("edits", [
+    [(b'"],[10,', b'"]\xc3[10,')],  # one byte, not a comma, between two rows
+    [(b'"],[10,', b'"]x[10,')],
+    [(b'"],[10,', b'"][10,'), (b'"],[20,', b'"],,[20,')],  # [r1][r2],,[r3]: lengths add up
+    [(b'"],[20,', b'"],,[20,')],
+    [(b'[0,0],"', b'[0,0]x"')],  # between two locations
+    [(b'[0,10],"', b'[0,10]"')],
+    [(b'[0,0],"', b'[0,0]"'), (b'[0,10],"', b'[0,10],,"')],
+    [(b'"raw"]],', b'"raw"],]],')],
+])
+def test_rows_must_be_separated_by_exactly_one_comma(edits: list[tuple[bytes, bytes]]) -> None:
+    """Finding 5: the streaming reader checked the rows' lengths, not that the bytes between
+    them are commas, and accepted invalid JSON."""
+    text = _three_chunk_text().encode()
+    for old, new in edits:
+        assert text.count(old) == 1
+        text = text.replace(old, new)
+    assert _both_agree(text)[:2] == ("error", "MANIFEST_CORRUPT")
+
+
+@pytest.mark.parametrize("where", ["launch", "dirs", "saves"])
+def test_json_nested_too_deeply_is_a_corrupt_manifest(where: str) -> None:
+    """Finding 6: 100000 '[' raised RecursionError from json on both paths."""
+    deep = "[" * 100_000 + "]" * 100_000
+    text = _three_chunk_text().replace(f'"{where}":[]', f'"{where}":[{deep}]')
+    from patcher.manifest import _decode_strict
+
+    blob = zstandard.ZstdCompressor().compress(text.encode())
+    for decode in (decode_manifest, _decode_strict):
+        with pytest.raises(ManifestError) as caught:
+            decode(blob)
+        assert caught.value.code == "MANIFEST_CORRUPT" and caught.value.field == "manifest"
+        assert "nested too deeply" in caught.value.message
+
+
+_NUMBERS = [b"0", b"1", b"7", b"10", b"01", b"-1", b"1.0", b"1e1", b"4294967295", b"4294967296",
+            b"18446744073709551616", b"9999999999999999", b"99999999999999999", b"true", b"null"]
+_BYTES = [b",", b"", b",,", b" ", b"x", b"\xc3", b"]", b"[", b"}", b"{", b":", b'"', b"\n"]
+
+
+def test_streaming_and_strict_loaders_agree_on_mutated_manifests() -> None:
+    """A seeded differential fuzz: valid manifests with one separator or number changed (or
+    two, to pair a lost comma with a doubled one) give the same manifest or the same error
+    code and field through the streaming and the strict path."""
+    rnd = random.Random(20261129)
+    ids = [rnd.randbytes(32).hex() for _ in range(8)]
+    files = [FileEntry(f"d/f{i}", 20, 0o644, "e3" * 32,
+                       (ChunkEntry(0, 10, ids[i]), ChunkEntry(10, 10, ids[i + 1])))
+             for i in range(0, 8, 2)]
+    sample = Manifest(
+        "p", "1", (*files, FileEntry("empty", 0, 0o755, "e3" * 32, ())),
+        (Block("a" * 64, 0, 40, 40, Codec.RAW), Block("b" * 64, 40, 30, 40, Codec.ZSTD)),
+        {cid: ChunkLocation(i // 4, 10 * (i % 4)) for i, cid in enumerate(ids)},
+        dirs=("d", "saves"), launch=(LaunchEntry("Play", "d/f0", ("-x",)),),
+        saves=(SaveLocation(SaveRoot.INSTALL, "saves"),))
+    texts = [manifest_to_json(sample), manifest_to_json(_realistic_manifest(40, per_file=5))]
+    accepted = rejected = 0
+    for _ in range(3000):
+        raw = rnd.choice(texts)
+        for _ in range(rnd.choice((1, 1, 2))):
+            seps = [m.start() for m in re.finditer(rb"[,:\[\]{}]", raw)]
+            nums = [m.span() for m in re.finditer(rb"(?<![0-9a-f])[0-9]+(?![0-9a-f])", raw)]
+            if nums and rnd.random() < 0.5:
+                lo, hi = rnd.choice(nums)
+                raw = raw[:lo] + rnd.choice(_NUMBERS) + raw[hi:]
+            else:
+                at = rnd.choice(seps)
+                raw = raw[:at] + rnd.choice(_BYTES) + raw[at + 1 :]
+        outcome = _both_agree(raw)
+        accepted += outcome[0] == "ok"
+        rejected += outcome[0] == "error"
+    assert accepted > 100 and rejected > 1000  # both kinds of outcome were compared
