@@ -845,6 +845,29 @@ def _version() -> str:
         return "0+unknown"
 
 
+class _VersionAction(argparse.Action):
+    """``--version``, read only when asked: the distribution metadata lookup costs ~15 ms of
+    every command's start (argparse's own "version" action formats its text up front)."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS,
+                 default: str = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings=option_strings, dest=dest, default=default, nargs=0,
+                         help=help or "show program's version number and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        parser._print_message(f"launcher-engine {_version()}\n", sys.stdout)
+        parser.exit()
+
+
+def _skip_httpx_cli() -> None:
+    """Keep httpx's command-line client out of the engine's imports: httpx imports it (click,
+    rich, pygments: ~30 ms) whenever those are installed, and falls back to a stub when that
+    import fails, which a None entry in ``sys.modules`` makes it do. The engine never runs it."""
+    if "httpx" not in sys.modules and "httpx._main" not in sys.modules:
+        sys.modules["httpx._main"] = None  # type: ignore[assignment]  # the import system's "not importable"
+
+
 def build_parser() -> argparse.ArgumentParser:
     def common_options(p: argparse.ArgumentParser, default: Any) -> None:
         # accepted before and after the subcommand; SUPPRESS keeps the subparser from
@@ -861,7 +884,7 @@ def build_parser() -> argparse.ArgumentParser:
     common_options(common, argparse.SUPPRESS)
     parser = argparse.ArgumentParser(prog="launcher-engine", description=__doc__)
     common_options(parser, None)
-    parser.add_argument("--version", action="version", version=f"launcher-engine {_version()}")
+    parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="command", required=True)
     for spec in CLI:
         text = spec.help or (command(spec.method).help if spec.method else spec.name)
@@ -880,6 +903,7 @@ class LocalService:
     def __init__(self, settings: Settings) -> None:
         import asyncio
 
+        _skip_httpx_cli()
         from engine.api.service import EngineService
         from engine.jobs.engine import Engine
 
@@ -934,6 +958,7 @@ def _dispatch(args: argparse.Namespace, out: Output, settings: Settings) -> int:
     if args.command == "serve":
         import asyncio
 
+        _skip_httpx_cli()
         from engine.api.daemon import Daemon
 
         asyncio.run(Daemon(settings, port=args.port).run())
