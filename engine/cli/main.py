@@ -35,6 +35,7 @@ from engine.api.protocol import (
     command,
     event_to_wire,
 )
+from engine.core.remote import backend_active
 from engine.io.config import Settings, load_settings
 
 log = logging.getLogger("engine.cli")
@@ -218,21 +219,14 @@ def cmd_queue(svc: Service, args: argparse.Namespace, out: Output) -> int:
         raise EngineError(ErrorCode.API_MISUSE, f"queue {action} needs a task id")
     params: dict[str, Any] = {"taskId": args.task}
     if action in ("move", "priority"):
-        if args.value is None:
-            raise EngineError(ErrorCode.API_MISUSE, f"queue {action} needs a number")
-        try:
-            params["position" if action == "move" else "priority"] = int(args.value)
-        except ValueError as exc:
-            raise EngineError(ErrorCode.API_MISUSE, f"not a number: {args.value!r}") from exc
+        params["position" if action == "move" else "priority"] = _number(args.value,
+                                                                         f"queue {action}")
     result = svc.call(action, params)
     tasks = result if isinstance(result, list) else [result]
     for t in tasks:
         out.text(f"{t['taskId'][:8]}  {t['status']}  position {t['position']}  priority {t['priority']}")
     out.emit({"tasks": tasks})
     return ExitCode.OK
-
-
-REMOTE_FINAL = frozenset({"completed", "failed", "cancelled"})
 
 
 def _remote_line(t: dict[str, Any]) -> str:
@@ -261,14 +255,14 @@ def cmd_remote(svc: Service, args: argparse.Namespace, out: Output) -> int:
     t = svc.call("remoteInstall", params)
     out.text(f"queued {t['productId']} as task {str(t['taskId'])[:8]} for "
              + (f"device {args.device}" if args.device else "the player's running engine"))
-    while args.watch and t["status"] not in REMOTE_FINAL:
+    while args.watch and backend_active(t["status"]):
         time.sleep(1.0)
         now = svc.call("remoteTasks", {"taskId": t["taskId"]})[0]
         if now != t:
             t = now
             out.text(_remote_line(t))
     out.emit({"task": t})
-    if t["status"] == "failed":
+    if t["status"] == "error":  # the backend's name for a failed task
         err = EngineError(ErrorCode.from_wire(t["errorCode"], ErrorCode.INTERNAL_ERROR),
                           t["errorMessage"] or "")
         return err.exit_code
