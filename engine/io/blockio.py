@@ -36,7 +36,7 @@ def _decompressor() -> zstandard.ZstdDecompressor:
     return d
 
 
-def decode_block(job: BlockJob, stored: bytes) -> bytes:
+def decode_block(job: BlockJob, stored: bytes | memoryview) -> bytes | memoryview:
     if len(stored) != job.stored_size:
         raise BlockCorrupt(job.index, f"{len(stored)} bytes, expected {job.stored_size}")
     if job.codec is Codec.RAW:
@@ -50,7 +50,7 @@ def decode_block(job: BlockJob, stored: bytes) -> bytes:
     return raw
 
 
-def process_block(job: BlockJob, stored: bytes, staging: Staging) -> list[int]:
+def process_block(job: BlockJob, stored: bytes | memoryview, staging: Staging) -> list[int]:
     """Verify and write one block; returns the file indexes written (for fsync batching)."""
     raw = decode_block(job, stored)
     view = memoryview(raw)

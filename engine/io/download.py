@@ -1,5 +1,10 @@
-"""The network shell: fetch coalesced byte ranges of packs from ranked CDN sources (aiohttp),
-hand each block to a processor, retry what failed elsewhere.
+"""The network shell: fetch coalesced byte ranges of packs from ranked CDN sources, hand each
+block to a processor, retry what failed elsewhere.
+
+Two ways to read a range, one set of rules: unlimited ranges run on worker threads
+(``engine.io.rangeclient``: blocking sockets, a reused buffer, the block processed on the
+thread that read it); ranges under a speed limit, and responses that client does not handle,
+go through aiohttp on the event loop, where the limiter paces each 64 KiB read.
 
 Failures are classified (5xx, reset, stall, 403, corrupt bytes) and fed to the source pool,
 which ranks edges by health and speed; a retried range skips the blocks that already arrived.
@@ -11,37 +16,44 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import threading
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 import aiohttp
 
 from engine.core.errors import EngineError, ErrorCode
-from engine.core.fetchrules import Failure, FetchState, GiveUp, after_failure
+from engine.core.fetchrules import FetchState, GiveUp, after_failure
+from engine.core.httpwire import Unsupported
 from engine.core.planner import BlockJob, FetchRange, split_range
 from engine.core.retry import RetryPolicy, StallDetector
 from engine.core.sources import CdnSource, FailureKind, SourcePool
 from engine.io.blockio import BlockCorrupt
 from engine.io.limiter import AsyncRateLimiter
+from engine.io.rangeclient import MIN_RATE_BPS, FetchFailed, RangeFetch, Stopped, fetch_range, worker_pool
 
 log = logging.getLogger(__name__)
 
-BlockSink = Callable[[BlockJob, bytes], Awaitable[None]]
+__all__ = ["BlockSink", "DownloadContext", "FetchFailed", "download", "pack_rel"]
+
+R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class BlockSink(Generic[R]):
+    """What happens to a fetched block: ``process`` (decode, verify, write) on a worker thread
+    — it must not keep ``data``, a reused buffer — and ``record`` (journal, progress) of its
+    result on the event loop thread, in the order the blocks were processed per range."""
+    process: Callable[[BlockJob, bytes | memoryview], R]
+    record: Callable[[BlockJob, R], None]
+
+
 SourceRefresher = Callable[[], Awaitable[tuple[CdnSource, ...]]]
 # a failed range is about to be fetched again: (its state, the source picked now, the range)
 RetryHook = Callable[[FetchState, str, FetchRange], None]
-
-
-class FetchFailed(Exception):
-    def __init__(self, kind: FailureKind, detail: str, out_of_range: bool = False) -> None:
-        super().__init__(detail)
-        self.kind = kind
-        self.detail = detail
-        self.out_of_range = out_of_range  # HTTP 416: the range lies past the pack's end
-
-    def failure(self, source_id: str, item: str | None = None) -> Failure:
-        return Failure(source_id, self.kind, self.detail, self.out_of_range, item=item)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +75,10 @@ class DownloadContext:
     stall_window_s: float = 15.0  # settings.stall_timeout_s
     on_bytes: Callable[[int], None] = lambda n: None
     on_retry: RetryHook = lambda state, source_id, r: None
+    executor: ThreadPoolExecutor | None = None  # processes blocks read on the event loop
+    connect_timeout_s: float = 10.0
+    # sources whose answers the threaded client could not take: the general client serves them
+    general_only: set[str] = field(default_factory=set)
     _refresh_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     first_byte_at: float | None = None  # CLOCK_MONOTONIC of the run's first pack byte
 
@@ -84,7 +100,10 @@ def pack_rel(product_id: str, pack: str) -> str:
 
 
 async def _fetch_range(ctx: DownloadContext, source: CdnSource, r: FetchRange,
-                       sink: BlockSink, done: set[int]) -> None:
+                       sink: BlockSink[R], done: set[int]) -> None:
+    """The general client (aiohttp on the loop): limited ranges, and what the threaded one
+    cannot take."""
+    loop = asyncio.get_running_loop()
     url = source.url(pack_rel(ctx.product_id, r.pack))
     headers = {"Range": f"bytes={r.start}-{r.end - 1}"}
     started = time.monotonic()
@@ -116,10 +135,11 @@ async def _fetch_range(ctx: DownloadContext, source: CdnSource, r: FetchRange,
                 received += job.stored_size
                 position = job.offset + job.stored_size
                 try:
-                    await sink(job, data)
+                    result = await loop.run_in_executor(ctx.executor, sink.process, job, data)
                 except BlockCorrupt as exc:
                     raise FetchFailed(FailureKind.CORRUPT, f"{source.id}: {exc}") from exc
                 done.add(job.index)
+                sink.record(job, result)
     except asyncio.IncompleteReadError as exc:
         raise FetchFailed(FailureKind.RESET, f"{source.id}: connection closed early") from exc
     except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
@@ -135,7 +155,6 @@ async def _fetch_range(ctx: DownloadContext, source: CdnSource, r: FetchRange,
 
 
 LIMITED_PIECE = 64 * 1024
-MIN_RATE_BPS = 16 * 1024
 
 
 async def _read_block(ctx: DownloadContext, stream: aiohttp.StreamReader, size: int,
@@ -171,7 +190,57 @@ async def _read_block(ctx: DownloadContext, stream: aiohttp.StreamReader, size: 
     return b"".join(parts)
 
 
-async def download(ctx: DownloadContext, ranges: list[FetchRange], sink: BlockSink,
+async def _fetch_range_threaded(ctx: DownloadContext, source: CdnSource, r: FetchRange,
+                                sink: BlockSink[R], done: set[int]) -> None:
+    """The range on a worker thread (``engine.io.rangeclient``). Each processed block comes
+    back through a queue and is recorded by this task, so a cancelled task records nothing
+    more (as a cancelled await would). Cancelled, it asks the thread to stop and waits for it:
+    nothing may still write into a staging area the run is closing."""
+    loop = asyncio.get_running_loop()
+    stop = threading.Event()
+    task_key = ctx.task_key
+    landed: asyncio.Queue[tuple[BlockJob, R, int] | None] = asyncio.Queue()  # ≤ the range's blocks
+
+    def process(job: BlockJob, data: memoryview) -> R:
+        try:
+            return sink.process(job, data)
+        except BlockCorrupt as exc:
+            raise FetchFailed(FailureKind.CORRUPT, f"{source.id}: {exc}") from exc
+
+    def deliver(job: BlockJob, result: R, nbytes: int) -> None:
+        loop.call_soon_threadsafe(landed.put_nowait, (job, result, nbytes))
+
+    fetch = RangeFetch(source.url(pack_rel(ctx.product_id, r.pack)), r, source.id,
+                       ctx.stall_window_s, ctx.connect_timeout_s, process, deliver,
+                       lambda: ctx.limiter.limited(task_key), stop, ctx.saw_bytes)
+    future = loop.run_in_executor(worker_pool(), fetch_range, fetch)
+    # done callbacks run after everything the thread scheduled before it returned
+    future.add_done_callback(lambda _: landed.put_nowait(None))
+    try:
+        try:
+            while (item := await landed.get()) is not None:
+                job, result, nbytes = item
+                ctx.on_bytes(nbytes)
+                sink.record(job, result)
+                done.add(job.index)
+        except asyncio.CancelledError:
+            stop.set()
+            while not future.done():  # the thread sees the flag within POLL_S or one block
+                try:
+                    await asyncio.wait({future})
+                except asyncio.CancelledError:
+                    continue
+            if not future.cancelled() and future.exception() is not None:
+                log.debug("range ended while cancelled: %r", future.exception())
+            raise
+        future.result()
+    finally:
+        if fetch.received:
+            ctx.pool.record_success(source.id, fetch.received,
+                                    time.monotonic() - fetch.started, time.time())
+
+
+async def download(ctx: DownloadContext, ranges: list[FetchRange], sink: BlockSink[R],
                    workers: int) -> None:
     """Fetch every range; raises the first unrecoverable error (cancelling the rest)."""
     queue: asyncio.Queue[WorkItem | None] = asyncio.Queue()
@@ -194,7 +263,20 @@ async def download(ctx: DownloadContext, ranges: list[FetchRange], sink: BlockSi
             if item.state.last is not None:
                 ctx.on_retry(item.state, source.id, item.range)
             try:
-                await _fetch_range(ctx, source, item.range, sink, done)
+                if source.id in ctx.general_only or ctx.limiter.limited(ctx.task_key):
+                    await _fetch_range(ctx, source, item.range, sink, done)
+                else:
+                    await _fetch_range_threaded(ctx, source, item.range, sink, done)
+            except (Unsupported, Stopped) as exc:
+                # not a failure of the source: the range (or its rest) goes round again, the
+                # general client taking it when the threaded one cannot or a limit now applies
+                if isinstance(exc, Unsupported):
+                    log.info("%s: %s; using the general HTTP client", source.id, exc)
+                    ctx.general_only.add(source.id)
+                rest = split_range(item.range, done)
+                if rest is not None:
+                    queue.put_nowait(WorkItem(rest, item.state))
+                    continue
             except FetchFailed as exc:
                 ctx.pool.record_failure(source.id, exc.kind, time.time())
                 rest = split_range(item.range, done)

@@ -20,7 +20,7 @@ from engine.core.retry import RetryPolicy
 from engine.core.sources import SourcePool
 from engine.io.backend_client import TaskGrant
 from engine.io.blockio import process_block
-from engine.io.download import DownloadContext, download
+from engine.io.download import BlockSink, DownloadContext, download
 from engine.io.journal import Journal
 from engine.io.staging import Staging
 from engine.io.state import TaskRecord
@@ -155,12 +155,13 @@ class StagedBuild:
                     if count == 0 and fi not in verified:
                         tg.create_task(verify(fi))
 
-                async def sink(lazy: BlockJob, data: bytes) -> None:
-                    def work() -> tuple[BlockJob, list[int]]:
-                        job = lazy.materialized()  # a full plan's targets, built once, off the loop
-                        return job, process_block(job, data, staging)
+                def process(lazy: BlockJob, data: bytes | memoryview
+                            ) -> tuple[BlockJob, list[int]]:  # on a worker thread
+                    job = lazy.materialized()  # a full plan's targets, built once, off the loop
+                    return job, process_block(job, data, staging)
 
-                    job, touched = await loop.run_in_executor(ctx.executor, work)
+                def record(_: BlockJob, result: tuple[BlockJob, list[int]]) -> None:
+                    job, touched = result
                     if journal.add(job.index, touched, job.stored_size) and not journal.flushing:
                         tg.create_task(journal.flush_async(ctx.executor))  # beside the download
                     self.progress.written += sum(t.size * len(t.writes) for t in job.targets)
@@ -184,11 +185,13 @@ class StagedBuild:
                     refresh=refresher(ctx, grant),
                     refresh_margin_s=ctx.settings.token_refresh_margin_s, on_bytes=count_bytes,
                     stall_window_s=ctx.settings.stall_timeout_s,
+                    executor=ctx.executor, connect_timeout_s=ctx.settings.connect_timeout_s,
                     on_retry=lambda state, source_id, r: self.publish_retry(manifest, state,
                                                                             source_id, r),
                 )
                 try:
-                    await download(dctx, list(plan.ranges), sink, ctx.settings.connections)
+                    await download(dctx, list(plan.ranges), BlockSink(process, record),
+                                   ctx.settings.connections)
                 finally:
                     # what was written is durable and journaled, even when cancelled or failing
                     journal.flush()

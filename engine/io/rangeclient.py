@@ -1,0 +1,283 @@
+"""The data plane's blocking half: one worker thread GETs one pack range over a kept-alive
+socket, ``recv_into``s each block into a buffer it reuses, and processes the block right there
+(zstd, BLAKE3 and ``pwritev`` release the GIL). The event loop only hears "block N is written"
+(one ``call_soon_threadsafe`` per ~1 MiB block) and keeps every decision: which source, retries,
+journal, progress. Parsing and the meaning of a response are ``engine.core.httpwire``.
+
+A thread cannot be cancelled, so it looks at a stop flag between blocks and at least every
+``POLL_S`` while it waits for bytes; the caller sets the flag and waits for the thread before
+the run's staging is closed.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from engine.core.fetchrules import Failure
+from engine.core.httpwire import (
+    MAX_HEAD_BYTES,
+    HeadError,
+    RangeRefusal,
+    Target,
+    head_end,
+    judge_range_response,
+    parse_head,
+    parse_target,
+    range_request,
+)
+from engine.core.planner import BlockJob, FetchRange
+from engine.core.retry import StallDetector
+from engine.core.sources import FailureKind
+
+POLL_S = 0.25  # a waiting recv looks at the stop flag and the stall detector this often
+MIN_RATE_BPS = 16 * 1024  # slower than this over a whole stall window: the edge is left
+DRAIN_CHUNK = 256 * 1024
+
+R = TypeVar("R")
+
+
+class FetchFailed(Exception):
+    def __init__(self, kind: FailureKind, detail: str, out_of_range: bool = False) -> None:
+        super().__init__(detail)
+        self.kind = kind
+        self.detail = detail
+        self.out_of_range = out_of_range  # HTTP 416: the range lies past the pack's end
+
+    def failure(self, source_id: str, item: str | None = None) -> Failure:
+        return Failure(source_id, self.kind, self.detail, self.out_of_range, item=item)
+
+    @classmethod
+    def refused(cls, refusal: RangeRefusal) -> FetchFailed:
+        return cls(refusal.kind, refusal.detail, refusal.out_of_range)
+
+
+class Stopped(Exception):
+    """The thread gave the range back between blocks: the run stops, or a speed limit now
+    applies (limited reads go the general way); the blocks it delivered are kept."""
+
+
+@dataclass(slots=True)
+class RangeFetch(Generic[R]):
+    """One range for one worker thread; ``received`` is read after it returns."""
+    url: str
+    range: FetchRange
+    source_id: str
+    stall_window_s: float
+    connect_timeout_s: float
+    process: Callable[[BlockJob, memoryview], R]  # on this thread; must not keep the view
+    deliver: Callable[[BlockJob, R, int], None]  # thread-safe: hands the result to the loop
+    give_back: Callable[[], bool]  # checked between blocks: True → raise Stopped
+    stop: threading.Event
+    on_first_byte: Callable[[], None]  # thread-safe
+    received: int = 0
+    started: float = 0.0
+
+
+# -- connections: an idle pool shared by the worker threads ------------------------------------
+_idle: dict[tuple[str, str, int], list[socket.socket]] = {}
+_idle_lock = threading.Lock()
+_tls: ssl.SSLContext | None = None
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+_buffers = threading.local()
+
+
+def worker_pool() -> ThreadPoolExecutor:
+    """The threads that run ranges (at most 64: the ``connections`` setting's ceiling)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="engine-net")
+        return _pool
+
+
+def close_idle_connections() -> None:
+    with _idle_lock:
+        socks = [s for group in _idle.values() for s in group]
+        _idle.clear()
+    for s in socks:
+        s.close()
+
+
+def _take(target: Target) -> socket.socket | None:
+    with _idle_lock:
+        group = _idle.get(target.key)
+        return group.pop() if group else None
+
+
+def _put_back(target: Target, sock: socket.socket) -> None:
+    with _idle_lock:
+        _idle.setdefault(target.key, []).append(sock)
+
+
+def _connect(target: Target, timeout_s: float, source_id: str) -> socket.socket:
+    global _tls
+    try:
+        sock = socket.create_connection((target.host, target.port), timeout=timeout_s)
+    except OSError as exc:
+        raise FetchFailed(FailureKind.RESET, f"{source_id}: cannot connect: {exc}") from exc
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if target.scheme == "https":
+            if _tls is None:
+                _tls = ssl.create_default_context()
+            sock = _tls.wrap_socket(sock, server_hostname=target.host)
+    except (OSError, ssl.SSLError) as exc:
+        sock.close()
+        raise FetchFailed(FailureKind.RESET, f"{source_id}: TLS: {exc}") from exc
+    sock.settimeout(POLL_S)
+    return sock
+
+
+def _buffer(size: int) -> memoryview:
+    """This thread's reused block buffer, at least ``size`` bytes."""
+    buf: bytearray | None = getattr(_buffers, "buf", None)
+    if buf is None or len(buf) < size:
+        buf = _buffers.buf = bytearray(max(size, 1 << 20))
+    return memoryview(buf)
+
+
+class _Body:
+    """Reads a response's bytes: first what came in with the head, then the socket."""
+
+    def __init__(self, sock: socket.socket, fetch: RangeFetch[R], watch: StallDetector) -> None:
+        self.sock = sock
+        self.fetch = fetch
+        self.watch = watch
+        self.head_buf = bytearray(MAX_HEAD_BYTES)
+        self.pending = memoryview(b"")
+
+    def _recv(self, view: memoryview) -> int:
+        while True:
+            try:
+                n = self.sock.recv_into(view)
+            except TimeoutError:
+                n = -1
+            except (OSError, ssl.SSLError) as exc:
+                raise FetchFailed(FailureKind.RESET,
+                                  f"{self.fetch.source_id}: {exc!r}") from exc
+            now = time.monotonic()
+            if n == 0:
+                raise FetchFailed(FailureKind.RESET,
+                                  f"{self.fetch.source_id}: connection closed early")
+            self.watch.observe(max(n, 0), now)
+            if self.watch.stalled(now):
+                if n < 0 and self.fetch.received == 0:
+                    detail = "no data (stalled)"
+                else:
+                    detail = (f"under {self.watch.min_bytes} bytes in {self.watch.window_s:.0f} s "
+                              "(trickling)")
+                raise FetchFailed(FailureKind.STALL, f"{self.fetch.source_id}: {detail}")
+            if n > 0:
+                return n
+            if self.fetch.stop.is_set():
+                raise Stopped()
+
+    def read_head(self, reused: bool) -> bytes | None:
+        """The response head. None: a kept-alive connection that the server had closed
+        meanwhile answered nothing (the caller sends the request again, once, on a new one)."""
+        got = searched = 0
+        view = memoryview(self.head_buf)
+        while True:
+            end = head_end(self.head_buf, searched, got) if got else -1
+            if end >= 0:
+                self.pending = view[end:got]
+                return bytes(self.head_buf[:end])
+            if got == MAX_HEAD_BYTES:
+                raise FetchFailed(FailureKind.CORRUPT,
+                                  f"{self.fetch.source_id}: response head over {MAX_HEAD_BYTES} B")
+            searched = got
+            try:
+                n = self._recv(view[got:])
+            except FetchFailed as exc:
+                if reused and got == 0 and exc.kind is FailureKind.RESET:
+                    return None
+                raise
+            got += n
+
+    def read_into(self, view: memoryview) -> None:
+        filled = 0
+        if self.pending:
+            take = min(len(self.pending), len(view))
+            view[:take] = self.pending[:take]
+            self.pending = self.pending[take:]
+            filled = take
+        while filled < len(view):
+            filled += self._recv(view[filled:])
+
+    def skip(self, size: int) -> None:
+        scratch = _buffer(DRAIN_CHUNK)[:DRAIN_CHUNK]
+        while size:
+            part = scratch[:min(size, DRAIN_CHUNK)]
+            self.read_into(part)
+            size -= len(part)
+
+
+def fetch_range(fetch: RangeFetch[R]) -> None:
+    """GET the range and process its blocks in order (on the calling worker thread). Raises
+    ``FetchFailed`` (the source is judged by its kind), ``Stopped``, ``Unsupported`` (nothing
+    was processed: the general client takes the range) or what ``process`` raises."""
+    target = parse_target(fetch.url)
+    r = fetch.range
+    fetch.started = time.monotonic()
+    request = range_request(target, r.start, r.end)
+    for attempt in (0, 1):
+        sock = _take(target) if attempt == 0 else None
+        reused = sock is not None
+        if sock is None:
+            sock = _connect(target, fetch.connect_timeout_s, fetch.source_id)
+        keep = False
+        try:
+            watch = StallDetector(fetch.stall_window_s,
+                                  max(1, int(MIN_RATE_BPS * fetch.stall_window_s)),
+                                  now=time.monotonic())
+            try:
+                sock.sendall(request)
+            except (OSError, ssl.SSLError) as exc:
+                if reused:
+                    continue  # the idle connection was closed by the server: a fresh one
+                raise FetchFailed(FailureKind.RESET, f"{fetch.source_id}: {exc!r}") from exc
+            body = _Body(sock, fetch, watch)
+            raw_head = body.read_head(reused)
+            if raw_head is None:
+                continue
+            try:
+                head = parse_head(raw_head)
+                verdict = judge_range_response(head, r.start, r.end, r.pack, fetch.source_id)
+            except HeadError as exc:
+                raise FetchFailed(FailureKind.CORRUPT, f"{fetch.source_id}: {exc}") from exc
+            if isinstance(verdict, RangeRefusal):
+                raise FetchFailed.refused(verdict)
+            fetch.on_first_byte()
+            _read_blocks(fetch, body)
+            keep = verdict.reusable and not body.pending
+            return
+        finally:
+            if keep:
+                _put_back(target, sock)
+            else:
+                sock.close()
+    raise FetchFailed(FailureKind.RESET, f"{fetch.source_id}: connection closed")  # unreachable
+
+
+def _read_blocks(fetch: RangeFetch[R], body: _Body) -> None:
+    position = fetch.range.start
+    for job in fetch.range.blocks:
+        if fetch.stop.is_set() or fetch.give_back():
+            raise Stopped()
+        gap = job.offset - position
+        if gap > 0:  # a bridged gap: read and drop
+            body.skip(gap)
+        view = _buffer(job.stored_size)[:job.stored_size]
+        body.read_into(view)
+        fetch.received += gap + job.stored_size
+        position = job.offset + job.stored_size
+        result = fetch.process(job, view)
+        fetch.deliver(job, result, gap + job.stored_size)

@@ -1,0 +1,158 @@
+"""The threaded range client against a real socket server this test scripts: blocks byte-exact
+over one kept-alive connection, a connection the server closed while idle replaced, a silent
+edge judged stalled, a stop honoured while waiting, wrong spans and short bodies refused."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from engine.core.planner import BlockJob, FetchRange
+from engine.core.sources import FailureKind
+from engine.io.rangeclient import FetchFailed, RangeFetch, Stopped, close_idle_connections, fetch_range
+from patcher.manifest import Codec
+
+DATA = bytes(range(256)) * 4096  # 1 MiB
+PACK = "cd" * 32
+
+
+class ScriptedServer:
+    """Serves DATA with Range support; ``mode`` changes how it answers."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.mode = "normal"
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self.release = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            buf = b""
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    try:
+                        part = conn.recv(65536)
+                    except OSError:
+                        return
+                    if not part:
+                        return
+                    buf += part
+                raw, _, buf = buf.partition(b"\r\n\r\n")
+                self.requests.append(raw)
+                spec = next(line for line in raw.split(b"\r\n") if line.startswith(b"Range:"))
+                first, last = (int(x) for x in spec.split(b"=")[1].split(b"-"))
+                body = DATA[first:last + 1]
+                span = f"bytes {first}-{last}/{len(DATA)}"
+                if self.mode == "wrong-span":
+                    span = f"bytes 0-{last - first}/{len(DATA)}"
+                head = (f"HTTP/1.1 206 Partial Content\r\nContent-Length: {len(body)}\r\n"
+                        f"Content-Range: {span}\r\n\r\n").encode()
+                try:
+                    if self.mode == "stall":
+                        conn.sendall(head)
+                        self.release.wait(30)
+                        return
+                    if self.mode == "truncate":
+                        conn.sendall(head + body[: len(body) // 2])
+                        return
+                    conn.sendall(head + body)
+                except OSError:
+                    return
+                if self.mode == "close-when-idle":
+                    time.sleep(0.05)
+                    return  # keep-alive was not refused, but the connection ends
+
+    def close(self) -> None:
+        self.release.set()
+        self.sock.close()
+
+
+@pytest.fixture
+def server() -> Iterator[ScriptedServer]:
+    close_idle_connections()
+    s = ScriptedServer()
+    yield s
+    s.close()
+    close_idle_connections()
+
+
+def blocks(spans: list[tuple[int, int]]) -> FetchRange:
+    jobs = tuple(BlockJob(i, PACK, off, size, size, Codec.RAW, ()) for i, (off, size) in enumerate(spans))
+    return FetchRange(PACK, spans[0][0], spans[-1][0] + spans[-1][1], jobs)
+
+
+def run(server: ScriptedServer, r: FetchRange, *, window: float = 10.0,
+        stop: threading.Event | None = None, give_back: bool = False
+        ) -> tuple[list[tuple[int, bytes]], RangeFetch[bytes]]:
+    got: list[tuple[int, bytes]] = []
+    fetch: RangeFetch[bytes] = RangeFetch(
+        f"http://127.0.0.1:{server.port}/p/packs/{PACK}.pack?md5=x", r, "edge", window, 5.0,
+        lambda job, view: bytes(view), lambda job, data, n: got.append((job.index, data)),
+        lambda: give_back and bool(got), stop or threading.Event(), lambda: None)
+    fetch_range(fetch)
+    return got, fetch
+
+
+def test_blocks_arrive_byte_exact_over_one_kept_alive_connection(server: ScriptedServer) -> None:
+    r = blocks([(1000, 70000), (80000, 200000), (280000, 5)])  # a bridged gap after block 0
+    got, fetch = run(server, r)
+    assert got == [(0, DATA[1000:71000]), (1, DATA[80000:280000]), (2, DATA[280000:280005])]
+    assert fetch.received == 280005 - 1000
+    got2, _ = run(server, blocks([(0, 4096)]))
+    assert got2 == [(0, DATA[:4096])]
+    assert server.connections == 1 and len(server.requests) == 2
+    assert b"Range: bytes=1000-280004" in server.requests[0]
+
+
+def test_a_connection_the_server_closed_while_idle_is_replaced(server: ScriptedServer) -> None:
+    server.mode = "close-when-idle"
+    run(server, blocks([(0, 1000)]))
+    time.sleep(0.2)  # the server has closed the idle connection by now
+    got, _ = run(server, blocks([(5000, 1000)]))
+    assert got == [(0, DATA[5000:6000])]
+    assert server.connections == 2
+
+
+def test_a_silent_edge_stalls_and_a_stop_ends_the_wait(server: ScriptedServer) -> None:
+    server.mode = "stall"
+    with pytest.raises(FetchFailed) as caught:
+        run(server, blocks([(0, 1000)]), window=0.6)
+    assert caught.value.kind is FailureKind.STALL and "edge" in caught.value.detail
+    stop = threading.Event()
+    threading.Timer(0.3, stop.set).start()
+    started = time.monotonic()
+    with pytest.raises(Stopped):
+        run(server, blocks([(0, 1000)]), window=60.0, stop=stop)
+    assert time.monotonic() - started < 10  # the 60 s window was not waited out
+
+
+def test_wrong_span_short_body_and_giving_back(server: ScriptedServer) -> None:
+    server.mode = "wrong-span"
+    with pytest.raises(FetchFailed) as caught:
+        run(server, blocks([(1000, 1000)]))
+    assert caught.value.kind is FailureKind.CORRUPT and "bytes 1000-1999" in caught.value.detail
+    server.mode = "truncate"
+    with pytest.raises(FetchFailed) as caught:
+        run(server, blocks([(0, 1000), (1000, 1000)]))
+    assert caught.value.kind is FailureKind.RESET and "closed early" in caught.value.detail
+    server.mode = "normal"
+    with pytest.raises(Stopped):  # a limit now applies: the rest goes back after one block
+        run(server, blocks([(0, 1000), (1000, 1000)]), give_back=True)
