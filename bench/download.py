@@ -28,7 +28,7 @@ What runs (everything binds 127.0.0.1):
 Options for tuning experiments: ``--only`` (a subset of runs), ``--repeat N`` (interleaved
 repeats, medians), ``--engine-env LAUNCHER_ENGINE_CONNECTIONS=8`` (engine settings),
 ``--engine-repo DIR`` (the engine from another checkout, for A/B tests of engine changes),
-``--profile cprofile|py-spy|py-spy-idle`` (profile the first engine run; add ``--keep``).
+``--profile cprofile|py-spy|py-spy-idle|py-spy-gil`` (profile the first engine run; add ``--keep``).
 
 Peers use signed nginx URLs taken from a ``POST /api/v1/download/tasks`` answer (the
 ``cdnSources`` query appended to each pack path), exactly what the engine gets.
@@ -522,10 +522,11 @@ def _run_engine(stack: Stack, game: Game, run_dir: Path, name: str, *, limit: st
         argv += ["--limit", limit]
     if profile == "cprofile":  # the event-loop thread only
         argv[1:1] = ["-m", "cProfile", "-o", str(run_dir / f"{name}.cprof")]
-    elif profile in ("py-spy", "py-spy-idle"):  # every thread, sampled; collapsed stacks
+    elif profile in ("py-spy", "py-spy-idle", "py-spy-gil"):  # sampled; collapsed stacks
         spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
         argv = [spy, "record", "--format", "raw", "--rate", "250", "--threads", "--nonblocking",
                 *(["--idle"] if profile == "py-spy-idle" else []),
+                *(["--gil"] if profile == "py-spy-gil" else []),  # only the GIL holder: Python CPU
                 "-o", str(run_dir / f"{name}.{profile}.txt"), "--", *argv]
     timeout = 120 + game.installed_bytes / MIB * (3.0 if limit else 0.5)
     m = run_measured(argv, env=env, timeout=timeout, stderr_path=run_dir / f"engine-{name}.log",
@@ -770,7 +771,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma-separated subset of engine,curl,aria2c,limit,daemon,rss")
     ap.add_argument("--engine-env", action="append", default=[], metavar="KEY=VALUE",
                     help="extra environment for the engine, e.g. LAUNCHER_ENGINE_CONNECTIONS=8")
-    ap.add_argument("--profile", choices=["cprofile", "py-spy", "py-spy-idle"],
+    ap.add_argument("--profile", choices=["cprofile", "py-spy", "py-spy-idle", "py-spy-gil"],
                     help="profile the first engine run (cProfile: loop thread; py-spy: every "
                          "thread, --idle also counts waiting); files in the run folder, so "
                          "add --keep; RSS/CPU of a profiled run include the profiler")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -132,7 +133,15 @@ def _connect(target: Target, timeout_s: float, source_id: str) -> socket.socket:
     except (OSError, ssl.SSLError) as exc:
         sock.close()
         raise FetchFailed(FailureKind.RESET, f"{source_id}: TLS: {exc}") from exc
-    sock.settimeout(POLL_S)
+    if isinstance(sock, ssl.SSLSocket):
+        sock.settimeout(POLL_S)
+    else:
+        # a blocking socket with a kernel receive timeout: recv(MSG_WAITALL) then fills a whole
+        # block in one call (one GIL release per block instead of one per ~64 KiB that
+        # arrived) and still returns every POLL_S to look at the stop flag and the stall watch
+        sock.settimeout(None)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
+                        struct.pack("ll", 0, int(POLL_S * 1_000_000)))
     return sock
 
 
@@ -154,11 +163,15 @@ class _Body:
         self.head_buf = bytearray(MAX_HEAD_BYTES)
         self.pending = memoryview(b"")
 
-    def _recv(self, view: memoryview) -> int:
+    def _recv(self, view: memoryview, whole: bool = True) -> int:
+        """Receive into ``view``: ``whole`` waits for all of it (or POLL_S), else takes what
+        arrived (a head's length is not known)."""
+        whole = whole and not isinstance(self.sock, ssl.SSLSocket)
+        flags = socket.MSG_WAITALL if whole else 0
         while True:
             try:
-                n = self.sock.recv_into(view)
-            except TimeoutError:
+                n = self.sock.recv_into(view, len(view), flags)
+            except (TimeoutError, BlockingIOError):  # POLL_S passed with nothing new
                 n = -1
             except (OSError, ssl.SSLError) as exc:
                 raise FetchFailed(FailureKind.RESET,
@@ -195,7 +208,7 @@ class _Body:
                                   f"{self.fetch.source_id}: response head over {MAX_HEAD_BYTES} B")
             searched = got
             try:
-                n = self._recv(view[got:])
+                n = self._recv(view[got:], whole=False)
             except FetchFailed as exc:
                 if reused and got == 0 and exc.kind is FailureKind.RESET:
                     return None
