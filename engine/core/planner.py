@@ -65,6 +65,19 @@ class BlockTargets(Sequence[ChunkTarget]):
         order = self._table.by_block()[1]
         return map(self._target, order[self._lo : self._hi])
 
+    def spans(self) -> list[ChunkSpan]:
+        """The block's chunks straight from the arrays (no per-chunk dataclasses)."""
+        t = self._table
+        ids, off, size, row_file, row_offset = t.ids, t.block_offset, t.size, t.row_file, t.row_offset
+        start, rows = t.rows_of()
+        return [(bytes(ids[32 * u : 32 * u + 32]), off[u], size[u],
+                 [(row_file[r], row_offset[r]) for r in rows[start[u] : start[u + 1]]])
+                for u in t.by_block()[1][self._lo : self._hi]]
+
+
+# (chunk id's 32 bytes, offset in the block's raw bytes, size, [(file index, file offset)])
+ChunkSpan = tuple[bytes, int, int, list[tuple[int, int]]]
+
 
 @dataclass(frozen=True, slots=True)
 class BlockJob:
@@ -75,6 +88,13 @@ class BlockJob:
     raw_size: int
     codec: Codec
     targets: Sequence[ChunkTarget]  # a tuple, or ``BlockTargets`` in a full plan
+
+    def spans(self) -> list[ChunkSpan]:
+        """What the block processor needs of each chunk, in the cheapest form."""
+        if isinstance(self.targets, BlockTargets):
+            return self.targets.spans()
+        return [(bytes.fromhex(t.chunk_id), t.offset, t.size,
+                 [(w.file_index, w.file_offset) for w in t.writes]) for t in self.targets]
 
     def materialized(self) -> BlockJob:
         """The job with its targets built once (for the steps that read them repeatedly)."""

@@ -6,11 +6,12 @@ A chunk that fails its hash is never written.
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 
 import blake3
 import zstandard
 
-from engine.core.planner import BlockJob
+from engine.core.planner import BlockJob, ChunkSpan
 from engine.io.fsops import translate_os_error
 from engine.io.staging import Staging
 from patcher.manifest import Codec
@@ -50,38 +51,54 @@ def decode_block(job: BlockJob, stored: bytes | memoryview) -> bytes | memoryvie
     return raw
 
 
-def process_block(job: BlockJob, stored: bytes | memoryview, staging: Staging) -> list[int]:
-    """Verify and write one block; returns the file indexes written (for fsync batching)."""
-    raw = decode_block(job, stored)
-    view = memoryview(raw)
-    for t in job.targets:
-        piece = view[t.offset : t.offset + t.size]
-        if blake3.blake3(piece).hexdigest() != t.chunk_id:
-            raise BlockCorrupt(job.index, f"chunk {t.chunk_id[:12]} hash mismatch")
-    touched: list[int] = []
+@dataclass(frozen=True, slots=True)
+class BlockWritten:
+    """A processed block, summed per file for the loop's bookkeeping (a few entries, not one
+    per chunk): file index -> (chunk writes, bytes written)."""
+    per_file: dict[int, tuple[int, int]]
+
+    @property
+    def written(self) -> int:
+        return sum(n for _, n in self.per_file.values())
+
+
+def process_block(job: BlockJob, stored: bytes | memoryview, staging: Staging) -> BlockWritten:
+    """Verify and write one block: every chunk's BLAKE3 is checked before any is written."""
+    view = memoryview(decode_block(job, stored))
+    spans = job.spans()
+    for cid, offset, size, _ in spans:
+        if blake3.blake3(view[offset : offset + size]).digest() != cid:
+            raise BlockCorrupt(job.index, f"chunk {cid.hex()[:12]} hash mismatch")
+    per_file: dict[int, tuple[int, int]] = {}
     try:
-        for file_index, offset, pieces in coalesce_writes(job, view):
+        for file_index, offset, pieces in coalesce_spans(spans, view):
             staging.pwritev(file_index, pieces, offset)
-            touched.append(file_index)
+            writes, nbytes = per_file.get(file_index, (0, 0))
+            per_file[file_index] = (writes + len(pieces), nbytes + sum(len(p) for p in pieces))
     except OSError as exc:
         raise translate_os_error(exc, "writing staged files") from exc
-    return touched
+    return BlockWritten(per_file)
 
 
 def coalesce_writes(job: BlockJob, view: memoryview
                     ) -> list[tuple[int, int, list[memoryview]]]:
+    return coalesce_spans(job.spans(), view)
+
+
+def coalesce_spans(spans: list[ChunkSpan], view: memoryview
+                   ) -> list[tuple[int, int, list[memoryview]]]:
     """The block's chunk writes as runs of consecutive pieces per file: a block's chunks mostly
     follow each other in one file, so ~16 small pwrites become one pwritev."""
     runs: list[tuple[int, int, list[memoryview]]] = []
     open_runs: dict[int, tuple[int, int]] = {}  # file -> (its open run in runs, where it ends)
-    for t in job.targets:
-        piece = view[t.offset : t.offset + t.size]
-        for w in t.writes:
-            run = open_runs.get(w.file_index)
-            if run is not None and run[1] == w.file_offset:
+    for _, offset, size, writes in spans:
+        piece = view[offset : offset + size]
+        for file_index, file_offset in writes:
+            run = open_runs.get(file_index)
+            if run is not None and run[1] == file_offset:
                 runs[run[0]][2].append(piece)
             else:
-                run = (len(runs), w.file_offset)
-                runs.append((w.file_index, w.file_offset, [piece]))
-            open_runs[w.file_index] = (run[0], w.file_offset + t.size)
+                run = (len(runs), file_offset)
+                runs.append((file_index, file_offset, [piece]))
+            open_runs[file_index] = (run[0], file_offset + size)
     return runs

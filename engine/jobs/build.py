@@ -19,7 +19,7 @@ from engine.core.progress import TaskProgress
 from engine.core.retry import RetryPolicy
 from engine.core.sources import SourcePool
 from engine.io.backend_client import TaskGrant
-from engine.io.blockio import process_block
+from engine.io.blockio import BlockWritten, process_block
 from engine.io.download import BlockSink, DownloadContext, download
 from engine.io.journal import Journal
 from engine.io.staging import Staging
@@ -155,25 +155,22 @@ class StagedBuild:
                     if count == 0 and fi not in verified:
                         tg.create_task(verify(fi))
 
-                def process(lazy: BlockJob, data: bytes | memoryview
-                            ) -> tuple[BlockJob, list[int]]:  # on a worker thread
-                    job = lazy.materialized()  # a full plan's targets, built once, off the loop
-                    return job, process_block(job, data, staging)
+                def process(job: BlockJob, data: bytes | memoryview) -> BlockWritten:
+                    return process_block(job, data, staging)  # on a worker thread
 
-                def record(_: BlockJob, result: tuple[BlockJob, list[int]]) -> None:
-                    job, touched = result
+                def record(job: BlockJob, result: BlockWritten) -> None:
+                    touched = list(result.per_file)
                     if journal.add(job.index, touched, job.stored_size) and not journal.flushing:
                         tg.create_task(journal.flush_async(ctx.executor))  # beside the download
-                    self.progress.written += sum(t.size * len(t.writes) for t in job.targets)
-                    for t in job.targets:
-                        for w in t.writes:
-                            if w.file_index not in pending:
-                                continue
-                            left[w.file_index] -= t.size
-                            moving.add(w.file_index)
-                            pending[w.file_index] -= 1
-                            if pending[w.file_index] == 0 and w.file_index not in verified:
-                                tg.create_task(verify(w.file_index))
+                    self.progress.written += result.written
+                    for fi, (writes, nbytes) in result.per_file.items():
+                        if fi not in pending:
+                            continue
+                        left[fi] -= nbytes
+                        moving.add(fi)
+                        pending[fi] -= writes
+                        if pending[fi] == 0 and fi not in verified:
+                            tg.create_task(verify(fi))
 
                 def count_bytes(n: int) -> None:
                     self.progress.downloaded += n

@@ -19,10 +19,10 @@ def job(targets: list[ChunkTarget]) -> BlockJob:
 
 def test_consecutive_chunks_become_one_run_per_file() -> None:
     data = memoryview(bytes(range(100)))
-    j = job([ChunkTarget("a", 0, 10, (ChunkWrite(0, 0),)),
-             ChunkTarget("b", 10, 20, (ChunkWrite(0, 10), ChunkWrite(1, 500))),
-             ChunkTarget("c", 30, 30, (ChunkWrite(0, 30),)),
-             ChunkTarget("d", 60, 40, (ChunkWrite(0, 1000),))])  # a gap: a new run
+    j = job([ChunkTarget("aa" * 32, 0, 10, (ChunkWrite(0, 0),)),
+             ChunkTarget("bb" * 32, 10, 20, (ChunkWrite(0, 10), ChunkWrite(1, 500))),
+             ChunkTarget("cc" * 32, 30, 30, (ChunkWrite(0, 30),)),
+             ChunkTarget("dd" * 32, 60, 40, (ChunkWrite(0, 1000),))])  # a gap: a new run
     runs = coalesce_writes(j, data)
     assert [(f, o, [len(p) for p in ps]) for f, o, ps in runs] == [
         (0, 0, [10, 20, 30]), (1, 500, [20]), (0, 1000, [40])]
