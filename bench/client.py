@@ -12,14 +12,16 @@ What runs (everything binds 127.0.0.1; no backend is needed for these commands):
 * ``python -c pass``: the interpreter's own start, for scale;
 * ``status (daemon)``: wall time of ``launcher-engine --data D status`` (``python -m
   engine.cli``) while ``launcher-engine serve`` runs for D (the CLI's blocking client);
-* ``status (in-process)``: the same command with no daemon (the engine starts in the CLI).
+* ``status (in-process)``: the same command with no daemon (the engine starts in the CLI);
+* ``status (in-process, system keyring)``: the same without the tests' forced keyring backend
+  (``PYTHON_KEYRING_BACKEND`` unset): what a player's machine pays for keyring's detection.
 
 Goals (issue 10): import under 60 ms with none of the heavy modules; status under 150 ms.
 Modules are compiled once into a private cache (``PYTHONPYCACHEPREFIX``, as bench/download.py
 does): with ``PYTHONDONTWRITEBYTECODE`` set, every start would recompile the engine's sources,
 which an installed engine never does. ``--engine-repo DIR`` runs another checkout (A/B).
 JSON fields: ``client_import_ms``, ``client_import_heavy_modules``, ``status_daemon_ms``,
-``status_inprocess_ms``, ``python_start_ms``.
+``status_inprocess_ms``, ``status_inprocess_keyring_ms``, ``python_start_ms``.
 """
 
 from __future__ import annotations
@@ -48,12 +50,14 @@ ENGINE_REPO = REPO  # --engine-repo
 PYCACHE = Path(tempfile.gettempdir()) / "launcher-bench-client-pycache"
 
 
-def env() -> dict[str, str]:
+def env(system_keyring: bool = False) -> dict[str, str]:
     extra = {"PYTHONDONTWRITEBYTECODE": "",  # Python reads an empty value as unset
              "PYTHONPYCACHEPREFIX": str(PYCACHE)}
     found = subprocess_env(extra)
     if ENGINE_REPO != REPO:  # the engine from another checkout; first on the path
         found["PYTHONPATH"] = str(ENGINE_REPO) + os.pathsep + found["PYTHONPATH"]
+    if system_keyring:  # keyring detects the backend, as on a player's machine
+        found.pop("PYTHON_KEYRING_BACKEND", None)
     return found
 
 
@@ -75,9 +79,10 @@ def import_once() -> tuple[float, list[str]]:
     return total_us / 1000, heavy
 
 
-def wall_ms(argv: list[str]) -> float:
+def wall_ms(argv: list[str], system_keyring: bool = False) -> float:
     started = time.perf_counter()
-    subprocess.run(argv, capture_output=True, cwd=ENGINE_REPO, env=env(), check=True)
+    subprocess.run(argv, capture_output=True, cwd=ENGINE_REPO, env=env(system_keyring),
+                   check=True)
     return (time.perf_counter() - started) * 1000
 
 
@@ -99,6 +104,7 @@ def main() -> int:
         data = Path(tmp) / "data"
         status = [sys.executable, "-m", "engine.cli", "--data", str(data), "status"]
         inprocess = [wall_ms(status) for _ in range(max(3, args.runs // 3))]
+        keyring = [wall_ms(status, system_keyring=True) for _ in range(max(3, args.runs // 3))]
         daemon = DaemonProcess(data, "http://127.0.0.1:9", Path(tmp) / "daemon.log", env=env())
         daemon.start()
         try:
@@ -109,7 +115,8 @@ def main() -> int:
     rows = [("import engine.api.client", import_ms, 60.0),
             ("python -c pass (scale)", bare, None),
             ("launcher-engine status (daemon)", via_daemon, 150.0),
-            ("launcher-engine status (in-process)", inprocess, None)]
+            ("launcher-engine status (in-process)", inprocess, None),
+            ("launcher-engine status (in-process, system keyring)", keyring, None)]
     print("| what | median ms | best ms | goal ms | pass |")
     print("|---|---|---|---|---|")
     for name, values, goal in rows:
@@ -123,6 +130,7 @@ def main() -> int:
             "client_import_heavy_modules": heavy,
             "status_daemon_ms": round(statistics.median(via_daemon), 1),
             "status_inprocess_ms": round(statistics.median(inprocess), 1),
+            "status_inprocess_keyring_ms": round(statistics.median(keyring), 1),
             "python_start_ms": round(statistics.median(bare), 1),
             "runs": args.runs,
         }))

@@ -16,7 +16,8 @@ import contextlib
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 from engine.api.protocol import PROTOCOL_VERSION, validate
 from engine.core.errors import EngineError, ErrorCode
@@ -29,8 +30,10 @@ from engine.io.fsops import storage_error
 from engine.io.state import TaskRecord
 from engine.jobs.build import CDN_SOURCES_META
 from engine.jobs.engine import Engine
-from engine.jobs.store import StoreJobs
 from patcher.errors import ManifestError, PatcherError
+
+if TYPE_CHECKING:
+    from engine.jobs.store import StoreJobs
 
 CONNECTION_COMMANDS = frozenset({"subscribe", "unsubscribe"})  # the daemon's, per connection
 
@@ -48,7 +51,14 @@ def parse_keep(keep: str | None) -> Keep | None:
 class EngineService:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.store = StoreJobs(engine.api, lambda: engine.api.logged_in and not engine.offline)
+
+    @cached_property
+    def store(self) -> StoreJobs:
+        """Wishlist and family sharing, made when first used: not on an install's start."""
+        from engine.jobs.store import StoreJobs
+
+        engine = self.engine
+        return StoreJobs(engine.api, lambda: engine.api.logged_in and not engine.offline)
 
     async def call(self, method: str, params: Any) -> Any:
         checked = validate(method, params)

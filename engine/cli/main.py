@@ -35,7 +35,6 @@ from engine.api.protocol import (
     command,
     event_to_wire,
 )
-from engine.core.remote import backend_active
 from engine.io.config import Settings, load_settings
 
 log = logging.getLogger("engine.cli")
@@ -255,6 +254,8 @@ def cmd_remote(svc: Service, args: argparse.Namespace, out: Output) -> int:
     t = svc.call("remoteInstall", params)
     out.text(f"queued {t['productId']} as task {str(t['taskId'])[:8]} for "
              + (f"device {args.device}" if args.device else "the player's running engine"))
+    from engine.core.remote import backend_active  # here: only this command needs it
+
     while args.watch and backend_active(t["status"]):
         time.sleep(1.0)
         now = svc.call("remoteTasks", {"taskId": t["taskId"]})[0]
@@ -855,14 +856,42 @@ class _VersionAction(argparse.Action):
 
 
 def _skip_httpx_cli() -> None:
-    """Keep httpx's command-line client out of the engine's imports: httpx imports it (click,
+    """Keep httpx's command-line client out of the engine's process: httpx imports it (click,
     rich, pygments: ~30 ms) whenever those are installed, and falls back to a stub when that
-    import fails, which a None entry in ``sys.modules`` makes it do. The engine never runs it."""
+    import fails, which a None entry in ``sys.modules`` makes it do. The engine itself no longer
+    imports httpx (its backend client is on aiohttp); this still holds for whatever does."""
     if "httpx" not in sys.modules and "httpx._main" not in sys.modules:
         sys.modules["httpx._main"] = None  # type: ignore[assignment]  # the import system's "not importable"
 
 
-def build_parser() -> argparse.ArgumentParser:
+TOP_VALUE_OPTIONS = ("--backend", "--data")
+TOP_FLAGS = ("--json", "-v", "--verbose")
+
+
+def command_named(argv: list[str]) -> str | None:
+    """The command of ``argv`` when every option before it is spelled out in full, so the
+    parser needs that command alone (the 30 others cost 10-15 ms of every start, most of it
+    argparse's gettext lookups); None otherwise: no command, help, an abbreviated or unknown
+    option, a missing value — the whole parser then parses and words any error as always."""
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if token in TOP_VALUE_OPTIONS:
+            if i + 1 >= len(argv) or argv[i + 1].startswith("-"):
+                return None
+            i += 2
+        elif token in TOP_FLAGS or token.partition("=")[0] in TOP_VALUE_OPTIONS:
+            i += 1
+        elif token.startswith("-"):
+            return None
+        else:
+            return token if any(spec.name == token for spec in CLI) else None
+    return None
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command line's parser; with ``only``, just that command's (see ``command_named``)."""
+
     def common_options(p: argparse.ArgumentParser, default: Any) -> None:
         # accepted before and after the subcommand; SUPPRESS keeps the subparser from
         # overwriting a value given before it
@@ -881,6 +910,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="command", required=True)
     for spec in CLI:
+        if only is not None and spec.name != only:
+            continue
         text = spec.help or (command(spec.method).help if spec.method else spec.name)
         p = sub.add_parser(spec.name, help=text, description=text, parents=[common])
         p.set_defaults(func=spec.run)
@@ -976,7 +1007,8 @@ def _dispatch(args: argparse.Namespace, out: Output, settings: Settings) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else argv
+    args = build_parser(command_named(words)).parse_args(words)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     out = Output(args.json)

@@ -1,20 +1,28 @@
-"""The engine's client for the platform backend (httpx): auth, library, download tasks.
+"""The engine's client for the platform backend (aiohttp): auth, library, download tasks.
 
 Foreign errors are translated here: the rest of the engine sees only ``EngineError`` with the
 seed's codes. A 401 triggers one token refresh and one retry.
+
+aiohttp, not a second HTTP library: the engine needs aiohttp for the CDN anyway, and httpx
+with its transport (httpcore, h11, anyio) cost ~60-70 ms of every in-process command's start
+(issue 13). What httpx did by default is kept: no redirects followed, proxies from the
+environment, its CA choice for https (``SSL_CERT_FILE``, ``SSL_CERT_DIR``, else certifi's),
+30 s connect and read timeouts, ``params`` values written as httpx wrote them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json as jsonlib
+import os
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import httpx
+import aiohttp
 
 from engine.core.errors import EngineError, ErrorCode
 from engine.core.sources import CdnSource
@@ -54,7 +62,39 @@ def parse_sources(raw: list[dict[str, Any]]) -> tuple[CdnSource, ...]:
     )
 
 
-def _error_from(resp: httpx.Response) -> EngineError:
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """One backend answer, read whole (the backend's documents are small JSON)."""
+
+    status_code: int
+    headers: Mapping[str, str]
+    content: bytes
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", errors="replace")
+
+    def json(self) -> Any:
+        return jsonlib.loads(self.content)
+
+
+def _query_text(value: Any) -> str:
+    """A query value as httpx wrote it (``true``/``false``, ``""`` for None)."""
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    return "" if value is None else str(value)
+
+
+def query_pairs(params: Mapping[str, Any] | None) -> list[tuple[str, str]] | None:
+    if params is None:
+        return None
+    return [(k, _query_text(item)) for k, v in params.items()
+            for item in (v if isinstance(v, list | tuple) else [v])]
+
+
+def _error_from(resp: Answer) -> EngineError:
     wire, detail = "", resp.text[:300]
     try:
         err = resp.json()["errors"][0]
@@ -75,21 +115,35 @@ def _error_from(resp: httpx.Response) -> EngineError:
 
 
 def _tls_for(base_url: str) -> ssl.SSLContext | bool:
-    """TLS verification for the client of ``base_url``. httpx loads its whole CA bundle when a
-    client is made (~40-100 ms of the engine's start); a plain-http backend never needs it, so
-    it gets a context that verifies but trusts no CA: never used, and failing closed if it were
-    (requests are relative to the base URL and redirects are not followed)."""
+    """TLS verification for the client of ``base_url``. Loading a CA bundle costs 20-40 ms; a
+    plain-http backend never needs one, so it gets a context that verifies but trusts no CA:
+    never used, and failing closed if it were (requests are relative to the base URL and
+    redirects are not followed). True: verified as httpx verified (``_verified_context``)."""
     if base_url.lower().startswith("http://"):
         return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED, check_hostname: on
     return True
+
+
+def _verified_context() -> ssl.SSLContext:
+    """The CAs httpx trusted by default (this client used httpx before): ``SSL_CERT_FILE``,
+    else ``SSL_CERT_DIR``, else certifi's bundle."""
+    if os.environ.get("SSL_CERT_FILE"):
+        return ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
+    if os.environ.get("SSL_CERT_DIR"):
+        return ssl.create_default_context(capath=os.environ["SSL_CERT_DIR"])
+    import certifi
+
+    return ssl.create_default_context(cafile=certifi.where())
 
 
 class BackendClient:
     def __init__(self, base_url: str, *, refresh_token: str | None = None,
                  save_refresh_token: TokenSaver | None = None, timeout: float = 30.0) -> None:
         self.base_url = base_url.rstrip("/")
-        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout,
-                                       verify=_tls_for(self.base_url))
+        self._timeout = timeout
+        # made on the event loop of the first request (an aiohttp session belongs to one)
+        self._http: aiohttp.ClientSession | None = None
+        self._closed = False
         self._access: str | None = None
         self._refresh_lock: asyncio.Lock | None = None  # made on the loop that first needs it
         self._access_expires = 0.0
@@ -100,22 +154,43 @@ class BackendClient:
         self.device_id: str | None = None
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        self._closed = True
+        if self._http is not None:
+            await self._http.close()
 
     @property
     def logged_in(self) -> bool:
         return self._refresh is not None or self._access is not None
 
     # -- transport ----------------------------------------------------------------------------
+    def _session(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise RuntimeError("the backend client has been closed")
+        if self._http is None:
+            timeout = aiohttp.ClientTimeout(total=None, connect=self._timeout,
+                                            sock_read=self._timeout)
+            tls = _tls_for(self.base_url)
+            connector = aiohttp.TCPConnector(ssl=_verified_context() if tls is True else tls)
+            self._http = aiohttp.ClientSession(timeout=timeout, connector=connector,
+                                               trust_env=True)  # HTTP(S)_PROXY, NO_PROXY
+        return self._http
+
+    async def _request(self, method: str, path: str, *, json: Any = None,
+                       params: Mapping[str, Any] | None = None,
+                       headers: Mapping[str, str] | None = None) -> Answer:
+        async with self._session().request(method, self.base_url + path, json=json,
+                                           params=query_pairs(params), headers=headers,
+                                           allow_redirects=False) as resp:
+            return Answer(resp.status, resp.headers, await resp.read())
+
     async def _send(self, method: str, path: str, *, auth: bool = True,
-                    json: Any = None, params: dict[str, Any] | None = None) -> httpx.Response:
+                    json: Any = None, params: dict[str, Any] | None = None) -> Answer:
         try:
             headers = {}
             if auth:
                 headers["Authorization"] = f"Bearer {await self._token()}"
-            return await self._http.request(method, path, json=json, params=params,
-                                            headers=headers)
-        except httpx.HTTPError as exc:
+            return await self._request(method, path, json=json, params=params, headers=headers)
+        except (aiohttp.ClientError, TimeoutError) as exc:
             raise EngineError(ErrorCode.BACKEND_UNREACHABLE,
                               f"{method} {self.base_url}{path}: {exc!r}") from exc
 
@@ -163,7 +238,11 @@ class BackendClient:
 
     async def access_token(self) -> str:
         """A valid access token (refreshed when due), for channels that authenticate once."""
-        return await self._token()
+        try:
+            return await self._token()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise EngineError(ErrorCode.BACKEND_UNREACHABLE,
+                              f"refreshing the session at {self.base_url}: {exc!r}") from exc
 
     async def _token(self) -> str:
         if self._access is not None and time.monotonic() < self._access_expires:
@@ -181,7 +260,8 @@ class BackendClient:
     async def _refresh_access(self) -> str:
         if self._refresh is None:
             raise EngineError(ErrorCode.AUTH_REQUIRED, "not logged in: run `launcher-engine login`")
-        resp = await self._http.post("/api/v1/auth/refresh", json={"refreshToken": self._refresh})
+        resp = await self._request("POST", "/api/v1/auth/refresh",
+                                   json={"refreshToken": self._refresh})
         if resp.status_code in (400, 401, 403):
             self._set_refresh(None)
             raise EngineError(ErrorCode.AUTH_REQUIRED, "session expired: run `launcher-engine login` again")

@@ -5,14 +5,29 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 SERVICE = "game-launcher-engine"
+FAIL_BACKEND = "keyring.backends.fail.Keyring"
 _warned = False
 
 
 def _keyring_usable() -> bool:
+    """Whether keyring finds a backend that can hold a secret (``keyring.get_keyring()``).
+
+    Two shortcuts keep its cost (0.1-0.2 s, on every in-process command) off the engine's start
+    where the answer is known without it: keyring's own ``PYTHON_KEYRING_BACKEND`` naming its
+    fail backend (the tests and benchmarks do) needs no import at all; elsewhere than macOS, the
+    macOS backend is kept from loading its Security framework (three ``find_library`` calls,
+    each running ``ldconfig``: ~0.1 s) — its priority check refuses any other system before it
+    looks at that API, so detection chooses the same backend.
+    """
+    if os.environ.get("PYTHON_KEYRING_BACKEND") == FAIL_BACKEND:
+        return False
+    if sys.platform != "darwin" and "keyring.backends.macOS.api" not in sys.modules:
+        sys.modules["keyring.backends.macOS.api"] = None  # type: ignore[assignment]  # "not importable"
     try:
         import keyring
         from keyring.backends import fail

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
@@ -53,12 +53,16 @@ from engine.io.verify import VerifyReport, scan_install
 from engine.jobs.agent import LibraryRelay, Outbox, RemoteDownloads
 from engine.jobs.context import EngineContext, bind_remote, manifest_key, remote_binding
 from engine.jobs.install import InstallRun, check_install_target
-from engine.jobs.move import move_game
 from engine.jobs.play import Games
 from engine.jobs.saves import SaveSync
-from engine.jobs.uninstall import UninstallReport, remove_install
-from engine.jobs.update import UpdateRun, cached_manifest, installed_manifest
 from patcher.manifest import Manifest, check_id
+
+if TYPE_CHECKING:
+    from engine.jobs.uninstall import UninstallReport
+
+# Imported where they are used, not here: updates (engine.jobs.update: patcher.delta, the update
+# planner, a process pool), moves and uninstalls are not on the path of a fresh install, whose
+# first byte waits for every module the engine imports (issue 13: ~40 ms of a 0.3 s budget).
 
 log = logging.getLogger(__name__)
 
@@ -319,6 +323,8 @@ class Engine:
         return self._queue_change(product_id, TaskKind.REPAIR, game.version_id)
 
     async def verify(self, product_id: str, quick: bool = False) -> VerifyReport:
+        from engine.jobs.update import installed_manifest
+
         game = self._installed_or_fail(product_id)
         manifest = await installed_manifest(self._context(), game)
         install_dir = Path(game.path)
@@ -368,6 +374,9 @@ class Engine:
         self.games.refuse_while_running(product_id, "moving it")
         if self.state.active_task_for(product_id) is not None:
             raise EngineError(ErrorCode.API_MISUSE, f"{product_id} has a running task; wait or cancel it")
+        from engine.jobs.move import move_game
+        from engine.jobs.update import installed_manifest
+
         manifest = await installed_manifest(self._context(), game)
         moved = await move_game(self.state, game, Path(new_folder).absolute(), manifest)
         return moved
@@ -498,6 +507,9 @@ class Engine:
         """Remove what the engine installed or generated (the game's files and folders, its
         staging) and nothing else: a folder holding anything more is left, and the report says
         what. Links are never followed; a linked install folder keeps its target."""
+        from engine.jobs.uninstall import UninstallReport, remove_install
+        from engine.jobs.update import cached_manifest
+
         game = self.state.installed_game(product_id)
         if game is None:
             raise EngineError(ErrorCode.NOT_INSTALLED, f"{product_id} is not installed")
@@ -603,8 +615,12 @@ class Engine:
                                      error_message=None)
         self._publish_status(task)
         try:
-            run = (UpdateRun if task.kind.needs_install else InstallRun)(
-                self._context(), task)
+            if task.kind.needs_install:
+                from engine.jobs.update import UpdateRun
+
+                run: InstallRun | UpdateRun = UpdateRun(self._context(), task)
+            else:
+                run = InstallRun(self._context(), task)
             self._progress[task_id] = run.progress
             run.on_started = lambda t: self._spawn_report(t, "downloading")
             await run.run()

@@ -36,7 +36,6 @@ from engine.io.playstate import PlayState
 from engine.io.state import InstalledGame, State
 from engine.jobs.context import EngineContext
 from engine.jobs.saves import SaveSync, SyncReport
-from engine.jobs.update import installed_manifest
 from patcher.manifest import LaunchEntry, Manifest
 
 log = logging.getLogger(__name__)
@@ -117,6 +116,10 @@ class Games:
         return game
 
     async def manifest_of(self, game: InstalledGame) -> Manifest:
+        # imported here: the update machinery is not on a fresh install's path (the engine
+        # builds its games part at start, before any install's first byte)
+        from engine.jobs.update import installed_manifest
+
         return await installed_manifest(self.host.context(), game)
 
     def check_playable(self, product_id: str) -> InstalledGame:

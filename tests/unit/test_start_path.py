@@ -1,0 +1,180 @@
+"""What an in-process command's start leaves out (issue 13, first byte, session 21): httpx (the
+backend client is on aiohttp, which the CDN needs anyway), the update machinery, the store's
+jobs, sqlite-utils' plugin scan and, where keyring's answer is known without it, keyring —
+and that what replaced httpx behaves as it did (query values, redirects not followed), and
+the keyring shortcut chooses what keyring itself chooses."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urlencode
+
+import httpx
+import pytest
+from aiohttp import web
+
+from engine.core.errors import EngineError, ErrorCode
+from engine.io.backend_client import BackendClient, query_pairs
+from testing.processes import REPO, subprocess_env
+
+LEFT_OUT = ("httpx", "engine.jobs.update", "engine.jobs.store", "engine.jobs.uninstall",
+            "engine.jobs.move", "keyring", "engine.core.updateplan", "patcher.delta")
+
+
+def _run(script: str, env: dict[str, str]) -> list[str]:
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=REPO, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.splitlines()
+
+
+def test_in_process_status_imports_only_what_starting_needs(tmp_path: Path) -> None:
+    script = (
+        "import sys\n"
+        "from engine.cli.main import main\n"
+        f"code = main(['--data', {str(tmp_path / 'data')!r}, '--backend', 'http://127.0.0.1:9',"
+        " 'status'])\n"
+        f"print(code, sorted(m for m in {LEFT_OUT!r} if m in sys.modules),"
+        " 'engine.jobs.engine' in sys.modules, 'aiohttp' in sys.modules)\n"
+    )
+    env = subprocess_env()  # keyring's fail backend, as every test engine
+    assert _run(script, env)[-1] == "0 [] True True"
+
+
+def test_keyring_detection_chooses_what_keyring_chooses() -> None:
+    """Without a forced backend the engine's check (which keeps the macOS backend from probing
+    elsewhere) answers what keyring's own detection answers in a clean process; with keyring's
+    fail backend forced, it answers "unusable" without importing keyring."""
+    env = subprocess_env()
+    env.pop("PYTHON_KEYRING_BACKEND", None)
+    plain = _run("import keyring\nfrom keyring.backends import fail\n"
+                 "k = keyring.get_keyring()\n"
+                 "print(not isinstance(k, fail.Keyring) and (type(k).__name__ != 'ChainerBackend'"
+                 " or bool(getattr(k, 'backends', None))))\n", env)[-1]
+    ours = _run("import sys\nfrom engine.io.credentials import _keyring_usable\n"
+                "print(_keyring_usable())\n"
+                "print(sys.platform == 'darwin' or sys.modules.get('keyring.backends.macOS.api',"
+                " 'absent') is None)\n", env)
+    assert ours == [plain, "True"]
+    env["PYTHON_KEYRING_BACKEND"] = "keyring.backends.fail.Keyring"
+    forced = _run("import sys\nfrom engine.io.credentials import _keyring_usable\n"
+                  "print(_keyring_usable(), 'keyring' in sys.modules)\n", env)
+    assert forced == ["False False"]
+
+
+@pytest.mark.parametrize("params", [
+    {"page": 1, "limit": 100},
+    {"product_id": "star courier/ü&x"},
+    {"flag": True, "off": False, "none": None, "ratio": 0.5},
+    {"ids": ["a", "b"], "n": 3},
+])
+def test_query_values_are_written_as_httpx_wrote_them(params: dict[str, object]) -> None:
+    assert urlencode(query_pairs(params) or []) == str(httpx.QueryParams(params))  # type: ignore[arg-type]
+
+
+async def test_redirects_are_not_followed_and_answers_are_read(unused_tcp_port: int) -> None:
+    hits: list[str] = []
+
+    async def moved(request: web.Request) -> web.Response:
+        hits.append(request.path_qs)
+        raise web.HTTPFound("/api/v1/elsewhere")
+
+    async def elsewhere(request: web.Request) -> web.Response:
+        hits.append(request.path_qs)
+        return web.json_response({"followed": True})
+
+    async def doc(request: web.Request) -> web.Response:
+        hits.append(request.path_qs)
+        return web.json_response({"got": dict(request.query),
+                                  "body": await request.json() if request.can_read_body else None})
+
+    async def missing(request: web.Request) -> web.Response:
+        hits.append(request.path_qs)
+        return web.json_response({"errors": [{"code": "PRODUCT_NOT_FOUND", "detail": "no such"}]},
+                                 status=404)
+
+    app = web.Application()
+    app.router.add_get("/api/v1/moved", moved)
+    app.router.add_get("/api/v1/elsewhere", elsewhere)
+    app.router.add_post("/api/v1/doc", doc)
+    app.router.add_get("/api/v1/missing", missing)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", unused_tcp_port).start()
+    client = BackendClient(f"http://127.0.0.1:{unused_tcp_port}/")
+    try:
+        with pytest.raises(EngineError) as moved_error:
+            await client.call("GET", "/api/v1/moved", auth=False)
+        assert moved_error.value.code == ErrorCode.BACKEND_ERROR  # the 302's body, not JSON
+        assert hits == ["/api/v1/moved"]
+        answer = await client.call("POST", "/api/v1/doc", auth=False, params={"page": 2},
+                                   json={"a": [1, "ü"]})
+        assert answer == {"got": {"page": "2"}, "body": {"a": [1, "ü"]}}
+        with pytest.raises(EngineError) as missing_error:
+            await client.call("GET", "/api/v1/missing", auth=False)
+        assert missing_error.value.code == ErrorCode.PRODUCT_NOT_FOUND
+        assert missing_error.value.http_status == 404
+        with pytest.raises(EngineError) as auth_error:  # no token: refused before any request
+            await client.call("GET", "/api/v1/missing")
+        assert auth_error.value.code == ErrorCode.AUTH_REQUIRED
+    finally:
+        await client.aclose()
+        await runner.cleanup()
+    assert json.dumps(hits) == json.dumps(["/api/v1/moved", "/api/v1/doc?page=2",
+                                           "/api/v1/missing"])
+
+
+async def test_unreachable_backend_is_backend_unreachable(unused_tcp_port: int) -> None:
+    client = BackendClient(f"http://127.0.0.1:{unused_tcp_port}", timeout=5)
+    try:
+        with pytest.raises(EngineError) as error:
+            await client.call("GET", "/api/v1/anything", auth=False)
+        assert error.value.code == ErrorCode.BACKEND_UNREACHABLE
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize("argv", [
+    ["install", "star-courier", "--version", "1.0.0", "--target", "/tmp/x", "--limit", "20M"],
+    ["--data", "/tmp/d", "--backend", "http://h:1", "--json", "-v", "install", "g", "--no-wait"],
+    ["--data=/tmp/d", "status", "--json"],
+    ["--verbose", "queue", "list"],
+    ["wishlist", "add", "g", "3"],
+    ["family", "remove", "u1", "--data", "/tmp/e"],
+])
+def test_a_command_alone_parses_as_the_whole_parser_does(argv: list[str]) -> None:
+    from engine.cli.main import build_parser, command_named
+
+    only = command_named(argv)
+    assert only == next(a for a in argv if a in ("install", "status", "queue", "wishlist",
+                                                  "family"))
+    assert vars(build_parser(only).parse_args(argv)) == vars(build_parser().parse_args(argv))
+
+
+@pytest.mark.parametrize("argv", [
+    [], ["--help"], ["--version"], ["--dat", "/tmp/d", "status"], ["--data"],
+    ["--data", "--json", "status"], ["bogus"], ["-vj", "status"], ["--data", "status"],
+])
+def test_anything_unusual_gets_the_whole_parser(argv: list[str]) -> None:
+    from engine.cli.main import command_named
+
+    assert command_named(argv) is None
+
+
+def test_each_commands_help_is_the_same_alone() -> None:
+    import argparse
+
+    from engine.cli.main import CLI, build_parser
+
+    def sub(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+        action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        found: argparse.ArgumentParser = action.choices[name]
+        return found
+
+    whole = build_parser()
+    for spec in CLI:
+        assert sub(build_parser(spec.name), spec.name).format_help() == \
+            sub(whole, spec.name).format_help(), spec.name
