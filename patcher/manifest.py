@@ -234,8 +234,8 @@ def compress_manifest_json(raw: bytes, level: int = MANIFEST_LEVEL) -> bytes:
 
 def encode_manifest(m: Manifest, level: int = MANIFEST_LEVEL) -> bytes:
     """JSON + zstd: the exact bytes that are signed and served."""
-    validate_manifest(m)
     raw = manifest_to_json(m)
+    parse_manifest(json.loads(raw))  # validate_manifest, on the JSON this serialises once
     blob = compress_manifest_json(raw, level)
     if len(blob) > MAX_COMPRESSED_BYTES:
         raise ManifestError("MANIFEST_TOO_LARGE", "manifest", f"{len(blob)} compressed bytes")
