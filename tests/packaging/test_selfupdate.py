@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import pytest
 
 from launcher.selfupdate import Layout, load_state, save_state
 from launcher.updatecore import UpdateState, staged
+from testing.daemon import DaemonProcess
 from testing.enginekit import EngineCli, engine_env
 from tests.conftest import cli
 from tests.packaging.fakebundle import fake_bundle
@@ -70,13 +72,21 @@ def self_update(layout: Layout, engine: EngineCli, *extra: str) -> dict[str, Any
 
 
 @pytest.fixture()
-def player(backend: Any, tmp_path: Path) -> EngineCli:
+def player(backend: Any, tmp_path: Path) -> Iterator[EngineCli]:
     """A logged-in engine whose player owns both launcher products (the backend would grant
-    them to everyone: see docs/packaging.md)."""
+    them to everyone: see docs/packaging.md), with its daemon running as under the launcher's
+    window: the self-update's engine commands go through it (a command is then a small client,
+    not a whole engine started for each one)."""
     name, _ = backend.new_user(products=[STABLE, BETA])
     engine = EngineCli(tmp_path / "engine-data", backend.url)
     engine.login(name, "secret-pw")
-    return engine
+    daemon = DaemonProcess(engine.data_dir, backend.url)
+    daemon.start()
+    try:
+        assert engine.ok("status")[-1]["running"], daemon.log.read_text()
+        yield engine
+    finally:
+        daemon.stop()
 
 
 def test_update_restart_rollback_channels_and_refusals(backend: Any, player: EngineCli,
@@ -166,6 +176,9 @@ def test_update_restart_rollback_channels_and_refusals(backend: Any, player: Eng
         for i in range(0, len(data), 97):
             data[i] ^= 0xFF
         pack.write_bytes(bytes(data))
+    # (each damaged file is fetched twice, not six times: the retry is shown, the backoff
+    # before the 3rd-6th tries is only waiting)
+    player.ok("settings", "max_attempts", "2")
     out = self_update(layout, player)
     assert out.get("error", {}).get("engineCode") == "FILE_HASH_MISMATCH", out
     assert not layout.bundle("1.2.3").exists() and load_state(layout).pending is None
