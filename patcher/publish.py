@@ -29,7 +29,7 @@ import blake3
 from patcher.chunking import ChunkedFile, ChunkRef, chunk_file
 from patcher.deltaindex import EMPTY_SHA256, DeltaIndex, ManifestPatch, PatchEntry, encode_delta_index
 from patcher.diff import diff_manifests
-from patcher.errors import ManifestError, PublishError
+from patcher.errors import DeltaError, ManifestError, PublishError
 from patcher.manifest import (
     Block,
     ChunkEntry,
@@ -431,10 +431,16 @@ def _build_step_patches(
         if budget <= 0:  # every chunk is already local
             continue
         old_copy: Path | None = None
+        spans: tuple[deltas.Span, ...] = ()
         if source_path is not None:
             old_copy = workdir / f"{len(jobs)}.old"
             reader.extract(source_path, old_copy)
-        jobs.append(deltas.PatchJob(path, old_copy, sources[path].source, budget))
+            src = old.file(source_path)
+            assert src is not None
+            # what both files hold, by chunk id: only the rest is diffed (patcher.delta)
+            spans = deltas.matching_spans(((c.offset, c.size, c.id) for c in src.chunks),
+                                          ((c.offset, c.size, c.id) for c in target.chunks))
+        jobs.append(deltas.PatchJob(path, old_copy, sources[path].source, budget, spans))
         job_meta[path] = (source_path, target.hash_sha256, budget)
     results = deltas.build_patches(jobs, workers=workers, memory_limit=memory_limit, level=level)
     entries: list[PatchEntry] = []
@@ -499,6 +505,7 @@ def _update_doc(store: Store, old: Manifest, new: Manifest, index: DeltaIndex) -
         UpdateDoc,
         apply_manifest_delta,
         build_manifest_delta,
+        check_doc_work,
         decode_update_doc,
         derived_entry,
         doc_patch,
@@ -530,28 +537,42 @@ def _update_doc(store: Store, old: Manifest, new: Manifest, index: DeltaIndex) -
                                          p.source_path))
         return out
 
-    def build(paths: set[str]) -> tuple[int, bytes]:
+    def build(paths: set[str]) -> tuple[int, bytes] | None:
+        """(download cost, encoded document), or None when the engine would refuse it."""
         entries = [p for p in usable if p.path in paths]
         for p in entries:
             if p.patch_id not in data:
                 data[p.patch_id] = store.path(store.patch_rel(new.product_id, p.patch_id)).read_bytes()
         rows = derived(paths)
         blocks = new_blocks_info(old, new, rows, layout)
+        doc = UpdateDoc(tuple(doc_patch(p, data[p.patch_id]) for p in entries), b"", blocks,
+                        layout)
+        try:  # the engine's work budget, checked before its prediction is built (cheap)
+            check_doc_work(doc, old)
+        except DeltaError:
+            return None
         predicted = predicted_json(old, new.version_id, rows, blocks, layout)
-        doc = UpdateDoc(tuple(doc_patch(p, data[p.patch_id]) for p in entries),
-                        build_manifest_delta(predicted, new_json), blocks, layout)
+        doc = dataclasses.replace(doc, manifest_delta=build_manifest_delta(predicted, new_json))
         encoded = encode_update_doc(doc, old)
         return doc_update_cost(old, new, doc, len(encoded), diff)[0], encoded
 
     chosen = set(choose_patches(old, new, diff, index))
-    best, encoded = build(chosen)
+    first = build(chosen)
+    if first is None:
+        return None  # the engine would refuse it: it takes the signed format-2 index instead
+    best, encoded = first
     extra = sorted((p for p in usable if p.path not in chosen), key=lambda p: p.patch_size)
     for p in extra[:DOC_TRIALS]:
-        cost, candidate = build(chosen | {p.path})
-        if cost < best:
-            best, encoded, chosen = cost, candidate, chosen | {p.path}
-    # the engine's side of it, here: every byte of the result must be the signed bytes
+        trial = build(chosen | {p.path})
+        if trial is not None and trial[0] < best:
+            (best, encoded), chosen = trial, chosen | {p.path}
+    # the engine's side of it, here: every byte of the result must be the signed bytes, and
+    # the document within the engine's work budget (never publish one it would refuse)
     doc = decode_update_doc(encoded, old)
+    try:
+        check_doc_work(doc, old)
+    except DeltaError:
+        return None
     rows = derived({p.path for p in doc.patches})
     rebuilt = apply_manifest_delta(predicted_json(old, new.version_id, rows, doc.blocks,
                                                   doc.layout), doc.manifest_delta)
