@@ -649,6 +649,22 @@ def _u32(n: int = 0) -> array[int]:
     return array("I", bytes(4 * n))
 
 
+def _group(keys: array[int], n: int) -> tuple[array[int], array[int]]:
+    """(start, order): the indices ``i`` with ``keys[i] == k`` are ``order[start[k]:start[k + 1]]``,
+    in increasing order, for keys in ``range(n)`` (a counting sort: no per-item objects)."""
+    start = _u32(n + 1)
+    for k in keys:
+        start[k + 1] += 1
+    for k in range(n):
+        start[k + 1] += start[k]
+    fill = array("I", start)
+    order = _u32(len(keys))
+    for i, k in enumerate(keys):
+        order[fill[k]] = i
+        fill[k] += 1
+    return start, order
+
+
 def _keys(ids: bytes | bytearray) -> array[int]:
     """The first 8 bytes of every 32-byte id as big-endian integers: sorted ids give sorted
     keys, so ``bisect`` (in C over the array) finds an id without a dict of 260k strings."""
@@ -724,16 +740,7 @@ class ChunkTable:
         by their offset in the block (a counting sort: no per-chunk objects)."""
         if self._by_block is None:
             nblocks = (max(self.block) + 1) if len(self.block) else 0
-            start = _u32(nblocks + 1)
-            for b in self.block:
-                start[b + 1] += 1
-            for b in range(nblocks):
-                start[b + 1] += start[b]
-            fill = array("I", start)
-            order = _u32(len(self.block))
-            for u, b in enumerate(self.block):
-                order[fill[b]] = u
-                fill[b] += 1
+            start, order = _group(self.block, nblocks)
             offsets = self.block_offset
             for b in range(nblocks):
                 lo, hi = start[b], start[b + 1]
@@ -745,18 +752,7 @@ class ChunkTable:
     def rows_of(self) -> tuple[array[int], array[int]]:
         """(start, rows): the file rows of unique chunk u are ``rows[start[u]:start[u + 1]]``."""
         if self._rows_of is None:
-            n = len(self.block)
-            start = _u32(n + 1)
-            for u in self.row_chunk:
-                start[u + 1] += 1
-            for u in range(n):
-                start[u + 1] += start[u]
-            fill = array("I", start)
-            rows = _u32(len(self.row_chunk))
-            for r, u in enumerate(self.row_chunk):
-                rows[fill[u]] = r
-                fill[u] += 1
-            self._rows_of = (start, rows)
+            self._rows_of = _group(self.row_chunk, len(self.block))
         return self._rows_of
 
     @classmethod

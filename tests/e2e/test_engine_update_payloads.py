@@ -57,13 +57,30 @@ def replace(path: Path, data: bytes) -> None:
 
 def fresh_cli(server: Any, tmp_path: Path, env: dict[str, str] | None = None) -> EngineCli:
     name, _ = server.new_user(products=[PRODUCT])
-    cli = EngineCli(tmp_path / "eng", server.url, env=env)
+    cli = EngineCli(tmp_path / "eng", server.url, env=env or {})
     cli.login(name, "secret-pw")
     return cli
 
 
 def cached_manifest(cli: EngineCli, version: str) -> bytes:
     return (cli.data_dir / "manifests" / PRODUCT / f"{version}.manifest").read_bytes()
+
+
+def update_falls_back(server: Any, published_store: Any, tmp_path: Path, old: str, new: str,
+                      *logged: str) -> None:
+    """A fresh engine installs ``old`` and updates to ``new``: the update completes, the log
+    names each of ``logged`` (the fallbacks taken), the cached manifest is byte for byte the
+    signed one and the game is the new build."""
+    store = store_of(server)
+    cli = fresh_cli(server, tmp_path)
+    target = tmp_path / "game"
+    cli.ok("install", PRODUCT, "--version", old, "--target", str(target))
+    code, lines, err = cli.run("update", PRODUCT, "--version", new)
+    assert code == 0 and lines[-1]["result"] == "completed", err
+    for code_name in logged:
+        assert code_name in err, (code_name, err)
+    assert cached_manifest(cli, new) == store.path(store.manifest_rel(PRODUCT, new)).read_bytes()
+    assert_same_tree(target, build(published_store, new))
 
 
 def test_every_step_uses_the_manifest_patch_and_new_patch_kinds(
@@ -111,14 +128,7 @@ def test_corrupt_manifest_patch_falls_back_to_the_full_manifest(
     data[len(data) // 2] ^= 0xFF
     replace(path, bytes(data))
 
-    cli = fresh_cli(server, tmp_path)
-    target = tmp_path / "game"
-    cli.ok("install", PRODUCT, "--version", old, "--target", str(target))
-    code, lines, err = cli.run("update", PRODUCT, "--version", new)
-    assert code == 0 and lines[-1]["result"] == "completed", err
-    assert "MANIFEST_PATCH_FAILED" in err
-    assert cached_manifest(cli, new) == store.path(store.manifest_rel(PRODUCT, new)).read_bytes()
-    assert_same_tree(target, build(published_store, new))
+    update_falls_back(server, published_store, tmp_path, old, new, "MANIFEST_PATCH_FAILED")
 
 
 def test_signed_index_naming_a_wrong_manifest_patch_is_caught_by_the_manifest_signature(
@@ -144,14 +154,8 @@ def test_signed_index_naming_a_wrong_manifest_patch_is_caught_by_the_manifest_si
     replace(rel.with_suffix(".sig"), store.signing_key.sign(blob))
     replace(rel, blob)
 
-    cli = fresh_cli(server, tmp_path)
-    target = tmp_path / "game"
-    cli.ok("install", PRODUCT, "--version", old, "--target", str(target))
-    code, lines, err = cli.run("update", PRODUCT, "--version", new)
-    assert code == 0 and lines[-1]["result"] == "completed", err
-    assert "MANIFEST_PATCH_FAILED" in err and "MANIFEST_SIGNATURE_INVALID" in err
-    assert cached_manifest(cli, new) == store.path(store.manifest_rel(PRODUCT, new)).read_bytes()
-    assert_same_tree(target, build(published_store, new))
+    update_falls_back(server, published_store, tmp_path, old, new,
+                      "MANIFEST_PATCH_FAILED", "MANIFEST_SIGNATURE_INVALID")
 
 
 def test_missing_format_2_index_falls_back_to_format_1(
@@ -351,14 +355,8 @@ def test_forged_update_document_is_caught_by_the_new_signature(
         old_m)
     replace(store.path(store.delta_v3_rel(PRODUCT, old, new)), blob)
 
-    cli = fresh_cli(server, tmp_path)
-    target = tmp_path / "game"
-    cli.ok("install", PRODUCT, "--version", old, "--target", str(target))
-    code, lines, err = cli.run("update", PRODUCT, "--version", new)
-    assert code == 0 and lines[-1]["result"] == "completed", err
-    assert "MANIFEST_PATCH_FAILED" in err and "MANIFEST_SIGNATURE_INVALID" in err
-    assert cached_manifest(cli, new) == store.path(store.manifest_rel(PRODUCT, new)).read_bytes()
-    assert_same_tree(target, build(published_store, new))
+    update_falls_back(server, published_store, tmp_path, old, new,
+                      "MANIFEST_PATCH_FAILED", "MANIFEST_SIGNATURE_INVALID")
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "source"])
