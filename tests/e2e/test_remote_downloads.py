@@ -165,6 +165,7 @@ async def test_a_task_queued_from_b_runs_on_a_and_b_watches_it(
             assert paused["userPaused"] is True
             await until(lambda: watch.last_status() == "paused", "B saw the pause")
             assert (await api_b.get_task(tid))["attributes"]["status"] == "paused"
+            await _unthrottle(daemon_a)  # what is left is not watched midway: at full speed
 
             # B resumes: A goes on and finishes; B sees it completed
             await api_b.resume_task(tid)
@@ -209,6 +210,14 @@ async def test_a_task_queued_from_b_runs_on_a_and_b_watches_it(
         tasks = [t for t in await _all_tasks(api_b) if t["attributes"]["productId"] == MAIN]
         assert sorted(t["id"] for t in tasks) == sorted([tid, switched])
     assert not (Path(b.data_dir) / "library").exists()  # B (no daemon) ran nothing itself
+
+
+async def _unthrottle(daemon: DaemonProcess) -> None:
+    info = read_info(daemon.data_dir)
+    assert info is not None
+    async with DaemonClient(info) as c:
+        r = await c.call("limit", {"set": True, "bps": None})
+    assert not r["globalLimitBps"], r
 
 
 async def _status_is(daemon: DaemonProcess, tid: str, status: str) -> dict[str, Any] | None:
