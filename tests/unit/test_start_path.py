@@ -178,3 +178,16 @@ def test_each_commands_help_is_the_same_alone() -> None:
     for spec in CLI:
         assert sub(build_parser(spec.name), spec.name).format_help() == \
             sub(whole, spec.name).format_help(), spec.name
+
+
+async def test_a_channels_token_refresh_failure_is_translated(unused_tcp_port: int) -> None:
+    """``access_token`` (the library channel's) refreshes outside ``call``: a backend that is
+    not there is BACKEND_UNREACHABLE there too, not aiohttp's own exception."""
+    client = BackendClient(f"http://127.0.0.1:{unused_tcp_port}", refresh_token="r", timeout=5)
+    try:
+        with pytest.raises(EngineError) as error:
+            await client.access_token()
+        assert error.value.code == ErrorCode.BACKEND_UNREACHABLE
+        assert client.logged_in  # the refresh token is kept: the backend never refused it
+    finally:
+        await client.aclose()
