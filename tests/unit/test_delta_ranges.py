@@ -249,3 +249,20 @@ def test_difference_runs_split_at_any_cut_decode_to_the_same_bytes() -> None:
         assert b"".join(decode_runs(c, k) for c, k in pieces) == whole
     with pytest.raises(ValueError):
         delta._split_runs(ctrl, code, [100])  # runs left over
+
+
+def test_moved_small_entries_are_found_and_in_place_edits_are_not(
+    pair: tuple[bytes, bytes],
+) -> None:
+    old, new = pair  # entry 1 (128 KiB, no whole chunk of its own) moved to the end
+    spans = delta._checked_spans(old, new, spans_of(old, new))
+    regions, _unused = delta._pieces(spans, len(old), len(new))
+    windows = delta._windows(spans, regions, len(old))
+    assert delta._moved_bytes(old, new, regions, windows) >= delta._MOVED_MIN
+    entries = pack_like(1)
+    edited_only = b"".join([*entries[:3], entries[3][:5000] + rand(4, 300) + entries[3][5300:],
+                            *entries[4:]])
+    spans = delta._checked_spans(old, edited_only, spans_of(old, edited_only))
+    regions, _unused = delta._pieces(spans, len(old), len(edited_only))
+    assert delta._moved_bytes(old, edited_only, regions,
+                              delta._windows(spans, regions, len(old))) == 0
