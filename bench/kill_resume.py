@@ -555,13 +555,18 @@ class Trial:
                 and not self.staging_left and self.state_ok)
 
 
+def limit_env(limit_bps: int | None) -> dict[str, str]:
+    """The killed run's global limit; none with ``--limit off`` (the unlimited data plane)."""
+    return {} if limit_bps is None else {"LAUNCHER_ENGINE_GLOBAL_LIMIT_BPS": str(limit_bps)}
+
+
 def run_trial(n: int, op: str, mode: str, qa_delay: bool, delay: float, paths: Paths,
               stack: Stack, cal: Calibration, want: dict[str, tuple[str, int]], log_path: Path,
-              limit_bps: int, qa_delay_s: float) -> Trial:
+              limit_bps: int | None, qa_delay_s: float) -> Trial:
     proxy = stack.proxy
     engine = Engine(paths.engine, stack, log_path)
     paths.reset(op_template(op), stack, log_path)
-    env = {"LAUNCHER_ENGINE_GLOBAL_LIMIT_BPS": str(limit_bps)}
+    env = limit_env(limit_bps)
     if qa_delay:
         env["LAUNCHER_ENGINE_QA_SWITCH_DELAY_S"] = str(qa_delay_s)
     args = op_args(op, paths.game)
@@ -727,7 +732,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kills", type=int, default=24, help="number of trials (default 24)")
     ap.add_argument("--seed", type=int, default=1, help="RNG seed for ops and kill moments")
     ap.add_argument("--limit", default="8M",
-                    help="engine global speed limit of the killed runs (default 8M = 8 MB/s)")
+                    help="engine global speed limit of the killed runs (default 8M = 8 MB/s; "
+                    "off: unlimited, the threaded data plane)")
     ap.add_argument("--qa-delay", type=float, default=0.003,
                     help="LAUNCHER_ENGINE_QA_SWITCH_DELAY_S of commit trials and half the "
                          "random ones (default 0.003 s)")
@@ -748,9 +754,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--kills must be at least 1")
     from engine.cli.main import parse_rate
 
+    # "off": kills land in an unlimited run, whose ranges take the threaded data plane (a
+    # limited run's ranges go through the general client); kill moments follow its calibration
     limit_bps = parse_rate(args.limit)
-    if limit_bps is None:
-        ap.error("--limit must be a rate (the killed runs need one)")
     global PYCACHE
     PYCACHE = args.work / "pycache"
     # the proxy logs a traceback whenever a killed engine's connection drops mid-response
@@ -770,7 +776,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"backend {stack.url}, CDN edge {stack.proxy.url}/cdn/ (counting proxy); "
                 f"run folder {run_dir}; load average {os.getloadavg()[0]:.2f}")
             make_templates(paths, stack, engine_log)
-            killed_env = {"LAUNCHER_ENGINE_GLOBAL_LIMIT_BPS": str(limit_bps),
+            killed_env = {**limit_env(limit_bps),
                           "LAUNCHER_ENGINE_QA_SWITCH_DELAY_S": str(args.qa_delay)}
             for op in ops:
                 cals[op] = calibrate(op, paths, stack, engine_log, killed_env)

@@ -81,9 +81,17 @@ class Journal:
             self.state.record_progress(self.task_id, blocks, verified)
 
     async def flush_async(self, executor: ThreadPoolExecutor) -> None:
-        """fdatasync in a worker thread, then record blocks and files in one commit."""
+        """fdatasync in a worker thread, then record blocks and files in one commit. One at a
+        time: a second one started while a batch is in flight leaves it alone (several can be
+        scheduled before the first runs; one that took an empty batch used to replace the
+        in-flight one, which then thought itself taken over and recorded nothing — blocks
+        written but never journaled, and a kill during the commit broke the install)."""
+        if self._inflight is not None:
+            return  # the pending blocks wait for the next flush
         batch = self._take()
         blocks, files, verified = batch
+        if not blocks and not verified:
+            return
         self._inflight = batch
         if blocks:
             await asyncio.get_running_loop().run_in_executor(executor, self.staging.sync, files)

@@ -199,6 +199,15 @@ class StagedBuild:
             # files verified after the download finished (the last ones) are journaled before
             # anything is committed: a kill during the commit must find them recorded
             journal.flush()
+        # the commit that follows moves files out of staging: a file it moves that the journal
+        # does not hold as verified would be rebuilt by a resumed run into a folder it left
+        unjournaled = files - ctx.state.done_files(self.task.id)
+        if unjournaled:
+            first = manifest.files[min(unjournaled)].path
+            raise EngineError(ErrorCode.INTERNAL_ERROR,
+                              f"{len(unjournaled)} staged file(s) not journaled as verified "
+                              f"(first: {first}); nothing was moved into the game folder",
+                              item=first)
 
 
 

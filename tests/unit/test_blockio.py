@@ -83,3 +83,40 @@ def test_a_background_journal_flush_taken_over_records_once(tmp_path: Path) -> N
     finally:
         staging.close()
         state.close()
+
+
+def test_background_flushes_scheduled_back_to_back_lose_no_block(tmp_path: Path) -> None:
+    """Blocks land faster than a flush task starts: several flushes are scheduled before the
+    first runs. Each block must end up journaled (a later flush with nothing to take once
+    replaced the in-flight batch, which was then never recorded: a kill during the commit found
+    blocks missing and wrote into files already moved)."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from engine.io.journal import Journal
+    from engine.io.staging import Staging
+    from engine.io.state import State
+    from patcher.manifest import FileEntry, Manifest
+
+    state = State(tmp_path / "data")
+    task = state.add_task("p", "1", str(tmp_path / "game"))
+    manifest = Manifest("p", "1", (FileEntry("a.bin", 10, 0o644, "e3" * 32, ()),), (), {})
+    staging = Staging(tmp_path / "game", task.id, manifest)
+    staging.prepare([0])
+    journal = Journal(state, staging, task.id)
+
+    async def run() -> None:
+        with ThreadPoolExecutor(2) as pool:
+            flushes = []
+            for block in range(40):
+                journal.add(block, [0], 1 << 30)  # every block asks for a flush
+                if not journal.flushing:
+                    flushes.append(asyncio.create_task(journal.flush_async(pool)))
+                if block % 7 == 0:
+                    await asyncio.sleep(0)
+            assert len(flushes) > 1
+            await asyncio.gather(*flushes)
+            journal.flush()
+            assert state.done_blocks(task.id) == set(range(40))
+
+    asyncio.run(run())
