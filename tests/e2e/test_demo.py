@@ -14,7 +14,7 @@ def test_the_demo_serves_at_once_and_publishes_in_the_background(
         backend_factory: StartBackend) -> None:
     started = time.monotonic()
     server = backend_factory(with_store=False,
-                             args=["--demo", "--demo-size", "4", "--demo-background"])
+                             args=["--demo", "--demo-size", "1", "--demo-background"])
     token = server.login("demo", "demo")
 
     def items() -> dict[str, Any]:
