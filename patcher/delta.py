@@ -259,12 +259,12 @@ def _ranged_plain(old: bytes, new: bytes, spans: Sequence[Span]) -> tuple[bytes,
     import hdiffpatch
 
     if not all(a[1] + a[2] <= b[1] for a, b in itertools.pairwise(spans)):
-        return _hdiff_ranges(old, new, spans, joined=True)[0], None
-    plain, _literal_share = _hdiff_ranges(old, new, spans, joined=False)
+        return _hdiff_ranges(old, new, spans, joined=True), None
+    plain = _hdiff_ranges(old, new, spans, joined=False)
     regions, _unused = _pieces(spans, len(old), len(new))
     if _moved_bytes(old, new, regions, _windows(spans, regions, len(old))) < _MOVED_MIN:
         return plain, None
-    other = _hdiff_ranges(old, new, spans, joined=True)[0]
+    other = _hdiff_ranges(old, new, spans, joined=True)
     coder = hdiffpatch.BZip2Config(level=9)
     ranked = sorted(((len(coded), i, p, coded) for i, p in enumerate((plain, other))
                      for coded in [hdiffpatch.recompress(p, coder)]))
@@ -329,16 +329,15 @@ def _pieces(spans: Sequence[Span], old_size: int,
             _gaps([(o, o + length) for _n, o, length in spans], old_size))
 
 
-def _hdiff_ranges(old: bytes, new: bytes, spans: Sequence[Span], *,
-                  joined: bool) -> tuple[bytes, float]:
-    """(One uncompressed HDiffPatch (HDIFF13) patch, the share of the changed bytes it carries
-    as literals): ``spans`` as covers with a zero difference, and the new file's changed
-    regions searched in the old bytes no span uses: region by region between their
-    neighbouring spans (spans in old order only), or ``joined`` in one search (the regions
-    joined, against every unused old byte). A joined search's covers are mapped back to file
-    positions (split where a joined piece ends), its difference runs split at region ends and
-    interleaved with the spans' zero runs (the applier reads them sequentially over the whole
-    new file), its literal bytes kept as they are (uncovered bytes, in new-file order)."""
+def _hdiff_ranges(old: bytes, new: bytes, spans: Sequence[Span], *, joined: bool) -> bytes:
+    """One uncompressed HDiffPatch (HDIFF13) patch: ``spans`` as covers with a zero
+    difference, and the new file's changed regions searched in the old bytes no span uses:
+    region by region between their neighbouring spans (spans in old order only), or
+    ``joined`` in one search (the regions joined, against every unused old byte). A joined
+    search's covers are mapped back to file positions (split where a joined piece ends), its
+    difference runs split at region ends; the runs are interleaved with the spans' zero runs
+    (the applier reads them sequentially over the whole new file), and the literal bytes are
+    kept as they are (uncovered bytes, in new-file order either way)."""
     regions, unused = _pieces(spans, len(old), len(new))
     found: list[Span] = []
     region_runs: list[tuple[bytes, bytes]] = []
@@ -380,9 +379,7 @@ def _hdiff_ranges(old: bytes, new: bytes, spans: Sequence[Span], *,
     ctrl_buf, code_buf, literal_buf = b"".join(ctrl), b"".join(code), b"".join(literals)
     head = b"".join(_pack(v) for v in (len(new), len(old), len(covers), len(cover_buf), 0,
                                        len(ctrl_buf), 0, len(code_buf), 0, len(literal_buf), 0))
-    changed_size = sum(b - a for a, b in regions)
-    return (b"".join((_HDIFF_MAGIC, b"\0", head, cover_buf, ctrl_buf, code_buf, literal_buf)),
-            len(literal_buf) / changed_size if changed_size else 0.0)
+    return b"".join((_HDIFF_MAGIC, b"\0", head, cover_buf, ctrl_buf, code_buf, literal_buf))
 
 
 def _moved_bytes(old: bytes, new: bytes, regions: Sequence[tuple[int, int]],
@@ -593,7 +590,9 @@ def _zstd_params(old_size: int, new_size: int, level: int) -> zstandard.ZstdComp
         hash_log=hash_log,
         chain_log=chain_log,
         strategy=max(base.strategy, zstandard.STRATEGY_BTLAZY2),
-        enable_ldm=True,
+        # without a dictionary the window covers the whole file and LDM only costs time
+        # (measured on a 36 MB new pack: 19.2 -> 15.5 CPU s, 182 bytes smaller)
+        enable_ldm=old_size > 0,
         ldm_hash_log=ldm_hash_log,
         write_content_size=True,
         write_checksum=False,

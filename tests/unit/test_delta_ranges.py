@@ -75,7 +75,7 @@ def test_a_range_patch_is_an_ordinary_hdiffpatch_patch_and_rebuilds_the_file(
     assert spans and sum(n for _a, _b, n in spans) > len(new) // 2  # mostly unchanged
     checked = delta._checked_spans(old, new, spans)
     for joined in (False, True):  # our joining, checked by the real applier
-        plain, _share = delta._hdiff_ranges(old, new, checked, joined=joined)
+        plain = delta._hdiff_ranges(old, new, checked, joined=joined)
         assert hdiffpatch.apply(old, plain) == new
     patch = build_hdiff(old, new, spans)
     assert delta.hdiff_sizes(patch) == (len(new), len(old))
@@ -107,7 +107,7 @@ def test_range_patches_of_edge_layouts(case: str) -> None:
     in_order = all(a[1] + a[2] <= b[1] for a, b in itertools.pairwise(checked))
     assert in_order == (case != "reorder")
     for joined in (True, False) if in_order else (True,):
-        plain, _share = delta._hdiff_ranges(old, new, checked, joined=joined)
+        plain = delta._hdiff_ranges(old, new, checked, joined=joined)
         assert hdiffpatch.apply(old, plain) == new
     patch = build_hdiff(old, new, spans)
     assert hdiffpatch.apply(old, patch) == new
