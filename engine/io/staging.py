@@ -114,6 +114,7 @@ class Staging:
         self.manifest = manifest
         self._fds: dict[int, int] = {}
         self._lock = threading.Lock()  # _fds is shared by the loop and the engine-io threads
+        self._unprepared: set[int] = set()  # staged files to create on first use
 
     def open_root(self, create: bool) -> bool:
         """Check (and create) the task's staging folder; False when it does not exist."""
@@ -165,6 +166,37 @@ class Staging:
         except OSError as exc:
             raise translate_os_error(exc, "preparing staged files") from exc
 
+    def prepare_lazily(self, file_indexes: list[int]) -> None:
+        """Like ``prepare``, but each file is created when first used (a write, a sync, a
+        verify) or by ``prepare_rest`` beside the download: the first range starts without
+        waiting for every file's mkdir, create, truncate and fallocate (285 files: 60-150 ms).
+        Only these files may be created late; a staged file that vanishes otherwise stays an
+        error (recreating it would hide the loss of what was written into it)."""
+        self.open_root(create=True)
+        with self._lock:
+            self._unprepared.update(file_indexes)
+
+    @property
+    def unprepared(self) -> bool:
+        return bool(self._unprepared)
+
+    def prepare_rest(self) -> None:
+        """Create every file ``prepare_lazily`` left, in index order (a worker thread)."""
+        with self._lock:
+            todo = sorted(self._unprepared)
+        for i in todo:
+            self._ensure_prepared(i)
+
+    def _ensure_prepared(self, file_index: int) -> None:
+        with self._lock:
+            if file_index not in self._unprepared:
+                return
+        # outside the lock (fallocate can take a while); two threads preparing one file is
+        # harmless: the size only ever grows to the file's size, data written stays
+        self.prepare([file_index])
+        with self._lock:
+            self._unprepared.discard(file_index)
+
     def fd(self, file_index: int) -> int:
         """The staged file's fd (opened once). Only for the loop thread's own sequential use:
         worker threads write through ``pwritev`` and sync through ``sync``, which never use an
@@ -183,6 +215,8 @@ class Staging:
         """A private duplicate of the file's fd: a file verified (and closed) or a run cancelled
         (staging closed) while a worker thread still writes or syncs must not turn that call
         into EBADF — or into a write to whatever file reused the fd number."""
+        if open_it:
+            self._ensure_prepared(file_index)
         with self._lock:
             fd = self._fds.get(file_index)
             if fd is None and open_it:
@@ -230,6 +264,7 @@ class Staging:
         """SHA-256 of the staged file against the manifest (runs in a worker thread)."""
         f = self.manifest.files[file_index]
         digest = hashlib.sha256()
+        self._ensure_prepared(file_index)
         fd = os.open(self.path(file_index), os.O_RDONLY | os.O_NOFOLLOW)
         with os.fdopen(fd, "rb") as fh:
             while block := fh.read(1 << 20):

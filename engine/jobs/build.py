@@ -73,11 +73,17 @@ class StagedBuild:
                 self.ctx.state.update_task(self.task.id, downloaded_bytes=self.progress.downloaded)
                 last_saved = now
 
-    async def prepare_staging(self, staging: Staging, manifest: Manifest, files: list[int]) -> None:
+    async def prepare_staging(self, staging: Staging, manifest: Manifest, files: list[int],
+                              lazy: bool = False) -> None:
+        """Check the free space, then create the staged files — ``lazy``: as the download
+        first touches them, the rest beside it (see ``Staging.prepare_lazily``)."""
         allocated = await asyncio.to_thread(staging.allocated_bytes)
         needed = sum(manifest.files[i].size for i in files) - allocated
         check_disk_space(self.ctx.settings, self.install_dir, max(0, needed))
-        await asyncio.to_thread(staging.prepare, files)
+        if lazy:
+            await asyncio.to_thread(staging.prepare_lazily, files)
+        else:
+            await asyncio.to_thread(staging.prepare, files)
 
     def publish_retry(self, manifest: Manifest, state: FetchState, source_id: str,
                       r: FetchRange) -> None:
@@ -149,6 +155,8 @@ class StagedBuild:
 
         try:
             async with asyncio.TaskGroup() as tg:
+                if staging.unprepared:  # lazily staged files: the rest created beside the download
+                    tg.create_task(asyncio.to_thread(staging.prepare_rest))
                 reporter = tg.create_task(self.reporter())
                 items = tg.create_task(self.item_reporter(manifest, left, moving, pending))
                 for fi, count in pending.items():

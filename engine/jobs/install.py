@@ -114,7 +114,9 @@ class InstallRun:
         # resumed in this process: this run created and preallocated the files already (a
         # staging folder gone meanwhile is prepared again)
         if not (staged and await asyncio.to_thread(staging.open_root, False)):
-            await self.build.prepare_staging(staging, manifest, to_stage)
+            await self.build.prepare_staging(staging, manifest, to_stage, lazy=True)
+        else:  # a pause may have come before every file was created
+            await asyncio.to_thread(staging.prepare_lazily, to_stage)
         ctx.prepared[self.task.id] = keep  # staged: a pause from here on resumes without re-plan
         log.info("task %s: fetching after %.4f CPU-s of preparation (%s)", self.task.id[:8],
                  time.process_time() - cpu0, "plan reused" if staged else "planned")
