@@ -96,12 +96,13 @@ class ServerProcess:
     stderr goes to ``log_path``."""
 
     def __init__(self, argv: list[str], log_path: Path, timeout: float = 60,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
         self.log_path = log_path
         self._log = log_path.open("ab")
+        # cwd: ``python -m`` puts it ahead of PYTHONPATH (an A/B bench runs another checkout)
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self._log,
                                      stdin=subprocess.DEVNULL, env=env or subprocess_env(),
-                                     cwd=REPO)
+                                     cwd=cwd or REPO)
         self.lines: list[str] = []
         self.url = self._wait_url(timeout)
         threading.Thread(target=self._drain, daemon=True).start()
