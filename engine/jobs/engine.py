@@ -45,6 +45,7 @@ from engine.io.credentials import CredentialStore
 from engine.io.library_client import LibraryApi
 from engine.io.limiter import AsyncRateLimiter
 from engine.io.playstate import PlayState
+from engine.io.rangeclient import close_idle_connections
 from engine.io.savefiles import Backups
 from engine.io.staging import STAGING_DIR, remove_task_staging
 from engine.io.state import InstalledGame, State, TaskRecord
@@ -180,6 +181,7 @@ class Engine:
                 await runner
         if self._session is not None:
             await self._session.close()
+        close_idle_connections()  # the range client's kept-alive sockets
         await self.api.aclose()
         self._executor.shutdown(wait=True)
         self.state.close()
