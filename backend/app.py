@@ -10,7 +10,7 @@ import logging
 import os
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -38,6 +38,7 @@ from backend.cdn import cdn_router
 from backend.config import Secrets, Settings
 from backend.context import Context
 from backend.errors import ApiError, default_error, error_body, error_object
+from backend.nulguard import reject_nul
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,7 @@ def create_app(ctx: Context) -> FastAPI:
         version=API_VERSION,
         description="Accounts, library, manifests, signed CDN URLs, updates, playtime, saves, "
                     "achievements and live library events (WebSocket).",
+        dependencies=[Depends(reject_nul)],  # NUL in any input: 422 on every database
     )
     app.state.ctx = ctx
     install_error_handlers(app)
@@ -202,7 +204,7 @@ def create_cdn_app(settings: Settings) -> FastAPI:
     """A CDN-only edge sharing the data dir's CDN secret (``launcher-backend cdn``)."""
     secrets = Secrets.load(settings)
     app = FastAPI(title="Game launcher CDN edge", version=API_VERSION, docs_url=None,
-                  redoc_url=None)
+                  redoc_url=None, dependencies=[Depends(reject_nul)])
     install_error_handlers(app)
     app.include_router(cdn_router(settings.cdn_root, lambda _r: secrets.cdn_key))
 
