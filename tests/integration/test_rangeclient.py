@@ -4,10 +4,14 @@ edge judged stalled, a stop honoured while waiting, wrong spans and short bodies
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -23,7 +27,8 @@ PACK = "cd" * 32
 class ScriptedServer:
     """Serves DATA with Range support; ``mode`` changes how it answers."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+        self.tls = tls
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(16)
@@ -43,7 +48,19 @@ class ScriptedServer:
             self.connections += 1
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
-    def _serve(self, conn: socket.socket) -> None:
+    def _handshake(self, conn: socket.socket) -> socket.socket | None:
+        if self.tls is None:
+            return conn
+        try:
+            return self.tls.wrap_socket(conn, server_side=True)
+        except (OSError, ssl.SSLError):
+            conn.close()  # the client refused our certificate
+            return None
+
+    def _serve(self, raw: socket.socket) -> None:
+        conn = self._handshake(raw)
+        if conn is None:
+            return
         with conn:
             buf = b""
             while True:
@@ -99,12 +116,12 @@ def blocks(spans: list[tuple[int, int]]) -> FetchRange:
     return FetchRange(PACK, spans[0][0], spans[-1][0] + spans[-1][1], jobs)
 
 
-def run(server: ScriptedServer, r: FetchRange, *, window: float = 10.0,
+def run(server: ScriptedServer, r: FetchRange, *, window: float = 10.0, scheme: str = "http",
         stop: threading.Event | None = None, give_back: bool = False
         ) -> tuple[list[tuple[int, bytes]], RangeFetch[bytes]]:
     got: list[tuple[int, bytes]] = []
     fetch: RangeFetch[bytes] = RangeFetch(
-        f"http://127.0.0.1:{server.port}/p/packs/{PACK}.pack?md5=x", r, "edge", window, 5.0,
+        f"{scheme}://127.0.0.1:{server.port}/p/packs/{PACK}.pack?md5=x", r, "edge", window, 5.0,
         lambda job, view: bytes(view), lambda job, data, n: got.append((job.index, data)),
         lambda: give_back and bool(got), stop or threading.Event(), lambda: None)
     fetch_range(fetch)
@@ -156,3 +173,63 @@ def test_wrong_span_short_body_and_giving_back(server: ScriptedServer) -> None:
     server.mode = "normal"
     with pytest.raises(Stopped):  # a limit now applies: the rest goes back after one block
         run(server, blocks([(0, 1000), (1000, 1000)]), give_back=True)
+
+
+def self_signed(tmp_path: Path, name: str) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 (its own issuer) and its key, as PEM files."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / f"{name}.pem", tmp_path / f"{name}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_https_ranges_check_the_edge_certificate(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real CDN edges are https: blocks arrive byte-exact over one kept-alive TLS connection
+    when the edge's certificate is trusted (here through SSL_CERT_FILE, as OpenSSL reads it),
+    and an edge whose certificate is not trusted is a failure of that edge, nothing read."""
+    import engine.io.rangeclient as rangeclient
+
+    trusted, trusted_key = self_signed(tmp_path, "edge")
+    other, other_key = self_signed(tmp_path, "impostor")
+    monkeypatch.setenv("SSL_CERT_FILE", str(trusted))
+    monkeypatch.setattr(rangeclient, "_tls", None)  # the trust store is read again
+    close_idle_connections()
+    servers = []
+    try:
+        for cert, key in ((trusted, trusted_key), (other, other_key)):
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(cert, key)
+            servers.append(ScriptedServer(ctx))
+        good, bad = servers
+        r = blocks([(1000, 70000), (80000, 200000)])
+        got, _ = run(good, r, scheme="https")
+        assert got == [(0, DATA[1000:71000]), (1, DATA[80000:280000])]
+        got, _ = run(good, blocks([(0, 4096)]), scheme="https")
+        assert got == [(0, DATA[:4096])] and good.connections == 1
+        with pytest.raises(FetchFailed) as caught:
+            run(bad, blocks([(0, 1000)]), scheme="https")
+        assert caught.value.kind is FailureKind.RESET and "TLS" in caught.value.detail
+        assert bad.requests == []
+    finally:
+        for server in servers:
+            server.close()
+        close_idle_connections()
