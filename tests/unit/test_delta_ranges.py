@@ -266,3 +266,12 @@ def test_moved_small_entries_are_found_and_in_place_edits_are_not(
     regions, _unused = delta._pieces(spans, len(old), len(edited_only))
     assert delta._moved_bytes(old, edited_only, regions,
                               delta._windows(spans, regions, len(old))) == 0
+
+
+def test_a_file_made_only_of_moved_spans_is_a_patch_of_covers() -> None:
+    half_a, half_b = rand(11, MiB), rand(12, MiB)
+    old = half_a + half_b
+    for new in (half_b + half_a, half_b + half_a + b"tail"):
+        patch = build_hdiff(old, new, [(0, MiB, MiB), (MiB, 0, MiB)])
+        assert hdiffpatch.apply(old, patch) == new
+        assert len(patch) < 100  # two covers and a header: nothing searched, nothing literal
