@@ -195,6 +195,7 @@ RANGES_MIN_FILE = 1 * _MiB
 """Files smaller than this are diffed whole (milliseconds either way)."""
 
 _CODER_ALL_MAX = 1 * _MiB  # plain patches up to this size try every coder (bytes count there)
+_BOTH_MAX = 32 * _MiB  # files up to this size with a small range patch: the whole-file one too
 _INCOMPRESSIBLE = 0.98  # lzma2 and bzip2 above this share of the plain patch: try zstd too
 _MOVE_PROBE = (2 * 1024, 8 * 1024, 32 * 1024)  # FastCDC sizes of the pieces that find moves
 _MOVED_MIN = 64 * 1024  # moved bytes that make a joined search worth its cost
@@ -221,13 +222,18 @@ def build_hdiff(old: bytes, new: bytes, spans: Sequence[Span] = ()) -> bytes:
             # our own serialisation: proven on the real applier before it is published
             if hdiffpatch.apply(old, plain) != new:
                 plain = bzip2 = None
-        if plain is None:
-            plain = hdiffpatch.diff(old, new, "none", validate=False,
-                                    big_cache_match=len(old) >= RANGES_MIN_FILE)
-        best = plain
-        for candidate in _coded(plain, bzip2):
-            if len(candidate) < len(best):
-                best = candidate
+        plains = [] if plain is None else [(plain, bzip2)]
+        if plain is None or (len(plain) <= _CODER_ALL_MAX and max(len(old), len(new)) <= _BOTH_MAX):
+            # a small patch of a file this size: the whole-file search costs a few seconds at
+            # most and, where the patch is the whole step, its bytes count (a 6 MB executable's
+            # edit: 2,419 B whole-file vs 2,464 B by ranges, the covers of the spans)
+            plains.append((hdiffpatch.diff(old, new, "none", validate=False,
+                                           big_cache_match=len(old) >= RANGES_MIN_FILE), None))
+        best = plains[0][0]
+        for candidate_plain, candidate_bzip2 in plains:
+            for candidate in [candidate_plain, *_coded(candidate_plain, candidate_bzip2)]:
+                if len(candidate) < len(best):
+                    best = candidate
         return best
     except (hdiffpatch.HDiffPatchError, ValueError, MemoryError) as exc:
         raise DeltaError(f"HDiffPatch patch could not be built: {exc}") from exc
@@ -940,7 +946,8 @@ def estimate_job_memory(
         searched, held = max(old_size, new_size), 2 * new_size
         if spans and max(old_size, new_size) >= RANGES_MIN_FILE:
             regions, unused = _pieces(spans, old_size, new_size)
-            searched = max(sum(b - a for a, b in regions), sum(b - a for a, b in unused))
+            if max(old_size, new_size) > _BOTH_MAX:  # smaller files may be searched whole too
+                searched = max(sum(b - a for a, b in regions), sum(b - a for a, b in unused))
             held = 5 * new_size  # the joined pieces, the plain patch and the output of its check
         # + the match cache, about one byte per searched old byte
         peaks.append((_HDIFF_RAM_FACTOR + 1) * searched + old_size + held + _ZSTD_OVERHEAD)

@@ -275,3 +275,17 @@ def test_a_file_made_only_of_moved_spans_is_a_patch_of_covers() -> None:
         patch = build_hdiff(old, new, [(0, MiB, MiB), (MiB, 0, MiB)])
         assert hdiffpatch.apply(old, patch) == new
         assert len(patch) < 100  # two covers and a header: nothing searched, nothing literal
+
+
+def test_a_small_patch_of_a_mid_sized_file_is_never_larger_than_the_whole_file_one() -> None:
+    rnd = random.Random(21)
+    old = b"".join(pack_like(30, entries=20))
+    new = bytearray(old)
+    for _ in range(30):  # scattered small edits, as in code: every chunk region changes a bit
+        at = rnd.randrange(len(new) - 8)
+        new[at:at + 4] = rnd.randbytes(4)
+    spans = spans_of(old, bytes(new))
+    assert spans
+    ranged = build_hdiff(old, bytes(new), spans)
+    assert hdiffpatch.apply(old, ranged) == bytes(new)
+    assert len(ranged) <= len(build_hdiff(old, bytes(new)))
