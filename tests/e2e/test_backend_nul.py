@@ -20,10 +20,14 @@ def _nul_error(resp: httpx.Response, source: dict[str, str]) -> None:
     assert "NUL" in err["detail"], err
 
 
-def _saves(c: httpx.Client) -> list[Any]:
+def _saves(c: httpx.Client) -> list[tuple[str, int, list[tuple[str, int, str]]]]:
+    """Every slot with its versions (id, number, SHA-256); not the signed download URLs, which
+    change with the clock."""
     r = c.get("/api/v1/library/savegames")
     assert r.status_code == 200, r.text
-    return list(r.json()["data"])
+    return [(s["id"], s["attributes"]["latest_version"],
+             [(v["id"], v["attributes"]["version"], v["attributes"]["sha256"])
+              for v in s["attributes"]["versions"]]) for s in r.json()["data"]]
 
 
 def _upload(c: httpx.Client, product: str, slot: str, data: bytes,
@@ -54,6 +58,7 @@ def test_nul_in_input_is_refused_and_changes_nothing(backend: BackendServer,
         save = _upload(c, main.product_id, "slot", data, content_type="application/json")
         assert httpx.get(save["attributes"]["download_url"]).content == data
         before = _saves(c)
+        assert len(before) == 1 and len(before[0][2]) == 1
         r = c.post("/api/v1/download/tasks", json=task_body(main.product_id, main.versions[0]))
         assert r.status_code == 202, r.text
         first = r.json()["data"]["id"]
