@@ -20,6 +20,12 @@ MAX_HEAD_BYTES = 64 * 1024  # a response head longer than this is not a CDN's an
 USER_AGENT = "launcher-engine"
 
 
+def _digits(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also takes '²' or '¹' (latin-1 heads), which int()
+    then refuses with a ValueError instead of the head being judged bad."""
+    return text.isascii() and text.isdigit()
+
+
 class Unsupported(Exception):
     """A URL or a response this client does not handle; the general client will."""
 
@@ -85,7 +91,7 @@ class ResponseHead:
         value = self.headers.get("content-length")
         if value is None:
             return None
-        if not value.isdigit():
+        if not _digits(value):
             raise HeadError(f"bad Content-Length {value[:40]!r}")
         return int(value)
 
@@ -108,9 +114,9 @@ class ResponseHead:
         unit, _, spec = value.strip().partition(" ")
         span, _, total = spec.partition("/")
         first, _, last = span.partition("-")
-        if unit.lower() != "bytes" or not first.isdigit() or not last.isdigit():
+        if unit.lower() != "bytes" or not _digits(first) or not _digits(last):
             raise HeadError(f"bad Content-Range {value[:60]!r}")
-        return int(first), int(last), int(total) if total.isdigit() else None
+        return int(first), int(last), int(total) if _digits(total) else None
 
 
 def head_end(buf: bytes | bytearray, searched: int, end: int) -> int:
@@ -129,7 +135,7 @@ def parse_head(raw: bytes) -> ResponseHead:
     lines = text.split("\r\n")
     version, _, rest = lines[0].partition(" ")
     code = rest[:3]
-    if version not in ("HTTP/1.1", "HTTP/1.0") or not code.isdigit() or len(code) != 3:
+    if version not in ("HTTP/1.1", "HTTP/1.0") or not _digits(code) or len(code) != 3:
         raise HeadError(f"not an HTTP/1.x status line: {lines[0][:60]!r}")
     headers: dict[str, str] = {}
     for line in lines[1:]:

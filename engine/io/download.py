@@ -213,7 +213,8 @@ async def _fetch_range_threaded(ctx: DownloadContext, source: CdnSource, r: Fetc
     fetch = RangeFetch(source.url(pack_rel(ctx.product_id, r.pack)), r, source.id,
                        ctx.stall_window_s, ctx.connect_timeout_s, process, deliver,
                        lambda: ctx.limiter.limited(task_key), stop, ctx.saw_bytes)
-    future = loop.run_in_executor(worker_pool(), fetch_range, fetch)
+    work = worker_pool().submit(fetch_range, fetch)
+    future = asyncio.wrap_future(work)
     # done callbacks run after everything the thread scheduled before it returned
     future.add_done_callback(lambda _: landed.put_nowait(None))
     try:
@@ -225,13 +226,14 @@ async def _fetch_range_threaded(ctx: DownloadContext, source: CdnSource, r: Fetc
                 done.add(job.index)
         except asyncio.CancelledError:
             stop.set()
-            while not future.done():  # the thread sees the flag within POLL_S or one block
+            work.cancel()  # not started yet (every pool thread busy): it never will
+            while not work.done():  # the thread sees the flag within POLL_S or one block
                 try:
-                    await asyncio.wait({future})
+                    await asyncio.wait({asyncio.wrap_future(work)})
                 except asyncio.CancelledError:
                     continue
-            if not future.cancelled() and future.exception() is not None:
-                log.debug("range ended while cancelled: %r", future.exception())
+            if not work.cancelled() and work.exception() is not None:
+                log.debug("range ended while cancelled: %r", work.exception())
             raise
         future.result()
     finally:

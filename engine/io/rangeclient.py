@@ -11,9 +11,13 @@ the run's staging is closed.
 
 from __future__ import annotations
 
+import errno
+import os
+import select
 import socket
 import ssl
 import struct
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -82,7 +86,9 @@ class RangeFetch(Generic[R]):
 
 
 # -- connections: an idle pool shared by the worker threads ------------------------------------
-_idle: dict[tuple[str, str, int], list[socket.socket]] = {}
+_idle: dict[tuple[str, str, int], list[tuple[socket.socket, float]]] = {}  # (socket, idle since)
+IDLE_MAX_S = 30.0  # nginx's default keep-alive timeout is 75 s; others close sooner
+IDLE_PER_EDGE = 64
 _idle_lock = threading.Lock()
 _tls: ssl.SSLContext | None = None
 _pool: ThreadPoolExecutor | None = None
@@ -101,27 +107,75 @@ def worker_pool() -> ThreadPoolExecutor:
 
 def close_idle_connections() -> None:
     with _idle_lock:
-        socks = [s for group in _idle.values() for s in group]
+        socks = [s for group in _idle.values() for s, _ in group]
         _idle.clear()
     for s in socks:
         s.close()
 
 
 def _take(target: Target) -> socket.socket | None:
-    with _idle_lock:
-        group = _idle.get(target.key)
-        return group.pop() if group else None
+    while True:
+        with _idle_lock:
+            group = _idle.get(target.key)
+            sock, since = group.pop() if group else (None, 0.0)
+        if sock is None:
+            return None
+        # an idle socket must have nothing to read: leftover bytes of the last response, or the
+        # server's FIN, mean it cannot carry the next request; one idle too long is likely
+        # closed by the server's keep-alive timeout by now
+        dirty = isinstance(sock, ssl.SSLSocket) and sock.pending()
+        if dirty or time.monotonic() - since > IDLE_MAX_S or select.select([sock], [], [], 0)[0]:
+            sock.close()
+            continue
+        return sock
 
 
 def _put_back(target: Target, sock: socket.socket) -> None:
     with _idle_lock:
-        _idle.setdefault(target.key, []).append(sock)
+        group = _idle.setdefault(target.key, [])
+        group.append((sock, time.monotonic()))
+        stale = group[:-IDLE_PER_EDGE]  # more idle than threads can use
+        del group[:-IDLE_PER_EDGE]
+    for old, _ in stale:
+        old.close()
 
 
-def _connect(target: Target, timeout_s: float, source_id: str) -> socket.socket:
+def _open(target: Target, timeout_s: float, stop: threading.Event) -> socket.socket:
+    """create_connection that looks at the stop flag every POLL_S."""
+    deadline = time.monotonic() + timeout_s
+    last: OSError = OSError("no address")
+    for family, kind, proto, _, addr in socket.getaddrinfo(target.host, target.port, 0,
+                                                            socket.SOCK_STREAM):
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setblocking(False)
+            err = sock.connect_ex(addr)
+            while err in (errno.EINPROGRESS, errno.EWOULDBLOCK):
+                if stop.is_set():
+                    raise Stopped()
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("timed out")
+                if select.select([], [sock], [], min(POLL_S, left))[1]:
+                    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                raise OSError(err, os.strerror(err))
+            sock.settimeout(max(0.001, deadline - time.monotonic()))
+            return sock
+        except OSError as exc:
+            sock.close()
+            last = exc
+        except BaseException:
+            sock.close()
+            raise
+    raise last
+
+
+def _connect(target: Target, timeout_s: float, source_id: str,
+             stop: threading.Event | None = None) -> socket.socket:
     global _tls
     try:
-        sock = socket.create_connection((target.host, target.port), timeout=timeout_s)
+        sock = _open(target, timeout_s, stop or threading.Event())
     except OSError as exc:
         raise FetchFailed(FailureKind.RESET, f"{source_id}: cannot connect: {exc}") from exc
     try:
@@ -140,9 +194,16 @@ def _connect(target: Target, timeout_s: float, source_id: str) -> socket.socket:
         # block in one call (one GIL release per block instead of one per ~64 KiB that
         # arrived) and still returns every POLL_S to look at the stop flag and the stall watch
         sock.settimeout(None)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
-                        struct.pack("ll", 0, int(POLL_S * 1_000_000)))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _receive_timeout(POLL_S))
     return sock
+
+
+def _receive_timeout(seconds: float) -> bytes:
+    """SO_RCVTIMEO's value: a DWORD of milliseconds on Windows (a struct timeval packed there
+    reads as 0: wait forever — no stop checks, no stall watch), a struct timeval elsewhere."""
+    if sys.platform == "win32":
+        return struct.pack("I", max(1, int(seconds * 1000)))
+    return struct.pack("ll", int(seconds), int(seconds % 1 * 1_000_000))
 
 
 def _buffer(size: int) -> memoryview:
@@ -188,10 +249,10 @@ class _Body:
                     detail = (f"under {self.watch.min_bytes} bytes in {self.watch.window_s:.0f} s "
                               "(trickling)")
                 raise FetchFailed(FailureKind.STALL, f"{self.fetch.source_id}: {detail}")
-            if n > 0:
-                return n
             if self.fetch.stop.is_set():
                 raise Stopped()
+            if n > 0:
+                return n
 
     def read_head(self, reused: bool) -> bytes | None:
         """The response head. None: a kept-alive connection that the server had closed
@@ -238,6 +299,8 @@ def fetch_range(fetch: RangeFetch[R]) -> None:
     ``FetchFailed`` (the source is judged by its kind), ``Stopped``, ``Unsupported`` (nothing
     was processed: the general client takes the range) or what ``process`` raises."""
     target = parse_target(fetch.url)
+    if fetch.stop.is_set():  # cancelled while it waited for a pool thread
+        raise Stopped()
     r = fetch.range
     fetch.started = time.monotonic()
     request = range_request(target, r.start, r.end)
@@ -245,7 +308,7 @@ def fetch_range(fetch: RangeFetch[R]) -> None:
         sock = _take(target) if attempt == 0 else None
         reused = sock is not None
         if sock is None:
-            sock = _connect(target, fetch.connect_timeout_s, fetch.source_id)
+            sock = _connect(target, fetch.connect_timeout_s, fetch.source_id, fetch.stop)
         keep = False
         try:
             watch = StallDetector(fetch.stall_window_s,
@@ -264,8 +327,9 @@ def fetch_range(fetch: RangeFetch[R]) -> None:
             try:
                 head = parse_head(raw_head)
                 verdict = judge_range_response(head, r.start, r.end, r.pack, fetch.source_id)
-            except HeadError as exc:
-                raise FetchFailed(FailureKind.CORRUPT, f"{fetch.source_id}: {exc}") from exc
+            except (HeadError, ValueError) as exc:  # ValueError: a number no parser expected
+                raise FetchFailed(FailureKind.CORRUPT, f"{fetch.source_id}: bad response head: "
+                                  f"{exc}") from exc
             if isinstance(verdict, RangeRefusal):
                 raise FetchFailed.refused(verdict)
             fetch.on_first_byte()
