@@ -80,11 +80,6 @@ def process_block(job: BlockJob, stored: bytes | memoryview, staging: Staging) -
     return BlockWritten(per_file)
 
 
-def coalesce_writes(job: BlockJob, view: memoryview
-                    ) -> list[tuple[int, int, list[memoryview]]]:
-    return coalesce_spans(job.spans(), view)
-
-
 def coalesce_spans(spans: list[ChunkSpan], view: memoryview
                    ) -> list[tuple[int, int, list[memoryview]]]:
     """The block's chunk writes as runs of consecutive pieces per file: a block's chunks mostly

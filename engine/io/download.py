@@ -95,6 +95,18 @@ class DownloadContext:
                 self.pool.replace_tokens(list(await self.refresh()))
 
 
+def checked_process(sink: BlockSink[R], source: CdnSource
+                    ) -> Callable[[BlockJob, bytes | memoryview], R]:
+    """The sink's ``process`` with bytes that fail their checks counted against ``source``
+    (both clients: another source is tried)."""
+    def process(job: BlockJob, data: bytes | memoryview) -> R:
+        try:
+            return sink.process(job, data)
+        except BlockCorrupt as exc:
+            raise FetchFailed(FailureKind.CORRUPT, f"{source.id}: {exc}") from exc
+    return process
+
+
 def pack_rel(product_id: str, pack: str) -> str:
     return f"{product_id}/packs/{pack}.pack"
 
@@ -104,6 +116,7 @@ async def _fetch_range(ctx: DownloadContext, source: CdnSource, r: FetchRange,
     """The general client (aiohttp on the loop): limited ranges, and what the threaded one
     cannot take."""
     loop = asyncio.get_running_loop()
+    process = checked_process(sink, source)
     url = source.url(pack_rel(ctx.product_id, r.pack))
     headers = {"Range": f"bytes={r.start}-{r.end - 1}"}
     started = time.monotonic()
@@ -134,10 +147,7 @@ async def _fetch_range(ctx: DownloadContext, source: CdnSource, r: FetchRange,
                 data = await _read_block(ctx, resp.content, job.stored_size, watch)
                 received += job.stored_size
                 position = job.offset + job.stored_size
-                try:
-                    result = await loop.run_in_executor(ctx.executor, sink.process, job, data)
-                except BlockCorrupt as exc:
-                    raise FetchFailed(FailureKind.CORRUPT, f"{source.id}: {exc}") from exc
+                result = await loop.run_in_executor(ctx.executor, process, job, data)
                 done.add(job.index)
                 sink.record(job, result)
     except asyncio.IncompleteReadError as exc:
@@ -201,17 +211,11 @@ async def _fetch_range_threaded(ctx: DownloadContext, source: CdnSource, r: Fetc
     task_key = ctx.task_key
     landed: asyncio.Queue[tuple[BlockJob, R, int] | None] = asyncio.Queue()  # ≤ the range's blocks
 
-    def process(job: BlockJob, data: memoryview) -> R:
-        try:
-            return sink.process(job, data)
-        except BlockCorrupt as exc:
-            raise FetchFailed(FailureKind.CORRUPT, f"{source.id}: {exc}") from exc
-
     def deliver(job: BlockJob, result: R, nbytes: int) -> None:
         loop.call_soon_threadsafe(landed.put_nowait, (job, result, nbytes))
 
     fetch = RangeFetch(source.url(pack_rel(ctx.product_id, r.pack)), r, source.id,
-                       ctx.stall_window_s, ctx.connect_timeout_s, process, deliver,
+                       ctx.stall_window_s, ctx.connect_timeout_s, checked_process(sink, source), deliver,
                        lambda: ctx.limiter.limited(task_key), stop, ctx.saw_bytes)
     work = worker_pool().submit(fetch_range, fetch)
     future = asyncio.wrap_future(work)

@@ -172,10 +172,10 @@ def _open(target: Target, timeout_s: float, stop: threading.Event) -> socket.soc
 
 
 def _connect(target: Target, timeout_s: float, source_id: str,
-             stop: threading.Event | None = None) -> socket.socket:
+             stop: threading.Event) -> socket.socket:
     global _tls
     try:
-        sock = _open(target, timeout_s, stop or threading.Event())
+        sock = _open(target, timeout_s, stop)
     except OSError as exc:
         raise FetchFailed(FailureKind.RESET, f"{source_id}: cannot connect: {exc}") from exc
     try:
