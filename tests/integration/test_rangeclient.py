@@ -24,19 +24,36 @@ DATA = bytes(range(256)) * 4096  # 1 MiB
 PACK = "cd" * 32
 
 
-class ScriptedServer:
-    """Serves DATA with Range support; ``mode`` changes how it answers."""
+def range_requests(conn: socket.socket) -> Iterator[tuple[bytes, int, int]]:
+    """Each request head on a connection, with its Range's first and last byte, until the
+    client closes it."""
+    buf = b""
+    while True:
+        while b"\r\n\r\n" not in buf:
+            try:
+                part = conn.recv(65536)
+            except OSError:
+                return
+            if not part:
+                return
+            buf += part
+        raw, _, buf = buf.partition(b"\r\n\r\n")
+        spec = next(line for line in raw.split(b"\r\n") if line.startswith(b"Range:"))
+        first, last = (int(x) for x in spec.split(b"=")[1].split(b"-"))
+        yield raw, first, last
 
-    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
-        self.tls = tls
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
+
+class LoopbackServer:
+    """Listens on a loopback port and serves each connection on a thread of its own
+    (``_serve``); subclasses set their own attributes before calling ``__init__``."""
+
+    def __init__(self, family: socket.AddressFamily = socket.AF_INET,
+                 host: str = "127.0.0.1") -> None:
+        self.sock = socket.socket(family)
+        self.sock.bind((host, 0))
         self.sock.listen(16)
         self.port = self.sock.getsockname()[1]
-        self.mode = "normal"
         self.connections = 0
-        self.requests: list[bytes] = []
-        self.release = threading.Event()
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -47,6 +64,23 @@ class ScriptedServer:
                 return
             self.connections += 1
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class ScriptedServer(LoopbackServer):
+    """Serves DATA with Range support; ``mode`` changes how it answers."""
+
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+        self.tls = tls
+        self.mode = "normal"
+        self.requests: list[bytes] = []
+        self.release = threading.Event()
+        super().__init__()
 
     def _handshake(self, conn: socket.socket) -> socket.socket | None:
         if self.tls is None:
@@ -62,20 +96,8 @@ class ScriptedServer:
         if conn is None:
             return
         with conn:
-            buf = b""
-            while True:
-                while b"\r\n\r\n" not in buf:
-                    try:
-                        part = conn.recv(65536)
-                    except OSError:
-                        return
-                    if not part:
-                        return
-                    buf += part
-                raw, _, buf = buf.partition(b"\r\n\r\n")
+            for raw, first, last in range_requests(conn):
                 self.requests.append(raw)
-                spec = next(line for line in raw.split(b"\r\n") if line.startswith(b"Range:"))
-                first, last = (int(x) for x in spec.split(b"=")[1].split(b"-"))
                 body = DATA[first:last + 1]
                 span = f"bytes {first}-{last}/{len(DATA)}"
                 if self.mode == "wrong-span":
@@ -99,7 +121,7 @@ class ScriptedServer:
 
     def close(self) -> None:
         self.release.set()
-        self.sock.close()
+        super().close()
 
 
 @pytest.fixture

@@ -25,48 +25,23 @@ from engine.io.rangeclient import (
     fetch_range,
 )
 from patcher.manifest import Codec
+from tests.integration.test_rangeclient import LoopbackServer, range_requests
 
 PACK = "cd" * 32
 DATA = bytes(range(256)) * 4096 * 8  # 8 MiB
 
 
-class Server:
+class Server(LoopbackServer):
     """One-handler loopback server: ``handler(conn, first, last, nreq)`` answers a request."""
 
-    def __init__(self, handler) -> None:
+    def __init__(self, handler, family=socket.AF_INET, host="127.0.0.1") -> None:
         self.handler = handler
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        self.connections = 0
         self.requests = 0
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+        super().__init__(family, host)
 
     def _serve(self, conn: socket.socket) -> None:
         with conn:
-            buf = b""
-            while True:
-                while b"\r\n\r\n" not in buf:
-                    try:
-                        part = conn.recv(65536)
-                    except OSError:
-                        return
-                    if not part:
-                        return
-                    buf += part
-                raw, _, buf = buf.partition(b"\r\n\r\n")
-                spec = next(ln for ln in raw.split(b"\r\n") if ln.startswith(b"Range:"))
-                first, last = (int(x) for x in spec.split(b"=")[1].split(b"-"))
+            for _, first, last in range_requests(conn):
                 self.requests += 1
                 try:
                     if self.handler(conn, first, last, self.requests) is False:
@@ -74,8 +49,6 @@ class Server:
                 except OSError:
                     return
 
-    def close(self) -> None:
-        self.sock.close()
 
 
 def head(first: int, last: int, extra: str = "") -> bytes:
@@ -103,16 +76,19 @@ def _clean():
     close_idle_connections()
 
 
+def trickle(conn, first, last, n):
+    """Answers at 64 KiB/s: over MIN_RATE_BPS, so never "stalled", and a 2 MiB block takes
+    ~32 s."""
+    conn.sendall(head(first, last))
+    body = DATA[first:last + 1]
+    for i in range(0, len(body), 8192):
+        conn.sendall(body[i:i + 8192])
+        time.sleep(0.125)
+    return False
+
+
 # 1. stop flag not honoured while a block trickles in above the stall rate ------------------
 def test_stop_is_honoured_while_a_block_trickles_in() -> None:
-    def trickle(conn, first, last, n):
-        conn.sendall(head(first, last))
-        body = DATA[first:last + 1]
-        for i in range(0, len(body), 8192):  # 64 KiB/s: over MIN_RATE_BPS, never "stalled"
-            conn.sendall(body[i:i + 8192])
-            time.sleep(0.125)
-        return False
-
     srv = Server(trickle)
     stop = threading.Event()
     threading.Timer(0.5, stop.set).start()
@@ -232,14 +208,6 @@ def test_garbage_head_fails_over_instead_of_crashing_the_download() -> None:
 
 
 def test_cancelling_a_download_while_a_block_trickles_returns_promptly() -> None:
-    def trickle(conn, first, last, n):
-        conn.sendall(head(first, last))
-        body = DATA[first:last + 1]
-        for i in range(0, len(body), 8192):
-            conn.sendall(body[i:i + 8192])
-            time.sleep(0.125)
-        return False
-
     srv = Server(trickle)
 
     async def main() -> float:
@@ -266,14 +234,7 @@ class TlsServer(Server):
     def __init__(self, handler, cert: str, key: str, family=socket.AF_INET, host="127.0.0.1"):
         self.ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self.ctx.load_cert_chain(cert, key)
-        self.handler = handler
-        self.sock = socket.socket(family)
-        self.sock.bind((host, 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        self.connections = 0
-        self.requests = 0
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(handler, family, host)
 
     def _serve(self, conn):
         try:
@@ -315,14 +276,6 @@ def test_tls_blocks_and_reuse(tls) -> None:
 
 
 def test_tls_stop_while_trickling(tls) -> None:
-    def trickle(conn, first, last, n):
-        conn.sendall(head(first, last))
-        body = DATA[first:last + 1]
-        for i in range(0, len(body), 8192):
-            conn.sendall(body[i:i + 8192])
-            time.sleep(0.125)
-        return False
-
     srv = TlsServer(trickle, *tls)
     stop = threading.Event()
     threading.Timer(0.5, stop.set).start()
@@ -383,15 +336,7 @@ def test_a_pooled_socket_the_server_closed_is_not_reused() -> None:
 
 # 7. a paused task whose ranges wait for a pool thread waits for *another* task's ranges -------
 def test_cancel_of_a_range_queued_behind_another_tasks_ranges_is_prompt() -> None:
-    def slow(conn, first, last, n):  # task A's edge: 512 KiB at 64 KiB/s = 8 s per range
-        conn.sendall(head(first, last))
-        body = DATA[first:last + 1]
-        for i in range(0, len(body), 8192):
-            conn.sendall(body[i:i + 8192])
-            time.sleep(0.125)
-        return False
-
-    a_srv, b_srv = Server(slow), Server(healthy)
+    a_srv, b_srv = Server(trickle), Server(healthy)  # task A's edge: 8 s per 512 KiB range
     a_ranges = [one_block(i * 1000, 512 << 10) for i in range(64)]  # connections = 64
 
     async def main() -> float:
@@ -442,39 +387,3 @@ def test_block_written_counts_every_write(tmp_path) -> None:
     staging.close()
     assert res.per_file == {0: (3, 27), 1: (1, 10)}
     assert (staging.path(0)).read_bytes() == x + x + y and staging.path(1).read_bytes() == x
-
-
-# 9. a burst of records (the threaded path drains its queue without yielding) loses the journal
-def test_a_burst_of_records_keeps_every_block_journaled(tmp_path) -> None:
-    from concurrent.futures import ThreadPoolExecutor
-
-    from engine.io import journal as jmod
-    from engine.io.journal import Journal
-    from engine.io.staging import Staging
-    from engine.io.state import State
-    from patcher.manifest import FileEntry, Manifest
-
-    state = State(tmp_path / "data")
-    task = state.add_task("p", "1", str(tmp_path / "game"))
-    manifest = Manifest("p", "1", (FileEntry("a.bin", 10, 0o644, "e3" * 32, ()),), (), {})
-    staging = Staging(tmp_path / "game", task.id, manifest)
-    staging.prepare([0])
-    staging.pwritev(0, [memoryview(b"0123456789")], 0)
-    journal = Journal(state, staging, task.id)
-    journal.last_flush -= 2 * jmod.JOURNAL_FLUSH_SECONDS  # the loop was late: items queued up
-
-    async def run() -> None:
-        with ThreadPoolExecutor(2) as pool:
-            tasks = []
-            for block in range(5):  # build.py's record(), called back to back by the drain loop
-                if journal.add(block, [0], 100) and not journal.flushing:
-                    tasks.append(asyncio.create_task(journal.flush_async(pool)))
-            await asyncio.gather(*tasks)
-            journal.flush()  # the end of the run
-
-    try:
-        asyncio.run(run())
-        assert state.done_blocks(task.id) == {0, 1, 2, 3, 4}
-    finally:
-        staging.close()
-        state.close()
