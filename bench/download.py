@@ -405,14 +405,20 @@ def api(stack: Stack, method: str, path: str, body: Any, token: str | None = Non
         return json.loads(r.read())
 
 
+BENCH_DEVICE = "bench-peers"  # the device id of the tasks the peers' signed URLs come from
+
+
 def signed_source(stack: Stack, game: Game, target: Path) -> dict[str, Any]:
     """The first cdnSources entry of a fresh download task: the nginx edge with its query."""
     token = api(stack, "POST", "/api/v1/auth/token",
                 {"username": USER, "password": PASSWORD})["data"]["attributes"]["accessToken"]
+    # a deviceId: the task is this bench's own, not a remote download (a task without one is
+    # queued for any of the player's engines, and the daemon run's engine adopted it: it started
+    # installing into its library before the measured command, whose install joined that task)
     doc = api(stack, "POST", "/api/v1/download/tasks",
               {"data": {"type": "downloadTaskRequest", "attributes": {
                   "productId": game.product, "versionId": game.version,
-                  "targetPath": str(target), "priority": 0}}}, token)
+                  "targetPath": str(target), "priority": 0, "deviceId": BENCH_DEVICE}}}, token)
     sources = doc["data"]["attributes"]["cdnSources"]
     source: dict[str, Any] = sources[0]
     if source["baseUrl"] != stack.nginx_url or source["mode"] != "nginx":
@@ -646,8 +652,16 @@ def run_engine_daemon(stack: Stack, game: Game, run_dir: Path, name: str) -> dic
     finally:
         daemon.stop()
     ok = m.returncode == 0
+    # the command's own install, into its --target: not a task the daemon had started before
+    installed = sum(f.stat().st_size for f in target.rglob("*") if f.is_file()
+                    and f.name != "launcher-build.json") if target.is_dir() else 0
+    adopted = "remote download" in log_path.read_text(errors="replace")
     shutil.rmtree(target, ignore_errors=True)
     shutil.rmtree(engine_data, ignore_errors=True)
+    if not ok or installed != game.installed_bytes or adopted:
+        raise RuntimeError(f"daemon install {name}: exit {m.returncode}, {installed} bytes in the "
+                           f"target (expected {game.installed_bytes}), adopted a remote "
+                           f"download: {adopted}; see {log_path}")
     return {"first_byte_s": round(first, 3) if first is not None else None,
             "client_start_s": round(status.wall_s, 3), "install_wall_s": round(m.wall_s, 2),
             "completed": ok}

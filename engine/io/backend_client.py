@@ -28,6 +28,7 @@ from engine.core.errors import EngineError, ErrorCode
 from engine.core.sources import CdnSource
 
 TokenSaver = Callable[[str | None], None]
+AccessSaver = Callable[[str, float], None]  # (access token, expiry as a wall-clock timestamp)
 APPLIED_STATUSES = ("success", "verification_failed", "patch_failed", "failed")  # seed 14.3
 
 
@@ -138,7 +139,11 @@ def _verified_context() -> ssl.SSLContext:
 
 class BackendClient:
     def __init__(self, base_url: str, *, refresh_token: str | None = None,
-                 save_refresh_token: TokenSaver | None = None, timeout: float = 30.0) -> None:
+                 save_refresh_token: TokenSaver | None = None,
+                 access_token: tuple[str, float] | None = None,
+                 save_access_token: AccessSaver | None = None, timeout: float = 30.0) -> None:
+        """``access_token``: a stored (token, wall-clock expiry) still good, used before any
+        refresh (a 401 drops it); ``save_access_token`` keeps each new one."""
         self.base_url = base_url.rstrip("/")
         self._timeout = timeout
         # made on the event loop of the first request (an aiohttp session belongs to one)
@@ -149,6 +154,10 @@ class BackendClient:
         self._access_expires = 0.0
         self._refresh = refresh_token
         self._save = save_refresh_token
+        self._save_access = save_access_token
+        if access_token is not None and refresh_token is not None:
+            self._access = access_token[0]
+            self._access_expires = time.monotonic() + (access_token[1] - time.time())
         # this engine's device id (remote downloads): a task it creates for itself carries it,
         # so no other engine of the player takes it; None for clients that run nothing
         self.device_id: str | None = None
@@ -226,10 +235,14 @@ class BackendClient:
 
     def _take_tokens(self, doc: Any) -> None:
         attrs = doc["data"]["attributes"]
-        self._access = str(attrs["accessToken"])
-        self._access_expires = time.monotonic() + float(attrs.get("expiresIn", 300)) - 30
+        access = str(attrs["accessToken"])
+        lifetime = float(attrs.get("expiresIn", 300)) - 30
+        self._access = access
+        self._access_expires = time.monotonic() + lifetime
         if attrs.get("refreshToken"):
             self._set_refresh(str(attrs["refreshToken"]))
+        if self._save_access is not None and self._refresh is not None:
+            self._save_access(access, time.time() + lifetime)
 
     def _set_refresh(self, token: str | None) -> None:
         self._refresh = token

@@ -1,4 +1,15 @@
-"""Refresh-token storage: the OS keyring, or a 0600 file where no keyring backend exists."""
+"""Session storage: the OS keyring, or a 0600 file where no keyring backend exists.
+
+What is kept: the refresh token and, beside it, the last access token with its expiry (wall
+clock). An in-process command started while that access token is still good asks the backend
+for nothing before its first real request (a refresh is a round trip and a database write on
+the backend: 20-300 ms before an install's grant, issue 13). The access token is no more
+exposed than the refresh token stored with it, which can mint new ones; a token the backend
+refuses (401) is dropped and the refresh token asked for a new one, as before.
+
+The stored text is the refresh token on its first line, then optionally ``ACCESS EXPIRES_AT``
+on the second (a single line, as older versions wrote it, is read as the refresh token).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +17,7 @@ import contextlib
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -42,13 +54,52 @@ def _keyring_usable() -> bool:
         return False
 
 
+AccessToken = tuple[str, float]  # (token, expiry as a wall-clock timestamp)
+
+
+def parse_session(text: str) -> tuple[str | None, AccessToken | None]:
+    """(refresh token, cached access token) of the stored text; nothing malformed is trusted."""
+    lines = text.strip().splitlines()
+    refresh = lines[0].strip() if lines else ""
+    access: AccessToken | None = None
+    if len(lines) > 1:
+        parts = lines[1].split()
+        if len(parts) == 2:
+            try:
+                access = (parts[0], float(parts[1]))
+            except ValueError:
+                access = None
+    return (refresh or None), (access if refresh else None)
+
+
+def session_text(refresh: str, access: AccessToken | None) -> str:
+    if access is None:
+        return refresh
+    return f"{refresh}\n{access[0]} {access[1]:.3f}\n"
+
+
 class CredentialStore:
     def __init__(self, data_dir: Path, account: str, use_keyring: bool = True) -> None:
         self.file = data_dir / "credentials"
         self.account = account
         self.use_keyring = use_keyring and _keyring_usable()
+        self._refresh: str | None = None
+        self._access: AccessToken | None = None
 
     def load(self) -> str | None:
+        """The stored refresh token (the access token kept beside it: ``access``)."""
+        text = self._read()
+        self._refresh, self._access = parse_session(text) if text else (None, None)
+        return self._refresh
+
+    def access(self, min_left_s: float = 60.0) -> AccessToken | None:
+        """The access token stored with the refresh token ``load`` returned, while it has at
+        least ``min_left_s`` to live."""
+        if self._access is None or self._access[1] - time.time() < min_left_s:
+            return None
+        return self._access
+
+    def _read(self) -> str | None:
         if self.use_keyring:
             import keyring
 
@@ -59,25 +110,38 @@ class CredentialStore:
             except Exception as exc:
                 log.warning("keyring unavailable (%s); using %s", exc, self.file)
         if self.file.exists():
-            return self.file.read_text().strip() or None
+            return self.file.read_text()
         return None
 
     def save(self, token: str | None) -> None:
+        """A new refresh token (None: logged out, the access token goes with it)."""
+        if token != self._refresh:
+            self._access = None  # a new session: what was cached belonged to the last one
+        self._refresh = token
+        self._write(None if token is None else session_text(token, self._access))
+
+    def save_access(self, token: str, expires_at: float) -> None:
+        """The current access token, kept with the refresh token (nothing without one)."""
+        self._access = (token, expires_at)
+        if self._refresh is not None:
+            self._write(session_text(self._refresh, self._access))
+
+    def _write(self, text: str | None) -> None:
         global _warned
         if self.use_keyring:
             import keyring
 
             try:
-                if token is None:
+                if text is None:
                     with contextlib.suppress(keyring.errors.PasswordDeleteError):
                         keyring.delete_password(SERVICE, self.account)
                 else:
-                    keyring.set_password(SERVICE, self.account, token)
+                    keyring.set_password(SERVICE, self.account, text)
                 self.file.unlink(missing_ok=True)
                 return
             except Exception as exc:
                 log.warning("keyring unavailable (%s)", exc)
-        if token is None:
+        if text is None:
             self.file.unlink(missing_ok=True)
             return
         if not _warned and not self.file.exists():  # said once, when the file is created
@@ -87,5 +151,5 @@ class CredentialStore:
         tmp = self.file.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
-            fh.write(token)
+            fh.write(text)
         os.replace(tmp, self.file)

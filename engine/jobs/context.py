@@ -195,6 +195,7 @@ async def load_manifest(ctx: EngineContext, pool: SourcePool, grant: TaskGrant, 
             blob = await fetch_small(ctx, pool, grant.manifest_path, MANIFEST_MAX_BYTES,
                                      check=lambda data: verify_signature(data, sig, key),
                                      refresh=refresh)
+    decode_started = time.monotonic()
     try:
         manifest = await asyncio.to_thread(load_signed_manifest, blob, sig, key)
     except ManifestError as exc:
@@ -203,6 +204,8 @@ async def load_manifest(ctx: EngineContext, pool: SourcePool, grant: TaskGrant, 
                           f"{exc.message}", item=exc.field) from exc
     if (manifest.product_id, manifest.version_id) != (grant.product_id, grant.version_id):
         raise EngineError(ErrorCode.MANIFEST_INVALID, "manifest is for another product or version")
+    log.info("manifest of %s %s: %d bytes, checked and decoded in %.0f ms", grant.product_id,
+             grant.version_id, len(blob), (time.monotonic() - decode_started) * 1000)
     if not blob_path.exists():
         blob_path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(sig_path, sig)

@@ -94,7 +94,9 @@ class Engine:
         self.credentials = CredentialStore(settings.data_dir, settings.backend_url,
                                            settings.use_keyring)
         self.api = BackendClient(settings.backend_url, refresh_token=self.credentials.load(),
-                                 save_refresh_token=self.credentials.save)
+                                 save_refresh_token=self.credentials.save,
+                                 access_token=self.credentials.access(),
+                                 save_access_token=self.credentials.save_access)
         self.schedule = DownloadSchedule(tuple(parse_window(w) for w in settings.schedule))
         self._runners: dict[str, asyncio.Task[None]] = {}
         self._progress: dict[str, TaskProgress] = {}

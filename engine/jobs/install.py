@@ -38,6 +38,7 @@ class InstallRun:
         self.ctx, self.task, self.build = ctx, task, StagedBuild.for_task(ctx, task)
         self.progress = self.build.progress
         self.on_started: Callable[[TaskRecord], None] | None = None  # after the backend grant
+        self._marks: list[tuple[str, float]] = []
 
     @property
     def install_dir(self) -> Path:
@@ -46,6 +47,7 @@ class InstallRun:
     async def run(self) -> InstalledGame:
         ctx = self.ctx
         cpu0 = time.process_time()
+        self._marks = [("start", time.monotonic())]  # -v: where the time before the first byte went
         prepared: PreparedInstall | None = ctx.prepared.get(self.task.id)
         if prepared is not None:
             # resumed in this process: the grant (its tokens refresh themselves), the parsed
@@ -63,6 +65,7 @@ class InstallRun:
                 # failed first, or the game is installed already) it is moot
                 key.add_done_callback(lambda t: t.cancelled() or t.exception())
                 grant = await obtain_grant(ctx, self.task)
+                self._marks.append(("grant", time.monotonic()))
                 if self.on_started is not None:
                     self.on_started(ctx.state.task(self.task.id))
                 await asyncio.to_thread(sweep_staging, self.install_dir,
@@ -79,6 +82,7 @@ class InstallRun:
                 pool = SourcePool(prefer_source(grant.sources, ctx.settings.preferred_cdn))
                 await key  # pinned: load_manifest reads it from the state; its errors are raised here
                 manifest = await load_manifest(ctx, pool, grant)
+                self._marks.append(("manifest", time.monotonic()))
         finally:
             if key is not None:
                 key.cancel()  # still asking only when the grant failed or nothing is fetched
@@ -91,6 +95,7 @@ class InstallRun:
         # a resumed task's plan is the full one less what the journal holds (one plan, never
         # two: a fresh install is the full plan itself)
         plan = remaining_plan(full, done_blocks)
+        self._marks.append(("plan", time.monotonic()))
         self.progress.download_total = full.download_bytes
         self.progress.downloaded = full.download_bytes - plan.download_bytes
         self.progress.install_total = manifest.total_size
@@ -118,8 +123,11 @@ class InstallRun:
         else:  # a pause may have come before every file was created
             await asyncio.to_thread(staging.prepare_lazily, to_stage)
         ctx.prepared[self.task.id] = keep  # staged: a pause from here on resumes without re-plan
-        log.info("task %s: fetching after %.4f CPU-s of preparation (%s)", self.task.id[:8],
-                 time.process_time() - cpu0, "plan reused" if staged else "planned")
+        self._marks.append(("staging", time.monotonic()))
+        log.info("task %s: fetching after %.4f CPU-s of preparation (%s; %s)", self.task.id[:8],
+                 time.process_time() - cpu0, "plan reused" if staged else "planned",
+                 " ".join(f"{name} {(at - self._marks[i][1]) * 1000:.0f} ms"
+                          for i, (name, at) in enumerate(self._marks[1:])))
         await self.build.download_and_verify(ctx, grant, pool, manifest, plan, staging, set(to_stage))
         return await self._commit(manifest, staging)
 

@@ -191,3 +191,65 @@ async def test_a_channels_token_refresh_failure_is_translated(unused_tcp_port: i
         assert client.logged_in  # the refresh token is kept: the backend never refused it
     finally:
         await client.aclose()
+
+
+async def test_a_stored_access_token_spares_the_refresh_until_refused(
+        tmp_path: Path, unused_tcp_port: int) -> None:
+    """The session store keeps the access token beside the refresh token: a new process uses
+    it without a refresh round trip while it lives; one the backend refuses (401) is dropped and
+    the refresh token asked for a new one, which is stored; an expired one is not used; a
+    logout removes both; the single-line file older versions wrote is a refresh token."""
+    from engine.io.credentials import CredentialStore
+
+    refreshes: list[str] = []
+    valid: set[str] = set()
+
+    async def refresh(request: web.Request) -> web.Response:
+        old = (await request.json())["refreshToken"]
+        refreshes.append(old)
+        access = f"a{len(refreshes)}"
+        valid.add(access)
+        return web.json_response({"data": {"attributes": {
+            "accessToken": access, "refreshToken": f"r{len(refreshes) + 1}", "expiresIn": 900}}})
+
+    async def mine(request: web.Request) -> web.Response:
+        token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        if token not in valid:
+            return web.json_response({"errors": [{"code": "AUTH_REQUIRED"}]}, status=401)
+        return web.json_response({"token": token})
+
+    app = web.Application()
+    app.router.add_post("/api/v1/auth/refresh", refresh)
+    app.router.add_get("/api/v1/mine", mine)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", unused_tcp_port).start()
+    url = f"http://127.0.0.1:{unused_tcp_port}"
+
+    async def one_process() -> tuple[str, CredentialStore]:
+        store = CredentialStore(tmp_path, url, use_keyring=False)
+        client = BackendClient(url, refresh_token=store.load(), save_refresh_token=store.save,
+                               access_token=store.access(), save_access_token=store.save_access)
+        try:
+            return (await client.call("GET", "/api/v1/mine"))["token"], store
+        finally:
+            await client.aclose()
+
+    try:
+        (tmp_path / "credentials").write_text("r1")  # as older versions wrote it
+        assert await one_process() and refreshes == ["r1"]
+        token, store = await one_process()  # the stored access token: no refresh
+        assert (token, refreshes) == ("a1", ["r1"])
+        valid.clear()  # the backend no longer takes it: refused, refreshed once, stored
+        token, store = await one_process()
+        assert (token, refreshes) == ("a2", ["r1", "r2"])
+        assert (tmp_path / "credentials").read_text().split()[:2] == ["r3", "a2"]
+        assert (tmp_path / "credentials").stat().st_mode & 0o777 == 0o600
+        store.save_access("a2", 1.0)  # expired: never sent
+        token, store = await one_process()
+        assert (token, refreshes) == ("a3", ["r1", "r2", "r3"])
+        store.save(None)  # logout
+        assert not (tmp_path / "credentials").exists()
+        assert CredentialStore(tmp_path, url, use_keyring=False).load() is None
+    finally:
+        await runner.cleanup()
