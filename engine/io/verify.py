@@ -6,6 +6,7 @@ presence and size only. A full verify refreshes the record."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import stat
@@ -28,6 +29,9 @@ from patcher.manifest import FileEntry, Manifest, chunk_rows
 log = logging.getLogger(__name__)
 
 SPAN_BYTES = 1024 * 1024 + CHUNK_MAX  # at least one whole chunk per read
+# small files go to the workers in groups of up to this many bytes / files
+BATCH_BYTES = 1024 * 1024
+BATCH_FILES = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,18 +90,96 @@ def _span_buffer() -> memoryview:
 
 
 Checked = tuple[str, list[DamagedRange], "os.stat_result | None"]
+Status = str  # 'ok' | 'missing' | 'link' | 'size' | 'damaged'
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def _check_file(install_dir: Path, f: FileEntry) -> Checked:
+class _Folders:
+    """The install's folders, each opened from its parent's descriptor without following a
+    link, shared by the workers. A file is then stat'ed and opened relative to its folder: no
+    link is ever followed (as ``safe_join`` guarantees) and there is no path walk per file,
+    which cost small files more than their bytes did (measured: 296 files of ~7 kB took a
+    quarter of a 330 MB scan)."""
+
+    def __init__(self, root: Path) -> None:
+        self._root = root
+        self._lock = threading.Lock()
+        self._open: dict[str, int | Status] = {}
+
+    def get(self, rel_dir: str) -> int | Status:
+        """The folder's descriptor, or 'missing' | 'link' (a link or a non-folder in the way)."""
+        with self._lock:
+            return self._get(rel_dir)
+
+    def _get(self, rel_dir: str) -> int | Status:
+        got = self._open.get(rel_dir)
+        if got is not None:
+            return got
+        result: int | Status
+        if rel_dir == "":
+            try:
+                result = os.open(self._root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except (FileNotFoundError, NotADirectoryError):
+                result = "missing"
+        else:
+            parent, _, name = rel_dir.rpartition("/")
+            up = self._get(parent)
+            if name in ("", ".", ".."):
+                result = "link"  # never leaves the install (manifests cannot hold such paths)
+            elif isinstance(up, str):
+                result = up
+            else:
+                try:
+                    result = os.open(name, _DIR_FLAGS, dir_fd=up)
+                except FileNotFoundError:
+                    result = "missing"
+                except OSError as exc:
+                    # ELOOP: a link (O_NOFOLLOW); ENOTDIR: a file where a folder belongs; any
+                    # other failure (permissions, I/O) is not something verify can judge
+                    if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                        raise
+                    result = "link"
+        self._open[rel_dir] = result
+        return result
+
+    def stat(self, f: FileEntry) -> tuple[Status, int, os.stat_result | None]:
+        """'ok' | 'missing' | 'link' | 'size', the folder's descriptor, and the file's lstat."""
+        rel_dir, _, name = f.path.rpartition("/")
+        where = self.get(rel_dir)
+        if isinstance(where, str):
+            return where, -1, None
+        if name in ("", ".", ".."):
+            return "link", -1, None
+        try:
+            st = os.stat(name, dir_fd=where, follow_symlinks=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return "missing", -1, None
+        if stat.S_ISLNK(st.st_mode):
+            return "link", -1, None
+        if not stat.S_ISREG(st.st_mode):
+            return "missing", -1, None
+        return ("ok" if st.st_size == f.size else "size"), where, st
+
+    def close(self) -> None:
+        with self._lock:
+            for fd in self._open.values():
+                if isinstance(fd, int):
+                    os.close(fd)
+            self._open.clear()
+
+
+def _check_file(folders: _Folders, f: FileEntry) -> Checked:
     """'ok' | 'missing' | 'link' | 'size' | 'damaged' with merged damaged ranges, and the file's
     stat taken before it was read (a write while hashing moves mtime/ctime past it, so the
     record made from it never vouches for bytes that were not hashed)."""
-    status = _quick_status(install_dir, f)
+    status, where, _ = folders.stat(f)
     if status != "ok":
         return status, [], None
     ranges: list[DamagedRange] = []
     try:
-        fd = os.open(install_dir / f.path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(f.path.rpartition("/")[2], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     dir_fd=where)
     except OSError:
         return "missing", [], None
     try:
@@ -134,6 +216,26 @@ def _check_file(install_dir: Path, f: FileEntry) -> Checked:
     finally:
         os.close(fd)
     return ("damaged" if ranges else "ok"), ranges, st
+
+
+def _batches(order: list[FileEntry]) -> list[list[FileEntry]]:
+    """Files in ``order``, small ones grouped up to BATCH_BYTES / BATCH_FILES per task: a task
+    per 1 kB file cost more in the pool than its check."""
+    out: list[list[FileEntry]] = []
+    batch: list[FileEntry] = []
+    held = 0
+    for f in order:
+        if f.size >= BATCH_BYTES:
+            out.append([f])
+            continue
+        if batch and (held + f.size > BATCH_BYTES or len(batch) >= BATCH_FILES):
+            out.append(batch)
+            batch, held = [], 0
+        batch.append(f)
+        held += f.size
+    if batch:
+        out.append(batch)
+    return out
 
 
 def _quick_status(install_dir: Path, f: FileEntry) -> str:
@@ -196,26 +298,31 @@ def scan_install(install_dir: Path, manifest: Manifest, quick: bool, workers: in
     unchanged_files = unchanged_bytes = 0
     by_status = {"missing": missing, "size": wrong, "link": links}
     to_hash: list[FileEntry] = []
-    if quick:
-        for f in manifest.files:
-            status, st = _stat_status(install_dir, f)
-            if status != "ok":
-                by_status[status].append(f.path)
-                if record is not None:
-                    record.drop(f.path)
-            elif record is not None and st is not None and record.matches(f.path, f.hash_sha256, st):
-                unchanged_files += 1
-                unchanged_bytes += f.size
-            elif record is not None:
-                to_hash.append(f)
-    else:
-        to_hash = list(manifest.files)
-    if to_hash:
-        # largest first, so two workers finish together
-        order = sorted(to_hash, key=lambda f: -f.size)
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for f, (status, ranges, st) in zip(
-                    order, pool.map(lambda f: _check_file(install_dir, f), order), strict=True):
+    folders = _Folders(install_dir)
+    try:
+        if quick:
+            for f in manifest.files:
+                status, _, st = folders.stat(f)
+                if status != "ok":
+                    by_status[status].append(f.path)
+                    if record is not None:
+                        record.drop(f.path)
+                elif (record is not None and st is not None
+                      and record.matches(f.path, f.hash_sha256, st)):
+                    unchanged_files += 1
+                    unchanged_bytes += f.size
+                elif record is not None:
+                    to_hash.append(f)
+        else:
+            to_hash = list(manifest.files)
+        if to_hash:
+            # largest first, so two workers finish together
+            order = sorted(to_hash, key=lambda f: -f.size)
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                results = [r for batch in pool.map(
+                    lambda batch: [_check_file(folders, f) for f in batch], _batches(order))
+                    for r in batch]
+            for f, (status, ranges, st) in zip(order, results, strict=True):
                 if status in by_status:
                     by_status[status].append(f.path)
                 else:
@@ -226,6 +333,8 @@ def scan_install(install_dir: Path, manifest: Manifest, quick: bool, workers: in
                         record.set(f.path, f.hash_sha256, st)
                     else:
                         record.drop(f.path)
+    finally:
+        folders.close()
     if record is not None:
         known = {f.path for f in manifest.files}
         for rel in [r for r in record.entries if r not in known]:
