@@ -49,14 +49,19 @@ def boundaries(data: bytes | memoryview | mmap.mmap) -> Iterator[tuple[int, int]
         yield chunk.offset, chunk.length
 
 
+def chunk_refs(data: bytes | memoryview | mmap.mmap) -> tuple[ChunkRef, ...]:
+    """The content-defined chunks of ``data`` with their ids (no file hash)."""
+    with memoryview(data) as view:
+        return tuple(
+            ChunkRef(offset, size, chunk_id(view[offset : offset + size]))
+            for offset, size in boundaries(view)
+        )
+
+
 def chunk_buffer(data: bytes | memoryview | mmap.mmap) -> ChunkedFile:
-    view = memoryview(data)
-    refs = tuple(
-        ChunkRef(offset, size, chunk_id(view[offset : offset + size]))
-        for offset, size in boundaries(view)
-    )
-    sha = hashlib.sha256(view).hexdigest()
-    view.release()
+    refs = chunk_refs(data)
+    with memoryview(data) as view:
+        sha = hashlib.sha256(view).hexdigest()
     return ChunkedFile(len(data), sha, refs)
 
 

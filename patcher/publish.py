@@ -9,6 +9,7 @@ Publishing the same build again stores nothing.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import mmap
@@ -17,7 +18,7 @@ import stat
 import tempfile
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,7 +27,7 @@ from typing import Any
 
 import blake3
 
-from patcher.chunking import ChunkedFile, ChunkRef, chunk_file
+from patcher.chunking import ChunkedFile, ChunkRef, chunk_file, chunk_refs
 from patcher.deltaindex import EMPTY_SHA256, DeltaIndex, ManifestPatch, PatchEntry, encode_delta_index
 from patcher.diff import diff_manifests
 from patcher.errors import DeltaError, ManifestError, PublishError
@@ -199,6 +200,9 @@ class _PendingBlock:
     sizes: list[int] = field(default_factory=list)
     parts: list[bytes] = field(default_factory=list)
     raw_size: int = 0
+    # byte ranges of the file being grouped, copied into ``parts`` before that file is closed
+    # (adjacent chunks as one range: an all-new file's block is one copy, not a join of parts)
+    ranges: list[list[int]] = field(default_factory=list)
 
 
 def mostly_dead_chunks(chunked: list[ChunkedFile], known: dict[str, ChunkRecord],
@@ -222,50 +226,72 @@ def mostly_dead_chunks(chunked: list[ChunkedFile], known: dict[str, ChunkRecord]
     return {cid for cid in sizes if (known[cid].pack, known[cid].block_offset) in sparse}
 
 
-def _new_chunk_blocks(
-    scan: BuildScan, chunked: list[ChunkedFile], known: set[str], restore: set[str] | None = None,
-) -> Iterator[_PendingBlock]:
-    """Group chunks the store lacks, in file order, into blocks of about BLOCK_TARGET_RAW; then
-    the ``restore`` chunks (stored already, in mostly dead blocks) into blocks of their own, so
-    an update, which has them locally, never fetches them alongside the chunks it needs."""
-    yield from _group_blocks(scan, chunked, set(known))
-    if restore:
-        stored_elsewhere = {c.id for cf in chunked for c in cf.chunks} - restore
-        yield from _group_blocks(scan, chunked, stored_elsewhere)
+class _Grouper:
+    """Groups chunks not in ``seen``, in file order, into blocks of about BLOCK_TARGET_RAW, fed
+    one file at a time (the rules ``patcher.updatedoc`` replays: keep them in step)."""
+
+    def __init__(self, seen: set[str]) -> None:
+        self.seen = seen
+        self.block = _PendingBlock()
+
+    def add_file(self, cf: ChunkedFile, data: bytes | mmap.mmap | None) -> list[_PendingBlock]:
+        """The blocks this file completes; ``data`` (the file's bytes) is read before this
+        returns, and may be None only when every chunk of the file is in ``seen``."""
+        fresh = [c for c in cf.chunks if c.id not in self.seen]
+        if not fresh:
+            return []
+        assert data is not None
+        done: list[_PendingBlock] = []
+        # A file with a sizeable amount of new data gets blocks of its own, so an update that
+        # patches it instead does not still have to fetch a block shared with other files.
+        own_blocks = sum(c.size for c in fresh) >= OWN_BLOCKS_MIN
+        if own_blocks and self.block.chunk_ids:
+            done.append(self._close())
+        block = self.block
+        for c in fresh:
+            if c.id in self.seen:
+                continue
+            self.seen.add(c.id)
+            block.chunk_ids.append(c.id)
+            block.offsets.append(block.raw_size)
+            block.sizes.append(c.size)
+            if block.ranges and block.ranges[-1][1] == c.offset:
+                block.ranges[-1][1] = c.offset + c.size
+            else:
+                block.ranges.append([c.offset, c.offset + c.size])
+            block.raw_size += c.size
+            if block.raw_size >= BLOCK_TARGET_RAW:
+                self._take(data)
+                done.append(self._close())
+                block = self.block
+        self._take(data)
+        if own_blocks and block.chunk_ids:
+            done.append(self._close())
+        return done
+
+    def finish(self) -> list[_PendingBlock]:
+        return [self._close()] if self.block.chunk_ids else []
+
+    def _take(self, data: bytes | mmap.mmap) -> None:
+        block = self.block
+        block.parts.extend(data[a:b] for a, b in block.ranges)
+        block.ranges.clear()
+
+    def _close(self) -> _PendingBlock:
+        block, self.block = self.block, _PendingBlock()
+        return block
 
 
 def _group_blocks(
     scan: BuildScan, chunked: list[ChunkedFile], seen: set[str]
 ) -> Iterator[_PendingBlock]:
-    block = _PendingBlock()
+    grouper = _Grouper(seen)
     for bf, cf in zip(scan.files, chunked, strict=True):
-        fresh = [c for c in cf.chunks if c.id not in seen]
-        if not fresh:
+        if all(c.id in seen for c in cf.chunks):
             continue
-        # A file with a sizeable amount of new data gets blocks of its own, so an update that
-        # patches it instead does not still have to fetch a block shared with other files.
-        own_blocks = sum(c.size for c in fresh) >= OWN_BLOCKS_MIN
-        if own_blocks and block.chunk_ids:
-            yield block
-            block = _PendingBlock()
         with bf.source.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            for c in fresh:
-                if c.id in seen:
-                    continue
-                seen.add(c.id)
-                block.chunk_ids.append(c.id)
-                block.offsets.append(block.raw_size)
-                block.sizes.append(c.size)
-                block.parts.append(mm[c.offset : c.offset + c.size])
-                block.raw_size += c.size
-                if block.raw_size >= BLOCK_TARGET_RAW:
-                    yield block
-                    block = _PendingBlock()
-        if own_blocks and block.chunk_ids:
-            yield block
-            block = _PendingBlock()
-    if block.chunk_ids:
-        yield block
+            yield from grouper.add_file(cf, mm)
+    yield from grouper.finish()
 
 
 def _file_digest(path: Path) -> str:
@@ -280,61 +306,165 @@ def _chunk_files(
     store: Store, product: str, scan: BuildScan, pool: ThreadPoolExecutor,
     previous: Manifest | None,
 ) -> tuple[list[ChunkedFile], list[str]]:
-    """Every file's chunks and SHA-256, and its BLAKE3. A file the previous version holds with
-    the same content (by its BLAKE3, ~5 GB/s, recorded at each publish) takes its chunk rows
-    from that manifest: chunking and SHA-256 (FastCDC holds the GIL, ~0.55 s per 331 MB on
-    this machine whatever the thread count) are paid only for files that changed."""
+    """Every file's chunks and SHA-256, and its BLAKE3 (a republish's check; ``_Ingest``
+    does the same while it stores)."""
     digests = list(pool.map(lambda bf: _file_digest(bf.source), scan.files))
-    seen = store.known_files(product, digests) if previous is not None else {}
-    by_sha = {f.hash_sha256: f for f in previous.files} if previous is not None else {}
-
-    def chunked(bf: BuildFile, digest: str) -> ChunkedFile:
-        known = seen.get(digest)
-        prev = by_sha.get(known[1]) if known is not None else None
-        if prev is not None and known is not None and prev.size == known[0]:
-            return ChunkedFile(prev.size, prev.hash_sha256,
-                               tuple(ChunkRef(c.offset, c.size, c.id) for c in prev.chunks))
-        return chunk_file(bf.source)
-
-    return list(pool.map(chunked, scan.files, digests)), digests
+    reuse = _reusable_rows(store, product, previous, digests)
+    return [reuse.get(d) or chunk_file(bf.source) for bf, d in zip(scan.files, digests, strict=True)], digests
 
 
-def _store_blocks(
-    store: Store, product: str, blocks: Iterator[_PendingBlock], pool: ThreadPoolExecutor,
-    level: int, workers: int,
-) -> tuple[list[ChunkRecord], int]:
-    """Compress blocks in parallel (zstd releases the GIL), write them to packs in order."""
-    writer = PackWriter(store.path(f"{product}/packs"))
-    placed: list[tuple[_PendingBlock, StoredBlock]] = []
-    inflight: deque[tuple[_PendingBlock, Future[tuple[bytes, Codec]]]] = deque()
+def _reusable_rows(store: Store, product: str, previous: Manifest | None,
+                   digests: list[str]) -> dict[str, ChunkedFile]:
+    """BLAKE3 of a file -> its chunk rows, for files the previous version holds with the same
+    content (by BLAKE3, ~5 GB/s, recorded at each publish): chunking and SHA-256 (FastCDC holds
+    the GIL, ~0.55 s per 331 MB) are paid only for files that changed."""
+    if previous is None:
+        return {}
+    seen = store.known_files(product, digests)
+    by_sha = {f.hash_sha256: f for f in previous.files}
+    out: dict[str, ChunkedFile] = {}
+    for digest, (size, sha) in seen.items():
+        prev = by_sha.get(sha)
+        if prev is not None and prev.size == size:
+            out[digest] = ChunkedFile(prev.size, prev.hash_sha256,
+                                      tuple(ChunkRef(c.offset, c.size, c.id) for c in prev.chunks))
+    return out
 
-    def drain_one() -> None:
-        pb, fut = inflight.popleft()
-        data, codec = fut.result()
-        placed.append((pb, writer.append(data, pb.raw_size, codec)))
-        pb.parts.clear()  # free raw bytes as soon as they are stored
 
-    try:
+# Raw bytes of blocks handed to the compressing threads and not yet written to a pack: enough
+# for them to keep busy while the publishing thread chunks the next large file (FastCDC holds
+# the GIL: ~0.2 s for a 100 MB pack), bounded so memory does not grow with the build.
+INFLIGHT_RAW = 48 * 1024 * 1024
+
+
+class _Ingest:
+    """Chunking, hashing, compressing and pack writing in one pipeline: this thread chunks the
+    files in order (FastCDC holds the GIL) and groups their new chunks into blocks; the pool
+    compresses blocks (zstd releases the GIL) and hashes whole files (SHA-256 too) meanwhile;
+    compressed blocks are appended to packs in block order, so the packs are the same bytes
+    whatever the timing."""
+
+    def __init__(self, store: Store, product: str, pool: ThreadPoolExecutor, level: int) -> None:
+        self.store = store
+        self.product = product
+        self.pool = pool
+        self.level = level
+        self.writer = PackWriter(store.path(f"{product}/packs"))
+        self.placed: list[tuple[_PendingBlock, StoredBlock]] = []
+        self.inflight: deque[tuple[_PendingBlock, Future[tuple[bytes, Codec]]]] = deque()
+        self.inflight_raw = 0
+
+    def submit(self, blocks: Iterable[_PendingBlock]) -> None:
         for pb in blocks:
-            inflight.append((pb, pool.submit(compress_block, b"".join(pb.parts), level)))
-            if len(inflight) > workers * 2:  # bounded memory: a few MiB per worker
-                drain_one()
-        while inflight:
-            drain_one()
-        names = writer.close()
+            raw = b"".join(pb.parts)
+            pb.parts.clear()
+            self.inflight.append((pb, self.pool.submit(compress_block, raw, self.level)))
+            self.inflight_raw += pb.raw_size
+            while self.inflight_raw > INFLIGHT_RAW:
+                self._drain_one()
+
+    def _drain_one(self) -> None:
+        pb, fut = self.inflight.popleft()
+        data, codec = fut.result()
+        self.inflight_raw -= pb.raw_size
+        self.placed.append((pb, self.writer.append(data, pb.raw_size, codec)))
+
+    def close(self) -> tuple[list[ChunkRecord], int]:
+        while self.inflight:
+            self._drain_one()
+        names = self.writer.close()
+        records: list[ChunkRecord] = []
+        stored = 0
+        for pb, sb in self.placed:
+            stored += sb.stored_size
+            for cid, off, size in zip(pb.chunk_ids, pb.offsets, pb.sizes, strict=True):
+                records.append(
+                    ChunkRecord(cid, names[sb.pack_slot], sb.offset, sb.stored_size, sb.raw_size,
+                                sb.codec, off, size)
+                )
+        return records, stored
+
+    def abort(self) -> None:
+        for _, fut in self.inflight:
+            fut.cancel()
+        for _, fut in self.inflight:
+            if not fut.cancelled():
+                fut.exception()  # wait: nothing may still run once the pack is gone
+        self.writer.abort()
+
+
+def _sha256_file(path: Path) -> str:
+    with path.open("rb") as fh:
+        if fh.seek(0, 2) == 0:
+            return hashlib.sha256(b"").hexdigest()
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            return hashlib.sha256(mm).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    chunked: list[ChunkedFile]
+    digests: list[str]
+    known: dict[str, ChunkRecord]  # chunks stored before this publish
+    records: list[ChunkRecord]  # chunks stored by it (new, then re-stored)
+    stored: int
+    restore: set[str]
+
+
+def _store_build(
+    store: Store, product: str, scan: BuildScan, pool: ThreadPoolExecutor,
+    previous: Manifest | None, level: int,
+) -> _Stored:
+    """Chunk every file (or take its rows from the previous version), store the chunks the
+    product lacks as compressed blocks, then re-store the needed chunks of mostly dead blocks."""
+    digests = list(pool.map(lambda bf: _file_digest(bf.source), scan.files))
+    reuse = _reusable_rows(store, product, previous, digests)
+    ingest = _Ingest(store, product, pool, level)
+    grouper = _Grouper(set())
+    known: dict[str, ChunkRecord] = {}
+    chunked: list[ChunkedFile] = []
+    shas: dict[int, Future[str]] = {}
+    try:
+        for i, (bf, digest) in enumerate(zip(scan.files, digests, strict=True)):
+            cf = reuse.get(digest)
+            if cf is not None:
+                ids = [c.id for c in cf.chunks if c.id not in grouper.seen]
+                found = store.lookup_chunks(product, ids) if ids else {}
+                known.update(found)
+                grouper.seen.update(found)
+                chunked.append(cf)
+                if any(c.id not in grouper.seen for c in cf.chunks):  # rows without a stored chunk
+                    with bf.source.open("rb") as fh, \
+                            mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                        ingest.submit(grouper.add_file(cf, mm))
+                continue
+            with bf.source.open("rb") as fh:
+                if fh.seek(0, 2) == 0:
+                    chunked.append(ChunkedFile(0, EMPTY_SHA256, ()))
+                    continue
+                with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                    shas[i] = pool.submit(_sha256_file, bf.source)
+                    refs = chunk_refs(mm)
+                    cf = ChunkedFile(len(mm), "", refs)
+                    ids = [c.id for c in refs if c.id not in grouper.seen]
+                    found = store.lookup_chunks(product, ids) if ids else {}
+                    known.update(found)
+                    grouper.seen.update(found)
+                    chunked.append(cf)
+                    ingest.submit(grouper.add_file(cf, mm))
+        ingest.submit(grouper.finish())
+        for i, fut in shas.items():
+            chunked[i] = dataclasses.replace(chunked[i], sha256=fut.result())
+        # chunks of older blocks this version needs little of: stored again, after the new ones
+        restore = mostly_dead_chunks(chunked, known, RESTORE_LIVE_MIN)
+        if restore:
+            stored_elsewhere = {c.id for cf in chunked for c in cf.chunks} - restore
+            ingest.submit(_group_blocks(scan, chunked, stored_elsewhere))
+        records, stored = ingest.close()
     except BaseException:
-        writer.abort()
+        ingest.abort()
         raise
-    records: list[ChunkRecord] = []
-    stored = 0
-    for pb, sb in placed:
-        stored += sb.stored_size
-        for cid, off, size in zip(pb.chunk_ids, pb.offsets, pb.sizes, strict=True):
-            records.append(
-                ChunkRecord(cid, names[sb.pack_slot], sb.offset, sb.stored_size, sb.raw_size,
-                            sb.codec, off, size)
-            )
-    return records, stored
+    return _Stored(chunked, digests, known, records, stored, restore)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -628,17 +758,14 @@ def publish(
     earlier = store.versions(product)
     previous = store.read_manifest(product, earlier[-1].version) if earlier else None
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        chunked, digests = _chunk_files(store, product, scan, pool, previous)
-        all_ids = {c.id for cf in chunked for c in cf.chunks}
-        known = store.lookup_chunks(product, all_ids)
-        existing = store.version(product, version)
-        if existing is not None:
+        if store.version(product, version) is not None:
+            chunked, _ = _chunk_files(store, product, scan, pool, previous)
+            known = store.lookup_chunks(product, {c.id for cf in chunked for c in cf.chunks})
             return _republish(store, product, version, scan, chunked, known, started)
-        restore = mostly_dead_chunks(chunked, known, RESTORE_LIVE_MIN)
-        records, stored = _store_blocks(
-            store, product, _new_chunk_blocks(scan, chunked, set(known), restore), pool, level,
-            workers,
-        )
+        result = _store_build(store, product, scan, pool, previous, level)
+    chunked, digests, known = result.chunked, result.digests, result.known
+    records, stored, restore = result.records, result.stored, result.restore
+    all_ids = {c.id for cf in chunked for c in cf.chunks}
     all_records = {**known, **{r.id: r for r in records}}
     manifest = _build_manifest(product, version, scan, chunked, all_records, previous)
     blob, sig = sign_manifest(manifest, store.signing_key)
