@@ -1,0 +1,134 @@
+"""The fast paths of ``engine.io.verify.scan_install`` still find every kind of damage exactly:
+big files checked in pieces by several workers, O_DIRECT reads at unaligned chunk offsets,
+small files in batches, folders opened once without following links.
+
+A real published demo build (the session's ``published_store``) copied into tmp_path, the real
+manifest, real files on disk: no mocks. The piece size is turned down so the demo's files (a
+few hundred kB) are split the way a game's large files are.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.io import verify
+from engine.io.verify import DamagedRange, scan_install
+from patcher.manifest import FileEntry, Manifest, chunk_rows
+from patcher.store import Store
+
+PRODUCT = "star-courier"
+
+
+@pytest.fixture
+def game(published_store: Any, tmp_path: Path) -> tuple[Path, Manifest]:
+    version = published_store.product(PRODUCT).versions[-1]
+    store = Store(Path(published_store.root))
+    try:
+        manifest = store.read_manifest(PRODUCT, version)
+    finally:
+        store.close()
+    target = tmp_path / "game"
+    # the publisher's build record is not part of the game
+    shutil.copytree(Path(published_store.builds) / PRODUCT / version, target, symlinks=True,
+                    ignore=shutil.ignore_patterns("launcher-build.json"))
+    return target, manifest
+
+
+def chunk_of(f: FileEntry, offset: int) -> tuple[int, int]:
+    offsets, sizes, _ = chunk_rows(f.chunks)
+    k = max(i for i in range(len(offsets)) if offsets[i] <= offset)
+    return offsets[k], sizes[k]
+
+
+def merged(path: str, spans: list[tuple[int, int]]) -> list[DamagedRange]:
+    out: list[DamagedRange] = []
+    for off, size in sorted(set(spans)):
+        if out and out[-1].offset + out[-1].size == off:
+            out[-1] = DamagedRange(path, out[-1].offset, out[-1].size + size)
+        else:
+            out.append(DamagedRange(path, off, size))
+    return out
+
+
+def flip(path: Path, offset: int) -> None:
+    with path.open("r+b") as fh:
+        fh.seek(offset)
+        b = fh.read(1)
+        fh.seek(offset)
+        fh.write(bytes([b[0] ^ 0x5A]))
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["o_direct", "page_cache"])
+def test_every_kind_of_damage_is_reported_exactly(game: tuple[Path, Manifest], direct: bool,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    target, manifest = game
+    monkeypatch.setattr(verify, "PIECE_BYTES", 128 * 1024)
+    if not direct:
+        monkeypatch.setattr(verify, "_O_DIRECT", 0)
+    clean = scan_install(target, manifest, quick=False)
+    assert clean.ok and not clean.extra
+    assert clean.bytes_checked == sum(f.size for f in manifest.files)
+
+    by_size = sorted(manifest.files, key=lambda f: -f.size)
+    big = by_size[0]
+    assert big.size > 4 * verify.PIECE_BYTES, "the demo's largest file should span pieces"
+    offsets, sizes, _ = chunk_rows(big.chunks)
+    # the first and last byte, an unaligned byte in the middle, and both sides of the boundary
+    # between the first two pieces (two adjacent chunks checked by different workers: one
+    # merged range)
+    k = next(i for i in range(1, len(offsets)) if offsets[i] + sizes[i] > verify.PIECE_BYTES)
+    hits = [0, big.size - 1, big.size // 2 + 4093, offsets[k] - 1, offsets[k]]
+    for off in hits:
+        flip(target / big.path, off)
+    truncated, missing = by_size[1], by_size[-1]
+    with (target / truncated.path).open("r+b") as fh:
+        fh.truncate(truncated.size - 1)
+    (target / missing.path).unlink()
+    small = next(f for f in reversed(by_size) if f is not missing and f.size > 0)
+    flip(target / small.path, small.size - 1)  # a small file, checked in a batch
+    (target / "extra.bin").write_bytes(b"not ours")
+
+    report = scan_install(target, manifest, quick=False)
+    assert not report.ok
+    assert [d for d in report.damaged if d.path == big.path] == \
+        merged(big.path, [chunk_of(big, off) for off in hits])
+    assert [d for d in report.damaged if d.path == small.path] == \
+        merged(small.path, [chunk_of(small, small.size - 1)])
+    assert {d.path for d in report.damaged} == {big.path, small.path}
+    assert report.wrong_size == (truncated.path,)
+    assert report.missing == (missing.path,)
+    assert report.extra == ("extra.bin",)
+    assert report.bytes_checked == sum(f.size for f in manifest.files) - truncated.size - missing.size
+
+
+def test_links_and_files_in_place_of_folders_are_never_followed(
+        game: tuple[Path, Manifest], tmp_path: Path) -> None:
+    target, manifest = game
+    nested = [f for f in manifest.files if "/" in f.path]
+    dirs = sorted({f.path.split("/")[0] for f in nested})
+    assert len(dirs) >= 2, "the demo build should have two top-level folders"
+    linked, filed = dirs[0], dirs[1]
+    outside = tmp_path / "outside"
+    shutil.move(target / linked, outside)  # the same bytes, but behind a link
+    (target / linked).symlink_to(outside, target_is_directory=True)
+    shutil.rmtree(target / filed)
+    (target / filed).write_bytes(b"a file where a folder belongs")
+    top = next(f for f in manifest.files if "/" not in f.path and f.size > 0)
+    os.unlink(target / top.path)
+    (target / top.path).symlink_to(outside)  # a link in place of a file
+    fifo = next(f for f in manifest.files if "/" not in f.path and f is not top)
+    os.unlink(target / fifo.path)
+    os.mkfifo(target / fifo.path)  # never opened (it would block): not a file, so missing
+
+    report = scan_install(target, manifest, quick=False)
+    under = {f.path for f in nested if f.path.split("/")[0] in (linked, filed)}
+    assert set(report.links) == under | {top.path}
+    assert report.missing == (fifo.path,)
+    assert not report.damaged and not report.wrong_size
+    quick = scan_install(target, manifest, quick=True)
+    assert set(quick.links) == set(report.links) and quick.missing == report.missing
