@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import binascii
 import json
+import operator
 import re
 import sys
 from array import array
@@ -17,7 +18,7 @@ from collections.abc import ItemsView, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import partial
-from itertools import accumulate, chain, pairwise
+from itertools import accumulate, chain, repeat
 from typing import Any, overload
 
 import zstandard
@@ -668,7 +669,7 @@ def _group(keys: array[int], n: int) -> tuple[array[int], array[int]]:
 def _keys(ids: bytes | bytearray) -> array[int]:
     """The first 8 bytes of every 32-byte id as big-endian integers: sorted ids give sorted
     keys, so ``bisect`` (in C over the array) finds an id without a dict of 260k strings."""
-    keys = array("Q", memoryview(ids).cast("Q")[::4])
+    keys = array("Q", memoryview(ids).cast("Q")[::4].tobytes())  # copied in C, no int each
     if sys.byteorder == "little":
         keys.byteswap()
     return keys
@@ -1054,6 +1055,63 @@ def _runs(w: _Window, row: re.Pattern[bytes], close: bytes, sep: bytes,
             return
 
 
+def _spans(w: _Window, close: bytes) -> Iterator[bytes]:
+    """The rows of a non-empty JSON list (or object) as spans of the window, each from a row's
+    first byte to a row's last, a window at a time, up to the closing bracket (``close`` = the
+    last row's end and the bracket: it occurs nowhere else in such a list). What lies between
+    the rows of a span is checked by whoever reads it (``_row_tokens``)."""
+    while True:
+        w.fill()
+        start = w.pos
+        at = w.buf.find(close, start)
+        final = at >= 0
+        stop = at + 1 if final else w.buf.rfind(b"],", start) + 1
+        if stop <= start:
+            raise _NotCanonical
+        w.pos = stop + 1
+        yield w.buf[start:stop]
+        if final:
+            return
+
+
+
+
+def _row_tokens(span: bytes, first: bytes, gap: bytes, last: bytes, seps: tuple[bytes, bytes],
+                hex_at: int) -> tuple[list[bytes], list[bytes], list[bytes], bytes]:
+    """The three fields of every row of ``span`` (rows ``first A seps[0] B seps[1] C last``,
+    ``gap`` between rows), what ``_ROW`` or ``_LOC`` would match, without a regex walking
+    every byte or a tuple per row: split at the punctuation, then each field checked as a
+    whole (field ``hex_at`` 64 lowercase hex digits, the other two canonical JSON integers of
+    at most 16 digits) and the span rebuilt from the fields: byte-equal, or not canonical.
+    Returns the three fields and the raw bytes of the hex field."""
+    inner = span[len(first):len(span) - len(last)]
+    for sep in (*seps, gap):
+        if sep != b",":
+            inner = inner.replace(sep, b",")
+    toks = inner.split(b",")
+    _check(len(toks) % 3 == 0)
+    fields = toks[0::3], toks[1::3], toks[2::3]
+    _check(span == first + gap.join(map(b"".join, zip(
+        fields[0], repeat(seps[0]), fields[1], repeat(seps[1]), fields[2]))) + last)
+    raw = b""
+    for i, field_ in enumerate(fields):
+        joined = b"".join(field_)
+        if i == hex_at:
+            # unhexlify takes upper case too: lower case is checked apart
+            _check(len(joined) == 64 * len(field_) and min(map(len, field_)) == 64
+                   and joined.lower() == joined)
+            try:
+                raw = binascii.unhexlify(joined)
+            except ValueError as exc:
+                raise _NotCanonical from exc
+        else:
+            # no leading zero: as many fields start with "0" as are "0"
+            _check(joined.isdigit() and min(map(len, field_)) >= 1
+                   and max(map(len, field_)) <= 16
+                   and (b"," + b",".join(field_)).count(b",0") == field_.count(b"0"))
+    return (*fields, raw)
+
+
 def _read_rows(w: _Window, row_offset: array[int], row_size: array[int], ids: bytearray,
                size: int) -> None:
     """A file's chunk rows (after ``"chunks":[``), checked to tile the file exactly."""
@@ -1061,8 +1119,8 @@ def _read_rows(w: _Window, row_offset: array[int], row_size: array[int], ids: by
     if w.take(b"]"):
         _check(size == 0)
         return
-    for rows in _runs(w, _ROWS, b"]]", b"],[", 6):
-        offs, sizes, hexes = zip(*rows, strict=True)
+    for span in _spans(w, b"]]"):
+        offs, sizes, _, raw = _row_tokens(span, b"[", b'"],[', b'"]', (b",", b',"'), 2)
         sz = _u32_of(sizes)
         if max(sz) > CHUNK_MAX or min(sz) < 1:
             raise _NotCanonical
@@ -1072,7 +1130,7 @@ def _read_rows(w: _Window, row_offset: array[int], row_size: array[int], ids: by
             raise _NotCanonical
         row_offset.extend(tiling)
         row_size.extend(sz)
-        ids += binascii.unhexlify(b"".join(hexes))
+        ids += raw
     _check(expected == size)
 
 
@@ -1124,12 +1182,12 @@ def _stream_manifest(blob: bytes) -> Manifest:
     block, block_offset = _u32(), _u32()
     previous = b""
     if not w.take(b"}"):
-        for rows in _runs(w, _LOCS, b"]}", b'],"', 6):
-            hexes, bidx, offs = zip(*rows, strict=True)
+        for span in _spans(w, b"]}"):
+            hexes, bidx, offs, raw = _row_tokens(span, b'"', b'],"', b"]", (b'":[', b","), 0)
             # strictly increasing ids: sorted as the publisher writes them, no duplicate key
-            _check(previous < hexes[0] and all(a < b for a, b in pairwise(hexes)))
+            _check(previous < hexes[0] and all(map(operator.lt, hexes, hexes[1:])))
             previous = hexes[-1]
-            ids += binascii.unhexlify(b"".join(hexes))
+            ids += raw
             block.extend(_u32_of(bidx))
             block_offset.extend(_u32_of(offs))
             _check(len(block) <= MAX_CHUNKS)
@@ -1175,14 +1233,18 @@ def _link(ids: bytearray, block: array[int], block_offset: array[int], blocks: l
     checks: every row has a location, every location is used, no chunk overruns its block."""
     n = len(block)
     keys = _keys(ids)
-    row_chunk = array("I", map(partial(bisect_left, keys), _keys(row_ids)))
-    # every row's id equals the id found for it: compared 8 bytes at a time, in C loops
+    # bisect over a list: over the array each probe made an int of a 64-bit key
+    row_chunk = array("I", map(partial(bisect_left, keys.tolist()), _keys(row_ids).tolist()))
+    # every row's id equals the id found for it: the ids found, gathered a slice at a time
+    # (a few thousand 32-byte pieces alive at once), compared with the rows' own
     found = n > 0 and max(row_chunk, default=0) < n
-    if found:
-        words, row_words = memoryview(ids).cast("Q"), memoryview(row_ids).cast("Q")
-        for k in range(4):
-            mine = array("Q", words[k::4])
-            found = found and array("Q", map(mine.__getitem__, row_chunk)) == array("Q", row_words[k::4])
+    step = 4096
+    for lo in range(0, len(row_chunk) if found else 0, step):
+        part = row_chunk[lo : lo + step]
+        if b"".join([ids[32 * u : 32 * u + 32] for u in part]) != \
+                row_ids[32 * lo : 32 * (lo + len(part))]:
+            found = False
+            break
     if not found and len(row_chunk):
         _relink(ids, keys, row_ids, row_chunk)
     size = _u32(n)

@@ -643,3 +643,29 @@ def test_streaming_and_strict_loaders_agree_on_mutated_manifests() -> None:
         accepted += outcome[0] == "ok"
         rejected += outcome[0] == "error"
     assert accepted > 100 and rejected > 1000  # both kinds of outcome were compared
+
+
+_ROW_EDITS = [b"A", b"F", b"g", b'"', b":", b"[", b"]", b",", b"", b"00", b"0", b" ", b'":[', b'],"',
+              b'"],[', b',"', b"\\u0030", b"-"]
+
+
+def test_rows_and_locations_split_at_their_punctuation_agree_with_the_strict_loader() -> None:
+    """The streaming loader splits chunk rows and locations at their punctuation and checks
+    each field whole (issue 13, start-up): a seeded fuzz of edits inside those rows — a hex
+    digit upper-cased or replaced, punctuation moved, doubled, dropped or swapped for another
+    row's, numbers with leading zeros — gives the same manifest or the same error code and field
+    through both loaders."""
+    rnd = random.Random(20261129)
+    texts = [manifest_to_json(_realistic_manifest(30, per_file=4)), _three_chunk_text().encode()]
+    rejected = 0
+    for _ in range(1500):
+        raw = rnd.choice(texts)
+        at_rows = raw.index(b'"chunks":[')  # the first file's rows, through the locations' end
+        at = rnd.randrange(at_rows, len(raw) - 2)
+        raw = raw[:at] + rnd.choice(_ROW_EDITS) + raw[at + rnd.choice((0, 1, 1, 2, 3)) :]
+        rejected += _both_agree(raw)[0] == "error"
+    assert rejected > 1000
+    for old, new in ((b'"],[10,', b'"],[010,'), (b'"' + b"c" * 64, b'"C' + b"c" * 63)):
+        text = _three_chunk_text().encode()
+        assert old in text
+        assert _both_agree(text.replace(old, new, 1))[0] == "error"
