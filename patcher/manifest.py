@@ -1226,6 +1226,9 @@ def _relink(ids: bytearray, keys: array[int], row_ids: bytearray, row_chunk: arr
         row_chunk[r] = u
 
 
+_LIST_KEYS_MAX = 65536
+
+
 def _link(ids: bytearray, block: array[int], block_offset: array[int], blocks: list[Block],
           row_offset: array[int], row_size: array[int], row_ids: bytearray,
           heads: list[tuple[str, int, int, str, int, int]]) -> ChunkTable:
@@ -1233,8 +1236,10 @@ def _link(ids: bytearray, block: array[int], block_offset: array[int], blocks: l
     checks: every row has a location, every location is used, no chunk overruns its block."""
     n = len(block)
     keys = _keys(ids)
-    # bisect over a list: over the array each probe made an int of a 64-bit key
-    row_chunk = array("I", map(partial(bisect_left, keys.tolist()), _keys(row_ids).tolist()))
+    # bisect over a list (over the array each probe makes an int of a 64-bit key), unless the
+    # list's ~44 bytes per chunk would count (a 16 GiB game has ~260k chunks: 11 MB)
+    sorted_keys = keys.tolist() if n <= _LIST_KEYS_MAX else keys
+    row_chunk = array("I", map(partial(bisect_left, sorted_keys), _keys(row_ids)))
     # every row's id equals the id found for it: the ids found, gathered a slice at a time
     # (a few thousand 32-byte pieces alive at once), compared with the rows' own
     found = n > 0 and max(row_chunk, default=0) < n
