@@ -15,7 +15,6 @@ import contextlib
 import dataclasses
 import math
 import os
-import tempfile
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,21 +22,28 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import platformdirs
-
 from engine.core.errors import EngineError, ErrorCode
 from engine.core.locations import APP_NAME, DEFAULT_BACKEND_URL, ENV_PREFIX
 from engine.core.schedule import parse_window
 from engine.core.text import INT64_MAX, check_text, show
-from engine.io.fsops import storage_error
+
+# platformdirs, tempfile and the storage-error translation are imported where used: every CLI
+# command (the daemon's light client too) reads its settings, and these are 20-30 ms of a start
+# that seldom needs them (the data folder named on the command line, nothing written)
 
 MAX_WINDOWS = 32
+
+
+def _default_data_dir() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir(APP_NAME))
 
 
 @dataclass(frozen=True)
 class Settings:
     backend_url: str = DEFAULT_BACKEND_URL
-    data_dir: Path = field(default_factory=lambda: Path(platformdirs.user_data_dir(APP_NAME)))
+    data_dir: Path = field(default_factory=lambda: _default_data_dir())
     library_dir: Path | None = None  # where games install; default <data_dir>/library
     max_concurrent_tasks: int = 1
     connections: int = 6  # parallel range requests per task
@@ -223,6 +229,8 @@ def save_setting(settings: Settings, key: str, value: Any, origin: str = "settin
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(path, text.encode("utf-8"))
     except OSError as exc:
+        from engine.io.fsops import storage_error
+
         raise storage_error(exc, f"writing {path}", settings.data_dir) from exc
     return dataclasses.replace(settings, **{key: coerced})
 
@@ -230,6 +238,8 @@ def save_setting(settings: Settings, key: str, value: Any, origin: str = "settin
 def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Replace ``path`` with ``data`` so a crash leaves the old or the new file, never a mix:
     a temporary file in the same folder, fsync, rename over, fsync of the folder."""
+    import tempfile
+
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:

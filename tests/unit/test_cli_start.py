@@ -49,3 +49,21 @@ def test_in_process_engine_leaves_httpx_cli_out(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          cwd=REPO, env=subprocess_env(), timeout=60, check=True).stdout
     assert out.splitlines()[-1] == "0 True False False True"
+
+
+def test_reading_settings_imports_no_writer_and_no_default_folder_lookup(tmp_path: Path) -> None:
+    """Every command reads its settings, the daemon's light client too: the temporary-file
+    writer, platformdirs and the storage-error translation (sqlite3) come in when a setting is
+    written or no data folder is named, not before; writing still works, atomically, 0600."""
+    script = (
+        "import sys\n"
+        "from engine.io.config import load_settings, save_setting\n"
+        f"s = load_settings({{'data_dir': {str(tmp_path)!r}}})\n"
+        "print(sorted(m for m in ('tempfile', 'platformdirs', 'sqlite3') if m in sys.modules))\n"
+        "s = save_setting(s, 'connections', 8)\n"
+        "print(load_settings({'data_dir': s.data_dir}).connections)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         cwd=REPO, env=subprocess_env(), timeout=60, check=True).stdout
+    assert out.splitlines()[-2:] == ["[]", "8"]
+    assert (tmp_path / "config.toml").stat().st_mode & 0o777 == 0o600
