@@ -5,6 +5,7 @@ Real build folders in tmp_path, a real store, real zstd/BLAKE3/Ed25519/bsdiff: n
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -407,16 +408,80 @@ def test_compress_block_levels(level: int) -> None:
     assert decompress_block(data, codec, len(words)) == words
 
 
-def test_very_compressible_blocks_get_the_strong_level() -> None:
-    from patcher.packs import STRONG_LEVEL, STRONG_RATIO
+def test_compressible_blocks_get_the_strong_parameters() -> None:
+    from patcher.packs import STRONG_PARAMS
 
     words = text(5, 512 * KiB)
     fast = zstandard.ZstdCompressor(level=3, write_content_size=True).compress(words)
-    assert len(fast) < STRONG_RATIO * len(words)  # the case the rule is for
     data, codec = compress_block(words, 3)
     assert codec is Codec.ZSTD and decompress_block(data, codec, len(words)) == words
-    strong = zstandard.ZstdCompressor(level=STRONG_LEVEL, write_content_size=True).compress(words)
-    assert len(strong) < len(fast) and data == strong  # the stronger frame, as it is smaller
+    strong = zstandard.ZstdCompressor(compression_params=STRONG_PARAMS).compress(words)
+    assert len(strong) < len(fast) and data == strong  # one strong pass, no level-3 pass kept
+
+
+def test_a_block_the_samples_misjudge_still_gets_the_strong_pass() -> None:
+    from patcher.packs import PROBE_SAMPLE, PROBE_SAMPLES, STRONG_PARAMS, looks_compressible
+
+    # noise where the probe samples, text everywhere else
+    raw = bytearray(text(6, 1 * MiB))
+    step = (len(raw) - PROBE_SAMPLE) // (PROBE_SAMPLES - 1)
+    for i in range(PROBE_SAMPLES):
+        raw[i * step : i * step + PROBE_SAMPLE] = rand(60 + i, PROBE_SAMPLE)
+    block = bytes(raw)
+    assert not looks_compressible(block)
+    data, codec = compress_block(block, 3)
+    fast = zstandard.ZstdCompressor(level=3, write_content_size=True).compress(block)
+    strong = zstandard.ZstdCompressor(compression_params=STRONG_PARAMS).compress(block)
+    assert codec is Codec.ZSTD and data == min(fast, strong, key=len)
+    assert decompress_block(data, codec, len(block)) == block
+
+
+def _store_bytes(store: Store, product: str, version: str) -> tuple[Manifest, dict[str, bytes]]:
+    m = store.read_manifest(product, version)
+    packs = {p.name: p.read_bytes() for p in store.path(f"{product}/packs").iterdir()}
+    return dataclasses.replace(m, created_at=""), packs
+
+
+def test_the_pipeline_writes_the_same_packs_whatever_its_timing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Blocks are compressed on threads while the next files are chunked and written in block
+    order: one worker with one block in flight, or two with many, give the same bytes."""
+    import patcher.publish as pub
+
+    files = {f"f{i:02d}.bin": (text(20 + i, (i % 5) * 90 * KiB + 3 * KiB) + rand(i, 40 * KiB))
+             for i in range(14)}
+    files["big.pak"] = rand(7, 1200 * KiB) + text(8, 2 * MiB)
+    files["copy.pak"] = files["big.pak"]
+    files["empty"] = b""
+    build = write_build(tmp_path / "b", files)
+    results = []
+    for name, workers, inflight in (("serial", 1, 1), ("wide", 2, 64 * MiB)):
+        monkeypatch.setattr(pub, "INFLIGHT_RAW", inflight)
+        st = Store(tmp_path / name)
+        try:
+            publish(st, "p", "1", build, workers=workers, patch_previous=0)
+            results.append(_store_bytes(st, "p", "1"))
+            assert_extracts(st, st.read_manifest("p", "1"), build, tmp_path / f"out-{name}")
+        finally:
+            st.close()
+    assert results[0] == results[1]
+    assert len(results[0][1]) == 1 and len(results[0][0].blocks) > 5
+
+
+def test_a_file_cut_short_while_publishing_is_refused(store: Store, tmp_path: Path) -> None:
+    """Blocks are read after chunking: a file that changed meanwhile is an error, never a block
+    of other bytes under the chunks' ids (the old content is still published elsewhere)."""
+    from patcher.publish import _PendingBlock
+
+    f = tmp_path / "shrinks.bin"
+    f.write_bytes(rand(1, 100 * KiB))
+    block = _PendingBlock(ranges=[(f, 0, 100 * KiB)], raw_size=100 * KiB)
+    assert block.read() == f.read_bytes()
+    f.write_bytes(rand(1, 50 * KiB))
+    with pytest.raises(PublishError) as err:
+        block.read()
+    assert err.value.code == "BUILD_CHANGED" and "shrinks.bin" in str(err.value)
 
 
 def test_higher_level_publishes_the_same_content(store: Store, tmp_path: Path) -> None:
