@@ -63,9 +63,10 @@ from patcher.store import BlockReader, ChunkRecord, Store, atomic_write
 log = logging.getLogger(__name__)
 
 BUILD_METADATA = "launcher-build.json"
-# zstd level for blocks: 3 keeps publishing above 100 MB/s on 2 cores and, measured on the demo
-# catalog, within 1.03x of per-file zstd -19 (blocks of ~1 MiB recover most of what 64 KiB frames
-# lose). Release pipelines with time to spare can pass a higher level.
+# zstd level for blocks that look incompressible; blocks that look compressible get one pass
+# with patcher.packs.STRONG_PARAMS (a fresh install within 1.02x of per-file zstd -19 on the demo
+# catalog). Release pipelines with time to spare can pass a higher level (7 and up: that level
+# for every compressible block).
 DEFAULT_LEVEL = 3
 DEFAULT_PATCH_LEVEL = 19
 
@@ -198,11 +199,24 @@ class _PendingBlock:
     chunk_ids: list[str] = field(default_factory=list)
     offsets: list[int] = field(default_factory=list)
     sizes: list[int] = field(default_factory=list)
-    parts: list[bytes] = field(default_factory=list)
+    # where its bytes are: (file, start, end), adjacent chunks of a file as one range (an
+    # all-new file's block is one read); read by the thread that compresses the block
+    ranges: list[tuple[Path, int, int]] = field(default_factory=list)
     raw_size: int = 0
-    # byte ranges of the file being grouped, copied into ``parts`` before that file is closed
-    # (adjacent chunks as one range: an all-new file's block is one copy, not a join of parts)
-    ranges: list[list[int]] = field(default_factory=list)
+
+    def read(self) -> bytes:
+        """The block's raw bytes (a file read releases the GIL; the publishing thread never
+        copies them)."""
+        parts: list[bytes] = []
+        for path, start, end in self.ranges:
+            with path.open("rb", buffering=0) as fh:
+                fh.seek(start)
+                part = fh.read(end - start)
+            if len(part) != end - start:
+                raise PublishError(f"{path} changed while it was published",
+                                   code="BUILD_CHANGED")
+            parts.append(part)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def mostly_dead_chunks(chunked: list[ChunkedFile], known: dict[str, ChunkRecord],
@@ -234,13 +248,11 @@ class _Grouper:
         self.seen = seen
         self.block = _PendingBlock()
 
-    def add_file(self, cf: ChunkedFile, data: bytes | mmap.mmap | None) -> list[_PendingBlock]:
-        """The blocks this file completes; ``data`` (the file's bytes) is read before this
-        returns, and may be None only when every chunk of the file is in ``seen``."""
+    def add_file(self, path: Path, cf: ChunkedFile) -> list[_PendingBlock]:
+        """The blocks this file completes."""
         fresh = [c for c in cf.chunks if c.id not in self.seen]
         if not fresh:
             return []
-        assert data is not None
         done: list[_PendingBlock] = []
         # A file with a sizeable amount of new data gets blocks of its own, so an update that
         # patches it instead does not still have to fetch a block shared with other files.
@@ -255,27 +267,21 @@ class _Grouper:
             block.chunk_ids.append(c.id)
             block.offsets.append(block.raw_size)
             block.sizes.append(c.size)
-            if block.ranges and block.ranges[-1][1] == c.offset:
-                block.ranges[-1][1] = c.offset + c.size
+            last = block.ranges[-1] if block.ranges else None
+            if last is not None and last[2] == c.offset and last[0] == path:
+                block.ranges[-1] = (path, last[1], c.offset + c.size)
             else:
-                block.ranges.append([c.offset, c.offset + c.size])
+                block.ranges.append((path, c.offset, c.offset + c.size))
             block.raw_size += c.size
             if block.raw_size >= BLOCK_TARGET_RAW:
-                self._take(data)
                 done.append(self._close())
                 block = self.block
-        self._take(data)
         if own_blocks and block.chunk_ids:
             done.append(self._close())
         return done
 
     def finish(self) -> list[_PendingBlock]:
         return [self._close()] if self.block.chunk_ids else []
-
-    def _take(self, data: bytes | mmap.mmap) -> None:
-        block = self.block
-        block.parts.extend(data[a:b] for a, b in block.ranges)
-        block.ranges.clear()
 
     def _close(self) -> _PendingBlock:
         block, self.block = self.block, _PendingBlock()
@@ -287,10 +293,7 @@ def _group_blocks(
 ) -> Iterator[_PendingBlock]:
     grouper = _Grouper(seen)
     for bf, cf in zip(scan.files, chunked, strict=True):
-        if all(c.id in seen for c in cf.chunks):
-            continue
-        with bf.source.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            yield from grouper.add_file(cf, mm)
+        yield from grouper.add_file(bf.source, cf)
     yield from grouper.finish()
 
 
@@ -331,47 +334,62 @@ def _reusable_rows(store: Store, product: str, previous: Manifest | None,
     return out
 
 
+def _map_populated(fd: int) -> mmap.mmap:
+    """A read-only map of the whole file with its pages mapped by the mmap call (Linux
+    MAP_POPULATE, without the GIL) rather than faulted in one by one while FastCDC holds it."""
+    populate = getattr(mmap, "MAP_POPULATE", 0)
+    if os.name == "nt" or not populate:
+        return mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+    return mmap.mmap(fd, 0, flags=mmap.MAP_SHARED | populate, prot=mmap.PROT_READ)
+
+
 # Raw bytes of blocks handed to the compressing threads and not yet written to a pack: enough
 # for them to keep busy while the publishing thread chunks the next large file (FastCDC holds
 # the GIL: ~0.2 s for a 100 MB pack), bounded so memory does not grow with the build.
 INFLIGHT_RAW = 48 * 1024 * 1024
 
 
+def _read_and_compress(pb: _PendingBlock, level: int) -> tuple[bytes, Codec]:
+    return compress_block(pb.read(), level)
+
+
 class _Ingest:
-    """Chunking, hashing, compressing and pack writing in one pipeline: this thread chunks the
-    files in order (FastCDC holds the GIL) and groups their new chunks into blocks; the pool
-    compresses blocks (zstd releases the GIL) and hashes whole files (SHA-256 too) meanwhile;
-    compressed blocks are appended to packs in block order, so the packs are the same bytes
-    whatever the timing."""
+    """Chunking, hashing, compressing and pack writing in one pipeline. The publishing thread
+    chunks the files in order (FastCDC holds the GIL) and groups their new chunks into blocks,
+    and does nothing else; the pool reads and compresses blocks and hashes whole files meanwhile
+    (pread, zstd, SHA-256 release the GIL); one more thread appends the compressed blocks to
+    packs in block order, so the packs are the same bytes whatever the timing."""
 
     def __init__(self, store: Store, product: str, pool: ThreadPoolExecutor, level: int) -> None:
-        self.store = store
-        self.product = product
         self.pool = pool
         self.level = level
         self.writer = PackWriter(store.path(f"{product}/packs"))
+        self.write_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="packs")
         self.placed: list[tuple[_PendingBlock, StoredBlock]] = []
-        self.inflight: deque[tuple[_PendingBlock, Future[tuple[bytes, Codec]]]] = deque()
+        self.inflight: deque[tuple[_PendingBlock, Future[StoredBlock]]] = deque()
         self.inflight_raw = 0
 
     def submit(self, blocks: Iterable[_PendingBlock]) -> None:
         for pb in blocks:
-            raw = b"".join(pb.parts)
-            pb.parts.clear()
-            self.inflight.append((pb, self.pool.submit(compress_block, raw, self.level)))
+            compressed = self.pool.submit(_read_and_compress, pb, self.level)
+            self.inflight.append((pb, self.write_pool.submit(self._write, pb, compressed)))
             self.inflight_raw += pb.raw_size
             while self.inflight_raw > INFLIGHT_RAW:
                 self._drain_one()
 
+    def _write(self, pb: _PendingBlock, compressed: Future[tuple[bytes, Codec]]) -> StoredBlock:
+        data, codec = compressed.result()
+        return self.writer.append(data, pb.raw_size, codec)
+
     def _drain_one(self) -> None:
-        pb, fut = self.inflight.popleft()
-        data, codec = fut.result()
+        pb, written = self.inflight.popleft()
+        self.placed.append((pb, written.result()))
         self.inflight_raw -= pb.raw_size
-        self.placed.append((pb, self.writer.append(data, pb.raw_size, codec)))
 
     def close(self) -> tuple[list[ChunkRecord], int]:
         while self.inflight:
             self._drain_one()
+        self.write_pool.shutdown()
         names = self.writer.close()
         records: list[ChunkRecord] = []
         stored = 0
@@ -385,11 +403,10 @@ class _Ingest:
         return records, stored
 
     def abort(self) -> None:
+        """Nothing of this publish may still run once its unsealed pack is gone."""
         for _, fut in self.inflight:
             fut.cancel()
-        for _, fut in self.inflight:
-            if not fut.cancelled():
-                fut.exception()  # wait: nothing may still run once the pack is gone
+        self.write_pool.shutdown(wait=True, cancel_futures=True)
         self.writer.abort()
 
 
@@ -427,31 +444,21 @@ def _store_build(
     try:
         for i, (bf, digest) in enumerate(zip(scan.files, digests, strict=True)):
             cf = reuse.get(digest)
-            if cf is not None:
-                ids = [c.id for c in cf.chunks if c.id not in grouper.seen]
-                found = store.lookup_chunks(product, ids) if ids else {}
-                known.update(found)
-                grouper.seen.update(found)
-                chunked.append(cf)
-                if any(c.id not in grouper.seen for c in cf.chunks):  # rows without a stored chunk
-                    with bf.source.open("rb") as fh, \
-                            mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-                        ingest.submit(grouper.add_file(cf, mm))
-                continue
-            with bf.source.open("rb") as fh:
-                if fh.seek(0, 2) == 0:
-                    chunked.append(ChunkedFile(0, EMPTY_SHA256, ()))
-                    continue
-                with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-                    shas[i] = pool.submit(_sha256_file, bf.source)
-                    refs = chunk_refs(mm)
-                    cf = ChunkedFile(len(mm), "", refs)
-                    ids = [c.id for c in refs if c.id not in grouper.seen]
-                    found = store.lookup_chunks(product, ids) if ids else {}
-                    known.update(found)
-                    grouper.seen.update(found)
-                    chunked.append(cf)
-                    ingest.submit(grouper.add_file(cf, mm))
+            if cf is None:
+                with bf.source.open("rb") as fh:
+                    size = fh.seek(0, 2)
+                    if size == 0:
+                        cf = ChunkedFile(0, EMPTY_SHA256, ())
+                    else:
+                        shas[i] = pool.submit(_sha256_file, bf.source)
+                        with _map_populated(fh.fileno()) as mm:
+                            cf = ChunkedFile(size, "", chunk_refs(mm))
+            ids = [c.id for c in cf.chunks if c.id not in grouper.seen]
+            found = store.lookup_chunks(product, ids) if ids else {}
+            known.update(found)
+            grouper.seen.update(found)
+            chunked.append(cf)
+            ingest.submit(grouper.add_file(bf.source, cf))
         ingest.submit(grouper.finish())
         for i, fut in shas.items():
             chunked[i] = dataclasses.replace(chunked[i], sha256=fut.result())
