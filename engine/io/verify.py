@@ -15,7 +15,7 @@ import stat
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -321,7 +321,8 @@ def _tasks(jobs: list[_FileJob]) -> list[list[_Piece]]:
 
 
 def _check_files(folders: _Folders, order: list[FileEntry], workers: int
-                 ) -> Iterator[tuple[FileEntry, Status, list[DamagedRange], os.stat_result | None]]:
+                 ) -> Generator[tuple[FileEntry, Status, list[DamagedRange], os.stat_result | None],
+                                None, None]:
     """(file, 'ok' | 'missing' | 'link' | 'size' | 'damaged', damaged ranges, stat) for every
     file of ``order``, in that order. Files are taken a window at a time (about 4 tasks per
     worker in flight), so memory does not grow with the game."""
@@ -334,12 +335,13 @@ def _check_files(folders: _Folders, order: list[FileEntry], workers: int
             done = False
             while not done or queued:
                 while not done and in_flight < window:
+                    # one big file, or enough small ones for a batch
                     jobs: list[_FileJob] = []
                     held = 0
                     for job in files:
                         jobs.append(job)
                         held += len(job[3])
-                        if held >= workers:
+                        if held >= BATCH_FILES or job[0].size >= BATCH_BYTES:
                             break
                     else:
                         done = True
@@ -459,17 +461,21 @@ def scan_install(install_dir: Path, manifest: Manifest, quick: bool, workers: in
         if to_hash:
             # largest first: the small files' batches come last, when the pieces are done
             order = sorted(to_hash, key=lambda f: -f.size)
-            for f, status, ranges, st in _check_files(folders, order, workers):
-                if status in by_status:
-                    by_status[status].append(f.path)
-                else:
-                    checked += f.size
-                    damaged.extend(ranges)
-                if record is not None:
-                    if status == "ok" and st is not None:
-                        record.set(f.path, f.hash_sha256, st)
+            results = _check_files(folders, order, workers)
+            try:
+                for f, status, ranges, st in results:
+                    if status in by_status:
+                        by_status[status].append(f.path)
                     else:
-                        record.drop(f.path)
+                        checked += f.size
+                        damaged.extend(ranges)
+                    if record is not None:
+                        if status == "ok" and st is not None:
+                            record.set(f.path, f.hash_sha256, st)
+                        else:
+                            record.drop(f.path)
+            finally:
+                results.close()  # the workers stop before their folders are closed
     finally:
         folders.close()
     if record is not None:
