@@ -12,7 +12,6 @@ reported like every other error (a JSON error line with ``--json``, never a trac
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import logging
 import os
@@ -134,6 +133,8 @@ def cmd_login(svc: Service, args: argparse.Namespace, out: Output) -> int:
         if not sys.stdin.isatty():
             raise EngineError(ErrorCode.CONFIG_INVALID, "no password: use --password or "
                               "LAUNCHER_ENGINE_PASSWORD when stdin is not a terminal")
+        import getpass
+
         password = getpass.getpass(f"password for {args.username}: ")
     r = svc.call("login", {"username": args.username, "password": password})
     out.text(f"logged in as {args.username}; token in {r['tokenStore']}")
