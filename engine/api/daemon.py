@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import gc
 import json
 import logging
 import math
@@ -265,6 +266,10 @@ class Daemon:
                     self.handle, "127.0.0.1", self.port, process_request=self.check_request,
                     max_size=HARD_FRAME_LIMIT, compression=None)
                 async with server:
+                    # start-up's objects out of every later collection (a daemon lives long:
+                    # whatever start-up left in cycles is collected first)
+                    gc.collect()
+                    gc.freeze()
                     port = next(iter(server.sockets)).getsockname()[1]
                     write_info(self.settings.data_dir, DaemonInfo(os.getpid(), port, self.token))
                     print(f"listening on ws://127.0.0.1:{port}/", flush=True)

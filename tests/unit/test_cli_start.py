@@ -67,3 +67,18 @@ def test_reading_settings_imports_no_writer_and_no_default_folder_lookup(tmp_pat
                          cwd=REPO, env=subprocess_env(), timeout=60, check=True).stdout
     assert out.splitlines()[-2:] == ["[]", "8"]
     assert (tmp_path / "config.toml").stat().st_mode & 0o777 == 0o600
+
+
+def test_an_in_process_command_keeps_start_up_out_of_later_collections(tmp_path: Path) -> None:
+    """The engine's start-up objects are frozen (gc.freeze) once it is built: a run's own
+    allocations no longer make every collection walk them."""
+    script = (
+        "import gc\n"
+        "from engine.cli.main import main\n"
+        f"code = main(['--data', {str(tmp_path / 'data')!r}, '--backend', 'http://127.0.0.1:9',"
+        " 'status'])\n"
+        "print(code, gc.get_freeze_count() > 10_000, gc.isenabled())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         cwd=REPO, env=subprocess_env(), timeout=60, check=True).stdout
+    assert out.splitlines()[-1] == "0 True True"
