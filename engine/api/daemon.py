@@ -267,9 +267,11 @@ class Daemon:
                     max_size=HARD_FRAME_LIMIT, compression=None)
                 async with server:
                     # start-up's objects out of every later collection (a daemon lives long:
-                    # whatever start-up left in cycles is collected first)
+                    # whatever start-up left in cycles is collected first); the CLI kept the
+                    # collector off until here
                     gc.collect()
                     gc.freeze()
+                    gc.enable()
                     port = next(iter(server.sockets)).getsockname()[1]
                     write_info(self.settings.data_dir, DaemonInfo(os.getpid(), port, self.token))
                     print(f"listening on ws://127.0.0.1:{port}/", flush=True)
