@@ -39,15 +39,18 @@ class StoredBlock:
 
 
 # Blocks that look compressible are compressed once with STRONG_PARAMS instead of the fast
-# level: lazy2 matching with a short search and 6-byte minimum matches (game data: 5-byte matches
-# mostly cost more than they save). Measured on the demo catalog (per 1 MiB block, one thread,
-# min of 3): star-courier 1.0.0 (312 MB) 233.63 -> 232.83 MB for the same CPU (2.25 -> 2.19 s)
-# as the former rule (level 3, then level 7 again for blocks level 3 shrank below 40%), 2.0.0
-# 250.77 -> 249.80 MB (2.08 -> 2.08 s), tiny-tactics 1.0.1 27.41 -> 27.20 MB: a fresh install
-# within 1.02x of per-file zstd -19 (its packs' middling blocks, which level 3 left alone, are
-# where it lost). Decoding is as fast as level 3 (zstd's decoder speed hardly depends on it).
+# level: lazy2 matching with a short search, 6-byte minimum matches (game data: 5-byte matches
+# mostly cost more than they save) and 2^17-entry tables (2^20, level 7's, gave 0.04% less for
+# ~30% more CPU alone and 2-3x more beside the chunking thread: clearing 8 MiB of tables per
+# 1 MiB block). Measured on the demo catalog (per 1 MiB block, one thread, min of 3):
+# star-courier 1.0.0 (312 MB) 233.64 -> 232.86 MB for +0.18 CPU s (1.42 -> 1.60) against the
+# former rule (level 3, then level 7 again for blocks level 3 shrank below 40%); tiny-tactics
+# 1.0.1 27.41 -> 27.21 MB: a fresh install within 1.02x of per-file zstd -19 (its packs'
+# middling blocks, which level 3 left alone, are where it lost; level 3 or a double-fast pass
+# on the blocks level 1 shrinks to 45-97% leave it at 1.024-1.026x). Decoding is as fast as
+# level 3's (zstd's decoder hardly depends on the level: 1.46-1.48 GB/s on 2.0.0's blocks).
 STRONG_PARAMS = zstandard.ZstdCompressionParameters(
-    window_log=20, chain_log=20, hash_log=20, search_log=2, min_match=6, target_length=0,
+    window_log=20, chain_log=17, hash_log=17, search_log=2, min_match=6, target_length=0,
     strategy=zstandard.STRATEGY_LAZY2, write_content_size=True,
 )
 # The levels STRONG_PARAMS stands for: a caller asking for this level or more gets its level.
