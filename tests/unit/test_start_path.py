@@ -253,3 +253,29 @@ async def test_a_stored_access_token_spares_the_refresh_until_refused(
         assert CredentialStore(tmp_path, url, use_keyring=False).load() is None
     finally:
         await runner.cleanup()
+
+
+def test_a_current_state_database_is_opened_without_creating_tables(tmp_path: Path) -> None:
+    """Opening the engine's database skips sqlite-utils' table creation when the schema is
+    current and whole; a missing table is still created, a newer engine's database still
+    refused."""
+    import sqlite3
+
+    from engine.io.state import State
+
+    State(tmp_path).close()
+    state = State(tmp_path)
+    assert state._current()
+    state.db.execute("DROP TABLE file_done")
+    assert not state._current()
+    state.close()
+    state = State(tmp_path)  # the missing table is made again
+    assert state._current() and state.done_files("t") == set()
+    state.db.execute("UPDATE meta SET value = '999' WHERE key = 'schema_version'")
+    state.close()
+    with pytest.raises(EngineError) as newer:
+        State(tmp_path)
+    assert newer.value.code == ErrorCode.CONFIG_INVALID
+    with sqlite3.connect(tmp_path / "state.sqlite") as conn:
+        conn.execute("DROP TABLE meta")
+    assert State(tmp_path)._current()  # no meta table: a new database, created whole
