@@ -655,7 +655,7 @@ def run_engine_daemon(stack: Stack, game: Game, run_dir: Path, name: str) -> dic
     # the command's own install, into its --target: not a task the daemon had started before
     installed = sum(f.stat().st_size for f in target.rglob("*") if f.is_file()
                     and f.name != "launcher-build.json") if target.is_dir() else 0
-    adopted = "remote download" in log_path.read_text(errors="replace")
+    adopted = " queued here as task " in log_path.read_text(errors="replace")  # adopt_remote
     shutil.rmtree(target, ignore_errors=True)
     shutil.rmtree(engine_data, ignore_errors=True)
     if not ok or installed != game.installed_bytes or adopted:
