@@ -345,7 +345,8 @@ def _map_populated(fd: int) -> mmap.mmap:
 
 # Raw bytes of blocks handed to the compressing threads and not yet written to a pack: enough
 # for them to keep busy while the publishing thread chunks the next large file (FastCDC holds
-# the GIL: ~0.2 s for a 100 MB pack), bounded so memory does not grow with the build.
+# the GIL: ~0.2 s for a 100 MB pack). A queued block is only file ranges: bytes are held by the
+# blocks being compressed and the compressed ones waiting for the pack writer, within this bound.
 INFLIGHT_RAW = 48 * 1024 * 1024
 
 
