@@ -848,7 +848,8 @@ def report_publish(runs: list[PublishRun], main_product: str, installs: list[Ins
                      "input_bytes": r.report["total_bytes"],
                      "publish_s": round(r.report["publish_seconds"], 3),
                      "publish_cpu_s": round(r.report["publish_cpu_s"], 3),
-                     "stored_bytes": r.report["stored_bytes"], "loadavg": round(r.loadavg, 2)}
+                     "stored_bytes": r.report["stored_bytes"], "max_rss_bytes": r.maxrss_bytes,
+                     "loadavg": round(r.loadavg, 2)}
                     for r in runs],
         "installs": [{"product": i.product, "version": i.version, "install_bytes": i.ours,
                       "zstd19_install_bytes": i.zstd19, "ratio": round(i.ours / i.zstd19, 4)}
