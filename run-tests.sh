@@ -8,4 +8,7 @@ export QT_QPA_PLATFORM=offscreen
 .venv/bin/ruff check .
 .venv/bin/mypy
 .venv/bin/lint-imports
-.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+# Two workers, one test module per worker (a module's servers stay its own): most tests wait on
+# subprocesses and sockets, so the suite takes ~1.1 cores run alone. `-n 0` after the command
+# runs it in one process.
+.venv/bin/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile "$@"
