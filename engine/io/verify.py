@@ -14,7 +14,7 @@ import os
 import stat
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -110,6 +110,10 @@ def _span_buffer() -> memoryview:
 Status = str  # 'ok' | 'missing' | 'link' | 'size' | 'damaged'
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# Folder descriptors kept open at once, beyond those the files in flight hold. A game can have
+# thousands of folders and the usual soft limit of open files is 1,024: holding every folder
+# for the whole scan made verify and repair fail with EMFILE past ~1,010 folders.
+MAX_OPEN_FOLDERS = 64
 
 
 class _Folders:
@@ -119,34 +123,73 @@ class _Folders:
     which cost small files more than their bytes did (measured: 296 files of ~7 kB took a
     quarter of a 330 MB scan)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, max_open: int = MAX_OPEN_FOLDERS) -> None:
         self._root = root
+        self._max_open = max_open
         self._lock = threading.Lock()
-        self._open: dict[str, int | Status] = {}
+        # least recently used first; a folder's outcome, its descriptor or 'missing' | 'link'
+        self._open: OrderedDict[str, int | Status] = OrderedDict()
+        self._fds = 0  # descriptors among them
+        self._held: dict[int, int] = {}  # descriptor -> files in flight that read through it
 
     def get(self, rel_dir: str) -> int | Status:
-        """The folder's descriptor, or 'missing' | 'link' (a link or a non-folder in the way)."""
+        """The folder's descriptor, or 'missing' | 'link' (a link or a non-folder in the way).
+        The descriptor stays valid until the next call that opens a folder, unless held."""
         with self._lock:
-            return self._get(rel_dir)
+            return self._get(rel_dir, set())
 
-    def _get(self, rel_dir: str) -> int | Status:
+    def hold(self, fd: int) -> None:
+        """Keep ``fd`` open until :meth:`release`: a file's pieces are read through it."""
+        with self._lock:
+            self._held[fd] = self._held.get(fd, 0) + 1
+
+    def held_folders(self) -> int:
+        """How many folders files in flight hold open (they cannot be closed to make room)."""
+        with self._lock:
+            return len(self._held)
+
+    def release(self, fd: int) -> None:
+        with self._lock:
+            left = self._held[fd] - 1
+            if left:
+                self._held[fd] = left
+            else:
+                del self._held[fd]
+
+    def _make_room(self, keep: set[int]) -> None:
+        """Close the least recently used folders that no file in flight holds, down to the cap
+        (their outcome is found again if another file needs them)."""
+        if self._fds < self._max_open:
+            return
+        for rel_dir, fd in list(self._open.items()):
+            if self._fds < self._max_open:
+                break
+            if isinstance(fd, int) and fd not in self._held and fd not in keep:
+                del self._open[rel_dir]
+                os.close(fd)
+                self._fds -= 1
+
+    def _get(self, rel_dir: str, keep: set[int]) -> int | Status:
         got = self._open.get(rel_dir)
         if got is not None:
+            self._open.move_to_end(rel_dir)
             return got
         result: int | Status
         if rel_dir == "":
+            self._make_room(keep)
             try:
                 result = os.open(self._root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             except (FileNotFoundError, NotADirectoryError):
                 result = "missing"
         else:
             parent, _, name = rel_dir.rpartition("/")
-            up = self._get(parent)
+            up = self._get(parent, keep)
             if name in ("", ".", ".."):
                 result = "link"  # never leaves the install (manifests cannot hold such paths)
             elif isinstance(up, str):
                 result = up
             else:
+                self._make_room(keep | {up})
                 try:
                     result = os.open(name, _DIR_FLAGS, dir_fd=up)
                 except FileNotFoundError:
@@ -158,25 +201,33 @@ class _Folders:
                         raise
                     result = "link"
         self._open[rel_dir] = result
+        if isinstance(result, int):
+            self._fds += 1
         return result
 
-    def stat(self, f: FileEntry) -> tuple[Status, int, os.stat_result | None]:
-        """'ok' | 'missing' | 'link' | 'size', the folder's descriptor, and the file's lstat."""
+    def stat(self, f: FileEntry, hold: bool = False
+             ) -> tuple[Status, int, os.stat_result | None]:
+        """'ok' | 'missing' | 'link' | 'size', the folder's descriptor, and the file's lstat.
+        ``hold``: when 'ok', the descriptor is held for the caller (see :meth:`release`)."""
         rel_dir, _, name = f.path.rpartition("/")
-        where = self.get(rel_dir)
-        if isinstance(where, str):
-            return where, -1, None
-        if name in ("", ".", ".."):
-            return "link", -1, None
-        try:
-            st = os.stat(name, dir_fd=where, follow_symlinks=False)
-        except (FileNotFoundError, NotADirectoryError):
-            return "missing", -1, None
-        if stat.S_ISLNK(st.st_mode):
-            return "link", -1, None
-        if not stat.S_ISREG(st.st_mode):
-            return "missing", -1, None
-        return ("ok" if st.st_size == f.size else "size"), where, st
+        with self._lock:
+            where = self._get(rel_dir, set())
+            if isinstance(where, str):
+                return where, -1, None
+            if name in ("", ".", ".."):
+                return "link", -1, None
+            try:
+                st = os.stat(name, dir_fd=where, follow_symlinks=False)
+            except (FileNotFoundError, NotADirectoryError):
+                return "missing", -1, None
+            if stat.S_ISLNK(st.st_mode):
+                return "link", -1, None
+            if not stat.S_ISREG(st.st_mode):
+                return "missing", -1, None
+            status = "ok" if st.st_size == f.size else "size"
+            if hold and status == "ok":
+                self._held[where] = self._held.get(where, 0) + 1
+            return status, where, st
 
     def close(self) -> None:
         with self._lock:
@@ -184,6 +235,8 @@ class _Folders:
                 if isinstance(fd, int):
                     os.close(fd)
             self._open.clear()
+            self._fds = 0
+            self._held.clear()
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,12 +280,17 @@ def _check_piece(p: _Piece) -> tuple[Status, list[DamagedRange]]:
     f = p.f
     ranges: list[DamagedRange] = []
     try:
-        fd = os.open(f.path.rpartition("/")[2], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     dir_fd=p.where)
+        # O_NONBLOCK: a file swapped for a FIFO since its stat must not block the worker (it
+        # changes nothing for a regular file)
+        fd = os.open(f.path.rpartition("/")[2],
+                     os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=p.where)
     except OSError:
         return "missing", []
     try:
-        if os.fstat(fd).st_size != f.size:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return "missing", []
+        if st.st_size != f.size:
             return "size", []
         # one buffer per worker thread, reused across files: a fresh zero-filled MiB per file
         # cost as much as reading a small file
@@ -293,7 +351,7 @@ def _file_jobs(folders: _Folders, order: list[FileEntry]) -> Iterator[_FileJob]:
     mtime/ctime past it, so the record made from it never vouches for bytes that were not
     hashed) and, when present with the right size, its pieces."""
     for f in order:
-        status, where, st = folders.stat(f)
+        status, where, st = folders.stat(f, hold=True)  # released once its pieces are checked
         yield f, status, st, (_pieces(f, where) if status == "ok" else [])
 
 
@@ -334,7 +392,10 @@ def _check_files(folders: _Folders, order: list[FileEntry], workers: int
             in_flight = 0
             done = False
             while not done or queued:
-                while not done and in_flight < window:
+                # a window of tasks, and no more folders held than half the open-folder cap (a
+                # batch of small files can come from 16 folders)
+                while (not done and in_flight < window
+                       and folders.held_folders() < MAX_OPEN_FOLDERS // 2):
                     # one big file, or enough small ones for a batch
                     jobs: list[_FileJob] = []
                     held = 0
@@ -357,6 +418,7 @@ def _check_files(folders: _Folders, order: list[FileEntry], workers: int
                     if status != "ok":
                         yield f, status, [], None
                         continue
+                    folders.release(pieces[0].where)
                     ranges: list[DamagedRange] = []
                     for _piece in pieces:
                         got, piece_ranges = next(results)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from engine.io import verify
 from engine.io.verify import DamagedRange, scan_install
 from patcher.manifest import FileEntry, Manifest, chunk_rows
 from patcher.store import Store
+from testing.processes import REPO, subprocess_env
 
 PRODUCT = "star-courier"
 
@@ -132,3 +135,63 @@ def test_links_and_files_in_place_of_folders_are_never_followed(
     assert not report.damaged and not report.wrong_size
     quick = scan_install(target, manifest, quick=True)
     assert set(quick.links) == set(report.links) and quick.missing == report.missing
+
+
+def test_a_game_with_more_folders_than_open_files_allowed_is_verified(tmp_path: Path) -> None:
+    """Review finding: every folder's descriptor was held for the whole scan, so a game with
+    more folders than the soft limit of open files (1,024 by default) failed verify, quick
+    verify and repair with EMFILE. Here 300 folders under a limit of 128, in a child process
+    (the limit is the process's own)."""
+    from patcher.publish import publish
+
+    build = tmp_path / "build"
+    for i in range(300):
+        folder = build / f"d{i // 30:02d}" / f"e{i:03d}"
+        folder.mkdir(parents=True)
+        (folder / "asset.bin").write_bytes(os.urandom(3000) + bytes([i % 256]) * 100)
+    store = Store(tmp_path / "store")
+    try:
+        publish(store, "many-folders", "1.0.0", build, patch_previous=0)
+    finally:
+        store.close()
+    flip(build / "d09" / "e299" / "asset.bin", 10)
+    (build / "d05" / "e150" / "asset.bin").unlink()
+    script = f"""
+import resource, sys
+from pathlib import Path
+from engine.io.verify import scan_install
+from patcher.store import Store
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (128, hard))
+store = Store(Path({str(tmp_path / "store")!r}))
+manifest = store.read_manifest("many-folders", "1.0.0")
+store.close()
+for quick in (False, True):
+    r = scan_install(Path({str(build)!r}), manifest, quick=quick)
+    print(quick, sorted({{d.path for d in r.damaged}}), list(r.missing), r.bytes_checked)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=subprocess_env(), cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    full, quick = proc.stdout.splitlines()
+    assert full == f"False ['d09/e299/asset.bin'] ['d05/e150/asset.bin'] {299 * 3100}"
+    assert quick.startswith("True [] ['d05/e150/asset.bin']")
+
+
+def test_a_file_swapped_for_a_fifo_after_its_stat_does_not_block(
+        game: tuple[Path, Manifest]) -> None:
+    """Review finding: a worker opened the file without O_NONBLOCK, so a file replaced by a FIFO
+    between the stat and the read blocked verify for good. The race is set up by hand: the
+    stat and the pieces first, then the swap, then the check."""
+    target, manifest = game
+    f = next(f for f in manifest.files if "/" not in f.path and f.size > 0)
+    folders = verify._Folders(target)
+    try:
+        status, where, _ = folders.stat(f, hold=True)
+        assert status == "ok"
+        pieces = verify._pieces(f, where)
+        os.unlink(target / f.path)
+        os.mkfifo(target / f.path)
+        assert verify._check_piece(pieces[0]) == ("missing", [])
+    finally:
+        folders.close()
