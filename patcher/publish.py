@@ -109,6 +109,31 @@ class BuildFile:
     path: str
     source: Path
     mode: int
+    # (size, mtime_ns, ctime_ns, inode) when the build was scanned, before any byte was read:
+    # see check_unchanged
+    stamp: tuple[int, int, int, int] = (0, 0, 0, 0)
+
+
+def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+
+
+def check_unchanged(scan: BuildScan) -> None:
+    """BUILD_CHANGED when any file of the build is not what was scanned. A file is read several
+    times over (its digest, its chunks, its SHA-256 on the pool, its blocks' bytes when they
+    are compressed), so a write in between could pair one read's chunks with another's hash and
+    publish a manifest no install could pass. Any write moves ctime, so one stat per file after
+    the last read (and before the manifest is written) proves that every read saw the bytes
+    that were scanned."""
+    for bf in scan.files:
+        try:
+            now = _stamp(bf.source.lstat())
+        except OSError as exc:
+            raise PublishError(f"{bf.path} changed while it was published (it is gone: "
+                               f"{exc.strerror}); publish it again", code="BUILD_CHANGED") from exc
+        if now != bf.stamp:
+            raise PublishError(f"{bf.path} changed while it was published; publish it again",
+                               code="BUILD_CHANGED")
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +166,8 @@ def scan_build(build_dir: Path) -> BuildScan:
                 raise PublishError(f"{rel}: symbolic links are not published", code="BUILD_SYMLINK")
             if not stat.S_ISREG(st.st_mode):
                 raise PublishError(f"{rel}: not a regular file", code="BUILD_SPECIAL_FILE")
-            files.append(BuildFile(_checked(rel), src, 0o755 if st.st_mode & 0o111 else 0o644))
+            files.append(BuildFile(_checked(rel), src, 0o755 if st.st_mode & 0o111 else 0o644,
+                                   _stamp(st)))
         if not filenames and not dirnames and rel_root != Path("."):
             dirs.append(_checked(rel_root.as_posix()))
     launch, saves = _read_metadata(build_dir / BUILD_METADATA)
@@ -781,9 +807,11 @@ def publish(
     with ThreadPoolExecutor(max_workers=workers) as pool:
         if store.version(product, version) is not None:
             chunked, _ = _chunk_files(store, product, scan, pool, previous)
+            check_unchanged(scan)
             known = store.lookup_chunks(product, {c.id for cf in chunked for c in cf.chunks})
             return _republish(store, product, version, scan, chunked, known, started)
         result = _store_build(store, product, scan, pool, previous, level)
+    check_unchanged(scan)  # every read is done, and no manifest names the new packs yet
     chunked, digests, known = result.chunked, result.digests, result.known
     records, stored, restore = result.records, result.stored, result.restore
     all_ids = {c.id for cf in chunked for c in cf.chunks}

@@ -484,6 +484,40 @@ def test_a_file_cut_short_while_publishing_is_refused(store: Store, tmp_path: Pa
     assert err.value.code == "BUILD_CHANGED" and "shrinks.bin" in str(err.value)
 
 
+@pytest.mark.parametrize("change", ["append", "same_size_rewrite"])
+def test_a_file_changed_after_it_was_chunked_is_refused_and_nothing_is_recorded(
+        store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str) -> None:
+    """Review findings: a file's SHA-256 and its blocks' bytes are read after its chunks, on
+    the pool. A file grown meanwhile got a SHA-256 its chunks disagree with (every install of
+    it would fail), one rewritten at the same size got other bytes under the chunks' ids.
+    The change is made right after the real chunking of that file."""
+    import patcher.publish as pub
+
+    build = write_build(tmp_path / "b", {"a.bin": rand(3, 300 * KiB), "b.bin": rand(4, 9 * KiB)})
+    real = pub.chunk_refs
+
+    def chunk_then_change(data: object) -> object:
+        refs = real(data)  # type: ignore[arg-type]
+        target = build / "a.bin"
+        if len(refs) > 1 and target.stat().st_size == 300 * KiB:
+            if change == "append":
+                with target.open("ab") as fh:
+                    fh.write(b"more")
+            else:
+                target.write_bytes(rand(5, 300 * KiB))
+        return refs
+
+    monkeypatch.setattr(pub, "chunk_refs", chunk_then_change)
+    with pytest.raises(PublishError) as err:
+        publish(store, "changing", "1", build, workers=2, patch_previous=0)
+    assert err.value.code == "BUILD_CHANGED" and "a.bin" in str(err.value)
+    assert store.version("changing", "1") is None
+    assert store.lookup_chunks("changing", {"0" * 64}) == {}
+    monkeypatch.setattr(pub, "chunk_refs", real)
+    publish(store, "changing", "1", build, workers=2, patch_previous=0)  # unchanged now: fine
+    assert_extracts(store, store.read_manifest("changing", "1"), build, tmp_path / "out")
+
+
 def test_higher_level_publishes_the_same_content(store: Store, tmp_path: Path) -> None:
     build = write_build(tmp_path / "b", {"a": text(9, 600 * KiB) + rand(9, 600 * KiB)})
     publish(store, "lvl", "1", build, workers=1, level=9)
