@@ -18,7 +18,7 @@ import stat
 import tempfile
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -323,12 +323,18 @@ def _group_blocks(
     yield from grouper.finish()
 
 
-def _file_digest(path: Path) -> str:
+def _hash_file(path: Path, algorithm: Callable[[Any], Any]) -> str:
+    """The file's digest by ``algorithm`` (blake3.blake3, hashlib.sha256), read through a map
+    (both release the GIL while hashing it)."""
     with path.open("rb") as fh:
         if fh.seek(0, 2) == 0:
-            return blake3.blake3(b"").hexdigest()
+            return str(algorithm(b"").hexdigest())
         with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            return blake3.blake3(mm).hexdigest()
+            return str(algorithm(mm).hexdigest())
+
+
+def _file_digest(path: Path) -> str:
+    return _hash_file(path, blake3.blake3)
 
 
 def _chunk_files(
@@ -446,11 +452,7 @@ class _Ingest:
 
 
 def _sha256_file(path: Path) -> str:
-    with path.open("rb") as fh:
-        if fh.seek(0, 2) == 0:
-            return hashlib.sha256(b"").hexdigest()
-        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            return hashlib.sha256(mm).hexdigest()
+    return _hash_file(path, hashlib.sha256)
 
 
 @dataclass(frozen=True, slots=True)
