@@ -7,13 +7,18 @@ the backend: 20-300 ms before an install's grant, issue 13). The access token is
 exposed than the refresh token stored with it, which can mint new ones; a token the backend
 refuses (401) is dropped and the refresh token asked for a new one, as before.
 
-The stored text is the refresh token on its first line, then optionally ``ACCESS EXPIRES_AT``
-on the second (a single line, as older versions wrote it, is read as the refresh token).
+The refresh token is stored alone, as every version has stored it, so an older engine (a
+launcher rolled back) still reads it; the access token is a second entry (keyring account
+``ACCOUNT#access``, or the 0600 file ``credentials-access``): ``ACCESS EXPIRES_AT REFRESH_TAG``,
+where the tag names the refresh token it came with, so an access token left by another session
+(an older engine that logged in again does not know this entry) is never used. A refresh token
+stored with an access token on a second line (how this was first written) is still read.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import sys
@@ -72,15 +77,33 @@ def parse_session(text: str) -> tuple[str | None, AccessToken | None]:
     return (refresh or None), (access if refresh else None)
 
 
-def session_text(refresh: str, access: AccessToken | None) -> str:
-    if access is None:
-        return refresh
-    return f"{refresh}\n{access[0]} {access[1]:.3f}\n"
+def refresh_tag(refresh: str) -> str:
+    """Names a refresh token without revealing it."""
+    return hashlib.sha256(refresh.encode()).hexdigest()[:16]
+
+
+def access_text(access: AccessToken, refresh: str) -> str:
+    return f"{access[0]} {access[1]:.3f} {refresh_tag(refresh)}\n"
+
+
+def parse_access(text: str, refresh: str) -> AccessToken | None:
+    """The stored access token when it came with ``refresh``; nothing malformed is trusted."""
+    parts = text.split()
+    if len(parts) != 3 or parts[2] != refresh_tag(refresh):
+        return None
+    try:
+        return parts[0], float(parts[1])
+    except ValueError:
+        return None
+
+
+ACCESS_ENTRY = "#access"
 
 
 class CredentialStore:
     def __init__(self, data_dir: Path, account: str, use_keyring: bool = True) -> None:
         self.file = data_dir / "credentials"
+        self.access_file = data_dir / "credentials-access"
         self.account = account
         self.use_keyring = use_keyring and _keyring_usable()
         self._refresh: str | None = None
@@ -88,8 +111,12 @@ class CredentialStore:
 
     def load(self) -> str | None:
         """The stored refresh token (the access token kept beside it: ``access``)."""
-        text = self._read()
+        text = self._read(self.account, self.file)
         self._refresh, self._access = parse_session(text) if text else (None, None)
+        if self._refresh is not None:
+            stored = self._read(self.account + ACCESS_ENTRY, self.access_file)
+            if stored:
+                self._access = parse_access(stored, self._refresh)
         return self._refresh
 
     def access(self, min_left_s: float = 60.0) -> AccessToken | None:
@@ -99,34 +126,38 @@ class CredentialStore:
             return None
         return self._access
 
-    def _read(self) -> str | None:
+    def _read(self, account: str, file: Path) -> str | None:
         if self.use_keyring:
             import keyring
 
             try:
-                value = keyring.get_password(SERVICE, self.account)
+                value = keyring.get_password(SERVICE, account)
                 if value:
                     return value
             except Exception as exc:
-                log.warning("keyring unavailable (%s); using %s", exc, self.file)
-        if self.file.exists():
-            return self.file.read_text()
+                log.warning("keyring unavailable (%s); using %s", exc, file)
+        if file.exists():
+            return file.read_text()
         return None
 
     def save(self, token: str | None) -> None:
         """A new refresh token (None: logged out, the access token goes with it)."""
         if token != self._refresh:
-            self._access = None  # a new session: what was cached belonged to the last one
+            # a new session or a logout: what was cached belonged to the last one (its tag no
+            # longer matches either; removing it keeps nothing of an ended session stored)
+            self._access = None
+            self._write(self.account + ACCESS_ENTRY, self.access_file, None)
         self._refresh = token
-        self._write(None if token is None else session_text(token, self._access))
+        self._write(self.account, self.file, token)
 
     def save_access(self, token: str, expires_at: float) -> None:
         """The current access token, kept with the refresh token (nothing without one)."""
         self._access = (token, expires_at)
         if self._refresh is not None:
-            self._write(session_text(self._refresh, self._access))
+            self._write(self.account + ACCESS_ENTRY, self.access_file,
+                        access_text(self._access, self._refresh))
 
-    def _write(self, text: str | None) -> None:
+    def _write(self, account: str, file: Path, text: str | None) -> None:
         global _warned
         if self.use_keyring:
             import keyring
@@ -134,22 +165,22 @@ class CredentialStore:
             try:
                 if text is None:
                     with contextlib.suppress(keyring.errors.PasswordDeleteError):
-                        keyring.delete_password(SERVICE, self.account)
+                        keyring.delete_password(SERVICE, account)
                 else:
-                    keyring.set_password(SERVICE, self.account, text)
-                self.file.unlink(missing_ok=True)
+                    keyring.set_password(SERVICE, account, text)
+                file.unlink(missing_ok=True)
                 return
             except Exception as exc:
                 log.warning("keyring unavailable (%s)", exc)
         if text is None:
-            self.file.unlink(missing_ok=True)
+            file.unlink(missing_ok=True)
             return
-        if not _warned and not self.file.exists():  # said once, when the file is created
-            log.warning("no OS keyring: refresh token stored in %s (mode 0600)", self.file)
+        if not _warned and not file.exists():  # said once, when the file is created
+            log.warning("no OS keyring: session tokens stored in %s (mode 0600)", file.parent)
             _warned = True
-        self.file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.file.with_suffix(".tmp")
+        file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = file.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
-        os.replace(tmp, self.file)
+        os.replace(tmp, file)

@@ -243,13 +243,24 @@ async def test_a_stored_access_token_spares_the_refresh_until_refused(
         valid.clear()  # the backend no longer takes it: refused, refreshed once, stored
         token, store = await one_process()
         assert (token, refreshes) == ("a2", ["r1", "r2"])
-        assert (tmp_path / "credentials").read_text().split()[:2] == ["r3", "a2"]
-        assert (tmp_path / "credentials").stat().st_mode & 0o777 == 0o600
+        # the refresh token alone, as older engines read it (a launcher rolled back stays
+        # logged in); the access token in its own entry, tagged with its refresh token
+        assert (tmp_path / "credentials").read_text() == "r3"
+        assert (tmp_path / "credentials-access").read_text().split()[0] == "a2"
+        for name in ("credentials", "credentials-access"):
+            assert (tmp_path / name).stat().st_mode & 0o777 == 0o600
+        # an access token another session left (an older engine logged in again: it knows
+        # nothing of this entry) is never used
+        (tmp_path / "credentials").write_text("r3-other-session")
+        other = CredentialStore(tmp_path, url, use_keyring=False)
+        assert other.load() == "r3-other-session" and other.access() is None
+        (tmp_path / "credentials").write_text("r3")
         store.save_access("a2", 1.0)  # expired: never sent
         token, store = await one_process()
         assert (token, refreshes) == ("a3", ["r1", "r2", "r3"])
         store.save(None)  # logout
         assert not (tmp_path / "credentials").exists()
+        assert not (tmp_path / "credentials-access").exists()
         assert CredentialStore(tmp_path, url, use_keyring=False).load() is None
     finally:
         await runner.cleanup()
