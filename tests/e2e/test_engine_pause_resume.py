@@ -68,8 +68,8 @@ async def test_resume_reuses_the_plan(engine: Engine, published_store: Any, tmp_
             await runner
     prepared = [r.getMessage() for r in caplog.records if "CPU-s of preparation" in r.getMessage()]
     assert len(prepared) == 3, prepared
-    assert "(planned)" in prepared[0]
-    assert all("(plan reused)" in m for m in prepared[1:]), prepared
+    assert "(planned;" in prepared[0]  # "(planned; grant .. ms manifest .. ms ...)"
+    assert all("(plan reused;" in m for m in prepared[1:]), prepared
     assert task.id not in engine._prepared  # completed: nothing kept
     latest = published_store.product(MAIN).versions[-1]
     assert_same_tree(tmp_path / "g", Path(published_store.builds) / MAIN / latest)
