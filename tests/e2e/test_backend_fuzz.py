@@ -16,14 +16,17 @@ again. They go out one at a time, in the order drawn, on one kept-alive connecti
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import httpx
+import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis.errors import Unsatisfiable
@@ -35,6 +38,10 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 from schemathesis.transport.requests import ManagedCookiesSession
+
+# drawn lazily by the first st.randoms(): imported here, in the main thread, before any case is
+# drawn beside a sending thread (see one_ast_parse_at_a_time)
+import hypothesis.strategies._internal.random  # noqa: F401  # isort: skip
 
 from tests.conftest import BackendServer, PublishedStore, assert_error
 
@@ -52,6 +59,23 @@ Batch = tuple[str, GenerationMode, list[Any]]  # operation label, mode, its case
 SEED = int("a77e39b9f670beb33f8d7b995750bc4191eaf5c802fa84946332c9f4d70081dc"
            "1a96e71a0c736b8e543f90429ed9f9b5", 16)
 _DRAWN: dict[str, list[Batch]] = {}  # by the digest of the OpenAPI document they were drawn from
+
+
+@pytest.fixture(autouse=True)
+def one_ast_parse_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cases are drawn in one thread while another sends and checks them. CPython 3.11 keeps
+    the AST constructor's recursion depth per interpreter, not per thread, so two threads in
+    ``ast.parse`` at once fail with "SystemError: AST constructor recursion depth mismatch"
+    (python/cpython#106905; seen once here: a first import while drawing, in a fresh venv,
+    beside the other thread's parse). The test's threads take turns in ast.parse."""
+    lock = threading.RLock()
+    real = ast.parse
+
+    def parse(*args: Any, **kwargs: Any) -> Any:
+        with lock:
+            return real(*args, **kwargs)
+
+    monkeypatch.setattr(ast, "parse", parse)
 
 
 def _check(case: Any, send: dict[str, Any]) -> int:
