@@ -220,11 +220,9 @@ class _Folders:
                 st = os.stat(name, dir_fd=where, follow_symlinks=False)
             except (FileNotFoundError, NotADirectoryError):
                 return "missing", -1, None
-            if stat.S_ISLNK(st.st_mode):
-                return "link", -1, None
-            if not stat.S_ISREG(st.st_mode):
-                return "missing", -1, None
-            status = "ok" if st.st_size == f.size else "size"
+            status = _judge(st, f)
+            if status in ("link", "missing"):
+                return status, -1, None
             if hold and status == "ok":
                 self._held[where] = self._held.get(where, 0) + 1
             return status, where, st
@@ -448,6 +446,15 @@ def _quick_status(install_dir: Path, f: FileEntry) -> str:
     return _stat_status(install_dir, f)[0]
 
 
+def _judge(st: os.stat_result, f: FileEntry) -> Status:
+    """'link' | 'missing' (not a plain file) | 'size' | 'ok' for a file's lstat."""
+    if stat.S_ISLNK(st.st_mode):
+        return "link"
+    if not stat.S_ISREG(st.st_mode):
+        return "missing"
+    return "ok" if st.st_size == f.size else "size"
+
+
 def _stat_status(install_dir: Path, f: FileEntry) -> tuple[str, os.stat_result | None]:
     try:
         path = safe_join(install_dir, f.path)
@@ -456,11 +463,8 @@ def _stat_status(install_dir: Path, f: FileEntry) -> tuple[str, os.stat_result |
         return "link", None
     except (FileNotFoundError, NotADirectoryError):
         return "missing", None
-    if stat.S_ISLNK(st.st_mode):
-        return "link", None
-    if not stat.S_ISREG(st.st_mode):
-        return "missing", None
-    return ("ok" if st.st_size == f.size else "size"), st
+    status = _judge(st, f)
+    return status, (None if status in ("link", "missing") else st)
 
 
 def quick_check(install_dir: Path, manifest: Manifest, paths: list[str]) -> list[str]:
