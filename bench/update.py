@@ -455,22 +455,22 @@ def measure_verify(engine: Engine, files: list[Path], cold_runs: int,
     cold_c: list[float] = []
     resident: list[int] = []
 
-    def cold_verify() -> None:
+    def make_cold() -> None:
+        """Empty the cache for ``files`` and record how much of them is still resident."""
         nonlocal method
         method = drop_caches(files, cold_method)
         res = resident_bytes(files)
         if res is not None:
             resident.append(res)
+
+    def cold_verify() -> None:
+        make_cold()
         rep, wall = run_verify(engine)
         cold_v.append(rep["bytesChecked"] / MB / max(rep["seconds"], 1e-9))
         cold_vwall.append(rep["bytesChecked"] / MB / wall)
 
     def cold_cat() -> None:
-        nonlocal method
-        method = drop_caches(files, cold_method)
-        res = resident_bytes(files)
-        if res is not None:
-            resident.append(res)
+        make_cold()
         cold_c.append(total / MB / time_cat(files))
 
     for i in range(cold_runs):
