@@ -901,12 +901,11 @@ _FILE = re.compile(
     rb'\{"path":' + _STR + rb',"size":' + _NUM + rb',"mode":' + _NUM
     + rb',"hash_sha256":"([0-9a-f]{64})","chunks":\['
 )
+# the grammar of a chunk row and of a location (_row_tokens reads them without a regex)
 _ROW = rb'\[' + _NUM + rb',' + _NUM + rb',"([0-9a-f]{64})"\]'
-_ROWS = re.compile(_ROW)
 _BLOCK = rb'\["([0-9a-f]{64})",' + _NUM + rb"," + _NUM + rb"," + _NUM + rb',"(raw|zstd|zstd-dict)"\]'
 _BLOCKS = re.compile(_BLOCK)
 _LOC = rb'"([0-9a-f]{64})":\[' + _NUM + rb"," + _NUM + rb"\]"
-_LOCS = re.compile(_LOC)
 _JSON = json.JSONDecoder()
 
 
@@ -1072,8 +1071,6 @@ def _spans(w: _Window, close: bytes) -> Iterator[bytes]:
         yield w.buf[start:stop]
         if final:
             return
-
-
 
 
 def _row_tokens(span: bytes, first: bytes, gap: bytes, last: bytes, seps: tuple[bytes, bytes],
