@@ -12,7 +12,8 @@ launcher rolled back) still reads it; the access token is a second entry (keyrin
 ``ACCOUNT#access``, or the 0600 file ``credentials-access``): ``ACCESS EXPIRES_AT REFRESH_TAG``,
 where the tag names the refresh token it came with, so an access token left by another session
 (an older engine that logged in again does not know this entry) is never used. A refresh token
-stored with an access token on a second line (how this was first written) is still read.
+stored with an access token on a second line (how this was first written) is still read; that
+access token is not used.
 """
 
 from __future__ import annotations
@@ -62,19 +63,11 @@ def _keyring_usable() -> bool:
 AccessToken = tuple[str, float]  # (token, expiry as a wall-clock timestamp)
 
 
-def parse_session(text: str) -> tuple[str | None, AccessToken | None]:
-    """(refresh token, cached access token) of the stored text; nothing malformed is trusted."""
+def stored_refresh(text: str) -> str | None:
+    """The refresh token of the stored text: its first line (a second one, as this was first
+    written, held an access token, which is simply asked for again)."""
     lines = text.strip().splitlines()
-    refresh = lines[0].strip() if lines else ""
-    access: AccessToken | None = None
-    if len(lines) > 1:
-        parts = lines[1].split()
-        if len(parts) == 2:
-            try:
-                access = (parts[0], float(parts[1]))
-            except ValueError:
-                access = None
-    return (refresh or None), (access if refresh else None)
+    return (lines[0].strip() or None) if lines else None
 
 
 def refresh_tag(refresh: str) -> str:
@@ -112,7 +105,8 @@ class CredentialStore:
     def load(self) -> str | None:
         """The stored refresh token (the access token kept beside it: ``access``)."""
         text = self._read(self.account, self.file)
-        self._refresh, self._access = parse_session(text) if text else (None, None)
+        self._refresh = stored_refresh(text) if text else None
+        self._access = None
         if self._refresh is not None:
             stored = self._read(self.account + ACCESS_ENTRY, self.access_file)
             if stored:
