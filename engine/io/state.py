@@ -1,4 +1,4 @@
-"""The engine's persistent state (SQLite via sqlite-utils): queue, journal, installed games.
+"""The engine's persistent state (SQLite, ``engine.io.sqlitedb``): queue, journal, installed games.
 
 The journal records blocks whose chunks are written and fsynced into staging files, and files
 whose SHA-256 is verified, so a restart after kill -9 or power loss re-downloads at most the
@@ -15,10 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import sqlite_utils
-
 from engine.core.errors import EngineError, ErrorCode
 from engine.core.lifecycle import FINISHED, KEEPS_STAGING, TaskKind, TaskState, check_transition
+from engine.io.sqlitedb import Database
 
 SCHEMA_VERSION = 1
 
@@ -79,9 +78,7 @@ class State:
         self.data_dir = data_dir
         self.manifest_dir = data_dir / "manifests"
         conn = sqlite3.connect(data_dir / "state.sqlite", timeout=30, isolation_level=None)
-        # no sqlite-utils plugins: the engine uses none, and looking for them scans every
-        # installed distribution's entry points (15-30 ms of every start, issue 13)
-        self.db = sqlite_utils.Database(conn, execute_plugins=False)
+        self.db = Database(conn)
         self.db.execute("PRAGMA journal_mode=WAL")
         # WAL + NORMAL: a crash of the process loses nothing; a power loss may lose the last
         # commits, i.e. the journal forgets a few blocks that are then fetched again.
@@ -94,8 +91,7 @@ class State:
     _TABLES = ("meta", "tasks", "block_done", "file_done", "installed")
 
     def _current(self) -> bool:
-        """The database has this schema version and every table: nothing to create (each
-        ``create(if_not_exists=True)`` costs sqlite-utils a dozen statements: ~5 ms a start)."""
+        """The database has this schema version and every table: nothing to create."""
         try:
             row = self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         except sqlite3.OperationalError:  # no meta table: a new database
@@ -108,9 +104,9 @@ class State:
         if self._current():
             return
         db = self.db
-        db.table("meta").create({"key": str, "value": str}, pk="key", if_not_exists=True)
-        db.table("tasks").create(
-            {
+        db.create("meta", {"key": str, "value": str}, pk="key")
+        db.create(
+            "tasks", {
                 "id": str, "product_id": str, "version_id": str, "kind": str, "target_path": str,
                 "priority": int, "position": int, "status": str, "user_paused": int,
                 "created_at": float, "updated_at": float, "total_bytes": int,
@@ -118,20 +114,18 @@ class State:
                 "backend_task_id": str, "error_code": str, "error_message": str,
                 "from_version": str,
             },
-            pk="id", if_not_exists=True,
+            pk="id",
         )
-        db.table("block_done").create({"task_id": str, "block": int}, pk=("task_id", "block"),
-                                if_not_exists=True)
-        db.table("file_done").create({"task_id": str, "file": int}, pk=("task_id", "file"),
-                               if_not_exists=True)
-        db.table("installed").create(
-            {"product_id": str, "version_id": str, "path": str, "size": int,
+        db.create("block_done", {"task_id": str, "block": int}, pk=("task_id", "block"))
+        db.create("file_done", {"task_id": str, "file": int}, pk=("task_id", "file"))
+        db.create(
+            "installed", {"product_id": str, "version_id": str, "path": str, "size": int,
              "installed_at": float, "dirty": int, "previous_version": str},
-            pk="product_id", if_not_exists=True,
+            pk="product_id",
         )
         row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         if row is None:
-            db.table("meta").insert({"key": "schema_version", "value": str(SCHEMA_VERSION)})
+            db.insert("meta", {"key": "schema_version", "value": str(SCHEMA_VERSION)})
         elif int(row[0]) > SCHEMA_VERSION:
             raise EngineError(ErrorCode.CONFIG_INVALID, f"state database is from a newer engine ({row[0]})")
 
@@ -141,7 +135,7 @@ class State:
         return None if row is None else str(row[0])
 
     def set_meta(self, key: str, value: str) -> None:
-        self.db.table("meta").upsert({"key": key, "value": value}, pk="key")
+        self.db.upsert("meta", {"key": key, "value": value}, pk="key")
 
     # -- tasks --------------------------------------------------------------------------------
     def add_task(self, product_id: str, version_id: str | None, target_path: str, *,
@@ -158,11 +152,11 @@ class State:
             "downloaded_bytes": 0, "limit_bps": limit_bps, "backend_task_id": None,
             "error_code": None, "error_message": None, "from_version": from_version,
         }
-        self.db.table("tasks").insert(task)
+        self.db.insert("tasks", task)
         return self.task(str(task["id"]))
 
     @staticmethod
-    def _task(row: dict[str, Any]) -> TaskRecord:
+    def _task(row: sqlite3.Row) -> TaskRecord:
         return TaskRecord(
             id=row["id"], product_id=row["product_id"], version_id=row["version_id"],
             kind=TaskKind(row["kind"]), target_path=row["target_path"], priority=row["priority"],
@@ -176,16 +170,16 @@ class State:
         )
 
     def task(self, task_id: str) -> TaskRecord:
-        rows = list(self.db.table("tasks").rows_where("id = ?", [task_id]))
+        rows = self.db.rows("SELECT * FROM tasks WHERE id = ?", [task_id])
         if not rows:
             # a short unique prefix is accepted, as git does for commits
-            rows = list(self.db.table("tasks").rows_where("id LIKE ?", [task_id + "%"]))
+            rows = self.db.rows("SELECT * FROM tasks WHERE id LIKE ?", [task_id + "%"])
             if len(rows) != 1:
                 raise EngineError(ErrorCode.TASK_NOT_FOUND, f"no task {task_id!r}")
         return self._task(rows[0])
 
     def tasks(self, *, include_finished: bool = True) -> list[TaskRecord]:
-        rows = self.db.table("tasks").rows_where(order_by="priority DESC, position, created_at")
+        rows = self.db.rows("SELECT * FROM tasks ORDER BY priority DESC, position, created_at")
         out = [self._task(r) for r in rows]
         return out if include_finished else [t for t in out if t.status not in FINISHED]
 
@@ -196,7 +190,8 @@ class State:
         if "user_paused" in fields:
             fields["user_paused"] = int(bool(fields["user_paused"]))
         fields["updated_at"] = time.time()
-        self.db.table("tasks").update(task_id, fields)
+        if not self.db.update("tasks", {"id": task_id}, fields):
+            raise EngineError(ErrorCode.TASK_NOT_FOUND, f"no task {task_id!r}")
         return self.task(task_id)
 
     def set_status(self, task_id: str, status: TaskState, **fields: Any) -> TaskRecord:
@@ -207,7 +202,7 @@ class State:
             fields["user_paused"] = int(bool(fields["user_paused"]))
         fields["status"] = status.value
         fields["updated_at"] = time.time()
-        self.db.table("tasks").update(current.id, fields)
+        self.db.update("tasks", {"id": current.id}, fields)
         return self.task(current.id)
 
     def set_positions(self, ordered_ids: Iterable[str]) -> None:
@@ -266,8 +261,8 @@ class State:
         return {str(r[0]) for r in rows}
 
     def latest_task_for(self, product_id: str) -> TaskRecord | None:
-        rows = list(self.db.table("tasks").rows_where(
-            "product_id = ?", [product_id], order_by="created_at DESC", limit=1))
+        rows = self.db.rows("SELECT * FROM tasks WHERE product_id = ? ORDER BY created_at DESC "
+                            "LIMIT 1", [product_id])
         return self._task(rows[0]) if rows else None
 
     def clear_journal(self, task_id: str) -> None:
@@ -276,27 +271,27 @@ class State:
 
     # -- installed games ----------------------------------------------------------------------
     def installed(self) -> list[InstalledGame]:
-        return [self._installed(r) for r in self.db.table("installed").rows_where(order_by="product_id")]
+        return [self._installed(r) for r in self.db.rows("SELECT * FROM installed ORDER BY product_id")]
 
     def installed_game(self, product_id: str) -> InstalledGame | None:
-        rows = list(self.db.table("installed").rows_where("product_id = ?", [product_id]))
+        rows = self.db.rows("SELECT * FROM installed WHERE product_id = ?", [product_id])
         return self._installed(rows[0]) if rows else None
 
     @staticmethod
-    def _installed(r: dict[str, Any]) -> InstalledGame:
+    def _installed(r: sqlite3.Row) -> InstalledGame:
         return InstalledGame(r["product_id"], r["version_id"], r["path"], r["size"],
                              r["installed_at"], bool(r["dirty"]), r["previous_version"])
 
     def set_installed(self, game: InstalledGame) -> None:
-        self.db.table("installed").upsert(
-            {"product_id": game.product_id, "version_id": game.version_id, "path": game.path,
+        self.db.upsert(
+            "installed", {"product_id": game.product_id, "version_id": game.version_id, "path": game.path,
              "size": game.size, "installed_at": game.installed_at, "dirty": int(game.dirty),
              "previous_version": game.previous_version},
             pk="product_id",
         )
 
     def remove_installed(self, product_id: str) -> None:
-        self.db.table("installed").delete_where("product_id = ?", [product_id])
+        self.db.execute("DELETE FROM installed WHERE product_id = ?", [product_id])
 
     # -- cached signed manifests --------------------------------------------------------------
     def manifest_files(self, product_id: str, version_id: str) -> tuple[Path, Path]:
