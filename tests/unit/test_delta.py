@@ -358,7 +358,9 @@ def test_build_best_patch_picks_bsdiff_for_shifted_code(tmp_path: Path) -> None:
 def test_build_best_patch_skips_bsdiff_when_zstd_is_already_tiny(tmp_path: Path) -> None:
     data = random.Random(1).randbytes(100_000)
     result = build_best_patch(write_job(tmp_path, "same.so", data, data, budget=len(data)))
-    assert result.method is PatchMethod.ZSTD
+    # identical files: zstd's frame and HDiffPatch's sectioned container (20 B) are both tiny
+    assert result.method is not None and result.method is not PatchMethod.BSDIFF
+    assert result.sizes[result.method.value] == min(result.sizes.values()) <= 32
     assert set(result.sizes) == {"zstd", "hdiffpatch"}
 
 

@@ -52,10 +52,28 @@ def pair() -> tuple[bytes, bytes]:
 # ------------------------------------------------------------------------- HDiffPatch
 
 
+def _classic(old: bytes, new: bytes) -> bytes:
+    """HDiffPatch's own container, as its library codes it (bzip2: one coder for every section)."""
+    import hdiffpatch
+
+    return hdiffpatch.diff(old, new, hdiffpatch.BZip2Config(level=9))
+
+
+def _best_classic(old: bytes, new: bytes) -> bytes:
+    import hdiffpatch
+
+    return min((hdiffpatch.diff(old, new, c) for c in (
+        "none", hdiffpatch.BZip2Config(level=9), hdiffpatch.Lzma2Config(level=9, window=26),
+        hdiffpatch.ZStdConfig(level=22, window=27))), key=len)
+
+
 def test_hdiff_round_trip_and_header(pair: tuple[bytes, bytes]) -> None:
     old, new = pair
     patch = build_hdiff(old, new)
-    assert patch.startswith(b"HDIFF13&")
+    # each section coded by its own best coder: the sectioned container, no larger than the
+    # library's own container with any single coder
+    assert patch[0] & 0x80 and not patch.startswith(b"HDIFF13&")
+    assert len(patch) <= len(_best_classic(old, new))
     assert hdiff_sizes(patch) == (len(new), len(old))
     assert len(patch) < len(new) / 10
     out = apply_patch(PatchMethod.HDIFF, old, patch, old_sha256=sha(old), new_sha256=sha(new),
@@ -63,20 +81,35 @@ def test_hdiff_round_trip_and_header(pair: tuple[bytes, bytes]) -> None:
     assert out == new
 
 
-def test_hdiff_refuses_a_declared_size_before_allocating(pair: tuple[bytes, bytes]) -> None:
+def test_hdiff_classic_container_still_applies(pair: tuple[bytes, bytes]) -> None:
     old, new = pair
-    patch = build_hdiff(old, new)
+    patch = _classic(old, new)
+    assert patch.startswith(b"HDIFF13&")
+    assert hdiff_sizes(patch) == (len(new), len(old))
+    assert apply_patch(PatchMethod.HDIFF, old, patch, old_sha256=sha(old), new_sha256=sha(new),
+                       new_size=len(new)) == new
+
+
+@pytest.mark.parametrize("container", ["sectioned", "classic"])
+def test_hdiff_refuses_a_declared_size_before_allocating(pair: tuple[bytes, bytes],
+                                                         container: str) -> None:
+    old, new = pair
+    patch = build_hdiff(old, new) if container == "sectioned" else _classic(old, new)
     with pytest.raises(DeltaError, match="declares"):
         apply_patch(PatchMethod.HDIFF, old, patch, old_sha256=sha(old), new_sha256=sha(new),
                     new_size=len(new) - 1)
 
 
-def test_hdiff_refuses_foreign_and_corrupt_patches(pair: tuple[bytes, bytes]) -> None:
+@pytest.mark.parametrize("container", ["sectioned", "classic"])
+def test_hdiff_refuses_foreign_and_corrupt_patches(pair: tuple[bytes, bytes],
+                                                   container: str) -> None:
     old, new = pair
-    patch = build_hdiff(old, new)
+    patch = build_hdiff(old, new) if container == "sectioned" else _classic(old, new)
     kw = {"old_sha256": sha(old), "new_sha256": sha(new), "new_size": len(new)}
-    for bad in (b"", b"HDIFF13&", b"BSDIFF40" + patch[8:], patch.replace(b"&", b"&xz", 1),
-                patch[: len(patch) // 2]):
+    for bad in (b"", b"HDIFF13&", b"\x80", b"BSDIFF40" + patch[8:],
+                patch.replace(b"&", b"&xz", 1), patch[: len(patch) // 2], patch + b"\0"):
+        if bad == patch:
+            continue
         with pytest.raises(DeltaError):
             apply_patch(PatchMethod.HDIFF, old, bad, **kw)  # type: ignore[arg-type]
     # another old file of the same hash cannot exist; one of another size is refused by header
@@ -88,6 +121,40 @@ def test_hdiff_refuses_foreign_and_corrupt_patches(pair: tuple[bytes, bytes]) ->
         flipped[i] ^= 0x55
     with pytest.raises(DeltaError):
         apply_patch(PatchMethod.HDIFF, old, bytes(flipped), **kw)  # type: ignore[arg-type]
+
+
+def test_sectioned_hdiff_every_truncation_and_byte_flip_is_a_delta_error(
+        pair: tuple[bytes, bytes]) -> None:
+    """Whatever a damaged sectioned patch holds, the engine sees a DeltaError (and falls back
+    to the file's chunks), never another exception or a wrong output."""
+    old, new = pair
+    patch = build_hdiff(old, new)
+    assert patch[0] & 0x80
+    kw = {"old_sha256": sha(old), "new_sha256": sha(new), "new_size": len(new)}
+    rnd = random.Random(7)
+    damaged = [patch[:n] for n in range(len(patch))]
+    for _ in range(300):
+        b = bytearray(patch)
+        b[rnd.randrange(len(b))] ^= 1 << rnd.randrange(8)
+        damaged.append(bytes(b))
+    for bad in damaged:
+        try:
+            out = apply_patch(PatchMethod.HDIFF, old, bad, **kw)  # type: ignore[arg-type]
+        except DeltaError:
+            continue
+        assert out == new  # a flip the coders' redundancy absorbs still gives the new file
+
+
+def test_sectioned_hdiff_refuses_sections_past_the_output_bound(
+        pair: tuple[bytes, bytes]) -> None:
+    """A header declaring huge sections (a decompression bomb) is refused before decoding."""
+    from patcher.delta import _pack
+
+    old, new = pair
+    fake = bytes([0x80]) + b"".join(_pack(v) for v in (len(new), len(old), 1, 10, 10**9, 10, 10))
+    with pytest.raises(DeltaError, match="sections of"):
+        apply_patch(PatchMethod.HDIFF, old, fake + b"\0" * 64, old_sha256=sha(old),
+                    new_sha256=sha(new), new_size=len(new))
 
 
 def test_whole_file_zstd_frame_applies_to_empty_input(pair: tuple[bytes, bytes]) -> None:
