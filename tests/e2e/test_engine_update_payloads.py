@@ -89,17 +89,21 @@ def test_every_step_uses_the_manifest_patch_and_new_patch_kinds(
     store = store_of(server)
     versions = published_store.product(PRODUCT).versions
     methods: set[str] = set()
-    sourceless = 0
+    sourceless = sectioned = 0
     for old, new in itertools.pairwise(versions):
         delta = v2_index(store, old, new)
         methods |= {p.method for p in delta.patches}
         sourceless += sum(p.source_path is None for p in delta.patches)
+        # HDiffPatch patches in the sectioned container (first byte's high bit; its own is "H")
+        sectioned += sum(store.path(store.patch_rel(PRODUCT, p.patch_id)).read_bytes()[0] >= 0x80
+                         for p in delta.patches if p.method == "hdiffpatch")
         # what an engine released before format 2 reads: only the kinds it knows
         v1 = store.read_delta(PRODUCT, old, new, format_version=1)
         assert v1 is not None and v1.manifest_patch is None
         assert {p.method for p in v1.patches} <= {"bsdiff", "zstd"}
         assert all(p.source_path is not None for p in v1.patches)
     assert "hdiffpatch" in methods, methods
+    assert sectioned, "the engine below applies HDiffPatch's sectioned container"
     assert sourceless, "2.0.0 adds a file with no predecessor: a whole-file zstd frame"
 
     cli = fresh_cli(server, tmp_path)
