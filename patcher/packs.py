@@ -49,17 +49,32 @@ class StoredBlock:
 # middling blocks, which level 3 left alone, are where it lost; level 3 or a double-fast pass
 # on the blocks level 1 shrinks to 45-97% leave it at 1.024-1.026x). Decoding is as fast as
 # level 3's (zstd's decoder hardly depends on the level: 1.46-1.48 GB/s on 2.0.0's blocks).
+# Cheaper lazy matching (lazy: +0.5%, greedy: +0.8% on the compressible blocks) or larger
+# fast-level tables (+1.8%) lose most of what this pass gains over level 1 (2.1%).
 STRONG_PARAMS = zstandard.ZstdCompressionParameters(
     window_log=20, chain_log=17, hash_log=17, search_log=2, min_match=6, target_length=0,
     strategy=zstandard.STRATEGY_LAZY2, write_content_size=True,
 )
-# The levels STRONG_PARAMS stands for: a caller asking for this level or more gets its level.
+# The levels STRONG_PARAMS stands for: a caller asking for this level or more gets its level
+# for every compressible block.
 STRONG_LEVEL = 7
+# The fast pass, for blocks where the strong one buys little: level 1 (6-byte minimum matches)
+# stores the demo catalog's blocks smaller than level 3 (5-byte matches; 369.4 against 370.0 MB)
+# in half the CPU (0.57 against 1.13 s), textures and audio included.
+FAST_LEVEL = 1
 # A block that looks incompressible (level 1 saves less than this on samples of it) takes the
 # fast level only: textures and audio cost lazy matching much time for nothing.
 PROBE_MIN_SAVING = 0.03
 PROBE_SAMPLES = 4
 PROBE_SAMPLE = 8 * 1024
+# Blocks whose samples level 1 shrinks to this share of their size (by 20-40%) take the fast
+# level too: there the strong pass saved 0.5-1 MB per CPU second on the demo catalog (machine
+# code and tables of mostly literals: lazy matching searches 7-8 ms per MB and finds little),
+# against 2-3 MB per CPU second on the blocks either side. Skipping them cuts star-courier's
+# compression from 2.25 to 1.52 CPU s (min of 2, one thread) for +0.17% of its fresh install
+# (1.0150 -> 1.0166x per-file zstd -19; tiny-tactics 1.0175 -> 1.0186x; goal 1.02x).
+# Bounds tried: [0.6, 0.97) 1.0193x on tiny-tactics; [0.5, 0.8) 1.0173x on star-courier.
+MIDDLING = (0.6, 0.8)
 # Kept for a block the probe misjudged: the fast level shrinking it below this share gets the
 # strong pass too.
 STRONG_RATIO = 0.4
@@ -80,26 +95,40 @@ def _compressor(key: int | None) -> zstandard.ZstdCompressor:
     return c
 
 
-def looks_compressible(raw: bytes) -> bool:
-    """Level 1 on a few samples spread over the block (~0.1 ms for 1 MiB)."""
+def probe_ratio(raw: bytes) -> float:
+    """Level 1's output size over the input size on a few samples spread over the block (~0.1 ms
+    for 1 MiB); a function of the bytes alone, so every decision taken on it is deterministic."""
+    if not raw:
+        return 1.0
     if len(raw) <= PROBE_SAMPLES * PROBE_SAMPLE:
         sample = raw
     else:
         step = (len(raw) - PROBE_SAMPLE) // (PROBE_SAMPLES - 1)
         sample = b"".join(raw[i * step : i * step + PROBE_SAMPLE] for i in range(PROBE_SAMPLES))
-    return len(_compressor(1).compress(sample)) <= len(sample) * (1 - PROBE_MIN_SAVING)
+    return len(_compressor(1).compress(sample)) / len(sample)
+
+
+def looks_compressible(raw: bytes) -> bool:
+    return probe_ratio(raw) <= 1 - PROBE_MIN_SAVING
+
+
+def wants_strong(ratio: float, level: int) -> bool:
+    """Whether a block whose samples level 1 shrinks to ``ratio`` gets the strong pass first."""
+    if ratio > 1 - PROBE_MIN_SAVING:
+        return False
+    return level >= STRONG_LEVEL or not MIDDLING[0] <= ratio < MIDDLING[1]
 
 
 def compress_block(raw: bytes, level: int) -> tuple[bytes, Codec]:
     """Compress one block: compressible-looking data once with STRONG_PARAMS (or at ``level``
-    when that is at least STRONG_LEVEL), the rest at ``level`` (at most 3: the strong pass
-    follows only when that shrinks it below STRONG_RATIO); kept raw when zstd saves less than
-    MIN_SAVING."""
+    when that is at least STRONG_LEVEL), except middling blocks below that level; the rest at
+    FAST_LEVEL (or ``level`` when lower; the strong pass follows only when that shrinks it below
+    STRONG_RATIO); kept raw when zstd saves less than MIN_SAVING."""
     strong = None if level < STRONG_LEVEL else level
-    if looks_compressible(raw):
+    if wants_strong(probe_ratio(raw), level):
         packed = _compressor(strong).compress(raw)
     else:
-        packed = _compressor(min(level, 3)).compress(raw)
+        packed = _compressor(min(level, FAST_LEVEL)).compress(raw)
         if len(packed) < STRONG_RATIO * len(raw):
             packed = min(packed, _compressor(strong).compress(raw), key=len)
     if len(packed) > len(raw) * (1 - MIN_SAVING):

@@ -16,9 +16,10 @@ import mmap
 import os
 import stat
 import tempfile
+import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -323,18 +324,32 @@ def _group_blocks(
     yield from grouper.finish()
 
 
-def _hash_file(path: Path, algorithm: Callable[[Any], Any]) -> str:
-    """The file's digest by ``algorithm`` (blake3.blake3, hashlib.sha256), read through a map
-    (both release the GIL while hashing it)."""
+def _file_digest(path: Path) -> str:
+    """The file's BLAKE3, read through a map (it releases the GIL while hashing it; ~10% less
+    CPU than through a read buffer)."""
     with path.open("rb") as fh:
         if fh.seek(0, 2) == 0:
-            return str(algorithm(b"").hexdigest())
+            return str(blake3.blake3(b"").hexdigest())
         with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            return str(algorithm(mm).hexdigest())
+            return str(blake3.blake3(mm).hexdigest())
 
 
-def _file_digest(path: Path) -> str:
-    return _hash_file(path, blake3.blake3)
+# Read buffer of the SHA-256 (one per pool thread, reused): OpenSSL hashes a buffer that was
+# just read, in cache, 1.4x faster than the same bytes through a map (star-courier 1.0.0:
+# 0.22 against 0.32 CPU s; SHA-NI, page cache warm).
+SHA_BUFFER = 1024 * 1024
+_local = threading.local()
+
+
+def _sha256_file(path: Path) -> str:
+    buf: bytearray | None = getattr(_local, "sha_buffer", None)
+    if buf is None:
+        buf = _local.sha_buffer = bytearray(SHA_BUFFER)
+    digest = hashlib.sha256()
+    with path.open("rb", buffering=0) as fh, memoryview(buf) as view:
+        while n := fh.readinto(view):
+            digest.update(view[:n])
+    return digest.hexdigest()
 
 
 def _chunk_files(
@@ -451,8 +466,28 @@ class _Ingest:
         self.writer.abort()
 
 
-def _sha256_file(path: Path) -> str:
-    return _hash_file(path, hashlib.sha256)
+class _PriorRecords:
+    """Chunk records of the chunks the previous version holds, read from its manifest: the
+    chunk index (SQLite, ~20 us a chunk on the chunking thread, 0.06-0.1 s a version) is asked
+    only about the others. The same records: the previous version is the last one published,
+    and a publish moves a chunk's record (re-stored out of a mostly dead block) only to the
+    place its own manifest names (``publish``)."""
+
+    def __init__(self, previous: Manifest | None) -> None:
+        self.previous = previous
+
+    def records(self, chunks: Iterable[ChunkRef]) -> dict[str, ChunkRecord]:
+        out: dict[str, ChunkRecord] = {}
+        m = self.previous
+        if m is None:
+            return out
+        for c in chunks:
+            loc = m.chunks.get(c.id)
+            if loc is not None:
+                b = m.blocks[loc.block]
+                out[c.id] = ChunkRecord(c.id, b.pack, b.offset, b.stored_size, b.raw_size,
+                                        b.codec, loc.offset, c.size)
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -474,6 +509,7 @@ def _store_build(
     # every file's BLAKE3 ahead of the chunking thread, which takes them in order
     digesting = [pool.submit(_file_digest, bf.source) for bf in scan.files]
     reuse = _RowReuse(store, product, previous)
+    prior = _PriorRecords(previous)
     ingest = _Ingest(store, product, pool, level)
     grouper = _Grouper(set())
     known: dict[str, ChunkRecord] = {}
@@ -493,8 +529,10 @@ def _store_build(
                         shas[i] = pool.submit(_sha256_file, bf.source)
                         with _map_populated(fh.fileno()) as mm:
                             cf = ChunkedFile(size, "", chunk_refs(mm))
-            ids = [c.id for c in cf.chunks if c.id not in grouper.seen]
-            found = store.lookup_chunks(product, ids) if ids else {}
+            found = prior.records([c for c in cf.chunks if c.id not in grouper.seen])
+            ids = [c.id for c in cf.chunks if c.id not in grouper.seen and c.id not in found]
+            if ids:
+                found.update(store.lookup_chunks(product, ids))
             known.update(found)
             grouper.seen.update(found)
             chunked.append(cf)
