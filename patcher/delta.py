@@ -233,8 +233,8 @@ def build_hdiff(old: bytes, new: bytes, spans: Sequence[Span] = ()) -> bytes:
                                            big_cache_match=len(old) >= RANGES_MIN_FILE), None))
         best = plains[0][0]
         for candidate_plain, candidate_bzip2 in plains:
-            for candidate in [candidate_plain, *_coded(candidate_plain, candidate_bzip2),
-                              *_sectioned(candidate_plain)]:
+            coded = _coded(candidate_plain, candidate_bzip2)
+            for candidate in [candidate_plain, *coded, *_sectioned(candidate_plain, coded)]:
                 if len(candidate) < len(best):
                     best = candidate
         return best
@@ -595,6 +595,10 @@ class _Coder(enum.IntEnum):
 
 _SECTIONED_FLAG = 0x80
 _SECTION_SLACK = 64 * 1024  # declared plain sections may pass 3x the new size by this much
+# Sections up to this size are also coded here with settings HDiffPatch's containers do not use
+# (lzma2 "extreme", no literal context; magicless zstd-22): where bytes count most, for little
+# CPU (lzma2 extreme codes ~1 MB/s: a 1 MiB section would cost a second for ~1% of it)
+_SECTION_EXTRA_MAX = 256 * 1024
 
 
 def _lzma2_filters(plain_len: int, **options: int) -> list[dict[str, int]]:
@@ -606,46 +610,87 @@ def _lzma2_filters(plain_len: int, **options: int) -> list[dict[str, int]]:
     return [{"id": lzma.FILTER_LZMA2, "dict_size": dict_size, **options}]
 
 
-def _code_section(data: bytes, *, cover: bool) -> tuple[_Coder, bytes]:
-    """The smallest coding of one section (raw when nothing codes it smaller)."""
+def _code_section(data: bytes, *, cover: bool,
+                  coded: Sequence[tuple[_Coder, bytes]] = ()) -> tuple[_Coder, bytes]:
+    """The smallest coding of one section that decodes back to it (raw when nothing codes it
+    smaller). ``coded``: the section as HDiffPatch's own containers coded it (free to reuse);
+    small sections are coded here too, with settings those containers do not use."""
     import lzma
 
-    small = len(data) <= _CODER_ALL_MAX
-    preset = 9 | lzma.PRESET_EXTREME if small else 9
-    options: list[dict[str, int]] = [{"preset": preset}]
-    if small:  # literal-context bits off: better on byte streams with no text structure
-        options.append({"preset": preset, "lc": 0})
-    candidates = [(_Coder.RAW, data)]
-    for extra in options:
-        candidates.append((_Coder.LZMA2, lzma.compress(
-            data, format=lzma.FORMAT_RAW, filters=_lzma2_filters(len(data), **extra))))
-    if not cover:
-        candidates.append((_Coder.BZIP2, bz2.compress(data, 9)))
-        if small:
+    candidates = [(_Coder.RAW, data), *coded]
+    if len(data) <= _SECTION_EXTRA_MAX:
+        preset = 9 | lzma.PRESET_EXTREME
+        for extra in ({}, {"lc": 0}):  # no literal context: better on bytes with no text in them
+            candidates.append((_Coder.LZMA2, lzma.compress(
+                data, format=lzma.FORMAT_RAW,
+                filters=_lzma2_filters(len(data), preset=preset, **extra))))
+        if not cover:
             params = zstandard.ZstdCompressionParameters.from_level(
                 22, source_size=len(data), write_content_size=False, write_checksum=False,
                 write_dict_id=False, format=zstandard.FORMAT_ZSTD1_MAGICLESS)
             candidates.append((_Coder.ZSTD, zstandard.ZstdCompressor(
                 compression_params=params).compress(data)))
-    return min(candidates, key=lambda c: (len(c[1]), c[0]))
+    allowed = (_Coder.RAW, _Coder.LZMA2) if cover else tuple(_Coder)
+    for coder, stored in sorted(candidates, key=lambda c: (len(c[1]), c[0])):
+        try:
+            if coder in allowed and _decode_section(coder, stored, len(data), 0) == data:
+                return coder, stored
+        except (ValueError, OSError, EOFError, lzma.LZMAError, zstandard.ZstdError):
+            continue  # a coding this applier would not read back: not a candidate
+    return _Coder.RAW, data
 
 
-def _sectioned(plain: bytes) -> list[bytes]:
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def _classic_sections(patch: bytes) -> list[tuple[_Coder, bytes] | None]:
+    """Each section of a coded HDIFF13 patch as this container stores it (None: stored raw
+    there): bzip2 streams as they are, lzma2 without HDiffPatch's property byte (the dictionary
+    is derived from the length here), zstd frames without their magic."""
+    name_end = patch.index(b"\0", len(_HDIFF_MAGIC))
+    kind = {b"bz2": _Coder.BZIP2, b"lzma2": _Coder.LZMA2, b"zstd": _Coder.ZSTD}.get(
+        patch[len(_HDIFF_MAGIC):name_end])
+    pos = name_end + 1
+    fields = []
+    for _ in range(11):
+        value, _tag, pos = _unpack(patch, pos)
+        fields.append(value)
+    out: list[tuple[_Coder, bytes] | None] = []
+    for plain_len, stored_len in zip(fields[3::2], fields[4::2], strict=True):
+        data = patch[pos:pos + (stored_len or plain_len)]
+        pos += stored_len or plain_len
+        if not stored_len or kind is None:
+            out.append(None)
+        elif kind is _Coder.LZMA2:
+            out.append((kind, data[1:]))
+        elif kind is _Coder.ZSTD:
+            out.append((kind, data[len(_ZSTD_MAGIC):]) if data.startswith(_ZSTD_MAGIC) else None)
+        else:
+            out.append((kind, data))
+    return out
+
+
+def _sectioned(plain: bytes, coded: Sequence[bytes] = ()) -> list[bytes]:
     """``plain`` (an uncompressed HDIFF13 patch) in the sectioned container, or nothing when
-    its layout is not the one this module reads and writes."""
+    its layout is not the one this module reads and writes. ``coded``: HDiffPatch's own
+    codings of ``plain``, whose sections are reused (no section is coded twice by a coder)."""
     try:
         new_size, old_size, count, sections = _plain_sections(plain)
-    except ValueError:
+        reused = [_classic_sections(c) for c in coded if c.startswith(_HDIFF_MAGIC) and c != plain]
+    except (ValueError, IndexError):
         return []
-    coded = [_code_section(data, cover=i == 0) for i, data in enumerate(sections)]
-    flags = _SECTIONED_FLAG | (1 if coded[0][0] else 0) << 6
-    for shift, (coder, _data) in zip((4, 2, 0), coded[1:], strict=True):
+    choices = []
+    for i, data in enumerate(sections):
+        offered = [c for r in reused if (c := r[i]) is not None]
+        choices.append(_code_section(data, cover=i == 0, coded=offered))
+    flags = _SECTIONED_FLAG | (1 if choices[0][0] else 0) << 6
+    for shift, (coder, _data) in zip((4, 2, 0), choices[1:], strict=True):
         flags |= coder << shift
     out = bytearray([flags])
     for value in (new_size, old_size, count, *map(len, sections)):
         out += _pack(value)
-    for i, (coder, data) in enumerate(coded):
-        if coder is not _Coder.RAW and i < len(coded) - 1:
+    for i, (coder, data) in enumerate(choices):
+        if coder is not _Coder.RAW and i < len(choices) - 1:
             out += _pack(len(data))
         out += data
     patch = bytes(out)
@@ -707,8 +752,6 @@ def _unsectioned(patch: bytes, new_size: int) -> bytes:
 
 
 def _decode_sections(patch: bytes, new_size: int) -> bytes:
-    import lzma
-
     declared_new, old_size, count, lengths, pos = _sectioned_sizes(patch)
     if declared_new != new_size:
         raise DeltaError(f"output size mismatch: hdiffpatch patch declares {declared_new} "
@@ -731,25 +774,32 @@ def _decode_sections(patch: bytes, new_size: int) -> bytes:
             raise ValueError(f"section {i} is truncated or followed by extra bytes")
         data = patch[pos:pos + stored]
         pos += stored
-        if coder is _Coder.BZIP2:
-            plain = _bz2_bounded(memoryview(data), length, f"section {i}")
-        elif coder is _Coder.LZMA2:
-            decoder = lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=_lzma2_filters(length))
-            plain = decoder.decompress(data, max_length=length + 1)
-            if len(plain) == length and not decoder.eof:
-                raise ValueError(f"section {i} is truncated or longer than declared")
-        elif coder is _Coder.ZSTD:
-            window = 1 << min(27, max(20, _ceil_log2(max(1, length))))
-            reader = zstandard.ZstdDecompressor(
-                max_window_size=window, format=zstandard.FORMAT_ZSTD1_MAGICLESS,
-            ).stream_reader(data)
-            plain = reader.read(length + 1)  # bounded: a frame may not inflate past its length
-        else:
-            plain = data
+        plain = _decode_section(coder, data, length, i)
         if len(plain) != length:
             raise ValueError(f"section {i} decodes to {len(plain)} bytes, not {length}")
         parts.append(plain)
     return b"".join(parts)
+
+
+def _decode_section(coder: _Coder, data: bytes, length: int, index: int) -> bytes:
+    """One section decoded, never past ``length + 1`` bytes (the caller checks the length)."""
+    import lzma
+
+    if coder is _Coder.BZIP2:
+        return _bz2_bounded(memoryview(data), length, f"section {index}")
+    if coder is _Coder.LZMA2:
+        decoder = lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=_lzma2_filters(length))
+        plain = decoder.decompress(data, max_length=length + 1)
+        if len(plain) == length and not decoder.eof:
+            raise ValueError(f"section {index} is truncated or longer than declared")
+        return plain
+    if coder is _Coder.ZSTD:
+        window = 1 << min(27, max(20, _ceil_log2(max(1, length))))
+        reader = zstandard.ZstdDecompressor(
+            max_window_size=window, format=zstandard.FORMAT_ZSTD1_MAGICLESS,
+        ).stream_reader(data)
+        return reader.read(length + 1)  # bounded: a frame may not inflate past its length
+    return data
 
 
 def _ceil_log2(n: int) -> int:
