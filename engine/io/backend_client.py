@@ -1,13 +1,13 @@
-"""The engine's client for the platform backend (aiohttp): auth, library, download tasks.
+"""The engine's client for the platform backend: auth, library, download tasks.
 
 Foreign errors are translated here: the rest of the engine sees only ``EngineError`` with the
 seed's codes. A 401 triggers one token refresh and one retry.
 
-aiohttp, not a second HTTP library: the engine needs aiohttp for the CDN anyway, and httpx
-with its transport (httpcore, h11, anyio) cost ~60-70 ms of every in-process command's start
-(issue 13). What httpx did by default is kept: no redirects followed, proxies from the
-environment, its CA choice for https (``SSL_CERT_FILE``, ``SSL_CERT_DIR``, else certifi's),
-30 s connect and read timeouts, ``params`` values written as httpx wrote them.
+On the engine's own small HTTP/1.1 client (``engine.io.httpclient``): httpx with its transport
+(httpcore, h11, anyio) cost ~60-70 ms of every in-process command's start, then aiohttp's
+import ~110 ms (issue 13). What httpx did by default is kept: no redirects followed, proxies
+from the environment, its CA choice for https (``SSL_CERT_FILE``, ``SSL_CERT_DIR``, else
+certifi's), 30 s connect and read timeouts, ``params`` values written as httpx wrote them.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-
-import aiohttp
+from urllib.parse import urlencode
 
 from engine.core.errors import EngineError, ErrorCode
 from engine.core.sources import CdnSource
+from engine.io.httpclient import HttpClient, HttpError
 
 TokenSaver = Callable[[str | None], None]
 AccessSaver = Callable[[str, float], None]  # (access token, expiry as a wall-clock timestamp)
@@ -68,7 +68,7 @@ class Answer:
     """One backend answer, read whole (the backend's documents are small JSON)."""
 
     status_code: int
-    headers: Mapping[str, str]
+    headers: Mapping[str, str]  # lower-case names
     content: bytes
 
     @property
@@ -110,7 +110,7 @@ def _error_from(resp: Answer) -> EngineError:
         code = ErrorCode.PRODUCT_NOT_FOUND
     if resp.status_code == 429:
         code = ErrorCode.RATE_LIMITED
-        detail = f"{detail} (retry after {resp.headers.get('Retry-After', '?')} s)"
+        detail = f"{detail} (retry after {resp.headers.get('retry-after', '?')} s)"
     return EngineError(code, f"backend answered {resp.status_code}: {detail}",
                        http_status=resp.status_code)
 
@@ -137,6 +137,11 @@ def _verified_context() -> ssl.SSLContext:
     return ssl.create_default_context(cafile=certifi.where())
 
 
+def _tls_context(base_url: str) -> ssl.SSLContext:
+    tls = _tls_for(base_url)
+    return tls if isinstance(tls, ssl.SSLContext) else _verified_context()
+
+
 class BackendClient:
     def __init__(self, base_url: str, *, refresh_token: str | None = None,
                  save_refresh_token: TokenSaver | None = None,
@@ -146,8 +151,7 @@ class BackendClient:
         refresh (a 401 drops it); ``save_access_token`` keeps each new one."""
         self.base_url = base_url.rstrip("/")
         self._timeout = timeout
-        # made on the event loop of the first request (an aiohttp session belongs to one)
-        self._http: aiohttp.ClientSession | None = None
+        self._http: HttpClient | None = None  # made at the first request
         self._closed = False
         self._access: str | None = None
         self._refresh_lock: asyncio.Lock | None = None  # made on the loop that first needs it
@@ -165,32 +169,38 @@ class BackendClient:
     async def aclose(self) -> None:
         self._closed = True
         if self._http is not None:
-            await self._http.close()
+            await self._http.aclose()
 
     @property
     def logged_in(self) -> bool:
         return self._refresh is not None or self._access is not None
 
     # -- transport ----------------------------------------------------------------------------
-    def _session(self) -> aiohttp.ClientSession:
+    def _session(self) -> HttpClient:
         if self._closed:
             raise RuntimeError("the backend client has been closed")
         if self._http is None:
-            timeout = aiohttp.ClientTimeout(total=None, connect=self._timeout,
-                                            sock_read=self._timeout)
-            tls = _tls_for(self.base_url)
-            connector = aiohttp.TCPConnector(ssl=_verified_context() if tls is True else tls)
-            self._http = aiohttp.ClientSession(timeout=timeout, connector=connector,
-                                               trust_env=True)  # HTTP(S)_PROXY, NO_PROXY
+            base = self.base_url
+            # made only when a TLS connection is (a plain-http backend never loads a CA bundle)
+            self._http = HttpClient(connect_timeout=self._timeout, read_timeout=self._timeout,
+                                    tls=lambda: _tls_context(base))
         return self._http
 
     async def _request(self, method: str, path: str, *, json: Any = None,
                        params: Mapping[str, Any] | None = None,
                        headers: Mapping[str, str] | None = None) -> Answer:
-        async with self._session().request(method, self.base_url + path, json=json,
-                                           params=query_pairs(params), headers=headers,
-                                           allow_redirects=False) as resp:
-            return Answer(resp.status, resp.headers, await resp.read())
+        url = self.base_url + path
+        pairs = query_pairs(params)
+        if pairs:
+            url += ("&" if "?" in url else "?") + urlencode(pairs)
+        send = dict(headers or {})
+        body = None
+        if json is not None:
+            body = jsonlib.dumps(json).encode("utf-8")
+            send["Content-Type"] = "application/json"
+        resp = await self._session().request(method, url, body=body, headers=send)
+        content = await resp.read()
+        return Answer(resp.status, resp.head.headers, content)
 
     async def _send(self, method: str, path: str, *, auth: bool = True,
                     json: Any = None, params: dict[str, Any] | None = None) -> Answer:
@@ -199,7 +209,7 @@ class BackendClient:
             if auth:
                 headers["Authorization"] = f"Bearer {await self._token()}"
             return await self._request(method, path, json=json, params=params, headers=headers)
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (HttpError, TimeoutError) as exc:
             raise EngineError(ErrorCode.BACKEND_UNREACHABLE,
                               f"{method} {self.base_url}{path}: {exc!r}") from exc
 
@@ -253,7 +263,7 @@ class BackendClient:
         """A valid access token (refreshed when due), for channels that authenticate once."""
         try:
             return await self._token()
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (HttpError, TimeoutError) as exc:
             raise EngineError(ErrorCode.BACKEND_UNREACHABLE,
                               f"refreshing the session at {self.base_url}: {exc!r}") from exc
 

@@ -10,17 +10,18 @@ an S3-compatible bucket elsewhere) and never carry our bearer token.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
-
-import aiohttp
 
 from engine.core.errors import EngineError, ErrorCode
 from engine.core.savesync import CloudFile
 from engine.io.backend_client import BackendClient
+
+if TYPE_CHECKING:  # aiohttp loads when a save moves or the channel opens, not at start
+    import aiohttp
 
 LIBRARY = "/api/v1/library"
 MAX_SAVE_BYTES = 512 * 1024 * 1024  # a single save file bigger than this is refused here
@@ -66,9 +67,17 @@ def _version(doc: dict[str, Any]) -> CloudVersion:
 
 
 class LibraryApi:
-    def __init__(self, api: BackendClient, http: aiohttp.ClientSession) -> None:
+    def __init__(self, api: BackendClient,
+                 http: aiohttp.ClientSession | Callable[[], aiohttp.ClientSession]) -> None:
+        """``http``: a session, or what makes it when first needed (the engine's)."""
         self.api = api
-        self.http = http
+        self._http = http
+
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        if callable(self._http):
+            self._http = self._http()
+        return self._http
 
     # -- playtime -----------------------------------------------------------------------------
     async def start_session(self, session_id: str, product_id: str, started_at: float) -> str:
@@ -135,6 +144,8 @@ class LibraryApi:
 
     async def _transfer(self, method: str, url: str, *, data: bytes | None = None,
                         headers: dict[str, str] | None = None) -> bytes:
+        import aiohttp
+
         try:
             async with self.http.request(method, url, data=data, headers=headers,
                                          timeout=aiohttp.ClientTimeout(total=600)) as resp:
@@ -189,6 +200,8 @@ class LibraryApi:
     # -- the live channel ---------------------------------------------------------------------
     async def updates(self) -> AsyncIterator[dict[str, Any]]:
         """Messages of ``/api/v1/ws/library-updates`` until the connection ends."""
+        import aiohttp
+
         url = self.api.base_url.replace("http", "ws", 1) + "/api/v1/ws/library-updates"
         token = await self.api.access_token()
         try:

@@ -15,14 +15,14 @@ import asyncio
 import logging
 import random
 import shutil
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import blake3
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -35,12 +35,16 @@ from engine.io.bus import EventBus
 from engine.io.config import Settings
 from engine.io.download import FetchFailed
 from engine.io.fsops import atomic_write
+from engine.io.httpclient import HttpClient, HttpError
 from engine.io.limiter import AsyncRateLimiter
 from engine.io.state import State, TaskRecord
 from patcher.deltaindex import ManifestPatch, rebuild_manifest_blob
 from patcher.errors import ManifestError
 from patcher.manifest import Manifest
 from patcher.signing import load_public_key, load_signed_manifest, verify_signature
+
+if TYPE_CHECKING:
+    import aiohttp
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +58,17 @@ class EngineContext:
     api: BackendClient
     bus: EventBus
     limiter: AsyncRateLimiter
-    session: aiohttp.ClientSession
+    # the general range client's aiohttp session, made (and aiohttp imported) when first used
+    session_factory: Callable[[], aiohttp.ClientSession]
+    http: HttpClient  # small documents (manifests, signatures, patches)
     executor: ThreadPoolExecutor
     # task id -> what a run prepared (grant, sources, manifest, full plan), kept by the engine
     # while the task is paused or queued, so a resumed run re-plans nothing
     prepared: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        return self.session_factory()
 
 
 def free_space(path: Path) -> int:
@@ -81,29 +91,32 @@ def check_disk_space(settings: Settings, install_dir: Path, needed: int) -> None
 SourceRefresh = Callable[[], Awaitable[tuple[CdnSource, ...]]]
 
 
+SMALL_TOTAL_S = 60  # a whole small document, however it trickles
+
+
 async def _get_small(ctx: EngineContext, source: CdnSource, rel: str, limit: int) -> bytes:
-    timeout = aiohttp.ClientTimeout(total=60, sock_read=ctx.settings.stall_timeout_s)
+    """One GET of a small document (each read waits at most the stall timeout)."""
     try:
-        async with ctx.session.get(source.url(rel), timeout=timeout) as resp:
-            if resp.status == 403:
-                raise FetchFailed(FailureKind.FORBIDDEN, f"{source.id}: HTTP 403 for {rel}")
-            if resp.status != 200:
-                raise FetchFailed(FailureKind.HTTP_5XX, f"{source.id}: HTTP {resp.status} for {rel}",
-                                  out_of_range=resp.status == 416)
-            if (resp.content_length or 0) > limit:
-                raise EngineError(ErrorCode.MANIFEST_TOO_LARGE, f"{rel}: {resp.content_length} bytes "
-                                  f"(limit {limit})", item=rel)
-            parts: list[bytes] = []
-            size = 0
-            while chunk := await resp.content.read(1 << 20):  # read() returns what arrived
-                size += len(chunk)
-                if size > limit:
-                    raise EngineError(ErrorCode.MANIFEST_TOO_LARGE, f"{rel}: over {limit} bytes", item=rel)
-                parts.append(chunk)
-            return b"".join(parts)
-    except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
+        async with asyncio.timeout(SMALL_TOTAL_S):
+            resp = await ctx.http.request("GET", source.url(rel))
+            try:
+                if resp.status == 403:
+                    raise FetchFailed(FailureKind.FORBIDDEN, f"{source.id}: HTTP 403 for {rel}")
+                if resp.status != 200:
+                    raise FetchFailed(FailureKind.HTTP_5XX,
+                                      f"{source.id}: HTTP {resp.status} for {rel}",
+                                      out_of_range=resp.status == 416)
+                length = resp.head.content_length
+                if (length or 0) > limit:
+                    raise EngineError(ErrorCode.MANIFEST_TOO_LARGE,
+                                      f"{rel}: {length} bytes (limit {limit})", item=rel)
+                return await resp.read(limit, lambda n: EngineError(
+                    ErrorCode.MANIFEST_TOO_LARGE, f"{rel}: over {n} bytes", item=rel))
+            finally:
+                resp.close()  # unread (refused): not reused
+    except TimeoutError as exc:
         raise FetchFailed(FailureKind.STALL, f"{source.id}: {rel} stalled") from exc
-    except aiohttp.ClientError as exc:
+    except HttpError as exc:
         raise FetchFailed(FailureKind.RESET, f"{source.id}: {rel}: {exc!r}") from exc
 
 
@@ -196,21 +209,42 @@ async def load_manifest(ctx: EngineContext, pool: SourcePool, grant: TaskGrant, 
                                      check=lambda data: verify_signature(data, sig, key),
                                      refresh=refresh)
     decode_started = time.monotonic()
+    # the signed bytes are cached (durably: four fsyncs) on a thread while another decodes
+    # them: the writes no longer wait on the loop thread before the plan and the first byte
+    # (issue 13); a manifest that then fails to decode is not kept
+    cached = None if blob_path.exists() else asyncio.ensure_future(
+        asyncio.to_thread(_cache_manifest, blob_path, sig_path, blob, sig))
     try:
-        manifest = await asyncio.to_thread(load_signed_manifest, blob, sig, key)
-    except ManifestError as exc:
-        raise EngineError(ErrorCode.from_wire(exc.code, ErrorCode.MANIFEST_INVALID),
-                          f"manifest of {grant.product_id} {grant.version_id}: "
-                          f"{exc.message}", item=exc.field) from exc
-    if (manifest.product_id, manifest.version_id) != (grant.product_id, grant.version_id):
-        raise EngineError(ErrorCode.MANIFEST_INVALID, "manifest is for another product or version")
+        try:
+            manifest = await asyncio.to_thread(load_signed_manifest, blob, sig, key)
+        except ManifestError as exc:
+            raise EngineError(ErrorCode.from_wire(exc.code, ErrorCode.MANIFEST_INVALID),
+                              f"manifest of {grant.product_id} {grant.version_id}: "
+                              f"{exc.message}", item=exc.field) from exc
+        if (manifest.product_id, manifest.version_id) != (grant.product_id, grant.version_id):
+            raise EngineError(ErrorCode.MANIFEST_INVALID,
+                              "manifest is for another product or version")
+    except BaseException:
+        if cached is not None:
+            await asyncio.gather(cached, return_exceptions=True)  # done before it is undone
+            for path in (blob_path, sig_path):
+                path.unlink(missing_ok=True)
+        raise
     log.info("manifest of %s %s: %d bytes, checked and decoded in %.0f ms", grant.product_id,
              grant.version_id, len(blob), (time.monotonic() - decode_started) * 1000)
-    if not blob_path.exists():
+    if cached is not None:
+        await cached
+    return manifest
+
+
+_cache_lock = threading.Lock()  # two runs caching one manifest share its temporary file names
+
+
+def _cache_manifest(blob_path: Path, sig_path: Path, blob: bytes, sig: bytes) -> None:
+    with _cache_lock:
         blob_path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(sig_path, sig)
         atomic_write(blob_path, blob)
-    return manifest
 
 
 async def _patched_manifest(ctx: EngineContext, pool: SourcePool, grant: TaskGrant,

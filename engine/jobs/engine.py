@@ -20,8 +20,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
-
 from engine.core.errors import EngineError, ErrorCode
 from engine.core.events import error_event, status_event
 from engine.core.lifecycle import FINISHED, TaskKind, TaskState, after_restart
@@ -42,6 +40,7 @@ from engine.io.backend_client import BackendClient
 from engine.io.bus import EventBus
 from engine.io.config import Settings
 from engine.io.credentials import CredentialStore
+from engine.io.httpclient import HttpClient
 from engine.io.library_client import LibraryApi
 from engine.io.limiter import AsyncRateLimiter
 from engine.io.playstate import PlayState
@@ -59,6 +58,8 @@ from engine.jobs.saves import SaveSync
 from patcher.manifest import Manifest, check_id
 
 if TYPE_CHECKING:
+    import aiohttp
+
     from engine.jobs.uninstall import UninstallReport
 
 # Imported where they are used, not here: updates (engine.jobs.update: patcher.delta, the update
@@ -107,6 +108,7 @@ class Engine:
         self._prepared: dict[str, Any] = {}
         self._wake = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
+        self._small: HttpClient | None = None
         # block processing (zstd, BLAKE3 and pwrite release the GIL), hashing and fsync
         self._executor = ThreadPoolExecutor(max_workers=max(4, settings.connections + 2),
                                             thread_name_prefix="engine-io")
@@ -183,6 +185,8 @@ class Engine:
                 await runner
         if self._session is not None:
             await self._session.close()
+        if self._small is not None:
+            await self._small.aclose()
         close_idle_connections()  # the range client's kept-alive sockets
         await self.api.aclose()
         self._executor.shutdown(wait=True)
@@ -193,7 +197,7 @@ class Engine:
 
     def library(self) -> LibraryApi:
         if self._library is None:
-            self._library = LibraryApi(self.api, self._context().session)
+            self._library = LibraryApi(self.api, self._cdn_session)
         return self._library
 
     def busy(self, product_id: str) -> bool:
@@ -218,15 +222,27 @@ class Engine:
         return [self.update(pid) for pid in
                 updates_to_queue(answers, busy, set(self.games.running))]
 
-    def _context(self) -> EngineContext:
+    def _cdn_session(self) -> aiohttp.ClientSession:
+        """The aiohttp session of the general range client and the save transfers, made (and
+        aiohttp imported) when first needed: not before an install's first byte (issue 13)."""
         if self._session is None:
+            import aiohttp
+
             timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.settings.connect_timeout_s,
                                             sock_read=self.settings.stall_timeout_s)
             connector = aiohttp.TCPConnector(limit=64, limit_per_host=16, ttl_dns_cache=300)
             self._session = aiohttp.ClientSession(timeout=timeout, connector=connector,
                                                   auto_decompress=False)
+        return self._session
+
+    def _context(self) -> EngineContext:
+        if self._small is None:
+            # small CDN documents; no proxies from the environment, as the CDN session never
+            # took them (trust_env off), and the default CAs, as its connector had
+            self._small = HttpClient(connect_timeout=self.settings.connect_timeout_s,
+                                     read_timeout=self.settings.stall_timeout_s, trust_env=False)
         return EngineContext(self.settings, self.state, self.api, self.bus, self.limiter,
-                             self._session, self._executor, self._prepared)
+                             self._cdn_session, self._small, self._executor, self._prepared)
 
     # -- commands -----------------------------------------------------------------------------
     def wake(self) -> None:

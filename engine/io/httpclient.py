@@ -1,0 +1,399 @@
+"""A small HTTP/1.1 client on asyncio streams, for the engine's small requests: the backend's
+JSON API (``engine.io.backend_client``) and small CDN documents — manifests, signatures,
+patches (``engine.jobs.context``).
+
+Why our own (issue 13, first byte): aiohttp's import (~110 ms on a quick host, 0.44 s on a
+slowed one; ~50 ms of it two SSL contexts built at import, the CA bundle parsed even for
+plain-http sources) sat in front of every in-process install's first byte, for a handful of
+small requests. What the aiohttp session did is kept: connections kept alive and reused (one
+retry on a fresh connection when a reused one turns out closed before any answer byte),
+redirects never followed, proxies from the environment (``http_proxy``/``https_proxy``/
+``no_proxy``, as ``urllib.request`` reads them; https through a ``CONNECT`` tunnel, the
+proxy's credentials from its URL), a connect timeout (connection, proxy tunnel and TLS
+handshake) and a per-read timeout. Errors are ``HttpError`` (connection, protocol) and
+``TimeoutError``; callers translate both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import ssl
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+MAX_HEAD_BYTES = 64 * 1024
+USER_AGENT = "launcher-engine"
+
+
+class HttpError(Exception):
+    """The request got no complete answer: refused or reset connection, TLS failure, a proxy
+    that refused the tunnel, a malformed response."""
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    scheme: str  # "http" | "https"
+    host: str
+    port: int
+
+    @property
+    def host_header(self) -> str:
+        default = 443 if self.scheme == "https" else 80
+        name = f"[{self.host}]" if ":" in self.host else self.host
+        return name if self.port == default else f"{name}:{self.port}"
+
+
+def split_url(url: str) -> tuple[Origin, str]:
+    """(origin, request target: path and query) of an http(s) URL."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname:
+        raise HttpError(f"not an http(s) URL: {url[:80]}")
+    try:
+        port = parts.port or (443 if scheme == "https" else 80)
+    except ValueError as exc:
+        raise HttpError(f"bad port in {url[:80]}") from exc
+    target = parts.path or "/"
+    if parts.query:
+        target += "?" + parts.query
+    if any(c in target for c in " \r\n\t"):
+        raise HttpError("whitespace in the URL's path")
+    return Origin(scheme, parts.hostname, port), target
+
+
+@dataclass(frozen=True, slots=True)
+class Proxy:
+    origin: Origin
+    authorization: str | None  # the Proxy-Authorization value, from the proxy URL's userinfo
+
+
+def proxy_for(origin: Origin) -> Proxy | None:
+    """The environment's proxy for ``origin``, read as aiohttp's ``trust_env`` read it
+    (``urllib.request.getproxies`` and ``proxy_bypass``); urllib.request is imported only
+    when some ``*_proxy`` variable is set."""
+    if not any(k.lower().endswith("_proxy") for k in os.environ):
+        return None
+    import urllib.request
+
+    url = urllib.request.getproxies().get(origin.scheme)
+    if not url or urllib.request.proxy_bypass(origin.host):
+        return None
+    parts = urlsplit(url if "://" in url else "http://" + url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname:
+        raise HttpError(f"proxy {url[:80]!r} for {origin.scheme} is not an http(s) URL")
+    try:
+        port = parts.port or (443 if scheme == "https" else 80)
+    except ValueError as exc:
+        raise HttpError(f"bad port in the proxy URL {url[:80]!r}") from exc
+    auth = None
+    if parts.username is not None:
+        pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        auth = "Basic " + base64.b64encode(pair.encode("latin-1")).decode("ascii")
+    return Proxy(Origin(scheme, parts.hostname, port), auth)
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    status: int
+    headers: dict[str, str]  # lower-case names; repeated headers joined with ", "
+    keep_alive: bool
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        return self.headers.get(name.lower(), default)
+
+    @property
+    def content_length(self) -> int | None:
+        value = self.headers.get("content-length")
+        if value is None:
+            return None
+        if not (value.isascii() and value.isdigit()):
+            raise HttpError(f"bad Content-Length {value[:40]!r}")
+        return int(value)
+
+
+def parse_head(raw: bytes) -> Head:
+    lines = raw.decode("latin-1").split("\r\n")
+    version, _, rest = lines[0].partition(" ")
+    code = rest[:3]
+    if version not in ("HTTP/1.1", "HTTP/1.0") or len(code) != 3 or not code.isdigit():
+        raise HttpError(f"not an HTTP/1.x status line: {lines[0][:60]!r}")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        if not line:
+            continue
+        name, sep, value = line.partition(":")
+        if not sep or not name or name != name.strip():
+            raise HttpError(f"bad header line {line[:60]!r}")
+        key, value = name.lower(), value.strip()
+        headers[key] = f"{headers[key]}, {value}" if key in headers else value
+    tokens = {t.strip().lower() for t in headers.get("connection", "").split(",")}
+    keep = "keep-alive" in tokens if version == "HTTP/1.0" else "close" not in tokens
+    return Head(int(code), headers, keep)
+
+
+class _Conn:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class Response:
+    """An answer's head; its body is read with ``read`` (the connection goes back to the pool
+    once the whole body is read)."""
+
+    def __init__(self, client: HttpClient, key: tuple[str, str, int, Proxy | None],
+                 conn: _Conn, head: Head, method: str) -> None:
+        self._client = client
+        self._key = key
+        self._conn: _Conn | None = conn
+        self.head = head
+        self.status = head.status
+        self._bodiless = method == "HEAD" or head.status in (204, 304) or head.status < 200
+
+    @property
+    def headers(self) -> Head:
+        return self.head
+
+    async def read(self, limit: int | None = None, too_large: Callable[[int], Exception] | None
+                   = None) -> bytes:
+        """The whole body; more than ``limit`` bytes raises ``too_large(limit)`` (or HttpError)."""
+        conn = self._conn
+        if conn is None:
+            raise HttpError("the body was read already")
+        self._conn = None
+        ok = False
+        try:
+            body = b"" if self._bodiless else await self._body(conn, limit, too_large)
+            ok = True
+            return body
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
+            raise HttpError(f"answer cut short or malformed: {exc!r}") from exc
+        except OSError as exc:  # reset, TLS failure (TimeoutError passes: the caller's to judge)
+            if isinstance(exc, TimeoutError):
+                raise
+            raise HttpError(f"reading the answer: {exc!r}") from exc
+        finally:
+            if ok and self.head.keep_alive:
+                self._client._put_back(self._key, conn)
+            else:
+                conn.close()
+
+    def close(self) -> None:
+        """Give up the body unread (the connection is closed, not reused)."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    async def _body(self, conn: _Conn, limit: int | None,
+                    too_large: Callable[[int], Exception] | None) -> bytes:
+        def over(size: int) -> None:
+            if limit is not None and size > limit:
+                raise too_large(limit) if too_large else HttpError(f"answer over {limit} bytes")
+
+        read_s = self._client.read_timeout
+        reader = conn.reader
+        if "chunked" in self.head.headers.get("transfer-encoding", "").lower():
+            parts: list[bytes] = []
+            size = 0
+            while True:
+                async with asyncio.timeout(read_s):
+                    line = await reader.readuntil(b"\r\n")
+                digits = line.split(b";", 1)[0].strip()
+                try:
+                    n = int(digits, 16)
+                except ValueError as exc:
+                    raise HttpError(f"bad chunk size {digits[:20]!r}") from exc
+                if n == 0:
+                    while True:  # trailers, up to the blank line
+                        async with asyncio.timeout(read_s):
+                            if await reader.readuntil(b"\r\n") == b"\r\n":
+                                return b"".join(parts)
+                size += n
+                over(size)
+                async with asyncio.timeout(read_s):
+                    parts.append(await reader.readexactly(n))
+                    await reader.readexactly(2)
+        length = self.head.content_length
+        if length is not None:
+            over(length)
+            parts = []
+            left = length
+            while left:
+                async with asyncio.timeout(read_s):
+                    part = await reader.read(min(left, 1 << 20))
+                if not part:
+                    raise HttpError(f"connection closed {left} bytes before the answer's end")
+                parts.append(part)
+                left -= len(part)
+            return b"".join(parts)
+        self.head = Head(self.head.status, self.head.headers, keep_alive=False)  # read to EOF
+        parts, size = [], 0
+        while True:
+            async with asyncio.timeout(read_s):
+                part = await reader.read(1 << 20)
+            if not part:
+                return b"".join(parts)
+            size += len(part)
+            over(size)
+            parts.append(part)
+
+
+class HttpClient:
+    """Kept-alive connections per (scheme, host, port, proxy), on the event loop of the first
+    request (connections belong to one loop; a later loop starts a fresh pool)."""
+
+    IDLE_PER_ORIGIN = 8
+
+    def __init__(self, *, connect_timeout: float, read_timeout: float,
+                 tls: Callable[[], ssl.SSLContext] | None = None, trust_env: bool = True) -> None:
+        """``tls``: makes the context of https connections, when the first is opened (default:
+        the system's CAs); ``trust_env``: proxies from the environment."""
+        self.trust_env = trust_env
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self._tls_factory = tls
+        self._tls: ssl.SSLContext | None = None
+        self._idle: dict[tuple[str, str, int, Proxy | None], list[_Conn]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+
+    def _context(self) -> ssl.SSLContext:
+        if self._tls is None:
+            self._tls = self._tls_factory() if self._tls_factory else ssl.create_default_context()
+        return self._tls
+
+    async def aclose(self) -> None:
+        self._closed = True
+        for group in self._idle.values():
+            for conn in group:
+                conn.close()
+        self._idle.clear()
+
+    def _put_back(self, key: tuple[str, str, int, Proxy | None], conn: _Conn) -> None:
+        if self._closed or conn.reader.at_eof() or conn.writer.is_closing():
+            conn.close()
+            return
+        group = self._idle.setdefault(key, [])
+        group.append(conn)
+        while len(group) > self.IDLE_PER_ORIGIN:
+            group.pop(0).close()
+
+    def _take(self, key: tuple[str, str, int, Proxy | None]) -> _Conn | None:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:  # connections of another (maybe closed) loop: not usable
+            self._idle.clear()
+            self._loop = loop
+        group = self._idle.get(key)
+        while group:
+            conn = group.pop()
+            # an idle connection with something to read (the server's FIN) cannot carry more
+            if conn.reader.at_eof() or conn.writer.is_closing():
+                conn.close()
+                continue
+            return conn
+        return None
+
+    async def _connect(self, origin: Origin, proxy: Proxy | None) -> _Conn:
+        tls = self._context() if origin.scheme == "https" else None
+        async with asyncio.timeout(self.connect_timeout):
+            try:
+                if proxy is None:
+                    reader, writer = await asyncio.open_connection(
+                        origin.host, origin.port, ssl=tls,
+                        server_hostname=origin.host if tls else None)
+                    return _Conn(reader, writer)
+                ptls = self._context() if proxy.origin.scheme == "https" else None
+                reader, writer = await asyncio.open_connection(
+                    proxy.origin.host, proxy.origin.port, ssl=ptls,
+                    server_hostname=proxy.origin.host if ptls else None)
+                conn = _Conn(reader, writer)
+                if tls is None:
+                    return conn  # plain http: absolute-form requests to the proxy
+                try:
+                    await self._tunnel(conn, origin, proxy)
+                    await writer.start_tls(tls, server_hostname=origin.host)
+                except BaseException:
+                    conn.close()
+                    raise
+                return conn
+            except ssl.SSLError as exc:
+                raise HttpError(f"TLS with {origin.host}: {exc}") from exc
+            except OSError as exc:
+                if isinstance(exc, TimeoutError):
+                    raise
+                raise HttpError(f"cannot connect to {origin.host}:{origin.port}"
+                                f"{' through ' + proxy.origin.host if proxy else ''}: {exc}") from exc
+
+    async def _tunnel(self, conn: _Conn, origin: Origin, proxy: Proxy) -> None:
+        host = f"[{origin.host}]" if ":" in origin.host else origin.host
+        where = f"{host}:{origin.port}"
+        lines = [f"CONNECT {where} HTTP/1.1", f"Host: {where}", f"User-Agent: {USER_AGENT}"]
+        if proxy.authorization:
+            lines.append(f"Proxy-Authorization: {proxy.authorization}")
+        conn.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        await conn.writer.drain()
+        head = parse_head(await _read_head(conn.reader))
+        if not 200 <= head.status < 300:
+            raise HttpError(f"proxy {proxy.origin.host} refused the tunnel: HTTP {head.status}")
+
+    async def request(self, method: str, url: str, *, body: bytes | None = None,
+                      headers: Mapping[str, str] | None = None) -> Response:
+        """Send the request; the answer's head (read the body with ``Response.read``)."""
+        if self._closed:
+            raise RuntimeError("the HTTP client has been closed")
+        origin, target = split_url(url)
+        proxy = proxy_for(origin) if self.trust_env else None
+        key = (origin.scheme, origin.host, origin.port, proxy)
+        lines = [f"{method} {url if proxy and origin.scheme == 'http' else target} HTTP/1.1",
+                 f"Host: {origin.host_header}", f"User-Agent: {USER_AGENT}", "Accept: */*",
+                 "Accept-Encoding: identity"]
+        if proxy and origin.scheme == "http" and proxy.authorization:
+            lines.append(f"Proxy-Authorization: {proxy.authorization}")
+        for name, value in (headers or {}).items():
+            if any(c in value for c in "\r\n"):
+                raise HttpError(f"a line break in header {name}")
+            lines.append(f"{name}: {value}")
+        if body is not None or method in ("POST", "PUT", "PATCH"):
+            lines.append(f"Content-Length: {len(body or b'')}")
+        data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
+        for attempt in (0, 1):
+            conn = self._take(key) if attempt == 0 else None
+            reused = conn is not None
+            if conn is None:
+                conn = await self._connect(origin, proxy)
+            try:
+                try:
+                    conn.writer.write(data)
+                    async with asyncio.timeout(self.read_timeout):
+                        await conn.writer.drain()
+                        raw = await _read_head(conn.reader)
+                except (ConnectionError, asyncio.IncompleteReadError) as exc:
+                    # a kept-alive connection the server closed meanwhile: once more, fresh
+                    if reused and (not isinstance(exc, asyncio.IncompleteReadError)
+                                   or not exc.partial):
+                        conn.close()
+                        continue
+                    raise HttpError(f"{method} {origin.host}: connection closed: {exc!r}") from exc
+                except OSError as exc:
+                    if isinstance(exc, TimeoutError):
+                        raise
+                    raise HttpError(f"{method} {origin.host}: {exc!r}") from exc
+                return Response(self, key, conn, parse_head(raw), method)
+            except BaseException:
+                conn.close()
+                raise
+        raise HttpError(f"{method} {origin.host}: connection closed")  # unreachable
+
+
+async def _read_head(reader: asyncio.StreamReader) -> bytes:
+    try:
+        return await reader.readuntil(b"\r\n\r\n")
+    except asyncio.LimitOverrunError as exc:
+        raise HttpError(f"response head over {reader._limit} bytes") from exc  # type: ignore[attr-defined]
