@@ -33,10 +33,10 @@ from engine.core.sources import CdnSource, FailureKind, SourcePool
 from engine.io.backend_client import BackendClient, TaskGrant
 from engine.io.bus import EventBus
 from engine.io.config import Settings
-from engine.io.download import FetchFailed
 from engine.io.fsops import atomic_write
 from engine.io.httpclient import HttpClient, HttpError
 from engine.io.limiter import AsyncRateLimiter
+from engine.io.rangeclient import FetchFailed  # not engine.io.download: that loads aiohttp
 from engine.io.state import State, TaskRecord
 from patcher.deltaindex import ManifestPatch, rebuild_manifest_blob
 from patcher.errors import ManifestError
