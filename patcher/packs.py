@@ -6,12 +6,13 @@ closed, so a pack name always proves its content and a crash leaves only an igno
 
 from __future__ import annotations
 
+import errno
+import mmap
 import os
 import secrets
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import blake3
 import zstandard
@@ -95,7 +96,7 @@ def _compressor(key: int | None) -> zstandard.ZstdCompressor:
     return c
 
 
-def probe_ratio(raw: bytes) -> float:
+def probe_ratio(raw: bytes | memoryview) -> float:
     """Level 1's output size over the input size on a few samples spread over the block (~0.1 ms
     for 1 MiB); a function of the bytes alone, so every decision taken on it is deterministic."""
     if not raw:
@@ -108,7 +109,7 @@ def probe_ratio(raw: bytes) -> float:
     return len(_compressor(1).compress(sample)) / len(sample)
 
 
-def looks_compressible(raw: bytes) -> bool:
+def looks_compressible(raw: bytes | memoryview) -> bool:
     return probe_ratio(raw) <= 1 - PROBE_MIN_SAVING
 
 
@@ -119,7 +120,7 @@ def wants_strong(ratio: float, level: int) -> bool:
     return level >= STRONG_LEVEL or not MIDDLING[0] <= ratio < MIDDLING[1]
 
 
-def compress_block(raw: bytes, level: int) -> tuple[bytes, Codec]:
+def compress_block(raw: bytes | memoryview, level: int) -> tuple[bytes, Codec]:
     """Compress one block: compressible-looking data once with STRONG_PARAMS (or at ``level``
     when that is at least STRONG_LEVEL), except middling blocks below that level; the rest at
     FAST_LEVEL (or ``level`` when lower; the strong pass follows only when that shrinks it below
@@ -132,7 +133,7 @@ def compress_block(raw: bytes, level: int) -> tuple[bytes, Codec]:
         if len(packed) < STRONG_RATIO * len(raw):
             packed = min(packed, _compressor(strong).compress(raw), key=len)
     if len(packed) > len(raw) * (1 - MIN_SAVING):
-        return raw, Codec.RAW
+        return bytes(raw), Codec.RAW  # a copy: the caller's buffer may be reused
     return packed, Codec.ZSTD
 
 
@@ -142,6 +143,89 @@ def decompress_block(stored: bytes, codec: Codec, raw_size: int) -> bytes:
     return zstandard.ZstdDecompressor().decompress(stored, max_output_size=raw_size)
 
 
+# Pack bytes are gathered in a buffer of this size and written a buffer at a time; where the
+# filesystem takes it, with O_DIRECT: on this VM writing to fresh page-cache pages costs 2-4x
+# the CPU of writing from one reused buffer straight to the disk (233 MB: 0.09-0.16 CPU s and
+# 0.21-0.38 s wall buffered with fsync, 0.045 CPU s and 0.15 s wall direct), and a pack is
+# synced before it is named anyway. Elsewhere (tmpfs, Windows, macOS) plain writes.
+WRITE_BUFFER = 4 * 1024 * 1024
+# O_DIRECT writes start at, and span, multiples of this (any disk's logical block divides it)
+DIRECT_ALIGN = 4096
+
+
+class _PackFile:
+    """One pack file being written: O_DIRECT where the filesystem accepts it, else plain."""
+
+    def __init__(self, path: Path, buffer: mmap.mmap) -> None:
+        self.path = path
+        self.buffer = buffer
+        self.fill = 0  # bytes of the buffer not yet written
+        self.size = 0  # bytes appended
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0)
+        direct = getattr(os, "O_DIRECT", 0)
+        self.direct = False
+        if direct:
+            try:
+                self.fd = os.open(path, flags | direct, 0o644)
+                self.direct = True
+                return
+            except OSError as exc:  # tmpfs and others refuse it (the file may exist by now)
+                if exc.errno != errno.EINVAL:
+                    raise
+        self.fd = os.open(path, flags, 0o644)
+
+    def write(self, data: bytes) -> None:
+        with memoryview(data) as src, memoryview(self.buffer) as buf:
+            pos = 0
+            while pos < len(src):
+                n = min(len(src) - pos, len(buf) - self.fill)
+                buf[self.fill : self.fill + n] = src[pos : pos + n]
+                self.fill += n
+                pos += n
+                if self.fill == len(buf):
+                    self._write(buf)
+                    self.fill = 0
+        self.size += len(data)
+
+    def _write(self, view: memoryview) -> None:
+        try:
+            written = os.write(self.fd, view)
+        except OSError as exc:
+            if not (self.direct and exc.errno == errno.EINVAL):
+                raise
+            self._undirect()  # a filesystem that opens with O_DIRECT but refuses its writes
+            written = os.write(self.fd, view)
+        while written < len(view):  # a plain write may be short; a direct one is not
+            written += os.write(self.fd, view[written:])
+
+    def _undirect(self) -> None:
+        import fcntl  # only where O_DIRECT exists
+
+        fcntl.fcntl(self.fd, fcntl.F_SETFL,
+                    fcntl.fcntl(self.fd, fcntl.F_GETFL) & ~getattr(os, "O_DIRECT", 0))
+        self.direct = False
+
+    def finish(self) -> None:
+        """Write what is left and sync the file (then close it)."""
+        if self.fill:
+            with memoryview(self.buffer) as buf:
+                if self.direct:  # whole blocks, then cut back to the real size
+                    padded = -(-self.fill // DIRECT_ALIGN) * DIRECT_ALIGN
+                    buf[self.fill : padded] = bytes(padded - self.fill)
+                    self._write(buf[:padded])
+                    os.ftruncate(self.fd, self.size)
+                else:
+                    self._write(buf[: self.fill])
+            self.fill = 0
+        os.fsync(self.fd)
+        self.close()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
 class PackWriter:
     """Appends blocks to pack files in ``folder``, rolling over at ``target_size``."""
 
@@ -149,50 +233,49 @@ class PackWriter:
         self.folder = folder
         self.target_size = target_size
         self.sealed: list[str] = []  # pack names by slot
-        self._fh: BinaryIO | None = None
-        self._tmp: Path | None = None
+        self._file: _PackFile | None = None
+        self._buffer: mmap.mmap | None = None  # page-aligned, as O_DIRECT needs; reused
         self._hasher = blake3.blake3()
-        self._size = 0
         folder.mkdir(parents=True, exist_ok=True)
 
     def append(self, data: bytes, raw_size: int, codec: Codec) -> StoredBlock:
-        if self._tmp is None or self._size >= self.target_size:
+        if self._file is None or self._file.size >= self.target_size:
             self._seal()
-            self._tmp = self.folder / f".tmp-{secrets.token_hex(8)}"
-            self._fh = self._tmp.open("wb")
+            if self._buffer is None:
+                self._buffer = mmap.mmap(-1, WRITE_BUFFER)
+            self._file = _PackFile(self.folder / f".tmp-{secrets.token_hex(8)}", self._buffer)
             self._hasher = blake3.blake3()
-            self._size = 0
-        assert self._fh is not None
-        self._fh.write(data)
+        block = StoredBlock(len(self.sealed), self._file.size, len(data), raw_size, codec)
+        self._file.write(data)
         self._hasher.update(data)
-        block = StoredBlock(len(self.sealed), self._size, len(data), raw_size, codec)
-        self._size += len(data)
         return block
 
     def _seal(self) -> None:
-        if self._tmp is None:
+        if self._file is None:
             return
-        assert self._fh is not None
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        self._fh.close()
+        tmp = self._file.path
+        self._file.finish()
+        self._file = None
         name = self._hasher.hexdigest()
         final = self.folder / f"{name}.pack"
         if final.exists():
-            self._tmp.unlink()  # identical pack already stored
+            tmp.unlink()  # identical pack already stored
         else:
-            os.replace(self._tmp, final)
+            os.replace(tmp, final)
         self.sealed.append(name)
-        self._tmp = None
-        self._fh = None
 
     def close(self) -> list[str]:
         self._seal()
+        if self._buffer is not None:
+            self._buffer.close()
+            self._buffer = None
         return self.sealed
 
     def abort(self) -> None:
-        if self._tmp is not None:
-            if self._fh is not None:
-                self._fh.close()
-            self._tmp.unlink(missing_ok=True)
-            self._tmp = None
+        if self._file is not None:
+            self._file.close()
+            self._file.path.unlink(missing_ok=True)
+            self._file = None
+        if self._buffer is not None:
+            self._buffer.close()
+            self._buffer = None

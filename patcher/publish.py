@@ -28,7 +28,7 @@ from typing import Any
 
 import blake3
 
-from patcher.chunking import ChunkedFile, ChunkRef, chunk_file, chunk_refs
+from patcher.chunking import CHUNK_MAX, ChunkedFile, ChunkRef, chunk_file, chunk_refs
 from patcher.deltaindex import EMPTY_SHA256, DeltaIndex, ManifestPatch, PatchEntry, encode_delta_index
 from patcher.diff import diff_manifests
 from patcher.errors import DeltaError, ManifestError, PublishError
@@ -232,18 +232,25 @@ class _PendingBlock:
     raw_size: int = 0
 
     def read(self) -> bytes:
-        """The block's raw bytes (a file read releases the GIL; the publishing thread never
-        copies them)."""
-        parts: list[bytes] = []
-        for path, start, end in self.ranges:
-            with path.open("rb", buffering=0) as fh:
-                fh.seek(start)
-                part = fh.read(end - start)
-            if len(part) != end - start:
-                raise PublishError(f"{path} changed while it was published",
-                                   code="BUILD_CHANGED")
-            parts.append(part)
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        """The block's raw bytes."""
+        buf = bytearray(self.raw_size)
+        self.read_into(buf)
+        return bytes(buf)
+
+    def read_into(self, buf: bytearray) -> None:
+        """Read the block's raw bytes into the start of ``buf`` (a file read releases the GIL;
+        the publishing thread never copies them)."""
+        with memoryview(buf) as view:
+            pos = 0
+            for path, start, end in self.ranges:
+                with path.open("rb", buffering=0) as fh:
+                    fh.seek(start)
+                    while start < end:
+                        n = fh.readinto(view[pos : pos + end - start])
+                        if not n:  # cut short after it was chunked
+                            raise PublishError(f"{path} changed while it was published",
+                                               code="BUILD_CHANGED")
+                        pos, start = pos + n, start + n
 
 
 def mostly_dead_chunks(chunked: list[ChunkedFile], known: dict[str, ChunkRecord],
@@ -334,6 +341,9 @@ def _file_digest(path: Path) -> str:
             return str(blake3.blake3(mm).hexdigest())
 
 
+# Blocks are read into a buffer of at least this size (one per pool thread, reused): a block
+# ends at the chunk that reaches BLOCK_TARGET_RAW.
+BLOCK_BUFFER = BLOCK_TARGET_RAW + CHUNK_MAX
 # Read buffer of the SHA-256 (one per pool thread, reused): OpenSSL hashes a buffer that was
 # just read, in cache, 1.4x faster than the same bytes through a map (star-courier 1.0.0:
 # 0.22 against 0.32 CPU s; SHA-NI, page cache warm).
@@ -406,7 +416,16 @@ INFLIGHT_RAW = 48 * 1024 * 1024
 
 
 def _read_and_compress(pb: _PendingBlock, level: int) -> tuple[bytes, Codec]:
-    return compress_block(pb.read(), level)
+    """Read a block into this thread's buffer and compress it. The buffer is reused: on this VM
+    the first touch of fresh memory costs more wall time than the copy (a fresh 1 MiB bytes
+    per block: 0.40-0.44 s wall to read star-courier 1.0.0, against 0.10-0.13 s into one
+    buffer)."""
+    buf: bytearray | None = getattr(_local, "block_buffer", None)
+    if buf is None or len(buf) < pb.raw_size:
+        buf = _local.block_buffer = bytearray(max(pb.raw_size, BLOCK_BUFFER))
+    pb.read_into(buf)
+    with memoryview(buf) as view, view[: pb.raw_size] as raw:
+        return compress_block(raw, level)
 
 
 class _Ingest:
