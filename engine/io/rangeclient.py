@@ -2,7 +2,9 @@
 socket, ``recv_into``s each block into a buffer it reuses, and processes the block right there
 (zstd, BLAKE3 and ``pwritev`` release the GIL). The event loop only hears "block N is written"
 (one ``call_soon_threadsafe`` per ~1 MiB block) and keeps every decision: which source, retries,
-journal, progress. Parsing and the meaning of a response are ``engine.core.httpwire``.
+journal, progress. Under a speed limit the thread reads the block in pieces and sleeps for
+the limiter's tokens before each (``Pacer``). Parsing and the meaning of a response are
+``engine.core.httpwire``.
 
 A thread cannot be cancelled, so it looks at a stop flag between blocks and at least every
 ``POLL_S`` while it waits for bytes; the caller sets the flag and waits for the thread before
@@ -23,7 +25,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from engine.core.fetchrules import Failure
 from engine.core.httpwire import (
@@ -64,8 +66,21 @@ class FetchFailed(Exception):
 
 
 class Stopped(Exception):
-    """The thread gave the range back between blocks: the run stops, or a speed limit now
-    applies (limited reads go the general way); the blocks it delivered are kept."""
+    """The thread gave the range back between blocks (or pieces): the run stops, or the caller
+    asked for it back (``give_back``); the blocks it delivered are kept."""
+
+
+class Pacer(Protocol):
+    """The speed limit as a worker thread sees it (``engine.io.download`` binds the limiter)."""
+
+    def piece(self) -> int:
+        """0 when no limit applies now; else the bytes to read per paced piece."""
+        ...
+
+    def pace(self, n: int) -> bool:
+        """Block until ``n`` more bytes may be read (or the stop flag is set); True when it
+        had to wait."""
+        ...
 
 
 @dataclass(slots=True)
@@ -81,6 +96,7 @@ class RangeFetch(Generic[R]):
     give_back: Callable[[], bool]  # checked between blocks: True → raise Stopped
     stop: threading.Event
     on_first_byte: Callable[[], None]  # thread-safe
+    pacer: Pacer | None = None  # None: never limited
     received: int = 0
     started: float = 0.0
 
@@ -286,12 +302,29 @@ class _Body:
         while filled < len(view):
             filled += self._recv(view[filled:])
 
-    def skip(self, size: int) -> None:
+    def skip(self, size: int, paced: int) -> None:
         scratch = _buffer(DRAIN_CHUNK)[:DRAIN_CHUNK]
         while size:
             part = scratch[:min(size, DRAIN_CHUNK)]
-            self.read_into(part)
+            if paced:
+                self.read_paced(part, paced)
+            else:
+                self.read_into(part)
             size -= len(part)
+
+    def read_paced(self, view: memoryview, piece_size: int) -> None:
+        """``read_into`` under a speed limit: tokens are taken before each piece, and the
+        thread sleeps (leaving the socket unread) until they are paid for. Time spent waiting
+        for tokens is not the edge's: the stall window starts again after a wait."""
+        pacer = self.fetch.pacer
+        assert pacer is not None
+        for at in range(0, len(view), piece_size):
+            piece = view[at:at + piece_size]
+            if pacer.pace(len(piece)):
+                self.watch.reset(time.monotonic())
+            if self.fetch.stop.is_set():
+                raise Stopped()
+            self.read_into(piece)
 
 
 def fetch_range(fetch: RangeFetch[R]) -> None:
@@ -349,11 +382,15 @@ def _read_blocks(fetch: RangeFetch[R], body: _Body) -> None:
     for job in fetch.range.blocks:
         if fetch.stop.is_set() or fetch.give_back():
             raise Stopped()
+        paced = 0 if fetch.pacer is None else fetch.pacer.piece()
         gap = job.offset - position
         if gap > 0:  # a bridged gap: read and drop
-            body.skip(gap)
+            body.skip(gap, paced)
         view = _buffer(job.stored_size)[:job.stored_size]
-        body.read_into(view)
+        if paced:
+            body.read_paced(view, paced)
+        else:
+            body.read_into(view)
         fetch.received += gap + job.stored_size
         position = job.offset + job.stored_size
         result = fetch.process(job, view)

@@ -114,6 +114,8 @@ class Staging:
         self.manifest = manifest
         self._fds: dict[int, int] = {}
         self._lock = threading.Lock()  # _fds is shared by the loop and the engine-io threads
+        self._users: dict[int, int] = {}  # fd -> worker-thread calls using it right now
+        self._doomed: set[int] = set()  # closed while in use: closed by its last user
         self._unprepared: set[int] = set()  # staged files to create on first use
 
     def open_root(self, create: bool) -> bool:
@@ -212,22 +214,41 @@ class Staging:
 
     @contextlib.contextmanager
     def _held(self, file_index: int, open_it: bool) -> Iterator[int | None]:
-        """A private duplicate of the file's fd: a file verified (and closed) or a run cancelled
-        (staging closed) while a worker thread still writes or syncs must not turn that call
-        into EBADF — or into a write to whatever file reused the fd number."""
-        if open_it:
+        """The file's fd, held open for the call: a file verified (and closed) or a run
+        cancelled (staging closed) while a worker thread still writes or syncs must not turn
+        that call into EBADF — or into a write to whatever file reused the fd number. A close
+        meanwhile is left to the last user (a count, not a ``dup`` and ``close`` per write: two
+        system calls per block)."""
+        if open_it and self._unprepared:
             self._ensure_prepared(file_index)
         with self._lock:
             fd = self._fds.get(file_index)
             if fd is None and open_it:
                 fd = self._fds[file_index] = os.open(self.path(file_index),
                                                      os.O_RDWR | os.O_NOFOLLOW)
-            dup = os.dup(fd) if fd is not None else None
+            if fd is not None:
+                self._users[fd] = self._users.get(fd, 0) + 1
         try:
-            yield dup
+            yield fd
         finally:
-            if dup is not None:
-                os.close(dup)
+            if fd is not None:
+                with self._lock:
+                    left = self._users.pop(fd) - 1
+                    if left:
+                        self._users[fd] = left
+                    last = not left and fd in self._doomed
+                    if last:
+                        self._doomed.discard(fd)
+                if last:
+                    os.close(fd)
+
+    def _close_fd(self, fd: int) -> None:
+        """Close ``fd`` now, or when its last user is done (caller holds no lock)."""
+        with self._lock:
+            if self._users.get(fd):
+                self._doomed.add(fd)
+                return
+        os.close(fd)
 
     def pwritev(self, file_index: int, pieces: list[memoryview], offset: int) -> None:
         with self._held(file_index, True) as fd:
@@ -251,14 +272,14 @@ class Staging:
         with self._lock:
             fd = self._fds.pop(file_index, None)
         if fd is not None:
-            os.close(fd)
+            self._close_fd(fd)
 
     def close(self) -> None:
         with self._lock:
             fds = list(self._fds.values())
             self._fds.clear()
         for fd in fds:
-            os.close(fd)
+            self._close_fd(fd)
 
     def verify(self, file_index: int) -> bool:
         """SHA-256 of the staged file against the manifest (runs in a worker thread)."""
