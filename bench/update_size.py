@@ -34,6 +34,12 @@ With ``--json`` the last printed line is one JSON object::
                 "patch_build_s": X, "patch_peak_rss_bytes": N}, ...],
      "install_bytes": N, "zstd19_install_bytes": N, "publish_mb_s": X, ...}
 
+``--publish-only`` publishes without patches and measures only publish speed and fresh
+installs; ``--repeat N`` publishes everything N times (fresh stores, fastest run per version);
+``--patcher-repo DIR`` publishes with another checkout's ``patcher``; ``--against DIR`` (with
+``--publish-only``) publishes every round with this checkout and with DIR's, alternating which
+goes first, and reports both side by side (an A/B in one run; ``"against"`` in the JSON).
+
 The work folder (``--work``, default ``.bench-data/update-size/``, gitignored) keeps the
 generated builds and ``peer-sizes.json``: peer results keyed by tool version and input SHA-256,
 so a second run over the same builds re-measures only our side (delete it to re-run the peers).
@@ -864,6 +870,97 @@ def report_publish(runs: list[PublishRun], main_product: str, installs: list[Ins
 # Main
 
 
+def fastest_runs(runs: list[PublishRun]) -> list[PublishRun]:
+    """The fastest run of each version, in first-seen order (min of N; the load varies)."""
+    fastest: dict[tuple[str, str], PublishRun] = {}
+    for r in runs:
+        key = (r.product, r.version)
+        if key not in fastest or r.report["publish_seconds"] < fastest[key].report["publish_seconds"]:
+            fastest[key] = r
+    return list(fastest.values())
+
+
+def measure_installs(runner: PeerRunner, store: Store,
+                     products: list[tuple[str, list[tuple[str, Path]]]]) -> list[Install]:
+    installs: list[Install] = []
+    for product, versions in products:
+        # the latest version (the goal) and, to tell codec loss from dead block parts,
+        # the first one (its blocks hold nothing else)
+        for version, folder in [*versions[:1], versions[-1]] if len(versions) > 1 else versions:
+            manifest = store.read_manifest(product, version)
+            files = build_files(folder)
+            jobs = [PeerJob("zstd19", None, p, ("zstd19", sha256_file(p))) for p in files.values()]
+            log(f"zstd -19 of every file of {product} {version}")
+            runner.run(jobs)
+            installs.append(Install(product, version, version == versions[-1][0],
+                                    install_bytes(manifest), live_share(manifest),
+                                    sum(runner.sizes[j.key] for j in jobs), dead_weight(manifest)))
+    return installs
+
+
+def _median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    n = len(xs)
+    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
+
+
+def report_ab(rounds: dict[str, list[list[PublishRun]]], main_product: str,
+              installs: list[Install], against_installs: list[Install], code: str,
+              against_code: str) -> dict[str, Any]:
+    """--against: both checkouts side by side, from the same alternated rounds."""
+    sides: dict[str, Any] = {}
+    for label, side_code, side_installs in (("this", code, installs),
+                                            ("against", against_code, against_installs)):
+        per_round = [[r for r in one if r.product == main_product] for one in rounds[label]]
+        total_in = sum(r.report["total_bytes"] for r in per_round[0])
+        catalog = [total_in / MB / sum(r.report["publish_seconds"] for r in one)
+                   for one in per_round]
+        cpu = [sum(r.report["publish_cpu_s"] for r in one) for one in per_round]
+        versions: dict[str, dict[str, list[float]]] = {}
+        for one in per_round:
+            for r in one:
+                v = versions.setdefault(r.version, {"s": [], "cpu_s": []})
+                v["s"].append(r.report["publish_seconds"])
+                v["cpu_s"].append(r.report["publish_cpu_s"])
+        fastest = fastest_runs([r for one in per_round for r in one])
+        sides[label] = {
+            "code": side_code,
+            "catalog_mb_s_median": round(_median(catalog), 1),
+            "catalog_mb_s_best_round": round(max(catalog), 1),
+            "catalog_mb_s_fastest_each": round(
+                total_in / MB / sum(r.report["publish_seconds"] for r in fastest), 1),
+            "catalog_cpu_s_median": round(_median(cpu), 3),
+            "catalog_cpu_s_min": round(min(cpu), 3),
+            "versions": {k: {"min_s": round(min(v["s"]), 3), "median_s": round(_median(v["s"]), 3),
+                             "median_cpu_s": round(_median(v["cpu_s"]), 3)}
+                         for k, v in versions.items()},
+            "install_ratio": {i.product: round(i.ours / i.zstd19, 4)
+                              for i in side_installs if i.latest},
+            "loads": [round(r.loadavg, 1) for one in rounds[label] for r in one[:1]],
+        }
+    this, other = sides["this"], sides["against"]
+    print(f"\n## A/B in one run: {this['code']} against {other['code']} "
+          f"({len(rounds['this'])} rounds each, alternated; load before each round "
+          f"{this['loads']} / {other['loads']})")
+    rows = [["catalog MB/s, median of rounds", f"{other['catalog_mb_s_median']}",
+             f"{this['catalog_mb_s_median']}"],
+            ["catalog MB/s, fastest run of each version", f"{other['catalog_mb_s_fastest_each']}",
+             f"{this['catalog_mb_s_fastest_each']}"],
+            ["catalog CPU s, median (min)",
+             f"{other['catalog_cpu_s_median']} ({other['catalog_cpu_s_min']})",
+             f"{this['catalog_cpu_s_median']} ({this['catalog_cpu_s_min']})"]]
+    for v in this["versions"]:
+        a, b = other["versions"][v], this["versions"][v]
+        rows.append([f"{main_product} {v} s min / median (median CPU s)",
+                     f"{a['min_s']} / {a['median_s']} ({a['median_cpu_s']})",
+                     f"{b['min_s']} / {b['median_s']} ({b['median_cpu_s']})"])
+    for product in this["install_ratio"]:
+        rows.append([f"{product} fresh install / per-file zstd-19",
+                     f"{other['install_ratio'][product]}x", f"{this['install_ratio'][product]}x"])
+    print_table(["", "against", "this"], rows)
+    return sides
+
+
 def _version_id(folder: Path, fallback: str) -> str:
     try:
         return check_id(folder.name, "version")
@@ -890,6 +987,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="publish everything N times (fresh stores; min of N per version)")
     ap.add_argument("--patcher-repo", type=Path, default=REPO,
                     help="publish with the patcher package of this checkout (A/B)")
+    ap.add_argument("--against", type=Path, default=None,
+                    help="with --publish-only: every round also publishes with the patcher "
+                         "package of this checkout, alternating which goes first (an A/B in "
+                         "one run); both are reported")
     ap.add_argument("builds", nargs="*", metavar="OLD_DIR NEW_DIR",
                     help="two build folders to compare instead of the demo catalog")
     args = ap.parse_args(argv)
@@ -897,9 +998,14 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("give both OLD_DIR and NEW_DIR, or neither")
     if args.repeat < 1 or (args.repeat > 1 and not args.publish_only):
         ap.error("--repeat N needs --publish-only")
-    args.patcher_repo = args.patcher_repo.resolve()
-    if not (args.patcher_repo / "patcher" / "publish.py").is_file():
-        ap.error(f"{args.patcher_repo} holds no patcher/publish.py")
+    if args.against is not None and not args.publish_only:
+        ap.error("--against needs --publish-only")
+    for name in ("patcher_repo", "against"):
+        repo = getattr(args, name)
+        if repo is not None:
+            setattr(args, name, repo.resolve())
+            if not (repo / "patcher" / "publish.py").is_file():
+                ap.error(f"{repo} holds no patcher/publish.py")
     peers = find_peers()
     work = (args.work or REPO / ".bench-data" / "update-size").resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -931,49 +1037,43 @@ def main(argv: list[str] | None = None) -> int:
     main_product = products[0][0]
 
     code = code_version(args.patcher_repo)
-    runs: list[PublishRun] = []
+    # (label, patcher checkout, store): the checkout measured, then the one it is compared with
+    sides = [("this", args.patcher_repo, store_dir)]
+    if args.against is not None:
+        sides.append(("against", args.against, store_dir.with_name(store_dir.name + "-against")))
+    rounds: dict[str, list[list[PublishRun]]] = {label: [] for label, _, _ in sides}
     for round_no in range(args.repeat):
-        if store_dir.exists():
-            shutil.rmtree(store_dir)
-        store_dir.mkdir(parents=True)
-        for product, versions in products:
-            for version, folder in versions:
-                log(f"publishing {product} {version}"
-                    + (f" (round {round_no + 1} of {args.repeat})" if args.repeat > 1 else ""))
-                run = publish_in_subprocess(store_dir, product, version, folder,
-                                            not args.publish_only, args.patcher_repo)
-                rep = run.report
-                log(f"  {rep['total_bytes'] / MB:.1f} MB in {rep['publish_seconds']:.2f} s "
-                    f"(CPU {rep['publish_cpu_s']:.2f} s), patches {rep['patch_seconds']:.1f} s")
-                runs.append(run)
-    if args.repeat > 1:  # the fastest run of each version (min of N; the load varies)
-        fastest: dict[tuple[str, str], PublishRun] = {}
-        for r in runs:
-            key = (r.product, r.version)
-            if key not in fastest or r.report["publish_seconds"] < fastest[key].report["publish_seconds"]:
-                fastest[key] = r
-        runs = list(fastest.values())
+        # alternate which side goes first: the host's speed drifts over a run
+        for label, repo, side_store in sides if round_no % 2 == 0 else sides[::-1]:
+            if side_store.exists():
+                shutil.rmtree(side_store)
+            side_store.mkdir(parents=True)
+            rounds[label].append([])
+            for product, versions in products:
+                for version, folder in versions:
+                    log(f"publishing {product} {version}"
+                        + (f" with {repo}" if args.against is not None else "")
+                        + (f" (round {round_no + 1} of {args.repeat})" if args.repeat > 1 else ""))
+                    run = publish_in_subprocess(side_store, product, version, folder,
+                                                not args.publish_only, repo)
+                    rep = run.report
+                    log(f"  {rep['total_bytes'] / MB:.1f} MB in {rep['publish_seconds']:.2f} s "
+                        f"(CPU {rep['publish_cpu_s']:.2f} s), patches {rep['patch_seconds']:.1f} s")
+                    rounds[label][-1].append(run)
+    runs = fastest_runs([r for one in rounds["this"] for r in one])
     by_key = {(r.product, r.version): r for r in runs}
 
     store = Store(store_dir)
     tmp = Path(tempfile.mkdtemp(prefix="peers-", dir=work))
     try:
         runner = PeerRunner(peers, tmp, work / "peer-sizes.json")
-        installs: list[Install] = []
-        for product, versions in products:
-            # the latest version (the goal) and, to tell codec loss from dead block parts,
-            # the first one (its blocks hold nothing else)
-            for version, folder in [*versions[:1], versions[-1]] if len(versions) > 1 else versions:
-                manifest = store.read_manifest(product, version)
-                files = build_files(folder)
-                jobs = [PeerJob("zstd19", None, p, ("zstd19", sha256_file(p)))
-                        for p in files.values()]
-                log(f"zstd -19 of every file of {product} {version}")
-                runner.run(jobs)
-                installs.append(Install(product, version, version == versions[-1][0],
-                                        install_bytes(manifest), live_share(manifest),
-                                        sum(runner.sizes[j.key] for j in jobs),
-                                        dead_weight(manifest)))
+        installs = measure_installs(runner, store, products)
+        if args.against is not None:
+            other = Store(sides[1][2])
+            try:
+                against_installs = measure_installs(runner, other, products)
+            finally:
+                other.close()
         steps: list[Step] = []
         for product, versions in products if not args.publish_only else []:
             for (old_v, old_dir), (new_v, new_dir) in itertools.pairwise(versions):
@@ -988,6 +1088,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.publish_only:
         doc = report_publish(runs, main_product, installs, args, source, code)
+        if args.against is not None:
+            doc["against"] = report_ab(rounds, main_product, installs, against_installs,
+                                       code, code_version(args.against))
     else:
         doc = report(steps, runs, main_product, installs, peers, args, source, code)
     if args.json:

@@ -64,10 +64,11 @@ from patcher.store import BlockReader, ChunkRecord, Store, atomic_write
 log = logging.getLogger(__name__)
 
 BUILD_METADATA = "launcher-build.json"
-# zstd level for blocks that look incompressible; blocks that look compressible get one pass
-# with patcher.packs.STRONG_PARAMS (a fresh install within 1.02x of per-file zstd -19 on the demo
-# catalog). Release pipelines with time to spare can pass a higher level (7 and up: that level
-# for every compressible block).
+# Any level below patcher.packs.STRONG_LEVEL selects the default rule (patcher.packs.
+# compress_block): blocks that look compressible get one pass with STRONG_PARAMS, but for the
+# middling ones, and the rest level 1 (a fresh install within 1.02x of per-file zstd -19 on the
+# demo catalog). Release pipelines with time to spare can pass a higher level (7 and up: that
+# level for every compressible block).
 DEFAULT_LEVEL = 3
 DEFAULT_PATCH_LEVEL = 19
 
