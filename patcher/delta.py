@@ -386,9 +386,9 @@ def _hdiff_ranges(old: bytes, new: bytes, spans: Sequence[Span], *, joined: bool
         cover_buf += _pack(n - new_back) + _pack(length)
         old_back, new_back = o + length, n + length
     ctrl_buf, code_buf, literal_buf = b"".join(ctrl), b"".join(code), b"".join(literals)
-    head = b"".join(_pack(v) for v in (len(new), len(old), len(covers), len(cover_buf), 0,
-                                       len(ctrl_buf), 0, len(code_buf), 0, len(literal_buf), 0))
-    return b"".join((_HDIFF_MAGIC, b"\0", head, cover_buf, ctrl_buf, code_buf, literal_buf))
+    sections = (bytes(cover_buf), ctrl_buf, code_buf, literal_buf)
+    return b"".join((_plain_header(len(new), len(old), len(covers), list(map(len, sections))),
+                     *sections))
 
 
 def _moved_bytes(old: bytes, new: bytes, regions: Sequence[tuple[int, int]],
@@ -538,32 +538,19 @@ def _rle_zero_run(length: int) -> bytes:
 def _parse_plain_hdiff(patch: bytes) -> tuple[list[Span], bytes, bytes, bytes]:
     """(covers, difference run controls, run codes, literal bytes) of an uncompressed HDIFF13
     patch, covers as absolute (new position, old position, length)."""
-    prefix = _HDIFF_MAGIC + b"\0"
-    if not patch.startswith(prefix):
-        raise ValueError("not an uncompressed HDiffPatch patch")
-    pos = len(prefix)
-    fields = []
-    for _ in range(11):
-        value, _tag, pos = _unpack(patch, pos)
-        fields.append(value)
-    _new, _old, count, n_cover, z1, n_ctrl, z2, n_code, z3, n_lit, z4 = fields
-    if z1 or z2 or z3 or z4 or pos + n_cover + n_ctrl + n_code + n_lit != len(patch):
-        raise ValueError("unexpected HDiffPatch layout")
-    cover_end = pos + n_cover
+    _new, _old, count, (cover_buf, ctrl, code, literals) = _plain_sections(patch)
     covers: list[Span] = []
-    old_back = new_back = 0
+    old_back = new_back = pos = 0
     for _ in range(count):
-        inc, negative, pos = _unpack(patch, pos, 1)
+        inc, negative, pos = _unpack(cover_buf, pos, 1)
         o = old_back - inc if negative else old_back + inc
-        gap, _tag, pos = _unpack(patch, pos)
-        length, _tag, pos = _unpack(patch, pos)
+        gap, _tag, pos = _unpack(cover_buf, pos)
+        length, _tag, pos = _unpack(cover_buf, pos)
         covers.append((new_back + gap, o, length))
         old_back, new_back = o + length, new_back + gap + length
-    if pos != cover_end:
+    if pos != len(cover_buf):
         raise ValueError("unexpected HDiffPatch cover stream")
-    ctrl_end = cover_end + n_ctrl
-    code_end = ctrl_end + n_code
-    return covers, patch[cover_end:ctrl_end], patch[ctrl_end:code_end], patch[code_end:]
+    return covers, ctrl, code, literals
 
 
 # ------------------------------------------------------------------ the sectioned container
@@ -698,8 +685,8 @@ def _sectioned(plain: bytes, coded: Sequence[bytes] = ()) -> list[bytes]:
 
 
 def _plain_sections(plain: bytes) -> tuple[int, int, int, list[bytes]]:
-    """(new size, old size, cover count, the four sections) of an uncompressed HDIFF13 patch
-    whose header packs as this module packs it (checked: the rebuilt patch must be ``plain``)."""
+    """(new size, old size, cover count, the four sections: covers, difference run controls,
+    run codes, literal bytes) of an uncompressed HDIFF13 patch."""
     prefix = _HDIFF_MAGIC + b"\0"
     if not plain.startswith(prefix):
         raise ValueError("not an uncompressed HDiffPatch patch")
