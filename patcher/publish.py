@@ -352,15 +352,27 @@ SHA_BUFFER = 1024 * 1024
 _local = threading.local()
 
 
-def _sha256_file(path: Path) -> str:
+EMPTY_BLAKE3 = blake3.blake3(b"").hexdigest()
+
+
+def _file_hashes(path: Path, with_blake3: bool) -> tuple[str, str | None]:
+    """The file's SHA-256 and, when asked, its BLAKE3 from the same reads (star-courier 1.0.0:
+    0.29 CPU s for both, against 0.30-0.40 for a BLAKE3 pass through a map and this one)."""
     buf: bytearray | None = getattr(_local, "sha_buffer", None)
     if buf is None:
         buf = _local.sha_buffer = bytearray(SHA_BUFFER)
-    digest = hashlib.sha256()
+    sha = hashlib.sha256()
+    whole = blake3.blake3() if with_blake3 else None
     with path.open("rb", buffering=0) as fh, memoryview(buf) as view:
         while n := fh.readinto(view):
-            digest.update(view[:n])
-    return digest.hexdigest()
+            if whole is not None:
+                whole.update(view[:n])
+            sha.update(view[:n])
+    return sha.hexdigest(), whole.hexdigest() if whole is not None else None
+
+
+def _sha256_file(path: Path) -> str:
+    return _file_hashes(path, False)[0]
 
 
 def _chunk_files(
@@ -526,8 +538,13 @@ def _store_build(
 ) -> _Stored:
     """Chunk every file (or take its rows from the previous version), store the chunks the
     product lacks as compressed blocks, then re-store the needed chunks of mostly dead blocks."""
-    # every file's BLAKE3 ahead of the chunking thread, which takes them in order
-    digesting = [pool.submit(_file_digest, bf.source) for bf in scan.files]
+    # A file's BLAKE3 ahead of the chunking thread (which takes them in order) where it may find
+    # the file's rows: only a file of the size of one of the previous version's files can reuse
+    # them (_RowReuse). The others' BLAKE3 is computed with their SHA-256, in the same read
+    # (every file of a first version; most changed files).
+    sizes = {f.size for f in previous.files} if previous is not None else set()
+    digesting = [pool.submit(_file_digest, bf.source) if bf.stamp[0] in sizes else None
+                 for bf in scan.files]
     reuse = _RowReuse(store, product, previous)
     prior = _PriorRecords(previous)
     ingest = _Ingest(store, product, pool, level)
@@ -535,20 +552,25 @@ def _store_build(
     known: dict[str, ChunkRecord] = {}
     chunked: list[ChunkedFile] = []
     digests: list[str] = []
-    shas: dict[int, Future[str]] = {}
+    shas: dict[int, Future[tuple[str, str | None]]] = {}
     try:
         for i, bf in enumerate(scan.files):
-            digests.append(digesting[i].result())
-            cf = reuse.rows(digests[-1:]).get(digests[-1])
+            ahead = digesting[i]
+            cf = None
+            if ahead is not None:
+                digests.append(ahead.result())
+                cf = reuse.rows(digests[-1:]).get(digests[-1])
             if cf is None:
                 with bf.source.open("rb") as fh:
                     size = fh.seek(0, 2)
                     if size == 0:
                         cf = ChunkedFile(0, EMPTY_SHA256, ())
                     else:
-                        shas[i] = pool.submit(_sha256_file, bf.source)
+                        shas[i] = pool.submit(_file_hashes, bf.source, ahead is None)
                         with _map_populated(fh.fileno()) as mm:
                             cf = ChunkedFile(size, "", chunk_refs(mm))
+                if ahead is None:
+                    digests.append(EMPTY_BLAKE3 if size == 0 else "")  # set with its SHA-256
             found = prior.records([c for c in cf.chunks if c.id not in grouper.seen])
             ids = [c.id for c in cf.chunks if c.id not in grouper.seen and c.id not in found]
             if ids:
@@ -559,7 +581,10 @@ def _store_build(
             ingest.submit(grouper.add_file(bf.source, cf))
         ingest.submit(grouper.finish())
         for i, fut in shas.items():
-            chunked[i] = dataclasses.replace(chunked[i], sha256=fut.result())
+            sha, digest = fut.result()
+            chunked[i] = dataclasses.replace(chunked[i], sha256=sha)
+            if digest is not None:
+                digests[i] = digest
         # chunks of older blocks this version needs little of: stored again, after the new ones
         restore = mostly_dead_chunks(chunked, known, RESTORE_LIVE_MIN)
         if restore:
@@ -567,8 +592,9 @@ def _store_build(
             ingest.submit(_group_blocks(scan, chunked, stored_elsewhere))
         records, stored = ingest.close()
     except BaseException:
-        for fut in digesting:
-            fut.cancel()
+        for pending in digesting:
+            if pending is not None:
+                pending.cancel()
         ingest.abort()
         raise
     return _Stored(chunked, digests, known, records, stored, restore)

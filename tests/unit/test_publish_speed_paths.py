@@ -28,7 +28,7 @@ from patcher.packs import (
     probe_ratio,
     wants_strong,
 )
-from patcher.publish import SHA_BUFFER, _PriorRecords, _sha256_file, publish
+from patcher.publish import SHA_BUFFER, _file_hashes, _PriorRecords, _sha256_file, publish
 from patcher.store import Store
 from testing.testdata import KiB, MiB, rand, text
 
@@ -63,17 +63,24 @@ def test_chunk_records_from_the_previous_manifest_equal_the_chunk_index(tmp_path
             prior = _PriorRecords(m).records(chunks.values())
             assert prior.keys() == chunks.keys()
             assert prior == store.lookup_chunks("p", chunks)
+            # every file's BLAKE3 is recorded, whether computed ahead of its chunking (a size the
+            # previous version has) or with its SHA-256 (the rest)
+            digests = {blake3.blake3(d).hexdigest(): (len(d), hashlib.sha256(d).hexdigest())
+                       for d in files.values()}
+            assert store.known_files("p", digests) == digests
         assert restored > 0  # the re-stored chunks' records moved, and the manifest with them
     finally:
         store.close()
 
 
-def test_sha256_through_the_read_buffer(tmp_path: Path) -> None:
+def test_sha256_and_blake3_through_the_read_buffer(tmp_path: Path) -> None:
     for size in (0, 1, SHA_BUFFER, 2 * SHA_BUFFER + 123):
         p = tmp_path / f"f{size}"
         data = rand(size, size)
         p.write_bytes(data)
         assert _sha256_file(p) == hashlib.sha256(data).hexdigest()
+        assert _file_hashes(p, True) == (hashlib.sha256(data).hexdigest(),
+                                         blake3.blake3(data).hexdigest())
 
 
 def _middling(size: int) -> bytes:
