@@ -511,14 +511,22 @@ def _pack(value: int, tag: int = 0, tag_bits: int = 0) -> bytes:
     return bytes(out)
 
 
+_PACKED_MAX_BYTES = 10  # a 64-bit value packs into at most 10 bytes
+
+
 def _unpack(view: bytes, pos: int, tag_bits: int = 0) -> tuple[int, int, int]:
-    """(value, tag, position after it): the inverse of :func:`_pack`."""
+    """(value, tag, position after it): the inverse of :func:`_pack`. At most
+    ``_PACKED_MAX_BYTES`` bytes are read (ValueError past them): an unsigned patch's header
+    cannot make the reader build ever larger integers (quadratic time)."""
     byte = view[pos]
     tag = byte >> (8 - tag_bits) if tag_bits else 0
     value = byte & ((1 << (7 - tag_bits)) - 1)
     more = byte & (1 << (7 - tag_bits))
     pos += 1
+    end = pos + _PACKED_MAX_BYTES - 1
     while more:
+        if pos >= end:
+            raise ValueError("packed integer too long")
         byte = view[pos]
         value = (value << 7) | (byte & 0x7F)
         more = byte & 0x80

@@ -145,6 +145,17 @@ def test_sectioned_hdiff_every_truncation_and_byte_flip_is_a_delta_error(
         assert out == new  # a flip the coders' redundancy absorbs still gives the new file
 
 
+def test_sectioned_hdiff_refuses_an_endless_packed_integer_at_once(
+        pair: tuple[bytes, bytes]) -> None:
+    """A header integer of a million continuation bytes (an unsigned update document may carry
+    such a patch) is refused after ten bytes, not parsed in quadratic time."""
+    old, new = pair
+    bad = b"\x80" + b"\xff" * 1_000_000 + b"\x01"
+    with pytest.raises(DeltaError, match="too long"):
+        apply_patch(PatchMethod.HDIFF, old, bad, old_sha256=sha(old), new_sha256=sha(new),
+                    new_size=len(new))
+
+
 def test_sectioned_hdiff_refuses_sections_past_the_output_bound(
         pair: tuple[bytes, bytes]) -> None:
     """A header declaring huge sections (a decompression bomb) is refused before decoding."""
