@@ -246,10 +246,14 @@ async def _fetch_range_threaded(ctx: DownloadContext, source: CdnSource, r: Fetc
     def deliver(job: BlockJob, result: R, nbytes: int) -> None:
         loop.call_soon_threadsafe(landed.put_nowait, (job, result, nbytes))
 
+    def piece_read(nbytes: int) -> None:  # paced reads: progress between blocks
+        loop.call_soon_threadsafe(ctx.on_bytes, nbytes)
+
     fetch = RangeFetch(source.url(pack_rel(ctx.product_id, r.pack)), r, source.id,
                        ctx.stall_window_s, ctx.connect_timeout_s, checked_process(sink, source), deliver,
                        give_back=lambda: False, stop=stop, on_first_byte=ctx.saw_bytes,
-                       pacer=TaskPacer(ctx.limiter, task_key, stop))
+                       pacer=TaskPacer(ctx.limiter, task_key, stop),
+                       on_piece=piece_read)
     work = worker_pool().submit(fetch_range, fetch)
     future = asyncio.wrap_future(work)
     # done callbacks run after everything the thread scheduled before it returned

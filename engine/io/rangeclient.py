@@ -97,6 +97,9 @@ class RangeFetch(Generic[R]):
     stop: threading.Event
     on_first_byte: Callable[[], None]  # thread-safe
     pacer: Pacer | None = None  # None: never limited
+    # thread-safe: bytes of a paced piece as soon as it is read (a block under a low limit
+    # takes seconds; progress moves with the pieces, the block's delivery carries the rest)
+    on_piece: Callable[[int], None] | None = None
     received: int = 0
     started: float = 0.0
 
@@ -239,6 +242,7 @@ class _Body:
         self.watch = watch
         self.head_buf = bytearray(MAX_HEAD_BYTES)
         self.pending = memoryview(b"")
+        self.reported = 0  # bytes handed to ``on_piece`` since the last block was delivered
 
     def _recv(self, view: memoryview, whole: bool = True) -> int:
         """Receive into ``view``: ``whole`` waits for all of it (or POLL_S), else takes what
@@ -325,6 +329,9 @@ class _Body:
             if self.fetch.stop.is_set():
                 raise Stopped()
             self.read_into(piece)
+            if self.fetch.on_piece is not None:
+                self.fetch.on_piece(len(piece))
+                self.reported += len(piece)
 
 
 def fetch_range(fetch: RangeFetch[R]) -> None:
@@ -394,4 +401,5 @@ def _read_blocks(fetch: RangeFetch[R], body: _Body) -> None:
         fetch.received += gap + job.stored_size
         position = job.offset + job.stored_size
         result = fetch.process(job, view)
-        fetch.deliver(job, result, gap + job.stored_size)
+        fetch.deliver(job, result, gap + job.stored_size - body.reported)
+        body.reported = 0

@@ -43,31 +43,50 @@ class CountingPacer:
         return False
 
 
+class Counted:
+    """Bytes reported to progress: by delivered blocks and by paced pieces."""
+
+    def __init__(self) -> None:
+        self.delivered: list[int] = []
+        self.pieces: list[int] = []
+
+
 def fetch(server: ScriptedServer, spans: list[tuple[int, int]], pacer: object,
-          stop: threading.Event | None = None) -> tuple[list[tuple[int, bytes]], RangeFetch[bytes]]:
+          stop: threading.Event | None = None, counted: Counted | None = None
+          ) -> tuple[list[tuple[int, bytes]], RangeFetch[bytes]]:
     got: list[tuple[int, bytes]] = []
+    c = counted or Counted()
+
+    def deliver(job: object, data: bytes, n: int) -> None:
+        got.append((job.index, data))  # type: ignore[attr-defined]
+        c.delivered.append(n)
+
     f: RangeFetch[bytes] = RangeFetch(
         f"http://127.0.0.1:{server.port}/p/packs/{PACK}.pack", blocks(spans), "edge", 10.0, 5.0,
-        lambda job, view: bytes(view), lambda job, data, n: got.append((job.index, data)),
-        lambda: False, stop or threading.Event(), lambda: None, pacer=pacer)  # type: ignore[arg-type]
+        lambda job, view: bytes(view), deliver, lambda: False, stop or threading.Event(),
+        lambda: None, pacer=pacer, on_piece=c.pieces.append)  # type: ignore[arg-type]
     fetch_range(f)
     return got, f
 
 
 def test_a_limited_range_arrives_byte_exact_in_paced_pieces(server: ScriptedServer) -> None:
     pacer = CountingPacer(64 * 1024)
-    got, f = fetch(server, [(1000, 300_000), (400_000, 5)], pacer)  # a bridged gap between
+    counted = Counted()
+    got, f = fetch(server, [(1000, 300_000), (400_000, 5)], pacer, counted=counted)  # a gap
     assert got == [(0, DATA[1000:301_000]), (1, DATA[400_000:400_005])]
     assert sum(pacer.charged) == f.received == 400_005 - 1000  # the gap's bytes are charged too
     assert max(pacer.charged) <= 64 * 1024
     assert len(pacer.charged) >= 300_000 // (64 * 1024)
+    # progress moves with the pieces (the gap's too: wire bytes); every byte counted once
+    assert counted.pieces and sum(counted.pieces) + sum(counted.delivered) == f.received
 
 
 def test_an_unlimited_pacer_reads_whole_blocks_without_charging(server: ScriptedServer) -> None:
     pacer = CountingPacer(0)
-    got, _ = fetch(server, [(0, 200_000)], pacer)
+    counted = Counted()
+    got, _ = fetch(server, [(0, 200_000)], pacer, counted=counted)
     assert got == [(0, DATA[:200_000])]
-    assert pacer.charged == []
+    assert pacer.charged == [] and counted.pieces == [] and counted.delivered == [200_000]
 
 
 def test_a_stop_ends_a_wait_for_tokens(server: ScriptedServer) -> None:
