@@ -7,9 +7,11 @@ another request), where each chunk of each block goes, and what it costs before 
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import groupby
+from operator import itemgetter
 from typing import overload
 
 from patcher.manifest import ChunkTable, Codec, Manifest
@@ -205,14 +207,22 @@ def full_block_jobs(manifest: Manifest, done_blocks: Iterable[int] = ()
     pending_bytes = dict(pending)
     row_file, size = table.row_file, table.size
     jobs: list[BlockJob] = []
+    if not done:
+        # a fresh install writes every row: the counts come from the row arrays in C-level
+        # iterators (the loop below cost ~0.3 s of a 16 GiB game's 0.7 s plan, issue 13)
+        pending.update(Counter(row_file))
+        for fi, group in groupby(zip(row_file, map(size.__getitem__, table.row_chunk),
+                                     strict=True), key=itemgetter(0)):
+            pending_bytes[fi] += sum(map(itemgetter(1), group))
     for bi in range(len(start) - 1):
         lo, hi = start[bi], start[bi + 1]
         if lo == hi or bi in done:
             continue
-        for u in order[lo:hi]:
-            for r in rows[rstart[u] : rstart[u + 1]]:
-                pending[row_file[r]] += 1
-                pending_bytes[row_file[r]] += size[u]
+        if done:
+            for u in order[lo:hi]:
+                for r in rows[rstart[u] : rstart[u + 1]]:
+                    pending[row_file[r]] += 1
+                    pending_bytes[row_file[r]] += size[u]
         blk = manifest.blocks[bi]
         jobs.append(BlockJob(bi, blk.pack, blk.offset, blk.stored_size, blk.raw_size, blk.codec,
                              BlockTargets(table, lo, hi)))
