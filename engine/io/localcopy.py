@@ -16,7 +16,7 @@ import blake3
 
 from engine.core.errors import EngineError
 from engine.core.updateplan import LocalCopy
-from engine.io.fsops import pwrite_all, safe_join
+from engine.io.fsops import safe_join
 from engine.io.staging import Staging
 
 FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
@@ -66,7 +66,8 @@ def copy_chunks(install_dir: Path, staging: Staging, copies: list[LocalCopy]) ->
                     failed.append(c)
                     continue
                 for w in c.writes:
-                    pwrite_all(staging.fd(w.file_index), data, w.file_offset)
+                    # through the held fd: a cancel may close staging while this thread writes
+                    staging.pwrite(w.file_index, data, w.file_offset)
                     written += c.size
         finally:
             os.close(fd)

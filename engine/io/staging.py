@@ -201,8 +201,8 @@ class Staging:
 
     def fd(self, file_index: int) -> int:
         """The staged file's fd (opened once). Only for the loop thread's own sequential use:
-        worker threads write through ``pwritev`` and sync through ``sync``, which never use an
-        fd another thread may close meanwhile."""
+        worker threads write through ``pwritev``/``pwrite``/``write_whole`` and sync through
+        ``sync``, which never use an fd another thread may close meanwhile."""
         fd = self._fds.get(file_index)
         if fd is None:
             with self._lock:  # two worker threads opening the same file: one fd, none leaked
@@ -254,6 +254,17 @@ class Staging:
         with self._held(file_index, True) as fd:
             assert fd is not None
             pwritev_all(fd, pieces, offset)
+
+    def pwrite(self, file_index: int, data: bytes, offset: int) -> None:
+        """``data`` at ``offset``, through the held fd (any thread)."""
+        self.pwritev(file_index, [memoryview(data)], offset)
+
+    def write_whole(self, file_index: int, data: bytes) -> None:
+        """The staged file becomes exactly ``data`` (a patch's output), through the held fd."""
+        with self._held(file_index, True) as fd:
+            assert fd is not None
+            os.ftruncate(fd, len(data))
+            pwritev_all(fd, [memoryview(data)], 0)
 
     def sync(self, file_indexes: set[int]) -> None:
         for i in file_indexes:
