@@ -20,8 +20,8 @@ from aiohttp import web
 from engine.core.errors import EngineError, ErrorCode
 from engine.core.sources import CdnSource, FailureKind
 from engine.io.backend_client import BackendClient
-from engine.io.rangeclient import FetchFailed
 from engine.io.httpclient import HttpClient
+from engine.io.rangeclient import FetchFailed
 from engine.jobs.context import _get_small
 from tests.integration.test_rangeclient import self_signed
 
