@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import blake3
-from fastcdc.fastcdc_cy import fastcdc_cy  # compiled chunker; the pure-Python one is ~100x slower
 
 CHUNK_MIN = 16 * 1024
 CHUNK_AVG = 64 * 1024
@@ -45,6 +44,11 @@ def boundaries(data: bytes | memoryview | mmap.mmap) -> Iterator[tuple[int, int]
     """Yield (offset, size) of each content-defined chunk of ``data``."""
     if len(data) == 0:
         return
+    # the compiled chunker (the pure-Python one is ~100x slower), imported here: the package
+    # loads click (~80-100 ms), which the engine's install start (it only needs the sizes
+    # above) would pay for nothing (issue 13, first byte)
+    from fastcdc.fastcdc_cy import fastcdc_cy
+
     for chunk in fastcdc_cy(data, CHUNK_MIN, CHUNK_AVG, CHUNK_MAX):
         yield chunk.offset, chunk.length
 

@@ -22,9 +22,7 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
-
-import aiohttp
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from engine.core.errors import EngineError, ErrorCode
 from engine.core.fetchrules import FetchState, GiveUp, after_failure
@@ -43,6 +41,9 @@ from engine.io.rangeclient import (
     fetch_range,
     worker_pool,
 )
+
+if TYPE_CHECKING:  # aiohttp is imported where the general client first runs (issue 13: its
+    import aiohttp  # import, ~0.1-0.4 s, was in front of every install's first byte)
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,8 @@ class WorkItem:
 
 @dataclass(slots=True)
 class DownloadContext:
-    session: aiohttp.ClientSession
+    # the general client's session, made (and aiohttp imported) only when a range needs it
+    session_factory: Callable[[], aiohttp.ClientSession]
     pool: SourcePool
     limiter: AsyncRateLimiter
     retry: RetryPolicy
@@ -123,6 +125,8 @@ def pack_rel(product_id: str, pack: str) -> str:
 async def _fetch_range(ctx: DownloadContext, source: CdnSource, r: FetchRange,
                        sink: BlockSink[R], done: set[int]) -> None:
     """The general client (aiohttp on the loop): what the threaded one cannot take."""
+    import aiohttp
+
     loop = asyncio.get_running_loop()
     process = checked_process(sink, source)
     url = source.url(pack_rel(ctx.product_id, r.pack))
@@ -133,7 +137,7 @@ async def _fetch_range(ctx: DownloadContext, source: CdnSource, r: FetchRange,
     watch = StallDetector(ctx.stall_window_s, max(1, int(MIN_RATE_BPS * ctx.stall_window_s)),
                           now=started)
     try:
-        async with ctx.session.get(url, headers=headers) as resp:
+        async with ctx.session_factory().get(url, headers=headers) as resp:
             if resp.status == 403:
                 raise FetchFailed(FailureKind.FORBIDDEN, f"{source.id}: 403 for {r.pack[:12]}")
             if resp.status >= 500:

@@ -184,7 +184,7 @@ class StagedBuild:
                     self.progress.downloaded += n
 
                 dctx = DownloadContext(
-                    session=ctx.session, pool=pool, limiter=ctx.limiter,
+                    session_factory=ctx.session_factory, pool=pool, limiter=ctx.limiter,
                     retry=RetryPolicy(max_attempts=ctx.settings.max_attempts),
                     product_id=manifest.product_id, task_key=self.task.id,
                     refresh=refresher(ctx, grant),

@@ -66,10 +66,6 @@ class EngineContext:
     # while the task is paused or queued, so a resumed run re-plans nothing
     prepared: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        return self.session_factory()
-
 
 def free_space(path: Path) -> int:
     probe = path

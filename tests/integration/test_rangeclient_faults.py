@@ -188,8 +188,9 @@ async def _download(ports: list[int], r: FetchRange, sink_got: list) -> Download
     sources = [CdnSource(f"e{i}", f"http://127.0.0.1:{p}", "", time.time() + 3600, 10 - i)
                for i, p in enumerate(ports)]
     async with aiohttp.ClientSession() as session:
-        ctx = DownloadContext(session, SourcePool(sources), AsyncRateLimiter(), RetryPolicy(base_delay=0.01),
-                              "p", "t", refresh=lambda: asyncio.sleep(0, tuple(sources)))
+        ctx = DownloadContext(lambda: session, SourcePool(sources), AsyncRateLimiter(),
+                              RetryPolicy(base_delay=0.01), "p", "t",
+                              refresh=lambda: asyncio.sleep(0, tuple(sources)))
         await download(ctx, [r], BlockSink(lambda job, v: bytes(v),
                                            lambda job, res: sink_got.append((job.index, res))), 4)
         return ctx
@@ -343,7 +344,7 @@ def test_cancel_of_a_range_queued_behind_another_tasks_ranges_is_prompt() -> Non
         async def dl(port, ranges, workers):
             sources = [CdnSource("e", f"http://127.0.0.1:{port}", "", time.time() + 3600, 1)]
             async with aiohttp.ClientSession() as session:
-                ctx = DownloadContext(session, SourcePool(sources), AsyncRateLimiter(),
+                ctx = DownloadContext(lambda: session, SourcePool(sources), AsyncRateLimiter(),
                                       RetryPolicy(), "p", "t",
                                       refresh=lambda: asyncio.sleep(0, tuple(sources)))
                 await download(ctx, ranges, BlockSink(lambda j, v: None, lambda j, r: None), workers)
