@@ -19,12 +19,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import re
 import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
 MAX_HEAD_BYTES = 64 * 1024
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
+# retried once on a fresh connection when a kept-alive one closed before any answer byte: only
+# methods a server may see twice (a POST may have been carried out: a grant made twice, a
+# refresh token used twice, which the backend takes for theft)
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 USER_AGENT = "launcher-engine"
 
 
@@ -59,8 +65,10 @@ def split_url(url: str) -> tuple[Origin, str]:
     target = parts.path or "/"
     if parts.query:
         target += "?" + parts.query
-    if any(c in target for c in " \r\n\t"):
-        raise HttpError("whitespace in the URL's path")
+    # checked on the whole URL: a plain-http proxy is sent it as it is (urlsplit drops some
+    # control characters from the parts, not from the text)
+    if any(c <= " " or c == "\x7f" for c in url):
+        raise HttpError("whitespace or a control character in the URL")
     return Origin(scheme, parts.hostname, port), target
 
 
@@ -83,12 +91,13 @@ def proxy_for(origin: Origin) -> Proxy | None:
         return None
     parts = urlsplit(url if "://" in url else "http://" + url)
     scheme = parts.scheme.lower()
+    shown = f"{parts.scheme}://{parts.hostname or '?'}"  # never the URL's credentials
     if scheme not in ("http", "https") or not parts.hostname:
-        raise HttpError(f"proxy {url[:80]!r} for {origin.scheme} is not an http(s) URL")
+        raise HttpError(f"proxy {shown} for {origin.scheme} is not an http(s) URL")
     try:
         port = parts.port or (443 if scheme == "https" else 80)
     except ValueError as exc:
-        raise HttpError(f"bad port in the proxy URL {url[:80]!r}") from exc
+        raise HttpError(f"bad port in the proxy URL {shown}") from exc
     auth = None
     if parts.username is not None:
         pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
@@ -119,7 +128,8 @@ def parse_head(raw: bytes) -> Head:
     lines = raw.decode("latin-1").split("\r\n")
     version, _, rest = lines[0].partition(" ")
     code = rest[:3]
-    if version not in ("HTTP/1.1", "HTTP/1.0") or len(code) != 3 or not code.isdigit():
+    if (version not in ("HTTP/1.1", "HTTP/1.0") or len(code) != 3 or not code.isdigit()
+            or not code.isascii() or rest[3:4] not in ("", " ")):
         raise HttpError(f"not an HTTP/1.x status line: {lines[0][:60]!r}")
     headers: dict[str, str] = {}
     for line in lines[1:]:
@@ -206,10 +216,9 @@ class Response:
                 async with asyncio.timeout(read_s):
                     line = await reader.readuntil(b"\r\n")
                 digits = line.split(b";", 1)[0].strip()
-                try:
-                    n = int(digits, 16)
-                except ValueError as exc:
-                    raise HttpError(f"bad chunk size {digits[:20]!r}") from exc
+                if not _CHUNK_SIZE.fullmatch(digits):  # int() would take "-5", "0x3", "1_0"
+                    raise HttpError(f"bad chunk size {digits[:20]!r}")
+                n = int(digits, 16)
                 if n == 0:
                     while True:  # trailers, up to the blank line
                         async with asyncio.timeout(read_s):
@@ -219,7 +228,8 @@ class Response:
                 over(size)
                 async with asyncio.timeout(read_s):
                     parts.append(await reader.readexactly(n))
-                    await reader.readexactly(2)
+                    if await reader.readexactly(2) != b"\r\n":
+                        raise HttpError("a chunk not followed by CRLF")
         length = self.head.content_length
         if length is not None:
             over(length)
@@ -277,7 +287,10 @@ class HttpClient:
         self._idle.clear()
 
     def _put_back(self, key: tuple[str, str, int, Proxy | None], conn: _Conn) -> None:
-        if self._closed or conn.reader.at_eof() or conn.writer.is_closing():
+        # bytes past the answer (a server that sent more than it framed) would be read as the
+        # next request's answer: such a connection is closed, never reused
+        unread = len(getattr(conn.reader, "_buffer", b""))
+        if self._closed or unread or conn.reader.at_eof() or conn.writer.is_closing():
             conn.close()
             return
         group = self._idle.setdefault(key, [])
@@ -374,10 +387,13 @@ class HttpClient:
                     async with asyncio.timeout(self.read_timeout):
                         await conn.writer.drain()
                         raw = await _read_head(conn.reader)
+                        # interim answers (100 Continue, 103 Early Hints) precede the answer
+                        while _interim(raw):
+                            raw = await _read_head(conn.reader)
                 except (ConnectionError, asyncio.IncompleteReadError) as exc:
                     # a kept-alive connection the server closed meanwhile: once more, fresh
-                    if reused and (not isinstance(exc, asyncio.IncompleteReadError)
-                                   or not exc.partial):
+                    if reused and method in _IDEMPOTENT and (
+                            not isinstance(exc, asyncio.IncompleteReadError) or not exc.partial):
                         conn.close()
                         continue
                     raise HttpError(f"{method} {origin.host}: connection closed: {exc!r}") from exc
@@ -390,6 +406,11 @@ class HttpClient:
                 conn.close()
                 raise
         raise HttpError(f"{method} {origin.host}: connection closed")  # unreachable
+
+
+def _interim(raw: bytes) -> bool:
+    """A 1xx head other than 101 (which this client never asks for: it ends the exchange)."""
+    return raw[9:10] == b"1" and raw[9:12] != b"101" and raw.startswith(b"HTTP/1.")
 
 
 async def _read_head(reader: asyncio.StreamReader) -> bytes:
