@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from engine.core.playtime import CallKind, LocalSession, OutboxCall
 from engine.core.savesync import Base
-from engine.io.sqlitedb import create_table_sql
+from engine.io.sqlitedb import create_table_sql, transaction
 
 
 class Connected(Protocol):
@@ -52,7 +52,7 @@ class PlayState:
                             row["ended_at"], row["exit_code"])
 
     def start_session(self, session_id: str, product_id: str, now: float) -> LocalSession:
-        with self.db:
+        with transaction(self.db):
             self.db.execute("INSERT INTO play_sessions (id, product_id, started_at, last_beat_at, "
                             "ended_at, exit_code) VALUES (?, ?, ?, ?, NULL, NULL)",
                             [session_id, product_id, now, now])
@@ -61,13 +61,13 @@ class PlayState:
         return self.session(session_id)
 
     def beat(self, session_id: str, now: float) -> None:
-        with self.db:
+        with transaction(self.db):
             self.db.execute("UPDATE play_sessions SET last_beat_at = ? WHERE id = ? AND "
                             "ended_at IS NULL", [now, session_id])
             self._queue(CallKind.SESSION_HEARTBEAT, session_id, {"at": now})
 
     def end_session(self, session_id: str, ended_at: float, exit_code: int | None) -> LocalSession:
-        with self.db:
+        with transaction(self.db):
             self.db.execute("UPDATE play_sessions SET ended_at = ?, last_beat_at = MAX("
                             "last_beat_at, ?), exit_code = ? WHERE id = ? AND ended_at IS NULL",
                             [ended_at, ended_at, exit_code, session_id])
@@ -110,7 +110,7 @@ class PlayState:
                         [kind.value, key, json.dumps(payload), time.time()])
 
     def queue(self, kind: CallKind, key: str, payload: dict[str, Any]) -> None:
-        with self.db:
+        with transaction(self.db):
             self._queue(kind, key, payload)
 
     def pending(self, limit: int = 500) -> list[OutboxCall]:
@@ -123,7 +123,7 @@ class PlayState:
 
     def forget(self, seqs: list[int]) -> None:
         if seqs:
-            with self.db:
+            with transaction(self.db):
                 self.db.execute(f"DELETE FROM outbox WHERE seq IN ({','.join('?' * len(seqs))})",
                                 seqs)
 

@@ -8,8 +8,9 @@ tables it created are created here with the very same DDL (``CREATE TABLE "t" ( 
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 _SQL_TYPES = {str: "TEXT", int: "INTEGER", float: "REAL"}
@@ -31,6 +32,26 @@ def create_table_sql(table: str, columns: Mapping[str, type], pk: str | Sequence
     if len(keys) > 1:
         lines.append(f"   PRIMARY KEY ({', '.join(_q(k) for k in keys)})")
     return f"CREATE TABLE IF NOT EXISTS {_q(table)} (\n" + ",\n".join(lines) + "\n)"
+
+
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """The statements inside as one transaction: committed together or rolled back together.
+    ``with conn:`` is not that on the engine's autocommit connections (``isolation_level``
+    None): it starts nothing, so each statement committed alone and a failure halfway left the
+    first half (a play session recorded without its outbox call). IMMEDIATE takes the write
+    lock at once: the daemon and a CLI process never deadlock upgrading a read lock. Inside a
+    transaction already, the statements join it."""
+    if conn.in_transaction:
+        yield
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 class Database:

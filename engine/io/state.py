@@ -17,7 +17,7 @@ from typing import Any
 
 from engine.core.errors import EngineError, ErrorCode
 from engine.core.lifecycle import FINISHED, KEEPS_STAGING, TaskKind, TaskState, check_transition
-from engine.io.sqlitedb import Database
+from engine.io.sqlitedb import Database, transaction
 
 SCHEMA_VERSION = 1
 
@@ -206,7 +206,7 @@ class State:
         return self.task(current.id)
 
     def set_positions(self, ordered_ids: Iterable[str]) -> None:
-        with self.db.conn:
+        with transaction(self.db.conn):
             for pos, tid in enumerate(ordered_ids):
                 self.db.execute("UPDATE tasks SET position = ? WHERE id = ?", [pos, tid])
 
@@ -224,16 +224,11 @@ class State:
     def record_progress(self, task_id: str, blocks: Iterable[int], files: Iterable[int]) -> None:
         """Journal written blocks and verified files in one transaction."""
         conn = self.db.conn
-        conn.execute("BEGIN")
-        try:
+        with transaction(conn):
             conn.executemany("INSERT OR IGNORE INTO block_done (task_id, block) VALUES (?, ?)",
                              [(task_id, b) for b in blocks])
             conn.executemany("INSERT OR IGNORE INTO file_done (task_id, file) VALUES (?, ?)",
                              [(task_id, f) for f in files])
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     def done_files(self, task_id: str) -> set[int]:
         rows = self.db.execute("SELECT file FROM file_done WHERE task_id = ?", [task_id])
@@ -242,16 +237,11 @@ class State:
     def forget_blocks(self, task_id: str, blocks: Iterable[int], files: Iterable[int]) -> None:
         """Un-journal blocks and files (a staged file failed its hash: fetch them again)."""
         conn = self.db.conn
-        conn.execute("BEGIN")
-        try:
+        with transaction(conn):
             conn.executemany("DELETE FROM block_done WHERE task_id = ? AND block = ?",
                              [(task_id, b) for b in blocks])
             conn.executemany("DELETE FROM file_done WHERE task_id = ? AND file = ?",
                              [(task_id, f) for f in files])
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     def resumable_task_ids(self) -> set[str]:
         """Tasks whose staging must be kept: queued, running, paused, or failed (resumable)."""

@@ -46,7 +46,6 @@ from engine.io.fsops import (
     atomic_write,
     fsync_dir,
     install_mode,
-    pwrite_all,
     remove_empty_parents,
     safe_join,
 )
@@ -721,6 +720,5 @@ def _with_copies(plan: UpdatePlan, extra: list[LocalCopy]) -> UpdatePlan:
 
 
 def _write_at(staging: Staging, file_index: int, data: bytes) -> None:
-    fd = staging.fd(file_index)
-    os.ftruncate(fd, len(data))
-    pwrite_all(fd, data, 0)
+    # a worker thread: through the held fd (a cancel may close staging while it writes)
+    staging.write_whole(file_index, data)

@@ -91,3 +91,29 @@ def test_an_installs_preparation_loads_neither_sqlite_utils_nor_aiohttp() -> Non
                           cwd=REPO, env=subprocess_env(), timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split("\n")[-2] == "[]"
+
+
+def test_a_statement_failing_inside_a_transaction_leaves_nothing_of_it(tmp_path: Path) -> None:
+    """Review (session 23): ``with conn:`` opened no transaction on the engine's autocommit
+    connection, so a play session stayed recorded without its outbox call when the second
+    statement failed. A real SQLite failure (a trigger aborting the outbox insert) now rolls the
+    first statement back too; the journal's two tables likewise."""
+    state = State(tmp_path)
+    play = PlayState(state.db)
+    conn = state.db.conn
+    conn.execute("CREATE TRIGGER no_outbox BEFORE INSERT ON outbox "
+                 "BEGIN SELECT RAISE(ABORT, 'outbox refused'); END")
+    with pytest.raises(sqlite3.DatabaseError, match="outbox refused"):
+        play.start_session("s1", "tiny-tactics", 100.0)
+    assert conn.execute("SELECT COUNT(*) FROM play_sessions").fetchone()[0] == 0
+    assert not conn.in_transaction
+    conn.execute("DROP TRIGGER no_outbox")
+    play.start_session("s1", "tiny-tactics", 100.0)  # and it works once the fault is gone
+    assert conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 1
+
+    conn.execute("CREATE TRIGGER no_files BEFORE INSERT ON file_done "
+                 "BEGIN SELECT RAISE(ABORT, 'journal refused'); END")
+    with pytest.raises(sqlite3.DatabaseError, match="journal refused"):
+        state.record_progress("t1", [1, 2], [0])
+    assert state.done_blocks("t1") == set()
+    state.close()
