@@ -115,12 +115,22 @@ _pool_lock = threading.Lock()
 _buffers = threading.local()
 
 
+# Enough threads for every range the settings allow in flight at once (``connections`` ≤ 64 per
+# task, ``max_concurrent_tasks`` ≤ 16), so no task's range ever waits for a thread another task
+# holds: a speed-limited range sleeps in ``pace()`` on its thread, and with 64 threads a
+# throttled task could hold them all while another task's ranges waited in the queue for as long
+# as its slow ranges took (review, session 23: an unlimited 1 MiB range not started after 15 s).
+# Threads are started only as ranges need them.
+MAX_RANGE_THREADS = 64 * 16
+
+
 def worker_pool() -> ThreadPoolExecutor:
-    """The threads that run ranges (at most 64: the ``connections`` setting's ceiling)."""
+    """The threads that run ranges (:data:`MAX_RANGE_THREADS`)."""
     global _pool
     with _pool_lock:
         if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="engine-net")
+            _pool = ThreadPoolExecutor(max_workers=MAX_RANGE_THREADS,
+                                       thread_name_prefix="engine-net")
         return _pool
 
 
