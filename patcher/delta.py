@@ -689,7 +689,11 @@ def _sectioned(plain: bytes, coded: Sequence[bytes] = ()) -> list[bytes]:
             out += _pack(len(data))
         out += data
     patch = bytes(out)
-    return [patch] if _unsectioned(patch, new_size) == plain else []
+    try:
+        proven = _unsectioned(patch, new_size) == plain
+    except (ValueError, DeltaError):  # e.g. sections past the applier's bound: not a candidate
+        return []
+    return [patch] if proven else []
 
 
 def _plain_sections(plain: bytes) -> tuple[int, int, int, list[bytes]]:

@@ -220,6 +220,13 @@ async def load_manifest(ctx: EngineContext, pool: SourcePool, grant: TaskGrant, 
         if (manifest.product_id, manifest.version_id) != (grant.product_id, grant.version_id):
             raise EngineError(ErrorCode.MANIFEST_INVALID,
                               "manifest is for another product or version")
+    except asyncio.CancelledError:
+        # a pause or shutdown during the decode: the bytes were checked against the signature
+        # as they arrived, so the cache being written stays (the resumed run reads it instead
+        # of fetching the whole manifest again)
+        if cached is not None:
+            await asyncio.gather(cached, return_exceptions=True)
+        raise
     except BaseException:
         if cached is not None:
             await asyncio.gather(cached, return_exceptions=True)  # done before it is undone
