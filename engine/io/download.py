@@ -271,14 +271,16 @@ async def _fetch_range_threaded(ctx: DownloadContext, source: CdnSource, r: Fetc
                 done.add(job.index)
         except asyncio.CancelledError:
             stop.set()
-            work.cancel()  # not started yet (every pool thread busy): it never will
-            while not work.done():  # the thread sees the flag within POLL_S or one block
+            work.cancel()  # not started yet: it never will
+            while not future.done():  # the thread sees the flag within POLL_S or one block
                 try:
-                    await asyncio.wait({asyncio.wrap_future(work)})
+                    await asyncio.wait({future})
                 except asyncio.CancelledError:
                     continue
-            if not work.cancelled() and work.exception() is not None:
-                log.debug("range ended while cancelled: %r", work.exception())
+            # retrieved here (the thread's Stopped is what the stop asked for): an unretrieved
+            # exception would be logged as an error when the future is collected
+            if not future.cancelled() and future.exception() is not None:
+                log.debug("range ended while cancelled: %r", future.exception())
             raise
         future.result()
     finally:
