@@ -271,6 +271,7 @@ async def _fetch_range_threaded(ctx: DownloadContext, source: CdnSource, r: Fetc
                 done.add(job.index)
         except asyncio.CancelledError:
             stop.set()
+            ctx.limiter.wake_paced()  # a thread waiting for tokens sees the stop now
             work.cancel()  # not started yet: it never will
             while not future.done():  # the thread sees the flag within POLL_S or one block
                 try:

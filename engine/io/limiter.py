@@ -145,6 +145,12 @@ class AsyncRateLimiter:
             handle.cancel()
             self._waiters.discard(fut)
 
+    def wake_paced(self) -> None:
+        """Every thread waiting in :meth:`pace` re-checks now (a stop was set: it ends its wait
+        at once instead of at its next poll)."""
+        with self._changed:
+            self._changed.notify_all()
+
     def _wake(self) -> None:
         with self._changed:
             self._changed.notify_all()
