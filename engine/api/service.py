@@ -282,7 +282,8 @@ class EngineService:
         return self.engine.resume(taskId).to_dict()
 
     async def m_cancel(self, taskId: str) -> dict[str, Any]:
-        return self.engine.cancel(taskId).to_dict()
+        task = self.engine.cancel(taskId)
+        return (await self.engine.run_stopped(task.id)).to_dict()
 
     async def m_move(self, taskId: str, position: int) -> list[dict[str, Any]]:
         return [t.to_dict() for t in self.engine.move(taskId, position)]

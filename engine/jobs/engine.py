@@ -731,6 +731,15 @@ class Engine:
         except EngineError as exc:
             log.warning("could not report update of %s: %s", task.product_id, exc)
 
+    async def run_stopped(self, task_id: str, timeout: float = 5.0) -> TaskRecord:
+        """The task once its run has ended after a stop (at most ``timeout`` seconds): a cancel
+        that arrives while a run winds down (its range threads stop within a poll interval) is
+        carried out when the run ends, so its answer shows the state it led to."""
+        runner = self._runners.get(task_id)
+        if runner is not None:
+            await asyncio.wait({runner}, timeout=timeout)
+        return self.state.task(task_id)
+
     async def wait_for(self, task_id: str) -> TaskRecord:
         """Run the queue until ``task_id`` reaches a final state (or is paused)."""
         def done() -> bool:
