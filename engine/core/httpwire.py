@@ -135,7 +135,8 @@ def parse_head(raw: bytes) -> ResponseHead:
     lines = text.split("\r\n")
     version, _, rest = lines[0].partition(" ")
     code = rest[:3]
-    if version not in ("HTTP/1.1", "HTTP/1.0") or not _digits(code) or len(code) != 3:
+    if (version not in ("HTTP/1.1", "HTTP/1.0") or not _digits(code) or len(code) != 3
+            or rest[3:4] not in ("", " ")):  # "HTTP/1.1 2000" is not status 200
         raise HeadError(f"not an HTTP/1.x status line: {lines[0][:60]!r}")
     headers: dict[str, str] = {}
     for line in lines[1:]:

@@ -25,6 +25,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
+from engine.core.httpwire import HeadError, ResponseHead
+from engine.core.httpwire import parse_head as wire_parse_head
+
 MAX_HEAD_BYTES = 64 * 1024
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
 # retried once on a fresh connection when a kept-alive one closed before any answer byte: only
@@ -105,44 +108,12 @@ def proxy_for(origin: Origin) -> Proxy | None:
     return Proxy(Origin(scheme, parts.hostname, port), auth)
 
 
-@dataclass(frozen=True, slots=True)
-class Head:
-    status: int
-    headers: dict[str, str]  # lower-case names; repeated headers joined with ", "
-    keep_alive: bool
-
-    def get(self, name: str, default: str | None = None) -> str | None:
-        return self.headers.get(name.lower(), default)
-
-    @property
-    def content_length(self) -> int | None:
-        value = self.headers.get("content-length")
-        if value is None:
-            return None
-        if not (value.isascii() and value.isdigit()):
-            raise HttpError(f"bad Content-Length {value[:40]!r}")
-        return int(value)
-
-
-def parse_head(raw: bytes) -> Head:
-    lines = raw.decode("latin-1").split("\r\n")
-    version, _, rest = lines[0].partition(" ")
-    code = rest[:3]
-    if (version not in ("HTTP/1.1", "HTTP/1.0") or len(code) != 3 or not code.isdigit()
-            or not code.isascii() or rest[3:4] not in ("", " ")):
-        raise HttpError(f"not an HTTP/1.x status line: {lines[0][:60]!r}")
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        if not line:
-            continue
-        name, sep, value = line.partition(":")
-        if not sep or not name or name != name.strip():
-            raise HttpError(f"bad header line {line[:60]!r}")
-        key, value = name.lower(), value.strip()
-        headers[key] = f"{headers[key]}, {value}" if key in headers else value
-    tokens = {t.strip().lower() for t in headers.get("connection", "").split(",")}
-    keep = "keep-alive" in tokens if version == "HTTP/1.0" else "close" not in tokens
-    return Head(int(code), headers, keep)
+def parse_head(raw: bytes) -> ResponseHead:
+    """The head as the range client reads it (``engine.core.httpwire``), its errors ours."""
+    try:
+        return wire_parse_head(raw)
+    except HeadError as exc:
+        raise HttpError(str(exc)) from exc
 
 
 class _Conn:
@@ -159,17 +130,21 @@ class Response:
     once the whole body is read)."""
 
     def __init__(self, client: HttpClient, key: tuple[str, str, int, Proxy | None],
-                 conn: _Conn, head: Head, method: str) -> None:
+                 conn: _Conn, head: ResponseHead, method: str) -> None:
         self._client = client
         self._key = key
         self._conn: _Conn | None = conn
         self.head = head
         self.status = head.status
         self._bodiless = method == "HEAD" or head.status in (204, 304) or head.status < 200
+        self._keep_alive = head.keep_alive  # off once a body is read to the connection's end
 
     @property
-    def headers(self) -> Head:
-        return self.head
+    def content_length(self) -> int | None:
+        try:
+            return self.head.content_length
+        except HeadError as exc:
+            raise HttpError(str(exc)) from exc
 
     async def read(self, limit: int | None = None, too_large: Callable[[int], Exception] | None
                    = None) -> bytes:
@@ -190,7 +165,7 @@ class Response:
                 raise
             raise HttpError(f"reading the answer: {exc!r}") from exc
         finally:
-            if ok and self.head.keep_alive:
+            if ok and self._keep_alive:
                 self._client._put_back(self._key, conn)
             else:
                 conn.close()
@@ -209,7 +184,7 @@ class Response:
 
         read_s = self._client.read_timeout
         reader = conn.reader
-        if "chunked" in self.head.headers.get("transfer-encoding", "").lower():
+        if self.head.chunked:
             parts: list[bytes] = []
             size = 0
             while True:
@@ -230,7 +205,7 @@ class Response:
                     parts.append(await reader.readexactly(n))
                     if await reader.readexactly(2) != b"\r\n":
                         raise HttpError("a chunk not followed by CRLF")
-        length = self.head.content_length
+        length = self.content_length
         if length is not None:
             over(length)
             parts = []
@@ -243,7 +218,7 @@ class Response:
                 parts.append(part)
                 left -= len(part)
             return b"".join(parts)
-        self.head = Head(self.head.status, self.head.headers, keep_alive=False)  # read to EOF
+        self._keep_alive = False  # read to EOF
         parts, size = [], 0
         while True:
             async with asyncio.timeout(read_s):

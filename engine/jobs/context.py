@@ -102,7 +102,7 @@ async def _get_small(ctx: EngineContext, source: CdnSource, rel: str, limit: int
                     raise FetchFailed(FailureKind.HTTP_5XX,
                                       f"{source.id}: HTTP {resp.status} for {rel}",
                                       out_of_range=resp.status == 416)
-                length = resp.head.content_length
+                length = resp.content_length
                 if (length or 0) > limit:
                     raise EngineError(ErrorCode.MANIFEST_TOO_LARGE,
                                       f"{rel}: {length} bytes (limit {limit})", item=rel)

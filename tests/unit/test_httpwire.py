@@ -60,7 +60,8 @@ def test_head_parsing() -> None:
     assert parse_head(b"HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\n\r\n").keep_alive
     assert not parse_head(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n").keep_alive
     for bad in (b"SSH-2.0-OpenSSH\r\n\r\n", b"HTTP/1.1 2x0 OK\r\n\r\n", b"HTTP/2 200\r\n\r\n",
-                b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n", b"HTTP/1.1 200 OK\r\n x: y\r\n\r\n"):
+                b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n", b"HTTP/1.1 200 OK\r\n x: y\r\n\r\n",
+                b"HTTP/1.1 2000 OK\r\n\r\n"):
         with pytest.raises(HeadError):
             parse_head(bad)
     with pytest.raises(HeadError):
