@@ -534,6 +534,19 @@ def _unpack(view: bytes, pos: int, tag_bits: int = 0) -> tuple[int, int, int]:
     return value, tag, pos
 
 
+def _packed_fields(view: bytes, pos: int, count: int) -> tuple[list[int], int]:
+    """``count`` packed integers from ``pos`` (a header's fields) and the position after them;
+    ValueError when the header ends first or an integer is too long."""
+    fields = []
+    try:
+        for _ in range(count):
+            value, _tag, pos = _unpack(view, pos)
+            fields.append(value)
+    except IndexError as exc:
+        raise ValueError("truncated header") from exc
+    return fields, pos
+
+
 _RLE_SET = 2  # a run of one value byte (0 and 1: runs of 0 and of 255, no value byte)
 _RLE_COPY = 3  # bytes copied from the run codes
 
@@ -645,11 +658,7 @@ def _classic_sections(patch: bytes) -> list[tuple[_Coder, bytes] | None]:
     name_end = patch.index(b"\0", len(_HDIFF_MAGIC))
     kind = {b"bz2": _Coder.BZIP2, b"lzma2": _Coder.LZMA2, b"zstd": _Coder.ZSTD}.get(
         patch[len(_HDIFF_MAGIC):name_end])
-    pos = name_end + 1
-    fields = []
-    for _ in range(11):
-        value, _tag, pos = _unpack(patch, pos)
-        fields.append(value)
+    fields, pos = _packed_fields(patch, name_end + 1, 11)
     out: list[tuple[_Coder, bytes] | None] = []
     for plain_len, stored_len in zip(fields[3::2], fields[4::2], strict=True):
         data = patch[pos:pos + (stored_len or plain_len)]
@@ -702,11 +711,7 @@ def _plain_sections(plain: bytes) -> tuple[int, int, int, list[bytes]]:
     prefix = _HDIFF_MAGIC + b"\0"
     if not plain.startswith(prefix):
         raise ValueError("not an uncompressed HDiffPatch patch")
-    pos = len(prefix)
-    fields = []
-    for _ in range(11):
-        value, _tag, pos = _unpack(plain, pos)
-        fields.append(value)
+    fields, pos = _packed_fields(plain, len(prefix), 11)
     new_size, old_size, count, n_cover, z1, n_ctrl, z2, n_code, z3, n_lit, z4 = fields
     if z1 or z2 or z3 or z4 or pos + n_cover + n_ctrl + n_code + n_lit != len(plain):
         raise ValueError("unexpected HDiffPatch layout")
@@ -727,14 +732,7 @@ def _sectioned_sizes(patch: bytes) -> tuple[int, int, int, list[int], int]:
     """(new size, old size, cover count, plain section lengths, position after the header)."""
     if not patch or not patch[0] & _SECTIONED_FLAG:
         raise ValueError("not a sectioned HDiffPatch patch (bad first byte)")
-    pos = 1
-    fields = []
-    try:
-        for _ in range(7):
-            value, _tag, pos = _unpack(patch, pos)
-            fields.append(value)
-    except IndexError as exc:
-        raise ValueError("truncated header") from exc
+    fields, pos = _packed_fields(patch, 1, 7)
     new_size, old_size, count, *lengths = fields
     return new_size, old_size, count, lengths, pos
 
@@ -952,21 +950,6 @@ def _apply_zstd(old: bytes, patch: bytes, new_size: int) -> bytes:
     return decompressor.decompress(patch, max_output_size=new_size, allow_extra_data=False)
 
 
-def _varint(view: memoryview, pos: int) -> tuple[int, int]:
-    """HDiffPatch's packed unsigned integer: 7-bit groups, most significant first, the high
-    bit set on every byte but the last. Returns (value, position after it)."""
-    value = 0
-    for _ in range(10):
-        if pos >= len(view):
-            raise ValueError("truncated header")
-        byte = view[pos]
-        pos += 1
-        value = (value << 7) | (byte & 0x7F)
-        if not byte & 0x80:
-            return value, pos
-    raise ValueError("header integer too long")
-
-
 def hdiff_sizes(patch: bytes) -> tuple[int, int]:
     """(new size, old size) declared by an HDiffPatch header (HDiffPatch's own container or the
     sectioned one), refusing foreign containers."""
@@ -980,8 +963,7 @@ def hdiff_sizes(patch: bytes) -> tuple[int, int]:
     coder = bytes(view[len(_HDIFF_MAGIC) : len(_HDIFF_MAGIC) + max(end, 0)])
     if end < 0 or coder not in _HDIFF_TYPES:
         raise ValueError(f"unsupported HDiffPatch coder {coder!r}")
-    new_size, pos = _varint(view, len(_HDIFF_MAGIC) + end + 1)
-    old_size, _ = _varint(view, pos)
+    (new_size, old_size), _pos = _packed_fields(patch, len(_HDIFF_MAGIC) + end + 1, 2)
     return new_size, old_size
 
 
