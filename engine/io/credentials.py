@@ -98,17 +98,28 @@ class CredentialStore:
         self.file = data_dir / "credentials"
         self.access_file = data_dir / "credentials-access"
         self.account = account
-        self.use_keyring = use_keyring and _keyring_usable()
+        self._keyring: bool | None = None if use_keyring else False
         self._refresh: str | None = None
         self._access: AccessToken | None = None
 
+    @property
+    def use_keyring(self) -> bool:
+        """Whether secrets go to the OS keyring: asked of keyring once, when first needed (its
+        detection costs 0.1-0.2 s, and a command whose tokens are in the file needs none)."""
+        if self._keyring is None:
+            self._keyring = _keyring_usable()
+        return self._keyring
+
     def load(self) -> str | None:
         """The stored refresh token (the access token kept beside it: ``access``)."""
+        in_file = self.file.exists()
         text = self._read(self.account, self.file)
         self._refresh = stored_refresh(text) if text else None
         self._access = None
         if self._refresh is not None:
-            stored = self._read(self.account + ACCESS_ENTRY, self.access_file)
+            # kept where its refresh token is (both are written through ``_write`` together)
+            stored = (self.access_file.read_text() if self.access_file.exists() else None) \
+                if in_file else self._read(self.account + ACCESS_ENTRY, self.access_file)
             if stored:
                 self._access = parse_access(stored, self._refresh)
         return self._refresh
@@ -121,6 +132,11 @@ class CredentialStore:
         return self._access
 
     def _read(self, account: str, file: Path) -> str | None:
+        # the file first: every keyring write removes it (``_write``), so a file that exists
+        # holds the last value written (the keyring was missing or failing then), and reading
+        # it needs no keyring detection on the engine's start (issue 13, first byte)
+        if file.exists():
+            return file.read_text()
         if self.use_keyring:
             import keyring
 
@@ -130,8 +146,6 @@ class CredentialStore:
                     return value
             except Exception as exc:
                 log.warning("keyring unavailable (%s); using %s", exc, file)
-        if file.exists():
-            return file.read_text()
         return None
 
     def save(self, token: str | None) -> None:

@@ -68,6 +68,28 @@ def test_keyring_detection_chooses_what_keyring_chooses() -> None:
     assert forced == ["False False"]
 
 
+
+def test_tokens_in_the_file_are_read_without_keyring_detection(tmp_path: Path) -> None:
+    """A session kept in the 0600 file (no keyring when it was written: every keyring write
+    removes the file, so the file is the last value written) is read without loading keyring;
+    with no file, keyring is asked (here its fail backend: nothing stored, the file written)."""
+    env = subprocess_env()
+    env.pop("PYTHON_KEYRING_BACKEND", None)  # detection would run if anything asked for it
+    (tmp_path / "credentials").write_text("refresh-1")
+    script = ("import sys\nfrom pathlib import Path\n"
+              "from engine.io.credentials import CredentialStore\n"
+              f"s = CredentialStore(Path({str(tmp_path)!r}), 'http://127.0.0.1:9')\n"
+              "print(s.load(), 'keyring' in sys.modules)\n")
+    assert _run(script, env)[-1] == "refresh-1 False"
+    (tmp_path / "credentials").unlink()
+    env["PYTHON_KEYRING_BACKEND"] = "keyring.backends.fail.Keyring"
+    script = ("from pathlib import Path\n"
+              "from engine.io.credentials import CredentialStore\n"
+              f"s = CredentialStore(Path({str(tmp_path)!r}), 'http://127.0.0.1:9')\n"
+              "print(s.load(), s.use_keyring)\ns.save('refresh-2')\n")
+    assert _run(script, env)[-1] == "None False"
+    assert (tmp_path / "credentials").read_text() == "refresh-2"
+
 @pytest.mark.parametrize("params", [
     {"page": 1, "limit": 100},
     {"product_id": "star courier/ü&x"},
