@@ -16,6 +16,7 @@ import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 from urllib.parse import quote, unquote
 
 import platformdirs
@@ -23,7 +24,9 @@ import platformdirs
 from engine.core.errors import EngineError, ErrorCode
 from engine.core.savesync import LocalFile, prune_backups
 from engine.io.fsops import atomic_write, translate_os_error
-from patcher.manifest import SaveLocation, SaveRoot
+
+if TYPE_CHECKING:  # the manifest module loads with a game's manifest, not with the engine
+    from patcher.manifest import SaveLocation, SaveRoot
 
 KEEP_BACKUPS = 10
 MAX_SAVE_FILES = 10_000
@@ -32,6 +35,8 @@ SLOT_SAFE = ":@ +,;=!$&'()*[]~"  # kept readable in slot names; "/" and "%" are 
 
 def root_dir(root: SaveRoot, install_dir: Path) -> Path:
     """The folder a save location's root names, on this platform."""
+    from patcher.manifest import SaveRoot
+
     if root is SaveRoot.INSTALL:
         return install_dir
     if root is SaveRoot.DATA_HOME:

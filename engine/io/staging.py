@@ -19,6 +19,7 @@ import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engine.core.errors import EngineError, ErrorCode
 from engine.io.fsops import (
@@ -28,7 +29,10 @@ from engine.io.fsops import (
     safe_join,
     translate_os_error,
 )
-from patcher.manifest import RESERVED_PREFIX, FileEntry, Manifest
+from patcher.ids import RESERVED_PREFIX
+
+if TYPE_CHECKING:  # the manifest module is the pipeline's (imported beside a run's grant)
+    from patcher.manifest import FileEntry, Manifest
 
 # the manifest loader refuses every name with this prefix, so no game can own these paths
 STAGING_DIR = RESERVED_PREFIX + "staging"

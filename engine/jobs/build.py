@@ -9,23 +9,28 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engine.core.errors import EngineError, ErrorCode
 from engine.core.events import item_event, retry_event, status_event
 from engine.core.fetchrules import FetchState
 from engine.core.lifecycle import TaskState
-from engine.core.planner import BlockJob, ChunkWrite, FetchRange, InstallPlan, plan_install
 from engine.core.progress import TaskProgress
 from engine.core.retry import RetryPolicy
 from engine.core.sources import SourcePool
 from engine.io.backend_client import TaskGrant
-from engine.io.blockio import BlockWritten, process_block
-from engine.io.download import BlockSink, DownloadContext, download
-from engine.io.journal import Journal
-from engine.io.staging import Staging
 from engine.io.state import TaskRecord
 from engine.jobs.context import EngineContext, check_disk_space, refresher
-from patcher.manifest import Manifest
+
+if TYPE_CHECKING:
+    from engine.core.planner import BlockJob, FetchRange, InstallPlan
+    from engine.io.blockio import BlockWritten
+    from engine.io.staging import Staging
+    from patcher.manifest import Manifest
+
+# The block pipeline (planner, block I/O, download, journal) is imported where it is used: a run
+# has it imported beside its grant (``engine.jobs.install.import_pipeline``), and a process that
+# only queues, lists or pauses never loads it.
 
 # per-file progress while files download: at most this often per task, only files written since
 ITEM_INTERVAL_S = 0.5
@@ -111,6 +116,8 @@ class StagedBuild:
     def forget_file(self, manifest: Manifest, fi: int) -> None:
         """A staged file failed its SHA-256: forget the journaled blocks that write into it, so
         the next run fetches exactly those again (not the whole game)."""
+        from engine.core.planner import ChunkWrite, plan_install
+
         f = manifest.files[fi]
         wanted = {c.id: [ChunkWrite(fi, c.offset)] for c in f.chunks}
         redo = plan_install(manifest, wanted=wanted)
@@ -122,6 +129,10 @@ class StagedBuild:
                                    files: set[int]) -> None:
         """Fetch the plan's blocks into staged files and SHA-256 every file in ``files`` as soon
         as its last chunk is written (hashing overlaps the download)."""
+        from engine.io.blockio import process_block
+        from engine.io.download import BlockSink, DownloadContext, download
+        from engine.io.journal import Journal
+
         self.enter(TaskState.DOWNLOADING)
         verified = ctx.state.done_files(self.task.id)
         pending = {fi: plan.pending_writes.get(fi, 0) for fi in files}

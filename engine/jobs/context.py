@@ -23,9 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import blake3
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 from engine.core.errors import EngineError, ErrorCode
 from engine.core.fetchrules import Failure, FetchState, GiveUp, after_failure
 from engine.core.retry import RetryPolicy
@@ -36,15 +33,19 @@ from engine.io.config import Settings
 from engine.io.fsops import atomic_write
 from engine.io.httpclient import HttpClient, HttpError
 from engine.io.limiter import AsyncRateLimiter
-from engine.io.rangeclient import FetchFailed  # not engine.io.download: that loads aiohttp
 from engine.io.state import State, TaskRecord
-from patcher.deltaindex import ManifestPatch, rebuild_manifest_blob
 from patcher.errors import ManifestError
-from patcher.manifest import Manifest
-from patcher.signing import load_public_key, load_signed_manifest, verify_signature
 
 if TYPE_CHECKING:
     import aiohttp
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from patcher.deltaindex import ManifestPatch
+    from patcher.manifest import Manifest
+
+# What runs only once a grant is in (the manifest's fetch, signature and decode; a manifest
+# patch) is imported where it is used: an install imports it on a worker thread while its grant
+# is asked for (``engine.jobs.install.import_pipeline``), off the way to the first byte.
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,8 @@ SMALL_TOTAL_S = 60  # a whole small document, however it trickles
 
 async def _get_small(ctx: EngineContext, source: CdnSource, rel: str, limit: int) -> bytes:
     """One GET of a small document (each read waits at most the stall timeout)."""
+    from engine.io.rangeclient import FetchFailed  # not engine.io.download: that loads aiohttp
+
     try:
         async with asyncio.timeout(SMALL_TOTAL_S):
             resp = await ctx.http.request("GET", source.url(rel))
@@ -129,6 +132,8 @@ async def fetch_small(ctx: EngineContext, pool: SourcePool, rel: str, limit: int
     ``attempts`` caps the tries for an optional document the caller can do without (a missing
     format-2 delta index, a manifest patch): no long backoff before the fallback.
     """
+    from engine.io.rangeclient import FetchFailed
+
     policy = RetryPolicy(max_attempts=attempts or ctx.settings.max_attempts)
     state = FetchState()
     sources = frozenset(s.id for s in pool.sources)
@@ -188,6 +193,8 @@ async def load_manifest(ctx: EngineContext, pool: SourcePool, grant: TaskGrant, 
     a patch, and the new signature is checked over the rebuilt bytes; any failure there falls
     back to the full manifest, whose bytes are checked against the signature as they arrive, so
     a flipped byte on one edge makes the engine fetch from another instead of failing."""
+    from patcher.signing import load_public_key, load_signed_manifest, verify_signature
+
     blob_path, sig_path = ctx.state.manifest_files(grant.product_id, grant.version_id)
     key = load_public_key(await manifest_key(ctx))
     refresh = refresher(ctx, grant)
@@ -255,6 +262,11 @@ async def _patched_manifest(ctx: EngineContext, pool: SourcePool, grant: TaskGra
     """The new manifest's signed bytes rebuilt from ``base``, or None (logged) when the patch
     is missing, wrong or rebuilds other bytes than the signed ones: the caller fetches the full
     manifest then."""
+    import blake3
+
+    from patcher.deltaindex import rebuild_manifest_blob
+    from patcher.signing import verify_signature
+
     mp = base.patch
 
     def check(data: bytes) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 import time
 import uuid
 from collections.abc import Callable, Coroutine
@@ -44,23 +45,23 @@ from engine.io.httpclient import HttpClient
 from engine.io.library_client import LibraryApi
 from engine.io.limiter import AsyncRateLimiter
 from engine.io.playstate import PlayState
-from engine.io.rangeclient import close_idle_connections
 from engine.io.savefiles import Backups
 from engine.io.staging import STAGING_DIR, remove_task_staging
 from engine.io.state import InstalledGame, State, TaskRecord
 from engine.io.verifiedmeta import VerifiedRecord
-from engine.io.verify import VerifyReport, scan_install
 from engine.jobs.agent import LibraryRelay, Outbox, RemoteDownloads
 from engine.jobs.context import EngineContext, bind_remote, manifest_key, remote_binding
 from engine.jobs.install import InstallRun, check_install_target
 from engine.jobs.play import Games
 from engine.jobs.saves import SaveSync
-from patcher.manifest import Manifest, check_id
+from patcher.ids import is_id
 
 if TYPE_CHECKING:
     import aiohttp
 
+    from engine.io.verify import VerifyReport
     from engine.jobs.uninstall import UninstallReport
+    from patcher.manifest import Manifest
 
 # Imported where they are used, not here: updates (engine.jobs.update: patcher.delta, the update
 # planner, a process pool), moves and uninstalls are not on the path of a fresh install, whose
@@ -84,6 +85,13 @@ def as_engine_error(exc: BaseException) -> EngineError:
 
         return translate_os_error(exc, "installing")
     return EngineError(ErrorCode.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+
+
+def _check_id(value: str, where: str) -> None:
+    if not is_id(value):
+        from patcher.manifest import check_id  # names the problem as the manifest loader does
+
+        check_id(value, where)
 
 
 class Engine:
@@ -187,7 +195,9 @@ class Engine:
             await self._session.close()
         if self._small is not None:
             await self._small.aclose()
-        close_idle_connections()  # the range client's kept-alive sockets
+        ranges = sys.modules.get("engine.io.rangeclient")  # never imported: nothing to close
+        if ranges is not None:
+            ranges.close_idle_connections()  # the range client's kept-alive sockets
         await self.api.aclose()
         self._executor.shutdown(wait=True)
         self.state.close()
@@ -250,9 +260,9 @@ class Engine:
 
     def install(self, product_id: str, version_id: str | None = None, target: str | None = None,
                 priority: int = 0, limit_bps: int | None = None) -> TaskRecord:
-        check_id(product_id, "productId")
+        _check_id(product_id, "productId")
         if version_id is not None:
-            check_id(version_id, "versionId")
+            _check_id(version_id, "versionId")
         active = self.state.active_task_for(product_id)
         if active is not None:
             return active  # one task per game: asking again resumes the same one
@@ -343,6 +353,7 @@ class Engine:
         return self._queue_change(product_id, TaskKind.REPAIR, game.version_id)
 
     async def verify(self, product_id: str, quick: bool = False) -> VerifyReport:
+        from engine.io.verify import scan_install
         from engine.jobs.update import installed_manifest
 
         game = self._installed_or_fail(product_id)

@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from engine.core.errors import EngineError, ErrorCode
 from engine.core.messages import AchievementUnlocked, GameSession
@@ -36,7 +36,9 @@ from engine.io.playstate import PlayState
 from engine.io.state import InstalledGame, State
 from engine.jobs.context import EngineContext
 from engine.jobs.saves import SaveSync, SyncReport
-from patcher.manifest import LaunchEntry, Manifest
+
+if TYPE_CHECKING:  # a run's manifest is decoded by the pipeline's module
+    from patcher.manifest import LaunchEntry, Manifest
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.core.errors import EngineError, ErrorCode
 from engine.core.messages import SaveSyncStatus
@@ -31,7 +31,9 @@ from engine.io.library_client import CloudSlot, LibraryApi
 from engine.io.playstate import PlayState
 from engine.io.savefiles import Backups, SaveFile, location_of, replace_save, scan
 from engine.io.state import InstalledGame
-from patcher.manifest import Manifest
+
+if TYPE_CHECKING:  # a run's manifest is decoded by the pipeline's module
+    from patcher.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
