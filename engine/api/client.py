@@ -1,13 +1,16 @@
 """The light client of the engine daemon: what the launcher and ``launcher-engine`` import.
 
-Importing it loads the standard library and ``engine.api.protocol`` only — no aiohttp, SQLite,
-httpx, cryptography, zstandard or engine I/O (``python -X importtime -c "import
-engine.api.client"``; bench/client.py measures it). Two clients speak the same protocol:
+Importing it loads the standard library and ``engine.core.errors`` only — no aiohttp, SQLite,
+httpx, cryptography, zstandard, engine I/O, nor even the protocol's command table and event
+classes, which come when first needed (``python -X importtime -c "import engine.api.client"``;
+bench/client.py measures it). Two clients speak the same protocol:
 
 * ``DaemonClient`` (asyncio; ``websockets`` is imported when it connects): the launcher's,
   for long sessions with event streams on the Qt/asyncio loop;
 * ``SyncDaemonClient`` (blocking; a minimal RFC 6455 client on a plain socket): the CLI's, so a
-  one-shot command such as ``launcher-engine status`` starts fast without an event loop.
+  one-shot command such as ``launcher-engine status`` starts fast without an event loop. Its
+  handshake can be sent early (``open``) and read later, so a caller's own start-up work runs
+  while the daemon answers.
 
 Events arrive typed (``engine.api.protocol`` dataclasses); errors arrive as ``EngineError``
 with a typed code.
@@ -28,19 +31,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.api.protocol import (
-    PROTOCOL_VERSION,
-    EngineError,
-    ErrorCode,
-    Event,
-    event_from_wire,
-)
+from engine.core.errors import EngineError, ErrorCode
 from engine.core.locations import APP_NAME, ENV_PREFIX
 
 if TYPE_CHECKING:  # only for types: importing them would load asyncio and websockets
     import asyncio
 
     from websockets.asyncio.client import ClientConnection
+
+    from engine.api.protocol import Event
+
 
 def default_data_dir() -> Path:
     """The engine's data folder when none is given: ``LAUNCHER_ENGINE_DATA_DIR`` or the
@@ -108,7 +108,15 @@ def _result(msg: dict[str, Any]) -> Any:
     return msg.get("result")
 
 
+def _event(data: Any) -> Event:
+    from engine.api.protocol import event_from_wire  # the event classes: with the first event
+
+    return event_from_wire(data or {})
+
+
 def _check_hello(hello: Any) -> None:
+    from engine.api.protocol import PROTOCOL_VERSION
+
     if not isinstance(hello, dict) or hello.get("type") != "hello":
         raise EngineError(ErrorCode.DAEMON_UNREACHABLE, f"unexpected greeting {hello!r:.200}")
     if hello.get("protocol") != PROTOCOL_VERSION:
@@ -143,17 +151,32 @@ class _Closed(Exception):
 
 class _WebSocket:
     """Just enough RFC 6455 for a local client: masked text frames out; text, continuation,
-    ping and close frames in; no extensions."""
+    ping and close frames in; no extensions. The handshake is two steps: ``__init__`` connects
+    and sends the request, ``accept`` reads the daemon's answer."""
 
     def __init__(self, info: DaemonInfo, timeout: float | None) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", info.port), timeout=timeout)
-        self.sock.settimeout(timeout)
-        self.rfile = self.sock.makefile("rb")
-        key = base64.b64encode(os.urandom(16)).decode()
-        self.sock.sendall((
-            f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{info.port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-            f"Authorization: Bearer {info.token}\r\n\r\n").encode())
+        # a numeric address and no getaddrinfo: create_connection would encode the host name
+        # with the idna codec (unicodedata, stringprep: ~3 ms of every CLI start)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            self.sock.settimeout(timeout)
+            # requests go out as written: a request sent right behind another (subscribe, then
+            # install) must not wait for the first one's ACK (Nagle and delayed ACKs: up to 40 ms)
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.sock.connect(("127.0.0.1", info.port))
+            self.rfile = self.sock.makefile("rb")
+            self.key = base64.b64encode(os.urandom(16)).decode()
+            self.sock.sendall((
+                f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{info.port}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {self.key}\r\n"
+                f"Sec-WebSocket-Version: 13\r\nAuthorization: Bearer {info.token}\r\n\r\n"
+            ).encode())
+        except BaseException:
+            self.sock.close()
+            raise
+
+    def accept(self) -> None:
+        """Read the handshake's answer (ConnectionError when the daemon refused it)."""
         status = self.rfile.readline(65536).decode("latin-1")
         headers: dict[str, str] = {}
         while (line := self.rfile.readline(65536).decode("latin-1")) not in ("\r\n", "\n", ""):
@@ -161,7 +184,7 @@ class _WebSocket:
             headers[name.strip().lower()] = value.strip()
         if " 101 " not in status:
             raise ConnectionError(f"handshake refused: {status.strip()}")
-        want = base64.b64encode(_sha1(key.encode() + _GUID).digest()).decode()
+        want = base64.b64encode(_sha1(self.key.encode() + _GUID).digest()).decode()
         if headers.get("sec-websocket-accept") != want:
             raise ConnectionError("handshake: bad Sec-WebSocket-Accept")
 
@@ -220,7 +243,11 @@ class _WebSocket:
 
 
 class SyncDaemonClient:
-    """Blocking requests; events that arrive meanwhile go to ``on_event`` (typed)."""
+    """Blocking requests; events that arrive meanwhile go to ``on_event`` (typed).
+
+    ``open`` connects and sends the handshake without waiting for the answer (a failure is
+    kept and reported by ``__enter__``, as if it had happened there); ``__enter__`` opens if
+    that was not done, reads the answer and the daemon's greeting."""
 
     def __init__(self, info: DaemonInfo, timeout: float | None = 30.0) -> None:
         self.info = info
@@ -228,18 +255,40 @@ class SyncDaemonClient:
         self.on_event: Callable[[Event], None] | None = None
         self._ids = itertools.count(1)
         self._ws: _WebSocket | None = None
+        self._failed: BaseException | None = None
+        self._unanswered: set[int] = set()  # requests sent with ``reply=False``
+
+    def open(self) -> SyncDaemonClient:
+        if self._ws is None and self._failed is None:
+            try:
+                self._ws = _WebSocket(self.info, self.timeout)
+            except (OSError, ValueError) as exc:
+                self._failed = exc
+        return self
 
     def __enter__(self) -> SyncDaemonClient:
+        self.open()
         try:
-            self._ws = _WebSocket(self.info, self.timeout)
+            if self._failed is not None:
+                raise self._failed
+            assert self._ws is not None
+            self._ws.accept()
             _check_hello(json.loads(self._ws.recv()))
         except (OSError, ValueError, _Closed) as exc:
+            self.close()
             raise _unreachable(self.info, exc) from exc
+        except BaseException:
+            self.close()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
         if self._ws is not None:
             self._ws.close()
+            self._ws = None
 
     def _next(self, timeout: float | None) -> dict[str, Any]:
         assert self._ws is not None
@@ -251,31 +300,46 @@ class SyncDaemonClient:
                               f"the daemon closed the connection: {exc}") from exc
         if not isinstance(msg, dict):
             raise EngineError(ErrorCode.DAEMON_UNREACHABLE, f"unexpected message {msg!r:.200}")
+        answered = msg.get("id")
+        if isinstance(answered, int) and answered in self._unanswered:
+            self._unanswered.discard(answered)  # an earlier request's reply: only an error counts
+            _result(msg)
         return msg
 
-    def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
+    def send(self, method: str, params: dict[str, Any] | None = None) -> int:
+        """Send a request without waiting for its reply (an error in the reply is raised by
+        whichever later call reads it); the daemon answers a connection's requests in order."""
         assert self._ws is not None
         req_id = next(self._ids)
         self._ws.send(_request(req_id, method, params))
+        return req_id
+
+    def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
+        req_id = self.send(method, params)
         long_call = method == "wait"  # answered when the task ends: no deadline
         while True:
             msg = self._next(None if long_call else self.timeout)
             if msg.get("type") == "event":
                 if self.on_event is not None:
-                    self.on_event(event_from_wire(msg.get("event") or {}))
+                    self.on_event(_event(msg.get("event")))
                 continue
             if msg.get("id") == req_id:
                 return _result(msg)
 
-    def subscribe(self, task_id: str | None = None) -> None:
-        self.call("subscribe", {"taskId": task_id})
+    def subscribe(self, task_id: str | None = None, *, reply: bool = True) -> None:
+        """Events from now on; with ``reply=False`` the next request follows at once (its
+        events flow all the same: the daemon subscribes before it reads that request)."""
+        if reply:
+            self.call("subscribe", {"taskId": task_id})
+        else:
+            self._unanswered.add(self.send("subscribe", {"taskId": task_id}))
 
     def events(self) -> Iterator[Event]:
         """Events until the daemon closes the connection (after ``subscribe``)."""
         while True:
             msg = self._next(None)
             if msg.get("type") == "event":
-                yield event_from_wire(msg.get("event") or {})
+                yield _event(msg.get("event"))
 
 
 # -- asyncio client ------------------------------------------------------------------------------
@@ -323,7 +387,7 @@ class DaemonClient:
             async for raw in self._ws:
                 msg = json.loads(raw)
                 if msg.get("type") == "event":
-                    event = event_from_wire(msg.get("event") or {})
+                    event = _event(msg.get("event"))
                     if self.on_event is not None:
                         self.on_event(event)
                     elif not self.events.full():

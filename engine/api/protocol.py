@@ -17,30 +17,54 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.core.errors import EngineError, ErrorCode, ExitCode
-from engine.core.lifecycle import TaskKind, TaskState
-from engine.core.messages import (
-    _EVENTS,
-    AchievementUnlocked,
-    DownloadError,
-    DownloadRetry,
-    Event,
-    GameSession,
-    InstalledGame,
-    ItemProgress,
-    LibraryChanged,
-    SaveSyncStatus,
-    Task,
-    TaskStatus,
-    UnknownEvent,
-    UpdateAvailable,
-    UpdatePlanned,
-    event_from_wire,
-    event_to_wire,
-)
 from engine.core.text import ID_RULE, INT64_MAX, check_text, is_id, show
+
+if TYPE_CHECKING:  # at run time these come on first use (``__getattr__`` below)
+    from engine.core.lifecycle import TaskKind, TaskState
+    from engine.core.messages import (
+        AchievementUnlocked,
+        DownloadError,
+        DownloadRetry,
+        Event,
+        GameSession,
+        InstalledGame,
+        ItemProgress,
+        LibraryChanged,
+        SaveSyncStatus,
+        Task,
+        TaskStatus,
+        UnknownEvent,
+        UpdateAvailable,
+        UpdatePlanned,
+        event_from_wire,
+        event_to_wire,
+    )
+
+# The messages (a dozen dataclasses: ~5 ms with what ``dataclasses`` pulls in) and the lifecycle
+# enums are re-exported here but loaded when first used: the CLI's one-shot daemon client
+# builds its parser from this table and passes the daemon's answers on as dicts, and a command
+# with no event stream (``status``, ``queue``, ``limit``...) never needs them (issue 13).
+_LAZY = {"TaskKind": "engine.core.lifecycle", "TaskState": "engine.core.lifecycle"} | {
+    name: "engine.core.messages" for name in (
+        "AchievementUnlocked", "DownloadError", "DownloadRetry", "Event", "GameSession",
+        "InstalledGame", "ItemProgress", "LibraryChanged", "SaveSyncStatus", "Task",
+        "TaskStatus", "UnknownEvent", "UpdateAvailable", "UpdatePlanned", "event_from_wire",
+        "event_to_wire")}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # once: later lookups are plain module attributes
+    return value
+
 
 __all__ = [
     "COMMANDS",
@@ -338,6 +362,8 @@ def render_markdown() -> str:
             for p in c.params) or "—"
         lines.append(f"| `{c.name}` | {params} | {c.result} | {c.help}"
                      + (" (long-running)" if c.long_running else "") + " |")
+    from engine.core.messages import _EVENTS
+
     events = ", ".join(f"`{t}`" for t in _EVENTS)
     lines += ["", f"Events: {events}."]
     return "\n".join(lines) + "\n"

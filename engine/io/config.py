@@ -15,7 +15,6 @@ import contextlib
 import dataclasses
 import math
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,10 +23,10 @@ from urllib.parse import urlsplit
 
 from engine.core.errors import EngineError, ErrorCode
 from engine.core.locations import APP_NAME, DEFAULT_BACKEND_URL, ENV_PREFIX
-from engine.core.schedule import parse_window
 from engine.core.text import INT64_MAX, check_text, show
 
-# platformdirs, tempfile and the storage-error translation are imported where used: every CLI
+# platformdirs, tempfile, the storage-error translation, the TOML parser (when there is a file)
+# and the schedule's rules (datetime: when a schedule is set) are imported where used: every CLI
 # command (the daemon's light client too) reads its settings, and these are 20-30 ms of a start
 # that seldom needs them (the data folder named on the command line, nothing written)
 
@@ -153,6 +152,8 @@ def _validate(key: str, value: Any) -> None:
         for window in value:
             if ";" in window:
                 raise ValueError(f"window {window!r} contains ';'")
+            from engine.core.schedule import parse_window
+
             parse_window(window)
 
 
@@ -178,6 +179,8 @@ def _coerce(key: str, value: Any, origin: str) -> Any:
 def read_config_file(path: Path) -> dict[str, Any]:
     if not path.exists():
         return {}
+    import tomllib
+
     try:
         with path.open("rb") as fh:
             return tomllib.load(fh)
@@ -218,6 +221,8 @@ def save_setting(settings: Settings, key: str, value: Any, origin: str = "settin
     current = {k: _coerce(k, v, str(path)) for k, v in read_config_file(path).items()}
     current[key] = coerced
     document = {k: _toml_value(v) for k, v in sorted(current.items()) if v is not None}
+    import tomllib
+
     try:
         text = "".join(f"{k} = {_toml_literal(v)}\n" for k, v in document.items())
         if tomllib.loads(text) != document:

@@ -1,0 +1,149 @@
+"""The CLI as a one-shot client of the daemon (issue 13, first byte within 0.1 s): what its start
+leaves out, and that a command sent to the daemon prints, returns and fails as the same command
+run in-process does. Real `launcher-engine serve` subprocesses; the backend is a closed port
+(these commands fail before they need it, identically in both paths)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import unicodedata
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from engine.api.client import SyncDaemonClient, daemon_running
+from engine.cli.main import _terminal_columns
+from engine.core.errors import EngineError, ErrorCode
+from engine.core.text import _BAD_CATEGORIES, _BAD_CHAR, check_text
+from testing.daemon import DaemonProcess
+from testing.enginekit import EngineCli, engine_env
+from testing.processes import REPO
+
+NO_BACKEND = "http://127.0.0.1:9"
+# what only the in-process engine, the daemon or some commands need: never loaded by a command
+# the daemon runs (logging and ctypes: the in-process engine's; the event classes: with the first
+# event; shutil: argparse's terminal width; unicodedata and encodings.idna: text rules and
+# socket.create_connection; tomllib and datetime: a config file, and there is none here)
+LEFT_OUT = ("logging", "ctypes", "shutil", "unicodedata", "encodings.idna", "tomllib", "datetime",
+            "engine.core.messages", "engine.core.lifecycle", "engine.core.schedule", "asyncio",
+            "sqlite3", "websockets", "engine.jobs.engine", "engine.api.service")
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineCli]:
+    data = tmp_path_factory.mktemp("client-start") / "data"
+    d = DaemonProcess(data, NO_BACKEND)
+    d.start()
+    try:
+        yield EngineCli(data, NO_BACKEND)
+    finally:
+        d.stop()
+
+
+def test_a_command_sent_to_the_daemon_imports_none_of_the_engine(daemon: EngineCli) -> None:
+    script = (
+        "import sys\n"
+        "from engine.cli.main import main\n"
+        f"code = main(['--data', {str(daemon.data_dir)!r}, '--backend', {NO_BACKEND!r},"
+        " '--json', 'status'])\n"
+        f"print(code, sorted(m for m in {LEFT_OUT!r} if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         cwd=REPO, env=engine_env(), timeout=60, check=True).stdout.splitlines()
+    assert '"running": true' in out[0]  # the daemon answered, not an in-process engine
+    assert out[-1] == "0 []"
+
+
+def _normal(text: str) -> str:
+    """Task ids (and their 8-digit short forms) and folders differ between two data dirs."""
+    text = re.sub(r"[0-9a-f]{32}", "TASK", text)
+    text = re.sub(r"\b[0-9a-f]{8}\b", "TASK8", text)
+    return text.replace("/inproc/", "/X/").replace("/viadaemon/", "/X/")
+
+
+@pytest.mark.parametrize("words", [
+    ("--json", "install", "star-courier", "--target", "{root}/game"),  # events, then an error
+    ("install", "star-courier", "--target", "{root}/game"),  # the text lines of the same
+    ("--json", "queue", "pause", "0123456789abcdef"),  # an error reply: JSON line, stderr
+    ("--json", "limit", "20M"),
+    ("limit", "--task", "not an id!"),  # refused by the daemon's validation
+    ("--json", "settings", "connections", "0"),  # refused by the settings' rules
+])
+def test_daemon_and_in_process_commands_print_and_exit_alike(tmp_path: Path,
+                                                             words: tuple[str, ...]) -> None:
+    results = []
+    for name in ("inproc", "viadaemon"):
+        root = tmp_path / name
+        data = root / "data"
+        data.mkdir(parents=True)
+        daemon = DaemonProcess(data, NO_BACKEND) if name == "viadaemon" else None
+        if daemon is not None:
+            daemon.start()
+        try:
+            argv = [sys.executable, "-m", "engine.cli", "--data", str(data), "--backend",
+                    NO_BACKEND, *(w.format(root=root) for w in words)]
+            proc = subprocess.run(argv, capture_output=True, text=True, cwd=REPO,
+                                  env=engine_env(), timeout=60)
+            assert (daemon_running(data) is not None) == (daemon is not None)
+        finally:
+            if daemon is not None:
+                daemon.stop()
+        # stderr: the CLI's own lines (an in-process engine may log there besides)
+        said = [line for line in proc.stderr.splitlines() if line.startswith(("error:", "usage:"))]
+        lines = _normal(proc.stdout).splitlines()
+        if "--json" not in words:  # a daemon's reply may come before the event it caused
+            lines.sort()
+        results.append((proc.returncode, lines, _normal("\n".join(said))))
+    assert results[0] == results[1]
+    assert results[0][1] or results[0][2]  # something was said
+
+
+def test_a_config_error_is_reported_though_the_daemon_runs(daemon: EngineCli) -> None:
+    """The daemon's connection is opened before the settings are read: a refused setting is
+    still the command's answer, and the daemon keeps serving."""
+    proc = subprocess.run(daemon.argv("status"), capture_output=True, text=True, cwd=REPO,
+                          env=engine_env({"LAUNCHER_ENGINE_CONNECTIONS": "many"}), timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert "error: CONFIG_INVALID: connections = 'many' in LAUNCHER_ENGINE_CONNECTIONS" in proc.stderr
+    assert daemon.ok("status")[-1]["running"] is True
+
+
+def test_a_request_sent_without_waiting_still_reports_its_error(daemon: EngineCli) -> None:
+    info = daemon_running(daemon.data_dir)
+    assert info is not None
+    with SyncDaemonClient(info) as client:
+        client.subscribe("not an id!", reply=False)
+        with pytest.raises(EngineError) as err:
+            client.call("ping")
+        assert err.value.code is ErrorCode.INVALID_PARAMS
+        assert client.call("ping")["pong"] is True  # the connection goes on
+    refused = SyncDaemonClient(info.__class__(info.pid, 1, info.token)).open()  # nothing listens
+    with pytest.raises(EngineError) as unreachable:
+        refused.__enter__()
+    assert unreachable.value.code is ErrorCode.DAEMON_UNREACHABLE
+
+
+def test_the_text_rule_matches_unicode_categories() -> None:
+    """The pattern of refused characters is exactly the categories it stands for."""
+    wrong = [c for c in range(sys.maxunicode + 1)
+             if (unicodedata.category(chr(c)) in _BAD_CATEGORIES) != bool(_BAD_CHAR.match(chr(c)))]
+    assert wrong == []
+    with pytest.raises(ValueError, match="U\\+2028"):
+        check_text("ok\u2028no\n")
+
+
+@pytest.mark.parametrize("columns", [None, "", "0", "-3", "abc", "33", "250"])
+def test_the_parser_width_is_what_shutil_would_say(monkeypatch: pytest.MonkeyPatch,
+                                                   columns: str | None) -> None:
+    if columns is None:
+        monkeypatch.delenv("COLUMNS", raising=False)
+    else:
+        monkeypatch.setenv("COLUMNS", columns)
+    monkeypatch.delenv("LINES", raising=False)
+    assert _terminal_columns() == shutil.get_terminal_size().columns
+    assert os.environ.get("COLUMNS") == columns
