@@ -5,6 +5,7 @@ installed record."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib
 import logging
 import os
@@ -35,29 +36,43 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # What a run needs once its grant is in: the manifest's signature check and decode, the
-# planner, the block pipeline. ~30 ms of imports (ed25519, zstandard, BLAKE3, the planner's and
-# the manifest's classes) that a fresh process would otherwise do before asking for the grant:
-# ``import_pipeline`` does them on a worker thread while the grant's round trip (and the
-# backend's own work) is under way, off the way to the first byte (issue 13).
+# planner, the block pipeline. 30-50 ms of imports (ed25519, zstandard, BLAKE3, the manifest's
+# and the planner's classes) that a fresh process would otherwise do before asking for the
+# grant: ``import_pipeline`` does them on the loop, one module at a time, while the grant's
+# round trip (and the backend's own work) is under way, so they leave the way to the first byte
+# (issue 13). On the loop rather than a thread: a thread importing holds the GIL for 5 ms
+# stretches, which the grant's answer and every step after it would wait through.
 PIPELINE = (
-    "cryptography.hazmat.primitives.asymmetric.ed25519", "patcher.signing", "patcher.manifest",
-    "engine.core.planner", "engine.io.rangeclient", "engine.io.blockio", "engine.io.download",
-    "engine.io.journal", "engine.io.verify",
+    "zstandard", "blake3", "patcher.chunking", "cryptography.hazmat.primitives.asymmetric.ed25519",
+    "patcher.manifest", "patcher.signing", "engine.core.planner", "engine.io.rangeclient",
+    "engine.io.blockio", "engine.io.download", "engine.io.journal", "engine.io.verify",
 )
 
 
-def import_pipeline() -> None:
+async def import_pipeline() -> None:
     for name in PIPELINE:
-        importlib.import_module(name)
+        if name not in sys.modules:
+            collecting = gc.isenabled()
+            gc.disable()  # a module's classes live as long as the process: nothing to collect
+            try:
+                importlib.import_module(name)
+            finally:
+                if collecting:
+                    gc.enable()
+            await asyncio.sleep(0)  # the loop's I/O (the grant's answer) between two modules
+    # kept out of later collections, as the start-up imports are (engine.cli.main's
+    # freeze_startup_heap): the decode's and the plan's allocations trigger collections that
+    # would otherwise walk every class and function imported here, each time
+    gc.freeze()
 
 
-def pipeline_imported() -> asyncio.Future[None] | None:
-    """``import_pipeline`` started on a worker thread, or None when it is imported already
-    (a daemon's second run). Its errors are raised where it is awaited; unawaited (the grant
+def pipeline_imported() -> asyncio.Task[None] | None:
+    """``import_pipeline`` started beside the caller, or None when it is imported already (a
+    daemon's second run). Its errors are raised where it is awaited; unawaited (the grant
     failed first), the same import raises again where the module is used."""
     if all(name in sys.modules for name in PIPELINE):
         return None
-    job = asyncio.ensure_future(asyncio.to_thread(import_pipeline))
+    job = asyncio.create_task(import_pipeline(), name="import-pipeline")
     job.add_done_callback(lambda t: t.cancelled() or t.exception())
     return job
 
@@ -89,7 +104,7 @@ class InstallRun:
         # the manifest key (asked of the backend once per backend, then pinned) is fetched
         # beside the grant rather than after it: one round trip less before the first byte
         key: asyncio.Task[str] | None = None
-        imports: asyncio.Future[None] | None = None
+        imports: asyncio.Task[None] | None = None
         try:
             if prepared is None:
                 imports = pipeline_imported()
@@ -121,6 +136,8 @@ class InstallRun:
         finally:
             if key is not None:
                 key.cancel()  # still asking only when the grant failed or nothing is fetched
+            if imports is not None:
+                imports.cancel()  # likewise: done unless the grant failed or was stopped
         from engine.core.planner import plan_install, remaining_plan
 
         done_blocks = ctx.state.done_blocks(self.task.id)
