@@ -18,14 +18,13 @@ with a typed code.
 
 from __future__ import annotations
 
-import base64
+import _socket  # the socket module's base: see _WebSocket
+import binascii
 import contextlib
 import fcntl
 import itertools
 import json
 import os
-import socket
-import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,6 +134,10 @@ def _unreachable(info: DaemonInfo, exc: BaseException) -> EngineError:
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
+def _b64(data: bytes) -> str:
+    return binascii.b2a_base64(data, newline=False).decode()  # base64.b64encode without base64
+
+
 def _sha1(data: bytes) -> Any:
     """SHA-1 for the handshake: CPython's own (hashlib would start OpenSSL's, ~5 ms of every
     light client's start), hashlib's where a build lacks it."""
@@ -152,20 +155,23 @@ class _Closed(Exception):
 class _WebSocket:
     """Just enough RFC 6455 for a local client: masked text frames out; text, continuation,
     ping and close frames in; no extensions. The handshake is two steps: ``__init__`` connects
-    and sends the request, ``accept`` reads the daemon's answer."""
+    and sends the request, ``accept`` reads the daemon's answer.
+
+    It runs on the interpreter's own socket type (``_socket``), read through a buffer of its
+    own: the ``socket`` module's enum conversions and ``makefile`` cost ~1.5 ms of every CLI
+    start, ``create_connection`` another ~3 ms (it encodes the host with the idna codec, which
+    loads unicodedata and stringprep) — none of which a numeric loopback address needs."""
 
     def __init__(self, info: DaemonInfo, timeout: float | None) -> None:
-        # a numeric address and no getaddrinfo: create_connection would encode the host name
-        # with the idna codec (unicodedata, stringprep: ~3 ms of every CLI start)
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
+        self.buf = bytearray()
         try:
             self.sock.settimeout(timeout)
             # requests go out as written: a request sent right behind another (subscribe, then
             # install) must not wait for the first one's ACK (Nagle and delayed ACKs: up to 40 ms)
-            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
             self.sock.connect(("127.0.0.1", info.port))
-            self.rfile = self.sock.makefile("rb")
-            self.key = base64.b64encode(os.urandom(16)).decode()
+            self.key = _b64(os.urandom(16))
             self.sock.sendall((
                 f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{info.port}\r\nUpgrade: websocket\r\n"
                 f"Connection: Upgrade\r\nSec-WebSocket-Key: {self.key}\r\n"
@@ -177,31 +183,50 @@ class _WebSocket:
 
     def accept(self) -> None:
         """Read the handshake's answer (ConnectionError when the daemon refused it)."""
-        status = self.rfile.readline(65536).decode("latin-1")
+        status = self._readline().decode("latin-1")
         headers: dict[str, str] = {}
-        while (line := self.rfile.readline(65536).decode("latin-1")) not in ("\r\n", "\n", ""):
+        while (line := self._readline().decode("latin-1")) not in ("\r\n", "\n", ""):
             name, _, value = line.partition(":")
             headers[name.strip().lower()] = value.strip()
         if " 101 " not in status:
             raise ConnectionError(f"handshake refused: {status.strip()}")
-        want = base64.b64encode(_sha1(self.key.encode() + _GUID).digest()).decode()
+        want = _b64(_sha1(self.key.encode() + _GUID).digest())
         if headers.get("sec-websocket-accept") != want:
             raise ConnectionError("handshake: bad Sec-WebSocket-Accept")
 
+    def _fill(self, want: int) -> bool:
+        """Receive more (at least one byte; ``want`` or more at once, within 64 KiB-1 MiB);
+        False at the end of the stream."""
+        chunk = self.sock.recv(min(max(want, 1 << 16), 1 << 20))
+        self.buf += chunk
+        return bool(chunk)
+
+    def _readline(self, limit: int = 65536) -> bytes:
+        """A line with its newline (at most ``limit`` bytes; what is left at the end)."""
+        while (end := self.buf.find(b"\n", 0, limit)) < 0 and len(self.buf) < limit:
+            if not self._fill(limit - len(self.buf)):
+                break
+        end = end + 1 if end >= 0 else min(len(self.buf), limit)
+        line = bytes(self.buf[:end])
+        del self.buf[:end]
+        return line
+
     def _read(self, n: int) -> bytes:
-        data = self.rfile.read(n)
-        if len(data) != n:
-            raise _Closed("connection closed")
+        while len(self.buf) < n:
+            if not self._fill(n - len(self.buf)):
+                raise _Closed("connection closed")
+        data = bytes(self.buf[:n])
+        del self.buf[:n]
         return data
 
     def _send_frame(self, opcode: int, payload: bytes) -> None:
         n = len(payload)
         if n < 126:
-            head = struct.pack("!BB", 0x80 | opcode, 0x80 | n)
+            head = bytes((0x80 | opcode, 0x80 | n))
         elif n < 1 << 16:
-            head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
+            head = bytes((0x80 | opcode, 0x80 | 126)) + n.to_bytes(2, "big")
         else:
-            head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
+            head = bytes((0x80 | opcode, 0x80 | 127)) + n.to_bytes(8, "big")
         mask = os.urandom(4)
         masked = (int.from_bytes(payload, "big") ^ int.from_bytes((mask * (n // 4 + 1))[:n], "big")
                   ).to_bytes(n, "big") if n else b""
@@ -216,9 +241,9 @@ class _WebSocket:
             b0, b1 = self._read(2)
             opcode, n = b0 & 0x0F, b1 & 0x7F
             if n == 126:
-                (n,) = struct.unpack("!H", self._read(2))
+                n = int.from_bytes(self._read(2), "big")
             elif n == 127:
-                (n,) = struct.unpack("!Q", self._read(8))
+                n = int.from_bytes(self._read(8), "big")
             if n > MAX_REPLY_BYTES:
                 raise _Closed(f"frame of {n} bytes")
             payload = self._read(n)
@@ -237,8 +262,7 @@ class _WebSocket:
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
-            self._send_frame(0x8, struct.pack("!H", 1000))
-        self.rfile.close()
+            self._send_frame(0x8, (1000).to_bytes(2, "big"))
         self.sock.close()
 
 
