@@ -23,7 +23,6 @@ from engine.api.protocol import PROTOCOL_VERSION, validate
 from engine.core.errors import EngineError, ErrorCode
 from engine.core.playtime import local_totals
 from engine.core.remote import remote_task_view
-from engine.core.savesync import Keep
 from engine.core.text import show
 from engine.io.config import save_setting
 from engine.io.fsops import storage_error
@@ -33,6 +32,7 @@ from engine.jobs.engine import Engine
 from patcher.errors import ManifestError, PatcherError
 
 if TYPE_CHECKING:
+    from engine.core.savesync import Keep
     from engine.jobs.store import StoreJobs
 
 CONNECTION_COMMANDS = frozenset({"subscribe", "unsubscribe"})  # the daemon's, per connection
@@ -41,6 +41,8 @@ CONNECTION_COMMANDS = frozenset({"subscribe", "unsubscribe"})  # the daemon's, p
 def parse_keep(keep: str | None) -> Keep | None:
     if keep is None:
         return None
+    from engine.core.savesync import Keep  # the saves' module: loaded with a game's launch
+
     try:
         return Keep(keep)
     except ValueError as exc:

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
+from functools import cached_property
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -42,24 +43,23 @@ from engine.io.bus import EventBus
 from engine.io.config import Settings
 from engine.io.credentials import CredentialStore
 from engine.io.httpclient import HttpClient
-from engine.io.library_client import LibraryApi
 from engine.io.limiter import AsyncRateLimiter
 from engine.io.playstate import PlayState
-from engine.io.savefiles import Backups
 from engine.io.staging import STAGING_DIR, remove_task_staging
 from engine.io.state import InstalledGame, State, TaskRecord
 from engine.io.verifiedmeta import VerifiedRecord
-from engine.jobs.agent import LibraryRelay, Outbox, RemoteDownloads
 from engine.jobs.context import EngineContext, bind_remote, manifest_key, remote_binding
 from engine.jobs.install import InstallRun, check_install_target
-from engine.jobs.play import Games
-from engine.jobs.saves import SaveSync
 from patcher.ids import is_id
 
 if TYPE_CHECKING:
     import aiohttp
 
+    from engine.io.library_client import LibraryApi
     from engine.io.verify import VerifyReport
+    from engine.jobs.agent import LibraryRelay, Outbox, RemoteDownloads
+    from engine.jobs.play import Games
+    from engine.jobs.saves import SaveSync
     from engine.jobs.uninstall import UninstallReport
     from patcher.manifest import Manifest
 
@@ -124,19 +124,12 @@ class Engine:
         self.running = False
         self._user_limit = settings.global_limit_bps
         self._library: LibraryApi | None = None
-        # the sync agent: playtime, saves, achievements (journaled in the same database)
+        # the sync agent: playtime, saves, achievements (journaled in the same database); its
+        # parts (and remote downloads') are made when first used (``games``, ``saves``,
+        # ``outbox``, ``remote``, ``relay``): an install's first byte waits for no module of theirs
         self.play = PlayState(self.state.db)
-        self.saves = SaveSync(self.play, self.bus, Backups(settings.data_dir), self.library)
-        self.outbox = Outbox(self.play, self.bus, self.library,
-                             lambda: self.settings.heartbeat_interval_s,
-                             lambda: {g.session_id for g in self.games.running.values()})
-        self.games = Games(self, self.play, self.saves, self.outbox.kick)
-        # remote downloads: tasks queued on the backend from another device run here
         self.device_id = self._device_id()
         self.api.device_id = self.device_id
-        self.remote = RemoteDownloads(self)
-        self.relay = LibraryRelay(self.bus, self.library, lambda: self.api.logged_in
-                                  and not self.offline, remote=self.remote)
         self._report_locks: dict[str, asyncio.Lock] = {}  # reports of one task go in order
         self._planned: dict[str, UpdatePlanned] = {}  # what each update planned (updateType)
         self.bus.on_event(self._on_event)
@@ -145,6 +138,47 @@ class Engine:
                 self.state.set_status(t.id, after_restart(t.status))
             if t.limit_bps:
                 self.limiter.set_task(t.id, t.limit_bps)
+
+    @cached_property
+    def saves(self) -> SaveSync:
+        from engine.io.savefiles import Backups
+        from engine.jobs.saves import SaveSync
+
+        return SaveSync(self.play, self.bus, Backups(self.settings.data_dir), self.library)
+
+    @cached_property
+    def outbox(self) -> Outbox:
+        from engine.jobs.agent import Outbox
+
+        return Outbox(self.play, self.bus, self.library,
+                      lambda: self.settings.heartbeat_interval_s,
+                      lambda: {g.session_id for g in self.running_games().values()})
+
+    @cached_property
+    def games(self) -> Games:
+        from engine.jobs.play import Games
+
+        return Games(self, self.play, self.saves, self.outbox.kick)
+
+    @cached_property
+    def remote(self) -> RemoteDownloads:
+        """Remote downloads: tasks queued on the backend from another device run here."""
+        from engine.jobs.agent import RemoteDownloads
+
+        return RemoteDownloads(self)
+
+    @cached_property
+    def relay(self) -> LibraryRelay:
+        from engine.jobs.agent import LibraryRelay
+
+        return LibraryRelay(self.bus, self.library, lambda: self.api.logged_in
+                            and not self.offline, remote=self.remote)
+
+    def running_games(self) -> dict[str, Any]:
+        """The games this engine runs: none while nothing has asked for ``games`` (a game is
+        only ever started through it), without making it."""
+        games: Games | None = self.__dict__.get("games")
+        return games.running if games is not None else {}
 
     def _device_id(self) -> str:
         """This installation's id, made once and kept in its database (a second data folder is
@@ -175,7 +209,9 @@ class Engine:
         await self.close()
 
     async def close(self) -> None:
-        await self.games.close()
+        games: Games | None = self.__dict__.get("games")  # never made: nothing to stop watching
+        if games is not None:
+            await games.close()
         with contextlib.suppress(TimeoutError, EngineError):
             async with asyncio.timeout(5):  # what this run owes the backend, if it is there
                 self.outbox.close_stale_sessions()
@@ -207,6 +243,8 @@ class Engine:
 
     def library(self) -> LibraryApi:
         if self._library is None:
+            from engine.io.library_client import LibraryApi
+
             self._library = LibraryApi(self.api, self._cdn_session)
         return self._library
 
@@ -222,7 +260,7 @@ class Engine:
     def _policy(self) -> Any:
         s = self.settings
         return downloads_policy(s.gameplay_downloads, s.gameplay_limit_bps,
-                                len(self.games.running), self._user_limit)
+                                len(self.running_games()), self._user_limit)
 
     def auto_update(self, answers: list[dict[str, Any]]) -> list[TaskRecord]:
         """Queue the updates the backend has, when the player wants games kept up to date."""
@@ -230,7 +268,7 @@ class Engine:
             return []
         busy = {t.product_id for t in self.state.tasks(include_finished=False)}
         return [self.update(pid) for pid in
-                updates_to_queue(answers, busy, set(self.games.running))]
+                updates_to_queue(answers, busy, set(self.running_games()))]
 
     def _cdn_session(self) -> aiohttp.ClientSession:
         """The aiohttp session of the general range client and the save transfers, made (and
@@ -628,9 +666,9 @@ class Engine:
                 self._stop(tid, TaskState.QUEUED)
             return
         # a running game's files are never changed under it: its tasks wait for it to exit
-        live = [t for t in live if t.product_id not in self.games.running]
+        live = [t for t in live if t.product_id not in self.running_games()]
         for tid in list(self._runners):
-            if self.state.task(tid).product_id in self.games.running:
+            if self.state.task(tid).product_id in self.running_games():
                 self._stop(tid, TaskState.QUEUED)
         decision = select_runnable([self._entry(t) for t in live],
                                    self.settings.max_concurrent_tasks)

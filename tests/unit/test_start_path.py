@@ -28,7 +28,7 @@ LEFT_OUT = ("httpx", "engine.jobs.update", "engine.jobs.store", "engine.jobs.uni
             "fastcdc", "click")
 # an install's block pipeline (manifest decode, planner, downloads): imported beside its grant,
 # never by a command that runs no task
-PIPELINE = PIPELINE_MODULES + ("zstandard", "blake3", "patcher.deltaindex")
+PIPELINE = (*PIPELINE_MODULES, "patcher.deltaindex", "engine.jobs.play", "engine.jobs.agent")
 
 
 def _run(script: str, env: dict[str, str]) -> list[str]:
