@@ -214,7 +214,8 @@ class Engine:
             await games.close()
         with contextlib.suppress(TimeoutError, EngineError):
             async with asyncio.timeout(5):  # what this run owes the backend, if it is there
-                self.outbox.close_stale_sessions()
+                if self.play.open_sessions():  # none open: no outbox to make for them
+                    self.outbox.close_stale_sessions()
                 if self.play.pending_count() and self.api.logged_in:
                     await self.outbox.replay()
         if self._reports:
