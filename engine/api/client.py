@@ -59,6 +59,8 @@ LOCK_FILE = "daemon.lock"
 
 @dataclass(frozen=True, slots=True)
 class DaemonInfo:
+    """What ``daemon.json`` says: the daemon's process, port and token."""
+
     pid: int
     port: int
     token: str

@@ -115,6 +115,8 @@ class ParamKind(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Param:
+    """One parameter of a command: its wire name, kind, help and bounds."""
+
     name: str
     kind: ParamKind
     help: str
@@ -126,6 +128,8 @@ class Param:
 
 @dataclass(frozen=True, slots=True)
 class Command:
+    """One command of the protocol: its name, help, result and parameters."""
+
     name: str
     help: str
     result: str

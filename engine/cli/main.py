@@ -667,6 +667,8 @@ CONVERT: dict[str, Callable[[str], Any]] = {"target": _absolute, "folder": _abso
 
 @dataclass(frozen=True)
 class Cli:
+    """One subcommand: its runner and which protocol command's params become arguments."""
+
     name: str
     run: Command
     method: str | None = None  # the protocol command whose params become arguments

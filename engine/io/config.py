@@ -41,6 +41,9 @@ def _default_data_dir() -> Path:
 
 @dataclass(frozen=True)
 class Settings:
+    """The engine's settings (each field a setting: ``config.toml`` key, environment
+    variable, flag)."""
+
     backend_url: str = DEFAULT_BACKEND_URL
     data_dir: Path = field(default_factory=lambda: _default_data_dir())
     library_dir: Path | None = None  # where games install; default <data_dir>/library
