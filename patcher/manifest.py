@@ -891,6 +891,8 @@ class _LocationItems(ItemsView[str, ChunkLocation]):
 # values may be, and grow the window. Small: the window is a transient of every parse.
 _LOOKAHEAD = 256 * 1024
 _MAX_VALUE = 64 * 1024 * 1024
+# documents up to this size (a ~1.5 GiB game's) are decompressed in one piece
+_WHOLE_MAX = 4 * 1024 * 1024
 _STR = rb'"([^"\\\x00-\x1f]{0,4096})"'
 _NUM = rb"(0|[1-9][0-9]{0,15})"
 _HEAD = re.compile(
@@ -901,7 +903,7 @@ _FILE = re.compile(
     rb'\{"path":' + _STR + rb',"size":' + _NUM + rb',"mode":' + _NUM
     + rb',"hash_sha256":"([0-9a-f]{64})","chunks":\['
 )
-# the grammar of a chunk row and of a location (_row_tokens reads them without a regex)
+# the grammar of a chunk row and of a location (_split_rows reads them without a regex)
 _ROW = rb'\[' + _NUM + rb',' + _NUM + rb',"([0-9a-f]{64})"\]'
 _BLOCK = rb'\["([0-9a-f]{64})",' + _NUM + rb"," + _NUM + rb"," + _NUM + rb',"(raw|zstd|zstd-dict)"\]'
 _BLOCKS = re.compile(_BLOCK)
@@ -924,10 +926,21 @@ class _Window:
             raise ManifestError("MANIFEST_CORRUPT", "manifest", f"not a zstd frame: {exc}") from exc
         if self.declared != zstandard.CONTENTSIZE_UNKNOWN and self.declared > self.budget:
             raise _NotCanonical  # the general loader names the error
-        self.reader = zstandard.ZstdDecompressor().stream_reader(blob, read_across_frames=True)
         self.blob_size = len(blob)
-        self.buf = b""
         self.pos = 0
+        self.reader: zstandard.ZstdDecompressionReader | None = None
+        if self.declared != zstandard.CONTENTSIZE_UNKNOWN and self.declared <= _WHOLE_MAX:
+            # a small document in one piece: no window copied again at each refill, and one
+            # call into zstd (which checks the size the header declares and, here, that no
+            # byte follows the frame)
+            try:
+                self.buf = zstandard.ZstdDecompressor().decompress(blob, allow_extra_data=False)
+            except zstandard.ZstdError as exc:
+                raise _NotCanonical from exc
+            self.total, self.eof = len(self.buf), True
+            return
+        self.reader = zstandard.ZstdDecompressor().stream_reader(blob, read_across_frames=True)
+        self.buf = b""
         self.total = 0
         self.eof = False
 
@@ -936,6 +949,7 @@ class _Window:
             return
         parts = [self.buf[self.pos :]]
         have = len(parts[0])
+        assert self.reader is not None  # eof from the start otherwise
         while have < need + _LOOKAHEAD:
             try:
                 piece = self.reader.read(_LOOKAHEAD)
@@ -999,22 +1013,14 @@ class _Window:
             raise _NotCanonical
         if self.declared != zstandard.CONTENTSIZE_UNKNOWN and self.total != self.declared:
             raise _NotCanonical
-        self.reader.close()  # type: ignore[no-untyped-call]
+        if self.reader is not None:
+            self.reader.close()  # type: ignore[no-untyped-call]
 
 
 def _text(raw: bytes) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise _NotCanonical from exc
-
-
-def _u32_of(digits: Sequence[bytes]) -> array[int]:
-    """Matched numbers into a 32-bit array; one past its range (up to 16 digits match) is for
-    the strict loader, which names the field and its limit."""
-    try:
-        return array("I", map(int, digits))
-    except OverflowError as exc:
         raise _NotCanonical from exc
 
 
@@ -1058,13 +1064,14 @@ def _spans(w: _Window, close: bytes) -> Iterator[bytes]:
     """The rows of a non-empty JSON list (or object) as spans of the window, each from a row's
     first byte to a row's last, a window at a time, up to the closing bracket (``close`` = the
     last row's end and the bracket: it occurs nowhere else in such a list). What lies between
-    the rows of a span is checked by whoever reads it (``_row_tokens``)."""
+    the rows of a span is checked by whoever reads it (``_split_rows``)."""
     while True:
         w.fill()
         start = w.pos
-        at = w.buf.find(close, start)
+        end = start + _LOOKAHEAD  # what fill() holds at least: no search past it (a long list
+        at = w.buf.find(close, start, end)  # would be searched whole for each of its windows)
         final = at >= 0
-        stop = at + 1 if final else w.buf.rfind(b"],", start) + 1
+        stop = at + 1 if final else w.buf.rfind(b"],", start, end) + 1
         if stop <= start:
             raise _NotCanonical
         w.pos = stop + 1
@@ -1073,61 +1080,79 @@ def _spans(w: _Window, close: bytes) -> Iterator[bytes]:
             return
 
 
-def _row_tokens(span: bytes, first: bytes, gap: bytes, last: bytes, seps: tuple[bytes, bytes],
-                hex_at: int) -> tuple[list[bytes], list[bytes], list[bytes], bytes]:
-    """The three fields of every row of ``span`` (rows ``first A seps[0] B seps[1] C last``,
-    ``gap`` between rows), what ``_ROW`` or ``_LOC`` would match, without a regex walking
-    every byte or a tuple per row: split at the punctuation, then each field checked as a
-    whole (field ``hex_at`` 64 lowercase hex digits, the other two canonical JSON integers of
-    at most 16 digits) and the span rebuilt from the fields: byte-equal, or not canonical.
-    Returns the three fields and the raw bytes of the hex field."""
-    inner = span[len(first):len(span) - len(last)]
-    for sep in (*seps, gap):
-        if sep != b",":
-            inner = inner.replace(sep, b",")
-    toks = inner.split(b",")
-    _check(len(toks) % 3 == 0)
-    fields = toks[0::3], toks[1::3], toks[2::3]
-    _check(span == first + gap.join(map(b"".join, zip(
-        fields[0], repeat(seps[0]), fields[1], repeat(seps[1]), fields[2]))) + last)
-    raw = b""
-    for i, field_ in enumerate(fields):
-        joined = b"".join(field_)
-        if i == hex_at:
-            # unhexlify takes upper case too: lower case is checked apart
-            _check(len(joined) == 64 * len(field_) and min(map(len, field_)) == 64
-                   and joined.lower() == joined)
-            try:
-                raw = binascii.unhexlify(joined)
-            except ValueError as exc:
-                raise _NotCanonical from exc
-        else:
-            # no leading zero: as many fields start with "0" as are "0"
-            _check(joined.isdigit() and min(map(len, field_)) >= 1
-                   and max(map(len, field_)) <= 16
-                   and (b"," + b",".join(field_)).count(b",0") == field_.count(b"0"))
-    return (*fields, raw)
+_HEX_DIGITS = b"0123456789abcdef"
+
+
+def _split_rows(span: bytes, unit: bytes) -> list[bytes]:
+    """A span of rows split at its quotes, once checked that its bytes other than hex digits
+    are the canonical layout's punctuation, ``unit`` a row's (``[,,""]`` for chunk rows,
+    ``"":[,]`` for locations), rows joined by commas. Then every byte between two quotes is a
+    hex digit (the odd pieces are the ids), and the even pieces hold the numbers and the
+    punctuation: digits out of place there leave them no JSON list of two numbers a row
+    (``_json_numbers``), so no regex walks the bytes and no object is made per field."""
+    skeleton = span.translate(None, _HEX_DIGITS)
+    n = (len(skeleton) + 1) // (len(unit) + 1)
+    _check(n > 0 and skeleton == unit + (b"," + unit) * (n - 1))
+    return span.split(b'"')
+
+
+def _json_numbers(text: bytes, count: int) -> list[Any]:
+    """The rows' numbers, as the flat JSON list ``text`` the caller made of them: ``json``
+    reads the digits in C and refuses leading zeros; a number out of place or missing leaves
+    a document that is not one list of ``count`` items (floats are refused by the arrays)."""
+    try:
+        numbers = json.loads(text)
+    except ValueError as exc:
+        raise _NotCanonical from exc
+    _check(isinstance(numbers, list) and len(numbers) == count)
+    return numbers  # type: ignore[no-any-return]
+
+
+def _hex_ids(hexes: list[bytes]) -> bytes:
+    """32 raw bytes from each id of 64 hex digits (``_split_rows`` let no other byte in)."""
+    joined = b"".join(hexes)
+    # none longer than 64 and 64 on average: all 64 long
+    _check(len(joined) == 64 * len(hexes) and max(map(len, hexes)) == 64)
+    try:
+        return binascii.unhexlify(joined)
+    except ValueError as exc:
+        raise _NotCanonical from exc
+
+
+def _array(typecode: str, numbers: list[Any]) -> array[int]:
+    """Numbers into an array; a float, or one past the array's range, is for the strict loader,
+    which names the field and its limit."""
+    try:
+        return array(typecode, numbers)
+    except (OverflowError, TypeError) as exc:
+        raise _NotCanonical from exc
 
 
 def _read_rows(w: _Window, row_offset: array[int], row_size: array[int], ids: bytearray,
-               size: int) -> None:
-    """A file's chunk rows (after ``"chunks":[``), checked to tile the file exactly."""
+               keep: list[bytes] | None, size: int) -> None:
+    """A file's chunk rows (after ``"chunks":[``), checked to tile the file exactly; their ids
+    also as hex text in ``keep`` unless it is None."""
     expected = 0
     if w.take(b"]"):
         _check(size == 0)
         return
     for span in _spans(w, b"]]"):
-        offs, sizes, _, raw = _row_tokens(span, b"[", b'"],[', b'"]', (b",", b',"'), 2)
-        sz = _u32_of(sizes)
-        if max(sz) > CHUNK_MAX or min(sz) < 1:
-            raise _NotCanonical
-        tiling = list(accumulate(sz, initial=expected))
+        parts = _split_rows(span, b'[,,""]')
+        hexes = parts[1::2]
+        # [o,s,],[o,s,] -> [o,s,o,s]
+        numbers = _json_numbers(b"".join(parts[0::2]).replace(b",]", b"]").replace(b"],[", b","),
+                                2 * len(hexes))
+        del parts
+        sz = _array("I", numbers[1::2])
+        _check(max(sz) <= CHUNK_MAX and min(sz) >= 1)
+        tiling = array("Q", accumulate(sz, initial=expected))
         expected = tiling.pop()
-        if array("Q", map(int, offs)) != array("Q", tiling):
-            raise _NotCanonical
+        _check(_array("Q", numbers[0::2]) == tiling)
         row_offset.extend(tiling)
         row_size.extend(sz)
-        ids += raw
+        ids += _hex_ids(hexes)
+        if keep is not None:
+            keep += hexes
     _check(expected == size)
 
 
@@ -1140,6 +1165,9 @@ def _stream_manifest(blob: bytes) -> Manifest:
     # files: headers as objects, chunk rows into arrays
     heads: list[tuple[str, int, int, str, int, int]] = []
     row_offset, row_size, row_ids = array("Q"), _u32(), bytearray()
+    # the rows' and the locations' ids as text too, while there are few (_link_small's keys)
+    row_hex: list[bytes] | None = []
+    loc_hex: list[bytes] | None = []
     if not w.take(b"]"):
         while True:
             f = w.match(_FILE)
@@ -1147,7 +1175,9 @@ def _stream_manifest(blob: bytes) -> Manifest:
             size, mode = int(f[2]), int(f[3])
             _check(size <= MAX_FILE_SIZE and mode <= 0o777)
             first = len(row_size)
-            _read_rows(w, row_offset, row_size, row_ids, size)
+            _read_rows(w, row_offset, row_size, row_ids, row_hex, size)
+            if row_hex is not None and len(row_hex) > _SMALL_LINK_MAX:
+                row_hex = None
             w.expect(b"}")
             heads.append((path, size, mode, f[4].decode(), first, len(row_size)))
             _check(len(heads) <= MAX_FILES and len(row_size) <= MAX_CHUNKS)
@@ -1180,20 +1210,29 @@ def _stream_manifest(blob: bytes) -> Manifest:
     previous = b""
     if not w.take(b"}"):
         for span in _spans(w, b"]}"):
-            hexes, bidx, offs, raw = _row_tokens(span, b'"', b'],"', b"]", (b'":[', b","), 0)
+            parts = _split_rows(span, b'"":[,]')
+            hexes = parts[1::2]
+            # :[b,o],:[b,o] -> [b,o,b,o]
+            numbers = _json_numbers(
+                b"".join(parts[0::2]).translate(None, b":").replace(b"],[", b","), 2 * len(hexes))
+            del parts
             # strictly increasing ids: sorted as the publisher writes them, no duplicate key
             _check(previous < hexes[0] and all(map(operator.lt, hexes, hexes[1:])))
             previous = hexes[-1]
-            ids += raw
-            block.extend(_u32_of(bidx))
-            block_offset.extend(_u32_of(offs))
+            ids += _hex_ids(hexes)
+            if loc_hex is not None:
+                loc_hex += hexes
+                if len(loc_hex) > _SMALL_LINK_MAX:
+                    loc_hex = None
+            block.extend(_array("I", numbers[0::2]))
+            block_offset.extend(_array("I", numbers[1::2]))
             _check(len(block) <= MAX_CHUNKS)
     w.expect(b"}")
     w.finish()
     _check(not block or (max(block) < len(blocks) and max(block_offset) <= MAX_BLOCK_RAW))
-    table = _link(ids, block, block_offset, blocks, row_offset, row_size, row_ids,
-                  heads)
-    del row_ids
+    table = _link(ids, block, block_offset, blocks, row_offset, row_size, row_ids, heads,
+                  row_hex, loc_hex)
+    del row_ids, row_hex, loc_hex
     files = tuple(FileEntry(path, size, mode, sha, FileChunks(table, lo, hi))
                   for path, size, mode, sha, lo, hi in heads)
     dirs = tuple(check_relative_path(d, f"dirs[{i}]")
@@ -1223,20 +1262,50 @@ def _relink(ids: bytearray, keys: array[int], row_ids: bytearray, row_chunk: arr
         row_chunk[r] = u
 
 
-_LIST_KEYS_MAX = 65536
+# Up to this many chunk rows and unique chunks (a ~4 GiB game) the linker finds the rows'
+# chunks with a dict over their ids' hex text (in C; the texts, kept from the rows' split, and
+# the dicts cost ~250 bytes a chunk, ~16 MB at most); past it, a 16 GiB game's ~260k chunks
+# would cost ~65 MB, so it bisects the arrays instead.
+_SMALL_LINK_MAX = 65536
 
 
 def _link(ids: bytearray, block: array[int], block_offset: array[int], blocks: list[Block],
           row_offset: array[int], row_size: array[int], row_ids: bytearray,
-          heads: list[tuple[str, int, int, str, int, int]]) -> ChunkTable:
-    """Each file row's unique chunk (by bisect over the sorted ids' keys), with the loader's
-    checks: every row has a location, every location is used, no chunk overruns its block."""
-    n = len(block)
-    keys = _keys(ids)
-    # bisect over a list (over the array each probe makes an int of a 64-bit key), unless the
-    # list's ~44 bytes per chunk would count (a 16 GiB game has ~260k chunks: 11 MB)
-    sorted_keys = keys.tolist() if n <= _LIST_KEYS_MAX else keys
-    row_chunk = array("I", map(partial(bisect_left, sorted_keys), _keys(row_ids)))
+          heads: list[tuple[str, int, int, str, int, int]],
+          row_hex: list[bytes] | None, loc_hex: list[bytes] | None) -> ChunkTable:
+    """Each file row's unique chunk, with the loader's checks: every row has a location,
+    every location is used, no chunk overruns its block."""
+    if row_hex is not None and loc_hex is not None:
+        row_chunk, size = _link_small(loc_hex, row_hex, row_size)
+    else:
+        row_chunk, size = _link_large(ids, _keys(ids), row_size, row_ids)
+    raw_sizes = [b.raw_size for b in blocks]
+    _check(all(map(operator.le, map(operator.add, block_offset, size),
+                   map(raw_sizes.__getitem__, block))))
+    row_file = _u32(len(row_chunk))
+    for fi, (*_, lo, hi) in enumerate(heads):
+        row_file[lo:hi] = array("I", [fi]) * (hi - lo)
+    return ChunkTable(ids, block, block_offset, size, row_offset, row_size, row_chunk, row_file)
+
+
+def _link_small(loc_hex: list[bytes], row_hex: list[bytes], row_size: array[int]
+                ) -> tuple[array[int], array[int]]:
+    """``_link``'s lookups with dicts over the ids' hex text (``loc_hex`` sorted, unique)."""
+    n = len(loc_hex)
+    index = dict(zip(loc_hex, range(n), strict=True))
+    row_chunk = array("I", map(index.get, row_hex, repeat(n)))  # n: no location
+    del index
+    _check(not row_chunk or max(row_chunk) < n)
+    last = dict(zip(row_chunk, row_size, strict=True))  # the last row's size wins, as in the
+    _check(len(last) == n)  # strict loader; every location is used (no row names another)
+    return row_chunk, array("I", map(last.__getitem__, range(n)))
+
+
+def _link_large(ids: bytearray, keys: array[int], row_size: array[int], row_ids: bytearray
+                ) -> tuple[array[int], array[int]]:
+    """``_link``'s lookups by bisect over the sorted ids' keys, without an object per chunk."""
+    n = len(keys)
+    row_chunk = array("I", map(partial(bisect_left, keys), _keys(row_ids)))
     # every row's id equals the id found for it: the ids found, gathered a slice at a time
     # (a few thousand 32-byte pieces alive at once), compared with the rows' own
     found = n > 0 and max(row_chunk, default=0) < n
@@ -1255,9 +1324,4 @@ def _link(ids: bytearray, block: array[int], block_offset: array[int], blocks: l
         size[u] = s  # the last row's size wins, as in the strict loader
         used[u] = 1
     _check(used.count(0) == 0)
-    raw_sizes = [b.raw_size for b in blocks]
-    _check(all(o + s <= raw_sizes[b] for b, o, s in zip(block, block_offset, size, strict=True)))
-    row_file = _u32(len(row_chunk))
-    for fi, (*_, lo, hi) in enumerate(heads):
-        row_file[lo:hi] = array("I", [fi]) * (hi - lo)
-    return ChunkTable(ids, block, block_offset, size, row_offset, row_size, row_chunk, row_file)
+    return row_chunk, size

@@ -1,0 +1,220 @@
+"""The streaming manifest loader's faster reading of rows and locations (issue 13, first byte
+within 0.3 s): what it refuses goes to the strict loader, which gives the same manifest or the
+same error; the two ways of linking rows to locations give the same table."""
+
+from __future__ import annotations
+
+from array import array
+from typing import Any
+
+import pytest
+import zstandard
+
+from patcher.errors import ManifestError
+from patcher.manifest import (
+    Block,
+    ChunkEntry,
+    ChunkLocation,
+    Codec,
+    FileEntry,
+    Manifest,
+    _decode_strict,
+    _keys,
+    _link_large,
+    _link_small,
+    _NotCanonical,
+    _stream_manifest,
+    decode_manifest,
+    encode_manifest,
+    manifest_to_dict,
+    manifest_to_json,
+)
+
+C, D, E = "c" * 64, "d" * 64, "e" * 64
+
+
+def _text() -> bytes:
+    """Two files (three and one chunk rows, one chunk shared), three locations."""
+    m = Manifest(
+        "p", "1",
+        (FileEntry("a", 30, 0o644, "e3" * 32,
+                   (ChunkEntry(0, 10, C), ChunkEntry(10, 10, D), ChunkEntry(20, 10, E))),
+         FileEntry("b", 10, 0o644, "e3" * 32, (ChunkEntry(0, 10, D),))),
+        (Block("a" * 64, 0, 30, 30, Codec.RAW),),
+        {C: ChunkLocation(0, 0), D: ChunkLocation(0, 10), E: ChunkLocation(0, 20)})
+    return manifest_to_json(m)
+
+
+def _outcome(decode: Any, blob: bytes) -> tuple[Any, ...]:
+    try:
+        m = decode(blob)
+    except ManifestError as exc:
+        return ("error", exc.code, exc.field)
+    return ("ok", manifest_to_dict(m))
+
+
+def _refused_by_the_fast_path(raw: bytes) -> tuple[Any, ...]:
+    """The outcome of ``raw`` through the strict loader, after checking that the streaming
+    loader does not read it itself and that ``decode_manifest`` agrees with the strict one."""
+    blob = zstandard.ZstdCompressor().compress(raw)
+    with pytest.raises((_NotCanonical, ManifestError)):
+        _stream_manifest(blob)
+    strict = _outcome(_decode_strict, blob)
+    assert _outcome(decode_manifest, blob) == strict
+    return strict
+
+
+def test_the_sample_is_read_by_the_fast_path() -> None:
+    raw = _text()
+    blob = zstandard.ZstdCompressor().compress(raw)
+    assert _outcome(_stream_manifest, blob) == _outcome(_decode_strict, blob)
+
+
+def _edit(old: bytes, new: bytes) -> bytes:
+    raw = _text()
+    assert raw.count(old) == 1, old
+    return raw.replace(old, new)
+
+
+_ROW_D = b'[10,10,"' + D.encode() + b'"]'
+_LOC_D = b'"' + D.encode() + b'":[0,10]'
+
+
+@pytest.mark.parametrize(("old", "new", "expected"), [
+    # the fields stay the same once the punctuation is dropped: only the layout tells
+    (_ROW_D, b'[10,"10,' + D.encode() + b'"]', ("MANIFEST_SCHEMA", "files[0].chunks[1]")),
+    (_ROW_D, b'[10,10,"' + D[:63].encode() + b'"d]', ("MANIFEST_CORRUPT", "manifest")),
+    (_ROW_D, b'[10,10",' + D.encode() + b'"]', ("MANIFEST_CORRUPT", "manifest")),
+    (_ROW_D, b'["10,10,' + D.encode() + b'"]', ("MANIFEST_SCHEMA", "files[0].chunks[1]")),
+    (_LOC_D, b'"' + D.encode() + b':",[0,10]', ("MANIFEST_CORRUPT", "manifest")),
+    (_LOC_D, b'"' + D.encode() + b'":[0],10', ("MANIFEST_CORRUPT", "manifest")),
+    (_LOC_D, b'"' + D.encode() + b'":[0,1]0', ("MANIFEST_CORRUPT", "manifest")),
+])
+def test_punctuation_moved_between_fields_is_refused(old: bytes, new: bytes,
+                                                     expected: tuple[str, str]) -> None:
+    assert _refused_by_the_fast_path(_edit(old, new)) == ("error", *expected)
+
+
+def test_ids_of_63_and_65_digits_are_refused() -> None:
+    """Every id field is 64 digits, not only all of them together: one digit moved from an id
+    to the next leaves the ids' digits, joined, what they were."""
+    rows = _edit(b'"' + C.encode() + b'"],[10,10,"' + D.encode(),
+                 b'"' + C[:63].encode() + b'"],[10,10,"c' + D.encode())
+    assert _refused_by_the_fast_path(rows) == (
+        "error", "MANIFEST_SCHEMA", "files[0].chunks[0].id")
+    locs = _edit(b'"' + C.encode() + b'":[0,0],"' + D.encode(),
+                 b'"' + C[:63].encode() + b'":[0,0],"c' + D.encode())
+    assert _refused_by_the_fast_path(locs) == ("error", "MANIFEST_SCHEMA", f"chunks[{C[:63]!r}]")
+
+
+# the four numbers of a chunk row and a location: what json reads as the same integer (or
+# refuses) but the canonical layout never writes
+_NUMBER_AT = {
+    "row offset": (b'[10,10,"' + D.encode(), b'[{},10,"' + D.encode()),
+    "row size": (b'[10,10,"' + D.encode(), b'[10,{},"' + D.encode()),
+    "location block": (_LOC_D, b'"' + D.encode() + b'":[{},10]'),
+    "location offset": (_LOC_D, b'"' + D.encode() + b'":[0,{}]'),
+}
+_SPELLINGS = [b" 10", b"10 ", b"+10", b"1_0", b"010", b"10.0", b"1e1", b"", b"-10", b"\xd9\xa1"]
+
+
+@pytest.mark.parametrize("where", sorted(_NUMBER_AT))
+@pytest.mark.parametrize("spelling", _SPELLINGS)
+def test_numbers_spelled_otherwise_go_to_the_strict_loader(where: str, spelling: bytes) -> None:
+    old, template = _NUMBER_AT[where]
+    value = spelling.replace(b"10", b"0") if where == "location block" else spelling
+    outcome = _refused_by_the_fast_path(_edit(old, template.replace(b"{}", value)))
+    if value.strip() in (b"10", b"0", b"-0") and value != b"+0":
+        # whitespace around a number is valid JSON, and so is -0: the same manifest
+        assert outcome == _outcome(_decode_strict, zstandard.ZstdCompressor().compress(_text()))
+    else:
+        assert outcome[0] == "error"
+
+
+# --- the two linkers -------------------------------------------------------------------------
+
+
+def _inputs(m: Manifest) -> tuple[bytearray, array[int], bytes]:
+    """What ``_link`` reads: the sorted unique ids, the rows' sizes, the rows' ids."""
+    t = m.table()
+    row_ids = b"".join(t.ids[32 * u : 32 * u + 32] for u in t.row_chunk)
+    return bytearray(t.ids), array("I", t.row_size), row_ids
+
+
+def _hex(raw: bytes | bytearray) -> list[bytes]:
+    return [raw[i : i + 32].hex().encode() for i in range(0, len(raw), 32)]
+
+
+def _both(ids: bytearray, row_size: array[int], row_ids: bytes) -> tuple[Any, ...]:
+    """The small linker (dicts over the ids' hex text) and the large one (bisect over the
+    arrays): the same rows' chunks and chunks' sizes, or both refuse."""
+    def small() -> tuple[array[int], array[int]]:
+        return _link_small(_hex(ids), _hex(row_ids), row_size)
+
+    def large() -> tuple[array[int], array[int]]:
+        return _link_large(ids, _keys(ids), row_size, bytearray(row_ids))
+
+    outcomes: list[tuple[Any, ...]] = []
+    for link in (small, large):
+        try:
+            row_chunk, size = link()
+        except _NotCanonical:
+            outcomes.append(("refused",))
+        else:
+            outcomes.append(("ok", row_chunk.tolist(), size.tolist()))
+    assert outcomes[0] == outcomes[1]
+    return outcomes[0]
+
+
+def _sample() -> Manifest:
+    return decode_manifest(zstandard.ZstdCompressor().compress(_text()))
+
+
+def test_both_linkers_give_the_decoded_table() -> None:
+    m = _sample()
+    t = m.table()
+    assert _both(*_inputs(m)) == ("ok", t.row_chunk.tolist(), t.size.tolist())
+    assert t.row_chunk.tolist() == [0, 1, 2, 1] and t.size.tolist() == [10, 10, 10]
+
+
+def test_both_linkers_keep_the_last_rows_size() -> None:
+    ids, row_size, row_ids = _inputs(_sample())
+    row_size[3] = 7  # the second row of chunk D: its size is the chunk's
+    assert _both(ids, row_size, row_ids) == ("ok", [0, 1, 2, 1], [10, 7, 10])
+
+
+def test_both_linkers_refuse_a_row_without_a_location_and_an_unused_location() -> None:
+    ids, row_size, row_ids = _inputs(_sample())
+    assert _both(ids, row_size, row_ids[:-1] + b"\xff") == ("refused",)  # shares D's first bytes
+    assert _both(ids, row_size, b"\x00" * 32 + row_ids[32:]) == ("refused",)  # before every id
+    assert _both(ids, row_size, row_ids[:-32] + b"\xff" * 32) == ("refused",)  # after every id
+    unused = bytearray(ids[:32] + b"\xdd" + b"\x00" * 31 + ids[32:])  # sorted between C and D
+    assert _both(unused, row_size, row_ids) == ("refused",)
+    assert _both(bytearray(), array("I"), b"") == ("ok", [], [])
+    assert _both(bytearray(), row_size[:1], row_ids[:32]) == ("refused",)
+
+
+def test_both_linkers_tell_apart_ids_sharing_their_first_8_bytes() -> None:
+    prefix = bytes(range(8))
+    ids = bytearray(b"".join(prefix + bytes([i]) * 24 for i in (1, 2, 3)))
+    row_ids = ids[64:96] + ids[0:32] + ids[32:64] + ids[0:32]
+    assert _both(ids, array("I", [4, 5, 6, 7]), bytes(row_ids)) == (
+        "ok", [2, 0, 1, 0], [7, 6, 4])
+    assert _both(ids, array("I", [4, 5, 6]), bytes(row_ids[:64]) + prefix + b"\x09" * 24) == (
+        "refused",)
+
+
+def test_a_manifest_of_many_chunks_decodes_the_same_both_ways() -> None:
+    """A few thousand chunks in a few files spread over several windows: the fast path (rows
+    split a window at a time) gives what the strict loader gives."""
+    ids = [f"{i:016x}" * 4 for i in range(1, 6001)]
+    files = tuple(
+        FileEntry(f"data/f{k}", 3000 * 7, 0o644, "e3" * 32,
+                  tuple(ChunkEntry(7 * j, 7, ids[3000 * k + j]) for j in range(3000)))
+        for k in range(2))
+    blocks = tuple(Block(f"{b:064x}", b << 20, 1 << 20, 1 << 20, Codec.RAW) for b in range(6))
+    m = Manifest("p", "1", files, blocks, {cid: ChunkLocation(i // 1000, 7 * (i % 1000))
+                                          for i, cid in enumerate(ids)})
+    blob = encode_manifest(m)
+    fast = _stream_manifest(blob)
+    assert fast == m and manifest_to_dict(fast) == manifest_to_dict(_decode_strict(blob))
