@@ -117,7 +117,7 @@ class EngineService:
             pid = str(attrs.get("product_id", ""))
             g = installed.get(pid)
             out.append({"libraryItem": attrs, "installed": g.to_dict() if g else None,
-                        "running": pid in self.engine.games.running})
+                        "running": pid in self.engine.running_games()})
         return out
 
     async def m_categories(self) -> list[dict[str, Any]]:
@@ -146,7 +146,7 @@ class EngineService:
         return await games.launch(productId, entry, parse_keep(keep), wait)
 
     async def m_games(self) -> list[dict[str, Any]]:
-        return [g.to_dict() for g in self.engine.games.running.values()]
+        return [g.to_dict() for g in self.engine.running_games().values()]
 
     async def m_stopGame(self, productId: str) -> dict[str, Any]:
         return self.engine.games.stop(productId)

@@ -91,6 +91,15 @@ def parse_access(text: str, refresh: str) -> AccessToken | None:
 
 
 ACCESS_ENTRY = "#access"
+ACCOUNT_LINE = "account "  # a later line of the refresh file: the backend it was written for
+
+
+def written_for(text: str) -> str | None:
+    """The backend a stored refresh file names (None: an older engine's, which named none)."""
+    for line in text.splitlines()[1:]:
+        if line.startswith(ACCOUNT_LINE):
+            return line[len(ACCOUNT_LINE):].strip()
+    return None
 
 
 class CredentialStore:
@@ -112,17 +121,34 @@ class CredentialStore:
 
     def load(self) -> str | None:
         """The stored refresh token (the access token kept beside it: ``access``)."""
-        in_file = self.file.exists()
-        text = self._read(self.account, self.file)
+        text, in_file = self._read_refresh()
         self._refresh = stored_refresh(text) if text else None
         self._access = None
         if self._refresh is not None:
-            # kept where its refresh token is (both are written through ``_write`` together)
+            # kept where its refresh token is (both are written through ``_write`` together;
+            # the access entry's tag names its refresh token, so no other session's is used)
             stored = (self.access_file.read_text() if self.access_file.exists() else None) \
                 if in_file else self._read(self.account + ACCESS_ENTRY, self.access_file)
             if stored:
                 self._access = parse_access(stored, self._refresh)
         return self._refresh
+
+    def _read_refresh(self) -> tuple[str | None, bool]:
+        """The stored refresh token's text, and whether it came from the file. The file first
+        when it was written for this account: every keyring write removes it (``_write``), so
+        it then holds this account's last value (the keyring was missing or failing), and
+        reading it needs no keyring detection on the engine's start (issue 13, first byte).
+        The file is one per data folder, the keyring's entries one per backend: a file written
+        for another backend (or by an older engine, which did not name it) comes after this
+        backend's keyring entry, as it always did."""
+        text = self.file.read_text() if self.file.exists() else None
+        if text is not None and written_for(text) == self.account:
+            return text, True
+        if self.use_keyring:
+            from_keyring = self._keyring_get(self.account, self.file)
+            if from_keyring:
+                return from_keyring, False
+        return text, text is not None
 
     def access(self, min_left_s: float = 60.0) -> AccessToken | None:
         """The access token stored with the refresh token ``load`` returned, while it has at
@@ -132,21 +158,23 @@ class CredentialStore:
         return self._access
 
     def _read(self, account: str, file: Path) -> str | None:
-        # the file first: every keyring write removes it (``_write``), so a file that exists
-        # holds the last value written (the keyring was missing or failing then), and reading
-        # it needs no keyring detection on the engine's start (issue 13, first byte)
+        if self.use_keyring:
+            value = self._keyring_get(account, file)
+            if value:
+                return value
         if file.exists():
             return file.read_text()
-        if self.use_keyring:
-            import keyring
-
-            try:
-                value = keyring.get_password(SERVICE, account)
-                if value:
-                    return value
-            except Exception as exc:
-                log.warning("keyring unavailable (%s); using %s", exc, file)
         return None
+
+    def _keyring_get(self, account: str, file: Path) -> str | None:
+        import keyring
+
+        try:
+            value: str | None = keyring.get_password(SERVICE, account)
+            return value
+        except Exception as exc:
+            log.warning("keyring unavailable (%s); using %s", exc, file)
+            return None
 
     def save(self, token: str | None) -> None:
         """A new refresh token (None: logged out, the access token goes with it)."""
@@ -156,7 +184,9 @@ class CredentialStore:
             self._access = None
             self._write(self.account + ACCESS_ENTRY, self.access_file, None)
         self._refresh = token
-        self._write(self.account, self.file, token)
+        # the file (where no keyring holds it) names the backend it is for (``written_for``)
+        self._write(self.account, self.file, token,
+                    file_text=None if token is None else f"{token}\n{ACCOUNT_LINE}{self.account}\n")
 
     def save_access(self, token: str, expires_at: float) -> None:
         """The current access token, kept with the refresh token (nothing without one)."""
@@ -165,7 +195,8 @@ class CredentialStore:
             self._write(self.account + ACCESS_ENTRY, self.access_file,
                         access_text(self._access, self._refresh))
 
-    def _write(self, account: str, file: Path, text: str | None) -> None:
+    def _write(self, account: str, file: Path, text: str | None, *,
+               file_text: str | None = None) -> None:
         global _warned
         if self.use_keyring:
             import keyring
@@ -190,5 +221,5 @@ class CredentialStore:
         tmp = file.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
-            fh.write(text)
+            fh.write(file_text or text)
         os.replace(tmp, file)

@@ -180,6 +180,13 @@ class Engine:
         games: Games | None = self.__dict__.get("games")
         return games.running if games is not None else {}
 
+    def refuse_while_running(self, product_id: str, what: str) -> None:
+        """``Games``' rule (a running game's files are never replaced, moved or removed under
+        it), asked without making ``games``: no game runs before it exists."""
+        games: Games | None = self.__dict__.get("games")
+        if games is not None:
+            games.refuse_while_running(product_id, what)
+
     def _device_id(self) -> str:
         """This installation's id, made once and kept in its database (a second data folder is
         a second device)."""
@@ -194,12 +201,17 @@ class Engine:
         and a file's progress or retries (sent with a remote download's next report)."""
         if isinstance(event, UpdatePlanned):
             self._planned[event.task_id] = event
-        elif isinstance(event, ItemProgress):
-            self.remote.note_progress(event.task_id, event.relative_path, event.status,
-                                      event.downloaded_bytes, event.total_file_size_bytes)
+        # only remote downloads' reports (``RemoteDownloads.run``, the daemon's) send these
+        # notes: with ``remote`` never made, there is nobody to send them
+        remote: RemoteDownloads | None = self.__dict__.get("remote")
+        if remote is None:
+            return
+        if isinstance(event, ItemProgress):
+            remote.note_progress(event.task_id, event.relative_path, event.status,
+                                 event.downloaded_bytes, event.total_file_size_bytes)
         elif isinstance(event, DownloadRetry) and event.relative_path is not None:
-            self.remote.note_retry(event.task_id, event.relative_path, event.next_source_id,
-                                   event.error_code, event.message)
+            remote.note_retry(event.task_id, event.relative_path, event.next_source_id,
+                              event.error_code, event.message)
 
     async def __aenter__(self) -> Engine:
         return self
@@ -360,7 +372,7 @@ class Engine:
     def _queue_change(self, product_id: str, kind: TaskKind, version_id: str | None,
                       priority: int = 0, limit_bps: int | None = None) -> TaskRecord:
         game = self._installed_or_fail(product_id)
-        self.games.refuse_while_running(product_id, f"an {kind.value}")
+        self.refuse_while_running(product_id, f"an {kind.value}")
         active = self.state.active_task_for(product_id)
         if active is not None:
             return active
@@ -441,7 +453,7 @@ class Engine:
 
     async def move_install(self, product_id: str, new_folder: str) -> InstalledGame:
         game = self._installed_or_fail(product_id)
-        self.games.refuse_while_running(product_id, "moving it")
+        self.refuse_while_running(product_id, "moving it")
         if self.state.active_task_for(product_id) is not None:
             raise EngineError(ErrorCode.API_MISUSE, f"{product_id} has a running task; wait or cancel it")
         from engine.jobs.move import move_game
@@ -583,7 +595,7 @@ class Engine:
         game = self.state.installed_game(product_id)
         if game is None:
             raise EngineError(ErrorCode.NOT_INSTALLED, f"{product_id} is not installed")
-        self.games.refuse_while_running(product_id, "uninstalling it")
+        self.refuse_while_running(product_id, "uninstalling it")
         active = self.state.active_task_for(product_id)
         if active is not None:
             self.cancel(active.id)

@@ -60,10 +60,9 @@ async def import_pipeline() -> None:
                 if collecting:
                     gc.enable()
             await asyncio.sleep(0)  # the loop's I/O (the grant's answer) between two modules
-    # kept out of later collections, as the start-up imports are (engine.cli.main's
-    # freeze_startup_heap): the decode's and the plan's allocations trigger collections that
-    # would otherwise walk every class and function imported here, each time
-    gc.freeze()
+    # not frozen out of later collections (as the start-up's objects are): a freeze here would
+    # also keep whatever else is alive then from ever being collected in a cycle, for a
+    # daemon's whole life; the daemon imports these at its start, before its own freeze
 
 
 def pipeline_imported() -> asyncio.Task[None] | None:

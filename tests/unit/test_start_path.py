@@ -74,25 +74,32 @@ def test_keyring_detection_chooses_what_keyring_chooses() -> None:
 
 
 def test_tokens_in_the_file_are_read_without_keyring_detection(tmp_path: Path) -> None:
-    """A session kept in the 0600 file (no keyring when it was written: every keyring write
-    removes the file, so the file is the last value written) is read without loading keyring;
-    with no file, keyring is asked (here its fail backend: nothing stored, the file written)."""
+    """A session kept in the 0600 file for this backend (no keyring when it was written: every
+    keyring write removes the file, so it holds the last value written) is read without loading
+    keyring; a file another backend wrote, or an older engine (naming none), comes after this
+    backend's keyring entry, as before; with no file, keyring is asked (here its fail backend:
+    nothing stored, the file written, naming its backend)."""
     env = subprocess_env()
     env.pop("PYTHON_KEYRING_BACKEND", None)  # detection would run if anything asked for it
-    (tmp_path / "credentials").write_text("refresh-1")
-    script = ("import sys\nfrom pathlib import Path\n"
-              "from engine.io.credentials import CredentialStore\n"
-              f"s = CredentialStore(Path({str(tmp_path)!r}), 'http://127.0.0.1:9')\n"
-              "print(s.load(), 'keyring' in sys.modules)\n")
-    assert _run(script, env)[-1] == "refresh-1 False"
+    url = "http://127.0.0.1:9"
+    load = ("import sys\nfrom pathlib import Path\n"
+            "from engine.io.credentials import CredentialStore\n"
+            f"s = CredentialStore(Path({str(tmp_path)!r}), {url!r})\n"
+            "print(s.load(), 'keyring' in sys.modules)\n")
+    (tmp_path / "credentials").write_text(f"refresh-1\naccount {url}\n")
+    assert _run(load, env)[-1] == "refresh-1 False"
+    for other in ("refresh-1\naccount http://other.example\n", "refresh-1"):
+        (tmp_path / "credentials").write_text(other)
+        assert _run(load, env)[-1].endswith(" True")  # this backend's keyring entry first
     (tmp_path / "credentials").unlink()
     env["PYTHON_KEYRING_BACKEND"] = "keyring.backends.fail.Keyring"
     script = ("from pathlib import Path\n"
               "from engine.io.credentials import CredentialStore\n"
-              f"s = CredentialStore(Path({str(tmp_path)!r}), 'http://127.0.0.1:9')\n"
+              f"s = CredentialStore(Path({str(tmp_path)!r}), {url!r})\n"
               "print(s.load(), s.use_keyring)\ns.save('refresh-2')\n")
     assert _run(script, env)[-1] == "None False"
-    assert (tmp_path / "credentials").read_text() == "refresh-2"
+    assert (tmp_path / "credentials").read_text() == f"refresh-2\naccount {url}\n"
+
 
 @pytest.mark.parametrize("params", [
     {"page": 1, "limit": 100},
@@ -274,7 +281,7 @@ async def test_a_stored_access_token_spares_the_refresh_until_refused(
         assert (token, refreshes) == ("a2", ["r1", "r2"])
         # the refresh token alone, as older engines read it (a launcher rolled back stays
         # logged in); the access token in its own entry, tagged with its refresh token
-        assert (tmp_path / "credentials").read_text() == "r3"
+        assert (tmp_path / "credentials").read_text().splitlines()[0] == "r3"
         assert (tmp_path / "credentials-access").read_text().split()[0] == "a2"
         for name in ("credentials", "credentials-access"):
             assert (tmp_path / name).stat().st_mode & 0o777 == 0o600
