@@ -24,7 +24,7 @@ import os
 import secrets
 import signal
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any, TextIO
@@ -57,12 +57,6 @@ HARD_FRAME_LIMIT = 4 * 1024 * 1024  # beyond this websockets closes that one con
 STAMPED = frozenset({"install", "update", "rollback", "repair", "verify"})
 CLIENT_EVENT_BACKLOG = 500
 UPDATE_CHECK_INTERVAL_S = 6 * 3600
-# The background work (update check, outbox, library channel, remote downloads) starts this long
-# after the daemon listens: a daemon is started because a client wants it, and that client's
-# first commands (status, an install) then run on a loop and CPU not busy making those agents,
-# importing their modules and connecting them to the backend (issue 13: `status` right after
-# the start took 0.17 s, 0.115 s with this).
-BACKGROUND_AFTER_S = 0.5
 
 
 @contextlib.contextmanager
@@ -120,11 +114,6 @@ def _reject(status: HTTPStatus, text: str) -> Response:
     return Response(status.value, status.phrase,
                     Headers([("Content-Type", "application/json"),
                              ("Content-Length", str(len(body)))]), body)
-
-
-async def _after(delay_s: float, run: Callable[[], Awaitable[None]]) -> None:
-    await asyncio.sleep(delay_s)
-    await run()
 
 
 class Daemon:
@@ -295,13 +284,9 @@ class Daemon:
                     if ready is not None:
                         ready(port)
                     engine_loop = asyncio.create_task(engine.run(until=self._stop.is_set))
-                    checker = asyncio.create_task(_after(BACKGROUND_AFTER_S,
-                                                         self._periodic_update_check))
-                    agent = [asyncio.create_task(_after(BACKGROUND_AFTER_S,
-                                                        lambda: engine.outbox.run()), name="outbox"),
-                             asyncio.create_task(_after(BACKGROUND_AFTER_S,
-                                                        lambda: engine.relay.run()),
-                                                 name="library-relay")]
+                    checker = asyncio.create_task(self._periodic_update_check())
+                    agent = [asyncio.create_task(engine.outbox.run(), name="outbox"),
+                             asyncio.create_task(engine.relay.run(), name="library-relay")]
                     try:
                         await self._stop.wait()
                         engine.wake()
