@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import binascii
 import json
+import json.scanner
 import operator
 import re
 import sys
@@ -17,7 +18,6 @@ from bisect import bisect_left
 from collections.abc import ItemsView, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from functools import partial
 from itertools import accumulate, chain, repeat
 from typing import Any, overload
 
@@ -909,6 +909,7 @@ _BLOCK = rb'\["([0-9a-f]{64})",' + _NUM + rb"," + _NUM + rb"," + _NUM + rb',"(ra
 _BLOCKS = re.compile(_BLOCK)
 _LOC = rb'"([0-9a-f]{64})":\[' + _NUM + rb"," + _NUM + rb"\]"
 _JSON = json.JSONDecoder()
+_SCAN = json.scanner.make_scanner(_JSON)  # type: ignore[arg-type]  # (typeshed: a context)
 
 
 class _NotCanonical(Exception):
@@ -1015,6 +1016,7 @@ class _Window:
             raise _NotCanonical
         if self.reader is not None:
             self.reader.close()  # type: ignore[no-untyped-call]
+        self.buf = b""  # the last window is not held while the table is linked
 
 
 def _text(raw: bytes) -> str:
@@ -1096,15 +1098,17 @@ def _split_rows(span: bytes, unit: bytes) -> list[bytes]:
     return span.split(b'"')
 
 
-def _json_numbers(text: bytes, count: int) -> list[Any]:
+def _json_numbers(text: bytes, count: int) -> list[int]:
     """The rows' numbers, as the flat JSON list ``text`` the caller made of them: ``json``
     reads the digits in C and refuses leading zeros; a number out of place or missing leaves
-    a document that is not one list of ``count`` items (floats are refused by the arrays)."""
+    a document that is not one list of ``count`` items. Only the hex digits and the layout's
+    punctuation are there (``_split_rows``): no 'e', no float, every item an int."""
+    _check(b"e" not in text)
     try:
-        numbers = json.loads(text)
-    except ValueError as exc:
+        numbers, end = _SCAN(text.decode("ascii"), 0)  # json.loads less its per-call Python
+    except (ValueError, StopIteration) as exc:  # StopIteration: no JSON value at all
         raise _NotCanonical from exc
-    _check(isinstance(numbers, list) and len(numbers) == count)
+    _check(end == len(text) and isinstance(numbers, list) and len(numbers) == count)
     return numbers  # type: ignore[no-any-return]
 
 
@@ -1119,12 +1123,12 @@ def _hex_ids(hexes: list[bytes]) -> bytes:
         raise _NotCanonical from exc
 
 
-def _array(typecode: str, numbers: list[Any]) -> array[int]:
-    """Numbers into an array; a float, or one past the array's range, is for the strict loader,
-    which names the field and its limit."""
+def _extend(into: array[int], numbers: list[int]) -> None:
+    """Ints into an array; one past the array's range is for the strict loader, which names
+    the field and its limit."""
     try:
-        return array(typecode, numbers)
-    except (OverflowError, TypeError) as exc:
+        into.fromlist(numbers)
+    except OverflowError as exc:
         raise _NotCanonical from exc
 
 
@@ -1143,13 +1147,13 @@ def _read_rows(w: _Window, row_offset: array[int], row_size: array[int], ids: by
         numbers = _json_numbers(b"".join(parts[0::2]).replace(b",]", b"]").replace(b"],[", b","),
                                 2 * len(hexes))
         del parts
-        sz = _array("I", numbers[1::2])
-        _check(max(sz) <= CHUNK_MAX and min(sz) >= 1)
-        tiling = array("Q", accumulate(sz, initial=expected))
+        sizes = numbers[1::2]
+        _check(max(sizes) <= CHUNK_MAX and min(sizes) >= 1)
+        tiling = list(accumulate(sizes, initial=expected))
         expected = tiling.pop()
-        _check(_array("Q", numbers[0::2]) == tiling)
-        row_offset.extend(tiling)
-        row_size.extend(sz)
+        _check(numbers[0::2] == tiling)
+        _extend(row_offset, tiling)
+        row_size.fromlist(sizes)
         ids += _hex_ids(hexes)
         if keep is not None:
             keep += hexes
@@ -1224,9 +1228,10 @@ def _stream_manifest(blob: bytes) -> Manifest:
                 loc_hex += hexes
                 if len(loc_hex) > _SMALL_LINK_MAX:
                     loc_hex = None
-            block.extend(_array("I", numbers[0::2]))
-            block_offset.extend(_array("I", numbers[1::2]))
+            _extend(block, numbers[0::2])
+            _extend(block_offset, numbers[1::2])
             _check(len(block) <= MAX_CHUNKS)
+        del span, hexes, numbers  # the last span's pieces, not held while linking
     w.expect(b"}")
     w.finish()
     _check(not block or (max(block) < len(blocks) and max(block_offset) <= MAX_BLOCK_RAW))
@@ -1301,11 +1306,29 @@ def _link_small(loc_hex: list[bytes], row_hex: list[bytes], row_size: array[int]
     return row_chunk, array("I", map(last.__getitem__, range(n)))
 
 
+def _bisect_rows(keys: array[int], row_ids: bytearray) -> array[int]:
+    """``bisect_left(keys, key)`` for each row's key (its id's first 8 bytes), each bisect
+    within the keys sharing the key's first 12 bits (~64 at 260k chunks: 6 probes, not 18,
+    each making an int of a 64-bit key). The bounds of those ranges are looked up by the ids'
+    first 2 bytes, which are copied out of the ids in C."""
+    start = [bisect_left(keys, j << 52) for j in range(4097)]
+    # by 16-bit prefix: the range of its 12-bit one (65,536 references to 4,097 ints)
+    lo = list(chain.from_iterable(map(repeat, start[:-1], repeat(16))))
+    hi = list(chain.from_iterable(map(repeat, start[1:], repeat(16))))
+    pairs = bytearray(2 * (len(row_ids) // 32))  # the first two bytes of each id
+    first, second = (0, 1) if sys.byteorder == "big" else (1, 0)
+    pairs[first::2], pairs[second::2] = row_ids[0::32], row_ids[1::32]
+    prefix = array("H", pairs)
+    del pairs
+    return array("I", map(bisect_left, repeat(keys), _keys(row_ids),
+                          map(lo.__getitem__, prefix), map(hi.__getitem__, prefix)))
+
+
 def _link_large(ids: bytearray, keys: array[int], row_size: array[int], row_ids: bytearray
                 ) -> tuple[array[int], array[int]]:
     """``_link``'s lookups by bisect over the sorted ids' keys, without an object per chunk."""
     n = len(keys)
-    row_chunk = array("I", map(partial(bisect_left, keys), _keys(row_ids)))
+    row_chunk = _bisect_rows(keys, row_ids)
     # every row's id equals the id found for it: the ids found, gathered a slice at a time
     # (a few thousand 32-byte pieces alive at once), compared with the rows' own
     found = n > 0 and max(row_chunk, default=0) < n
