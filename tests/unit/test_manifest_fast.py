@@ -5,6 +5,7 @@ same error; the two ways of linking rows to locations give the same table."""
 from __future__ import annotations
 
 from array import array
+from bisect import bisect_left
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from patcher.manifest import (
     Codec,
     FileEntry,
     Manifest,
+    _bisect_rows,
     _decode_strict,
     _keys,
     _link_large,
@@ -218,3 +220,34 @@ def test_a_manifest_of_many_chunks_decodes_the_same_both_ways() -> None:
     blob = encode_manifest(m)
     fast = _stream_manifest(blob)
     assert fast == m and manifest_to_dict(fast) == manifest_to_dict(_decode_strict(blob))
+
+
+def test_rows_are_bisected_within_their_12_bit_range() -> None:
+    """``_bisect_rows`` finds what a bisect over all the keys finds, for keys at the edges of
+    the 12-bit ranges, keys no id has, and keys past the last one."""
+    edges = [0, 1, (1 << 52) - 1, 1 << 52, (1 << 52) + 1, 5 << 52, (5 << 52) + 7,
+             (4095 << 52) - 1, 4095 << 52, (1 << 64) - 2]
+    ids = bytearray(b"".join(k.to_bytes(8, "big") + bytes(24) for k in edges))
+    keys = _keys(ids)
+    probes = [*edges, 2, 3 << 52, (5 << 52) + 3, (1 << 64) - 1, (2 << 52) - 1]
+    row_ids = bytearray(b"".join(k.to_bytes(8, "big") + b"\x01" * 24 for k in probes))
+    assert _bisect_rows(keys, row_ids).tolist() == [bisect_left(keys, k) for k in probes]
+    assert _bisect_rows(_keys(bytearray()), row_ids).tolist() == [0] * len(probes)
+    assert _bisect_rows(keys, bytearray()).tolist() == []
+
+
+def test_a_frame_without_its_size_is_read_a_window_at_a_time() -> None:
+    """Without the size in the frame header the document is not decompressed in one piece but
+    streamed (256 KiB windows): the same manifest, and extra bytes after the frame refused."""
+    ids = [f"{i:016x}" * 4 for i in range(1, 8001)]
+    m = Manifest("p", "1", (FileEntry("data/f", 8000 * 7, 0o644, "e3" * 32, tuple(
+        ChunkEntry(7 * j, 7, cid) for j, cid in enumerate(ids))),),
+        (Block("a" * 64, 0, 1 << 20, 1 << 20, Codec.RAW),),
+        {cid: ChunkLocation(0, 7 * i) for i, cid in enumerate(ids)})
+    raw = manifest_to_json(m)
+    assert len(raw) > 4 * 256 * 1024
+    blob = zstandard.ZstdCompressor(write_content_size=False).compress(raw)
+    assert zstandard.get_frame_parameters(blob).content_size == zstandard.CONTENTSIZE_UNKNOWN
+    assert _stream_manifest(blob) == m
+    for tail in (blob, b"x"):
+        assert _outcome(decode_manifest, blob + tail) == _outcome(_decode_strict, blob + tail)
