@@ -1062,16 +1062,18 @@ def _runs(w: _Window, row: re.Pattern[bytes], close: bytes, sep: bytes,
             return
 
 
-def _spans(w: _Window, close: bytes) -> Iterator[bytes]:
+def _spans(w: _Window, close: bytes, last: bool = False) -> Iterator[bytes]:
     """The rows of a non-empty JSON list (or object) as spans of the window, each from a row's
     first byte to a row's last, a window at a time, up to the closing bracket (``close`` = the
     last row's end and the bracket: it occurs nowhere else in such a list). What lies between
-    the rows of a span is checked by whoever reads it (``_split_rows``)."""
+    the rows of a span is checked by whoever reads it (``_split_rows``). The document's
+    ``last`` list ends one byte before the document: its close is looked for only there."""
     while True:
         w.fill()
         start = w.pos
         end = start + _LOOKAHEAD  # what fill() holds at least: no search past it (a long list
-        at = w.buf.find(close, start, end)  # would be searched whole for each of its windows)
+        # would be searched whole for each of its windows)
+        at = w.buf.find(close, max(start, len(w.buf) - len(close) - 1) if last else start, end)
         final = at >= 0
         stop = at + 1 if final else w.buf.rfind(b"],", start, end) + 1
         if stop <= start:
@@ -1135,7 +1137,7 @@ def _extend(into: array[int], numbers: list[int]) -> None:
 def _read_rows(w: _Window, row_offset: array[int], row_size: array[int], ids: bytearray,
                keep: list[bytes] | None, size: int) -> None:
     """A file's chunk rows (after ``"chunks":[``), checked to tile the file exactly; their ids
-    also as hex text in ``keep`` unless it is None."""
+    as hex text in ``keep``, or as 32 raw bytes in ``ids`` when ``keep`` is None."""
     expected = 0
     if w.take(b"]"):
         _check(size == 0)
@@ -1154,9 +1156,10 @@ def _read_rows(w: _Window, row_offset: array[int], row_size: array[int], ids: by
         _check(numbers[0::2] == tiling)
         _extend(row_offset, tiling)
         row_size.fromlist(sizes)
-        ids += _hex_ids(hexes)
         if keep is not None:
-            keep += hexes
+            keep += hexes  # checked when linked: each equal to a location's id, 64 digits long
+        else:
+            ids += _hex_ids(hexes)
     _check(expected == size)
 
 
@@ -1169,7 +1172,8 @@ def _stream_manifest(blob: bytes) -> Manifest:
     # files: headers as objects, chunk rows into arrays
     heads: list[tuple[str, int, int, str, int, int]] = []
     row_offset, row_size, row_ids = array("Q"), _u32(), bytearray()
-    # the rows' and the locations' ids as text too, while there are few (_link_small's keys)
+    # the rows' ids as hex text while there are few (_link_small's keys, raw past that), the
+    # locations' as text too while few
     row_hex: list[bytes] | None = []
     loc_hex: list[bytes] | None = []
     if not w.take(b"]"):
@@ -1181,6 +1185,7 @@ def _stream_manifest(blob: bytes) -> Manifest:
             first = len(row_size)
             _read_rows(w, row_offset, row_size, row_ids, row_hex, size)
             if row_hex is not None and len(row_hex) > _SMALL_LINK_MAX:
+                row_ids += _hex_ids(row_hex)
                 row_hex = None
             w.expect(b"}")
             heads.append((path, size, mode, f[4].decode(), first, len(row_size)))
@@ -1213,7 +1218,7 @@ def _stream_manifest(blob: bytes) -> Manifest:
     block, block_offset = _u32(), _u32()
     previous = b""
     if not w.take(b"}"):
-        for span in _spans(w, b"]}"):
+        for span in _spans(w, b"]}", last=True):
             parts = _split_rows(span, b'"":[,]')
             hexes = parts[1::2]
             # :[b,o],:[b,o] -> [b,o,b,o]
@@ -1283,6 +1288,8 @@ def _link(ids: bytearray, block: array[int], block_offset: array[int], blocks: l
     if row_hex is not None and loc_hex is not None:
         row_chunk, size = _link_small(loc_hex, row_hex, row_size)
     else:
+        if row_hex is not None:  # few rows, many locations
+            row_ids += _hex_ids(row_hex)
         row_chunk, size = _link_large(ids, _keys(ids), row_size, row_ids)
     raw_sizes = [b.raw_size for b in blocks]
     _check(all(map(operator.le, map(operator.add, block_offset, size),

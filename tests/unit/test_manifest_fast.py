@@ -251,3 +251,19 @@ def test_a_frame_without_its_size_is_read_a_window_at_a_time() -> None:
     assert _stream_manifest(blob) == m
     for tail in (blob, b"x"):
         assert _outcome(decode_manifest, blob + tail) == _outcome(_decode_strict, blob + tail)
+
+
+def test_rows_past_the_dict_linker_are_linked_by_bisect() -> None:
+    """Past 65,536 rows the rows' ids are kept as raw bytes (from the file that crosses it on)
+    and linked by bisect, here with seven chunks named 70,000 times in two files."""
+    ids = [f"{i:02x}" * 32 for i in (9, 3, 7, 1, 5, 2, 8)]
+    files = tuple(
+        FileEntry(f"f{k}", 35_000, 0o644, "e3" * 32,
+                  tuple(ChunkEntry(j, 1, ids[(j + k) % 7]) for j in range(35_000)))
+        for k in range(2))
+    m = Manifest("p", "1", files, (Block("a" * 64, 0, 7, 7, Codec.RAW),),
+                 {cid: ChunkLocation(0, i) for i, cid in enumerate(sorted(ids))})
+    blob = encode_manifest(m)
+    fast = _stream_manifest(blob)
+    assert fast.table().row_chunk.tolist()[:8] == [6, 2, 4, 0, 3, 1, 5, 6]
+    assert manifest_to_dict(fast) == manifest_to_dict(_decode_strict(blob))
