@@ -938,9 +938,10 @@ class _Window:
                 self.buf = zstandard.ZstdDecompressor().decompress(blob, allow_extra_data=False)
             except zstandard.ZstdError as exc:
                 raise _NotCanonical from exc
-            self.total, self.eof = len(self.buf), True
+            self.total, self.eof, self.whole = len(self.buf), True, True
             return
         self.reader = zstandard.ZstdDecompressor().stream_reader(blob, read_across_frames=True)
+        self.whole = False
         self.buf = b""
         self.total = 0
         self.eof = False
@@ -1172,10 +1173,11 @@ def _stream_manifest(blob: bytes) -> Manifest:
     # files: headers as objects, chunk rows into arrays
     heads: list[tuple[str, int, int, str, int, int]] = []
     row_offset, row_size, row_ids = array("Q"), _u32(), bytearray()
-    # the rows' ids as hex text while there are few (_link_small's keys, raw past that), the
-    # locations' as text too while few
-    row_hex: list[bytes] | None = []
-    loc_hex: list[bytes] | None = []
+    # a document read in one piece keeps its rows' and locations' ids as text too, the keys of
+    # _link_small's dicts (~250 bytes a chunk, ~10 MB at most for 4 MiB of JSON); a streamed
+    # one, whatever its size, holds no object per chunk: its rows' ids are raw bytes, bisected
+    row_hex: list[bytes] | None = [] if w.whole else None
+    loc_hex: list[bytes] | None = [] if w.whole else None
     if not w.take(b"]"):
         while True:
             f = w.match(_FILE)
@@ -1184,9 +1186,6 @@ def _stream_manifest(blob: bytes) -> Manifest:
             _check(size <= MAX_FILE_SIZE and mode <= 0o777)
             first = len(row_size)
             _read_rows(w, row_offset, row_size, row_ids, row_hex, size)
-            if row_hex is not None and len(row_hex) > _SMALL_LINK_MAX:
-                row_ids += _hex_ids(row_hex)
-                row_hex = None
             w.expect(b"}")
             heads.append((path, size, mode, f[4].decode(), first, len(row_size)))
             _check(len(heads) <= MAX_FILES and len(row_size) <= MAX_CHUNKS)
@@ -1231,8 +1230,6 @@ def _stream_manifest(blob: bytes) -> Manifest:
             ids += _hex_ids(hexes)
             if loc_hex is not None:
                 loc_hex += hexes
-                if len(loc_hex) > _SMALL_LINK_MAX:
-                    loc_hex = None
             _extend(block, numbers[0::2])
             _extend(block_offset, numbers[1::2])
             _check(len(block) <= MAX_CHUNKS)
@@ -1272,13 +1269,6 @@ def _relink(ids: bytearray, keys: array[int], row_ids: bytearray, row_chunk: arr
         row_chunk[r] = u
 
 
-# Up to this many chunk rows and unique chunks (a ~4 GiB game) the linker finds the rows'
-# chunks with a dict over their ids' hex text (in C; the texts, kept from the rows' split, and
-# the dicts cost ~250 bytes a chunk, ~16 MB at most); past it, a 16 GiB game's ~260k chunks
-# would cost ~65 MB, so it bisects the arrays instead.
-_SMALL_LINK_MAX = 65536
-
-
 def _link(ids: bytearray, block: array[int], block_offset: array[int], blocks: list[Block],
           row_offset: array[int], row_size: array[int], row_ids: bytearray,
           heads: list[tuple[str, int, int, str, int, int]],
@@ -1288,8 +1278,6 @@ def _link(ids: bytearray, block: array[int], block_offset: array[int], blocks: l
     if row_hex is not None and loc_hex is not None:
         row_chunk, size = _link_small(loc_hex, row_hex, row_size)
     else:
-        if row_hex is not None:  # few rows, many locations
-            row_ids += _hex_ids(row_hex)
         row_chunk, size = _link_large(ids, _keys(ids), row_size, row_ids)
     raw_sizes = [b.raw_size for b in blocks]
     _check(all(map(operator.le, map(operator.add, block_offset, size),

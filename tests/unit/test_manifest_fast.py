@@ -253,9 +253,9 @@ def test_a_frame_without_its_size_is_read_a_window_at_a_time() -> None:
         assert _outcome(decode_manifest, blob + tail) == _outcome(_decode_strict, blob + tail)
 
 
-def test_rows_past_the_dict_linker_are_linked_by_bisect() -> None:
-    """Past 65,536 rows the rows' ids are kept as raw bytes (from the file that crosses it on)
-    and linked by bisect, here with seven chunks named 70,000 times in two files."""
+def test_a_streamed_document_is_linked_by_bisect() -> None:
+    """A document past 4 MiB is streamed: its rows' ids are kept as raw bytes, not as text, and
+    linked by bisect, here seven chunks named 70,000 times in two files (5.6 MB of JSON)."""
     ids = [f"{i:02x}" * 32 for i in (9, 3, 7, 1, 5, 2, 8)]
     files = tuple(
         FileEntry(f"f{k}", 35_000, 0o644, "e3" * 32,
@@ -264,6 +264,7 @@ def test_rows_past_the_dict_linker_are_linked_by_bisect() -> None:
     m = Manifest("p", "1", files, (Block("a" * 64, 0, 7, 7, Codec.RAW),),
                  {cid: ChunkLocation(0, i) for i, cid in enumerate(sorted(ids))})
     blob = encode_manifest(m)
+    assert zstandard.get_frame_parameters(blob).content_size > 4 * 1024 * 1024
     fast = _stream_manifest(blob)
     assert fast.table().row_chunk.tolist()[:8] == [6, 2, 4, 0, 3, 1, 5, 6]
     assert manifest_to_dict(fast) == manifest_to_dict(_decode_strict(blob))
