@@ -32,8 +32,9 @@ if TYPE_CHECKING:
 
 # What a command sent to the daemon does not need is imported where it is used: logging (set
 # up for an in-process engine or the daemon), the event classes (with the first event), the
-# settings' file parser and rules (while the daemon answers the connection: ``_run``). The
-# one-shot client's start is then little more than Python's own (issue 13).
+# settings' module (while the daemon answers the connection: ``_run``). What the one-shot
+# client still loads is argparse, json, dataclasses (the command table, the settings) and, with
+# a config file, tomllib (issue 13; docs/benchmarks-daemon.md).
 
 
 def parse_rate(text: str) -> int | None:
