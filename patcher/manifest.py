@@ -18,7 +18,7 @@ from bisect import bisect_left
 from collections.abc import ItemsView, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from itertools import accumulate, chain, repeat
+from itertools import accumulate, chain, compress, repeat
 from typing import Any, overload
 
 import zstandard
@@ -949,7 +949,8 @@ class _Window:
     def fill(self, need: int = _LOOKAHEAD) -> None:
         if self.eof or len(self.buf) - self.pos >= need:
             return
-        parts = [self.buf[self.pos :]]
+        # the rest of the window as a view: copied once, by the join
+        parts: list[bytes | memoryview] = [memoryview(self.buf)[self.pos :]]
         have = len(parts[0])
         assert self.reader is not None  # eof from the start otherwise
         while have < need + _LOOKAHEAD:
@@ -1204,13 +1205,17 @@ def _stream_manifest(blob: bytes) -> Manifest:
     codecs = {b"raw": Codec.RAW, b"zstd": Codec.ZSTD, b"zstd-dict": Codec.ZSTD_DICT}
     if not w.take(b"]"):
         for rows in _runs(w, _BLOCKS, b"]]", b"],[", 10):
-            for pack, off, stored, raw, codec in rows:
-                b = Block(packs.setdefault(pack, pack.decode()), int(off), int(stored), int(raw),
-                          codecs[codec])
-                _check(b.offset <= 1 << 40 and 1 <= b.stored_size <= MAX_BLOCK_RAW + 65536
-                       and 1 <= b.raw_size <= MAX_BLOCK_RAW
-                       and (b.codec is not Codec.RAW or b.stored_size == b.raw_size))
-                blocks.append(b)
+            # a column at a time (in C), not a block at a time
+            pack_col, offset_col, stored_col, raw_col, codec_col = zip(*rows, strict=True)
+            offsets, stored = list(map(int, offset_col)), list(map(int, stored_col))
+            raw_sizes, kinds = list(map(int, raw_col)), list(map(codecs.__getitem__, codec_col))
+            is_raw = list(map(operator.is_, kinds, repeat(Codec.RAW)))
+            _check(max(offsets) <= 1 << 40 and min(stored) >= 1
+                   and max(stored) <= MAX_BLOCK_RAW + 65536
+                   and min(raw_sizes) >= 1 and max(raw_sizes) <= MAX_BLOCK_RAW
+                   and all(map(operator.eq, compress(stored, is_raw), compress(raw_sizes, is_raw))))
+            names = map(packs.setdefault, pack_col, map(bytes.decode, pack_col))  # one str a pack
+            blocks += map(Block, names, offsets, stored, raw_sizes, kinds)
             _check(len(blocks) <= MAX_CHUNKS)
     w.expect(b',"chunks":{')
     ids = bytearray()
