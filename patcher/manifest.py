@@ -1298,12 +1298,12 @@ def _link_small(loc_hex: list[bytes], row_hex: list[bytes], row_size: array[int]
     """``_link``'s lookups with dicts over the ids' hex text (``loc_hex`` sorted, unique)."""
     n = len(loc_hex)
     index = dict(zip(loc_hex, range(n), strict=True))
-    row_chunk = array("I", map(index.get, row_hex, repeat(n)))  # n: no location
+    chunks = list(map(index.get, row_hex, repeat(n)))  # n: no location; the dict's own ints
     del index
-    _check(not row_chunk or max(row_chunk) < n)
-    last = dict(zip(row_chunk, row_size, strict=True))  # the last row's size wins, as in the
+    _check(not chunks or max(chunks) < n)
+    last = dict(zip(chunks, row_size, strict=True))  # the last row's size wins, as in the
     _check(len(last) == n)  # strict loader; every location is used (no row names another)
-    return row_chunk, array("I", map(last.__getitem__, range(n)))
+    return array("I", chunks), array("I", map(last.__getitem__, range(n)))
 
 
 def _bisect_rows(keys: array[int], row_ids: bytearray) -> array[int]:
