@@ -28,10 +28,12 @@ NO_BACKEND = "http://127.0.0.1:9"
 # what only the in-process engine, the daemon or some commands need: never loaded by a command
 # the daemon runs (logging and ctypes: the in-process engine's; the event classes: with the first
 # event; shutil: argparse's terminal width; unicodedata and encodings.idna: text rules and
-# socket.create_connection; tomllib and datetime: a config file, and there is none here)
-LEFT_OUT = ("logging", "ctypes", "shutil", "unicodedata", "encodings.idna", "tomllib", "datetime",
-            "engine.core.messages", "engine.core.lifecycle", "engine.core.schedule", "asyncio",
-            "sqlite3", "websockets", "engine.jobs.engine", "engine.api.service")
+# socket.create_connection; socket, base64, struct: the blocking client is on _socket; tomllib
+# and datetime: a config file, and there is none here)
+LEFT_OUT = ("logging", "ctypes", "shutil", "unicodedata", "encodings.idna", "socket", "base64",
+            "struct", "threading", "tomllib", "datetime", "engine.core.messages",
+            "engine.core.lifecycle", "engine.core.schedule", "asyncio", "sqlite3", "websockets",
+            "engine.jobs.engine", "engine.api.service")
 
 
 @pytest.fixture(scope="module")
