@@ -7,7 +7,7 @@ import re
 
 ID_PATTERN = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 ID_RULE = "[A-Za-z0-9._-], starting with a letter or digit, at most 128 characters"
-# names starting with this are the engine's own (staging, markers): never a game's file or folder
+# names starting with this are the engine's own (staging, moves): never a game's file or folder
 RESERVED_PREFIX = ".launcher-"
 
 

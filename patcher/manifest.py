@@ -25,7 +25,7 @@ import zstandard
 
 from patcher.chunking import CHUNK_MAX
 from patcher.errors import ManifestError
-from patcher.ids import is_id
+from patcher.ids import RESERVED_PREFIX, is_id
 
 FORMAT_VERSION = 1
 
@@ -57,8 +57,8 @@ _WINDOWS_RESERVED = frozenset(
     ["con", "prn", "aux", "nul"] + [f"com{i}" for i in range(1, 10)] + [f"lpt{i}" for i in range(1, 10)]
 )
 # Names the engine creates inside and next to install folders (``.launcher-staging``,
-# ``<dest>.launcher-move``): no manifest path component may start with it, in any case.
-RESERVED_PREFIX = ".launcher-"
+# ``<dest>.launcher-move``, ``RESERVED_PREFIX``): no manifest path component may start with it,
+# in any case.
 
 
 def is_reserved_name(component: str) -> bool:
