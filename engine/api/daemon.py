@@ -48,6 +48,7 @@ from engine.api.service import EngineService
 from engine.io.bus import Subscription
 from engine.io.config import Settings, atomic_write
 from engine.jobs.engine import Engine
+from engine.jobs.install import import_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +155,17 @@ class Daemon:
             async with send_lock:
                 await ws.send(json.dumps(obj, default=str))
 
+        async def send_after_events(obj: dict[str, Any]) -> None:
+            """A long call's answer (``wait``) goes after every event published before it:
+            the pump may still hold some (its task runs later), and a client that ends on the
+            answer (the CLI) would miss the task's last events. The pump pops and takes the
+            lock with no await between, so what it popped is sent first."""
+            async with send_lock:
+                while subscription is not None and (event := subscription.pop_nowait()):
+                    await ws.send(json.dumps({"type": "event", "event": event_to_wire(event)},
+                                             default=str))
+                await ws.send(json.dumps(obj, default=str))
+
         try:
             await send({"type": "hello", "protocol": PROTOCOL_VERSION, "pid": os.getpid()})
             async with asyncio.TaskGroup() as tg:
@@ -171,7 +183,7 @@ class Daemon:
                                 None if sub_change == "*" else sub_change, CLIENT_EVENT_BACKLOG)
                             sender = tg.create_task(self._pump(subscription, send))
                     if reply.get("id") is not None and reply.get("wait"):
-                        tg.create_task(self._long_call(reply, send))
+                        tg.create_task(self._long_call(reply, send_after_events))
                         continue
                     await send(reply)
                 if sender is not None:
@@ -268,6 +280,14 @@ class Daemon:
             async with Engine(self.settings) as engine:
                 self.engine = engine
                 self.service = EngineService(engine)
+                # what the first install and the library channel need, imported before the
+                # daemon says it listens (once, ~0.1-0.2 s of its start) rather than inside a
+                # client's first command: the install's pipeline (ed25519, the manifest's
+                # decoder, the planner, the block I/O) and aiohttp (the channel's WebSocket,
+                # which otherwise loaded on the loop while the first command waited)
+                await import_pipeline()
+                if engine.api.logged_in:
+                    import aiohttp  # noqa: F401
                 server: Server = await serve(
                     self.handle, "127.0.0.1", self.port, process_request=self.check_request,
                     max_size=HARD_FRAME_LIMIT, compression=None)

@@ -133,10 +133,14 @@ class InstallRun:
                 manifest = await load_manifest(ctx, pool, grant)
                 self._marks.append(("manifest", time.monotonic()))
         finally:
-            if key is not None:
-                key.cancel()  # still asking only when the grant failed or nothing is fetched
-            if imports is not None:
-                imports.cancel()  # likewise: done unless the grant failed or was stopped
+            # still running only when the grant failed or the run was stopped: cancelled, and
+            # waited for (a task left pending when an in-process command's loop closes is
+            # reported destroyed), their own outcome dropped
+            helpers = [t for t in (key, imports) if t is not None and not t.done()]
+            for t in helpers:
+                t.cancel()
+            if helpers:
+                await asyncio.gather(*helpers, return_exceptions=True)
         from engine.core.planner import plan_install, remaining_plan
 
         done_blocks = ctx.state.done_blocks(self.task.id)

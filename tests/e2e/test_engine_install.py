@@ -61,6 +61,9 @@ def test_not_logged_in_is_a_clear_error(backend: Any, tmp_path: Path) -> None:
     code, lines, err = cli.run("install", PRODUCT)
     assert code == 3, err
     assert "AUTH_REQUIRED" in json.dumps(lines)
+    # the run's helpers (the manifest key, the pipeline's imports) end with it: none is left
+    # pending when the command's loop closes, and nothing else is reported
+    assert "Task was destroyed" not in err and "Traceback" not in err, err
 
 
 def test_disk_space_refusal_writes_nothing(engine: EngineCli, tmp_path: Path) -> None:
