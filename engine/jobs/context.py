@@ -44,8 +44,8 @@ if TYPE_CHECKING:
     from patcher.manifest import Manifest
 
 # What runs only once a grant is in (the manifest's fetch, signature and decode; a manifest
-# patch) is imported where it is used: an install imports it on a worker thread while its grant
-# is asked for (``engine.jobs.install.import_pipeline``), off the way to the first byte.
+# patch) is imported where it is used: an install imports it on the loop, between the I/O of
+# its grant (``engine.jobs.install.import_pipeline``), off the way to the first byte.
 
 log = logging.getLogger(__name__)
 
