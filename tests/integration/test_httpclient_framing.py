@@ -16,53 +16,40 @@ from tests.integration.test_startup_httpclient import (  # noqa: F401  (an autou
     Scripted,
     _no_proxy_env,
     ok,
+    scripted_backend,
 )
 
 
 async def test_a_post_on_a_connection_closed_unanswered_is_not_sent_again() -> None:
     """The server may have carried the POST out (a grant, a refresh token spent) before the
     connection closed: the client reports the failure instead of repeating it."""
-    server = Scripted([(ok(b'{"n": 1}'), False),
-                       (b"", True),  # reads the POST, closes without a byte of answer
-                       (ok(b'{"n": 2}'), False)])  # what a repeated POST would get
-    port = await server.start()
-    client = BackendClient(f"http://127.0.0.1:{port}")
-    try:
+    async with scripted_backend([
+            (ok(b'{"n": 1}'), False),
+            (b"", True),  # reads the POST, closes without a byte of answer
+            (ok(b'{"n": 2}'), False),  # what a repeated POST would get
+    ]) as (server, client):
         assert await client.call("GET", "/api/v1/ping", auth=False) == {"n": 1}
         with pytest.raises(EngineError) as failed:
             await client.call("POST", "/api/v1/download/tasks", auth=False, json={})
         assert failed.value.code == ErrorCode.BACKEND_UNREACHABLE
-    finally:
-        await client.aclose()
-        server.close()
     posts = [r for r in server.requests if r.startswith(b"POST ")]
     assert len(posts) == 1, server.requests
 
 
 async def test_a_get_on_a_connection_closed_unanswered_is_sent_again_once() -> None:
-    server = Scripted([(ok(b'{"n": 1}'), False), (b"", True), (ok(b'{"n": 2}'), False)])
-    port = await server.start()
-    client = BackendClient(f"http://127.0.0.1:{port}")
-    try:
+    async with scripted_backend([(ok(b'{"n": 1}'), False), (b"", True),
+                                 (ok(b'{"n": 2}'), False)]) as (server, client):
         assert await client.call("GET", "/a", auth=False) == {"n": 1}
         assert await client.call("GET", "/b", auth=False) == {"n": 2}
-    finally:
-        await client.aclose()
-        server.close()
     assert [r.split(b" ")[1] for r in server.requests] == [b"/a", b"/b", b"/b"]
 
 
 async def test_interim_answers_are_skipped_and_never_shift_the_next_answer() -> None:
     early = b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>\r\n\r\n"
-    server = Scripted([(early + ok(b'{"n": 1}'), False), (ok(b'{"n": 2}'), False)])
-    port = await server.start()
-    client = BackendClient(f"http://127.0.0.1:{port}")
-    try:
+    async with scripted_backend([(early + ok(b'{"n": 1}'), False),
+                                 (ok(b'{"n": 2}'), False)]) as (_, client):
         assert await client.call("GET", "/first", auth=False) == {"n": 1}
         assert await client.call("GET", "/second", auth=False) == {"n": 2}
-    finally:
-        await client.aclose()
-        server.close()
 
 
 CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -75,16 +62,10 @@ CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
     b"HTTP/1.1 2000 OK\r\nContent-Length: 2\r\n\r\n{}",  # a status code of four digits
 ])
 async def test_malformed_framing_is_a_protocol_error(answer: bytes) -> None:
-    server = Scripted([(answer, True)])
-    port = await server.start()
-    client = BackendClient(f"http://127.0.0.1:{port}")
-    try:
+    async with scripted_backend([(answer, True)]) as (_, client):
         with pytest.raises(EngineError) as failed:
             await client.call("GET", "/x", auth=False)
         assert failed.value.code == ErrorCode.BACKEND_UNREACHABLE
-    finally:
-        await client.aclose()
-        server.close()
 
 
 async def test_a_proxy_password_is_never_in_the_error(monkeypatch: pytest.MonkeyPatch) -> None:

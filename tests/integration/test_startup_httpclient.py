@@ -11,6 +11,7 @@ import base64
 import ssl
 import types
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -197,6 +198,20 @@ class Scripted:
             self.server.close()
 
 
+@asynccontextmanager
+async def scripted_backend(answers: list[tuple[bytes | None, bool]],
+                           **client_args: Any) -> AsyncIterator[tuple[Scripted, BackendClient]]:
+    """A ``Scripted`` server and a backend client of it, both closed on the way out."""
+    server = Scripted(answers)
+    port = await server.start()
+    client = BackendClient(f"http://127.0.0.1:{port}", **client_args)
+    try:
+        yield server, client
+    finally:
+        await client.aclose()
+        server.close()
+
+
 def ok(body: bytes, *extra: str) -> bytes:
     head = "\r\n".join(["HTTP/1.1 200 OK", "Content-Type: application/json",
                         f"Content-Length: {len(body)}", *extra])
@@ -206,35 +221,23 @@ def ok(body: bytes, *extra: str) -> bytes:
 async def test_a_stale_kept_alive_connection_is_replaced_and_chunks_are_read() -> None:
     chunked = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
                b"6\r\n{\"a\": \r\n2;x=y\r\n1}\r\n0\r\n\r\n")
-    server = Scripted([(ok(b'{"n": 1}'), True),  # closed after answering, without saying so
-                       (chunked, False), (ok(b'{"n": 3}'), False)])
-    port = await server.start()
-    client = BackendClient(f"http://127.0.0.1:{port}")
-    try:
+    async with scripted_backend([(ok(b'{"n": 1}'), True),  # closed after answering, unsaid
+                                 (chunked, False), (ok(b'{"n": 3}'), False)]) as (server, client):
         assert await client.call("POST", "/x", auth=False, json={"k": "ü"}) == {"n": 1}
         await asyncio.sleep(0.05)  # the server's FIN arrives while the connection is idle
         assert await client.call("GET", "/y", auth=False) == {"a": 1}
         assert await client.call("GET", "/z", auth=False) == {"n": 3}
-    finally:
-        await client.aclose()
-        server.close()
     assert server.connections == 2  # the second and third requests shared one connection
     assert server.requests[0].endswith(b'\r\n\r\n{"k": "\\u00fc"}')
     assert b"Content-Type: application/json" in server.requests[0]
 
 
 async def test_a_silent_backend_or_none_is_unreachable() -> None:
-    server = Scripted([(None, False)])
-    port = await server.start()
-    client = BackendClient(f"http://127.0.0.1:{port}", timeout=0.3)
-    try:
+    async with scripted_backend([(None, False)], timeout=0.3) as (_, client):
         with pytest.raises(EngineError) as silent:
             await client.call("GET", "/api/v1/anything", auth=False)
         assert silent.value.code == ErrorCode.BACKEND_UNREACHABLE
         assert "TimeoutError" in silent.value.message
-    finally:
-        await client.aclose()
-        server.close()
     client = BackendClient("http://127.0.0.1:9", timeout=5)  # nothing listens there
     try:
         with pytest.raises(EngineError) as refused:
