@@ -41,6 +41,7 @@ from engine.api.protocol import (
     PROTOCOL_VERSION,
     EngineError,
     ErrorCode,
+    Event,
     event_to_wire,
     validate,
 )
@@ -117,6 +118,11 @@ def _reject(status: HTTPStatus, text: str) -> Response:
                              ("Content-Length", str(len(body)))]), body)
 
 
+
+def _event_message(event: Event) -> dict[str, Any]:
+    """An event as the daemon sends it to a subscribed client."""
+    return {"type": "event", "event": event_to_wire(event)}
+
 class Daemon:
     def __init__(self, settings: Settings, port: int = 0) -> None:
         self.settings = settings
@@ -162,8 +168,7 @@ class Daemon:
             lock with no await between, so what it popped is sent first."""
             async with send_lock:
                 while subscription is not None and (event := subscription.pop_nowait()):
-                    await ws.send(json.dumps({"type": "event", "event": event_to_wire(event)},
-                                             default=str))
+                    await ws.send(json.dumps(_event_message(event), default=str))
                 await ws.send(json.dumps(obj, default=str))
 
         try:
@@ -199,7 +204,7 @@ class Daemon:
         """Slow clients never slow the engine: the subscription coalesces, this task waits."""
         while True:
             event = await sub.get()
-            await send({"type": "event", "event": event_to_wire(event)})
+            await send(_event_message(event))
 
     async def _long_call(self, reply: dict[str, Any], send: Any) -> None:
         assert self.service is not None
