@@ -653,17 +653,43 @@ def _u32(n: int = 0) -> array[int]:
 def _group(keys: array[int], n: int) -> tuple[array[int], array[int]]:
     """(start, order): the indices ``i`` with ``keys[i] == k`` are ``order[start[k]:start[k + 1]]``,
     in increasing order, for keys in ``range(n)`` (a counting sort: no per-item objects)."""
-    start = _u32(n + 1)
-    for k in keys:
-        start[k + 1] += 1
-    for k in range(n):
-        start[k + 1] += start[k]
-    fill = array("I", start)
-    order = _u32(len(keys))
-    for i, k in enumerate(keys):
+    # over lists, not arrays: the interpreter's list indexing is specialised, an array's is a
+    # call (2.5 ms, not 4.2, for 16k keys); the prefix sum is accumulate's, in C
+    ks = keys.tolist()
+    start = list(accumulate(_counts(ks, n), initial=0))
+    fill = start.copy()
+    order = [0] * len(ks)
+    for i, k in enumerate(ks):
         order[fill[k]] = i
         fill[k] += 1
-    return start, order
+    return array("I", start), array("I", order)
+
+
+def _counts(keys: list[int], n: int) -> list[int]:
+    count = [0] * n
+    for k in keys:
+        count[k] += 1
+    return count
+
+
+def _by_offset(block: array[int], block_offset: array[int], row_chunk: array[int]) -> array[int]:
+    """The unique chunks ordered by (block, offset in the block), ties by index. The publisher
+    packs chunks into blocks in the order their first rows come, so that order is tried first:
+    if it names every chunk once and its (block, offset) keys strictly increase, it is the
+    sorted order (no ties to break); otherwise one stable sort by the combined key."""
+    n = len(block)
+    # (block << 32 | offset) as one 64-bit int per chunk, interleaved in C
+    pairs = _u32(2 * n)
+    lo, hi = (0, 1) if sys.byteorder == "little" else (1, 0)
+    pairs[lo::2], pairs[hi::2] = block_offset, block
+    key = array("Q", pairs.tobytes()).tolist()
+    del pairs
+    first = list(dict.fromkeys(row_chunk.tolist()))  # chunks by their first row
+    if len(first) == n and max(first, default=0) < n:
+        ordered = list(map(key.__getitem__, first))
+        if all(map(operator.lt, ordered, ordered[1:])):
+            return array("I", first)
+    return array("I", sorted(range(n), key=key.__getitem__))
 
 
 def _keys(ids: bytes | bytearray) -> array[int]:
@@ -743,16 +769,11 @@ class ChunkTable:
 
     def by_block(self) -> tuple[array[int], array[int]]:
         """(start, order): the unique chunks of block b are ``order[start[b]:start[b + 1]]``,
-        by their offset in the block (a counting sort: no per-chunk objects)."""
+        by their offset in the block, ties by index (no per-chunk objects held)."""
         if self._by_block is None:
             nblocks = (max(self.block) + 1) if len(self.block) else 0
-            start, order = _group(self.block, nblocks)
-            offsets = self.block_offset
-            for b in range(nblocks):
-                lo, hi = start[b], start[b + 1]
-                if hi - lo > 1:
-                    order[lo:hi] = array("I", sorted(order[lo:hi], key=offsets.__getitem__))
-            self._by_block = (start, order)
+            start = array("I", accumulate(_counts(self.block.tolist(), nblocks), initial=0))
+            self._by_block = (start, _by_offset(self.block, self.block_offset, self.row_chunk))
         return self._by_block
 
     def rows_of(self) -> tuple[array[int], array[int]]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_left
+from random import Random
 from typing import Any
 
 import pytest
@@ -16,11 +17,13 @@ from patcher.manifest import (
     Block,
     ChunkEntry,
     ChunkLocation,
+    ChunkTable,
     Codec,
     FileEntry,
     Manifest,
     _bisect_rows,
     _decode_strict,
+    _group,
     _keys,
     _link_large,
     _link_small,
@@ -289,3 +292,82 @@ def test_ids_sharing_their_first_8_bytes_are_linked_and_found_by_bisection() -> 
     assert [table.find(ids[i]) for i in (0, 1, 7_777, k - 1)] == [0, 1, 7_777, k - 1]
     missing = "00" * 8 + f"{k:048x}"  # in the group's range, not in it
     assert [table.find(missing), table.find(ids[10].upper()), table.find("zz" * 32)] == [-1] * 3
+
+
+# --- grouping (the planner's by_block and rows_of) -------------------------------------------
+
+
+def _reference_group(keys: array[int], n: int) -> tuple[array[int], array[int]]:
+    """The counting sort over arrays that ``_group`` replaced, kept as its reference."""
+    start = array("I", bytes(4 * (n + 1)))
+    for k in keys:
+        start[k + 1] += 1
+    for k in range(n):
+        start[k + 1] += start[k]
+    fill = array("I", start)
+    order = array("I", bytes(4 * len(keys)))
+    for i, k in enumerate(keys):
+        order[fill[k]] = i
+        fill[k] += 1
+    return start, order
+
+
+def _reference_by_block(t: ChunkTable) -> tuple[array[int], array[int]]:
+    nblocks = (max(t.block) + 1) if len(t.block) else 0
+    start, order = _reference_group(t.block, nblocks)
+    for b in range(nblocks):
+        lo, hi = start[b], start[b + 1]
+        if hi - lo > 1:
+            order[lo:hi] = array("I", sorted(order[lo:hi], key=t.block_offset.__getitem__))
+    return start, order
+
+
+def _random_table(rng: Random, n: int, rows: int, nblocks: int, offsets: int,
+                  in_block_order: bool) -> ChunkTable:
+    """``n`` chunks in ``nblocks`` blocks at offsets below ``offsets`` (equal ones too), named
+    by ``rows`` rows; with ``in_block_order`` the rows name the chunks first in their (block,
+    offset) order, as the publisher writes them."""
+    block = array("I", (rng.randrange(nblocks) for _ in range(n)))
+    block_offset = array("I", (rng.randrange(offsets) for _ in range(n)))
+    chunks = list(range(n))
+    if in_block_order:
+        chunks.sort(key=lambda u: (block[u], block_offset[u]))
+    else:
+        rng.shuffle(chunks)
+    named = chunks + [rng.randrange(n) for _ in range(rows - n)] if n else []
+    if in_block_order:  # repeats after the first rows, so the first-row order is kept
+        named = chunks + sorted(named[n:], key=lambda _: rng.random())
+    row_chunk = array("I", named)
+    ids = bytes(rng.randrange(256) for _ in range(32 * n))
+    return ChunkTable(ids, block, block_offset, array("I", [1] * n),
+                      array("Q", range(len(row_chunk))), array("I", [1] * len(row_chunk)),
+                      row_chunk, array("I", bytes(4 * len(row_chunk))))
+
+
+def test_grouping_equals_the_counting_sort() -> None:
+    """``_group``, ``rows_of`` and ``by_block`` give the arrays the counting sort over arrays
+    gave (order by key, then index; by_block by block, then offset, then index) on random
+    tables: empty, one chunk, repeated keys, equal and unsorted offsets, rows in the
+    publisher's order (by_block's shortcut) and in any order (its sort)."""
+    rng = Random(25)
+    assert _group(array("I"), 0) == (array("I", [0]), array("I"))
+    assert _group(array("I"), 3) == (array("I", [0, 0, 0, 0]), array("I"))
+    assert _group(array("I", [2, 0, 2, 2, 0]), 4) == (
+        array("I", [0, 2, 2, 5, 5]), array("I", [1, 4, 0, 2, 3]))
+    for case in range(300):
+        keys = array("I", (rng.randrange(1 + case % 17) for _ in range(rng.randrange(40))))
+        n = (max(keys) + 1 if keys else 0) + rng.randrange(3)
+        assert _group(keys, n) == _reference_group(keys, n)
+    shortcut = fallback = 0
+    for case in range(400):
+        n = [0, 1, 2][case] if case < 3 else rng.randrange(1, 60)
+        t = _random_table(rng, n, n + rng.randrange(n + 1), 1 + rng.randrange(max(n, 1)),
+                          [1, 3, 1 << 24][case % 3], in_block_order=case % 2 == 1)
+        assert t.by_block() == _reference_by_block(t), case
+        assert t.rows_of() == _reference_group(t.row_chunk, len(t.block)), case
+        firsts = list(dict.fromkeys(t.row_chunk))
+        if firsts == list(t.by_block()[1]) and len(firsts) == len(t):
+            shortcut += 1
+        else:
+            fallback += 1
+    assert shortcut > 50 and fallback > 50  # both of by_block's ways were compared
