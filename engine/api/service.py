@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 from engine.api.protocol import PROTOCOL_VERSION, validate
 from engine.core.errors import EngineError, ErrorCode
 from engine.core.playtime import local_totals
-from engine.core.remote import remote_task_view
 from engine.core.text import show
 from engine.io.config import save_setting
 from engine.io.fsops import storage_error
@@ -238,9 +237,13 @@ class EngineService:
                               item="deviceId")
         doc = await self.engine.api.create_remote_task(productId, versionId,
                                                        target_device=deviceId)
+        from engine.core.remote import remote_task_view  # remote downloads' own: not at start
+
         return remote_task_view(doc)
 
     async def m_remoteTasks(self, taskId: str | None = None) -> list[dict[str, Any]]:
+        from engine.core.remote import remote_task_view
+
         if taskId is not None:
             return [remote_task_view(await self.engine.api.get_task(taskId))]
         return [remote_task_view(d) for d in await self.engine.api.task_queue()]

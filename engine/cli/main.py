@@ -1063,21 +1063,13 @@ def _run(args: argparse.Namespace, out: Output) -> int:
 
 
 def _start_logging(args: argparse.Namespace) -> None:
-    """Logging and the allocator, for an engine in this process (in-process or the daemon):
-    a command sent to a running daemon logs nothing and needs neither."""
+    """Logging, for an engine in this process (in-process or the daemon): a command sent to a
+    running daemon logs nothing. (The allocator's arenas are capped with the pipeline's imports,
+    ``engine.jobs.install.import_pipeline``, before the block workers start.)"""
     import logging
 
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if sys.platform.startswith("linux"):
-        # glibc gives every thread that allocates its own malloc arena (up to 8 per core), and
-        # the engine's block workers each touch a few MiB of them: ~11 MB of RSS for nothing at
-        # 4 GiB. Two arenas are enough: the big block buffers are mmap'ed, the rest is small
-        # and short. Set before the engine starts its threads.
-        import ctypes
-
-        with contextlib.suppress(OSError, AttributeError):  # not glibc (musl): keep its default
-            ctypes.CDLL(None).mallopt(-8, 2)  # M_ARENA_MAX
 
 
 def _dispatch(args: argparse.Namespace, out: Output, settings: Settings,

@@ -8,11 +8,13 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from engine.core.playtime import CallKind, LocalSession, OutboxCall
-from engine.core.savesync import Base
 from engine.io.sqlitedb import create_table_sql, transaction
+
+if TYPE_CHECKING:
+    from engine.core.savesync import Base
 
 
 class Connected(Protocol):
@@ -132,6 +134,8 @@ class PlayState:
 
     # -- saves --------------------------------------------------------------------------------
     def save_bases(self, product_id: str) -> dict[str, Base]:
+        from engine.core.savesync import Base  # the saves' rules: not imported at every start
+
         return {r["slot"]: Base(r["sha256"], r["version_id"]) for r in
                 self._rows("SELECT * FROM save_base WHERE product_id = ?", [product_id])}
 

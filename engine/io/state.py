@@ -7,9 +7,9 @@ blocks that were in flight.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +18,15 @@ from typing import Any
 from engine.core.errors import EngineError, ErrorCode
 from engine.core.lifecycle import FINISHED, KEEPS_STAGING, TaskKind, TaskState, check_transition
 from engine.io.sqlitedb import Database, transaction
+
+
+def new_id() -> str:
+    """A random id in ``uuid.uuid4().hex``'s form (version 4, RFC 4122 variant), without
+    importing ``uuid`` (and ``platform`` with it) on every start."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40
+    raw[8] = raw[8] & 0x3F | 0x80
+    return raw.hex()
 
 SCHEMA_VERSION = 1
 
@@ -145,7 +154,7 @@ class State:
         now = time.time()
         row = self.db.execute("SELECT COALESCE(MAX(position), -1) + 1 FROM tasks").fetchone()
         task = {
-            "id": uuid.uuid4().hex, "product_id": product_id, "version_id": version_id,
+            "id": new_id(), "product_id": product_id, "version_id": version_id,
             "kind": kind.value, "target_path": target_path, "priority": priority,
             "position": int(row[0]), "status": TaskState.QUEUED.value, "user_paused": 0,
             "created_at": now, "updated_at": now, "total_bytes": 0, "download_bytes": 0,

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
-import shutil
+import os
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -72,7 +71,8 @@ def free_space(path: Path) -> int:
     probe = path
     while not probe.exists():
         probe = probe.parent
-    return shutil.disk_usage(probe).free
+    st = os.statvfs(probe)  # shutil.disk_usage's sum, without importing shutil at start
+    return st.f_bavail * st.f_frsize
 
 
 def check_disk_space(settings: Settings, install_dir: Path, needed: int) -> None:
@@ -157,6 +157,8 @@ async def fetch_small(ctx: EngineContext, pool: SourcePool, rel: str, limit: int
             pool.record_success(source.id, len(data), time.monotonic() - started, time.time())
             return data
         pool.record_failure(source.id, failure.kind, time.time())
+        import random  # a failed fetch only: not an import on every start
+
         step = after_failure(state, failure, sources, policy, random.random(), rel)
         if isinstance(step, GiveUp):
             raise EngineError(step.code, step.message, item=step.item)
@@ -193,14 +195,19 @@ async def load_manifest(ctx: EngineContext, pool: SourcePool, grant: TaskGrant, 
     a patch, and the new signature is checked over the rebuilt bytes; any failure there falls
     back to the full manifest, whose bytes are checked against the signature as they arrive, so
     a flipped byte on one edge makes the engine fetch from another instead of failing."""
+    from patcher.manifest import decode_manifest
     from patcher.signing import load_public_key, load_signed_manifest, verify_signature
 
     blob_path, sig_path = ctx.state.manifest_files(grant.product_id, grant.version_id)
     key = load_public_key(await manifest_key(ctx))
     refresh = refresher(ctx, grant)
+    # fetched bytes are checked against the signature as they arrive (or, rebuilt from a
+    # patch, before they are taken): decoded without a second check; cached ones are checked
+    checked = False
     if blob_path.exists() and sig_path.exists():
         blob, sig = blob_path.read_bytes(), sig_path.read_bytes()
     else:
+        checked = True
         sig = await fetch_small(ctx, pool, grant.signature_path, 1024, refresh=refresh)
         rebuilt = None
         if base is not None:
@@ -219,7 +226,8 @@ async def load_manifest(ctx: EngineContext, pool: SourcePool, grant: TaskGrant, 
         asyncio.to_thread(_cache_manifest, blob_path, sig_path, blob, sig))
     try:
         try:
-            manifest = await asyncio.to_thread(load_signed_manifest, blob, sig, key)
+            manifest = await (asyncio.to_thread(decode_manifest, blob) if checked else
+                              asyncio.to_thread(load_signed_manifest, blob, sig, key))
         except ManifestError as exc:
             raise EngineError(ErrorCode.from_wire(exc.code, ErrorCode.MANIFEST_INVALID),
                               f"manifest of {grant.product_id} {grant.version_id}: "

@@ -13,7 +13,6 @@ import contextlib
 import logging
 import sys
 import time
-import uuid
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -29,14 +28,6 @@ from engine.core.messages import DownloadRetry, ItemProgress, UpdateAvailable, U
 from engine.core.playtime import CallKind, downloads_policy, updates_to_queue
 from engine.core.progress import TaskProgress
 from engine.core.queueorder import QueueEntry, move, select_runnable
-from engine.core.remote import (
-    LocalTask,
-    RemoteTask,
-    applied_status,
-    backend_order,
-    stop_report,
-    update_type,
-)
 from engine.core.schedule import DownloadSchedule, parse_window
 from engine.io.backend_client import BackendClient
 from engine.io.bus import EventBus
@@ -46,7 +37,7 @@ from engine.io.httpclient import HttpClient
 from engine.io.limiter import AsyncRateLimiter
 from engine.io.playstate import PlayState
 from engine.io.staging import STAGING_DIR, remove_task_staging
-from engine.io.state import InstalledGame, State, TaskRecord
+from engine.io.state import InstalledGame, State, TaskRecord, new_id
 from engine.io.verifiedmeta import VerifiedRecord
 from engine.jobs.context import EngineContext, bind_remote, manifest_key, remote_binding
 from engine.jobs.install import InstallRun, check_install_target
@@ -55,6 +46,7 @@ from patcher.ids import is_id
 if TYPE_CHECKING:
     import aiohttp
 
+    from engine.core.remote import LocalTask, RemoteTask
     from engine.io.library_client import LibraryApi
     from engine.io.verify import VerifyReport
     from engine.jobs.agent import LibraryRelay, Outbox, RemoteDownloads
@@ -192,7 +184,7 @@ class Engine:
         a second device)."""
         found = self.state.get_meta("device_id")
         if found is None:
-            found = uuid.uuid4().hex
+            found = new_id()
             self.state.set_meta("device_id", found)
         return found
 
@@ -507,6 +499,8 @@ class Engine:
         self.state.set_positions(e.task_id for e in entries)
         self.wake()
         after = self.state.tasks(include_finished=False)
+        from engine.core.remote import backend_order
+
         order = backend_order([self.local_view(t) for t in after])
         if order and self.api.logged_in:  # the backend's queue follows (remote downloads)
             self._spawn(self._report_order(order))
@@ -521,6 +515,8 @@ class Engine:
     # -- remote downloads (engine.core.remote decides, engine.jobs.agent does the I/O) --------
     @staticmethod
     def local_view(t: TaskRecord) -> LocalTask:
+        from engine.core.remote import LocalTask
+
         return LocalTask(t.id, t.backend_task_id, t.status, t.user_paused, t.product_id,
                          t.updated_at)
 
@@ -724,6 +720,8 @@ class Engine:
                 self._discard_partial(self.state.task(task_id))
             task = self.state.set_status(task_id, reason)
             self._publish_status(task)
+            from engine.core.remote import stop_report
+
             self._spawn_report(task, stop_report(reason, task.user_paused))
             raise
         except Exception as exc:
@@ -783,6 +781,10 @@ class Engine:
                               planned: UpdatePlanned | None = None) -> None:
         if task.from_version is None or task.version_id is None:
             return
+        # engine.core.remote (remote downloads' rules) is imported where a report needs it,
+        # not at every start: an install's first byte waits for none of it (issue 13)
+        from engine.core.remote import applied_status, update_type
+
         kind = None if planned is None else update_type(planned.download_bytes,
                                                         planned.full_download_bytes)
         try:

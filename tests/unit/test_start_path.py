@@ -25,7 +25,10 @@ from testing.processes import REPO, subprocess_env
 # (chunking: only updates and publishing) cost 0.1-0.4 s of every install's first byte
 LEFT_OUT = ("httpx", "engine.jobs.update", "engine.jobs.store", "engine.jobs.uninstall",
             "engine.jobs.move", "keyring", "engine.core.updateplan", "patcher.delta", "aiohttp",
-            "fastcdc", "click")
+            "fastcdc", "click",
+            # session 25: remote downloads' and saves' rules, uuid (with platform), ctypes (the
+            # allocator's cap, set with the pipeline)
+            "engine.core.remote", "engine.core.savesync", "uuid", "ctypes")
 # an install's block pipeline (manifest decode, planner, downloads): imported beside its grant,
 # never by a command that runs no task
 PIPELINE = (*PIPELINE_MODULES, "patcher.deltaindex", "engine.jobs.play", "engine.jobs.agent")
@@ -326,3 +329,16 @@ def test_a_current_state_database_is_opened_without_creating_tables(tmp_path: Pa
     with sqlite3.connect(tmp_path / "state.sqlite") as conn:
         conn.execute("DROP TABLE meta")
     assert State(tmp_path)._current()  # no meta table: a new database, created whole
+
+
+def test_new_ids_have_uuid4s_form() -> None:
+    """Task and device ids, made without importing uuid, are what ``uuid.uuid4().hex`` made."""
+    import uuid
+
+    from engine.io.state import new_id
+
+    ids = {new_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    for i in ids:
+        u = uuid.UUID(hex=i)
+        assert u.hex == i and u.version == 4 and u.variant == uuid.RFC_4122
