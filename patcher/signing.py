@@ -8,17 +8,27 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from typing import TYPE_CHECKING
 
 from patcher.errors import ManifestError
 from patcher.manifest import Manifest, decode_manifest, encode_manifest
+from patcher.sigcheck import SIGNATURE_SIZE, PublicKey
 
-SIGNATURE_SIZE = 64
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
+
+# ``cryptography`` is imported by what signs (the publisher, the store, tests); checking a
+# signature does without it (``patcher.sigcheck``): the engine's installs never import it
+
+__all__ = ["SIGNATURE_SIZE", "PublicKey"]
 
 
 def generate_key() -> Ed25519PrivateKey:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     return Ed25519PrivateKey.generate()
 
 
@@ -30,22 +40,27 @@ def private_key_bytes(key: Ed25519PrivateKey) -> bytes:
     )
 
 
-def public_key_hex(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
+def public_key_hex(key: Ed25519PrivateKey | Ed25519PublicKey | PublicKey) -> str:
+    if isinstance(key, PublicKey):
+        return key.raw.hex()
     from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     pub = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
     return pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()
 
 
-def load_public_key(hex_key: str) -> Ed25519PublicKey:
+def load_public_key(hex_key: str) -> PublicKey:
     try:
-        return Ed25519PublicKey.from_public_bytes(bytes.fromhex(hex_key))
+        return PublicKey(bytes.fromhex(hex_key))
     except ValueError as exc:
         raise ManifestError("MANIFEST_KEY_INVALID", "publicKey", str(exc)) from exc
 
 
 def load_or_create_private_key(path: Path) -> Ed25519PrivateKey:
     """Read a raw 32-byte key, or create one with mode 0600 on first use."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     if path.exists():
         return Ed25519PrivateKey.from_private_bytes(path.read_bytes())
     key = generate_key()
@@ -62,18 +77,20 @@ def sign_manifest(manifest: Manifest, key: Ed25519PrivateKey) -> tuple[bytes, by
     return blob, key.sign(blob)
 
 
-def verify_signature(blob: bytes, signature: bytes, public_key: Ed25519PublicKey) -> None:
+def verify_signature(blob: bytes, signature: bytes,
+                     public_key: PublicKey | Ed25519PublicKey) -> None:
     if len(signature) != SIGNATURE_SIZE:
         raise ManifestError("MANIFEST_SIGNATURE_INVALID", "signature", f"{len(signature)} bytes")
-    try:
-        public_key.verify(signature, blob)
-    except InvalidSignature as exc:
+    key = public_key if isinstance(public_key, PublicKey) else \
+        PublicKey(bytes.fromhex(public_key_hex(public_key)))
+    if not key.verifies(signature, blob):
         raise ManifestError(
             "MANIFEST_SIGNATURE_INVALID", "signature", "does not match the manifest bytes"
-        ) from exc
+        )
 
 
-def load_signed_manifest(blob: bytes, signature: bytes, public_key: Ed25519PublicKey) -> Manifest:
+def load_signed_manifest(blob: bytes, signature: bytes,
+                         public_key: PublicKey | Ed25519PublicKey) -> Manifest:
     """The engine's entry point: signature first, then size limits, then the strict schema."""
     verify_signature(blob, signature, public_key)
     return decode_manifest(blob)

@@ -37,10 +37,10 @@ from patcher.errors import ManifestError
 
 if TYPE_CHECKING:
     import aiohttp
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     from patcher.deltaindex import ManifestPatch
     from patcher.manifest import Manifest
+    from patcher.sigcheck import PublicKey
 
 # What runs only once a grant is in (the manifest's fetch, signature and decode; a manifest
 # patch) is imported where it is used: an install imports it on the loop, between the I/O of
@@ -266,7 +266,7 @@ def _cache_manifest(blob_path: Path, sig_path: Path, blob: bytes, sig: bytes) ->
 
 
 async def _patched_manifest(ctx: EngineContext, pool: SourcePool, grant: TaskGrant,
-                            base: ManifestBase, sig: bytes, key: Ed25519PublicKey) -> bytes | None:
+                            base: ManifestBase, sig: bytes, key: PublicKey) -> bytes | None:
     """The new manifest's signed bytes rebuilt from ``base``, or None (logged) when the patch
     is missing, wrong or rebuilds other bytes than the signed ones: the caller fetches the full
     manifest then."""

@@ -37,15 +37,16 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # What a run needs once its grant is in: the manifest's signature check and decode, the
-# planner, the block pipeline. 30-50 ms of imports (ed25519, zstandard, BLAKE3, the manifest's
-# and the planner's classes) that a fresh process would otherwise do before asking for the
-# grant: ``import_pipeline`` does them on the loop, one module at a time, while the grant's
-# round trip (and the backend's own work) is under way, so they leave the way to the first byte
-# (issue 13). On the loop rather than a thread: a thread importing holds the GIL for 5 ms
-# stretches, which the grant's answer and every step after it would wait through.
+# planner, the block pipeline. 30-50 ms of imports (zstandard, BLAKE3, the manifest's and the
+# planner's classes; the signature check's libcrypto, not ``cryptography``'s 10-30 ms) that a
+# fresh process would otherwise do before asking for the grant: ``import_pipeline`` does them
+# on the loop, one module at a time, while the grant's round trip (and the backend's own work)
+# is under way, so they leave the way to the first byte (issue 13). On the loop rather than a
+# thread: a thread importing holds the GIL for 5 ms stretches, which the grant's answer and
+# every step after it would wait through.
 PIPELINE = (
-    "zstandard", "blake3", "patcher.chunking", "cryptography.hazmat.primitives.asymmetric.ed25519",
-    "patcher.manifest", "patcher.signing", "engine.core.planner", "engine.io.rangeclient",
+    "zstandard", "blake3", "patcher.chunking", "patcher.sigcheck", "patcher.manifest",
+    "patcher.signing", "engine.core.planner", "engine.io.rangeclient",
     "engine.io.blockio", "engine.io.download", "engine.io.journal", "engine.io.verify",
 )
 

@@ -21,7 +21,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import blake3
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from engine.core.errors import EngineError, ErrorCode
 from engine.core.events import error_event
@@ -69,6 +68,7 @@ from patcher.delta import PatchMethod, apply_patch, apply_patch_to_proven
 from patcher.deltaindex import DeltaIndex, decode_delta_index
 from patcher.errors import DeltaError, ManifestError
 from patcher.manifest import FileEntry, Manifest, compress_manifest_json
+from patcher.sigcheck import PublicKey
 from patcher.signing import load_public_key, load_signed_manifest, verify_signature
 from patcher.updatedoc import (
     MAX_DOC_BYTES,
@@ -703,7 +703,7 @@ def v3_doc_path(delta_path: str) -> str | None:
     return delta_path[: -len(".delta")] + ".v3.delta"
 
 
-def _signed_by(sig: bytes, key: Ed25519PublicKey) -> Callable[[bytes], None]:
+def _signed_by(sig: bytes, key: PublicKey) -> Callable[[bytes], None]:
     return lambda data: verify_signature(data, sig, key)
 
 
