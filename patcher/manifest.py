@@ -916,6 +916,11 @@ class _LocationItems(ItemsView[str, ChunkLocation]):
 # a row or header of the fast path is never longer (paths are <= 1 KiB); dirs, launch and saves
 # values may be, and grow the window. Small: the window is a transient of every parse.
 _LOOKAHEAD = 256 * 1024
+# rows and locations are read a span of at most this many bytes at a time: the span's copy,
+# its pieces and numbers (a few times the span) then stay below malloc's mmap threshold and
+# reuse the memory the last span freed, where 256 KiB spans had fresh pages mapped (and
+# unmapped) each time (1 GiB demo: ~700 fewer page faults, no more CPU)
+_SPAN = 128 * 1024
 _MAX_VALUE = 64 * 1024 * 1024
 # documents up to this size (a ~1.5 GiB game's) are decompressed in one piece
 _WHOLE_MAX = 4 * 1024 * 1024
@@ -1099,7 +1104,7 @@ def _spans(w: _Window, close: bytes, last: bool = False) -> Iterator[bytes]:
     while True:
         w.fill()
         start = w.pos
-        end = start + _LOOKAHEAD  # what fill() holds at least: no search past it (a long list
+        end = start + _SPAN  # fill() holds at least this: no search past it (a long list
         # would be searched whole for each of its windows)
         at = w.buf.find(close, max(start, len(w.buf) - len(close) - 1) if last else start, end)
         final = at >= 0
@@ -1163,9 +1168,10 @@ def _extend(into: array[int], numbers: list[int]) -> None:
 
 
 def _read_rows(w: _Window, row_offset: array[int], row_size: array[int], ids: bytearray,
-               keep: list[bytes] | None, size: int) -> None:
-    """A file's chunk rows (after ``"chunks":[``), checked to tile the file exactly; their ids
-    as hex text in ``keep``, or as 32 raw bytes in ``ids`` when ``keep`` is None."""
+               row_chunk: array[int], index: dict[bytes, int] | None, size: int) -> None:
+    """A file's chunk rows (after ``"chunks":[``), checked to tile the file exactly; each row's
+    chunk looked up in ``index`` (the locations' hex ids: ``len(index)`` for none) into
+    ``row_chunk``, or, without an index, its id as 32 raw bytes in ``ids``."""
     expected = 0
     if w.take(b"]"):
         _check(size == 0)
@@ -1184,11 +1190,43 @@ def _read_rows(w: _Window, row_offset: array[int], row_size: array[int], ids: by
         _check(numbers[0::2] == tiling)
         _extend(row_offset, tiling)
         row_size.fromlist(sizes)
-        if keep is not None:
-            keep += hexes  # checked when linked: each equal to a location's id, 64 digits long
+        if index is not None:
+            # equal to a location's id: 64 hex digits, as the locations' ids are checked
+            row_chunk.fromlist(list(map(index.get, hexes, repeat(len(index)))))
         else:
             ids += _hex_ids(hexes)
     _check(expected == size)
+
+
+def _read_locations(w: _Window, loc_hex: list[bytes] | None
+                    ) -> tuple[bytearray, array[int], array[int]]:
+    """The chunks' locations (after ``"chunks":{``, up to their closing ``]}``): the ids as 32
+    raw bytes each (and their hex text into ``loc_hex`` when given), blocks and offsets."""
+    ids = bytearray()
+    block, block_offset = _u32(), _u32()
+    previous = b""
+    if w.take(b"}"):
+        return ids, block, block_offset
+    for span in _spans(w, b"]}", last=True):
+        parts = _split_rows(span, b'"":[,]')
+        hexes = parts[1::2]
+        # :[b,o],:[b,o] -> [b,o,b,o]
+        numbers = _json_numbers(
+            b"".join(parts[0::2]).translate(None, b":").replace(b"],[", b","), 2 * len(hexes))
+        del parts
+        # strictly increasing ids: sorted as the publisher writes them, no duplicate key
+        _check(previous < hexes[0] and all(map(operator.lt, hexes, hexes[1:])))
+        previous = hexes[-1]
+        ids += _hex_ids(hexes)
+        if loc_hex is not None:
+            loc_hex += hexes
+        _extend(block, numbers[0::2])
+        _extend(block_offset, numbers[1::2])
+        _check(len(block) <= MAX_CHUNKS)
+    return ids, block, block_offset
+
+
+_LOCATIONS = b',"chunks":{'
 
 
 def _stream_manifest(blob: bytes) -> Manifest:
@@ -1197,28 +1235,43 @@ def _stream_manifest(blob: bytes) -> Manifest:
     product_id, version_id = check_id(_text(head[1]), "productId"), check_id(_text(head[2]), "versionId")
     created_at = _text(head[3])[:64]
     dictionary = None if head[4] == b"null" else head[4][1:-1].decode()
+    del head  # a match holds the whole buffer
+    # A document in one piece has its locations (its last member) read first, into a dict
+    # over their ids' hex text: each span of file rows then looks its ids up at once and keeps
+    # none (the rows' ids held as text until the end cost ~110 bytes a row, 1.8 MB and ~450
+    # page faults at the 1 GiB demo). The locations begin at the last ',"chunks":{' (no byte
+    # of theirs is a '{'); the files and blocks, read next, must end exactly there. A streamed
+    # document, whatever its size, holds no object per chunk: rows' ids as raw bytes, bisected.
+    index: dict[bytes, int] | None = None
+    at = loc_end = -1
+    if w.whole:
+        at = w.buf.rfind(_LOCATIONS) + len(_LOCATIONS)
+        _check(at >= len(_LOCATIONS))
+        resume, w.pos = w.pos, at
+        loc_hex: list[bytes] = []
+        ids, block, block_offset = _read_locations(w, loc_hex)
+        loc_end, w.pos = w.pos, resume
+        index = dict(zip(loc_hex, range(len(loc_hex)), strict=True))
+        del loc_hex
     # files: headers as objects, chunk rows into arrays
     heads: list[tuple[str, int, int, str, int, int]] = []
-    row_offset, row_size, row_ids = array("Q"), _u32(), bytearray()
-    # a document read in one piece keeps its rows' and locations' ids as text too, the keys of
-    # _link_small's dicts (~250 bytes a chunk, ~10 MB at most for 4 MiB of JSON); a streamed
-    # one, whatever its size, holds no object per chunk: its rows' ids are raw bytes, bisected
-    row_hex: list[bytes] | None = [] if w.whole else None
-    loc_hex: list[bytes] | None = [] if w.whole else None
+    row_offset, row_size, row_ids, row_chunk = array("Q"), _u32(), bytearray(), _u32()
     if not w.take(b"]"):
         while True:
             f = w.match(_FILE)
             path = check_relative_path(_text(f[1]), f"files[{len(heads)}].path")
-            size, mode = int(f[2]), int(f[3])
+            size, mode, sha = int(f[2]), int(f[3]), f[4].decode()
+            del f
             _check(size <= MAX_FILE_SIZE and mode <= 0o777)
             first = len(row_size)
-            _read_rows(w, row_offset, row_size, row_ids, row_hex, size)
+            _read_rows(w, row_offset, row_size, row_ids, row_chunk, index, size)
             w.expect(b"}")
-            heads.append((path, size, mode, f[4].decode(), first, len(row_size)))
+            heads.append((path, size, mode, sha, first, len(row_size)))
             _check(len(heads) <= MAX_FILES and len(row_size) <= MAX_CHUNKS)
             if w.take(b"]"):
                 break
             w.expect(b",")
+    del index
     w.expect(b',"dirs":')
     dirs_raw = w.value()
     w.expect(b',"launch":')
@@ -1243,34 +1296,18 @@ def _stream_manifest(blob: bytes) -> Manifest:
             names = map(packs.setdefault, pack_col, map(bytes.decode, pack_col))  # one str a pack
             blocks += map(Block, names, offsets, stored, raw_sizes, kinds)
             _check(len(blocks) <= MAX_CHUNKS)
-    w.expect(b',"chunks":{')
-    ids = bytearray()
-    block, block_offset = _u32(), _u32()
-    previous = b""
-    if not w.take(b"}"):
-        for span in _spans(w, b"]}", last=True):
-            parts = _split_rows(span, b'"":[,]')
-            hexes = parts[1::2]
-            # :[b,o],:[b,o] -> [b,o,b,o]
-            numbers = _json_numbers(
-                b"".join(parts[0::2]).translate(None, b":").replace(b"],[", b","), 2 * len(hexes))
-            del parts
-            # strictly increasing ids: sorted as the publisher writes them, no duplicate key
-            _check(previous < hexes[0] and all(map(operator.lt, hexes, hexes[1:])))
-            previous = hexes[-1]
-            ids += _hex_ids(hexes)
-            if loc_hex is not None:
-                loc_hex += hexes
-            _extend(block, numbers[0::2])
-            _extend(block_offset, numbers[1::2])
-            _check(len(block) <= MAX_CHUNKS)
-        del span, hexes, numbers  # the last span's pieces, not held while linking
+    w.expect(_LOCATIONS)
+    if w.whole:
+        _check(w.pos == at)  # the locations read first are the document's
+        w.pos = loc_end
+    else:
+        ids, block, block_offset = _read_locations(w, None)
     w.expect(b"}")
     w.finish()
     _check(not block or (max(block) < len(blocks) and max(block_offset) <= MAX_BLOCK_RAW))
     table = _link(ids, block, block_offset, blocks, row_offset, row_size, row_ids, heads,
-                  row_hex, loc_hex)
-    del row_ids, row_hex, loc_hex
+                  row_chunk if w.whole else None)
+    del row_ids
     files = tuple(FileEntry(path, size, mode, sha, FileChunks(table, lo, hi))
                   for path, size, mode, sha, lo, hi in heads)
     dirs = tuple(check_relative_path(d, f"dirs[{i}]")
@@ -1313,11 +1350,12 @@ def _relink(ids: bytearray, keys: array[int], row_ids: bytearray, row_chunk: arr
 def _link(ids: bytearray, block: array[int], block_offset: array[int], blocks: list[Block],
           row_offset: array[int], row_size: array[int], row_ids: bytearray,
           heads: list[tuple[str, int, int, str, int, int]],
-          row_hex: list[bytes] | None, loc_hex: list[bytes] | None) -> ChunkTable:
+          row_chunk: array[int] | None) -> ChunkTable:
     """Each file row's unique chunk, with the loader's checks: every row has a location,
-    every location is used, no chunk overruns its block."""
-    if row_hex is not None and loc_hex is not None:
-        row_chunk, size = _link_small(loc_hex, row_hex, row_size)
+    every location is used, no chunk overruns its block. ``row_chunk``: the rows' chunks
+    already looked up (a document read in one piece), else found from ``row_ids``."""
+    if row_chunk is not None:
+        size = _sizes(len(block), row_chunk, row_size)
     else:
         row_chunk, size = _link_large(ids, _keys(ids), row_size, row_ids)
     raw_sizes = [b.raw_size for b in blocks]
@@ -1329,17 +1367,25 @@ def _link(ids: bytearray, block: array[int], block_offset: array[int], blocks: l
     return ChunkTable(ids, block, block_offset, size, row_offset, row_size, row_chunk, row_file)
 
 
+def _sizes(n: int, row_chunk: array[int], row_size: array[int]) -> array[int]:
+    """Each of the ``n`` chunks' size: its last row's, as in the strict loader; a row without
+    a location (``n``) or a location no row names is refused."""
+    _check(not row_chunk or max(row_chunk) < n)
+    size = [-1] * n  # a list: its indexing is the interpreter's own, an array's a call
+    for u, s in zip(row_chunk, row_size, strict=True):
+        size[u] = s
+    _check(-1 not in size)
+    return array("I", size)
+
+
 def _link_small(loc_hex: list[bytes], row_hex: list[bytes], row_size: array[int]
                 ) -> tuple[array[int], array[int]]:
-    """``_link``'s lookups with dicts over the ids' hex text (``loc_hex`` sorted, unique)."""
+    """``_link``'s lookups with a dict over the ids' hex text (``loc_hex`` sorted, unique), as
+    ``_stream_manifest`` does them a span of rows at a time."""
     n = len(loc_hex)
     index = dict(zip(loc_hex, range(n), strict=True))
-    chunks = list(map(index.get, row_hex, repeat(n)))  # n: no location; the dict's own ints
-    del index
-    _check(not chunks or max(chunks) < n)
-    last = dict(zip(chunks, row_size, strict=True))  # the last row's size wins, as in the
-    _check(len(last) == n)  # strict loader; every location is used (no row names another)
-    return array("I", chunks), array("I", map(last.__getitem__, range(n)))
+    chunks = array("I", map(index.get, row_hex, repeat(n)))  # n: no location
+    return chunks, _sizes(n, chunks, row_size)
 
 
 def _bisect_rows(keys: array[int], row_ids: bytearray) -> array[int]:

@@ -136,6 +136,31 @@ def test_numbers_spelled_otherwise_go_to_the_strict_loader(where: str, spelling:
         assert outcome[0] == "error"
 
 
+# --- a document in one piece has its locations read first ---------------------------------
+
+
+def test_the_locations_are_the_documents_last_chunks_member() -> None:
+    """A document in one piece has its locations read first, from the last ',"chunks":{' on:
+    that text elsewhere (a launch entry's extra member: valid, ignored) leaves the same
+    manifest; after the locations (another member, or a second "chunks", whose value JSON
+    keeps) the fast path refuses it and the strict loader decides."""
+    raw = _text()
+    launch = _edit(b'"launch":[]', b'"launch":[{"name":"x","executable":"a","arguments":[],'
+                   b'"working_dir":"","chunks":{}}]')
+    blob = zstandard.ZstdCompressor().compress(launch)
+    fast = _outcome(_stream_manifest, blob)
+    assert fast[0] == "ok" and fast == _outcome(_decode_strict, blob)
+    locations = raw[raw.rindex(b',"chunks":{') : -1]
+    same = _outcome(_decode_strict, zstandard.ZstdCompressor().compress(raw))
+    assert same[0] == "ok"
+    for tail in (b',"extra":{"chunks":{}}}', b',"extra":{"chunks":{' + locations[11:] + b"}}",
+                 locations + b"}"):
+        assert _refused_by_the_fast_path(raw[:-1] + tail) == same
+    assert _refused_by_the_fast_path(raw.replace(b',"chunks":{', b',"chunks" :{')) == same
+    assert _refused_by_the_fast_path(raw.replace(b',"chunks":{', b',"chunks":{}, "y":{'))[0] == \
+        "error"
+
+
 # --- the two linkers -------------------------------------------------------------------------
 
 
