@@ -1198,10 +1198,11 @@ def _read_rows(w: _Window, row_offset: array[int], row_size: array[int], ids: by
     _check(expected == size)
 
 
-def _read_locations(w: _Window, loc_hex: list[bytes] | None
+def _read_locations(w: _Window, index: dict[bytes, int] | None
                     ) -> tuple[bytearray, array[int], array[int]]:
     """The chunks' locations (after ``"chunks":{``, up to their closing ``]}``): the ids as 32
-    raw bytes each (and their hex text into ``loc_hex`` when given), blocks and offsets."""
+    raw bytes each (and, when given an ``index``, its hex text -> its index), blocks and
+    offsets."""
     ids = bytearray()
     block, block_offset = _u32(), _u32()
     previous = b""
@@ -1218,8 +1219,8 @@ def _read_locations(w: _Window, loc_hex: list[bytes] | None
         _check(previous < hexes[0] and all(map(operator.lt, hexes, hexes[1:])))
         previous = hexes[-1]
         ids += _hex_ids(hexes)
-        if loc_hex is not None:
-            loc_hex += hexes
+        if index is not None:
+            index.update(zip(hexes, range(len(block), len(block) + len(hexes)), strict=True))
         _extend(block, numbers[0::2])
         _extend(block_offset, numbers[1::2])
         _check(len(block) <= MAX_CHUNKS)
@@ -1248,11 +1249,9 @@ def _stream_manifest(blob: bytes) -> Manifest:
         at = w.buf.rfind(_LOCATIONS) + len(_LOCATIONS)
         _check(at >= len(_LOCATIONS))
         resume, w.pos = w.pos, at
-        loc_hex: list[bytes] = []
-        ids, block, block_offset = _read_locations(w, loc_hex)
+        index = {}
+        ids, block, block_offset = _read_locations(w, index)
         loc_end, w.pos = w.pos, resume
-        index = dict(zip(loc_hex, range(len(loc_hex)), strict=True))
-        del loc_hex
     # files: headers as objects, chunk rows into arrays
     heads: list[tuple[str, int, int, str, int, int]] = []
     row_offset, row_size, row_ids, row_chunk = array("Q"), _u32(), bytearray(), _u32()
