@@ -7,11 +7,10 @@ another request), where each chunk of each block goes, and what it costs before 
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from bisect import bisect_left
+from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import groupby
-from operator import itemgetter
 from typing import overload
 
 from patcher.manifest import ChunkTable, Codec, Manifest
@@ -208,12 +207,16 @@ def full_block_jobs(manifest: Manifest, done_blocks: Iterable[int] = ()
     row_file, size = table.row_file, table.size
     jobs: list[BlockJob] = []
     if not done:
-        # a fresh install writes every row: the counts come from the row arrays in C-level
-        # iterators (the loop below cost ~0.3 s of a 16 GiB game's 0.7 s plan, issue 13)
-        pending.update(Counter(row_file))
-        for fi, group in groupby(zip(row_file, map(size.__getitem__, table.row_chunk),
-                                     strict=True), key=itemgetter(0)):
-            pending_bytes[fi] += sum(map(itemgetter(1), group))
+        # a fresh install writes every row: a file's rows are one slice of the row arrays, the
+        # files' slices in file order (row_file never decreases), so each file's count and
+        # bytes come from its slice's bounds and one sum in C (the loop below cost ~0.3 s of a
+        # 16 GiB game's 0.7 s plan; a tuple per row through groupby, 2-3 ms of 1 GiB's)
+        sizes = list(map(size.__getitem__, table.row_chunk))
+        bounds = [bisect_left(row_file, fi) for fi in range(len(manifest.files) + 1)]
+        for fi in range(len(manifest.files)):
+            lo, hi = bounds[fi], bounds[fi + 1]
+            pending[fi] = hi - lo
+            pending_bytes[fi] = sum(sizes[lo:hi])
     for bi in range(len(start) - 1):
         lo, hi = start[bi], start[bi + 1]
         if lo == hi or bi in done:

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from engine import codecache
 from engine.core.errors import EngineError, ErrorCode
 from engine.core.lifecycle import TaskState
 from engine.core.sources import SourcePool, prefer_source
@@ -81,6 +82,9 @@ async def import_pipeline() -> None:
                     gc.enable()
             await asyncio.sleep(0)  # the loop's I/O (the grant's answer) between two modules
     cap_malloc_arenas()
+    # the methods of the pipeline's dataclasses, compiled by a first run, kept now (a run
+    # killed before its exit would otherwise keep none of them)
+    codecache.save()
     # not frozen out of later collections (as the start-up's objects are): a freeze here would
     # also keep whatever else is alive then from ever being collected in a cycle, for a
     # daemon's whole life; the daemon imports these at its start, before its own freeze
