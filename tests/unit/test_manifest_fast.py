@@ -4,6 +4,7 @@ same error; the two ways of linking rows to locations give the same table."""
 
 from __future__ import annotations
 
+import re
 from array import array
 from bisect import bisect_left
 from random import Random
@@ -153,12 +154,62 @@ def test_the_locations_are_the_documents_last_chunks_member() -> None:
     locations = raw[raw.rindex(b',"chunks":{') : -1]
     same = _outcome(_decode_strict, zstandard.ZstdCompressor().compress(raw))
     assert same[0] == "ok"
+    # other valid locations of the same chunks: the strict loader keeps the first member's
+    swapped = locations[11:].replace(b"[0,0]", b"[0,x]").replace(b"[0,20]", b"[0,0]") \
+        .replace(b"[0,x]", b"[0,20]")
+    assert swapped != locations[11:]
     for tail in (b',"extra":{"chunks":{}}}', b',"extra":{"chunks":{' + locations[11:] + b"}}",
-                 locations + b"}"):
+                 b',"extra":{"chunks":{' + swapped + b"}}", locations + b"}"):
         assert _refused_by_the_fast_path(raw[:-1] + tail) == same
     assert _refused_by_the_fast_path(raw.replace(b',"chunks":{', b',"chunks" :{')) == same
     assert _refused_by_the_fast_path(raw.replace(b',"chunks":{', b',"chunks":{}, "y":{'))[0] == \
         "error"
+
+
+_FUZZ_EDITS = [b",", b"", b" ", b"]", b"[", b"}", b"{", b":", b'"', b"0", b"00", b"A", b"f", b"-",
+               b',"chunks":{', b',"chunks":{}', b'"chunks":[', b'],"', b'"],[', b'":[',
+               b',"x":{"chunks":{}}', b"4294967296"]
+
+
+def test_edits_around_the_chunks_members_agree_with_the_strict_loader() -> None:
+    """A seeded differential fuzz of edits near every '"chunks"' (the files' rows and the
+    locations, read first in a document in one piece), before the document's end, and
+    anywhere, in documents with and without their size in the frame header: the same
+    manifest or the same error code and field both ways, and what the fast path accepts is
+    what the strict loader makes of it."""
+    rnd = Random(2511)
+    ids = [rnd.randbytes(32).hex() for _ in range(24)]
+    files = tuple(FileEntry(f"d/f{i}", 40, 0o644, "e3" * 32, tuple(
+        ChunkEntry(10 * j, 10, ids[(3 * i + j) % 24]) for j in range(4))) for i in range(8))
+    m = Manifest("p", "1", files, (Block("a" * 64, 0, 120, 120, Codec.RAW),
+                                   Block("b" * 64, 120, 50, 120, Codec.ZSTD)),
+                 {cid: ChunkLocation(i % 2, 10 * (i // 2)) for i, cid in enumerate(ids)})
+    texts = [manifest_to_json(m), _text()]
+    fast_ok = refused = 0
+    for i in range(1500):
+        raw = rnd.choice(texts)
+        for _ in range(rnd.choice((1, 1, 2))):
+            where = rnd.random()
+            if where < 0.4:
+                at = rnd.choice([h.start() for h in re.finditer(rb'"chunks"', raw)] or [0])
+                at += rnd.randrange(-3, 14)
+            elif where < 0.6:
+                at = len(raw) - rnd.randrange(1, 40)
+            else:
+                at = rnd.randrange(len(raw))
+            at = max(0, min(at, len(raw) - 1))
+            raw = raw[:at] + rnd.choice(_FUZZ_EDITS) + raw[at + rnd.choice((0, 1, 1, 2)) :]
+        blob = zstandard.ZstdCompressor(write_content_size=i % 2 == 0).compress(raw)
+        strict = _outcome(_decode_strict, blob)
+        assert _outcome(decode_manifest, blob) == strict, raw
+        try:
+            fast = _stream_manifest(blob)
+        except (_NotCanonical, ManifestError):
+            refused += 1
+        else:
+            assert ("ok", manifest_to_dict(fast)) == strict, raw
+            fast_ok += 1
+    assert fast_ok >= 10 and refused > 1000  # both kinds of outcome were compared
 
 
 # --- the two linkers -------------------------------------------------------------------------
