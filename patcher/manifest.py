@@ -919,12 +919,10 @@ class _LocationItems(ItemsView[str, ChunkLocation]):
 # a row or header of the fast path is never longer (paths are <= 1 KiB); dirs, launch and saves
 # values may be, and grow the window. Small: the window is a transient of every parse.
 _LOOKAHEAD = 256 * 1024
-# a document in one piece has its rows and locations read a span of at most this many bytes
-# at a time: the span's copy, its pieces and numbers (a few times the span) then stay below
-# malloc's mmap threshold and reuse the memory the last span freed, where 256 KiB spans had
-# fresh pages mapped (and unmapped) each time (1 GiB demo: ~500 fewer page faults). A
-# streamed one keeps _LOOKAHEAD spans: shorter ones leave a window's half to be copied again
-# at each refill (16 GiB: +1% instructions, 45 MB more memcpy).
+# rows and locations are read a span of at most this many bytes at a time: the span's copy,
+# its pieces and numbers (a few times the span) then stay below malloc's mmap threshold and
+# reuse the memory the last span freed, where 256 KiB spans had fresh pages mapped (and
+# unmapped) each time (1 GiB demo: ~500 fewer page faults, 16 GiB streamed ~400)
 _SPAN = 128 * 1024
 _MAX_VALUE = 64 * 1024 * 1024
 # documents up to this size (a ~1.5 GiB game's) are decompressed in one piece
@@ -1111,7 +1109,7 @@ def _spans(w: _Window, close: bytes, last: bool = False) -> Iterator[bytes]:
         start = w.pos
         # fill() holds at least this: no search past it (a long list would be searched whole
         # for each of its windows)
-        end = start + (_SPAN if w.whole else _LOOKAHEAD)
+        end = start + _SPAN
         at = w.buf.find(close, max(start, len(w.buf) - len(close) - 1) if last else start, end)
         final = at >= 0
         stop = at + 1 if final else w.buf.rfind(b"],", start, end) + 1
