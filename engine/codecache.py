@@ -17,6 +17,7 @@ the file is unreadable, stale or corrupt, every method is compiled as before.
 from __future__ import annotations
 
 import atexit
+import binascii
 import dataclasses
 import importlib.util
 import marshal
@@ -35,7 +36,11 @@ _EXPECTED = (
     ("", "_return_type", "->_return_type", ",", "\n", " def ", "(", ")", ":\n", ", ",
      "def __create_fn__(", "):\n", "\n return ", "__create_fn__"),
 )
-_HEADER = b"launcher-dataclass-code\n" + importlib.util.MAGIC_NUMBER
+# format 2: code compiled without this module's ``from __future__ import annotations`` (format
+# 1 inherited it: every cached method's annotations were strings); then the payload's CRC-32,
+# checked before marshal reads it (marshal trusts its input: a damaged payload can crash it)
+_HEADER = b"launcher-dataclass-code 2\n" + importlib.util.MAGIC_NUMBER
+_STOCK = dataclasses._create_fn  # type: ignore[attr-defined]  # what ``install`` stands in for
 
 _codes: dict[str, CodeType] = {}
 _added = 0
@@ -76,7 +81,9 @@ def _create_fn(name: str, args: list[str], body: list[str], *, globals: Any = No
     txt = f"def __create_fn__({local_vars}):\n{txt}\n return {name}"
     code = _codes.get(txt)
     if code is None:
-        code = _codes[txt] = compile(txt, "<string>", "exec")
+        # dont_inherit: exactly dataclasses' compile (this module's future import would
+        # otherwise turn every annotation of the method into a string)
+        code = _codes[txt] = compile(txt, "<string>", "exec", dont_inherit=True)
         _added += 1
     ns: dict[str, Any] = {}
     exec(code, globals, ns)  # what dataclasses itself does, with its own text
@@ -88,11 +95,13 @@ def _load(path: Path) -> dict[str, CodeType]:
         data = path.read_bytes()
     except OSError:
         return {}
-    if not data.startswith(_HEADER):
+    head = len(_HEADER) + 4
+    if not data.startswith(_HEADER) or len(data) < head or \
+            int.from_bytes(data[len(_HEADER):head], "little") != binascii.crc32(data[head:]):
         return {}
     try:
-        codes = marshal.loads(data[len(_HEADER):])
-    except (EOFError, ValueError, TypeError):
+        codes = marshal.loads(data[head:])
+    except Exception:  # CRC-checked above; whatever marshal still refuses is simply no cache
         return {}
     if not isinstance(codes, dict) or not all(
             isinstance(k, str) and isinstance(v, CodeType) for k, v in codes.items()):
@@ -106,12 +115,14 @@ def save() -> None:
     global _added
     if not _added or _path is None or sys.dont_write_bytecode:  # as for .pyc files
         return
+    added = _added  # what another thread compiles while this writes is left for the next save
+    payload = marshal.dumps(dict(_codes))  # a copy: no thread adds to it while it is written
     tmp = _path.with_name(f"{_path.name}.{os.getpid()}.tmp")
     try:
         _path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes(_HEADER + marshal.dumps(dict(_codes)))  # a copy: no thread adds to it
+        tmp.write_bytes(_HEADER + binascii.crc32(payload).to_bytes(4, "little") + payload)
         os.replace(tmp, _path)
-        _added = 0
+        _added -= added
     except OSError:
         tmp.unlink(missing_ok=True)
 

@@ -38,6 +38,7 @@ class PublicKey:
     raw: bytes
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "raw", bytes(self.raw))  # ctypes passes bytes only
         if len(self.raw) != KEY_SIZE:
             raise ValueError(f"an Ed25519 public key is {KEY_SIZE} bytes, not {len(self.raw)}")
 
@@ -89,6 +90,12 @@ _lock = threading.Lock()
 _loaded: list[Any] = []  # [libcrypto or None], once looked for
 
 
+def openssl_ready() -> bool:
+    """Find and check libcrypto now (1-2 ms), not at the first signature: the engine calls it
+    beside a grant's round trip."""
+    return _openssl() is not None
+
+
 def _openssl() -> Any:
     """libcrypto with its Ed25519 calls typed, or None (then ``cryptography`` checks)."""
     if _loaded:
@@ -102,6 +109,9 @@ def _openssl() -> Any:
 def _load_openssl() -> Any:
     if not sys.platform.startswith("linux"):
         return None
+    # the interpreter's own libcrypto loaded first (the engine has it already, by hashlib):
+    # the soname then finds that copy, not another one a private build might not match
+    import _hashlib  # noqa: F401
     for name in _LIBCRYPTO:
         try:
             lib = ctypes.CDLL(name)

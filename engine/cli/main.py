@@ -1136,7 +1136,8 @@ def main(argv: list[str] | None = None) -> int:
 def _end_now(code: int) -> None:
     """End a one-shot client as soon as its output is out: the interpreter's own exit would
     free every module's objects one by one (~9 ms, a sixth of a ``status``), and this process
-    has nothing else to finish (no thread, no atexit handler, no file but the closed socket);
+    has nothing else to finish (no thread, no file but the closed socket; the one atexit
+    handler, ``engine.codecache.save``, would write methods the daemon has cached already);
     the kernel frees the rest. A stream that cannot be flushed leaves the exit to the
     interpreter, which reports it as it always did."""
     try:

@@ -40,7 +40,7 @@ from engine.io.staging import STAGING_DIR, remove_task_staging
 from engine.io.state import InstalledGame, State, TaskRecord, new_id
 from engine.io.verifiedmeta import VerifiedRecord
 from engine.jobs.context import EngineContext, bind_remote, manifest_key, remote_binding
-from engine.jobs.install import InstallRun, check_install_target
+from engine.jobs.install import InstallRun, cap_malloc_arenas, check_install_target
 from patcher.ids import is_id
 
 if TYPE_CHECKING:
@@ -400,6 +400,7 @@ class Engine:
         from engine.jobs.update import installed_manifest
 
         game = self._installed_or_fail(product_id)
+        cap_malloc_arenas()  # before the verify's worker threads
         manifest = await installed_manifest(self._context(), game)
         install_dir = Path(game.path)
 
@@ -696,6 +697,7 @@ class Engine:
             if task.kind.needs_install:
                 from engine.jobs.update import UpdateRun
 
+                cap_malloc_arenas()  # an install's run caps them with its pipeline's imports
                 run: InstallRun | UpdateRun = UpdateRun(self._context(), task)
             else:
                 run = InstallRun(self._context(), task)

@@ -82,6 +82,9 @@ async def import_pipeline() -> None:
                     gc.enable()
             await asyncio.sleep(0)  # the loop's I/O (the grant's answer) between two modules
     cap_malloc_arenas()
+    from patcher.sigcheck import openssl_ready
+
+    openssl_ready()
     # the methods of the pipeline's dataclasses, compiled by a first run, kept now (a run
     # killed before its exit would otherwise keep none of them)
     codecache.save()

@@ -5,6 +5,7 @@ foreign or unwritable cache changes nothing but the time."""
 from __future__ import annotations
 
 import dataclasses
+import random
 import subprocess
 import sys
 from dataclasses import InitVar, dataclass, field
@@ -72,16 +73,28 @@ def _behaviour(classes: dict[str, type]) -> list[Any]:
 
 def test_classes_made_through_the_cache_behave_as_dataclasses_makes_them(monkeypatch: pytest.MonkeyPatch,
                                                                        tmp_path: Path) -> None:
-    plain = _behaviour(_classes())
-    stock = dataclasses._create_fn  # type: ignore[attr-defined]
+    # dataclasses' own _create_fn, whatever an earlier test of this process installed
+    monkeypatch.setattr(dataclasses, "_create_fn", codecache._STOCK)
+    stock_classes = _classes()
+    plain = _behaviour(stock_classes)
     monkeypatch.setattr(codecache, "_path", tmp_path / "cache.bin")
     monkeypatch.setattr(dataclasses, "_create_fn", codecache._create_fn)
-    first = _behaviour(_classes())  # compiled into the cache
+    cached_classes = _classes()
+    first = _behaviour(cached_classes)  # compiled into the cache
     before = codecache._added
     second = _behaviour(_classes())  # every text found in it
     assert codecache._added == before
-    monkeypatch.setattr(dataclasses, "_create_fn", stock)
     assert plain == first == second
+    for name, cls in stock_classes.items():  # annotations, flags: the very same methods
+        twin = cached_classes[name]
+        for method in ("__init__", "__repr__", "__eq__", "__setattr__", "__hash__"):
+            a, b = getattr(cls, method, None), getattr(twin, method, None)
+            if a is None or not hasattr(a, "__code__"):
+                assert b is None or not hasattr(b, "__code__"), (name, method)
+                continue
+            assert a.__annotations__ == b.__annotations__, (name, method)
+            assert a.__code__.co_flags == b.__code__.co_flags, (name, method)
+            assert a.__code__.co_code == b.__code__.co_code, (name, method)
 
 
 def test_the_cached_code_is_what_compiling_the_text_gives(monkeypatch: pytest.MonkeyPatch,
@@ -91,7 +104,8 @@ def test_the_cached_code_is_what_compiling_the_text_gives(monkeypatch: pytest.Mo
     _classes()
     assert len(codecache._codes) > 10
     for text, code in codecache._codes.items():
-        fresh = compile(text, "<string>", "exec")
+        fresh = compile(text, "<string>", "exec", dont_inherit=True)  # as dataclasses.py does
+        assert code.co_flags == fresh.co_flags  # no inherited ``annotations`` future flag
         assert (code.co_code, code.co_consts[:1], code.co_names) == \
             (fresh.co_code, fresh.co_consts[:1], fresh.co_names), text
 
@@ -123,8 +137,16 @@ def test_a_damaged_or_foreign_cache_is_compiled_past_and_replaced(tmp_path: Path
     _run(COUNT, tmp_path)
     path = Path(_run(COUNT, tmp_path).split()[2])
     good = path.read_bytes()
+    rng = random.Random(13)
+    flipped = []
+    for _ in range(12):  # a damaged payload (marshal alone can crash on one)
+        bad = bytearray(good)
+        for _ in range(3):
+            bad[rng.randrange(len(codecache._HEADER) + 4, len(bad))] ^= 1 << rng.randrange(8)
+        flipped.append(bytes(bad))
     for bad in (b"", b"garbage", good[:40], good[: len(good) // 2],
-                good.replace(codecache._HEADER, b"launcher-dataclass-code\n\0\0\0\0")):
+                good.replace(codecache._HEADER, b"launcher-dataclass-code 2\n\0\0\0\0"),
+                *flipped):
         path.write_bytes(bad)
         added, known, _ = _run(COUNT, tmp_path).split()
         assert int(added) == int(known) > 100  # nothing taken from it, all compiled again
