@@ -244,3 +244,29 @@ def test_malicious_manifest_is_rejected_with_nothing_written(
     assert code in json.dumps(lines[-1])
     assert not (tmp_path / "escaped.txt").exists() and not (tmp_path / "games" / "escaped.txt").exists()
     assert not target.exists() or not any(p.is_file() for p in target.rglob("*"))
+
+
+def test_a_tampered_cached_manifest_is_refused(backend_factory: Any, published_store: Any,
+                                               tmp_path: Path) -> None:
+    """A manifest the engine cached itself is checked against its signature again when read
+    (a fetched one is checked as it arrives and decoded without a second check): a flipped
+    byte in the cache is refused by name, and nothing is written."""
+    server = backend_factory()
+    store = server.store
+    version = published_store.product(PRODUCT).versions[0]
+    blob = store.path(store.manifest_rel(PRODUCT, version)).read_bytes()
+    tampered = bytearray(blob)
+    tampered[len(tampered) // 2] ^= 0x01
+    name, _ = server.new_user(products=[PRODUCT])
+    cli = EngineCli(tmp_path / "eng", server.url)
+    cli.login(name, "secret-pw")
+    cached = tmp_path / "eng" / "manifests" / PRODUCT
+    cached.mkdir(parents=True)
+    (cached / f"{version}.manifest").write_bytes(bytes(tampered))
+    (cached / f"{version}.sig").write_bytes(
+        store.path(store.manifest_rel(PRODUCT, version)).with_suffix(".sig").read_bytes())
+    target = tmp_path / "games" / "cached"
+    exit_code, lines, _ = cli.run("install", PRODUCT, "--version", version, "--target", str(target))
+    assert exit_code == 8, json.dumps(lines[-1:])
+    assert "MANIFEST_SIGNATURE_INVALID" in json.dumps(lines[-1])
+    assert not target.exists() or not any(p.is_file() for p in target.rglob("*"))
