@@ -60,10 +60,36 @@ echo "Game Launcher added to the menu ($data/applications/game-launcher.desktop)
 """
 
 
+# what a bundled engine imports on its way to an install's first byte
+WARM = ("import importlib\n"
+        "import engine.cli.main, engine.api.service, engine.api.daemon\n"
+        "from engine.jobs.install import PIPELINE\n"
+        "for name in PIPELINE:\n"
+        "    importlib.import_module(name)\n"
+        "from engine import codecache\n"
+        "print(codecache.cache_path())\n")
+
+
+def make_dataclass_cache(work: Path) -> Path | None:
+    """The compiled methods of the engine's dataclasses (``engine.codecache``), made here and
+    carried in the bundle: a frozen engine never writes its own (PyInstaller turns bytecode
+    writing off), so without it every bundled start would compile them again (~28 ms)."""
+    env = {**os.environ, "PYTHONPYCACHEPREFIX": str(work / "codecache")}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    out = subprocess.run([sys.executable, "-c", WARM], env=env, cwd=ROOT, check=True,
+                         capture_output=True, text=True)
+    path = Path(out.stdout.strip().splitlines()[-1]) if out.stdout.strip() else None
+    return path if path is not None and path.is_file() else None
+
+
 def run_pyinstaller(dist: Path, work: Path) -> Path:
+    env = dict(os.environ)
+    cache = make_dataclass_cache(work)
+    if cache is not None:  # launcher.spec carries it beside the bundled engine's modules
+        env["LAUNCHER_DATACLASS_CACHE"] = str(cache)
     subprocess.run([sys.executable, "-m", "PyInstaller", "--noconfirm", "--clean",
                     "--log-level", "WARN", "--distpath", str(dist), "--workpath", str(work),
-                    str(ROOT / "launcher.spec")], check=True, cwd=ROOT)
+                    str(ROOT / "launcher.spec")], check=True, cwd=ROOT, env=env)
     return dist / "launcher"
 
 

@@ -72,6 +72,15 @@ def test_frozen_versions_come_from_pyproject(bundle: Path) -> None:
     assert out.stdout.strip() == f"launcher-engine {app_version()}", out.stderr
 
 
+def test_bundle_carries_the_engines_compiled_dataclass_methods(bundle: Path) -> None:
+    """A frozen engine never writes its own ``engine.codecache`` (PyInstaller turns bytecode
+    writing off): the build makes it, where the frozen module looks, and it is read."""
+    caches = list((bundle / "_internal" / "engine" / "__pycache__").glob("dataclass-code.*.bin"))
+    assert len(caches) == 1 and caches[0].stat().st_size > 100_000
+    out = run(bundle / "launcher", "engine", "--version")  # starts with the cache in place
+    assert out.returncode == 0, out.stderr
+
+
 def test_bundle_has_no_links_and_every_qt_library_resolves(bundle: Path) -> None:
     links = [p for p in bundle.rglob("*") if p.is_symlink()]
     assert links == []  # the publisher ships files only
