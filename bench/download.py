@@ -477,14 +477,19 @@ def warm_engine_caches() -> None:
     run carries 0.1-0.2 s of compiling (after any change to the engine's sources)."""
     script = ("import importlib\n"
               "import engine.cli.main, engine.api.service, engine.api.daemon\n"
-              "from engine.jobs.install import PIPELINE\n"
+              "try:\n"
+              "    from engine.jobs.install import PIPELINE\n"
+              "except ImportError:  # an engine older than session 24 (--engine-repo)\n"
+              "    PIPELINE = ('engine.jobs.install',)\n"
               "for name in PIPELINE:\n"
               "    importlib.import_module(name)\n")
     env = base_env()
     if ENGINE_REPO != REPO:
         env["PYTHONPATH"] = str(ENGINE_REPO) + os.pathsep + env["PYTHONPATH"]
-    subprocess.run([sys.executable, "-c", script], env=env, cwd=ENGINE_REPO, check=True,
-                   timeout=120, stdout=subprocess.DEVNULL)
+    done = subprocess.run([sys.executable, "-c", script], env=env, cwd=ENGINE_REPO, timeout=120,
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:  # the runs compile as they go then (and the first one shows it)
+        log(f"WARNING: warming the engine's caches failed: {done.stderr.strip()[-400:]}")
 
 
 def engine_argv(engine_data: Path, stack: Stack, *args: str) -> list[str]:

@@ -43,7 +43,11 @@ _HEADER = b"launcher-dataclass-code 2\n" + importlib.util.MAGIC_NUMBER
 _STOCK = dataclasses._create_fn  # type: ignore[attr-defined]  # what ``install`` stands in for
 
 _codes: dict[str, CodeType] = {}
+_used: set[str] = set()  # the texts this run asked for
 _added = 0
+# past this many methods (~450 a version of the engine), a save keeps only this run's: texts of
+# older sources do not pile up in the file forever, and no two commands undo each other's saves
+_MAX_KEPT = 4096
 _path: Path | None = None
 
 
@@ -79,6 +83,7 @@ def _create_fn(name: str, args: list[str], body: list[str], *, globals: Any = No
     txt = f" def {name}({joined}){return_annotation}:\n{lines}"
     local_vars = ", ".join(locals.keys())
     txt = f"def __create_fn__({local_vars}):\n{txt}\n return {name}"
+    _used.add(txt)
     code = _codes.get(txt)
     if code is None:
         # dont_inherit: exactly dataclasses' compile (this module's future import would
@@ -116,7 +121,10 @@ def save() -> None:
     if not _added or _path is None or sys.dont_write_bytecode:  # as for .pyc files
         return
     added = _added  # what another thread compiles while this writes is left for the next save
-    payload = marshal.dumps(dict(_codes))  # a copy: no thread adds to it while it is written
+    kept = dict(_codes)  # a copy: no thread adds to it while it is written
+    if len(kept) > _MAX_KEPT:
+        kept = {text: code for text, code in kept.items() if text in _used}
+    payload = marshal.dumps(kept)
     tmp = _path.with_name(f"{_path.name}.{os.getpid()}.tmp")
     try:
         _path.parent.mkdir(parents=True, exist_ok=True)

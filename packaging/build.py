@@ -74,16 +74,23 @@ def make_dataclass_cache(work: Path) -> Path | None:
     """The compiled methods of the engine's dataclasses (``engine.codecache``), made here and
     carried in the bundle: a frozen engine never writes its own (PyInstaller turns bytecode
     writing off), so without it every bundled start would compile them again (~28 ms)."""
-    env = {**os.environ, "PYTHONPYCACHEPREFIX": str(work / "codecache")}
+    prefix = work / "codecache"
+    shutil.rmtree(prefix, ignore_errors=True)  # this build's methods only, none of an older one
+    env = {**os.environ, "PYTHONPYCACHEPREFIX": str(prefix)}
     env.pop("PYTHONDONTWRITEBYTECODE", None)
-    out = subprocess.run([sys.executable, "-c", WARM], env=env, cwd=ROOT, check=True,
+    out = subprocess.run([sys.executable, "-c", WARM], env=env, cwd=ROOT, check=False,
                          capture_output=True, text=True)
+    if out.returncode != 0:  # the bundle works without it: it compiles them at each start
+        print(f"warning: no dataclass cache for the bundle:\n{out.stderr[-2000:]}",
+              file=sys.stderr)
+        return None
     path = Path(out.stdout.strip().splitlines()[-1]) if out.stdout.strip() else None
     return path if path is not None and path.is_file() else None
 
 
 def run_pyinstaller(dist: Path, work: Path) -> Path:
     env = dict(os.environ)
+    env.pop("LAUNCHER_DATACLASS_CACHE", None)  # only the one made here
     cache = make_dataclass_cache(work)
     if cache is not None:  # launcher.spec carries it beside the bundled engine's modules
         env["LAUNCHER_DATACLASS_CACHE"] = str(cache)

@@ -1,7 +1,7 @@
 """Ed25519 signature checks, without importing ``cryptography`` where it can be helped.
 
 The engine checks a manifest's signature on every install, and ``cryptography``'s bindings (a
-10 MB extension) cost 10-30 ms of CPU to import: on an install's way to its first byte, which
+10 MB extension) cost 9-32 ms of CPU to import: on an install's way to its first byte, which
 is CPU-bound from the command to the first pack byte (issue 13). The interpreter's own ``ssl``
 has already loaded OpenSSL's libcrypto, whose Ed25519 is what ``cryptography`` calls too: this
 module calls it through ``ctypes`` (1-2 ms to set up). Where no such libcrypto is found, or it
@@ -11,6 +11,7 @@ fails its known-answer check, ``cryptography`` checks instead; both give the sam
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import sys
 import threading
@@ -111,7 +112,8 @@ def _load_openssl() -> Any:
         return None
     # the interpreter's own libcrypto loaded first (the engine has it already, by hashlib):
     # the soname then finds that copy, not another one a private build might not match
-    import _hashlib  # noqa: F401
+    with contextlib.suppress(ImportError):  # an interpreter without it: the soname alone
+        import _hashlib  # noqa: F401
     for name in _LIBCRYPTO:
         try:
             lib = ctypes.CDLL(name)

@@ -196,18 +196,27 @@ async def load_manifest(ctx: EngineContext, pool: SourcePool, grant: TaskGrant, 
     back to the full manifest, whose bytes are checked against the signature as they arrive, so
     a flipped byte on one edge makes the engine fetch from another instead of failing."""
     from patcher.manifest import decode_manifest
-    from patcher.signing import load_public_key, load_signed_manifest, verify_signature
+    from patcher.signing import load_public_key, verify_signature
 
     blob_path, sig_path = ctx.state.manifest_files(grant.product_id, grant.version_id)
     key = load_public_key(await manifest_key(ctx))
     refresh = refresher(ctx, grant)
-    # fetched bytes are checked against the signature as they arrive (or, rebuilt from a
-    # patch, before they are taken): decoded without a second check; cached ones are checked
-    checked = False
+    # every manifest is checked against its signature once before it is decoded: a cached one
+    # here, a fetched one as its bytes arrive (or, rebuilt from a patch, before it is taken)
+    blob: bytes | None = None
     if blob_path.exists() and sig_path.exists():
         blob, sig = blob_path.read_bytes(), sig_path.read_bytes()
-    else:
-        checked = True
+        try:
+            await asyncio.to_thread(verify_signature, blob, sig, key)
+        except ManifestError as exc:
+            # the engine's own copy is damaged (or another key's): dropped and fetched again,
+            # rather than failing every install of this version until someone deletes it
+            log.warning("cached manifest of %s %s refused (%s): fetching it again",
+                        grant.product_id, grant.version_id, exc.message)
+            for path in (blob_path, sig_path):
+                path.unlink(missing_ok=True)
+            blob = None
+    if blob is None:
         sig = await fetch_small(ctx, pool, grant.signature_path, 1024, refresh=refresh)
         rebuilt = None
         if base is not None:
@@ -226,8 +235,7 @@ async def load_manifest(ctx: EngineContext, pool: SourcePool, grant: TaskGrant, 
         asyncio.to_thread(_cache_manifest, blob_path, sig_path, blob, sig))
     try:
         try:
-            manifest = await (asyncio.to_thread(decode_manifest, blob) if checked else
-                              asyncio.to_thread(load_signed_manifest, blob, sig, key))
+            manifest = await asyncio.to_thread(decode_manifest, blob)
         except ManifestError as exc:
             raise EngineError(ErrorCode.from_wire(exc.code, ErrorCode.MANIFEST_INVALID),
                               f"manifest of {grant.product_id} {grant.version_id}: "

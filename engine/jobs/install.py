@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 # What a run needs once its grant is in: the manifest's signature check and decode, the
 # planner, the block pipeline. 30-50 ms of imports (zstandard, BLAKE3, the manifest's and the
-# planner's classes; the signature check's libcrypto, not ``cryptography``'s 10-30 ms) that a
+# planner's classes; the signature check's libcrypto, not ``cryptography``'s 9-32 ms) that a
 # fresh process would otherwise do before asking for the grant: ``import_pipeline`` does them
 # on the loop, one module at a time, while the grant's round trip (and the backend's own work)
 # is under way, so they leave the way to the first byte (issue 13). On the loop rather than a
@@ -81,10 +81,13 @@ async def import_pipeline() -> None:
                 if collecting:
                     gc.enable()
             await asyncio.sleep(0)  # the loop's I/O (the grant's answer) between two modules
+    # each step a loop pass of its own, as the imports: the grant's answer may be waiting
     cap_malloc_arenas()
+    await asyncio.sleep(0)
     from patcher.sigcheck import openssl_ready
 
     openssl_ready()
+    await asyncio.sleep(0)
     # the methods of the pipeline's dataclasses, compiled by a first run, kept now (a run
     # killed before its exit would otherwise keep none of them)
     codecache.save()

@@ -172,3 +172,22 @@ def test_it_stays_out_where_dataclasses_writes_methods_otherwise(tmp_path: Path)
               "from engine import codecache\n"
               "print(codecache.install(), dataclasses._create_fn is _create_fn)\n")
     assert _run(script, tmp_path) == "False True"
+
+
+def test_a_full_cache_keeps_only_the_methods_this_run_used(monkeypatch: pytest.MonkeyPatch,
+                                                           tmp_path: Path) -> None:
+    """Texts of older sources do not pile up: past the cap, a save keeps this run's only."""
+    path = tmp_path / "cache.bin"
+    monkeypatch.setattr(codecache, "_path", path)
+    monkeypatch.setattr(codecache, "_codes", {f"old {i}": compile("pass", "<string>", "exec")
+                                              for i in range(50)})
+    monkeypatch.setattr(codecache, "_used", set())
+    monkeypatch.setattr(codecache, "_added", 0)
+    monkeypatch.setattr(codecache, "_MAX_KEPT", 40)
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)
+    monkeypatch.setattr(dataclasses, "_create_fn", codecache._create_fn)
+    _classes()
+    used = set(codecache._used)
+    codecache.save()
+    kept = codecache._load(path)
+    assert set(kept) == used and len(used) > 5 and not any(t.startswith("old ") for t in kept)
