@@ -40,14 +40,19 @@ def private_key_bytes(key: Ed25519PrivateKey) -> bytes:
     )
 
 
-def public_key_hex(key: Ed25519PrivateKey | Ed25519PublicKey | PublicKey) -> str:
+def public_key_of(key: Ed25519PrivateKey | Ed25519PublicKey | PublicKey) -> PublicKey:
+    """The key as this package checks with it (a signer's keys are ``cryptography``'s)."""
     if isinstance(key, PublicKey):
-        return key.raw.hex()
+        return key
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     pub = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
-    return pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()
+    return PublicKey(pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))
+
+
+def public_key_hex(key: Ed25519PrivateKey | Ed25519PublicKey | PublicKey) -> str:
+    return public_key_of(key).raw.hex()
 
 
 def load_public_key(hex_key: str) -> PublicKey:
@@ -81,9 +86,7 @@ def verify_signature(blob: bytes, signature: bytes,
                      public_key: PublicKey | Ed25519PublicKey) -> None:
     if len(signature) != SIGNATURE_SIZE:
         raise ManifestError("MANIFEST_SIGNATURE_INVALID", "signature", f"{len(signature)} bytes")
-    key = public_key if isinstance(public_key, PublicKey) else \
-        PublicKey(bytes.fromhex(public_key_hex(public_key)))
-    if not key.verifies(signature, blob):
+    if not public_key_of(public_key).verifies(signature, blob):
         raise ManifestError(
             "MANIFEST_SIGNATURE_INVALID", "signature", "does not match the manifest bytes"
         )
