@@ -150,6 +150,14 @@ class Catalog:
 
         return self._manifests.get_or_compute((product, version), load)
 
+    def signed_manifest(self, product: str, version: str) -> tuple[bytes, bytes]:
+        """The published bytes and signature of a version's manifest (the page cache keeps them)."""
+        try:
+            return self.store.signed_manifest(product, version)
+        except PatcherError as exc:
+            raise NotFound(f"no manifest for {product} {version}: {exc.message}",
+                           code="VERSION_NOT_FOUND") from exc
+
     def manifest_info(self, product: str, version: str) -> ManifestInfo:
         def compute() -> ManifestInfo:
             m = self.manifest(product, version)

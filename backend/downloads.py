@@ -8,6 +8,7 @@ task state the engine reports as history.
 
 from __future__ import annotations
 
+import base64
 from types import SimpleNamespace
 from typing import Annotated, Any, Literal
 
@@ -41,6 +42,7 @@ from backend.schemas import (
     ItemReport,
     ManifestKeyResource,
     Page,
+    ProductId,
     ReorderEntry,
     StatusHistoryResource,
     StatusReport,
@@ -51,6 +53,7 @@ from backend.schemas import (
     UpdateInfoResource,
     UpdateInitiateRequest,
     VerificationResource,
+    VersionId,
     error_responses,
 )
 
@@ -261,6 +264,33 @@ def manifest_key(ctx: CtxDep, user: UserDep) -> dict[str, Any]:
     return {"data": {"type": "manifestKey",
                      "attributes": {"algorithm": "ed25519",
                                     "publicKey": ctx.catalog.public_key_hex}}}
+
+
+MANIFEST_VERSION_HEADER = "X-Manifest-Version"
+MANIFEST_SIGNATURE_HEADER = "X-Manifest-Signature"  # base64 of the 64-byte Ed25519 signature
+_MANIFEST_RESPONSE = {"description": "The signed manifest's bytes as published (zstd JSON); its "
+                                     "version and base64 Ed25519 signature in headers",
+                      "content": {"application/octet-stream": {
+                          "schema": {"type": "string", "format": "binary"}}}}
+
+
+@router.get("/manifests/{productId}", response_class=Response,
+            responses={200: _MANIFEST_RESPONSE, **error_responses(401, 403, 404, 422)})
+def get_manifest(productId: Annotated[ProductId, Path()], ctx: CtxDep, user: UserDep,
+                 versionId: Annotated[VersionId | None, Query()] = None) -> Response:
+    """The signed manifest of a version the player may download (the latest without
+    ``versionId``), under the task routes' rules. An engine asks for it beside a new task's
+    grant and checks and decodes it while the grant is made, instead of fetching it from the
+    CDN once the grant names it; the signature, not this answer, is what it trusts."""
+    with ctx.db.session() as s:
+        item = require_entitlement(s, user.id, productId, "productId", catalog=ctx.catalog)
+        check_lent_access(ctx, s, item)
+    v = ctx.catalog.resolve_version(productId, versionId, "versionId")
+    blob, sig = ctx.catalog.signed_manifest(productId, v.version_id)
+    return Response(blob, media_type="application/octet-stream",
+                    headers={MANIFEST_VERSION_HEADER: v.version_id,
+                             MANIFEST_SIGNATURE_HEADER: base64.b64encode(sig).decode("ascii"),
+                             "Cache-Control": "private, no-store"})
 
 
 @router.post("/tasks", status_code=202, response_model=Data[DownloadTaskResource],

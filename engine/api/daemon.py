@@ -23,8 +23,10 @@ import math
 import os
 import secrets
 import signal
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor, wait
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any, TextIO
@@ -48,6 +50,7 @@ from engine.api.protocol import (
 from engine.api.service import EngineService
 from engine.io.bus import Subscription
 from engine.io.config import Settings, atomic_write
+from engine.io.rangeclient import worker_pool
 from engine.jobs.engine import Engine
 from engine.jobs.install import import_pipeline
 
@@ -122,6 +125,22 @@ def _reject(status: HTTPStatus, text: str) -> Response:
 def _event_message(event: Event) -> dict[str, Any]:
     """An event as the daemon sends it to a subscribed client."""
     return {"type": "event", "event": event_to_wire(event)}
+
+
+LOOP_THREADS = 4  # an install's concurrent calls to the loop's executor before its first byte
+
+
+def start_threads(pool: ThreadPoolExecutor, count: int) -> None:
+    """Start ``count`` threads of ``pool`` (at most its size) and leave them idle. A pool starts
+    a thread for each call that finds none idle; here every call waits until all have begun,
+    so none is idle before the last call."""
+    count = min(count, pool._max_workers)
+    gate = threading.Barrier(count)
+    calls = [pool.submit(gate.wait, 10.0) for _ in range(count)]
+    wait(calls)
+    if any(call.exception() is not None for call in calls):  # a thread 10 s late: only slower
+        log.warning("%s: a thread did not start within 10 s", pool._thread_name_prefix)
+
 
 class Daemon:
     def __init__(self, settings: Settings, port: int = 0) -> None:
@@ -279,6 +298,8 @@ class Daemon:
 
     async def run(self, ready: Any = None) -> None:
         loop = asyncio.get_running_loop()
+        loop_executor = ThreadPoolExecutor(thread_name_prefix="asyncio")  # asyncio's default
+        loop.set_default_executor(loop_executor)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
         with daemon_lock(self.settings.data_dir):
@@ -291,6 +312,12 @@ class Daemon:
                 # decoder, the planner, the block I/O) and aiohttp (the channel's WebSocket,
                 # which otherwise loaded on the loop while the first command waited)
                 await import_pipeline()
+                # threads started now rather than one by one inside the first install, each
+                # start blocking the loop until the thread runs (~1-5 ms here): the loop's
+                # executor (the manifest's decode and cache, staging, the journal's syncs) and
+                # the range threads of one task's connections
+                start_threads(loop_executor, LOOP_THREADS)
+                start_threads(worker_pool(), self.settings.connections)
                 if engine.api.logged_in:
                     import aiohttp  # noqa: F401
                 server: Server = await serve(

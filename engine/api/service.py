@@ -96,7 +96,7 @@ class EngineService:
                 "installed": [g.to_dict() for g in e.installed()]}
 
     async def m_login(self, username: str, password: str) -> dict[str, Any]:
-        await self.engine.api.login(username, password)
+        await self.engine.login(username, password)
         self.engine.settings = save_setting(self.engine.settings, "username", username)
         cred = self.engine.credentials
         store = "OS keyring" if cred.use_keyring else f"{cred.file} (0600)"

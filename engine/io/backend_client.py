@@ -13,6 +13,7 @@ certifi's), 30 s connect and read timeouts, ``params`` values written as httpx w
 from __future__ import annotations
 
 import asyncio
+import base64
 import json as jsonlib
 import os
 import ssl
@@ -21,7 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from engine.core.errors import EngineError, ErrorCode
 from engine.core.sources import CdnSource
@@ -44,6 +45,15 @@ class TaskGrant:
     sources: tuple[CdnSource, ...]
     delta_path: str | None = None
     delta_signature_path: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SignedManifest:
+    """A manifest's published bytes and signature as the backend gave them (unchecked)."""
+
+    version_id: str
+    blob: bytes
+    signature: bytes
 
 
 def _parse_time(text: str | None) -> float:
@@ -188,7 +198,8 @@ class BackendClient:
 
     async def _request(self, method: str, path: str, *, json: Any = None,
                        params: Mapping[str, Any] | None = None,
-                       headers: Mapping[str, str] | None = None) -> Answer:
+                       headers: Mapping[str, str] | None = None,
+                       limit: int | None = None) -> Answer:
         url = self.base_url + path
         pairs = query_pairs(params)
         if pairs:
@@ -199,28 +210,38 @@ class BackendClient:
             body = jsonlib.dumps(json).encode("utf-8")
             send["Content-Type"] = "application/json"
         resp = await self._session().request(method, url, body=body, headers=send)
-        content = await resp.read()
+        content = await resp.read(limit)
         return Answer(resp.status, resp.head.headers, content)
 
     async def _send(self, method: str, path: str, *, auth: bool = True,
-                    json: Any = None, params: dict[str, Any] | None = None) -> Answer:
+                    json: Any = None, params: dict[str, Any] | None = None,
+                    limit: int | None = None) -> Answer:
         try:
             headers = {}
             if auth:
                 headers["Authorization"] = f"Bearer {await self._token()}"
-            return await self._request(method, path, json=json, params=params, headers=headers)
+            return await self._request(method, path, json=json, params=params, headers=headers,
+                                       limit=limit)
         except (HttpError, TimeoutError) as exc:
             raise EngineError(ErrorCode.BACKEND_UNREACHABLE,
                               f"{method} {self.base_url}{path}: {exc!r}") from exc
 
-    async def call(self, method: str, path: str, *, json: Any = None,
-                   params: dict[str, Any] | None = None, auth: bool = True) -> Any:
-        resp = await self._send(method, path, json=json, params=params, auth=auth)
+    async def _answer(self, method: str, path: str, *, json: Any = None,
+                      params: dict[str, Any] | None = None, auth: bool = True,
+                      limit: int | None = None) -> Answer:
+        """A successful answer (an expired access token refreshed once), else its error."""
+        resp = await self._send(method, path, json=json, params=params, auth=auth, limit=limit)
         if resp.status_code == 401 and auth and self._refresh is not None:
             self._access = None
-            resp = await self._send(method, path, json=json, params=params, auth=auth)
+            resp = await self._send(method, path, json=json, params=params, auth=auth,
+                                    limit=limit)
         if resp.status_code >= 400:
             raise _error_from(resp)
+        return resp
+
+    async def call(self, method: str, path: str, *, json: Any = None,
+                   params: dict[str, Any] | None = None, auth: bool = True) -> Any:
+        resp = await self._answer(method, path, json=json, params=params, auth=auth)
         if resp.status_code == 204 or not resp.content:
             return None
         try:
@@ -344,6 +365,25 @@ class BackendClient:
         doc = await self.call("POST", "/api/v1/download/tasks",
                               json={"data": {"type": "downloadTaskRequest", "attributes": attrs}})
         return self._grant(doc)
+
+    async def signed_manifest(self, product_id: str, version_id: str | None,
+                              limit: int) -> SignedManifest:
+        """A version's signed manifest straight from the backend (the latest without
+        ``version_id``), at most ``limit`` bytes; what it says is checked by the caller."""
+        resp = await self._answer("GET", f"/api/v1/download/manifests/{quote(product_id, safe='')}",
+                                  params={"versionId": version_id} if version_id else None,
+                                  limit=limit)
+        version = resp.headers.get("x-manifest-version", "")
+        try:
+            signature = base64.b64decode(resp.headers.get("x-manifest-signature", ""),
+                                         validate=True)
+        except ValueError as exc:
+            raise EngineError(ErrorCode.BACKEND_ERROR, "manifest signature header is not "
+                              "base64") from exc
+        if not version or len(signature) != 64:
+            raise EngineError(ErrorCode.BACKEND_ERROR,
+                              "manifest answer without its version or a 64-byte signature")
+        return SignedManifest(version, resp.content, signature)
 
     # -- remote downloads ---------------------------------------------------------------------
     async def create_remote_task(self, product_id: str, version_id: str | None = None, *,

@@ -188,6 +188,86 @@ class ManifestBase:
     patch: ManifestPatch
 
 
+@dataclass(frozen=True, slots=True)
+class EarlyManifest:
+    """A new task's manifest asked of the backend beside its grant (``early_manifest``), its
+    signature checked with the pinned key and decoded while the grant was being made."""
+
+    version_id: str
+    blob: bytes
+    signature: bytes
+    manifest: Manifest
+
+
+def wants_early_manifest(ctx: EngineContext, product_id: str, version_id: str | None) -> bool:
+    """Whether an install should ask the backend for its manifest beside the grant: not when
+    the engine holds that version's manifest (a task without a version asks: the grant names
+    the version, after the time this saves)."""
+    if version_id is None:
+        return True
+    blob_path, sig_path = ctx.state.manifest_files(product_id, version_id)
+    return not (blob_path.exists() and sig_path.exists())
+
+
+async def early_manifest(ctx: EngineContext, product_id: str, version_id: str | None,
+                         key: Awaitable[str], ready: Awaitable[None] | None) -> EarlyManifest | None:
+    """The manifest of a new task from the backend, checked against the pinned key (``key``)
+    and decoded (after ``ready``, the pipeline's imports), all while the grant is made: the
+    grant's round trip and the CDN's two (signature, manifest) no longer come before the
+    decode. None, logged, when the backend cannot give it (an older backend says 404) or it
+    fails its check or decode: the install then fetches it from the CDN as ever, and the CDN's
+    copy is the one whose failure is reported."""
+    from patcher.manifest import decode_manifest
+    from patcher.signing import load_public_key, verify_signature
+
+    try:
+        got = await ctx.api.signed_manifest(product_id, version_id, MANIFEST_MAX_BYTES)
+        if version_id is not None and got.version_id != version_id:
+            raise EngineError(ErrorCode.BACKEND_ERROR, f"asked for {version_id}, got "
+                              f"{got.version_id}")
+        public = load_public_key(await key)
+        if ready is not None:
+            await ready
+
+        def check_and_decode() -> Manifest:
+            verify_signature(got.blob, got.signature, public)
+            return decode_manifest(got.blob)
+
+        manifest = await asyncio.to_thread(check_and_decode)
+        if (manifest.product_id, manifest.version_id) != (product_id, got.version_id):
+            raise EngineError(ErrorCode.MANIFEST_INVALID, "manifest is for another product "
+                              "or version")
+    except (EngineError, ManifestError) as exc:
+        quiet = isinstance(exc, EngineError) and exc.http_status == 404
+        (log.debug if quiet else log.warning)(
+            "manifest of %s from the backend not taken (%s): fetching it from the CDN",
+            product_id, exc.message)
+        return None
+    return EarlyManifest(got.version_id, got.blob, got.signature, manifest)
+
+
+def early_for(early: EarlyManifest | None, grant: TaskGrant) -> EarlyManifest | None:
+    """``early`` when it is the manifest the grant names, else None (logged: the version a
+    task without one asked for changed between the two answers)."""
+    if early is None:
+        return None
+    if (early.manifest.product_id, early.version_id) == (grant.product_id, grant.version_id):
+        return early
+    log.info("manifest from the backend is of %s, the grant of %s: fetching the grant's",
+             early.version_id, grant.version_id)
+    return None
+
+
+async def cache_early_manifest(ctx: EngineContext, early: EarlyManifest) -> None:
+    """Keep a manifest taken from the backend as a fetched one is kept (the engine's own copy,
+    read again by a resumed run, verify, repair, updates and uninstall): on a thread, beside
+    the run's plan and download, not before its first byte."""
+    blob_path, sig_path = ctx.state.manifest_files(early.manifest.product_id, early.version_id)
+    if not blob_path.exists():
+        await asyncio.to_thread(_cache_manifest, blob_path, sig_path, early.blob,
+                                early.signature)
+
+
 async def load_manifest(ctx: EngineContext, pool: SourcePool, grant: TaskGrant, *,
                         base: ManifestBase | None = None) -> Manifest:
     """The signed manifest of a grant: from the local cache, else from the CDN. The signature is

@@ -26,7 +26,17 @@ from engine.io.fsops import fsync_dir, safe_join, translate_os_error
 from engine.io.staging import STAGING_DIR, Staging, remove_task_staging, sweep_staging
 from engine.io.state import InstalledGame, TaskRecord
 from engine.jobs.build import StagedBuild, remember_sources
-from engine.jobs.context import EngineContext, load_manifest, manifest_key, obtain_grant
+from engine.jobs.context import (
+    EarlyManifest,
+    EngineContext,
+    cache_early_manifest,
+    early_for,
+    early_manifest,
+    load_manifest,
+    manifest_key,
+    obtain_grant,
+    wants_early_manifest,
+)
 
 if TYPE_CHECKING:
     from engine.core.planner import InstallPlan
@@ -116,6 +126,7 @@ class InstallRun:
         self.progress = self.build.progress
         self.on_started: Callable[[TaskRecord], None] | None = None  # after the backend grant
         self._marks: list[tuple[str, float]] = []
+        self._caching: asyncio.Task[None] | None = None  # a manifest from the backend, kept
 
     @property
     def install_dir(self) -> Path:
@@ -136,6 +147,7 @@ class InstallRun:
         # beside the grant rather than after it: one round trip less before the first byte
         key: asyncio.Task[str] | None = None
         imports: asyncio.Task[None] | None = None
+        early: asyncio.Task[EarlyManifest | None] | None = None
         try:
             if prepared is None:
                 imports = pipeline_imported()
@@ -143,6 +155,12 @@ class InstallRun:
                 # a failure of its own is raised where it is awaited; unawaited (the grant
                 # failed first, or the game is installed already) it is moot
                 key.add_done_callback(lambda t: t.cancelled() or t.exception())
+                if wants_early_manifest(ctx, self.task.product_id, self.task.version_id):
+                    # the manifest asked of the backend, checked and decoded beside the grant
+                    early = asyncio.create_task(early_manifest(
+                        ctx, self.task.product_id, self.task.version_id, key, imports),
+                        name="early-manifest")
+                    await asyncio.sleep(0)  # its request first: the lighter one answers sooner
                 grant = await obtain_grant(ctx, self.task)
                 self._marks.append(("grant", time.monotonic()))
                 if self.on_started is not None:
@@ -162,13 +180,19 @@ class InstallRun:
                 await key  # pinned: load_manifest reads it from the state; its errors are raised here
                 if imports is not None:
                     await imports
-                manifest = await load_manifest(ctx, pool, grant)
+                taken = early_for(None if early is None else await early, grant)
+                if taken is not None:
+                    manifest = taken.manifest
+                    self._caching = asyncio.create_task(cache_early_manifest(ctx, taken),
+                                                        name="manifest-cache")
+                else:
+                    manifest = await load_manifest(ctx, pool, grant)
                 self._marks.append(("manifest", time.monotonic()))
         finally:
             # still running only when the grant failed or the run was stopped: cancelled, and
             # waited for (a task left pending when an in-process command's loop closes is
             # reported destroyed), their own outcome dropped
-            helpers = [t for t in (key, imports) if t is not None and not t.done()]
+            helpers = [t for t in (key, imports, early) if t is not None and not t.done()]
             for t in helpers:
                 t.cancel()
             if helpers:
@@ -199,6 +223,10 @@ class InstallRun:
                                        staged=prepared is not None, cpu0=cpu0)
         finally:
             staging.close()
+            if self._caching is not None and not self._caching.done():
+                # a thread cannot be stopped: its write ends before the run does (its error,
+                # when the run failed first, is the lesser one)
+                await asyncio.gather(self._caching, return_exceptions=True)
 
     async def _install(self, ctx: EngineContext, grant: TaskGrant, pool: SourcePool,
                        manifest: Manifest, plan: InstallPlan, staging: Staging, *,
@@ -218,6 +246,8 @@ class InstallRun:
                  " ".join(f"{name} {(at - self._marks[i][1]) * 1000:.0f} ms"
                           for i, (name, at) in enumerate(self._marks[1:])))
         await self.build.download_and_verify(ctx, grant, pool, manifest, plan, staging, set(to_stage))
+        if self._caching is not None:
+            await self._caching  # the engine's copy of the manifest is kept before it commits
         return await self._commit(manifest, staging)
 
     async def _commit(self, manifest: Manifest, staging: Staging) -> InstalledGame:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from patcher.signing import public_key_hex
@@ -123,6 +125,35 @@ def test_manifest_key_verifies_store_manifests(backend: BackendServer,
     sig = backend.store.path(rel).with_suffix(".sig").read_bytes()
     Ed25519PublicKey.from_public_bytes(bytes.fromhex(hex_key)).verify(sig, blob)
     assert_error(backend.client().get("/api/v1/download/manifest-key"), 401)
+
+
+def test_signed_manifests_come_from_the_download_service(backend: BackendServer,
+                                                         published_store: PublishedStore) -> None:
+    """``GET /api/v1/download/manifests/{productId}``: a version's published bytes with its
+    version and signature in headers (the latest without ``versionId``), for an owner only."""
+    main = published_store.main
+    _, token = backend.new_user([main.product_id])
+    _, stranger = backend.new_user()
+    key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_key_hex(backend.store.signing_key)))
+    path = f"/api/v1/download/manifests/{main.product_id}"
+    with backend.client(token) as c:
+        for asked, version in [(main.versions[0], main.versions[0]), (None, main.versions[-1])]:
+            r = c.get(path, params={"versionId": asked} if asked else None)
+            assert r.status_code == 200, r.text
+            rel = backend.store.manifest_rel(main.product_id, version)
+            assert r.content == backend.store.path(rel).read_bytes()
+            assert r.headers["content-type"] == "application/octet-stream"
+            assert r.headers["x-manifest-version"] == version
+            sig = base64.b64decode(r.headers["x-manifest-signature"], validate=True)
+            assert sig == backend.store.path(rel).with_suffix(".sig").read_bytes()
+            key.verify(sig, r.content)
+        assert_error(c.get(path, params={"versionId": "9.9.9"}), 404, "VERSION_NOT_FOUND")
+        assert_error(c.get(path, params={"versionId": "../x"}), 422)
+        assert_error(c.get("/api/v1/download/manifests/no-such-game"), 403)
+        assert_error(c.get("/api/v1/download/manifests/bad%20id"), 422)
+    with backend.client(stranger) as c:
+        assert_error(c.get(path), 403)
+    assert_error(backend.client().get(path), 401)
 
 
 def test_unknown_routes_and_methods_use_the_error_format(backend: BackendServer) -> None:

@@ -204,7 +204,9 @@ def test_malicious_manifest_is_rejected_with_nothing_written(
         kind: str, code: str, backend_factory: Any, published_store: Any, tmp_path: Path) -> None:
     """A hostile CDN edge (a real HTTP server we control) serves a manifest that the backend
     never published: signed with the real key but with a traversal path or an absurd size, or
-    with a signature over other bytes. The engine must refuse it before writing anything."""
+    with a signature over other bytes. The engine must refuse it before writing anything.
+    (The backend's own copy, which a new install asks for beside its grant, is refused on the
+    way by a real proxy: the CDN's is the one the install then takes.)"""
     import functools
     import http.server
     import threading
@@ -234,16 +236,62 @@ def test_malicious_manifest_is_rejected_with_nothing_written(
     try:
         server.set_edges([f"http://127.0.0.1:{httpd.server_address[1]}/"])
         name, _ = server.new_user(products=[PRODUCT])
-        cli = EngineCli(tmp_path / "eng", server.url)
-        cli.login(name, "secret-pw")
-        target = tmp_path / "games" / "evil"
-        exit_code, lines, _ = cli.run("install", PRODUCT, "--version", version, "--target", str(target))
+        with FaultProxy(server.url) as api:
+            api.set_fault(Fault.HTTP_503, path_contains="/download/manifests/")
+            cli = EngineCli(tmp_path / "eng", api.url)
+            cli.login(name, "secret-pw")
+            target = tmp_path / "games" / "evil"
+            exit_code, lines, _ = cli.run("install", PRODUCT, "--version", version,
+                                          "--target", str(target))
+            assert api.faults_injected == 1
     finally:
         httpd.shutdown()
+        httpd.server_close()
     assert exit_code == 8, json.dumps(lines[-1:])
     assert code in json.dumps(lines[-1])
     assert not (tmp_path / "escaped.txt").exists() and not (tmp_path / "games" / "escaped.txt").exists()
     assert not target.exists() or not any(p.is_file() for p in target.rglob("*"))
+
+
+@pytest.mark.parametrize("tampered", [False, True])
+def test_a_new_install_takes_its_manifest_from_the_backend_beside_the_grant(
+        tampered: bool, backend_factory: Any, published_store: Any, tmp_path: Path) -> None:
+    """A new install asks the backend for its signed manifest while the grant is made, and
+    fetches none from the CDN; a manifest from the backend that fails its signature (bytes
+    flipped on the way, through a real proxy) is not taken: the install fetches the CDN's,
+    completes, and keeps the published bytes. Login pins the manifest key."""
+    server = backend_factory(settings={})
+    edge = server.start_cdn_edge()
+    version = published_store.product(PRODUCT).versions[0]
+    published = server.store.path(server.store.manifest_rel(PRODUCT, version)).read_bytes()
+    with FaultProxy(edge.url.removesuffix("/cdn/")) as cdn, FaultProxy(server.url) as api:
+        server.set_edges([f"{cdn.url}/cdn/"])
+        name, _ = server.new_user(products=[PRODUCT])
+        cli = EngineCli(tmp_path / "eng", api.url)
+        cli.login(name, "secret-pw")
+        assert [r.path_qs for r in api.history].count("/api/v1/download/manifest-key") == 1
+        if tampered:
+            api.set_fault(Fault.CORRUPT, after_bytes=4096, path_contains="/download/manifests/")
+        target = tmp_path / "games" / PRODUCT
+        code, lines, err = cli.run("-v", "install", PRODUCT, "--version", version,
+                                   "--target", str(target))
+        assert code == 0 and lines[-1]["result"] == "completed", (json.dumps(lines[-1:]), err)
+        assert_same_tree(target, build_dir(published_store, version))
+        asked = [r.path_qs for r in api.history if "/download/manifests/" in r.path_qs]
+        assert asked == [f"/api/v1/download/manifests/{PRODUCT}?versionId={version}"]
+        # pinned at login: not asked again
+        assert [r.path_qs for r in api.history].count("/api/v1/download/manifest-key") == 1
+        from_cdn = [r.path_qs for r in cdn.history if "/manifests/" in r.path_qs]
+        if tampered:
+            assert api.faults_injected == 1
+            assert "from the backend not taken" in err and "SIGNATURE" in err.upper()
+            assert [p.split("?")[0] for p in from_cdn] == [
+                f"/cdn/{PRODUCT}/manifests/{version}.sig",
+                f"/cdn/{PRODUCT}/manifests/{version}.manifest"]
+        else:
+            assert from_cdn == [] and "not taken" not in err
+    cached = tmp_path / "eng" / "manifests" / PRODUCT / f"{version}.manifest"
+    assert cached.read_bytes() == published
 
 
 def test_a_damaged_cached_manifest_is_dropped_and_fetched_again(

@@ -30,6 +30,14 @@ def first_version(published_store: Any, product: str = PRODUCT) -> str:
     return str(published_store.product(product).versions[0])
 
 
+def cdn_manifests_only(server: Any) -> FaultProxy:
+    """A real proxy to ``server`` that refuses its manifest route (503), so a new install takes
+    its manifest from the CDN, as these tests of the CDN's faults need (a context manager)."""
+    api = FaultProxy(server.url)
+    api.set_fault(Fault.HTTP_503, path_contains="/download/manifests/")
+    return api
+
+
 def error_of(lines: list[dict[str, Any]]) -> str:
     return json.dumps(lines[-1:])
 
@@ -297,11 +305,12 @@ def test_a_corrupt_manifest_on_one_edge_fails_over(backend_factory: Any, publish
         proxy.set_fault(Fault.CORRUPT, after_bytes=10, path_contains=".manifest")
         server.set_edges([f"{proxy.url}/cdn/", healthy.url])
         name, _ = server.new_user(products=[SMALL])
-        cli = EngineCli(tmp_path / "eng", server.url)
-        cli.login(name, "secret-pw")
-        target = tmp_path / "g"
-        version = first_version(published_store, SMALL)
-        lines = cli.ok("install", SMALL, "--version", version, "--target", str(target))
+        with cdn_manifests_only(server) as api:
+            cli = EngineCli(tmp_path / "eng", api.url)
+            cli.login(name, "secret-pw")
+            target = tmp_path / "g"
+            version = first_version(published_store, SMALL)
+            lines = cli.ok("install", SMALL, "--version", version, "--target", str(target))
         assert lines[-1]["result"] == "completed"
         assert proxy.faults_injected >= 1
         assert_same_tree(target, build_dir(published_store, version, SMALL))
@@ -336,10 +345,11 @@ def test_small_fetches_back_off_through_repeated_503(backend_factory: Any, publi
         proxy.set_fault(Fault.HTTP_503, path_contains=".manifest", times=3)
         server.set_edges([f"{proxy.url}/cdn/"])
         name, _ = server.new_user(products=[SMALL])
-        cli = EngineCli(tmp_path / "eng", server.url)
-        cli.login(name, "secret-pw")
-        target = tmp_path / "g"
-        lines = cli.ok("install", SMALL, "--target", str(target))
+        with cdn_manifests_only(server) as api:
+            cli = EngineCli(tmp_path / "eng", api.url)
+            cli.login(name, "secret-pw")
+            target = tmp_path / "g"
+            lines = cli.ok("install", SMALL, "--target", str(target))
         assert lines[-1]["result"] == "completed"
         assert proxy.faults_injected == 3
 
