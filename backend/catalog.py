@@ -150,12 +150,15 @@ class Catalog:
 
         return self._manifests.get_or_compute((product, version), load)
 
-    def signed_manifest(self, product: str, version: str) -> tuple[bytes, bytes]:
-        """The published bytes and signature of a version's manifest (the page cache keeps them)."""
+    def signed_manifest(self, product: str, version: str) -> tuple[Path, bytes]:
+        """A version's published manifest file (served as it is, in pieces) and its signature."""
+        path = self.store.path(self.store.manifest_rel(product, version))
         try:
-            return self.store.signed_manifest(product, version)
-        except PatcherError as exc:
-            raise NotFound(f"no manifest for {product} {version}: {exc.message}",
+            if not path.is_file():
+                raise FileNotFoundError(path)
+            return path, path.with_suffix(".sig").read_bytes()
+        except FileNotFoundError as exc:
+            raise NotFound(f"no manifest for {product} {version}",
                            code="VERSION_NOT_FOUND") from exc
 
     def manifest_info(self, product: str, version: str) -> ManifestInfo:

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Response
+from fastapi.responses import FileResponse
 from sqlalchemy import and_, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
 
@@ -286,11 +287,18 @@ def get_manifest(productId: Annotated[ProductId, Path()], ctx: CtxDep, user: Use
         item = require_entitlement(s, user.id, productId, "productId", catalog=ctx.catalog)
         check_lent_access(ctx, s, item)
     v = ctx.catalog.resolve_version(productId, versionId, "versionId")
-    blob, sig = ctx.catalog.signed_manifest(productId, v.version_id)
-    return Response(blob, media_type="application/octet-stream",
-                    headers={MANIFEST_VERSION_HEADER: v.version_id,
-                             MANIFEST_SIGNATURE_HEADER: base64.b64encode(sig).decode("ascii"),
-                             "Cache-Control": "private, no-store"})
+    path, sig = ctx.catalog.signed_manifest(productId, v.version_id)
+    # streamed from the file a MiB at a time: a big game's manifest (tens of MB) is never
+    # held whole per request; a file replaced meanwhile fails its signature on the engine,
+    # which then takes the CDN's copy
+    return _ManifestFile(path, media_type="application/octet-stream",
+                         headers={MANIFEST_VERSION_HEADER: v.version_id,
+                                  MANIFEST_SIGNATURE_HEADER: base64.b64encode(sig).decode("ascii"),
+                                  "Cache-Control": "private, no-store"})
+
+
+class _ManifestFile(FileResponse):
+    chunk_size = 1 << 20  # one read (one worker-thread hop) per MiB, not per 64 KiB
 
 
 @router.post("/tasks", status_code=202, response_model=Data[DownloadTaskResource],

@@ -12,6 +12,7 @@ preallocated staging files → parallel range download, per-chunk BLAKE3, pwrite
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
@@ -251,7 +252,8 @@ def early_for(early: EarlyManifest | None, grant: TaskGrant) -> EarlyManifest | 
     task without one asked for changed between the two answers)."""
     if early is None:
         return None
-    if (early.manifest.product_id, early.version_id) == (grant.product_id, grant.version_id):
+    signed = (early.manifest.product_id, early.manifest.version_id)  # what the key vouched for
+    if signed == (grant.product_id, grant.version_id) == (grant.product_id, early.version_id):
         return early
     log.info("manifest from the backend is of %s, the grant of %s: fetching the grant's",
              early.version_id, grant.version_id)
@@ -261,11 +263,18 @@ def early_for(early: EarlyManifest | None, grant: TaskGrant) -> EarlyManifest | 
 async def cache_early_manifest(ctx: EngineContext, early: EarlyManifest) -> None:
     """Keep a manifest taken from the backend as a fetched one is kept (the engine's own copy,
     read again by a resumed run, verify, repair, updates and uninstall): on a thread, beside
-    the run's plan and download, not before its first byte."""
+    the run's staging and download, not before its first byte. A copy already there is
+    replaced unless it holds these very bytes: a task without a version asks the backend even
+    when one is cached, and that one was not checked (it may be damaged)."""
     blob_path, sig_path = ctx.state.manifest_files(early.manifest.product_id, early.version_id)
-    if not blob_path.exists():
-        await asyncio.to_thread(_cache_manifest, blob_path, sig_path, early.blob,
-                                early.signature)
+
+    def keep() -> None:
+        with contextlib.suppress(OSError):
+            if sig_path.read_bytes() == early.signature and blob_path.read_bytes() == early.blob:
+                return
+        _cache_manifest(blob_path, sig_path, early.blob, early.signature)
+
+    await asyncio.to_thread(keep)
 
 
 async def load_manifest(ctx: EngineContext, pool: SourcePool, grant: TaskGrant, *,

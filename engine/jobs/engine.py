@@ -438,9 +438,11 @@ class Engine:
         try:
             async with asyncio.timeout(10):
                 await manifest_key(self._context())
-        except (EngineError, TimeoutError) as exc:
-            log.info("manifest key not pinned at login (asked again by the first install): %s",
-                     getattr(exc, "message", "timed out"))
+        except Exception as exc:
+            # whatever went wrong (the backend's answer, the state's write), the login stands:
+            # the first install asks for the key again and reports its error there
+            log.warning("manifest key not pinned at login (the first install asks again): %s",
+                        getattr(exc, "message", None) or repr(exc))
 
     async def check_updates(self) -> list[dict[str, Any]]:
         games = self.installed()

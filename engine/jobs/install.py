@@ -43,7 +43,10 @@ if TYPE_CHECKING:
     from patcher.manifest import Manifest
 
     # what a run prepared, kept in ``EngineContext.prepared`` while its task is paused or queued
-    PreparedInstall = tuple[TaskGrant, SourcePool, Manifest, InstallPlan]
+    # the grant, its sources, the manifest, the full plan and the write of the engine's copy
+    # of a manifest taken from the backend (awaited before commit, by a resumed run too)
+    PreparedInstall = tuple[TaskGrant, SourcePool, Manifest, InstallPlan,
+                            asyncio.Task[None] | None]
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +143,7 @@ class InstallRun:
         if prepared is not None:
             # resumed in this process: the grant (its tokens refresh themselves), the parsed
             # manifest and the full plan are still good; only the journal is read again
-            grant, pool, manifest, full = prepared
+            grant, pool, manifest, full, self._caching = prepared
             if self.on_started is not None:
                 self.on_started(ctx.state.task(self.task.id))
         # the manifest key (asked of the backend once per backend, then pinned) is fetched
@@ -148,6 +151,7 @@ class InstallRun:
         key: asyncio.Task[str] | None = None
         imports: asyncio.Task[None] | None = None
         early: asyncio.Task[EarlyManifest | None] | None = None
+        taken: EarlyManifest | None = None
         try:
             if prepared is None:
                 imports = pipeline_imported()
@@ -181,12 +185,8 @@ class InstallRun:
                 if imports is not None:
                     await imports
                 taken = early_for(None if early is None else await early, grant)
-                if taken is not None:
-                    manifest = taken.manifest
-                    self._caching = asyncio.create_task(cache_early_manifest(ctx, taken),
-                                                        name="manifest-cache")
-                else:
-                    manifest = await load_manifest(ctx, pool, grant)
+                early = None  # done: its blob is held by ``taken`` alone
+                manifest = taken.manifest if taken else await load_manifest(ctx, pool, grant)
                 self._marks.append(("manifest", time.monotonic()))
         finally:
             # still running only when the grant failed or the run was stopped: cancelled, and
@@ -217,16 +217,25 @@ class InstallRun:
                               download_bytes=full.download_bytes,
                               downloaded_bytes=self.progress.downloaded)
         staging = Staging(self.install_dir, self.task.id, manifest)
+        if taken is not None:
+            # kept on a thread beside staging and the download, not before the first byte
+            self._caching = asyncio.create_task(cache_early_manifest(ctx, taken),
+                                                name="manifest-cache")
+            # its failure is raised where a run awaits it before commit; a task cancelled
+            # before that drops it (the copy is fetched again by whatever needs it)
+            self._caching.add_done_callback(lambda t: t.cancelled() or t.exception())
+            taken = None  # its blob is the write's alone now
         try:
             return await self._install(ctx, grant, pool, manifest, plan, staging,
-                                       keep=(grant, pool, manifest, full),
+                                       keep=(grant, pool, manifest, full, self._caching),
                                        staged=prepared is not None, cpu0=cpu0)
         finally:
             staging.close()
             if self._caching is not None and not self._caching.done():
-                # a thread cannot be stopped: its write ends before the run does (its error,
-                # when the run failed first, is the lesser one)
-                await asyncio.gather(self._caching, return_exceptions=True)
+                # a thread cannot be stopped: its write ends before the run does (a failure
+                # stays in the task, raised by whichever run commits: this one, or the one
+                # that resumes from ``ctx.prepared``)
+                await asyncio.wait({self._caching})
 
     async def _install(self, ctx: EngineContext, grant: TaskGrant, pool: SourcePool,
                        manifest: Manifest, plan: InstallPlan, staging: Staging, *,
@@ -245,9 +254,13 @@ class InstallRun:
                  time.process_time() - cpu0, "plan reused" if staged else "planned",
                  " ".join(f"{name} {(at - self._marks[i][1]) * 1000:.0f} ms"
                           for i, (name, at) in enumerate(self._marks[1:])))
+        if self._caching is not None and self._caching.done():
+            self._caching.result()  # a failed write of the manifest's copy: before the download
         await self.build.download_and_verify(ctx, grant, pool, manifest, plan, staging, set(to_stage))
         if self._caching is not None:
-            await self._caching  # the engine's copy of the manifest is kept before it commits
+            # the engine's copy of the manifest is kept before the game is recorded installed
+            # (a pause here leaves the write running, waited for by ``run``)
+            await asyncio.shield(self._caching)
         return await self._commit(manifest, staging)
 
     async def _commit(self, manifest: Manifest, staging: Staging) -> InstalledGame:

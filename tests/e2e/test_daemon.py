@@ -141,6 +141,17 @@ async def test_cli_against_the_daemon_changes_what_another_client_sees(daemon: A
         assert (await watcher.call("task", {"taskId": task_id}))["status"] == "cancelled"
 
 
+def test_the_daemon_starts_its_threads_before_it_listens(daemon: Any) -> None:
+    """A first install does not start the loop's executor threads or its connections' range
+    threads one by one on the loop: they run, idle, once the daemon says it listens."""
+    from engine.api.daemon import LOOP_THREADS
+    from engine.io.config import Settings
+
+    _, cli = daemon
+    threads = len(list(Path(f"/proc/{info_of(cli).pid}/task").iterdir()))
+    assert threads >= 1 + LOOP_THREADS + Settings().connections
+
+
 def test_one_daemon_per_data_dir(daemon: Any) -> None:
     _, cli = daemon
     second = subprocess.run(cli.argv("serve"), capture_output=True, text=True,

@@ -294,15 +294,17 @@ def test_a_new_install_takes_its_manifest_from_the_backend_beside_the_grant(
     assert cached.read_bytes() == published
 
 
+@pytest.mark.parametrize("named", [True, False])
 def test_a_damaged_cached_manifest_is_dropped_and_fetched_again(
-        backend_factory: Any, published_store: Any, tmp_path: Path) -> None:
+        named: bool, backend_factory: Any, published_store: Any, tmp_path: Path) -> None:
     """A manifest the engine cached itself is checked against its signature when read: a
     flipped byte there is not trusted, and not fatal either — the copy is dropped, the
     manifest fetched (and checked) again, the install completes and the cache holds the
-    published bytes."""
+    published bytes. Without a version the install takes the backend's copy beside the grant
+    and replaces the damaged one with it (verify, which reads the cache, then passes)."""
     server = backend_factory()
     store = server.store
-    version = published_store.product(PRODUCT).versions[0]
+    version = published_store.product(PRODUCT).versions[0 if named else -1]
     published = store.path(store.manifest_rel(PRODUCT, version))
     blob = published.read_bytes()
     tampered = bytearray(blob)
@@ -315,9 +317,13 @@ def test_a_damaged_cached_manifest_is_dropped_and_fetched_again(
     (cached / f"{version}.manifest").write_bytes(bytes(tampered))
     (cached / f"{version}.sig").write_bytes(published.with_suffix(".sig").read_bytes())
     target = tmp_path / "games" / "cached"
-    exit_code, lines, err = cli.run("-v", "install", PRODUCT, "--version", version,
+    exit_code, lines, err = cli.run("-v", "install", PRODUCT, *(["--version", version] if named
+                                                                else []),
                                     "--target", str(target))
     assert exit_code == 0 and lines[-1]["result"] == "completed", json.dumps(lines[-1:])
-    assert "cached manifest of star-courier" in err and "refused" in err
+    assert lines[-1]["task"]["versionId"] == version
+    if named:
+        assert "cached manifest of star-courier" in err and "refused" in err
     assert (cached / f"{version}.manifest").read_bytes() == blob
+    assert cli.ok("verify", PRODUCT)[-1]["verify"]["ok"]
     assert any(p.is_file() for p in target.rglob("*"))
