@@ -164,7 +164,11 @@ class InstallRun:
                     early = asyncio.create_task(early_manifest(
                         ctx, self.task.product_id, self.task.version_id, key, imports),
                         name="early-manifest")
-                    await asyncio.sleep(0)  # its request first: the lighter one answers sooner
+                    if imports is None:
+                        # its request first (the lighter one, answered sooner: the decode starts
+                        # earlier); not while the pipeline imports on the loop, which would
+                        # take the turn and hold the grant's request back
+                        await asyncio.sleep(0)
                 grant = await obtain_grant(ctx, self.task)
                 self._marks.append(("grant", time.monotonic()))
                 if self.on_started is not None:
