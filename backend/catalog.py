@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import stat
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -150,13 +152,16 @@ class Catalog:
 
         return self._manifests.get_or_compute((product, version), load)
 
-    def signed_manifest(self, product: str, version: str) -> tuple[Path, bytes]:
-        """A version's published manifest file (served as it is, in pieces) and its signature."""
+    def signed_manifest(self, product: str, version: str
+                        ) -> tuple[Path, os.stat_result, bytes]:
+        """A version's published manifest file (served as it is, in pieces), its stat (taken
+        once: the answer's length) and its signature."""
         path = self.store.path(self.store.manifest_rel(product, version))
         try:
-            if not path.is_file():
+            st = path.stat()
+            if not stat.S_ISREG(st.st_mode):
                 raise FileNotFoundError(path)
-            return path, path.with_suffix(".sig").read_bytes()
+            return path, st, path.with_suffix(".sig").read_bytes()
         except FileNotFoundError as exc:
             raise NotFound(f"no manifest for {product} {version}",
                            code="VERSION_NOT_FOUND") from exc

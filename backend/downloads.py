@@ -287,11 +287,11 @@ def get_manifest(productId: Annotated[ProductId, Path()], ctx: CtxDep, user: Use
         item = require_entitlement(s, user.id, productId, "productId", catalog=ctx.catalog)
         check_lent_access(ctx, s, item)
     v = ctx.catalog.resolve_version(productId, versionId, "versionId")
-    path, sig = ctx.catalog.signed_manifest(productId, v.version_id)
+    path, st, sig = ctx.catalog.signed_manifest(productId, v.version_id)
     # streamed from the file a MiB at a time: a big game's manifest (tens of MB) is never
     # held whole per request; a file replaced meanwhile fails its signature on the engine,
     # which then takes the CDN's copy
-    return _ManifestFile(path, media_type="application/octet-stream",
+    return _ManifestFile(path, stat_result=st, media_type="application/octet-stream",
                          headers={MANIFEST_VERSION_HEADER: v.version_id,
                                   MANIFEST_SIGNATURE_HEADER: base64.b64encode(sig).decode("ascii"),
                                   "Cache-Control": "private, no-store"})

@@ -30,7 +30,7 @@ from engine.core.sources import CdnSource, FailureKind, SourcePool
 from engine.io.backend_client import BackendClient, TaskGrant
 from engine.io.bus import EventBus
 from engine.io.config import Settings
-from engine.io.fsops import atomic_write
+from engine.io.fsops import atomic_write, translate_os_error
 from engine.io.httpclient import HttpClient, HttpError
 from engine.io.limiter import AsyncRateLimiter
 from engine.io.state import State, TaskRecord
@@ -63,7 +63,8 @@ class EngineContext:
     session_factory: Callable[[], aiohttp.ClientSession]
     http: HttpClient  # small documents (manifests, signatures, patches)
     executor: ThreadPoolExecutor
-    # task id -> what a run prepared (grant, sources, manifest, full plan), kept by the engine
+    # task id -> what a run prepared (grant, sources, manifest, full plan, the write of a
+    # manifest's copy taken from the backend), kept by the engine
     # while the task is paused or queued, so a resumed run re-plans nothing
     prepared: dict[str, Any] = field(default_factory=dict)
 
@@ -270,11 +271,22 @@ async def cache_early_manifest(ctx: EngineContext, early: EarlyManifest) -> None
 
     def keep() -> None:
         with contextlib.suppress(OSError):
-            if sig_path.read_bytes() == early.signature and blob_path.read_bytes() == early.blob:
+            if blob_path.stat().st_size == len(early.blob) \
+                    and sig_path.read_bytes() == early.signature \
+                    and blob_path.read_bytes() == early.blob:
                 return
-        _cache_manifest(blob_path, sig_path, early.blob, early.signature)
+        try:
+            _cache_manifest(blob_path, sig_path, early.blob, early.signature)
+        except OSError as exc:
+            raise translate_os_error(exc, f"keeping the manifest in {blob_path.parent}") from exc
 
     await asyncio.to_thread(keep)
+
+
+async def cache_manifest_again(ctx: EngineContext, pool: SourcePool, grant: TaskGrant) -> None:
+    """The engine's copy of a grant's manifest kept afresh (the CDN's, checked as ever), for a
+    run resumed after the write of the backend's copy failed: its error now, not a stale one."""
+    await load_manifest(ctx, pool, grant)
 
 
 async def load_manifest(ctx: EngineContext, pool: SourcePool, grant: TaskGrant, *,

@@ -103,7 +103,8 @@ class Engine:
         self._progress: dict[str, TaskProgress] = {}
         self._reports: set[asyncio.Task[None]] = set()
         self._stop_reason: dict[str, TaskState] = {}
-        # what a run prepared (grant, manifest, plan), kept while its task is paused or queued:
+        # what a run prepared (grant, manifest, plan, the write of the manifest's copy), kept
+        # while its task is paused or queued:
         # resuming it re-plans nothing; dropped when the task ends or fails
         self._prepared: dict[str, Any] = {}
         self._wake = asyncio.Event()
@@ -501,6 +502,7 @@ class Engine:
             self._stop(task.id, TaskState.CANCELLED)
         else:
             self._discard_partial(task)
+            self._prepared.pop(task.id, None)  # a paused task's grant, manifest and plan
             task = self.state.set_status(task.id, TaskState.CANCELLED)
             self._publish_status(task)
             if report:

@@ -30,6 +30,7 @@ from engine.jobs.context import (
     EarlyManifest,
     EngineContext,
     cache_early_manifest,
+    cache_manifest_again,
     early_for,
     early_manifest,
     load_manifest,
@@ -144,6 +145,14 @@ class InstallRun:
             # resumed in this process: the grant (its tokens refresh themselves), the parsed
             # manifest and the full plan are still good; only the journal is read again
             grant, pool, manifest, full, self._caching = prepared
+            failed = self._caching
+            if failed is not None and failed.done() and not failed.cancelled() \
+                    and failed.exception() is not None:
+                # the copy's write failed before the pause: tried afresh (the condition that
+                # failed it may be gone), not raised stale
+                self._caching = asyncio.create_task(cache_manifest_again(ctx, pool, grant),
+                                                    name="manifest-cache")
+                self._caching.add_done_callback(lambda t: t.cancelled() or t.exception())
             if self.on_started is not None:
                 self.on_started(ctx.state.task(self.task.id))
         # the manifest key (asked of the backend once per backend, then pinned) is fetched

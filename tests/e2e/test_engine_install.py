@@ -294,6 +294,28 @@ def test_a_new_install_takes_its_manifest_from_the_backend_beside_the_grant(
     assert cached.read_bytes() == published
 
 
+def test_a_manifest_copy_that_cannot_be_kept_fails_the_install_by_name(
+        backend_factory: Any, published_store: Any, tmp_path: Path) -> None:
+    """The engine keeps its own copy of every manifest it installs (verify, repair, updates
+    and uninstall read it). When that write fails, here because a file stands where the
+    product's manifest folder belongs, the install fails with an error naming it, and no file
+    of the game is committed."""
+    server = backend_factory()
+    version = published_store.product(PRODUCT).versions[0]
+    name, _ = server.new_user(products=[PRODUCT])
+    cli = EngineCli(tmp_path / "eng", server.url)
+    cli.login(name, "secret-pw")
+    (tmp_path / "eng" / "manifests").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "eng" / "manifests" / PRODUCT).write_text("not a folder\n")
+    target = tmp_path / "games" / PRODUCT
+    code, lines, err = cli.run("install", PRODUCT, "--version", version, "--target", str(target))
+    assert code != 0, json.dumps(lines[-1:])
+    last = json.dumps(lines[-1])
+    assert "IO_ERROR" in last and "keeping the manifest in" in last, (last, err)
+    assert not (target / "game.py").exists()
+    assert (tmp_path / "eng" / "manifests" / PRODUCT).read_text() == "not a folder\n"
+
+
 @pytest.mark.parametrize("named", [True, False])
 def test_a_damaged_cached_manifest_is_dropped_and_fetched_again(
         named: bool, backend_factory: Any, published_store: Any, tmp_path: Path) -> None:
@@ -324,6 +346,8 @@ def test_a_damaged_cached_manifest_is_dropped_and_fetched_again(
     assert lines[-1]["task"]["versionId"] == version
     if named:
         assert "cached manifest of star-courier" in err and "refused" in err
+    else:  # the backend's copy, taken beside the grant, replaced the damaged one
+        assert "refused" not in err and "not taken" not in err
     assert (cached / f"{version}.manifest").read_bytes() == blob
     assert cli.ok("verify", PRODUCT)[-1]["verify"]["ok"]
     assert any(p.is_file() for p in target.rglob("*"))
