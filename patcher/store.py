@@ -230,16 +230,13 @@ class Store:
 
     # -- signed documents ---------------------------------------------------------------------
     def read_manifest(self, product: str, version: str) -> Manifest:
-        blob, sig = self.signed_manifest(product, version)
-        return load_signed_manifest(blob, sig, self.signing_key.public_key())
-
-    def signed_manifest(self, product: str, version: str) -> tuple[bytes, bytes]:
-        """A published manifest's bytes and their signature, as served (unchecked here)."""
         rel = self.manifest_rel(product, version)
         try:
-            return self.path(rel).read_bytes(), self.path(rel).with_suffix(".sig").read_bytes()
+            blob = self.path(rel).read_bytes()
+            sig = self.path(rel).with_suffix(".sig").read_bytes()
         except FileNotFoundError as exc:
             raise StoreError(f"no manifest for {product} {version}", code="VERSION_NOT_FOUND") from exc
+        return load_signed_manifest(blob, sig, self.signing_key.public_key())
 
     def read_delta(self, product: str, from_version: str, to_version: str,
                    format_version: int = 2) -> DeltaIndex | None:
