@@ -12,10 +12,10 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from engine import codecache
 from engine.core.errors import EngineError, ErrorCode
@@ -50,6 +50,7 @@ if TYPE_CHECKING:
                             asyncio.Task[None] | None]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # What a run needs once its grant is in: the manifest's signature check and decode, the
 # planner, the block pipeline. 30-50 ms of imports (zstandard, BLAKE3, the manifest's and the
@@ -110,6 +111,15 @@ async def import_pipeline() -> None:
     # daemon's whole life; the daemon imports these at its start, before its own freeze
 
 
+def awaited_later(coro: Coroutine[object, object, T], name: str) -> asyncio.Task[T]:
+    """A task beside the run whose failure is raised where the run awaits it; one the run never
+    awaits (it ended first) drops its outcome instead of asyncio logging it as never
+    retrieved."""
+    job = asyncio.create_task(coro, name=name)
+    job.add_done_callback(lambda t: t.cancelled() or t.exception())
+    return job
+
+
 def pipeline_imported() -> asyncio.Task[None] | None:
     """``import_pipeline`` started beside the caller, or None when it is imported already (a
     daemon's second run). Its errors are raised where it is awaited; unawaited (the grant
@@ -117,9 +127,7 @@ def pipeline_imported() -> asyncio.Task[None] | None:
     if all(name in sys.modules for name in PIPELINE):
         cap_malloc_arenas()
         return None
-    job = asyncio.create_task(import_pipeline(), name="import-pipeline")
-    job.add_done_callback(lambda t: t.cancelled() or t.exception())
-    return job
+    return awaited_later(import_pipeline(), "import-pipeline")
 
 
 class InstallRun:
@@ -150,9 +158,8 @@ class InstallRun:
                     and failed.exception() is not None:
                 # the copy's write failed before the pause: tried afresh (the condition that
                 # failed it may be gone), not raised stale
-                self._caching = asyncio.create_task(cache_manifest_again(ctx, pool, grant),
-                                                    name="manifest-cache")
-                self._caching.add_done_callback(lambda t: t.cancelled() or t.exception())
+                self._caching = awaited_later(cache_manifest_again(ctx, pool, grant),
+                                              "manifest-cache")
             if self.on_started is not None:
                 self.on_started(ctx.state.task(self.task.id))
         # the manifest key (asked of the backend once per backend, then pinned) is fetched
@@ -164,10 +171,8 @@ class InstallRun:
         try:
             if prepared is None:
                 imports = pipeline_imported()
-                key = asyncio.create_task(manifest_key(ctx), name="manifest-key")
-                # a failure of its own is raised where it is awaited; unawaited (the grant
-                # failed first, or the game is installed already) it is moot
-                key.add_done_callback(lambda t: t.cancelled() or t.exception())
+                # unawaited when the grant failed first or the game is installed already
+                key = awaited_later(manifest_key(ctx), "manifest-key")
                 if wants_early_manifest(ctx, self.task.product_id, self.task.version_id):
                     # the manifest asked of the backend, checked and decoded beside the grant
                     early = asyncio.create_task(early_manifest(
@@ -232,11 +237,9 @@ class InstallRun:
         staging = Staging(self.install_dir, self.task.id, manifest)
         if taken is not None:
             # kept on a thread beside staging and the download, not before the first byte
-            self._caching = asyncio.create_task(cache_early_manifest(ctx, taken),
-                                                name="manifest-cache")
-            # its failure is raised where a run awaits it before commit; a task cancelled
-            # before that drops it (the copy is fetched again by whatever needs it)
-            self._caching.add_done_callback(lambda t: t.cancelled() or t.exception())
+            # awaited before commit; a task cancelled before that drops it (the copy is
+            # fetched again by whatever needs it)
+            self._caching = awaited_later(cache_early_manifest(ctx, taken), "manifest-cache")
             taken = None  # its blob is the write's alone now
         try:
             return await self._install(ctx, grant, pool, manifest, plan, staging,
