@@ -644,42 +644,39 @@ def _run_engine(stack: Stack, game: Game, run_dir: Path, name: str, *, limit: st
     return res
 
 
-FIRST_BYTE_LINE = "first pack byte at monotonic "
+FIRST_BYTE = re.compile(r"first pack byte at monotonic (\S+)")
 FIRST_BYTE_CPU = re.compile(r"first pack byte at monotonic \S+ after (\S+) process CPU-s")
+REQUEST_ARRIVED = re.compile(r"request install arrived at monotonic (\S+)")
 
 
-def first_byte_cpu_s(log_path: Path) -> float | None:
-    """The engine's CPU-seconds (all its threads) when its first pack byte came, from the same
-    log line (engines since session 25 log it): steadier than wall time on a shared host."""
+def logged_number(log_path: Path, line: re.Pattern[str]) -> float | None:
+    """The number ``line``'s group catches in the first log line it matches, or None (no such
+    line: an engine older than the one that logs it, or a run that never got there)."""
     with contextlib.suppress(OSError):
-        m = FIRST_BYTE_CPU.search(log_path.read_text(errors="replace"))
+        m = line.search(log_path.read_text(errors="replace"))
         if m:
             return float(m[1])
     return None
 
 
-REQUEST_ARRIVED = re.compile(r"request install arrived at monotonic (\S+)")
+def first_byte_cpu_s(log_path: Path) -> float | None:
+    """The engine's CPU-seconds (all its threads) when its first pack byte came, from the same
+    log line (engines since session 25 log it): steadier than wall time on a shared host."""
+    return logged_number(log_path, FIRST_BYTE_CPU)
 
 
 def request_arrived_s(log_path: Path, t0: float) -> float | None:
     """Seconds from ``t0`` to the daemon's receipt of the install request (it logs the
     CLOCK_MONOTONIC of it at INFO): the one-shot client's own start before it."""
-    with contextlib.suppress(OSError):
-        m = REQUEST_ARRIVED.search(log_path.read_text(errors="replace"))
-        if m:
-            return float(m[1]) - t0
-    return None
+    at = logged_number(log_path, REQUEST_ARRIVED)
+    return None if at is None else at - t0
 
 
 def first_byte_s(log_path: Path, t0: float) -> float | None:
     """Seconds from spawning the engine to its first pack response (engine/io/download.py logs
     the CLOCK_MONOTONIC of it at INFO); None for an engine that does not log it."""
-    with contextlib.suppress(OSError):
-        for line in log_path.read_text(errors="replace").splitlines():
-            at = line.find(FIRST_BYTE_LINE)
-            if at >= 0:
-                return float(line[at + len(FIRST_BYTE_LINE):].split()[0]) - t0
-    return None
+    at = logged_number(log_path, FIRST_BYTE)
+    return None if at is None else at - t0
 
 
 def run_engine_daemon(stack: Stack, game: Game, run_dir: Path, name: str) -> dict[str, Any]:
@@ -785,7 +782,7 @@ def run_floor(store_dir: Path, game: Game) -> dict[str, Any]:
             "blake3_cpu_s": round(got["blake3_cpu_s"], 3)}
 
 
-def ceiling(game: Game, curls: list[Result], floors: list[dict[str, Any]],
+def ceiling(game: Game, curls: list[Result], essential_cpu_s: float,
             curl_mb_s: float) -> dict[str, Any]:
     """An estimate of the fastest a verifying engine could install ``game`` here: every core
     busy with nothing but curl's own work on the packs (the least CPU of the curl runs: an
@@ -793,7 +790,7 @@ def ceiling(game: Game, curls: list[Result], floors: list[dict[str, Any]],
     and the floor's least (no Python, no durability, no byte hashed twice); against the goals'
     curl figure. A bound in outline, not a proof: the host's speed drifts between runs."""
     least = min(curls, key=lambda r: r.cpu_s + r.nginx_cpu_s)
-    cpu = least.cpu_s + least.nginx_cpu_s + min(f["essential_cpu_s"] for f in floors)
+    cpu = least.cpu_s + least.nginx_cpu_s + essential_cpu_s
     cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
              else os.cpu_count() or 1)
     mb_s = game.installed_bytes / MB * cores / cpu
@@ -1050,7 +1047,8 @@ def main(argv: list[str] | None = None) -> int:
         goals["engine_vs_curl"]["ratio_incl_sync"] = round(incl_sync(eng) / incl_sync(curl), 2)
     # the least of the floor runs, as the ceiling takes it (the host's slow moments add CPU)
     floor = min(floors, key=lambda f: f["essential_cpu_s"]) if floors else None
-    bound = ceiling(game, by_tool["curl"], floors, curl.mb_s) if curl and floors else None
+    bound = (ceiling(game, by_tool["curl"], floor["essential_cpu_s"], curl.mb_s)
+             if curl and floor else None)
     if bound is not None and "engine_vs_curl" in goals:
         # what no verifying engine passes here: whether the goal is within this machine's reach
         goals["engine_vs_curl"]["ceiling_ratio"] = bound["ceiling_vs_curl"]
