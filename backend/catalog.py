@@ -15,6 +15,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Generic, TypeVar
 
@@ -24,6 +25,13 @@ from patcher.errors import PatcherError
 from patcher.manifest import Manifest
 from patcher.sizing import UpdateCost, install_bytes, update_cost
 from patcher.store import Store, VersionRecord
+
+
+class ManifestForm(StrEnum):
+    """The forms a version's signed manifest is published in (``patcher.manifestbin``)."""
+    JSON = "json"
+    BINARY = "binary"
+
 
 log = logging.getLogger(__name__)
 
@@ -152,16 +160,26 @@ class Catalog:
 
         return self._manifests.get_or_compute((product, version), load)
 
-    def signed_manifest(self, product: str, version: str
-                        ) -> tuple[Path, os.stat_result, bytes]:
+    def signed_manifest(self, product: str, version: str, form: ManifestForm = ManifestForm.JSON
+                        ) -> tuple[Path, os.stat_result, bytes, ManifestForm]:
         """A version's published manifest file (served as it is, in pieces), its stat (taken
-        once: the answer's length) and its signature."""
+        once: the answer's length), its signature and its form: the binary one when asked for
+        and published, else the JSON one."""
+        if form is ManifestForm.BINARY:
+            try:
+                path = self.store.path(self.store.manifest_bin_rel(product, version))
+                st = path.stat()
+                if stat.S_ISREG(st.st_mode):
+                    sig = self.store.path(self.store.manifest_bin_sig_rel(product, version))
+                    return path, st, sig.read_bytes(), ManifestForm.BINARY
+            except FileNotFoundError:
+                pass  # published before the binary form existed: the JSON one
         path = self.store.path(self.store.manifest_rel(product, version))
         try:
             st = path.stat()
             if not stat.S_ISREG(st.st_mode):
                 raise FileNotFoundError(path)
-            return path, st, path.with_suffix(".sig").read_bytes()
+            return path, st, path.with_suffix(".sig").read_bytes(), ManifestForm.JSON
         except FileNotFoundError as exc:
             raise NotFound(f"no manifest for {product} {version}",
                            code="VERSION_NOT_FOUND") from exc

@@ -18,6 +18,7 @@ from sqlalchemy import and_, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from backend import events
+from backend.catalog import ManifestForm
 from backend.cdn import aissue_sources, issue_sources
 from backend.context import Context, CtxDep, UserDep
 from backend.db import (
@@ -269,8 +270,10 @@ def manifest_key(ctx: CtxDep, user: UserDep) -> dict[str, Any]:
 
 MANIFEST_VERSION_HEADER = "X-Manifest-Version"
 MANIFEST_SIGNATURE_HEADER = "X-Manifest-Signature"  # base64 of the 64-byte Ed25519 signature
-_MANIFEST_RESPONSE = {"description": "The signed manifest's bytes as published (zstd JSON); its "
-                                     "version and base64 Ed25519 signature in headers",
+MANIFEST_FORM_HEADER = "X-Manifest-Form"  # json | binary: which form the bytes are
+_MANIFEST_RESPONSE = {"description": "The signed manifest's bytes as published (zstd JSON, or "
+                                     "its binary form when asked for and published); its "
+                                     "version, form and base64 Ed25519 signature in headers",
                       "content": {"application/octet-stream": {
                           "schema": {"type": "string", "format": "binary"}}}}
 
@@ -278,21 +281,26 @@ _MANIFEST_RESPONSE = {"description": "The signed manifest's bytes as published (
 @router.get("/manifests/{productId}", response_class=Response,
             responses={200: _MANIFEST_RESPONSE, **error_responses(401, 403, 404, 422)})
 def get_manifest(productId: Annotated[ProductId, Path()], ctx: CtxDep, user: UserDep,
-                 versionId: Annotated[VersionId | None, Query()] = None) -> Response:
+                 versionId: Annotated[VersionId | None, Query()] = None,
+                 form: Annotated[ManifestForm, Query()] = ManifestForm.JSON) -> Response:
     """The signed manifest of a version the player may download (the latest without
     ``versionId``), under the task routes' rules. An engine asks for it beside a new task's
     grant and checks and decodes it while the grant is made, instead of fetching it from the
-    CDN once the grant names it; the signature, not this answer, is what it trusts."""
+    CDN once the grant names it; the signature, not this answer, is what it trusts.
+    ``form=binary`` asks for the binary form (``patcher.manifestbin``, a few ms to decode
+    where the JSON takes tens); a version published before that form existed answers JSON,
+    as ``X-Manifest-Form`` says."""
     with ctx.db.session() as s:
         item = require_entitlement(s, user.id, productId, "productId", catalog=ctx.catalog)
         check_lent_access(ctx, s, item)
     v = ctx.catalog.resolve_version(productId, versionId, "versionId")
-    path, st, sig = ctx.catalog.signed_manifest(productId, v.version_id)
+    path, st, sig, served = ctx.catalog.signed_manifest(productId, v.version_id, form)
     # streamed from the file a MiB at a time: a big game's manifest (tens of MB) is never
     # held whole per request; a file replaced meanwhile fails its signature on the engine,
     # which then takes the CDN's copy
     return _ManifestFile(path, stat_result=st, media_type="application/octet-stream",
                          headers={MANIFEST_VERSION_HEADER: v.version_id,
+                                  MANIFEST_FORM_HEADER: served.value,
                                   MANIFEST_SIGNATURE_HEADER: base64.b64encode(sig).decode("ascii"),
                                   "Cache-Control": "private, no-store"})
 

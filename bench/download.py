@@ -191,6 +191,13 @@ def ensure_store(work: Path, size_mib: int, rss_mib: int) -> tuple[Path, str | N
     big_product = f"bench-xl-{rss_mib}" if rss_mib else None
     big_marker = store_dir / f".bench-{big_product}"
     if main_marker.exists() and (big_product is None or big_marker.exists()):
+        store = Store(store_dir)
+        try:  # a store cached before manifests had their binary form gets it now
+            for product, version in ((PRODUCT, VERSION), (big_product, BIG_VERSION)):
+                if product is not None and store.ensure_binary_manifest(product, version):
+                    log(f"added the binary form of {product} {version}'s manifest")
+        finally:
+            store.close()
         return store_dir, big_product
     store = Store(store_dir)
     try:

@@ -49,6 +49,9 @@ MAX_PATH_BYTES = 1024
 MAX_PATH_DEPTH = 64
 MAX_FILE_SIZE = 1 << 42  # 4 TiB
 MAX_BLOCK_RAW = 16 * 1024 * 1024
+# the first bytes of the manifest's binary form (``patcher.manifestbin``); a JSON form starts
+# with a zstd frame's magic
+BINARY_MAGIC = b"LMANBIN\x01"
 
 _HEX64 = re.compile(r"\A[0-9a-f]{64}\Z")
 _DRIVE = re.compile(r"\A[A-Za-z]:")
@@ -297,13 +300,18 @@ def _decompress_json(blob: bytes) -> bytearray:
 
 
 def decode_manifest(blob: bytes) -> Manifest:
-    """Decompress and parse manifest bytes, with size limits before and during decompression.
+    """Decompress and parse manifest bytes, with size limits before and during decompression:
+    the JSON form, or the binary one (``patcher.manifestbin``: its magic comes first).
 
     The canonical layout is read as a stream into arrays (``_stream_manifest``); any other
     document, valid or not, goes through ``json.loads`` and the strict loader, so every
     rejection keeps its code and message."""
     if len(blob) > MAX_COMPRESSED_BYTES:
         raise ManifestError("MANIFEST_TOO_LARGE", "manifest", f"{len(blob)} compressed bytes")
+    if blob[:len(BINARY_MAGIC)] == BINARY_MAGIC:  # the binary form (``patcher.manifestbin``)
+        from patcher.manifestbin import decode_manifest_binary
+
+        return decode_manifest_binary(blob)
     try:
         return _stream_manifest(blob)
     except (_NotCanonical, ManifestError):

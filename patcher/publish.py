@@ -907,6 +907,7 @@ def publish(
     rel = store.manifest_rel(product, version)
     atomic_write(store.path(rel).with_suffix(".sig"), sig)
     atomic_write(store.path(rel), blob)
+    store.write_binary_manifest(manifest, blob)
     with store.transaction() as db:
         store.add_chunks(db, product, [r for r in records if r.id not in restore])
         # later versions find re-stored chunks at their new, dense place
@@ -947,6 +948,7 @@ def _republish(
     if not _same_content(current, candidate):
         raise PublishError(f"{product} {version} is already published with other content",
                            code="VERSION_EXISTS")
+    store.ensure_binary_manifest(product, version)  # one published before the form existed
     return PublishReport(
         product_id=product, version_id=version, already_published=True,
         files=len(current.files), total_bytes=current.total_size, chunks=len(current.chunks),

@@ -7,6 +7,8 @@ Layout (``ROOT/cdn`` is what any static host, nginx or S3 bucket serves; the res
     ROOT/cdn/<product>/packs/<blake3>.pack         immutable packs of blocks
     ROOT/cdn/<product>/manifests/<version>.manifest  zstd JSON, signed bytes
     ROOT/cdn/<product>/manifests/<version>.sig     64-byte Ed25519 signature
+    ROOT/cdn/<product>/manifests/<version>.bmanifest  the same manifest's binary form
+                                                   (``patcher.manifestbin``), signed: .bsig
     ROOT/cdn/<product>/deltas/<from>--<to>.delta   signed delta index, format 1 (+ .sig)
     ROOT/cdn/<product>/deltas/<from>--<to>.v2.delta  format 2: every patch kind (+ .v2.sig)
     ROOT/cdn/<product>/deltas/<from>--<to>.v3.delta  format 3: the unsigned update document
@@ -26,7 +28,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from patcher.deltaindex import DeltaIndex, decode_delta_index
 from patcher.errors import StoreError
-from patcher.manifest import Codec, Manifest
+from patcher.manifest import Codec, Manifest, decode_manifest
+from patcher.manifestbin import encode_manifest_binary
 from patcher.packs import decompress_block
 from patcher.signing import (
     load_or_create_private_key,
@@ -126,6 +129,15 @@ class Store:
     @staticmethod
     def manifest_rel(product: str, version: str) -> str:
         return f"{product}/manifests/{version}.manifest"
+
+    @staticmethod
+    def manifest_bin_rel(product: str, version: str) -> str:
+        """The manifest's binary form (``patcher.manifestbin``), beside the JSON one."""
+        return f"{product}/manifests/{version}.bmanifest"
+
+    @staticmethod
+    def manifest_bin_sig_rel(product: str, version: str) -> str:
+        return f"{product}/manifests/{version}.bsig"
 
     @staticmethod
     def delta_rel(product: str, from_version: str, to_version: str) -> str:
@@ -237,6 +249,30 @@ class Store:
         except FileNotFoundError as exc:
             raise StoreError(f"no manifest for {product} {version}", code="VERSION_NOT_FOUND") from exc
         return load_signed_manifest(blob, sig, self.signing_key.public_key())
+
+    def write_binary_manifest(self, manifest: Manifest, json_blob: bytes) -> None:
+        """The binary form of a published manifest and its signature, beside the JSON form
+        (``json_blob``, its signed bytes). It is decoded back and compared with the JSON's
+        manifest before it is signed: the two forms never say different things."""
+        blob = encode_manifest_binary(manifest)
+        if decode_manifest(blob) != decode_manifest(json_blob):
+            raise StoreError(f"the binary form of {manifest.product_id} {manifest.version_id} "
+                             "does not match its JSON form", code="MANIFEST_INVALID")
+        product, version = manifest.product_id, manifest.version_id
+        atomic_write(self.path(self.manifest_bin_sig_rel(product, version)),
+                     self.signing_key.sign(blob))
+        atomic_write(self.path(self.manifest_bin_rel(product, version)), blob)
+
+    def ensure_binary_manifest(self, product: str, version: str) -> bool:
+        """Write a published version's binary form if it has none (versions published before
+        the form existed); True when it was written."""
+        if self.path(self.manifest_bin_rel(product, version)).exists() and \
+                self.path(self.manifest_bin_sig_rel(product, version)).exists():
+            return False
+        manifest = self.read_manifest(product, version)  # its signature checked
+        self.write_binary_manifest(manifest,
+                                   self.path(self.manifest_rel(product, version)).read_bytes())
+        return True
 
     def read_delta(self, product: str, from_version: str, to_version: str,
                    format_version: int = 2) -> DeltaIndex | None:

@@ -68,6 +68,7 @@ from patcher.delta import PatchMethod, apply_patch, apply_patch_to_proven
 from patcher.deltaindex import DeltaIndex, decode_delta_index
 from patcher.errors import DeltaError, ManifestError
 from patcher.manifest import FileEntry, Manifest, compress_manifest_json
+from patcher.manifestbin import json_form
 from patcher.sigcheck import PublicKey
 from patcher.signing import load_public_key, load_signed_manifest, verify_signature
 from patcher.updatedoc import (
@@ -275,7 +276,8 @@ class UpdateRun:
             if delta is not None and delta.manifest_patch is not None \
                     and delta.from_version == installed.version_id:
                 old_blob = ctx.state.manifest_files(installed.product_id, installed.version_id)[0]
-                base = ManifestBase(await asyncio.to_thread(old_blob.read_bytes),
+                # the patch is of the JSON form: a copy kept in the binary form gives it back
+                base = ManifestBase(await asyncio.to_thread(lambda: json_form(old_blob.read_bytes())),
                                     delta.manifest_patch)
         new = await load_manifest(ctx, pool, grant, base=base)
         staging = Staging(self.install_dir, self.task.id, new)

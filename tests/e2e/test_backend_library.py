@@ -6,6 +6,7 @@ import base64
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from patcher.manifest import decode_manifest
 from patcher.signing import public_key_hex
 from tests.conftest import BackendServer, PublishedStore, StartBackend, assert_error
 
@@ -147,6 +148,26 @@ def test_signed_manifests_come_from_the_download_service(backend: BackendServer,
             sig = base64.b64decode(r.headers["x-manifest-signature"], validate=True)
             assert sig == backend.store.path(rel).with_suffix(".sig").read_bytes()
             key.verify(sig, r.content)
+            assert r.headers["x-manifest-form"] == "json"
+        # the binary form when asked for (checked with its own signature), the JSON one when
+        # a version has none (published before the form existed), as the header says
+        version = main.versions[0]
+        bin_path = backend.store.path(backend.store.manifest_bin_rel(main.product_id, version))
+        r = c.get(path, params={"versionId": version, "form": "binary"})
+        assert r.status_code == 200, r.text
+        assert r.headers["x-manifest-form"] == "binary" and r.content == bin_path.read_bytes()
+        key.verify(base64.b64decode(r.headers["x-manifest-signature"]), r.content)
+        assert decode_manifest(r.content) == backend.store.read_manifest(main.product_id, version)
+        kept = bin_path.read_bytes()
+        bin_path.unlink()
+        try:
+            r = c.get(path, params={"versionId": version, "form": "binary"})
+            assert r.headers["x-manifest-form"] == "json"
+            assert r.content == backend.store.path(
+                backend.store.manifest_rel(main.product_id, version)).read_bytes()
+        finally:
+            bin_path.write_bytes(kept)
+        assert_error(c.get(path, params={"form": "xml"}), 422)
         assert_error(c.get(path, params={"versionId": "9.9.9"}), 404, "VERSION_NOT_FOUND")
         assert_error(c.get(path, params={"versionId": "../x"}), 422)
         assert_error(c.get("/api/v1/download/manifests/no-such-game"), 403)

@@ -264,6 +264,7 @@ def test_a_new_install_takes_its_manifest_from_the_backend_beside_the_grant(
     edge = server.start_cdn_edge()
     version = published_store.product(PRODUCT).versions[0]
     published = server.store.path(server.store.manifest_rel(PRODUCT, version)).read_bytes()
+    binary = server.store.path(server.store.manifest_bin_rel(PRODUCT, version)).read_bytes()
     with FaultProxy(edge.url.removesuffix("/cdn/")) as cdn, FaultProxy(server.url) as api:
         server.set_edges([f"{cdn.url}/cdn/"])
         name, _ = server.new_user(products=[PRODUCT])
@@ -278,7 +279,7 @@ def test_a_new_install_takes_its_manifest_from_the_backend_beside_the_grant(
         assert code == 0 and lines[-1]["result"] == "completed", (json.dumps(lines[-1:]), err)
         assert_same_tree(target, build_dir(published_store, version))
         asked = [r.path_qs for r in api.history if "/download/manifests/" in r.path_qs]
-        assert asked == [f"/api/v1/download/manifests/{PRODUCT}?versionId={version}"]
+        assert asked == [f"/api/v1/download/manifests/{PRODUCT}?form=binary&versionId={version}"]
         # pinned at login: not asked again
         assert [r.path_qs for r in api.history].count("/api/v1/download/manifest-key") == 1
         from_cdn = [r.path_qs for r in cdn.history if "/manifests/" in r.path_qs]
@@ -290,8 +291,11 @@ def test_a_new_install_takes_its_manifest_from_the_backend_beside_the_grant(
                 f"/cdn/{PRODUCT}/manifests/{version}.manifest"]
         else:
             assert from_cdn == [] and "not taken" not in err
+    # the engine keeps the form it checked: the backend's binary one, or the CDN's JSON one
     cached = tmp_path / "eng" / "manifests" / PRODUCT / f"{version}.manifest"
-    assert cached.read_bytes() == published
+    assert cached.read_bytes() == (published if tampered else binary)
+    # and reads its copy again (verify: every file against the kept manifest)
+    assert cli.ok("verify", PRODUCT)[-1]["verify"]["ok"]
 
 
 def test_a_manifest_copy_that_cannot_be_kept_fails_the_install_by_name(
