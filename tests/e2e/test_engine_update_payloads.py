@@ -20,6 +20,7 @@ import zstandard
 from patcher.delta import build_zstd
 from patcher.deltaindex import DeltaIndex, ManifestPatch, decode_delta_index, encode_delta_index
 from patcher.manifest import manifest_to_json
+from patcher.manifestbin import is_binary_manifest
 from patcher.sizing import update_cost
 from patcher.store import Store
 from testing.enginekit import STAGING, EngineCli, assert_same_tree, read_until
@@ -109,6 +110,8 @@ def test_every_step_uses_the_manifest_patch_and_new_patch_kinds(
     cli = fresh_cli(server, tmp_path)
     target = tmp_path / "game"
     cli.ok("install", PRODUCT, "--version", versions[0], "--target", str(target))
+    # the install kept the backend's binary form: the patches below start from it
+    assert is_binary_manifest(cached_manifest(cli, versions[0]))
     for new in versions[1:]:
         code, lines, err = cli.run("update", PRODUCT, "--version", new)
         assert code == 0 and lines[-1]["result"] == "completed", err
