@@ -172,8 +172,12 @@ class Catalog:
                 if stat.S_ISREG(st.st_mode):
                     sig = self.store.path(self.store.manifest_bin_sig_rel(product, version))
                     return path, st, sig.read_bytes(), ManifestForm.BINARY
-            except FileNotFoundError:
-                pass  # published before the binary form existed: the JSON one
+            except OSError:
+                # published before the binary form existed (or its files unreadable, which the
+                # operator's log names): the JSON one, which every engine reads
+                if self.store.path(self.store.manifest_bin_rel(product, version)).exists():
+                    log.warning("the binary manifest of %s %s is unusable: serving its JSON",
+                                product, version, exc_info=True)
         path = self.store.path(self.store.manifest_rel(product, version))
         try:
             st = path.stat()

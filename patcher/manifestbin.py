@@ -45,6 +45,7 @@ from patcher.manifest import (
     MAX_COMPRESSED_BYTES,
     MAX_FILE_SIZE,
     MAX_FILES,
+    MAX_JSON_BYTES,
     Block,
     ChunkLocations,
     ChunkTable,
@@ -59,9 +60,7 @@ from patcher.manifest import (
     check_collisions,
     check_id,
     check_relative_path,
-    compress_manifest_json,
     json_budget,
-    manifest_to_json,
     parse_launch,
     parse_saves,
 )
@@ -70,6 +69,9 @@ MAGIC = BINARY_MAGIC
 _CODECS = (Codec.RAW, Codec.ZSTD, Codec.ZSTD_DICT)  # the codec byte is an index here
 _CODEC_BYTE = {c: i for i, c in enumerate(_CODECS)}
 _HEADER_MAX = 64 * 1024 * 1024
+# the fewest bytes a row, a location and a block take in the JSON form: [0,1,"<64 hex>"],
+# "<64 hex>":[0,0], ["<64 hex>",0,1,1,"raw"], each with its comma
+_JSON_ROW, _JSON_LOCATION, _JSON_BLOCK = 73, 73, 81
 # the columns' bytes per unique chunk, per row, per block
 _PER_CHUNK, _PER_ROW, _PER_BLOCK = 32 + 4 + 4, 4 + 4, 4 + 8 + 4 + 4 + 1
 
@@ -122,16 +124,6 @@ def encode_manifest_binary(m: Manifest, level: int = MANIFEST_LEVEL) -> bytes:
     if len(blob) > MAX_COMPRESSED_BYTES:
         raise ManifestError("MANIFEST_TOO_LARGE", "manifest", f"{len(blob)} compressed bytes")
     return blob
-
-
-def json_form(blob: bytes) -> bytes:
-    """The signed bytes of a manifest's JSON form, from a copy in either form: as it is, or
-    written again from the binary one (the publisher's bytes when the same zstd compresses
-    them: an update's manifest patch applies to those, and its result is checked against the
-    new version's signature, so other bytes only cost a fallback to the full manifest)."""
-    if not is_binary_manifest(blob):
-        return blob
-    return compress_manifest_json(manifest_to_json(decode_manifest_binary(blob)))
 
 
 def _corrupt(detail: str) -> ManifestError:
@@ -233,6 +225,16 @@ def decode_manifest_binary(blob: bytes) -> Manifest:
     n = _int(_need(header, "chunks", int, ""), "chunks", 0, MAX_CHUNKS)
     rows = _int(_need(header, "rows", int, ""), "rows", 0, MAX_CHUNKS)
     nblocks = _int(_need(header, "blocks", int, ""), "blocks", 0, MAX_CHUNKS)
+    # no bigger than its JSON form may be: the binary form is ~10x denser, so its own
+    # decompression budget would let it describe what the JSON loaders refuse as too large.
+    # (The JSON's budget per compressed byte is not applied: the binary form of a game of
+    # repeated chunks compresses far better than its JSON, and would be refused where the JSON
+    # is taken.)
+    least_json = _JSON_ROW * rows + _JSON_LOCATION * n + _JSON_BLOCK * nblocks
+    if least_json > MAX_JSON_BYTES:
+        raise ManifestError("MANIFEST_TOO_LARGE", "manifest",
+                            f"{rows} rows, {n} chunks and {nblocks} blocks: at least "
+                            f"{least_json} bytes as JSON, over its {MAX_JSON_BYTES}")
     if sum(h[4] for h in heads) != rows:
         raise _corrupt(f"the files' rows add up to {sum(h[4] for h in heads)}, not {rows}")
     if len(body) - at != n * _PER_CHUNK + rows * _PER_ROW + nblocks * _PER_BLOCK:

@@ -293,6 +293,21 @@ class State:
         self.db.execute("DELETE FROM installed WHERE product_id = ?", [product_id])
 
     # -- cached signed manifests --------------------------------------------------------------
-    def manifest_files(self, product_id: str, version_id: str) -> tuple[Path, Path]:
+    def manifest_files(self, product_id: str, version_id: str, *,
+                       binary: bool = False) -> tuple[Path, Path]:
+        """Where the engine keeps a version's signed manifest and its signature: the JSON form,
+        or the binary one (``patcher.manifestbin``) under names of its own — an engine older
+        than that form reads only ``<v>.manifest`` and could not decode a binary copy there."""
         base = self.manifest_dir / product_id
+        if binary:
+            return base / f"{version_id}.bmanifest", base / f"{version_id}.bsig"
         return base / f"{version_id}.manifest", base / f"{version_id}.sig"
+
+    def cached_manifest_files(self, product_id: str, version_id: str) -> tuple[Path, Path] | None:
+        """The engine's copy of a version's manifest, both files there: the binary form (the
+        quicker to decode) when kept, else the JSON one; None when neither is."""
+        for binary in (True, False):
+            blob, sig = self.manifest_files(product_id, version_id, binary=binary)
+            if blob.exists() and sig.exists():
+                return blob, sig
+        return None

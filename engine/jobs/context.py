@@ -205,10 +205,7 @@ def wants_early_manifest(ctx: EngineContext, product_id: str, version_id: str | 
     """Whether an install should ask the backend for its manifest beside the grant: not when
     the engine holds that version's manifest (a task without a version asks: the grant names
     the version, after the time this saves)."""
-    if version_id is None:
-        return True
-    blob_path, sig_path = ctx.state.manifest_files(product_id, version_id)
-    return not (blob_path.exists() and sig_path.exists())
+    return version_id is None or ctx.state.cached_manifest_files(product_id, version_id) is None
 
 
 async def early_manifest(ctx: EngineContext, product_id: str, version_id: str | None,
@@ -263,7 +260,10 @@ async def cache_early_manifest(ctx: EngineContext, early: EarlyManifest) -> None
     the run's staging and download, not before its first byte. A copy already there is
     replaced unless it holds these very bytes: a task without a version asks the backend even
     when one is cached, and that one was not checked (it may be damaged)."""
-    blob_path, sig_path = ctx.state.manifest_files(early.manifest.product_id, early.version_id)
+    from patcher.manifestbin import is_binary_manifest
+
+    blob_path, sig_path = ctx.state.manifest_files(early.manifest.product_id, early.version_id,
+                                                   binary=is_binary_manifest(early.blob))
 
     def keep() -> None:
         with contextlib.suppress(OSError):
@@ -295,13 +295,15 @@ async def load_manifest(ctx: EngineContext, pool: SourcePool, grant: TaskGrant, 
     from patcher.manifest import decode_manifest
     from patcher.signing import load_public_key, verify_signature
 
-    blob_path, sig_path = ctx.state.manifest_files(grant.product_id, grant.version_id)
+    kept = ctx.state.cached_manifest_files(grant.product_id, grant.version_id)
+    # a manifest fetched here is the CDN's JSON form (or rebuilt as it)
+    blob_path, sig_path = kept or ctx.state.manifest_files(grant.product_id, grant.version_id)
     key = load_public_key(await manifest_key(ctx))
     refresh = refresher(ctx, grant)
     # every manifest is checked against its signature once before it is decoded: a cached one
     # here, a fetched one as its bytes arrive (or, rebuilt from a patch, before it is taken)
     blob: bytes | None = None
-    if blob_path.exists() and sig_path.exists():
+    if kept is not None:
         blob, sig = blob_path.read_bytes(), sig_path.read_bytes()
         try:
             await asyncio.to_thread(verify_signature, blob, sig, key)
@@ -312,7 +314,8 @@ async def load_manifest(ctx: EngineContext, pool: SourcePool, grant: TaskGrant, 
                         grant.product_id, grant.version_id, exc.message)
             for path in (blob_path, sig_path):
                 path.unlink(missing_ok=True)
-            blob = None
+            blob = kept = None
+            blob_path, sig_path = ctx.state.manifest_files(grant.product_id, grant.version_id)
     if blob is None:
         sig = await fetch_small(ctx, pool, grant.signature_path, 1024, refresh=refresh)
         rebuilt = None
@@ -334,6 +337,15 @@ async def load_manifest(ctx: EngineContext, pool: SourcePool, grant: TaskGrant, 
         try:
             manifest = await asyncio.to_thread(decode_manifest, blob)
         except ManifestError as exc:
+            if kept is not None and cached is None:
+                # the engine's own copy, signed but not readable here (a form this engine does
+                # not know, say, kept by a newer one): dropped and fetched again, as a damaged
+                # one is, instead of failing this version until someone deletes it
+                log.warning("cached manifest of %s %s not readable (%s): fetching it again",
+                            grant.product_id, grant.version_id, exc.message)
+                for path in (blob_path, sig_path):
+                    path.unlink(missing_ok=True)
+                return await load_manifest(ctx, pool, grant, base=base)
             raise EngineError(ErrorCode.from_wire(exc.code, ErrorCode.MANIFEST_INVALID),
                               f"manifest of {grant.product_id} {grant.version_id}: "
                               f"{exc.message}", item=exc.field) from exc

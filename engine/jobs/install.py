@@ -62,7 +62,7 @@ T = TypeVar("T")
 # every step after it would wait through.
 PIPELINE = (
     "zstandard", "blake3", "patcher.chunking", "patcher.sigcheck", "patcher.manifest",
-    "patcher.signing", "engine.core.planner", "engine.io.rangeclient",
+    "patcher.manifestbin", "patcher.signing", "engine.core.planner", "engine.io.rangeclient",
     "engine.io.blockio", "engine.io.download", "engine.io.journal", "engine.io.verify",
 )
 

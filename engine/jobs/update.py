@@ -67,8 +67,8 @@ from patcher.chunking import chunk_buffer
 from patcher.delta import PatchMethod, apply_patch, apply_patch_to_proven
 from patcher.deltaindex import DeltaIndex, decode_delta_index
 from patcher.errors import DeltaError, ManifestError
-from patcher.manifest import FileEntry, Manifest, compress_manifest_json
-from patcher.manifestbin import json_form
+from patcher.manifest import FileEntry, Manifest, compress_manifest_json, manifest_to_json
+from patcher.manifestbin import is_binary_manifest
 from patcher.sigcheck import PublicKey
 from patcher.signing import load_public_key, load_signed_manifest, verify_signature
 from patcher.updatedoc import (
@@ -89,9 +89,10 @@ UPDATE_MAX_GAP = 16 * 1024  # measured: 128 kB of bridged gaps for 7.7 kB of chu
 
 
 def cached_manifest(ctx: EngineContext, product_id: str, version_id: str, key_hex: str) -> Manifest:
-    blob_path, sig_path = ctx.state.manifest_files(product_id, version_id)
-    if not blob_path.exists():
+    kept = ctx.state.cached_manifest_files(product_id, version_id)
+    if kept is None:
         raise EngineError(ErrorCode.VERSION_NOT_FOUND, f"no local manifest for {product_id} {version_id}")
+    blob_path, sig_path = kept
     try:
         return load_signed_manifest(blob_path.read_bytes(), sig_path.read_bytes(),
                                     load_public_key(key_hex))
@@ -275,10 +276,10 @@ class UpdateRun:
             delta = await self._load_delta(pool, grant, key_hex)
             if delta is not None and delta.manifest_patch is not None \
                     and delta.from_version == installed.version_id:
-                old_blob = ctx.state.manifest_files(installed.product_id, installed.version_id)[0]
-                # the patch is of the JSON form: a copy kept in the binary form gives it back
-                base = ManifestBase(await asyncio.to_thread(lambda: json_form(old_blob.read_bytes())),
-                                    delta.manifest_patch)
+                kept = ctx.state.cached_manifest_files(installed.product_id, installed.version_id)
+                if kept is not None:
+                    base = ManifestBase(await asyncio.to_thread(_json_blob, kept[0], old),
+                                        delta.manifest_patch)
         new = await load_manifest(ctx, pool, grant, base=base)
         staging = Staging(self.install_dir, self.task.id, new)
         journal_path = staging.root / "switch.json"
@@ -399,6 +400,7 @@ class UpdateRun:
         rel = v3_doc_path(grant.delta_path) if grant.delta_path else None
         if rel is None or old.version_id == grant.version_id:
             return None
+        # a derived manifest is kept in the JSON form it is derived as
         blob_path, sig_path = ctx.state.manifest_files(grant.product_id, grant.version_id)
         attempts = max(2, len(pool.sources))  # optional: a short try before the fallback
         try:
@@ -411,7 +413,7 @@ class UpdateRun:
                       rel, work.files, work.rows, work.total_bytes)
             data: dict[str, bytes | Path] = {
                 p.patch_id: p.data for p in doc.patches if p.data is not None}
-            cached = blob_path.exists() and sig_path.exists()
+            cached = ctx.state.cached_manifest_files(grant.product_id, grant.version_id) is not None
             if not cached:  # derive the manifest: every patch is needed now
                 # external patches go to disk as they arrive: only one is in memory at a time
                 spill = self._spill_dir
@@ -635,6 +637,17 @@ def _blake3_is(patch_id: str, path: str) -> Callable[[bytes], None]:
             raise EngineError(ErrorCode.DELTA_PATCH_APPLICATION_FAILED,
                               f"patch for {path}: bytes do not match its id", item=path)
     return check
+
+
+def _json_blob(path: Path, manifest: Manifest) -> bytes:
+    """The installed manifest's JSON form, signed bytes, which a manifest patch applies to: the
+    kept file, or from a binary copy the JSON written again from ``manifest`` (its decode):
+    the publisher's bytes when the same zstd compresses them, and the patched result is checked
+    against the new signature either way (other bytes only cost the full manifest)."""
+    blob = path.read_bytes()
+    if is_binary_manifest(blob):
+        return compress_manifest_json(manifest_to_json(manifest))
+    return blob
 
 
 def derive_manifest_blob(install_dir: Path, old: Manifest, doc: UpdateDoc,

@@ -158,15 +158,18 @@ def test_signed_manifests_come_from_the_download_service(backend: BackendServer,
         assert r.headers["x-manifest-form"] == "binary" and r.content == bin_path.read_bytes()
         key.verify(base64.b64decode(r.headers["x-manifest-signature"]), r.content)
         assert decode_manifest(r.content) == backend.store.read_manifest(main.product_id, version)
-        kept = bin_path.read_bytes()
-        bin_path.unlink()
-        try:
-            r = c.get(path, params={"versionId": version, "form": "binary"})
-            assert r.headers["x-manifest-form"] == "json"
-            assert r.content == backend.store.path(
-                backend.store.manifest_rel(main.product_id, version)).read_bytes()
-        finally:
-            bin_path.write_bytes(kept)
+        # without its signature (or without itself) the binary form is not served
+        sig_path = backend.store.path(backend.store.manifest_bin_sig_rel(main.product_id, version))
+        for missing in (sig_path, bin_path):
+            kept = missing.read_bytes()
+            missing.unlink()
+            try:
+                r = c.get(path, params={"versionId": version, "form": "binary"})
+                assert r.headers["x-manifest-form"] == "json"
+                assert r.content == backend.store.path(
+                    backend.store.manifest_rel(main.product_id, version)).read_bytes()
+            finally:
+                missing.write_bytes(kept)
         assert_error(c.get(path, params={"form": "xml"}), 422)
         assert_error(c.get(path, params={"versionId": "9.9.9"}), 404, "VERSION_NOT_FOUND")
         assert_error(c.get(path, params={"versionId": "../x"}), 422)

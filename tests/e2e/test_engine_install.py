@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from patcher.manifest import BINARY_MAGIC
 from testing.enginekit import (
     STAGING,
     EngineCli,
@@ -291,9 +292,16 @@ def test_a_new_install_takes_its_manifest_from_the_backend_beside_the_grant(
                 f"/cdn/{PRODUCT}/manifests/{version}.manifest"]
         else:
             assert from_cdn == [] and "not taken" not in err
-    # the engine keeps the form it checked: the backend's binary one, or the CDN's JSON one
-    cached = tmp_path / "eng" / "manifests" / PRODUCT / f"{version}.manifest"
-    assert cached.read_bytes() == (published if tampered else binary)
+    # the engine keeps the form it checked: the backend's binary one (under names of its own,
+    # which an engine older than the form never reads), or the CDN's JSON one
+    cached = tmp_path / "eng" / "manifests" / PRODUCT
+    kept = {p.name: p.read_bytes() for p in cached.iterdir()}
+    if tampered:
+        assert kept == {f"{version}.manifest": published, f"{version}.sig": server.store.path(
+            server.store.manifest_rel(PRODUCT, version)).with_suffix(".sig").read_bytes()}
+    else:
+        assert kept == {f"{version}.bmanifest": binary, f"{version}.bsig": server.store.path(
+            server.store.manifest_bin_sig_rel(PRODUCT, version)).read_bytes()}
     # and reads its copy again (verify: every file against the kept manifest)
     assert cli.ok("verify", PRODUCT)[-1]["verify"]["ok"]
 
@@ -353,8 +361,38 @@ def test_a_damaged_cached_manifest_is_dropped_and_fetched_again(
         assert "cached manifest of star-courier" in err and "refused" in err
     else:  # the backend's copy, taken beside the grant, replaced the damaged one
         assert "refused" not in err and "not taken" not in err
-    # the CDN's JSON form, or the backend's binary one (what the engine checked is kept)
-    kept = blob if named else store.path(store.manifest_bin_rel(PRODUCT, version)).read_bytes()
-    assert (cached / f"{version}.manifest").read_bytes() == kept
+    if named:  # the CDN's JSON form replaced the damaged copy
+        assert (cached / f"{version}.manifest").read_bytes() == blob
+    else:  # the backend's binary form is kept beside it, and read first
+        assert (cached / f"{version}.bmanifest").read_bytes() == \
+            store.path(store.manifest_bin_rel(PRODUCT, version)).read_bytes()
     assert cli.ok("verify", PRODUCT)[-1]["verify"]["ok"]
     assert any(p.is_file() for p in target.rglob("*"))
+
+
+def test_a_kept_manifest_that_cannot_be_decoded_is_fetched_again(
+        backend_factory: Any, published_store: Any, tmp_path: Path) -> None:
+    """A copy in the engine's cache whose signature holds but which this engine cannot decode
+    (a form it does not know: what an engine downgraded past the binary form would meet, were
+    that form kept under the JSON's names) is dropped and the manifest fetched again, instead of
+    failing every install of the version."""
+    server = backend_factory()
+    store = server.store
+    version = published_store.product(PRODUCT).versions[0]
+    unreadable = BINARY_MAGIC + b"a form from the future"
+    name, _ = server.new_user(products=[PRODUCT])
+    cli = EngineCli(tmp_path / "eng", server.url)
+    cli.login(name, "secret-pw")
+    cached = tmp_path / "eng" / "manifests" / PRODUCT
+    cached.mkdir(parents=True)
+    (cached / f"{version}.bmanifest").write_bytes(unreadable)
+    (cached / f"{version}.bsig").write_bytes(store.signing_key.sign(unreadable))
+    target = tmp_path / "games" / "kept"
+    code, lines, err = cli.run("-v", "install", PRODUCT, "--version", version,
+                               "--target", str(target))
+    assert code == 0 and lines[-1]["result"] == "completed", (json.dumps(lines[-1:]), err)
+    assert "not readable" in err and "MANIFEST_CORRUPT" not in json.dumps(lines[-1])
+    assert not (cached / f"{version}.bmanifest").exists()
+    assert (cached / f"{version}.manifest").read_bytes() == \
+        store.path(store.manifest_rel(PRODUCT, version)).read_bytes()
+    assert_same_tree(target, build_dir(published_store, version))

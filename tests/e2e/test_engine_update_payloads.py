@@ -64,7 +64,10 @@ def fresh_cli(server: Any, tmp_path: Path, env: dict[str, str] | None = None) ->
 
 
 def cached_manifest(cli: EngineCli, version: str) -> bytes:
-    return (cli.data_dir / "manifests" / PRODUCT / f"{version}.manifest").read_bytes()
+    """The engine's copy of a version's manifest: its binary form when it kept that one."""
+    base = cli.data_dir / "manifests" / PRODUCT
+    binary = base / f"{version}.bmanifest"
+    return (binary if binary.exists() else base / f"{version}.manifest").read_bytes()
 
 
 def update_falls_back(server: Any, published_store: Any, tmp_path: Path, old: str, new: str,

@@ -25,6 +25,7 @@ from patcher.delta import PatchMethod, apply_patch
 from patcher.deltaindex import EMPTY_SHA256
 from patcher.errors import ManifestError, PublishError
 from patcher.manifest import Codec, LaunchEntry, Manifest, SaveLocation, SaveRoot, decode_manifest
+from patcher.manifestbin import is_binary_manifest
 from patcher.packs import (
     BLOCK_TARGET_RAW,
     PackWriter,
@@ -235,6 +236,34 @@ def test_manifest_document_on_disk(published: Published) -> None:
         assert len(b) == 5 and b[4] in ("raw", "zstd")
     assert set(doc["chunks"]) == {c[2] for f in doc["files"] for c in f["chunks"]}
     assert decode_manifest(blob) == published.manifest
+
+
+def test_the_binary_form_is_published_signed_and_backfilled(published: Published,
+                                                             tmp_path: Path) -> None:
+    """Beside the JSON, the manifest's binary form, signed with the same key over its own
+    bytes, decoding to the same manifest; a store without it (published before the form
+    existed) gets it from ``ensure_binary_manifest``, once."""
+    s = published.store
+    binary = s.path(s.manifest_bin_rel("alpha", "1.0"))
+    sig = s.path(s.manifest_bin_sig_rel("alpha", "1.0"))
+    assert is_binary_manifest(binary.read_bytes())
+    s.signing_key.public_key().verify(sig.read_bytes(), binary.read_bytes())
+    assert decode_manifest(binary.read_bytes()) == published.manifest
+    copy = tmp_path / "store"
+    shutil.copytree(s.root, copy)
+    old = Store(copy)
+    try:
+        for path in (old.path(old.manifest_bin_rel("alpha", "1.0")),
+                     old.path(old.manifest_bin_sig_rel("alpha", "1.0"))):
+            path.unlink()
+        assert old.ensure_binary_manifest("alpha", "1.0")
+        assert not old.ensure_binary_manifest("alpha", "1.0")
+        blob = old.path(old.manifest_bin_rel("alpha", "1.0")).read_bytes()
+        old.signing_key.public_key().verify(
+            old.path(old.manifest_bin_sig_rel("alpha", "1.0")).read_bytes(), blob)
+        assert decode_manifest(blob) == published.manifest
+    finally:
+        old.close()
 
 
 def test_metadata_is_read_into_launch_and_saves(published: Published) -> None:

@@ -23,16 +23,17 @@ from patcher.manifest import (
     FileEntry,
     LaunchEntry,
     Manifest,
+    compress_manifest_json,
     decode_manifest,
     encode_manifest,
     manifest_to_dict,
+    manifest_to_json,
 )
 from patcher.manifestbin import (
     MAGIC,
     decode_manifest_binary,
     encode_manifest_binary,
     is_binary_manifest,
-    json_form,
 )
 from patcher.signing import generate_key, load_signed_manifest
 from tests.unit.test_manifest import manifests
@@ -62,7 +63,7 @@ def test_both_forms_decode_to_the_same_manifest(m: Manifest) -> None:
     assert manifest_to_dict(back) == manifest_to_dict(m)
     # the JSON form's signed bytes come back from the binary one (an update's manifest patch
     # applies to those)
-    assert json_form(blob) == encode_manifest(m)
+    assert compress_manifest_json(manifest_to_json(back)) == encode_manifest(m)
 
 
 def test_the_binary_form_is_signed_and_checked_like_the_json_one() -> None:
@@ -88,6 +89,28 @@ def test_a_manifest_of_many_chunks_is_the_same_in_both_forms() -> None:
     back = decode_manifest_binary(encode_manifest_binary(m))
     assert back == decode_manifest(encode_manifest(m))
     assert back.table().by_block() == decode_manifest(encode_manifest(m)).table().by_block()
+
+
+def test_a_game_of_one_repeated_chunk_is_taken_in_both_forms() -> None:
+    """Rows of one chunk over and over (a file of zeros): the binary form compresses to almost
+    nothing, and is still taken wherever the JSON form is (no budget per compressed byte)."""
+    rows = 40_000
+    m = Manifest("p", "1", (FileEntry("zeros.bin", 16 * rows, 0o644, "e3" * 32,
+                                      tuple(ChunkEntry(16 * i, 16, C) for i in range(rows))),),
+                 (Block("a" * 64, 0, 16, 16, Codec.RAW),), {C: ChunkLocation(0, 0)})
+    blob = encode_manifest_binary(m)
+    assert len(blob) < 4096
+    assert decode_manifest(blob) == decode_manifest(encode_manifest(m))
+
+
+def test_counts_past_what_the_json_form_may_hold_are_too_large() -> None:
+    """The binary form is ~10x denser: counts whose JSON would be over the JSON loaders' limit
+    (256 MiB) are refused as too large, before any column is read."""
+    header, columns = _parts(encode_manifest_binary(_sample()))
+    header["rows"] = 4_000_000
+    with pytest.raises(ManifestError) as info:
+        decode_manifest(_blob(header, columns))
+    assert info.value.code == "MANIFEST_TOO_LARGE"
 
 
 # -- refusals: the binary form taken apart, one thing changed, put together again ---------------
