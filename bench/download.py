@@ -22,12 +22,15 @@ What runs (everything binds 127.0.0.1):
 * ``curl``: 8 parallel ``curl -sS --fail -o FILE URL`` processes (a new one starts when one ends,
   one pack file each) fetching every pack file the manifest's blocks name;
 * ``aria2c -x8 -s8 -j8 -i LIST``: the same pack files;
-* ``floor``: no download; a subprocess decompresses every block of the game from the store with
-  zstd and BLAKE3-hashes every decoded byte, as the engine must, one thread, timing only those
-  calls (``essential_cpu_s``). With the curl run's CPU (moving the same packs from socket to
-  page cache, which an install must do too) and nginx's, it gives ``ceiling_mb_s``: installed
-  MB x cores / those CPU-seconds, the most any verifying engine could install here, and
-  ``ceiling_vs_curl``, whether the 0.6x-curl goal is within this machine's reach at all;
+* ``floor``: a subprocess decompresses every block of the game from the store with zstd,
+  BLAKE3-hashes every decoded byte, writes the decoded bytes into new files and fdatasyncs
+  them, as the engine must, one thread, timing only those calls with the process's CPU clock
+  (``essential_cpu_s`` = zstd + BLAKE3; ``write_cpu_s``, ``sync_cpu_s``); and curl x8 fetches
+  the packs into /dev/null (the CPU of receiving them, ``receive_cpu_s``). Those, with nginx's
+  share, give ``ceiling_mb_s``: installed MB x cores / those CPU-seconds, the most any
+  verifying, durable engine could install here, and ``ceiling_vs_curl``, whether the
+  0.6x-curl goal is within this machine's reach at all (until session 27 the ceiling took
+  curl's page-cache run and no write or sync of the decoded bytes: 0.90x, too high);
 * ``engine --limit 20M``: the same install with a per-task limit of 20 MB/s;
 * ``engine (RSS run)``: an install of the RSS_SIZE MiB game (``--rss-size 0`` skips it).
 
@@ -746,38 +749,57 @@ import blake3, zstandard
 from patcher.store import Store
 store = Store(Path(sys.argv[1]))
 m = store.read_manifest(sys.argv[2], sys.argv[3])
+out = Path(sys.argv[4])
 d = zstandard.ZstdDecompressor()
-fds = {}
-unzstd = hashing = 0.0
+fds, outs, ends = {}, {}, {}
+unzstd = hashing = writing = 0.0
 raw_bytes = 0
 for b in m.blocks:
     fd = fds.get(b.pack)
     if fd is None:
         fd = fds[b.pack] = os.open(store.path(store.pack_rel(sys.argv[2], b.pack)), os.O_RDONLY)
+        outs[b.pack] = os.open(out / b.pack, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        ends[b.pack] = 0
     stored = os.pread(fd, b.stored_size, b.offset)
     t0 = time.process_time()
     raw = stored if b.codec.value == "raw" else d.decompress(stored, max_output_size=b.raw_size)
     t1 = time.process_time()
     blake3.blake3(raw).digest()
     t2 = time.process_time()
+    os.pwrite(outs[b.pack], raw, ends[b.pack])
+    t3 = time.process_time()
+    ends[b.pack] += len(raw)
     unzstd += t1 - t0
     hashing += t2 - t1
+    writing += t3 - t2
     raw_bytes += len(raw)
+t0, w0 = time.process_time(), time.monotonic()
+for fd in outs.values():
+    os.fdatasync(fd)
+syncing, sync_wall = time.process_time() - t0, time.monotonic() - w0
 store.close()
-print(json.dumps({"zstd_cpu_s": unzstd, "blake3_cpu_s": hashing, "raw_bytes": raw_bytes}))
+print(json.dumps({"zstd_cpu_s": unzstd, "blake3_cpu_s": hashing, "write_cpu_s": writing,
+                  "sync_cpu_s": syncing, "sync_wall_s": sync_wall, "raw_bytes": raw_bytes}))
 """
 
 
-def run_floor(store_dir: Path, game: Game) -> dict[str, Any]:
-    """The CPU no install of ``game`` can do without: every block's zstd decompression and a
-    BLAKE3 pass over every decoded byte (the chunks tile the blocks), with the same libraries
-    the engine calls, one block at a time in one thread, reading the packs (untimed) from the
-    page cache. With what curl spends moving the same packs from socket to page cache (an
-    install receives and writes at least those bytes) and nginx's share, it bounds any verifying
-    engine's speed on this machine: ``ceiling_mb_s`` = installed MB x cores / those CPU-seconds."""
-    done = subprocess.run([sys.executable, "-c", FLOOR_SCRIPT, str(store_dir), game.product,
-                           game.version], env=base_env(), cwd=REPO, timeout=600,
-                          capture_output=True, text=True, check=False)
+def run_floor(store_dir: Path, game: Game, run_dir: Path) -> dict[str, Any]:
+    """The CPU no install of ``game`` can do without besides receiving the packs: every block's
+    zstd decompression and a BLAKE3 pass over every decoded byte (the chunks tile the blocks),
+    with the same libraries the engine calls, and writing the decoded bytes into new files made
+    durable by fdatasync (process CPU, the kernel's included), one block at a time in one
+    thread, reading the packs (untimed) from the page cache. With what curl spends receiving the
+    same packs (``run_curl_receive``) and nginx's share, it bounds any verifying engine's speed
+    on this machine: ``ceiling_mb_s`` = installed MB x cores / those CPU-seconds."""
+    out = run_dir / "floor-out"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    try:
+        done = subprocess.run([sys.executable, "-c", FLOOR_SCRIPT, str(store_dir), game.product,
+                               game.version, str(out)], env=base_env(), cwd=REPO, timeout=600,
+                              capture_output=True, text=True, check=False)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
     if done.returncode != 0:
         raise RuntimeError(f"floor run failed: {done.stderr.strip()[-400:]}")
     got: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -786,23 +808,29 @@ def run_floor(store_dir: Path, game: Game) -> dict[str, Any]:
                            f"{game.stored_raw_bytes}")
     essential = got["zstd_cpu_s"] + got["blake3_cpu_s"]
     return {"essential_cpu_s": round(essential, 3), "zstd_cpu_s": round(got["zstd_cpu_s"], 3),
-            "blake3_cpu_s": round(got["blake3_cpu_s"], 3)}
+            "blake3_cpu_s": round(got["blake3_cpu_s"], 3),
+            "write_cpu_s": round(got["write_cpu_s"], 3), "sync_cpu_s": round(got["sync_cpu_s"], 3),
+            "sync_wall_s": round(got["sync_wall_s"], 3)}
 
 
-def ceiling(game: Game, curls: list[Result], essential_cpu_s: float,
+def ceiling(game: Game, receives: list[Result], floor: dict[str, Any],
             curl_mb_s: float) -> dict[str, Any]:
-    """An estimate of the fastest a verifying engine could install ``game`` here: every core
-    busy with nothing but curl's own work on the packs (the least CPU of the curl runs: an
-    install reads the same pack bytes from its sockets, in ranges, and writes more), nginx's,
-    and the floor's least (no Python, no durability, no byte hashed twice); against the goals'
-    curl figure. A bound in outline, not a proof: the host's speed drifts between runs."""
-    least = min(curls, key=lambda r: r.cpu_s + r.nginx_cpu_s)
-    cpu = least.cpu_s + least.nginx_cpu_s + essential_cpu_s
+    """An estimate of the fastest a verifying, durable engine could install ``game`` here: every
+    core busy with nothing but receiving the packs (curl x8 into /dev/null, the least CPU of
+    its runs: an install reads the same pack bytes from its sockets), nginx's share of that,
+    and the floor's least (zstd, BLAKE3, writing the decoded bytes and their fdatasync; no
+    Python, no byte hashed twice, no journal); against the goals' curl figure. A bound in
+    outline, not a proof: the host's speed drifts between runs."""
+    least = min(receives, key=lambda r: r.cpu_s + r.nginx_cpu_s)
+    local = floor["essential_cpu_s"] + floor["write_cpu_s"] + floor["sync_cpu_s"]
+    cpu = least.cpu_s + least.nginx_cpu_s + local
     cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
              else os.cpu_count() or 1)
     mb_s = game.installed_bytes / MB * cores / cpu
     return {"ceiling_mb_s": round(mb_s, 1), "ceiling_vs_curl": round(mb_s / curl_mb_s, 2),
-            "ceiling_cpu_s": round(cpu, 2), "cores": cores}
+            "ceiling_cpu_s": round(cpu, 2), "receive_cpu_s": round(least.cpu_s, 2),
+            "receive_nginx_cpu_s": round(least.nginx_cpu_s, 2),
+            "local_floor_cpu_s": round(local, 2), "cores": cores}
 
 
 def pack_jobs(source: dict[str, Any], game: Game, out: Path) -> list[tuple[str, Path, int]]:
@@ -839,6 +867,28 @@ def run_curl(source: dict[str, Any], game: Game, run_dir: Path) -> Result:
                  extra={"sync_s": round(sync_s, 2)})
     shutil.rmtree(out, ignore_errors=True)
     return res
+
+
+def run_curl_receive(source: dict[str, Any], game: Game, run_dir: Path) -> Result:
+    """curl x8 fetching the same packs into /dev/null: the CPU of receiving them and nothing
+    else (the ceiling's network part; the floor writes the decoded bytes)."""
+    jobs = pack_jobs(source, game, run_dir / "target-curl-receive")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY")}
+
+    def one(job: tuple[str, Path, int]) -> Measured:
+        return run_measured(["curl", "-sS", "--fail", "--noproxy", "*", "-o", os.devnull,
+                             job[0]], env=env, timeout=600, stderr_path=run_dir / "curl.log")
+
+    t0 = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(CURL_PROCESSES) as pool:
+        results = list(pool.map(one, jobs))
+    wall = time.monotonic() - t0
+    if any(r.returncode != 0 for r in results):
+        raise RuntimeError("curl into /dev/null failed; see curl.log")
+    return Result("curl x8 > /dev/null", game, wall, sum(r.cpu_s for r in results),
+                  max(r.maxrss_kb for r in results) / 1024, game.pack_bytes, 0.0,
+                  note="receive only: the ceiling's network part")
 
 
 def run_aria2c(source: dict[str, Any], game: Game, run_dir: Path) -> Result:
@@ -956,6 +1006,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[Result] = []
     by_tool: dict[str, list[Result]] = {"engine": [], "curl": [], "aria2c": []}
     floors: list[dict[str, Any]] = []
+    receives: list[Result] = []  # curl x8 into /dev/null (the floor runs' network part)
     with processes.run_folder(args.work, args.keep) as run_dir:
         products = [PRODUCT] + [b.product for b in bigs]
         stack = start_stack(run_dir, store_dir, products)
@@ -983,9 +1034,14 @@ def main(argv: list[str] | None = None) -> int:
                         by_tool[tool].append(r)
                         results.append(r)
                 if "floor" in only:
-                    log(f"floor: zstd + BLAKE3 of every block ({i + 1}/{args.repeat})")
-                    floors.append(run_floor(store_dir, game))
-                    log(f"  {floors[-1]}")
+                    log(f"floor: zstd + BLAKE3 + durable writes of every block, and curl x8 "
+                        f"into /dev/null ({i + 1}/{args.repeat})")
+                    floors.append(run_floor(store_dir, game, run_dir))
+                    src = signed_source(stack, game, run_dir / "target-curl-receive")
+                    receives.append(with_nginx_cpu(stack, functools.partial(
+                        run_curl_receive, src, game, run_dir)))
+                    log(f"  {floors[-1]}; receive {receives[-1].cpu_s:.2f} CPU-s "
+                        f"(+ nginx {receives[-1].nginx_cpu_s:.2f})")
             limited: Result | None = None
             if "limit" in only:
                 log(f"engine install --limit {args.limit}")
@@ -1053,9 +1109,9 @@ def main(argv: list[str] | None = None) -> int:
     if eng and curl:
         goals["engine_vs_curl"]["ratio_incl_sync"] = round(incl_sync(eng) / incl_sync(curl), 2)
     # the least of the floor runs, as the ceiling takes it (the host's slow moments add CPU)
-    floor = min(floors, key=lambda f: f["essential_cpu_s"]) if floors else None
-    bound = (ceiling(game, by_tool["curl"], floor["essential_cpu_s"], curl.mb_s)
-             if curl and floor else None)
+    floor = min(floors, key=lambda f: f["essential_cpu_s"] + f["write_cpu_s"]
+                + f["sync_cpu_s"]) if floors else None
+    bound = (ceiling(game, receives, floor, curl.mb_s) if curl and floor and receives else None)
     if bound is not None and "engine_vs_curl" in goals:
         # what no verifying engine passes here: whether the goal is within this machine's reach
         goals["engine_vs_curl"]["ceiling_ratio"] = bound["ceiling_vs_curl"]
@@ -1105,10 +1161,11 @@ def main(argv: list[str] | None = None) -> int:
         # the engine's CPU when its first byte came (median): the wall figure's steady part
         "first_byte_cpu_s": first_cpus[len(first_cpus) // 2] if first_cpus else None,
         "daemon_runs": daemon_runs,
-        # the zstd + BLAKE3 CPU of the game's blocks (least), and the speed no verifying engine
-        # passes here (run_floor, ceiling)
+        # the zstd + BLAKE3 CPU of the game's blocks (least floor run), and the speed no
+        # verifying, durable engine passes here (run_floor, run_curl_receive, ceiling)
         "essential_cpu_s": floor["essential_cpu_s"] if floor else None,
         "floor_runs": floors,
+        "receive_runs_cpu_s": [round(r.cpu_s, 2) for r in receives],
         **(bound or {"ceiling_mb_s": None, "ceiling_vs_curl": None}),
         "limit_mb_s": limit_mb_s if limited else None,
         "limited_mb_s": limited_mb_s,

@@ -111,3 +111,57 @@ def test_the_full_plan_from_the_manifest_arrays_equals_the_plan_of_every_write()
         assert all(j.index not in done for r in lazy.ranges for j in r.blocks)
         assert lazy.write_bytes == 100 * sum(len(f.chunks) for f in m.files) - sum(
             100 for f in m.files for c in f.chunks if m.chunks[c.id].block in done)
+
+
+def test_a_fresh_plan_leaves_the_chunk_orders_to_the_block_workers() -> None:
+    """A fresh install's plan builds neither the chunks' order within blocks nor their rows
+    (its first ranges start without them); the block workers build them on first use, once
+    however many ask at the same moment, and each block's spans are what a table built before
+    any thread would give."""
+    import random
+    import threading
+
+    from engine.core.planner import plan_install
+    from patcher.manifest import (
+        Block,
+        ChunkEntry,
+        ChunkLocation,
+        FileEntry,
+        Manifest,
+        decode_manifest,
+        encode_manifest,
+    )
+
+    rnd = random.Random(27)
+    ids = [rnd.randbytes(32).hex() for _ in range(3000)]
+    blocks = tuple(Block("ab" * 32, b * 100_000, 100_000, 100_000, Codec.RAW) for b in range(30))
+    files = tuple(FileEntry(f"f{k}", 100 * 1000, 0o644, "e3" * 32,
+                            tuple(ChunkEntry(100 * j, 100, ids[1000 * k + j]) for j in range(1000)))
+                  for k in range(3))
+    m = Manifest("p", "1", files, blocks, {cid: ChunkLocation(i // 1000 * 10 + i % 10,
+                                                               100 * (i % 1000 // 10))
+                                           for i, cid in enumerate(ids)})
+    blob = encode_manifest(m)
+    reference = plan_install(decode_manifest(blob))
+    expected = [job.spans() for r in reference.ranges for job in r.blocks]
+
+    fresh = decode_manifest(blob)
+    plan = plan_install(fresh)
+    table = fresh.table()
+    assert table._by_block is None and table._rows_of is None
+    jobs = [job for r in plan.ranges for job in r.blocks]
+    got: dict[int, object] = {}
+    start = threading.Barrier(8)
+
+    def work(k: int) -> None:
+        start.wait()
+        for i in range(k, len(jobs), 8):
+            got[i] = jobs[i].spans()
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [got[i] for i in range(len(jobs))] == expected
+    assert table._by_block is not None and table._rows_of is not None
