@@ -644,6 +644,8 @@ def _run_engine(stack: Stack, game: Game, run_dir: Path, name: str, *, limit: st
         "manifest_seeded": SEED_MANIFEST,
         "requeued_after_completed": requeued,
         "sync_s": round(sync_s, 2),
+        # where the CPU went: Python and the libraries (user) or the kernel (sys)
+        "user_s": round(m.user_s, 2), "sys_s": round(m.sys_s, 2),
     }
     if not extra["installed_ok"]:
         raise RuntimeError(f"engine installed {installed} bytes, expected {game.installed_bytes}")
@@ -872,17 +874,17 @@ def run_curl(source: dict[str, Any], game: Game, run_dir: Path) -> Result:
 def run_curl_receive(source: dict[str, Any], game: Game, run_dir: Path) -> Result:
     """curl x8 fetching the same packs into /dev/null: the CPU of receiving them and nothing
     else (the ceiling's network part; the floor writes the decoded bytes)."""
-    jobs = pack_jobs(source, game, run_dir / "target-curl-receive")
+    urls = [f"{source['baseUrl']}{rel}?{source['query']}" for rel, _ in game.packs]
     env = {k: v for k, v in os.environ.items()
            if k not in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY")}
 
-    def one(job: tuple[str, Path, int]) -> Measured:
-        return run_measured(["curl", "-sS", "--fail", "--noproxy", "*", "-o", os.devnull,
-                             job[0]], env=env, timeout=600, stderr_path=run_dir / "curl.log")
+    def one(url: str) -> Measured:
+        return run_measured(["curl", "-sS", "--fail", "--noproxy", "*", "-o", os.devnull, url],
+                            env=env, timeout=600, stderr_path=run_dir / "curl.log")
 
     t0 = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(CURL_PROCESSES) as pool:
-        results = list(pool.map(one, jobs))
+        results = list(pool.map(one, urls))
     wall = time.monotonic() - t0
     if any(r.returncode != 0 for r in results):
         raise RuntimeError("curl into /dev/null failed; see curl.log")

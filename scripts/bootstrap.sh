@@ -3,12 +3,14 @@
 # Debian packages: nginx (CDN edge), postgresql and redis-server (the scaled stack and its tests:
 # started by the tests and scripts/stack.sh on 127.0.0.1, never as system services),
 # xdelta3/zstd/bsdiff/aria2/curl (peer tools in tests and benches),
-# Qt's runtime libraries (offscreen GUI tests; the xcb ones for the launcher window on a desktop).
+# Qt's runtime libraries (offscreen GUI tests; the xcb ones for the launcher window on a desktop),
+# gcc, the Python headers and BLAKE3's C sources (librust-blake3-dev: sources only, no Rust) for
+# the engine's native block hashing (scripts/build_native.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 APT_PKGS=(nginx-light postgresql redis-server xdelta3 zstd bsdiff aria2 curl libgl1 libegl1 libxkbcommon0 libfontconfig1 libdbus-1-3
           libxkbcommon-x11-0 libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-shape0 libxcb-randr0
-          libxcb-render-util0 libxcb-image0 libxcb-xinerama0)
+          libxcb-render-util0 libxcb-image0 libxcb-xinerama0 gcc python3-dev librust-blake3-dev)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -38,3 +40,4 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q -c constraints.txt -e ".[$EXTRAS]"
   touch "$stamp"
 fi
+PY=.venv/bin/python ./scripts/build_native.sh
