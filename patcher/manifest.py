@@ -759,6 +759,15 @@ class ChunkTable:
     def __len__(self) -> int:
         return len(self.block)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled or deep-copied without its lock (a new one comes with the copy)."""
+        return {name: getattr(self, name) for name in self.__slots__ if name != "_lazy"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for name, value in state.items():
+            setattr(self, name, value)
+        self._lazy = threading.Lock()
+
     def hex_id(self, u: int) -> str:
         return self.ids[32 * u : 32 * u + 32].hex()  # bytes or bytearray (the decoder's, uncopied)
 

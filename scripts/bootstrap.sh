@@ -10,7 +10,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 APT_PKGS=(nginx-light postgresql redis-server xdelta3 zstd bsdiff aria2 curl libgl1 libegl1 libxkbcommon0 libfontconfig1 libdbus-1-3
           libxkbcommon-x11-0 libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-shape0 libxcb-randr0
-          libxcb-render-util0 libxcb-image0 libxcb-xinerama0 gcc python3-dev librust-blake3-dev)
+          libxcb-render-util0 libxcb-image0 libxcb-xinerama0)
+# for the native block hashing only: a system without them still sets up (chunk by chunk)
+NATIVE_PKGS=(gcc python3-dev librust-blake3-dev)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -27,6 +29,17 @@ if ((${#missing[@]})); then
     $SUDO chmod +x "$rc"
   fi
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+native=()
+for p in "${NATIVE_PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || native+=("$p")
+done
+if ((${#native[@]})); then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq || true
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+    "${native[@]}" >/dev/null || echo "bootstrap: could not install ${native[*]}: the engine" \
+    "will hash chunk by chunk" >&2
 fi
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3

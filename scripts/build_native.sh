@@ -20,10 +20,16 @@ STAMP=$(cat engine/io/_blake3batch.c scripts/build_native.sh "$SRC"/*.c "$SRC"/*
 if [ -f "$OUT" ] && [ "$(cat "$OUT.stamp" 2>/dev/null)" = "$STAMP" ]; then
   exit 0
 fi
-WORK=$(mktemp -d)
+WORK=$(mktemp -d) || exit 0
 trap 'rm -rf "$WORK"' EXIT
 CC=${CC:-gcc}
 FLAGS=(-O3 -fPIC -fvisibility=hidden -I"$SRC" -I"$INC")
+ARCH=$(uname -m)
+case "$ARCH" in  # before any file is compiled: blake3_dispatch.c reads them too
+  x86_64|amd64) ;;
+  aarch64|arm64) FLAGS+=(-DBLAKE3_USE_NEON=1) ;;
+  *) FLAGS+=(-DBLAKE3_NO_SSE2 -DBLAKE3_NO_SSE41 -DBLAKE3_NO_AVX2 -DBLAKE3_NO_AVX512) ;;
+esac
 objects=()
 compile() {  # compile SOURCE [FLAGS...]
   local src=$1 obj="$WORK/$(basename "$1" .c).o"
@@ -36,17 +42,14 @@ compile engine/io/_blake3batch.c || ok=0
 compile "$SRC/blake3.c" || ok=0
 compile "$SRC/blake3_dispatch.c" || ok=0
 compile "$SRC/blake3_portable.c" || ok=0
-case "$(uname -m)" in
+case "$ARCH" in
   x86_64|amd64)  # SIMD kernels, each with its own instruction set; chosen at run time (CPUID)
     compile "$SRC/blake3_sse2.c" -msse2 || ok=0
     compile "$SRC/blake3_sse41.c" -msse4.1 || ok=0
     compile "$SRC/blake3_avx2.c" -mavx2 || ok=0
     compile "$SRC/blake3_avx512.c" -mavx512f -mavx512vl || ok=0 ;;
   aarch64|arm64)
-    FLAGS+=(-DBLAKE3_USE_NEON=1)
     compile "$SRC/blake3_neon.c" || ok=0 ;;
-  *)
-    FLAGS+=(-DBLAKE3_NO_SSE2 -DBLAKE3_NO_SSE41 -DBLAKE3_NO_AVX2 -DBLAKE3_NO_AVX512) ;;
 esac
 if [ "$ok" = 1 ] && "$CC" -shared -o "$WORK/out.so" "${objects[@]}" \
     && "$PY" -c "import importlib.util as u, sys; s = u.spec_from_file_location('_blake3batch', sys.argv[1]); m = u.module_from_spec(s); s.loader.exec_module(m); import blake3; d = bytes(range(256)) * 300; assert m.hash_spans(d, (1).to_bytes(8, sys.byteorder) + (70000).to_bytes(8, sys.byteorder)) == blake3.blake3(d[1:70001]).digest()" "$WORK/out.so"; then
@@ -54,6 +57,8 @@ if [ "$ok" = 1 ] && "$CC" -shared -o "$WORK/out.so" "${objects[@]}" \
   echo "$STAMP" > "$OUT.stamp"
   echo "build_native: built $OUT"
 else
+  # a module built from older sources is not kept: the engine hashes chunk by chunk instead
+  rm -f "$OUT" "$OUT.stamp"
   echo "build_native: could not build $OUT; the engine hashes chunk by chunk" >&2
 fi
 exit 0

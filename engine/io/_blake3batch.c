@@ -11,10 +11,12 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <string.h>
 #include "blake3.h"
 
 /* hash_spans(data, spans) -> bytes: the 32-byte BLAKE3 digest of each span of ``data``, the
-   spans given as native uint64 (offset, size) pairs; ValueError for a span outside data. */
+   spans given as native uint64 (offset, size) pairs; ValueError for a span outside data. The
+   data buffer is held (exported) for the call: a bytearray cannot be resized meanwhile. */
 static PyObject *hash_spans(PyObject *self, PyObject *args) {
     Py_buffer data, spans;
     (void)self;
@@ -22,12 +24,20 @@ static PyObject *hash_spans(PyObject *self, PyObject *args) {
         return NULL;
     }
     PyObject *out = NULL;
+    uint64_t *sp = NULL;
     if (spans.len % 16 != 0) {
         PyErr_SetString(PyExc_ValueError, "spans: not (offset, size) pairs of uint64");
         goto done;
     }
     Py_ssize_t n = spans.len / 16;
-    const uint64_t *sp = (const uint64_t *)spans.buf;
+    /* a copy, checked and then read without the GIL: the caller's buffer may be changed by
+       another thread meanwhile (or not be aligned for uint64 loads) */
+    sp = (uint64_t *)PyMem_Malloc(spans.len > 0 ? (size_t)spans.len : 1);
+    if (sp == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    memcpy(sp, spans.buf, (size_t)spans.len);
     for (Py_ssize_t i = 0; i < n; i++) {
         if (sp[2 * i] > (uint64_t)data.len || sp[2 * i + 1] > (uint64_t)data.len - sp[2 * i]) {
             PyErr_Format(PyExc_ValueError, "span %zd outside the %zd bytes of data", i, data.len);
@@ -49,6 +59,7 @@ static PyObject *hash_spans(PyObject *self, PyObject *args) {
     }
     Py_END_ALLOW_THREADS
 done:
+    PyMem_Free(sp);
     PyBuffer_Release(&data);
     PyBuffer_Release(&spans);
     return out;

@@ -53,6 +53,16 @@ def test_a_span_outside_the_data_is_refused(span: tuple[int, int]) -> None:
         hash_spans(bytes(1 << 20), array("Q", span))
 
 
+def test_spans_need_no_alignment() -> None:
+    """The spans are copied before they are read (another thread may change the caller's
+    buffer once the GIL is released): a buffer at an odd address is read as well."""
+    data = bytes(range(256)) * 64
+    packed = array("Q", [3, 1000, 0, len(data)]).tobytes()
+    odd = memoryview(b"\0" + packed)[1:]
+    assert native()(data, odd) == blake3.blake3(data[3:1003]).digest() + \
+        blake3.blake3(data).digest()
+
+
 def test_spans_that_are_not_pairs_are_refused() -> None:
     with pytest.raises(ValueError, match="pairs"):
         native()(bytes(64), array("Q", [0, 1, 2]).tobytes() + b"\0")

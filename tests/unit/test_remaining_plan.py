@@ -165,3 +165,10 @@ def test_a_fresh_plan_leaves_the_chunk_orders_to_the_block_workers() -> None:
         t.join()
     assert [got[i] for i in range(len(jobs))] == expected
     assert table._by_block is not None and table._rows_of is not None
+    # a table pickles and copies without its lock; the copy's orders are the same
+    import copy
+    import pickle
+
+    for twin in (pickle.loads(pickle.dumps(table)), copy.deepcopy(table)):
+        assert twin.by_block() == table.by_block() and twin.rows_of() == table.rows_of()
+        assert twin.find(ids[5]) == table.find(ids[5])
