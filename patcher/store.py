@@ -17,6 +17,7 @@ Layout (``ROOT/cdn`` is what any static host, nginx or S3 bucket serves; the res
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 from collections.abc import Iterable, Iterator
@@ -27,7 +28,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from patcher.deltaindex import DeltaIndex, decode_delta_index
-from patcher.errors import StoreError
+from patcher.errors import ManifestError, StoreError
 from patcher.manifest import Codec, Manifest, decode_manifest
 from patcher.manifestbin import encode_manifest_binary
 from patcher.packs import decompress_block
@@ -38,6 +39,8 @@ from patcher.signing import (
     verify_signature,
 )
 from patcher.updatedoc import UpdateDoc, decode_update_doc
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS chunks (
@@ -242,6 +245,23 @@ class Store:
 
     # -- signed documents ---------------------------------------------------------------------
     def read_manifest(self, product: str, version: str) -> Manifest:
+        """A published version's manifest, its signature checked: from its binary form when
+        that is published and sound (a 16 GiB game's decodes in ~0.16 s where the JSON takes
+        ~0.75: the backend's first grant of a game waits on it), else from the JSON one."""
+        try:
+            blob = self.path(self.manifest_bin_rel(product, version)).read_bytes()
+            sig = self.path(self.manifest_bin_sig_rel(product, version)).read_bytes()
+        except FileNotFoundError:
+            return self.read_manifest_json(product, version)
+        try:
+            return load_signed_manifest(blob, sig, self.signing_key.public_key())
+        except ManifestError as exc:
+            log.error("the binary manifest of %s %s is unusable (%s): reading its JSON; "
+                      "republish the version to write it again", product, version, exc)
+            return self.read_manifest_json(product, version)
+
+    def read_manifest_json(self, product: str, version: str) -> Manifest:
+        """The manifest from its JSON form, the canonical document."""
         rel = self.manifest_rel(product, version)
         try:
             blob = self.path(rel).read_bytes()
@@ -265,11 +285,15 @@ class Store:
 
     def ensure_binary_manifest(self, product: str, version: str) -> bool:
         """Write a published version's binary form if it has none (versions published before
-        the form existed); True when it was written."""
-        if self.path(self.manifest_bin_rel(product, version)).exists() and \
-                self.path(self.manifest_bin_sig_rel(product, version)).exists():
+        the form existed) or one that fails its signature; True when it was written."""
+        try:
+            verify_signature(self.path(self.manifest_bin_rel(product, version)).read_bytes(),
+                             self.path(self.manifest_bin_sig_rel(product, version)).read_bytes(),
+                             self.signing_key.public_key())
             return False
-        manifest = self.read_manifest(product, version)  # its signature checked
+        except (OSError, ManifestError):
+            pass
+        manifest = self.read_manifest_json(product, version)  # its signature checked
         self.write_binary_manifest(manifest,
                                    self.path(self.manifest_rel(product, version)).read_bytes())
         return True

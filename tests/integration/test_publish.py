@@ -256,12 +256,20 @@ def test_the_binary_form_is_published_signed_and_backfilled(published: Published
         for path in (old.path(old.manifest_bin_rel("alpha", "1.0")),
                      old.path(old.manifest_bin_sig_rel("alpha", "1.0"))):
             path.unlink()
+        assert old.read_manifest("alpha", "1.0") == published.manifest  # from the JSON
         assert old.ensure_binary_manifest("alpha", "1.0")
         assert not old.ensure_binary_manifest("alpha", "1.0")
         blob = old.path(old.manifest_bin_rel("alpha", "1.0")).read_bytes()
         old.signing_key.public_key().verify(
             old.path(old.manifest_bin_sig_rel("alpha", "1.0")).read_bytes(), blob)
         assert decode_manifest(blob) == published.manifest
+        # a damaged binary form: read past (the JSON's manifest), and written again
+        damaged = bytearray(blob)
+        damaged[len(damaged) // 2] ^= 1
+        old.path(old.manifest_bin_rel("alpha", "1.0")).write_bytes(bytes(damaged))
+        assert old.read_manifest("alpha", "1.0") == published.manifest
+        assert old.ensure_binary_manifest("alpha", "1.0")
+        assert old.path(old.manifest_bin_rel("alpha", "1.0")).read_bytes() == blob
     finally:
         old.close()
 
