@@ -270,6 +270,13 @@ def test_the_binary_form_is_published_signed_and_backfilled(published: Published
         assert old.read_manifest("alpha", "1.0") == published.manifest
         assert old.ensure_binary_manifest("alpha", "1.0")
         assert old.path(old.manifest_bin_rel("alpha", "1.0")).read_bytes() == blob
+        # a version whose JSON (the canonical document) fails its signature is not read, however
+        # sound its binary form
+        json_sig = old.path(old.manifest_rel("alpha", "1.0")).with_suffix(".sig")
+        json_sig.write_bytes(bytes(64))
+        with pytest.raises(ManifestError) as info:
+            old.read_manifest("alpha", "1.0")
+        assert info.value.code == "MANIFEST_SIGNATURE_INVALID"
     finally:
         old.close()
 
