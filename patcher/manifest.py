@@ -54,6 +54,11 @@ MAX_BLOCK_RAW = 16 * 1024 * 1024
 # with a zstd frame's magic
 BINARY_MAGIC = b"LMANBIN\x01"
 
+
+def is_binary_manifest(blob: bytes | bytearray | memoryview) -> bool:
+    return bytes(blob[: len(BINARY_MAGIC)]) == BINARY_MAGIC
+
+
 _HEX64 = re.compile(r"\A[0-9a-f]{64}\Z")
 _DRIVE = re.compile(r"\A[A-Za-z]:")
 _FORBIDDEN_CHAR = re.compile(r"[\x00-\x1f:]")  # control characters and ':'
@@ -203,24 +208,32 @@ def manifest_to_dict(m: Manifest) -> dict[str, Any]:
             for f in m.files
         ],
         "dirs": list(m.dirs),
-        "launch": [
-            {
-                "name": e.name,
-                "executable": e.executable,
-                "arguments": list(e.arguments),
-                "working_dir": e.working_dir,
-                # only when set: manifests without it keep their exact bytes (and signatures)
-                **({"environment": dict(e.environment)} if e.environment else {}),
-            }
-            for e in m.launch
-        ],
-        "saves": [
-            {"root": s.root.value, "path": s.path, "include": list(s.include), "exclude": list(s.exclude)}
-            for s in m.saves
-        ],
+        "launch": launch_doc(m.launch),
+        "saves": saves_doc(m.saves),
         "blocks": [[b.pack, b.offset, b.stored_size, b.raw_size, b.codec.value] for b in m.blocks],
         "chunks": {cid: [loc.block, loc.offset] for cid, loc in sorted(m.chunks.items())},
     }
+
+
+def launch_doc(launch: Sequence[LaunchEntry]) -> list[dict[str, Any]]:
+    """The launch entries as both forms of the manifest write them."""
+    return [
+        {
+            "name": e.name,
+            "executable": e.executable,
+            "arguments": list(e.arguments),
+            "working_dir": e.working_dir,
+            # only when set: manifests without it keep their exact bytes (and signatures)
+            **({"environment": dict(e.environment)} if e.environment else {}),
+        }
+        for e in launch
+    ]
+
+
+def saves_doc(saves: Sequence[SaveLocation]) -> list[dict[str, Any]]:
+    """The save locations as both forms of the manifest write them."""
+    return [{"root": s.root.value, "path": s.path, "include": list(s.include),
+             "exclude": list(s.exclude)} for s in saves]
 
 
 def manifest_to_json(m: Manifest) -> bytes:
@@ -309,7 +322,7 @@ def decode_manifest(blob: bytes) -> Manifest:
     rejection keeps its code and message."""
     if len(blob) > MAX_COMPRESSED_BYTES:
         raise ManifestError("MANIFEST_TOO_LARGE", "manifest", f"{len(blob)} compressed bytes")
-    if blob[:len(BINARY_MAGIC)] == BINARY_MAGIC:  # the binary form (``patcher.manifestbin``)
+    if is_binary_manifest(blob):  # the binary form (``patcher.manifestbin``)
         from patcher.manifestbin import decode_manifest_binary
 
         return decode_manifest_binary(blob)

@@ -2,13 +2,14 @@
 whole instead of parsing a row at a time.
 
 The JSON form (``patcher.manifest``) stays the canonical document: the CDN serves it, update
-deltas patch it, the store reads it. The binary form is published beside it, signed with the
-same key over its own bytes, for the one reader whose wait a player sees: an install's first
-byte. Decoding the 1 GiB demo's JSON (16,420 chunk rows) takes ~40 ms of Python even with the
-streaming loader; these columns load in a few, and are checked as strictly as the JSON is
-(same limits, same error codes).
+deltas patch it, its signature is what makes a version offered. The binary form is published
+beside it, signed with the same key over its own bytes, for the readers whose wait shows: an
+install's first byte, and the store's reads (the backend's first grant of a game). Decoding
+the 1 GiB demo's JSON (16,420 chunk rows) takes ~40 ms of Python even with the streaming
+loader; these columns load in a few, and are checked as strictly as the JSON is (same
+limits, same error codes).
 
-Layout: ``MAGIC`` then one zstd frame (its content size declared) holding
+Layout: ``BINARY_MAGIC`` then one zstd frame (its content size declared) holding
 
 - a little-endian u32, the length of a JSON header: format, product, version, creation time,
   dictionary, dirs, launch entries, saves, the files as ``[path, size, mode, sha256, rows]``,
@@ -60,12 +61,14 @@ from patcher.manifest import (
     check_collisions,
     check_id,
     check_relative_path,
+    is_binary_manifest,
     json_budget,
+    launch_doc,
     parse_launch,
     parse_saves,
+    saves_doc,
 )
 
-MAGIC = BINARY_MAGIC
 _CODECS = (Codec.RAW, Codec.ZSTD, Codec.ZSTD_DICT)  # the codec byte is an index here
 _CODEC_BYTE = {c: i for i, c in enumerate(_CODECS)}
 _HEADER_MAX = 64 * 1024 * 1024
@@ -74,10 +77,6 @@ _HEADER_MAX = 64 * 1024 * 1024
 _JSON_ROW, _JSON_LOCATION, _JSON_BLOCK = 73, 73, 81
 # the columns' bytes per unique chunk, per row, per block
 _PER_CHUNK, _PER_ROW, _PER_BLOCK = 32 + 4 + 4, 4 + 4, 4 + 8 + 4 + 4 + 1
-
-
-def is_binary_manifest(blob: bytes | bytearray | memoryview) -> bool:
-    return bytes(blob[: len(MAGIC)]) == MAGIC
 
 
 def _le(kind: str, values: Any) -> bytes:
@@ -102,12 +101,7 @@ def encode_manifest_binary(m: Manifest, level: int = MANIFEST_LEVEL) -> bytes:
         "formatVersion": m.format_version, "productId": m.product_id,
         "versionId": m.version_id, "createdAt": m.created_at, "dictionary": m.dictionary,
         "dirs": list(m.dirs),
-        "launch": [{"name": e.name, "executable": e.executable, "arguments": list(e.arguments),
-                    "working_dir": e.working_dir,
-                    **({"environment": dict(e.environment)} if e.environment else {})}
-                   for e in m.launch],
-        "saves": [{"root": s.root.value, "path": s.path, "include": list(s.include),
-                   "exclude": list(s.exclude)} for s in m.saves],
+        "launch": launch_doc(m.launch), "saves": saves_doc(m.saves),
         "files": files, "packs": list(packs),
         "chunks": len(table), "rows": row, "blocks": len(m.blocks),
     }
@@ -120,7 +114,7 @@ def encode_manifest_binary(m: Manifest, level: int = MANIFEST_LEVEL) -> bytes:
         _le("I", (b.stored_size for b in m.blocks)), _le("I", (b.raw_size for b in m.blocks)),
         bytes(_CODEC_BYTE[b.codec] for b in m.blocks),
     ])
-    blob = MAGIC + zstandard.ZstdCompressor(level=level, write_content_size=True).compress(body)
+    blob = BINARY_MAGIC + zstandard.ZstdCompressor(level=level, write_content_size=True).compress(body)
     if len(blob) > MAX_COMPRESSED_BYTES:
         raise ManifestError("MANIFEST_TOO_LARGE", "manifest", f"{len(blob)} compressed bytes")
     return blob
@@ -142,7 +136,7 @@ def _column(body: memoryview, at: int, kind: str, count: int) -> tuple[array[int
 def _body(blob: bytes) -> bytes:
     """The frame's content, within the loader's budget (declared up front: no bomb is
     decompressed past it)."""
-    frame = blob[len(MAGIC):]
+    frame = blob[len(BINARY_MAGIC):]
     try:
         declared = zstandard.get_frame_parameters(frame).content_size
     except zstandard.ZstdError as exc:

@@ -907,7 +907,7 @@ def publish(
     rel = store.manifest_rel(product, version)
     atomic_write(store.path(rel).with_suffix(".sig"), sig)
     atomic_write(store.path(rel), blob)
-    store.write_binary_manifest(manifest, blob)
+    store.write_binary_manifest(blob)
     with store.transaction() as db:
         store.add_chunks(db, product, [r for r in records if r.id not in restore])
         # later versions find re-stored chunks at their new, dense place

@@ -250,42 +250,37 @@ class Store:
         backend). It is decoded from the binary form when that is published and sound (a 16 GiB
         game's in ~0.16 s where the JSON takes ~0.75: the backend's first grant of a game
         waited on it), else from the JSON."""
-        rel = self.manifest_rel(product, version)
-        try:
-            blob = self.path(rel).read_bytes()
-            sig = self.path(rel).with_suffix(".sig").read_bytes()
-        except FileNotFoundError as exc:
-            raise StoreError(f"no manifest for {product} {version}", code="VERSION_NOT_FOUND") from exc
-        key = self.signing_key.public_key()
-        verify_signature(blob, sig, key)
+        blob = self._signed_json(product, version)
         try:
             binary = self.path(self.manifest_bin_rel(product, version)).read_bytes()
             binary_sig = self.path(self.manifest_bin_sig_rel(product, version)).read_bytes()
         except FileNotFoundError:
             return decode_manifest(blob)
         try:
-            return load_signed_manifest(binary, binary_sig, key)
+            return load_signed_manifest(binary, binary_sig, self.signing_key.public_key())
         except ManifestError as exc:
             log.error("the binary manifest of %s %s is unusable (%s): reading its JSON; "
                       "republish the version to write it again", product, version, exc)
             return decode_manifest(blob)
 
-    def read_manifest_json(self, product: str, version: str) -> Manifest:
-        """The manifest from its JSON form, the canonical document."""
+    def _signed_json(self, product: str, version: str) -> bytes:
+        """The JSON form's bytes, their signature checked."""
         rel = self.manifest_rel(product, version)
         try:
             blob = self.path(rel).read_bytes()
             sig = self.path(rel).with_suffix(".sig").read_bytes()
         except FileNotFoundError as exc:
             raise StoreError(f"no manifest for {product} {version}", code="VERSION_NOT_FOUND") from exc
-        return load_signed_manifest(blob, sig, self.signing_key.public_key())
+        verify_signature(blob, sig, self.signing_key.public_key())
+        return blob
 
-    def write_binary_manifest(self, manifest: Manifest, json_blob: bytes) -> None:
-        """The binary form of a published manifest and its signature, beside the JSON form
-        (``json_blob``, its signed bytes). It is decoded back and compared with the JSON's
-        manifest before it is signed: the two forms never say different things."""
+    def write_binary_manifest(self, json_blob: bytes) -> None:
+        """The binary form of a published manifest (``json_blob``: its JSON form's signed
+        bytes) and its signature. It is written from the JSON's manifest and decoded back and
+        compared with it before it is signed: the two forms never say different things."""
+        manifest = decode_manifest(json_blob)
         blob = encode_manifest_binary(manifest)
-        if decode_manifest(blob) != decode_manifest(json_blob):
+        if decode_manifest(blob) != manifest:
             raise StoreError(f"the binary form of {manifest.product_id} {manifest.version_id} "
                              "does not match its JSON form", code="MANIFEST_INVALID")
         product, version = manifest.product_id, manifest.version_id
@@ -303,9 +298,7 @@ class Store:
             return False
         except (OSError, ManifestError):
             pass
-        manifest = self.read_manifest_json(product, version)  # its signature checked
-        self.write_binary_manifest(manifest,
-                                   self.path(self.manifest_rel(product, version)).read_bytes())
+        self.write_binary_manifest(self._signed_json(product, version))
         return True
 
     def read_delta(self, product: str, from_version: str, to_version: str,

@@ -260,7 +260,7 @@ async def cache_early_manifest(ctx: EngineContext, early: EarlyManifest) -> None
     the run's staging and download, not before its first byte. A copy already there is
     replaced unless it holds these very bytes: a task without a version asks the backend even
     when one is cached, and that one was not checked (it may be damaged)."""
-    from patcher.manifestbin import is_binary_manifest
+    from patcher.manifest import is_binary_manifest
 
     blob_path, sig_path = ctx.state.manifest_files(early.manifest.product_id, early.version_id,
                                                    binary=is_binary_manifest(early.blob))

@@ -67,8 +67,13 @@ from patcher.chunking import chunk_buffer
 from patcher.delta import PatchMethod, apply_patch, apply_patch_to_proven
 from patcher.deltaindex import DeltaIndex, decode_delta_index
 from patcher.errors import DeltaError, ManifestError
-from patcher.manifest import FileEntry, Manifest, compress_manifest_json, manifest_to_json
-from patcher.manifestbin import is_binary_manifest
+from patcher.manifest import (
+    FileEntry,
+    Manifest,
+    compress_manifest_json,
+    is_binary_manifest,
+    manifest_to_json,
+)
 from patcher.sigcheck import PublicKey
 from patcher.signing import load_public_key, load_signed_manifest, verify_signature
 from patcher.updatedoc import (

@@ -19,8 +19,7 @@ import zstandard
 
 from patcher.delta import build_zstd
 from patcher.deltaindex import DeltaIndex, ManifestPatch, decode_delta_index, encode_delta_index
-from patcher.manifest import manifest_to_json
-from patcher.manifestbin import is_binary_manifest
+from patcher.manifest import is_binary_manifest, manifest_to_json
 from patcher.sizing import update_cost
 from patcher.store import Store
 from testing.enginekit import STAGING, EngineCli, assert_same_tree, read_until

@@ -24,8 +24,15 @@ from patcher.chunking import CHUNK_MAX
 from patcher.delta import PatchMethod, apply_patch
 from patcher.deltaindex import EMPTY_SHA256
 from patcher.errors import ManifestError, PublishError
-from patcher.manifest import Codec, LaunchEntry, Manifest, SaveLocation, SaveRoot, decode_manifest
-from patcher.manifestbin import is_binary_manifest
+from patcher.manifest import (
+    Codec,
+    LaunchEntry,
+    Manifest,
+    SaveLocation,
+    SaveRoot,
+    decode_manifest,
+    is_binary_manifest,
+)
 from patcher.packs import (
     BLOCK_TARGET_RAW,
     PackWriter,

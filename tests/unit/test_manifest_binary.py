@@ -16,6 +16,7 @@ from hypothesis import given, settings
 
 from patcher.errors import ManifestError
 from patcher.manifest import (
+    BINARY_MAGIC,
     Block,
     ChunkEntry,
     ChunkLocation,
@@ -26,14 +27,13 @@ from patcher.manifest import (
     compress_manifest_json,
     decode_manifest,
     encode_manifest,
+    is_binary_manifest,
     manifest_to_dict,
     manifest_to_json,
 )
 from patcher.manifestbin import (
-    MAGIC,
     decode_manifest_binary,
     encode_manifest_binary,
-    is_binary_manifest,
 )
 from patcher.signing import generate_key, load_signed_manifest
 from tests.unit.test_manifest import manifests
@@ -121,7 +121,7 @@ _COLUMNS = [("ids", "32s"), ("block", "I"), ("block_offset", "I"), ("row_size", 
 
 
 def _parts(blob: bytes) -> tuple[dict[str, Any], dict[str, list[Any]]]:
-    body = zstandard.ZstdDecompressor().decompress(blob[len(MAGIC):])
+    body = zstandard.ZstdDecompressor().decompress(blob[len(BINARY_MAGIC):])
     (size,) = struct.unpack_from("<I", body)
     header = json.loads(body[4:4 + size])
     counts = {"ids": header["chunks"], "block": header["chunks"],
@@ -147,7 +147,7 @@ def _body(header: dict[str, Any], columns: dict[str, list[Any]]) -> bytes:
 
 
 def _blob(header: dict[str, Any], columns: dict[str, list[Any]]) -> bytes:
-    return MAGIC + zstandard.ZstdCompressor(write_content_size=True).compress(
+    return BINARY_MAGIC + zstandard.ZstdCompressor(write_content_size=True).compress(
         _body(header, columns))
 
 
@@ -220,12 +220,12 @@ def test_each_broken_rule_is_refused_with_its_code(name: str) -> None:
 
 
 def _frame(body: bytes, **kw: Any) -> bytes:
-    return MAGIC + zstandard.ZstdCompressor(**kw).compress(body)
+    return BINARY_MAGIC + zstandard.ZstdCompressor(**kw).compress(body)
 
 
 @pytest.mark.parametrize(("blob", "code"), [
-    (MAGIC, "MANIFEST_CORRUPT"),
-    (MAGIC + b"not zstd", "MANIFEST_CORRUPT"),
+    (BINARY_MAGIC, "MANIFEST_CORRUPT"),
+    (BINARY_MAGIC + b"not zstd", "MANIFEST_CORRUPT"),
     (_frame(b"{}", write_content_size=False), "MANIFEST_CORRUPT"),  # no declared size
     (_frame(b""), "MANIFEST_CORRUPT"),  # no header
     (_frame(struct.pack("<I", 99) + b"{}"), "MANIFEST_CORRUPT"),  # a header past the body
