@@ -165,25 +165,21 @@ class Catalog:
         """A version's published manifest file (served as it is, in pieces), its stat (taken
         once: the answer's length), its signature and its form: the binary one when asked for
         and published, else the JSON one."""
+        store = self.store
         if form is ManifestForm.BINARY:
+            path = store.path(store.manifest_bin_rel(product, version))
             try:
-                path = self.store.path(self.store.manifest_bin_rel(product, version))
-                st = path.stat()
-                if stat.S_ISREG(st.st_mode):
-                    sig = self.store.path(self.store.manifest_bin_sig_rel(product, version))
-                    return path, st, sig.read_bytes(), ManifestForm.BINARY
+                return (path, *_published(path, store.path(store.manifest_bin_sig_rel(
+                    product, version))), ManifestForm.BINARY)
             except OSError:
                 # published before the binary form existed (or its files unreadable, which the
                 # operator's log names): the JSON one, which every engine reads
-                if self.store.path(self.store.manifest_bin_rel(product, version)).exists():
+                if path.exists():
                     log.warning("the binary manifest of %s %s is unusable: serving its JSON",
                                 product, version, exc_info=True)
-        path = self.store.path(self.store.manifest_rel(product, version))
+        path = store.path(store.manifest_rel(product, version))
         try:
-            st = path.stat()
-            if not stat.S_ISREG(st.st_mode):
-                raise FileNotFoundError(path)
-            return path, st, path.with_suffix(".sig").read_bytes(), ManifestForm.JSON
+            return (path, *_published(path, path.with_suffix(".sig")), ManifestForm.JSON)
         except FileNotFoundError as exc:
             raise NotFound(f"no manifest for {product} {version}",
                            code="VERSION_NOT_FOUND") from exc
@@ -234,3 +230,11 @@ class Catalog:
 
 def _vinfo(v: VersionRecord) -> VersionInfo:
     return VersionInfo(v.version, v.seq, v.created_at, v.total_size, v.file_count)
+
+
+def _published(path: Path, signature: Path) -> tuple[os.stat_result, bytes]:
+    """A published file's stat and its signature; FileNotFoundError unless it is a file."""
+    st = path.stat()
+    if not stat.S_ISREG(st.st_mode):
+        raise FileNotFoundError(path)
+    return st, signature.read_bytes()
