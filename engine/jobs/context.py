@@ -302,21 +302,13 @@ async def load_manifest(ctx: EngineContext, pool: SourcePool, grant: TaskGrant, 
     refresh = refresher(ctx, grant)
     # every manifest is checked against its signature once before it is decoded: a cached one
     # here, a fetched one as its bytes arrive (or, rebuilt from a patch, before it is taken)
-    blob: bytes | None = None
     if kept is not None:
         blob, sig = blob_path.read_bytes(), sig_path.read_bytes()
         try:
             await asyncio.to_thread(verify_signature, blob, sig, key)
-        except ManifestError as exc:
-            # the engine's own copy is damaged (or another key's): dropped and fetched again,
-            # rather than failing every install of this version until someone deletes it
-            log.warning("cached manifest of %s %s refused (%s): fetching it again",
-                        grant.product_id, grant.version_id, exc.message)
-            for path in (blob_path, sig_path):
-                path.unlink(missing_ok=True)
-            blob = kept = None
-            blob_path, sig_path = ctx.state.manifest_files(grant.product_id, grant.version_id)
-    if blob is None:
+        except ManifestError as exc:  # damaged, or another key's
+            return await _load_again(ctx, pool, grant, base, kept, f"refused ({exc.message})")
+    else:
         sig = await fetch_small(ctx, pool, grant.signature_path, 1024, refresh=refresh)
         rebuilt = None
         if base is not None:
@@ -337,15 +329,9 @@ async def load_manifest(ctx: EngineContext, pool: SourcePool, grant: TaskGrant, 
         try:
             manifest = await asyncio.to_thread(decode_manifest, blob)
         except ManifestError as exc:
-            if kept is not None and cached is None:
-                # the engine's own copy, signed but not readable here (a form this engine does
-                # not know, say, kept by a newer one): dropped and fetched again, as a damaged
-                # one is, instead of failing this version until someone deletes it
-                log.warning("cached manifest of %s %s not readable (%s): fetching it again",
-                            grant.product_id, grant.version_id, exc.message)
-                for path in (blob_path, sig_path):
-                    path.unlink(missing_ok=True)
-                return await load_manifest(ctx, pool, grant, base=base)
+            if kept is not None:  # signed, in a form this engine cannot read (a newer one's)
+                return await _load_again(ctx, pool, grant, base, kept,
+                                         f"not readable ({exc.message})")
             raise EngineError(ErrorCode.from_wire(exc.code, ErrorCode.MANIFEST_INVALID),
                               f"manifest of {grant.product_id} {grant.version_id}: "
                               f"{exc.message}", item=exc.field) from exc
@@ -370,6 +356,19 @@ async def load_manifest(ctx: EngineContext, pool: SourcePool, grant: TaskGrant, 
     if cached is not None:
         await cached
     return manifest
+
+
+async def _load_again(ctx: EngineContext, pool: SourcePool, grant: TaskGrant,
+                      base: ManifestBase | None, kept: tuple[Path, Path], why: str) -> Manifest:
+    """The engine's own copy of a manifest is unusable (damaged, another key's, or in a form
+    this engine cannot decode): dropped and the manifest loaded again (another copy the engine
+    keeps, else the CDN's), rather than failing every install of this version until someone
+    deletes it."""
+    log.warning("cached manifest of %s %s %s: fetching it again", grant.product_id,
+                grant.version_id, why)
+    for path in kept:
+        path.unlink(missing_ok=True)
+    return await load_manifest(ctx, pool, grant, base=base)
 
 
 _cache_lock = threading.Lock()  # two runs caching one manifest share its temporary file names
