@@ -844,22 +844,27 @@ def pack_jobs(source: dict[str, Any], game: Game, out: Path) -> list[tuple[str, 
             for rel, size in game.packs]
 
 
-def run_curl(source: dict[str, Any], game: Game, run_dir: Path) -> Result:
-    out = run_dir / "target-curl"
-    jobs = pack_jobs(source, game, out)
-    env = dict(os.environ)
-    for k in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
-        env.pop(k, None)
+def curls(targets: list[tuple[str, str]], run_dir: Path) -> tuple[float, list[Measured]]:
+    """CURL_PROCESSES curl processes at a time, one per (URL, where its body goes), a new one
+    starting as one ends: (wall seconds, each process's measure, in the targets' order)."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY")}
 
-    def one(job: tuple[str, Path, int]) -> Measured:
-        url, dest, _ = job
-        return run_measured(["curl", "-sS", "--fail", "--noproxy", "*", "-o", str(dest), url],
+    def one(target: tuple[str, str]) -> Measured:
+        url, dest = target
+        return run_measured(["curl", "-sS", "--fail", "--noproxy", "*", "-o", dest, url],
                             env=env, timeout=600, stderr_path=run_dir / "curl.log")
 
     t0 = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(CURL_PROCESSES) as pool:
-        results = list(pool.map(one, jobs))
-    wall = time.monotonic() - t0
+        results = list(pool.map(one, targets))
+    return time.monotonic() - t0, results
+
+
+def run_curl(source: dict[str, Any], game: Game, run_dir: Path) -> Result:
+    out = run_dir / "target-curl"
+    jobs = pack_jobs(source, game, out)
+    wall, results = curls([(url, str(dest)) for url, dest, _ in jobs], run_dir)
     sync_s = timed_sync()
     bad = [j[0] for j, r in zip(jobs, results, strict=True) if r.returncode != 0]
     if bad:
@@ -876,18 +881,8 @@ def run_curl(source: dict[str, Any], game: Game, run_dir: Path) -> Result:
 def run_curl_receive(source: dict[str, Any], game: Game, run_dir: Path) -> Result:
     """curl x8 fetching the same packs into /dev/null: the CPU of receiving them and nothing
     else (the ceiling's network part; the floor writes the decoded bytes)."""
-    urls = [f"{source['baseUrl']}{rel}?{source['query']}" for rel, _ in game.packs]
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY")}
-
-    def one(url: str) -> Measured:
-        return run_measured(["curl", "-sS", "--fail", "--noproxy", "*", "-o", os.devnull, url],
-                            env=env, timeout=600, stderr_path=run_dir / "curl.log")
-
-    t0 = time.monotonic()
-    with concurrent.futures.ThreadPoolExecutor(CURL_PROCESSES) as pool:
-        results = list(pool.map(one, urls))
-    wall = time.monotonic() - t0
+    wall, results = curls([(f"{source['baseUrl']}{rel}?{source['query']}", os.devnull)
+                           for rel, _ in game.packs], run_dir)
     if any(r.returncode != 0 for r in results):
         raise RuntimeError("curl into /dev/null failed; see curl.log")
     return Result("curl x8 > /dev/null", game, wall, sum(r.cpu_s for r in results),
