@@ -13,13 +13,19 @@ APT_PKGS=(nginx-light postgresql redis-server xdelta3 zstd bsdiff aria2 curl lib
           libxcb-render-util0 libxcb-image0 libxcb-xinerama0)
 # for the native block hashing only: a system without them still sets up (chunk by chunk)
 NATIVE_PKGS=(gcc python3-dev librust-blake3-dev)
-missing=()
-for p in "${APT_PKGS[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
-done
+SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+not_installed() {  # the named Debian packages that are not installed
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || echo "$p"
+  done
+}
+mapfile -t missing < <(not_installed "${APT_PKGS[@]}")
+mapfile -t native < <(not_installed "${NATIVE_PKGS[@]}")
+if ((${#missing[@]} + ${#native[@]})); then
+  # a failed update stops the set-up only when a package it cannot do without is missing
+  $SUDO apt-get update -qq || ((${#missing[@]} == 0))
+fi
 if ((${#missing[@]})); then
-  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq
   # policy-rc.d 101: the packages' own services are not started (our tests and the stack start
   # private servers on free ports; a system PostgreSQL/Redis would only take memory and ports)
   rc=/usr/sbin/policy-rc.d
@@ -30,13 +36,7 @@ if ((${#missing[@]})); then
   fi
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-native=()
-for p in "${NATIVE_PKGS[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || native+=("$p")
-done
 if ((${#native[@]})); then
-  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq || true
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
     "${native[@]}" >/dev/null || echo "bootstrap: could not install ${native[*]}: the engine" \
     "will hash chunk by chunk" >&2
