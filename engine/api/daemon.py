@@ -21,12 +21,14 @@ import json
 import logging
 import math
 import os
+import queue
 import secrets
 import signal
 import threading
 import time
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor, wait
+from collections.abc import Callable, Coroutine, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any, TextIO
@@ -37,6 +39,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from engine.api import wire
 from engine.api.client import DaemonInfo, info_path, read_info
 from engine.api.protocol import (
     MAX_REQUEST_BYTES,
@@ -59,7 +62,7 @@ log = logging.getLogger(__name__)
 HARD_FRAME_LIMIT = 4 * 1024 * 1024  # beyond this websockets closes that one connection
 # requests whose arrival is logged (at INFO, with the system-wide monotonic clock): a bench that
 # spawned the client tells its start-up from this (bench/client.py), the engine's from the rest
-STAMPED = frozenset({"install", "update", "rollback", "repair", "verify"})
+STAMPED = frozenset({"install", "update", "rollback", "repair", "verify", "cli"})
 CLIENT_EVENT_BACKLOG = 500
 UPDATE_CHECK_INTERVAL_S = 6 * 3600
 
@@ -67,7 +70,7 @@ UPDATE_CHECK_INTERVAL_S = 6 * 3600
 @contextlib.contextmanager
 def daemon_lock(data_dir: Path) -> Iterator[TextIO]:
     data_dir.mkdir(parents=True, exist_ok=True)
-    fh = (data_dir / "daemon.lock").open("a")
+    fh = (data_dir / wire.LOCK_FILE).open("a")
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError as exc:
@@ -127,6 +130,16 @@ def _event_message(event: Event) -> dict[str, Any]:
     return {"type": "event", "event": event_to_wire(event)}
 
 
+def _settle(future: asyncio.Future[int | None], code: int | None,
+            exc: BaseException | None) -> None:
+    if future.done():  # cancelled meanwhile: the daemon is stopping
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(code)
+
+
 LOOP_THREADS = 4  # an install's concurrent calls to the loop's executor before its first byte
 
 
@@ -142,10 +155,151 @@ def start_threads(pool: ThreadPoolExecutor, count: int) -> None:
         log.warning("%s: a thread did not start within 10 s", pool._thread_name_prefix)
 
 
+@dataclass(frozen=True, slots=True)
+class CommandLine:
+    """A ``cli`` request: a client's command line for the daemon to run (engine.cli.quick)."""
+
+    argv: tuple[str, ...]
+    cwd: str  # the client's folder: its relative paths
+    data_dir: str  # the folder whose lock led the client here
+    env: tuple[str, ...]  # its LAUNCHER_ENGINE_* settings, NAME=value
+    progress: bool  # its stdout is a terminal: draw the bar
+
+
+class ClientGone(Exception):
+    """The client of a command line went away: the line's run ends (its task does not)."""
+
+
+class LineService:
+    """What a command line run on one of the daemon's threads talks to: the blocking calls and
+    events of the CLI's daemon client (``call``, ``subscribe``, ``on_event``), and ``write``
+    for its output, which goes to the client as output messages.
+
+    Events reach ``on_event`` on the line's thread while a call waits, as they would reach the
+    CLI; one at a time (the next is taken from the subscription when the last was handled, so
+    a slow client leaves them to the subscription's coalescing), and those published before a
+    call's answer ahead of it (a ``wait``'s result follows the task's last events)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, engine: Engine, service: EngineService,
+                 send: Callable[[dict[str, Any]], Coroutine[Any, Any, None]],
+                 spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]]) -> None:
+        self.loop = loop
+        self.data_dir = engine.settings.data_dir
+        self.on_event: Callable[[Event], None] | None = None
+        self.gone = False
+        self._bus = engine.bus
+        self._service = service
+        self._send = send
+        self._spawn = spawn
+        self._inbox: queue.SimpleQueue[tuple[str, Any, asyncio.Event | None]] = queue.SimpleQueue()
+        self._subscription: Subscription | None = None
+        self._pump: asyncio.Task[None] | None = None
+        self._waiting: Future[None] | None = None  # a ``wait`` call: cancelled when it is gone
+
+    # -- the line's thread ----------------------------------------------------------------------
+    def _on_loop(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        if self.gone:
+            coro.close()
+            raise ClientGone()
+        try:
+            return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+        except ConnectionClosed as exc:
+            raise ClientGone() from exc
+
+    def write(self, stream: str, text: str) -> None:
+        self._on_loop(self._send({"type": "output", "stream": stream, "text": text}))
+
+    def subscribe(self, task_id: str | None = None, *, reply: bool = True) -> None:
+        self._on_loop(self._start_events(task_id))
+
+    def call(self, method: str, params: dict[str, Any]) -> Any:
+        if self.gone:
+            raise ClientGone()
+        if method in STAMPED:
+            log.info("request %s arrived at monotonic %.6f", method, time.monotonic())
+        clean = {k: v for k, v in params.items() if v is not None}
+        running = asyncio.run_coroutine_threadsafe(self._answer(method, clean), self.loop)
+        if method == "wait":
+            self._waiting = running
+        while True:
+            kind, value, taken = self._inbox.get()
+            if kind == "event":
+                try:
+                    if self.on_event is not None:
+                        self.on_event(value)
+                finally:
+                    if taken is not None:
+                        self.loop.call_soon_threadsafe(taken.set)
+            elif kind == "result":
+                return value
+            elif kind == "error":
+                raise value
+            else:
+                raise ClientGone()
+
+    def events(self) -> Iterator[Event]:
+        """Events until the client goes (``subscribe`` first): ``launcher-engine events``."""
+        while True:
+            kind, value, taken = self._inbox.get()
+            if kind == "gone":
+                raise ClientGone()
+            if kind == "event":
+                try:
+                    yield value
+                finally:
+                    if taken is not None:
+                        self.loop.call_soon_threadsafe(taken.set)
+
+    # -- the loop ---------------------------------------------------------------------------------
+    async def _answer(self, method: str, params: dict[str, Any]) -> None:
+        try:
+            item: tuple[str, Any, None] = ("result", await self._service.call(method, params), None)
+        except EngineError as exc:
+            item = ("error", exc, None)
+        except Exception as exc:  # a bug: reported to the line as the daemon reports it
+            log.exception("method %s failed", method)
+            item = ("error", EngineError(ErrorCode.INTERNAL_ERROR, repr(exc)[:500]), None)
+        while self._subscription is not None and (event := self._subscription.pop_nowait()):
+            self._inbox.put(("event", event, None))
+        self._inbox.put(item)
+
+    async def _start_events(self, task_id: str | None) -> None:
+        if self._subscription is None:
+            self._subscription = self._bus.subscribe(task_id, CLIENT_EVENT_BACKLOG)
+            self._pump = self._spawn(self._events())
+
+    async def _events(self) -> None:
+        assert self._subscription is not None
+        while True:
+            event = await self._subscription.get()
+            taken = asyncio.Event()
+            self._inbox.put(("event", event, taken))
+            await taken.wait()
+
+    def close(self) -> None:
+        """On the loop: the client is gone or the line ended; a ``wait`` call is dropped (the
+        task goes on), the line's thread wakes up to end."""
+        self.gone = True
+        if self._pump is not None:
+            self._pump.cancel()
+        if self._subscription is not None:
+            self._subscription.close()
+            self._subscription = None
+        if self._waiting is not None:
+            self._waiting.cancel()
+        self._inbox.put(("gone", None, None))
+
+
+# a command line's runner: its exit code, or None when the client should run it itself
+RunCommandLine = Callable[[CommandLine, LineService], "int | None"]
+
+
 class Daemon:
-    def __init__(self, settings: Settings, port: int = 0) -> None:
+    def __init__(self, settings: Settings, port: int = 0,
+                 run_command_line: RunCommandLine | None = None) -> None:
         self.settings = settings
         self.port = port
+        self.run_command_line = run_command_line  # the CLI's (engine.cli.main): cli requests
         self.token = secrets.token_urlsafe(32)
         self.engine: Engine | None = None
         self.service: EngineService | None = None
@@ -173,6 +327,7 @@ class Daemon:
         assert self.engine is not None
         self.clients.add(ws)
         subscription: Subscription | None = None
+        lines: set[LineService] = set()  # command lines running for this client
         sender: asyncio.Task[None] | None = None
         send_lock = asyncio.Lock()
 
@@ -209,12 +364,23 @@ class Daemon:
                     if reply.get("id") is not None and reply.get("wait"):
                         tg.create_task(self._long_call(reply, send_after_events))
                         continue
+                    if reply.get("line") is not None:
+                        assert self.service is not None
+                        line = LineService(asyncio.get_running_loop(), self.engine,
+                                           self.service, send, tg.create_task)
+                        lines.add(line)
+                        tg.create_task(self._command_line(reply, line, send))
+                        continue
                     await send(reply)
+                for line in lines:  # the client went away: their threads end
+                    line.close()
                 if sender is not None:
                     sender.cancel()
         except* ConnectionClosed:
             pass  # the client went away (a closed window, a killed CLI): its business
         finally:
+            for line in lines:
+                line.close()
             if subscription is not None:
                 subscription.close()
             self.clients.discard(ws)
@@ -237,6 +403,40 @@ class Daemon:
         except Exception as exc:  # a bug must not end the connection (the TaskGroup would)
             log.exception("method %s failed", reply["method"])
             await send({"id": reply["id"], "error": _internal(exc)})
+
+    async def _command_line(self, reply: dict[str, Any], line: LineService,
+                            send: Callable[[dict[str, Any]], Coroutine[Any, Any, None]]) -> None:
+        """Run a client's command line on a thread of its own (the CLI's commands block), for
+        as long as it runs (an install's line waits for its task), and answer its exit code."""
+        loop = asyncio.get_running_loop()
+        ended: asyncio.Future[int | None] = loop.create_future()
+        runner = self.run_command_line
+
+        def run() -> None:
+            try:
+                code = None if runner is None else runner(reply["line"], line)
+            except ClientGone:
+                code = None
+            except BaseException as exc:  # handed to the loop, not swallowed
+                loop.call_soon_threadsafe(_settle, ended, None, exc)
+                return
+            loop.call_soon_threadsafe(_settle, ended, code, None)
+
+        threading.Thread(target=run, name="command-line", daemon=True).start()
+        try:
+            code = await ended
+        except Exception as exc:  # a bug below the CLI's own reporting: said, not swallowed
+            log.exception("command line %s failed", reply["line"].argv)
+            error = EngineError(ErrorCode.INTERNAL_ERROR, repr(exc)[:500])
+            with contextlib.suppress(ConnectionClosed):
+                await send({"type": "output", "stream": "stderr",
+                            "text": f"error: {error.code}: {error.message}\n"})
+            code = int(error.exit_code)
+        finally:
+            line.close()
+        result = {"declined": True} if code is None else {"exitCode": code}
+        with contextlib.suppress(ConnectionClosed):
+            await send({"id": reply["id"], "result": result})
 
     async def _answer(self, raw: str | bytes) -> tuple[dict[str, Any], str | None]:
         """Parse, validate and run one request. Returns (reply, subscription change)."""
@@ -271,6 +471,14 @@ class Daemon:
                 return {"id": req_id, "error": exc.to_error()}, None
             target = "off" if method == "unsubscribe" else checked.get("taskId", "*")
             return {"id": req_id, "result": {"subscribed": None if target == "off" else target}}, target
+        if method == "cli":  # runs on a thread of its own while the connection goes on
+            try:
+                checked = validate(method, params)
+            except EngineError as exc:
+                return {"id": req_id, "error": exc.to_error()}, None
+            return {"id": req_id, "line": CommandLine(
+                tuple(checked["argv"]), checked["cwd"], checked["dataDir"],
+                tuple(checked.get("env", ())), bool(checked.get("progress")))}, None
         if method == "wait":  # long-running: answered when the task ends, others go on meanwhile
             return {"id": req_id, "method": method, "params": params, "wait": True}, None
         try:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
+from engine.api.wire import PROTOCOL_VERSION
 from engine.core.errors import EngineError, ErrorCode, ExitCode
 from engine.core.text import ID_RULE, INT64_MAX, check_text, is_id, show
 
@@ -98,7 +99,6 @@ __all__ = [
     "validate",
 ]
 
-PROTOCOL_VERSION = 1
 MAX_REQUEST_BYTES = 64 * 1024  # a request is small; bigger ones get MESSAGE_TOO_LARGE
 
 
@@ -283,6 +283,15 @@ COMMANDS: tuple[Command, ...] = (
     Command("subscribe", "receive events: all, or one task's", "{subscribed}",
             (Param("taskId", ParamKind.ID, "only this task's events"),)),
     Command("unsubscribe", "stop receiving events", "{subscribed}"),
+    Command("cli", "run a launcher-engine command line here (the one-shot CLI's quick path: "
+            "its output arrives as output messages)", "{exitCode} or {declined}",
+            (Param("argv", ParamKind.TEXT_LIST, "the words after launcher-engine", required=True),
+             Param("cwd", ParamKind.TEXT, "the client's folder (relative paths)", required=True),
+             Param("dataDir", ParamKind.TEXT, "the data folder the client found this daemon by",
+                   required=True),
+             Param("env", ParamKind.TEXT_LIST, "the client's LAUNCHER_ENGINE_* settings, NAME=value"),
+             Param("progress", ParamKind.BOOL, "draw the progress bar (a terminal)")),
+            long_running=True),
 )
 _BY_NAME = {c.name: c for c in COMMANDS}
 

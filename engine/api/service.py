@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from engine.core.savesync import Keep
     from engine.jobs.store import StoreJobs
 
-CONNECTION_COMMANDS = frozenset({"subscribe", "unsubscribe"})  # the daemon's, per connection
+CONNECTION_COMMANDS = frozenset({"subscribe", "unsubscribe", "cli"})  # the daemon's, per connection
 
 
 def parse_keep(keep: str | None) -> Keep | None:

@@ -1,7 +1,2 @@
-"""launcher-engine: the command line, its parser derived from the command table."""
-
-from engine import codecache
-
-# before any of the engine's dataclasses is defined: their methods' compile is cached between
-# runs (engine.codecache; 25-30 ms of every start, issue 13)
-codecache.install()
+"""launcher-engine: the command line, its parser derived from the command table; its quick
+path to a running daemon (``quick``) imports nothing else of it."""

@@ -13,20 +13,29 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import contextvars
 import json
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol, runtime_checkable
 from urllib.parse import unquote
 
-from engine.api.client import SyncDaemonClient, daemon_running
-from engine.api.protocol import EngineError, ErrorCode, ExitCode, ParamKind, command
+from engine import codecache
+
+# before any of the engine's dataclasses is defined: their methods' compile is cached between
+# runs (engine.codecache; 25-30 ms of every start, issue 13). Here rather than in the package:
+# the quick path (engine.cli.quick) imports the package and none of this.
+codecache.install()
+
+from engine.api.client import SyncDaemonClient, daemon_running  # noqa: E402
+from engine.api.protocol import EngineError, ErrorCode, ExitCode, ParamKind, command  # noqa: E402
 
 if TYPE_CHECKING:
+    from engine.api.daemon import CommandLine, LineService
     from engine.api.protocol import Event
     from engine.io.config import Settings
 
@@ -61,21 +70,39 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} TB"
 
 
+def _print(stream: str, text: str) -> None:
+    out = sys.stdout if stream == "stdout" else sys.stderr
+    out.write(text)
+    out.flush()
+
+
 class Output:
-    def __init__(self, as_json: bool) -> None:
+    """What a command says: JSON lines or text on stdout, errors on stderr, the progress bar.
+    ``write(stream, text)`` puts it somewhere: this process's streams, or the client's when the
+    daemon runs a command line for it (``run_command_line``)."""
+
+    def __init__(self, as_json: bool, write: Callable[[str, str], None] = _print,
+                 progress: bool | None = None) -> None:
         self.as_json = as_json
+        self.write = write
+        self.progress = (sys.stdout.isatty() or bool(os.environ.get("LAUNCHER_FORCE_PROGRESS"))
+                         if progress is None else progress)
         self._last_bar = 0.0
         self._bar_shown = False
         self.one_shot = False  # a daemon ran the command: nothing here outlives the output
 
     def emit(self, obj: dict[str, Any]) -> None:
         if self.as_json:
-            print(json.dumps(obj, default=str), flush=True)
+            self.write("stdout", json.dumps(obj, default=str) + "\n")
 
     def text(self, line: str) -> None:
         if not self.as_json:
             self._end_bar()
-            print(line, flush=True)
+            self.write("stdout", line + "\n")
+
+    def error(self, line: str) -> None:
+        self._end_bar()
+        self.write("stderr", line + "\n")
 
     def event(self, event: Event) -> None:
         from engine.api.protocol import TaskStatus, event_to_wire
@@ -103,15 +130,13 @@ class Output:
                 f"{pct:5.1f}%  {human_bytes(event.downloaded_bytes)}/"
                 f"{human_bytes(event.total_size_bytes)}"
                 f"  {human_bytes(event.download_speed_bps)}/s  ETA {eta_text}  ")
-        stream = sys.stdout
-        if stream.isatty() or os.environ.get("LAUNCHER_FORCE_PROGRESS"):
-            stream.write(line)
-            stream.flush()
+        if self.progress:
+            self.write("stdout", line)
             self._bar_shown = True
 
     def _end_bar(self) -> None:
         if self._bar_shown:
-            sys.stdout.write("\n")
+            self.write("stdout", "\n")
             self._bar_shown = False
 
 
@@ -124,8 +149,19 @@ class Service(Protocol):
     def call(self, method: str, params: dict[str, Any]) -> Any: ...
 
 
+@runtime_checkable
+class EventSource(Protocol):
+    """A daemon's service (its client, or the daemon running a client's line): events."""
+
+    def subscribe(self, task_id: str | None = None, *, reply: bool = True) -> None: ...
+
+    def events(self) -> Iterator[Event]: ...
+
+
 Command = Callable[[Service, argparse.Namespace, Output], int]
 FINAL = ("completed", "error", "cancelled")
+FOLLOWS_EVENTS = frozenset({"install", "update", "rollback", "verify", "run"})  # prints them
+INTERRUPTED = "interrupted; the next run resumes where this one stopped"
 
 
 def cmd_login(svc: Service, args: argparse.Namespace, out: Output) -> int:
@@ -439,7 +475,7 @@ def cmd_offline(svc: Service, args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_events(svc: Service, args: argparse.Namespace, out: Output) -> int:
-    if not isinstance(svc, SyncDaemonClient):
+    if isinstance(svc, LocalService) or not isinstance(svc, EventSource):
         raise EngineError(ErrorCode.API_MISUSE, "events needs a running daemon (launcher-engine serve)")
     svc.subscribe(args.taskId)
     for event in svc.events():  # until the daemon stops or Ctrl-C
@@ -652,8 +688,16 @@ def cmd_serve(svc: Service, args: argparse.Namespace, out: Output) -> int:
 # beside it.
 
 
+# the command line a daemon runs for a client (run_command_line) on this thread, if any
+_FOR_CLIENT: contextvars.ContextVar[CommandLine | None] = contextvars.ContextVar(
+    "for_client", default=None)
+
+
 def _absolute(text: str) -> str:
-    return str(Path(text).expanduser().absolute())
+    """A path argument made absolute against the folder of the process that was given it."""
+    line = _FOR_CLIENT.get()
+    path = Path(text).expanduser()
+    return str(path.absolute() if line is None else Path(line.cwd, path))
 
 
 def _rate(text: str) -> int | None:
@@ -919,6 +963,24 @@ class _Formatter(argparse.HelpFormatter):
                          _terminal_columns() - 2 if width is None else width)
 
 
+class _Declined(Exception):
+    """A client's command line that the parser would answer with its own words (an error,
+    help, the version): the client's own CLI runs it and says them."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's, except that for a client's command line it neither prints nor exits."""
+
+    def _print_message(self, message: str, file: Any = None) -> None:
+        if _FOR_CLIENT.get() is None:
+            super()._print_message(message, file)
+
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        if _FOR_CLIENT.get() is not None:
+            raise _Declined(message or "")
+        super().exit(status, message)
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The command line's parser; with ``only``, just that command's (see ``command_named``)."""
 
@@ -933,10 +995,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         p.add_argument("-v", "--verbose", action="store_true",
                        default=False if default is None else default)
 
-    common = argparse.ArgumentParser(add_help=False, formatter_class=_Formatter)
+    common = _Parser(add_help=False, formatter_class=_Formatter)
     common_options(common, argparse.SUPPRESS)
-    parser = argparse.ArgumentParser(prog="launcher-engine", description=__doc__,
-                                     formatter_class=_Formatter)
+    parser = _Parser(prog="launcher-engine", description=__doc__, formatter_class=_Formatter)
     common_options(parser, None)
     parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -1085,7 +1146,7 @@ def _dispatch(args: argparse.Namespace, out: Output, settings: Settings,
             _skip_httpx_cli()
             from engine.api.daemon import Daemon
 
-            asyncio.run(Daemon(settings, port=args.port).run())
+            asyncio.run(Daemon(settings, port=args.port, run_command_line=run_command_line).run())
         finally:
             gc.enable()
         return ExitCode.OK
@@ -1100,7 +1161,7 @@ def _dispatch(args: argparse.Namespace, out: Output, settings: Settings,
         out.one_shot = True
         with client:
             client.on_event = out.event
-            if args.command in ("install", "update", "rollback", "verify", "run"):
+            if args.command in FOLLOWS_EVENTS:
                 client.subscribe(reply=False)  # the command follows at once, no round trip
             return func(client, args, out)
     _start_logging(args)
@@ -1119,18 +1180,83 @@ def main(argv: list[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else argv
     args = build_parser(command_named(words)).parse_args(words)
     out = Output(args.json)
-    try:
-        code = _run(args, out)
-    except EngineError as exc:
-        out.emit({"error": exc.to_dict(), "exitCode": int(exc.exit_code)})
-        print(f"error: {exc.code}: {exc.message}", file=sys.stderr)
-        code = int(exc.exit_code)
-    except KeyboardInterrupt:
-        print("interrupted; the next run resumes where this one stopped", file=sys.stderr)
-        code = int(ExitCode.INTERRUPTED)
+    code = _reported(out, lambda: _run(args, out))
     if argv is None and out.one_shot:  # the program itself (not a caller in-process)
         _end_now(code)
     return code
+
+
+def _reported(out: Output, run: Callable[[], int]) -> int:
+    """``run``'s exit code; an engine error or an interrupt said as the CLI says them."""
+    try:
+        return run()
+    except EngineError as exc:
+        return report_error(out, exc)
+    except KeyboardInterrupt:
+        return report_interrupted(out)
+
+
+def report_error(out: Output, exc: EngineError) -> int:
+    out.emit({"error": exc.to_dict(), "exitCode": int(exc.exit_code)})
+    out.error(f"error: {exc.code}: {exc.message}")
+    return int(exc.exit_code)
+
+
+def report_interrupted(out: Output | None = None) -> int:
+    (out or Output(False)).error(INTERRUPTED)
+    return int(ExitCode.INTERRUPTED)
+
+
+def report_unreachable(words: list[str], detail: str) -> int:
+    """The quick path's daemon went away after it had the line (engine.cli.quick): said as a
+    daemon client says it."""
+    args = build_parser(command_named(words)).parse_args(words)
+    return report_error(Output(args.json), EngineError(ErrorCode.DAEMON_UNREACHABLE, detail))
+
+
+def run_command_line(line: CommandLine, svc: LineService) -> int | None:
+    """A client's command line run by its daemon (``cli``; engine.cli.quick): what it prints
+    goes to the client (``svc.write``), its exit code is returned; the same command, output
+    and code as the client's own CLI would give with this daemon. None when the client's CLI
+    should run it: a line the parser answers itself (an error, help), ``serve`` or ``login``,
+    another data folder; nothing was printed or done then."""
+    words = list(line.argv)
+    name = command_named(words)
+    if name is None or name in ("serve", "login"):
+        return None
+    token = _FOR_CLIENT.set(line)
+    try:
+        try:
+            args = build_parser(name).parse_args(words)
+        except _Declined:
+            return None
+        if args.data_dir is not None and os.path.abspath(_absolute(args.data_dir)) != line.data_dir:
+            return None  # a spelling of --data the client did not see (an abbreviation)
+        out = Output(args.json, svc.write, line.progress)
+        out.one_shot = True
+        from engine.io.config import load_settings
+
+        try:
+            settings = load_settings({"backend_url": args.backend_url, "data_dir": line.data_dir},
+                                     environ=dict(item.partition("=")[::2] for item in line.env))
+        except EngineError as exc:
+            return report_error(out, exc)
+        if settings.data_dir.resolve() != svc.data_dir.resolve():
+            return None
+        svc.on_event = out.event
+        if name in FOLLOWS_EVENTS:
+            svc.subscribe(reply=False)
+        try:
+            return _reported(out, lambda: int(args.func(svc, args, out)))
+        except Exception as exc:
+            if svc.gone:
+                raise
+            import logging
+
+            logging.getLogger("engine.cli").exception("command line %s failed", words)
+            return report_error(out, EngineError(ErrorCode.INTERNAL_ERROR, repr(exc)[:500]))
+    finally:
+        _FOR_CLIENT.reset(token)
 
 
 def _end_now(code: int) -> None:

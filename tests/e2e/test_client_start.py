@@ -8,17 +8,20 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from engine.api.client import SyncDaemonClient, daemon_running
 from engine.cli.main import _terminal_columns
-from engine.core.errors import EngineError, ErrorCode
+from engine.core.errors import EngineError, ErrorCode, ExitCode
 from engine.core.text import _BAD_CATEGORIES, _BAD_CHAR, check_text
 from testing.daemon import DaemonProcess
 from testing.enginekit import EngineCli, engine_env
@@ -75,6 +78,8 @@ def _normal(text: str) -> str:
     ("--json", "limit", "20M"),
     ("limit", "--task", "not an id!"),  # refused by the daemon's validation
     ("--json", "settings", "connections", "0"),  # refused by the settings' rules
+    ("install",),  # a line the daemon declines (a usage error): the client's own CLI says it
+    ("--json", "status", "--bogus"),
 ])
 def test_daemon_and_in_process_commands_print_and_exit_alike(tmp_path: Path,
                                                              words: tuple[str, ...]) -> None:
@@ -149,3 +154,89 @@ def test_the_parser_width_is_what_shutil_would_say(monkeypatch: pytest.MonkeyPat
     monkeypatch.delenv("LINES", raising=False)
     assert _terminal_columns() == shutil.get_terminal_size().columns
     assert os.environ.get("COLUMNS") == columns
+
+
+QUICK_LEFT_OUT = ("engine.cli.main", "engine.codecache", "engine.api.client", "engine.api.protocol",
+                  "argparse", "dataclasses", "engine.io.config")
+
+
+def _imported(importtime: str) -> set[str]:
+    return {line.rsplit("|", 1)[1].strip() for line in importtime.splitlines()
+            if line.startswith("import time:") and "|" in line}
+
+
+def test_the_quick_path_sends_the_line_before_importing_the_cli(daemon: EngineCli) -> None:
+    """``python -m engine.cli`` with a daemon running: the line goes to the daemon whole, and
+    this process loads none of the CLI, its command table or its settings (engine.cli.quick)."""
+    proc = subprocess.run([sys.executable, "-X", "importtime", *daemon.argv("status")[1:]],
+                          capture_output=True, text=True, cwd=REPO, env=engine_env(), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert '"running": true' in proc.stdout
+    loaded = _imported(proc.stderr)
+    assert "engine.cli.quick" in loaded and "engine.api.wire" in loaded
+    assert sorted(loaded & set(QUICK_LEFT_OUT)) == []
+
+
+def test_a_relative_path_is_the_clients(daemon: EngineCli, tmp_path: Path) -> None:
+    """The daemon runs the line in its own folder; a relative --target is still the client's."""
+    proc = subprocess.run([sys.executable, "-m", "engine.cli", "--data", str(daemon.data_dir),
+                           "--backend", NO_BACKEND, "install", "star-courier", "--target",
+                           "rel/game", "--no-wait"], capture_output=True, text=True,
+                          cwd=tmp_path, env=engine_env(), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert f"installing star-courier into {tmp_path}/rel/game" in proc.stdout
+
+
+def _threads(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def _wait_for(check: Any, what: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def test_a_quick_client_interrupted_or_killed_leaves_the_daemon_serving(tmp_path: Path) -> None:
+    """``events`` through the quick path: its events arrive; Ctrl-C says what the CLI says and
+    exits INTERRUPTED; a kill -9 ends the daemon's run of the line (its thread goes); the daemon
+    stopping is DAEMON_UNREACHABLE, as for the full CLI."""
+    data = tmp_path / "data"
+    d = DaemonProcess(data, NO_BACKEND)
+    info = d.start()
+    cli = EngineCli(data, NO_BACKEND)
+    try:
+        idle = _threads(info.pid)
+
+        def follow() -> subprocess.Popen[str]:
+            proc = subprocess.Popen(cli.argv("events"), stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True, cwd=REPO, env=engine_env())
+            _wait_for(lambda: _threads(info.pid) > idle, "the line's thread did not start")
+            return proc
+
+        watcher = follow()
+        assert cli.ok("install", "star-courier", "--target", str(tmp_path / "g"), "--no-wait")
+        _wait_for(lambda: [t["status"] for t in cli.ok("queue", "list", "--all")[-1]["tasks"]] == ["error"],
+                  "the install did not end")
+        watcher.send_signal(signal.SIGINT)
+        out, err = watcher.communicate(timeout=30)
+        assert watcher.returncode == int(ExitCode.INTERRUPTED), err
+        assert "interrupted; the next run resumes where this one stopped" in err
+        statuses = [line for line in out.splitlines() if "downloadTaskStatusUpdate" in line]
+        assert any('"error"' in line for line in statuses), out
+        _wait_for(lambda: _threads(info.pid) == idle, "the line's thread outlived Ctrl-C")
+
+        killed = follow()
+        killed.kill()
+        killed.communicate(timeout=30)
+        _wait_for(lambda: _threads(info.pid) == idle, "the line's thread outlived kill -9")
+        assert cli.ok("status")[-1]["running"] is True
+
+        orphan = follow()
+        d.stop()
+        _, err = orphan.communicate(timeout=30)
+        assert orphan.returncode == int(ExitCode.BACKEND), err
+        assert "error: DAEMON_UNREACHABLE: the daemon closed the connection" in err
+    finally:
+        d.stop()
