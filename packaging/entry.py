@@ -23,15 +23,17 @@ def main() -> int:
     multiprocessing.freeze_support()
     argv = sys.argv[1:]
     name = os.path.basename(sys.argv[0]).lower()
-    if name.startswith("launcher-engine"):
+    if name.startswith("launcher-engine") or argv[:1] == ["engine"]:
+        words = argv if name.startswith("launcher-engine") else argv[1:]
+        from engine.cli.quick import forward
+
+        code = forward(words)  # a running daemon runs the line (engine.cli.quick)
+        if code is not None:
+            return code
         from engine.cli.main import main as engine_main
 
-        return engine_main(argv)
-    if argv[:1] == ["engine"]:
-        from engine.cli.main import main as engine_main
-
-        sys.argv = ["launcher-engine", *argv[1:]]
-        return engine_main(argv[1:])
+        sys.argv = ["launcher-engine", *words]
+        return engine_main(words)
     from launcher.app import main as launcher_main
 
     return launcher_main(argv)
