@@ -1230,7 +1230,7 @@ def run_command_line(line: CommandLine, svc: LineService) -> int | None:
             args = build_parser(name).parse_args(words)
         except _Declined:
             return None
-        if args.data_dir is not None and os.path.abspath(_absolute(args.data_dir)) != line.data_dir:
+        if args.data_dir and os.path.abspath(_absolute(args.data_dir)) != line.data_dir:
             return None  # a spelling of --data the client did not see (an abbreviation)
         out = Output(args.json, svc.write, line.progress)
         out.one_shot = True

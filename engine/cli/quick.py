@@ -43,8 +43,8 @@ def data_dir_of(argv: list[str]) -> str | None:
             found = argv[i + 1]
         elif word.startswith("--data="):
             found = word[len("--data="):]
-    return os.path.abspath(os.path.expanduser(found)) if found is not None else \
-        os.path.abspath(wire.default_data_dir())
+    # an empty value is no value to the settings (``--data ""``: the default folder)
+    return os.path.abspath(os.path.expanduser(found) if found else wire.default_data_dir())
 
 
 def command_line(argv: list[str], data_dir: str) -> dict[str, Any]:
