@@ -3,16 +3,32 @@ pass over the manifest, the same work as re-planning from scratch would find."""
 
 from __future__ import annotations
 
+import copy
+import pickle
+import random
+import threading
+
 from engine.core.planner import (
     BlockJob,
     ChunkTarget,
     ChunkWrite,
     FetchRange,
     InstallPlan,
+    all_writes,
     coalesce,
+    plan_install,
     remaining_plan,
 )
-from patcher.manifest import Codec
+from patcher.manifest import (
+    Block,
+    ChunkEntry,
+    ChunkLocation,
+    Codec,
+    FileEntry,
+    Manifest,
+    decode_manifest,
+    encode_manifest,
+)
 
 
 def block(index: int, offset: int, writes: list[tuple[int, int, int]]) -> BlockJob:
@@ -74,18 +90,6 @@ def test_the_full_plan_from_the_manifest_arrays_equals_the_plan_of_every_write()
     """plan_install builds a whole game's plan from the decoded manifest's arrays with lazy
     targets (no object per chunk); it must be exactly the plan the per-chunk path builds, with
     chunks shared by two files, several chunks per block and blocks out of id order."""
-    import random
-
-    from engine.core.planner import all_writes, plan_install
-    from patcher.manifest import (
-        Block,
-        ChunkEntry,
-        ChunkLocation,
-        FileEntry,
-        Manifest,
-        decode_manifest,
-        encode_manifest,
-    )
 
     rnd = random.Random(13)
     ids = [rnd.randbytes(32).hex() for _ in range(40)]
@@ -118,19 +122,6 @@ def test_a_fresh_plan_leaves_the_chunk_orders_to_the_block_workers() -> None:
     (its first ranges start without them); the block workers build them on first use, once
     however many ask at the same moment, and each block's spans are what a table built before
     any thread would give."""
-    import random
-    import threading
-
-    from engine.core.planner import plan_install
-    from patcher.manifest import (
-        Block,
-        ChunkEntry,
-        ChunkLocation,
-        FileEntry,
-        Manifest,
-        decode_manifest,
-        encode_manifest,
-    )
 
     rnd = random.Random(27)
     ids = [rnd.randbytes(32).hex() for _ in range(3000)]
@@ -166,9 +157,6 @@ def test_a_fresh_plan_leaves_the_chunk_orders_to_the_block_workers() -> None:
     assert [got[i] for i in range(len(jobs))] == expected
     assert table._by_block is not None and table._rows_of is not None
     # a table pickles and copies without its lock; the copy's orders are the same
-    import copy
-    import pickle
-
     for twin in (pickle.loads(pickle.dumps(table)), copy.deepcopy(table)):
         assert twin.by_block() == table.by_block() and twin.rows_of() == table.rows_of()
         assert twin.find(ids[5]) == table.find(ids[5])
