@@ -41,6 +41,7 @@ from engine.io.rangeclient import (
     fetch_range,
     worker_pool,
 )
+from engine.io.threads import run_to_end, thread_ended
 
 if TYPE_CHECKING:  # aiohttp is imported where the general client first runs (issue 13: its
     import aiohttp  # import, ~0.1-0.4 s, was in front of every install's first byte)
@@ -129,7 +130,6 @@ async def _fetch_range(ctx: DownloadContext, source: CdnSource, r: FetchRange,
     """The general client (aiohttp on the loop): what the threaded one cannot take."""
     import aiohttp
 
-    loop = asyncio.get_running_loop()
     process = checked_process(sink, source)
     url = source.url(pack_rel(ctx.product_id, r.pack))
     headers = {"Range": f"bytes={r.start}-{r.end - 1}"}
@@ -161,7 +161,7 @@ async def _fetch_range(ctx: DownloadContext, source: CdnSource, r: FetchRange,
                 data = await _read_block(ctx, resp.content, job.stored_size, watch)
                 received += job.stored_size
                 position = job.offset + job.stored_size
-                result = await loop.run_in_executor(ctx.executor, process, job, data)
+                result = await run_to_end(ctx.executor, process, job, data)
                 done.add(job.index)
                 sink.record(job, result)
     except asyncio.IncompleteReadError as exc:
@@ -275,11 +275,7 @@ async def _fetch_range_threaded(ctx: DownloadContext, source: CdnSource, r: Fetc
             stop.set()
             ctx.limiter.wake_paced()  # a thread waiting for tokens sees the stop now
             work.cancel()  # not started yet: it never will
-            while not future.done():  # the thread sees the flag within POLL_S or one block
-                try:
-                    await asyncio.wait({future})
-                except asyncio.CancelledError:
-                    continue
+            await thread_ended(future)  # it sees the flag within POLL_S or one block
             # retrieved here (the thread's Stopped is what the stop asked for): an unretrieved
             # exception would be logged as an error when the future is collected
             if not future.cancelled() and future.exception() is not None:

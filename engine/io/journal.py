@@ -12,7 +12,6 @@ middle is rolled forward.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 
 from engine.io.staging import Staging
 from engine.io.state import State
+from engine.io.threads import run_to_end
 
 # A kill loses at most this much fetched data (plus the blocks in flight). A flush fdatasyncs
 # the touched files, which waits for their dirty pages: awaited by the connection that
@@ -94,7 +94,7 @@ class Journal:
             return
         self._inflight = batch
         if blocks:
-            await asyncio.get_running_loop().run_in_executor(executor, self.staging.sync, files)
+            await run_to_end(executor, self.staging.sync, files)
         if self._inflight is not batch:
             return  # a synchronous flush took this batch over (and recorded it)
         self._inflight = None

@@ -186,11 +186,14 @@ class Staging:
     def unprepared(self) -> bool:
         return bool(self._unprepared)
 
-    def prepare_rest(self) -> None:
-        """Create every file ``prepare_lazily`` left, in index order (a worker thread)."""
+    def prepare_rest(self, stop: threading.Event | None = None) -> None:
+        """Create every file ``prepare_lazily`` left, in index order (a worker thread), until
+        ``stop`` is set (the run is ending: what is left is created when first used)."""
         with self._lock:
             todo = sorted(self._unprepared)
         for i in todo:
+            if stop is not None and stop.is_set():
+                return
             self._ensure_prepared(i)
 
     def _ensure_prepared(self, file_index: int) -> None:

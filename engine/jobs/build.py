@@ -7,6 +7,7 @@ batched journal, and files built locally (moves, patches) verified and journaled
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -132,6 +133,7 @@ class StagedBuild:
         from engine.io.blockio import process_block
         from engine.io.download import BlockSink, DownloadContext, download
         from engine.io.journal import Journal
+        from engine.io.threads import run_to_end
 
         self.enter(TaskState.DOWNLOADING)
         verified = ctx.state.done_files(self.task.id)
@@ -145,15 +147,15 @@ class StagedBuild:
         by_chunks = {fi for fi, n in pending.items() if n and n == len(manifest.files[fi].chunks)}
         journal = Journal(ctx.state, staging, self.task.id)
         verify_sem = asyncio.Semaphore(2)
-        loop = asyncio.get_running_loop()
+        stop_preparing = threading.Event()
 
         async def verify(fi: int) -> None:
             async with verify_sem:  # staging.verify also fsyncs the file (per inode)
                 if fi in by_chunks:
-                    await loop.run_in_executor(ctx.executor, staging.sync_file, fi)
+                    await run_to_end(ctx.executor, staging.sync_file, fi)
                     ok = True
                 else:
-                    ok = await loop.run_in_executor(ctx.executor, staging.verify, fi)
+                    ok = await run_to_end(ctx.executor, staging.verify, fi)
             f = manifest.files[fi]
             if not ok:
                 journal.flush()
@@ -167,7 +169,8 @@ class StagedBuild:
         try:
             async with asyncio.TaskGroup() as tg:
                 if staging.unprepared:  # lazily staged files: the rest created beside the download
-                    tg.create_task(asyncio.to_thread(staging.prepare_rest))
+                    tg.create_task(run_to_end(None, staging.prepare_rest, stop_preparing,
+                                              stop=stop_preparing))
                 reporter = tg.create_task(self.reporter())
                 items = tg.create_task(self.item_reporter(manifest, left, moving, pending))
                 for fi, count in pending.items():
