@@ -27,7 +27,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
@@ -42,7 +42,6 @@ from websockets.http11 import Request, Response
 from engine.api import wire
 from engine.api.client import DaemonInfo, info_path, read_info
 from engine.api.protocol import (
-    MAX_REQUEST_BYTES,
     PROTOCOL_VERSION,
     EngineError,
     ErrorCode,
@@ -161,6 +160,7 @@ class CommandLine:
 
     argv: tuple[str, ...]
     cwd: str  # the client's folder: its relative paths
+    home: str  # the client's home: its ``~``
     data_dir: str  # the folder whose lock led the client here
     env: tuple[str, ...]  # its LAUNCHER_ENGINE_* settings, NAME=value
     progress: bool  # its stdout is a terminal: draw the bar
@@ -194,7 +194,7 @@ class LineService:
         self._inbox: queue.SimpleQueue[tuple[str, Any, asyncio.Event | None]] = queue.SimpleQueue()
         self._subscription: Subscription | None = None
         self._pump: asyncio.Task[None] | None = None
-        self._waiting: Future[None] | None = None  # a ``wait`` call: cancelled when it is gone
+        self._waiting: asyncio.Task[Any] | None = None  # a ``wait``: cancelled when it is gone
 
     # -- the line's thread ----------------------------------------------------------------------
     def _on_loop(self, coro: Coroutine[Any, Any, Any]) -> Any:
@@ -218,9 +218,7 @@ class LineService:
         if method in STAMPED:
             log.info("request %s arrived at monotonic %.6f", method, time.monotonic())
         clean = {k: v for k, v in params.items() if v is not None}
-        running = asyncio.run_coroutine_threadsafe(self._answer(method, clean), self.loop)
-        if method == "wait":
-            self._waiting = running
+        asyncio.run_coroutine_threadsafe(self._answer(method, clean), self.loop)
         while True:
             kind, value, taken = self._inbox.get()
             if kind == "event":
@@ -252,6 +250,10 @@ class LineService:
 
     # -- the loop ---------------------------------------------------------------------------------
     async def _answer(self, method: str, params: dict[str, Any]) -> None:
+        if self.gone:  # closed since the line's thread looked: it has its "gone" already
+            return
+        if method == "wait":  # answered when the task ends: dropped when the client goes
+            self._waiting = asyncio.current_task()
         try:
             item: tuple[str, Any, None] = ("result", await self._service.call(method, params), None)
         except EngineError as exc:
@@ -259,11 +261,18 @@ class LineService:
         except Exception as exc:  # a bug: reported to the line as the daemon reports it
             log.exception("method %s failed", method)
             item = ("error", EngineError(ErrorCode.INTERNAL_ERROR, repr(exc)[:500]), None)
-        while self._subscription is not None and (event := self._subscription.pop_nowait()):
-            self._inbox.put(("event", event, None))
+        finally:
+            self._waiting = None
+        if method == "wait":
+            # the task's last events before its result, as a connection sends them (its
+            # ``send_after_events``); other answers go as they come, as there
+            while self._subscription is not None and (event := self._subscription.pop_nowait()):
+                self._inbox.put(("event", event, None))
         self._inbox.put(item)
 
     async def _start_events(self, task_id: str | None) -> None:
+        if self.gone:  # closed since the line's thread looked: no subscription to leak
+            raise ClientGone()
         if self._subscription is None:
             self._subscription = self._bus.subscribe(task_id, CLIENT_EVENT_BACKLOG)
             self._pump = self._spawn(self._events())
@@ -328,6 +337,7 @@ class Daemon:
         self.clients.add(ws)
         subscription: Subscription | None = None
         lines: set[LineService] = set()  # command lines running for this client
+        long_calls: set[asyncio.Task[None]] = set()  # its ``wait`` requests
         sender: asyncio.Task[None] | None = None
         send_lock = asyncio.Lock()
 
@@ -362,24 +372,31 @@ class Daemon:
                                 None if sub_change == "*" else sub_change, CLIENT_EVENT_BACKLOG)
                             sender = tg.create_task(self._pump(subscription, send))
                     if reply.get("id") is not None and reply.get("wait"):
-                        tg.create_task(self._long_call(reply, send_after_events))
+                        call = tg.create_task(self._long_call(reply, send_after_events))
+                        long_calls.add(call)
+                        call.add_done_callback(long_calls.discard)
                         continue
                     if reply.get("line") is not None:
                         assert self.service is not None
                         line = LineService(asyncio.get_running_loop(), self.engine,
                                            self.service, send, tg.create_task)
                         lines.add(line)
-                        tg.create_task(self._command_line(reply, line, send))
+                        tg.create_task(self._command_line(reply, line, send, lines))
                         continue
                     await send(reply)
-                for line in lines:  # the client went away: their threads end
+                # the client went away: its lines' threads end, its waits are dropped (the
+                # tasks go on; an answer has nobody to go to, and a wait that never ends
+                # would keep this handler, and so the daemon's shutdown, waiting)
+                for line in list(lines):
                     line.close()
+                for call in list(long_calls):
+                    call.cancel()
                 if sender is not None:
                     sender.cancel()
         except* ConnectionClosed:
             pass  # the client went away (a closed window, a killed CLI): its business
         finally:
-            for line in lines:
+            for line in list(lines):
                 line.close()
             if subscription is not None:
                 subscription.close()
@@ -405,7 +422,8 @@ class Daemon:
             await send({"id": reply["id"], "error": _internal(exc)})
 
     async def _command_line(self, reply: dict[str, Any], line: LineService,
-                            send: Callable[[dict[str, Any]], Coroutine[Any, Any, None]]) -> None:
+                            send: Callable[[dict[str, Any]], Coroutine[Any, Any, None]],
+                            lines: set[LineService]) -> None:
         """Run a client's command line on a thread of its own (the CLI's commands block), for
         as long as it runs (an install's line waits for its task), and answer its exit code."""
         loop = asyncio.get_running_loop()
@@ -418,6 +436,8 @@ class Daemon:
             except ClientGone:
                 code = None
             except BaseException as exc:  # handed to the loop, not swallowed
+                if not isinstance(exc, Exception):  # a SystemExit must not stop the daemon
+                    exc = RuntimeError(f"the command line raised {exc!r}")
                 loop.call_soon_threadsafe(_settle, ended, None, exc)
                 return
             loop.call_soon_threadsafe(_settle, ended, code, None)
@@ -434,6 +454,7 @@ class Daemon:
             code = int(error.exit_code)
         finally:
             line.close()
+            lines.discard(line)
         result = {"declined": True} if code is None else {"exitCode": code}
         with contextlib.suppress(ConnectionClosed):
             await send({"id": reply["id"], "result": result})
@@ -448,9 +469,10 @@ class Daemon:
 
     async def _answer_checked(self, raw: str | bytes) -> tuple[dict[str, Any], str | None]:
         assert self.service is not None
-        if len(raw) > MAX_REQUEST_BYTES:
-            return {"id": None, "error": EngineError(
-                ErrorCode.MESSAGE_TOO_LARGE, f"{len(raw)} bytes; limit {MAX_REQUEST_BYTES}").to_error()}, None
+        if len(raw) > wire.MAX_REQUEST_BYTES:
+            too_large = EngineError(ErrorCode.MESSAGE_TOO_LARGE,
+                                    f"{len(raw)} bytes; limit {wire.MAX_REQUEST_BYTES}")
+            return {"id": None, "error": too_large.to_error()}, None
         try:
             msg = parse_message(raw)
         except ValueError as exc:
@@ -476,8 +498,10 @@ class Daemon:
                 checked = validate(method, params)
             except EngineError as exc:
                 return {"id": req_id, "error": exc.to_error()}, None
+            if checked["protocol"] != PROTOCOL_VERSION:  # sent before it saw the greeting
+                return {"id": req_id, "result": {"declined": True}}, None
             return {"id": req_id, "line": CommandLine(
-                tuple(checked["argv"]), checked["cwd"], checked["dataDir"],
+                tuple(checked["argv"]), checked["cwd"], checked["home"], checked["dataDir"],
                 tuple(checked.get("env", ())), bool(checked.get("progress")))}, None
         if method == "wait":  # long-running: answered when the task ends, others go on meanwhile
             return {"id": req_id, "method": method, "params": params, "wait": True}, None

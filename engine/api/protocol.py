@@ -99,7 +99,6 @@ __all__ = [
     "validate",
 ]
 
-MAX_REQUEST_BYTES = 64 * 1024  # a request is small; bigger ones get MESSAGE_TOO_LARGE
 
 
 # -- commands ----------------------------------------------------------------------------------
@@ -287,8 +286,10 @@ COMMANDS: tuple[Command, ...] = (
             "its output arrives as output messages)", "{exitCode} or {declined}",
             (Param("argv", ParamKind.TEXT_LIST, "the words after launcher-engine", required=True),
              Param("cwd", ParamKind.TEXT, "the client's folder (relative paths)", required=True),
+             Param("home", ParamKind.TEXT, "the client's home folder (~)", required=True),
              Param("dataDir", ParamKind.TEXT, "the data folder the client found this daemon by",
                    required=True),
+             Param("protocol", ParamKind.INT, "the client's protocol version", required=True),
              Param("env", ParamKind.TEXT_LIST, "the client's LAUNCHER_ENGINE_* settings, NAME=value"),
              Param("progress", ParamKind.BOOL, "draw the progress bar (a terminal)")),
             long_running=True),

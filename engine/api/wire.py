@@ -20,6 +20,7 @@ from typing import Any
 from engine.core.locations import APP_NAME, ENV_PREFIX
 
 PROTOCOL_VERSION = 1  # the daemon says it in its greeting; a client refuses another
+MAX_REQUEST_BYTES = 64 * 1024  # a request is small; bigger ones get MESSAGE_TOO_LARGE
 INFO_FILE = "daemon.json"
 LOCK_FILE = "daemon.lock"
 MAX_REPLY_BYTES = 256 * 1024 * 1024  # a status with a long queue is big, not this big

@@ -33,6 +33,7 @@ codecache.install()
 
 from engine.api.client import SyncDaemonClient, daemon_running  # noqa: E402
 from engine.api.protocol import EngineError, ErrorCode, ExitCode, ParamKind, command  # noqa: E402
+from engine.core.locations import ENV_PREFIX  # noqa: E402
 
 if TYPE_CHECKING:
     from engine.api.daemon import CommandLine, LineService
@@ -694,14 +695,21 @@ _FOR_CLIENT: contextvars.ContextVar[CommandLine | None] = contextvars.ContextVar
 
 
 def _absolute(text: str) -> str:
-    """A path argument made absolute against the folder of the process that was given it."""
+    """A path argument made absolute against the folder (and ``~`` the home) of the process
+    that was given it: this one, or the client whose line a daemon runs."""
     line = _FOR_CLIENT.get()
-    path = Path(text).expanduser()
-    return str(path.absolute() if line is None else Path(line.cwd, path))
+    if line is None:
+        return str(Path(text).expanduser().absolute())
+    if text == "~" or text.startswith("~/"):
+        text = line.home + text[1:]
+    return str(Path(line.cwd, Path(text).expanduser()))
 
 
 def _rate(text: str) -> int | None:
-    return parse_rate(text)
+    try:
+        return parse_rate(text)
+    except EngineError as exc:  # a usage error, worded by the parser like any other
+        raise argparse.ArgumentTypeError(exc.message) from exc
 
 
 # how a protocol param is spelled on the command line (default: --kebab-case)
@@ -1230,19 +1238,23 @@ def run_command_line(line: CommandLine, svc: LineService) -> int | None:
             args = build_parser(name).parse_args(words)
         except _Declined:
             return None
-        if args.data_dir and os.path.abspath(_absolute(args.data_dir)) != line.data_dir:
-            return None  # a spelling of --data the client did not see (an abbreviation)
+        env = dict(item.partition("=")[::2] for item in line.env)
+        # the folder the client's own CLI would take (the settings' rule: --data, else the
+        # variable, else the default, which the client looked up as it would), checked before
+        # anything of it is read: a line for another daemon's folder, or one the client
+        # spelled differently from the parser (an abbreviation), is the client's to run
+        named = args.data_dir or env.get(ENV_PREFIX + "DATA_DIR")
+        folder = os.path.abspath(_absolute(named)) if named else line.data_dir
+        if folder != line.data_dir or Path(folder).resolve() != svc.data_dir.resolve():
+            return None
         out = Output(args.json, svc.write, line.progress)
         out.one_shot = True
         from engine.io.config import load_settings
 
         try:
-            settings = load_settings({"backend_url": args.backend_url, "data_dir": line.data_dir},
-                                     environ=dict(item.partition("=")[::2] for item in line.env))
+            load_settings({"backend_url": args.backend_url, "data_dir": folder}, environ=env)
         except EngineError as exc:
             return report_error(out, exc)
-        if settings.data_dir.resolve() != svc.data_dir.resolve():
-            return None
         svc.on_event = out.event
         if name in FOLLOWS_EVENTS:
             svc.subscribe(reply=False)

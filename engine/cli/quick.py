@@ -30,89 +30,128 @@ from engine.core.locations import ENV_PREFIX
 LOCAL_ONLY = frozenset({"serve", "login", "-h", "--help"})
 NOT_SENT = frozenset({ENV_PREFIX + "PASSWORD"})  # no setting: login's, and login runs here
 REQUEST_ID = 1
+# a quiet daemon still pings every 20 s (websockets' default), and the relay answers: this
+# much silence is a daemon that stopped answering
+REPLY_TIMEOUT_S = 60.0
 
 
 def data_dir_of(argv: list[str]) -> str | None:
-    """The data folder the line names (its last ``--data``, as the parser takes it), else the
-    default; None when a ``--data`` has no value (the full CLI words that error)."""
+    """The data folder the line names, as the settings take it: its last ``--data`` (before a
+    ``--``), else ``LAUNCHER_ENGINE_DATA_DIR``, else the default (an empty value is none);
+    None when a ``--data`` has no value (the full CLI words that error)."""
     found: str | None = None
     for i, word in enumerate(argv):
+        if word == "--":
+            break
         if word == "--data":
             if i + 1 >= len(argv):
                 return None
             found = argv[i + 1]
         elif word.startswith("--data="):
             found = word[len("--data="):]
-    # an empty value is no value to the settings (``--data ""``: the default folder)
     return os.path.abspath(os.path.expanduser(found) if found else wire.default_data_dir())
 
 
 def command_line(argv: list[str], data_dir: str) -> dict[str, Any]:
     """The ``cli`` request's params."""
-    return {"argv": argv, "cwd": os.getcwd(), "dataDir": data_dir,
+    return {"argv": argv, "cwd": os.getcwd(), "home": os.path.expanduser("~"),
+            "dataDir": data_dir, "protocol": wire.PROTOCOL_VERSION,
             "env": [f"{k}={v}" for k, v in os.environ.items()
                     if k.startswith(ENV_PREFIX) and k not in NOT_SENT],
             "progress": sys.stdout.isatty() or bool(os.environ.get("LAUNCHER_FORCE_PROGRESS"))}
+
+
+class _Gone(Exception):
+    """The daemon's connection failed after it had the line (not this process's output)."""
 
 
 def forward(argv: list[str]) -> int | None:
     """The exit code of the line run by the daemon, or None: run it here (see above)."""
     if not argv or any(word in LOCAL_ONLY for word in argv):
         return None
+    relay = _Relay()
+    try:
+        return _forward(argv, relay)
+    except _Gone as exc:
+        relay.end_bar()
+        from engine.cli.main import report_unreachable
+
+        return report_unreachable(argv, f"the daemon closed the connection: {exc}")
+    except KeyboardInterrupt:
+        relay.end_bar()
+        from engine.cli.main import report_interrupted
+
+        return report_interrupted()
+
+
+def _forward(argv: list[str], relay: _Relay) -> int | None:
     try:
         data_dir = data_dir_of(argv)
         found = wire.running_daemon(data_dir) if data_dir is not None else None
         if found is None or data_dir is None:
             return None
+        request = wire.request(REQUEST_ID, "cli", command_line(argv, data_dir))
+        if len(request) > wire.MAX_REQUEST_BYTES:
+            return None  # the daemon would refuse it unread
         _, port, token = found
-        ws = wire.WebSocket(port, token, timeout=30.0)
+        ws = wire.WebSocket(port, token, timeout=REPLY_TIMEOUT_S)
     except (OSError, ValueError):
         return None  # the full CLI looks again and reports what it finds
     try:
         try:
-            ws.send(wire.request(REQUEST_ID, "cli", command_line(argv, data_dir)))
+            ws.send(request)
             ws.accept()
             if wire.hello_problem(json.loads(ws.recv())) is not None:
                 return None  # another protocol: it did not read the line
         except (OSError, ValueError, wire.Closed):
             return None  # refused before the daemon had the line: nothing ran
-        try:
-            return _relay(ws)
-        except (OSError, ValueError, wire.Closed) as exc:
-            from engine.cli.main import report_unreachable
-
-            return report_unreachable(argv, f"the daemon closed the connection: {exc}")
-        except KeyboardInterrupt:
-            from engine.cli.main import report_interrupted
-
-            return report_interrupted()
+        return relay.run(ws)
     finally:
         ws.close()
 
 
-def _relay(ws: wire.WebSocket) -> int | None:
-    """Print the daemon's output messages until the line's reply: its exit code, or None when
-    the daemon declined the line (nothing of it ran, nothing was printed)."""
-    ws.sock.settimeout(None)  # a command such as install answers when its task ends
-    printed = False
-    while True:
-        msg = json.loads(ws.recv())
-        if not isinstance(msg, dict):
-            raise ValueError(f"unexpected message {msg!r:.200}")
-        if msg.get("type") == "output":
-            stream = sys.stdout if msg.get("stream") == "stdout" else sys.stderr
-            stream.write(str(msg.get("text")))
-            stream.flush()
-            printed = True
-            continue
-        if msg.get("id") != REQUEST_ID:
-            continue
-        result = msg.get("result")
-        if isinstance(result, dict) and isinstance(result.get("exitCode"), int):
-            return int(result["exitCode"])
-        if printed:  # it ran, then broke: not run a second time here
-            raise ValueError(f"the line's reply has no exit code: {msg!r:.200}")
-        return None  # declined, or an error reply (a daemon without this path)
+class _Relay:
+    """Prints the daemon's output messages until the line's reply."""
+
+    def __init__(self) -> None:
+        self.printed = False
+        self.bar_open = False  # the last stdout text is a progress bar without its newline
+
+    def run(self, ws: wire.WebSocket) -> int | None:
+        """The line's exit code, or None when the daemon declined it (nothing of it ran,
+        nothing was printed: a refusal without an id, such as MESSAGE_TOO_LARGE, too)."""
+        while True:
+            try:
+                msg = json.loads(ws.recv())
+            except (OSError, ValueError, wire.Closed) as exc:
+                raise _Gone(str(exc) or type(exc).__name__) from exc
+            if not isinstance(msg, dict):
+                raise _Gone(f"unexpected message {msg!r:.200}")
+            if msg.get("type") == "output":
+                self.write(msg.get("stream"), str(msg.get("text")))
+                continue
+            if msg.get("id") not in (REQUEST_ID, None) or "type" in msg:
+                continue
+            result = msg.get("result")
+            if isinstance(result, dict) and isinstance(result.get("exitCode"), int):
+                return int(result["exitCode"])
+            if self.printed:  # it ran, then broke: not run a second time here
+                raise _Gone(f"the line's reply has no exit code: {msg!r:.200}")
+            return None  # declined, or an error reply (a daemon without this path)
+
+    def write(self, stream: object, text: str) -> None:
+        out = sys.stdout if stream == "stdout" else sys.stderr
+        out.write(text)
+        out.flush()
+        self.printed = True
+        if out is sys.stdout and text:
+            self.bar_open = not text.endswith("\n")
+
+    def end_bar(self) -> None:
+        """What the CLI does before an error line: the bar's line ended."""
+        if self.bar_open:
+            sys.stdout.write("\n")
+            self.bar_open = False
 
 
 def main() -> int:

@@ -198,7 +198,8 @@ def load_settings(
     env = os.environ if environ is None else environ
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
     values: dict[str, Any] = {}
-    data_dir = flags.get("data_dir") or env.get(ENV_PREFIX + "DATA_DIR")
+    # an empty value is none (the default folder), as the daemon's clients look it up
+    data_dir = flags.get("data_dir") or env.get(ENV_PREFIX + "DATA_DIR") or None
     base = Settings() if data_dir is None else Settings(
         data_dir=_coerce("data_dir", data_dir, "--data" if "data_dir" in flags
                          else ENV_PREFIX + "DATA_DIR"))

@@ -79,6 +79,7 @@ def _normal(text: str) -> str:
     ("limit", "--task", "not an id!"),  # refused by the daemon's validation
     ("--json", "settings", "connections", "0"),  # refused by the settings' rules
     ("install",),  # a line the daemon declines (a usage error): the client's own CLI says it
+    ("install", "star-courier", "--limit", "bogus"),  # a bad rate is a usage error too
     ("--json", "status", "--bogus"),
 ])
 def test_daemon_and_in_process_commands_print_and_exit_alike(tmp_path: Path,
@@ -238,5 +239,56 @@ def test_a_quick_client_interrupted_or_killed_leaves_the_daemon_serving(tmp_path
         _, err = orphan.communicate(timeout=30)
         assert orphan.returncode == int(ExitCode.BACKEND), err
         assert "error: DAEMON_UNREACHABLE: the daemon closed the connection" in err
+    finally:
+        d.stop()
+
+
+def test_a_line_too_big_for_a_request_runs_in_the_client(daemon: EngineCli) -> None:
+    """The daemon refuses requests over 64 KiB unread: such a line (here a long setting in the
+    environment) is run by the client's own CLI, against the same daemon, not left waiting."""
+    proc = subprocess.run(daemon.argv("status"), capture_output=True, text=True, cwd=REPO,
+                          env=engine_env({"LAUNCHER_ENGINE_UNUSED": "a" * 70_000}), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert '"running": true' in proc.stdout
+
+
+def test_a_home_path_is_the_clients_home(daemon: EngineCli, tmp_path: Path) -> None:
+    """``~`` in a path argument (unexpanded by a shell: quoted, or after ``=``) is the home of
+    the client, not the daemon's."""
+    home = tmp_path / "home"
+    proc = subprocess.run([sys.executable, "-m", "engine.cli", "--data", str(daemon.data_dir),
+                           "--backend", NO_BACKEND, "install", "star-courier", "--target=~/g",
+                           "--no-wait"], capture_output=True, text=True, cwd=tmp_path,
+                          env=engine_env({"HOME": str(home)}), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert f"installing star-courier into {home}/g" in proc.stdout
+
+
+def test_a_client_gone_from_a_wait_does_not_hold_the_daemon_shutdown(tmp_path: Path) -> None:
+    """A client that asked to ``wait`` for a task that does not end (offline) and went away:
+    the daemon still stops on SIGTERM at once (its handler dropped the wait), for the
+    protocol's client and the quick path's alike."""
+    data = tmp_path / "data"
+    d = DaemonProcess(data, NO_BACKEND)
+    info = d.start()
+    cli = EngineCli(data, NO_BACKEND)
+    try:
+        assert cli.ok("offline", "on")
+        task = cli.ok("install", "star-courier", "--target", str(tmp_path / "g"),
+                      "--no-wait")[-1]["task"]["taskId"]
+        with SyncDaemonClient(info) as client:
+            client.send("wait", {"taskId": task})
+            assert client.call("ping")["pong"] is True  # the wait is running, unanswered
+        quick = cli.popen("install", "moon-miner", "--target", str(tmp_path / "h"))
+        _wait_for(lambda: len(cli.ok("queue", "list")[-1]["tasks"]) == 2,
+                  "the quick client's install was not queued")
+        quick.kill()
+        quick.communicate(timeout=30)
+        assert d.server is not None
+        started = time.monotonic()
+        d.server.proc.terminate()
+        d.server.proc.wait(30)
+        assert time.monotonic() - started < 10
+        assert d.server.proc.returncode == 0
     finally:
         d.stop()

@@ -24,6 +24,7 @@ def default_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     (["--data", "d1", "status", "--data", "d2"], "d2"),  # after the command wins, as in argparse
     (["--data", "", "status"], "default"),  # an empty value is none to the settings
     (["--data", "/abs/d", "status"], "/abs/d"),
+    (["queue", "list", "--", "--data", "d1"], "default"),  # after "--" it is not an option
 ])
 def test_the_data_folder_of_a_line(argv: list[str], expected: str, tmp_path: Path) -> None:
     assert data_dir_of(argv) == os.path.abspath(tmp_path / expected)
@@ -49,3 +50,13 @@ def test_the_line_sends_the_settings_but_not_the_password(monkeypatch: pytest.Mo
 def test_lines_without_a_daemon_or_for_this_process_run_here(argv: list[str]) -> None:
     """No daemon runs for the (empty) default folder, and help, serve and login never go."""
     assert forward(argv) is None
+
+
+def test_an_empty_data_variable_is_the_default_folder_for_the_settings_too(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from engine.io.config import load_settings
+
+    monkeypatch.setenv("LAUNCHER_ENGINE_DATA_DIR", "")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert load_settings({}).data_dir == tmp_path / "xdg" / "game-launcher"
+    assert data_dir_of(["status"]) == str(tmp_path / "xdg" / "game-launcher")
