@@ -4,15 +4,15 @@
 # started by the tests and scripts/stack.sh on 127.0.0.1, never as system services),
 # xdelta3/zstd/bsdiff/aria2/curl (peer tools in tests and benches),
 # Qt's runtime libraries (offscreen GUI tests; the xcb ones for the launcher window on a desktop),
-# gcc, the Python headers and BLAKE3's C sources (librust-blake3-dev: sources only, no Rust) for
-# the engine's native block hashing (scripts/build_native.sh).
+# gcc, the Python headers, BLAKE3's C sources (librust-blake3-dev: sources only, no Rust) and
+# libzstd-dev for the engine's native block hashing and processing (scripts/build_native.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 APT_PKGS=(nginx-light postgresql redis-server xdelta3 zstd bsdiff aria2 curl libgl1 libegl1 libxkbcommon0 libfontconfig1 libdbus-1-3
           libxkbcommon-x11-0 libxcb-cursor0 libxcb-icccm4 libxcb-keysyms1 libxcb-shape0 libxcb-randr0
           libxcb-render-util0 libxcb-image0 libxcb-xinerama0)
-# for the native block hashing only: a system without them still sets up (chunk by chunk)
-NATIVE_PKGS=(gcc python3-dev librust-blake3-dev)
+# for the native block modules only: a system without them still sets up (Python does their work)
+NATIVE_PKGS=(gcc python3-dev librust-blake3-dev libzstd-dev)
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
 not_installed() {  # the named Debian packages that are not installed
   for p in "$@"; do
@@ -39,7 +39,7 @@ fi
 if ((${#native[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
     "${native[@]}" >/dev/null || echo "bootstrap: could not install ${native[*]}: the engine" \
-    "will hash chunk by chunk" >&2
+    "does their work in Python" >&2
 fi
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3

@@ -1,28 +1,42 @@
 #!/usr/bin/env bash
-# Builds engine/io/_blake3batch (the block workers' BLAKE3 of a block's chunks in one call, the
-# GIL released once: engine/io/_blake3batch.c) with gcc from Debian's BLAKE3 C sources (package
-# librust-blake3-dev, which scripts/bootstrap.sh installs). Safe to run again: it rebuilds only
-# when its inputs changed. Without it the engine hashes chunk by chunk with the blake3 package
-# (slower, the same result), so a failed build is reported and does not stop the set-up.
+# Builds the engine's native block modules with gcc from Debian's BLAKE3 C sources (package
+# librust-blake3-dev, which scripts/bootstrap.sh installs):
+#   engine/io/_blake3batch  a block's chunks hashed in one call, the GIL released once
+#   engine/io/_blockproc    a block decompressed (libzstd, libzstd-dev), its chunks hashed and
+#                           written in one call, the GIL released once
+# Safe to run again: each is rebuilt only when its inputs changed. Without them the engine does
+# the same in Python (slower, the same result: engine/io/blockio.py), so a failed build is
+# reported and does not stop the set-up; without libzstd-dev only _blake3batch is built.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
+CC=${CC:-gcc}
 SRC=$(ls -d /usr/share/cargo/registry/blake3-*/c 2>/dev/null | sort -V | tail -n 1)
 if [ -z "$SRC" ] || [ ! -f "$SRC/blake3.h" ]; then
   echo "build_native: no BLAKE3 C sources (apt-get install librust-blake3-dev); the engine" \
        "hashes chunk by chunk" >&2
   exit 0
 fi
-INC=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
-SUFFIX=$("$PY" -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
-OUT=engine/io/_blake3batch$SUFFIX
-STAMP=$(cat engine/io/_blake3batch.c scripts/build_native.sh "$SRC"/*.c "$SRC"/*.h | sha256sum | cut -c1-16)
-if [ -f "$OUT" ] && [ "$(cat "$OUT.stamp" 2>/dev/null)" = "$STAMP" ]; then
+INC=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["include"])') || exit 0
+SUFFIX=$("$PY" -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))') || exit 0
+ZSTD_H=$(echo '#include <zstd.h>' | "$CC" -E -M -x c - 2>/dev/null | tr ' \\' '\n\n' \
+         | grep '/zstd\.h$' | head -n 1)
+stamp() {  # stamp MODULE [FILE...]: the hash of what the module is built from
+  local mod=$1
+  shift
+  cat "engine/io/$mod.c" scripts/build_native.sh "$SRC"/*.c "$SRC"/*.h "$@" | sha256sum | cut -c1-16
+}
+fresh() {  # fresh MODULE STAMP: built from these very inputs
+  [ -f "engine/io/$1$SUFFIX" ] && [ "$(cat "engine/io/$1$SUFFIX.stamp" 2>/dev/null)" = "$2" ]
+}
+HASH_STAMP=$(stamp _blake3batch)
+PROC_STAMP=""
+[ -n "$ZSTD_H" ] && PROC_STAMP=$(stamp _blockproc "$ZSTD_H")
+if fresh _blake3batch "$HASH_STAMP" && { [ -z "$PROC_STAMP" ] || fresh _blockproc "$PROC_STAMP"; }; then
   exit 0
 fi
 WORK=$(mktemp -d) || exit 0
 trap 'rm -rf "$WORK"' EXIT
-CC=${CC:-gcc}
 FLAGS=(-O3 -fPIC -fvisibility=hidden -I"$SRC" -I"$INC")
 ARCH=$(uname -m)
 case "$ARCH" in  # before any file is compiled: blake3_dispatch.c reads them too
@@ -30,35 +44,74 @@ case "$ARCH" in  # before any file is compiled: blake3_dispatch.c reads them too
   aarch64|arm64) FLAGS+=(-DBLAKE3_USE_NEON=1) ;;
   *) FLAGS+=(-DBLAKE3_NO_SSE2 -DBLAKE3_NO_SSE41 -DBLAKE3_NO_AVX2 -DBLAKE3_NO_AVX512) ;;
 esac
-objects=()
-compile() {  # compile SOURCE [FLAGS...]
-  local src=$1 obj="$WORK/$(basename "$1" .c).o"
-  shift
-  "$CC" "${FLAGS[@]}" "$@" -c "$src" -o "$obj" || return 1
-  objects+=("$obj")
+compile() {  # compile SOURCE [FLAGS...]: its object in $WORK
+  "$CC" "${FLAGS[@]}" "${@:2}" -c "$1" -o "$WORK/$(basename "$1" .c).o"
 }
+blake3=()  # BLAKE3's objects, linked into both modules
 ok=1
-compile engine/io/_blake3batch.c || ok=0
-compile "$SRC/blake3.c" || ok=0
-compile "$SRC/blake3_dispatch.c" || ok=0
-compile "$SRC/blake3_portable.c" || ok=0
+for src in blake3 blake3_dispatch blake3_portable; do
+  compile "$SRC/$src.c" || ok=0
+  blake3+=("$WORK/$src.o")
+done
+kernels=()  # SIMD kernels, each with its own instruction set; chosen at run time (CPUID)
 case "$ARCH" in
-  x86_64|amd64)  # SIMD kernels, each with its own instruction set; chosen at run time (CPUID)
-    compile "$SRC/blake3_sse2.c" -msse2 || ok=0
-    compile "$SRC/blake3_sse41.c" -msse4.1 || ok=0
-    compile "$SRC/blake3_avx2.c" -mavx2 || ok=0
-    compile "$SRC/blake3_avx512.c" -mavx512f -mavx512vl || ok=0 ;;
-  aarch64|arm64)
-    compile "$SRC/blake3_neon.c" || ok=0 ;;
+  x86_64|amd64) kernels=("blake3_sse2 -msse2" "blake3_sse41 -msse4.1" "blake3_avx2 -mavx2"
+                         "blake3_avx512 -mavx512f -mavx512vl") ;;
+  aarch64|arm64) kernels=("blake3_neon") ;;
 esac
-if [ "$ok" = 1 ] && "$CC" -shared -o "$WORK/out.so" "${objects[@]}" \
-    && "$PY" -c "import importlib.util as u, sys; s = u.spec_from_file_location('_blake3batch', sys.argv[1]); m = u.module_from_spec(s); s.loader.exec_module(m); import blake3; d = bytes(range(256)) * 300; assert m.hash_spans(d, (1).to_bytes(8, sys.byteorder) + (70000).to_bytes(8, sys.byteorder)) == blake3.blake3(d[1:70001]).digest()" "$WORK/out.so"; then
-  mv "$WORK/out.so" "$OUT"
-  echo "$STAMP" > "$OUT.stamp"
-  echo "build_native: built $OUT"
+for k in "${kernels[@]}"; do
+  read -r src flags <<<"$k"
+  # shellcheck disable=SC2086  # the flags are words
+  compile "$SRC/$src.c" $flags || ok=0
+  blake3+=("$WORK/$src.o")
+done
+
+# a built module is checked by loading it and comparing it with the Python packages
+HASH_TEST='
+import blake3, importlib.util as u, sys
+s = u.spec_from_file_location("_blake3batch", sys.argv[1]); m = u.module_from_spec(s)
+s.loader.exec_module(m)
+d = bytes(range(256)) * 300
+spans = (1).to_bytes(8, sys.byteorder) + (70000).to_bytes(8, sys.byteorder)
+assert m.hash_spans(d, spans) == blake3.blake3(d[1:70001]).digest()'
+PROC_TEST='
+import blake3, importlib.util as u, os, sys, tempfile, zstandard
+from array import array
+s = u.spec_from_file_location("_blockproc", sys.argv[1]); m = u.module_from_spec(s)
+s.loader.exec_module(m)
+d = bytes(range(256)) * 300
+fd, path = tempfile.mkstemp()
+try:
+    for stored, zstd in ((d, False), (zstandard.ZstdCompressor().compress(d), True)):
+        assert m.process(stored, zstd, len(d), array("Q", [1, 70000]),
+                         blake3.blake3(d[1:70001]).digest(), array("q", [fd, 5, 0])) == -1
+        assert os.pread(fd, 70001, 4) == b"\0" + d[1:70001]
+        os.ftruncate(fd, 0)
+finally:
+    os.close(fd)
+    os.unlink(path)'
+
+build() {  # build MODULE STAMP TEST [LINK FLAGS...]: built and checked, or removed
+  local mod=$1 stamp=$2 test=$3 out="engine/io/$1$SUFFIX"
+  fresh "$mod" "$stamp" && return 0
+  if [ "$ok" = 1 ] && compile "engine/io/$mod.c" \
+      && "$CC" -shared -o "$WORK/$mod.so" "$WORK/$mod.o" "${blake3[@]}" "${@:4}" \
+      && "$PY" -c "$test" "$WORK/$mod.so"; then
+    mv "$WORK/$mod.so" "$out"
+    echo "$stamp" > "$out.stamp"
+    echo "build_native: built $out"
+  else
+    # a module built from older sources is not kept: the engine does its work in Python
+    rm -f "$out" "$out.stamp"
+    echo "build_native: could not build $out; the engine does its work in Python" >&2
+  fi
+}
+build _blake3batch "$HASH_STAMP" "$HASH_TEST"
+if [ -n "$PROC_STAMP" ]; then
+  build _blockproc "$PROC_STAMP" "$PROC_TEST" -lzstd
 else
-  # a module built from older sources is not kept: the engine hashes chunk by chunk instead
-  rm -f "$OUT" "$OUT.stamp"
-  echo "build_native: could not build $OUT; the engine hashes chunk by chunk" >&2
+  rm -f "engine/io/_blockproc$SUFFIX" "engine/io/_blockproc$SUFFIX.stamp"
+  echo "build_native: no zstd.h (apt-get install libzstd-dev); blocks are decompressed and" \
+       "written in Python" >&2
 fi
 exit 0

@@ -1,6 +1,9 @@
 """Block processing, run in worker threads (zstd, BLAKE3 and pwrite release the GIL):
 decompress a fetched block, verify every chunk's BLAKE3, write chunks at their file offsets.
-A chunk that fails its hash is never written.
+A chunk that fails its hash is never written; nor is any chunk of its block.
+
+Where scripts/build_native.sh built engine/io/_blockproc, a block is all of that in one native
+call (the GIL released once); elsewhere, and for blocks it does not decode, the same in Python.
 """
 
 from __future__ import annotations
@@ -46,6 +49,25 @@ def _native_hash_spans() -> HashSpans | None:
 
 
 _hash_spans = _native_hash_spans()
+
+# (stored bytes, zstd?, raw size, spans as uint64 (offset, size) pairs, the chunk ids joined,
+# writes as int64 (fd, file offset, span index) triples) -> -1 when written, or the index of
+# the first chunk whose hash differs (nothing written); ValueError: the block does not decode
+ProcessBlock = Callable[[bytes | memoryview, bool, int, "array[int]", bytes, "array[int]"], int]
+
+
+def _native_process() -> ProcessBlock | None:
+    """The whole block in one call, the GIL released once (engine/io/_blockproc.c): in Python
+    a worker took the GIL back after the zstd call, the hashing and each pwritev. None where
+    it is not built (no libzstd-dev)."""
+    try:
+        from engine.io._blockproc import process
+    except ImportError:
+        return None
+    return process
+
+
+_process = _native_process()
 
 
 def _decompressor() -> zstandard.ZstdDecompressor:
@@ -97,8 +119,11 @@ class BlockWritten:
         return sum(n for _, n in self.per_file.values())
 
 
-def process_block(job: BlockJob, stored: bytes | memoryview, staging: Staging) -> BlockWritten:
+def process_block(job: BlockJob, stored: bytes | memoryview, staging: Staging,
+                  native: ProcessBlock | None = _process) -> BlockWritten:
     """Verify and write one block: every chunk's BLAKE3 is checked before any is written."""
+    if native is not None and job.codec in (Codec.RAW, Codec.ZSTD):
+        return _process_natively(job, stored, staging, native)
     view = memoryview(decode_block(job, stored))
     spans = job.spans()
     check_chunks(job.index, view, spans)
@@ -110,6 +135,36 @@ def process_block(job: BlockJob, stored: bytes | memoryview, staging: Staging) -
             per_file[file_index] = (writes + len(pieces), nbytes + sum(len(p) for p in pieces))
     except OSError as exc:
         raise translate_os_error(exc, "writing staged files") from exc
+    return BlockWritten(per_file)
+
+
+def _process_natively(job: BlockJob, stored: bytes | memoryview, staging: Staging,
+                      native: ProcessBlock) -> BlockWritten:
+    """``process_block`` in one native call: the same checks, errors and writes."""
+    if len(stored) != job.stored_size:
+        raise BlockCorrupt(job.index, f"{len(stored)} bytes, expected {job.stored_size}")
+    spans = job.spans()
+    per_file: dict[int, tuple[int, int]] = {}
+    for _, _, size, writes in spans:
+        for file_index, _ in writes:
+            count, nbytes = per_file.get(file_index, (0, 0))
+            per_file[file_index] = (count + 1, nbytes + size)
+    try:
+        # the files are opened (and created, when staged lazily) before the hashes are
+        # checked: a corrupt block may create a staged file, it writes no byte into one
+        with staging.held(per_file) as fds:
+            bad = native(stored, job.codec is Codec.ZSTD, job.raw_size,
+                         array("Q", [n for _, offset, size, _ in spans for n in (offset, size)]),
+                         b"".join([cid for cid, _, _, _ in spans]),
+                         array("q", [n for i, (_, _, _, writes) in enumerate(spans)
+                                     for file_index, file_offset in writes
+                                     for n in (fds[file_index], file_offset, i)]))
+    except ValueError as exc:
+        raise BlockCorrupt(job.index, str(exc)) from exc
+    except OSError as exc:
+        raise translate_os_error(exc, "writing staged files") from exc
+    if bad >= 0:
+        raise BlockCorrupt(job.index, f"chunk {spans[bad][0].hex()[:12]} hash mismatch")
     return BlockWritten(per_file)
 
 

@@ -17,7 +17,7 @@ import re
 import shutil
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -256,6 +256,18 @@ class Staging:
                 self._doomed.add(fd)
                 return
         os.close(fd)
+
+    @contextlib.contextmanager
+    def held(self, file_indexes: Iterable[int]) -> Iterator[dict[int, int]]:
+        """The files' fds (opened as needed), each held as ``_held`` does for the whole call:
+        for a native call that writes them all without the GIL (engine/io/_blockproc.c)."""
+        with contextlib.ExitStack() as stack:
+            fds: dict[int, int] = {}
+            for i in file_indexes:
+                fd = stack.enter_context(self._held(i, True))
+                assert fd is not None
+                fds[i] = fd
+            yield fds
 
     def pwritev(self, file_index: int, pieces: list[memoryview], offset: int) -> None:
         with self._held(file_index, True) as fd:

@@ -1,0 +1,12 @@
+from array import array
+
+_Buffer = bytes | bytearray | memoryview | array[int]
+
+def process(stored: bytes | bytearray | memoryview, zstd: bool, raw_size: int, spans: _Buffer,
+            ids: _Buffer, writes: _Buffer) -> int:
+    """Decode ``stored`` (zstd, or raw when not ``zstd``), check every chunk's BLAKE3, then
+    write the chunks: ``spans`` are uint64 (offset, size) pairs in the decoded block, ``ids``
+    the chunks' 32-byte ids joined, ``writes`` int64 (fd, file offset, span index) triples.
+    -1 when written, else the index of the first chunk whose hash differs (nothing written).
+    ValueError: the block does not decode to ``raw_size`` bytes ("zstd: ...", "decoded N bytes,
+    expected M") or a span lies outside it; OSError: a write failed (some may be written)."""

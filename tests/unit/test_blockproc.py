@@ -1,0 +1,271 @@
+"""The native block processor (engine/io/_blockproc.c, built by scripts/build_native.sh) stages
+the very bytes the Python path does, raw or zstd, and fails the same way: a chunk that differs
+or a block that does not decode is BlockCorrupt and writes nothing, a failed write is the
+engine's I/O error. Every test runs both paths on real staged files."""
+
+from __future__ import annotations
+
+import glob
+import os
+import random
+import subprocess
+from array import array
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import blake3
+import pytest
+import zstandard
+
+from engine.core.errors import EngineError, ErrorCode
+from engine.core.planner import BlockJob, ChunkTarget, ChunkWrite
+from engine.io import blockio
+from engine.io.blockio import BlockCorrupt, BlockWritten, process_block
+from engine.io.staging import Staging
+from patcher.manifest import Codec, FileEntry, Manifest
+
+BLAKE3_SOURCES = glob.glob("/usr/share/cargo/registry/blake3-*/c/blake3.h")
+FILE_SIZES = (300_000, 70_000, 5)
+
+
+def zstd_header_here() -> bool:
+    done = subprocess.run(["gcc", "-E", "-x", "c", "-"], input=b"#include <zstd.h>\n",
+                          capture_output=True, check=False)
+    return done.returncode == 0
+
+
+def test_the_native_module_is_built_where_its_sources_are() -> None:
+    """The set-up builds it wherever Debian's BLAKE3 sources and libzstd-dev are installed: a
+    build that silently failed would cost every install its speed, not its correctness."""
+    try:
+        have = bool(BLAKE3_SOURCES) and zstd_header_here()
+    except FileNotFoundError:  # no gcc
+        have = False
+    if not have:
+        pytest.skip("no gcc, BLAKE3 C sources or zstd.h here: the engine processes in Python")
+    assert blockio._process is not None, "run scripts/build_native.sh"
+
+
+def native() -> blockio.ProcessBlock:
+    if blockio._process is None:
+        pytest.skip("engine/io/_blockproc is not built here")
+    return blockio._process
+
+
+PATHS = ["native", "python"]
+
+
+def path_of(which: str) -> blockio.ProcessBlock | None:
+    return native() if which == "native" else None
+
+
+def staging_at(root: Path) -> Staging:
+    files = tuple(FileEntry(f"f{i}.bin", size, 0o644, "e3" * 32, ())
+                  for i, size in enumerate(FILE_SIZES))
+    staging = Staging(root, "t", Manifest("p", "1", files, (), {}))
+    staging.prepare(list(range(len(files))))
+    return staging
+
+
+def staged(staging: Staging) -> list[bytes]:
+    return [staging.path(i).read_bytes() for i in range(len(FILE_SIZES))]
+
+
+def untouched() -> list[bytes]:
+    return [bytes(size) for size in FILE_SIZES]
+
+
+def layout(seed: int) -> tuple[bytes, list[ChunkTarget]]:
+    """A block of ~1 MiB of compressible bytes cut in chunks of varied size: most follow each
+    other in file 0, some go to file 1 after a gap, one is written twice (files 0 and 1), one
+    is empty and one goes to the 5-byte file 2."""
+    rnd = random.Random(seed)
+    words = [rnd.randbytes(rnd.randrange(3, 12)) for _ in range(64)]
+    raw = b"".join(rnd.choice(words) for _ in range(40_000))
+    sizes = [rnd.randrange(1, 20_000) for _ in range(12)] + [0, 5]
+    targets: list[ChunkTarget] = []
+    offset, file0, file1 = 0, 17, 30_000
+    for i, size in enumerate(sizes):
+        if size == 5:
+            writes: tuple[ChunkWrite, ...] = (ChunkWrite(2, 0),)
+        elif i % 4 == 3:
+            writes = (ChunkWrite(1, file1),)
+            file1 += size + 9  # a gap: a new run
+        elif i == 1:  # file 1's first 20,000 bytes
+            writes = (ChunkWrite(0, file0), ChunkWrite(1, 0))
+            file0 += size
+        else:
+            writes = (ChunkWrite(0, file0),)
+            file0 += size
+        piece = raw[offset : offset + size]
+        targets.append(ChunkTarget(blake3.blake3(piece).hexdigest(), offset, size, writes))
+        offset += size
+    return raw[:offset], targets
+
+
+def block(raw: bytes, targets: list[ChunkTarget], codec: Codec, index: int = 3
+          ) -> tuple[BlockJob, bytes]:
+    stored = zstandard.ZstdCompressor(level=3).compress(raw) if codec is Codec.ZSTD else raw
+    return BlockJob(index, "p", 0, len(stored), len(raw), codec, tuple(targets)), stored
+
+
+def expected(raw: bytes, targets: list[ChunkTarget]) -> list[bytes]:
+    files = [bytearray(size) for size in FILE_SIZES]
+    for t in targets:
+        for w in t.writes:
+            files[w.file_index][w.file_offset : w.file_offset + t.size] = \
+                raw[t.offset : t.offset + t.size]
+    return [bytes(f) for f in files]
+
+
+@pytest.mark.parametrize("codec", [Codec.RAW, Codec.ZSTD])
+def test_both_paths_stage_the_same_bytes(tmp_path: Path, codec: Codec) -> None:
+    process = native()
+    raw, targets = layout(1)
+    job, stored = block(raw, targets, codec)
+    results: dict[str, tuple[BlockWritten, list[bytes]]] = {}
+    for name, which in (("native", process), ("python", None)):
+        staging = staging_at(tmp_path / name)
+        try:
+            # the receive buffer is a bytearray's memoryview, longer than the block
+            view = memoryview(bytearray(stored) + bytearray(100))[: len(stored)]
+            written = process_block(job, view, staging, which)
+        finally:
+            staging.close()
+        results[name] = (written, staged(staging))
+    assert results["native"] == results["python"]
+    assert results["native"][1] == expected(raw, targets)
+    assert results["native"][0].per_file[0][0] == sum(
+        1 for t in targets for w in t.writes if w.file_index == 0)
+
+
+@pytest.mark.parametrize("which", PATHS)
+@pytest.mark.parametrize("codec", [Codec.RAW, Codec.ZSTD])
+def test_a_chunk_that_differs_writes_nothing_of_its_block(tmp_path: Path, which: str,
+                                                            codec: Codec) -> None:
+    """Chunk 4's bytes changed (raw), or its id (either codec): the block is BlockCorrupt
+    naming chunk 4, and no file got a byte, not even the chunks before it."""
+    raw, targets = layout(2)
+    if codec is Codec.RAW:
+        job, stored = block(raw, targets, codec)
+        broken = bytearray(stored)
+        broken[targets[4].offset + targets[4].size // 2] ^= 0x40
+        stored = bytes(broken)
+    else:
+        targets[4] = ChunkTarget("ab" * 32, targets[4].offset, targets[4].size, targets[4].writes)
+        job, stored = block(raw, targets, codec)
+    staging = staging_at(tmp_path)
+    try:
+        with pytest.raises(BlockCorrupt) as info:
+            process_block(job, stored, staging, path_of(which))
+    finally:
+        staging.close()
+    assert info.value.block == 3
+    assert info.value.reason == f"chunk {targets[4].chunk_id[:12]} hash mismatch"
+    assert staged(staging) == untouched()
+
+
+@pytest.mark.parametrize("which", PATHS)
+def test_a_block_that_does_not_decode_is_corrupt(tmp_path: Path, which: str) -> None:
+    raw, targets = layout(3)
+    job, stored = block(raw, targets, Codec.ZSTD)
+    cases = {
+        "truncated": (stored[: len(stored) // 2], "zstd: "),
+        "garbage": (random.Random(3).randbytes(len(stored)), "zstd: "),
+        "another size": (zstandard.ZstdCompressor().compress(raw + b"more"),
+                         f"decoded {len(raw) + 4} bytes, expected {len(raw)}"),
+    }
+    staging = staging_at(tmp_path)
+    try:
+        for name, (bad, reason) in cases.items():
+            bad_job = BlockJob(job.index, "p", 0, len(bad), len(raw), Codec.ZSTD, job.targets)
+            with pytest.raises(BlockCorrupt) as info:
+                process_block(bad_job, bad, staging, path_of(which))
+            assert info.value.reason.startswith(reason), name
+        with pytest.raises(BlockCorrupt, match=f"{len(stored) - 1} bytes, expected"):
+            process_block(job, stored[:-1], staging, path_of(which))  # cut short in transit
+    finally:
+        staging.close()
+    assert staged(staging) == untouched()
+
+
+@pytest.mark.parametrize("which", PATHS)
+def test_a_failed_write_is_the_engines_io_error(tmp_path: Path, which: str) -> None:
+    """A staged file whose fd cannot be written (here: opened read-only) fails the block with
+    IO_ERROR, as the Python path's pwritev does."""
+    raw, targets = layout(4)
+    job, stored = block(raw, targets, Codec.ZSTD)
+    staging = staging_at(tmp_path)
+    staging._fds[0] = os.open(staging.path(0), os.O_RDONLY)  # the fd every write to 0 uses
+    try:
+        with pytest.raises(EngineError) as info:
+            process_block(job, stored, staging, path_of(which))
+    finally:
+        staging.close()
+    assert info.value.code is ErrorCode.IO_ERROR
+    assert "writing staged files" in str(info.value)
+
+
+def test_a_closed_fd_is_an_os_error() -> None:
+    data = b"x" * 100
+    r, w = os.pipe()
+    os.close(r)
+    os.close(w)
+    with pytest.raises(OSError) as info:
+        native()(data, False, 100, array("Q", [0, 100]), blake3.blake3(data).digest(),
+                 array("q", [w, 0, 0]))
+    assert info.value.errno == 9  # EBADF
+
+
+def test_more_pieces_than_one_pwritev_takes(tmp_path: Path) -> None:
+    """3000 chunks of a block that follow each other in one file: more than IOV_MAX (1024)
+    pieces in one run, written in several pwritev calls."""
+    data = random.Random(5).randbytes(3000 * 7)
+    path = tmp_path / "f"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    try:
+        spans = array("Q", [n for i in range(3000) for n in (7 * i, 7)])
+        ids = b"".join(blake3.blake3(data[7 * i : 7 * i + 7]).digest() for i in range(3000))
+        writes = array("q", [n for i in range(3000) for n in (fd, 3 + 7 * i, i)])
+        assert native()(data, False, len(data), spans, ids, writes) == -1
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"\0" * 3 + data
+
+
+def test_spans_outside_the_block_or_bad_writes_are_refused(tmp_path: Path) -> None:
+    process = native()
+    data = b"y" * 64
+    digest = blake3.blake3(data).digest()
+    with pytest.raises(ValueError, match="outside"):
+        process(data, False, 64, array("Q", [1, 64]), digest, array("q"))
+    with pytest.raises(TypeError, match="span"):
+        process(data, False, 64, array("Q", [0, 64]), digest, array("q", [1, 0, 1]))
+    with pytest.raises(TypeError, match="ids"):
+        process(data, False, 64, array("Q", [0, 64]), digest[:31], array("q"))
+
+
+def test_worker_threads_each_decode_their_own_blocks(tmp_path: Path) -> None:
+    """Each thread keeps its own zstd context and output buffer: four threads processing blocks
+    of different sizes at once stage every block's bytes."""
+    process = native()
+    raws = [random.Random(seed).randbytes(random.Random(-seed).randrange(1, 300_000))
+            for seed in range(24)]
+    staging = Staging(tmp_path, "t", Manifest("p", "1", tuple(
+        FileEntry(f"f{i}.bin", len(raw), 0o644, "e3" * 32, ()) for i, raw in enumerate(raws)),
+        (), {}))
+    staging.prepare(list(range(len(raws))))
+
+    def run(i: int) -> BlockWritten:
+        target = ChunkTarget(blake3.blake3(raws[i]).hexdigest(), 0, len(raws[i]),
+                             (ChunkWrite(i, 0),))
+        job, stored = block(raws[i], [target], Codec.ZSTD, i)
+        return process_block(job, stored, staging, process)
+
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            done = list(pool.map(run, range(len(raws))))
+    finally:
+        staging.close()
+    assert [d.written for d in done] == [len(raw) for raw in raws]
+    assert [staging.path(i).read_bytes() for i in range(len(raws))] == raws
