@@ -39,16 +39,19 @@ PIECE_BYTES = 8 * 1024 * 1024
 # small files go to the workers in groups of up to this many bytes / files
 BATCH_BYTES = 1024 * 1024
 BATCH_FILES = 16
-# Files are read with O_DIRECT into page-aligned buffers: no page-cache copy, page allocation
-# or LRU work per byte (measured: ~0.07 of 0.26 CPU-s for 330 MB cold, which a loaded machine
-# turns into wall time), a verify does not push the player's other files out of the cache, and
-# what is hashed is what the disk holds (the point of a full verify). O_DIRECT has no
-# read-ahead, so more workers keep the disk queue full instead. (A probe for cached data with
-# RWF_NOWAIT was tried: its own read-ahead made the next run look warm.) Where the file system
-# refuses O_DIRECT, the page cache is used as before.
-WORKERS = 6
+# Files are read through the page cache, with the kernel's read-ahead, by one worker per core
+# (BLAKE3 is the only CPU a verify spends). Session 22 read with O_DIRECT and six workers (no
+# page-cache copy; on that host 0.78 -> 0.95x ``cat`` cold), but on a host whose disk streams
+# 2-3 GB/s with an 8 MiB read-ahead, O_DIRECT's 1 MiB reads (4 and 8 MiB alike, 6 to 24
+# workers) stayed at ~1.4 GB/s, 0.45-0.79x ``cat`` cold, while two page-cache readers kept up
+# with ``cat`` (1.03x; session 28, docs/benchmarks-update.md); and a verify right after an
+# install (the files still cached) ran at disk speed instead of memory speed. ``DIRECT_READS``
+# turns O_DIRECT back on (the engine keeps the path: it also reads what the disk holds rather
+# than cached pages). Where the file system refuses O_DIRECT, the page cache is used.
+WORKERS = max(2, min(8, os.cpu_count() or 2))
+DIRECT_READS = False
 ALIGN = 4096  # offsets, lengths and buffers of O_DIRECT reads (covers 512 B and 4 KiB sectors)
-_O_DIRECT = getattr(os, "O_DIRECT", 0)
+_O_DIRECT = getattr(os, "O_DIRECT", 0) if DIRECT_READS else 0
 
 
 @dataclass(frozen=True, slots=True)
