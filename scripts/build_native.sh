@@ -32,6 +32,8 @@ fresh() {  # fresh MODULE STAMP: built from these very inputs
 HASH_STAMP=$(stamp _blake3batch)
 PROC_STAMP=""
 [ -n "$ZSTD_H" ] && PROC_STAMP=$(stamp _blockproc "$ZSTD_H")
+# without zstd.h no block processor is kept: one built from older sources would be stale
+[ -z "$PROC_STAMP" ] && rm -f "engine/io/_blockproc$SUFFIX" "engine/io/_blockproc$SUFFIX.stamp"
 if fresh _blake3batch "$HASH_STAMP" && { [ -z "$PROC_STAMP" ] || fresh _blockproc "$PROC_STAMP"; }; then
   exit 0
 fi

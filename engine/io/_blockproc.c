@@ -165,8 +165,9 @@ static PyObject *process(PyObject *self, PyObject *args) {
         }
     }
     for (Py_ssize_t i = 0; i < m; i++) {
+        /* the last test keeps the end of a run of writes (offset + size) within int64 */
         if (wr[i].fd < 0 || wr[i].fd > INT_MAX || wr[i].offset < 0 || wr[i].span < 0 ||
-            wr[i].span >= n) {
+            wr[i].span >= n || (uint64_t)wr[i].offset > (uint64_t)INT64_MAX - sp[2 * wr[i].span + 1]) {
             PyErr_Format(PyExc_TypeError, "write %zd: not (fd, offset >= 0, span < %zd)", i, n);
             goto done;
         }
@@ -178,26 +179,36 @@ static PyObject *process(PyObject *self, PyObject *args) {
     const uint8_t *data = (const uint8_t *)stored.buf;
     Py_BEGIN_ALLOW_THREADS
     if (zstd) {
-        worker_t *w = worker(raw_size > 0 ? (size_t)raw_size : 1);
+        /* a frame that says its size: checked before decoding (the Python path's message), and
+           before the thread's buffer grows to the size the manifest gives */
+        unsigned long long said = ZSTD_getFrameContentSize(data, (size_t)stored.len);
+        worker_t *w = NULL;
+        if (said != ZSTD_CONTENTSIZE_UNKNOWN && said != ZSTD_CONTENTSIZE_ERROR &&
+            said != (unsigned long long)raw_size) {
+            status = SIZE_DIFFERS;
+            code = (size_t)said;
+        } else if ((w = worker(raw_size > 0 ? (size_t)raw_size : 1)) == NULL) {
+            status = NO_MEMORY;
+        } else {
+            code = ZSTD_decompressDCtx(w->dctx, w->buf, (size_t)raw_size, data,
+                                       (size_t)stored.len);
+            if (ZSTD_isError(code)) {
+                status = ZSTD_FAILED;
+            } else if (code != (size_t)raw_size) {
+                status = SIZE_DIFFERS;
+            }
+            data = w->buf;
+        }
+    } else if (!stored.readonly && stored.len > 0) {
+        /* a raw block in a buffer another thread could change between the hash and the write:
+           what is hashed and written is a private copy (one memcpy; raw blocks are the rare
+           incompressible ones) */
+        worker_t *w = worker((size_t)stored.len);
         if (w == NULL) {
             status = NO_MEMORY;
         } else {
-            /* a frame that says its size: checked before decoding (the Python path's message) */
-            unsigned long long said = ZSTD_getFrameContentSize(data, (size_t)stored.len);
-            if (said != ZSTD_CONTENTSIZE_UNKNOWN && said != ZSTD_CONTENTSIZE_ERROR &&
-                said != (unsigned long long)raw_size) {
-                status = SIZE_DIFFERS;
-                code = (size_t)said;
-            } else {
-                code = ZSTD_decompressDCtx(w->dctx, w->buf, (size_t)raw_size, data,
-                                           (size_t)stored.len);
-                if (ZSTD_isError(code)) {
-                    status = ZSTD_FAILED;
-                } else if (code != (size_t)raw_size) {
-                    status = SIZE_DIFFERS;
-                }
-                data = w->buf;
-            }
+            memcpy(w->buf, data, (size_t)stored.len);
+            data = w->buf;
         }
     }
     if (status == DONE) {
