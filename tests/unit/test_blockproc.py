@@ -9,6 +9,7 @@ import glob
 import os
 import random
 import subprocess
+import threading
 from array import array
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -243,6 +244,42 @@ def test_spans_outside_the_block_or_bad_writes_are_refused(tmp_path: Path) -> No
         process(data, False, 64, array("Q", [0, 64]), digest, array("q", [1, 0, 1]))
     with pytest.raises(TypeError, match="ids"):
         process(data, False, 64, array("Q", [0, 64]), digest[:31], array("q"))
+    with pytest.raises(TypeError, match="offset"):  # its run's end would pass INT64_MAX
+        process(data, False, 64, array("Q", [0, 64]), digest, array("q", [1, 2**63 - 10, 0]))
+
+
+def test_a_raw_block_changed_by_another_thread_is_never_written_unverified(
+        tmp_path: Path) -> None:
+    """The GIL is released between the hash and the write: a thread changing the caller's
+    buffer meanwhile must not make a verified call write other bytes (it did: ~2% of
+    calls, before raw blocks in writable buffers were copied first)."""
+    process = native()
+    buf = bytearray(random.Random(9).randbytes(1 << 20))
+    good = bytes(buf)
+    cid = blake3.blake3(good).digest()
+    path = tmp_path / "f"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    stop = threading.Event()
+
+    def flip() -> None:
+        while not stop.is_set():
+            buf[-1] ^= 1
+
+    flipper = threading.Thread(target=flip)
+    flipper.start()
+    wrong = verified = 0
+    try:
+        for _ in range(400):
+            buf[-1] = good[-1]
+            if process(buf, False, len(buf), array("Q", [0, len(buf)]), cid,
+                       array("q", [fd, 0, 0])) == -1:
+                verified += 1
+                wrong += blake3.blake3(os.pread(fd, len(buf), 0)).digest() != cid
+    finally:
+        stop.set()
+        flipper.join()
+        os.close(fd)
+    assert verified > 0 and wrong == 0
 
 
 def test_worker_threads_each_decode_their_own_blocks(tmp_path: Path) -> None:
