@@ -37,9 +37,13 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 if ((${#native[@]})); then
+  # all at once, else one by one: without libzstd-dev alone the hashing module still builds
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
-    "${native[@]}" >/dev/null || echo "bootstrap: could not install ${native[*]}: the engine" \
-    "does their work in Python" >&2
+    "${native[@]}" >/dev/null 2>&1 || for p in "${native[@]}"; do
+      DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+        "$p" >/dev/null 2>&1 || echo "bootstrap: could not install $p: the engine does" \
+        "its part in Python" >&2
+    done
 fi
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3
