@@ -33,6 +33,7 @@ codecache.install()
 
 from engine.api.client import SyncDaemonClient, daemon_running  # noqa: E402
 from engine.api.protocol import EngineError, ErrorCode, ExitCode, ParamKind, command  # noqa: E402
+from engine.cli.quick import LOCAL_ONLY, end_now, write_out  # noqa: E402
 from engine.core.locations import ENV_PREFIX  # noqa: E402
 
 if TYPE_CHECKING:
@@ -71,18 +72,12 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} TB"
 
 
-def _print(stream: str, text: str) -> None:
-    out = sys.stdout if stream == "stdout" else sys.stderr
-    out.write(text)
-    out.flush()
-
-
 class Output:
     """What a command says: JSON lines or text on stdout, errors on stderr, the progress bar.
     ``write(stream, text)`` puts it somewhere: this process's streams, or the client's when the
     daemon runs a command line for it (``run_command_line``)."""
 
-    def __init__(self, as_json: bool, write: Callable[[str, str], None] = _print,
+    def __init__(self, as_json: bool, write: Callable[[str, str], None] = write_out,
                  progress: bool | None = None) -> None:
         self.as_json = as_json
         self.write = write
@@ -1190,7 +1185,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Output(args.json)
     code = _reported(out, lambda: _run(args, out))
     if argv is None and out.one_shot:  # the program itself (not a caller in-process)
-        _end_now(code)
+        end_now(code)
     return code
 
 
@@ -1230,7 +1225,7 @@ def run_command_line(line: CommandLine, svc: LineService) -> int | None:
     another data folder; nothing was printed or done then."""
     words = list(line.argv)
     name = command_named(words)
-    if name is None or name in ("serve", "login"):
+    if name is None or name in LOCAL_ONLY:
         return None
     token = _FOR_CLIENT.set(line)
     try:
@@ -1269,21 +1264,6 @@ def run_command_line(line: CommandLine, svc: LineService) -> int | None:
             return report_error(out, EngineError(ErrorCode.INTERNAL_ERROR, repr(exc)[:500]))
     finally:
         _FOR_CLIENT.reset(token)
-
-
-def _end_now(code: int) -> None:
-    """End a one-shot client as soon as its output is out: the interpreter's own exit would
-    free every module's objects one by one (~9 ms, a sixth of a ``status``), and this process
-    has nothing else to finish (no thread, no file but the closed socket; the one atexit
-    handler, ``engine.codecache.save``, would write methods the daemon has cached already);
-    the kernel frees the rest. A stream that cannot be flushed leaves the exit to the
-    interpreter, which reports it as it always did."""
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        return
-    os._exit(code)
 
 
 if __name__ == "__main__":
