@@ -112,8 +112,13 @@ def parse_message(raw: str | bytes) -> Any:
         raise ValueError(f"not UTF-8: {exc}") from exc
 
 
+def internal_error(exc: BaseException) -> EngineError:
+    """A bug's exception as the daemon reports it (it ends neither a connection nor a line)."""
+    return EngineError(ErrorCode.INTERNAL_ERROR, repr(exc)[:500])
+
+
 def _internal(exc: BaseException) -> dict[str, str | None]:
-    return EngineError(ErrorCode.INTERNAL_ERROR, repr(exc)[:500]).to_error()
+    return internal_error(exc).to_error()
 
 
 def _reject(status: HTTPStatus, text: str) -> Response:
@@ -219,34 +224,35 @@ class LineService:
             log.info("request %s arrived at monotonic %.6f", method, time.monotonic())
         clean = {k: v for k, v in params.items() if v is not None}
         asyncio.run_coroutine_threadsafe(self._answer(method, clean), self.loop)
-        while True:
-            kind, value, taken = self._inbox.get()
+        for kind, value in self._items():
             if kind == "event":
-                try:
-                    if self.on_event is not None:
-                        self.on_event(value)
-                finally:
-                    if taken is not None:
-                        self.loop.call_soon_threadsafe(taken.set)
+                if self.on_event is not None:
+                    self.on_event(value)
             elif kind == "result":
                 return value
             elif kind == "error":
                 raise value
-            else:
-                raise ClientGone()
+        raise ClientGone()
 
     def events(self) -> Iterator[Event]:
         """Events until the client goes (``subscribe`` first): ``launcher-engine events``."""
+        for kind, value in self._items():
+            if kind == "event":
+                yield value
+        raise ClientGone()
+
+    def _items(self) -> Iterator[tuple[str, Any]]:
+        """The inbox in order until the client is gone; the pump's next event is taken from
+        the subscription once the caller has handled the last one."""
         while True:
             kind, value, taken = self._inbox.get()
             if kind == "gone":
-                raise ClientGone()
-            if kind == "event":
-                try:
-                    yield value
-                finally:
-                    if taken is not None:
-                        self.loop.call_soon_threadsafe(taken.set)
+                return
+            try:
+                yield kind, value
+            finally:
+                if taken is not None:
+                    self.loop.call_soon_threadsafe(taken.set)
 
     # -- the loop ---------------------------------------------------------------------------------
     async def _answer(self, method: str, params: dict[str, Any]) -> None:
@@ -260,7 +266,7 @@ class LineService:
             item = ("error", exc, None)
         except Exception as exc:  # a bug: reported to the line as the daemon reports it
             log.exception("method %s failed", method)
-            item = ("error", EngineError(ErrorCode.INTERNAL_ERROR, repr(exc)[:500]), None)
+            item = ("error", internal_error(exc), None)
         finally:
             self._waiting = None
         if method == "wait":
@@ -396,8 +402,6 @@ class Daemon:
         except* ConnectionClosed:
             pass  # the client went away (a closed window, a killed CLI): its business
         finally:
-            for line in list(lines):
-                line.close()
             if subscription is not None:
                 subscription.close()
             self.clients.discard(ws)
@@ -447,7 +451,7 @@ class Daemon:
             code = await ended
         except Exception as exc:  # a bug below the CLI's own reporting: said, not swallowed
             log.exception("command line %s failed", reply["line"].argv)
-            error = EngineError(ErrorCode.INTERNAL_ERROR, repr(exc)[:500])
+            error = internal_error(exc)
             with contextlib.suppress(ConnectionClosed):
                 await send({"type": "output", "stream": "stderr",
                             "text": f"error: {error.code}: {error.message}\n"})

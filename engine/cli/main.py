@@ -1260,8 +1260,10 @@ def run_command_line(line: CommandLine, svc: LineService) -> int | None:
                 raise
             import logging
 
+            from engine.api.daemon import internal_error  # loaded: this runs in the daemon
+
             logging.getLogger("engine.cli").exception("command line %s failed", words)
-            return report_error(out, EngineError(ErrorCode.INTERNAL_ERROR, repr(exc)[:500]))
+            return report_error(out, internal_error(exc))
     finally:
         _FOR_CLIENT.reset(token)
 
