@@ -111,8 +111,7 @@ build() {  # build MODULE STAMP TEST [LINK FLAGS...]: built and checked, or remo
 build _blake3batch "$HASH_STAMP" "$HASH_TEST"
 if [ -n "$PROC_STAMP" ]; then
   build _blockproc "$PROC_STAMP" "$PROC_TEST" -lzstd
-else
-  rm -f "engine/io/_blockproc$SUFFIX" "engine/io/_blockproc$SUFFIX.stamp"
+else  # the module was removed above
   echo "build_native: no zstd.h (apt-get install libzstd-dev); blocks are decompressed and" \
        "written in Python" >&2
 fi
