@@ -262,7 +262,7 @@ class FaultProxy:
 
     @property
     def bytes_sent(self) -> int:
-        """Response body bytes written to clients (after corruption/truncation)."""
+        """Response body bytes handed to clients (after corruption/truncation)."""
         with self._lock:
             return self._bytes_sent
 
@@ -449,9 +449,11 @@ class FaultProxy:
                     delay = slow_start + slow_bytes / spec.rate_bps - time.monotonic()
                     if delay > 0:
                         await asyncio.sleep(delay)
-                await resp.write(piece)
+                # Counted before the write: a client that has read the last byte must see
+                # it counted, and the write can hand the bytes over before it returns.
                 sent += n
                 self._count_bytes(n)
+                await resp.write(piece)
 
         await resp.write_eof()
         return resp
