@@ -115,18 +115,21 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+def atomic_write(path: Path, data: bytes, mode: int = 0o644, durable: bool = True) -> None:
     """Write ``data`` to ``path`` so that a crash leaves the old or the new file, never a mix:
-    tmp file, fsync it, rename over, fsync the folder."""
+    tmp file, fsync it, rename over, fsync the folder. Not ``durable``: no fsync — for a file
+    whose loss or damage costs only work (a cache a reader checks), not two journal commits."""
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
     try:
         pwrite_all(fd, data, 0)
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
 def remove_empty_parents(root: Path, rel: str) -> None:

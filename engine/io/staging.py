@@ -17,6 +17,7 @@ import re
 import shutil
 import stat
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -167,6 +168,8 @@ class Staging:
                         os.ftruncate(fd, f.size)
                     if f.size and hasattr(os, "posix_fallocate"):
                         os.posix_fallocate(fd, 0, f.size)
+                    # its final mode now, beside the download: the commit moves it as it is
+                    os.fchmod(fd, install_mode(f.mode))
                 finally:
                     os.close(fd)
         except OSError as exc:
@@ -331,6 +334,70 @@ class Staging:
         st = _lstat(safe_join(self.install_dir, rel))
         return st is not None and stat.S_ISREG(st.st_mode)
 
+    def commit_all(self, pause_s: float | None = None) -> set[Path]:
+        """Move every staged file into the install folder; the folders whose entries changed
+        (to be fsynced). Whole folders move in one rename each where they can
+        (``commit_tree``); a file of a moved folder found there, a regular file reached without
+        a link, is committed (its mode set if an older engine staged it); every other file is
+        committed one by one (``commit_file``). ``pause_s``: QA's wider window for a kill."""
+        moved = self.commit_tree(pause_s)
+        modes = self.installed_modes(moved) if moved else {}
+        touched = {self.install_dir}
+        for fi, f in enumerate(self.manifest.files):
+            mode = modes.get(f.path) if f.path.split("/", 1)[0] in moved else None
+            if mode is None:
+                self.commit_file(fi)
+            elif stat.S_IMODE(mode) != install_mode(f.mode):
+                os.chmod(self.install_dir / f.path, install_mode(f.mode))
+            touched.add((self.install_dir / f.path).parent)  # no link: checked either way
+            if pause_s:
+                time.sleep(pause_s)
+        return touched
+
+    def commit_tree(self, pause_s: float | None = None) -> set[str]:
+        """Move each top-level entry of the staged game (a folder with all its files, or a
+        file) into the install folder in one rename where nothing stands in its way there: the
+        1 GiB demo's 285 files took 25-32 ms of renames one by one, and the staging's emptied
+        folders 10-130 ms to remove. What cannot move whole (a name already taken: a commit cut
+        short by a kill, or something put there meanwhile) is left to ``commit_file``, file by
+        file, with its conflict checks. Only the manifest's own names move; a link is refused.
+        ``pause_s``: QA's wider window for a kill between two renames. Returns the names moved."""
+        names = {rel.split("/", 1)[0] for rel in (*(f.path for f in self.manifest.files),
+                                                   *self.manifest.dirs)}
+        moved: set[str] = set()
+        for name in sorted(names):
+            src = safe_join(self.root, name)  # checks the name; first_link: no link at src
+            st = _lstat(src)
+            if st is None or not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+                continue  # committed already, never staged, or refused by commit_file
+            dest = safe_join(self.install_dir, name)
+            if _lstat(dest) is None:
+                os.rename(src, dest)
+                moved.add(name)
+                if pause_s:
+                    time.sleep(pause_s)
+        return moved
+
+    def installed_modes(self, names: set[str]) -> dict[str, int]:
+        """The install folder's regular files below ``names`` (relative path -> st_mode),
+        reached without following a link: what ``commit_tree`` moved, checked in one walk
+        (~40 folder reads) instead of a dozen system calls per file."""
+        found: dict[str, int] = {}
+        stack = [(os.path.join(self.install_dir, name), name) for name in names]
+        while stack:
+            path, rel = stack.pop()
+            st = os.lstat(path)
+            if stat.S_ISREG(st.st_mode):
+                found[rel] = st.st_mode
+            elif stat.S_ISDIR(st.st_mode):
+                with os.scandir(path) as entries:
+                    for entry in entries:
+                        if entry.is_file(follow_symlinks=False):
+                            found[f"{rel}/{entry.name}"] = entry.stat(follow_symlinks=False).st_mode
+                        elif entry.is_dir(follow_symlinks=False):
+                            stack.append((entry.path, f"{rel}/{entry.name}"))
+        return found
+
     def commit_file(self, file_index: int) -> None:
         """Move one verified staged file into the install folder (atomic rename). Never replaces
         anything: a path the launcher did not create is a conflict, reported and left alone."""
@@ -338,7 +405,12 @@ class Staging:
         src = self.path(file_index)
         if _lstat(src) is None:
             if self.is_committed(file_index):
-                return  # renamed before a crash; the rename is the commit
+                # renamed before a crash, or moved with its folder: the rename is the commit
+                # (staged by an engine that left the mode to the commit: set now)
+                dest = safe_join(self.install_dir, f.path)
+                if stat.S_IMODE(os.lstat(dest).st_mode) != install_mode(f.mode):
+                    os.chmod(dest, install_mode(f.mode))
+                return
             raise EngineError(ErrorCode.IO_ERROR, f"staged copy of {f.path} is missing", item=f.path)
         dest = safe_join(self.install_dir, f.path)
         dest.parent.mkdir(parents=True, exist_ok=True)

@@ -287,12 +287,7 @@ class InstallRun:
         staging.close()
 
         def commit() -> None:
-            touched_dirs = {self.install_dir}
-            for fi in range(len(manifest.files)):
-                staging.commit_file(fi)
-                touched_dirs.add(safe_join(self.install_dir, manifest.files[fi].path).parent)
-                if ctx.settings.qa_switch_delay_s:  # QA: widen the window for a kill
-                    time.sleep(ctx.settings.qa_switch_delay_s)
+            touched_dirs = staging.commit_all(ctx.settings.qa_switch_delay_s)
             for d in manifest.dirs:
                 safe_join(self.install_dir, d).mkdir(parents=True, exist_ok=True)
             # renames durable before the record says installed; side by side, the folders' fsyncs

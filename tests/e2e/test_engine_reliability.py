@@ -422,3 +422,84 @@ def test_commit_never_replaces_what_the_player_put_there(tmp_path: Path) -> None
     assert err.value.code == "PATH_CONFLICT" and err.value.item == "a/b.bin"
     assert (install / "a" / "b.bin" / "mine.txt").read_text() == "mine"
 
+
+
+# -- 9. the commit moves whole folders, and only where nothing stands in the way --------------
+
+def _staged_game(tmp_path: Path, paths: list[str]) -> tuple[Any, Path]:
+    from engine.io.staging import Staging
+    from patcher.manifest import ChunkEntry, FileEntry, Manifest
+
+    files = tuple(FileEntry(p, 1, 0o755 if p.endswith(".sh") else 0o644,
+                            hashlib.sha256(b"x").hexdigest(), (ChunkEntry(0, 1, "0" * 64),))
+                  for p in paths)
+    install = tmp_path / "install"
+    staging = Staging(install, "e" * 32, Manifest("p", "1", files, ("empty/dir",), {}))
+    staging.prepare(list(range(len(files))))
+    for i in range(len(files)):
+        os.pwrite(staging.fd(i), b"x", 0)
+    staging.close()
+    return staging, install
+
+
+GAME = ["data/a.pak", "data/deep/b.pak", "bin/run.sh", "readme.txt"]
+
+
+def test_commit_moves_whole_folders_with_their_modes(tmp_path: Path) -> None:
+    staging, install = _staged_game(tmp_path, GAME)
+    touched = staging.commit_all()
+    staging.remove()
+    assert sorted(str(p.relative_to(install)) for p in install.rglob("*") if p.is_file()) == \
+        sorted(GAME)
+    assert (install / "bin" / "run.sh").stat().st_mode & 0o777 == 0o755
+    assert (install / "readme.txt").stat().st_mode & 0o777 == 0o644
+    assert touched == {install, install / "data", install / "data" / "deep", install / "bin"}
+    assert sorted(p.name for p in install.iterdir()) == ["bin", "data", "readme.txt"]
+
+
+def test_commit_leaves_a_folder_the_player_made_and_merges_file_by_file(tmp_path: Path) -> None:
+    """``data`` appeared in the install folder during the install with the player's file in
+    it: the staged ``data`` is not moved over it; its files are committed one by one beside
+    the player's, whose file is untouched."""
+    staging, install = _staged_game(tmp_path, GAME)
+    (install / "data").mkdir()
+    (install / "data" / "mine.txt").write_text("mine")
+    staging.commit_all()
+    staging.remove()
+    assert (install / "data" / "mine.txt").read_text() == "mine"
+    assert (install / "data" / "deep" / "b.pak").read_bytes() == b"x"
+    assert (install / "bin" / "run.sh").read_bytes() == b"x"
+
+
+def test_commit_refuses_a_link_inside_a_moved_folder(tmp_path: Path) -> None:
+    """A staged folder replaced by a link during the install: the moved folder's files behind
+    it are not taken as committed; the commit stops with UNSAFE_PATH naming the file, and the
+    link's target is never written to."""
+    from engine.core.errors import EngineError
+
+    staging, install = _staged_game(tmp_path, GAME)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "b.pak").write_bytes(b"y")
+    deep = staging.root / "data" / "deep"
+    (deep / "b.pak").unlink()
+    deep.rmdir()
+    deep.symlink_to(elsewhere)
+    with pytest.raises(EngineError) as err:
+        staging.commit_all()
+    assert err.value.code == "UNSAFE_PATH" and err.value.item == "data/deep/b.pak"
+    assert (elsewhere / "b.pak").read_bytes() == b"y"
+
+
+def test_commit_finishes_a_commit_cut_short(tmp_path: Path) -> None:
+    """A kill after ``bin`` moved: the next commit moves the rest and counts ``bin``'s files
+    as committed (its mode fixed where an older engine left it to the commit)."""
+    staging, install = _staged_game(tmp_path, GAME)
+    install.mkdir(exist_ok=True)
+    os.rename(staging.root / "bin", install / "bin")
+    os.chmod(install / "bin" / "run.sh", 0o644)
+    staging.commit_all()
+    staging.remove()
+    assert sorted(str(p.relative_to(install)) for p in install.rglob("*") if p.is_file()) == \
+        sorted(GAME)
+    assert (install / "bin" / "run.sh").stat().st_mode & 0o777 == 0o755
