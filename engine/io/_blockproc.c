@@ -14,6 +14,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <errno.h>
+#include <fcntl.h> /* sync_file_range (Python.h defines _GNU_SOURCE) */
 #include <limits.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -242,6 +243,16 @@ static PyObject *process(PyObject *self, PyObject *args) {
                 end += (int64_t)size;
             }
             err = pwritev_all((int)wr[i].fd, iov, count, (off_t)wr[i].offset);
+#ifdef SYNC_FILE_RANGE_WRITE
+            if (err == 0 && end > wr[i].offset) {
+                /* the run's writeback starts now, beside the download: the journal's and the
+                   last files' fdatasyncs then find it on its way instead of writing all the
+                   install's dirty pages at the end (~0.1 s of waiting on a 1 GiB game). Its
+                   failure is not this write's: an I/O error surfaces in those fdatasyncs. */
+                (void)sync_file_range((int)wr[i].fd, (off_t)wr[i].offset,
+                                      (off_t)(end - wr[i].offset), SYNC_FILE_RANGE_WRITE);
+            }
+#endif
             i = j;
         }
         if (err != 0) {
