@@ -12,7 +12,9 @@ import errno
 import os
 import sqlite3
 import stat
+import sys
 from pathlib import Path
+from typing import Any
 
 from engine.core.errors import EngineError, ErrorCode
 
@@ -105,6 +107,74 @@ def pwritev_all(fd: int, pieces: list[memoryview], offset: int) -> None:
             todo.pop(0)
         if n:
             todo[0] = todo[0][n:]
+
+
+def rename_noreplace(src: Path, dest: Path) -> bool:
+    """Rename ``src`` to ``dest`` only if nothing is at ``dest``: False when something is (a
+    file, a link or a folder, even an empty one, made meanwhile), never replaced. Linux's
+    renameat2(RENAME_NOREPLACE) makes the check and the rename one step; where it is missing
+    (another system, an old C library, a file system without the flag) a look just before the
+    rename stands in for it."""
+    renameat2 = _renameat2()
+    if renameat2 is not None:
+        if renameat2(-100, os.fsencode(src), -100, os.fsencode(dest), 1) == 0:  # AT_FDCWD
+            return True
+        err = ctypes_errno()
+        if err == errno.EEXIST:
+            return False
+        if err not in (errno.ENOSYS, errno.EINVAL):
+            raise OSError(err, os.strerror(err), str(src), None, str(dest))
+    if os.path.lexists(dest):
+        return False
+    os.rename(src, dest)
+    return True
+
+
+_RENAMEAT2: list[Any] = []
+
+
+def _renameat2() -> Any:
+    """libc's renameat2, or None (looked up once, on first use: ctypes is not imported by a
+    command that renames nothing)."""
+    if not _RENAMEAT2:
+        fn = None
+        if sys.platform == "linux":
+            import ctypes
+
+            try:
+                fn = ctypes.CDLL(None, use_errno=True).renameat2
+                fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                               ctypes.c_uint]
+                fn.restype = ctypes.c_int
+            except (AttributeError, OSError):
+                fn = None
+        _RENAMEAT2.append(fn)
+    return _RENAMEAT2[0]
+
+
+def ctypes_errno() -> int:
+    import ctypes
+
+    return ctypes.get_errno()
+
+
+def set_mode(path: Path, mode: int) -> None:
+    """chmod of the regular file at ``path`` itself: a link there is refused (UNSAFE_PATH), never
+    followed to change the mode of what it points at."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise EngineError(ErrorCode.UNSAFE_PATH, f"{path} is a symbolic link; the engine "
+                              "never follows it", item=str(path)) from exc
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise EngineError(ErrorCode.UNSAFE_PATH, f"{path} is not a regular file",
+                              item=str(path))
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
 
 
 def fsync_dir(path: Path) -> None:

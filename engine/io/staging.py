@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import posixpath
 import re
 import shutil
 import stat
@@ -27,7 +28,9 @@ from engine.io.fsops import (
     fsync_dir,
     install_mode,
     pwritev_all,
+    rename_noreplace,
     safe_join,
+    set_mode,
     translate_os_error,
 )
 from patcher.ids import RESERVED_PREFIX
@@ -336,10 +339,11 @@ class Staging:
 
     def commit_all(self, pause_s: float | None = None) -> set[Path]:
         """Move every staged file into the install folder; the folders whose entries changed
-        (to be fsynced). Whole folders move in one rename each where they can
-        (``commit_tree``); a file of a moved folder found there, a regular file reached without
-        a link, is committed (its mode set if an older engine staged it); every other file is
-        committed one by one (``commit_file``). ``pause_s``: QA's wider window for a kill."""
+        (to be fsynced: every folder from a file's up to the install folder). Whole folders
+        move in one rename each where they can (``commit_tree``); a file of a moved folder found
+        there, a regular file reached without a link, is committed (its mode set if an older
+        engine staged it); every other file is committed one by one (``commit_file``).
+        ``pause_s``: QA's wider window for a kill."""
         moved = self.commit_tree(pause_s)
         modes = self.installed_modes(moved) if moved else {}
         touched = {self.install_dir}
@@ -348,8 +352,11 @@ class Staging:
             if mode is None:
                 self.commit_file(fi)
             elif stat.S_IMODE(mode) != install_mode(f.mode):
-                os.chmod(self.install_dir / f.path, install_mode(f.mode))
-            touched.add((self.install_dir / f.path).parent)  # no link: checked either way
+                set_mode(self.install_dir / f.path, install_mode(f.mode))
+            folder = posixpath.dirname(f.path)
+            while folder:  # no link: checked either way
+                touched.add(self.install_dir / folder)
+                folder = posixpath.dirname(folder)
             if pause_s:
                 time.sleep(pause_s)
         return touched
@@ -358,21 +365,33 @@ class Staging:
         """Move each top-level entry of the staged game (a folder with all its files, or a
         file) into the install folder in one rename where nothing stands in its way there: the
         1 GiB demo's 285 files took 25-32 ms of renames one by one, and the staging's emptied
-        folders 10-130 ms to remove. What cannot move whole (a name already taken: a commit cut
-        short by a kill, or something put there meanwhile) is left to ``commit_file``, file by
-        file, with its conflict checks. Only the manifest's own names move; a link is refused.
-        ``pause_s``: QA's wider window for a kill between two renames. Returns the names moved."""
-        names = {rel.split("/", 1)[0] for rel in (*(f.path for f in self.manifest.files),
-                                                   *self.manifest.dirs)}
+        folders 10-130 ms to remove. A folder moves whole only if it holds nothing but the
+        game's own files and folders, none of them a link (a walk before the move); what
+        cannot move whole (something else inside, a name already taken in the install folder:
+        a commit cut short by a kill, or something put there meanwhile) is left to
+        ``commit_file``, file by file, with its conflict checks, and anything that is not the
+        game's stays in staging, removed with it. ``pause_s``: QA's wider window for a kill
+        between two renames. Returns the names moved."""
+        files = {f.path for f in self.manifest.files}
+        folders: set[str] = set()
+        for rel in (*files, *(f"{d}/" for d in self.manifest.dirs)):
+            folder = posixpath.dirname(rel)
+            while folder and folder not in folders:
+                folders.add(folder)
+                folder = posixpath.dirname(folder)
         moved: set[str] = set()
-        for name in sorted(names):
+        for name in sorted({rel.split("/", 1)[0] for rel in files | folders}):
             src = safe_join(self.root, name)  # checks the name; first_link: no link at src
             st = _lstat(src)
-            if st is None or not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
-                continue  # committed already, never staged, or refused by commit_file
-            dest = safe_join(self.install_dir, name)
-            if _lstat(dest) is None:
-                os.rename(src, dest)
+            if st is None:
+                continue  # committed already, or never staged
+            if stat.S_ISREG(st.st_mode):
+                whole = name in files
+            elif stat.S_ISDIR(st.st_mode):
+                whole = name in folders and _holds_only(src, name, files, folders)
+            else:
+                whole = False  # refused by commit_file
+            if whole and rename_noreplace(src, safe_join(self.install_dir, name)):
                 moved.add(name)
                 if pause_s:
                     time.sleep(pause_s)
@@ -409,22 +428,35 @@ class Staging:
                 # (staged by an engine that left the mode to the commit: set now)
                 dest = safe_join(self.install_dir, f.path)
                 if stat.S_IMODE(os.lstat(dest).st_mode) != install_mode(f.mode):
-                    os.chmod(dest, install_mode(f.mode))
+                    set_mode(dest, install_mode(f.mode))
                 return
             raise EngineError(ErrorCode.IO_ERROR, f"staged copy of {f.path} is missing", item=f.path)
         dest = safe_join(self.install_dir, f.path)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        if _lstat(dest) is not None:
+        set_mode(src, install_mode(f.mode))
+        if not rename_noreplace(src, dest):
             raise EngineError(ErrorCode.PATH_CONFLICT, f"{dest} appeared in the install folder during the "
                               "install and was not put there by the launcher; nothing was "
                               "replaced — move it away and run the install again", item=f.path)
-        os.chmod(src, install_mode(f.mode))
-        os.replace(src, dest)
 
     def remove(self) -> None:
         """Delete this task's staging (and its switch backup); the folder once unused."""
         self.close()
         remove_task_staging(self.install_dir, self.root.name)
+
+
+def _holds_only(path: str | Path, rel: str, files: set[str], folders: set[str]) -> bool:
+    """The staged folder ``path`` (the game's ``rel``) holds nothing but the game's own files
+    (regular files) and folders (real folders, not links), all the way down."""
+    with os.scandir(path) as entries:
+        for entry in entries:
+            name = f"{rel}/{entry.name}"
+            if entry.is_dir(follow_symlinks=False):
+                if name not in folders or not _holds_only(entry.path, name, files, folders):
+                    return False
+            elif not (entry.is_file(follow_symlinks=False) and name in files):
+                return False
+    return True
 
 
 def remove_task_staging(install_dir: Path, task_id: str) -> None:

@@ -471,10 +471,10 @@ def test_commit_leaves_a_folder_the_player_made_and_merges_file_by_file(tmp_path
     assert (install / "bin" / "run.sh").read_bytes() == b"x"
 
 
-def test_commit_refuses_a_link_inside_a_moved_folder(tmp_path: Path) -> None:
-    """A staged folder replaced by a link during the install: the moved folder's files behind
-    it are not taken as committed; the commit stops with UNSAFE_PATH naming the file, and the
-    link's target is never written to."""
+def test_commit_refuses_a_link_inside_a_staged_folder(tmp_path: Path) -> None:
+    """A staged folder replaced by a link during the install: its folder does not move whole,
+    the commit stops with UNSAFE_PATH naming the file behind the link, the link's target is
+    never written to, and the link never reaches the game folder (removed with the staging)."""
     from engine.core.errors import EngineError
 
     staging, install = _staged_game(tmp_path, GAME)
@@ -489,6 +489,41 @@ def test_commit_refuses_a_link_inside_a_moved_folder(tmp_path: Path) -> None:
         staging.commit_all()
     assert err.value.code == "UNSAFE_PATH" and err.value.item == "data/deep/b.pak"
     assert (elsewhere / "b.pak").read_bytes() == b"y"
+    staging.remove()  # the player cancels
+    assert not os.path.lexists(install / "data" / "deep")
+    assert (elsewhere / "b.pak").read_bytes() == b"y"
+
+
+def test_commit_leaves_what_the_game_does_not_hold_in_staging(tmp_path: Path) -> None:
+    """A file and a link put into a staged folder during the install: the folder does not move
+    whole; the game's files are committed one by one and the strangers go with the staging."""
+    staging, install = _staged_game(tmp_path, GAME)
+    (tmp_path / "out").mkdir()
+    (staging.root / "data" / "planted.so").write_text("not the game's")
+    os.symlink(tmp_path / "out", staging.root / "data" / "link")
+    staging.commit_all()
+    staging.remove()
+    assert sorted(str(p.relative_to(install)) for p in install.rglob("*") if p.is_file()) == \
+        sorted(GAME)
+    assert not os.path.lexists(install / "data" / "link")
+    assert sorted(os.listdir(tmp_path / "out")) == []
+
+
+def test_commit_never_replaces_an_empty_folder_the_player_made(tmp_path: Path) -> None:
+    """Even an empty folder at a game's top-level name is not replaced by the staged one (a
+    rename onto an empty folder would): the game's files go into it one by one."""
+    staging, install = _staged_game(tmp_path, GAME)
+    (install / "bin").mkdir()
+    ino = (install / "bin").stat().st_ino
+    staging.commit_all()
+    assert (install / "bin").stat().st_ino == ino
+    assert (install / "bin" / "run.sh").read_bytes() == b"x"
+
+
+def test_commit_fsyncs_every_folder_up_to_the_install_folder(tmp_path: Path) -> None:
+    staging, install = _staged_game(tmp_path, ["x/y/z/f.sh", "top.txt"])
+    touched = staging.commit_all()
+    assert touched == {install, install / "x", install / "x" / "y", install / "x" / "y" / "z"}
 
 
 def test_commit_finishes_a_commit_cut_short(tmp_path: Path) -> None:
