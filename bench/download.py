@@ -95,6 +95,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -316,9 +317,10 @@ def run_measured(argv: list[str], *, env: dict[str, str] | None = None, timeout:
     os.close(fd)
     err = stderr_path.open("ab") if stderr_path else subprocess.DEVNULL
     t0 = time.monotonic()
+    # a process group of its own: a timeout kills the tool under ``time`` too, not only ``time``
     proc = subprocess.Popen([TIME_BIN, "-f", "%U %S %M", "-o", rusage_path, *argv],
                             stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL,
-                            env=env, cwd=cwd)
+                            env=env, cwd=cwd, start_new_session=True)
     lines: list[tuple[float, str]] = []
 
     def read() -> None:
@@ -332,7 +334,8 @@ def run_measured(argv: list[str], *, env: dict[str, str] | None = None, timeout:
 
     def kill() -> None:
         timed_out.set()
-        proc.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
 
     # a blocking wait sees the exit when it happens: Popen.wait(timeout) polls, with sleeps
     # growing to 50 ms, and added 0-50 ms to every tool's wall (a 0.5 s curl run: up to 10%)
