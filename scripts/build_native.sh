@@ -81,16 +81,24 @@ import blake3, importlib.util as u, os, sys, tempfile, zstandard
 from array import array
 s = u.spec_from_file_location("_blockproc", sys.argv[1]); m = u.module_from_spec(s)
 s.loader.exec_module(m)
-d = bytes(range(256)) * 300
+d = bytes(range(256)) * 1000
 fd, path = tempfile.mkstemp()
 try:
-    for stored, zstd in ((d, False), (zstandard.ZstdCompressor().compress(d), True)):
-        assert m.process(stored, zstd, len(d), array("Q", [1, 70000]),
-                         blake3.blake3(d[1:70001]).digest(), array("q", [fd, 5, 0])) == -1
-        assert os.pread(fd, 70001, 4) == b"\0" + d[1:70001]
-        os.ftruncate(fd, 0)
+    dfd = os.open(path, os.O_WRONLY | os.O_DIRECT)
+except OSError:  # a file system without direct I/O: the page cache only
+    dfd = -1
+try:
+    for direct in {-1, dfd}:
+        for stored, zstd in ((d, False), (zstandard.ZstdCompressor().compress(d), True)):
+            assert m.process(stored, zstd, len(d), array("Q", [1, 200000]),
+                             blake3.blake3(d[1:200001]).digest(),
+                             array("q", [fd, direct, 5, 0])) == -1
+            assert os.pread(fd, 200001, 4) == b"\0" + d[1:200001]
+            os.ftruncate(fd, 0)
 finally:
     os.close(fd)
+    if dfd >= 0:
+        os.close(dfd)
     os.unlink(path)'
 
 build() {  # build MODULE STAMP TEST [LINK FLAGS...]: built and checked, or removed

@@ -6,7 +6,8 @@ def process(stored: bytes | bytearray | memoryview, zstd: bool, raw_size: int, s
             ids: _Buffer, writes: _Buffer) -> int:
     """Decode ``stored`` (zstd, or raw when not ``zstd``), check every chunk's BLAKE3, then
     write the chunks: ``spans`` are uint64 (offset, size) pairs in the decoded block, ``ids``
-    the chunks' 32-byte ids joined, ``writes`` int64 (fd, file offset, span index) triples.
+    the chunks' 32-byte ids joined, ``writes`` int64 (fd, direct fd or -1, file offset, span
+    index) quads: the direct fd (the same file opened with O_DIRECT) takes a run's whole pages.
     -1 when written, else the index of the first chunk whose hash differs (nothing written).
     ValueError: the block does not decode to ``raw_size`` bytes ("zstd: ...", "decoded N bytes,
     expected M") or a span lies outside it; OSError: a write failed (some may be written)."""

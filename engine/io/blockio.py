@@ -51,8 +51,9 @@ def _native_hash_spans() -> HashSpans | None:
 _hash_spans = _native_hash_spans()
 
 # (stored bytes, zstd?, raw size, spans as uint64 (offset, size) pairs, the chunk ids joined,
-# writes as int64 (fd, file offset, span index) triples) -> -1 when written, or the index of
-# the first chunk whose hash differs (nothing written); ValueError: the block does not decode
+# writes as int64 (fd, direct fd or -1, file offset, span index) quads) -> -1 when written, or
+# the index of the first chunk whose hash differs (nothing written); ValueError: the block
+# does not decode
 ProcessBlock = Callable[[bytes | memoryview, bool, int, "array[int]", bytes, "array[int]"], int]
 
 
@@ -158,7 +159,7 @@ def _process_natively(job: BlockJob, stored: bytes | memoryview, staging: Stagin
                          b"".join([cid for cid, _, _, _ in spans]),
                          array("q", [n for i, (_, _, _, writes) in enumerate(spans)
                                      for file_index, file_offset in writes
-                                     for n in (fds[file_index], file_offset, i)]))
+                                     for n in (*fds[file_index], file_offset, i)]))
     except ValueError as exc:
         raise BlockCorrupt(job.index, str(exc)) from exc
     except OSError as exc:

@@ -63,6 +63,8 @@ class Settings:
     qa_switch_delay_s: float | None = None  # QA fault injection: pause between switch renames
     auto_update: bool = True  # queue updates of installed games when the backend has them
     gameplay_downloads: str = "throttle"  # while a game runs: pause | throttle | continue
+    # staged files written past the page cache (O_DIRECT): auto (games from 2 GiB) | on | off
+    direct_writes: str = "auto"
     gameplay_limit_bps: int = 2_000_000  # the rate of "throttle"
     preferred_cdn: str | None = None  # an edge id tried first (the fastest healthy one otherwise)
     heartbeat_interval_s: float = 60.0  # playtime heartbeats while a game runs
@@ -94,7 +96,8 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "gameplay_limit_bps": (1, INT64_MAX),
     "heartbeat_interval_s": (0.05, 3600.0),
 }
-CHOICES: dict[str, tuple[str, ...]] = {"gameplay_downloads": ("pause", "throttle", "continue")}
+CHOICES: dict[str, tuple[str, ...]] = {"gameplay_downloads": ("pause", "throttle", "continue"),
+                                       "direct_writes": ("auto", "on", "off")}
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 def _convert(kind: str, value: Any) -> Any:

@@ -23,7 +23,13 @@ from engine.core.lifecycle import TaskState
 from engine.core.sources import SourcePool, prefer_source
 from engine.io.backend_client import TaskGrant
 from engine.io.fsops import fsync_dir, safe_join, translate_os_error
-from engine.io.staging import STAGING_DIR, Staging, remove_task_staging, sweep_staging
+from engine.io.staging import (
+    STAGING_DIR,
+    Staging,
+    direct_writes_for,
+    remove_task_staging,
+    sweep_staging,
+)
 from engine.io.state import InstalledGame, TaskRecord
 from engine.jobs.build import StagedBuild, remember_sources
 from engine.jobs.context import (
@@ -234,7 +240,8 @@ class InstallRun:
         ctx.state.update_task(self.task.id, total_bytes=manifest.total_size,
                               download_bytes=full.download_bytes,
                               downloaded_bytes=self.progress.downloaded)
-        staging = Staging(self.install_dir, self.task.id, manifest)
+        staging = Staging(self.install_dir, self.task.id, manifest,
+                          direct=direct_writes_for(ctx.settings.direct_writes, manifest.total_size))
         if taken is not None:
             # kept on a thread beside staging and the download, not before the first byte
             # awaited before commit; a task cancelled before that drops it (the copy is

@@ -124,6 +124,7 @@ BAD_SETTINGS: list[tuple[str, Any]] = [
     ("progress_interval_s", 10**400),
     ("token_refresh_margin_s", 1e9),
     ("qa_switch_delay_s", -1),
+    ("direct_writes", "always"),
     ("use_keyring", "maybe"),
     ("username", "qa\nuser"),  # was written raw into config.toml: CLI and daemon then refused to start
     ("username", 'x"\n[evil]\nconnections = 0\n'),

@@ -109,6 +109,24 @@ def test_resume_after_kill9_at_several_points(engine: EngineCli, published_store
     assert first_resumed["downloadedBytes"] >= 0.5 * total
 
 
+def test_direct_writes_install_and_resume_byte_for_byte(engine: EngineCli, published_store: Any,
+                                                       tmp_path: Path) -> None:
+    """``direct_writes = on`` (as for a big game): staged files written past the page cache,
+    killed mid-download and resumed, end byte for byte as the build."""
+    engine.env["LAUNCHER_ENGINE_DIRECT_WRITES"] = "on"
+    version = published_store.product(PRODUCT).versions[-1]
+    target = tmp_path / "games" / "direct"
+    args = ("install", PRODUCT, "--version", version, "--target", str(target))
+    proc = engine.popen(*args, "--limit", "2M")
+    read_until(proc, downloaded_fraction(0.4))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    lines = engine.ok(*args)
+    assert lines[-1]["result"] == "completed"
+    assert_same_tree(target, build_dir(published_store, version))
+    assert not (target / STAGING).exists()
+
+
 @pytest.mark.parametrize("fault", [Fault.HTTP_503, Fault.RESET, Fault.STALL, Fault.CORRUPT])
 def test_failover_to_a_healthy_edge(fault: Fault, backend_factory: Any, published_store: Any,
                                     tmp_path: Path) -> None:

@@ -5,7 +5,9 @@ engine's I/O error. Every test runs both paths on real staged files."""
 
 from __future__ import annotations
 
+import ctypes
 import glob
+import mmap
 import os
 import random
 import subprocess
@@ -60,10 +62,10 @@ def path_of(which: str) -> blockio.ProcessBlock | None:
     return native() if which == "native" else None
 
 
-def staging_at(root: Path) -> Staging:
+def staging_at(root: Path, direct: bool = True) -> Staging:
     files = tuple(FileEntry(f"f{i}.bin", size, 0o644, "e3" * 32, ())
                   for i, size in enumerate(FILE_SIZES))
-    staging = Staging(root, "t", Manifest("p", "1", files, (), {}))
+    staging = Staging(root, "t", Manifest("p", "1", files, (), {}), direct=direct)
     staging.prepare(list(range(len(files))))
     return staging
 
@@ -119,14 +121,15 @@ def expected(raw: bytes, targets: list[ChunkTarget]) -> list[bytes]:
     return [bytes(f) for f in files]
 
 
+@pytest.mark.parametrize("direct", [True, False])
 @pytest.mark.parametrize("codec", [Codec.RAW, Codec.ZSTD])
-def test_both_paths_stage_the_same_bytes(tmp_path: Path, codec: Codec) -> None:
+def test_both_paths_stage_the_same_bytes(tmp_path: Path, codec: Codec, direct: bool) -> None:
     process = native()
     raw, targets = layout(1)
     job, stored = block(raw, targets, codec)
     results: dict[str, tuple[BlockWritten, list[bytes]]] = {}
     for name, which in (("native", process), ("python", None)):
-        staging = staging_at(tmp_path / name)
+        staging = staging_at(tmp_path / name, direct)
         try:
             # the receive buffer is a bytearray's memoryview, longer than the block
             view = memoryview(bytearray(stored) + bytearray(100))[: len(stored)]
@@ -214,7 +217,7 @@ def test_a_closed_fd_is_an_os_error() -> None:
     os.close(w)
     with pytest.raises(OSError) as info:
         native()(data, False, 100, array("Q", [0, 100]), blake3.blake3(data).digest(),
-                 array("q", [w, 0, 0]))
+                 array("q", [w, -1, 0, 0]))
     assert info.value.errno == 9  # EBADF
 
 
@@ -227,7 +230,7 @@ def test_more_pieces_than_one_pwritev_takes(tmp_path: Path) -> None:
     try:
         spans = array("Q", [n for i in range(3000) for n in (7 * i, 7)])
         ids = b"".join(blake3.blake3(data[7 * i : 7 * i + 7]).digest() for i in range(3000))
-        writes = array("q", [n for i in range(3000) for n in (fd, 3 + 7 * i, i)])
+        writes = array("q", [n for i in range(3000) for n in (fd, -1, 3 + 7 * i, i)])
         assert native()(data, False, len(data), spans, ids, writes) == -1
     finally:
         os.close(fd)
@@ -241,11 +244,15 @@ def test_spans_outside_the_block_or_bad_writes_are_refused(tmp_path: Path) -> No
     with pytest.raises(ValueError, match="outside"):
         process(data, False, 64, array("Q", [1, 64]), digest, array("q"))
     with pytest.raises(TypeError, match="span"):
-        process(data, False, 64, array("Q", [0, 64]), digest, array("q", [1, 0, 1]))
+        process(data, False, 64, array("Q", [0, 64]), digest, array("q", [1, -1, 0, 1]))
     with pytest.raises(TypeError, match="ids"):
         process(data, False, 64, array("Q", [0, 64]), digest[:31], array("q"))
     with pytest.raises(TypeError, match="offset"):  # its run's end would pass INT64_MAX
-        process(data, False, 64, array("Q", [0, 64]), digest, array("q", [1, 2**63 - 10, 0]))
+        process(data, False, 64, array("Q", [0, 64]), digest, array("q", [1, -1, 2**63 - 10, 0]))
+    with pytest.raises(TypeError, match="direct fd"):
+        process(data, False, 64, array("Q", [0, 64]), digest, array("q", [1, -2, 0, 0]))
+    with pytest.raises(TypeError, match="quads"):  # the triples of before
+        process(data, False, 64, array("Q", [0, 64]), digest, array("q", [1, 0, 0]))
 
 
 def test_a_raw_block_changed_by_another_thread_is_never_written_unverified(
@@ -272,7 +279,7 @@ def test_a_raw_block_changed_by_another_thread_is_never_written_unverified(
         for _ in range(400):
             buf[-1] = good[-1]
             if process(buf, False, len(buf), array("Q", [0, len(buf)]), cid,
-                       array("q", [fd, 0, 0])) == -1:
+                       array("q", [fd, -1, 0, 0])) == -1:
                 verified += 1
                 wrong += blake3.blake3(os.pread(fd, len(buf), 0)).digest() != cid
     finally:
@@ -306,3 +313,121 @@ def test_worker_threads_each_decode_their_own_blocks(tmp_path: Path) -> None:
         staging.close()
     assert [d.written for d in done] == [len(raw) for raw in raws]
     assert [staging.path(i).read_bytes() for i in range(len(raws))] == raws
+
+
+def direct_fd(path: Path) -> int:
+    try:
+        return os.open(path, os.O_WRONLY | os.O_DIRECT)
+    except (AttributeError, OSError):
+        pytest.skip("no direct I/O on this file system")
+
+
+def resident_pages(path: Path) -> list[bool]:
+    """Which of the file's pages are in the page cache (mincore(2) of a mapping of it)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    size = path.stat().st_size
+    pages = -(-size // mmap.PAGESIZE)
+    with path.open("r+b") as fh, mmap.mmap(fh.fileno(), size) as mm:
+        address = ctypes.addressof(ctypes.c_char.from_buffer(mm))
+        vec = (ctypes.c_ubyte * pages)()
+        try:
+            assert libc.mincore(ctypes.c_void_p(address), ctypes.c_size_t(size), vec) == 0, \
+                os.strerror(ctypes.get_errno())
+            return [bool(v & 1) for v in vec]
+        finally:
+            del address  # the buffer export must end before the mapping closes
+
+
+@pytest.mark.parametrize("offset", [0, 1, 4095, 4096, 4097, 70_000])
+@pytest.mark.parametrize("size", [10, 65_535, 65_536, 70_001, 300_000])
+def test_direct_writes_at_every_alignment(tmp_path: Path, offset: int, size: int) -> None:
+    """A run at any offset and of any length lands byte for byte, raw or zstd (decoded where
+    its pages fall on page boundaries), whatever part goes through the direct fd."""
+    process = native()
+    path = tmp_path / "f"
+    path.write_bytes(b"\xee" * (offset + size + 5000))
+    raw = random.Random(offset * 7 + size).randbytes(size + 50)
+    fd = os.open(path, os.O_RDWR)
+    dfd = direct_fd(path)
+    try:
+        for stored, zstd in ((raw, False), (zstandard.ZstdCompressor().compress(raw), True)):
+            # the chunk starts 50 bytes into the block: its pages are aligned in the decode
+            # buffer only by the block's phase
+            assert process(stored, zstd, len(raw), array("Q", [50, size]),
+                           blake3.blake3(raw[50:]).digest(),
+                           array("q", [fd, dfd, offset, 0])) == -1
+            assert path.read_bytes() == b"\xee" * offset + raw[50:] + b"\xee" * 5000
+            os.pwrite(fd, b"\xee" * size, offset)
+    finally:
+        os.close(fd)
+        os.close(dfd)
+
+
+def test_direct_writes_leave_only_partial_pages_in_the_page_cache(tmp_path: Path) -> None:
+    """Two blocks write one 1 MiB run each, neither starting on a page: only the pages the
+    runs share or cut (the first, the one between them, the last) went through the page
+    cache; every whole page went to the disk directly (the speed this is for)."""
+    process = native()
+    path = tmp_path / "f"
+    with path.open("wb") as fh:
+        fh.truncate(3 << 20)
+    raw = random.Random(11).randbytes(2 << 20)
+    fd = os.open(path, os.O_RDWR)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    dfd = direct_fd(path)
+    start, half = 1000, 1 << 20
+    try:
+        for at in (0, half):
+            piece = raw[at : at + half]
+            assert process(zstandard.ZstdCompressor().compress(piece), True, half,
+                           array("Q", [0, half]), blake3.blake3(piece).digest(),
+                           array("q", [fd, dfd, start + at, 0])) == -1
+    finally:
+        os.close(fd)
+        os.close(dfd)
+    cached = {i for i, resident in enumerate(resident_pages(path)) if resident}  # before a read
+    page = mmap.PAGESIZE
+    assert cached <= {start // page, (start + half) // page, (start + 2 * half) // page}, cached
+    assert path.read_bytes()[start : start + 2 * half] == raw
+
+
+def test_a_staged_files_direct_fd_is_closed_with_it(tmp_path: Path) -> None:
+    """Blocks written through ``Staging.held`` open each file's direct fd once, beside its fd,
+    and closing the staging closes both: no descriptor is left behind."""
+    before = set(os.listdir("/proc/self/fd"))
+    raw, targets = layout(6)
+    job, stored = block(raw, targets, Codec.ZSTD)
+    staging = staging_at(tmp_path)
+    try:
+        process_block(job, stored, staging, native())
+        process_block(job, stored, staging, native())
+        directs = [d for d in staging._direct.values() if d >= 0]
+        if not directs:
+            pytest.skip("no direct I/O on this file system")
+        assert len(staging._direct) == 3  # once per file, not per block
+        assert all(os.O_DIRECT & int(Path(f"/proc/self/fdinfo/{d}").read_text().split()[3], 8)
+                   for d in directs)
+    finally:
+        staging.close()
+    assert staged(staging) == expected(raw, targets)
+    assert set(os.listdir("/proc/self/fd")) == before
+
+
+def test_direct_writes_are_for_big_games_unless_set() -> None:
+    from engine.io.staging import DIRECT_WRITES_FROM, direct_writes_for
+
+    assert not direct_writes_for("auto", 1 << 30)
+    assert direct_writes_for("auto", DIRECT_WRITES_FROM)
+    assert direct_writes_for("on", 1) and not direct_writes_for("off", 1 << 40)
+
+
+def test_a_staging_without_direct_writes_opens_no_direct_fd(tmp_path: Path) -> None:
+    raw, targets = layout(7)
+    job, stored = block(raw, targets, Codec.ZSTD)
+    staging = staging_at(tmp_path, direct=False)
+    try:
+        process_block(job, stored, staging, native())
+        assert set(staging._direct.values()) == {-1}
+    finally:
+        staging.close()
+    assert staged(staging) == expected(raw, targets)
