@@ -280,13 +280,33 @@ static PyObject *process(PyObject *self, PyObject *args) {
     /* runs of consecutive pieces per file: sorted now, so the block can be decoded where its
        first direct run's pages fall on page boundaries */
     qsort(wr, (size_t)m, sizeof *wr, by_file_offset);
+    /* the phase of the longest run that goes direct (consecutive in its file and in the
+       block): decoded there, its whole pages need no bounce copy */
     size_t phase = 0;
     bool direct = false;
-    for (Py_ssize_t i = 0; i < m && !direct; i++) {
-        if (wr[i].dfd >= 0) {
-            phase = (size_t)(((wr[i].offset - (int64_t)sp[2 * wr[i].span]) % PAGE + PAGE) % PAGE);
-            direct = true;
+    int64_t longest = 0;
+    for (Py_ssize_t i = 0; i < m;) {
+        int64_t end = wr[i].offset;
+        uint64_t next = sp[2 * wr[i].span];
+        bool contiguous = true;
+        Py_ssize_t j = i;
+        for (; j < m && wr[j].fd == wr[i].fd && wr[j].offset == end; j++) {
+            uint64_t size = sp[2 * wr[j].span + 1];
+            if (size > 0) {
+                contiguous = contiguous && sp[2 * wr[j].span] == next;
+                next = sp[2 * wr[j].span] + size;
+            }
+            end += (int64_t)size;
         }
+        if (wr[i].dfd >= 0) {
+            direct = true;
+            if (contiguous && end - wr[i].offset > longest) {
+                longest = end - wr[i].offset;
+                phase = (size_t)(((wr[i].offset - (int64_t)sp[2 * wr[i].span]) % PAGE + PAGE) %
+                                 PAGE);
+            }
+        }
+        i = j;
     }
 
     int status = DONE, err = 0;

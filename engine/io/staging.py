@@ -11,6 +11,7 @@ this is the second lock on the door.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import posixpath
@@ -53,6 +54,9 @@ DIRECT_WRITES = sys.platform == "linux" and hasattr(os, "O_DIRECT")
 # CPU): their page cache had to grow into memory the host had to fault back in, and it
 # evicted everything else the player's machine had cached.
 DIRECT_WRITES_FROM = 2 << 30
+# the native block processor's shortest direct run (DIRECT_MIN in engine/io/_blockproc.c): a
+# smaller file never gets a direct fd
+DIRECT_MIN = 64 * 1024
 
 
 def direct_writes_for(setting: str, game_bytes: int) -> bool:
@@ -293,17 +297,22 @@ class Staging:
             os.close(direct)
         os.close(fd)
 
-    def _direct_fd(self, fd: int) -> int:
-        """The held ``fd``'s file opened again with O_DIRECT (once), or -1. Through
-        /proc/self/fd: the very inode ``fd`` holds, whatever its path has become."""
+    def _direct_fd(self, fd: int, size: int) -> int:
+        """The held ``fd``'s file opened again with O_DIRECT (once), or -1: also for a file
+        too small for a direct write (``DIRECT_MIN``: a second fd per small file only used up
+        descriptors). Through /proc/self/fd: the very inode ``fd`` holds, whatever its path has
+        become."""
+        if not self._direct_ok or size < DIRECT_MIN:
+            return -1
         with self._lock:
             direct = self._direct.get(fd)
             if direct is None:
-                direct = -1
-                if self._direct_ok:
-                    try:
-                        direct = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_DIRECT)
-                    except OSError:  # no /proc, or a file system without direct I/O
+                try:
+                    direct = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_DIRECT)
+                except OSError as exc:
+                    direct = -1
+                    if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):
+                        # no /proc, or a file system without direct I/O: not for any file
                         self._direct_ok = False
                 self._direct[fd] = direct
         return direct
@@ -318,7 +327,7 @@ class Staging:
             for i in file_indexes:
                 fd = stack.enter_context(self._held(i, True))
                 assert fd is not None
-                fds[i] = (fd, self._direct_fd(fd))
+                fds[i] = (fd, self._direct_fd(fd, self.manifest.files[i].size))
             yield fds
 
     def pwritev(self, file_index: int, pieces: list[memoryview], offset: int) -> None:

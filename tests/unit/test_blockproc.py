@@ -6,6 +6,7 @@ engine's I/O error. Every test runs both paths on real staged files."""
 from __future__ import annotations
 
 import ctypes
+import errno
 import glob
 import mmap
 import os
@@ -404,7 +405,7 @@ def test_a_staged_files_direct_fd_is_closed_with_it(tmp_path: Path) -> None:
         directs = [d for d in staging._direct.values() if d >= 0]
         if not directs:
             pytest.skip("no direct I/O on this file system")
-        assert len(staging._direct) == 3  # once per file, not per block
+        assert len(staging._direct) == 2  # once per file, not per block; none for the 5 B file
         assert all(os.O_DIRECT & int(Path(f"/proc/self/fdinfo/{d}").read_text().split()[3], 8)
                    for d in directs)
     finally:
@@ -427,7 +428,33 @@ def test_a_staging_without_direct_writes_opens_no_direct_fd(tmp_path: Path) -> N
     staging = staging_at(tmp_path, direct=False)
     try:
         process_block(job, stored, staging, native())
-        assert set(staging._direct.values()) == {-1}
+        assert staging._direct == {}
+    finally:
+        staging.close()
+    assert staged(staging) == expected(raw, targets)
+
+
+def test_out_of_descriptors_costs_a_files_direct_fd_not_the_install(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """EMFILE while opening a direct fd: that file is written through the page cache, direct
+    writes stay on for the others (only a file system's refusal turns them off)."""
+    raw, targets = layout(8)
+    job, stored = block(raw, targets, Codec.ZSTD)
+    staging = staging_at(tmp_path)
+    real_open = os.open
+    refused: list[str] = []
+
+    def open_(path: object, flags: int, *args: object) -> int:
+        if str(path).startswith("/proc/self/fd/") and not refused:
+            refused.append(str(path))
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real_open(path, flags, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", open_)
+    try:
+        process_block(job, stored, staging, native())
+        assert refused and staging._direct_ok
+        assert sorted(d >= 0 for d in staging._direct.values()) == [False, True]
     finally:
         staging.close()
     assert staged(staging) == expected(raw, targets)
