@@ -63,6 +63,7 @@ def direct_writes_for(setting: str, game_bytes: int) -> bool:
     """Whether a task's staged files are written past the page cache (``direct_writes``)."""
     return setting == "on" or (setting == "auto" and game_bytes >= DIRECT_WRITES_FROM)
 
+
 __all__ = ["STAGING_DIR", "Staging", "direct_writes_for", "fsync_dir", "remove_task_staging", "safe_join",
            "staging_root", "sweep_staging", "translate_os_error"]
 
@@ -395,82 +396,54 @@ class Staging:
     def commit_all(self, pause_s: float | None = None) -> set[Path]:
         """Move every staged file into the install folder; the folders whose entries changed
         (to be fsynced: every folder from a file's up to the install folder). Whole folders
-        move in one rename each where they can (``commit_tree``); a file of a moved folder found
-        there, a regular file reached without a link, is committed (its mode set if an older
-        engine staged it); every other file is committed one by one (``commit_file``).
-        ``pause_s``: QA's wider window for a kill."""
+        move in one rename each where they can (``commit_tree``): their files are committed
+        (the mode set if an older engine staged them); every other file is committed one by one
+        (``commit_file``). ``pause_s``: QA's wider window for a kill."""
         moved = self.commit_tree(pause_s)
-        modes = self.installed_modes(moved) if moved else {}
         touched = {self.install_dir}
         for fi, f in enumerate(self.manifest.files):
-            mode = modes.get(f.path) if f.path.split("/", 1)[0] in moved else None
+            mode = moved.get(f.path)
             if mode is None:
                 self.commit_file(fi)
             elif stat.S_IMODE(mode) != install_mode(f.mode):
                 set_mode(self.install_dir / f.path, install_mode(f.mode))
-            folder = posixpath.dirname(f.path)
-            while folder:  # no link: checked either way
-                touched.add(self.install_dir / folder)
-                folder = posixpath.dirname(folder)
+            touched.update(self.install_dir / folder for folder in _parents(f.path))
             if pause_s:
                 time.sleep(pause_s)
         return touched
 
-    def commit_tree(self, pause_s: float | None = None) -> set[str]:
+    def commit_tree(self, pause_s: float | None = None) -> dict[str, int]:
         """Move each top-level entry of the staged game (a folder with all its files, or a
         file) into the install folder in one rename where nothing stands in its way there: the
         1 GiB demo's 285 files took 25-32 ms of renames one by one, and the staging's emptied
         folders 10-130 ms to remove. A folder moves whole only if it holds nothing but the
-        game's own files and folders, none of them a link (a walk before the move); what
-        cannot move whole (something else inside, a name already taken in the install folder:
-        a commit cut short by a kill, or something put there meanwhile) is left to
-        ``commit_file``, file by file, with its conflict checks, and anything that is not the
-        game's stays in staging, removed with it. ``pause_s``: QA's wider window for a kill
-        between two renames. Returns the names moved."""
+        game's own files (regular files) and folders, none of them a link (a walk before the
+        move, one for each folder); what cannot move whole (something else inside, a name
+        already taken in the install folder: a commit cut short by a kill, or something put
+        there meanwhile) is left to ``commit_file``, file by file, with its conflict checks,
+        and anything that is not the game's stays in staging, removed with it. ``pause_s``:
+        QA's wider window for a kill between two renames. Returns the files moved (relative
+        path -> st_mode)."""
         files = {f.path for f in self.manifest.files}
-        folders: set[str] = set()
-        for rel in (*files, *(f"{d}/" for d in self.manifest.dirs)):
-            folder = posixpath.dirname(rel)
-            while folder and folder not in folders:
-                folders.add(folder)
-                folder = posixpath.dirname(folder)
-        moved: set[str] = set()
+        folders = {folder for rel in (*files, *(f"{d}/" for d in self.manifest.dirs))
+                   for folder in _parents(rel)}
+        moved: dict[str, int] = {}
         for name in sorted({rel.split("/", 1)[0] for rel in files | folders}):
             src = safe_join(self.root, name)  # checks the name; first_link: no link at src
             st = _lstat(src)
             if st is None:
                 continue  # committed already, or never staged
+            found: dict[str, int] | None = None
             if stat.S_ISREG(st.st_mode):
-                whole = name in files
-            elif stat.S_ISDIR(st.st_mode):
-                whole = name in folders and _holds_only(src, name, files, folders)
-            else:
-                whole = False  # refused by commit_file
-            if whole and rename_noreplace(src, safe_join(self.install_dir, name)):
-                moved.add(name)
+                found = {name: st.st_mode} if name in files else None
+            elif stat.S_ISDIR(st.st_mode) and name in folders:
+                found = _game_files(src, name, files, folders)
+            # anything else (a link, a device) is refused by commit_file
+            if found is not None and rename_noreplace(src, safe_join(self.install_dir, name)):
+                moved.update(found)
                 if pause_s:
                     time.sleep(pause_s)
         return moved
-
-    def installed_modes(self, names: set[str]) -> dict[str, int]:
-        """The install folder's regular files below ``names`` (relative path -> st_mode),
-        reached without following a link: what ``commit_tree`` moved, checked in one walk
-        (~40 folder reads) instead of a dozen system calls per file."""
-        found: dict[str, int] = {}
-        stack = [(os.path.join(self.install_dir, name), name) for name in names]
-        while stack:
-            path, rel = stack.pop()
-            st = os.lstat(path)
-            if stat.S_ISREG(st.st_mode):
-                found[rel] = st.st_mode
-            elif stat.S_ISDIR(st.st_mode):
-                with os.scandir(path) as entries:
-                    for entry in entries:
-                        if entry.is_file(follow_symlinks=False):
-                            found[f"{rel}/{entry.name}"] = entry.stat(follow_symlinks=False).st_mode
-                        elif entry.is_dir(follow_symlinks=False):
-                            stack.append((entry.path, f"{rel}/{entry.name}"))
-        return found
 
     def commit_file(self, file_index: int) -> None:
         """Move one verified staged file into the install folder (atomic rename). Never replaces
@@ -500,18 +473,33 @@ class Staging:
         remove_task_staging(self.install_dir, self.root.name)
 
 
-def _holds_only(path: str | Path, rel: str, files: set[str], folders: set[str]) -> bool:
-    """The staged folder ``path`` (the game's ``rel``) holds nothing but the game's own files
-    (regular files) and folders (real folders, not links), all the way down."""
+def _game_files(path: str | Path, rel: str, files: set[str], folders: set[str]
+                ) -> dict[str, int] | None:
+    """The staged folder ``path`` (the game's ``rel``): its files (relative path -> st_mode)
+    when it holds nothing but the game's own files (regular files) and folders (real folders,
+    not links) all the way down, else None."""
+    found: dict[str, int] = {}
     with os.scandir(path) as entries:
         for entry in entries:
             name = f"{rel}/{entry.name}"
             if entry.is_dir(follow_symlinks=False):
-                if name not in folders or not _holds_only(entry.path, name, files, folders):
-                    return False
-            elif not (entry.is_file(follow_symlinks=False) and name in files):
-                return False
-    return True
+                inner = _game_files(entry.path, name, files, folders) if name in folders else None
+                if inner is None:
+                    return None
+                found.update(inner)
+            elif entry.is_file(follow_symlinks=False) and name in files:
+                found[name] = entry.stat(follow_symlinks=False).st_mode
+            else:
+                return None
+    return found
+
+
+def _parents(rel: str) -> Iterator[str]:
+    """The folders a relative path lies in, nearest first: "a/b/c" -> "a/b", "a"."""
+    folder = posixpath.dirname(rel)
+    while folder:
+        yield folder
+        folder = posixpath.dirname(folder)
 
 
 def remove_task_staging(install_dir: Path, task_id: str) -> None:
