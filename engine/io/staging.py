@@ -137,7 +137,7 @@ class Staging:
     """Staged files of one task, opened for positional writes from worker threads."""
 
     def __init__(self, install_dir: Path, task_id: str, manifest: Manifest,
-                 direct: bool = False) -> None:
+                 direct_writes: str = "off") -> None:
         self.install_dir = install_dir
         self.root = install_dir / STAGING_DIR / task_id
         self.backup = install_dir / STAGING_DIR / f"{task_id}.old"
@@ -148,9 +148,9 @@ class Staging:
         self._doomed: set[int] = set()  # closed while in use: closed by its last user
         self._unprepared: set[int] = set()  # staged files to create on first use
         self._direct: dict[int, int] = {}  # fd -> the same file opened with O_DIRECT, or -1
-        # written past the page cache (``direct_writes_for``); False once the file system
-        # refused the flag
-        self._direct_ok = DIRECT_WRITES and direct
+        # written past the page cache (the ``direct_writes`` setting for this game); False
+        # once the file system refused the flag
+        self._direct_ok = DIRECT_WRITES and direct_writes_for(direct_writes, manifest.total_size)
 
     def open_root(self, create: bool) -> bool:
         """Check (and create) the task's staging folder; False when it does not exist."""

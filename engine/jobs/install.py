@@ -23,13 +23,7 @@ from engine.core.lifecycle import TaskState
 from engine.core.sources import SourcePool, prefer_source
 from engine.io.backend_client import TaskGrant
 from engine.io.fsops import fsync_dir, safe_join, translate_os_error
-from engine.io.staging import (
-    STAGING_DIR,
-    Staging,
-    direct_writes_for,
-    remove_task_staging,
-    sweep_staging,
-)
+from engine.io.staging import STAGING_DIR, Staging, remove_task_staging, sweep_staging
 from engine.io.state import InstalledGame, TaskRecord
 from engine.jobs.build import StagedBuild, remember_sources
 from engine.jobs.context import (
@@ -241,7 +235,7 @@ class InstallRun:
                               download_bytes=full.download_bytes,
                               downloaded_bytes=self.progress.downloaded)
         staging = Staging(self.install_dir, self.task.id, manifest,
-                          direct=direct_writes_for(ctx.settings.direct_writes, manifest.total_size))
+                          direct_writes=ctx.settings.direct_writes)
         if taken is not None:
             # kept on a thread beside staging and the download, not before the first byte
             # awaited before commit; a task cancelled before that drops it (the copy is

@@ -50,7 +50,7 @@ from engine.io.fsops import (
 )
 from engine.io.journal import SwitchJournal
 from engine.io.localcopy import copy_chunks, copy_or_clone
-from engine.io.staging import Staging, direct_writes_for, remove_task_staging, sweep_staging
+from engine.io.staging import Staging, remove_task_staging, sweep_staging
 from engine.io.state import InstalledGame, TaskRecord
 from engine.io.verifiedmeta import VerifiedRecord
 from engine.io.verify import VerifyReport, quick_check, remember_verified, scan_install
@@ -287,7 +287,7 @@ class UpdateRun:
                                         delta.manifest_patch)
         new = await load_manifest(ctx, pool, grant, base=base)
         staging = Staging(self.install_dir, self.task.id, new,
-                          direct=direct_writes_for(ctx.settings.direct_writes, new.total_size))
+                          direct_writes=ctx.settings.direct_writes)
         journal_path = staging.root / "switch.json"
         if journal_path.exists():  # crashed mid-switch: roll forward
             return await self._switch(installed, new, staging,

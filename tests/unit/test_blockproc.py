@@ -66,7 +66,8 @@ def path_of(which: str) -> blockio.ProcessBlock | None:
 def staging_at(root: Path, direct: bool = True) -> Staging:
     files = tuple(FileEntry(f"f{i}.bin", size, 0o644, "e3" * 32, ())
                   for i, size in enumerate(FILE_SIZES))
-    staging = Staging(root, "t", Manifest("p", "1", files, (), {}), direct=direct)
+    staging = Staging(root, "t", Manifest("p", "1", files, (), {}),
+                      direct_writes="on" if direct else "off")
     staging.prepare(list(range(len(files))))
     return staging
 
