@@ -11,12 +11,13 @@ import fcntl
 import logging
 import mmap
 import os
+import queue
 import stat
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Generator, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Generator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,10 +33,14 @@ from patcher.manifest import FileEntry, Manifest, chunk_rows
 
 log = logging.getLogger(__name__)
 
-SPAN_BYTES = 1024 * 1024 + CHUNK_MAX  # at least one whole chunk per read
-# A big file is checked in pieces of whole chunks of about this size, so every worker can read
-# (one file of a third of the game no longer leaves one worker reading it alone at the end)
-PIECE_BYTES = 8 * 1024 * 1024
+# A read holds whole chunks, up to this many bytes (one chunk when it is larger). Reads of a
+# quarter MiB kept the kernel's read-ahead ahead of the hashing: 1.25 MiB reads measured 1.95
+# GB/s cold where 256 KiB ones made 2.2 (session 30, ``cat`` 2.4)
+SPAN_BYTES = 256 * 1024
+# A big file is checked in pieces of whole chunks (see _piece_bytes), so every worker can read
+# (one file of a third of the game does not leave one worker reading it alone at the end)
+PIECE_MIN = 32 * 1024 * 1024
+PIECES_PER_WORKER = 2
 # small files go to the workers in groups of up to this many bytes / files
 BATCH_BYTES = 1024 * 1024
 BATCH_FILES = 16
@@ -106,7 +111,7 @@ def _span_buffer() -> memoryview:
     """The worker thread's read buffer, page-aligned (an anonymous map) for O_DIRECT."""
     view: memoryview | None = getattr(_local, "view", None)
     if view is None:
-        view = _local.view = memoryview(mmap.mmap(-1, SPAN_BYTES + 2 * ALIGN))
+        view = _local.view = memoryview(mmap.mmap(-1, max(SPAN_BYTES, CHUNK_MAX) + 2 * ALIGN))
     return view
 
 
@@ -252,18 +257,6 @@ class _Piece:
     stop: int
 
 
-def _pieces(f: FileEntry, where: int) -> list[_Piece]:
-    offsets, sizes, ids = chunk_rows(f.chunks)
-    out: list[_Piece] = []
-    first = 0
-    for k in range(len(ids)):
-        if k > first and offsets[k] + sizes[k] - offsets[first] > PIECE_BYTES:
-            out.append(_Piece(f, where, offsets, sizes, ids, first, k))
-            first = k
-    out.append(_Piece(f, where, offsets, sizes, ids, first, len(ids)))
-    return out
-
-
 def _set_direct(fd: int, on: bool) -> bool:
     """O_DIRECT on (off) the open file; False where the file system refuses it."""
     if not _O_DIRECT:
@@ -285,7 +278,12 @@ def _check_piece(p: _Piece) -> tuple[Status, list[DamagedRange]]:
         # changes nothing for a regular file)
         fd = os.open(f.path.rpartition("/")[2],
                      os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=p.where)
-    except OSError:
+    except OSError as exc:
+        # gone, or a link put in its place since its stat: missing. Anything else (no
+        # descriptor left, an I/O error) says nothing about the file and is raised, never
+        # reported as damage that a repair would download again
+        if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+            raise
         return "missing", []
     try:
         st = os.fstat(fd)
@@ -307,7 +305,7 @@ def _check_piece(p: _Piece) -> tuple[Status, list[DamagedRange]]:
         while i < p.stop:
             start = offsets[i]
             j = i
-            while j < p.stop and offsets[j] + sizes[j] - start <= SPAN_BYTES:
+            while j < p.stop and (j == i or offsets[j] + sizes[j] - start <= SPAN_BYTES):
                 j += 1
             end = offsets[j - 1] + sizes[j - 1]
             if direct:
@@ -337,101 +335,146 @@ def _check_piece(p: _Piece) -> tuple[Status, list[DamagedRange]]:
     return ("damaged" if ranges else "ok"), ranges
 
 
-_Results = list[tuple[Status, list[DamagedRange]]]
+_Result = tuple[Status, list[DamagedRange]]
+_Done = tuple[FileEntry, Status, list[DamagedRange], "os.stat_result | None"]
 
 
-def _check_pieces(pieces: list[_Piece]) -> _Results:
-    return [_check_piece(p) for p in pieces]
+def _piece_bytes(total: int, workers: int) -> int:
+    """How much of a big file one worker reads in one go. Each piece is read through a fresh
+    descriptor whose read-ahead starts small, so pieces are as long as the balance between the
+    workers allows: 1 / PIECES_PER_WORKER of each worker's share of the game, never under
+    PIECE_MIN. Session 30 measured 8 MiB pieces at 1.39 GB/s cold, whole files at 2.2 and
+    pieces of half a share at 2.3 (``cat`` 2.4)."""
+    return max(PIECE_MIN, total // (workers * PIECES_PER_WORKER))
 
 
-_FileJob = tuple[FileEntry, Status, "os.stat_result | None", list[_Piece]]
-
-
-def _file_jobs(folders: _Folders, order: list[FileEntry]) -> Iterator[_FileJob]:
-    """Per file: its status from a stat taken before it is read (a write while hashing moves
-    mtime/ctime past it, so the record made from it never vouches for bytes that were not
-    hashed) and, when present with the right size, its pieces."""
-    for f in order:
-        status, where, st = folders.stat(f, hold=True)  # released once its pieces are checked
-        yield f, status, st, (_pieces(f, where) if status == "ok" else [])
-
-
-def _tasks(jobs: list[_FileJob]) -> list[list[_Piece]]:
-    """The pieces of ``jobs`` as pool tasks: a big file's pieces one by one, small files'
-    grouped up to BATCH_BYTES / BATCH_FILES (a task per 1 kB file cost more than its check)."""
-    out: list[list[_Piece]] = []
-    batch: list[_Piece] = []
-    held = 0
-    for _f, _status, _st, pieces in jobs:
-        for piece in pieces:
-            size = piece.offsets[piece.stop - 1] + piece.sizes[piece.stop - 1] - \
-                piece.offsets[piece.first] if piece.stop > piece.first else 0
-            if size >= BATCH_BYTES:
-                out.append([piece])
-                continue
-            if batch and (held + size > BATCH_BYTES or len(batch) >= BATCH_FILES):
-                out.append(batch)
-                batch, held = [], 0
-            batch.append(piece)
-            held += size
-    if batch:
-        out.append(batch)
+def _pieces(f: FileEntry, where: int, piece_bytes: int) -> list[_Piece]:
+    offsets, sizes, ids = chunk_rows(f.chunks)
+    out: list[_Piece] = []
+    first = 0
+    for k in range(len(ids)):
+        if k > first and offsets[k] + sizes[k] - offsets[first] > piece_bytes:
+            out.append(_Piece(f, where, offsets, sizes, ids, first, k))
+            first = k
+    out.append(_Piece(f, where, offsets, sizes, ids, first, len(ids)))
     return out
 
 
-def _check_files(folders: _Folders, order: list[FileEntry], workers: int
-                 ) -> Generator[tuple[FileEntry, Status, list[DamagedRange], os.stat_result | None],
-                                None, None]:
-    """(file, 'ok' | 'missing' | 'link' | 'size' | 'damaged', damaged ranges, stat) for every
-    file of ``order``, in that order. Files are taken a window at a time (about 4 tasks per
-    worker in flight), so memory does not grow with the game."""
-    window = 4 * workers
-    files = _file_jobs(folders, order)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+@dataclass(slots=True)
+class _InFlight:
+    """A file being checked: its stat (taken before any read), and its pieces' outcomes."""
+    f: FileEntry
+    st: os.stat_result
+    where: int
+    results: list[_Result | None]
+
+
+class _Work:
+    """The scan's work list, shared by the workers: each takes its next task when it is free
+    (a piece of a big file, or a batch of small files), so no worker waits on another's task.
+    Before, tasks went to a pool a window at a time and the window advanced only when its
+    oldest task was done: a worker idled while the other read a big file alone."""
+
+    def __init__(self, folders: _Folders, order: list[FileEntry], workers: int) -> None:
+        self._folders = folders
+        self._files = iter(order)
+        self._piece_bytes = _piece_bytes(sum(f.size for f in order), workers)
+        self._lock = threading.Lock()
+        self._queued: deque[tuple[_InFlight, int, _Piece]] = deque()  # a big file's pieces
+        # finished files for the consumer; not bounded, as its entries are a file's outcome
+        # (the report holds as much), and a bounded queue could block a worker for good once
+        # the consumer has stopped
+        self.done: queue.SimpleQueue[_Done | BaseException | None] = queue.SimpleQueue()
+        self.stop = threading.Event()
+
+    def _next_task(self) -> list[tuple[_InFlight, int, _Piece]]:
+        """The next piece, or the next files up to BATCH_BYTES / BATCH_FILES; [] at the end.
+        Files that cannot be read are reported here. Called with the lock held."""
+        if self._queued:
+            return [self._queued.popleft()]
+        task: list[tuple[_InFlight, int, _Piece]] = []
+        held = 0
+        # a batch of small files can come from 16 folders: no more held than half the cap
+        while (len(task) < BATCH_FILES and held < BATCH_BYTES
+               and (not task or self._folders.held_folders() < MAX_OPEN_FOLDERS // 2)):
+            f = next(self._files, None)
+            if f is None:
+                break
+            # the stat comes before any read (a write while hashing moves mtime/ctime past it,
+            # so the record made from it never vouches for bytes that were not hashed)
+            status, where, st = self._folders.stat(f, hold=True)
+            if status != "ok" or st is None:
+                self.done.put((f, status, [], None))
+                continue
+            pieces = _pieces(f, where, self._piece_bytes)
+            job = _InFlight(f, st, where, [None] * len(pieces))
+            if len(pieces) > 1 or f.size >= BATCH_BYTES:
+                self._queued.extend((job, i, p) for i, p in enumerate(pieces))
+                if not task:
+                    return [self._queued.popleft()]
+                break  # its pieces follow this batch
+            task.append((job, 0, pieces[0]))
+            held += f.size
+        return task
+
+    def _finish(self, job: _InFlight, index: int, result: _Result) -> None:
+        """Record a piece's outcome; the file's, once its last piece is in."""
+        with self._lock:
+            job.results[index] = result
+            if any(r is None for r in job.results):
+                return
+            self._folders.release(job.where)
+        status: Status = "ok"
+        ranges: list[DamagedRange] = []
+        for r in job.results:
+            assert r is not None
+            got, piece_ranges = r
+            if got in ("missing", "size") and status in ("ok", "damaged"):
+                status = got
+            elif got == "damaged" and status == "ok":
+                status = "damaged"
+            _merge(ranges, piece_ranges)
+        self.done.put((job.f, status, ranges if status == "damaged" else [],
+                       job.st if status in ("ok", "damaged") else None))
+
+    def run_worker(self) -> None:
         try:
-            queued: deque[tuple[list[_FileJob], list[Future[_Results]]]] = deque()
-            in_flight = 0
-            done = False
-            while not done or queued:
-                # a window of tasks, and no more folders held than half the open-folder cap (a
-                # batch of small files can come from 16 folders)
-                while (not done and in_flight < window
-                       and folders.held_folders() < MAX_OPEN_FOLDERS // 2):
-                    # one big file, or enough small ones for a batch
-                    jobs: list[_FileJob] = []
-                    held = 0
-                    for job in files:
-                        jobs.append(job)
-                        held += len(job[3])
-                        if held >= BATCH_FILES or job[0].size >= BATCH_BYTES:
-                            break
-                    else:
-                        done = True
-                    tasks = _tasks(jobs)
-                    queued.append((jobs, [pool.submit(_check_pieces, t) for t in tasks]))
-                    in_flight += len(tasks)
-                if not queued:
+            while not self.stop.is_set():
+                with self._lock:
+                    task = self._next_task()
+                if not task:
                     break
-                jobs, futures = queued.popleft()
-                in_flight -= len(futures)
-                results = iter([r for fut in futures for r in fut.result()])
-                for f, status, st, pieces in jobs:
-                    if status != "ok":
-                        yield f, status, [], None
-                        continue
-                    folders.release(pieces[0].where)
-                    ranges: list[DamagedRange] = []
-                    for _piece in pieces:
-                        got, piece_ranges = next(results)
-                        if got in ("missing", "size") and status in ("ok", "damaged"):
-                            status = got
-                        elif got == "damaged" and status == "ok":
-                            status = "damaged"
-                        _merge(ranges, piece_ranges)
-                    yield f, status, (ranges if status == "damaged" else []), st
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
+                for job, index, piece in task:
+                    self._finish(job, index, _check_piece(piece))
+        except BaseException as exc:  # handed to the consumer, which raises it
+            self.done.put(exc)
+        finally:
+            self.done.put(None)
+
+
+def _check_files(folders: _Folders, order: list[FileEntry], workers: int
+                 ) -> Generator[_Done, None, None]:
+    """(file, 'ok' | 'missing' | 'link' | 'size' | 'damaged', damaged ranges, stat) for every
+    file of ``order``, as each is finished. The workers take the files in that order."""
+    work = _Work(folders, order, workers)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        running = [pool.submit(work.run_worker) for _ in range(workers)]
+        try:
+            left = len(running)
+            while left:
+                item = work.done.get()
+                if item is None:
+                    left -= 1
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    yield item
+        finally:
+            # on an error or an early close the workers stop after their current task, and
+            # the folders stay open until they have
+            work.stop.set()
+            for fut in running:
+                fut.exception()
 
 
 def _merge(into: list[DamagedRange], more: list[DamagedRange]) -> None:
@@ -483,16 +526,19 @@ def quick_check(install_dir: Path, manifest: Manifest, paths: list[str]) -> list
 def _extra_files(install_dir: Path, manifest: Manifest) -> list[str]:
     known = {f.path for f in manifest.files} | set(manifest.dirs)
     parents = {"/".join(p.split("/")[:n]) for p in known for n in range(1, p.count("/") + 1)}
+    ours = known | parents
     extra: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(install_dir):
-        rel_dir = Path(dirpath).relative_to(install_dir)
-        if rel_dir == Path("."):
+    top = os.fspath(install_dir)
+    for dirpath, dirnames, filenames in os.walk(top):
+        # relative paths by string (os.walk joins names to ``top`` with os.sep): a Path per
+        # entry and a fresh set union per folder cost more than the walk itself
+        rel_dir = os.path.relpath(dirpath, top)
+        prefix = "" if rel_dir == "." else rel_dir.replace(os.sep, "/") + "/"
+        if not prefix:
             dirnames[:] = [d for d in dirnames if d != STAGING_DIR]
-        for name in filenames + [d for d in dirnames]:
-            rel = (rel_dir / name).as_posix()
-            if rel not in known and rel not in parents:
-                extra.append(rel)
-        dirnames[:] = [d for d in dirnames if (rel_dir / d).as_posix() in parents | known]
+        extra.extend(prefix + name for name in filenames + dirnames
+                     if prefix + name not in ours)
+        dirnames[:] = [d for d in dirnames if prefix + d in ours]
     return sorted(extra)
 
 
@@ -554,7 +600,8 @@ def scan_install(install_dir: Path, manifest: Manifest, quick: bool, workers: in
     return VerifyReport(
         manifest.product_id, manifest.version_id, quick, len(manifest.files), checked,
         time.perf_counter() - started, tuple(sorted(missing)), tuple(sorted(wrong)),
-        tuple(damaged), tuple(_extra_files(install_dir, manifest)), tuple(sorted(links)),
+        tuple(sorted(damaged, key=lambda d: (d.path, d.offset))),
+        tuple(_extra_files(install_dir, manifest)), tuple(sorted(links)),
         unchanged_files, unchanged_bytes,
     )
 

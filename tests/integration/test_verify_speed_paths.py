@@ -70,7 +70,11 @@ def flip(path: Path, offset: int) -> None:
 def test_every_kind_of_damage_is_reported_exactly(game: tuple[Path, Manifest], direct: bool,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     target, manifest = game
-    monkeypatch.setattr(verify, "PIECE_BYTES", 128 * 1024)
+    # pieces of 128 KiB: the share of each worker is made small enough not to count
+    monkeypatch.setattr(verify, "PIECE_MIN", 128 * 1024)
+    monkeypatch.setattr(verify, "PIECES_PER_WORKER", 1 << 40)
+    piece = verify._piece_bytes(sum(f.size for f in manifest.files), verify.WORKERS)
+    assert piece == 128 * 1024
     monkeypatch.setattr(verify, "_O_DIRECT", getattr(os, "O_DIRECT", 0) if direct else 0)
     clean = scan_install(target, manifest, quick=False)
     assert clean.ok and not clean.extra
@@ -78,12 +82,12 @@ def test_every_kind_of_damage_is_reported_exactly(game: tuple[Path, Manifest], d
 
     by_size = sorted(manifest.files, key=lambda f: -f.size)
     big = by_size[0]
-    assert big.size > 4 * verify.PIECE_BYTES, "the demo's largest file should span pieces"
+    assert big.size > 4 * piece, "the demo's largest file should span pieces"
     offsets, sizes, _ = chunk_rows(big.chunks)
     # the first and last byte, an unaligned byte in the middle, and both sides of the boundary
     # between the first two pieces (two adjacent chunks checked by different workers: one
     # merged range)
-    k = next(i for i in range(1, len(offsets)) if offsets[i] + sizes[i] > verify.PIECE_BYTES)
+    k = next(i for i in range(1, len(offsets)) if offsets[i] + sizes[i] > piece)
     hits = [0, big.size - 1, big.size // 2 + 4093, offsets[k] - 1, offsets[k]]
     for off in hits:
         flip(target / big.path, off)
@@ -188,9 +192,53 @@ def test_a_file_swapped_for_a_fifo_after_its_stat_does_not_block(
     try:
         status, where, _ = folders.stat(f, hold=True)
         assert status == "ok"
-        pieces = verify._pieces(f, where)
+        pieces = verify._pieces(f, where, verify.PIECE_MIN)
         os.unlink(target / f.path)
         os.mkfifo(target / f.path)
         assert verify._check_piece(pieces[0]) == ("missing", [])
     finally:
         folders.close()
+
+
+def test_running_out_of_descriptors_is_an_error_not_damage(tmp_path: Path) -> None:
+    """A folder or file that cannot be opened for want of descriptors (EMFILE) says nothing
+    about the game: the verify fails naming the error, promptly, with every worker stopped,
+    instead of reporting files missing (a repair would download them again). A child process
+    whose limit of open files leaves room for one descriptor more: the game's folder."""
+    from patcher.publish import publish
+
+    build = tmp_path / "build"
+    build.mkdir()
+    for i in range(40):  # in one folder: its descriptor is the last one the limit allows
+        (build / f"asset{i:02d}.bin").write_bytes(os.urandom(5000))
+    store = Store(tmp_path / "store")
+    try:
+        publish(store, "few-fds", "1.0.0", build, patch_previous=0)
+    finally:
+        store.close()
+    before = {p.name: p.read_bytes() for p in build.rglob("*.bin")}
+    script = f"""
+import os, resource, sys, threading
+from pathlib import Path
+from engine.io.verify import scan_install
+from patcher.store import Store
+store = Store(Path({str(tmp_path / "store")!r}))
+manifest = store.read_manifest("few-fds", "1.0.0")
+store.close()
+# the limit caps descriptor numbers: only the lowest free one stays below it
+free = os.open(os.devnull, os.O_RDONLY)
+os.close(free)
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (free + 1, hard))
+try:
+    r = scan_install(Path({str(build)!r}), manifest, quick=False)
+except OSError as exc:
+    print("error", exc.errno == __import__("errno").EMFILE, threading.active_count())
+else:
+    print("report", list(r.missing)[:3])
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=subprocess_env(), cwd=REPO, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["error", "True", "1"]
+    assert {p.name: p.read_bytes() for p in build.rglob("*.bin")} == before
