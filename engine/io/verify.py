@@ -15,8 +15,9 @@ import queue
 import stat
 import threading
 import time
+from array import array
 from collections import OrderedDict, deque
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +41,7 @@ SPAN_BYTES = 256 * 1024
 # A big file is checked in pieces of whole chunks (see _piece_bytes), so every worker can read
 # (one file of a third of the game does not leave one worker reading it alone at the end)
 PIECE_MIN = 32 * 1024 * 1024
-PIECES_PER_WORKER = 2
+PIECES_PER_WORKER = 1
 # small files go to the workers in groups of up to this many bytes / files
 BATCH_BYTES = 1024 * 1024
 BATCH_FILES = 16
@@ -103,6 +104,21 @@ class VerifyReport:
             "unchangedFiles": self.unchanged_files, "unchangedBytes": self.unchanged_bytes,
         }
 
+
+def _native_check_chunks() -> CheckChunks | None:
+    """A piece's reads and hashes in one call without the GIL (engine/io/_blake3batch.c,
+    built by scripts/build_native.sh); None where it is not built: chunk by chunk in Python."""
+    try:
+        from engine.io._blake3batch import check_chunks
+    except ImportError:
+        return None
+    return check_chunks
+
+
+# (fd, spans as uint64 (offset, size) pairs, ids joined, buffer, read bytes) -> a flag per
+# chunk: 0 ok, 1 wrong bytes, 2 past the end of the file
+CheckChunks = Callable[[int, "array[int]", bytes, memoryview, int], bytes]
+_check_chunks = _native_check_chunks()
 
 _local = threading.local()
 
@@ -269,6 +285,15 @@ def _set_direct(fd: int, on: bool) -> bool:
     return on
 
 
+def _add_damage(ranges: list[DamagedRange], path: str, offset: int, size: int) -> None:
+    """A damaged chunk, joined to the range before it when they touch."""
+    if ranges and ranges[-1].offset + ranges[-1].size == offset:
+        last = ranges.pop()
+        ranges.append(DamagedRange(path, last.offset, last.size + size))
+    else:
+        ranges.append(DamagedRange(path, offset, size))
+
+
 def _check_piece(p: _Piece) -> tuple[Status, list[DamagedRange]]:
     """'ok' | 'missing' | 'size' | 'damaged' for one piece, with its damaged ranges merged."""
     f = p.f
@@ -301,6 +326,17 @@ def _check_piece(p: _Piece) -> tuple[Status, list[DamagedRange]]:
         if not direct:
             # read-ahead for the page-cache path (measured faster than mmap on a cold cache)
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+            if _check_chunks is not None:
+                spans = array("Q", bytes(16 * (p.stop - p.first)))
+                spans[0::2] = array("Q", offsets[p.first : p.stop])
+                spans[1::2] = array("Q", sizes[p.first : p.stop])
+                flags = _check_chunks(fd, spans, b"".join(ids[p.first : p.stop]), view,
+                                      SPAN_BYTES)
+                if flags.count(0) < len(flags):
+                    for k, bad in enumerate(flags, p.first):
+                        if bad:
+                            _add_damage(ranges, f.path, offsets[k], sizes[k])
+                return ("damaged" if ranges else "ok"), ranges
         i = p.first
         while i < p.stop:
             start = offsets[i]
@@ -324,11 +360,7 @@ def _check_piece(p: _Piece) -> tuple[Status, list[DamagedRange]]:
             for k in range(i, j):
                 lo, size = offsets[k] - base, sizes[k]
                 if lo + size > got or blake3.blake3(view[lo : lo + size]).digest() != ids[k]:
-                    if ranges and ranges[-1].offset + ranges[-1].size == offsets[k]:
-                        last = ranges.pop()
-                        ranges.append(DamagedRange(f.path, last.offset, last.size + size))
-                    else:
-                        ranges.append(DamagedRange(f.path, offsets[k], size))
+                    _add_damage(ranges, f.path, offsets[k], size)
             i = j
     finally:
         os.close(fd)
@@ -341,10 +373,11 @@ _Done = tuple[FileEntry, Status, list[DamagedRange], "os.stat_result | None"]
 
 def _piece_bytes(total: int, workers: int) -> int:
     """How much of a big file one worker reads in one go. Each piece is read through a fresh
-    descriptor whose read-ahead starts small, so pieces are as long as the balance between the
-    workers allows: 1 / PIECES_PER_WORKER of each worker's share of the game, never under
-    PIECE_MIN. Session 30 measured 8 MiB pieces at 1.39 GB/s cold, whole files at 2.2 and
-    pieces of half a share at 2.3 (``cat`` 2.4)."""
+    descriptor whose read-ahead starts small, so a file is split only when it is larger than a
+    worker's share of the game (1 / PIECES_PER_WORKER of it, never under PIECE_MIN): the files
+    go largest first to whichever worker is free, which balances the rest. Session 30, cold,
+    ``cat`` at 2.4 GB/s: 8 MiB pieces 1.39 GB/s, half a share 2.1-2.3, a share 2.3, whole
+    files 2.3."""
     return max(PIECE_MIN, total // (workers * PIECES_PER_WORKER))
 
 
