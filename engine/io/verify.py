@@ -26,7 +26,7 @@ from typing import Any
 import blake3
 
 from engine.core.errors import EngineError
-from engine.io.fsops import safe_join
+from engine.io.fsops import safe_join, translate_os_error
 from engine.io.staging import STAGING_DIR
 from engine.io.verifiedmeta import VerifiedRecord
 from patcher.chunking import CHUNK_MAX
@@ -42,6 +42,9 @@ SPAN_BYTES = 256 * 1024
 # (one file of a third of the game does not leave one worker reading it alone at the end)
 PIECE_MIN = 32 * 1024 * 1024
 PIECES_PER_WORKER = 1
+# and never over this: a worker looks at the stop flag between pieces (an error in another
+# worker, or the consumer gone), so a piece bounds how long that takes (~1 s here)
+PIECE_MAX = 1024 * 1024 * 1024
 # small files go to the workers in groups of up to this many bytes / files
 BATCH_BYTES = 1024 * 1024
 BATCH_FILES = 16
@@ -285,6 +288,9 @@ def _set_direct(fd: int, on: bool) -> bool:
     return on
 
 
+_NOT_THE_FILES_FAULT = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EIO})
+
+
 def _add_damage(ranges: list[DamagedRange], path: str, offset: int, size: int) -> None:
     """A damaged chunk, joined to the range before it when they touch."""
     if ranges and ranges[-1].offset + ranges[-1].size == offset:
@@ -304,11 +310,12 @@ def _check_piece(p: _Piece) -> tuple[Status, list[DamagedRange]]:
         fd = os.open(f.path.rpartition("/")[2],
                      os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=p.where)
     except OSError as exc:
-        # gone, or a link put in its place since its stat: missing. Anything else (no
-        # descriptor left, an I/O error) says nothing about the file and is raised, never
-        # reported as damage that a repair would download again
-        if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
-            raise
+        # no descriptor or memory left, or the disk failing: says nothing about the file, so
+        # it is raised (naming the file), never reported as damage a repair would download
+        # again. Otherwise (gone, a link put in its place since its stat, no permission to
+        # read it) it is missing: a repair replaces it
+        if exc.errno in _NOT_THE_FILES_FAULT:
+            raise OSError(exc.errno, exc.strerror, f.path) from exc
         return "missing", []
     try:
         st = os.fstat(fd)
@@ -362,6 +369,10 @@ def _check_piece(p: _Piece) -> tuple[Status, list[DamagedRange]]:
                 if lo + size > got or blake3.blake3(view[lo : lo + size]).digest() != ids[k]:
                     _add_damage(ranges, f.path, offsets[k], size)
             i = j
+    except OSError as exc:  # a read that failed (EIO): raised, naming the file
+        if exc.filename is None:
+            raise OSError(exc.errno, exc.strerror, f.path) from exc
+        raise
     finally:
         os.close(fd)
     return ("damaged" if ranges else "ok"), ranges
@@ -378,7 +389,7 @@ def _piece_bytes(total: int, workers: int) -> int:
     go largest first to whichever worker is free, which balances the rest. Session 30, cold,
     ``cat`` at 2.4 GB/s: 8 MiB pieces 1.39 GB/s, half a share 2.1-2.3, a share 2.3, whole
     files 2.3."""
-    return max(PIECE_MIN, total // (workers * PIECES_PER_WORKER))
+    return min(PIECE_MAX, max(PIECE_MIN, total // (workers * PIECES_PER_WORKER)))
 
 
 def _pieces(f: FileEntry, where: int, piece_bytes: int) -> list[_Piece]:
@@ -624,6 +635,8 @@ def scan_install(install_dir: Path, manifest: Manifest, quick: bool, workers: in
                             record.drop(f.path)
             finally:
                 results.close()  # the workers stop before their folders are closed
+    except OSError as exc:  # not the game's damage: a verify that could not look (EMFILE, EIO)
+        raise translate_os_error(exc, "verifying") from exc
     finally:
         folders.close()
     if record is not None:

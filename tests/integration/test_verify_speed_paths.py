@@ -208,7 +208,8 @@ def test_a_file_swapped_for_a_fifo_after_its_stat_does_not_block(
 
 def test_running_out_of_descriptors_is_an_error_not_damage(tmp_path: Path) -> None:
     """A folder or file that cannot be opened for want of descriptors (EMFILE) says nothing
-    about the game: the verify fails naming the error, promptly, with every worker stopped,
+    about the game: the verify fails naming the error and the file (IO_ERROR), with every
+    worker stopped,
     instead of reporting files missing (a repair would download them again). A child process
     whose limit of open files leaves room for one descriptor more: the game's folder."""
     from patcher.publish import publish
@@ -226,6 +227,7 @@ def test_running_out_of_descriptors_is_an_error_not_damage(tmp_path: Path) -> No
     script = f"""
 import os, resource, sys, threading
 from pathlib import Path
+from engine.core.errors import EngineError
 from engine.io.verify import scan_install
 from patcher.store import Store
 store = Store(Path({str(tmp_path / "store")!r}))
@@ -238,13 +240,59 @@ soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (free + 1, hard))
 try:
     r = scan_install(Path({str(build)!r}), manifest, quick=False)
-except OSError as exc:
-    print("error", exc.errno == __import__("errno").EMFILE, threading.active_count())
+except EngineError as exc:
+    print("error", exc.code.value, threading.active_count(), exc.message)
 else:
     print("report", list(r.missing)[:3])
 """
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           env=subprocess_env(), cwd=REPO, timeout=60)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.split() == ["error", "True", "1"]
+    words = proc.stdout.split()
+    assert words[:3] == ["error", "IO_ERROR", "1"], proc.stdout
+    assert "verifying: Too many open files (asset" in proc.stdout
     assert {p.name: p.read_bytes() for p in build.rglob("*.bin")} == before
+
+
+def test_a_file_it_may_not_read_is_missing_so_a_repair_replaces_it(
+        game: tuple[Path, Manifest], tmp_path: Path) -> None:
+    """Review finding: a file the player's account may not read (mode 000, or a root-owned
+    0600 file a game left behind) made the whole verify fail; it is reported missing, as before,
+    so a repair downloads it again and puts it in place. Run in a child process without the
+    capabilities that let root read any file."""
+    target, manifest = game
+    f = next(f for f in sorted(manifest.files, key=lambda f: -f.size) if "/" in f.path)
+    os.chmod(target / f.path, 0)
+    script = f"""
+import json
+from pathlib import Path
+from engine.io.verify import scan_install
+from patcher.manifest import decode_manifest
+manifest = decode_manifest(Path({str(tmp_path / "m.json")!r}).read_bytes())
+r = scan_install(Path({str(target)!r}), manifest, quick=False)
+print(json.dumps([list(r.missing), list(r.wrong_size), [d.path for d in r.damaged]]))
+"""
+    from patcher.manifest import encode_manifest
+    (tmp_path / "m.json").write_bytes(encode_manifest(manifest))
+    argv = [sys.executable, "-c", script]
+    if os.geteuid() == 0:
+        if not shutil.which("setpriv"):
+            pytest.skip("root reads any file, and setpriv (util-linux) is not here to drop that")
+        argv = ["setpriv", "--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search",
+                *argv]
+    proc = subprocess.run(argv, capture_output=True, text=True, env=subprocess_env(), cwd=REPO,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == f'[["{f.path}"], [], []]'
+
+
+def test_a_piece_is_a_workers_share_within_bounds() -> None:
+    """A file is split only above a worker's share of the game (each piece re-starts the
+    kernel's read-ahead), never into pieces under PIECE_MIN, and never over PIECE_MAX: a worker
+    looks at the stop flag between pieces, so a piece bounds how long an error elsewhere takes
+    to end the verify (review finding: half of a 60 GiB game)."""
+    gib = 1 << 30
+    assert verify._piece_bytes(331_502_671, 2) == 331_502_671 // 2
+    assert verify._piece_bytes(10 * 1024 * 1024, 2) == verify.PIECE_MIN
+    assert verify._piece_bytes(60 * gib, 2) == verify.PIECE_MAX == gib
+    assert verify._piece_bytes(4 * gib, 8) == gib // 2
