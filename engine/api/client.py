@@ -90,6 +90,10 @@ def _check_hello(hello: Any) -> None:
         raise EngineError(ErrorCode.DAEMON_UNREACHABLE, problem)
 
 
+def _handshake_timeout(timeout: float | None) -> float:
+    return wire.HANDSHAKE_TIMEOUT_S if timeout is None else min(timeout, wire.HANDSHAKE_TIMEOUT_S)
+
+
 def _unreachable(info: DaemonInfo, exc: BaseException) -> EngineError:
     return EngineError(ErrorCode.DAEMON_UNREACHABLE,
                        f"cannot reach the engine daemon at {info.url}: {exc}")
@@ -127,8 +131,13 @@ class SyncDaemonClient:
             if self._failed is not None:
                 raise self._failed
             assert self._ws is not None
+            self._ws.sock.settimeout(_handshake_timeout(self.timeout))
             self._ws.accept()
             _check_hello(json.loads(self._ws.recv()))
+            self._ws.sock.settimeout(self.timeout)
+        except TimeoutError as exc:
+            self.close()
+            raise EngineError(ErrorCode.DAEMON_UNREACHABLE, wire.not_answering(self.info.pid)) from exc
         except (OSError, ValueError, wire.Closed) as exc:
             self.close()
             raise _unreachable(self.info, exc) from exc
@@ -220,11 +229,20 @@ class DaemonClient:
 
         self.events = asyncio.Queue(maxsize=10_000)
         try:
-            self._ws = await connect(self.info.url, additional_headers={
-                "Authorization": f"Bearer {self.info.token}"}, max_size=None, compression=None)
+            async with asyncio.timeout(wire.HANDSHAKE_TIMEOUT_S):
+                self._ws = await connect(self.info.url, additional_headers={
+                    "Authorization": f"Bearer {self.info.token}"}, max_size=None,
+                    compression=None, open_timeout=None)
+                hello = await self._ws.recv()
+        except TimeoutError as exc:
+            if self._ws is not None:  # no closing handshake with a daemon that does not answer
+                self._ws.transport.abort()
+                self._ws = None
+            raise EngineError(ErrorCode.DAEMON_UNREACHABLE,
+                              wire.not_answering(self.info.pid)) from exc
         except (OSError, InvalidStatus, WebSocketException) as exc:
             raise _unreachable(self.info, exc) from exc
-        _check_hello(json.loads(await self._ws.recv()))
+        _check_hello(json.loads(hello))
         self._reader = asyncio.create_task(self._read())
         return self
 

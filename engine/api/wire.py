@@ -21,6 +21,17 @@ from engine.core.locations import APP_NAME, ENV_PREFIX
 
 PROTOCOL_VERSION = 1  # the daemon says it in its greeting; a client refuses another
 MAX_REQUEST_BYTES = 64 * 1024  # a request is small; bigger ones get MESSAGE_TOO_LARGE
+# A running daemon answers the handshake and greets within milliseconds, whatever it is doing
+# (its event loop does nothing else). One that has not after this long is stopped or hung: a
+# client says so now, instead of after its reply timeout (60 + 30 s for a one-shot CLI).
+HANDSHAKE_TIMEOUT_S = 5.0
+
+
+def not_answering(pid: int) -> str:
+    """What a client says of a daemon that took its connection but not its handshake."""
+    return (f"the engine daemon (pid {pid}) did not answer within {HANDSHAKE_TIMEOUT_S:.0f} s: "
+            "it is stopped or hung, and nothing was sent to it (`kill -CONT` resumes a stopped "
+            "one; ending it frees the data folder)")
 INFO_FILE = "daemon.json"
 LOCK_FILE = "daemon.lock"
 MAX_REPLY_BYTES = 256 * 1024 * 1024  # a status with a long queue is big, not this big
@@ -130,7 +141,8 @@ class WebSocket:
             raise
 
     def accept(self) -> None:
-        """Read the handshake's answer (ConnectionError when the daemon refused it)."""
+        """Read the handshake's answer (ConnectionError when the daemon refused it; TimeoutError
+        after the socket's timeout)."""
         status = self._readline().decode("latin-1")
         headers: dict[str, str] = {}
         while (line := self._readline().decode("latin-1")) not in ("\r\n", "\n", ""):

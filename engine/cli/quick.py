@@ -15,6 +15,9 @@ terminal); a daemon that declines the line (one it would not parse, a different 
 in the settings, a daemon older than this path) or whose connection fails before it has the
 line. Once the daemon has the line, a broken connection is reported as the full CLI reports
 it (``DAEMON_UNREACHABLE``): the command may have run, so it is not run a second time here.
+The line is sent only once the daemon has answered the handshake: a daemon that holds the
+data folder but does not answer within ``wire.HANDSHAKE_TIMEOUT_S`` (stopped, hung) is
+reported at once as ``DAEMON_UNREACHABLE``, and never gets a line it could run later.
 """
 
 from __future__ import annotations
@@ -85,6 +88,7 @@ def forward(argv: list[str]) -> int | None:
 
 
 def _forward(argv: list[str], relay: _Relay) -> int | None:
+    found: tuple[int, int, str] | None = None
     try:
         data_dir = data_dir_of(argv)
         found = wire.running_daemon(data_dir) if data_dir is not None else None
@@ -94,20 +98,35 @@ def _forward(argv: list[str], relay: _Relay) -> int | None:
         if len(request) > wire.MAX_REQUEST_BYTES:
             return None  # the daemon would refuse it unread
         _, port, token = found
-        ws = wire.WebSocket(port, token, timeout=REPLY_TIMEOUT_S)
+        ws = wire.WebSocket(port, token, timeout=wire.HANDSHAKE_TIMEOUT_S)
+    except TimeoutError:
+        return _not_answering(argv, found)
     except (OSError, ValueError):
         return None  # the full CLI looks again and reports what it finds
     try:
         try:
-            ws.send(request)
             ws.accept()
             if wire.hello_problem(json.loads(ws.recv())) is not None:
                 return None  # another protocol: it did not read the line
+            # the line goes only to a daemon that answered: one that is stopped or hung must
+            # never run it later, after this process has given up on it
+            ws.sock.settimeout(REPLY_TIMEOUT_S)
+            ws.send(request)
+        except TimeoutError:
+            return _not_answering(argv, found)
         except (OSError, ValueError, wire.Closed):
             return None  # refused before the daemon had the line: nothing ran
         return relay.run(ws)
     finally:
         ws.close()
+
+
+def _not_answering(argv: list[str], found: tuple[int, int, str] | None) -> int:
+    """A daemon that holds the data folder but does not answer: said now, as the full CLI would
+    say it (which would first wait as long again for the same daemon)."""
+    from engine.cli.main import report_unreachable
+
+    return report_unreachable(argv, wire.not_answering(found[0] if found else 0))
 
 
 class _Relay:

@@ -5,6 +5,7 @@ run in-process does. Real `launcher-engine serve` subprocesses; the backend is a
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -19,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from engine.api.client import SyncDaemonClient, daemon_running
+from engine.api.client import DaemonClient, SyncDaemonClient, daemon_running
 from engine.cli.main import _terminal_columns
 from engine.core.errors import EngineError, ErrorCode, ExitCode
 from engine.core.text import _BAD_CATEGORIES, _BAD_CHAR, check_text
@@ -290,5 +291,50 @@ def test_a_client_gone_from_a_wait_does_not_hold_the_daemon_shutdown(tmp_path: P
         d.server.proc.wait(30)
         assert time.monotonic() - started < 10
         assert d.server.proc.returncode == 0
+    finally:
+        d.stop()
+
+
+def test_a_stopped_daemon_is_reported_at_once_and_never_gets_the_line(tmp_path: Path) -> None:
+    """A daemon that holds the data folder but does not answer (here a real SIGSTOP) took a
+    one-shot CLI 90 s to report (the quick path's 60 s reply wait, then the full CLI's 30 s), and
+    the line, sent before the handshake, could run whenever the daemon resumed. Now the CLI and
+    the blocking client say DAEMON_UNREACHABLE after the handshake timeout, naming the daemon,
+    and the line is never sent: resumed, the daemon has not run it."""
+    data = tmp_path / "data"
+    d = DaemonProcess(data, NO_BACKEND)
+    info = d.start()
+    cli = EngineCli(data, NO_BACKEND)
+    try:
+        assert cli.ok("status")[-1]["globalLimitBps"] is None
+        os.kill(info.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            proc = subprocess.run(cli.argv("limit", "5M"), capture_output=True, text=True,
+                                  cwd=REPO, env=engine_env(), timeout=120)
+            waited = time.monotonic() - started
+            assert proc.returncode == int(ExitCode.BACKEND), proc.stderr
+            assert (f"error: DAEMON_UNREACHABLE: the engine daemon (pid {info.pid}) did not "
+                    "answer within 5 s: it is stopped or hung") in proc.stderr
+            # a bound on behaviour, not a speed: the handshake timeout, not the 60 + 30 s waits
+            assert waited < 30, waited
+            with (pytest.raises(EngineError) as caught,
+                  SyncDaemonClient(daemon_running(data))):  # type: ignore[arg-type]
+                pass
+            assert caught.value.code is ErrorCode.DAEMON_UNREACHABLE
+            assert f"(pid {info.pid}) did not answer" in caught.value.message
+
+            async def connect_async() -> None:  # the launcher's client
+                async with DaemonClient(daemon_running(data)):  # type: ignore[arg-type]
+                    pass
+
+            with pytest.raises(EngineError) as caught:
+                asyncio.run(connect_async())
+            assert caught.value.code is ErrorCode.DAEMON_UNREACHABLE
+            assert f"(pid {info.pid}) did not answer" in caught.value.message
+        finally:
+            os.kill(info.pid, signal.SIGCONT)
+        status = cli.ok("status")[-1]
+        assert status["running"] is True and status["globalLimitBps"] is None
     finally:
         d.stop()
