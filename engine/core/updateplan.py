@@ -174,3 +174,22 @@ def chunk_sources_excluding(manifest: Manifest, paths: set[str]) -> dict[str, Ch
         for c in f.chunks:
             out.setdefault(c.id, ChunkSource(f.path, c.offset, c.size))
     return out
+
+
+def local_build_memory(b: FileBuild, old: Manifest) -> int:
+    """The bytes a local build holds in memory at once: a patch holds its source, itself and
+    the file it makes (the appliers work on whole buffers); a move streams."""
+    p = b.patch
+    if b.method is not BuildMethod.PATCH or p is None:
+        return 0
+    source = old.file(p.source_path) if p.source_path is not None else None
+    return (source.size if source is not None else 0) + p.patch_size + p.to_size
+
+
+def may_start_local_build(running: int, in_use: int, cost: int, max_running: int,
+                          memory_limit: int) -> bool:
+    """Whether the next local build (in plan order) starts now: a free slot, and its memory
+    beside the running builds' within the limit — or it runs alone, when it cannot fit at all."""
+    if running == 0:
+        return True
+    return running < max_running and in_use + cost <= memory_limit

@@ -17,6 +17,7 @@ import os
 import shutil
 import stat
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -35,6 +36,8 @@ from engine.core.updateplan import (
     UpdatePlan,
     chunk_build,
     chunk_sources_excluding,
+    local_build_memory,
+    may_start_local_build,
     merge_wanted,
     plan_repair,
     plan_update,
@@ -90,6 +93,11 @@ from patcher.updatedoc import (
 log = logging.getLogger(__name__)
 
 MAX_DELTA_INDEX = 64 * 1024 * 1024
+# Local builds (moves, patches) at once: one per core (each is a worker thread's CPU), and the
+# memory their buffers hold together (a patch holds its source, itself and its output whole):
+# above it they wait, and a build bigger than it all runs alone
+LOCAL_BUILDS = max(1, min(4, os.cpu_count() or 1))
+LOCAL_BUILD_MEMORY = 512 * 1024 * 1024
 UPDATE_MAX_GAP = 16 * 1024  # measured: 128 kB of bridged gaps for 7.7 kB of chunks at 256 KiB
 
 
@@ -501,13 +509,10 @@ class UpdateRun:
         loop = asyncio.get_running_loop()
         sources = chunk_sources_excluding(old, set())
         # moves and patches first: each is all-or-nothing, with chunks as the fallback
-        for b in todo:
-            if b.method is BuildMethod.CHUNKS:
-                continue
-            built = (await self._move(b, new, staging) if b.method is BuildMethod.MOVE
-                     else await self._patch(b, pool, old, staging))
-            if built:  # verified: journaled now, so a resumed run never builds it again
-                await self.build.record_verified(staging, b.file_index)
+        local_builds = [b for b in todo if b.method is not BuildMethod.CHUNKS]
+        built = await self._build_locally(local_builds, pool, old, new, staging)
+        for b in local_builds:
+            if b.file_index in built:
                 continue
             await asyncio.to_thread(staging.prepare, [b.file_index])  # back to full size
             local, wanted = chunk_build(new, b.file_index, sources)
@@ -536,6 +541,32 @@ class UpdateRun:
                               download_bytes=self.progress.download_total)
         files = {b.file_index for b in todo}
         await self.build.download_and_verify(ctx, grant, pool, new, dl, staging, files)
+
+    async def _build_locally(self, builds: list[FileBuild], pool: SourcePool, old: Manifest,
+                             new: Manifest, staging: Staging) -> set[int]:
+        """Moves and patches, several at once (each is a worker thread's CPU: decompressing,
+        applying, hashing; one at a time an update used one of the cores), started in plan
+        order within LOCAL_BUILDS and LOCAL_BUILD_MEMORY. The file indexes built and verified,
+        each journaled as soon as it is, so a resumed run never builds it again."""
+        built: set[int] = set()
+        gate = _LocalBuildGate(LOCAL_BUILDS, LOCAL_BUILD_MEMORY)
+
+        async def build(b: FileBuild) -> None:
+            cost = local_build_memory(b, old)
+            await gate.enter(cost)
+            try:
+                ok = (await self._move(b, new, staging) if b.method is BuildMethod.MOVE
+                      else await self._patch(b, pool, old, staging))
+                if ok:
+                    await self.build.record_verified(staging, b.file_index)
+                    built.add(b.file_index)
+            finally:
+                gate.leave(cost)
+
+        async with asyncio.TaskGroup() as tg:
+            for b in builds:
+                tg.create_task(build(b))
+        return built
 
     async def _move(self, b: FileBuild, new: Manifest, staging: Staging) -> bool:
         """Clone or copy a renamed file and check it; False (logged, naming the file) means the
@@ -635,6 +666,53 @@ class UpdateRun:
         await asyncio.to_thread(shutil.rmtree, self._spill_dir, True)
         ctx.state.clear_journal(self.task.id)
         return game
+
+
+class _LocalBuildGate:
+    """Admits local builds in the order they ask (``may_start_local_build`` decides when): a
+    big patch waiting to run alone is never passed over by the smaller ones behind it."""
+
+    def __init__(self, max_running: int, memory_limit: int) -> None:
+        self.max_running = max_running
+        self.memory_limit = memory_limit
+        self.running = 0
+        self.in_use = 0
+        self.waiting: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    async def enter(self, cost: int) -> None:
+        if not self.waiting and self._fits(cost):
+            self._admit(cost)
+            return
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiting.append((cost, turn))
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():
+                self.leave(cost)  # admitted as it was cancelled: its place goes on
+            else:
+                self.waiting.remove((cost, turn))
+                self._wake()
+            raise
+
+    def leave(self, cost: int) -> None:
+        self.running -= 1
+        self.in_use -= cost
+        self._wake()
+
+    def _fits(self, cost: int) -> bool:
+        return may_start_local_build(self.running, self.in_use, cost, self.max_running,
+                                     self.memory_limit)
+
+    def _admit(self, cost: int) -> None:
+        self.running += 1
+        self.in_use += cost
+
+    def _wake(self) -> None:
+        while self.waiting and self._fits(self.waiting[0][0]):
+            cost, turn = self.waiting.popleft()
+            self._admit(cost)
+            turn.set_result(None)
 
 
 def _blake3_is(patch_id: str, path: str) -> Callable[[bytes], None]:
