@@ -170,10 +170,12 @@ class _Folders:
         with self._lock:
             self._held[fd] = self._held.get(fd, 0) + 1
 
-    def held_folders(self) -> int:
-        """How many folders files in flight hold open (they cannot be closed to make room)."""
+    def room_for_more(self) -> bool:
+        """Whether more files may be taken into flight: the folders they hold open (which
+        cannot be closed to make room) are under half the cap (a batch of small files can come
+        from 16 folders)."""
         with self._lock:
-            return len(self._held)
+            return len(self._held) < self._max_open // 2
 
     def release(self, fd: int) -> None:
         with self._lock:
@@ -438,9 +440,8 @@ class _Work:
             return [self._queued.popleft()]
         task: list[tuple[_InFlight, int, _Piece]] = []
         held = 0
-        # a batch of small files can come from 16 folders: no more held than half the cap
         while (len(task) < BATCH_FILES and held < BATCH_BYTES
-               and (not task or self._folders.held_folders() < MAX_OPEN_FOLDERS // 2)):
+               and (not task or self._folders.room_for_more())):
             f = next(self._files, None)
             if f is None:
                 break
