@@ -55,6 +55,7 @@ from engine.io.journal import SwitchJournal
 from engine.io.localcopy import copy_chunks, copy_or_clone
 from engine.io.staging import Staging, remove_task_staging, sweep_staging
 from engine.io.state import InstalledGame, TaskRecord
+from engine.io.threads import run_to_end
 from engine.io.verifiedmeta import VerifiedRecord
 from engine.io.verify import VerifyReport, quick_check, remember_verified, scan_install
 from engine.jobs.build import StagedBuild
@@ -563,9 +564,17 @@ class UpdateRun:
             finally:
                 gate.leave(cost)
 
-        async with asyncio.TaskGroup() as tg:
-            for b in builds:
-                tg.create_task(build(b))
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for b in builds:
+                    tg.create_task(build(b))
+        except BaseExceptionGroup as group:
+            # what one build raised (the others were cancelled by it), as when they ran one
+            # after another: callers see the error itself, not a group around it
+            first = group.exceptions[0]
+            for other in group.exceptions[1:]:
+                log.debug("local build also failed: %r", other)
+            raise first from None
         return built
 
     async def _move(self, b: FileBuild, new: Manifest, staging: Staging) -> bool:
@@ -576,8 +585,10 @@ class UpdateRun:
         try:
             src = safe_join(self.install_dir, b.move_source)
             dest = staging.path(b.file_index)
-            written = await asyncio.to_thread(copy_or_clone, src, dest)
-            ok = await asyncio.to_thread(staging.verify, b.file_index)
+            # waited for when cancelled (engine/io/threads.py): a copy still running after a
+            # pause or cancel would write into a staging area that is being closed or removed
+            written = await run_to_end(None, copy_or_clone, src, dest)
+            ok = await run_to_end(None, staging.verify, b.file_index)
         except (OSError, EngineError) as exc:
             ok, written, reason = False, 0, str(exc)
         else:
@@ -632,7 +643,7 @@ class UpdateRun:
                                               new_size=p.to_size)
                 del old_bytes
             staging.close_file(b.file_index)
-            await asyncio.to_thread(_write_at, staging, b.file_index, out)
+            await run_to_end(None, _write_at, staging, b.file_index, out)
             self.progress.written += len(out)
             return True
         except Exception as exc:  # optional: every failure falls back to chunks (see above)
@@ -691,7 +702,10 @@ class _LocalBuildGate:
             if turn.done() and not turn.cancelled():
                 self.leave(cost)  # admitted as it was cancelled: its place goes on
             else:
-                self.waiting.remove((cost, turn))
+                # cancelled while waiting (a whole task group at once, say): out of the line,
+                # unless a wake-up already dropped it
+                if (cost, turn) in self.waiting:
+                    self.waiting.remove((cost, turn))
                 self._wake()
             raise
 
@@ -709,8 +723,14 @@ class _LocalBuildGate:
         self.in_use += cost
 
     def _wake(self) -> None:
-        while self.waiting and self._fits(self.waiting[0][0]):
-            cost, turn = self.waiting.popleft()
+        while self.waiting:
+            cost, turn = self.waiting[0]
+            if turn.done():  # cancelled while waiting: its build is leaving on its own
+                self.waiting.popleft()
+                continue
+            if not self._fits(cost):
+                return
+            self.waiting.popleft()
             self._admit(cost)
             turn.set_result(None)
 

@@ -194,3 +194,72 @@ def test_kill9_during_download_and_switch_then_resume(backend: Any, published_st
     assert_same_tree(target, build(published_store, new))
     assert installed_row(cli) == (new, 0)
     assert not (target / STAGING).exists()
+
+
+def test_an_update_paused_while_its_patches_build_resumes(backend_factory: Any,
+                                                          published_store: Any,
+                                                          tmp_path: Path) -> None:
+    """Review finding: an update builds its moves and patches several at once, the rest waiting
+    for their turn; paused then, the waiting ones' cancel raced the running ones' leaving and
+    the update ended in an ExceptionGroup: the pause turned into an error the task could not
+    take (ILLEGAL_TRANSITION), which ended the daemon. The patches come from an edge slowed by a
+    real proxy, so the pause lands while builds run and wait; the daemon goes on serving, the
+    task is paused, the old version untouched, and the resumed update completes."""
+    from testing.daemon import DaemonProcess
+    from testing.faultproxy import Fault, FaultProxy
+
+    server = backend_factory(settings={})
+    # format-3 documents carry small patches inline: without them every patch is fetched
+    for doc in (Path(server.store_dir) / "cdn" / PRODUCT / "deltas").glob("*.v3.delta"):
+        doc.unlink()
+    edge = server.start_cdn_edge()
+    versions = published_store.product(PRODUCT).versions
+    with FaultProxy(edge.url.removesuffix("/cdn/")) as proxy:
+        server.set_edges([f"{proxy.url}/cdn/"])
+        name, _ = server.new_user(products=[PRODUCT])
+        cli = EngineCli(tmp_path / "eng", server.url)
+        cli.login(name, "secret-pw")
+        target = tmp_path / "game"
+        cli.ok("install", PRODUCT, "--version", versions[0], "--target", str(target))
+        cli.ok("settings", "auto_update", "false")  # only the update this test asks for
+        proxy.set_fault(Fault.SLOW, path_contains="/patches/", rate_bps=4_000)
+        proxy.reset_counters()
+        daemon = DaemonProcess(cli.data_dir, server.url)
+        daemon.start()
+        try:
+            follower = cli.popen("update", PRODUCT, "--version", versions[1])
+            deadline = time.monotonic() + 60
+            while not (tasks := [t for t in cli.ok("queue", "list", "--all")[-1]["tasks"]
+                                 if t["kind"] == "update"]):
+                assert time.monotonic() < deadline, "the update was not queued"
+                time.sleep(0.05)
+            task_id = tasks[0]["taskId"]
+            while sum("/patches/" in r.path_qs for r in proxy.history) < 2:
+                assert time.monotonic() < deadline, "the patches were not fetched"
+                time.sleep(0.02)
+            time.sleep(0.3)
+            cli.ok("queue", "pause", task_id)
+            deadline = time.monotonic() + 30
+            while (status := _task_status(cli, task_id)) not in ("paused", "error"):
+                assert time.monotonic() < deadline, status
+                time.sleep(0.05)
+            assert status == "paused"
+            follower.communicate(timeout=30)  # the update's client ends with its task paused
+            assert daemon.alive and cli.ok("status")[-1]["running"] is True
+            assert installed_row(cli) == (versions[0], 0)  # the old version, untouched
+            proxy.clear_fault()
+            cli.ok("queue", "resume", task_id)
+            deadline = time.monotonic() + 60
+            while (status := _task_status(cli, task_id)) not in ("completed", "error"):
+                assert time.monotonic() < deadline, status
+                time.sleep(0.05)
+            assert status == "completed"
+        finally:
+            daemon.stop()
+    assert_same_tree(target, build(published_store, versions[1]))
+    assert not (target / STAGING).exists()
+
+
+def _task_status(cli: EngineCli, task_id: str) -> str:
+    tasks = cli.ok("queue", "list", "--all")[-1]["tasks"]
+    return next(str(t["status"]) for t in tasks if t["taskId"] == task_id)

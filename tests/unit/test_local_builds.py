@@ -30,13 +30,13 @@ def test_a_build_starts_with_a_free_slot_and_memory_or_alone() -> None:
     assert not may_start_local_build(1, 0, 500 * MiB, 2, 100 * MiB)
 
 
-def test_a_patch_holds_its_source_itself_and_its_output() -> None:
+def test_a_patch_holds_its_source_itself_its_output_and_a_working_copy() -> None:
     old = Manifest("p", "1", (FileEntry("a.pak", 70 * MiB, 0o644, "0" * 64, ()),), (), {})
     patch = PatchEntry("a.pak", "a.pak", "0" * 64, "1" * 64, 72 * MiB, "hdiffpatch", "f" * 64,
                        3 * MiB)
-    assert local_build_memory(FileBuild(0, BuildMethod.PATCH, patch=patch), old) == 145 * MiB
+    assert local_build_memory(FileBuild(0, BuildMethod.PATCH, patch=patch), old) == 217 * MiB
     new_file = PatchEntry("b.bin", None, "0" * 64, "1" * 64, 5 * MiB, "zstd", "f" * 64, MiB)
-    assert local_build_memory(FileBuild(1, BuildMethod.PATCH, patch=new_file), old) == 6 * MiB
+    assert local_build_memory(FileBuild(1, BuildMethod.PATCH, patch=new_file), old) == 11 * MiB
     assert local_build_memory(FileBuild(2, BuildMethod.MOVE, move_source="a.pak"), old) == 0
 
 
@@ -99,5 +99,35 @@ def test_a_cancelled_build_gives_its_place_back(when: str) -> None:
             await waiter
         await asyncio.wait_for(behind, 1)  # the one behind runs, nothing is left held
         assert gate.running == 1 and gate.in_use == 30 * MiB and not gate.waiting
+
+    asyncio.run(scenario())
+
+
+def test_a_whole_group_cancelled_at_once_leaves_the_gate_clean() -> None:
+    """Review finding: a pause cancels every build at once, and the running build's ``leave``
+    (its ``finally``) ran before the waiting builds saw their cancel: the wake-up set a result
+    on a cancelled turn (InvalidStateError), the waiters then failed to leave the line
+    (ValueError), and the update ended in an ExceptionGroup instead of a pause."""
+    async def scenario() -> None:
+        gate = _LocalBuildGate(1, 100 * MiB)
+        started = asyncio.Event()
+
+        async def build(cost: int) -> None:
+            await gate.enter(cost)
+            try:
+                started.set()
+                await asyncio.Event().wait()  # until cancelled
+            finally:
+                gate.leave(cost)
+
+        running = asyncio.create_task(build(10 * MiB))
+        await started.wait()
+        waiting = [asyncio.create_task(build(n * MiB)) for n in (20, 30, 40)]
+        await asyncio.sleep(0)
+        for t in (running, *waiting):  # the running one first: its leave comes first
+            t.cancel()
+        results = await asyncio.gather(running, *waiting, return_exceptions=True)
+        assert all(isinstance(r, asyncio.CancelledError) for r in results), results
+        assert gate.running == 0 and gate.in_use == 0 and not gate.waiting
 
     asyncio.run(scenario())
