@@ -7,6 +7,7 @@ each with a payload of a few MB like a bundle's libraries, without building with
 
 from __future__ import annotations
 
+import os
 import random
 import sys
 from pathlib import Path
@@ -67,6 +68,8 @@ def main(version: str, behaviour: str, argv: list[str]) -> int:
     if behaviour == "hang":  # never gets its window up
         import time
 
+        if layout is not None:  # past its own start (supervise): a test may now kill it
+            (layout.root / f"hanging-{version}").write_text(f"{os.getpid()}\n")
         time.sleep(600)
         return 0
     clear_trial_marker()  # the window is up
