@@ -239,27 +239,27 @@ def test_an_update_paused_while_its_patches_build_resumes(backend_factory: Any,
                 time.sleep(0.02)
             time.sleep(0.3)
             cli.ok("queue", "pause", task_id)
-            deadline = time.monotonic() + 30
-            while (status := _task_status(cli, task_id)) not in ("paused", "error"):
-                assert time.monotonic() < deadline, status
-                time.sleep(0.05)
-            assert status == "paused"
+            assert _settled(cli, task_id, "paused", 30) == "paused"
             follower.communicate(timeout=30)  # the update's client ends with its task paused
             assert daemon.alive and cli.ok("status")[-1]["running"] is True
             assert installed_row(cli) == (versions[0], 0)  # the old version, untouched
             proxy.clear_fault()
             cli.ok("queue", "resume", task_id)
-            deadline = time.monotonic() + 60
-            while (status := _task_status(cli, task_id)) not in ("completed", "error"):
-                assert time.monotonic() < deadline, status
-                time.sleep(0.05)
-            assert status == "completed"
+            assert _settled(cli, task_id, "completed", 60) == "completed"
         finally:
             daemon.stop()
     assert_same_tree(target, build(published_store, versions[1]))
     assert not (target / STAGING).exists()
 
 
-def _task_status(cli: EngineCli, task_id: str) -> str:
-    tasks = cli.ok("queue", "list", "--all")[-1]["tasks"]
-    return next(str(t["status"]) for t in tasks if t["taskId"] == task_id)
+def _settled(cli: EngineCli, task_id: str, wanted: str, timeout: float) -> str:
+    """The task's status once it is ``wanted`` or an error (the assertion names the last one
+    seen when neither comes in time)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        tasks = cli.ok("queue", "list", "--all")[-1]["tasks"]
+        status = next(str(t["status"]) for t in tasks if t["taskId"] == task_id)
+        if status in (wanted, "error"):
+            return status
+        assert time.monotonic() < deadline, status
+        time.sleep(0.05)
