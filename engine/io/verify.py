@@ -525,11 +525,7 @@ def _check_files(folders: _Folders, order: list[FileEntry], workers: int
 def _merge(into: list[DamagedRange], more: list[DamagedRange]) -> None:
     """Append ``more`` (in file order, after ``into``), joining ranges that touch."""
     for r in more:
-        if into and into[-1].offset + into[-1].size == r.offset:
-            last = into.pop()
-            into.append(DamagedRange(r.path, last.offset, last.size + r.size))
-        else:
-            into.append(r)
+        _add_damage(into, r.path, r.offset, r.size)
 
 
 def _quick_status(install_dir: Path, f: FileEntry) -> str:
