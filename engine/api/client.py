@@ -94,6 +94,10 @@ def _handshake_timeout(timeout: float | None) -> float:
     return wire.HANDSHAKE_TIMEOUT_S if timeout is None else min(timeout, wire.HANDSHAKE_TIMEOUT_S)
 
 
+def _not_answering(info: DaemonInfo) -> EngineError:
+    return EngineError(ErrorCode.DAEMON_UNREACHABLE, wire.not_answering(info.pid))
+
+
 def _unreachable(info: DaemonInfo, exc: BaseException) -> EngineError:
     return EngineError(ErrorCode.DAEMON_UNREACHABLE,
                        f"cannot reach the engine daemon at {info.url}: {exc}")
@@ -137,7 +141,7 @@ class SyncDaemonClient:
             self._ws.sock.settimeout(self.timeout)
         except TimeoutError as exc:
             self.close()
-            raise EngineError(ErrorCode.DAEMON_UNREACHABLE, wire.not_answering(self.info.pid)) from exc
+            raise _not_answering(self.info) from exc
         except (OSError, ValueError, wire.Closed) as exc:
             self.close()
             raise _unreachable(self.info, exc) from exc
@@ -238,8 +242,7 @@ class DaemonClient:
             if self._ws is not None:  # no closing handshake with a daemon that does not answer
                 self._ws.transport.abort()
                 self._ws = None
-            raise EngineError(ErrorCode.DAEMON_UNREACHABLE,
-                              wire.not_answering(self.info.pid)) from exc
+            raise _not_answering(self.info) from exc
         except (OSError, InvalidStatus, WebSocketException) as exc:
             raise _unreachable(self.info, exc) from exc
         _check_hello(json.loads(hello))
