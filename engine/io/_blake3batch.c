@@ -16,6 +16,26 @@
 #include <unistd.h>
 #include "blake3.h"
 
+/* A copy of (offset, size) uint64 pairs, checked and then read without the GIL: the caller's
+   buffer may be changed by another thread meanwhile (or not be aligned for uint64 loads).
+   NULL with MemoryError set. */
+static uint64_t *copied_pairs(const Py_buffer *spans) {
+    uint64_t *sp = (uint64_t *)PyMem_Malloc(spans->len > 0 ? (size_t)spans->len : 1);
+    if (sp == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    memcpy(sp, spans->buf, (size_t)spans->len);
+    return sp;
+}
+
+static void blake3_of(const uint8_t *data, size_t size, uint8_t out[32]) {
+    blake3_hasher hasher;
+    blake3_hasher_init(&hasher);
+    blake3_hasher_update(&hasher, data, size);
+    blake3_hasher_finalize(&hasher, out, 32);
+}
+
 /* hash_spans(data, spans) -> bytes: the 32-byte BLAKE3 digest of each span of ``data``, the
    spans given as native uint64 (offset, size) pairs; ValueError for a span outside data. The
    data buffer is held (exported) for the call: a bytearray cannot be resized meanwhile. */
@@ -32,14 +52,9 @@ static PyObject *hash_spans(PyObject *self, PyObject *args) {
         goto done;
     }
     Py_ssize_t n = spans.len / 16;
-    /* a copy, checked and then read without the GIL: the caller's buffer may be changed by
-       another thread meanwhile (or not be aligned for uint64 loads) */
-    sp = (uint64_t *)PyMem_Malloc(spans.len > 0 ? (size_t)spans.len : 1);
-    if (sp == NULL) {
-        PyErr_NoMemory();
+    if ((sp = copied_pairs(&spans)) == NULL) {
         goto done;
     }
-    memcpy(sp, spans.buf, (size_t)spans.len);
     for (Py_ssize_t i = 0; i < n; i++) {
         if (sp[2 * i] > (uint64_t)data.len || sp[2 * i + 1] > (uint64_t)data.len - sp[2 * i]) {
             PyErr_Format(PyExc_ValueError, "span %zd outside the %zd bytes of data", i, data.len);
@@ -53,11 +68,8 @@ static PyObject *hash_spans(PyObject *self, PyObject *args) {
     uint8_t *digest = (uint8_t *)PyBytes_AS_STRING(out);
     const uint8_t *bytes = (const uint8_t *)data.buf;
     Py_BEGIN_ALLOW_THREADS
-    blake3_hasher hasher;
     for (Py_ssize_t i = 0; i < n; i++) {
-        blake3_hasher_init(&hasher);
-        blake3_hasher_update(&hasher, bytes + sp[2 * i], (size_t)sp[2 * i + 1]);
-        blake3_hasher_finalize(&hasher, digest + 32 * i, 32);
+        blake3_of(bytes + sp[2 * i], (size_t)sp[2 * i + 1], digest + 32 * i);
     }
     Py_END_ALLOW_THREADS
 done:
@@ -90,12 +102,9 @@ static PyObject *check_chunks(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "spans: not (offset, size) uint64 pairs, one id each");
         goto done;
     }
-    sp = (uint64_t *)PyMem_Malloc(spans.len > 0 ? (size_t)spans.len : 1);
-    if (sp == NULL) {
-        PyErr_NoMemory();
+    if ((sp = copied_pairs(&spans)) == NULL) {
         goto done;
     }
-    memcpy(sp, spans.buf, (size_t)spans.len);  /* read without the GIL: our own copy */
     for (Py_ssize_t i = 0; i < n; i++) {
         if (sp[2 * i + 1] > (uint64_t)buf.len || sp[2 * i] > (uint64_t)INT64_MAX - sp[2 * i + 1]
             || (i > 0 && sp[2 * i] < sp[2 * i - 2] + sp[2 * i - 1])) {
@@ -114,7 +123,6 @@ static PyObject *check_chunks(PyObject *self, PyObject *args) {
     const uint8_t *want = (const uint8_t *)ids.buf;
     int err = 0;
     Py_BEGIN_ALLOW_THREADS
-    blake3_hasher hasher;
     uint8_t digest[32];
     Py_ssize_t i = 0;
     while (i < n && !err) {
@@ -146,9 +154,7 @@ static PyObject *check_chunks(PyObject *self, PyObject *args) {
                 flags[k] = 2;
                 continue;
             }
-            blake3_hasher_init(&hasher);
-            blake3_hasher_update(&hasher, data + lo, (size_t)size);
-            blake3_hasher_finalize(&hasher, digest, 32);
+            blake3_of(data + lo, (size_t)size, digest);
             flags[k] = memcmp(digest, want + 32 * k, 32) == 0 ? 0 : 1;
         }
         i = j;
