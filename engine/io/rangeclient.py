@@ -246,7 +246,9 @@ def _buffer(size: int) -> memoryview:
     """This thread's reused block buffer, at least ``size`` bytes."""
     buf: bytearray | None = getattr(_buffers, "buf", None)
     if buf is None or len(buf) < size:
-        buf = _buffers.buf = bytearray(max(size, 1 << 20))
+        # grown by half at least: block sizes vary around 1 MiB, and growing to each larger
+        # one allocated and zeroed a fresh buffer several times per thread
+        buf = _buffers.buf = bytearray(max(size, 1 << 20, len(buf or b"") * 3 // 2))
     return memoryview(buf)
 
 
@@ -417,6 +419,8 @@ def _read_blocks(fetch: RangeFetch[R], body: _Body) -> None:
             body.read_into(view)
         fetch.received += gap + job.stored_size
         position = job.offset + job.stored_size
-        result = fetch.process(job, view)
+        # read-only: no other thread writes this thread's buffer, so the block processor
+        # hashes and writes it where it is (a writable one it would copy first)
+        result = fetch.process(job, view.toreadonly())
         fetch.deliver(job, result, gap + job.stored_size - body.reported)
         body.reported = 0

@@ -123,9 +123,13 @@ def expected(raw: bytes, targets: list[ChunkTarget]) -> list[bytes]:
     return [bytes(f) for f in files]
 
 
+@pytest.mark.parametrize("readonly", [True, False])
 @pytest.mark.parametrize("direct", [True, False])
 @pytest.mark.parametrize("codec", [Codec.RAW, Codec.ZSTD])
-def test_both_paths_stage_the_same_bytes(tmp_path: Path, codec: Codec, direct: bool) -> None:
+def test_both_paths_stage_the_same_bytes(tmp_path: Path, codec: Codec, direct: bool,
+                                         readonly: bool) -> None:
+    """A writable buffer's raw block is copied before it is hashed; a read-only one (what the
+    range threads hand over) is hashed and written where it is, at any page phase."""
     process = native()
     raw, targets = layout(1)
     job, stored = block(raw, targets, codec)
@@ -133,8 +137,12 @@ def test_both_paths_stage_the_same_bytes(tmp_path: Path, codec: Codec, direct: b
     for name, which in (("native", process), ("python", None)):
         staging = staging_at(tmp_path / name, direct)
         try:
-            # the receive buffer is a bytearray's memoryview, longer than the block
-            view = memoryview(bytearray(stored) + bytearray(100))[: len(stored)]
+            # the receive buffer is a bytearray's memoryview, longer than the block, starting
+            # 3 bytes into it (no page alignment)
+            view = memoryview(bytearray(3) + bytearray(stored) + bytearray(100))[3:][
+                : len(stored)]
+            if readonly:
+                view = view.toreadonly()
             written = process_block(job, view, staging, which)
         finally:
             staging.close()
