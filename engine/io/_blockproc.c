@@ -81,9 +81,10 @@ static worker_t *worker(size_t need) {
         }
     }
     if (w->cap < need) {
-        /* grown by half at least: block sizes vary (a 1 MiB block holds whole chunks), and
-           growing to each larger one freed and mapped fresh pages several times per thread */
-        size_t grown = w->cap + w->cap / 2;  /* cap was allocated: far from overflowing */
+        /* grown by a quarter at least: block sizes vary (a 1 MiB block holds whole chunks),
+           and growing to each larger one freed and mapped fresh pages several times per
+           thread */
+        size_t grown = w->cap + w->cap / 4;  /* cap was allocated: far from overflowing */
         size_t cap = need > grown ? need : grown;
         void *buf = NULL;
         if (cap > SIZE_MAX - PAGE || posix_memalign(&buf, PAGE, cap + PAGE) != 0) {
@@ -338,11 +339,14 @@ static PyObject *process(PyObject *self, PyObject *args) {
             }
             data = w->buf + phase;
         }
-    } else if (!stored.readonly && stored.len > 0) {
+    } else if ((!stored.readonly || direct) && stored.len > 0) {
         /* a raw block in a buffer another thread could change between the hash and the write:
-           what is hashed and written is a private copy. A read-only buffer is not copied: the
-           range threads hand theirs over read-only (no other thread writes it), and raw blocks
-           are most of a game of compressed media (628 of the 1 GiB demo's 1,066 MB) */
+           what is hashed and written is a private copy; and one written direct is copied to
+           the phase of its longest run (else each run would need the bounce buffer: a copy
+           all the same, and a second buffer per thread). A read-only buffer written through
+           the page cache is not copied: the range threads hand theirs over read-only (no other
+           thread writes it), and raw blocks are most of a game of compressed media (628 of
+           the 1 GiB demo's 1,066 MB) */
         if ((w = worker((size_t)stored.len)) == NULL) {
             status = NO_MEMORY;
         } else {

@@ -246,9 +246,9 @@ def _buffer(size: int) -> memoryview:
     """This thread's reused block buffer, at least ``size`` bytes."""
     buf: bytearray | None = getattr(_buffers, "buf", None)
     if buf is None or len(buf) < size:
-        # grown by half at least: block sizes vary around 1 MiB, and growing to each larger
-        # one allocated and zeroed a fresh buffer several times per thread
-        buf = _buffers.buf = bytearray(max(size, 1 << 20, len(buf or b"") * 3 // 2))
+        # grown by a quarter at least: block sizes vary around 1 MiB, and growing to each
+        # larger one allocated and zeroed a fresh buffer several times per thread
+        buf = _buffers.buf = bytearray(max(size, 1 << 20, len(buf or b"") * 5 // 4))
     return memoryview(buf)
 
 
