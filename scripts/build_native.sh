@@ -26,8 +26,11 @@ stamp() {  # stamp MODULE [FILE...]: the hash of what the module is built from
   shift
   cat "engine/io/$mod.c" scripts/build_native.sh "$SRC"/*.c "$SRC"/*.h "$@" | sha256sum | cut -c1-16
 }
-fresh() {  # fresh MODULE STAMP: built from these very inputs
-  [ -f "engine/io/$1$SUFFIX" ] && [ "$(cat "engine/io/$1$SUFFIX.stamp" 2>/dev/null)" = "$2" ]
+fresh() {  # fresh MODULE STAMP: built from these very inputs, or failed to build from them
+  # (a build that failed is not tried again from the same inputs: it cost every set-up the
+  # compiling of BLAKE3; remove engine/io/MODULE*.failed to try again)
+  { [ -f "engine/io/$1$SUFFIX" ] && [ "$(cat "engine/io/$1$SUFFIX.stamp" 2>/dev/null)" = "$2" ]; } \
+    || [ "$(cat "engine/io/$1$SUFFIX.failed" 2>/dev/null)" = "$2" ]
 }
 HASH_STAMP=$(stamp _blake3batch)
 PROC_STAMP=""
@@ -35,6 +38,13 @@ PROC_STAMP=""
 # without zstd.h no block processor is kept: one built from older sources would be stale
 [ -z "$PROC_STAMP" ] && rm -f "engine/io/_blockproc$SUFFIX" "engine/io/_blockproc$SUFFIX.stamp"
 if fresh _blake3batch "$HASH_STAMP" && { [ -z "$PROC_STAMP" ] || fresh _blockproc "$PROC_STAMP"; }; then
+  for m in "_blake3batch $HASH_STAMP" "_blockproc $PROC_STAMP"; do
+    read -r mod st <<<"$m"
+    if [ -n "${st:-}" ] && [ "$(cat "engine/io/$mod$SUFFIX.failed" 2>/dev/null)" = "$st" ]; then
+      echo "build_native: engine/io/$mod$SUFFIX failed to build from these sources before;" \
+           "not tried again (remove engine/io/$mod$SUFFIX.failed to retry)" >&2
+    fi
+  done
   exit 0
 fi
 WORK=$(mktemp -d) || exit 0
@@ -114,6 +124,11 @@ finally:
 
 build() {  # build MODULE STAMP TEST [LINK FLAGS...]: built and checked, or removed
   local mod=$1 stamp=$2 test=$3 out="engine/io/$1$SUFFIX"
+  if [ "$(cat "$out.failed" 2>/dev/null)" = "$stamp" ]; then
+    echo "build_native: $out failed to build from these sources before; not tried again" \
+         "(remove $out.failed to retry)" >&2
+    return 0
+  fi
   fresh "$mod" "$stamp" && return 0
   if [ "$ok" = 1 ] && compile "engine/io/$mod.c" \
       && "$CC" -shared -Wl,--version-script="$WORK/exports.map" -o "$WORK/$mod.so" \
@@ -121,11 +136,17 @@ build() {  # build MODULE STAMP TEST [LINK FLAGS...]: built and checked, or remo
       && "$PY" -c "$test" "$WORK/$mod.so"; then
     mv "$WORK/$mod.so" "$out"
     echo "$stamp" > "$out.stamp"
+    rm -f "$out.failed"
     echo "build_native: built $out"
   else
     # a module built from older sources is not kept: the engine does its work in Python
     rm -f "$out" "$out.stamp"
     echo "build_native: could not build $out; the engine does its work in Python" >&2
+    if [ "$ok" = 1 ]; then  # the compiler works (BLAKE3 built): the module itself fails
+      echo "$stamp" > "$out.failed"
+      echo "build_native: not tried again from the same sources (remove $out.failed to" \
+           "retry)" >&2
+    fi
   fi
 }
 build _blake3batch "$HASH_STAMP" "$HASH_TEST"
