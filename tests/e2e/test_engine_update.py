@@ -116,6 +116,45 @@ def test_corrupt_patch_falls_back_to_chunks(backend_factory: Any, published_stor
     assert_same_tree(target, build(published_store, versions[1]))
 
 
+def test_a_record_vouching_for_a_damaged_source_costs_a_fallback_not_a_wrong_file(
+        engine: EngineCli, published_store: Any, tmp_path: Path) -> None:
+    """An update does not hash a patch's source that the verified-metadata record proves
+    (metadata unchanged since it was proven). Damage below the file system keeps that
+    metadata: here a source is damaged and its entry forged to the damaged file's metadata.
+    The patched output (or the manifest derived from it) fails its check, the file comes from
+    chunks, and the update ends with the new version byte for byte."""
+    versions = published_store.product(PRODUCT).versions
+    target = tmp_path / "game"
+    engine.ok("install", PRODUCT, "--version", versions[0], "--target", str(target))
+    old, new = build(published_store, versions[0]), build(published_store, versions[1])
+    changed = sorted(str(p.relative_to(old)) for p in old.rglob("*")
+                     if p.is_file() and (new / p.relative_to(old)).is_file()
+                     and p.stat().st_size > 4096
+                     and p.read_bytes() != (new / p.relative_to(old)).read_bytes())
+    assert changed, "the demo's next version should change some files in place"
+    record_path = engine.data_dir / "verified" / f"{PRODUCT}.json"
+    doc = json.loads(record_path.read_text())
+    for rel in changed:
+        path = target / rel
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
+        st = path.stat()
+        sha, _ = doc["files"][rel]  # the installed content's SHA-256, now claimed for damage
+        doc["files"][rel] = [sha, [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino,
+                                   st.st_dev]]
+    record_path.write_text(json.dumps(doc))
+    lines = engine.ok("update", PRODUCT, "--version", versions[1])
+    assert lines[-1]["result"] == "completed"
+    errors = [ln["payload"] for ln in lines if ln.get("type") == "downloadError"]
+    # the sources were taken on the record's word (not refused as changed, which hashing them
+    # would have found), and each patched output failed its own check instead
+    assert errors and all(e["errorCode"] == "DELTA_PATCH_APPLICATION_FAILED"
+                          and "output hash mismatch" in e["errorMessage"] for e in errors), errors
+    assert_same_tree(target, new)
+    assert installed_row(engine) == (versions[1], 0)
+
+
 def test_rollback_returns_to_the_previous_version(engine: EngineCli, published_store: Any,
                                                   tmp_path: Path) -> None:
     versions = published_store.product(PRODUCT).versions

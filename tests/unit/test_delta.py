@@ -805,3 +805,32 @@ def test_derivation_reads_no_source_that_grew_on_disk(tmp_path: Path) -> None:
     doc = UpdateDoc((DocPatch("big.pak", "big.pak", "zstd", 10, b"p", "i", 1),), b"")
     err = _refused_small(derive_manifest_blob, tmp_path, old, doc, {"i": b"p"}, "2")
     assert "8388608 bytes on disk" in str(err)
+
+
+def test_a_source_the_verified_record_proves_is_not_hashed_again(tmp_path: Path) -> None:
+    """``_read_source`` takes a source whose metadata matches the verified-metadata record
+    without hashing it; with no record, or once the file changed after its entry was made, the
+    SHA-256 decides. The file's bytes differ from the SHA-256 the entry names, so only a read
+    that did not hash can return them."""
+    from engine.io.verifiedmeta import VerifiedRecord
+    from engine.jobs.update import _read_source
+    from patcher.manifest import FileEntry
+
+    game = tmp_path / "game"
+    game.mkdir()
+    (game / "a.bin").write_bytes(b"x" * 100)
+    claimed = sha(b"y" * 100)  # what the installed manifest says the file holds
+    entry = FileEntry("a.bin", 100, 0o644, claimed, ())
+    with pytest.raises(DeltaError, match="no longer the installed version's file"):
+        _read_source(game, entry)
+    record = VerifiedRecord(tmp_path / "verified" / "p.json", game)
+    record.set("a.bin", claimed, (game / "a.bin").stat())
+    assert _read_source(game, entry, record) == b"x" * 100
+    other = VerifiedRecord(tmp_path / "verified" / "q.json", game)
+    other.set("a.bin", sha(b"z" * 100), (game / "a.bin").stat())  # proven other content
+    with pytest.raises(DeltaError):
+        _read_source(game, entry, other)
+    (game / "a.tmp").write_bytes(b"x" * 100)  # replaced since (another inode)
+    (game / "a.tmp").replace(game / "a.bin")
+    with pytest.raises(DeltaError):
+        _read_source(game, entry, record)
