@@ -547,9 +547,10 @@ def output_folder(run_dir: Path, name: str) -> Path:
 
             fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
             try:
-                flags = struct.unpack("l", fcntl.ioctl(fd, FS_IOC_GETFLAGS,
-                                                       struct.pack("l", 0)))[0]
-                fcntl.ioctl(fd, FS_IOC_SETFLAGS, struct.pack("l", flags | FS_TOPDIR_FL))
+                # the numbers say long, the file systems read and write an int
+                flags = struct.unpack("i", fcntl.ioctl(fd, FS_IOC_GETFLAGS,
+                                                       struct.pack("i", 0)))[0]
+                fcntl.ioctl(fd, FS_IOC_SETFLAGS, struct.pack("i", flags | FS_TOPDIR_FL))
             finally:
                 os.close(fd)
     return Path(tempfile.mkdtemp(prefix=f"{name}-", dir=parent))

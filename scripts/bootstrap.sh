@@ -37,6 +37,9 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 if ((${#native[@]})); then
+  # a module that failed to build may build now (scripts/build_native.sh does not retry one
+  # that failed from the same inputs)
+  rm -f engine/io/*.failed
   # all at once, else one by one: without libzstd-dev alone the hashing module still builds
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
     "${native[@]}" >/dev/null 2>&1 || for p in "${native[@]}"; do

@@ -21,10 +21,16 @@ INC=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["include"])') || e
 SUFFIX=$("$PY" -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))') || exit 0
 ZSTD_H=$(echo '#include <zstd.h>' | "$CC" -E -M -x c - 2>/dev/null | tr ' \\' '\n\n' \
          | grep '/zstd\.h$' | head -n 1)
+# the tools a build depends on besides its sources: a new compiler, Python or libzstd is
+# another build (and a module that failed to build is tried again)
+TOOLS=$("$CC" -dumpfullversion 2>&1; "$CC" -print-file-name=libzstd.so 2>&1; "$PY" -V 2>&1)
 stamp() {  # stamp MODULE [FILE...]: the hash of what the module is built from
   local mod=$1
   shift
-  cat "engine/io/$mod.c" scripts/build_native.sh "$SRC"/*.c "$SRC"/*.h "$@" | sha256sum | cut -c1-16
+  # a missing file (no python3-dev yet: no Python.h) gives another hash than a present one
+  { cat "engine/io/$mod.c" scripts/build_native.sh "$SRC"/*.c "$SRC"/*.h "$SRC"/*.S \
+        "$INC/Python.h" "$INC/pyconfig.h" "$@" 2>/dev/null; echo "$TOOLS"; } \
+    | sha256sum | cut -c1-16
 }
 fresh() {  # fresh MODULE STAMP: built from these very inputs, or failed to build from them
   # (a build that failed is not tried again from the same inputs: it cost every set-up the

@@ -87,8 +87,14 @@ static worker_t *worker(size_t need) {
         size_t grown = w->cap + w->cap / 4;  /* cap was allocated: far from overflowing */
         size_t cap = need > grown ? need : grown;
         void *buf = NULL;
-        if (cap > SIZE_MAX - PAGE || posix_memalign(&buf, PAGE, cap + PAGE) != 0) {
+        if (need > SIZE_MAX - PAGE) {
             return NULL;
+        }
+        if (posix_memalign(&buf, PAGE, cap + PAGE) != 0) {
+            cap = need;  /* no room for the headroom: what this block needs */
+            if (posix_memalign(&buf, PAGE, cap + PAGE) != 0) {
+                return NULL;
+            }
         }
         free(w->buf);
         w->buf = (uint8_t *)buf;

@@ -10,4 +10,9 @@ def process(stored: bytes | bytearray | memoryview, zstd: bool, raw_size: int, s
     index) quads: the direct fd (the same file opened with O_DIRECT) takes a run's whole pages.
     -1 when written, else the index of the first chunk whose hash differs (nothing written).
     ValueError: the block does not decode to ``raw_size`` bytes ("zstd: ...", "decoded N bytes,
-    expected M") or a span lies outside it; OSError: a write failed (some may be written)."""
+    expected M") or a span lies outside it; OSError: a write failed (some may be written).
+
+    A raw block in a writable buffer is copied before it is hashed; one in a read-only buffer is
+    hashed and written where it is (unless written direct). Read-only is the caller's promise
+    that nothing writes those bytes until the call returns (a read-only view of memory another
+    thread writes would write bytes that were not hashed)."""

@@ -122,7 +122,9 @@ class BlockWritten:
 
 def process_block(job: BlockJob, stored: bytes | memoryview, staging: Staging,
                   native: ProcessBlock | None = _process) -> BlockWritten:
-    """Verify and write one block: every chunk's BLAKE3 is checked before any is written."""
+    """Verify and write one block: every chunk's BLAKE3 is checked before any is written.
+    ``stored`` must not change until this returns: a read-only buffer is hashed and written
+    in place, not copied first (engine/io/_blockproc.pyi)."""
     if native is not None and job.codec in (Codec.RAW, Codec.ZSTD):
         return _process_natively(job, stored, staging, native)
     view = memoryview(decode_block(job, stored))

@@ -91,7 +91,9 @@ class RangeFetch(Generic[R]):
     source_id: str
     stall_window_s: float
     connect_timeout_s: float
-    process: Callable[[BlockJob, memoryview], R]  # on this thread; must not keep the view
+    # on this thread; must not keep the view. The view is read-only and nothing writes its
+    # bytes until the call returns (the block processor hashes and writes them in place)
+    process: Callable[[BlockJob, memoryview], R]
     deliver: Callable[[BlockJob, R, int], None]  # thread-safe: hands the result to the loop
     give_back: Callable[[], bool]  # checked between blocks: True → raise Stopped
     stop: threading.Event
