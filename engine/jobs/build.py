@@ -211,12 +211,19 @@ class StagedBuild:
                     on_retry=lambda state, source_id, r: self.publish_retry(manifest, state,
                                                                             source_id, r),
                 )
+                fetched = False
                 try:
                     await download(dctx, list(plan.ranges), BlockSink(process, record),
                                    ctx.settings.connections)
+                    fetched = True
                 finally:
-                    # what was written is durable and journaled, even when cancelled or failing
-                    journal.flush()
+                    if not fetched:
+                        # what was written is durable and journaled, even when cancelled or
+                        # failing. Once every block is in, the flush below waits for the last
+                        # files' verifiers instead: they fdatasync and close their files, which
+                        # the flush then need not sync again (it synced up to ~150 files here,
+                        # 16 ms of the 1 GiB demo's last 40, while the verifiers synced them too)
+                        journal.flush()
                     ctx.state.update_task(self.task.id, downloaded_bytes=self.progress.downloaded)
                 reporter.cancel()
                 items.cancel()
