@@ -183,15 +183,61 @@ def _coerce(key: str, value: Any, origin: str) -> Any:
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
-    if not path.exists():
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
         return {}
+    except OSError as exc:
+        raise EngineError(ErrorCode.CONFIG_INVALID, f"{path}: {exc}") from exc
+    simple = read_simple_toml(data)
+    if simple is not None:
+        return simple
     import tomllib
 
     try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
-    except (tomllib.TOMLDecodeError, OSError, UnicodeDecodeError) as exc:
+        return tomllib.loads(data.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise EngineError(ErrorCode.CONFIG_INVALID, f"{path}: {exc}") from exc
+
+
+_BARE_KEY = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+
+
+def read_simple_toml(data: bytes) -> dict[str, Any] | None:
+    """The config file as ``save_setting`` writes it for most players, read without tomllib
+    (importing it is ~6 ms of every command's start, a logged-in player's file holding at least
+    the username): one ``key = value`` per line, the value a string with no escape or control
+    character, a decimal integer within int64, ``true`` or ``false``. None for anything else
+    (escapes, floats, lists, comments, blank lines, tables, a key given twice, CRLF, bad
+    UTF-8): tomllib reads those, and says what is wrong."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    out: dict[str, Any] = {}
+    for line in lines:
+        key, sep, value = line.partition(" = ")
+        if not sep or not key or not _BARE_KEY.issuperset(key) or key in out:
+            return None
+        if value in ("true", "false"):
+            out[key] = value == "true"
+        elif len(value) >= 2 and value[0] == value[-1] == '"':
+            inner = value[1:-1]
+            if '"' in inner or "\\" in inner or any(ch < " " or ch == "\x7f" for ch in inner):
+                return None
+            out[key] = inner
+        else:
+            digits = value[1:] if value.startswith("-") else value
+            if not (digits.isascii() and digits.isdigit()) or (len(digits) > 1 and digits[0] == "0"):
+                return None
+            number = int(value)
+            if not -INT64_MAX - 1 <= number <= INT64_MAX:
+                return None
+            out[key] = number
+    return out
 
 
 def load_settings(
