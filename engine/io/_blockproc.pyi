@@ -2,6 +2,8 @@ from array import array
 
 _Buffer = bytes | bytearray | memoryview | array[int]
 
+DIRECT_MIN: int  # runs shorter than this are written through the page cache
+
 def process(stored: bytes | bytearray | memoryview, zstd: bool, raw_size: int, spans: _Buffer,
             ids: _Buffer, writes: _Buffer) -> int:
     """Decode ``stored`` (zstd, or raw when not ``zstd``), check every chunk's BLAKE3, then

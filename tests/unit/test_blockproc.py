@@ -467,3 +467,12 @@ def test_out_of_descriptors_costs_a_files_direct_fd_not_the_install(
     finally:
         staging.close()
     assert staged(staging) == expected(raw, targets)
+
+
+def test_the_shortest_direct_run_is_one_number_in_c_and_python() -> None:
+    """staging opens no direct fd for files under DIRECT_MIN because the block processor
+    writes no shorter run direct: the two must not drift apart."""
+    native()
+    from engine.io import _blockproc, staging
+
+    assert _blockproc.DIRECT_MIN == staging.DIRECT_MIN
