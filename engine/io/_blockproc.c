@@ -309,9 +309,10 @@ static PyObject *process(PyObject *self, PyObject *args) {
         }
         r->stop = i;
         const write_t *head = &wr[r->first];
-        if (head->dfd >= 0) {
+        /* what write_run sends direct: a run of one piece of the block, DIRECT_MIN or more */
+        if (head->dfd >= 0 && r->contiguous && r->end - head->offset >= DIRECT_MIN) {
             direct = true;
-            if (r->contiguous && r->end - head->offset > longest) {
+            if (r->end - head->offset > longest) {
                 longest = r->end - head->offset;
                 phase = (size_t)(((head->offset - (int64_t)sp[2 * head->span]) % PAGE + PAGE) %
                                  PAGE);
