@@ -196,7 +196,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
 
     try:
         return tomllib.loads(data.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # TOMLDecodeError, bad UTF-8, a 5,000-digit int
         raise EngineError(ErrorCode.CONFIG_INVALID, f"{path}: {exc}") from exc
 
 
@@ -231,7 +231,8 @@ def read_simple_toml(data: bytes) -> dict[str, Any] | None:
             out[key] = inner
         else:
             digits = value[1:] if value.startswith("-") else value
-            if not (digits.isascii() and digits.isdigit()) or (len(digits) > 1 and digits[0] == "0"):
+            if not (digits.isascii() and digits.isdigit()) or (len(digits) > 1 and digits[0] == "0") \
+                    or len(digits) > 19:  # past int64 (and before int()'s digit limit)
                 return None
             number = int(value)
             if not -INT64_MAX - 1 <= number <= INT64_MAX:

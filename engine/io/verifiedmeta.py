@@ -53,16 +53,21 @@ class VerifiedRecord:
         record = cls(path, install_dir)
         try:
             doc = json.loads(path.read_bytes())
+            if not isinstance(doc, dict):
+                raise ValueError("not a JSON object")
             if doc.get("format") != FORMAT or doc.get("installDir") != str(install_dir):
                 return record
             at = doc.get("fullVerifyAt")
             record.full_verify_at = float(at) if at is not None else None
-            for rel, (sha, st) in doc["files"].items():
+            files = doc["files"]
+            if not isinstance(files, dict):
+                raise ValueError("files is not an object")
+            for rel, (sha, st) in files.items():
                 record.entries[str(rel)] = (str(sha), (int(st[0]), int(st[1]), int(st[2]),
                                                        int(st[3]), int(st[4])))
         except FileNotFoundError:
             pass
-        except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, IndexError, RecursionError) as exc:
             # a damaged record only costs hashing: every file is checked as if none existed
             log.warning("verified-metadata record %s unreadable (%s); ignoring it", path, exc)
             record.entries.clear()

@@ -678,5 +678,6 @@ def remember_verified(data_dir: Path, install_dir: Path, manifest: Manifest,
             record.entries.clear()
         record_install(record, install_dir, manifest, paths)
         record.save()
-    except (OSError, EngineError) as exc:
-        log.warning("verified-metadata record for %s not written: %s", manifest.product_id, exc)
+    except Exception as exc:  # any failure: a shortcut not written must never fail the build
+        log.warning("verified-metadata record for %s not written: %s", manifest.product_id,
+                    getattr(exc, "message", None) or repr(exc))

@@ -24,6 +24,10 @@ SCALARS = (st.text(max_size=20) | st.integers(min_value=-(2**63), max_value=2**6
 VALUES = SCALARS | st.lists(SCALARS, max_size=3)
 
 
+def typed(doc: dict[str, Any]) -> dict[str, tuple[type, Any]]:
+    return {k: (type(v), v) for k, v in doc.items()}
+
+
 def written(doc: dict[str, Any]) -> bytes:
     """The file as save_setting writes it."""
     return "".join(f"{k} = {_toml_literal(v)}\n" for k, v in sorted(doc.items())).encode()
@@ -37,7 +41,8 @@ def test_what_the_writer_writes_reads_as_tomllib_reads_it(doc: dict[str, Any]) -
     except (ValueError, UnicodeEncodeError):  # the writer refuses these (lone surrogates)
         return
     fast = read_simple_toml(data)
-    assert fast is None or fast == tomllib.loads(data.decode())
+    # types too: True == 1 for ==, and a flag read as a number would be a different setting
+    assert fast is None or typed(fast) == typed(tomllib.loads(data.decode()))
 
 
 @settings(max_examples=200, deadline=None)
@@ -47,7 +52,8 @@ def test_what_the_writer_writes_reads_as_tomllib_reads_it(doc: dict[str, Any]) -
                        max_size=6))
 def test_plain_strings_numbers_and_flags_take_the_fast_path(doc: dict[str, Any]) -> None:
     data = written(doc)
-    assert read_simple_toml(data) == tomllib.loads(data.decode()) == doc
+    fast = read_simple_toml(data)
+    assert fast is not None and typed(fast) == typed(tomllib.loads(data.decode())) == typed(doc)
 
 
 @pytest.mark.parametrize("text", [
@@ -78,6 +84,7 @@ def test_anything_else_goes_to_tomllib(text: str) -> None:
     b'a = "open\n',
     b'a = \xff\n',  # not UTF-8
     b'a = tru\n',
+    b'a = ' + b'9' * 5000 + b'\n',  # past int()'s digit limit: tomllib's ValueError
 ])
 def test_bad_files_are_refused_by_tomllib_naming_the_file(tmp_path: Path, data: bytes) -> None:
     assert read_simple_toml(data) is None
@@ -90,6 +97,10 @@ def test_bad_files_are_refused_by_tomllib_naming_the_file(tmp_path: Path, data: 
 
 def test_a_missing_file_is_empty_and_a_folder_is_refused(tmp_path: Path) -> None:
     assert read_config_file(tmp_path / "none.toml") == {}
+    (tmp_path / "file").write_text("")
+    with pytest.raises(EngineError) as err:  # a data folder that is a file: said, not ignored
+        read_config_file(tmp_path / "file" / "config.toml")
+    assert err.value.code.value == "CONFIG_INVALID" and "file/config.toml" in err.value.message
     with pytest.raises(EngineError) as err:
         read_config_file(tmp_path)
     assert err.value.code.value == "CONFIG_INVALID" and str(tmp_path) in err.value.message
