@@ -170,17 +170,21 @@ def _read_proc_io(pid: int) -> dict[str, int] | None:
 class Engine:
     """``launcher-engine --data D --backend URL --json ...`` as a subprocess per command."""
 
-    def __init__(self, data: Path, backend_url: str) -> None:
+    def __init__(self, data: Path, backend_url: str, repo: Path = REPO) -> None:
         self.data = data
         self.backend_url = backend_url
+        self.repo = repo  # the checkout whose engine runs (bench/update_ab.py: another one)
 
     def run(self, *args: str, timeout: float = 7200) -> EngineRun:
         argv = [sys.executable, "-m", "engine.cli", "--data", str(self.data), "--backend",
                 self.backend_url, "--json", *args]
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             t0 = time.perf_counter()
+            # ``-m engine.cli`` imports from the working folder first
+            env = subprocess_env() if self.repo == REPO else subprocess_env(
+                {"PYTHONPATH": f"{self.repo}{os.pathsep}{REPO}"})
             proc = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                                    cwd=REPO, env=subprocess_env())
+                                    cwd=self.repo, env=env)
             last: dict[str, int] = {}
             done = threading.Event()
 
