@@ -32,25 +32,29 @@ stamp() {  # stamp MODULE [FILE...]: the hash of what the module is built from
         "$INC/Python.h" "$INC/pyconfig.h" "$@" 2>/dev/null; echo "$TOOLS"; } \
     | sha256sum | cut -c1-16
 }
+failed_before() {  # failed_before MODULE STAMP: failed to build from these very inputs
+  [ -n "$2" ] && [ "$(cat "engine/io/$1$SUFFIX.failed" 2>/dev/null)" = "$2" ]
+}
 fresh() {  # fresh MODULE STAMP: built from these very inputs, or failed to build from them
   # (a build that failed is not tried again from the same inputs: it cost every set-up the
   # compiling of BLAKE3; remove engine/io/MODULE*.failed to try again)
   { [ -f "engine/io/$1$SUFFIX" ] && [ "$(cat "engine/io/$1$SUFFIX.stamp" 2>/dev/null)" = "$2" ]; } \
-    || [ "$(cat "engine/io/$1$SUFFIX.failed" 2>/dev/null)" = "$2" ]
+    || failed_before "$1" "$2"
 }
 HASH_STAMP=$(stamp _blake3batch)
 PROC_STAMP=""
 [ -n "$ZSTD_H" ] && PROC_STAMP=$(stamp _blockproc "$ZSTD_H")
 # without zstd.h no block processor is kept: one built from older sources would be stale
 [ -z "$PROC_STAMP" ] && rm -f "engine/io/_blockproc$SUFFIX" "engine/io/_blockproc$SUFFIX.stamp"
+# said once, whether the build below runs or not
+for m in "_blake3batch $HASH_STAMP" "_blockproc $PROC_STAMP"; do
+  read -r mod st <<<"$m"
+  if failed_before "$mod" "${st:-}"; then
+    echo "build_native: engine/io/$mod$SUFFIX failed to build from these sources before;" \
+         "not tried again (remove engine/io/$mod$SUFFIX.failed to retry)" >&2
+  fi
+done
 if fresh _blake3batch "$HASH_STAMP" && { [ -z "$PROC_STAMP" ] || fresh _blockproc "$PROC_STAMP"; }; then
-  for m in "_blake3batch $HASH_STAMP" "_blockproc $PROC_STAMP"; do
-    read -r mod st <<<"$m"
-    if [ -n "${st:-}" ] && [ "$(cat "engine/io/$mod$SUFFIX.failed" 2>/dev/null)" = "$st" ]; then
-      echo "build_native: engine/io/$mod$SUFFIX failed to build from these sources before;" \
-           "not tried again (remove engine/io/$mod$SUFFIX.failed to retry)" >&2
-    fi
-  done
   exit 0
 fi
 WORK=$(mktemp -d) || exit 0
@@ -130,12 +134,7 @@ finally:
 
 build() {  # build MODULE STAMP TEST [LINK FLAGS...]: built and checked, or removed
   local mod=$1 stamp=$2 test=$3 out="engine/io/$1$SUFFIX"
-  if [ "$(cat "$out.failed" 2>/dev/null)" = "$stamp" ]; then
-    echo "build_native: $out failed to build from these sources before; not tried again" \
-         "(remove $out.failed to retry)" >&2
-    return 0
-  fi
-  fresh "$mod" "$stamp" && return 0
+  fresh "$mod" "$stamp" && return 0  # built, or failed before (said above)
   if [ "$ok" = 1 ] && compile "engine/io/$mod.c" \
       && "$CC" -shared -Wl,--version-script="$WORK/exports.map" -o "$WORK/$mod.so" \
          "$WORK/$mod.o" "${blake3[@]}" "${@:4}" \
