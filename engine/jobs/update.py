@@ -564,6 +564,8 @@ class UpdateRun:
         each journaled as soon as it is, so a resumed run never builds it again."""
         built: set[int] = set()
         gate = _LocalBuildGate(LOCAL_BUILDS, LOCAL_BUILD_MEMORY)
+        if any(b.method is BuildMethod.PATCH for b in builds):
+            await self._record()  # read here, once: the patches below would each read it at once
 
         async def build(b: FileBuild) -> None:
             cost = local_build_memory(b, old)
