@@ -595,6 +595,11 @@ def print_table(result: dict[str, Any], per_file: dict[str, list[FileRow]]) -> N
                   f"  bsd {r.peers['bsdiff'] / MB:8.3f}  hdp {r.peers['hdiffpatch'] / MB:8.3f}")
 
 
+def default_work(size_mb: float) -> Path:
+    """Where the demo catalog of ``size_mb`` MB per version and its backend live."""
+    return REPO / ".bench-data" / "update-engine" / f"size-{size_mb:g}"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", type=float, default=256, help="MB per demo version (default 256)")
@@ -620,7 +625,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     tools = check_tools()
-    work = (args.work or REPO / ".bench-data" / "update-engine" / f"size-{args.size:g}").resolve()
+    work = (args.work or default_work(args.size)).resolve()
     if args.fresh and work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
