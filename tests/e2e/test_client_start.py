@@ -212,6 +212,9 @@ def test_a_quick_client_interrupted_or_killed_leaves_the_daemon_serving(tmp_path
         idle = _threads(info.pid)
 
         def follow() -> subprocess.Popen[str]:
+            # a line just answered (the ``status`` below) can still hold its thread for a moment;
+            # counting from idle makes the rise this client's line and not that one's tail
+            _wait_for(lambda: _threads(info.pid) == idle, "an earlier line's thread outlived it")
             proc = subprocess.Popen(cli.argv("events"), stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, text=True, cwd=REPO, env=engine_env())
             _wait_for(lambda: _threads(info.pid) > idle, "the line's thread did not start")
