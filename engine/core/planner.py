@@ -7,6 +7,7 @@ another request), where each chunk of each block goes, and what it costs before 
 
 from __future__ import annotations
 
+from array import array
 from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
@@ -66,6 +67,15 @@ class BlockTargets(Sequence[ChunkTarget]):
         order = self._table.by_block()[1]
         return map(self._target, order[self._lo : self._hi])
 
+    def columns(self) -> TableColumns:
+        """Where the block's chunks are in the table, for a native reader (engine/io/blockio.py):
+        ids, block offsets, sizes, each chunk's rows (start, rows), the rows' files and file
+        offsets, the by-block order, and the block's slice of that order."""
+        t = self._table
+        start, rows = t.rows_of()
+        return (t.ids, t.block_offset, t.size, start, rows, t.row_file, t.row_offset,
+                t.by_block()[1], self._lo, self._hi)
+
     def spans(self) -> list[ChunkSpan]:
         """The block's chunks straight from the arrays (no per-chunk dataclasses)."""
         t = self._table
@@ -78,6 +88,9 @@ class BlockTargets(Sequence[ChunkTarget]):
 
 # (chunk id's 32 bytes, offset in the block's raw bytes, size, [(file index, file offset)])
 ChunkSpan = tuple[bytes, int, int, list[tuple[int, int]]]
+# BlockTargets.columns(): eight arrays of the chunk table and a slice of the last
+TableColumns = tuple[bytes | bytearray, "array[int]", "array[int]", "array[int]", "array[int]",
+                     "array[int]", "array[int]", "array[int]", int, int]
 
 
 @dataclass(frozen=True, slots=True)

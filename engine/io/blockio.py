@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import blake3
 import zstandard
 
-from engine.core.planner import BlockJob, ChunkSpan
+from engine.core.planner import BlockJob, BlockTargets, ChunkSpan
 from engine.io.fsops import translate_os_error
 from engine.io.staging import Staging
 from patcher.manifest import Codec
@@ -54,21 +54,31 @@ _hash_spans = _native_hash_spans()
 # writes as int64 (fd, direct fd or -1, file offset, span index) quads) -> -1 when written, or
 # the index of the first chunk whose hash differs (nothing written); ValueError: the block
 # does not decode
-ProcessBlock = Callable[[bytes | memoryview, bool, int, "array[int]", bytes, "array[int]"], int]
+ProcessBlock = Callable[[bytes | memoryview, bool, int, "bytes | array[int]", bytes,
+                         "bytes | array[int]"], int]
 
 
-def _native_process() -> ProcessBlock | None:
+# BlockTargets.columns() -> (spans, ids, writes as int64 (file index, file offset, span)
+# triples, {file index: (chunk writes, bytes)})
+GatherInputs = Callable[..., tuple[bytes, bytes, bytes, dict[int, tuple[int, int]]]]
+# (gather's triples, {file index: (fd, direct fd)}) -> ProcessBlock's quads
+BindFds = Callable[[bytes, dict[int, tuple[int, int]]], bytes]
+
+
+def _native_process() -> tuple[ProcessBlock, GatherInputs, BindFds] | None:
     """The whole block in one call, the GIL released once (engine/io/_blockproc.c): in Python
-    a worker took the GIL back after the zstd call, the hashing and each pwritev. None where
-    it is not built (no libzstd-dev)."""
+    a worker took the GIL back after the zstd call, the hashing and each pwritev. Its inputs
+    are read from the manifest's chunk table natively too. None where it is not built (no
+    libzstd-dev)."""
     try:
-        from engine.io._blockproc import process
+        from engine.io._blockproc import bind, gather, process
     except ImportError:
         return None
-    return process
+    return process, gather, bind
 
 
-_process = _native_process()
+_natives = _native_process()
+_process: ProcessBlock | None = None if _natives is None else _natives[0]
 
 
 def _decompressor() -> zstandard.ZstdDecompressor:
@@ -146,29 +156,48 @@ def _process_natively(job: BlockJob, stored: bytes | memoryview, staging: Stagin
     """``process_block`` in one native call: the same checks, errors and writes."""
     if len(stored) != job.stored_size:
         raise BlockCorrupt(job.index, f"{len(stored)} bytes, expected {job.stored_size}")
-    spans = job.spans()
-    per_file: dict[int, tuple[int, int]] = {}
-    for _, _, size, writes in spans:
-        for file_index, _ in writes:
-            count, nbytes = per_file.get(file_index, (0, 0))
-            per_file[file_index] = (count + 1, nbytes + size)
+    spans, ids, writes, per_file = native_inputs(job)
     try:
         # the files are opened (and created, when staged lazily) before the hashes are
         # checked: a corrupt block may create a staged file, it writes no byte into one
         with staging.held(per_file) as fds:
-            bad = native(stored, job.codec is Codec.ZSTD, job.raw_size,
-                         array("Q", [n for _, offset, size, _ in spans for n in (offset, size)]),
-                         b"".join([cid for cid, _, _, _ in spans]),
-                         array("q", [n for i, (_, _, _, writes) in enumerate(spans)
-                                     for file_index, file_offset in writes
-                                     for n in (*fds[file_index], file_offset, i)]))
+            bad = native(stored, job.codec is Codec.ZSTD, job.raw_size, spans, ids,
+                         _bind(writes, fds))
     except ValueError as exc:
         raise BlockCorrupt(job.index, str(exc)) from exc
     except OSError as exc:
         raise translate_os_error(exc, "writing staged files") from exc
     if bad >= 0:
-        raise BlockCorrupt(job.index, f"chunk {spans[bad][0].hex()[:12]} hash mismatch")
+        raise BlockCorrupt(job.index, f"chunk {ids[32 * bad : 32 * bad + 6].hex()} hash mismatch")
     return BlockWritten(per_file)
+
+
+def native_inputs(job: BlockJob, gather: GatherInputs | None = None
+                  ) -> tuple[bytes, bytes, bytes, dict[int, tuple[int, int]]]:
+    """What the native processor takes of a block's chunks: (spans, ids, writes as (file
+    index, file offset, span) triples, per file (chunk writes, bytes)). A full plan's block
+    is read from the chunk table natively (``gather``); a block built of targets (an update's,
+    a repair's) from its spans."""
+    gather = gather or (None if _natives is None else _natives[1])
+    if gather is not None and isinstance(job.targets, BlockTargets):
+        return gather(*job.targets.columns())
+    spans = job.spans()
+    per_file: dict[int, tuple[int, int]] = {}
+    for _, _, size, chunk_writes in spans:
+        for file_index, _ in chunk_writes:
+            count, nbytes = per_file.get(file_index, (0, 0))
+            per_file[file_index] = (count + 1, nbytes + size)
+    return (array("Q", [n for _, offset, size, _ in spans for n in (offset, size)]).tobytes(),
+            b"".join([cid for cid, _, _, _ in spans]),
+            array("q", [n for i, (_, _, _, chunk_writes) in enumerate(spans)
+                        for file_index, file_offset in chunk_writes
+                        for n in (file_index, file_offset, i)]).tobytes(),
+            per_file)
+
+
+def _bind(writes: bytes, fds: dict[int, tuple[int, int]]) -> bytes:
+    assert _natives is not None  # only the native path binds
+    return _natives[2](writes, fds)
 
 
 def coalesce_spans(spans: list[ChunkSpan], view: memoryview

@@ -476,3 +476,78 @@ def test_the_shortest_direct_run_is_one_number_in_c_and_python() -> None:
     from engine.io import _blockproc, staging
 
     assert _blockproc.DIRECT_MIN == staging.DIRECT_MIN
+
+
+def table_manifest(seed: int) -> Manifest:
+    """A decoded manifest (its chunk table in arrays) with chunks shared by files, several
+    chunks per block, rows out of block order and an empty file."""
+    from patcher.manifest import Block, ChunkEntry, ChunkLocation, decode_manifest, encode_manifest
+
+    rnd = random.Random(seed)
+    ids = [rnd.randbytes(32).hex() for _ in range(60)]
+    blocks = tuple(Block("ab" * 32, b * 1000, 1000, 1000, Codec.RAW) for b in range(6))
+    files = []
+    for fi in range(5):
+        picked = dict.fromkeys(rnd.sample(ids, 12) + ids[:2])
+        rows = tuple(ChunkEntry(100 * j, 100, cid) for j, cid in enumerate(picked))
+        files.append(FileEntry(f"f{fi}", 100 * len(rows), 0o644, "e3" * 32, rows))
+    files.append(FileEntry("empty", 0, 0o644, "e3" * 32, ()))
+    used = {c.id for f in files for c in f.chunks}
+    locs = {cid: ChunkLocation(i % 6, 100 * (i // 6)) for i, cid in enumerate(ids) if cid in used}
+    return decode_manifest(encode_manifest(Manifest("p", "1", tuple(files), blocks, locs)))
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_blocks_inputs_read_natively_are_those_its_spans_give(seed: int) -> None:
+    """``gather`` reads a full plan's block straight from the chunk table: the very spans,
+    ids, writes and per-file counts that the block's Python spans give."""
+    native()
+    from engine.core.planner import BlockTargets, plan_install
+
+    plan = plan_install(table_manifest(seed))
+    jobs = [job for r in plan.ranges for job in r.blocks]
+    assert jobs and all(isinstance(job.targets, BlockTargets) for job in jobs)
+    for job in jobs:
+        got = blockio.native_inputs(job)
+        assert got == blockio.native_inputs(job.materialized())  # from its spans, in Python
+        _, ids, writes, per_file = got
+        assert ids == b"".join(bytes.fromhex(t.chunk_id) for t in job.targets)
+        assert sum(n for n, _ in per_file.values()) * 24 == len(writes)
+
+
+def test_bad_table_columns_or_fds_are_refused_not_read() -> None:
+    """Indices the table's arrays do not hold are an IndexError, arrays of another kind a
+    TypeError, a file without fds a KeyError: nothing is read out of bounds."""
+    native()
+    from engine.io._blockproc import bind, gather
+
+    ids, u32 = bytes(64), (lambda *v: array("I", v))
+    good = (ids, u32(0, 5), u32(10, 20), u32(0, 1, 2), u32(0, 1), u32(0, 3), array("Q", [0, 7]),
+            u32(1, 0), 0, 2)
+    spans, _, writes, per_file = gather(*good)
+    assert array("Q", spans).tolist() == [5, 20, 0, 10]
+    assert per_file == {3: (1, 20), 0: (1, 10)}
+    assert array("q", bind(writes, {0: (9, -1), 3: (8, 4)})).tolist() == [8, 4, 7, 0, 9, -1, 0, 1]
+
+    def but(at: int, value: object) -> tuple[object, ...]:
+        return tuple(value if i == at else v for i, v in enumerate(good))
+
+    bad_cases = [
+        (but(7, u32(2, 0)), IndexError),  # a chunk past the table
+        ((*good[:8], 0, 3), IndexError),  # a slice past the order
+        ((*good[:8], 2, 1), IndexError),
+        (but(3, u32(0, 1, 5)), IndexError),  # rows past the rows array
+        (but(4, u32(0, 9)), IndexError),  # a row past the row arrays
+        (but(0, bytes(40)), IndexError),  # ids shorter than the chunks
+        (but(1, array("i", [0, 5])), TypeError),  # signed
+        (but(1, bytes(8)), TypeError),  # bytes, not an integer array
+    ]
+    for args, error in bad_cases:
+        with pytest.raises(error):
+            gather(*args)
+    with pytest.raises(KeyError):
+        bind(writes, {0: (9, -1)})
+    with pytest.raises(TypeError):
+        bind(writes, {0: (9, -1), 3: 8})
+    with pytest.raises(TypeError):
+        bind(writes[:-1], {0: (9, -1), 3: (8, 4)})
