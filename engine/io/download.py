@@ -214,6 +214,7 @@ async def _read_block(ctx: DownloadContext, stream: aiohttp.StreamReader, size: 
     return b"".join(parts)
 
 
+DELIVER_EVERY_S = 0.025  # a range thread wakes the loop for its processed blocks at most this often
 PACED_PIECE_S = 0.02
 PACED_PIECE_MIN = 64 * 1024
 PACED_PIECE_MAX = 1 << 20
@@ -247,10 +248,34 @@ async def _fetch_range_threaded(ctx: DownloadContext, source: CdnSource, r: Fetc
     loop = asyncio.get_running_loop()
     stop = threading.Event()
     task_key = ctx.task_key
-    landed: asyncio.Queue[tuple[BlockJob, R, int] | None] = asyncio.Queue()  # ≤ the range's blocks
+    # batches of processed blocks (≤ the range's blocks in all)
+    landed: asyncio.Queue[list[tuple[BlockJob, R, int]] | None] = asyncio.Queue()
+    batch: list[tuple[BlockJob, R, int]] = []  # the thread's alone until handed over
+    handed_at = 0.0
+
+    def hand_over() -> None:
+        nonlocal batch
+        if batch:
+            loop.call_soon_threadsafe(landed.put_nowait, batch)
+            batch = []
 
     def deliver(job: BlockJob, result: R, nbytes: int) -> None:
-        loop.call_soon_threadsafe(landed.put_nowait, (job, result, nbytes))
+        # a block's result reaches the loop at once when the last went DELIVER_EVERY_S ago
+        # (a slow link's every block), else with the next one past that or the range's end:
+        # at ~1,000 blocks a second, waking the loop for each cost a loop pass and a GIL
+        # hand-over per block
+        nonlocal handed_at
+        batch.append((job, result, nbytes))
+        now = time.monotonic()
+        if now - handed_at >= DELIVER_EVERY_S:
+            handed_at = now
+            hand_over()
+
+    def run() -> None:
+        try:
+            fetch_range(fetch)
+        finally:
+            hand_over()  # what it processed, stopped or failed too: the journal keeps it
 
     def piece_read(nbytes: int) -> None:  # paced reads: progress between blocks
         loop.call_soon_threadsafe(ctx.on_bytes, nbytes)
@@ -260,17 +285,17 @@ async def _fetch_range_threaded(ctx: DownloadContext, source: CdnSource, r: Fetc
                        give_back=lambda: False, stop=stop, on_first_byte=ctx.saw_bytes,
                        pacer=TaskPacer(ctx.limiter, task_key, stop),
                        on_piece=piece_read)
-    work = worker_pool().submit(fetch_range, fetch)
+    work = worker_pool().submit(run)
     future = asyncio.wrap_future(work)
     # done callbacks run after everything the thread scheduled before it returned
     future.add_done_callback(lambda _: landed.put_nowait(None))
     try:
         try:
-            while (item := await landed.get()) is not None:
-                job, result, nbytes = item
-                ctx.on_bytes(nbytes)
-                sink.record(job, result)
-                done.add(job.index)
+            while (items := await landed.get()) is not None:
+                for job, result, nbytes in items:
+                    ctx.on_bytes(nbytes)
+                    sink.record(job, result)
+                    done.add(job.index)
         except asyncio.CancelledError:
             stop.set()
             ctx.limiter.wake_paced()  # a thread waiting for tokens sees the stop now
