@@ -389,3 +389,30 @@ def test_block_written_counts_every_write(tmp_path) -> None:
     staging.close()
     assert res.per_file == {0: (3, 27), 1: (1, 10)}
     assert (staging.path(0)).read_bytes() == x + x + y and staging.path(1).read_bytes() == x
+
+
+def test_blocks_processed_before_a_failure_are_recorded_once_and_not_fetched_again() -> None:
+    """A range thread hands its results to the loop in batches: the blocks it processed before
+    its edge broke still reach the sink (handed over as the thread ends), and the other edge is
+    asked only for the rest; every block is recorded once, in order."""
+    size, count, broken_after = 4096, 40, 25
+    blocks = tuple(BlockJob(i, PACK, i * size, size, size, Codec.RAW, ()) for i in range(count))
+    r = FetchRange(PACK, 0, size * count, blocks)
+
+    def breaks(conn, first, last, n):
+        end = min(last + 1, broken_after * size)
+        conn.sendall(head(first, last) + DATA[first:end])
+        return False  # closed mid-body
+
+    asked: list[int] = []
+
+    def healthy_asked(conn, first, last, n):
+        asked.append(first)
+        return healthy(conn, first, last, n)
+
+    b, g = Server(breaks), Server(healthy_asked)
+    got: list = []
+    asyncio.run(_download([b.port, g.port], r, got))
+    assert [i for i, _ in got] == list(range(count))
+    assert all(data == DATA[i * size:(i + 1) * size] for i, data in got)
+    assert b.requests == 1 and asked == [broken_after * size]
