@@ -262,11 +262,20 @@ class Staging:
             self._ensure_prepared(file_index)
         with self._lock:
             fd = self._fds.get(file_index)
-            if fd is None and open_it:
-                fd = self._fds[file_index] = os.open(self.path(file_index),
-                                                     os.O_RDWR | os.O_NOFOLLOW)
             if fd is not None:
                 self._users[fd] = self._users.get(fd, 0) + 1
+        if fd is None and open_it:
+            # opened outside the lock, which every block's writes take: an open waits for the
+            # folder's lock while a file is created beside it (prepare_rest), and every range
+            # thread waited behind it with both cores idle
+            opened = os.open(self.path(file_index), os.O_RDWR | os.O_NOFOLLOW)
+            with self._lock:
+                fd = self._fds.get(file_index)
+                if fd is None:
+                    fd = self._fds[file_index] = opened
+                self._users[fd] = self._users.get(fd, 0) + 1
+            if fd != opened:  # another thread opened it meanwhile: its fd is the file's
+                os.close(opened)
         try:
             yield fd
         finally:

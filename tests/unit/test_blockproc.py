@@ -551,3 +551,35 @@ def test_bad_table_columns_or_fds_are_refused_not_read() -> None:
         bind(writes, {0: (9, -1), 3: 8})
     with pytest.raises(TypeError):
         bind(writes[:-1], {0: (9, -1), 3: (8, 4)})
+
+
+def test_threads_opening_one_staged_file_at_once_share_one_fd_and_leak_none(
+        tmp_path: Path) -> None:
+    """A staged file is opened outside the staging's lock (an open can wait on the folder):
+    threads that open it at the same moment keep one fd between them, close the others, and
+    every fd is closed with the staging."""
+    def open_fds() -> set[str]:
+        return {os.readlink(f"/proc/self/fd/{n}") for n in os.listdir("/proc/self/fd")
+                if os.path.exists(f"/proc/self/fd/{n}")}
+
+    staging = staging_at(tmp_path, direct=False)
+    before = open_fds()
+    start = threading.Barrier(8)
+    seen: list[int] = []
+
+    def write(k: int) -> None:
+        start.wait()
+        for i in range(20):
+            with staging.held({0: (1, 1), 1: (1, 1)}) as fds:
+                seen.append(fds[0][0])
+                os.pwrite(fds[0][0], bytes([k]), 8 * i + k)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(write, range(8)))
+    assert len(set(seen)) == 1
+    staged_paths = {str(staging.path(i)) for i in range(len(FILE_SIZES))}
+    assert len((open_fds() - before) & staged_paths) == 2
+    staging.close()
+    assert not (open_fds() - before) & staged_paths
+    data = staging.path(0).read_bytes()
+    assert all(data[8 * i + k] == k for i in range(20) for k in range(8))
