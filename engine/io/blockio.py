@@ -172,15 +172,13 @@ def _process_natively(job: BlockJob, stored: bytes | memoryview, staging: Stagin
     return BlockWritten(per_file)
 
 
-def native_inputs(job: BlockJob, gather: GatherInputs | None = None
-                  ) -> tuple[bytes, bytes, bytes, dict[int, tuple[int, int]]]:
+def native_inputs(job: BlockJob) -> tuple[bytes, bytes, bytes, dict[int, tuple[int, int]]]:
     """What the native processor takes of a block's chunks: (spans, ids, writes as (file
     index, file offset, span) triples, per file (chunk writes, bytes)). A full plan's block
     is read from the chunk table natively (``gather``); a block built of targets (an update's,
     a repair's) from its spans."""
-    gather = gather or (None if _natives is None else _natives[1])
-    if gather is not None and isinstance(job.targets, BlockTargets):
-        return gather(*job.targets.columns())
+    if _natives is not None and isinstance(job.targets, BlockTargets):
+        return _natives[1](*job.targets.columns())
     spans = job.spans()
     per_file: dict[int, tuple[int, int]] = {}
     for _, _, size, chunk_writes in spans:

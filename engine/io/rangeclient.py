@@ -247,14 +247,21 @@ def _receive_timeout(seconds: float) -> bytes:
 
 def _buffer(size: int) -> memoryview:
     """This thread's reused block buffer, at least ``size`` bytes."""
-    buf: mmap.mmap | None = getattr(_buffers, "buf", None)
+    buf: mmap.mmap | bytearray | None = getattr(_buffers, "buf", None)
     if buf is None or len(buf) < size:
-        # anonymous memory: its pages are zeroed by the kernel as the first recv into them
-        # touches them, with the GIL released (a bytearray's memset held it, ~1 ms a MiB, for
-        # six threads at once at the start); room for the blocks the publisher makes (up to
-        # 1.28 MiB stored), grown by a quarter at least past them
-        buf = _buffers.buf = mmap.mmap(-1, max(size, 2 << 20, len(buf or b"") * 5 // 4))
+        # room for the blocks the publisher makes (up to 1.28 MiB stored), grown by a quarter
+        # at least past them
+        buf = _buffers.buf = _anonymous(max(size, 2 << 20, len(buf or b"") * 5 // 4))
     return memoryview(buf)
+
+
+def _anonymous(size: int) -> mmap.mmap | bytearray:
+    """Private anonymous memory: its pages are zeroed by the kernel as the first recv into them
+    touches them, with the GIL released (a bytearray's memset held it, ~1 ms a MiB, for six
+    threads at once at the start)."""
+    if sys.platform == "win32":
+        return bytearray(size)
+    return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
 
 
 class _Body:
