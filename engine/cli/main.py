@@ -37,6 +37,8 @@ from engine.cli.quick import LOCAL_ONLY, end_now, write_out  # noqa: E402
 from engine.core.locations import ENV_PREFIX  # noqa: E402
 
 if TYPE_CHECKING:
+    import asyncio
+
     from engine.api.daemon import CommandLine, LineService
     from engine.api.protocol import Event
     from engine.io.config import Settings
@@ -86,19 +88,42 @@ class Output:
         self._last_bar = 0.0
         self._bar_shown = False
         self.one_shot = False  # a daemon ran the command: nothing here outlives the output
+        self._pending: list[str] = []  # stdout made during the event loop's current pass
 
     def emit(self, obj: dict[str, Any]) -> None:
         if self.as_json:
-            self.write("stdout", json.dumps(obj, default=str) + "\n")
+            self._stdout(json.dumps(obj, default=str) + "\n")
 
     def text(self, line: str) -> None:
         if not self.as_json:
             self._end_bar()
-            self.write("stdout", line + "\n")
+            self._stdout(line + "\n")
 
     def error(self, line: str) -> None:
         self._end_bar()
+        self.flush()
         self.write("stderr", line + "\n")
+
+    def _stdout(self, text: str) -> None:
+        """What an in-process engine's loop says goes out in one write at the end of the loop's
+        pass: written line by line, each of an install's ~300 lines let the loop thread's GIL go
+        and wait for it again behind the range threads. Anything said off the loop writes what
+        is pending first."""
+        loop = _running_loop()
+        if loop is None:
+            self.flush()
+            self.write("stdout", text)
+            return
+        self._pending.append(text)
+        if len(self._pending) == 1:
+            loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write what the loop's pass left pending (the loop may stop before its call)."""
+        if self._pending:
+            text = "".join(self._pending)
+            self._pending.clear()
+            self.write("stdout", text)
 
     def event(self, event: Event) -> None:
         from engine.api.protocol import TaskStatus, event_to_wire
@@ -127,13 +152,19 @@ class Output:
                 f"{human_bytes(event.total_size_bytes)}"
                 f"  {human_bytes(event.download_speed_bps)}/s  ETA {eta_text}  ")
         if self.progress:
-            self.write("stdout", line)
+            self._stdout(line)
             self._bar_shown = True
 
     def _end_bar(self) -> None:
         if self._bar_shown:
-            self.write("stdout", "\n")
+            self._stdout("\n")
             self._bar_shown = False
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running on this thread, if any (asyncio is not imported for it)."""
+    aio = sys.modules.get("asyncio")
+    return None if aio is None else aio._get_running_loop()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1183,7 +1214,10 @@ def main(argv: list[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else argv
     args = build_parser(command_named(words)).parse_args(words)
     out = Output(args.json)
-    code = _reported(out, lambda: _run(args, out))
+    try:
+        code = _reported(out, lambda: _run(args, out))
+    finally:
+        out.flush()
     if argv is None and out.one_shot:  # the program itself (not a caller in-process)
         end_now(code)
     return code

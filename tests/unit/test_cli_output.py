@@ -1,0 +1,74 @@
+"""The CLI's output of an in-process engine (engine.cli.main.Output): the lines its event loop
+makes in one pass leave in one write, in order, before anything said after them; lines still
+pending when the loop stops are written by ``flush`` (the CLI's ``main`` always calls it)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from engine.cli.main import Output
+
+
+def test_lines_of_one_loop_pass_leave_in_one_write_in_order() -> None:
+    writes: list[tuple[str, str]] = []
+    out = Output(True, lambda stream, text: writes.append((stream, text)))
+
+    async def engine() -> None:
+        for i in range(5):
+            out.emit({"n": i})
+        assert writes == []  # not yet: at the end of this pass
+        await asyncio.sleep(0)
+        out.emit({"n": 5})
+        await asyncio.sleep(0)
+
+    asyncio.run(engine())
+    assert writes == [("stdout", "".join(f'{{"n": {i}}}\n' for i in range(5))),
+                      ("stdout", '{"n": 5}\n')]
+
+
+def test_an_error_or_a_line_off_the_loop_writes_the_pending_lines_first() -> None:
+    writes: list[tuple[str, str]] = []
+    out = Output(True, lambda stream, text: writes.append((stream, text)))
+
+    async def engine() -> None:
+        out.emit({"event": 1})
+        out.error("error: BOOM: said after the event")
+
+    asyncio.run(engine())
+    out.emit({"result": "done"})  # off the loop: written at once
+    assert writes == [("stdout", '{"event": 1}\n'), ("stderr", "error: BOOM: said after the event\n"),
+                      ("stdout", '{"result": "done"}\n')]
+
+
+def test_lines_left_pending_by_a_stopped_loop_are_written_by_flush() -> None:
+    writes: list[tuple[str, str]] = []
+    out = Output(True, lambda stream, text: writes.append((stream, text)))
+    loop = asyncio.new_event_loop()
+
+    async def last_pass() -> None:
+        out.emit({"event": "last"})
+        loop.stop()  # the pass ends; the scheduled write never runs on this loop
+
+    try:
+        task = loop.create_task(last_pass())
+        loop.run_forever()
+        assert task.done()
+    finally:
+        loop.close()
+    assert writes == []
+    out.flush()
+    out.flush()  # nothing twice
+    assert writes == [("stdout", '{"event": "last"}\n')]
+
+
+def test_text_output_and_the_progress_bar_keep_their_order() -> None:
+    writes: list[tuple[str, str]] = []
+    out = Output(False, lambda stream, text: writes.append((stream, text)), progress=True)
+
+    async def engine() -> None:
+        out.text("[t] game queued")
+        out.text("[t] game downloading")
+
+    asyncio.run(engine())
+    out.text("installed")
+    assert "".join(t for _, t in writes) == "[t] game queued\n[t] game downloading\ninstalled\n"
