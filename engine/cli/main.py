@@ -89,6 +89,7 @@ class Output:
         self._bar_shown = False
         self.one_shot = False  # a daemon ran the command: nothing here outlives the output
         self._pending: list[str] = []  # stdout made during the event loop's current pass
+        self._failed: OSError | None = None  # the loop's write that failed (a closed pipe)
 
     def emit(self, obj: dict[str, Any]) -> None:
         if self.as_json:
@@ -114,12 +115,26 @@ class Output:
             self.flush()
             self.write("stdout", text)
             return
+        if self._failed is not None:  # raised where the line is made, as a direct write would
+            raise self._failed
         self._pending.append(text)
         if len(self._pending) == 1:
-            loop.call_soon(self.flush)
+            loop.call_soon(self._flush_pass)
+
+    def _flush_pass(self) -> None:
+        """The loop's write: a failure is kept for the next line, not left to the loop's
+        exception handler (which would log it and go on)."""
+        try:
+            self.flush()
+        except OSError as exc:
+            self._failed = exc
 
     def flush(self) -> None:
-        """Write what the loop's pass left pending (the loop may stop before its call)."""
+        """Write what the loop's pass left pending (the loop may stop before its call); a write
+        of the loop's that failed is raised here."""
+        if self._failed is not None:
+            failed, self._failed = self._failed, None
+            raise failed
         if self._pending:
             text = "".join(self._pending)
             self._pending.clear()

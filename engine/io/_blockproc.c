@@ -473,7 +473,15 @@ static int uints_get(PyObject *obj, uints_t *a, const char *name) {
 }
 
 static inline uint64_t uints_at(const uints_t *a, Py_ssize_t i) {
-    return a->wide ? ((const uint64_t *)a->view.buf)[i] : ((const uint32_t *)a->view.buf)[i];
+    /* memcpy: a buffer need not be aligned for its item size (a sliced memoryview) */
+    if (a->wide) {
+        uint64_t v;
+        memcpy(&v, (const uint8_t *)a->view.buf + 8 * i, 8);
+        return v;
+    }
+    uint32_t v;
+    memcpy(&v, (const uint8_t *)a->view.buf + 4 * i, 4);
+    return v;
 }
 
 /* gather(ids, block_offset, size, rows_start, rows, row_file, row_offset, order, lo, hi):
@@ -531,6 +539,7 @@ static PyObject *gather(PyObject *self, PyObject *args) {
         for (uint64_t k = first; k < stop; k++) {
             uint64_t r = uints_at(rows, (Py_ssize_t)k);
             if (r >= (uint64_t)row_file->n || r >= (uint64_t)row_offset->n ||
+                uints_at(row_file, (Py_ssize_t)r) > (uint64_t)INT64_MAX ||
                 uints_at(row_offset, (Py_ssize_t)r) > (uint64_t)INT64_MAX) {
                 PyErr_Format(PyExc_IndexError, "row %llu outside the table",
                              (unsigned long long)r);
@@ -648,14 +657,22 @@ static PyObject *bind(PyObject *self, PyObject *args) {
                 goto done;
             }
             Py_DECREF(key);
-            if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
-                PyErr_SetString(PyExc_TypeError, "fds: {file index: (fd, direct fd)}");
+            /* exact ints only: converting anything else could run Python code that changes
+               ``fds`` and frees the borrowed pair */
+            if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2 ||
+                !PyLong_CheckExact(PyTuple_GET_ITEM(pair, 0)) ||
+                !PyLong_CheckExact(PyTuple_GET_ITEM(pair, 1))) {
+                PyErr_SetString(PyExc_TypeError, "fds: {file index: (fd, direct fd)} of ints");
                 Py_CLEAR(out);
                 goto done;
             }
             fd = PyLong_AsLongLong(PyTuple_GET_ITEM(pair, 0));
+            if (fd == -1 && PyErr_Occurred()) {
+                Py_CLEAR(out);
+                goto done;
+            }
             dfd = PyLong_AsLongLong(PyTuple_GET_ITEM(pair, 1));
-            if (PyErr_Occurred()) {
+            if (dfd == -1 && PyErr_Occurred()) {
                 Py_CLEAR(out);
                 goto done;
             }

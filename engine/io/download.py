@@ -261,7 +261,8 @@ async def _fetch_range_threaded(ctx: DownloadContext, source: CdnSource, r: Fetc
 
     def deliver(job: BlockJob, result: R, nbytes: int) -> None:
         # a block's result reaches the loop at once when the last went DELIVER_EVERY_S ago
-        # (a slow link's every block), else with the next one past that or the range's end:
+        # (a slow link's every block), else with the next one past that, when a receive has
+        # waited POLL_S for nothing (``on_idle``: a stalling edge), or at the range's end:
         # at ~1,000 blocks a second, waking the loop for each cost a loop pass and a GIL
         # hand-over per block
         nonlocal handed_at
@@ -284,7 +285,7 @@ async def _fetch_range_threaded(ctx: DownloadContext, source: CdnSource, r: Fetc
                        ctx.stall_window_s, ctx.connect_timeout_s, checked_process(sink, source), deliver,
                        give_back=lambda: False, stop=stop, on_first_byte=ctx.saw_bytes,
                        pacer=TaskPacer(ctx.limiter, task_key, stop),
-                       on_piece=piece_read)
+                       on_piece=piece_read, on_idle=hand_over)
     work = worker_pool().submit(run)
     future = asyncio.wrap_future(work)
     # done callbacks run after everything the thread scheduled before it returned
@@ -296,7 +297,7 @@ async def _fetch_range_threaded(ctx: DownloadContext, source: CdnSource, r: Fetc
                     ctx.on_bytes(nbytes)
                     sink.record(job, result)
                     done.add(job.index)
-        except asyncio.CancelledError:
+        except BaseException:  # cancelled, or recording a block failed: the thread stops too
             stop.set()
             ctx.limiter.wake_paced()  # a thread waiting for tokens sees the stop now
             work.cancel()  # not started yet: it never will

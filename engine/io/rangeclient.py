@@ -103,6 +103,8 @@ class RangeFetch(Generic[R]):
     # thread-safe: bytes of a paced piece as soon as it is read (a block under a low limit
     # takes seconds; progress moves with the pieces, the block's delivery carries the rest)
     on_piece: Callable[[int], None] | None = None
+    # on this thread, when a receive waited POLL_S for nothing: what it holds back goes now
+    on_idle: Callable[[], None] | None = None
     received: int = 0
     started: float = 0.0
 
@@ -304,6 +306,8 @@ class _Body:
                 raise Stopped()
             if n > 0:
                 return n
+            if self.fetch.on_idle is not None:
+                self.fetch.on_idle()
 
     def read_head(self, reused: bool) -> bytes | None:
         """The response head. None: a kept-alive connection that the server had closed

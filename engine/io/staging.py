@@ -275,7 +275,8 @@ class Staging:
                     fd = self._fds[file_index] = opened
                 self._users[fd] = self._users.get(fd, 0) + 1
             if fd != opened:  # another thread opened it meanwhile: its fd is the file's
-                os.close(opened)
+                with contextlib.suppress(OSError):  # released even when close reports an error
+                    os.close(opened)
         try:
             yield fd
         finally:

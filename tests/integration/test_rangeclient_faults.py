@@ -416,3 +416,36 @@ def test_blocks_processed_before_a_failure_are_recorded_once_and_not_fetched_aga
     assert [i for i, _ in got] == list(range(count))
     assert all(data == DATA[i * size:(i + 1) * size] for i, data in got)
     assert b.requests == 1 and asked == [broken_after * size]
+
+
+def test_a_block_held_for_its_batch_is_handed_over_while_the_edge_stalls() -> None:
+    """Blocks that came within one hand-over interval wait for the next; when the edge then
+    goes quiet, the thread hands them over after a receive waited POLL_S for nothing, not
+    when the stall ends."""
+    size, count, stall_s = 4096, 3, 1.5
+    blocks = tuple(BlockJob(i, PACK, i * size, size, size, Codec.RAW, ()) for i in range(count))
+    r = FetchRange(PACK, 0, size * count, blocks)
+    resumed: list[float] = []
+
+    def stalls(conn, first, last, n):
+        conn.sendall(head(first, last) + DATA[first:first + 2 * size])
+        time.sleep(stall_s)
+        resumed.append(time.monotonic())
+        conn.sendall(DATA[first + 2 * size:last + 1])
+        return True
+
+    srv = Server(stalls)
+    recorded: list[tuple[int, float]] = []
+
+    async def main() -> None:
+        sources = [CdnSource("e0", f"http://127.0.0.1:{srv.port}", "", time.time() + 3600, 10)]
+        async with aiohttp.ClientSession() as session:
+            ctx = DownloadContext(lambda: session, SourcePool(sources), AsyncRateLimiter(),
+                                  RetryPolicy(base_delay=0.01), "p", "t",
+                                  refresh=lambda: asyncio.sleep(0, tuple(sources)))
+            await download(ctx, [r], BlockSink(lambda job, v: bytes(v), lambda job, res:
+                                               recorded.append((job.index, time.monotonic()))), 1)
+
+    asyncio.run(main())
+    assert [i for i, _ in recorded] == [0, 1, 2]
+    assert recorded[1][1] < resumed[0] - 0.5  # block 1 came before the stall ended

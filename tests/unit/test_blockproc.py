@@ -541,6 +541,8 @@ def test_bad_table_columns_or_fds_are_refused_not_read() -> None:
         (but(0, bytes(40)), IndexError),  # ids shorter than the chunks
         (but(1, array("i", [0, 5])), TypeError),  # signed
         (but(1, bytes(8)), TypeError),  # bytes, not an integer array
+        (but(3, u32(0, 2, 1)), IndexError),  # a chunk's rows end before they start
+        (but(5, array("Q", [0, 1 << 63])), IndexError),  # a file index past int64
     ]
     for args, error in bad_cases:
         with pytest.raises(error):
@@ -549,6 +551,19 @@ def test_bad_table_columns_or_fds_are_refused_not_read() -> None:
         bind(writes, {0: (9, -1)})
     with pytest.raises(TypeError):
         bind(writes, {0: (9, -1), 3: 8})
+
+    class Index:  # an int-like whose conversion could change the dict under the call
+        def __index__(self) -> int:
+            fds.clear()
+            return 8
+
+    fds: dict[int, tuple[object, object]] = {0: (9, -1), 3: (Index(), 4)}
+    with pytest.raises(TypeError):
+        bind(writes, fds)  # type: ignore[arg-type]
+    # arrays that are not aligned for their items (a sliced view) are read as well
+    unaligned = [memoryview(bytearray(1) + bytes(a))[1:].cast(a.typecode)
+                 for a in (u32(0, 5), u32(10, 20))]
+    assert gather(good[0], *unaligned, *good[3:])[0] == spans
     with pytest.raises(TypeError):
         bind(writes[:-1], {0: (9, -1), 3: (8, 4)})
 

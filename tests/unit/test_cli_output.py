@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from engine.cli.main import Output
 
 
@@ -72,3 +74,46 @@ def test_text_output_and_the_progress_bar_keep_their_order() -> None:
     asyncio.run(engine())
     out.text("installed")
     assert "".join(t for _, t in writes) == "[t] game queued\n[t] game downloading\ninstalled\n"
+
+
+def test_a_failed_write_of_the_loop_is_raised_where_the_next_line_is_made() -> None:
+    """A closed pipe: the loop's write fails in its own callback; the next line made (on the
+    loop, or off it by ``flush``) raises it, as a direct write did, rather than the loop
+    logging it and the command going on without output."""
+    def write(stream: str, text: str) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    out = Output(True, write)
+
+    async def engine() -> None:
+        out.emit({"event": 1})
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        with pytest.raises(BrokenPipeError):
+            out.emit({"event": 2})
+
+    asyncio.run(engine())
+    with pytest.raises(BrokenPipeError):
+        out.flush()
+
+
+def test_the_progress_bar_and_its_end_come_in_order() -> None:
+    from engine.core.messages import TaskStatus
+
+    writes: list[str] = []
+    out = Output(False, lambda stream, text: writes.append(text), progress=True)
+
+    def status(state: str, pct: float) -> TaskStatus:
+        return TaskStatus(task_id="t" * 32, product_id="game", status=state,
+                          total_progress_percentage=pct, download_speed_bps=1000,
+                          estimated_time_left_seconds=3, downloaded_bytes=int(pct),
+                          total_size_bytes=100)
+
+    async def engine() -> None:
+        out.event(status("downloading", 50.0))
+        out.event(status("completed", 100.0))
+
+    asyncio.run(engine())
+    text = "".join(writes)
+    assert text.startswith("\rgame ") and "50.0%" in text
+    assert text.endswith("\n[tttttttt] game completed\n")
