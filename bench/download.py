@@ -598,8 +598,12 @@ def run_engine(stack: Stack, game: Game, run_dir: Path, name: str, *, limit: str
                            profile=profile)
 
 
-def _run_engine(stack: Stack, game: Game, run_dir: Path, name: str, *, limit: str | None,
-                env_extra: dict[str, str] | None, profile: str | None) -> Result:
+def logged_in_engine(stack: Stack, run_dir: Path, name: str,
+                     env_extra: dict[str, str] | None = None
+                     ) -> tuple[Path, Path, Path, dict[str, str]]:
+    """A fresh engine data folder logged in to the bench's backend, for the in-process and the
+    daemon runs alike: (its output folder, the data folder, the install target, the engine's
+    environment)."""
     out = output_folder(run_dir, f"engine-{name}")
     engine_data, target = out / "data", out / "target"
     env = {**base_env(), **(env_extra or {})}
@@ -609,6 +613,12 @@ def _run_engine(stack: Stack, game: Game, run_dir: Path, name: str, *, limit: st
                            capture_output=True, text=True, env=env, cwd=ENGINE_REPO, timeout=60)
     if login.returncode != 0:
         raise RuntimeError(f"engine login failed: {login.stdout}\n{login.stderr}")
+    return out, engine_data, target, env
+
+
+def _run_engine(stack: Stack, game: Game, run_dir: Path, name: str, *, limit: str | None,
+                env_extra: dict[str, str] | None, profile: str | None) -> Result:
+    out, engine_data, target, env = logged_in_engine(stack, run_dir, name, env_extra)
     if SEED_MANIFEST:
         seed_manifest_cache(stack, game, engine_data)
     # -v: the engine logs the CLOCK_MONOTONIC of its first pack response (first_byte_s)
@@ -742,15 +752,7 @@ def run_engine_daemon(stack: Stack, game: Game, run_dir: Path, name: str) -> dic
     → the daemon's first pack response (the daemon logs its CLOCK_MONOTONIC); the CLI's own
     Python start-up is inside it, and reported beside it (``client_start_s``: spawn → exit of
     ``launcher-engine status`` against the same daemon)."""
-    out = output_folder(run_dir, f"engine-{name}")
-    engine_data, target = out / "data", out / "target"
-    env = base_env()
-    if ENGINE_REPO != REPO:
-        env["PYTHONPATH"] = str(ENGINE_REPO) + os.pathsep + env["PYTHONPATH"]
-    login = subprocess.run(engine_argv(engine_data, stack, "login", USER, "--password", PASSWORD),
-                           capture_output=True, text=True, env=env, cwd=ENGINE_REPO, timeout=60)
-    if login.returncode != 0:
-        raise RuntimeError(f"engine login failed: {login.stdout}\n{login.stderr}")
+    out, engine_data, target, env = logged_in_engine(stack, run_dir, name)
     log_path = run_dir / f"engine-{name}.log"
     daemon = processes.ServerProcess(engine_argv(engine_data, stack, "-v", "serve"), log_path,
                                      env=env, cwd=ENGINE_REPO)
