@@ -74,6 +74,12 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} TB"
 
 
+# an in-process engine's lines are written together this long after the first of them: a
+# reader of the JSON lines sees them 20 ms late at most, and an install's ~300 lines take
+# ~50 writes instead of one each
+OUTPUT_BATCH_S = 0.02
+
+
 class Output:
     """What a command says: JSON lines or text on stdout, errors on stderr, the progress bar.
     ``write(stream, text)`` puts it somewhere: this process's streams, or the client's when the
@@ -106,10 +112,10 @@ class Output:
         self.write("stderr", line + "\n")
 
     def _stdout(self, text: str) -> None:
-        """What an in-process engine's loop says goes out in one write at the end of the loop's
-        pass: written line by line, each of an install's ~300 lines let the loop thread's GIL go
-        and wait for it again behind the range threads. Anything said off the loop writes what
-        is pending first."""
+        """What an in-process engine's loop says goes out in one write OUTPUT_BATCH_S after its
+        first line: written line by line, each of an install's ~300 lines (one or two a loop
+        pass) let the loop thread's GIL go and wait for it again behind the range threads.
+        Anything said off the loop writes what is pending first."""
         loop = _running_loop()
         if loop is None:
             self.flush()
@@ -119,7 +125,7 @@ class Output:
             raise self._failed
         self._pending.append(text)
         if len(self._pending) == 1:
-            loop.call_soon(self._flush_pass)
+            loop.call_later(OUTPUT_BATCH_S, self._flush_pass)
 
     def _flush_pass(self) -> None:
         """The loop's write: a failure is kept for the next line, not left to the loop's

@@ -1,6 +1,7 @@
 """The CLI's output of an in-process engine (engine.cli.main.Output): the lines its event loop
-makes in one pass leave in one write, in order, before anything said after them; lines still
-pending when the loop stops are written by ``flush`` (the CLI's ``main`` always calls it)."""
+makes within OUTPUT_BATCH_S leave in one write, in order, before anything said after them;
+lines still pending when the loop stops are written by ``flush`` (the CLI's ``main`` always
+calls it)."""
 
 from __future__ import annotations
 
@@ -8,20 +9,21 @@ import asyncio
 
 import pytest
 
-from engine.cli.main import Output
+from engine.cli.main import OUTPUT_BATCH_S, Output
 
 
-def test_lines_of_one_loop_pass_leave_in_one_write_in_order() -> None:
+def test_lines_of_one_batch_leave_in_one_write_in_order() -> None:
     writes: list[tuple[str, str]] = []
     out = Output(True, lambda stream, text: writes.append((stream, text)))
 
     async def engine() -> None:
         for i in range(5):
             out.emit({"n": i})
-        assert writes == []  # not yet: at the end of this pass
-        await asyncio.sleep(0)
+            await asyncio.sleep(0)  # lines of several loop passes
+        assert writes == []  # not yet: OUTPUT_BATCH_S after the first
+        await asyncio.sleep(OUTPUT_BATCH_S * 3)
         out.emit({"n": 5})
-        await asyncio.sleep(0)
+        await asyncio.sleep(OUTPUT_BATCH_S * 3)
 
     asyncio.run(engine())
     assert writes == [("stdout", "".join(f'{{"n": {i}}}\n' for i in range(5))),
@@ -49,7 +51,7 @@ def test_lines_left_pending_by_a_stopped_loop_are_written_by_flush() -> None:
 
     async def last_pass() -> None:
         out.emit({"event": "last"})
-        loop.stop()  # the pass ends; the scheduled write never runs on this loop
+        loop.stop()  # the loop ends before the batch's write is due
 
     try:
         task = loop.create_task(last_pass())
@@ -87,8 +89,7 @@ def test_a_failed_write_of_the_loop_is_raised_where_the_next_line_is_made() -> N
 
     async def engine() -> None:
         out.emit({"event": 1})
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)
+        await asyncio.sleep(OUTPUT_BATCH_S * 3)
         with pytest.raises(BrokenPipeError):
             out.emit({"event": 2})
 
@@ -114,6 +115,7 @@ def test_the_progress_bar_and_its_end_come_in_order() -> None:
         out.event(status("completed", 100.0))
 
     asyncio.run(engine())
+    out.flush()  # as main() does
     text = "".join(writes)
     assert text.startswith("\rgame ") and "50.0%" in text
     assert text.endswith("\n[tttttttt] game completed\n")
