@@ -76,7 +76,7 @@ def human_bytes(n: float) -> str:
 
 # an in-process engine's lines are written together this long after the first of them: a
 # reader of the JSON lines sees them 20 ms late at most, and an install's ~300 lines take
-# ~50 writes instead of one each
+# ~30 writes instead of one each
 OUTPUT_BATCH_S = 0.02
 
 
@@ -94,7 +94,7 @@ class Output:
         self._last_bar = 0.0
         self._bar_shown = False
         self.one_shot = False  # a daemon ran the command: nothing here outlives the output
-        self._pending: list[str] = []  # stdout made during the event loop's current pass
+        self._pending: list[str] = []  # stdout the event loop made, written as one batch
         self._failed: OSError | None = None  # the loop's write that failed (a closed pipe)
 
     def emit(self, obj: dict[str, Any]) -> None:
@@ -128,16 +128,16 @@ class Output:
             loop.call_later(OUTPUT_BATCH_S, self._flush_pass)
 
     def _flush_pass(self) -> None:
-        """The loop's write: a failure is kept for the next line, not left to the loop's
-        exception handler (which would log it and go on)."""
+        """The batch's write on the loop: a failure is kept for the next line, not left to the
+        loop's exception handler (which would log it and go on)."""
         try:
             self.flush()
         except OSError as exc:
             self._failed = exc
 
     def flush(self) -> None:
-        """Write what the loop's pass left pending (the loop may stop before its call); a write
-        of the loop's that failed is raised here."""
+        """Write the loop's pending batch (the loop may stop before its timer); a write of the
+        loop's that failed is raised here."""
         if self._failed is not None:
             failed, self._failed = self._failed, None
             raise failed

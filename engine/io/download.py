@@ -305,7 +305,7 @@ async def _fetch_range_threaded(ctx: DownloadContext, source: CdnSource, r: Fetc
             # retrieved here (the thread's Stopped is what the stop asked for): an unretrieved
             # exception would be logged as an error when the future is collected
             if not future.cancelled() and future.exception() is not None:
-                log.debug("range ended while cancelled: %r", future.exception())
+                log.debug("range ended while stopped: %r", future.exception())
             raise
         future.result()
     finally:
